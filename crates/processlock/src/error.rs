@@ -1,0 +1,173 @@
+//! Errors with stable codes. Every caller (JS layer, command) maps on `code()`, never on text.
+
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use crate::record::Record;
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Another live process holds the lock.
+#[derive(Debug, Clone)]
+pub struct Conflict {
+    /// How the requester named the lock, e.g. `backend (SHORT)`.
+    pub lock: String,
+    pub holder: Record,
+    pub path: PathBuf,
+    /// How long the caller waited before giving up (0 when it did not wait).
+    pub waited_ms: u64,
+}
+
+#[derive(Debug)]
+pub enum Error {
+    /// A process type or trade side outside `[A-Za-z0-9_-]{1,max}`. Nothing was touched.
+    InvalidName {
+        field: &'static str,
+        value: String,
+        max: usize,
+    },
+    Conflict(Box<Conflict>),
+    /// Something other than a regular file sits at the lock path. It is left alone.
+    NotAFile {
+        path: PathBuf,
+        found: &'static str,
+    },
+    /// The file system cannot hold the kind of lock the protocol relies on.
+    Unsupported {
+        path: PathBuf,
+        syscall: &'static str,
+        source: io::Error,
+    },
+    Io {
+        syscall: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    /// A waiting acquisition was cancelled by its caller.
+    Aborted,
+}
+
+impl Error {
+    pub fn io(syscall: &'static str, path: impl AsRef<Path>, source: io::Error) -> Self {
+        Error::Io {
+            syscall,
+            path: path.as_ref().to_path_buf(),
+            source,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::InvalidName { .. } => "LOCK_INVALID_NAME",
+            Error::Conflict(_) => "LOCK_CONFLICT",
+            Error::NotAFile { .. } => "LOCK_NOT_A_FILE",
+            Error::Unsupported { .. } => "LOCK_UNSUPPORTED",
+            Error::Io { .. } => "LOCK_IO",
+            Error::Aborted => "LOCK_ABORTED",
+        }
+    }
+
+    /// The OS error behind it, if any: `(errno, symbolic name)`.
+    pub fn os_error(&self) -> Option<(i32, &'static str)> {
+        match self {
+            Error::Io { source, .. } | Error::Unsupported { source, .. } => {
+                let n = source.raw_os_error()?;
+                Some((n, errno_name(n)))
+            }
+            _ => None,
+        }
+    }
+
+    pub fn syscall(&self) -> Option<&'static str> {
+        match self {
+            Error::Io { syscall, .. } | Error::Unsupported { syscall, .. } => Some(syscall),
+            _ => None,
+        }
+    }
+
+    pub fn path(&self) -> Option<&Path> {
+        match self {
+            Error::Io { path, .. }
+            | Error::Unsupported { path, .. }
+            | Error::NotAFile { path, .. } => Some(path),
+            Error::Conflict(c) => Some(&c.path),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let code = self.code();
+        match self {
+            Error::InvalidName { field, value, max } => write!(
+                f,
+                "{code}: invalid {field} {value:?}: use 1 to {max} letters, digits, '-' or '_'"
+            ),
+            Error::Conflict(c) => write!(
+                f,
+                "{code}: {} is already running (PID: {})",
+                c.lock, c.holder.pid
+            ),
+            Error::NotAFile { path, found } => write!(
+                f,
+                "{code}: {} is a {found}, not a lock file; it was left untouched, remove it by hand if it is not needed",
+                path.display()
+            ),
+            Error::Unsupported { path, syscall, source } => write!(
+                f,
+                "{code}: the file system of {} does not support file locks ({syscall}: {source}); put the lock directory on a local file system",
+                path.display()
+            ),
+            Error::Io { syscall, path, source } => {
+                write!(f, "{code}: {syscall} {} failed: {source}", path.display())
+            }
+            Error::Aborted => write!(f, "{code}: waiting for the lock was aborted"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Io { source, .. } | Error::Unsupported { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+/// The POSIX name of an errno, as Node reports it in `err.code` of its own fs errors.
+pub fn errno_name(n: i32) -> &'static str {
+    #[cfg(unix)]
+    {
+        match n {
+            libc::EACCES => "EACCES",
+            libc::EPERM => "EPERM",
+            libc::ENOENT => "ENOENT",
+            libc::EEXIST => "EEXIST",
+            libc::ENOTDIR => "ENOTDIR",
+            libc::EISDIR => "EISDIR",
+            libc::ELOOP => "ELOOP",
+            libc::EROFS => "EROFS",
+            libc::ENOSPC => "ENOSPC",
+            libc::EDQUOT => "EDQUOT",
+            libc::ENOLCK => "ENOLCK",
+            libc::EOPNOTSUPP => "EOPNOTSUPP",
+            libc::ENAMETOOLONG => "ENAMETOOLONG",
+            libc::EMLINK => "EMLINK",
+            libc::EXDEV => "EXDEV",
+            libc::EIO => "EIO",
+            libc::EINVAL => "EINVAL",
+            libc::EMFILE => "EMFILE",
+            libc::ENFILE => "ENFILE",
+            libc::EBUSY => "EBUSY",
+            _ => "EUNKNOWN",
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = n;
+        "EUNKNOWN"
+    }
+}

@@ -1,0 +1,35 @@
+//! Single-instance process locks that cannot lie.
+//!
+//! Ownership of a lock is an exclusive `flock` (Windows: `LockFileEx`) on the inode that is
+//! currently linked at the lock path. The kernel drops that lock however the owner dies, so a dead
+//! owner is detected at once and PID reuse cannot make it look alive. The JSON record inside the
+//! file is for people and for older PID-only writers; it never decides ownership on its own when a
+//! lock can be tested. The full protocol is explained in `protocol.rs`.
+//!
+//! This crate knows nothing of Node: the addon and the `processlock` command are thin shells
+//! over it.
+
+mod clock;
+mod dir;
+mod error;
+mod list;
+mod liveness;
+mod name;
+mod os;
+mod protocol;
+mod record;
+mod registry;
+pub mod report;
+mod temp;
+
+pub use dir::{default_dir, ensure_dir, resolve_dir, DIR_ENV};
+pub use error::{Conflict, Error, Result};
+pub use list::{list_locks, LockState, LockStatus};
+pub use liveness::{judge_pid, start_token, PidState};
+pub use name::{LockName, SIDE_ENV};
+pub use protocol::{
+    acquire, force_remove, inspect, own_record, Acquired, Event, HeldLock, Inspection, LockTarget,
+};
+pub use record::{parse_record, Parsed, Record, PROTOCOL};
+pub use registry::{Registry, Taken};
+pub use temp::sweep_orphan_temps;

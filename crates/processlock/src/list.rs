@@ -1,0 +1,78 @@
+//! Every lock file in a directory and its state: what operators see.
+
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+use crate::name::LockName;
+use crate::protocol::{inspect, Inspection};
+use crate::record::Record;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockState {
+    Held,
+    Stale,
+    Invalid,
+}
+
+impl LockState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LockState::Held => "held",
+            LockState::Stale => "stale",
+            LockState::Invalid => "invalid",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct LockStatus {
+    pub path: PathBuf,
+    /// Recovered from the file name; `None` for a `.lock` file whose name we would not write.
+    pub name: Option<LockName>,
+    pub state: LockState,
+    pub record: Option<Record>,
+    /// Why the file is invalid, or what sits at the path when it is not a file.
+    pub problem: Option<String>,
+}
+
+/// All `*.lock` entries in `dir`, sorted by file name. A missing directory has no locks.
+pub fn list_locks(dir: &Path) -> Result<Vec<LockStatus>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io("scandir", dir, e)),
+    };
+    let mut paths: Vec<PathBuf> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.ends_with(".lock") && !n.starts_with('.'))
+        })
+        .collect();
+    paths.sort();
+    let mut out = Vec::with_capacity(paths.len());
+    for path in paths {
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(LockName::from_file_name);
+        let (state, record, problem) = match inspect(&path) {
+            Ok(Inspection::Absent) => continue,
+            Ok(Inspection::Held(r)) => (LockState::Held, Some(r), None),
+            Ok(Inspection::Stale(r)) => (LockState::Stale, Some(r), None),
+            Ok(Inspection::Invalid(why)) => (LockState::Invalid, None, Some(why)),
+            Err(e @ Error::NotAFile { .. }) => (LockState::Invalid, None, Some(e.to_string())),
+            Err(e) => return Err(e),
+        };
+        out.push(LockStatus {
+            path,
+            name,
+            state,
+            record,
+            problem,
+        });
+    }
+    Ok(out)
+}

@@ -1,0 +1,129 @@
+//! Whether the process a record names still runs. Used for files without an OS lock holder that
+//! older writers left (their only evidence is a PID), and to tell a live holder from a brief
+//! probe of a dead one's file.
+
+use crate::clock::parse_iso8601_ms;
+use crate::os;
+use crate::record::Record;
+
+/// Tolerance for comparing a record's `started` with the OS's process start time: boot time is
+/// known to the second and clocks drift a little.
+const START_SLACK_MS: i64 = 2_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PidState {
+    /// The recorded process runs (perhaps as another user).
+    Alive,
+    /// No process has that PID, or only its zombie is left.
+    Dead,
+    /// A process has that PID, but a later one than the holder: the PID was reused.
+    Recycled,
+    /// The record comes from another host: its PID means nothing here.
+    Remote,
+}
+
+impl PidState {
+    pub fn is_alive(self) -> bool {
+        matches!(self, PidState::Alive | PidState::Remote)
+    }
+}
+
+/// The start token of a running process (see `Record::start_token`).
+pub fn start_token(pid: u32) -> Option<String> {
+    os::process_start(pid).map(|s| s.token)
+}
+
+pub fn judge_pid(record: &Record) -> PidState {
+    if let (Some(theirs), Some(ours)) = (record.hostname.as_deref(), host_name()) {
+        if theirs != ours {
+            return PidState::Remote;
+        }
+    }
+    if os::pid_state(record.pid) == os::Pid::Gone {
+        return PidState::Dead;
+    }
+    let Some(now) = os::process_start(record.pid) else {
+        // Another user's process on a system that hides its details: it exists, that is all
+        // we can know.
+        return PidState::Alive;
+    };
+    if now.zombie {
+        return PidState::Dead;
+    }
+    if let Some(token) = &record.start_token {
+        return if *token == now.token {
+            PidState::Alive
+        } else {
+            PidState::Recycled
+        };
+    }
+    // A record without a token (the seed's format): a process that started after the lock was
+    // taken cannot be the process that took it.
+    if let (Some(taken), Some(began)) = (parse_iso8601_ms(&record.started), now.wall_ms) {
+        if began > taken + START_SLACK_MS {
+            return PidState::Recycled;
+        }
+    }
+    PidState::Alive
+}
+
+pub(crate) fn host_name() -> Option<&'static str> {
+    static HOST: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    HOST.get_or_init(os::hostname).as_deref()
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+
+    fn record(pid: u32) -> Record {
+        Record {
+            pid,
+            started: crate::clock::now_iso8601(),
+            trade_side: None,
+            process_name: String::new(),
+            process_type: None,
+            hostname: None,
+            start_token: None,
+            protocol: None,
+        }
+    }
+
+    #[test]
+    fn live_dead_recycled_remote() {
+        let me = std::process::id();
+        assert_eq!(judge_pid(&record(me)), PidState::Alive);
+
+        let mut tokened = record(me);
+        tokened.start_token = start_token(me);
+        assert_eq!(judge_pid(&tokened), PidState::Alive);
+        tokened.start_token = Some("linux:other-boot:1".into());
+        assert_eq!(judge_pid(&tokened), PidState::Recycled);
+
+        let mut old = record(me);
+        old.started = "2001-01-01T00:00:00.000Z".into();
+        assert_eq!(
+            judge_pid(&old),
+            PidState::Recycled,
+            "process started after the record"
+        );
+
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        assert_eq!(judge_pid(&record(pid)), PidState::Dead);
+
+        let mut remote = record(me);
+        remote.hostname = Some("surely-not-this-host.invalid".into());
+        assert_eq!(judge_pid(&remote), PidState::Remote);
+    }
+
+    #[test]
+    fn a_zombie_is_dead() {
+        let child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        std::thread::sleep(std::time::Duration::from_millis(200)); // exited, not reaped
+        assert_eq!(judge_pid(&record(pid)), PidState::Dead);
+        drop(child);
+    }
+}

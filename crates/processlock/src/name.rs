@@ -1,0 +1,166 @@
+//! Which lock a process asks for: its type (`backend`, `worker`, ...) and its trade side.
+
+use crate::error::{Error, Result};
+
+/// The environment variable that gives the trade side when none is passed.
+pub const SIDE_ENV: &str = "TRADE_SIDE";
+
+const MAX_TYPE_LEN: usize = 64;
+const MAX_SIDE_LEN: usize = 32;
+
+/// A validated lock name. The file name is derived from it and from nothing else, so no input can
+/// reach outside the lock directory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LockName {
+    process_type: String,
+    trade_side: Option<String>,
+}
+
+impl LockName {
+    /// `trade_side`: `None` or an empty string means "no side".
+    pub fn new(process_type: &str, trade_side: Option<&str>) -> Result<Self> {
+        check("processType", process_type, MAX_TYPE_LEN)?;
+        let trade_side = match trade_side.map(str::trim) {
+            None | Some("") => None,
+            Some(side) => {
+                check("tradeSide", side, MAX_SIDE_LEN)?;
+                Some(side.to_ascii_uppercase())
+            }
+        };
+        Ok(Self {
+            process_type: process_type.to_string(),
+            trade_side,
+        })
+    }
+
+    /// Like `new`, with the side taken from `$TRADE_SIDE` when `trade_side` is `None`.
+    pub fn from_env(process_type: &str, trade_side: Option<&str>) -> Result<Self> {
+        match trade_side {
+            Some(side) => Self::new(process_type, Some(side)),
+            None => Self::new(process_type, std::env::var(SIDE_ENV).ok().as_deref()),
+        }
+    }
+
+    pub fn process_type(&self) -> &str {
+        &self.process_type
+    }
+
+    /// Upper case, as written in the record (`SHORT`).
+    pub fn trade_side(&self) -> Option<&str> {
+        self.trade_side.as_deref()
+    }
+
+    /// `backend.short.lock`, or `backend.lock` without a side. Lower case throughout, so that
+    /// `Backend` and `backend` name the same lock on case-insensitive file systems too.
+    pub fn file_name(&self) -> String {
+        let ty = self.process_type.to_ascii_lowercase();
+        match &self.trade_side {
+            Some(side) => format!("{ty}.{}.lock", side.to_ascii_lowercase()),
+            None => format!("{ty}.lock"),
+        }
+    }
+
+    /// `backend (SHORT)`, or `backend` without a side: how messages name the lock.
+    pub fn display(&self) -> String {
+        match &self.trade_side {
+            Some(side) => format!("{} ({side})", self.process_type),
+            None => self.process_type.clone(),
+        }
+    }
+
+    /// The default process name: `trader-short-backend`, or `trader-backend` without a side.
+    pub fn default_process_name(&self) -> String {
+        match &self.trade_side {
+            Some(side) => format!("trader-{}-{}", side.to_ascii_lowercase(), self.process_type),
+            None => format!("trader-{}", self.process_type),
+        }
+    }
+
+    /// Recovers the name from a lock file name (`backend.short.lock`), for listings.
+    pub fn from_file_name(file_name: &str) -> Option<Self> {
+        let stem = file_name.strip_suffix(".lock")?;
+        let mut parts = stem.split('.');
+        let ty = parts.next()?;
+        let side = parts.next();
+        if parts.next().is_some() {
+            return None;
+        }
+        Self::new(ty, side).ok()
+    }
+}
+
+fn check(field: &'static str, value: &str, max: usize) -> Result<()> {
+    let ok = !value.is_empty()
+        && value.len() <= max
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidName {
+            field,
+            value: value.chars().take(100).collect(),
+            max,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_names_and_display() {
+        let n = LockName::new("backend", Some("short")).unwrap();
+        assert_eq!(n.file_name(), "backend.short.lock");
+        assert_eq!(n.trade_side(), Some("SHORT"));
+        assert_eq!(n.display(), "backend (SHORT)");
+        assert_eq!(n.default_process_name(), "trader-short-backend");
+        let n = LockName::new("worker", Some("")).unwrap();
+        assert_eq!(n.file_name(), "worker.lock");
+        assert_eq!(n.display(), "worker");
+        assert_eq!(n.default_process_name(), "trader-worker");
+        assert_eq!(
+            LockName::new("Backend", None).unwrap().file_name(),
+            "backend.lock"
+        );
+    }
+
+    #[test]
+    fn rejects_anything_that_could_leave_the_directory() {
+        for bad in [
+            "",
+            ".",
+            "..",
+            "../x",
+            "a/b",
+            "a\\b",
+            "a.b",
+            "a b",
+            "a\0b",
+            "é",
+            &"x".repeat(65),
+        ] {
+            let e = LockName::new(bad, None).unwrap_err();
+            assert_eq!(e.code(), "LOCK_INVALID_NAME", "{bad:?}");
+        }
+        for bad in ["../x", "lo.ng", "a b", &"x".repeat(33)] {
+            assert!(LockName::new("backend", Some(bad)).is_err(), "{bad:?}");
+        }
+        assert!(LockName::new(&"x".repeat(64), Some(&"y".repeat(32))).is_ok());
+    }
+
+    #[test]
+    fn round_trips_file_names() {
+        let n = LockName::new("worker", Some("LONG")).unwrap();
+        assert_eq!(
+            LockName::from_file_name(&n.file_name())
+                .unwrap()
+                .file_name(),
+            n.file_name()
+        );
+        assert!(LockName::from_file_name("a.b.c.lock").is_none());
+        assert!(LockName::from_file_name("backend.lock.tmp").is_none());
+    }
+}

@@ -1,0 +1,67 @@
+//! The few OS operations the protocol needs, one implementation per platform family.
+//!
+//! Every function here does one system call's worth of work and reports the raw `io::Error`;
+//! the protocol decides what an error means.
+
+#[cfg(unix)]
+mod unix;
+#[cfg(unix)]
+pub use unix::*;
+
+#[cfg(windows)]
+mod windows;
+#[cfg(windows)]
+pub use windows::*;
+
+#[cfg(target_os = "linux")]
+mod proc_linux;
+#[cfg(target_os = "linux")]
+pub use proc_linux::process_start;
+
+#[cfg(target_os = "macos")]
+mod proc_macos;
+#[cfg(target_os = "macos")]
+pub use proc_macos::process_start;
+
+#[cfg(all(unix, not(any(target_os = "linux", target_os = "macos"))))]
+mod proc_other;
+#[cfg(all(unix, not(any(target_os = "linux", target_os = "macos"))))]
+pub use proc_other::process_start;
+
+/// Identity of an inode (Windows: of a file on a volume). Equal ids mean the same file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileId {
+    pub dev: u64,
+    pub ino: u64,
+}
+
+/// What sits at a path, looked at without following a symlink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Entry {
+    Missing,
+    File(FileId),
+    Symlink,
+    Directory,
+    Other,
+}
+
+impl Entry {
+    pub fn describe(self) -> &'static str {
+        match self {
+            Entry::Missing => "missing path",
+            Entry::File(_) => "file",
+            Entry::Symlink => "symbolic link",
+            Entry::Directory => "directory",
+            Entry::Other => "special file",
+        }
+    }
+}
+
+/// Whether a PID names a running process, asked of the OS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pid {
+    Running,
+    /// Running, but owned by another user: we may not signal it, and that proves it exists.
+    RunningOtherUser,
+    Gone,
+}

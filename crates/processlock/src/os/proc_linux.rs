@@ -1,0 +1,96 @@
+//! Process start identity on Linux: `/proc/<pid>/stat` field 22 (start time in clock ticks
+//! since boot) qualified by the boot id, so it is unique across reboots too.
+
+use std::sync::OnceLock;
+
+/// When and as what a process started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessStart {
+    /// Equal for the same process, different for any later process with the same PID.
+    pub token: String,
+    /// Wall-clock start time in ms since the Unix epoch (coarse: boot time has 1 s precision).
+    pub wall_ms: Option<i64>,
+    /// A zombie has exited; only its exit status is left for its parent to collect.
+    pub zombie: bool,
+}
+
+pub fn process_start(pid: u32) -> Option<ProcessStart> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: fields restart after the
+    // last ')'.
+    let rest = stat.get(stat.rfind(')')? + 1..)?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let state = *fields.first()?;
+    let ticks: u64 = fields.get(19)?.parse().ok()?; // field 22 overall
+    let boot = boot_id().unwrap_or("unknown-boot");
+    let wall_ms = boot_time_s().map(|bt| bt * 1000 + (ticks * 1000 / clock_ticks()) as i64);
+    Some(ProcessStart {
+        token: format!("linux:{boot}:{ticks}"),
+        wall_ms,
+        zombie: state == "Z" || state == "X",
+    })
+}
+
+fn boot_id() -> Option<&'static str> {
+    static ID: OnceLock<Option<String>> = OnceLock::new();
+    ID.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+            .ok()
+            .map(|s| s.trim().to_string())
+    })
+    .as_deref()
+}
+
+fn boot_time_s() -> Option<i64> {
+    static BT: OnceLock<Option<i64>> = OnceLock::new();
+    *BT.get_or_init(|| {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        stat.lines()
+            .find_map(|l| l.strip_prefix("btime "))
+            .and_then(|v| v.trim().parse().ok())
+    })
+}
+
+fn clock_ticks() -> u64 {
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 {
+        t as u64
+    } else {
+        100
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_start_is_stable_and_sane() {
+        let a = process_start(std::process::id()).unwrap();
+        let b = process_start(std::process::id()).unwrap();
+        assert_eq!(a, b);
+        assert!(!a.zombie);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64;
+        let wall = a.wall_ms.unwrap();
+        assert!(
+            wall <= now + 2000 && wall > now - 3_600_000,
+            "{wall} vs {now}"
+        );
+    }
+
+    #[test]
+    fn a_later_process_with_another_pid_has_another_token() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
+        let c = process_start(child.id()).unwrap();
+        assert_ne!(c.token, process_start(std::process::id()).unwrap().token);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(process_start(child.id()).is_none());
+    }
+}

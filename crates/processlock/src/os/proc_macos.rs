@@ -1,0 +1,37 @@
+//! Process start identity on macOS: the BSD start time from `proc_pidinfo(PROC_PIDTBSDINFO)`.
+
+/// When and as what a process started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessStart {
+    /// Equal for the same process, different for any later process with the same PID.
+    pub token: String,
+    /// Wall-clock start time in ms since the Unix epoch.
+    pub wall_ms: Option<i64>,
+    /// A zombie has exited; only its exit status is left for its parent to collect.
+    pub zombie: bool,
+}
+
+pub fn process_start(pid: u32) -> Option<ProcessStart> {
+    let pid = libc::c_int::try_from(pid).ok()?;
+    let mut info: libc::proc_bsdinfo = unsafe { std::mem::zeroed() };
+    let size = std::mem::size_of::<libc::proc_bsdinfo>() as libc::c_int;
+    let n = unsafe {
+        libc::proc_pidinfo(
+            pid,
+            libc::PROC_PIDTBSDINFO,
+            0,
+            (&mut info as *mut libc::proc_bsdinfo).cast(),
+            size,
+        )
+    };
+    if n != size {
+        return None;
+    }
+    let (sec, usec) = (info.pbi_start_tvsec, info.pbi_start_tvusec);
+    const SZOMB: u32 = 5; // <sys/proc.h>: p_stat of a zombie
+    Some(ProcessStart {
+        token: format!("darwin:{sec}.{usec:06}"),
+        wall_ms: Some(sec as i64 * 1000 + usec as i64 / 1000),
+        zombie: info.pbi_status == SZOMB,
+    })
+}

@@ -1,0 +1,185 @@
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::io::AsRawFd;
+use std::path::Path;
+
+use super::{Entry, FileId, Pid};
+
+fn cvt(rc: libc::c_int) -> io::Result<()> {
+    if rc == -1 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// A new file that did not exist before (never through a symlink), readable by others so that
+/// other users can see who holds a lock.
+pub fn create_new(path: &Path) -> io::Result<File> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+}
+
+/// Opens the file at the lock path without following a symlink (ELOOP) and without blocking on
+/// a FIFO. Read-write when permitted, because NFS grants exclusive locks only on writable
+/// descriptors; read-only otherwise (another user's lock in a shared directory).
+pub fn open_existing(path: &Path) -> io::Result<File> {
+    let open = |write: bool| {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(write)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
+            .open(path)
+    };
+    match open(true) {
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::EACCES | libc::EROFS | libc::EPERM)
+            ) =>
+        {
+            open(false)
+        }
+        other => other,
+    }
+}
+
+/// Opens for reading only, for probes that must not need write permission.
+pub fn open_for_probe(path: &Path) -> io::Result<File> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
+        .open(path)
+}
+
+/// `Ok(true)`: locked; `Ok(false)`: someone else holds a conflicting lock.
+pub fn try_lock(file: &File, exclusive: bool) -> io::Result<bool> {
+    let op = if exclusive {
+        libc::LOCK_EX
+    } else {
+        libc::LOCK_SH
+    } | libc::LOCK_NB;
+    loop {
+        match cvt(unsafe { libc::flock(file.as_raw_fd(), op) }) {
+            Ok(()) => return Ok(true),
+            Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK) => return Ok(false),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+pub fn unlock(file: &File) -> io::Result<()> {
+    cvt(unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_UN) })
+}
+
+/// Whether an error from `try_lock` means "this file system has no such locks".
+pub fn is_unsupported(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::ENOLCK | libc::EOPNOTSUPP | libc::ENOSYS | libc::EINVAL)
+    )
+}
+
+pub fn file_id(file: &File) -> io::Result<FileId> {
+    let m = file.metadata()?;
+    Ok(FileId {
+        dev: m.dev(),
+        ino: m.ino(),
+    })
+}
+
+pub fn is_regular(file: &File) -> io::Result<bool> {
+    Ok(file.metadata()?.file_type().is_file())
+}
+
+pub fn entry(path: &Path) -> io::Result<Entry> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) => {
+            let t = m.file_type();
+            Ok(if t.is_file() {
+                Entry::File(FileId {
+                    dev: m.dev(),
+                    ino: m.ino(),
+                })
+            } else if t.is_symlink() {
+                Entry::Symlink
+            } else if t.is_dir() {
+                Entry::Directory
+            } else {
+                Entry::Other
+            })
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Entry::Missing),
+        Err(e) => Err(e),
+    }
+}
+
+/// `link(2)`: fails with `AlreadyExists` when `dst` exists, never replaces it.
+pub fn hard_link(src: &Path, dst: &Path) -> io::Result<()> {
+    std::fs::hard_link(src, dst)
+}
+
+/// Removes the name at `path` (a symlink itself, never its target).
+pub fn remove(path: &Path) -> io::Result<()> {
+    std::fs::remove_file(path)
+}
+
+/// Reads a whole (small) file from offset 0 without moving any shared cursor.
+pub fn read_all(file: &File, limit: usize) -> io::Result<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; 4096];
+    let mut len = 0;
+    loop {
+        if len == buf.len() {
+            if buf.len() > limit {
+                break;
+            }
+            buf.resize(buf.len() * 2, 0);
+        }
+        let n = file.read_at(&mut buf[len..], len as u64)?;
+        if n == 0 {
+            break;
+        }
+        len += n;
+    }
+    buf.truncate(len);
+    Ok(buf)
+}
+
+/// `kill(pid, 0)`: EPERM proves the process exists (it belongs to another user).
+pub fn pid_state(pid: u32) -> Pid {
+    let Ok(p) = libc::pid_t::try_from(pid) else {
+        return Pid::Gone;
+    };
+    if p <= 0 {
+        return Pid::Gone;
+    }
+    if unsafe { libc::kill(p, 0) } == 0 {
+        return Pid::Running;
+    }
+    match io::Error::last_os_error().raw_os_error() {
+        Some(libc::EPERM) => Pid::RunningOtherUser,
+        _ => Pid::Gone,
+    }
+}
+
+pub fn current_pid() -> u32 {
+    std::process::id()
+}
+
+pub fn hostname() -> Option<String> {
+    let mut buf = [0u8; 256];
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return None;
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8(buf[..end].to_vec()).ok()
+}

@@ -1,0 +1,1 @@
+// Windows OS layer: see issue 5.

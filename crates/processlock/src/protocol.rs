@@ -1,0 +1,411 @@
+//! The locking protocol.
+//!
+//! Ownership is an exclusive OS lock (`flock`) held on the inode that is linked at the lock path.
+//!
+//! * Acquire: write the whole record into a fresh temp file, lock it (a new inode: never
+//!   contended), then `link` it at the lock path. `link` never replaces an existing file, so of
+//!   any number of racers exactly one links, and readers only ever see a complete record.
+//! * On `EEXIST`: open the file there and try its lock without blocking. Refused: a live holder
+//!   (or a brief probe of a dead one's file: the record's PID says which). Granted: nobody holds
+//!   it, so its holder is dead; while still holding the lock, check that the path still names
+//!   this inode and unlink it, then link again. Whoever unlinks a stale file holds its lock, so two
+//!   racers can never both remove it, nor can one remove a file a rival has just linked.
+//! * Release: unlink the path if it still names our inode, then close. A rival blocked on the old
+//!   inode finds it unlinked and links its own.
+//! * Files written by older PID-only writers hold no OS lock: their PID and the process start
+//!   time decide.
+
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use crate::clock::now_iso8601;
+use crate::dir::ensure_dir;
+use crate::error::{Conflict, Error, Result};
+use crate::liveness::{host_name, judge_pid, start_token};
+use crate::name::LockName;
+use crate::os::{self, Entry, FileId};
+use crate::record::{parse_record, Parsed, Record, MAX_RECORD_BYTES, PROTOCOL};
+use crate::temp::{sweep_orphan_temps, Temp};
+
+/// How long a racer keeps retrying a file whose lock is held while its record names a dead
+/// process: someone is probing or removing it, which takes microseconds.
+const BUSY_PATIENCE: Duration = Duration::from_millis(250);
+/// A file without a holder whose record is unreadable may be a PID-only writer's file caught
+/// between its truncation and its write: look again after this long if it is that young.
+const YOUNG_FILE: Duration = Duration::from_secs(1);
+const REREAD_DELAY: Duration = Duration::from_millis(20);
+/// A safety net against livelock, far above anything a real race needs.
+const MAX_ROUNDS: u32 = 10_000;
+
+/// A lock file location: a directory and a validated name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LockTarget {
+    pub dir: PathBuf,
+    pub name: LockName,
+    pub path: PathBuf,
+}
+
+impl LockTarget {
+    pub fn new(dir: impl Into<PathBuf>, name: LockName) -> Self {
+        let dir = dir.into();
+        let path = dir.join(name.file_name());
+        Self { dir, name, path }
+    }
+
+    fn conflict(&self, holder: Record) -> Error {
+        Error::Conflict(Box::new(Conflict {
+            lock: self.name.display(),
+            holder,
+            path: self.path.clone(),
+            waited_ms: 0,
+        }))
+    }
+}
+
+/// Something worth telling the operator that happened while acquiring.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A dead holder's lock file (or a PID-only file of a dead or recycled PID) was removed.
+    StaleRemoved { pid: u32 },
+    /// A lock file nobody held and nobody could be named in (empty, garbage) was removed.
+    InvalidRemoved { reason: String },
+    /// Temp files of acquirers that died half-way were removed.
+    OrphansRemoved { paths: Vec<PathBuf> },
+}
+
+/// A lock this process owns. Dropping it closes the descriptor, which lets the lock go, but
+/// leaves the file for the next acquirer to remove: call `release` to remove it too.
+#[derive(Debug)]
+pub struct HeldLock {
+    file: File,
+    id: FileId,
+    target: LockTarget,
+    record: Record,
+}
+
+impl HeldLock {
+    pub fn record(&self) -> &Record {
+        &self.record
+    }
+
+    pub fn target(&self) -> &LockTarget {
+        &self.target
+    }
+
+    /// Whether the lock path still names our file (false after a forced removal).
+    pub fn still_linked(&self) -> bool {
+        matches!(os::entry(&self.target.path), Ok(Entry::File(id)) if id == self.id)
+    }
+
+    /// Removes the lock file if it is still ours, then lets the lock go. `Ok(true)`: removed.
+    pub fn release(self) -> Result<bool> {
+        let removed = if self.still_linked() {
+            match os::remove(&self.target.path) {
+                Ok(()) => true,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => false,
+                Err(e) => return Err(Error::io("unlink", &self.target.path, e)),
+            }
+        } else {
+            false
+        };
+        drop(self.file);
+        Ok(removed)
+    }
+}
+
+#[derive(Debug)]
+pub struct Acquired {
+    pub lock: HeldLock,
+    pub events: Vec<Event>,
+}
+
+/// The record this process writes when it takes `target`.
+pub fn own_record(target: &LockTarget, process_name: Option<&str>) -> Record {
+    let pid = os::current_pid();
+    Record {
+        pid,
+        started: now_iso8601(),
+        trade_side: target.name.trade_side().map(str::to_string),
+        process_name: process_name
+            .filter(|n| !n.is_empty())
+            .map(str::to_string)
+            .unwrap_or_else(|| target.name.default_process_name()),
+        process_type: Some(target.name.process_type().to_string()),
+        hostname: host_name().map(str::to_string),
+        start_token: start_token(pid),
+        protocol: Some(PROTOCOL.to_string()),
+    }
+}
+
+/// Takes the lock or fails at once with `Error::Conflict`.
+pub fn acquire(target: &LockTarget, process_name: Option<&str>) -> Result<Acquired> {
+    ensure_dir(&target.dir)?;
+    let record = own_record(target, process_name);
+    let temp = Temp::create(
+        &target.dir,
+        &target.name.file_name(),
+        record.to_json().as_bytes(),
+    )?;
+    let mut events = Vec::new();
+    let outcome = link_or_take_over(target, &temp.path, &mut events);
+    let id = os::file_id(&temp.file);
+    let file = temp.discard();
+    outcome?;
+    let id = id.map_err(|e| Error::io("fstat", &target.path, e))?;
+    Ok(Acquired {
+        lock: HeldLock {
+            file,
+            id,
+            target: target.clone(),
+            record,
+        },
+        events,
+    })
+}
+
+fn link_or_take_over(target: &LockTarget, temp: &Path, events: &mut Vec<Event>) -> Result<()> {
+    let mut busy_since = None;
+    for _ in 0..MAX_ROUNDS {
+        match os::hard_link(temp, &target.path) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) if matches!(e.raw_os_error(), Some(n) if is_no_link_support(n)) => {
+                return Err(Error::Unsupported {
+                    path: target.dir.clone(),
+                    syscall: "link",
+                    source: e,
+                })
+            }
+            Err(e) => return Err(Error::io("link", &target.path, e)),
+        }
+        match examine(&target.path)? {
+            Found::Gone => {}
+            Found::Held(holder) => return Err(target.conflict(holder)),
+            Found::Busy(holder) => {
+                let since = *busy_since.get_or_insert_with(std::time::Instant::now);
+                if since.elapsed() > BUSY_PATIENCE {
+                    return Err(target.conflict(holder));
+                }
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            Found::Stale { file, event } => {
+                match os::remove(&target.path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(Error::io("unlink", &target.path, e)),
+                }
+                drop(file);
+                events.push(event);
+                if let Ok(paths) = sweep_orphan_temps(&target.dir, Some(&target.name.file_name())) {
+                    if !paths.is_empty() {
+                        events.push(Event::OrphansRemoved { paths });
+                    }
+                }
+            }
+        }
+    }
+    Err(Error::io(
+        "link",
+        &target.path,
+        io::Error::other("the lock file kept changing; gave up after many rounds"),
+    ))
+}
+
+#[cfg(unix)]
+fn is_no_link_support(errno: i32) -> bool {
+    // EPERM: file systems without hard links (FAT, some FUSE mounts) answer this for link(2).
+    matches!(
+        errno,
+        libc::EPERM | libc::EOPNOTSUPP | libc::ENOSYS | libc::EMLINK
+    )
+}
+
+#[cfg(not(unix))]
+fn is_no_link_support(errno: i32) -> bool {
+    const ERROR_INVALID_FUNCTION: i32 = 1;
+    const ERROR_NOT_SUPPORTED: i32 = 50;
+    matches!(errno, ERROR_INVALID_FUNCTION | ERROR_NOT_SUPPORTED)
+}
+
+/// What an acquirer found at the lock path.
+enum Found {
+    /// Nothing any more: link again.
+    Gone,
+    /// A live holder.
+    Held(Record),
+    /// Locked, but the record names a dead process: someone is probing or removing it.
+    Busy(Record),
+    /// Ours to remove: we hold its lock and it is still the file at the path.
+    Stale { file: File, event: Event },
+}
+
+fn examine(path: &Path) -> Result<Found> {
+    let file = match open_lock_file(path, os::open_existing)? {
+        Some(f) => f,
+        None => return Ok(Found::Gone),
+    };
+    let got = try_lock(&file, true, path)?;
+    let mut parsed = read_record(&file, path)?;
+    if !got {
+        return Ok(match parsed {
+            Parsed::Ours(r) | Parsed::Legacy(r) if judge_pid(&r).is_alive() => Found::Held(r),
+            Parsed::Ours(r) | Parsed::Legacy(r) => Found::Busy(r),
+            Parsed::Invalid(_) => Found::Busy(unknown_holder()),
+        });
+    }
+    if !names_same_file(path, &file)? {
+        return Ok(Found::Gone);
+    }
+    if matches!(parsed, Parsed::Invalid(_)) && is_young(&file) {
+        std::thread::sleep(REREAD_DELAY);
+        parsed = read_record(&file, path)?;
+    }
+    Ok(match parsed {
+        Parsed::Ours(r) => Found::Stale {
+            file,
+            event: Event::StaleRemoved { pid: r.pid },
+        },
+        Parsed::Legacy(r) if judge_pid(&r).is_alive() => Found::Held(r),
+        Parsed::Legacy(r) => Found::Stale {
+            file,
+            event: Event::StaleRemoved { pid: r.pid },
+        },
+        Parsed::Invalid(reason) => Found::Stale {
+            file,
+            event: Event::InvalidRemoved { reason },
+        },
+    })
+}
+
+/// A stand-in for a holder that wrote nothing readable. PID 0 is never a real holder.
+fn unknown_holder() -> Record {
+    Record {
+        pid: 0,
+        started: String::new(),
+        trade_side: None,
+        process_name: String::new(),
+        process_type: None,
+        hostname: None,
+        start_token: None,
+        protocol: None,
+    }
+}
+
+/// Opens the lock file, refusing anything but a regular file. `None`: nothing is there.
+fn open_lock_file(path: &Path, open: fn(&Path) -> io::Result<File>) -> Result<Option<File>> {
+    let not_a_file = |found: Entry| Error::NotAFile {
+        path: path.to_path_buf(),
+        found: found.describe(),
+    };
+    match open(path) {
+        Ok(f) => {
+            if os::is_regular(&f).map_err(|e| Error::io("fstat", path, e))? {
+                Ok(Some(f))
+            } else {
+                Err(not_a_file(Entry::Other))
+            }
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => match os::entry(path) {
+            Ok(Entry::Missing) => Ok(None),
+            Ok(found @ (Entry::Symlink | Entry::Directory | Entry::Other)) => {
+                Err(not_a_file(found))
+            }
+            _ => Err(Error::io("open", path, e)),
+        },
+    }
+}
+
+fn try_lock(file: &File, exclusive: bool, path: &Path) -> Result<bool> {
+    os::try_lock(file, exclusive).map_err(|e| {
+        if os::is_unsupported(&e) {
+            Error::Unsupported {
+                path: path.to_path_buf(),
+                syscall: "flock",
+                source: e,
+            }
+        } else {
+            Error::io("flock", path, e)
+        }
+    })
+}
+
+fn read_record(file: &File, path: &Path) -> Result<Parsed> {
+    let bytes = os::read_all(file, MAX_RECORD_BYTES).map_err(|e| Error::io("read", path, e))?;
+    Ok(parse_record(&bytes))
+}
+
+fn names_same_file(path: &Path, file: &File) -> Result<bool> {
+    let id = os::file_id(file).map_err(|e| Error::io("fstat", path, e))?;
+    let at_path = os::entry(path).map_err(|e| Error::io("lstat", path, e))?;
+    Ok(at_path == Entry::File(id))
+}
+
+fn is_young(file: &File) -> bool {
+    file.metadata()
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|m| SystemTime::now().duration_since(m).ok())
+        .is_some_and(|age| age < YOUNG_FILE)
+}
+
+/// The state of a lock file as an outside observer sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inspection {
+    Absent,
+    Held(Record),
+    /// Nobody holds it: the next acquirer will remove it.
+    Stale(Record),
+    /// Nobody holds it and it names nobody (empty, garbage).
+    Invalid(String),
+}
+
+/// Looks at a lock file without taking it. The probe holds a shared lock for a few
+/// microseconds; acquirers that meet it retry (see `Found::Busy`).
+pub fn inspect(path: &Path) -> Result<Inspection> {
+    let started = std::time::Instant::now();
+    loop {
+        let Some(file) = open_lock_file(path, os::open_for_probe)? else {
+            return Ok(Inspection::Absent);
+        };
+        let free = try_lock(&file, false, path)?;
+        let parsed = read_record(&file, path)?;
+        if free {
+            let _ = os::unlock(&file);
+        }
+        return Ok(match (free, parsed) {
+            (false, Parsed::Ours(r) | Parsed::Legacy(r)) => {
+                if !judge_pid(&r).is_alive() && started.elapsed() < BUSY_PATIENCE {
+                    // An acquirer is removing this dead holder's file right now: look again.
+                    std::thread::sleep(Duration::from_micros(200));
+                    continue;
+                }
+                Inspection::Held(r)
+            }
+            (false, Parsed::Invalid(_)) => Inspection::Held(unknown_holder()),
+            (true, Parsed::Ours(r)) => Inspection::Stale(r),
+            (true, Parsed::Legacy(r)) if judge_pid(&r).is_alive() => Inspection::Held(r),
+            (true, Parsed::Legacy(r)) => Inspection::Stale(r),
+            (true, Parsed::Invalid(reason)) => Inspection::Invalid(reason),
+        });
+    }
+}
+
+/// Removes whatever regular file or symlink is at the lock path, held or not. A holder that is
+/// still running will notice at release (its inode is no longer linked) and remove nothing.
+pub fn force_remove(path: &Path) -> Result<bool> {
+    match os::entry(path).map_err(|e| Error::io("lstat", path, e))? {
+        Entry::Missing => Ok(false),
+        Entry::File(_) | Entry::Symlink => match os::remove(path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(Error::io("unlink", path, e)),
+        },
+        found => Err(Error::NotAFile {
+            path: path.to_path_buf(),
+            found: found.describe(),
+        }),
+    }
+}
