@@ -94,6 +94,12 @@ impl HeldLock {
         &self.target
     }
 
+    /// The open lock file. A process that inherits a duplicate of it (the `run` command's child)
+    /// keeps the lock held for as long as it lives, whatever happens to this process.
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
     /// Whether the lock path still names our file (false after a forced removal).
     pub fn still_linked(&self) -> bool {
         matches!(os::entry(&self.target.path), Ok(Entry::File(id)) if id == self.id)
