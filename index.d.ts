@@ -1,0 +1,141 @@
+/** A lock's name: `'backend'`, `'worker'`, or any 1..64 letters, digits, `-` or `_`. */
+export type ProcessType = 'backend' | 'worker' | (string & {})
+
+/** The record in a lock file: the holder of a lock. */
+export interface LockInfo {
+  pid: number
+  /** When the lock was taken: ISO 8601 UTC with milliseconds. Empty for a bare-PID file. */
+  started: string
+  /** Upper case (`'SHORT'`), or null when the lock has no side. */
+  tradeSide: string | null
+  processName: string
+  processType?: string
+  hostname?: string
+  /** Identifies the holder process beyond its PID (start time and boot), against PID reuse. */
+  startToken?: string
+  /** `'processlock/1'`; absent in files written by older PID-only implementations. */
+  protocol?: string
+}
+
+export type LogLevel = 'info' | 'warn' | 'error'
+export type LogSink = (line: string, level: LogLevel) => void
+
+export interface LockOptions {
+  /**
+   * The lock directory. Default: `$PROCESSLOCK_DIR`, else `runtime/locks` under the nearest
+   * ancestor of the working directory that holds a package.json, else under the working
+   * directory. Created when missing.
+   */
+  dir?: string
+  /** Default: `$TRADE_SIDE`. `null` or `''`: no side, whatever the environment says. */
+  tradeSide?: string | null
+  /** Default: `trader-short-backend` style, `trader-backend` without a side. */
+  processName?: string
+  /**
+   * Where the `[PROCESS_LOCK_*]` lines go: the console by default; `false` or `'silent'` for
+   * nowhere (also `PROCESSLOCK_LOG=silent`); or a function.
+   */
+  log?: boolean | 'silent' | LogSink
+}
+
+export interface AcquireOptions extends LockOptions {
+  /**
+   * Block the calling thread up to this many milliseconds for the holder to go (release, exit,
+   * or death by any signal), then throw `LockConflictError` with `waitedMs`. Default 0.
+   */
+  waitMs?: number
+}
+
+export type LockState = 'held' | 'stale' | 'invalid'
+
+export interface LockStatus {
+  file: string
+  processType: string | null
+  tradeSide: string | null
+  state: LockState
+  /** The record, for held and stale locks. */
+  record: LockInfo | null
+  /** Why an invalid file is invalid. */
+  problem: string | null
+  /** This process holds it. */
+  isOwn: boolean
+}
+
+export type ProcessLockErrorCode =
+  | 'LOCK_CONFLICT'
+  | 'LOCK_INVALID_NAME'
+  | 'LOCK_INVALID_OPTION'
+  | 'LOCK_NOT_A_FILE'
+  | 'LOCK_UNSUPPORTED'
+  | 'LOCK_IO'
+  | 'LOCK_ABORTED'
+
+export class ProcessLockError extends Error {
+  readonly code: ProcessLockErrorCode
+}
+/** `LOCK_CONFLICT: backend (SHORT) is already running (PID: 51172)` */
+export class LockConflictError extends ProcessLockError {
+  readonly code: 'LOCK_CONFLICT'
+  readonly holder: LockInfo
+  readonly lockFile: string
+  /** How long the call waited before giving up (0 without `waitMs`). */
+  readonly waitedMs: number
+}
+export class LockInvalidNameError extends ProcessLockError {
+  readonly code: 'LOCK_INVALID_NAME'
+}
+export class LockInvalidOptionError extends ProcessLockError {
+  readonly code: 'LOCK_INVALID_OPTION'
+}
+/** A directory, symlink or special file sits at the lock path; it was left untouched. */
+export class LockNotAFileError extends ProcessLockError {
+  readonly code: 'LOCK_NOT_A_FILE'
+  readonly path: string
+}
+/** The lock directory's file system has no file locks or no hard links. */
+export class LockUnsupportedError extends ProcessLockError {
+  readonly code: 'LOCK_UNSUPPORTED'
+  readonly errno?: number
+  readonly osCode?: string
+  readonly syscall?: string
+  readonly path?: string
+}
+export class LockIoError extends ProcessLockError {
+  readonly code: 'LOCK_IO'
+  /** Negative, as in Node's own system errors (`-13` for EACCES on Linux). */
+  readonly errno?: number
+  /** `'EACCES'`, `'ENOTDIR'`, ... */
+  readonly osCode?: string
+  readonly syscall?: string
+  readonly path?: string
+}
+export class LockAbortedError extends ProcessLockError {
+  readonly code: 'LOCK_ABORTED'
+}
+
+/**
+ * Takes the exclusive lock for `processType` (and the trade side). Throws `LockConflictError`
+ * when another live process holds it; takes a dead holder's lock over at once. Calling it again
+ * in the holding process returns the held lock's info. The lock is released when the process
+ * ends: exit, uncaught exception, SIGINT/SIGTERM/SIGHUP, and even SIGKILL (the next acquirer
+ * takes it over at once).
+ */
+export function acquireLock(processType: ProcessType, options?: AcquireOptions): LockInfo
+
+/** Releases the lock if this process holds it; true when its file was removed. */
+export function releaseLock(processType: ProcessType, options?: LockOptions): boolean
+
+/** The live holder's record, or null when there is no lock or only a stale one. */
+export function getLockInfo(processType: ProcessType, options?: LockOptions): LockInfo | null
+
+/**
+ * Removes the lock file whatever holds it (use with caution: the holder keeps running). A
+ * holder that releases later will not remove a newer holder's file. True when a file was removed.
+ */
+export function forceRemoveLock(processType: ProcessType, options?: LockOptions): boolean
+
+/** Every lock file in the directory and its state. */
+export function listLocks(options?: Pick<LockOptions, 'dir'>): LockStatus[]
+
+/** The lock file path that `processType` and `options` name; nothing is touched. */
+export function lockFilePath(processType: ProcessType, options?: LockOptions): string

@@ -1,0 +1,171 @@
+'use strict'
+// The public API. The lock itself lives in the native core; this layer does what must happen in
+// JavaScript: argument checks, Error classes, log lines and the Node process lifecycle.
+
+const binding = require('./binding.js')
+const errors = require('./lib/errors.js')
+const { sinkFor, emit } = require('./lib/log.js')
+const lifecycle = require('./lib/lifecycle.js')
+
+const { errorFromFailure, invalidOption, normalizeRecord } = errors
+
+/** Locks taken through this module instance: lock file -> how to release it and log it. */
+const held = new Map()
+
+function checkOptions(processType, options, extra = []) {
+  if (typeof processType !== 'string') {
+    throw new errors.LockInvalidNameError(
+      `LOCK_INVALID_NAME: processType must be a string, got ${processType === null ? 'null' : typeof processType}`,
+      'LOCK_INVALID_NAME',
+    )
+  }
+  if (options === undefined || options === null) return {}
+  if (typeof options !== 'object') throw invalidOption(`options must be an object, got ${typeof options}`)
+  for (const key of ['dir', 'processName']) {
+    if (options[key] !== undefined && typeof options[key] !== 'string') {
+      throw invalidOption(`${key} must be a string`)
+    }
+  }
+  if (options.tradeSide !== undefined && options.tradeSide !== null && typeof options.tradeSide !== 'string') {
+    throw invalidOption('tradeSide must be a string or null')
+  }
+  const log = options.log
+  if (log !== undefined && typeof log !== 'boolean' && log !== 'silent' && typeof log !== 'function') {
+    throw invalidOption("log must be a boolean, 'silent' or a function (line, level) => void")
+  }
+  for (const key of extra) {
+    const v = options[key]
+    if (v !== undefined && !(typeof v === 'number' && v >= 0 && Number.isFinite(v))) {
+      throw invalidOption(`${key} must be a finite number >= 0`)
+    }
+  }
+  return options
+}
+
+/** What the native layer takes: `tradeSide: null` means "no side", never `$TRADE_SIDE`. */
+function nativeOptions(options) {
+  return {
+    dir: options.dir,
+    tradeSide: options.tradeSide === null ? '' : options.tradeSide,
+    processName: options.processName,
+  }
+}
+
+function fail(failure, lockFile, sink) {
+  emit(sink, failure.lines || [])
+  throw errorFromFailure(failure, lockFile)
+}
+
+function releaseHeld(lockFile, entry) {
+  held.delete(lockFile)
+  const out = binding.release(entry.processType, entry.options)
+  if (!out.error) emit(entry.sink, out.lines)
+  if (held.size === 0) lifecycle.uninstall()
+  return out
+}
+
+function releaseEverything() {
+  for (const [lockFile, entry] of [...held]) releaseHeld(lockFile, entry)
+}
+
+function adopt(out, processType, options, sink) {
+  emit(sink, out.lines)
+  if (!held.has(out.lockFile)) {
+    held.set(out.lockFile, { processType, options: nativeOptions(options), sink })
+  }
+  lifecycle.install(releaseEverything)
+  return normalizeRecord(out.info)
+}
+
+/**
+ * Takes the lock for `processType` or throws `LockConflictError`. Idempotent in the process
+ * that holds it.
+ */
+function acquireLock(processType, options) {
+  const opts = checkOptions(processType, options, ['waitMs'])
+  const sink = sinkFor(opts.log)
+  const out =
+    opts.waitMs > 0 && typeof binding.acquireWait === 'function'
+      ? binding.acquireWait(processType, nativeOptions(opts), opts.waitMs)
+      : binding.acquire(processType, nativeOptions(opts))
+  if (out.error) fail(out.error, out.lockFile, sink)
+  return adopt(out, processType, opts, sink)
+}
+
+/** Releases the lock if this process holds it. True when its file was removed. */
+function releaseLock(processType, options) {
+  const opts = checkOptions(processType, options)
+  const path = binding.lockPath(processType, nativeOptions(opts))
+  if (path.error) fail(path.error, undefined, sinkFor(opts.log))
+  const entry = held.get(path.lockFile) || {
+    processType,
+    options: nativeOptions(opts),
+    sink: sinkFor(opts.log),
+  }
+  const out = releaseHeld(path.lockFile, entry)
+  if (out.error) throw errorFromFailure(out.error, path.lockFile)
+  return out.removed
+}
+
+/** The live holder's record, or null when there is no lock or only a stale one. */
+function getLockInfo(processType, options) {
+  const opts = checkOptions(processType, options)
+  const out = binding.lockInfo(processType, nativeOptions(opts))
+  if (out.error) throw errorFromFailure(out.error, out.lockFile)
+  return normalizeRecord(out.info)
+}
+
+/**
+ * Removes the lock file whatever holds it. The holder keeps running (stop it first); when it
+ * releases, it will not remove a newer holder's file.
+ */
+function forceRemoveLock(processType, options) {
+  const opts = checkOptions(processType, options)
+  const out = binding.forceRemoveLock(processType, nativeOptions(opts))
+  if (out.error) throw errorFromFailure(out.error, out.lockFile)
+  if (held.delete(out.lockFile) && held.size === 0) lifecycle.uninstall()
+  return out.removed
+}
+
+/** Every lock file in the directory, with its state. */
+function listLocks(options) {
+  const opts = options == null ? {} : options
+  if (typeof opts !== 'object') throw invalidOption('options must be an object')
+  if (opts.dir !== undefined && typeof opts.dir !== 'string') throw invalidOption('dir must be a string')
+  const out = binding.list(opts.dir)
+  if (out.error) throw errorFromFailure(out.error)
+  return out.locks.map((l) => ({
+    file: l.file,
+    processType: l.processType ?? null,
+    tradeSide: l.tradeSide ?? null,
+    state: l.state,
+    record: normalizeRecord(l.record),
+    problem: l.problem ?? null,
+    isOwn: l.isOwn,
+  }))
+}
+
+/** The lock file path that `processType` and `options` name; nothing is touched. */
+function lockFilePath(processType, options) {
+  const opts = checkOptions(processType, options)
+  const out = binding.lockPath(processType, nativeOptions(opts))
+  if (out.error) throw errorFromFailure(out.error)
+  return out.lockFile
+}
+
+module.exports = {
+  acquireLock,
+  releaseLock,
+  getLockInfo,
+  forceRemoveLock,
+  listLocks,
+  lockFilePath,
+  ProcessLockError: errors.ProcessLockError,
+  LockConflictError: errors.LockConflictError,
+  LockInvalidNameError: errors.LockInvalidNameError,
+  LockInvalidOptionError: errors.LockInvalidOptionError,
+  LockNotAFileError: errors.LockNotAFileError,
+  LockUnsupportedError: errors.LockUnsupportedError,
+  LockIoError: errors.LockIoError,
+  LockAbortedError: errors.LockAbortedError,
+}

@@ -1,0 +1,21 @@
+// ESM entry: the same module instance as `require('@trader/processlock')`, so both kinds of
+// import share one set of held locks.
+import api from './index.js'
+
+export const {
+  acquireLock,
+  releaseLock,
+  getLockInfo,
+  forceRemoveLock,
+  listLocks,
+  lockFilePath,
+  ProcessLockError,
+  LockConflictError,
+  LockInvalidNameError,
+  LockInvalidOptionError,
+  LockNotAFileError,
+  LockUnsupportedError,
+  LockIoError,
+  LockAbortedError,
+} = api
+export default api

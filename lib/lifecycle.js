@@ -1,0 +1,60 @@
+'use strict'
+// Releases held locks when the process ends, without changing how the app ends.
+//
+// - 'exit' covers process.exit(), the natural end, an uncaught exception and an unhandled
+//   rejection. Nothing is added for 'uncaughtException': a listener there would stop Node from
+//   crashing.
+// - SIGINT, SIGTERM and SIGHUP kill Node without 'exit' when nobody listens. If the app has no
+//   listener of its own we release and re-raise the signal, so the exit status stays 130/143/129.
+//   If it has one (PM2 graceful shutdown, Temporal's Runtime), its shutdown runs undisturbed
+//   and 'exit' releases later.
+// - Our signal listeners are prepended, so we look at the listener list before any app listener
+//   had the chance to remove itself during the same signal (Temporal's Runtime does that).
+// - Nothing is installed at require time, and everything is removed once no lock is held, so a
+//   process that holds no lock behaves exactly as if this package were not loaded.
+
+const { isMainThread } = require('node:worker_threads')
+
+const SIGNALS = process.platform === 'win32' ? ['SIGINT', 'SIGTERM'] : ['SIGINT', 'SIGTERM', 'SIGHUP']
+
+let releaseAll = null
+let installed = false
+const handlers = new Map()
+
+function onExit() {
+  releaseAll()
+}
+
+function onSignal(signal) {
+  const appListeners = process.listeners(signal).filter((l) => l !== handlers.get(signal))
+  if (appListeners.length > 0) return
+  releaseAll()
+  uninstall()
+  process.kill(process.pid, signal)
+}
+
+/** Called after a lock is taken. `release` must release every held lock synchronously. */
+function install(release) {
+  releaseAll = release
+  if (installed) return
+  installed = true
+  process.on('exit', onExit)
+  // Signal listeners are a main-thread feature; a worker's locks go with its 'exit'.
+  if (!isMainThread) return
+  for (const signal of SIGNALS) {
+    const handler = () => onSignal(signal)
+    handlers.set(signal, handler)
+    process.prependListener(signal, handler)
+  }
+}
+
+/** Called once no lock is held any more. */
+function uninstall() {
+  if (!installed) return
+  installed = false
+  process.removeListener('exit', onExit)
+  for (const [signal, handler] of handlers) process.removeListener(signal, handler)
+  handlers.clear()
+}
+
+module.exports = { install, uninstall }
