@@ -9,9 +9,11 @@
 //! This crate knows nothing of Node: the addon and the `processlock` command are thin shells
 //! over it.
 
+mod clear;
 mod clock;
 mod dir;
 mod error;
+mod handoff;
 mod list;
 mod liveness;
 mod name;
@@ -22,8 +24,11 @@ mod registry;
 pub mod report;
 mod temp;
 
+pub use clear::{remove_if_stale, Removal};
+pub use clock::parse_iso8601_ms;
 pub use dir::{default_dir, ensure_dir, resolve_dir, DIR_ENV};
 pub use error::{Conflict, Error, Result};
+pub use handoff::{record_for, PendingLock};
 pub use list::{list_locks, LockState, LockStatus};
 pub use liveness::{judge_pid, start_token, PidState};
 pub use name::{LockName, SIDE_ENV};

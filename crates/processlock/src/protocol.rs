@@ -31,11 +31,11 @@ use crate::temp::{sweep_orphan_temps, Temp};
 
 /// How long a racer keeps retrying a file whose lock is held while its record names a dead
 /// process: someone is probing or removing it, which takes microseconds.
-const BUSY_PATIENCE: Duration = Duration::from_millis(250);
+pub(crate) const BUSY_PATIENCE: Duration = Duration::from_millis(250);
 /// A file without a holder whose record is unreadable may be a PID-only writer's file caught
 /// between its truncation and its write: look again after this long if it is that young.
 const YOUNG_FILE: Duration = Duration::from_secs(1);
-const REREAD_DELAY: Duration = Duration::from_millis(20);
+pub(crate) const REREAD_DELAY: Duration = Duration::from_millis(20);
 /// A safety net against livelock, far above anything a real race needs.
 const MAX_ROUNDS: u32 = 10_000;
 
@@ -98,6 +98,16 @@ impl HeldLock {
     /// keeps the lock held for as long as it lives, whatever happens to this process.
     pub fn file(&self) -> &File {
         &self.file
+    }
+
+    /// Assembles a lock taken by another path through the protocol (`handoff.rs`).
+    pub(crate) fn from_parts(file: File, id: FileId, target: LockTarget, record: Record) -> Self {
+        Self {
+            file,
+            id,
+            target,
+            record,
+        }
     }
 
     /// Whether the lock path still names our file (false after a forced removal).
@@ -171,7 +181,11 @@ pub fn acquire(target: &LockTarget, process_name: Option<&str>) -> Result<Acquir
     })
 }
 
-fn link_or_take_over(target: &LockTarget, temp: &Path, events: &mut Vec<Event>) -> Result<()> {
+pub(crate) fn link_or_take_over(
+    target: &LockTarget,
+    temp: &Path,
+    events: &mut Vec<Event>,
+) -> Result<()> {
     let mut busy_since = None;
     for _ in 0..MAX_ROUNDS {
         match os::hard_link(temp, &target.path) {
@@ -286,7 +300,7 @@ fn examine(path: &Path) -> Result<Found> {
 }
 
 /// A stand-in for a holder that wrote nothing readable. PID 0 is never a real holder.
-fn unknown_holder() -> Record {
+pub(crate) fn unknown_holder() -> Record {
     Record {
         pid: 0,
         started: String::new(),
@@ -300,7 +314,10 @@ fn unknown_holder() -> Record {
 }
 
 /// Opens the lock file, refusing anything but a regular file. `None`: nothing is there.
-fn open_lock_file(path: &Path, open: fn(&Path) -> io::Result<File>) -> Result<Option<File>> {
+pub(crate) fn open_lock_file(
+    path: &Path,
+    open: fn(&Path) -> io::Result<File>,
+) -> Result<Option<File>> {
     let not_a_file = |found: Entry| Error::NotAFile {
         path: path.to_path_buf(),
         found: found.describe(),
@@ -324,7 +341,7 @@ fn open_lock_file(path: &Path, open: fn(&Path) -> io::Result<File>) -> Result<Op
     }
 }
 
-fn try_lock(file: &File, exclusive: bool, path: &Path) -> Result<bool> {
+pub(crate) fn try_lock(file: &File, exclusive: bool, path: &Path) -> Result<bool> {
     os::try_lock(file, exclusive).map_err(|e| {
         if os::is_unsupported(&e) {
             Error::Unsupported {
@@ -338,18 +355,18 @@ fn try_lock(file: &File, exclusive: bool, path: &Path) -> Result<bool> {
     })
 }
 
-fn read_record(file: &File, path: &Path) -> Result<Parsed> {
+pub(crate) fn read_record(file: &File, path: &Path) -> Result<Parsed> {
     let bytes = os::read_all(file, MAX_RECORD_BYTES).map_err(|e| Error::io("read", path, e))?;
     Ok(parse_record(&bytes))
 }
 
-fn names_same_file(path: &Path, file: &File) -> Result<bool> {
+pub(crate) fn names_same_file(path: &Path, file: &File) -> Result<bool> {
     let id = os::file_id(file).map_err(|e| Error::io("fstat", path, e))?;
     let at_path = os::entry(path).map_err(|e| Error::io("lstat", path, e))?;
     Ok(at_path == Entry::File(id))
 }
 
-fn is_young(file: &File) -> bool {
+pub(crate) fn is_young(file: &File) -> bool {
     file.metadata()
         .and_then(|m| m.modified())
         .ok()

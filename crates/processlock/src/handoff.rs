@@ -1,0 +1,182 @@
+//! Taking a lock on behalf of another process: the `processlock run` command's child.
+//!
+//! The record should name the process that holds the lock for as long as it lives (the wrapped
+//! command), so that `check` and conflict messages point at it, even after the wrapper itself was
+//! killed. That PID exists only once the child is forked, while the descriptor the child inherits
+//! must exist before the fork. So the lock is taken in two steps:
+//!
+//! 1. `PendingLock::create` makes the fresh, exclusively locked temp file of the protocol, still
+//!    empty and not linked at the lock path: nobody can mistake it for a lock.
+//! 2. The caller forks a child that inherits a duplicate of `PendingLock::file` and waits.
+//! 3. `PendingLock::commit` writes the record naming the child (`record_for`) and links the file
+//!    at the lock path exactly as `acquire` does (same take-over of dead holders' files). The
+//!    record is complete before the link, so readers never see it half-written.
+//!
+//! Whatever happens to the caller afterwards, the child's descriptor keeps the lock held.
+
+use std::fs::File;
+
+use crate::clock::now_iso8601;
+use crate::dir::ensure_dir;
+use crate::error::{Error, Result};
+use crate::liveness::{host_name, start_token};
+use crate::os;
+use crate::protocol::{link_or_take_over, Acquired, HeldLock, LockTarget};
+use crate::record::{Record, PROTOCOL};
+use crate::temp::Temp;
+
+/// A lock file made and locked but not yet visible at the lock path. Dropping it removes the
+/// temp file (the inode lives on while an inherited descriptor is open).
+pub struct PendingLock {
+    target: LockTarget,
+    temp: Option<Temp>,
+}
+
+impl PendingLock {
+    /// Creates the lock directory if needed and a fresh, locked, empty temp file in it.
+    pub fn create(target: &LockTarget) -> Result<Self> {
+        ensure_dir(&target.dir)?;
+        let temp = Temp::create(&target.dir, &target.name.file_name(), b"")?;
+        Ok(Self {
+            target: target.clone(),
+            temp: Some(temp),
+        })
+    }
+
+    pub fn target(&self) -> &LockTarget {
+        &self.target
+    }
+
+    /// The locked file. Every process that holds a duplicate of this descriptor (inherited across
+    /// `fork` and `exec`) shares the lock: it is released only when the last one is closed.
+    pub fn file(&self) -> &File {
+        &self.temp.as_ref().expect("present until commit").file
+    }
+
+    /// Writes `record` and links the file at the lock path. On `Error::Conflict` nothing is
+    /// visible at the lock path and the temp file is gone; the inode dies with its descriptors.
+    pub fn commit(mut self, record: Record) -> Result<Acquired> {
+        let temp = self.temp.take().expect("present until commit");
+        if let Err(e) = write_at_start(&temp.file, record.to_json().as_bytes()) {
+            let path = temp.path.clone();
+            drop(temp.discard());
+            return Err(Error::io("write", &path, e));
+        }
+        let mut events = Vec::new();
+        let outcome = link_or_take_over(&self.target, &temp.path, &mut events);
+        let id = os::file_id(&temp.file);
+        let file = temp.discard();
+        outcome?;
+        let id = id.map_err(|e| Error::io("fstat", &self.target.path, e))?;
+        Ok(Acquired {
+            lock: HeldLock::from_parts(file, id, self.target.clone(), record),
+            events,
+        })
+    }
+}
+
+impl Drop for PendingLock {
+    fn drop(&mut self) {
+        if let Some(temp) = self.temp.take() {
+            drop(temp.discard());
+        }
+    }
+}
+
+/// The record for a lock held on behalf of the running process `pid`: like `own_record`, with
+/// that process's PID and start token.
+pub fn record_for(target: &LockTarget, pid: u32, process_name: Option<&str>) -> Record {
+    Record {
+        pid,
+        started: now_iso8601(),
+        trade_side: target.name.trade_side().map(str::to_string),
+        process_name: process_name
+            .filter(|n| !n.is_empty())
+            .map(str::to_string)
+            .unwrap_or_else(|| target.name.default_process_name()),
+        process_type: Some(target.name.process_type().to_string()),
+        hostname: host_name().map(str::to_string),
+        start_token: start_token(pid),
+        protocol: Some(PROTOCOL.to_string()),
+    }
+}
+
+/// Writes at offset 0 without using the descriptor's shared cursor (a child may share it).
+fn write_at_start(file: &File, bytes: &[u8]) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileExt;
+        file.write_all_at(bytes, 0)
+    }
+    #[cfg(windows)]
+    {
+        use std::os::windows::fs::FileExt;
+        let mut done = 0;
+        while done < bytes.len() {
+            match file.seek_write(&bytes[done..], done as u64)? {
+                0 => return Err(std::io::ErrorKind::WriteZero.into()),
+                n => done += n,
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::*;
+    use crate::name::LockName;
+    use crate::protocol::{inspect, Inspection};
+    use crate::record::{parse_record, Parsed};
+
+    fn target(label: &str) -> LockTarget {
+        let dir = std::env::temp_dir().join(format!("pl-handoff-{label}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        LockTarget::new(dir, LockName::new("backend", Some("SHORT")).unwrap())
+    }
+
+    #[test]
+    fn nothing_is_visible_until_commit_and_the_record_names_the_given_pid() {
+        let t = target("commit");
+        let pending = PendingLock::create(&t).unwrap();
+        assert_eq!(pending.target().path, t.path);
+        assert_eq!(inspect(&t.path).unwrap(), Inspection::Absent);
+        let me = std::process::id();
+        let record = record_for(&t, me, Some("svc"));
+        assert_eq!(record.start_token, start_token(me));
+        let acquired = pending.commit(record.clone()).unwrap();
+        assert_eq!(inspect(&t.path).unwrap(), Inspection::Held(record.clone()));
+        assert_eq!(
+            parse_record(&std::fs::read(&t.path).unwrap()),
+            Parsed::Ours(record)
+        );
+        // The temp name is gone; only the lock file is left.
+        let names: Vec<_> = std::fs::read_dir(&t.dir).unwrap().flatten().collect();
+        assert_eq!(names.len(), 1);
+        assert!(acquired.lock.release().unwrap());
+        std::fs::remove_dir_all(&t.dir).unwrap();
+    }
+
+    #[test]
+    fn a_commit_against_a_live_holder_conflicts_and_leaves_nothing() {
+        let t = target("conflict");
+        let first = crate::protocol::acquire(&t, None).unwrap();
+        let pending = PendingLock::create(&t).unwrap();
+        let err = pending
+            .commit(record_for(&t, std::process::id(), None))
+            .unwrap_err();
+        assert_eq!(err.code(), "LOCK_CONFLICT");
+        let names: Vec<_> = std::fs::read_dir(&t.dir).unwrap().flatten().collect();
+        assert_eq!(names.len(), 1, "only the holder's file: {names:?}");
+        assert!(first.lock.release().unwrap());
+        std::fs::remove_dir_all(&t.dir).unwrap();
+    }
+
+    #[test]
+    fn dropping_an_uncommitted_lock_removes_its_temp_file() {
+        let t = target("drop");
+        drop(PendingLock::create(&t).unwrap());
+        assert_eq!(std::fs::read_dir(&t.dir).unwrap().count(), 0);
+        std::fs::remove_dir_all(&t.dir).unwrap();
+    }
+}
