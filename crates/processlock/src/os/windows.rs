@@ -1,1 +1,522 @@
-// Windows OS layer: see issue 5.
+//! The OS layer on Windows: the same operations as `unix.rs`, with Win32 semantics.
+//!
+//! * Every open shares read, write and delete, so that others can read a held lock's record and
+//!   a holder (or a stale-lock remover) can delete the file while rivals have it open.
+//! * The lock path is never followed through a reparse point (symbolic link, junction, ...):
+//!   files are opened with `FILE_FLAG_OPEN_REPARSE_POINT`, which opens the link itself, and a
+//!   reparse point found that way is refused like `O_NOFOLLOW` refuses a symlink.
+//! * The ownership lock is `LockFileEx` on one byte far beyond the end of the record (see
+//!   `LOCK_OFFSET`). Windows byte-range locks are mandatory: a lock over the record would make
+//!   every reader's `ReadFile` fail with `ERROR_LOCK_VIOLATION`.
+//! * A lock is held by a handle and dropped by the OS when the last handle to it closes, however
+//!   the process ends, as `flock` is on Unix.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::windows::ffi::OsStrExt;
+use std::os::windows::fs::{FileExt, OpenOptionsExt};
+use std::os::windows::io::{AsRawHandle, FromRawHandle, OwnedHandle};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use windows_sys::Win32::Foundation::{
+    ERROR_ACCESS_DENIED, ERROR_ALREADY_EXISTS, ERROR_DIRECTORY_NOT_SUPPORTED, ERROR_FILE_EXISTS,
+    ERROR_INVALID_FUNCTION, ERROR_INVALID_LOCK_RANGE, ERROR_INVALID_PARAMETER,
+    ERROR_LOCK_VIOLATION, ERROR_MORE_DATA, ERROR_NOT_SUPPORTED, ERROR_STOPPED_ON_SYMLINK,
+    ERROR_WRITE_PROTECT, FILETIME, HANDLE, STILL_ACTIVE, WAIT_OBJECT_0,
+};
+use windows_sys::Win32::Storage::FileSystem::{
+    FileDispositionInfo, FileDispositionInfoEx, FileRenameInfo, GetFileInformationByHandle,
+    GetFileType, LockFileEx, SetFileInformationByHandle, UnlockFileEx, BY_HANDLE_FILE_INFORMATION,
+    DELETE, FILE_ATTRIBUTE_DIRECTORY, FILE_ATTRIBUTE_REPARSE_POINT, FILE_DISPOSITION_FLAG_DELETE,
+    FILE_DISPOSITION_FLAG_IGNORE_READONLY_ATTRIBUTE, FILE_DISPOSITION_FLAG_POSIX_SEMANTICS,
+    FILE_DISPOSITION_INFO, FILE_DISPOSITION_INFO_EX, FILE_FLAG_BACKUP_SEMANTICS,
+    FILE_FLAG_OPEN_REPARSE_POINT, FILE_READ_ATTRIBUTES, FILE_RENAME_INFO, FILE_SHARE_DELETE,
+    FILE_SHARE_READ, FILE_SHARE_WRITE, FILE_TYPE_DISK, LOCKFILE_EXCLUSIVE_LOCK,
+    LOCKFILE_FAIL_IMMEDIATELY,
+};
+use windows_sys::Win32::System::SystemInformation::{ComputerNameDnsHostname, GetComputerNameExW};
+use windows_sys::Win32::System::Threading::{
+    GetExitCodeProcess, GetProcessTimes, OpenProcess, WaitForSingleObject,
+    PROCESS_QUERY_LIMITED_INFORMATION, PROCESS_SYNCHRONIZE,
+};
+use windows_sys::Win32::System::IO::OVERLAPPED;
+
+use super::{Entry, FileId, Pid};
+
+const SHARE_ALL: u32 = FILE_SHARE_READ | FILE_SHARE_WRITE | FILE_SHARE_DELETE;
+
+/// The byte that stands for ownership. Any offset past the largest record would do; this one is
+/// as far out as a signed 64-bit offset goes, because Samba and Wine map Windows byte-range locks
+/// onto POSIX `fcntl` locks, whose offsets are signed. Nobody ever reads or writes there, so the
+/// mandatory lock never gets in a reader's way.
+const LOCK_OFFSET: u64 = i64::MAX as u64 - 1;
+const LOCK_LEN: u64 = 1;
+
+fn handle(file: &File) -> HANDLE {
+    file.as_raw_handle()
+}
+
+fn win_error(code: u32) -> io::Error {
+    io::Error::from_raw_os_error(code as i32)
+}
+
+fn is_code(e: &io::Error, codes: &[u32]) -> bool {
+    e.raw_os_error()
+        .is_some_and(|n| codes.iter().any(|&c| c as i32 == n))
+}
+
+/// `OpenOptions` that share everything and open a reparse point itself instead of its target.
+fn options(extra_flags: u32) -> OpenOptions {
+    let mut o = OpenOptions::new();
+    o.share_mode(SHARE_ALL)
+        .custom_flags(FILE_FLAG_OPEN_REPARSE_POINT | extra_flags);
+    o
+}
+
+fn info(file: &File) -> io::Result<BY_HANDLE_FILE_INFORMATION> {
+    // SAFETY: plain data, filled in by the call; the handle is valid for the borrow.
+    let mut info: BY_HANDLE_FILE_INFORMATION = unsafe { std::mem::zeroed() };
+    if unsafe { GetFileInformationByHandle(handle(file), &mut info) } == 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(info)
+}
+
+/// What `O_NOFOLLOW` does on Unix: an open that landed on a reparse point fails.
+fn refuse_reparse_point(file: File) -> io::Result<File> {
+    if info(&file)?.dwFileAttributes & FILE_ATTRIBUTE_REPARSE_POINT != 0 {
+        return Err(win_error(ERROR_STOPPED_ON_SYMLINK));
+    }
+    Ok(file)
+}
+
+/// A new file that did not exist before. `CREATE_NEW` fails on any existing name, a link
+/// included, so nothing is ever created through a link.
+pub fn create_new(path: &Path) -> io::Result<File> {
+    options(0)
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(path)
+}
+
+/// Opens the file at the lock path without following a reparse point. Read-write when permitted
+/// (like on Unix, for network file systems that want a writable handle for exclusive locks);
+/// read-only otherwise (another user's lock, a read-only attribute or medium).
+pub fn open_existing(path: &Path) -> io::Result<File> {
+    let file = match options(0).read(true).write(true).open(path) {
+        Err(e) if is_code(&e, &[ERROR_ACCESS_DENIED, ERROR_WRITE_PROTECT]) => {
+            options(0).read(true).open(path)?
+        }
+        other => other?,
+    };
+    refuse_reparse_point(file)
+}
+
+/// Opens for reading only, for probes that must not need write permission.
+pub fn open_for_probe(path: &Path) -> io::Result<File> {
+    refuse_reparse_point(options(0).read(true).open(path)?)
+}
+
+fn overlapped_at(offset: u64) -> OVERLAPPED {
+    let mut ov = OVERLAPPED::default();
+    ov.Anonymous.Anonymous.Offset = offset as u32;
+    ov.Anonymous.Anonymous.OffsetHigh = (offset >> 32) as u32;
+    ov
+}
+
+/// `Ok(true)`: locked; `Ok(false)`: another handle holds a conflicting lock. Never waits.
+pub fn try_lock(file: &File, exclusive: bool) -> io::Result<bool> {
+    let mut flags = LOCKFILE_FAIL_IMMEDIATELY;
+    if exclusive {
+        flags |= LOCKFILE_EXCLUSIVE_LOCK;
+    }
+    let mut ov = overlapped_at(LOCK_OFFSET);
+    // SAFETY: a synchronous handle (std never opens with FILE_FLAG_OVERLAPPED), so the call
+    // completes before it returns and `ov` outlives it.
+    let ok = unsafe {
+        LockFileEx(
+            handle(file),
+            flags,
+            0,
+            LOCK_LEN as u32,
+            (LOCK_LEN >> 32) as u32,
+            &mut ov,
+        )
+    };
+    if ok != 0 {
+        return Ok(true);
+    }
+    let e = io::Error::last_os_error();
+    if is_code(&e, &[ERROR_LOCK_VIOLATION]) {
+        Ok(false)
+    } else {
+        Err(e)
+    }
+}
+
+pub fn unlock(file: &File) -> io::Result<()> {
+    let mut ov = overlapped_at(LOCK_OFFSET);
+    // SAFETY: as in `try_lock`.
+    let ok = unsafe {
+        UnlockFileEx(
+            handle(file),
+            0,
+            LOCK_LEN as u32,
+            (LOCK_LEN >> 32) as u32,
+            &mut ov,
+        )
+    };
+    if ok == 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Whether an error from `try_lock` means "this file system has no such locks" (some network
+/// redirectors and FUSE-like drivers), or refuses our lock offset.
+pub fn is_unsupported(e: &io::Error) -> bool {
+    is_code(
+        e,
+        &[
+            ERROR_NOT_SUPPORTED,
+            ERROR_INVALID_FUNCTION,
+            ERROR_INVALID_LOCK_RANGE,
+        ],
+    )
+}
+
+/// Volume serial number and file index: equal for the same file on the same volume. (ReFS has
+/// 128-bit file ids; the 64-bit index it reports here is still unique per volume in practice.)
+pub fn file_id(file: &File) -> io::Result<FileId> {
+    let i = info(file)?;
+    Ok(FileId {
+        dev: u64::from(i.dwVolumeSerialNumber),
+        ino: (u64::from(i.nFileIndexHigh) << 32) | u64::from(i.nFileIndexLow),
+    })
+}
+
+/// A file on disk: not a directory, not a reparse point, not a pipe or device.
+pub fn is_regular(file: &File) -> io::Result<bool> {
+    // SAFETY: the handle is valid for the borrow.
+    if unsafe { GetFileType(handle(file)) } != FILE_TYPE_DISK {
+        return Ok(false);
+    }
+    let attrs = info(file)?.dwFileAttributes;
+    Ok(attrs & (FILE_ATTRIBUTE_DIRECTORY | FILE_ATTRIBUTE_REPARSE_POINT) == 0)
+}
+
+/// What sits at `path`, without following a reparse point. Every reparse point counts as a
+/// symbolic link: whatever it redirects to, the lock path must not be it.
+pub fn entry(path: &Path) -> io::Result<Entry> {
+    // Access 0 asks for attributes only: it never conflicts with anyone's share mode. Backup
+    // semantics let the call open directories too.
+    let file = match options(FILE_FLAG_BACKUP_SEMANTICS)
+        .access_mode(0)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Entry::Missing),
+        Err(e) => return Err(e),
+    };
+    let i = info(&file)?;
+    Ok(if i.dwFileAttributes & FILE_ATTRIBUTE_REPARSE_POINT != 0 {
+        Entry::Symlink
+    } else if i.dwFileAttributes & FILE_ATTRIBUTE_DIRECTORY != 0 {
+        Entry::Directory
+    } else if unsafe { GetFileType(handle(&file)) } != FILE_TYPE_DISK {
+        Entry::Other
+    } else {
+        file_id(&file).map(Entry::File)?
+    })
+}
+
+/// `CreateHardLinkW`: fails with `AlreadyExists` when `dst` exists, never replaces it.
+pub fn hard_link(src: &Path, dst: &Path) -> io::Result<()> {
+    std::fs::hard_link(src, dst)
+}
+
+/// Removes the name at `path` (a reparse point itself, never its target) so that the name is
+/// free at once, even while other processes still have the file open.
+///
+/// Classic Windows deletion only marks an open file "delete pending": its name stays in the
+/// directory until the last handle closes, and meanwhile creating or linking a file of that name
+/// fails with `ERROR_ACCESS_DENIED`. A rival that has the old lock file open (to test its lock
+/// or read its record) would then make the name unusable for everyone for a moment, and a
+/// released lock could not be taken again at once. So:
+/// 1. POSIX delete semantics (`FILE_DISPOSITION_FLAG_POSIX_SEMANTICS`, Windows 10 1607 and
+///    later, on NTFS) unlink the name immediately, as `unlink(2)` does; open handles keep working.
+/// 2. Where those are not available (older Windows, FAT, some network file systems), the file is
+///    first renamed to a unique hidden name in the same directory, then marked for deletion. The
+///    lock path is free at once; the hidden name goes away when the last handle closes.
+pub fn remove(path: &Path) -> io::Result<()> {
+    let file = options(FILE_FLAG_BACKUP_SEMANTICS)
+        .access_mode(DELETE | FILE_READ_ATTRIBUTES)
+        .open(path)?;
+    let attrs = info(&file)?.dwFileAttributes;
+    if attrs & FILE_ATTRIBUTE_DIRECTORY != 0 && attrs & FILE_ATTRIBUTE_REPARSE_POINT == 0 {
+        // A real directory: `unlink(2)` refuses those too.
+        return Err(win_error(ERROR_DIRECTORY_NOT_SUPPORTED));
+    }
+    let posix = FILE_DISPOSITION_INFO_EX {
+        Flags: FILE_DISPOSITION_FLAG_DELETE
+            | FILE_DISPOSITION_FLAG_POSIX_SEMANTICS
+            | FILE_DISPOSITION_FLAG_IGNORE_READONLY_ATTRIBUTE,
+    };
+    match set_info(&file, FileDispositionInfoEx, &posix) {
+        Ok(()) => return Ok(()),
+        // Older systems reject the information class or the flags; FAT and others answer
+        // "not supported".
+        Err(e)
+            if is_code(
+                &e,
+                &[
+                    ERROR_INVALID_PARAMETER,
+                    ERROR_INVALID_FUNCTION,
+                    ERROR_NOT_SUPPORTED,
+                ],
+            ) => {}
+        Err(e) => return Err(e),
+    }
+    // If the rename fails, deleting still works, only without freeing the name at once.
+    let aside = rename_aside(&file, path);
+    let delete = FILE_DISPOSITION_INFO { DeleteFile: true };
+    match set_info(&file, FileDispositionInfo, &delete) {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            if aside.is_ok() {
+                // Put the name back (never over a file that took its place meanwhile).
+                let _ = rename_handle(&file, &absolute(path)?, false);
+            }
+            Err(e)
+        }
+    }
+}
+
+static ASIDE_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// Renames the open file to `.<name>.<pid>.<n>.removed` in its directory. Hidden from listings
+/// (leading dot, and it does not end in `.lock`) and never taken for an acquirer's temp file.
+fn rename_aside(file: &File, path: &Path) -> io::Result<()> {
+    let path = absolute(path)?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut last = win_error(ERROR_ALREADY_EXISTS);
+    for _ in 0..16 {
+        let n = ASIDE_COUNTER.fetch_add(1, Ordering::Relaxed);
+        let aside = path.with_file_name(format!(".{name}.{}.{n}.removed", std::process::id()));
+        match rename_handle(file, &aside, false) {
+            Ok(()) => return Ok(()),
+            Err(e) if is_code(&e, &[ERROR_ALREADY_EXISTS, ERROR_FILE_EXISTS]) => last = e,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last)
+}
+
+fn absolute(path: &Path) -> io::Result<PathBuf> {
+    std::path::absolute(path)
+}
+
+/// `SetFileInformationByHandle(FileRenameInfo)` with a full path (a bare name would be taken
+/// relative to the working directory, not to the file's directory).
+fn rename_handle(file: &File, to: &Path, replace: bool) -> io::Result<()> {
+    let name: Vec<u16> = to.as_os_str().encode_wide().collect();
+    let name_bytes = name.len() * 2;
+    let name_at = std::mem::offset_of!(FILE_RENAME_INFO, FileName);
+    // The structure, the name and a terminating NUL, in a buffer aligned for the structure
+    // (it holds a handle-sized field).
+    let size = name_at + name_bytes + 2;
+    let mut buf = vec![0u64; size.div_ceil(8)];
+    let rename = buf.as_mut_ptr().cast::<FILE_RENAME_INFO>();
+    // SAFETY: `buf` is zeroed, aligned to 8 and at least `size` bytes long; the name is copied
+    // into the bytes that follow the structure's fixed part, all inside `buf`.
+    unsafe {
+        (*rename).Anonymous.ReplaceIfExists = replace;
+        (*rename).RootDirectory = std::ptr::null_mut();
+        (*rename).FileNameLength =
+            u32::try_from(name_bytes).map_err(|_| io::Error::other("name too long"))?;
+        std::ptr::copy_nonoverlapping(
+            name.as_ptr(),
+            buf.as_mut_ptr().cast::<u8>().add(name_at).cast::<u16>(),
+            name.len(),
+        );
+    }
+    // SAFETY: the buffer is valid for `size` bytes for the duration of the call.
+    let ok = unsafe {
+        SetFileInformationByHandle(
+            handle(file),
+            FileRenameInfo,
+            buf.as_ptr().cast(),
+            size as u32,
+        )
+    };
+    if ok == 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn set_info<T>(file: &File, class: i32, value: &T) -> io::Result<()> {
+    // SAFETY: `value` is a valid, fully initialised structure of the size passed.
+    let ok = unsafe {
+        SetFileInformationByHandle(
+            handle(file),
+            class,
+            (value as *const T).cast(),
+            std::mem::size_of::<T>() as u32,
+        )
+    };
+    if ok == 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Reads a whole (small) file from offset 0. Positioned reads on Windows move the handle's file
+/// pointer; nothing here depends on it (a record is written once, before it is linked).
+pub fn read_all(file: &File, limit: usize) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; 4096];
+    let mut len = 0;
+    loop {
+        if len == buf.len() {
+            if buf.len() > limit {
+                break;
+            }
+            buf.resize(buf.len() * 2, 0);
+        }
+        let n = file.seek_read(&mut buf[len..], len as u64)?;
+        if n == 0 {
+            break;
+        }
+        len += n;
+    }
+    buf.truncate(len);
+    Ok(buf)
+}
+
+/// A handle to a process that can ask its times and exit status, and wait on it when allowed.
+fn open_process(pid: u32) -> io::Result<OwnedHandle> {
+    let open = |access: u32| {
+        // SAFETY: no pointers; a null return means failure.
+        let h = unsafe { OpenProcess(access, 0, pid) };
+        if h.is_null() {
+            Err(io::Error::last_os_error())
+        } else {
+            // SAFETY: a fresh handle that nothing else owns.
+            Ok(unsafe { OwnedHandle::from_raw_handle(h) })
+        }
+    };
+    match open(PROCESS_QUERY_LIMITED_INFORMATION | PROCESS_SYNCHRONIZE) {
+        Err(e) if is_code(&e, &[ERROR_ACCESS_DENIED]) => open(PROCESS_QUERY_LIMITED_INFORMATION),
+        other => other,
+    }
+}
+
+/// Whether the process has exited (its object lives on while someone holds a handle to it:
+/// the Windows counterpart of a zombie).
+fn has_exited(process: &OwnedHandle) -> bool {
+    let h = process.as_raw_handle();
+    let mut code = 0u32;
+    // SAFETY: valid handle and out pointer.
+    if unsafe { GetExitCodeProcess(h, &mut code) } != 0 && code != STILL_ACTIVE as u32 {
+        return true;
+    }
+    // STILL_ACTIVE (259) is also a legal exit code: the process object's signal state is the
+    // real answer, when we were granted SYNCHRONIZE (otherwise this fails: assume running).
+    // SAFETY: valid handle; a zero timeout never blocks.
+    unsafe { WaitForSingleObject(h, 0) == WAIT_OBJECT_0 }
+}
+
+/// `OpenProcess`: `ERROR_ACCESS_DENIED` proves the process exists (protected, or another
+/// user's); `ERROR_INVALID_PARAMETER` means no process has that id.
+pub fn pid_state(pid: u32) -> Pid {
+    if pid == 0 {
+        // The System Idle Process: never a lock holder.
+        return Pid::Gone;
+    }
+    match open_process(pid) {
+        Ok(h) if has_exited(&h) => Pid::Gone,
+        Ok(_) => Pid::Running,
+        Err(e) if is_code(&e, &[ERROR_ACCESS_DENIED]) => Pid::RunningOtherUser,
+        Err(_) => Pid::Gone,
+    }
+}
+
+pub fn current_pid() -> u32 {
+    std::process::id()
+}
+
+/// The DNS host name, as Node's `os.hostname()` reports it.
+pub fn hostname() -> Option<String> {
+    let mut buf = vec![0u16; 256];
+    for _ in 0..2 {
+        let mut size = buf.len() as u32;
+        // SAFETY: `size` is the buffer's length in characters.
+        let ok =
+            unsafe { GetComputerNameExW(ComputerNameDnsHostname, buf.as_mut_ptr(), &mut size) };
+        if ok != 0 {
+            return String::from_utf16(&buf[..size as usize]).ok();
+        }
+        if !is_code(&io::Error::last_os_error(), &[ERROR_MORE_DATA]) {
+            return None;
+        }
+        // `size` now holds the length needed, terminating NUL included.
+        buf.resize(size as usize + 1, 0);
+    }
+    None
+}
+
+/// When and as what a process started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessStart {
+    /// Equal for the same process, different for any later process with the same PID.
+    pub token: String,
+    /// Wall-clock start time in ms since the Unix epoch.
+    pub wall_ms: Option<i64>,
+    /// The process has exited; only its process object is left, kept by someone's handle.
+    pub zombie: bool,
+}
+
+/// 100 ns intervals between 1601-01-01 (the `FILETIME` epoch) and 1970-01-01.
+const FILETIME_UNIX_EPOCH: i64 = 116_444_736_000_000_000;
+
+/// The creation time from `GetProcessTimes`: an absolute time in 100 ns units, so it tells
+/// apart any two processes that had the same id, across reboots too. (Its real resolution is
+/// the system timer's, which is fine: an id is only reused after its process has ended.)
+pub fn process_start(pid: u32) -> Option<ProcessStart> {
+    if pid == 0 {
+        return None;
+    }
+    let process = open_process(pid).ok()?;
+    let zero = FILETIME {
+        dwLowDateTime: 0,
+        dwHighDateTime: 0,
+    };
+    let (mut created, mut exited, mut kernel, mut user) = (zero, zero, zero, zero);
+    // SAFETY: valid handle and four valid out pointers.
+    let ok = unsafe {
+        GetProcessTimes(
+            process.as_raw_handle(),
+            &mut created,
+            &mut exited,
+            &mut kernel,
+            &mut user,
+        )
+    };
+    if ok == 0 {
+        return None;
+    }
+    let ticks = (u64::from(created.dwHighDateTime) << 32) | u64::from(created.dwLowDateTime);
+    let wall_ms = i64::try_from(ticks)
+        .ok()
+        .map(|t| (t - FILETIME_UNIX_EPOCH).div_euclid(10_000));
+    Some(ProcessStart {
+        token: format!("windows:{ticks}"),
+        wall_ms,
+        zombie: has_exited(&process),
+    })
+}
