@@ -35,6 +35,12 @@ pub fn resolve_dir(explicit: Option<&Path>) -> Result<PathBuf> {
     })
 }
 
+#[cfg(unix)]
+const NOT_A_DIRECTORY: i32 = libc::ENOTDIR;
+/// `ERROR_DIRECTORY` ("The directory name is invalid"); std reads it as `NotADirectory`.
+#[cfg(windows)]
+const NOT_A_DIRECTORY: i32 = 267;
+
 /// Creates the directory (and its parents) when missing. A file in its place is an error, not
 /// something to replace.
 pub fn ensure_dir(dir: &Path) -> Result<()> {
@@ -43,7 +49,7 @@ pub fn ensure_dir(dir: &Path) -> Result<()> {
         Ok(_) => Err(Error::io(
             "mkdir",
             dir,
-            std::io::Error::from_raw_os_error(libc::ENOTDIR),
+            std::io::Error::from_raw_os_error(NOT_A_DIRECTORY),
         )),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             std::fs::create_dir_all(dir).map_err(|e| Error::io("mkdir", dir, e))

@@ -154,6 +154,8 @@ pub fn errno_name(n: i32) -> &'static str {
             libc::EDQUOT => "EDQUOT",
             libc::ENOLCK => "ENOLCK",
             libc::EOPNOTSUPP => "EOPNOTSUPP",
+            #[cfg(target_os = "macos")]
+            libc::ENOTSUP => "ENOTSUP",
             libc::ENAMETOOLONG => "ENAMETOOLONG",
             libc::EMLINK => "EMLINK",
             libc::EXDEV => "EXDEV",
@@ -165,7 +167,39 @@ pub fn errno_name(n: i32) -> &'static str {
             _ => "EUNKNOWN",
         }
     }
-    #[cfg(not(unix))]
+    #[cfg(windows)]
+    {
+        // Win32 error codes, named as libuv names them in Node's own fs errors on Windows, except
+        // ERROR_DIRECTORY, which this crate reports for "not a directory".
+        use windows_sys::Win32::Foundation as w;
+        let Ok(code) = u32::try_from(n) else {
+            return "EUNKNOWN";
+        };
+        match code {
+            w::ERROR_ACCESS_DENIED | w::ERROR_CANT_ACCESS_FILE => "EACCES",
+            w::ERROR_PRIVILEGE_NOT_HELD => "EPERM",
+            w::ERROR_FILE_NOT_FOUND
+            | w::ERROR_PATH_NOT_FOUND
+            | w::ERROR_INVALID_DRIVE
+            | w::ERROR_INVALID_NAME
+            | w::ERROR_BAD_PATHNAME => "ENOENT",
+            w::ERROR_FILE_EXISTS | w::ERROR_ALREADY_EXISTS => "EEXIST",
+            w::ERROR_DIRECTORY => "ENOTDIR",
+            w::ERROR_DIRECTORY_NOT_SUPPORTED | w::ERROR_INVALID_FUNCTION => "EISDIR",
+            w::ERROR_STOPPED_ON_SYMLINK | w::ERROR_CANT_RESOLVE_FILENAME => "ELOOP",
+            w::ERROR_WRITE_PROTECT => "EROFS",
+            w::ERROR_DISK_FULL | w::ERROR_HANDLE_DISK_FULL => "ENOSPC",
+            w::ERROR_SHARING_VIOLATION | w::ERROR_LOCK_VIOLATION => "EBUSY",
+            w::ERROR_NOT_SUPPORTED => "ENOTSUP",
+            w::ERROR_INVALID_PARAMETER => "EINVAL",
+            w::ERROR_FILENAME_EXCED_RANGE => "ENAMETOOLONG",
+            w::ERROR_TOO_MANY_LINKS => "EMLINK",
+            w::ERROR_NOT_SAME_DEVICE => "EXDEV",
+            w::ERROR_TOO_MANY_OPEN_FILES => "EMFILE",
+            _ => "EUNKNOWN",
+        }
+    }
+    #[cfg(not(any(unix, windows)))]
     {
         let _ = n;
         "EUNKNOWN"
