@@ -81,10 +81,13 @@ pub fn unlock(file: &File) -> io::Result<()> {
 
 /// Whether an error from `try_lock` means "this file system has no such locks".
 pub fn is_unsupported(e: &io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::ENOLCK | libc::EOPNOTSUPP | libc::ENOSYS | libc::EINVAL)
-    )
+    // macOS answers ENOTSUP (45, not EOPNOTSUPP 102 there) for file systems without advisory
+    // locks; on Linux the two are the same number.
+    e.raw_os_error() == Some(libc::ENOTSUP)
+        || matches!(
+            e.raw_os_error(),
+            Some(libc::ENOLCK | libc::EOPNOTSUPP | libc::ENOSYS | libc::EINVAL)
+        )
 }
 
 pub fn file_id(file: &File) -> io::Result<FileId> {
