@@ -1,4 +1,113 @@
+//! The `processlock` command: a thin shell over the `processlock` core.
+//!
+//! * `check`: every lock file in the directory and its state;
+//! * `clear`: removes lock files nobody holds (held ones too with `--force`);
+//! * `run`: holds a lock for as long as a command runs.
+//!
+//! Defaults (lock directory, trade side) and log lines come from the core, so the command and the
+//! Node addon agree on them.
+
+mod args;
+mod check;
+mod clear;
+mod display;
+#[cfg(unix)]
+mod run;
+#[cfg(unix)]
+mod signals;
+
+use std::path::Path;
+
+use args::{Command, Usage};
+use processlock::{resolve_dir, LockName};
+
+const USAGE_EXIT: i32 = 2;
+
 fn main() {
-    // Replaced by the real command (issue 3).
-    std::process::exit(2);
+    let code = match args::parse(std::env::args_os().skip(1)) {
+        Ok(inv) => execute(inv.dir.as_deref(), inv.command),
+        Err(Usage(msg)) => usage_error(&msg),
+    };
+    std::process::exit(code);
+}
+
+fn usage_error(msg: &str) -> i32 {
+    eprintln!("processlock: {msg} (see processlock --help)");
+    USAGE_EXIT
+}
+
+fn execute(dir: Option<&Path>, command: Command) -> i32 {
+    match command {
+        Command::Help => {
+            print!("{}", args::USAGE);
+            0
+        }
+        Command::Version => {
+            println!("processlock {}", env!("CARGO_PKG_VERSION"));
+            0
+        }
+        Command::Check { json } => with_dir(dir, |d| check::run(d, json)),
+        Command::Clear { force } => with_dir(dir, |d| clear::run(d, force)),
+        Command::Run {
+            process_type,
+            side,
+            name,
+            quiet,
+            command,
+        } => {
+            let lock_name = match LockName::from_env(&process_type, side.as_deref()) {
+                Ok(n) => n,
+                Err(e) => return usage_error(&e.to_string()),
+            };
+            let dir = match resolve_dir(dir) {
+                Ok(d) => d,
+                Err(e) => {
+                    eprintln!("[FATAL] {e}");
+                    return 1;
+                }
+            };
+            run_command(
+                processlock::LockTarget::new(dir, lock_name),
+                name,
+                quiet,
+                command,
+            )
+        }
+    }
+}
+
+fn with_dir(dir: Option<&Path>, f: impl FnOnce(&Path) -> processlock::Result<i32>) -> i32 {
+    match resolve_dir(dir).and_then(|d| f(&d)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("processlock: {e}");
+            1
+        }
+    }
+}
+
+#[cfg(unix)]
+fn run_command(
+    target: processlock::LockTarget,
+    process_name: Option<String>,
+    quiet: bool,
+    command: Vec<std::ffi::OsString>,
+) -> i32 {
+    run::run(run::Options {
+        target,
+        process_name,
+        quiet,
+        command,
+    })
+}
+
+#[cfg(not(unix))]
+fn run_command(
+    _target: processlock::LockTarget,
+    _process_name: Option<String>,
+    _quiet: bool,
+    _command: Vec<std::ffi::OsString>,
+) -> i32 {
+    eprintln!("processlock: run is not supported on this platform yet");
+    1
 }

@@ -1,0 +1,99 @@
+//! Small formatting helpers: durations, aligned tables, ordered JSON objects.
+
+use serde_json::Value;
+
+/// `3d 4h`, `2h 05m`, `4m 12s`, `12s`: the two largest units, like `ps` and `pm2 list`.
+pub fn uptime(ms: u64) -> String {
+    let s = ms / 1000;
+    let (d, h, m, s) = (s / 86_400, (s / 3600) % 24, (s / 60) % 60, s % 60);
+    if d > 0 {
+        format!("{d}d {h}h")
+    } else if h > 0 {
+        format!("{h}h {m:02}m")
+    } else if m > 0 {
+        format!("{m}m {s:02}s")
+    } else {
+        format!("{s}s")
+    }
+}
+
+/// A left-aligned table. `paint` may wrap a cell in colour codes; widths ignore them.
+pub fn table(
+    header: &[&str],
+    rows: &[Vec<String>],
+    paint: impl Fn(usize, usize, &str) -> String,
+) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            widths[i] = widths[i].max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>, painted: Vec<String>| {
+        let last = cells.len() - 1;
+        let mut out = String::new();
+        for (i, (cell, shown)) in cells.iter().zip(painted).enumerate() {
+            out.push_str(&shown);
+            if i < last {
+                let pad = widths[i] - cell.chars().count() + 2;
+                out.extend(std::iter::repeat_n(' ', pad));
+            }
+        }
+        out.push('\n');
+        out
+    };
+    let mut out = line(
+        header.iter().map(|h| h.to_string()).collect(),
+        header.iter().map(|h| h.to_string()).collect(),
+    );
+    for (r, row) in rows.iter().enumerate() {
+        let painted = row
+            .iter()
+            .enumerate()
+            .map(|(c, cell)| paint(r, c, cell))
+            .collect();
+        out.push_str(&line(row.clone(), painted));
+    }
+    out
+}
+
+/// A JSON object with its keys in the given order (serde_json's map would sort them).
+pub fn ordered_object(fields: &[(&str, Value)]) -> String {
+    let body: Vec<String> = fields
+        .iter()
+        .map(|(k, v)| format!("{}: {}", Value::from(*k), v))
+        .collect();
+    format!("{{{}}}", body.join(", "))
+}
+
+pub fn opt_str(s: Option<&str>) -> Value {
+    s.map_or(Value::Null, Value::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uptimes() {
+        assert_eq!(uptime(0), "0s");
+        assert_eq!(uptime(12_999), "12s");
+        assert_eq!(uptime(252_000), "4m 12s");
+        assert_eq!(uptime(7_500_000), "2h 05m");
+        assert_eq!(uptime(4 * 86_400_000 + 3 * 3_600_000), "4d 3h");
+    }
+
+    #[test]
+    fn tables_align_and_objects_keep_order() {
+        let t = table(
+            &["A", "LONGER"],
+            &[vec!["wide cell".into(), "x".into()]],
+            |_, _, s| s.to_string(),
+        );
+        assert_eq!(t, "A          LONGER\nwide cell  x\n");
+        let o = ordered_object(&[("z", Value::from(1)), ("a", Value::Null)]);
+        assert_eq!(o, r#"{"z": 1, "a": null}"#);
+        let v: Value = serde_json::from_str(&o).unwrap();
+        assert_eq!(v["z"], 1);
+    }
+}

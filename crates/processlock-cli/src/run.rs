@@ -1,0 +1,384 @@
+//! `processlock run`: holds a lock for as long as a command runs.
+//!
+//! The lock is held by the command itself: it inherits a duplicate of the lock file's descriptor
+//! (the flock belongs to the open file description, which both processes share), so it stays
+//! held until the command and everything that inherited it from the command have ended, even if
+//! this process is killed with SIGKILL. The record names the command's PID, so `check` and
+//! conflict messages point at the process that actually holds the lock.
+//!
+//! The command's PID exists only after the fork, and the lock must be taken before the command
+//! starts. So:
+//!
+//! 1. a fresh locked temp file is made (`PendingLock`), not yet visible at the lock path;
+//! 2. the child is forked; between fork and exec it sends its PID through a pipe and waits;
+//! 3. a helper thread (this thread is inside `Command::spawn` meanwhile) writes the record naming
+//!    that PID, links the file at the lock path (`PendingLock::commit`) and answers "go" or "stop";
+//! 4. on "go" the child marks the descriptor inheritable and execs the command; on "stop"
+//!    (a conflict, an error, or a signal that arrived meanwhile) it exits without running it.
+
+use std::ffi::OsString;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::raw::c_int;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::{Child, Command, ExitStatus};
+use std::time::{Duration, Instant};
+
+use processlock::{
+    judge_pid, record_for, report, Acquired, Error, LockName, LockTarget, PendingLock, Record,
+};
+
+use crate::signals::{self, Note};
+
+const GO: u8 = 1;
+const STOP: u8 = 0;
+
+/// A copy of a signal that our parent relays within this long after the kernel sent the same
+/// signal to our process group (a terminal's Ctrl+C reaching an `npx` or shell wrapper too) is
+/// the same event: the command has had it already.
+const RELAY_WINDOW: Duration = Duration::from_secs(1);
+
+pub struct Options {
+    pub target: LockTarget,
+    pub process_name: Option<String>,
+    pub quiet: bool,
+    pub command: Vec<OsString>,
+}
+
+/// How the lock-taking side of the hand-shake ended.
+enum Handshake {
+    /// The child never reported (the fork failed).
+    NoChild,
+    /// Linked; the child was told to go.
+    Taken(Acquired),
+    /// Not linked; the child was told to stop.
+    Failed(Error),
+    /// A signal arrived before the command was started; the child was told to stop.
+    Aborted(c_int, Option<Acquired>),
+}
+
+/// Returns the exit status; dies by the command's signal instead when it was killed by one.
+pub fn run(opts: Options) -> i32 {
+    match start(opts) {
+        Ok(status) => status,
+        Err(e) => {
+            eprintln!("processlock: {e}");
+            1
+        }
+    }
+}
+
+fn start(opts: Options) -> io::Result<i32> {
+    let Options {
+        target,
+        process_name,
+        quiet,
+        command,
+    } = opts;
+    signals::install()?;
+    let pending = match PendingLock::create(&target) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("[FATAL] {e}");
+            return Ok(1);
+        }
+    };
+    let lock_fd = pending.file().as_raw_fd();
+    let (pid_read, pid_write) = signals::cloexec_pipe()?;
+    let (go_read, go_write) = match signals::cloexec_pipe() {
+        Ok(p) => p,
+        Err(e) => {
+            close(pid_read);
+            close(pid_write);
+            return Err(e);
+        }
+    };
+
+    let mut cmd = Command::new(&command[0]);
+    cmd.args(&command[1..]);
+    // SAFETY: the closure runs in the forked child and makes only async-signal-safe calls.
+    unsafe {
+        cmd.pre_exec(move || child_side(lock_fd, pid_write, go_read));
+    }
+    let helper = std::thread::spawn(move || lock_side(pending, pid_read, go_write, process_name));
+    let spawned = cmd.spawn();
+    // The child has its own copies (or was never forked): the helper sees EOF if it never wrote.
+    close(pid_write);
+    close(go_read);
+    let handshake = helper.join().unwrap_or(Handshake::NoChild);
+    let program = command[0].to_string_lossy();
+
+    match (spawned, handshake) {
+        (Ok(child), Handshake::Taken(acquired)) => Ok(supervise(child, acquired, &target, quiet)),
+        (Err(e), Handshake::Taken(acquired)) => {
+            // The exec failed: the lock was ours for nothing.
+            let _ = acquired.lock.release();
+            eprintln!("processlock: cannot run {program}: {e}");
+            Ok(if e.kind() == io::ErrorKind::NotFound {
+                127
+            } else {
+                126
+            })
+        }
+        (spawned, Handshake::Aborted(signal, acquired)) => {
+            if let Some(a) = acquired {
+                let _ = a.lock.release();
+            }
+            if let Ok(mut child) = spawned {
+                let _ = child.wait();
+            }
+            signals::die_by(signal)
+        }
+        (spawned, Handshake::Failed(e)) => {
+            if let Ok(mut child) = spawned {
+                let _ = child.wait();
+            }
+            if let Error::Conflict(c) = &e {
+                for line in conflict_lines(&target.name, &c.holder, &c.path) {
+                    eprintln!("{line}");
+                }
+            }
+            eprintln!("[FATAL] {e}");
+            Ok(1)
+        }
+        (Ok(mut child), Handshake::NoChild) => {
+            // Killed before it could report: nothing was locked, nothing ran.
+            Ok(exit_like(child.wait()?))
+        }
+        (Err(e), Handshake::NoChild) => {
+            eprintln!("processlock: cannot start {program}: {e}");
+            Ok(1)
+        }
+    }
+}
+
+/// In the child, between fork and exec. Async-signal-safe calls only.
+fn child_side(lock_fd: c_int, pid_write: c_int, go_read: c_int) -> io::Result<()> {
+    // SAFETY: we are in the forked child; these are plain system calls.
+    unsafe {
+        // Our handlers would swallow a signal meant for the command: from here on, a signal
+        // does what it would do to the command before it installs its own handlers.
+        signals::reset_in_child();
+        let pid = libc::getpid() as u32;
+        let bytes = pid.to_ne_bytes();
+        if libc::write(pid_write, bytes.as_ptr().cast(), bytes.len()) != bytes.len() as isize {
+            return Err(io::Error::last_os_error());
+        }
+        let mut answer = [STOP; 1];
+        loop {
+            let n = libc::read(go_read, answer.as_mut_ptr().cast(), 1);
+            if n == -1 && *errno_ptr() == libc::EINTR {
+                continue;
+            }
+            if n != 1 || answer[0] != GO {
+                return Err(io::Error::from_raw_os_error(libc::ECANCELED));
+            }
+            break;
+        }
+        // Keep the lock across exec: clear close-on-exec on our copy of the descriptor.
+        let flags = libc::fcntl(lock_fd, libc::F_GETFD);
+        if flags == -1 || libc::fcntl(lock_fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) == -1 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+#[cfg(any(target_os = "linux", target_os = "android"))]
+unsafe fn errno_ptr() -> *mut c_int {
+    libc::__errno_location()
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+unsafe fn errno_ptr() -> *mut c_int {
+    libc::__error()
+}
+
+/// In a helper thread while the main thread is inside `Command::spawn`.
+fn lock_side(
+    pending: PendingLock,
+    pid_read: c_int,
+    go_write: c_int,
+    process_name: Option<String>,
+) -> Handshake {
+    let answer = |go: bool| {
+        let byte = [if go { GO } else { STOP }];
+        // SAFETY: writing one byte from our buffer to our pipe. If the child is gone, EPIPE
+        // (SIGPIPE is ignored in Rust programs) changes nothing.
+        unsafe { libc::write(go_write, byte.as_ptr().cast(), 1) };
+        close(go_write);
+        close(pid_read);
+    };
+    let Some(pid) = read_pid(pid_read) else {
+        answer(false);
+        return Handshake::NoChild;
+    };
+    let record = record_for(pending.target(), pid, process_name.as_deref());
+    let result = pending.commit(record);
+    let signal = signals::first_received();
+    answer(result.is_ok() && signal.is_none());
+    match (result, signal) {
+        (Ok(acquired), None) => Handshake::Taken(acquired),
+        (Ok(acquired), Some(s)) => Handshake::Aborted(s, Some(acquired)),
+        (Err(_), Some(s)) => Handshake::Aborted(s, None),
+        (Err(e), None) => Handshake::Failed(e),
+    }
+}
+
+fn read_pid(fd: c_int) -> Option<u32> {
+    let mut buf = [0u8; 4];
+    let mut got = 0;
+    while got < buf.len() {
+        // SAFETY: reading into our own buffer.
+        let n = unsafe { libc::read(fd, buf[got..].as_mut_ptr().cast(), buf.len() - got) };
+        match n {
+            n if n > 0 => got += n as usize,
+            -1 if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted => {}
+            _ => return None,
+        }
+    }
+    Some(u32::from_ne_bytes(buf))
+}
+
+fn close(fd: c_int) {
+    // SAFETY: closing a descriptor this module created and closes once.
+    unsafe { libc::close(fd) };
+}
+
+/// Waits for the command, passing signals on, then releases the lock and ends like it.
+fn supervise(mut child: Child, acquired: Acquired, target: &LockTarget, quiet: bool) -> i32 {
+    let pid = child.id();
+    if !quiet {
+        for event in &acquired.events {
+            eprintln!("{}", report::event(event, &target.path));
+        }
+        eprintln!("{}", report::acquired(&target.name, pid));
+    }
+    let mut relay = Relay::default();
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break Ok(status),
+            Ok(None) => {}
+            Err(e) => break Err(e),
+        }
+        match signals::next() {
+            Ok(note) if note.signal == libc::SIGCHLD => {}
+            Ok(note) => {
+                if relay.should_forward(&note) {
+                    // The child is not reaped before try_wait says so, so its PID is still ours.
+                    // SAFETY: kill(2) on our own child.
+                    unsafe { libc::kill(pid as libc::pid_t, note.signal) };
+                }
+            }
+            Err(_) => break child.wait(),
+        }
+    };
+    let record_pid = acquired.lock.record().pid;
+    match acquired.lock.release() {
+        Ok(_) if !quiet => eprintln!("{}", report::released(&target.name, record_pid)),
+        Ok(_) => {}
+        Err(e) => eprintln!("processlock: {e}"),
+    }
+    match status {
+        Ok(status) => exit_like(status),
+        Err(e) => {
+            eprintln!("processlock: waiting for the command failed: {e}");
+            1
+        }
+    }
+}
+
+/// The command's exit code, or death by its signal.
+fn exit_like(status: ExitStatus) -> i32 {
+    if let Some(signal) = status.signal() {
+        signals::die_by(signal);
+    }
+    status.code().unwrap_or(1)
+}
+
+/// Decides whether a signal we received should be passed on to the command.
+#[derive(Default)]
+struct Relay {
+    kernel_sent: Vec<(c_int, Instant)>,
+}
+
+impl Relay {
+    fn should_forward(&mut self, note: &Note) -> bool {
+        if note.is_from_kernel() {
+            self.kernel_sent.retain(|(s, _)| *s != note.signal);
+            self.kernel_sent.push((note.signal, Instant::now()));
+            // The terminal signals its whole foreground process group, the command included:
+            // a second copy would make "press Ctrl+C again to force" apps quit mid-shutdown.
+            // Only a session leader gets a hang-up alone.
+            // SAFETY: plain queries about our own process.
+            let leader = unsafe { libc::getsid(0) == libc::getpid() };
+            return note.signal == libc::SIGHUP && leader;
+        }
+        // SAFETY: a plain query.
+        let parent = unsafe { libc::getppid() };
+        let relayed = note.sender == parent
+            && self
+                .kernel_sent
+                .iter()
+                .any(|(s, at)| *s == note.signal && at.elapsed() < RELAY_WINDOW);
+        !relayed
+    }
+}
+
+/// The seed's conflict lines, unless the recorded PID has exited while something it started
+/// (and that inherited the lock) still holds it: then `kill <pid>` would be a lie.
+fn conflict_lines(name: &LockName, holder: &Record, path: &std::path::Path) -> Vec<String> {
+    if holder.pid != 0 && !judge_pid(holder).is_alive() {
+        return vec![
+            format!(
+                "[PROCESS_LOCK_CONFLICT] Another {} is already running!",
+                name.display()
+            ),
+            format!(
+                "[PROCESS_LOCK_CONFLICT] Existing process: {{ pid: {}, started: '{}' }} has exited, but a process it started still holds the lock",
+                holder.pid, holder.started
+            ),
+            format!(
+                "[PROCESS_LOCK_CONFLICT] To find it, run: fuser -v {}",
+                path.display()
+            ),
+        ];
+    }
+    report::conflict(name, holder, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_signals_are_not_doubled_and_parent_relays_are_dropped() {
+        let mut relay = Relay::default();
+        let parent = unsafe { libc::getppid() };
+        let from_tty = Note {
+            signal: libc::SIGINT,
+            code: 0x80,
+            sender: 0,
+        };
+        assert!(!relay.should_forward(&from_tty));
+        let relayed = Note {
+            signal: libc::SIGINT,
+            code: 0,
+            sender: parent,
+        };
+        assert!(
+            !relay.should_forward(&relayed),
+            "our parent relaying Ctrl+C"
+        );
+        let other = Note {
+            sender: parent + 1,
+            ..relayed
+        };
+        assert!(relay.should_forward(&other), "kill from someone else");
+        let term = Note {
+            signal: libc::SIGTERM,
+            ..relayed
+        };
+        assert!(relay.should_forward(&term), "no kernel SIGTERM came first");
+    }
+}
