@@ -1,0 +1,167 @@
+'use strict';
+// Formatting shared by bench/run.js and bench/torture.js: machine facts,
+// markdown tables, and the sections of BENCHMARKS.md each script owns.
+
+const fs = require('fs');
+const os = require('os');
+const { execFileSync } = require('child_process');
+const { LABELS } = require('./impls');
+
+function sh(cmd, args) {
+  try {
+    return execFileSync(cmd, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim();
+  } catch (e) {
+    return null;
+  }
+}
+
+function machine(dir) {
+  let cpu = 'unknown';
+  try {
+    const m = /^model name\s*:\s*(.+)$/m.exec(fs.readFileSync('/proc/cpuinfo', 'utf8'));
+    if (m) cpu = m[1].trim();
+  } catch (e) { /* not Linux */ }
+  const nproc = sh('nproc', []) || String(os.cpus().length);
+  const fsType = dir ? sh('stat', ['-f', '-c', '%T', dir]) : null;
+  const m = {
+    date: new Date().toISOString().replace(/\.\d+Z$/, 'Z'),
+    nproc,
+    cpu,
+    node: process.version,
+    kernel: `${os.type()} ${os.release()} ${os.arch()}`,
+    fsType,
+  };
+  m.summary = `${m.nproc} CPUs (${m.cpu}), Node ${m.node}, ${m.kernel}` + (fsType ? `, lock dir on ${fsType}` : '');
+  return m;
+}
+
+function machineTable(m) {
+  return [
+    '| | |',
+    '|---|---|',
+    `| date | ${m.date} |`,
+    `| nproc | ${m.nproc} |`,
+    `| CPU | ${m.cpu} |`,
+    `| Node | ${m.node} |`,
+    `| kernel | ${m.kernel} |`,
+    ...(m.fsType ? [`| lock directory filesystem | ${m.fsType} |`] : []),
+  ].join('\n');
+}
+
+const us = (ns) => (ns == null ? 'n/a' : (ns / 1000).toFixed(ns < 10000 ? 2 : 1));
+const ms = (ns) => (ns == null ? 'n/a' : (ns / 1e6).toFixed(1));
+const ratio = (x) => (x == null || !isFinite(x) ? 'n/a' : `${x.toFixed(x < 10 ? 2 : 1)}x`);
+
+function table(header, rows) {
+  return [
+    `| ${header.join(' | ')} |`,
+    `|${header.map((h, i) => (i === 0 ? '---' : '---:')).join('|')}|`,
+    ...rows.map((r) => `| ${r.join(' | ')} |`),
+  ].join('\n');
+}
+
+// ---- torture ---------------------------------------------------------------
+
+function sumValues(o) {
+  return Object.values(o || {}).reduce((x, y) => x + y, 0);
+}
+
+function fmtCounts(o) {
+  const e = Object.entries(o || {});
+  return e.length ? e.map(([k, v]) => `${k} ${v}`).join(', ') : '';
+}
+
+function tortureLine(st) {
+  const parts = [
+    `${LABELS[st.impl] || st.impl} x${st.n} ${st.kind}:`,
+    `${st.rounds} rounds`,
+    `double-owner ${st.doubleOwnerRounds}`,
+    `no-owner ${st.noOwnerRounds}`,
+  ];
+  if (st.kind === 'kill') parts.push(`stuck ${st.stuck}`);
+  parts.push(`errors ${sumValues(st.errors)}`, `temp left ${st.leftoverTemp}`, `locks left ${st.leftoverLocks}`,
+    `leaked fds ${st.fdLeak}`, `${st.seconds.toFixed(1)} s`);
+  return parts.join(', ');
+}
+
+function tortureMarkdown(results, meta) {
+  const rows = results.map((st) => {
+    const notes = [];
+    if (sumValues(st.errors)) notes.push(`errors: ${fmtCounts(st.errors)}`);
+    if (st.releaseNotOurs) notes.push(`release found the lock not ours ${st.releaseNotOurs}`);
+    if (sumValues(st.badRecords)) notes.push(`record at the path not the winner's: ${fmtCounts(st.badRecords)}`);
+    if (st.compromised) notes.push(`onCompromised ${st.compromised}`);
+    if (st.kind === 'kill') {
+      const m = st.victimsByMode || {};
+      notes.push(`victim killed from outside (0..${st.killWindowUs} us after t0): ${fmtCounts(m.outside)}; ` +
+        `by its own thread (1..${st.targetUs} us into its attempt, log-uniform): ${fmtCounts(m.targeted)}`);
+      if (st.killMissed) notes.push(`targeted kill missed ${st.killMissed}`);
+    }
+    if (st.tempSamples && st.tempSamples.length) notes.push(`e.g. ${st.tempSamples.join(', ')}`);
+    return [
+      LABELS[st.impl] || st.impl,
+      st.n,
+      st.kind,
+      st.rounds,
+      `**${st.doubleOwnerRounds}**` + (st.overlaps > st.doubleOwnerRounds ? ` (${st.overlaps} overlaps)` : ''),
+      st.kind === 'kill' ? `stuck ${st.stuck}/${st.probes}` : st.noOwnerRounds,
+      sumValues(st.errors),
+      st.leftoverTemp,
+      st.leftoverLocks,
+      st.fdLeak,
+      st.seconds.toFixed(1),
+      notes.join('; '),
+    ];
+  });
+  return [
+    '## Torture: races for one lock',
+    '',
+    `Command: \`${meta.command}\` (${meta.seconds.toFixed(0)} s in all). Machine: ${meta.machine.summary}.`,
+    '',
+    'Each round: N long-lived racer processes get a fresh lock directory and a start instant, try once at that',
+    `instant and, when they win, hold for a random 0..${meta.holdUs} us. *fresh*: no lock yet. *stale*: the lock`,
+    'was left by a SIGKILLed holder. *recycled* (ours only: the peers record no PID): our lock record names the',
+    'PID of a live unrelated `sleep` process and nobody holds its flock. *kill*: fresh or stale, and one racer',
+    'is SIGKILLed at a random moment of the race, then a survivor probes the lock (it must be free: otherwise',
+    '"stuck"); the victim is replaced. Peers run with `stale: ' + meta.staleMs + '` ms (proper-lockfile\'s minimum);',
+    'their stale locks are aged past that before the round.',
+    '',
+    '"double-owner rounds": two ownership intervals (hrtime right after acquire returned .. right before release;',
+    'a victim owns until it is killed) overlap. "no owner": nobody won although the lock was free. Left-over',
+    'files are counted after all rounds of a kind; "leaked fds" sums what surviving racers hold beyond their start.',
+    '',
+    table(['implementation', 'racers', 'race', 'rounds', 'double-owner rounds', 'no owner (lock free)', 'errors',
+      'temp files left', 'lock files left', 'leaked fds', 'seconds', 'notes'], rows),
+  ].join('\n');
+}
+
+// ---- BENCHMARKS.md sections ------------------------------------------------
+
+function section(name, md) {
+  return `<!-- ${name}:begin -->\n${md.trim()}\n<!-- ${name}:end -->`;
+}
+
+function readSection(file, name) {
+  try {
+    const text = fs.readFileSync(file, 'utf8');
+    const m = new RegExp(`<!-- ${name}:begin -->[\\s\\S]*?<!-- ${name}:end -->`).exec(text);
+    return m ? m[0] : null;
+  } catch (e) {
+    return null;
+  }
+}
+
+// Replace (or append) one marked section, keeping the rest of the file.
+function replaceSection(file, name, md) {
+  let text = '';
+  try { text = fs.readFileSync(file, 'utf8'); } catch (e) { text = '# Benchmarks\n'; }
+  const block = section(name, md);
+  const re = new RegExp(`<!-- ${name}:begin -->[\\s\\S]*?<!-- ${name}:end -->`);
+  text = re.test(text) ? text.replace(re, () => block) : `${text.trimEnd()}\n\n${block}\n`;
+  fs.writeFileSync(file, text);
+}
+
+module.exports = {
+  machine, machineTable, table, us, ms, ratio, sumValues, fmtCounts,
+  tortureLine, tortureMarkdown, section, readSection, replaceSection,
+};

@@ -1,0 +1,479 @@
+#!/usr/bin/env node
+'use strict';
+// npm run bench [-- --quick] [--write | --no-write] [--out FILE] [--dir D]
+//               [--sections cycle,startup,contention,memory,handover]
+//
+// One run, one machine, ours and the peers side by side:
+//   cycle       uncontended acquire+release: ours, proper-lockfile (sync and
+//               async API), lockfile, and the floor (bench/floor.c: the same
+//               syscalls as our protocol from a minimal C program)
+//   startup     `node -e "require(pkg).acquireLock(...)"` against `node -e ''`
+//   contention  8 processes x 500 acquisitions each, retried until success
+//   memory      100,000 cycles in one process: RSS and open descriptors
+//   handover    (issue 4) latency from release / SIGKILL of the holder to a
+//               waiting acquisition; skipped while the package cannot wait
+// Writes BENCHMARKS.md (the "bench" section; the "torture" section written by
+// bench/torture.js --write is kept). --quick is a short CI smoke run: smaller
+// counts, and BENCHMARKS.md is left alone unless --write is given.
+
+const fs = require('fs');
+const os = require('os');
+const path = require('path');
+const { execFileSync, spawnSync } = require('child_process');
+const { Worker } = require('./pool');
+const { ROOT, LABELS, oursUnavailable } = require('./impls');
+const R = require('./report');
+
+const SECTIONS = ['cycle', 'startup', 'contention', 'memory', 'handover'];
+
+function parseArgs(argv) {
+  const a = { quick: false, write: null, out: null, dir: null, sections: SECTIONS, peersOnly: false };
+  for (let i = 0; i < argv.length; i++) {
+    const k = argv[i];
+    const v = () => {
+      if (i + 1 >= argv.length) throw new Error(`${k} needs a value`);
+      return argv[++i];
+    };
+    switch (k) {
+      case '--quick': a.quick = true; break;
+      case '--write': a.write = true; break;
+      case '--no-write': a.write = false; break;
+      case '--out': a.out = path.resolve(v()); break;
+      case '--dir': a.dir = path.resolve(v()); break;
+      case '--sections': a.sections = v().split(','); break;
+      case '--peers-only': a.peersOnly = true; break;
+      case '-h': case '--help':
+        console.log(fs.readFileSync(__filename, 'utf8').split('\n').slice(2, 19).map((l) => l.replace(/^\/\/ ?/, '')).join('\n'));
+        process.exit(0);
+        break;
+      default: throw new Error(`unknown option ${k}`);
+    }
+  }
+  if (a.write == null) a.write = !a.quick;
+  for (const s of a.sections) if (!SECTIONS.includes(s)) throw new Error(`unknown section ${s}`);
+  return a;
+}
+
+const now = () => process.hrtime.bigint();
+const sleeper = new Int32Array(new SharedArrayBuffer(4));
+const delay = (ms) => new Promise((r) => setTimeout(r, ms));
+
+function pct(sorted, q) {
+  return sorted.length ? sorted[Math.round((sorted.length - 1) * q)] : null;
+}
+function median(a) {
+  const s = Float64Array.from(a).sort();
+  return s.length ? s[Math.floor((s.length - 1) / 2)] : null;
+}
+
+let counter = 0;
+function freshDir(root, name) {
+  const d = path.join(root, `${name}-${counter++}`);
+  fs.mkdirSync(d, { recursive: true });
+  return d;
+}
+
+async function withWorker(impl, fn, nodeArgs = []) {
+  const w = await new Worker(impl, {}, nodeArgs).ready;
+  try {
+    return await fn(w);
+  } finally {
+    await w.stop();
+  }
+}
+
+// ---- (a) uncontended cycle ---------------------------------------------------
+
+function buildFloor(tmp) {
+  const exe = path.join(tmp, 'floor');
+  try {
+    execFileSync('cc', ['-O2', '-o', exe, path.join(__dirname, 'floor.c')], { stdio: ['ignore', 'ignore', 'pipe'] });
+    return exe;
+  } catch (e) {
+    console.error(`bench: cannot build the floor with cc: ${String(e.stderr || e.message).trim()}`);
+    return null;
+  }
+}
+
+function runFloor(exe, dir, n, warmup) {
+  const outText = execFileSync(exe, [dir, String(n), String(warmup)], { encoding: 'utf8' });
+  return JSON.parse(outText);
+}
+
+async function cycleSection(a, ctx) {
+  const n = a.quick ? 2000 : 10000;
+  const reps = a.quick ? 1 : 3;
+  // Per run and implementation: n cycles or this budget, whichever comes first
+  // (proper-lockfile's sync API takes milliseconds per cycle).
+  const maxMs = a.quick ? 1500 : 4000;
+  const warmup = Math.ceil(n / 10);
+  const rows = [
+    ...(ctx.ours ? [{ id: 'ours', impl: 'ours', api: 'sync', label: `${LABELS.ours} (acquireLock/releaseLock)` }] : []),
+    { id: 'plf-sync', impl: 'proper-lockfile', api: 'sync', label: `${LABELS['proper-lockfile']} lockSync/unlockSync` },
+    { id: 'plf-async', impl: 'proper-lockfile', api: 'async', label: `${LABELS['proper-lockfile']} lock/release (async)` },
+    { id: 'lf', impl: 'lockfile', api: 'sync', label: `${LABELS.lockfile} lockSync/unlockSync` },
+    ...(ctx.floorExe ? [{ id: 'floor', impl: 'floor', label: LABELS.floor }] : []),
+  ];
+  const medians = Object.fromEntries(rows.map((r) => [r.id, []]));
+  const p95s = Object.fromEntries(rows.map((r) => [r.id, []]));
+  // Interleave the repetitions so drift on a busy machine hits everyone alike.
+  for (let rep = 0; rep < reps; rep++) {
+    for (const row of rows) {
+      const dir = freshDir(ctx.root, `cycle-${row.id}`);
+      let st;
+      if (row.impl === 'floor') {
+        st = runFloor(ctx.floorExe, dir, n, warmup);
+      } else {
+        st = await withWorker(row.impl, async (w) => {
+          w.send({ op: 'cycles', dir, n, warmup, api: row.api, maxMs });
+          return w.json();
+        });
+      }
+      medians[row.id].push(st.median_ns);
+      p95s[row.id].push(st.p95_ns);
+      row.n = (row.n || 0) + st.n;
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  }
+  for (const row of rows) {
+    row.median = median(medians[row.id]);
+    row.p95 = median(p95s[row.id]);
+  }
+  const by = Object.fromEntries(rows.map((r) => [r.id, r]));
+  const ours = by.ours;
+  const floor = by.floor;
+  const table = R.table(
+    ['implementation', 'cycles', 'median (us)', 'p95 (us)', 'x floor', 'ours is faster by'],
+    rows.map((r) => [
+      r.label,
+      r.n,
+      R.us(r.median),
+      R.us(r.p95),
+      floor ? R.ratio(r.median / floor.median) : 'n/a',
+      ours && r !== ours ? R.ratio(r.median / ours.median) : '',
+    ]),
+  );
+  const targets = [];
+  if (ours && floor) {
+    const x = ours.median / floor.median;
+    targets.push(`ours / floor = ${R.ratio(x)} (target <= 1.5x): **${x <= 1.5 ? 'met' : 'missed'}**`);
+  }
+  if (ours) {
+    const best = Math.min(by['plf-sync'].median, by['plf-async'].median);
+    const x = best / ours.median;
+    targets.push(`proper-lockfile (its faster API) / ours = ${R.ratio(x)} (target >= 5x): **${x >= 5 ? 'met' : 'missed'}**`);
+  }
+  const md = [
+    '## Uncontended acquire + release',
+    '',
+    `One process, a loop of acquire then release of one lock, each cycle timed with \`process.hrtime.bigint()\`` +
+    ` (the floor: \`clock_gettime\`); ${reps > 1 ? `${reps} interleaved runs (fresh process each), the median of their medians and p95s` : 'one run'}` +
+    ` of ${n} cycles or ${maxMs / 1000} s, whichever comes first ("cycles": the total measured), after up to ${warmup}` +
+    ' warm-up cycles. Ours with `log: false`; proper-lockfile with `realpath: false`.' +
+    ' proper-lockfile\'s sync API re-probes the mtime precision (an extra utimes + stat) on every lock because its' +
+    ' sync adapter builds a new fs object each call, so its async API is shown too.',
+    '',
+    table,
+    '',
+    ...targets.map((t) => `- ${t}`),
+  ].join('\n');
+  return { md, rows };
+}
+
+// ---- (b) start-up cost -------------------------------------------------------------
+
+function startupSection(a, ctx) {
+  const runs = a.quick ? 5 : 20;
+  const pkg = JSON.stringify(ROOT);
+  const dirs = {};
+  const variants = [
+    { id: 'bare', label: "`node -e ''`", code: () => '' },
+    ...(ctx.ours ? [
+      { id: 'require', label: '`node -e "require(pkg)"`', code: () => `require(${pkg})` },
+      {
+        id: 'ours',
+        label: '`node -e "require(pkg).acquireLock(...)"` (held until exit, released by the exit hook)',
+        code: (d) => `require(${pkg}).acquireLock('backend',{dir:${JSON.stringify(d)},tradeSide:'SHORT',log:false})`,
+      },
+    ] : []),
+    {
+      id: 'plf',
+      label: "`require('proper-lockfile').lockSync(...)`",
+      code: (d) => `require('proper-lockfile').lockSync(${JSON.stringify(path.join(d, 'backend'))},{realpath:false,lockfilePath:${JSON.stringify(path.join(d, 'backend.short.lock'))}})`,
+    },
+    {
+      id: 'lf',
+      label: "`require('lockfile').lockSync(...)`",
+      code: (d) => `require('lockfile').lockSync(${JSON.stringify(path.join(d, 'backend.short.lock'))})`,
+    },
+  ];
+  const times = Object.fromEntries(variants.map((v) => [v.id, []]));
+  const failures = Object.fromEntries(variants.map((v) => [v.id, 0]));
+  const leftovers = Object.fromEntries(variants.map((v) => [v.id, 0]));
+  for (const v of variants) dirs[v.id] = freshDir(ctx.root, `startup-${v.id}`);
+  for (let i = 0; i < runs + 1; i++) {
+    for (const v of variants) {
+      const t0 = now();
+      const res = spawnSync(process.execPath, ['-e', v.code(dirs[v.id])], { cwd: ROOT, stdio: ['ignore', 'ignore', 'pipe'] });
+      const t = Number(now() - t0);
+      if (res.status !== 0) failures[v.id]++;
+      if (fs.readdirSync(dirs[v.id]).length) {
+        leftovers[v.id]++;
+        fs.rmSync(dirs[v.id], { recursive: true, force: true });
+        fs.mkdirSync(dirs[v.id]);
+      }
+      if (i > 0) times[v.id].push(t); // the first round warms the page cache
+    }
+  }
+  const bare = median(times.bare);
+  const rows = variants.map((v) => {
+    const s = Float64Array.from(times[v.id]).sort();
+    const m = median(times[v.id]);
+    const notes = [];
+    if (failures[v.id]) notes.push(`${failures[v.id]} run(s) failed`);
+    if (v.id !== 'bare' && v.id !== 'require') notes.push(leftovers[v.id] ? `lock left after exit ${leftovers[v.id]}x` : 'lock removed at exit');
+    return [v.label, runs, R.ms(m), R.ms(pct(s, 0.95)), v.id === 'bare' ? '' : `+${R.ms(m - bare)}`, notes.join('; ')];
+  });
+  const md = [
+    '## Start-up cost',
+    '',
+    `Wall time of a whole \`node -e\` process (spawn to exit), ${runs} runs of each, interleaved, after one warm-up run.`,
+    '',
+    R.table(['command', 'runs', 'median (ms)', 'p95 (ms)', 'over bare node (ms)', 'notes'], rows),
+  ].join('\n');
+  return { md };
+}
+
+// ---- (c) contention ----------------------------------------------------------------
+
+async function contentionSection(a, ctx) {
+  const procs = 8;
+  const count = a.quick ? 50 : 500;
+  const holdUs = 50;
+  const retryUs = 50;
+  const impls = [...(ctx.ours ? ['ours'] : []), 'proper-lockfile', 'lockfile'];
+  const rows = [];
+  for (const impl of impls) {
+    const dir = freshDir(ctx.root, `contention-${impl}`);
+    const ws = await Promise.all(Array.from({ length: procs }, () => new Worker(impl, {}).ready));
+    const t0 = now() + 50000000n;
+    const started = Date.now();
+    const replies = await Promise.all(ws.map((w) => {
+      w.send({ op: 'contend', dir, count, holdUs, retryUs, t0: String(t0) });
+      return w.json();
+    }));
+    const wall = (Date.now() - started - 50) / 1000;
+    await Promise.all(ws.map((w) => w.stop()));
+    const lat = Float64Array.from(replies.flatMap((r) => r.lat)).sort();
+    const intervals = replies.flatMap((r) => r.intervals).sort((x, y) => x[0] - y[0]);
+    let maxEnd = -1;
+    let overlaps = 0;
+    for (const [s, e] of intervals) {
+      if (s < maxEnd) overlaps++;
+      if (e > maxEnd) maxEnd = e;
+    }
+    const errors = {};
+    for (const r of replies) for (const [k, v] of Object.entries(r.errors)) errors[k] = (errors[k] || 0) + v;
+    const conflicts = replies.reduce((x, r) => x + r.conflicts, 0);
+    const lost = replies.reduce((x, r) => x + r.lost, 0);
+    rows.push({
+      impl, n: lat.length, median: pct(lat, 0.5), p95: pct(lat, 0.95), wall, conflicts, overlaps, errors, lost,
+    });
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+  const md = [
+    '## Contention',
+    '',
+    `${procs} processes x ${count} acquisitions of one lock, started together. Each acquisition: try, and on` +
+    ` conflict sleep ${retryUs} us and try again, until it succeeds; then hold ${holdUs} us (busy) and release.` +
+    ' Latency = from the first try to success. "overlaps" counts ownership intervals that overlapped another.',
+    '',
+    R.table(['implementation', 'acquisitions', 'median (us)', 'p95 (us)', 'acquisitions/s', 'failed tries', 'overlaps', 'errors'],
+      rows.map((r) => [LABELS[r.impl], r.n, R.us(r.median), R.us(r.p95), Math.round(r.n / r.wall),
+        r.conflicts, `**${r.overlaps}**`, (R.fmtCounts(r.errors) || '0') + (r.lost ? `; release found it not ours ${r.lost}` : '')])),
+  ].join('\n');
+  return { md, rows };
+}
+
+// ---- (d) memory and descriptors --------------------------------------------------
+
+async function memorySection(a, ctx) {
+  const n = a.quick ? 10000 : 100000;
+  // The peers get a time budget instead (proper-lockfile's sync API would need minutes).
+  const peerMs = a.quick ? 4000 : 20000;
+  const impls = [...(ctx.ours ? ['ours'] : []), 'proper-lockfile', 'lockfile'];
+  // Memory does not depend on timing: run them side by side.
+  const res = await Promise.all(impls.map((impl) => withWorker(impl, async (w) => {
+    const dir = freshDir(ctx.root, `memory-${impl}`);
+    w.send({ op: 'mem', dir, n, maxMs: impl === 'ours' ? null : peerMs });
+    const r = await w.json();
+    fs.rmSync(dir, { recursive: true, force: true });
+    return { impl, ...r };
+  }, ['--expose-gc'])));
+  const mb = (b) => (b / 1048576).toFixed(1);
+  const d = (x, y) => `${y - x >= 0 ? '+' : ''}${mb(y - x)}`;
+  const md = [
+    '## Memory and descriptors',
+    '',
+    `${n.toLocaleString('en-US')} acquire+release cycles in one process (the peers: as many as fit in ${peerMs / 1000} s, up to` +
+    ` ${n.toLocaleString('en-US')}), after 100 warm-up cycles; \`gc()\` before each snapshot; descriptors counted in` +
+    ' /proc/self/fd. The three run side by side (memory does not depend on timing), so cycles/s is only indicative.',
+    '',
+    R.table(['implementation', 'cycles', 'RSS before (MB)', 'RSS after (MB)', 'RSS change (MB)', 'heap used change (MB)', 'fds before', 'fds after', 'cycles/s'],
+      res.map((r) => [LABELS[r.impl], r.n.toLocaleString('en-US'), mb(r.before.rss), mb(r.after.rss), d(r.before.rss, r.after.rss),
+        d(r.before.heapUsed, r.after.heapUsed), r.before.fds, r.after.fds, Math.round(r.n / (r.elapsed_ns / 1e9))])),
+  ].join('\n');
+  return { md, res };
+}
+
+// ---- (e) handover latency: issue 4 ---------------------------------------------
+//
+// HOOK (issue 4, waiting acquisition). Measures, for ours only:
+//   after release: a holder process releases; a second process blocked in
+//                  acquireLock(type, { waitMs }) gets the lock: t(acquired) - t(release called)
+//   after SIGKILL: the holder is SIGKILLed instead: t(acquired) - t(kill sent)
+// for the sync API (waitMs) and, when exported, acquireLockAsync(type, { timeoutMs }).
+// Guarded: when the package cannot wait yet (waitMs ignored: the waiter gets
+// LOCK_CONFLICT at once; no acquireLockAsync), the section says so and the
+// benchmark goes on.
+
+async function handoverProbe(ctx) {
+  // Does acquireLock honour waitMs? A holder holds; a waiter asks with waitMs.
+  const dir = freshDir(ctx.root, 'handover-probe');
+  const holder = await new Worker('ours', {}).ready;
+  const waiter = await new Worker('ours', {}).ready;
+  try {
+    holder.send({ op: 'holdone', dir });
+    await holder.until((l) => l.startsWith('A '));
+    waiter.send({ op: 'waitacq', dir, api: 'sync', waitMs: 400 });
+    const r = await waiter.json();
+    return !r.ok && r.waited_ns >= 300e6; // it waited, then timed out
+  } finally {
+    await Promise.all([holder.stop(), waiter.stop()]);
+  }
+}
+
+async function handoverOnce(ctx, api, how) {
+  const dir = freshDir(ctx.root, `handover-${api}-${how}`);
+  const holder = await new Worker('ours', {}).ready;
+  const waiter = await new Worker('ours', {}).ready;
+  try {
+    holder.send({ op: 'holdone', dir });
+    await holder.until((l) => l.startsWith('A '));
+    waiter.send({ op: 'waitacq', dir, api, waitMs: 10000 });
+    await waiter.until((l) => l === 'W');
+    await delay(30); // let it settle into waiting
+    let tGone;
+    if (how === 'release') {
+      holder.send({ op: 'release' });
+      const lines = await holder.until((l) => l.startsWith('R '));
+      tGone = BigInt(lines[lines.length - 1].split(' ')[2]);
+    } else {
+      tGone = now();
+      holder.kill();
+    }
+    const r = await waiter.json();
+    if (!r.ok) throw new Error(`waiter did not get the lock: ${r.code}`);
+    return Number(BigInt(r.tA) - tGone);
+  } finally {
+    await Promise.all([holder.stop(), waiter.stop()]);
+  }
+}
+
+async function handoverSection(a, ctx) {
+  const head = ['## Handover latency (issue 4: waiting acquisition)', ''];
+  if (!ctx.ours) return { md: [...head, 'Skipped: our package is not loaded.'].join('\n') };
+  const pl = require(ROOT);
+  const apis = [];
+  let why = [];
+  if (await handoverProbe(ctx)) apis.push('sync');
+  else why.push('`acquireLock(type, { waitMs })` does not wait yet');
+  if (typeof pl.acquireLockAsync === 'function') apis.push('async');
+  else why.push('`acquireLockAsync` is not exported yet');
+  const reps = a.quick ? 3 : 15;
+  const rows = [];
+  for (const api of apis) {
+    for (const how of ['release', 'SIGKILL']) {
+      const lat = [];
+      const errs = [];
+      for (let i = 0; i < reps; i++) {
+        try {
+          lat.push(await handoverOnce(ctx, api, how));
+        } catch (e) {
+          errs.push(e.message);
+        }
+      }
+      const s = Float64Array.from(lat).sort();
+      rows.push([api === 'sync' ? '`acquireLock(type, { waitMs })`' : '`acquireLockAsync(type, { timeoutMs })`',
+        `after ${how}`, lat.length, R.us(pct(s, 0.5)), R.us(pct(s, 0.95)), R.us(s[s.length - 1]), errs.length ? `${errs.length} failed: ${errs[0]}` : '']);
+    }
+  }
+  const md = [...head,
+    'A holder process holds the lock; a second process waits for it; the holder releases (or is SIGKILLed).' +
+    ' Latency = waiter\'s acquisition returned - release called (or kill sent), both `process.hrtime.bigint()`.' +
+    ' The peers have no equivalent after SIGKILL: their stale lock is only taken over after `stale` (>= 2 s).',
+    ''];
+  if (rows.length) {
+    md.push(R.table(['API', 'event', 'runs', 'median (us)', 'p95 (us)', 'max (us)', 'notes'], rows));
+  }
+  if (why.length) md.push('', `Not measured: ${why.join('; ')}.`);
+  return { md: md.join('\n') };
+}
+
+// ---- main --------------------------------------------------------------------------
+
+async function main() {
+  const a = parseArgs(process.argv.slice(2));
+  const why = oursUnavailable();
+  if (why && !a.peersOnly) {
+    console.error(`bench: ${why}\nBuild the addon first (npm run build), or pass --peers-only.`);
+    process.exit(2);
+  }
+  const root = a.dir || fs.mkdtempSync(path.join(os.tmpdir(), 'processlock-bench-'));
+  fs.mkdirSync(root, { recursive: true });
+  const ctx = { root, ours: !why };
+  const m = R.machine(root);
+  const started = Date.now();
+  console.log(`bench${a.quick ? ' (quick)' : ''}: ${m.summary}; dir ${root}`);
+  ctx.floorExe = a.sections.includes('cycle') ? buildFloor(root) : null;
+
+  const parts = [];
+  const fns = { cycle: cycleSection, startup: startupSection, contention: contentionSection, memory: memorySection, handover: handoverSection };
+  try {
+    for (const s of SECTIONS) {
+      if (!a.sections.includes(s)) continue;
+      const t = Date.now();
+      const res = await fns[s](a, ctx);
+      console.log(`\n${res.md}\n\n(${((Date.now() - t) / 1000).toFixed(1)} s)`);
+      parts.push(res.md);
+    }
+  } finally {
+    if (!a.dir) fs.rmSync(root, { recursive: true, force: true });
+  }
+  const seconds = (Date.now() - started) / 1000;
+  const cmd = `npm run bench${process.argv.length > 2 ? ' -- ' + process.argv.slice(2).join(' ') : ''}`;
+  const md = [
+    '## Benchmarks',
+    '',
+    `Command: \`${cmd}\` (${seconds.toFixed(0)} s). All numbers from this one run on this one machine.`,
+    '',
+    R.machineTable(m),
+    '',
+    parts.join('\n\n'),
+  ].join('\n');
+  console.log(`\nbench: done in ${seconds.toFixed(1)} s`);
+  const target = a.out || (a.write ? path.join(ROOT, 'BENCHMARKS.md') : null);
+  if (target) {
+    if (!fs.existsSync(target)) {
+      fs.writeFileSync(target, '# Benchmarks of @trader/processlock\n\n' +
+        'Generated by `npm run bench` (bench/run.js) and `npm run torture -- --write` (bench/torture.js).\n');
+    }
+    R.replaceSection(target, 'bench', md);
+    console.log(`bench: results written to ${path.relative(process.cwd(), target) || target}`);
+  }
+}
+
+main().catch((e) => {
+  console.error(e && e.stack ? e.stack : e);
+  process.exit(2);
+});

@@ -1,0 +1,418 @@
+#!/usr/bin/env node
+'use strict';
+// Torture runs: races of many processes for one lock, ours and the peers side
+// by side, counting the failures that matter.
+//
+//   node bench/torture.js [--rounds N] [--duration S] [--sizes 8,16]
+//                         [--impls ours,proper-lockfile,lockfile]
+//                         [--kinds fresh,stale,recycled,kill]
+//                         [--peer-rounds N] [--hold-us U] [--dir D] [--keep]
+//                         [--write]   (also put the tables into BENCHMARKS.md)
+//
+// Race kinds (every round uses a lock directory of its own):
+//   fresh     the lock does not exist; all racers try once at the same instant
+//   stale     the lock was left by a holder that was SIGKILLed
+//   recycled  (ours only) the lock record names the PID of a live, unrelated
+//             `sleep` process, and nobody holds its flock: the PID was recycled
+//   kill      like fresh (even rounds) or stale (odd rounds), and one racer is
+//             SIGKILLed at a random moment of the race: while waiting, in the
+//             middle of acquire, while holding or while releasing; then a
+//             survivor probes the lock, which must be free, and the victim is
+//             replaced by a spare process
+// Racers are long-lived processes (bench/worker.js) told per round, through
+// stdin, the lock directory and a start instant t0 (CLOCK_MONOTONIC); they
+// sleep, then spin, until t0, try once, and if they win hold for a random
+// 0..hold-us microseconds. Each winner reports its ownership interval:
+// process.hrtime.bigint() right after acquire returns and right before release.
+// A victim killed while holding owns until the instant it was killed.
+//
+// Counted per kind: double-owner rounds (two ownership intervals overlap),
+// rounds nobody won although the lock was free, locks stuck after a kill,
+// unexpected errors, records at the lock path that were not the winner's
+// (ours), temp files and lock files left in the directories, descriptors
+// leaked by the surviving racers. Exit status 1 if ours shows any double
+// owner, 3 if ours shows any other failure of the above.
+
+const fs = require('fs');
+const os = require('os');
+const path = require('path');
+const { spawn } = require('child_process');
+const { Worker } = require('./pool');
+const { LABELS, oursUnavailable } = require('./impls');
+const report = require('./report');
+
+const LOCK_NAME = 'backend.short.lock';
+// Peers decide staleness by age: proper-lockfile by mtime (minimum 2000 ms),
+// lockfile by ctime. Both get the same 2 s, far above any hold here.
+const PEER_STALE_MS = 2000;
+
+function parseArgs(argv) {
+  const a = {
+    rounds: null,
+    duration: 0,
+    sizes: [8, 16],
+    impls: ['ours', 'proper-lockfile', 'lockfile'],
+    kinds: ['fresh', 'stale', 'recycled', 'kill'],
+    peerRounds: null,
+    holdUs: 2000,
+    dir: null,
+    keep: false,
+    write: false,
+  };
+  for (let i = 0; i < argv.length; i++) {
+    const k = argv[i];
+    const v = () => {
+      if (i + 1 >= argv.length) throw new Error(`${k} needs a value`);
+      return argv[++i];
+    };
+    switch (k) {
+      case '--rounds': a.rounds = Number(v()); break;
+      case '--duration': a.duration = Number(v()); break;
+      case '--sizes': a.sizes = v().split(',').map(Number); break;
+      case '--impls': a.impls = v().split(','); break;
+      case '--kinds': a.kinds = v().split(','); break;
+      case '--peer-rounds': a.peerRounds = Number(v()); break;
+      case '--hold-us': a.holdUs = Number(v()); break;
+      case '--dir': a.dir = path.resolve(v()); break;
+      case '--keep': a.keep = true; break;
+      case '--write': a.write = true; break;
+      case '-h': case '--help':
+        console.log(fs.readFileSync(__filename, 'utf8').split('\n').slice(2, 30).map((l) => l.replace(/^\/\/ ?/, '')).join('\n'));
+        process.exit(0);
+        break;
+      default: throw new Error(`unknown option ${k}`);
+    }
+  }
+  // --duration alone: run each race kind for that many seconds.
+  if (a.rounds == null) a.rounds = a.duration > 0 ? Infinity : 1000;
+  if (a.peerRounds == null) a.peerRounds = a.rounds;
+  return a;
+}
+
+const now = () => process.hrtime.bigint();
+const sleeper = new Int32Array(new SharedArrayBuffer(4));
+function sleepUntil(t) {
+  const d = t - now();
+  if (d > 0n) Atomics.wait(sleeper, 0, 0, Number(d) / 1e6);
+}
+const delay = (ms) => new Promise((r) => setTimeout(r, ms));
+const randInt = (n) => Math.floor(Math.random() * n);
+
+const live = new Set(); // every process we started, to clean up on the way out
+function track(w) {
+  live.add(w);
+  w.exited.then(() => live.delete(w));
+  return w;
+}
+function killAll() {
+  for (const w of live) w.kill();
+}
+process.on('SIGINT', () => { killAll(); process.exit(130); });
+process.on('SIGTERM', () => { killAll(); process.exit(143); });
+process.on('exit', killAll);
+
+class Combo {
+  constructor(args, impl, n, base) {
+    this.args = args;
+    this.impl = impl;
+    this.n = n;
+    this.base = base;
+    this.spawned = 0;
+    this.racers = [];
+    this.spares = [];
+    this.killWindowNs = null;
+    this.spreads = []; // t0 .. last racer done, per round
+    this.attemptNs = null;
+    this.attempts = []; // one acquire attempt, S .. A or L
+  }
+
+  spawnWorker() {
+    const opts = { warmDir: path.join(this.base, 'warm', String(this.spawned++)) };
+    if (this.args.kinds.includes('kill')) opts.killer = true;
+    if (this.impl !== 'ours') opts.stale = PEER_STALE_MS;
+    return track(new Worker(this.impl, opts));
+  }
+
+  async start() {
+    this.racers = await Promise.all(Array.from({ length: this.n }, () => this.spawnWorker().ready));
+  }
+
+  async stop() {
+    await Promise.all([...this.racers, ...this.spares].map(async (w) => (await w).stop()));
+  }
+
+  // Take locks for every dir in one process, then SIGKILL it: every dir is
+  // left with a lock whose holder died (flock dropped, file left behind).
+  async leaveStaleLocks(dirs) {
+    const chunk = 2000;
+    let done = 0;
+    while (done < dirs.length) {
+      const part = dirs.slice(done, done + chunk);
+      const h = await this.spawnWorker().ready;
+      h.send({ op: 'hold', dirs: part });
+      const lines = await h.until((l) => l.startsWith('H ') || l.startsWith('J '));
+      const last = lines[lines.length - 1] || '';
+      const [, ok] = last.split(' ');
+      if (!last.startsWith('H ') || Number(ok) !== part.length) {
+        throw new Error(`stale-lock holder took ${ok}/${part.length} locks (${last})`);
+      }
+      h.kill();
+      await h.exited;
+      done += part.length;
+    }
+    if (this.impl === 'proper-lockfile') {
+      // It sets the mtime of a new lock up to 1 s into the future.
+      await delay(PEER_STALE_MS + 1200);
+    } else if (this.impl === 'lockfile') {
+      await delay(PEER_STALE_MS + 200);
+    }
+  }
+
+  async runKind(kind) {
+    const a = this.args;
+    const impl = this.impl;
+    const R = impl === 'ours' ? a.rounds : a.peerRounds;
+    const prepRounds = Number.isFinite(R) ? R : 200000;
+    const kdir = path.join(this.base, kind);
+    const st = {
+      kind, rounds: 0, doubleOwnerRounds: 0, overlaps: 0, noOwnerRounds: 0, owners: 0,
+      stuck: 0, errors: {}, releaseNotOurs: 0, badRecords: {}, compromised: 0,
+      victims: {}, leftoverTemp: 0, tempSamples: [], leftoverLocks: 0,
+      fdLeak: 0, fdLeakMax: 0, seconds: 0, probes: 0,
+    };
+    const bump = (obj, k) => { obj[k] = (obj[k] || 0) + 1; };
+
+    // Directories, and the lock state each round starts from.
+    const dirs = [];
+    for (let r = 0; r < prepRounds; r++) {
+      const d = path.join(kdir, String(r));
+      fs.mkdirSync(d, { recursive: true });
+      dirs.push(d);
+    }
+    let sleepProc = null;
+    if (kind === 'stale' || kind === 'recycled') {
+      await this.leaveStaleLocks(dirs);
+    } else if (kind === 'kill') {
+      await this.leaveStaleLocks(dirs.filter((_, r) => r % 2 === 1));
+    }
+    if (kind === 'recycled') {
+      sleepProc = spawn('sleep', ['100000'], { stdio: 'ignore' });
+      for (const d of dirs) {
+        const p = path.join(d, LOCK_NAME);
+        const rec = JSON.parse(fs.readFileSync(p, 'utf8'));
+        rec.pid = sleepProc.pid; // a live process, not the (dead) holder
+        fs.writeFileSync(p, JSON.stringify(rec, null, 2) + '\n'); // same inode, no flock holder
+      }
+      st.recordSample = JSON.parse(fs.readFileSync(path.join(dirs[0], LOCK_NAME), 'utf8'));
+    }
+
+    if (kind === 'kill') {
+      for (let i = 0; i < 2; i++) this.spares.push(this.spawnWorker().ready);
+      if (this.killWindowNs == null) {
+        const s = this.spreads.slice().sort((x, y) => x - y);
+        this.killWindowNs = s.length ? Math.max(200000, s[Math.floor(s.length / 2)]) : 300000 * this.n;
+      }
+      if (this.attemptNs == null) {
+        const s = this.attempts.slice().sort((x, y) => x - y);
+        this.attemptNs = s.length ? Math.max(20000, s[Math.floor(s.length / 2)]) : 200000;
+        if (process.env.TORTURE_DEBUG) console.log("attempt ns p10/25/50/90", [0.1, 0.25, 0.5, 0.9].map((q) => s[Math.floor(s.length * q)]));
+      }
+      st.killWindowUs = Math.round(this.killWindowNs / 1000);
+      st.targetUs = Math.round((1.5 * this.attemptNs) / 1000);
+      st.victimsByMode = { outside: {}, targeted: {} };
+    }
+
+    const leadNs = BigInt(1000000 + 100000 * this.n);
+    const started = Date.now();
+    const deadline = a.duration > 0 ? started + a.duration * 1000 : Infinity;
+    const verify = impl === 'ours';
+    let r = 0;
+    for (; r < R && r < dirs.length && Date.now() < deadline; r++) {
+      const t0 = now() + leadNs;
+      const victim = kind === 'kill' ? randInt(this.n) : -1;
+      // Kill rounds alternate: fresh/stale lock (r % 2), killed from outside at
+      // a random instant of the race, or by its own killer thread a random
+      // 1 us..1.5x (median attempt time) after it starts its attempt (r % 4 >= 2).
+      const targeted = victim >= 0 && r % 4 >= 2;
+      for (const [i, w] of this.racers.entries()) {
+        const cmd = { op: 'round', r, dir: dirs[r], t0: String(t0), holdMaxUs: a.holdUs, verify };
+        // Log-uniform 1 us .. 1.5x the median attempt: an attempt that is not
+        // preempted takes tens of microseconds, a preempted one much longer.
+        if (targeted && i === victim) cmd.selfKillNs = Math.floor(1000 * Math.pow(1.5 * this.attemptNs / 1000, Math.random()));
+        w.send(cmd);
+      }
+      const waits = this.racers.map((w, i) => (i === victim ? null : w.until((l) => l.startsWith(`D ${r} `))));
+      let tKill = null;
+      if (victim >= 0 && !targeted) {
+        sleepUntil(t0 + BigInt(Math.floor(Math.random() * this.killWindowNs)));
+        tKill = now();
+        this.racers[victim].kill();
+      }
+      const outs = await Promise.all(waits);
+      if (victim >= 0) {
+        const v = this.racers[victim];
+        const guard = setTimeout(() => { st.killMissed = (st.killMissed || 0) + 1; v.kill(); }, 3000);
+        outs[victim] = await v.drain();
+        clearTimeout(guard);
+      }
+
+      // Ownership intervals of this round.
+      const intervals = [];
+      let spread = 0n;
+      outs.forEach((lines, i) => {
+        let open = null;
+        let last = null;
+        for (const line of lines) {
+          const [tag, , t, d] = line.split(' ');
+          if (tag === 'A' || tag === 'L') {
+            if (tag === 'A') open = BigInt(t);
+            if (kind !== 'kill' && d) this.attempts.push(Number(d));
+          } else if (tag === 'R') { intervals.push([open ?? BigInt(t), BigInt(t)]); open = null; }
+          else if (tag === 'K') tKill = BigInt(t);
+          else if (tag === 'E') bump(st.errors, t);
+          else if (tag === 'X') st.releaseNotOurs++;
+          else if (tag === 'V') bump(st.badRecords, t ? t.split(':')[0] : '?');
+          else if (tag === 'C') st.compromised++;
+          else if (tag === 'D' && t) { const d = BigInt(t) - t0; if (d > spread) spread = d; }
+          else if (tag === 'J') bump(st.errors, 'worker:' + line.slice(2, 60));
+          if (['S', 'A', 'R', 'L', 'E', 'X', 'V', 'D'].includes(tag)) last = tag;
+        }
+        if (i === victim) {
+          const state = { null: 'before acquire', S: 'mid-acquire', A: 'holding', V: 'holding', R: 'mid-release',
+            L: 'after losing', E: 'after an error', X: 'after release', D: 'after its turn' }[String(last)];
+          bump(st.victims, state);
+          bump(st.victimsByMode[targeted ? 'targeted' : 'outside'], state);
+          // Owned until killed (the kill may land just after A was stamped).
+          if (open != null) intervals.push([open, tKill != null && tKill > open ? tKill : open]);
+        } else if (open != null) {
+          intervals.push([open, now()]); // never released: treat as still owning
+          bump(st.errors, 'no-release');
+        }
+      });
+      if (kind !== 'kill') this.spreads.push(Number(spread));
+      st.owners += intervals.length;
+      intervals.sort((x, y) => (x[0] < y[0] ? -1 : x[0] > y[0] ? 1 : 0));
+      let maxEnd = -1n;
+      let overlapped = 0;
+      for (const [s, e] of intervals) {
+        if (s < maxEnd) overlapped++;
+        if (e > maxEnd) maxEnd = e;
+      }
+      if (overlapped) { st.doubleOwnerRounds++; st.overlaps += overlapped; }
+      if (intervals.length === 0 && kind !== 'kill') st.noOwnerRounds++;
+
+      if (victim >= 0) {
+        // Everybody alive is done and the victim is dead: the lock must be free.
+        const survivors = this.racers.filter((_, i) => i !== victim);
+        const p = survivors[randInt(survivors.length)];
+        p.send({ op: 'probe', r, dir: dirs[r] });
+        const lines = await p.until((l) => l.startsWith(`D ${r} `));
+        st.probes++;
+        if (!lines.some((l) => l.startsWith('A '))) st.stuck++;
+        for (const l of lines) if (l.startsWith('E ')) bump(st.errors, 'probe:' + l.split(' ')[2]);
+        this.racers[victim] = await this.spares.shift();
+        this.spares.push(this.spawnWorker().ready);
+      }
+      st.rounds++;
+    }
+    st.seconds = (Date.now() - started) / 1000;
+    if (sleepProc) sleepProc.kill('SIGKILL');
+
+    // What the rounds left behind.
+    for (let i = 0; i < r; i++) {
+      for (const name of fs.readdirSync(dirs[i])) {
+        if (name === LOCK_NAME) st.leftoverLocks++;
+        else {
+          st.leftoverTemp++;
+          if (st.tempSamples.length < 3) st.tempSamples.push(name);
+        }
+      }
+    }
+    if (!a.keep) fs.rmSync(kdir, { recursive: true, force: true });
+
+    // Descriptors the survivors hold now against what they held when ready.
+    const fds = await Promise.all(this.racers.map(async (w) => {
+      w.send({ op: 'fds' });
+      const lines = await w.until((l) => l.startsWith('F '));
+      return Number(lines[lines.length - 1].split(' ')[1]) - w.baseFds;
+    }));
+    for (const d of fds) {
+      if (d > 0) st.fdLeak += d;
+      if (d > st.fdLeakMax) st.fdLeakMax = d;
+    }
+    return st;
+  }
+}
+
+function failures(st) {
+  return st.noOwnerRounds + st.stuck + st.releaseNotOurs +
+    Object.values(st.badRecords).reduce((x, y) => x + y, 0) +
+    Object.values(st.errors).reduce((x, y) => x + y, 0) + st.fdLeak;
+}
+
+async function main() {
+  const a = parseArgs(process.argv.slice(2));
+  const why = a.impls.includes('ours') ? oursUnavailable() : null;
+  if (why) {
+    console.error(`torture: ${why}\nBuild the addon first (npm run build), or pass --impls proper-lockfile,lockfile.`);
+    process.exit(2);
+  }
+  const root = a.dir || fs.mkdtempSync(path.join(os.tmpdir(), 'processlock-torture-'));
+  fs.mkdirSync(root, { recursive: true });
+  const machine = report.machine();
+  console.log(`torture: rounds ${a.rounds === Infinity ? '(until --duration)' : a.rounds} per race kind` +
+    `${a.peerRounds !== a.rounds ? ` (peers ${a.peerRounds})` : ''}` +
+    `${a.duration ? `, at most ${a.duration} s per race kind` : ''}; racers ${a.sizes.join(' and ')}; ` +
+    `hold 0..${a.holdUs} us; dir ${root}`);
+  console.log(`machine: ${machine.summary}`);
+
+  const results = [];
+  const t0 = Date.now();
+  for (const impl of a.impls) {
+    for (const n of a.sizes) {
+      const combo = new Combo(a, impl, n, path.join(root, `${impl}-${n}`));
+      await combo.start();
+      for (const kind of a.kinds) {
+        if (kind === 'recycled' && impl !== 'ours') continue; // peers record no PID
+        const st = await combo.runKind(kind);
+        st.impl = impl;
+        st.n = n;
+        results.push(st);
+        console.log(report.tortureLine(st));
+      }
+      await combo.stop();
+      if (!a.keep) fs.rmSync(combo.base, { recursive: true, force: true });
+    }
+  }
+  if (!a.keep && !a.dir) fs.rmSync(root, { recursive: true, force: true });
+  const seconds = (Date.now() - t0) / 1000;
+
+  const md = report.tortureMarkdown(results, {
+    command: `npm run torture -- ${process.argv.slice(2).join(' ')}`.trim(),
+    machine, seconds, staleMs: PEER_STALE_MS, holdUs: a.holdUs,
+  });
+  console.log('\n' + md);
+  if (a.write) {
+    report.replaceSection(path.join(__dirname, '..', 'BENCHMARKS.md'), 'torture', md);
+    console.log('torture: results written to BENCHMARKS.md');
+  }
+
+  const ours = results.filter((s) => s.impl === 'ours');
+  const double = ours.reduce((x, s) => x + s.doubleOwnerRounds, 0);
+  const other = ours.reduce((x, s) => x + failures(s), 0);
+  if (double) {
+    console.error(`torture: FAIL: ${double} double-owner round(s) for @trader/processlock`);
+    process.exit(1);
+  }
+  if (other) {
+    console.error(`torture: FAIL: ${other} other failure(s) for @trader/processlock (see the table)`);
+    process.exit(3);
+  }
+  console.log(`torture: ${ours.length ? 'ours: no double owner, no other failure; ' : ''}${seconds.toFixed(0)} s`);
+}
+
+main().catch((e) => {
+  console.error(e && e.stack ? e.stack : e);
+  killAll();
+  process.exit(2);
+});
