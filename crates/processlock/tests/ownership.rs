@@ -1,0 +1,335 @@
+//! Who owns a lock: conflicts between processes, release, takeover after a holder died by a
+//! signal, forced removal (invariant 5), trade sides, the registry, and another user's locks.
+
+mod support;
+
+use std::fs;
+
+use processlock::{
+    acquire, force_remove, inspect, parse_record, start_token, Error, Inspection, Parsed, Registry,
+    PROTOCOL,
+};
+use support::{Outcome, Proc, TestDir};
+
+#[test]
+fn child_role() {
+    support::child_role();
+}
+
+fn acquired_pid(o: &Outcome) -> u32 {
+    match o {
+        Outcome::Acquired { pid, .. } => *pid,
+        other => panic!("expected an acquisition, got {other:?}"),
+    }
+}
+
+#[test]
+fn conflict_names_the_holder_release_removes_the_file_and_reacquire_works() {
+    let dir = TestDir::new("conflict");
+    let t = dir.target("backend", Some("short"));
+
+    let mut holder = Proc::acquirer(&t, "wait");
+    let got = holder.outcome();
+    assert_eq!(acquired_pid(&got), holder.pid);
+    assert!(got.events().is_empty(), "{got:?}");
+
+    // The file on disk is the holder's complete record, in our format.
+    let Parsed::Ours(rec) = parse_record(&fs::read(&t.path).unwrap()) else {
+        panic!("not our record: {:?}", fs::read_to_string(&t.path));
+    };
+    assert_eq!(rec.pid, holder.pid);
+    assert_eq!(rec.protocol.as_deref(), Some(PROTOCOL));
+    assert_eq!(rec.trade_side.as_deref(), Some("SHORT"));
+    assert_eq!(rec.process_name, "trader-short-backend");
+    assert_eq!(rec.start_token, start_token(holder.pid));
+    assert!(rec.start_token.is_some());
+
+    // This process conflicts, and the error names the holder.
+    match acquire(&t, None) {
+        Err(e @ Error::Conflict(_)) => {
+            assert_eq!(e.code(), "LOCK_CONFLICT");
+            assert_eq!(
+                e.to_string(),
+                format!(
+                    "LOCK_CONFLICT: backend (SHORT) is already running (PID: {})",
+                    holder.pid
+                )
+            );
+            let Error::Conflict(c) = e else {
+                unreachable!()
+            };
+            assert_eq!(c.holder, rec);
+            assert_eq!(c.path, t.path);
+        }
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    // So does a third process.
+    let mut other = Proc::acquirer(&t, "release");
+    assert_eq!(other.outcome(), Outcome::Conflict { holder: holder.pid });
+    other.wait_success();
+    assert_eq!(inspect(&t.path).unwrap(), Inspection::Held(rec.clone()));
+
+    // Release removes the file.
+    holder.close_stdin();
+    assert_eq!(holder.expect("RELEASED"), ["true"]);
+    holder.wait_success();
+    assert!(!t.path.exists());
+
+    // And the lock can be taken again, with nothing stale to report.
+    let mut again = Proc::acquirer(&t, "release");
+    let got = again.outcome();
+    assert_eq!(acquired_pid(&got), again.pid);
+    assert!(got.events().is_empty(), "{got:?}");
+    assert_eq!(again.expect("RELEASED"), ["true"]);
+    again.wait_success();
+    assert!(!t.path.exists());
+    dir.finish();
+}
+
+#[test]
+fn two_acquires_in_one_process_conflict_because_flock_is_per_open_file() {
+    let dir = TestDir::new("same-process");
+    let t = dir.target("worker", None);
+    let first = acquire(&t, None).unwrap();
+    match acquire(&t, None) {
+        Err(Error::Conflict(c)) => assert_eq!(c.holder.pid, std::process::id()),
+        other => panic!("expected a conflict with ourselves, got {other:?}"),
+    }
+    // The failed attempt changed nothing.
+    assert!(first.lock.still_linked());
+    assert_eq!(
+        inspect(&t.path).unwrap(),
+        Inspection::Held(first.lock.record().clone())
+    );
+    assert!(first.lock.release().unwrap());
+    assert!(!t.path.exists());
+    dir.finish();
+}
+
+#[test]
+fn registry_makes_acquire_idempotent_within_a_process() {
+    let dir = TestDir::new("registry");
+    let t = dir.target("backend", None);
+    let reg = Registry::new();
+    let a = reg.acquire(&t, None).unwrap();
+    assert!(!a.already_held);
+    let b = reg.acquire(&t, None).unwrap();
+    assert!(b.already_held);
+    assert_eq!(a.record, b.record);
+    assert!(reg.holds(&t.path));
+
+    let mut other = Proc::acquirer(&t, "release");
+    assert_eq!(
+        other.outcome(),
+        Outcome::Conflict {
+            holder: std::process::id()
+        }
+    );
+    other.wait_success();
+
+    let (rec, removed) = reg.release(&t.path).unwrap();
+    assert_eq!(rec, a.record);
+    assert!(removed.unwrap());
+    assert!(reg.release(&t.path).is_none());
+    assert!(!t.path.exists());
+    dir.finish();
+}
+
+/// A holder killed by a signal runs no clean-up: its file stays. The next acquirer takes it over
+/// at once, naming the dead holder.
+#[test]
+fn a_holder_killed_by_a_signal_is_taken_over_at_once() {
+    let dir = TestDir::new("killed");
+    let t = dir.target("backend", Some("long"));
+    for sig in [libc::SIGKILL, libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+        let mut holder = Proc::acquirer(&t, "wait");
+        assert_eq!(acquired_pid(&holder.outcome()), holder.pid);
+        holder.kill_with(sig);
+        assert!(
+            t.path.exists(),
+            "signal {sig}: the dead holder's file stays"
+        );
+        match inspect(&t.path).unwrap() {
+            Inspection::Stale(r) => assert_eq!(r.pid, holder.pid),
+            other => panic!("signal {sig}: expected stale, got {other:?}"),
+        }
+
+        let mut taker = Proc::acquirer(&t, "wait");
+        match taker.outcome() {
+            Outcome::Acquired {
+                pid,
+                events,
+                micros,
+            } => {
+                assert_eq!(pid, taker.pid);
+                assert_eq!(events, [format!("stale:{}", holder.pid)], "signal {sig}");
+                // No staleness timeout: the takeover is one acquire call.
+                assert!(micros < 500_000, "signal {sig}: takeover took {micros} us");
+            }
+            other => panic!("signal {sig}: expected a takeover, got {other:?}"),
+        }
+        // The new holder really holds it.
+        assert!(matches!(acquire(&t, None), Err(Error::Conflict(c)) if c.holder.pid == taker.pid));
+        taker.close_stdin();
+        assert_eq!(taker.expect("RELEASED"), ["true"]);
+        taker.wait_success();
+    }
+    assert!(!t.path.exists());
+    dir.finish();
+}
+
+/// The kernel drops the flock when the process dies, before its parent reaps it: a zombie
+/// holder is already replaceable.
+#[test]
+fn an_unreaped_killed_holder_is_taken_over() {
+    let dir = TestDir::new("zombie");
+    let t = dir.target("backend", None);
+    let mut holder = Proc::acquirer(&t, "wait");
+    assert_eq!(acquired_pid(&holder.outcome()), holder.pid);
+    holder.kill_to_zombie();
+    let a = acquire(&t, None).unwrap();
+    assert_eq!(
+        a.events,
+        [processlock::Event::StaleRemoved { pid: holder.pid }]
+    );
+    holder.wait();
+    assert!(a.lock.release().unwrap());
+    dir.finish();
+}
+
+/// Invariant 5: after a forced removal, the first holder's release must not delete the file of
+/// the holder that came after it.
+#[test]
+fn release_after_force_remove_leaves_the_new_holders_file() {
+    let dir = TestDir::new("force");
+    let t = dir.target("worker", Some("short"));
+    let mut first = Proc::acquirer(&t, "wait");
+    assert_eq!(acquired_pid(&first.outcome()), first.pid);
+
+    assert!(force_remove(&t.path).unwrap());
+    assert!(!t.path.exists());
+    assert!(!force_remove(&t.path).unwrap(), "nothing left to remove");
+
+    let mut second = Proc::acquirer(&t, "wait");
+    let got = second.outcome();
+    assert_eq!(acquired_pid(&got), second.pid);
+    assert!(got.events().is_empty(), "{got:?}");
+
+    first.close_stdin();
+    assert_eq!(first.expect("RELEASED"), ["false"]);
+    first.wait_success();
+
+    let Parsed::Ours(rec) = parse_record(&fs::read(&t.path).unwrap()) else {
+        panic!("the second holder's file is gone or damaged");
+    };
+    assert_eq!(rec.pid, second.pid);
+    assert!(matches!(inspect(&t.path).unwrap(), Inspection::Held(r) if r.pid == second.pid));
+    let mut third = Proc::acquirer(&t, "release");
+    assert_eq!(third.outcome(), Outcome::Conflict { holder: second.pid });
+    third.wait_success();
+
+    second.close_stdin();
+    assert_eq!(second.expect("RELEASED"), ["true"]);
+    second.wait_success();
+    assert!(!t.path.exists());
+    dir.finish();
+}
+
+/// The same, inside one process, through the `HeldLock` API.
+#[test]
+fn held_lock_notices_it_was_force_removed() {
+    let dir = TestDir::new("force-inproc");
+    let t = dir.target("backend", Some("short"));
+    let first = acquire(&t, None).unwrap();
+    assert!(force_remove(&t.path).unwrap());
+    assert!(!first.lock.still_linked());
+    let second = acquire(&t, None).unwrap();
+    assert!(second.events.is_empty());
+    assert!(!first.lock.release().unwrap());
+    assert!(second.lock.still_linked());
+    assert!(second.lock.release().unwrap());
+    assert!(!t.path.exists());
+    dir.finish();
+}
+
+#[test]
+fn trade_sides_are_separate_locks() {
+    let dir = TestDir::new("sides");
+    let short = dir.target("backend", Some("short"));
+    let long = dir.target("backend", Some("LONG"));
+    let none = dir.target("backend", None);
+    let mut a = Proc::acquirer(&short, "wait");
+    assert_eq!(acquired_pid(&a.outcome()), a.pid);
+    let mut b = Proc::acquirer(&long, "wait");
+    assert_eq!(acquired_pid(&b.outcome()), b.pid);
+    let c = acquire(&none, None).unwrap();
+    let names = [&short.path, &long.path, &none.path].map(|p| p.file_name().unwrap().to_owned());
+    assert_eq!(
+        names,
+        ["backend.short.lock", "backend.long.lock", "backend.lock"]
+    );
+    assert!(matches!(acquire(&short, None), Err(Error::Conflict(x)) if x.holder.pid == a.pid));
+    assert!(matches!(acquire(&long, None), Err(Error::Conflict(x)) if x.holder.pid == b.pid));
+    for p in [&mut a, &mut b] {
+        p.close_stdin();
+        assert_eq!(p.expect("RELEASED"), ["true"]);
+        p.wait_success();
+    }
+    assert!(c.lock.release().unwrap());
+    dir.finish();
+}
+
+/// Another user's locks: a root holder seen from `nobody` (EPERM from `kill(pid, 0)`, a file it
+/// may not open for writing) is alive; its dead holder's file is still taken over. Needs root.
+#[test]
+fn another_users_lock_is_respected_and_its_stale_file_taken_over() {
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root to run a child as another user");
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TestDir::new("other-user");
+    let t = dir.target("backend", Some("short"));
+    fs::create_dir_all(&t.dir).unwrap();
+    fs::set_permissions(&t.dir, fs::Permissions::from_mode(0o777)).unwrap();
+    let nobody = [("UID", "65534")];
+
+    // Root holds; nobody conflicts.
+    let mut root_holder = Proc::acquirer(&t, "wait");
+    assert_eq!(acquired_pid(&root_holder.outcome()), root_holder.pid);
+    let mut other = Proc::acquirer_with(&t, "release", &nobody);
+    assert_eq!(
+        other.outcome(),
+        Outcome::Conflict {
+            holder: root_holder.pid
+        }
+    );
+    other.wait_success();
+
+    // Root's holder dies; nobody takes over (the directory lets it unlink root's file).
+    root_holder.kill_with(libc::SIGKILL);
+    let mut taker = Proc::acquirer_with(&t, "wait", &nobody);
+    let got = taker.outcome();
+    assert_eq!(got.events(), [format!("stale:{}", root_holder.pid)]);
+
+    // A seed-format file naming a live root process, seen by nobody: alive (EPERM), conflict.
+    let legacy = dir.target("worker", None);
+    let idle = Proc::idle();
+    let started = processlock::own_record(&legacy, None).started;
+    fs::write(
+        &legacy.path,
+        format!("{{\"pid\": {}, \"started\": \"{started}\", \"tradeSide\": null, \"processName\": \"trader-worker\"}}", idle.pid),
+    )
+    .unwrap();
+    let mut seen = Proc::acquirer_with(&legacy, "release", &nobody);
+    assert_eq!(seen.outcome(), Outcome::Conflict { holder: idle.pid });
+    seen.wait_success();
+    assert!(legacy.path.exists());
+    fs::remove_file(&legacy.path).unwrap();
+
+    taker.close_stdin();
+    assert_eq!(taker.expect("RELEASED"), ["true"]);
+    taker.wait_success();
+    assert!(!t.path.exists());
+    dir.finish();
+}

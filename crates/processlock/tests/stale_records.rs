@@ -1,0 +1,225 @@
+//! Records that lie: PIDs of live processes that are not the holder (recycled PIDs), files in
+//! the seed's PID-only format, bare PIDs.
+
+mod support;
+
+use std::fs;
+use std::time::Duration;
+
+use processlock::{
+    inspect, judge_pid, own_record, parse_record, start_token, Inspection, LockTarget, Parsed,
+    PidState, Record, PROTOCOL,
+};
+use support::{pid_exists, Outcome, Proc, TestDir};
+
+#[test]
+fn child_role() {
+    support::child_role();
+}
+
+/// A file in the seed's format: the four keys, pretty-printed, no protocol marker.
+fn seed_file(pid: u32, started: &str) -> String {
+    format!(
+        "{{\n  \"pid\": {pid},\n  \"started\": \"{started}\",\n  \"tradeSide\": \"SHORT\",\n  \"processName\": \"trader-short-backend\"\n}}"
+    )
+}
+
+fn now_iso(t: &LockTarget) -> String {
+    own_record(t, None).started
+}
+
+/// Acquires in a child and expects a takeover naming `stale_pid`.
+fn expect_takeover(t: &LockTarget, stale_pid: u32) {
+    let mut p = Proc::acquirer(t, "release");
+    match p.outcome() {
+        Outcome::Acquired { pid, events, .. } => {
+            assert_eq!(pid, p.pid);
+            assert_eq!(events, [format!("stale:{stale_pid}")]);
+        }
+        other => panic!("expected a takeover of PID {stale_pid}'s file, got {other:?}"),
+    }
+    assert_eq!(p.expect("RELEASED"), ["true"]);
+    p.wait_success();
+    assert!(!t.path.exists());
+}
+
+/// Acquires in a child and expects a conflict naming `holder`; the file must be left as it was.
+fn expect_conflict(t: &LockTarget, holder: u32) {
+    let before = fs::read(&t.path).unwrap();
+    let mut p = Proc::acquirer(t, "release");
+    assert_eq!(p.outcome(), Outcome::Conflict { holder });
+    p.wait_success();
+    assert_eq!(
+        fs::read(&t.path).unwrap(),
+        before,
+        "the holder's file changed"
+    );
+}
+
+/// Our format, naming a live unrelated process down to its exact start token, with nobody
+/// holding the flock: a recycled PID at its most convincing. The flock alone decides: stale.
+#[test]
+fn our_record_naming_a_live_process_with_its_exact_token_is_stale_without_a_flock() {
+    let dir = TestDir::new("ours-live-pid");
+    let t = dir.target("backend", Some("short"));
+    fs::create_dir_all(&t.dir).unwrap();
+    let mut idle = Proc::idle();
+    let mut rec: Record = own_record(&t, None);
+    rec.pid = idle.pid;
+    rec.start_token = start_token(idle.pid);
+    assert!(rec.start_token.is_some());
+    assert_eq!(rec.protocol.as_deref(), Some(PROTOCOL));
+    // PID and token say "alive"; only the missing flock says otherwise.
+    assert_eq!(judge_pid(&rec), PidState::Alive);
+    fs::write(&t.path, rec.to_json()).unwrap();
+    assert_eq!(inspect(&t.path).unwrap(), Inspection::Stale(rec));
+
+    expect_takeover(&t, idle.pid);
+    assert!(
+        pid_exists(idle.pid),
+        "the unrelated process was not touched"
+    );
+    idle.close_stdin();
+    idle.wait_success();
+    dir.finish();
+}
+
+/// A real recycled PID: a holder is SIGKILLed, and a new unrelated process is made to get its
+/// exact PID (through `/proc/sys/kernel/ns_last_pid`, root only). Its file is stale.
+#[test]
+fn a_really_recycled_pid_does_not_keep_a_dead_holders_lock() {
+    const NS_LAST_PID: &str = "/proc/sys/kernel/ns_last_pid";
+    let dir = TestDir::new("recycled");
+    let t = dir.target("worker", Some("long"));
+    for attempt in 0..20 {
+        let mut holder = Proc::acquirer(&t, "wait");
+        let Outcome::Acquired { pid: dead, .. } = holder.outcome() else {
+            panic!("the holder did not acquire");
+        };
+        holder.kill_with(libc::SIGKILL);
+        assert!(!pid_exists(dead));
+        if fs::write(NS_LAST_PID, format!("{}", dead - 1)).is_err() {
+            eprintln!("skipped: {NS_LAST_PID} is not writable here");
+            let _ = fs::remove_file(&t.path);
+            return;
+        }
+        let mut idle = Proc::idle();
+        if idle.pid != dead {
+            // Another test forked in between and took the PID; try again.
+            eprintln!("attempt {attempt}: got PID {} instead of {dead}", idle.pid);
+            drop(idle);
+            expect_takeover(&t, dead);
+            continue;
+        }
+        // The dead holder's PID is alive again, as a different process.
+        let Parsed::Ours(rec) = parse_record(&fs::read(&t.path).unwrap()) else {
+            panic!("not our record");
+        };
+        assert_eq!(rec.pid, dead);
+        assert!(pid_exists(dead));
+        assert_eq!(judge_pid(&rec), PidState::Recycled);
+        assert!(matches!(inspect(&t.path).unwrap(), Inspection::Stale(r) if r.pid == dead));
+        expect_takeover(&t, dead);
+        assert!(pid_exists(idle.pid));
+        idle.close_stdin();
+        idle.wait_success();
+        dir.finish();
+        return;
+    }
+    panic!("could not recycle a PID in 20 attempts");
+}
+
+/// The seed's format names a live process that started before the record was written: that
+/// process may well be the old holder. Conflict, file untouched.
+#[test]
+fn seed_format_naming_a_live_process_started_before_the_record_conflicts() {
+    let dir = TestDir::new("seed-alive");
+    let t = dir.target("backend", Some("short"));
+    fs::create_dir_all(&t.dir).unwrap();
+    let mut idle = Proc::idle();
+    std::thread::sleep(Duration::from_millis(10));
+    fs::write(&t.path, seed_file(idle.pid, &now_iso(&t))).unwrap();
+    match inspect(&t.path).unwrap() {
+        Inspection::Held(r) => {
+            assert_eq!(r.pid, idle.pid);
+            assert!(r.protocol.is_none());
+        }
+        other => panic!("expected held, got {other:?}"),
+    }
+    expect_conflict(&t, idle.pid);
+
+    // Once that process is gone, the same file is stale.
+    idle.close_stdin();
+    idle.wait_success();
+    expect_takeover(&t, idle.pid);
+    dir.finish();
+}
+
+/// The seed's format names a live process that started after the record was written: the PID
+/// was recycled. Stale.
+#[test]
+fn seed_format_naming_a_process_started_after_the_record_is_stale() {
+    let dir = TestDir::new("seed-recycled");
+    let t = dir.target("backend", Some("short"));
+    fs::create_dir_all(&t.dir).unwrap();
+    let mut idle = Proc::idle();
+    // Written an hour before the process started (well beyond the clock slack).
+    let started = "2020-01-01T00:00:00.000Z";
+    fs::write(&t.path, seed_file(idle.pid, started)).unwrap();
+    let Parsed::Legacy(rec) = parse_record(&fs::read(&t.path).unwrap()) else {
+        panic!("not read as the seed's format");
+    };
+    assert_eq!(judge_pid(&rec), PidState::Recycled);
+    assert!(matches!(inspect(&t.path).unwrap(), Inspection::Stale(r) if r.pid == idle.pid));
+    expect_takeover(&t, idle.pid);
+    assert!(pid_exists(idle.pid));
+    idle.close_stdin();
+    idle.wait_success();
+    dir.finish();
+}
+
+#[test]
+fn seed_format_naming_a_dead_or_zombie_process_is_stale() {
+    let dir = TestDir::new("seed-dead");
+    let t = dir.target("worker", None);
+    fs::create_dir_all(&t.dir).unwrap();
+
+    let mut gone = Proc::idle();
+    let started = now_iso(&t);
+    gone.close_stdin();
+    gone.wait_success();
+    fs::write(&t.path, seed_file(gone.pid, &started)).unwrap();
+    assert!(matches!(inspect(&t.path).unwrap(), Inspection::Stale(r) if r.pid == gone.pid));
+    expect_takeover(&t, gone.pid);
+
+    // Killed but not yet reaped by its parent: only a zombie is left, and it holds nothing.
+    let mut zombie = Proc::idle();
+    let started = now_iso(&t);
+    zombie.kill_to_zombie();
+    fs::write(&t.path, seed_file(zombie.pid, &started)).unwrap();
+    expect_takeover(&t, zombie.pid);
+    zombie.wait();
+    dir.finish();
+}
+
+#[test]
+fn bare_pid_files_are_judged_by_liveness() {
+    let dir = TestDir::new("bare-pid");
+    let t = dir.target("backend", None);
+    fs::create_dir_all(&t.dir).unwrap();
+
+    let mut idle = Proc::idle();
+    fs::write(&t.path, format!("{}\n", idle.pid)).unwrap();
+    assert!(matches!(inspect(&t.path).unwrap(), Inspection::Held(r) if r.pid == idle.pid));
+    expect_conflict(&t, idle.pid);
+    assert_eq!(
+        fs::read_to_string(&t.path).unwrap(),
+        format!("{}\n", idle.pid)
+    );
+
+    idle.close_stdin();
+    idle.wait_success();
+    assert!(matches!(inspect(&t.path).unwrap(), Inspection::Stale(r) if r.pid == idle.pid));
+    expect_takeover(&t, idle.pid);
+    dir.finish();
+}
