@@ -108,9 +108,11 @@ pub fn sweep_orphan_temps(dir: &Path, lock_file_name: Option<&str>) -> Result<Ve
 
 fn remove_if_orphan(path: &Path, pid: u32) -> io::Result<bool> {
     let file = os::open_existing(path)?;
-    if !os::is_regular(&file)? || !os::try_lock(&file, true)? {
+    if !os::is_regular(&file)? {
         return Ok(false);
     }
+    // Judge by creator and age before touching the lock: a live creator locks its new temp
+    // file a moment after creating it, and its acquire fails if we hold that lock even briefly.
     let creator_gone = os::pid_state(pid) == os::Pid::Gone;
     let old = file
         .metadata()?
@@ -118,7 +120,10 @@ fn remove_if_orphan(path: &Path, pid: u32) -> io::Result<bool> {
         .ok()
         .and_then(|m| SystemTime::now().duration_since(m).ok())
         .is_some_and(|age| age > ORPHAN_AGE);
-    if !(creator_gone || old) || os::entry(path)? != os::Entry::File(os::file_id(&file)?) {
+    if !(creator_gone || old)
+        || !os::try_lock(&file, true)?
+        || os::entry(path)? != os::Entry::File(os::file_id(&file)?)
+    {
         return Ok(false);
     }
     os::remove(path)?;
