@@ -251,6 +251,10 @@ pub fn hard_link(src: &Path, dst: &Path) -> io::Result<()> {
 ///    first renamed to a unique hidden name in the same directory, then marked for deletion. The
 ///    lock path is free at once; the hidden name goes away when the last handle closes.
 pub fn remove(path: &Path) -> io::Result<()> {
+    remove_with(path, true)
+}
+
+fn remove_with(path: &Path, try_posix: bool) -> io::Result<()> {
     let file = options(FILE_FLAG_BACKUP_SEMANTICS)
         .access_mode(DELETE | FILE_READ_ATTRIBUTES)
         .open(path)?;
@@ -264,7 +268,12 @@ pub fn remove(path: &Path) -> io::Result<()> {
             | FILE_DISPOSITION_FLAG_POSIX_SEMANTICS
             | FILE_DISPOSITION_FLAG_IGNORE_READONLY_ATTRIBUTE,
     };
-    match set_info(&file, FileDispositionInfoEx, &posix) {
+    let posix_result = if try_posix {
+        set_info(&file, FileDispositionInfoEx, &posix)
+    } else {
+        Err(win_error(ERROR_NOT_SUPPORTED))
+    };
+    match posix_result {
         Ok(()) => return Ok(()),
         // Older systems reject the information class or the flags; FAT and others answer
         // "not supported".
@@ -519,4 +528,288 @@ pub fn process_start(pid: u32) -> Option<ProcessStart> {
         wall_ms,
         zombie: has_exited(&process),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::Error;
+    use crate::name::LockName;
+    use crate::protocol::{acquire, inspect, Event, Inspection, LockTarget};
+    use std::io::Write;
+
+    fn scratch(tag: &str) -> PathBuf {
+        let n = ASIDE_COUNTER.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("pl-win-{tag}-{}-{n}", std::process::id()));
+        // Process ids come back soon on Windows: clear what a failed earlier run left.
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn the_lock_excludes_other_handles_but_not_readers() {
+        let dir = scratch("lock");
+        let path = dir.join("a.lock");
+        let mut owner = create_new(&path).unwrap();
+        assert!(try_lock(&owner, true).unwrap());
+        owner.write_all(b"{\"pid\":1}").unwrap();
+
+        let rival = open_existing(&path).unwrap();
+        assert!(!try_lock(&rival, true).unwrap());
+        assert!(!try_lock(&rival, false).unwrap());
+        // The mandatory lock sits far beyond the record: reading it is never refused.
+        assert_eq!(read_all(&rival, 1024).unwrap(), b"{\"pid\":1}");
+        assert_eq!(
+            read_all(&open_for_probe(&path).unwrap(), 1024).unwrap(),
+            b"{\"pid\":1}"
+        );
+
+        drop(owner);
+        assert!(try_lock(&rival, true).unwrap());
+        unlock(&rival).unwrap();
+        let probe = open_for_probe(&path).unwrap();
+        assert!(try_lock(&probe, false).unwrap());
+        assert!(try_lock(&rival, false).unwrap(), "shared locks coexist");
+        drop((rival, probe));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn remove_frees_the_name_at_once_while_the_file_is_open() {
+        let dir = scratch("remove");
+        let path = dir.join("a.lock");
+        let mut first = create_new(&path).unwrap();
+        first.write_all(b"old").unwrap();
+        let reader = open_existing(&path).unwrap();
+        assert!(try_lock(&first, true).unwrap());
+
+        remove(&path).unwrap();
+        assert_eq!(entry(&path).unwrap(), Entry::Missing);
+        // A new file of the same name, while both old handles are still open.
+        let second = create_new(&path).unwrap();
+        assert!(try_lock(&second, true).unwrap(), "a new file, a new lock");
+        assert_eq!(read_all(&reader, 64).unwrap(), b"old");
+        assert_eq!(
+            entry(&path).unwrap(),
+            Entry::File(file_id(&second).unwrap())
+        );
+        assert_ne!(file_id(&first).unwrap(), file_id(&second).unwrap());
+        assert!(matches!(remove(&path), Ok(())));
+        assert_eq!(remove(&path).unwrap_err().kind(), io::ErrorKind::NotFound);
+        drop((first, second, reader));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn without_posix_deletion_the_name_is_freed_by_renaming_aside() {
+        let dir = scratch("aside");
+        let path = dir.join("a.lock");
+        let mut first = create_new(&path).unwrap();
+        first.write_all(b"old").unwrap();
+        let reader = open_existing(&path).unwrap();
+
+        remove_with(&path, false).unwrap();
+        assert_eq!(entry(&path).unwrap(), Entry::Missing);
+        let second = create_new(&path).unwrap();
+        assert_eq!(read_all(&reader, 64).unwrap(), b"old");
+        let names = |dir: &Path| {
+            let mut v: Vec<String> = std::fs::read_dir(dir)
+                .unwrap()
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect();
+            v.sort();
+            v
+        };
+        let during = names(&dir);
+        assert_eq!(during.len(), 2, "{during:?}");
+        assert!(during[0].starts_with(".a.lock.") && during[0].ends_with(".removed"));
+        drop((first, reader));
+        assert_eq!(
+            names(&dir),
+            ["a.lock"],
+            "the renamed file went with its last handle"
+        );
+        drop(second);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn links_entries_and_ids() {
+        let dir = scratch("entry");
+        let temp = dir.join(".a.lock.1.1.tmp");
+        let path = dir.join("a.lock");
+        let file = create_new(&temp).unwrap();
+        assert!(is_regular(&file).unwrap());
+        // Asked while the file still has its first name (Wine cannot tell the volume of a file
+        // whose every name it opened it by is gone).
+        let id = file_id(&file).unwrap();
+        assert_eq!(
+            create_new(&temp).unwrap_err().kind(),
+            io::ErrorKind::AlreadyExists
+        );
+        hard_link(&temp, &path).unwrap();
+        assert_eq!(
+            hard_link(&temp, &path).unwrap_err().kind(),
+            io::ErrorKind::AlreadyExists
+        );
+        remove(&temp).unwrap();
+        assert_eq!(entry(&path).unwrap(), Entry::File(id));
+        assert_eq!(entry(&dir.join("none")).unwrap(), Entry::Missing);
+        assert_eq!(entry(&dir).unwrap(), Entry::Directory);
+        assert!(open_existing(&dir).is_err());
+        assert!(remove(&dir).is_err(), "a directory is never removed");
+
+        // Creating symbolic links needs a privilege or developer mode: test them where allowed
+        // (Wine 8 answers success and creates nothing).
+        let link = dir.join("b.lock");
+        if std::os::windows::fs::symlink_file(&path, &link).is_ok()
+            && std::fs::symlink_metadata(&link).is_ok()
+        {
+            assert_eq!(entry(&link).unwrap(), Entry::Symlink);
+            assert!(open_existing(&link).is_err());
+            assert!(open_for_probe(&link).is_err());
+            assert_eq!(
+                create_new(&link).unwrap_err().kind(),
+                io::ErrorKind::AlreadyExists
+            );
+            remove(&link).unwrap();
+            assert_eq!(entry(&link).unwrap(), Entry::Missing);
+            assert_eq!(entry(&path).unwrap(), Entry::File(id));
+        }
+        drop(file);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn processes_live_exit_and_keep_their_start() {
+        let me = current_pid();
+        assert_eq!(pid_state(me), Pid::Running);
+        assert_eq!(pid_state(0), Pid::Gone);
+        let a = process_start(me).unwrap();
+        assert_eq!(a, process_start(me).unwrap());
+        assert!(!a.zombie);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64;
+        let wall = a.wall_ms.unwrap();
+        assert!(
+            wall <= now + 2000 && wall > now - 3_600_000,
+            "{wall} vs {now}"
+        );
+
+        // This test binary, asked to run no test, exits at once.
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "no-such-test"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while pid_state(pid) != Pid::Gone {
+            assert!(std::time::Instant::now() < deadline, "child never exited");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        // Exited, its process object kept alive by our handle: the zombie of Windows.
+        let start = process_start(pid).unwrap();
+        assert!(start.zombie);
+        assert_ne!(start.token, a.token);
+        child.wait().unwrap();
+        assert!(hostname().is_some_and(|h| !h.is_empty()));
+    }
+
+    #[test]
+    fn the_protocol_end_to_end() {
+        let dir = scratch("protocol");
+        let target = LockTarget::new(&dir, LockName::new("svc", Some("SHORT")).unwrap());
+        let held = acquire(&target, None).unwrap().lock;
+        assert!(
+            matches!(inspect(&target.path).unwrap(), Inspection::Held(r) if r.pid == current_pid())
+        );
+        match acquire(&target, None) {
+            Err(Error::Conflict(c)) => assert_eq!(c.holder.pid, current_pid()),
+            other => panic!("expected a conflict, got {other:?}"),
+        }
+        assert!(held.release().unwrap());
+        assert_eq!(entry(&target.path).unwrap(), Entry::Missing);
+
+        // A holder that vanished without releasing: its file stays, its lock does not.
+        let again = acquire(&target, None).unwrap().lock;
+        drop(again);
+        assert!(matches!(
+            inspect(&target.path).unwrap(),
+            Inspection::Stale(_)
+        ));
+        let taken = acquire(&target, None).unwrap();
+        assert!(taken
+            .events
+            .iter()
+            .any(|e| matches!(e, Event::StaleRemoved { pid } if *pid == current_pid())));
+        assert!(taken.lock.release().unwrap());
+        let leftovers: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+    const HOLD_ENV: &str = "PROCESSLOCK_TEST_HOLD_DIR";
+
+    /// Not a test of its own: the lock holder that `a_killed_holder_is_replaced_at_once` runs in
+    /// a child process (this test binary again). Without the variable it does nothing.
+    #[test]
+    fn hold_for_parent() {
+        let Some(dir) = std::env::var_os(HOLD_ENV) else {
+            return;
+        };
+        let target = LockTarget::new(PathBuf::from(dir), LockName::new("svc", None).unwrap());
+        let held = acquire(&target, None).unwrap().lock;
+        println!("held");
+        std::io::stdout().flush().unwrap();
+        std::thread::sleep(std::time::Duration::from_secs(60));
+        drop(held);
+    }
+
+    #[test]
+    fn a_killed_holder_is_replaced_at_once() {
+        use std::io::BufRead;
+        let dir = scratch("killed");
+        let target = LockTarget::new(&dir, LockName::new("svc", None).unwrap());
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "os::windows::tests::hold_for_parent",
+                "--nocapture",
+            ])
+            .env(HOLD_ENV, &dir)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        while !line.contains("held") {
+            line.clear();
+            assert_ne!(
+                out.read_line(&mut line).unwrap(),
+                0,
+                "the holder ended early"
+            );
+        }
+        match acquire(&target, None) {
+            Err(Error::Conflict(c)) => assert_eq!(c.holder.pid, child.id()),
+            other => panic!("expected a conflict, got {other:?}"),
+        }
+        assert!(
+            matches!(inspect(&target.path).unwrap(), Inspection::Held(r) if r.pid == child.id())
+        );
+
+        child.kill().unwrap(); // TerminateProcess: nothing of the holder runs any more
+        child.wait().unwrap();
+        let taken = acquire(&target, None).unwrap();
+        assert!(taken
+            .events
+            .iter()
+            .any(|e| matches!(e, Event::StaleRemoved { pid } if *pid == child.id())));
+        assert!(taken.lock.release().unwrap());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
