@@ -25,7 +25,8 @@ use std::process::{Child, Command, ExitStatus};
 use std::time::{Duration, Instant};
 
 use processlock::{
-    judge_pid, record_for, report, Acquired, Error, LockName, LockTarget, PendingLock, Record,
+    judge_pid, record_for, remove_if_stale, report, Acquired, Error, LockName, LockTarget,
+    PendingLock, Record, Removal,
 };
 
 use crate::signals::{self, Note};
@@ -273,18 +274,35 @@ fn supervise(mut child: Child, acquired: Acquired, target: &LockTarget, quiet: b
             Err(_) => break child.wait(),
         }
     };
-    let record_pid = acquired.lock.record().pid;
-    match acquired.lock.release() {
-        Ok(_) if !quiet => eprintln!("{}", report::released(&target.name, record_pid)),
-        Ok(_) => {}
-        Err(e) => eprintln!("processlock: {e}"),
-    }
+    release(acquired, target, quiet);
     match status {
         Ok(status) => exit_like(status),
         Err(e) => {
             eprintln!("processlock: waiting for the command failed: {e}");
             1
         }
+    }
+}
+
+/// Lets our hold go, then removes the lock file if nobody holds it any more. Usually the command
+/// took its copies of the descriptor with it; but something it started in the background may
+/// have inherited one and still hold the lock: then the file stays, as it names a held lock, and
+/// `check` shows it.
+fn release(acquired: Acquired, target: &LockTarget, quiet: bool) {
+    let ours = acquired.lock.record().clone();
+    drop(acquired.lock);
+    match remove_if_stale(&target.path) {
+        Ok(Removal::Held(r)) if r == ours => eprintln!(
+            "processlock: the command ended, but a process it started still holds the lock; the file stays (find it with: fuser -v {})",
+            target.path.display()
+        ),
+        // Removed, or already taken over or removed by someone else.
+        Ok(_) => {
+            if !quiet {
+                eprintln!("{}", report::released(&target.name, ours.pid));
+            }
+        }
+        Err(e) => eprintln!("processlock: {e}"),
     }
 }
 

@@ -1,0 +1,13 @@
+'use strict'
+// A service holding a lock through the Node addon, for the CLI tests to look at.
+//   node cli-holder.js [type=backend] [side=SHORT]      (lock directory: $PROCESSLOCK_DIR)
+const binding = require('../../binding.js')
+
+const [type = 'backend', tradeSide = 'SHORT'] = process.argv.slice(2)
+const outcome = binding.acquire(type, { dir: process.env.PROCESSLOCK_DIR, tradeSide })
+if (outcome.error) {
+  process.stderr.write(`${outcome.error.message}\n`)
+  process.exit(1)
+}
+process.stdout.write(`HOLDER READY ${process.pid}\n`)
+setInterval(() => {}, 1 << 30)
