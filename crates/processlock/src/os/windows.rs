@@ -10,6 +10,8 @@
 //!   every reader's `ReadFile` fail with `ERROR_LOCK_VIOLATION`.
 //! * A lock is held by a handle and dropped by the OS when the last handle to it closes, however
 //!   the process ends, as `flock` is on Unix.
+//! * A record is published at the lock path by a rename that never replaces (`hard_link`), and a
+//!   name is removed so that it is free at once even while the file is open (`remove`).
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -187,12 +189,17 @@ pub fn is_unsupported(e: &io::Error) -> bool {
     )
 }
 
-/// Volume serial number and file index: equal for the same file on the same volume. (ReFS has
-/// 128-bit file ids; the 64-bit index it reports here is still unique per volume in practice.)
+/// The file index, which is unique per volume (ReFS has 128-bit file ids; the 64-bit index it
+/// reports here is still unique per volume in practice).
+///
+/// `dev` stays 0: every comparison of ids is between a handle and a path in the same directory,
+/// so on the same volume, and the volume serial number is not reliable for a handle whose name
+/// changed since it was opened (Wine derives it from that name: after the rename that publishes
+/// a lock file, it reports 0 for the held handle and the real serial for the path).
 pub fn file_id(file: &File) -> io::Result<FileId> {
     let i = info(file)?;
     Ok(FileId {
-        dev: u64::from(i.dwVolumeSerialNumber),
+        dev: 0,
         ino: (u64::from(i.nFileIndexHigh) << 32) | u64::from(i.nFileIndexLow),
     })
 }
@@ -232,9 +239,15 @@ pub fn entry(path: &Path) -> io::Result<Entry> {
     })
 }
 
-/// `CreateHardLinkW`: fails with `AlreadyExists` when `dst` exists, never replaces it.
+/// Publishes the temp file `src` at `dst`: fails with `AlreadyExists` when `dst` exists, never
+/// replaces it. This is what `link(2)` gives the protocol on Unix; Windows can do it with a
+/// rename that refuses to replace (atomic, like `link`), which Unix cannot. The rename is better
+/// here than `CreateHardLinkW`: it works on volumes without hard links (FAT, exFAT), and it
+/// leaves no second name behind that would have to be deleted while the file is held open.
+/// Afterwards `src` is gone, so the caller's removal of the temp name finds nothing.
 pub fn hard_link(src: &Path, dst: &Path) -> io::Result<()> {
-    std::fs::hard_link(src, dst)
+    let file = options(0).access_mode(DELETE).open(src)?;
+    rename_handle(&file, &absolute(dst)?, false)
 }
 
 /// Removes the name at `path` (a reparse point itself, never its target) so that the name is
@@ -651,11 +664,25 @@ mod tests {
         );
         hard_link(&temp, &path).unwrap();
         assert_eq!(
-            hard_link(&temp, &path).unwrap_err().kind(),
+            entry(&temp).unwrap(),
+            Entry::Missing,
+            "published by renaming"
+        );
+        assert_eq!(remove(&temp).unwrap_err().kind(), io::ErrorKind::NotFound);
+        assert_eq!(entry(&path).unwrap(), Entry::File(id));
+        let other = dir.join(".a.lock.1.2.tmp");
+        let other_file = create_new(&other).unwrap();
+        assert_eq!(
+            hard_link(&other, &path).unwrap_err().kind(),
             io::ErrorKind::AlreadyExists
         );
-        remove(&temp).unwrap();
-        assert_eq!(entry(&path).unwrap(), Entry::File(id));
+        assert_eq!(entry(&path).unwrap(), Entry::File(id), "never replaced");
+        assert_eq!(
+            entry(&other).unwrap(),
+            Entry::File(file_id(&other_file).unwrap())
+        );
+        drop(other_file);
+        remove(&other).unwrap();
         assert_eq!(entry(&dir.join("none")).unwrap(), Entry::Missing);
         assert_eq!(entry(&dir).unwrap(), Entry::Directory);
         assert!(open_existing(&dir).is_err());
