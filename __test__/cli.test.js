@@ -249,6 +249,40 @@ describe('processlock run', () => {
     await holder.done()
   })
 
+  test('a signal while the lock is being taken: the command never starts, processlock dies by it', async () => {
+    const dir = tempDir('cli-abort')
+    // A lock held by a background sleeper whose recorded PID (the shell) has exited: an acquirer
+    // keeps looking at it for a moment before it calls it a conflict.
+    const shell = await startCli(['run', 'backend', '-q', '--', '/bin/sh', '-c', 'sleep 30 >/dev/null 2>&1 & echo $!'], { dir }).exited()
+    const sleeper = Number(shell.stdout.trim())
+    try {
+      const marker = path.join(dir, 'started.txt')
+      const run = startRun(['backend'], ['exit', '0'], { dir, env: { CHILD_MARKER: marker } })
+      // Its temp file shows that its handlers are installed and it is taking the lock.
+      const until = Date.now() + 10000
+      while (!fs.readdirSync(dir).some((n) => n.endsWith('.tmp')) && !run.ended && Date.now() < until) {
+        await new Promise((r) => setImmediate(r))
+      }
+      run.kill('SIGTERM')
+      const r = await run.done()
+      expect(r.signal).toBe('SIGTERM')
+      expect(fs.existsSync(marker)).toBe(false)
+      expect(fs.readdirSync(dir)).toEqual(['backend.short.lock'])
+    } finally {
+      process.kill(sleeper, 'SIGKILL')
+    }
+  })
+
+  test('a lock directory that cannot be made: [FATAL] LOCK_IO, exit 1, nothing started', async () => {
+    const file = path.join(tempDir('cli-notdir'), 'plain-file')
+    fs.writeFileSync(file, 'x')
+    const marker = path.join(path.dirname(file), 'started.txt')
+    const r = await startRun(['backend', '--dir', file], ['exit', '0'], { env: { CHILD_MARKER: marker } }).done()
+    expect(r.code).toBe(1)
+    expect(r.stderr).toMatch(/^\[FATAL\] LOCK_IO: mkdir .+plain-file failed: .+\n$/)
+    expect(fs.existsSync(marker)).toBe(false)
+  })
+
   test('takes over a stale lock with the seed line', async () => {
     const dir = tempDir('cli-stale')
     const stalePid = await staleLock(dir, 'backend')

@@ -97,8 +97,21 @@ function findBinary() {
   process.exit(1)
 }
 
+/** Some unpackers drop the executable bit: restore it once rather than fail. */
+function ensureExecutable(binary) {
+  if (process.platform === 'win32') return
+  try {
+    fs.accessSync(binary, fs.constants.X_OK)
+  } catch {
+    try {
+      fs.chmodSync(binary, 0o755)
+    } catch {}
+  }
+}
+
 function main() {
   const binary = findBinary()
+  ensureExecutable(binary)
   const child = spawn(binary, process.argv.slice(2), { stdio: 'inherit' })
 
   // Our listeners replace Node's exit-on-signal: the command decides when everything ends.
