@@ -34,9 +34,8 @@ use crate::signals::{self, Note};
 const GO: u8 = 1;
 const STOP: u8 = 0;
 
-/// A copy of a signal that our parent relays within this long after the kernel sent the same
-/// signal to our process group (a terminal's Ctrl+C reaching an `npx` or shell wrapper too) is
-/// the same event: the command has had it already.
+/// A copy of a signal that our parent relays within this long after we saw the same signal
+/// (from the terminal, or from whoever signalled the parent and us alike) is the same event.
 const RELAY_WINDOW: Duration = Duration::from_secs(1);
 
 pub struct Options {
@@ -315,31 +314,35 @@ fn exit_like(status: ExitStatus) -> i32 {
 }
 
 /// Decides whether a signal we received should be passed on to the command.
+///
+/// * The kernel (a terminal's Ctrl+C or hang-up) signals the whole foreground process group, the
+///   command included: passing that on would deliver it twice, and a second SIGINT makes "press
+///   Ctrl+C again to force" apps (or a Temporal worker whose listeners removed themselves) quit in
+///   the middle of their shutdown. Only a session leader gets a hang-up alone.
+/// * A parent that relays what it got (the npm launcher, `npx`, a shell script with a trap) sends
+///   a second copy of a signal we have just seen: within `RELAY_WINDOW` it is the same event.
+/// * Anything else (`kill <pid>`, `pm2 stop` without tree-kill, a supervisor) is passed on.
 #[derive(Default)]
 struct Relay {
-    kernel_sent: Vec<(c_int, Instant)>,
+    last_seen: Vec<(c_int, Instant)>,
 }
 
 impl Relay {
     fn should_forward(&mut self, note: &Note) -> bool {
+        let seen_recently = self
+            .last_seen
+            .iter()
+            .any(|(s, at)| *s == note.signal && at.elapsed() < RELAY_WINDOW);
+        self.last_seen.retain(|(s, _)| *s != note.signal);
+        self.last_seen.push((note.signal, Instant::now()));
         if note.is_from_kernel() {
-            self.kernel_sent.retain(|(s, _)| *s != note.signal);
-            self.kernel_sent.push((note.signal, Instant::now()));
-            // The terminal signals its whole foreground process group, the command included:
-            // a second copy would make "press Ctrl+C again to force" apps quit mid-shutdown.
-            // Only a session leader gets a hang-up alone.
             // SAFETY: plain queries about our own process.
             let leader = unsafe { libc::getsid(0) == libc::getpid() };
             return note.signal == libc::SIGHUP && leader;
         }
         // SAFETY: a plain query.
         let parent = unsafe { libc::getppid() };
-        let relayed = note.sender == parent
-            && self
-                .kernel_sent
-                .iter()
-                .any(|(s, at)| *s == note.signal && at.elapsed() < RELAY_WINDOW);
-        !relayed
+        !(note.sender == parent && seen_recently)
     }
 }
 
@@ -397,6 +400,16 @@ mod tests {
             signal: libc::SIGTERM,
             ..relayed
         };
-        assert!(relay.should_forward(&term), "no kernel SIGTERM came first");
+        assert!(relay.should_forward(&term), "no SIGTERM came first");
+        let from_supervisor = Note {
+            sender: parent + 7,
+            ..term
+        };
+        let mut relay = Relay::default();
+        assert!(relay.should_forward(&from_supervisor));
+        assert!(
+            !relay.should_forward(&term),
+            "the parent relaying the same SIGTERM"
+        );
     }
 }
