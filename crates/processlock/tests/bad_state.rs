@@ -180,7 +180,9 @@ fn unreadable_files_without_a_holder_are_taken_over() {
     let dir = TestDir::new("invalid");
     let t = dir.target("backend", Some("short"));
     fs::create_dir_all(&t.dir).unwrap();
+    let huge = vec![b'7'; 300_000];
     let cases: &[(&str, &[u8])] = &[
+        ("huge", &huge),
         ("empty", b""),
         ("blank", b"  \n\n"),
         ("garbage", b"\x00\xff\xfe garbage \x07"),

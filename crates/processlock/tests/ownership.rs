@@ -333,3 +333,99 @@ fn another_users_lock_is_respected_and_its_stale_file_taken_over() {
     assert!(!t.path.exists());
     dir.finish();
 }
+
+/// A descendant that inherited the lock descriptor (the `run` command's child) keeps the lock
+/// when the process that took it is SIGKILLed: no takeover while it lives, takeover at once
+/// after it dies.
+#[test]
+fn an_inherited_descriptor_keeps_the_lock_after_the_taker_dies() {
+    let dir = TestDir::new("inherited");
+    let t = dir.target("backend", Some("short"));
+    let mut taker = Proc::acquirer_with(&t, "wait", &[("INHERIT", "1")]);
+    assert_eq!(acquired_pid(&taker.outcome()), taker.pid);
+    let heir: u32 = taker.expect("INHERITED")[0].parse().unwrap();
+    assert!(support::pid_exists(heir));
+    taker.kill_with(libc::SIGKILL);
+
+    // The record names the dead taker, but the lock is held: never a takeover.
+    let t0 = std::time::Instant::now();
+    match acquire(&t, None) {
+        Err(Error::Conflict(c)) => assert_eq!(c.holder.pid, taker.pid),
+        other => panic!("expected a conflict while the heir lives, got {other:?}"),
+    }
+    eprintln!(
+        "conflict with a dead taker's heir reported after {:?}",
+        t0.elapsed()
+    );
+    assert!(matches!(inspect(&t.path).unwrap(), Inspection::Held(r) if r.pid == taker.pid));
+    let mut other = Proc::acquirer(&t, "release");
+    assert_eq!(other.outcome(), Outcome::Conflict { holder: taker.pid });
+    other.wait_success();
+
+    // The heir dies (it is not our child: wait until it is gone or a zombie).
+    assert_eq!(unsafe { libc::kill(heir as libc::pid_t, libc::SIGKILL) }, 0);
+    let deadline = std::time::Instant::now() + support::TIMEOUT;
+    while support::proc_state(heir).is_some_and(|s| s != 'Z') {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "heir {heir} did not die"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    let a = acquire(&t, None).unwrap();
+    assert_eq!(
+        a.events,
+        [processlock::Event::StaleRemoved { pid: taker.pid }]
+    );
+    assert!(a.lock.release().unwrap());
+    dir.finish();
+}
+
+/// Without the right to write in the lock directory, or to remove another user's stale file
+/// from a sticky directory, the acquirer gets a clear LOCK_IO and leaves nothing behind. Needs
+/// root.
+#[test]
+fn another_user_without_permission_gets_lock_io_and_leaves_nothing() {
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root to run a child as another user");
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TestDir::new("no-permission");
+    let t = dir.target("backend", None);
+    fs::create_dir_all(&t.dir).unwrap();
+    fs::set_permissions(&t.dir, fs::Permissions::from_mode(0o755)).unwrap();
+    let nobody = [("UID", "65534")];
+
+    let mut p = Proc::acquirer_with(&t, "release", &nobody);
+    let out = p.outcome();
+    eprintln!("unwritable dir: {out:?}");
+    assert!(
+        matches!(&out, Outcome::Error { code, message } if code == "LOCK_IO" && message.contains("os error 13")),
+        "{out:?}"
+    );
+    p.wait_success();
+
+    // Sticky, world-writable (like /tmp): nobody may not remove root's stale file.
+    fs::set_permissions(&t.dir, fs::Permissions::from_mode(0o1777)).unwrap();
+    let mut holder = Proc::acquirer(&t, "wait");
+    assert_eq!(acquired_pid(&holder.outcome()), holder.pid);
+    holder.kill_with(libc::SIGKILL);
+    let mut p = Proc::acquirer_with(&t, "release", &nobody);
+    let out = p.outcome();
+    eprintln!("sticky dir, root's stale file: {out:?}");
+    assert!(
+        matches!(&out, Outcome::Error { code, .. } if code == "LOCK_IO"),
+        "{out:?}"
+    );
+    p.wait_success();
+    dir.assert_no_temps();
+    // Root can.
+    let a = acquire(&t, None).unwrap();
+    assert_eq!(
+        a.events,
+        [processlock::Event::StaleRemoved { pid: holder.pid }]
+    );
+    assert!(a.lock.release().unwrap());
+    dir.finish();
+}

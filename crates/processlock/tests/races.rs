@@ -39,6 +39,24 @@ fn params(t: &LockTarget, extra: &[(&str, &str)]) -> Vec<(String, String)> {
     p
 }
 
+/// The overlap check itself: it must catch a double owner, nested or partial.
+#[test]
+fn the_overlap_check_catches_double_owners() {
+    let iv = |pid, start, end| Interval { pid, start, end };
+    assert_eq!(
+        assert_no_overlap("ok", &[iv(2, 30, 40), iv(1, 10, 20), iv(3, 20, 25)]),
+        Some(0)
+    );
+    for bad in [
+        vec![iv(1, 10, 20), iv(2, 19, 30)],
+        vec![iv(1, 10, 50), iv(2, 20, 30)],
+        vec![iv(1, 10, 20), iv(2, 10, 20)],
+    ] {
+        let r = std::panic::catch_unwind(|| assert_no_overlap("bad", &bad));
+        assert!(r.is_err(), "{bad:?} passed the overlap check");
+    }
+}
+
 #[derive(Default, Debug)]
 struct Tally {
     rounds: usize,
@@ -338,5 +356,55 @@ fn sweeping_orphans_never_disturbs_live_acquirers() {
         all.len(),
         t0.elapsed()
     );
+    dir.finish();
+}
+
+/// Invariant 3 with onlookers: processes that `inspect` a dead holder's lock (`getLockInfo`,
+/// `locks:check`) hold a shared lock for microseconds each; many of them together hold it
+/// almost all the time. They own nothing, so the takeover must still happen, not a conflict
+/// naming the dead holder.
+#[test]
+fn many_concurrent_probes_do_not_turn_a_stale_lock_into_a_conflict() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = TestDir::new("probed-stale");
+    let t = dir.target("backend", Some("short"));
+    let mut holder = Proc::acquirer(&t, "wait");
+    let dead = match holder.outcome() {
+        support::Outcome::Acquired { pid, .. } => pid,
+        other => panic!("holder did not acquire: {other:?}"),
+    };
+    holder.kill_with(libc::SIGKILL);
+    let mut probes: Vec<Proc> = (0..8)
+        .map(|_| Proc::spawn("probe", &params(&t, &[("HOLD_MS", "5000")])))
+        .collect();
+    for p in &mut probes {
+        p.expect("READY");
+    }
+    for p in &mut probes {
+        p.go();
+    }
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let mut taker = Proc::acquirer(&t, "release");
+    let out = taker.outcome();
+    taker.wait_success();
+    let mut probed = [0u64; 4];
+    for p in &mut probes {
+        p.close_stdin();
+        for (i, n) in p.expect("PROBED").iter().enumerate() {
+            probed[i] += n.parse::<u64>().unwrap();
+        }
+        p.wait_success();
+    }
+    eprintln!("takeover under 8 probers: {out:?}; probes held/stale/absent/invalid {probed:?}");
+    match out {
+        support::Outcome::Acquired { events, .. } => {
+            assert_eq!(events, [format!("stale:{dead}")])
+        }
+        other => panic!(
+            "a dead holder's lock (PID {dead}) was not taken over while 8 processes inspected \
+             it: {other:?}"
+        ),
+    }
+    let _ = std::fs::remove_file(&t.path);
     dir.finish();
 }

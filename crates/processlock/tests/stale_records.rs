@@ -4,6 +4,7 @@
 mod support;
 
 use std::fs;
+use std::sync::{RwLock, RwLockReadGuard};
 use std::time::Duration;
 
 use processlock::{
@@ -60,6 +61,7 @@ fn expect_conflict(t: &LockTarget, holder: u32) {
 /// holding the flock: a recycled PID at its most convincing. The flock alone decides: stale.
 #[test]
 fn our_record_naming_a_live_process_with_its_exact_token_is_stale_without_a_flock() {
+    let _shared = pid_space();
     let dir = TestDir::new("ours-live-pid");
     let t = dir.target("backend", Some("short"));
     fs::create_dir_all(&t.dir).unwrap();
@@ -84,55 +86,111 @@ fn our_record_naming_a_live_process_with_its_exact_token_is_stale_without_a_floc
     dir.finish();
 }
 
-/// A real recycled PID: a holder is SIGKILLed, and a new unrelated process is made to get its
-/// exact PID (through `/proc/sys/kernel/ns_last_pid`, root only). Its file is stale.
-#[test]
-fn a_really_recycled_pid_does_not_keep_a_dead_holders_lock() {
-    const NS_LAST_PID: &str = "/proc/sys/kernel/ns_last_pid";
-    let dir = TestDir::new("recycled");
+const NS_LAST_PID: &str = "/proc/sys/kernel/ns_last_pid";
+
+/// Tests here rely on dead PIDs staying dead for a moment; the recycling tests make a dead PID
+/// alive again on purpose. They exclude each other.
+static PID_SPACE: RwLock<()> = RwLock::new(());
+
+fn pid_space() -> RwLockReadGuard<'static, ()> {
+    PID_SPACE.read().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Starts an `idle` process with exactly the PID `dead` (through `ns_last_pid`, root only), then
+/// puts the PID counter back where it was, so that nothing else reuses recent PIDs early.
+/// `Err(())`: the counter is not writable here. `Ok(None)`: someone else forked in between.
+fn respawn_with_pid(dead: u32) -> Result<Option<Proc>, ()> {
+    let before: u32 = fs::read_to_string(NS_LAST_PID)
+        .map_err(|_| ())?
+        .trim()
+        .parse()
+        .unwrap();
+    fs::write(NS_LAST_PID, format!("{}", dead - 1)).map_err(|_| ())?;
+    let mut p = Proc::spawn::<&str, &str>("idle", &[]);
+    let now: u32 = fs::read_to_string(NS_LAST_PID)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let _ = fs::write(NS_LAST_PID, format!("{}", before.max(now)));
+    p.expect("READY");
+    Ok((p.pid == dead).then_some(p))
+}
+
+/// A holder lives for `life`, is SIGKILLed, and a new unrelated process gets its exact PID.
+/// Whatever that PID's new owner looks like, the dead holder's file is taken over.
+/// Returns whether the process start tokens told the two processes apart, or `None` when PIDs
+/// cannot be recycled here.
+fn recycled_pid_round(tag: &str, life: Duration) -> Option<bool> {
+    let _excl = PID_SPACE.write().unwrap_or_else(|p| p.into_inner());
+    let dir = TestDir::new(tag);
     let t = dir.target("worker", Some("long"));
     for attempt in 0..20 {
         let mut holder = Proc::acquirer(&t, "wait");
         let Outcome::Acquired { pid: dead, .. } = holder.outcome() else {
             panic!("the holder did not acquire");
         };
+        std::thread::sleep(life);
         holder.kill_with(libc::SIGKILL);
         assert!(!pid_exists(dead));
-        if fs::write(NS_LAST_PID, format!("{}", dead - 1)).is_err() {
-            eprintln!("skipped: {NS_LAST_PID} is not writable here");
-            let _ = fs::remove_file(&t.path);
-            return;
-        }
-        let mut idle = Proc::idle();
-        if idle.pid != dead {
-            // Another test forked in between and took the PID; try again.
-            eprintln!("attempt {attempt}: got PID {} instead of {dead}", idle.pid);
-            drop(idle);
-            expect_takeover(&t, dead);
-            continue;
-        }
+        let mut idle = match respawn_with_pid(dead) {
+            Err(()) => {
+                eprintln!("skipped: {NS_LAST_PID} is not writable here");
+                return None;
+            }
+            Ok(None) => {
+                eprintln!("attempt {attempt}: PID {dead} was taken by another process");
+                expect_takeover(&t, dead);
+                continue;
+            }
+            Ok(Some(p)) => p,
+        };
         // The dead holder's PID is alive again, as a different process.
         let Parsed::Ours(rec) = parse_record(&fs::read(&t.path).unwrap()) else {
             panic!("not our record");
         };
         assert_eq!(rec.pid, dead);
         assert!(pid_exists(dead));
-        assert_eq!(judge_pid(&rec), PidState::Recycled);
+        let told_apart = judge_pid(&rec) == PidState::Recycled;
         assert!(matches!(inspect(&t.path).unwrap(), Inspection::Stale(r) if r.pid == dead));
         expect_takeover(&t, dead);
         assert!(pid_exists(idle.pid));
         idle.close_stdin();
         idle.wait_success();
         dir.finish();
-        return;
+        return Some(told_apart);
     }
     panic!("could not recycle a PID in 20 attempts");
+}
+
+/// A real recycled PID, reused well after the holder started: the start token tells the new
+/// process from the dead holder (invariant 4), and the file is stale.
+#[test]
+fn a_really_recycled_pid_does_not_keep_a_dead_holders_lock() {
+    // Three clock ticks (USER_HZ = 100) between the two process starts.
+    if let Some(told_apart) = recycled_pid_round("recycled", Duration::from_millis(30)) {
+        assert!(
+            told_apart,
+            "the start token did not tell a recycled PID apart"
+        );
+    }
+}
+
+/// The same with the PID reused at once: the new process may start in the same clock tick as
+/// the holder and then has the same start token (`/proc/<pid>/stat` start time has 10 ms
+/// resolution). The flock still decides: the file is taken over.
+#[test]
+fn a_pid_recycled_within_the_same_clock_tick_is_still_taken_over() {
+    if let Some(told_apart) = recycled_pid_round("recycled-fast", Duration::ZERO) {
+        eprintln!("start tokens told the processes apart: {told_apart}");
+    }
 }
 
 /// The seed's format names a live process that started before the record was written: that
 /// process may well be the old holder. Conflict, file untouched.
 #[test]
 fn seed_format_naming_a_live_process_started_before_the_record_conflicts() {
+    let _shared = pid_space();
     let dir = TestDir::new("seed-alive");
     let t = dir.target("backend", Some("short"));
     fs::create_dir_all(&t.dir).unwrap();
@@ -159,6 +217,7 @@ fn seed_format_naming_a_live_process_started_before_the_record_conflicts() {
 /// was recycled. Stale.
 #[test]
 fn seed_format_naming_a_process_started_after_the_record_is_stale() {
+    let _shared = pid_space();
     let dir = TestDir::new("seed-recycled");
     let t = dir.target("backend", Some("short"));
     fs::create_dir_all(&t.dir).unwrap();
@@ -180,6 +239,7 @@ fn seed_format_naming_a_process_started_after_the_record_is_stale() {
 
 #[test]
 fn seed_format_naming_a_dead_or_zombie_process_is_stale() {
+    let _shared = pid_space();
     let dir = TestDir::new("seed-dead");
     let t = dir.target("worker", None);
     fs::create_dir_all(&t.dir).unwrap();
@@ -204,6 +264,7 @@ fn seed_format_naming_a_dead_or_zombie_process_is_stale() {
 
 #[test]
 fn bare_pid_files_are_judged_by_liveness() {
+    let _shared = pid_space();
     let dir = TestDir::new("bare-pid");
     let t = dir.target("backend", None);
     fs::create_dir_all(&t.dir).unwrap();

@@ -43,7 +43,7 @@ pub fn mono_ns() -> u64 {
 }
 
 /// `stale:<pid>`, `invalid`, `orphans:<n>`: how children report `Event`s.
-pub fn encode_event(e: &Event) -> String {
+fn encode_event(e: &Event) -> String {
     match e {
         Event::StaleRemoved { pid } => format!("stale:{pid}"),
         Event::InvalidRemoved { .. } => "invalid".to_string(),
@@ -421,37 +421,28 @@ pub struct Interval {
 
 /// Fails when any two intervals overlap. Returns the smallest gap between consecutive owners.
 pub fn assert_no_overlap(what: &str, intervals: &[Interval]) -> Option<u64> {
-    let mut sorted = intervals.to_vec();
-    sorted.sort_by_key(|i| i.start);
-    let mut min_gap = None;
-    for w in sorted.windows(2) {
-        assert!(
-            w[0].start <= w[0].end,
-            "{what}: inverted interval {:?}",
-            w[0]
-        );
+    for i in intervals {
+        assert!(i.start <= i.end, "{what}: inverted interval {i:?}");
     }
-    let mut latest: Option<Interval> = None;
-    for i in &sorted {
-        if let Some(prev) = latest {
-            assert!(
-                i.start >= prev.end,
-                "{what}: DOUBLE OWNER: pid {} owned [{}, {}] while pid {} owned [{}, {}] \
-                 (overlap {} ns)",
-                i.pid,
-                i.start,
-                i.end,
-                prev.pid,
-                prev.start,
-                prev.end,
-                prev.end - i.start
-            );
-            let gap = i.start - prev.end;
-            min_gap = Some(min_gap.map_or(gap, |g: u64| g.min(gap)));
-        }
-        if latest.is_none_or(|p| i.end > p.end) {
-            latest = Some(*i);
-        }
+    let mut sorted = intervals.to_vec();
+    sorted.sort_by_key(|i| (i.start, i.end));
+    let mut min_gap: Option<u64> = None;
+    for w in sorted.windows(2) {
+        let (prev, next) = (w[0], w[1]);
+        assert!(
+            next.start >= prev.end,
+            "{what}: DOUBLE OWNER: pid {} owned [{}, {}] while pid {} owned [{}, {}] \
+             (overlap {} ns)",
+            next.pid,
+            next.start,
+            next.end,
+            prev.pid,
+            prev.start,
+            prev.end,
+            prev.end.min(next.end) - next.start
+        );
+        let gap = next.start - prev.end;
+        min_gap = Some(min_gap.map_or(gap, |g| g.min(gap)));
     }
     min_gap
 }
@@ -464,6 +455,11 @@ pub fn child_role() {
     let Ok(role) = std::env::var(ROLE_ENV) else {
         return;
     };
+    // Die by these signals as any process without handlers does, even when started from a
+    // shell that ignores SIGINT for background jobs (dispositions survive exec).
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT] {
+        unsafe { libc::signal(sig, libc::SIG_DFL) };
+    }
     let code = match role.as_str() {
         "acquire" => role_acquire(),
         "race" => role_race(),
@@ -549,8 +545,10 @@ fn maybe_become_other_user() -> bool {
 /// `acquire` once and report `ACQUIRED <pid> <events> <micros>`, `CONFLICT <holder pid>` or
 /// `ERROR <code> <message>`. Then, by `PROCESSLOCK_IT_AFTER`:
 /// * `release` (default): release at once and report `RELEASED true|false`;
-/// * `wait`: report, wait until stdin closes, release and report;
-/// * `keep`: wait until stdin closes and exit without releasing (the file stays behind).
+/// * `wait`: report, wait until stdin closes (or a signal ends the process), release and report.
+///
+/// With `INHERIT=1`, an `idle` process inheriting the lock descriptor is started after the
+/// acquisition and reported as `INHERITED <pid>`.
 fn role_acquire() -> i32 {
     if !maybe_become_other_user() {
         return 0;
@@ -567,13 +565,12 @@ fn role_acquire() -> i32 {
                 a.lock.record().pid,
                 encode_events(&a.events)
             ));
+            if param("INHERIT").as_deref() == Some("1") {
+                say(format!("INHERITED {}", spawn_inheritor(a.lock.file())));
+            }
             match after.as_str() {
                 "release" => {}
                 "wait" => wait_stdin_eof(),
-                "keep" => {
-                    wait_stdin_eof();
-                    std::process::exit(0);
-                }
                 other => panic!("unknown AFTER {other}"),
             }
             match a.lock.release() {
@@ -585,6 +582,27 @@ fn role_acquire() -> i32 {
         Err(e) => say_error(&e),
     }
     0
+}
+
+/// Starts an `idle` process that inherits a duplicate of the lock descriptor (as the `run`
+/// command's child does) and this process's stdin; returns its PID. It outlives this process
+/// (which the test kills), so it is never waited for here.
+#[allow(clippy::zombie_processes)]
+fn spawn_inheritor(lock: &fs::File) -> u32 {
+    use std::os::unix::io::AsRawFd;
+    // `dup` clears FD_CLOEXEC on the copy, so it survives exec.
+    let fd = unsafe { libc::dup(lock.as_raw_fd()) };
+    assert!(fd >= 0, "dup: {}", io::Error::last_os_error());
+    let child = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "child_role", "--nocapture", "--test-threads=1"])
+        .env(ROLE_ENV, "idle")
+        .stdin(Stdio::inherit())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    unsafe { libc::close(fd) };
+    child.id()
 }
 
 /// READY, barrier, one `acquire`. A winner holds for `HOLD_MS` and reports
@@ -710,16 +728,29 @@ fn role_hammer() -> i32 {
     }
 }
 
-/// READY, barrier, then `inspect` the lock file in a loop for `HOLD_MS`; reports
+/// A flag that turns true once stdin closes (after the barrier byte has been read).
+fn stop_on_stdin_eof() -> Arc<std::sync::atomic::AtomicBool> {
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = Arc::clone(&stop);
+    std::thread::spawn(move || {
+        wait_stdin_eof();
+        flag.store(true, Ordering::Relaxed);
+    });
+    stop
+}
+
+/// READY, barrier, then `inspect` the lock file in a loop until stdin closes (at most
+/// `HOLD_MS`); reports
 /// `PROBED <held> <stale> <absent> <invalid>`.
 fn role_probe() -> i32 {
     let target = target_from_env();
     let run = Duration::from_millis(param_u64("HOLD_MS", 50));
     say("READY");
     barrier();
+    let stop = stop_on_stdin_eof();
     let t0 = Instant::now();
     let mut counts = [0u64; 4];
-    while t0.elapsed() < run {
+    while t0.elapsed() < run && !stop.load(Ordering::Relaxed) {
         match inspect(&target.path) {
             Ok(Inspection::Held(_)) => counts[0] += 1,
             Ok(Inspection::Stale(_)) => counts[1] += 1,
@@ -773,13 +804,7 @@ fn role_sweep() -> i32 {
     let run = Duration::from_millis(param_u64("HOLD_MS", 50));
     say("READY");
     barrier();
-    // Sweep until stdin closes (or `HOLD_MS` passed).
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let flag = Arc::clone(&stop);
-    std::thread::spawn(move || {
-        wait_stdin_eof();
-        flag.store(true, Ordering::Relaxed);
-    });
+    let stop = stop_on_stdin_eof();
     let t0 = Instant::now();
     let (mut sweeps, mut removed) = (0u64, 0usize);
     while t0.elapsed() < run && !stop.load(Ordering::Relaxed) {
