@@ -327,7 +327,7 @@ pub(crate) fn open_lock_file(
             if os::is_regular(&f).map_err(|e| Error::io("fstat", path, e))? {
                 Ok(Some(f))
             } else {
-                Err(not_a_file(Entry::Other))
+                Err(not_a_file(os::entry(path).unwrap_or(Entry::Other)))
             }
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
@@ -393,11 +393,14 @@ pub fn inspect(path: &Path) -> Result<Inspection> {
         let Some(file) = open_lock_file(path, os::open_for_probe)? else {
             return Ok(Inspection::Absent);
         };
+        // Hold the probe's lock for two system calls only: an acquirer that meets it has to
+        // retry, and probes in tight loops must not starve the takeover of a dead holder's file.
+        // The record can be read unlocked: it was complete before the file was linked.
         let free = try_lock(&file, false, path)?;
-        let parsed = read_record(&file, path)?;
         if free {
             let _ = os::unlock(&file);
         }
+        let parsed = read_record(&file, path)?;
         return Ok(match (free, parsed) {
             (false, Parsed::Ours(r) | Parsed::Legacy(r)) => {
                 if !judge_pid(&r).is_alive() && started.elapsed() < BUSY_PATIENCE {
