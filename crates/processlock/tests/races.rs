@@ -173,6 +173,11 @@ fn run_rounds(tag: &str, stale: bool) {
     if stale {
         assert!(tally.stale_events <= tally.rounds, "{tally:?}");
     }
+    // Invariant 2: an onlooker never sees an empty or half-written lock file.
+    assert_eq!(
+        tally.probes[3], 0,
+        "a probe saw an invalid lock file: {tally:?}"
+    );
     eprintln!(
         "{tag}: {} rounds of {RACERS} racers in {:?}, no overlap: {tally:?}",
         tally.rounds,
@@ -242,6 +247,10 @@ fn a_contended_loop_never_overlaps_and_leaves_nothing() {
         p.wait_success();
     }
     let probed = probe.expect("PROBED");
+    assert_eq!(
+        probed[3], "0",
+        "a probe saw an invalid lock file (invariant 2)"
+    );
     probe.wait_success();
     let gap = assert_no_overlap("contended loop", &all);
     assert!(!t.path.exists());
@@ -396,6 +405,10 @@ fn many_concurrent_probes_do_not_turn_a_stale_lock_into_a_conflict() {
         p.wait_success();
     }
     eprintln!("takeover under 8 probers: {out:?}; probes held/stale/absent/invalid {probed:?}");
+    assert_eq!(
+        probed[3], 0,
+        "a probe saw an invalid lock file (invariant 2)"
+    );
     match out {
         support::Outcome::Acquired { events, .. } => {
             assert_eq!(events, [format!("stale:{dead}")])
