@@ -7,6 +7,8 @@
 //   impl.tryAcquire(spec)     true = acquired, false = held by someone else,
 //                             throws on anything unexpected
 //   impl.release(spec)        true = released, false = it was not ours any more
+//   impl.info(spec)           what a bystander sees (ours: the record or null;
+//                             the peers: their check, true/false)
 //   impl.acquireAsync(spec)   (optional) promise of true/false
 //   impl.releaseAsync(spec)   (optional) promise
 //
@@ -67,6 +69,10 @@ function loadOurs() {
     release(spec) {
       return pl.releaseLock(spec.type, { dir: spec.dir, tradeSide: spec.side, log: false }) !== false;
     },
+    // What a bystander sees: the holder's record, or null.
+    info(spec) {
+      return pl.getLockInfo(spec.type, { dir: spec.dir, tradeSide: spec.side, log: false });
+    },
     // Waiting acquisition (issue 4); present only when the package has it.
     waitAcquire(spec, waitMs) {
       pl.acquireLock(spec.type, { ...opts(spec), waitMs });
@@ -118,6 +124,9 @@ function loadProperLockfile(options = {}) {
         throw e;
       }
     },
+    info(spec) {
+      return pl.checkSync(target(spec), { realpath: false, lockfilePath: lockPath(spec), stale: options.stale || 10000 });
+    },
     async acquireAsync(spec) {
       try {
         releases.set(lockPath(spec), await pl.lock(target(spec), base(spec)));
@@ -157,6 +166,9 @@ function loadLockfile(options = {}) {
     release(spec) {
       lf.unlockSync(lockPath(spec));
       return true;
+    },
+    info(spec) {
+      return lf.checkSync(lockPath(spec), { ...opts });
     },
   };
 }

@@ -30,9 +30,19 @@ function machine(dir) {
     node: process.version,
     kernel: `${os.type()} ${os.release()} ${os.arch()}`,
     fsType,
+    load: loadavg(),
   };
-  m.summary = `${m.nproc} CPUs (${m.cpu}), Node ${m.node}, ${m.kernel}` + (fsType ? `, lock dir on ${fsType}` : '');
+  m.summary = `${m.nproc} CPUs (${m.cpu}), Node ${m.node}, ${m.kernel}` + (fsType ? `, lock dir on ${fsType}` : '') +
+    `, load average ${m.load}`;
   return m;
+}
+
+function loadavg() {
+  try {
+    return fs.readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ');
+  } catch (e) {
+    return os.loadavg().map((x) => x.toFixed(2)).join(' ');
+  }
 }
 
 function machineTable(m) {
@@ -45,6 +55,7 @@ function machineTable(m) {
     `| Node | ${m.node} |`,
     `| kernel | ${m.kernel} |`,
     ...(m.fsType ? [`| lock directory filesystem | ${m.fsType} |`] : []),
+    `| load average (1, 5, 15 min) at start / end | ${m.load} / ${loadavg()} |`,
   ].join('\n');
 }
 
@@ -91,6 +102,11 @@ function tortureMarkdown(results, meta) {
     if (st.releaseNotOurs) notes.push(`release found the lock not ours ${st.releaseNotOurs}`);
     if (sumValues(st.badRecords)) notes.push(`record at the path not the winner's: ${fmtCounts(st.badRecords)}`);
     if (st.compromised) notes.push(`onCompromised ${st.compromised}`);
+    if (st.observer) {
+      const o = st.observer;
+      const errs = sumValues(o.errors) + sumValues(o.bad);
+      notes.push(`bystander: ${o.calls} reads, ${errs ? `**${errs} failed** (${fmtCounts({ ...o.errors, ...o.bad })})` : 'none failed'}`);
+    }
     if (st.kind === 'kill') {
       const m = st.victimsByMode || {};
       notes.push(`victim killed from outside (0..${st.killWindowUs} us after t0): ${fmtCounts(m.outside)}; ` +
@@ -129,6 +145,8 @@ function tortureMarkdown(results, meta) {
     '"double-owner rounds": two ownership intervals (hrtime right after acquire returned .. right before release;',
     'a victim owns until it is killed) overlap. "no owner": nobody won although the lock was free. Left-over',
     'files are counted after all rounds of a kind; "leaked fds" sums what surviving racers hold beyond their start.',
+    'A bystander process reads the lock state in a loop during each race (ours: `getLockInfo`; the peers: `checkSync`);',
+    'it must neither fail nor make the racers fail.',
     '',
     table(['implementation', 'racers', 'race', 'rounds', 'double-owner rounds', 'no owner (lock free)', 'errors',
       'temp files left', 'lock files left', 'leaked fds', 'seconds', 'notes'], rows),
@@ -162,6 +180,6 @@ function replaceSection(file, name, md) {
 }
 
 module.exports = {
-  machine, machineTable, table, us, ms, ratio, sumValues, fmtCounts,
+  machine, loadavg, machineTable, table, us, ms, ratio, sumValues, fmtCounts,
   tortureLine, tortureMarkdown, section, readSection, replaceSection,
 };

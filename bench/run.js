@@ -26,6 +26,12 @@ const R = require('./report');
 
 const SECTIONS = ['cycle', 'startup', 'contention', 'memory', 'handover'];
 
+function usage() {
+  const lines = fs.readFileSync(__filename, 'utf8').split('\n').slice(2);
+  const end = lines.findIndex((l) => !l.startsWith('//'));
+  return lines.slice(0, end).map((l) => l.replace(/^\/\/ ?/, '')).join('\n');
+}
+
 function parseArgs(argv) {
   const a = { quick: false, write: null, out: null, dir: null, sections: SECTIONS, peersOnly: false };
   for (let i = 0; i < argv.length; i++) {
@@ -43,7 +49,7 @@ function parseArgs(argv) {
       case '--sections': a.sections = v().split(','); break;
       case '--peers-only': a.peersOnly = true; break;
       case '-h': case '--help':
-        console.log(fs.readFileSync(__filename, 'utf8').split('\n').slice(2, 19).map((l) => l.replace(/^\/\/ ?/, '')).join('\n'));
+        console.log(usage());
         process.exit(0);
         break;
       default: throw new Error(`unknown option ${k}`);

@@ -3,11 +3,15 @@
 // Torture runs: races of many processes for one lock, ours and the peers side
 // by side, counting the failures that matter.
 //
-//   node bench/torture.js [--rounds N] [--duration S] [--sizes 8,16]
+//   node bench/torture.js [--rounds N (1000)] [--duration S] [--sizes 8,16]
 //                         [--impls ours,proper-lockfile,lockfile]
 //                         [--kinds fresh,stale,recycled,kill]
-//                         [--peer-rounds N] [--hold-us U] [--dir D] [--keep]
+//                         [--peer-rounds N (= rounds)] [--peer-kill-rounds N (200)]
+//                         [--hold-us U (2000)] [--dir D] [--keep]
 //                         [--write]   (also put the tables into BENCHMARKS.md)
+//
+// Each race kind runs N rounds, or S seconds if that comes first (--duration
+// alone: S seconds per race kind), per implementation and number of racers.
 //
 // Race kinds (every round uses a lock directory of its own):
 //   fresh     the lock does not exist; all racers try once at the same instant
@@ -15,13 +19,15 @@
 //   recycled  (ours only) the lock record names the PID of a live, unrelated
 //             `sleep` process, and nobody holds its flock: the PID was recycled
 //   kill      like fresh (even rounds) or stale (odd rounds), and one racer is
-//             SIGKILLed at a random moment of the race: while waiting, in the
-//             middle of acquire, while holding or while releasing; then a
-//             survivor probes the lock, which must be free, and the victim is
-//             replaced by a spare process
+//             SIGKILLed: half the rounds from outside at a random instant of
+//             the race (waiting, acquiring, holding, releasing), half by a
+//             thread of its own 1 us..1.5x the median attempt time after it
+//             starts acquire (to land inside acquire); then a survivor probes
+//             the lock, which must be free, and the victim is replaced by a
+//             spare process
 // Racers are long-lived processes (bench/worker.js) told per round, through
 // stdin, the lock directory and a start instant t0 (CLOCK_MONOTONIC); they
-// sleep, then spin, until t0, try once, and if they win hold for a random
+// sleep until t0, try once, and if they win hold (asleep) for a random
 // 0..hold-us microseconds. Each winner reports its ownership interval:
 // process.hrtime.bigint() right after acquire returns and right before release.
 // A victim killed while holding owns until the instant it was killed.
@@ -30,8 +36,11 @@
 // rounds nobody won although the lock was free, locks stuck after a kill,
 // unexpected errors, records at the lock path that were not the winner's
 // (ours), temp files and lock files left in the directories, descriptors
-// leaked by the surviving racers. Exit status 1 if ours shows any double
-// owner, 3 if ours shows any other failure of the above.
+// leaked by the surviving racers; and what a bystander process reading the
+// lock state (ours: getLockInfo; peers: checkSync) in a loop during each race
+// saw: errors or malformed answers (--no-observer to leave it out). Exit status 1 if ours shows any double
+// owner; 3 if ours shows any other failure of those (left-over temp files are
+// reported, not failed); 2 if the harness itself failed.
 
 const fs = require('fs');
 const os = require('os');
@@ -45,6 +54,15 @@ const LOCK_NAME = 'backend.short.lock';
 // Peers decide staleness by age: proper-lockfile by mtime (minimum 2000 ms),
 // lockfile by ctime. Both get the same 2 s, far above any hold here.
 const PEER_STALE_MS = 2000;
+const KILLER_RACERS = 2; // racers with a killer thread, per race
+const SPARES = 2; // ready replacements of each sort
+const OBSERVE_US = 3000; // how long the bystander reads the lock state per round
+
+function usage() {
+  const lines = fs.readFileSync(__filename, 'utf8').split('\n').slice(2);
+  const end = lines.findIndex((l) => !l.startsWith('//'));
+  return lines.slice(0, end).map((l) => l.replace(/^\/\/ ?/, '')).join('\n');
+}
 
 function parseArgs(argv) {
   const a = {
@@ -54,10 +72,12 @@ function parseArgs(argv) {
     impls: ['ours', 'proper-lockfile', 'lockfile'],
     kinds: ['fresh', 'stale', 'recycled', 'kill'],
     peerRounds: null,
+    peerKillRounds: null,
     holdUs: 2000,
     dir: null,
     keep: false,
     write: false,
+    observer: true,
   };
   for (let i = 0; i < argv.length; i++) {
     const k = argv[i];
@@ -72,12 +92,14 @@ function parseArgs(argv) {
       case '--impls': a.impls = v().split(','); break;
       case '--kinds': a.kinds = v().split(','); break;
       case '--peer-rounds': a.peerRounds = Number(v()); break;
+      case '--peer-kill-rounds': a.peerKillRounds = Number(v()); break;
       case '--hold-us': a.holdUs = Number(v()); break;
       case '--dir': a.dir = path.resolve(v()); break;
       case '--keep': a.keep = true; break;
+      case '--no-observer': a.observer = false; break;
       case '--write': a.write = true; break;
       case '-h': case '--help':
-        console.log(fs.readFileSync(__filename, 'utf8').split('\n').slice(2, 30).map((l) => l.replace(/^\/\/ ?/, '')).join('\n'));
+        console.log(usage());
         process.exit(0);
         break;
       default: throw new Error(`unknown option ${k}`);
@@ -86,6 +108,9 @@ function parseArgs(argv) {
   // --duration alone: run each race kind for that many seconds.
   if (a.rounds == null) a.rounds = a.duration > 0 ? Infinity : 1000;
   if (a.peerRounds == null) a.peerRounds = a.rounds;
+  // Every kill round costs a new Node process (~0.1-0.2 s of CPU here), and the
+  // peers' answer to a killed holder is always the same (stuck until stale).
+  if (a.peerKillRounds == null) a.peerKillRounds = Math.min(a.peerRounds, 200);
   return a;
 }
 
@@ -119,26 +144,33 @@ class Combo {
     this.base = base;
     this.spawned = 0;
     this.racers = [];
-    this.spares = [];
+    this.spares = { plain: [], killer: [] }; // ready replacements for killed racers
     this.killWindowNs = null;
     this.spreads = []; // t0 .. last racer done, per round
     this.attemptNs = null;
     this.attempts = []; // one acquire attempt, S .. A or L
   }
 
-  spawnWorker() {
+  // killer: give it a killer thread (for the targeted kills); only a few
+  // racers have one, since the thread makes each respawn ~30% dearer.
+  spawnWorker(killer = false) {
     const opts = { warmDir: path.join(this.base, 'warm', String(this.spawned++)) };
-    if (this.args.kinds.includes('kill')) opts.killer = true;
+    if (killer) opts.killer = true;
     if (this.impl !== 'ours') opts.stale = PEER_STALE_MS;
-    return track(new Worker(this.impl, opts));
+    const w = track(new Worker(this.impl, opts));
+    w.hasKiller = killer;
+    return w;
   }
 
   async start() {
-    this.racers = await Promise.all(Array.from({ length: this.n }, () => this.spawnWorker().ready));
+    const killers = this.args.kinds.includes('kill') ? KILLER_RACERS : 0;
+    this.racers = await Promise.all(Array.from({ length: this.n }, (_, i) => this.spawnWorker(i < killers).ready));
+    this.observer = this.args.observer ? await this.spawnWorker(false).ready : null;
   }
 
   async stop() {
-    await Promise.all([...this.racers, ...this.spares].map(async (w) => (await w).stop()));
+    const all = [...this.racers, ...this.spares.plain, ...this.spares.killer, ...(this.observer ? [this.observer] : [])];
+    await Promise.all(all.map(async (w) => (await w).stop()));
   }
 
   // Take locks for every dir in one process, then SIGKILL it: every dir is
@@ -171,7 +203,7 @@ class Combo {
   async runKind(kind) {
     const a = this.args;
     const impl = this.impl;
-    const R = impl === 'ours' ? a.rounds : a.peerRounds;
+    const R = impl === 'ours' ? a.rounds : kind === 'kill' ? a.peerKillRounds : a.peerRounds;
     const prepRounds = Number.isFinite(R) ? R : 200000;
     const kdir = path.join(this.base, kind);
     const st = {
@@ -179,6 +211,7 @@ class Combo {
       stuck: 0, errors: {}, releaseNotOurs: 0, badRecords: {}, compromised: 0,
       victims: {}, leftoverTemp: 0, tempSamples: [], leftoverLocks: 0,
       fdLeak: 0, fdLeakMax: 0, seconds: 0, probes: 0,
+      observer: this.observer ? { calls: 0, held: 0, free: 0, errors: {}, bad: {} } : null,
     };
     const bump = (obj, k) => { obj[k] = (obj[k] || 0) + 1; };
 
@@ -207,7 +240,11 @@ class Combo {
     }
 
     if (kind === 'kill') {
-      for (let i = 0; i < 2; i++) this.spares.push(this.spawnWorker().ready);
+      // Spawning is the cost of this kind: keep several on the way at once.
+      for (let i = 0; i < SPARES; i++) {
+        this.spares.plain.push(this.spawnWorker(false).ready);
+        this.spares.killer.push(this.spawnWorker(true).ready);
+      }
       if (this.killWindowNs == null) {
         const s = this.spreads.slice().sort((x, y) => x - y);
         this.killWindowNs = s.length ? Math.max(200000, s[Math.floor(s.length / 2)]) : 300000 * this.n;
@@ -229,11 +266,16 @@ class Combo {
     let r = 0;
     for (; r < R && r < dirs.length && Date.now() < deadline; r++) {
       const t0 = now() + leadNs;
-      const victim = kind === 'kill' ? randInt(this.n) : -1;
+      let victim = -1;
+      let targeted = false;
       // Kill rounds alternate: fresh/stale lock (r % 2), killed from outside at
       // a random instant of the race, or by its own killer thread a random
       // 1 us..1.5x (median attempt time) after it starts its attempt (r % 4 >= 2).
-      const targeted = victim >= 0 && r % 4 >= 2;
+      if (kind === 'kill') {
+        const armed = this.racers.map((w, i) => (w.hasKiller ? i : -1)).filter((i) => i >= 0);
+        targeted = r % 4 >= 2 && armed.length > 0;
+        victim = targeted ? armed[randInt(armed.length)] : randInt(this.n);
+      }
       for (const [i, w] of this.racers.entries()) {
         const cmd = { op: 'round', r, dir: dirs[r], t0: String(t0), holdMaxUs: a.holdUs, verify };
         // Log-uniform 1 us .. 1.5x the median attempt: an attempt that is not
@@ -242,6 +284,12 @@ class Combo {
         w.send(cmd);
       }
       const waits = this.racers.map((w, i) => (i === victim ? null : w.until((l) => l.startsWith(`D ${r} `))));
+      // The bystander reads the lock state all through the race.
+      let observed = null;
+      if (this.observer) {
+        this.observer.send({ op: 'observe', dir: dirs[r], t0: String(t0), windowUs: OBSERVE_US });
+        observed = this.observer.json();
+      }
       let tKill = null;
       if (victim >= 0 && !targeted) {
         sleepUntil(t0 + BigInt(Math.floor(Math.random() * this.killWindowNs)));
@@ -249,6 +297,13 @@ class Combo {
         this.racers[victim].kill();
       }
       const outs = await Promise.all(waits);
+      if (observed) {
+        const o = await observed;
+        const so = st.observer;
+        so.calls += o.calls; so.held += o.held; so.free += o.free;
+        for (const [k, v] of Object.entries(o.errors)) so.errors[k] = (so.errors[k] || 0) + v;
+        for (const [k, v] of Object.entries(o.bad)) so.bad[k] = (so.bad[k] || 0) + v;
+      }
       if (victim >= 0) {
         const v = this.racers[victim];
         const guard = setTimeout(() => { st.killMissed = (st.killMissed || 0) + 1; v.kill(); }, 3000);
@@ -310,8 +365,10 @@ class Combo {
         st.probes++;
         if (!lines.some((l) => l.startsWith('A '))) st.stuck++;
         for (const l of lines) if (l.startsWith('E ')) bump(st.errors, 'probe:' + l.split(' ')[2]);
-        this.racers[victim] = await this.spares.shift();
-        this.spares.push(this.spawnWorker().ready);
+        // Replace it with a spare of the same sort, and order another.
+        const sort = this.racers[victim].hasKiller ? 'killer' : 'plain';
+        this.racers[victim] = await this.spares[sort].shift();
+        this.spares[sort].push(this.spawnWorker(sort === 'killer').ready);
       }
       st.rounds++;
     }
@@ -345,7 +402,9 @@ class Combo {
 }
 
 function failures(st) {
+  const o = st.observer || {};
   return st.noOwnerRounds + st.stuck + st.releaseNotOurs +
+    Object.values(o.errors || {}).reduce((x, y) => x + y, 0) + Object.values(o.bad || {}).reduce((x, y) => x + y, 0) +
     Object.values(st.badRecords).reduce((x, y) => x + y, 0) +
     Object.values(st.errors).reduce((x, y) => x + y, 0) + st.fdLeak;
 }
@@ -361,7 +420,7 @@ async function main() {
   fs.mkdirSync(root, { recursive: true });
   const machine = report.machine();
   console.log(`torture: rounds ${a.rounds === Infinity ? '(until --duration)' : a.rounds} per race kind` +
-    `${a.peerRounds !== a.rounds ? ` (peers ${a.peerRounds})` : ''}` +
+    `${a.peerRounds !== a.rounds ? ` (peers ${a.peerRounds})` : ''}, kill rounds for peers ${a.peerKillRounds}` +
     `${a.duration ? `, at most ${a.duration} s per race kind` : ''}; racers ${a.sizes.join(' and ')}; ` +
     `hold 0..${a.holdUs} us; dir ${root}`);
   console.log(`machine: ${machine.summary}`);

@@ -213,6 +213,28 @@ const handlers = {
     attemptOnce(c);
     out(`D ${c.r} ${now()}`);
   },
+  // A bystander: read the lock state in a loop during the race.
+  observe(c) {
+    const s = spec(c.dir);
+    waitUntil(BigInt(c.t0));
+    const end = now() + BigInt(c.windowUs * 1000);
+    const res = { calls: 0, held: 0, free: 0, errors: {}, bad: {} };
+    while (now() < end) {
+      res.calls++;
+      let v;
+      try {
+        v = impl.info(s);
+      } catch (e) {
+        res.errors[errCode(e)] = (res.errors[errCode(e)] || 0) + 1;
+        continue;
+      }
+      if (v === null || v === false) res.free++;
+      else if (v === true) res.held++;
+      else if (typeof v === 'object' && Number.isInteger(v.pid) && v.pid > 0 && typeof v.started === 'string') res.held++;
+      else res.bad[typeof v] = (res.bad[typeof v] || 0) + 1;
+    }
+    out('J ' + JSON.stringify(res));
+  },
   fds() {
     out(`F ${fdCount()}`);
   },
