@@ -1,0 +1,68 @@
+// A consumer's view of the package, type-checked with `tsc --strict` (npm run typecheck):
+// the seed's server/index.ts and temporal/worker.ts start-up, and every API shape.
+import {
+  acquireLock,
+  releaseLock,
+  getLockInfo,
+  forceRemoveLock,
+  listLocks,
+  lockFilePath,
+  LockConflictError,
+  ProcessLockError,
+  type LockInfo,
+  type LockStatus,
+  type ProcessType,
+} from '@trader/processlock'
+
+// server/index.ts: first thing, before any initialisation.
+try {
+  acquireLock('backend')
+} catch (e: any) {
+  console.error('[FATAL]', e?.message || e)
+  process.exit(1)
+}
+
+// temporal/worker.ts: first thing inside run().
+export async function run(): Promise<void> {
+  try {
+    acquireLock('worker')
+  } catch (e: any) {
+    console.error('[FATAL]', e?.message || e)
+    process.exit(1)
+  }
+}
+
+const info: LockInfo | null = getLockInfo('backend')
+if (info) {
+  const pid: number = info.pid
+  const side: string | null = info.tradeSide
+  console.log(`Backend runs with PID ${pid} (${side ?? 'no side'}) since ${info.started}`)
+}
+
+const custom: ProcessType = 'reconciler'
+const held: LockInfo = acquireLock(custom, {
+  dir: '/tmp/locks',
+  tradeSide: null,
+  processName: 'trader-reconciler',
+  log: (line, level) => console.log(level, line),
+})
+const removed: boolean = releaseLock(custom, { dir: '/tmp/locks', log: false })
+const forced: boolean = forceRemoveLock('worker', { tradeSide: 'LONG', log: 'silent' })
+const path: string = lockFilePath('backend')
+const all: LockStatus[] = listLocks({ dir: '/tmp/locks' })
+for (const l of all) {
+  if (l.state === 'held' && l.record) console.log(l.file, l.record.pid, l.isOwn)
+}
+
+try {
+  acquireLock('backend', { waitMs: 5000 })
+} catch (e) {
+  if (e instanceof LockConflictError) {
+    const holder: LockInfo = e.holder
+    console.error(e.code, holder.pid, e.lockFile, e.waitedMs)
+  } else if (e instanceof ProcessLockError) {
+    console.error(e.code)
+  }
+}
+
+console.log(held, removed, forced, path)
