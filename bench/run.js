@@ -112,7 +112,8 @@ async function cycleSection(a, ctx) {
   // Per run and implementation: n cycles or this budget, whichever comes first
   // (proper-lockfile's sync API takes milliseconds per cycle).
   const maxMs = a.quick ? 1500 : 4000;
-  const warmup = Math.ceil(n / 10);
+  const warmup = a.quick ? 500 : 1000;
+  const warmMs = a.quick ? 1000 : 2500;
   const rows = [
     ...(ctx.ours ? [{ id: 'ours', impl: 'ours', api: 'sync', label: `${LABELS.ours} (acquireLock/releaseLock)` }] : []),
     { id: 'plf-sync', impl: 'proper-lockfile', api: 'sync', label: `${LABELS['proper-lockfile']} lockSync/unlockSync` },
@@ -131,7 +132,7 @@ async function cycleSection(a, ctx) {
         st = runFloor(ctx.floorExe, dir, n, warmup);
       } else {
         st = await withWorker(row.impl, async (w) => {
-          w.send({ op: 'cycles', dir, n, warmup, api: row.api, maxMs });
+          w.send({ op: 'cycles', dir, n, warmup, warmMs, api: row.api, maxMs });
           return w.json();
         });
       }
@@ -174,8 +175,8 @@ async function cycleSection(a, ctx) {
     '',
     `One process, a loop of acquire then release of one lock, each cycle timed with \`process.hrtime.bigint()\`` +
     ` (the floor: \`clock_gettime\`); ${reps > 1 ? `${reps} interleaved runs (fresh process each), the median of their medians and p95s` : 'one run'}` +
-    ` of ${n} cycles or ${maxMs / 1000} s, whichever comes first ("cycles": the total measured), after up to ${warmup}` +
-    ' warm-up cycles. Ours with `log: false`; proper-lockfile with `realpath: false`.' +
+    ` of ${n} cycles or ${maxMs / 1000} s, whichever comes first ("cycles": the total measured), after ${warmup}` +
+    ` warm-up cycles or ${warmMs / 1000} s (the floor: ${warmup} cycles). Ours with \`log: false\`; proper-lockfile with \`realpath: false\`.` +
     ' proper-lockfile\'s sync API re-probes the mtime precision (an extra utimes + stat) on every lock because its' +
     ' sync adapter builds a new fs object each call, so its async API is shown too.',
     '',

@@ -5,7 +5,7 @@
 //
 //   node bench/torture.js [--rounds N (1000)] [--duration S] [--sizes 8,16]
 //                         [--impls ours,proper-lockfile,lockfile]
-//                         [--kinds fresh,stale,recycled,kill]
+//                         [--kinds fresh,stale,recycled,legacy,kill]
 //                         [--peer-rounds N (= rounds)] [--peer-kill-rounds N (200)]
 //                         [--hold-us U (2000)] [--dir D] [--keep]
 //                         [--write]   (also put the tables into BENCHMARKS.md)
@@ -18,6 +18,9 @@
 //   stale     the lock was left by a holder that was SIGKILLed
 //   recycled  (ours only) the lock record names the PID of a live, unrelated
 //             `sleep` process, and nobody holds its flock: the PID was recycled
+//   legacy    (ours only) the same in the seed's PID-only format (no protocol
+//             key, written by an older version), with `started` an hour
+//             before the `sleep` process started
 //   kill      like fresh (even rounds) or stale (odd rounds), and one racer is
 //             SIGKILLed: half the rounds from outside at a random instant of
 //             the race (waiting, acquiring, holding, releasing), half by a
@@ -70,7 +73,7 @@ function parseArgs(argv) {
     duration: 0,
     sizes: [8, 16],
     impls: ['ours', 'proper-lockfile', 'lockfile'],
-    kinds: ['fresh', 'stale', 'recycled', 'kill'],
+    kinds: ['fresh', 'stale', 'recycled', 'legacy', 'kill'],
     peerRounds: null,
     peerKillRounds: null,
     holdUs: 2000,
@@ -227,6 +230,17 @@ class Combo {
       await this.leaveStaleLocks(dirs);
     } else if (kind === 'kill') {
       await this.leaveStaleLocks(dirs.filter((_, r) => r % 2 === 1));
+    }
+    if (kind === 'legacy') {
+      sleepProc = spawn('sleep', ['100000'], { stdio: 'ignore' });
+      const rec = {
+        pid: sleepProc.pid,
+        started: new Date(Date.now() - 3600e3).toISOString(),
+        tradeSide: 'SHORT',
+        processName: 'trader-short-backend',
+      };
+      for (const d of dirs) fs.writeFileSync(path.join(d, LOCK_NAME), JSON.stringify(rec, null, 2) + '\n');
+      st.recordSample = rec;
     }
     if (kind === 'recycled') {
       sleepProc = spawn('sleep', ['100000'], { stdio: 'ignore' });
@@ -432,7 +446,7 @@ async function main() {
       const combo = new Combo(a, impl, n, path.join(root, `${impl}-${n}`));
       await combo.start();
       for (const kind of a.kinds) {
-        if (kind === 'recycled' && impl !== 'ours') continue; // peers record no PID
+        if ((kind === 'recycled' || kind === 'legacy') && impl !== 'ours') continue; // peers record no PID
         const st = await combo.runKind(kind);
         st.impl = impl;
         st.n = n;

@@ -266,7 +266,9 @@ const handlers = {
         impl.release(s);
       }
     };
-    const warmEnd = c.maxMs ? now() + BigInt(Math.round(c.maxMs * 1e5)) : null; // a tenth of the budget
+    // Warm up: `warmup` cycles or warmMs, whichever comes first (proper-lockfile
+    // needs a few hundred cycles before V8 has optimized its sync path).
+    const warmEnd = c.warmMs ? now() + BigInt(Math.round(c.warmMs * 1e6)) : null;
     for (let i = 0; i < (c.warmup || 0); i++) {
       await one();
       if (warmEnd && now() > warmEnd) break;
