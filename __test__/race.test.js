@@ -19,7 +19,15 @@ async function racers(dir, env = {}) {
   return {
     async round() {
       const before = procs.map((p) => p.stdout.split('DONE').length)
+      const wonBefore = procs.map((p) => p.stdout.split('WON').length)
       for (const p of procs) p.child.stdin.write('go\n')
+      if (env.HOLD === 'until-told') {
+        // Every racer reports a loss or a win; only then do the winners let go.
+        await Promise.all(procs.map((p, i) => waitAny(p, before[i], wonBefore[i])))
+        procs.forEach((p, i) => {
+          if (p.stdout.split('WON').length > wonBefore[i]) p.child.stdin.write('release\n')
+        })
+      }
       await Promise.all(procs.map((p, i) => waitCount(p, before[i])))
       const lines = []
       procs.forEach((p, i) => {
@@ -35,6 +43,18 @@ async function racers(dir, env = {}) {
       for (const r of results) if (r.code !== 0) throw new Error(`racer failed: ${r.code} ${r.signal} ${r.stderr}`)
     },
   }
+}
+
+function waitAny(p, doneBefore, wonBefore) {
+  return new Promise((resolve, reject) => {
+    const t0 = Date.now()
+    const tick = () => {
+      if (p.stdout.split('DONE').length > doneBefore || p.stdout.split('WON').length > wonBefore) return resolve()
+      if (p.child.exitCode !== null || Date.now() - t0 > 30000) return reject(new Error(`racer stuck: ${p.stderr}`))
+      setTimeout(tick, 2)
+    }
+    tick()
+  })
 }
 
 function waitCount(p, before) {
@@ -92,8 +112,8 @@ test('the interval checker itself catches an overlap', () => {
 test(`fresh lock: ${RACERS} processes x ${ROUNDS} rounds, exactly one owner per round`, async () => {
   const dir = tempDir('race-fresh')
   const all = []
-  // The winner holds long enough that every loser tries while it owns the lock.
-  const r = await racers(dir, { HOLD_MS: '100' })
+  // The winner holds until every loser has tried: a second owner would overlap it.
+  const r = await racers(dir, { HOLD: 'until-told' })
   for (let round = 0; round < ROUNDS; round++) {
     const lines = await r.round()
     const owners = intervals(lines)
@@ -108,14 +128,14 @@ test(`fresh lock: ${RACERS} processes x ${ROUNDS} rounds, exactly one owner per 
 
 test(`stale lock left by SIGKILL: ${RACERS} processes x ${ROUNDS} rounds, one owner per round`, async () => {
   const dir = tempDir('race-stale')
-  const r = await racers(dir, { HOLD_MS: '100' })
+  const r = await racers(dir, { HOLD: 'until-told' })
   for (let round = 0; round < ROUNDS; round++) {
     await leaveStaleLock(dir)
     const lines = await r.round()
     const owners = intervals(lines)
     expect(owners).toHaveLength(1)
     expect(overlaps(owners)).toEqual([])
-    expect(lines.filter((l) => l.conflict !== undefined && l.conflict !== owners[0].pid)).toEqual([])
+    expect(lines.filter((l) => l.conflict === owners[0].pid)).toHaveLength(RACERS - 1)
     expect(leftovers(dir)).toEqual([])
   }
   await r.stop()
