@@ -16,13 +16,10 @@
 
 use std::fs::File;
 
-use crate::clock::now_iso8601;
 use crate::dir::ensure_dir;
 use crate::error::{Error, Result};
-use crate::liveness::{host_name, start_token};
-use crate::os;
-use crate::protocol::{link_or_take_over, Acquired, HeldLock, LockTarget};
-use crate::record::{Record, PROTOCOL};
+use crate::protocol::{publish, Acquired, LockTarget};
+use crate::record::Record;
 use crate::temp::Temp;
 
 /// A lock file made and locked but not yet visible at the lock path. Dropping it removes the
@@ -62,16 +59,7 @@ impl PendingLock {
             drop(temp.discard());
             return Err(Error::io("write", &path, e));
         }
-        let mut events = Vec::new();
-        let outcome = link_or_take_over(&self.target, &temp.path, &mut events);
-        let id = os::file_id(&temp.file);
-        let file = temp.discard();
-        outcome?;
-        let id = id.map_err(|e| Error::io("fstat", &self.target.path, e))?;
-        Ok(Acquired {
-            lock: HeldLock::from_parts(file, id, self.target.clone(), record),
-            events,
-        })
+        publish(&self.target, temp, record)
     }
 }
 
@@ -80,24 +68,6 @@ impl Drop for PendingLock {
         if let Some(temp) = self.temp.take() {
             drop(temp.discard());
         }
-    }
-}
-
-/// The record for a lock held on behalf of the running process `pid`: like `own_record`, with
-/// that process's PID and start token.
-pub fn record_for(target: &LockTarget, pid: u32, process_name: Option<&str>) -> Record {
-    Record {
-        pid,
-        started: now_iso8601(),
-        trade_side: target.name.trade_side().map(str::to_string),
-        process_name: process_name
-            .filter(|n| !n.is_empty())
-            .map(str::to_string)
-            .unwrap_or_else(|| target.name.default_process_name()),
-        process_type: Some(target.name.process_type().to_string()),
-        hostname: host_name().map(str::to_string),
-        start_token: start_token(pid),
-        protocol: Some(PROTOCOL.to_string()),
     }
 }
 
@@ -125,8 +95,9 @@ fn write_at_start(file: &File, bytes: &[u8]) -> std::io::Result<()> {
 #[cfg(all(test, unix))]
 mod tests {
     use super::*;
+    use crate::liveness::start_token;
     use crate::name::LockName;
-    use crate::protocol::{inspect, Inspection};
+    use crate::protocol::{inspect, record_for, Inspection};
     use crate::record::{parse_record, Parsed};
 
     fn target(label: &str) -> LockTarget {

@@ -28,12 +28,13 @@ pub use clear::{remove_if_stale, Removal};
 pub use clock::parse_iso8601_ms;
 pub use dir::{default_dir, ensure_dir, resolve_dir, DIR_ENV};
 pub use error::{Conflict, Error, Result};
-pub use handoff::{record_for, PendingLock};
+pub use handoff::PendingLock;
 pub use list::{list_locks, LockState, LockStatus};
 pub use liveness::{judge_pid, start_token, PidState};
 pub use name::{LockName, SIDE_ENV};
 pub use protocol::{
-    acquire, force_remove, inspect, own_record, Acquired, Event, HeldLock, Inspection, LockTarget,
+    acquire, force_remove, inspect, own_record, record_for, Acquired, Event, HeldLock, Inspection,
+    LockTarget,
 };
 pub use record::{parse_record, Parsed, Record, PROTOCOL};
 pub use registry::{Registry, Taken};

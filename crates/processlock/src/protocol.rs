@@ -100,16 +100,6 @@ impl HeldLock {
         &self.file
     }
 
-    /// Assembles a lock taken by another path through the protocol (`handoff.rs`).
-    pub(crate) fn from_parts(file: File, id: FileId, target: LockTarget, record: Record) -> Self {
-        Self {
-            file,
-            id,
-            target,
-            record,
-        }
-    }
-
     /// Whether the lock path still names our file (false after a forced removal).
     pub fn still_linked(&self) -> bool {
         matches!(os::entry(&self.target.path), Ok(Entry::File(id)) if id == self.id)
@@ -139,7 +129,11 @@ pub struct Acquired {
 
 /// The record this process writes when it takes `target`.
 pub fn own_record(target: &LockTarget, process_name: Option<&str>) -> Record {
-    let pid = os::current_pid();
+    record_for(target, os::current_pid(), process_name)
+}
+
+/// The record for a lock held by (or on behalf of) the running process `pid`.
+pub fn record_for(target: &LockTarget, pid: u32, process_name: Option<&str>) -> Record {
     Record {
         pid,
         started: now_iso8601(),
@@ -164,6 +158,12 @@ pub fn acquire(target: &LockTarget, process_name: Option<&str>) -> Result<Acquir
         &target.name.file_name(),
         record.to_json().as_bytes(),
     )?;
+    publish(target, temp, record)
+}
+
+/// Links a complete, locked temp file at the lock path (taking over a dead holder's file) and
+/// turns it into the held lock. The temp name is gone afterwards, whatever the outcome.
+pub(crate) fn publish(target: &LockTarget, temp: Temp, record: Record) -> Result<Acquired> {
     let mut events = Vec::new();
     let outcome = link_or_take_over(target, &temp.path, &mut events);
     let id = os::file_id(&temp.file);
@@ -301,16 +301,7 @@ fn examine(path: &Path) -> Result<Found> {
 
 /// A stand-in for a holder that wrote nothing readable. PID 0 is never a real holder.
 pub(crate) fn unknown_holder() -> Record {
-    Record {
-        pid: 0,
-        started: String::new(),
-        trade_side: None,
-        process_name: String::new(),
-        process_type: None,
-        hostname: None,
-        start_token: None,
-        protocol: None,
-    }
+    Record::pid_only(0)
 }
 
 /// Opens the lock file, refusing anything but a regular file. `None`: nothing is there.

@@ -35,6 +35,20 @@ pub struct Record {
 }
 
 impl Record {
+    /// What a bare-PID file says: a PID and nothing else.
+    pub fn pid_only(pid: u32) -> Self {
+        Record {
+            pid,
+            started: String::new(),
+            trade_side: None,
+            process_name: String::new(),
+            process_type: None,
+            hostname: None,
+            start_token: None,
+            protocol: None,
+        }
+    }
+
     pub fn to_json(&self) -> String {
         let mut s = serde_json::to_string_pretty(self).expect("a record always serializes");
         s.push('\n');
@@ -73,16 +87,7 @@ pub fn parse_record(bytes: &[u8]) -> Parsed {
     }
     if text.bytes().all(|b| b.is_ascii_digit()) {
         return match text.parse::<u32>() {
-            Ok(pid) if valid_pid(pid) => Parsed::Legacy(Record {
-                pid,
-                started: String::new(),
-                trade_side: None,
-                process_name: String::new(),
-                process_type: None,
-                hostname: None,
-                start_token: None,
-                protocol: None,
-            }),
+            Ok(pid) if valid_pid(pid) => Parsed::Legacy(Record::pid_only(pid)),
             _ => Parsed::Invalid(format!("PID {text} out of range")),
         };
     }

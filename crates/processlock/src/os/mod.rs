@@ -57,6 +57,17 @@ impl Entry {
     }
 }
 
+/// When and as what a process started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessStart {
+    /// Equal for the same process, different for any later process with the same PID.
+    pub token: String,
+    /// Wall-clock start time in ms since the Unix epoch, where the OS tells it.
+    pub wall_ms: Option<i64>,
+    /// The process has exited and only its exit status is left for whoever collects it.
+    pub zombie: bool,
+}
+
 /// Whether a PID names a running process, asked of the OS.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pid {

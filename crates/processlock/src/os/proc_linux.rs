@@ -1,18 +1,8 @@
 //! Process start identity on Linux: `/proc/<pid>/stat` field 22 (start time in clock ticks
 //! since boot) qualified by the boot id, so it is unique across reboots too.
 
+use super::ProcessStart;
 use std::sync::OnceLock;
-
-/// When and as what a process started.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProcessStart {
-    /// Equal for the same process, different for any later process with the same PID.
-    pub token: String,
-    /// Wall-clock start time in ms since the Unix epoch (coarse: boot time has 1 s precision).
-    pub wall_ms: Option<i64>,
-    /// A zombie has exited; only its exit status is left for its parent to collect.
-    pub zombie: bool,
-}
 
 pub fn process_start(pid: u32) -> Option<ProcessStart> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;

@@ -1,15 +1,6 @@
 //! Process start identity on macOS: the BSD start time from `proc_pidinfo(PROC_PIDTBSDINFO)`.
 
-/// When and as what a process started.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProcessStart {
-    /// Equal for the same process, different for any later process with the same PID.
-    pub token: String,
-    /// Wall-clock start time in ms since the Unix epoch.
-    pub wall_ms: Option<i64>,
-    /// A zombie has exited; only its exit status is left for its parent to collect.
-    pub zombie: bool,
-}
+use super::ProcessStart;
 
 pub fn process_start(pid: u32) -> Option<ProcessStart> {
     let pid = libc::c_int::try_from(pid).ok()?;

@@ -13,6 +13,7 @@
 //! * A record is published at the lock path by a rename that never replaces (`hard_link`), and a
 //!   name is removed so that it is free at once even while the file is open (`remove`).
 
+use super::ProcessStart;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::windows::ffi::OsStrExt;
@@ -490,17 +491,6 @@ pub fn hostname() -> Option<String> {
         buf.resize(size as usize + 1, 0);
     }
     None
-}
-
-/// When and as what a process started.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProcessStart {
-    /// Equal for the same process, different for any later process with the same PID.
-    pub token: String,
-    /// Wall-clock start time in ms since the Unix epoch.
-    pub wall_ms: Option<i64>,
-    /// The process has exited; only its process object is left, kept by someone's handle.
-    pub zombie: bool,
 }
 
 /// 100 ns intervals between 1601-01-01 (the `FILETIME` epoch) and 1970-01-01.
