@@ -46,6 +46,21 @@ export interface AcquireOptions extends LockOptions {
   waitMs?: number
 }
 
+export interface AsyncAcquireOptions extends LockOptions {
+  /**
+   * Give up after this many milliseconds: the promise rejects with `LockConflictError`, whose
+   * `waitedMs` says how long it waited. `0`: one attempt, like `acquireLock`. Default (or
+   * `Infinity`): no limit.
+   */
+  timeoutMs?: number
+  /**
+   * Aborting it ends the wait at once: the promise rejects with `LockAbortedError` (its `cause`
+   * is the signal's `reason`), nothing is left in the lock directory and no thread keeps
+   * waiting. An already aborted signal rejects without trying.
+   */
+  signal?: AbortSignal
+}
+
 export type LockState = 'held' | 'stale' | 'invalid'
 
 export interface LockStatus {
@@ -78,7 +93,7 @@ export class LockConflictError extends ProcessLockError {
   readonly code: 'LOCK_CONFLICT'
   readonly holder: LockInfo
   readonly lockFile: string
-  /** How long the call waited before giving up (0 without `waitMs`). */
+  /** How long the call waited before giving up (0 without `waitMs` or `timeoutMs`). */
   readonly waitedMs: number
 }
 export class LockInvalidNameError extends ProcessLockError {
@@ -109,8 +124,11 @@ export class LockIoError extends ProcessLockError {
   readonly syscall?: string
   readonly path?: string
 }
+/** A waiting acquisition was aborted through its `AbortSignal`. */
 export class LockAbortedError extends ProcessLockError {
   readonly code: 'LOCK_ABORTED'
+  /** The signal's `reason`. */
+  readonly cause?: unknown
 }
 
 /**
@@ -121,6 +139,15 @@ export class LockAbortedError extends ProcessLockError {
  * takes it over at once).
  */
 export function acquireLock(processType: ProcessType, options?: AcquireOptions): LockInfo
+
+/**
+ * Takes the lock for `processType`, waiting until its holder lets go (its release, its exit, or
+ * its death by any signal, SIGKILL included: the waiter is woken by the kernel at that moment,
+ * it does not poll). The wait never blocks the event loop nor a libuv pool thread. Resolves with
+ * the lock's info (at once when this process already holds it); rejects with
+ * `LockConflictError` after `timeoutMs`, `LockAbortedError` when `signal` aborts.
+ */
+export function acquireLockAsync(processType: ProcessType, options?: AsyncAcquireOptions): Promise<LockInfo>
 
 /** Releases the lock if this process holds it; true when its file was removed. */
 export function releaseLock(processType: ProcessType, options?: LockOptions): boolean

@@ -92,6 +92,64 @@ function acquireLock(processType, options) {
   return adopt(out, processType, opts, sink)
 }
 
+let nextWaitId = 1
+
+function checkAsyncOptions(processType, options) {
+  const opts = checkOptions(processType, options)
+  const t = opts.timeoutMs
+  if (t !== undefined && !(typeof t === 'number' && t >= 0)) {
+    throw invalidOption('timeoutMs must be a number >= 0 (Infinity: no limit)')
+  }
+  const signal = opts.signal
+  if (
+    signal !== undefined &&
+    (signal === null || typeof signal !== 'object' || typeof signal.aborted !== 'boolean' || typeof signal.addEventListener !== 'function')
+  ) {
+    throw invalidOption('signal must be an AbortSignal')
+  }
+  return opts
+}
+
+function abortedError(signal) {
+  return new errors.LockAbortedError('LOCK_ABORTED: waiting for the lock was aborted', 'LOCK_ABORTED', {
+    cause: signal.reason,
+  })
+}
+
+/**
+ * Takes the lock for `processType`, waiting without blocking the event loop until the holder
+ * lets go (release, exit, any death), for up to `timeoutMs` (default: no limit). Rejects with
+ * `LockConflictError` (with `waitedMs`) at the timeout, `LockAbortedError` when `signal` aborts.
+ */
+async function acquireLockAsync(processType, options) {
+  const opts = checkAsyncOptions(processType, options)
+  const sink = sinkFor(opts.log)
+  const { signal } = opts
+  if (signal && signal.aborted) throw abortedError(signal)
+  const waitId = nextWaitId
+  nextWaitId = nextWaitId >= 0xffffffff ? 1 : nextWaitId + 1
+  const onAbort = () => binding.cancelWait(waitId)
+  if (signal) signal.addEventListener('abort', onAbort, { once: true })
+  let out
+  try {
+    const timeout = opts.timeoutMs === Infinity ? undefined : opts.timeoutMs
+    out = await binding.acquireAsync(processType, nativeOptions(opts), timeout, waitId)
+  } finally {
+    if (signal) signal.removeEventListener('abort', onAbort)
+  }
+  if (out.error) {
+    if (out.error.code === 'LOCK_ABORTED' && signal) throw abortedError(signal)
+    fail(out.error, out.lockFile, sink)
+  }
+  if (signal && signal.aborted) {
+    // Aborted after the native wait had already taken the lock: give it back, unless the
+    // process held it before (then it stays, as with any other acquire of a held lock).
+    if (!out.alreadyHeld && !held.has(out.lockFile)) binding.release(processType, nativeOptions(opts))
+    throw abortedError(signal)
+  }
+  return adopt(out, processType, opts, sink)
+}
+
 /** Releases the lock if this process holds it. True when its file was removed. */
 function releaseLock(processType, options) {
   const opts = checkOptions(processType, options)
@@ -155,6 +213,7 @@ function lockFilePath(processType, options) {
 
 module.exports = {
   acquireLock,
+  acquireLockAsync,
   releaseLock,
   getLockInfo,
   forceRemoveLock,

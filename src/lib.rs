@@ -4,13 +4,16 @@
 //! not as thrown errors: errors created here would belong to another realm under jest, so the
 //! JS layer builds real `Error` subclasses from these objects instead.
 
+use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
-use std::sync::Once;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, Once};
+use std::time::{Duration, Instant};
 
 use napi_derive::napi;
 use processlock::{
-    force_remove, inspect, report, resolve_dir, Error, Inspection, LockName, LockState, LockTarget,
-    Record, Registry,
+    force_remove, inspect, report, resolve_dir, wait_for, Cancel, Error, Inspection, LockName,
+    LockState, LockTarget, Record, Registry, Taken,
 };
 
 static REGISTRY: Registry = Registry::new();
@@ -118,7 +121,14 @@ pub fn acquire(process_type: String, options: Option<LockOptions>) -> AcquireOut
         Err(e) => return acquire_failure(e, None, None),
     };
     install_exit_backstop();
-    match REGISTRY.acquire(&target, options.process_name.as_deref()) {
+    let result = REGISTRY.acquire(&target, options.process_name.as_deref());
+    taken_outcome(result, &target)
+}
+
+/// The outcome of an acquisition through the registry. A new hold also wakes this process's
+/// waits for the same lock: they find it held by us and return at once.
+fn taken_outcome(result: processlock::Result<Taken>, target: &LockTarget) -> AcquireOutcome {
+    match result {
         Ok(taken) => {
             let mut lines: Vec<String> = taken
                 .events
@@ -127,6 +137,7 @@ pub fn acquire(process_type: String, options: Option<LockOptions>) -> AcquireOut
                 .collect();
             if !taken.already_held {
                 lines.push(report::acquired(&target.name, taken.record.pid));
+                WAITS.nudge(&target.path);
             }
             AcquireOutcome {
                 info: Some(taken.record.into()),
@@ -137,6 +148,189 @@ pub fn acquire(process_type: String, options: Option<LockOptions>) -> AcquireOut
             }
         }
         Err(e) => acquire_failure(e, Some(&target.name), Some(&target.path)),
+    }
+}
+
+/// Like `acquire`, but waits up to `wait_ms` for the holder to let go (its release, exit or
+/// death): blocks the calling thread. At the deadline: `LOCK_CONFLICT` with `waitedMs`.
+#[napi]
+pub fn acquire_wait(
+    process_type: String,
+    options: Option<LockOptions>,
+    wait_ms: f64,
+) -> AcquireOutcome {
+    let key = WAITS.internal_key();
+    acquire_waiting(
+        &process_type,
+        &options.unwrap_or_default(),
+        duration_ms(Some(wait_ms)),
+        key,
+    )
+}
+
+/// The Promise form of `acquire_wait`. The wait blocks a thread of napi's tokio blocking pool,
+/// never one of libuv's pool (whose 4 threads `fs` and `dns` calls share). `timeout_ms`: `None`
+/// (or infinite) waits until the lock is ours or `cancel_wait(wait_id)` is called, which ends it
+/// with `LOCK_ABORTED`. `wait_id` is chosen by the caller and unique among its pending waits.
+#[napi]
+pub async fn acquire_async(
+    process_type: String,
+    options: Option<LockOptions>,
+    timeout_ms: Option<f64>,
+    wait_id: u32,
+) -> AcquireOutcome {
+    let options = options.unwrap_or_default();
+    let wait = duration_ms(timeout_ms);
+    let key = u64::from(wait_id);
+    let blocking = napi::tokio::task::spawn_blocking(move || {
+        acquire_waiting(&process_type, &options, wait, key)
+    });
+    match blocking.await {
+        Ok(outcome) => outcome,
+        Err(e) => {
+            // The wait panicked (a bug): its entry must not stay behind.
+            WAITS.end(key);
+            acquire_failure(
+                Error::io(
+                    "wait",
+                    "",
+                    std::io::Error::other(format!("the waiting thread failed: {e}")),
+                ),
+                None,
+                None,
+            )
+        }
+    }
+}
+
+/// Cancels the pending `acquire_async` with this `wait_id` (also one that has not started yet).
+/// True when a wait was found running.
+#[napi]
+pub fn cancel_wait(wait_id: u32) -> bool {
+    WAITS.cancel(u64::from(wait_id))
+}
+
+/// `None`: no limit (absent, NaN or infinite). Negative counts as 0.
+fn duration_ms(ms: Option<f64>) -> Option<Duration> {
+    let ms = ms.filter(|m| m.is_finite())?;
+    Some(Duration::from_secs_f64(ms.max(0.0) / 1000.0))
+}
+
+fn acquire_waiting(
+    process_type: &str,
+    options: &LockOptions,
+    wait: Option<Duration>,
+    key: u64,
+) -> AcquireOutcome {
+    let deadline = wait.map(|w| Instant::now() + w);
+    let target = match target(process_type, options) {
+        Ok(t) => t,
+        Err(e) => {
+            WAITS.end(key);
+            return acquire_failure(e, None, None);
+        }
+    };
+    install_exit_backstop();
+    let cancel = WAITS.begin(key, &target.path);
+    let name = options.process_name.as_deref();
+    let result = wait_for(&target, deadline, &cancel, || {
+        REGISTRY.acquire(&target, name)
+    });
+    WAITS.end(key);
+    taken_outcome(result, &target)
+}
+
+static WAITS: Waits = Waits::new();
+
+/// The waits in progress in this process, by key: the `wait_id` of an async wait (below 2^32),
+/// or an internal key for a blocking one.
+struct Waits {
+    state: Mutex<Option<WaitState>>,
+    next_internal: AtomicU64,
+}
+
+#[derive(Default)]
+struct WaitState {
+    active: HashMap<u64, Pending>,
+    /// Keys of recently finished waits: a cancel that arrives just after its wait ended must
+    /// not leave an entry behind for a wait that will never start.
+    finished: VecDeque<u64>,
+}
+
+struct Pending {
+    /// `None` until the wait starts (it was cancelled before).
+    path: Option<PathBuf>,
+    cancel: Cancel,
+}
+
+const FINISHED_KEPT: usize = 256;
+
+impl Waits {
+    const fn new() -> Self {
+        Self {
+            state: Mutex::new(None),
+            next_internal: AtomicU64::new(1 << 32),
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, Option<WaitState>> {
+        // Single map operations under the lock: a poisoned state is still consistent.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn internal_key(&self) -> u64 {
+        self.next_internal.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Registers a wait for `path`; its token may already be cancelled.
+    fn begin(&self, key: u64, path: &Path) -> Cancel {
+        let mut state = self.state();
+        let state = state.get_or_insert_with(WaitState::default);
+        state.finished.retain(|k| *k != key);
+        let entry = state.active.entry(key).or_insert_with(|| Pending {
+            path: None,
+            cancel: Cancel::new(),
+        });
+        entry.path = Some(path.to_path_buf());
+        entry.cancel.clone()
+    }
+
+    fn end(&self, key: u64) {
+        let mut state = self.state();
+        let state = state.get_or_insert_with(WaitState::default);
+        if state.active.remove(&key).is_some() {
+            if state.finished.len() == FINISHED_KEPT {
+                state.finished.pop_front();
+            }
+            state.finished.push_back(key);
+        }
+    }
+
+    fn cancel(&self, key: u64) -> bool {
+        let mut state = self.state();
+        let state = state.get_or_insert_with(WaitState::default);
+        if let Some(p) = state.active.get(&key) {
+            p.cancel.cancel();
+            return p.path.is_some();
+        }
+        if !state.finished.contains(&key) {
+            // Not started yet: it will find its token cancelled.
+            let cancel = Cancel::new();
+            cancel.cancel();
+            state.active.insert(key, Pending { path: None, cancel });
+        }
+        false
+    }
+
+    /// Makes every wait for `path` look again (this process has just taken that lock).
+    fn nudge(&self, path: &Path) {
+        let state = self.state();
+        let Some(state) = state.as_ref() else { return };
+        for p in state.active.values() {
+            if p.path.as_deref() == Some(path) {
+                p.cancel.nudge();
+            }
+        }
     }
 }
 

@@ -105,11 +105,17 @@ impl fmt::Display for Error {
                 f,
                 "{code}: invalid {field} {value:?}: use 1 to {max} letters, digits, '-' or '_'"
             ),
-            Error::Conflict(c) => write!(
-                f,
-                "{code}: {} is already running (PID: {})",
-                c.lock, c.holder.pid
-            ),
+            Error::Conflict(c) => {
+                write!(
+                    f,
+                    "{code}: {} is already running (PID: {})",
+                    c.lock, c.holder.pid
+                )?;
+                if c.waited_ms > 0 {
+                    write!(f, "; gave up after waiting {} ms", c.waited_ms)?;
+                }
+                Ok(())
+            }
             Error::NotAFile { path, found } => write!(
                 f,
                 "{code}: {} is a {found}, not a lock file; it was left untouched, remove it by hand if it is not needed",

@@ -23,6 +23,7 @@ mod record;
 mod registry;
 pub mod report;
 mod temp;
+mod wait;
 
 pub use clear::{remove_if_stale, Removal};
 pub use clock::parse_iso8601_ms;
@@ -39,3 +40,4 @@ pub use protocol::{
 pub use record::{parse_record, Parsed, Record, PROTOCOL};
 pub use registry::{Registry, Taken};
 pub use temp::sweep_orphan_temps;
+pub use wait::{acquire_wait, wait_for, Cancel};

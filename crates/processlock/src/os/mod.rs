@@ -13,6 +13,16 @@ mod windows;
 #[cfg(windows)]
 pub use windows::*;
 
+#[cfg(unix)]
+mod wait_unix;
+#[cfg(unix)]
+pub use wait_unix::{open_for_wait, wait_unlocked};
+
+#[cfg(windows)]
+mod wait_windows;
+#[cfg(windows)]
+pub use wait_windows::{open_for_wait, wait_unlocked};
+
 #[cfg(target_os = "linux")]
 mod proc_linux;
 #[cfg(target_os = "linux")]
@@ -75,4 +85,18 @@ pub enum Pid {
     /// Running, but owned by another user: we may not signal it, and that proves it exists.
     RunningOtherUser,
     Gone,
+}
+
+/// How a wait for a lock file to be unlocked ended (`wait_unlocked`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Woke {
+    /// Nobody holds the file's lock any more (a shared lock was granted, and dropped at once).
+    /// `blocked`: we had to wait for it; false when it was free at the first look.
+    Free { blocked: bool },
+    /// The time given ran out.
+    Expired,
+    /// The wait was cancelled.
+    Cancelled,
+    /// The wait was asked to stop and let the caller look again.
+    Nudged,
 }

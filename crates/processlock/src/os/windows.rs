@@ -53,8 +53,8 @@ const SHARE_ALL: u32 = FILE_SHARE_READ | FILE_SHARE_WRITE | FILE_SHARE_DELETE;
 /// as far out as a signed 64-bit offset goes, because Samba and Wine map Windows byte-range locks
 /// onto POSIX `fcntl` locks, whose offsets are signed. Nobody ever reads or writes there, so the
 /// mandatory lock never gets in a reader's way.
-const LOCK_OFFSET: u64 = i64::MAX as u64 - 1;
-const LOCK_LEN: u64 = 1;
+pub(super) const LOCK_OFFSET: u64 = i64::MAX as u64 - 1;
+pub(super) const LOCK_LEN: u64 = 1;
 
 fn handle(file: &File) -> HANDLE {
     file.as_raw_handle()
@@ -70,7 +70,7 @@ fn is_code(e: &io::Error, codes: &[u32]) -> bool {
 }
 
 /// `OpenOptions` that share everything and open a reparse point itself instead of its target.
-fn options(extra_flags: u32) -> OpenOptions {
+pub(super) fn options(extra_flags: u32) -> OpenOptions {
     let mut o = OpenOptions::new();
     o.share_mode(SHARE_ALL)
         .custom_flags(FILE_FLAG_OPEN_REPARSE_POINT | extra_flags);
@@ -87,7 +87,7 @@ fn info(file: &File) -> io::Result<BY_HANDLE_FILE_INFORMATION> {
 }
 
 /// What `O_NOFOLLOW` does on Unix: an open that landed on a reparse point fails.
-fn refuse_reparse_point(file: File) -> io::Result<File> {
+pub(super) fn refuse_reparse_point(file: File) -> io::Result<File> {
     if info(&file)?.dwFileAttributes & FILE_ATTRIBUTE_REPARSE_POINT != 0 {
         return Err(win_error(ERROR_STOPPED_ON_SYMLINK));
     }
@@ -122,7 +122,7 @@ pub fn open_for_probe(path: &Path) -> io::Result<File> {
     refuse_reparse_point(options(0).read(true).open(path)?)
 }
 
-fn overlapped_at(offset: u64) -> OVERLAPPED {
+pub(super) fn overlapped_at(offset: u64) -> OVERLAPPED {
     let mut ov = OVERLAPPED::default();
     ov.Anonymous.Anonymous.Offset = offset as u32;
     ov.Anonymous.Anonymous.OffsetHigh = (offset >> 32) as u32;

@@ -1,0 +1,377 @@
+//! Waiting acquisition: when the lock is held, wait until its holder lets go, then race for it
+//! again.
+//!
+//! The wait is told, not polled. Ownership is an exclusive OS lock on the file at the lock path
+//! (see `protocol.rs`), so a waiter opens that file (never through a symlink) and asks for a
+//! *shared* lock on it, blocking. The kernel grants it to every waiter the moment the holder's
+//! exclusive lock goes, however it goes: `release`, the end of the process, SIGKILL. Each waiter
+//! drops its shared lock at once and goes back to `acquire`, where `link` lets exactly one of
+//! them win; the others find the winner's new file and wait on it.
+//!
+//! A blocked `flock` ends only when the lock is granted or a signal interrupts it, so a waiting
+//! thread must be interruptible for its deadline and for cancellation (`os::wait_unlocked`):
+//! * Linux: a real-time signal with a no-op handler (chosen once, among those nobody handles),
+//!   delivered to the waiting thread by a per-wait POSIX timer (`SIGEV_THREAD_ID`). The timer
+//!   is armed for the deadline and re-fires every millisecond after it, so a signal that lands
+//!   just before the thread enters `flock` is followed by another; cancelling re-arms it to fire
+//!   at once.
+//! * Windows: `LockFileEx` on an overlapped handle, waited for together with a cancel event and
+//!   the deadline, then `CancelIoEx`.
+//! * Elsewhere (macOS has no real-time signals), or when no signal can be had: a non-blocking
+//!   attempt every millisecond.
+//!
+//! Each blocking wait lasts at most `RECHECK`: then the waiter tries again even if it was told
+//! nothing, which bounds the cost of anything that could hide a release from it (the file was
+//! removed by force while its holder kept running, a PID-only holder without an OS lock).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crate::error::{Conflict, Error, Result};
+use crate::os::{self, Woke};
+use crate::protocol::{acquire, names_same_file, open_lock_file, Acquired, LockTarget};
+
+/// The longest a waiter blocks without trying the lock again.
+const RECHECK: Duration = Duration::from_secs(1);
+/// A holder that blocks nobody while `acquire` still says "held" is a PID-only writer's file
+/// (no OS lock to wait on), or one that changes hands very fast: back off from this ...
+const BACKOFF_MIN: Duration = Duration::from_millis(1);
+/// ... doubling up to this.
+const BACKOFF_MAX: Duration = Duration::from_millis(50);
+
+type Hook = Box<dyn Fn() + Send>;
+
+/// Cancels a waiting acquisition, from any thread. Cheap to clone: clones share one state.
+///
+/// `cancel` makes the wait end with `Error::Aborted` as soon as it can (at once when it is
+/// blocked; after the attempt in progress otherwise). `nudge` only makes it look again now,
+/// for a caller that may have taken the lock by another path in the same process.
+#[derive(Clone, Default)]
+pub struct Cancel {
+    shared: Arc<Shared>,
+}
+
+#[derive(Default)]
+struct Shared {
+    cancelled: AtomicBool,
+    nudges: AtomicU64,
+    /// Wake-up hooks of the waits in progress. They run under this mutex, and a wait removes
+    /// its hook under it too, so no hook ever runs after its wait has ended.
+    hooks: Mutex<Hooks>,
+    /// For waits that sleep instead of blocking in the OS.
+    wake: Condvar,
+}
+
+#[derive(Default)]
+#[cfg_attr(not(any(target_os = "linux", windows)), allow(dead_code))]
+struct Hooks {
+    next_id: u64,
+    list: Vec<(u64, Hook)>,
+}
+
+impl std::fmt::Debug for Cancel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cancel")
+            .field("cancelled", &self.is_cancelled())
+            .finish()
+    }
+}
+
+impl Cancel {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Ends the waits that use this token with `Error::Aborted`. Never blocks for long: it
+    /// only wakes the waiting threads up.
+    pub fn cancel(&self) {
+        self.shared.cancelled.store(true, Ordering::SeqCst);
+        self.wake_all();
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.shared.cancelled.load(Ordering::SeqCst)
+    }
+
+    /// Makes the waits that use this token try the lock again now.
+    pub fn nudge(&self) {
+        self.shared.nudges.fetch_add(1, Ordering::SeqCst);
+        self.wake_all();
+    }
+
+    pub(crate) fn nudges(&self) -> u64 {
+        self.shared.nudges.load(Ordering::SeqCst)
+    }
+
+    /// Whether the wait that started when `nudges()` was `seen` must stop blocking.
+    pub(crate) fn interrupted(&self, seen: u64) -> bool {
+        self.is_cancelled() || self.nudges() != seen
+    }
+
+    fn hooks(&self) -> MutexGuard<'_, Hooks> {
+        // Hooks are pushed and removed whole: a poisoned list is still a correct list.
+        self.shared.hooks.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn wake_all(&self) {
+        let hooks = self.hooks();
+        for (_, hook) in &hooks.list {
+            hook();
+        }
+        self.shared.wake.notify_all();
+    }
+
+    /// Registers `hook` to be run by `cancel` and `nudge` until the guard is dropped. Register
+    /// before checking `interrupted`, so that an interruption after the check runs the hook.
+    #[cfg_attr(not(any(target_os = "linux", windows)), allow(dead_code))]
+    pub(crate) fn on_wake(&self, hook: Hook) -> HookGuard<'_> {
+        let mut hooks = self.hooks();
+        let id = hooks.next_id;
+        hooks.next_id += 1;
+        hooks.list.push((id, hook));
+        HookGuard { cancel: self, id }
+    }
+
+    /// Why a blocking wait that saw `seen` nudges and may last `until` must end now, if it must.
+    pub(crate) fn stop_reason(&self, until: Instant, seen: u64) -> Option<Woke> {
+        if self.is_cancelled() {
+            Some(Woke::Cancelled)
+        } else if self.nudges() != seen {
+            Some(Woke::Nudged)
+        } else if Instant::now() >= until {
+            Some(Woke::Expired)
+        } else {
+            None
+        }
+    }
+
+    /// Sleeps for `dur` or until the wait that saw `seen` nudges is interrupted.
+    pub(crate) fn sleep(&self, dur: Duration, seen: u64) {
+        let guard = self.hooks();
+        let _ = self
+            .shared
+            .wake
+            .wait_timeout_while(guard, dur, |_| !self.interrupted(seen));
+    }
+}
+
+/// Removes a wake-up hook when dropped; after the drop the hook is never run again.
+#[cfg_attr(not(any(target_os = "linux", windows)), allow(dead_code))]
+pub(crate) struct HookGuard<'a> {
+    cancel: &'a Cancel,
+    id: u64,
+}
+
+impl Drop for HookGuard<'_> {
+    fn drop(&mut self) {
+        self.cancel.hooks().list.retain(|(id, _)| *id != self.id);
+    }
+}
+
+/// Takes the lock, waiting for its holder to let go until `deadline` (`None`: for as long as
+/// it takes). At the deadline: `Error::Conflict` naming the holder, with `waited_ms`. When
+/// cancelled: `Error::Aborted`. While waiting this process holds no file in the lock directory
+/// other than an open descriptor of the holder's lock file, and creates nothing there.
+pub fn acquire_wait(
+    target: &LockTarget,
+    process_name: Option<&str>,
+    deadline: Option<Instant>,
+    cancel: &Cancel,
+) -> Result<Acquired> {
+    wait_for(target, deadline, cancel, || acquire(target, process_name))
+}
+
+/// The waiting loop around any way of taking the lock at `target` (`acquire`, a pending lock's
+/// commit, a registry's idempotent acquire): `attempt` is called until it returns anything but
+/// `Error::Conflict`, waiting for the holder to let go after each conflict.
+pub fn wait_for<T>(
+    target: &LockTarget,
+    deadline: Option<Instant>,
+    cancel: &Cancel,
+    mut attempt: impl FnMut() -> Result<T>,
+) -> Result<T> {
+    let started = Instant::now();
+    let mut backoff = Duration::ZERO;
+    loop {
+        if cancel.is_cancelled() {
+            return Err(Error::Aborted);
+        }
+        let seen = cancel.nudges();
+        let conflict = match attempt() {
+            Err(Error::Conflict(c)) => c,
+            other => return other,
+        };
+        let now = Instant::now();
+        if deadline.is_some_and(|d| now >= d) {
+            return Err(gave_up(conflict, started));
+        }
+        let until = deadline.map_or(now + RECHECK, |d| d.min(now + RECHECK));
+        match wait_turn(target, until, cancel, seen)? {
+            Turn::Waited | Turn::Changed => backoff = Duration::ZERO,
+            Turn::Immediate if backoff.is_zero() => backoff = BACKOFF_MIN,
+            Turn::Immediate => {
+                // Nothing to wait on, twice in a row: sleep, doubling, until something changes.
+                cancel.sleep(backoff.min(until.saturating_duration_since(now)), seen);
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
+            Turn::Cancelled => return Err(Error::Aborted),
+        }
+    }
+}
+
+/// The conflict as reported at the deadline, with the time waited (rounded up, so that a wait of
+/// `N` ms that ran to its deadline never reports less than `N`).
+fn gave_up(mut conflict: Box<Conflict>, started: Instant) -> Error {
+    let waited = started.elapsed();
+    conflict.waited_ms = u64::try_from(waited.as_micros().div_ceil(1000)).unwrap_or(u64::MAX);
+    Error::Conflict(conflict)
+}
+
+enum Turn {
+    /// We waited and were told: the holder let go, the slice ended, or we were nudged.
+    Waited,
+    /// The lock path no longer names the file that was held: look again at once.
+    Changed,
+    /// The file at the path blocks nobody (see `BACKOFF_MIN`).
+    Immediate,
+    Cancelled,
+}
+
+/// Waits until the file at the lock path is unlocked, `until`, or an interruption.
+fn wait_turn(target: &LockTarget, until: Instant, cancel: &Cancel, seen: u64) -> Result<Turn> {
+    let path = &target.path;
+    let Some(file) = open_lock_file(path, os::open_for_wait)? else {
+        return Ok(Turn::Changed);
+    };
+    if !names_same_file(path, &file)? {
+        return Ok(Turn::Changed);
+    }
+    let woke = os::wait_unlocked(&file, until, cancel, seen).map_err(|e| {
+        if os::is_unsupported(&e) {
+            Error::Unsupported {
+                path: path.to_path_buf(),
+                syscall: "flock",
+                source: e,
+            }
+        } else {
+            Error::io("flock", path, e)
+        }
+    })?;
+    Ok(match woke {
+        Woke::Free { blocked: false } => Turn::Immediate,
+        Woke::Free { blocked: true } | Woke::Expired | Woke::Nudged => Turn::Waited,
+        Woke::Cancelled => Turn::Cancelled,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::name::LockName;
+
+    fn target(label: &str) -> LockTarget {
+        let dir = std::env::temp_dir().join(format!("pl-wait-{label}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        LockTarget::new(dir, LockName::new("backend", Some("SHORT")).unwrap())
+    }
+
+    #[test]
+    fn a_free_lock_is_taken_at_once() {
+        let t = target("free");
+        let a = acquire_wait(&t, None, Some(Instant::now()), &Cancel::new()).unwrap();
+        assert!(a.lock.release().unwrap());
+        std::fs::remove_dir_all(&t.dir).unwrap();
+    }
+
+    #[test]
+    fn a_held_lock_times_out_with_the_time_waited() {
+        let t = target("timeout");
+        let held = acquire(&t, None).unwrap();
+        let started = Instant::now();
+        let err = acquire_wait(
+            &t,
+            None,
+            Some(started + Duration::from_millis(120)),
+            &Cancel::new(),
+        )
+        .unwrap_err();
+        let Error::Conflict(c) = err else {
+            panic!("expected a conflict, got {err:?}")
+        };
+        assert!(c.waited_ms >= 120, "waited {} ms", c.waited_ms);
+        assert!(started.elapsed() >= Duration::from_millis(120));
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert_eq!(c.holder.pid, std::process::id());
+        assert!(held.lock.release().unwrap());
+        std::fs::remove_dir_all(&t.dir).unwrap();
+    }
+
+    #[test]
+    fn a_release_in_another_thread_hands_the_lock_over() {
+        let t = target("thread");
+        let held = acquire(&t, None).unwrap();
+        let t2 = t.clone();
+        let waiter = std::thread::spawn(move || {
+            let a = acquire_wait(&t2, None, None, &Cancel::new()).unwrap();
+            (Instant::now(), a)
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        let released = Instant::now();
+        assert!(held.lock.release().unwrap());
+        let (got, a) = waiter.join().unwrap();
+        assert!(got >= released);
+        assert!(
+            got - released < Duration::from_millis(500),
+            "handover took {:?}",
+            got - released
+        );
+        assert!(a.lock.release().unwrap());
+        std::fs::remove_dir_all(&t.dir).unwrap();
+    }
+
+    #[test]
+    fn cancel_ends_a_blocked_wait_promptly() {
+        let t = target("cancel");
+        let held = acquire(&t, None).unwrap();
+        let cancel = Cancel::new();
+        let t2 = t.clone();
+        let c2 = cancel.clone();
+        let waiter = std::thread::spawn(move || acquire_wait(&t2, None, None, &c2));
+        std::thread::sleep(Duration::from_millis(50));
+        let asked = Instant::now();
+        cancel.cancel();
+        let err = waiter.join().unwrap().unwrap_err();
+        assert!(matches!(err, Error::Aborted), "{err:?}");
+        assert!(asked.elapsed() < Duration::from_millis(500));
+        // An already cancelled token fails before trying.
+        let err = acquire_wait(&t, None, None, &cancel).unwrap_err();
+        assert!(matches!(err, Error::Aborted));
+        assert!(held.lock.release().unwrap());
+        assert_eq!(std::fs::read_dir(&t.dir).unwrap().count(), 0);
+        std::fs::remove_dir_all(&t.dir).unwrap();
+    }
+
+    #[test]
+    fn a_nudge_makes_a_blocked_wait_look_again() {
+        let t = target("nudge");
+        let held = acquire(&t, None).unwrap();
+        let cancel = Cancel::new();
+        let attempts = Arc::new(AtomicU64::new(0));
+        let (t2, c2, n2) = (t.clone(), cancel.clone(), Arc::clone(&attempts));
+        let waiter = std::thread::spawn(move || {
+            wait_for(&t2, None, &c2, || {
+                if n2.fetch_add(1, Ordering::SeqCst) == 1 {
+                    return Ok("nudged");
+                }
+                acquire(&t2, None).map(|_| "acquired")
+            })
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(attempts.load(Ordering::SeqCst), 1);
+        cancel.nudge();
+        assert_eq!(waiter.join().unwrap().unwrap(), "nudged");
+        assert!(held.lock.release().unwrap());
+        std::fs::remove_dir_all(&t.dir).unwrap();
+    }
+}
