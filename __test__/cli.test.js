@@ -273,6 +273,43 @@ describe('processlock run', () => {
     }
   })
 
+  const linuxOnly = process.platform === 'linux' ? test : test.skip
+  linuxOnly('SIGKILL of processlock while it takes the lock: the command never starts, nothing lingers', async () => {
+    const dir = tempDir('cli-kill-early')
+    const shell = await startCli(['run', 'backend', '-q', '--', '/bin/sh', '-c', 'sleep 30 >/dev/null 2>&1 & echo $!'], { dir }).exited()
+    const sleeper = Number(shell.stdout.trim())
+    // The fork of processlock that waits to become the command: a child running our binary.
+    const forkOf = (parent) =>
+      fs.readdirSync('/proc').find((p) => {
+        try {
+          const stat = fs.readFileSync(`/proc/${p}/stat`, 'utf8')
+          const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1])
+          return ppid === parent && fs.readlinkSync(`/proc/${p}/exe`) === BINARY
+        } catch {
+          return false
+        }
+      })
+    let fork
+    try {
+      const marker = path.join(dir, 'started.txt')
+      const run = startRun(['backend'], ['exit', '0'], { dir, env: { CHILD_MARKER: marker } })
+      const until = Date.now() + 10000
+      while (!(fork = forkOf(run.pid)) && !run.ended && Date.now() < until) {
+        await new Promise((r) => setImmediate(r))
+      }
+      expect(fork).toBeDefined()
+      run.kill('SIGKILL')
+      expect((await run.exited()).signal).toBe('SIGKILL')
+      // The fork ends at once instead of waiting forever for an answer.
+      await waitGone(Number(fork), 5000)
+      expect(fs.existsSync(marker)).toBe(false)
+      expect(fs.readdirSync(dir).filter((n) => !n.endsWith('.tmp'))).toEqual(['backend.short.lock'])
+    } finally {
+      process.kill(sleeper, 'SIGKILL')
+      if (fork && alive(Number(fork))) process.kill(Number(fork), 'SIGKILL')
+    }
+  })
+
   test('a lock directory that cannot be made: [FATAL] LOCK_IO, exit 1, nothing started', async () => {
     const file = path.join(tempDir('cli-notdir'), 'plain-file')
     fs.writeFileSync(file, 'x')

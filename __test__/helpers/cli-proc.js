@@ -136,13 +136,18 @@ async function startHolder(dir, type = 'backend', side = 'SHORT') {
   return p
 }
 
-/** Whether a process with this PID exists. */
+/** Whether a process with this PID runs (a zombie nobody has reaped yet has ended). */
 function alive(pid) {
   try {
     process.kill(pid, 0)
-    return true
   } catch (e) {
     return e.code === 'EPERM'
+  }
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8')
+    return stat.slice(stat.lastIndexOf(')') + 2)[0] !== 'Z'
+  } catch {
+    return process.platform !== 'linux'
   }
 }
 

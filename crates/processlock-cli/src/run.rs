@@ -98,7 +98,7 @@ fn start(opts: Options) -> io::Result<i32> {
     cmd.args(&command[1..]);
     // SAFETY: the closure runs in the forked child and makes only async-signal-safe calls.
     unsafe {
-        cmd.pre_exec(move || child_side(lock_fd, pid_write, go_read));
+        cmd.pre_exec(move || child_side(lock_fd, pid_write, go_read, [pid_read, go_write]));
     }
     let helper = std::thread::spawn(move || lock_side(pending, pid_read, go_write, process_name));
     let spawned = cmd.spawn();
@@ -153,9 +153,19 @@ fn start(opts: Options) -> io::Result<i32> {
 }
 
 /// In the child, between fork and exec. Async-signal-safe calls only.
-fn child_side(lock_fd: c_int, pid_write: c_int, go_read: c_int) -> io::Result<()> {
+fn child_side(
+    lock_fd: c_int,
+    pid_write: c_int,
+    go_read: c_int,
+    parent_ends: [c_int; 2],
+) -> io::Result<()> {
     // SAFETY: we are in the forked child; these are plain system calls.
     unsafe {
+        // Our copy of the parent's write end would keep us waiting forever if the parent died
+        // before answering: without it, its death is an end of file, and we exit.
+        for fd in parent_ends {
+            libc::close(fd);
+        }
         // Our handlers would swallow a signal meant for the command: from here on, a signal
         // does what it would do to the command before it installs its own handlers.
         signals::reset_in_child();
@@ -169,6 +179,11 @@ fn child_side(lock_fd: c_int, pid_write: c_int, go_read: c_int) -> io::Result<()
             let n = libc::read(go_read, answer.as_mut_ptr().cast(), 1);
             if n == -1 && *errno_ptr() == libc::EINTR {
                 continue;
+            }
+            if n == 0 {
+                // processlock died before answering: there is nobody to report to (returning an
+                // error would make the standard library abort, loudly, on the closed pipe).
+                libc::_exit(1);
             }
             if n != 1 || answer[0] != GO {
                 return Err(io::Error::from_raw_os_error(libc::ECANCELED));
