@@ -18,7 +18,7 @@ use std::fs::File;
 
 use crate::dir::ensure_dir;
 use crate::error::{Error, Result};
-use crate::protocol::{publish, Acquired, LockTarget};
+use crate::protocol::{adopt_linked, link_or_take_over, Acquired, LockTarget};
 use crate::record::Record;
 use crate::temp::Temp;
 
@@ -53,13 +53,21 @@ impl PendingLock {
     /// Writes `record` and links the file at the lock path. On `Error::Conflict` nothing is
     /// visible at the lock path and the temp file is gone; the inode dies with its descriptors.
     pub fn commit(mut self, record: Record) -> Result<Acquired> {
-        let temp = self.temp.take().expect("present until commit");
-        if let Err(e) = write_at_start(&temp.file, record.to_json().as_bytes()) {
-            let path = temp.path.clone();
-            drop(temp.discard());
-            return Err(Error::io("write", &path, e));
-        }
-        publish(&self.target, temp, record)
+        // On failure, dropping `self` removes the temp file.
+        self.try_commit(record)
+    }
+
+    /// Like `commit`, but a failed attempt keeps the pending lock as it was (the temp file and
+    /// its lock, which a child may share), so that the caller can wait for the holder and try
+    /// again, e.g. through `wait_for`. After a success the pending lock is spent: `file` panics.
+    pub fn try_commit(&mut self, record: Record) -> Result<Acquired> {
+        let temp = self.temp.as_ref().expect("present until committed");
+        write_record(&temp.file, record.to_json().as_bytes())
+            .map_err(|e| Error::io("write", &temp.path, e))?;
+        let mut events = Vec::new();
+        link_or_take_over(&self.target, &temp.path, &mut events)?;
+        let temp = self.temp.take().expect("present until committed");
+        adopt_linked(&self.target, temp, record, events)
     }
 }
 
@@ -71,12 +79,13 @@ impl Drop for PendingLock {
     }
 }
 
-/// Writes at offset 0 without using the descriptor's shared cursor (a child may share it).
-fn write_at_start(file: &File, bytes: &[u8]) -> std::io::Result<()> {
+/// Writes the whole record from offset 0, without using the descriptor's shared cursor (a child
+/// may share it), and cuts off what an earlier, longer attempt left after it.
+fn write_record(file: &File, bytes: &[u8]) -> std::io::Result<()> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::FileExt;
-        file.write_all_at(bytes, 0)
+        file.write_all_at(bytes, 0)?;
     }
     #[cfg(windows)]
     {
@@ -88,8 +97,8 @@ fn write_at_start(file: &File, bytes: &[u8]) -> std::io::Result<()> {
                 n => done += n,
             }
         }
-        Ok(())
     }
+    file.set_len(bytes.len() as u64)
 }
 
 #[cfg(all(test, unix))]
@@ -140,6 +149,32 @@ mod tests {
         let names: Vec<_> = std::fs::read_dir(&t.dir).unwrap().flatten().collect();
         assert_eq!(names.len(), 1, "only the holder's file: {names:?}");
         assert!(first.lock.release().unwrap());
+        std::fs::remove_dir_all(&t.dir).unwrap();
+    }
+
+    #[test]
+    fn a_failed_try_keeps_the_pending_lock_for_the_next_one() {
+        let t = target("retry");
+        let first = crate::protocol::acquire(&t, None).unwrap();
+        let mut pending = PendingLock::create(&t).unwrap();
+        let me = std::process::id();
+        let mut long = record_for(&t, me, Some(&"x".repeat(300)));
+        long.started = "2000-01-01T00:00:00.000Z".into();
+        let err = pending.try_commit(long).unwrap_err();
+        assert_eq!(err.code(), "LOCK_CONFLICT");
+        // Still there and still locked by us: the temp file and the holder's file.
+        assert_eq!(std::fs::read_dir(&t.dir).unwrap().count(), 2);
+        assert!(first.lock.release().unwrap());
+        let short = record_for(&t, me, Some("svc"));
+        let acquired = pending.try_commit(short.clone()).unwrap();
+        // The shorter record replaced the longer one entirely.
+        assert_eq!(
+            parse_record(&std::fs::read(&t.path).unwrap()),
+            Parsed::Ours(short)
+        );
+        drop(pending);
+        assert_eq!(std::fs::read_dir(&t.dir).unwrap().count(), 1);
+        assert!(acquired.lock.release().unwrap());
         std::fs::remove_dir_all(&t.dir).unwrap();
     }
 

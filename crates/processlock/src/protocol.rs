@@ -181,6 +181,28 @@ pub(crate) fn publish(target: &LockTarget, temp: Temp, record: Record) -> Result
     })
 }
 
+/// Turns a temp file that `link_or_take_over` has linked at the lock path into the held lock
+/// (`handoff.rs`, which keeps its temp file across failed attempts).
+pub(crate) fn adopt_linked(
+    target: &LockTarget,
+    temp: Temp,
+    record: Record,
+    events: Vec<Event>,
+) -> Result<Acquired> {
+    let id = os::file_id(&temp.file);
+    let file = temp.discard();
+    let id = id.map_err(|e| Error::io("fstat", &target.path, e))?;
+    Ok(Acquired {
+        lock: HeldLock {
+            file,
+            id,
+            target: target.clone(),
+            record,
+        },
+        events,
+    })
+}
+
 pub(crate) fn link_or_take_over(
     target: &LockTarget,
     temp: &Path,
