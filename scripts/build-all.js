@@ -303,7 +303,7 @@ function verifyArtifact(t, kind, file, glibcFloor) {
   const problems = []
   const want = { linux: 'ELF', darwin: 'Mach-O', win32: 'PE' }[t.platform]
   if (info.format !== want) problems.push(`format ${info.format}, expected ${want}`)
-  if (info.machine !== t.arch) problems.push(`machine ${info.machine}, expected ${t.arch}`)
+  else if (info.machine !== t.arch) problems.push(`machine ${info.machine}, expected ${t.arch}`)
   if (t.platform === 'linux' && info.format === 'ELF') {
     if (kind === 'addon') {
       if (info.kind !== 'shared-object') problems.push(`ELF ${info.kind}, expected a shared object`)
@@ -393,7 +393,16 @@ function buildHost(opts) {
   })
 }
 
+// Remove what an earlier run left for `t`, so a failed step never leaves a
+// stale artifact in npm/<abi>/ to be verified or published.
+function cleanTarget(t) {
+  for (const dir of [npmDir(t), artifactsDir(t)]) {
+    for (const name of [addonName(t), cliName(t)]) fs.rmSync(path.join(dir, name), { force: true })
+  }
+}
+
 function buildZig(opts, t, targetDir) {
+  cleanTarget(t)
   // cargo-zigbuild reads a ".2.17" suffix as the glibc version to link against.
   const zigTarget = t.libc === 'gnu' && opts.glibc ? `${t.triple}.${opts.glibc}` : t.triple
   const napi = napiCli()
@@ -406,13 +415,16 @@ function buildZig(opts, t, targetDir) {
   step(opts, `${t.abi}: CLI (cargo zigbuild --target ${zigTarget})`, () => {
     // A static musl executable runs on any Linux; RUSTFLAGS overrides the -crt-static
     // that .cargo/config.toml sets for musl (which exists for the cdylib).
-    const env = t.libc === 'musl' ? { RUSTFLAGS: '-C target-feature=+crt-static' } : undefined
+    // Its own target dir keeps the two RUSTFLAGS from rebuilding each other's dependencies.
+    const dir = t.libc === 'musl' ? path.join(targetDir, 'static-cli') : targetDir
+    const env = t.libc === 'musl' ? { RUSTFLAGS: '-C target-feature=+crt-static', CARGO_TARGET_DIR: dir } : undefined
     run('cargo', ['zigbuild', '--release', '-p', CLI_PACKAGE, '--target', zigTarget], { env })
-    copyInto(t, 'cli', path.join(targetDir, t.triple, 'release', cliName(t)))
+    copyInto(t, 'cli', path.join(dir, t.triple, 'release', cliName(t)))
   })
 }
 
 function buildNative(opts, t, targetDir) {
+  cleanTarget(t)
   const napi = napiCli()
   step(opts, `${t.abi}: addon (napi build --target ${t.triple})`, () => {
     run(napi, ['build', '--platform', '--release', '--target', t.triple,
@@ -511,6 +523,14 @@ function collect(opts) {
     }
     if (missing.length) throw new StepFailure(`missing: ${missing.join(', ')}`)
   })
+  // Verify what will be published, whether it came from `dir` or was already there.
+  produced.length = 0
+  for (const t of opts.targets) {
+    for (const [kind, name] of [['addon', addonName(t)], ['cli', cliName(t)]]) {
+      const file = path.join(npmDir(t), name)
+      if (fs.existsSync(file)) produced.push({ t, kind, file })
+    }
+  }
 }
 
 function printTable(rows) {
@@ -593,4 +613,5 @@ function main() {
   finish(opts, rows)
 }
 
-main()
+if (require.main === module) main()
+else module.exports = { TARGETS, inspect, verifyArtifact }
