@@ -6,23 +6,35 @@
 //! waits for that event, a wake-up event that `Cancel` sets, and the deadline together; a request
 //! still pending when the wait ends is cancelled with `CancelIoEx` and waited for before its
 //! `OVERLAPPED` goes away. A granted shared lock is dropped at once.
+//!
+//! Wine (8) has no asynchronous lock waits: a pending `LockFileEx` is never completed. Under
+//! Wine, and wherever a waiting `LockFileEx` is refused at once instead of pending, the wait falls
+//! back to a non-blocking attempt every `POLL`. Either way a wait lasts at most the slice its
+//! caller gives it (see `wait.rs`), so no answer of the system can make it hang.
 
 use std::fs::File;
 use std::io;
 use std::os::windows::io::{AsRawHandle, FromRawHandle, OwnedHandle};
 use std::path::Path;
-use std::time::Instant;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 use windows_sys::Win32::Foundation::{
-    ERROR_IO_PENDING, HANDLE, WAIT_FAILED, WAIT_OBJECT_0, WAIT_TIMEOUT,
+    ERROR_IO_PENDING, ERROR_LOCK_VIOLATION, HANDLE, WAIT_FAILED, WAIT_OBJECT_0, WAIT_TIMEOUT,
 };
-use windows_sys::Win32::Storage::FileSystem::{LockFileEx, UnlockFileEx, FILE_FLAG_OVERLAPPED};
+use windows_sys::Win32::Storage::FileSystem::{
+    LockFileEx, UnlockFileEx, FILE_FLAG_OVERLAPPED, LOCKFILE_FAIL_IMMEDIATELY,
+};
+use windows_sys::Win32::System::LibraryLoader::{GetModuleHandleW, GetProcAddress};
 use windows_sys::Win32::System::Threading::{CreateEventW, SetEvent, WaitForMultipleObjects};
 use windows_sys::Win32::System::IO::{CancelIoEx, GetOverlappedResult, OVERLAPPED};
 
 use super::windows::{options, overlapped_at, refuse_reparse_point, LOCK_LEN, LOCK_OFFSET};
 use super::Woke;
 use crate::wait::Cancel;
+
+/// The polling interval of the fallback.
+const POLL: Duration = Duration::from_millis(1);
 
 /// Opens the file at the lock path for waiting on its lock: read-only (a shared lock needs no
 /// more), overlapped, never through a reparse point.
@@ -69,6 +81,20 @@ fn unlock(file: &File) -> io::Result<()> {
     Ok(())
 }
 
+/// Whether a waiting `LockFileEx` on an overlapped handle is ever completed: not under Wine,
+/// whose ntdll exports `wine_get_version`.
+fn overlapped_lock_waits() -> bool {
+    static ANSWER: OnceLock<bool> = OnceLock::new();
+    *ANSWER.get_or_init(|| {
+        let name: Vec<u16> = "ntdll.dll\0".encode_utf16().collect();
+        // SAFETY: a NUL-terminated module name and symbol name; nothing is loaded or called.
+        unsafe {
+            let ntdll = GetModuleHandleW(name.as_ptr());
+            ntdll.is_null() || GetProcAddress(ntdll, c"wine_get_version".as_ptr().cast()).is_none()
+        }
+    })
+}
+
 /// Blocks until the file's lock is free, `until` has passed, or `cancel` interrupts the wait
 /// that saw `seen` nudges. `file` must come from `open_for_wait`.
 pub fn wait_unlocked(file: &File, until: Instant, cancel: &Cancel, seen: u64) -> io::Result<Woke> {
@@ -80,6 +106,12 @@ pub fn wait_unlocked(file: &File, until: Instant, cancel: &Cancel, seen: u64) ->
         // SAFETY: the event outlives the hook (see above).
         unsafe { SetEvent(wake_raw as HANDLE) };
     }));
+    if !overlapped_lock_waits() {
+        if try_shared(file)? {
+            return Ok(Woke::Free { blocked: false });
+        }
+        return poll(file, until, cancel, seen);
+    }
     let h = file.as_raw_handle() as HANDLE;
     let mut ov = request(&granted);
     // SAFETY: `ov` and `granted` stay in place until the request completes: every path below
@@ -90,6 +122,9 @@ pub fn wait_unlocked(file: &File, until: Instant, cancel: &Cancel, seen: u64) ->
         return Ok(Woke::Free { blocked: false });
     }
     let e = io::Error::last_os_error();
+    if e.raw_os_error() == Some(ERROR_LOCK_VIOLATION as i32) {
+        return poll(file, until, cancel, seen);
+    }
     if e.raw_os_error() != Some(ERROR_IO_PENDING as i32) {
         return Err(e);
     }
@@ -115,7 +150,12 @@ pub fn wait_unlocked(file: &File, until: Instant, cancel: &Cancel, seen: u64) ->
                 unlock(file)?;
                 return Ok(Woke::Free { blocked: true });
             }
-            return Err(io::Error::last_os_error());
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(ERROR_LOCK_VIOLATION as i32) {
+                // Completed as refused (Wine): no waiting request here.
+                return poll(file, until, cancel, seen);
+            }
+            return Err(e);
         }
         if r == WAIT_FAILED {
             break Err(io::Error::last_os_error());
@@ -131,7 +171,61 @@ pub fn wait_unlocked(file: &File, until: Instant, cancel: &Cancel, seen: u64) ->
         GetOverlappedResult(h, &ov, &mut n, 1) != 0
     };
     if granted_meanwhile {
-        unlock(file)?;
+        // Closing the handle (the caller does, at once) drops the lock anyway.
+        let _ = unlock(file);
     }
     outcome
+}
+
+/// A shared lock if it can be had at once (dropped again at once).
+fn try_shared(file: &File) -> io::Result<bool> {
+    let done = event()?;
+    let mut ov = request(&done);
+    let h = file.as_raw_handle() as HANDLE;
+    // SAFETY: `ov` and its event live until the request has completed (waited for below).
+    let granted = unsafe {
+        if LockFileEx(
+            h,
+            LOCKFILE_FAIL_IMMEDIATELY,
+            0,
+            LOCK_LEN as u32,
+            (LOCK_LEN >> 32) as u32,
+            &mut ov,
+        ) != 0
+        {
+            true
+        } else {
+            let mut e = io::Error::last_os_error();
+            let mut n = 0;
+            if e.raw_os_error() == Some(ERROR_IO_PENDING as i32) {
+                if GetOverlappedResult(h, &ov, &mut n, 1) != 0 {
+                    return unlock(file).map(|()| true);
+                }
+                e = io::Error::last_os_error();
+            }
+            if e.raw_os_error() != Some(ERROR_LOCK_VIOLATION as i32) {
+                return Err(e);
+            }
+            false
+        }
+    };
+    if granted {
+        unlock(file)?;
+    }
+    Ok(granted)
+}
+
+fn poll(file: &File, until: Instant, cancel: &Cancel, seen: u64) -> io::Result<Woke> {
+    loop {
+        if let Some(reason) = cancel.stop_reason(until, seen) {
+            return Ok(reason);
+        }
+        cancel.sleep(
+            POLL.min(until.saturating_duration_since(Instant::now())),
+            seen,
+        );
+        if try_shared(file)? {
+            return Ok(Woke::Free { blocked: true });
+        }
+    }
 }
