@@ -320,6 +320,49 @@ describe('processlock run', () => {
     expect(fs.existsSync(marker)).toBe(false)
   })
 
+  test('--wait: waits for the holder to end, then runs the command', async () => {
+    const dir = tempDir('cli-wait')
+    const first = startRun(['backend'], ['signal-exit', '0'], { dir })
+    const firstPid = await childPid(first)
+    const marker = path.join(dir, 'started.txt')
+    const second = startRun(['backend', '--wait', '20000'], ['exit', '0'], { dir, env: { CHILD_MARKER: marker } })
+    await second.waitFor('[PROCESS_LOCK_WAIT] backend (SHORT) is held by PID')
+    expect(second.stderr).toContain(`is held by PID ${firstPid}; waiting up to 20000 ms`)
+    expect(fs.existsSync(marker)).toBe(false)
+    const stopped = Date.now()
+    first.kill('SIGTERM')
+    expect((await first.done()).code).toBe(0)
+    const r = await second.done()
+    expect(r.code).toBe(0)
+    expect(Date.now() - stopped).toBeLessThan(5000)
+    expect(fs.existsSync(marker)).toBe(true)
+    expect(r.stderr).toMatch(/\[PROCESS_LOCK_ACQUIRED\] \{ processType: 'backend', tradeSide: 'SHORT', pid: \d+ \}/)
+    expect(fs.readdirSync(dir).filter((n) => n !== 'started.txt')).toEqual([])
+  })
+
+  test('--wait: gives up after the time with the conflict lines; a signal ends the wait at once', async () => {
+    const dir = tempDir('cli-wait-timeout')
+    const holder = await startHolder(dir, 'backend')
+    const marker = path.join(dir, 'started.txt')
+    const began = Date.now()
+    const r = await startRun(['backend', '--wait', '400'], ['exit', '0'], { dir, env: { CHILD_MARKER: marker } }).done()
+    expect(Date.now() - began).toBeGreaterThanOrEqual(400)
+    expect(r.code).toBe(1)
+    expect(r.stderr).toContain(`[PROCESS_LOCK_CONFLICT] To force restart, run: kill ${holder.pid}`)
+    expect(r.stderr).toContain(`[FATAL] LOCK_CONFLICT: backend (SHORT) is already running (PID: ${holder.pid})`)
+
+    const waiting = startRun(['backend', '--wait', '60000'], ['exit', '0'], { dir, env: { CHILD_MARKER: marker } })
+    await waiting.waitFor('[PROCESS_LOCK_WAIT]')
+    const signalled = Date.now()
+    waiting.kill('SIGTERM')
+    expect((await waiting.done()).signal).toBe('SIGTERM')
+    expect(Date.now() - signalled).toBeLessThan(2000)
+    expect(fs.existsSync(marker)).toBe(false)
+    expect(fs.readdirSync(dir)).toEqual(['backend.short.lock'])
+    holder.kill('SIGTERM')
+    await holder.done()
+  })
+
   test('takes over a stale lock with the seed line', async () => {
     const dir = tempDir('cli-stale')
     const stalePid = await staleLock(dir, 'backend')
@@ -395,6 +438,7 @@ describe('usage', () => {
     [['run', 'backend', '--side']],
     [['run', 'back/end', '--', 'true']],
     [['run', 'backend', '--side', 'SHORT LONG', '--', 'true']],
+    [['run', 'backend', '--wait', 'soon', '--', 'true']],
   ])('%j: exit 2 with a one-line reason', async (args) => {
     const dir = tempDir('cli-usage')
     const r = await cli(args, { dir })

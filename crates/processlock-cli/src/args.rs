@@ -9,7 +9,7 @@ processlock: one running instance per service
 Usage:
   processlock check [--json] [--dir DIR]
   processlock clear [--force] [--dir DIR]
-  processlock run <type> [--side SIDE] [--name NAME] [--quiet] [--dir DIR] -- <command> [args...]
+  processlock run <type> [--side SIDE] [--wait MS] [--name NAME] [--quiet] [--dir DIR] -- <command> [args...]
 
 Commands:
   check   List the lock files in the lock directory: type, side, PID, start time, uptime,
@@ -20,12 +20,14 @@ Commands:
           release it when the command ends. SIGINT, SIGTERM and SIGHUP are passed on to the
           command; processlock exits with its status, or dies by its signal. The command holds
           the lock itself: it stays held even if processlock is killed. If another instance
-          holds the lock, the command is not started and processlock exits with status 1.
+          holds the lock, the command is not started and processlock exits with status 1
+          (with --wait, once MS milliseconds have passed without the holder letting go).
 
 Options:
   --dir DIR      Lock directory. Default: $PROCESSLOCK_DIR, else runtime/locks under the
                  nearest directory (from the current one up) that has a package.json.
   --side SIDE    Trade side of the lock (run). Default: $TRADE_SIDE; '' for none.
+  --wait MS      Wait up to MS milliseconds for a holder to let go (run). Default: 0, fail at once.
   --name NAME    Process name written in the lock record (run). Default: trader-<side>-<type>.
   -q, --quiet    Do not print the acquired/released lines (run). Conflicts are always printed.
   --json         Machine-readable output (check).
@@ -51,6 +53,8 @@ pub enum Command {
         process_type: String,
         side: Option<String>,
         name: Option<String>,
+        /// Milliseconds to wait for the holder; `None`: fail at once.
+        wait_ms: Option<u64>,
         quiet: bool,
         command: Vec<OsString>,
     },
@@ -175,6 +179,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Invocation, Usa
             let mut process_type = None;
             let mut side = None;
             let mut name = None;
+            let mut wait_ms = None;
             let mut quiet = false;
             let command = loop {
                 let Some(arg) = cur.peek().cloned() else {
@@ -201,6 +206,18 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Invocation, Usa
                 match option(&arg)? {
                     ("--side", inline) => side = Some(utf8_value(&mut cur, "--side", inline)?),
                     ("--name", inline) => name = Some(utf8_value(&mut cur, "--name", inline)?),
+                    ("--wait", inline) => {
+                        let v = utf8_value(&mut cur, "--wait", inline)?;
+                        match v.parse::<u64>() {
+                            Ok(0) => wait_ms = None,
+                            Ok(ms) => wait_ms = Some(ms),
+                            Err(_) => {
+                                return usage(format!(
+                                    "--wait takes a number of milliseconds, not {v:?}"
+                                ))
+                            }
+                        }
+                    }
                     ("--dir", inline) => dir = Some(dir_value(&mut cur, inline)?),
                     ("-q" | "--quiet", None) => quiet = true,
                     ("-h" | "--help", None) => return help(dir),
@@ -219,6 +236,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Invocation, Usa
                 process_type,
                 side,
                 name,
+                wait_ms,
                 quiet,
                 command,
             }
@@ -324,6 +342,7 @@ mod tests {
             process_type: "backend".into(),
             side: Some("LONG".into()),
             name: Some("api".into()),
+            wait_ms: Some(1500),
             quiet: true,
             command: vec![
                 "node".into(),
@@ -339,6 +358,8 @@ mod tests {
                 "--side",
                 "LONG",
                 "--name=api",
+                "--wait",
+                "1500",
                 "-q",
                 "--",
                 "node",
@@ -355,6 +376,7 @@ mod tests {
                 "--side=LONG",
                 "backend",
                 "--quiet",
+                "--wait=1500",
                 "--name",
                 "api",
                 "node",
@@ -370,6 +392,7 @@ mod tests {
                 process_type: "worker".into(),
                 side: None,
                 name: None,
+                wait_ms: None,
                 quiet: false,
                 command: vec!["--weird-command".into()],
             }
@@ -391,6 +414,8 @@ mod tests {
             &["run", "backend", "--"],
             &["run", "backend", "--side"],
             &["run", "backend", "--bogus", "--", "x"],
+            &["run", "backend", "--wait", "soon", "--", "x"],
+            &["run", "backend", "--wait=-1", "--", "x"],
         ] {
             let Usage(msg) = p(args).unwrap_err();
             assert!(!msg.is_empty() && !msg.contains('\n'), "{args:?}: {msg}");

@@ -52,6 +52,7 @@ fn execute(dir: Option<&Path>, command: Command) -> i32 {
             process_type,
             side,
             name,
+            wait_ms,
             quiet,
             command,
         } => {
@@ -69,6 +70,7 @@ fn execute(dir: Option<&Path>, command: Command) -> i32 {
             run_command(
                 processlock::LockTarget::new(dir, lock_name),
                 name,
+                wait_ms.map(std::time::Duration::from_millis),
                 quiet,
                 command,
             )
@@ -90,12 +92,14 @@ fn with_dir(dir: Option<&Path>, f: impl FnOnce(&Path) -> processlock::Result<i32
 fn run_command(
     target: processlock::LockTarget,
     process_name: Option<String>,
+    wait: Option<std::time::Duration>,
     quiet: bool,
     command: Vec<std::ffi::OsString>,
 ) -> i32 {
     run::run(run::Options {
         target,
         process_name,
+        wait,
         quiet,
         command,
     })
@@ -105,6 +109,7 @@ fn run_command(
 fn run_command(
     _target: processlock::LockTarget,
     _process_name: Option<String>,
+    _wait: Option<std::time::Duration>,
     _quiet: bool,
     _command: Vec<std::ffi::OsString>,
 ) -> i32 {

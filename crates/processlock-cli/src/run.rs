@@ -25,8 +25,8 @@ use std::process::{Child, Command, ExitStatus};
 use std::time::{Duration, Instant};
 
 use processlock::{
-    judge_pid, record_for, remove_if_stale, report, Acquired, Error, LockName, LockTarget,
-    PendingLock, Record, Removal,
+    judge_pid, record_for, remove_if_stale, report, wait_for, Acquired, Cancel, Error, LockName,
+    LockTarget, PendingLock, Record, Removal,
 };
 
 use crate::signals::{self, Note};
@@ -38,9 +38,14 @@ const STOP: u8 = 0;
 /// (from the terminal, or from whoever signalled the parent and us alike) is the same event.
 const RELAY_WINDOW: Duration = Duration::from_secs(1);
 
+/// A waiting `run` looks for signals (to give up) this often.
+const WAIT_SLICE: Duration = Duration::from_millis(100);
+
 pub struct Options {
     pub target: LockTarget,
     pub process_name: Option<String>,
+    /// How long to wait for a holder to let go; `None`: fail at once.
+    pub wait: Option<Duration>,
     pub quiet: bool,
     pub command: Vec<OsString>,
 }
@@ -72,6 +77,7 @@ fn start(opts: Options) -> io::Result<i32> {
     let Options {
         target,
         process_name,
+        wait,
         quiet,
         command,
     } = opts;
@@ -100,7 +106,9 @@ fn start(opts: Options) -> io::Result<i32> {
     unsafe {
         cmd.pre_exec(move || child_side(lock_fd, pid_write, go_read, [pid_read, go_write]));
     }
-    let helper = std::thread::spawn(move || lock_side(pending, pid_read, go_write, process_name));
+    let helper = std::thread::spawn(move || {
+        lock_side(pending, pid_read, go_write, process_name, wait, quiet)
+    });
     let spawned = cmd.spawn();
     // The child has its own copies (or was never forked): the helper sees EOF if it never wrote.
     close(pid_write);
@@ -215,6 +223,8 @@ fn lock_side(
     pid_read: c_int,
     go_write: c_int,
     process_name: Option<String>,
+    wait: Option<Duration>,
+    quiet: bool,
 ) -> Handshake {
     let answer = |go: bool| {
         let byte = [if go { GO } else { STOP }];
@@ -228,8 +238,7 @@ fn lock_side(
         answer(false);
         return Handshake::NoChild;
     };
-    let record = record_for(pending.target(), pid, process_name.as_deref());
-    let result = pending.commit(record);
+    let result = take(pending, pid, process_name.as_deref(), wait, quiet);
     let signal = signals::first_received();
     answer(result.is_ok() && signal.is_none());
     match (result, signal) {
@@ -237,6 +246,48 @@ fn lock_side(
         (Ok(acquired), Some(s)) => Handshake::Aborted(s, Some(acquired)),
         (Err(_), Some(s)) => Handshake::Aborted(s, None),
         (Err(e), None) => Handshake::Failed(e),
+    }
+}
+
+/// Links the pending lock with a record naming `pid`, waiting for the holder up to `wait`.
+fn take(
+    mut pending: PendingLock,
+    pid: u32,
+    process_name: Option<&str>,
+    wait: Option<Duration>,
+    quiet: bool,
+) -> processlock::Result<Acquired> {
+    let target = pending.target().clone();
+    let mut attempt = || pending.try_commit(record_for(&target, pid, process_name));
+    let Some(wait) = wait else {
+        return attempt();
+    };
+    let started = Instant::now();
+    let deadline = started + wait;
+    let cancel = Cancel::new();
+    let mut announced = false;
+    loop {
+        // Short slices, so that a signal (which cannot cancel from its handler) ends the wait
+        // within one of them.
+        let slice_end = deadline.min(Instant::now() + WAIT_SLICE);
+        match wait_for(&target, Some(slice_end), &cancel, &mut attempt) {
+            Err(Error::Conflict(mut c)) => {
+                if Instant::now() >= deadline || signals::first_received().is_some() {
+                    c.waited_ms = started.elapsed().as_millis() as u64;
+                    return Err(Error::Conflict(c));
+                }
+                if !announced && !quiet {
+                    announced = true;
+                    eprintln!(
+                        "[PROCESS_LOCK_WAIT] {} is held by PID {}; waiting up to {} ms for it to end...",
+                        target.name.display(),
+                        c.holder.pid,
+                        wait.as_millis()
+                    );
+                }
+            }
+            other => return other,
+        }
     }
 }
 
