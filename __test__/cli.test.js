@@ -209,6 +209,13 @@ describe('processlock run', () => {
     expect(fs.readdirSync(dir)).toEqual([])
   })
 
+  test('tells the command which inherited descriptor holds the lock', async () => {
+    const dir = tempDir('cli-inherited')
+    const r = await startRun(['backend', '-q'], ['inherited'], { dir }).done()
+    expect(r.code).toBe(0)
+    expect(r.stdout).toMatch(new RegExp(`^INHERITED \\d+ ${lockFile(dir).replace(/[.]/g, '\\.')} true\n$`))
+  })
+
   test.each([0, 3, 42])('exits with the command status %i', async (status) => {
     const dir = tempDir('cli-status')
     const r = await startRun(['worker', '--quiet'], ['exit', String(status)], { dir }).done()

@@ -3,6 +3,8 @@
 // stdout, one line per event.
 //   node cli-child.js exit <code>          exit at once with <code>
 //   node cli-child.js hold                 run until killed
+//   node cli-child.js inherited            report $PROCESSLOCK_INHERITED and whether its descriptor
+//                                          is the lock file's
 //   node cli-child.js signal-exit <code>   on SIGINT/SIGTERM/SIGHUP: report it, exit with <code>
 //   node cli-child.js signal-die           on SIGINT/SIGTERM/SIGHUP: report it, die by it
 //   node cli-child.js count <ms>           report every signal; exit 0 <ms> after the first one
@@ -26,6 +28,17 @@ switch (mode) {
     break
   case 'hold':
     break
+  case 'inherited': {
+    // What processlock run told us about the descriptor that holds the lock.
+    const value = process.env.PROCESSLOCK_INHERITED || ''
+    const colon = value.indexOf(':')
+    const fd = Number(value.slice(0, colon))
+    const file = value.slice(colon + 1)
+    const same = fs.fstatSync(fd).ino === fs.statSync(file).ino
+    say(`INHERITED ${fd} ${file} ${same}`)
+    process.exit(0)
+    break
+  }
   case 'signal-exit':
     onSignals((signal) => {
       say(`GOT ${signal}`)

@@ -38,6 +38,9 @@ const STOP: u8 = 0;
 /// (from the terminal, or from whoever signalled the parent and us alike) is the same event.
 const RELAY_WINDOW: Duration = Duration::from_secs(1);
 
+/// `<fd>:<lock file>`: set for the command, naming the inherited descriptor that holds the lock.
+pub const INHERITED_ENV: &str = "PROCESSLOCK_INHERITED";
+
 /// A waiting `run` looks for signals (to give up) this often.
 const WAIT_SLICE: Duration = Duration::from_millis(100);
 
@@ -102,6 +105,11 @@ fn start(opts: Options) -> io::Result<i32> {
 
     let mut cmd = Command::new(&command[0]);
     cmd.args(&command[1..]);
+    // Which descriptor holds the lock, for a command that takes the same lock itself (it can
+    // recognise its own lock instead of calling it a conflict).
+    let mut inherited = std::ffi::OsString::from(format!("{lock_fd}:"));
+    inherited.push(target.path.as_os_str());
+    cmd.env(INHERITED_ENV, inherited);
     // SAFETY: the closure runs in the forked child and makes only async-signal-safe calls.
     unsafe {
         cmd.pre_exec(move || child_side(lock_fd, pid_write, go_read, [pid_read, go_write]));
