@@ -1,0 +1,195 @@
+'use strict'
+// A consumer of @trader/processlock as npm would deliver it: the main package and this host's
+// platform package packed with `npm pack`, the main one given the `optionalDependencies` that
+// `napi prepublish` writes before publishing, both installed offline from the tarballs into a
+// fresh project (the fixture in __test__/consumer/), with no Rust toolchain reachable.
+const fs = require('node:fs')
+const os = require('node:os')
+const path = require('node:path')
+const { cleanEnv, runOk } = require('./consumer-proc')
+
+const ROOT = path.resolve(__dirname, '..', '..')
+const FIXTURE = path.join(ROOT, '__test__', 'consumer')
+const NPM_CLI = path.join(path.dirname(process.execPath), '..', 'lib', 'node_modules', 'npm', 'bin', 'npm-cli.js')
+const MAIN = require(path.join(ROOT, 'package.json'))
+/** The napi platform name of this machine (linux-x64-gnu here), as the CLI launcher computes it. */
+const ABI = require(path.join(ROOT, 'bin', 'processlock.js')).abi()
+const EXE = process.platform === 'win32' ? 'processlock.exe' : 'processlock'
+
+/** npm, run by the Node that runs the tests (no PATH lookup: the install step has no usable PATH). */
+function npm(args, opts = {}) {
+  const file = fs.existsSync(NPM_CLI) ? process.execPath : 'npm'
+  const argv = fs.existsSync(NPM_CLI) ? [NPM_CLI, ...args] : args
+  return runOk(file, argv, { timeoutMs: 240000, ...opts, env: opts.env || cleanEnv() })
+}
+
+/** `npm pack --json` in `dir` into `dest`: { file, files: [{ path, mode }], manifest }. */
+async function pack(dir, dest) {
+  const r = await npm(['pack', '--json', '--pack-destination', dest], { cwd: dir })
+  // npm prints the JSON report on stdout; lifecycle scripts, if any, may print before it.
+  const report = JSON.parse(r.stdout.slice(r.stdout.indexOf('[')))[0]
+  return {
+    file: path.join(dest, report.filename),
+    files: report.files.map((f) => ({ path: f.path, mode: f.mode })).sort((a, b) => a.path.localeCompare(b.path)),
+    name: report.name,
+    version: report.version,
+  }
+}
+
+/** Unpacks a tarball's package/ directory into `dir`. */
+async function unpack(tarball, dir) {
+  fs.mkdirSync(dir, { recursive: true })
+  await runOk('tar', ['-xzf', tarball, '-C', dir, '--strip-components=1'])
+  return dir
+}
+
+/**
+ * What `napi prepublish` puts in the main package's optionalDependencies, computed by the napi
+ * CLI's own config reader: `<napi.packageName>-<platformArchABI>` at the package's version, for
+ * every target.
+ */
+async function napiOptionalDependencies() {
+  // In a child: the CLI is ESM inside, which jest's module system does not load on Node 20.
+  const script = `
+    const { readNapiConfig } = require('@napi-rs/cli')
+    readNapiConfig(${JSON.stringify(path.join(ROOT, 'package.json'))}).then((config) => {
+      const deps = {}
+      for (const t of config.targets) deps[config.packageName + '-' + t.platformArchABI] = config.packageJson.version
+      console.log(JSON.stringify({ deps, abis: config.targets.map((t) => t.platformArchABI), packageName: config.packageName }))
+    })`
+  const r = await runOk(process.execPath, ['-e', script], { cwd: ROOT })
+  return JSON.parse(r.stdout)
+}
+
+/** Fails early, with the command to run, when the build outputs the suite packs are missing. */
+function builtArtifacts() {
+  const artifacts = {
+    node: path.join(ROOT, `processlock.${ABI}.node`),
+    cli: path.join(ROOT, 'target', 'release', EXE),
+    binding: path.join(ROOT, 'binding.js'),
+    bindingTypes: path.join(ROOT, 'binding.d.ts'),
+  }
+  for (const [what, file] of Object.entries(artifacts)) {
+    if (!fs.existsSync(file)) throw new Error(`${file} (${what}) is missing: run "npm run build" before the tests`)
+  }
+  return artifacts
+}
+
+/**
+ * Packs both packages into `work`/tarballs. The platform package is packed from a copy of
+ * npm/<abi>/package.json with the built binaries beside it, so nothing is left in the repo.
+ * The "published" main tarball is the packed one with napi prepublish's optionalDependencies
+ * (left as they are when the packed manifest already declares some).
+ */
+async function packAll(work) {
+  const artifacts = builtArtifacts()
+  const listing = () => ({ root: fs.readdirSync(ROOT).sort(), platform: fs.readdirSync(path.join(ROOT, 'npm', ABI)).sort() })
+  const repoBefore = listing()
+  const dest = path.join(work, 'tarballs')
+  fs.mkdirSync(dest, { recursive: true })
+
+  const main = await pack(ROOT, dest)
+  main.manifest = JSON.parse(fs.readFileSync(path.join(await unpack(main.file, path.join(work, 'main-as-packed')), 'package.json'), 'utf8'))
+
+  const platformDir = path.join(work, `platform-${ABI}`)
+  fs.mkdirSync(platformDir)
+  for (const f of ['package.json', 'README.md']) {
+    const source = path.join(ROOT, 'npm', ABI, f)
+    if (fs.existsSync(source)) fs.copyFileSync(source, path.join(platformDir, f))
+  }
+  fs.copyFileSync(artifacts.node, path.join(platformDir, `processlock.${ABI}.node`))
+  fs.copyFileSync(artifacts.cli, path.join(platformDir, EXE))
+  fs.chmodSync(path.join(platformDir, EXE), 0o755)
+  const platform = await pack(platformDir, dest)
+
+  const napi = await napiOptionalDependencies()
+  const publishedDir = path.join(work, 'main-as-published')
+  await unpack(main.file, publishedDir)
+  const manifest = JSON.parse(fs.readFileSync(path.join(publishedDir, 'package.json'), 'utf8'))
+  if (!manifest.optionalDependencies) {
+    manifest.optionalDependencies = napi.deps
+    fs.writeFileSync(path.join(publishedDir, 'package.json'), JSON.stringify(manifest, null, 2) + '\n')
+  }
+  const publishedDest = path.join(dest, 'published')
+  fs.mkdirSync(publishedDest)
+  const published = await pack(publishedDir, publishedDest)
+  published.manifest = manifest
+  return { main, platform, published, napi, repoBefore, repoAfter: listing() }
+}
+
+/** A directory with stand-ins for the Rust toolchain that record any call and fail. */
+function fakeToolchain(work) {
+  const bin = path.join(work, 'no-rust-bin')
+  const calls = path.join(work, 'toolchain-calls.log')
+  fs.mkdirSync(bin)
+  for (const tool of ['cargo', 'rustc', 'rustup', 'napi', 'cargo-zigbuild', 'zig', 'cc', 'gcc', 'node-gyp']) {
+    fs.writeFileSync(path.join(bin, tool), `#!/bin/sh\necho "${tool} $*" >> '${calls}'\nexit 1\n`, { mode: 0o755 })
+  }
+  return { bin, calls }
+}
+
+/**
+ * Lays out the consumer project in `work`/trader from the fixture, depending on the two
+ * tarballs, and installs it with npm --offline and an empty cache, with a PATH that holds Node and
+ * the recording toolchain stand-ins only. Then typescript, @types/node and jest are linked from
+ * this repository's node_modules (the consumer's dev tools; nothing of ours).
+ */
+async function createProject(work, tarballs) {
+  const dir = path.join(work, 'trader')
+  fs.cpSync(FIXTURE, dir, { recursive: true })
+  const template = path.join(dir, 'package.template.json')
+  const pkg = JSON.parse(fs.readFileSync(template, 'utf8'))
+  fs.unlinkSync(template)
+  pkg.dependencies = {
+    '@trader/processlock': `file:${path.relative(dir, tarballs.published.file)}`,
+    [`@trader/processlock-${ABI}`]: `file:${path.relative(dir, tarballs.platform.file)}`,
+  }
+  fs.writeFileSync(path.join(dir, 'package.json'), JSON.stringify(pkg, null, 2) + '\n')
+
+  const toolchain = fakeToolchain(work)
+  const cache = path.join(work, 'empty-npm-cache')
+  const installEnv = cleanEnv({
+    PATH: [toolchain.bin, path.dirname(process.execPath), '/usr/bin', '/bin'].join(path.delimiter),
+    CARGO_HOME: path.join(work, 'no-cargo-home'),
+    RUSTUP_HOME: path.join(work, 'no-rustup-home'),
+    npm_config_cache: cache,
+    npm_config_offline: 'true',
+    npm_config_audit: 'false',
+    npm_config_fund: 'false',
+    npm_config_update_notifier: 'false',
+    npm_config_loglevel: 'info',
+  })
+  const started = Date.now()
+  const install = await npm(['install', '--offline', '--no-audit', '--no-fund'], { cwd: dir, env: installEnv })
+  const installMs = Date.now() - started
+
+  const linked = {}
+  for (const name of ['typescript', '@types/node', 'jest']) {
+    const target = path.join(dir, 'node_modules', name)
+    fs.mkdirSync(path.dirname(target), { recursive: true })
+    fs.symlinkSync(path.join(ROOT, 'node_modules', name), target, 'dir')
+    linked[name] = require(path.join(ROOT, 'node_modules', name, 'package.json')).version
+  }
+  return { dir, install, installMs, toolchain, linked, cache }
+}
+
+/** tsc on one of the fixture's tsconfig files. */
+function tsc(project, tsconfig) {
+  return runOk(process.execPath, [path.join(project, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', tsconfig], {
+    cwd: project,
+  })
+}
+
+/** Type-checks (strict) and builds both variants at once: CommonJS into build/cjs, ESM into build/esm. */
+async function build(project) {
+  const [cjs, esm] = await Promise.all([tsc(project, 'tsconfig.cjs.json'), tsc(project, 'tsconfig.esm.json')])
+  // The project is "type": "module"; the CommonJS build says what it is.
+  fs.writeFileSync(path.join(project, 'build', 'cjs', 'package.json'), '{ "type": "commonjs" }\n')
+  return { cjs, esm }
+}
+
+function tempWork() {
+  return fs.mkdtempSync(path.join(os.tmpdir(), 'pl-consumer-'))
+}
+
+module.exports = { ROOT, ABI, EXE, MAIN, FIXTURE, packAll, createProject, build, tempWork, unpack }
