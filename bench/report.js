@@ -92,7 +92,7 @@ function tortureLine(st) {
   if (st.kind === 'kill') parts.push(`stuck ${st.stuck}`);
   parts.push(`errors ${sumValues(st.errors)}`, `temp left ${st.leftoverTemp}`, `locks left ${st.leftoverLocks}`,
     `leaked fds ${st.fdLeak}`, `${st.seconds.toFixed(1)} s`);
-  return parts.join(', ');
+  return `${parts[0]} ${parts.slice(1).join(', ')}`;
 }
 
 function tortureMarkdown(results, meta) {
@@ -171,10 +171,23 @@ function readSection(file, name) {
   }
 }
 
+const HEADER = `# Benchmarks of @trader/processlock
+
+Ours side by side with [proper-lockfile](https://www.npmjs.com/package/proper-lockfile) 4.1.2 and
+[lockfile](https://www.npmjs.com/package/lockfile) 1.0.4, and with a floor: a minimal C program
+(\`bench/floor.c\`) issuing the same syscalls as our protocol without any check. Every number in a
+section comes from one run on one machine; the machine and its load are given with it.
+
+- \`npm run bench\` (bench/run.js, about 2-3 minutes) rewrites the *Benchmarks* section;
+  \`-- --quick\` is a smoke run that writes nothing unless given \`--write\`.
+- \`npm run torture -- --write\` (bench/torture.js) rewrites the *Torture* section; see
+  \`node bench/torture.js --help\` for \`--rounds\`, \`--duration\` and the race kinds.
+`;
+
 // Replace (or append) one marked section, keeping the rest of the file.
 function replaceSection(file, name, md) {
   let text = '';
-  try { text = fs.readFileSync(file, 'utf8'); } catch (e) { text = '# Benchmarks\n'; }
+  try { text = fs.readFileSync(file, 'utf8'); } catch (e) { text = HEADER; }
   const block = section(name, md);
   const re = new RegExp(`<!-- ${name}:begin -->[\\s\\S]*?<!-- ${name}:end -->`);
   text = re.test(text) ? text.replace(re, () => block) : `${text.trimEnd()}\n\n${block}\n`;
