@@ -88,9 +88,6 @@ async function packAll(work) {
   const dest = path.join(work, 'tarballs')
   fs.mkdirSync(dest, { recursive: true })
 
-  const main = await pack(ROOT, dest)
-  main.manifest = JSON.parse(fs.readFileSync(path.join(await unpack(main.file, path.join(work, 'main-as-packed')), 'package.json'), 'utf8'))
-
   const platformDir = path.join(work, `platform-${ABI}`)
   fs.mkdirSync(platformDir)
   for (const f of ['package.json', 'README.md']) {
@@ -100,9 +97,9 @@ async function packAll(work) {
   fs.copyFileSync(artifacts.node, path.join(platformDir, `processlock.${ABI}.node`))
   fs.copyFileSync(artifacts.cli, path.join(platformDir, EXE))
   fs.chmodSync(path.join(platformDir, EXE), 0o755)
-  const platform = await pack(platformDir, dest)
 
-  const napi = await napiOptionalDependencies()
+  const [main, platform, napi] = await Promise.all([pack(ROOT, dest), pack(platformDir, dest), napiOptionalDependencies()])
+  main.manifest = JSON.parse(fs.readFileSync(path.join(await unpack(main.file, path.join(work, 'main-as-packed')), 'package.json'), 'utf8'))
   const publishedDir = path.join(work, 'main-as-published')
   await unpack(main.file, publishedDir)
   const manifest = JSON.parse(fs.readFileSync(path.join(publishedDir, 'package.json'), 'utf8'))
