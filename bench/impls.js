@@ -127,6 +127,13 @@ function loadProperLockfile(options = {}) {
     info(spec) {
       return pl.checkSync(target(spec), { realpath: false, lockfilePath: lockPath(spec), stale: options.stale || 10000 });
     },
+    // Waiting the proper-lockfile way: retry every pollMs (default 10 ms).
+    async waitAcquireAsync(spec, timeoutMs) {
+      const every = options.pollMs || 10;
+      const retries = { retries: Math.ceil(timeoutMs / every), factor: 1, minTimeout: every, maxTimeout: every };
+      releases.set(lockPath(spec), await pl.lock(target(spec), { ...base(spec), retries }));
+      return true;
+    },
     async acquireAsync(spec) {
       try {
         releases.set(lockPath(spec), await pl.lock(target(spec), base(spec)));
@@ -169,6 +176,12 @@ function loadLockfile(options = {}) {
     },
     info(spec) {
       return lf.checkSync(lockPath(spec), { ...opts });
+    },
+    // Waiting the lockfile way: `wait` with a poll period (default 10 ms).
+    waitAcquireAsync(spec, timeoutMs) {
+      return new Promise((resolve, reject) => {
+        lf.lock(lockPath(spec), { ...opts, wait: timeoutMs, pollPeriod: options.pollMs || 10 }, (err) => (err ? reject(err) : resolve(true)));
+      });
     },
   };
 }

@@ -70,6 +70,7 @@ function errCode(e) {
 
 const impl = load(implName, {
   stale: options.stale,
+  pollMs: options.pollMs,
   onCompromised: (err) => out(`C ${errCode(err)}`),
 });
 
@@ -362,10 +363,14 @@ const handlers = {
       if (c.api === 'async') ok = await impl.waitAcquireAsync(s, c.waitMs);
       else ok = impl.waitAcquire(s, c.waitMs);
     } catch (e) {
+      ok = false;
       code = errCode(e);
     }
     const tA = now();
-    if (ok) impl.release(s);
+    if (ok) {
+      if (impl.releaseAsync) await impl.releaseAsync(s);
+      else impl.release(s);
+    }
     out('J ' + JSON.stringify({ ok, code, tA: String(tA), waited_ns: Number(tA - ts) }));
   },
   exit() {
