@@ -110,9 +110,9 @@ async function cycleSection(a, ctx) {
   const reps = a.quick ? 1 : 3;
   // Per run and implementation: n cycles or this budget, whichever comes first
   // (proper-lockfile's sync API takes milliseconds per cycle).
-  const maxMs = a.quick ? 1500 : 4000;
+  const maxMs = a.quick ? 1000 : 4000;
   const warmup = a.quick ? 500 : 1000;
-  const warmMs = a.quick ? 1000 : 2500;
+  const warmMs = a.quick ? 600 : 2500;
   const rows = [
     ...(ctx.ours ? [{ id: 'ours', impl: 'ours', api: 'sync', label: `${LABELS.ours} (acquireLock/releaseLock)` }] : []),
     { id: 'plf-sync', impl: 'proper-lockfile', api: 'sync', label: `${LABELS['proper-lockfile']} lockSync/unlockSync` },
@@ -333,7 +333,7 @@ async function contentionSection(a, ctx) {
 async function memorySection(a, ctx) {
   const n = a.quick ? 10000 : 100000;
   // The peers get a time budget instead (proper-lockfile's sync API would need minutes).
-  const peerMs = a.quick ? 4000 : 20000;
+  const peerMs = a.quick ? 2000 : 20000;
   const impls = [...(ctx.ours ? ['ours'] : []), 'proper-lockfile', 'lockfile'];
   // Memory does not depend on timing: run them side by side.
   const res = await Promise.all(impls.map((impl) => withWorker(impl, async (w) => {
@@ -436,13 +436,13 @@ async function handoverSection(a, ctx) {
   else why.push('`acquireLock(type, { waitMs })` does not wait yet');
   if (typeof pl.acquireLockAsync === 'function') series.push(['ours', 'async', '`acquireLockAsync(type, { timeoutMs })`']);
   else why.push('`acquireLockAsync` is not exported yet');
-  const reps = a.quick ? 3 : 10;
+  const reps = a.quick ? 2 : 10;
   const rows = [];
   const runs = [];
   for (const [impl, api, label] of series) {
     for (const how of ['release', 'SIGKILL']) runs.push([impl, api, label, how]);
   }
-  if (series.length) {
+  if (series.length && !a.quick) {
     runs.push(['proper-lockfile', 'async', `${LABELS['proper-lockfile']} \`lock\` with retries every ${POLL_MS} ms`, 'release']);
     runs.push(['lockfile', 'async', `${LABELS.lockfile} \`lock\` with \`wait\`, \`pollPeriod: ${POLL_MS}\``, 'release']);
   }
