@@ -26,7 +26,12 @@ const NPM_CLI = path.join(path.dirname(process.execPath), '..', 'lib', 'node_mod
 
 jest.setTimeout(120000)
 
-const work = tempWork()
+// POSIX hosts (Linux here and in CI, macOS in the GitHub workflow). On Windows the suite's
+// tools do not apply as written (npm.cmd shims, signals that cannot be sent to another process,
+// a POSIX shell for the toolchain stand-ins), so it is skipped there.
+const describePosix = process.platform === 'win32' ? describe.skip : describe
+
+let work
 let tarballs
 let project
 let locks
@@ -88,435 +93,440 @@ async function checkJson() {
   return JSON.parse(r.stdout)
 }
 
-beforeAll(async () => {
-  tarballs = await packAll(work)
-  project = await createProject(work, tarballs)
-  locks = path.join(project.dir, 'runtime', 'locks')
-  await build(project.dir)
-}, 300000)
-
-afterAll(async () => {
-  for (const p of services) p.kill('SIGKILL')
-  await Promise.all([...services].map((p) => p.done().catch(() => {})))
-  // PL_KEEP_CONSUMER=1 keeps the project, the tarballs and the PM2 home for a look.
-  if (!process.env.PL_KEEP_CONSUMER) fs.rmSync(work, { recursive: true, force: true })
-}, 60000)
-
-describe('npm pack', () => {
-  test('the main package carries the JS layer, the generated loader, its types and the CLI launcher; no binary', () => {
-    const libFiles = fs.readdirSync(path.join(ROOT, 'lib')).map((f) => `lib/${f}`)
-    // npm adds these whatever `files` says.
-    const always = ['README.md', 'LICENSE', 'LICENSE.md'].filter((f) => fs.existsSync(path.join(ROOT, f)))
-    const expected = ['bin/processlock.js', 'binding.d.ts', 'binding.js', 'index.d.ts', 'index.js', 'index.mjs', 'package.json', ...libFiles, ...always]
-    const files = tarballs.main.files.map((f) => f.path)
-    expect(files).toEqual(expected.sort((a, b) => a.localeCompare(b)))
-    expect(tarballs.main.files.find((f) => f.path === 'bin/processlock.js').mode & 0o111).toBeTruthy()
-
-    // Every entry point of the manifest is in the tarball.
-    const m = tarballs.main.manifest
-    const entries = [m.main, m.types, m.exports['.'].types, m.exports['.'].import, m.exports['.'].require, m.bin.processlock]
-    for (const entry of entries) expect(files).toContain(path.posix.normalize(entry))
-    expect(m.name).toBe(MAIN.name)
-    expect(m.version).toBe(MAIN.version)
-  })
-
-  test(`the platform package (${ABI}) carries the addon and the processlock binary, executable`, () => {
-    const files = tarballs.platform.files.map((f) => f.path)
-    const readme = fs.existsSync(path.join(ROOT, 'npm', ABI, 'README.md')) ? ['README.md'] : []
-    expect(files).toEqual(['package.json', ...readme, EXE, `processlock.${ABI}.node`].sort((a, b) => a.localeCompare(b)))
-    expect(tarballs.platform.files.find((f) => f.path === EXE).mode & 0o111).toBeTruthy()
-    expect(tarballs.platform.name).toBe(`${tarballs.napi.packageName}-${ABI}`)
-    expect(tarballs.platform.version).toBe(MAIN.version)
-    // The repo tree got nothing from the packing.
-    expect(tarballs.repoAfter).toEqual(tarballs.repoBefore)
-  })
-
-  test('the main package names every platform package at its exact version, as napi prepublish writes it', () => {
-    const { deps, abis, packageName } = tarballs.napi
-    expect(packageName).toBe(MAIN.name)
-    expect(Object.keys(deps)).toHaveLength(MAIN.napi.targets.length)
-    const binding = fs.readFileSync(path.join(work, 'main-as-packed', 'binding.js'), 'utf8')
-    for (const abi of abis) {
-      const name = `${packageName}-${abi}`
-      expect(deps[name]).toBe(MAIN.version)
-      // The committed npm/<abi>/package.json is the package of that name and version ...
-      const manifest = JSON.parse(fs.readFileSync(path.join(ROOT, 'npm', abi, 'package.json'), 'utf8'))
-      expect(manifest).toMatchObject({ name, version: MAIN.version, main: `processlock.${abi}.node` })
-      // ... and the generated loader asks for it.
-      expect(binding).toContain(`require('${name}')`)
-    }
-    // The loader checks the platform package's version against this one (a stale binding.js
-    // after a version bump would fail here).
-    expect(binding).toContain(`bindingPackageVersion !== '${MAIN.version}'`)
-    // The committed package.json leaves optionalDependencies to `napi prepublish` (the publish
-    // job); if it declares them, they must be exactly these.
-    expect(tarballs.main.manifest.optionalDependencies ?? deps).toEqual(deps)
-    expect(tarballs.published.manifest.optionalDependencies).toEqual(deps)
-  })
-})
-
-describe('install in a fresh project', () => {
-  test('offline, from the two tarballs only, with no Rust toolchain and no install script', () => {
-    const modules = path.join(project.dir, 'node_modules')
-    expect(fs.readdirSync(path.join(modules, '@trader')).sort()).toEqual(['processlock', `processlock-${ABI}`])
-    // Of the seven optional platform packages only this host's is there (the others were not
-    // even fetched: the install was offline with an empty cache).
-    const others = tarballs.napi.abis.filter((a) => a !== ABI)
-    for (const abi of others) expect(fs.existsSync(path.join(modules, '@trader', `processlock-${abi}`))).toBe(false)
-    // Nothing called cargo, rustc, napi, a C compiler or node-gyp.
-    expect(fs.existsSync(project.toolchain.calls) ? fs.readFileSync(project.toolchain.calls, 'utf8') : '').toBe('')
-    for (const pkg of ['processlock', `processlock-${ABI}`]) {
-      const manifest = JSON.parse(fs.readFileSync(path.join(modules, '@trader', pkg, 'package.json'), 'utf8'))
-      for (const script of ['preinstall', 'install', 'postinstall', 'prepare']) expect(manifest.scripts?.[script]).toBeUndefined()
-      expect(fs.existsSync(path.join(modules, '@trader', pkg, 'binding.gyp'))).toBe(false)
-    }
-    const lock = JSON.parse(fs.readFileSync(path.join(project.dir, 'package-lock.json'), 'utf8'))
-    expect(lock.packages['node_modules/@trader/processlock'].resolved).toMatch(/^file:.*\.tgz$/)
-    expect(lock.packages[`node_modules/@trader/processlock-${ABI}`].resolved).toMatch(/^file:.*\.tgz$/)
-    // The empty cache stayed free of anything from a registry.
-    const cached = path.join(project.cache, '_cacache', 'index-v5')
-    const keys = fs.existsSync(cached) ? fs.readdirSync(cached, { recursive: true }).filter((f) => fs.statSync(path.join(cached, f)).isFile()) : []
-    const registryHits = keys.map((f) => fs.readFileSync(path.join(cached, f), 'utf8')).filter((t) => /request-cache:https?:/.test(t))
-    expect(registryHits).toEqual([])
-  })
-
-  test('the loader takes the addon from the platform package; without that package it says so', async () => {
-    const installed = path.join(project.dir, 'node_modules', '@trader', 'processlock')
-    expect(fs.readdirSync(installed).filter((f) => f.endsWith('.node'))).toEqual([])
-    const probe = `
-      const pl = require('@trader/processlock')
-      const loaded = Object.keys(require.cache).filter((k) => k.endsWith('.node'))
-      console.log(JSON.stringify({ loaded, target: require('./node_modules/@trader/processlock/binding.js').__napiBindingTarget, api: typeof pl.acquireLock }))`
-    const r = await runOk(process.execPath, ['-e', probe], { cwd: project.dir })
-    const platformNode = fs.realpathSync(path.join(project.dir, 'node_modules', '@trader', `processlock-${ABI}`, `processlock.${ABI}.node`))
-    expect(JSON.parse(r.stdout)).toEqual({ loaded: [platformNode], target: 'native', api: 'function' })
-
-    // The same package without its platform package (an install with --omit=optional).
-    const bare = path.join(work, 'no-platform')
-    await unpack(tarballs.published.file, path.join(bare, 'node_modules', '@trader', 'processlock'))
-    fs.writeFileSync(path.join(bare, 'package.json'), '{ "private": true }\n')
-    const load = await run(process.execPath, ['-e', "require('@trader/processlock')"], { cwd: bare })
-    expect(load.code).toBe(1)
-    expect(load.stderr).toContain('Cannot find native binding')
-    const cli = await run(process.execPath, [path.join(bare, 'node_modules', '@trader', 'processlock', 'bin', 'processlock.js'), 'check'], { cwd: bare })
-    expect(cli.code).toBe(1)
-    expect(cli.stderr).toContain(`@trader/processlock-${ABI} is installed`)
-  })
-})
-
-describe('the seed code, type-checked and built', () => {
-  test('tsc --strict builds server/index.ts and temporal/worker.ts as CommonJS and as ESM', () => {
-    // Both strict. The ESM variant also checks every declaration file it loads, the package's
-    // index.d.ts included; the CommonJS one resolves the same index.d.ts (through "types" rather
-    // than "exports") and skips that part, a good 10 s of @types/node on this machine.
-    const config = (variant) => JSON.parse(fs.readFileSync(path.join(project.dir, `tsconfig.${variant}.json`), 'utf8')).compilerOptions
-    expect(config('esm')).toMatchObject({ strict: true, skipLibCheck: false, module: 'nodenext' })
-    expect(config('cjs')).toMatchObject({ strict: true, module: 'commonjs' })
-    const cjs = fs.readFileSync(path.join(project.dir, 'build', 'cjs', 'server', 'index.js'), 'utf8')
-    const esm = fs.readFileSync(path.join(project.dir, 'build', 'esm', 'server', 'index.js'), 'utf8')
-    expect(cjs).toContain('require("@trader/processlock")')
-    expect(esm).toContain("import { acquireLock, getLockInfo } from '@trader/processlock';")
-    expect(esm).not.toContain('require(')
-    const worker = fs.readFileSync(path.join(project.dir, 'build', 'esm', 'temporal', 'worker.js'), 'utf8')
-    expect(worker).toMatch(/async function run\(\) \{\s*try \{\s*acquireLock\('worker'\)/)
-  })
-})
-
-describe('the built server and worker, run as the trader runs them', () => {
-  // A failed test must not fail the next ones: what it left running is killed, its files go.
-  afterEach(async () => {
-    const left = [...services]
-    for (const p of left) p.kill('SIGKILL')
-    await Promise.all(left.map((p) => p.done().catch(() => {})))
-    services.clear()
-    for (const f of lockFiles()) fs.rmSync(path.join(locks, f), { force: true })
-  })
-
-  test.each([
-    ['cjs', 'esm'],
-    ['esm', 'cjs'],
-  ])('%s build: both start; a second server (%s build) gets LOCK_CONFLICT and exits 1', async (format, other) => {
-    const server = await startService(`build/${format}/server/index.js`)
-    const worker = await startService(`build/${format}/temporal/worker.js`)
-    // The seed's default place: runtime/locks under the project.
-    expect(lockFiles()).toEqual(['backend.short.lock', 'worker.short.lock'])
-    expect(record('backend.short.lock')).toMatchObject({ pid: server.pid, tradeSide: 'SHORT', processName: 'trader-short-backend' })
-    expect(record('worker.short.lock')).toMatchObject({ pid: worker.pid, tradeSide: 'SHORT', processName: 'trader-short-worker' })
-    expect(server.stdout).toContain(`Backend runs with PID ${server.pid}`)
-
-    const second = await startBuilt(`build/${other}/server/index.js`).done()
-    expect(second.code).toBe(1)
-    const started = record('backend.short.lock').started
-    expect(second.stderr.trim().split('\n')).toEqual([
-      '[PROCESS_LOCK_CONFLICT] Another backend (SHORT) is already running!',
-      `[PROCESS_LOCK_CONFLICT] Existing process: { pid: ${server.pid}, started: '${started}' }`,
-      `[PROCESS_LOCK_CONFLICT] To force restart, run: kill ${server.pid}`,
-      fatalLine('backend', 'SHORT', server.pid),
-    ])
-    // It stopped before any initialisation.
-    expect(second.stdout).toBe('')
-
-    const secondWorker = await startBuilt(`build/${other}/temporal/worker.js`).done()
-    expect(secondWorker.code).toBe(1)
-    expect(secondWorker.stderr).toContain(fatalLine('worker', 'SHORT', worker.pid))
-    expect(secondWorker.stdout).not.toContain('[WORKER] polling')
-
-    // Ctrl+C on the worker: it drains and ends; SIGTERM on the server (no listener of its own):
-    // the lock is released and the signal still ends it.
-    const w = await stop(worker, 'SIGINT')
-    expect(w).toMatchObject({ code: 0, signal: null })
-    expect(w.stdout).toContain('[WORKER] stopped')
-    expect(w.stdout).toContain(releasedLine('worker', 'SHORT', worker.pid))
-    const s = await stop(server, 'SIGTERM')
-    expect(s).toMatchObject({ code: null, signal: 'SIGTERM' })
-    expect(s.stdout).toContain(releasedLine('backend', 'SHORT', server.pid))
-    expect(lockFiles()).toEqual([])
-  })
-
-  test('SHORT and LONG run side by side; a second LONG is turned away', async () => {
-    const short = await startService('build/esm/server/index.js', 'SHORT')
-    const long = await startService('build/cjs/server/index.js', 'LONG')
-    expect(lockFiles()).toEqual(['backend.long.lock', 'backend.short.lock'])
-    expect(record('backend.long.lock')).toMatchObject({ pid: long.pid, tradeSide: 'LONG', processName: 'trader-long-backend' })
-    expect(record('backend.short.lock').pid).toBe(short.pid)
-
-    const second = await startBuilt('build/esm/server/index.js', 'LONG').done()
-    expect(second.code).toBe(1)
-    expect(second.stderr).toContain('[PROCESS_LOCK_CONFLICT] Another backend (LONG) is already running!')
-    expect(second.stderr).toContain(fatalLine('backend', 'LONG', long.pid))
-
-    await stop(short, 'SIGINT')
-    await stop(long, 'SIGINT')
-    expect(lockFiles()).toEqual([])
-  })
-
-  test('processlock check (npm run locks:check) lists the locks; processlock clear removes the stale ones', async () => {
-    const server = await startService('build/cjs/server/index.js', 'SHORT')
-    const worker = await startService('build/esm/temporal/worker.js', 'SHORT')
-    const long = await startService('build/esm/server/index.js', 'LONG')
-    // A LONG worker killed by SIGKILL leaves its file: stale.
-    const dead = await startService('build/cjs/temporal/worker.js', 'LONG')
-    const deadResult = await stop(dead, 'SIGKILL')
-    expect(deadResult.signal).toBe('SIGKILL')
-    expect(record('worker.long.lock').pid).toBe(dead.pid)
-
-    // The seed's command, from the project's scripts, and the same through npx.
-    const viaScript = await runOk(process.execPath, [NPM_CLI, 'run', '--silent', 'locks:check'], { cwd: project.dir })
-    const viaNpx = await runOk(process.execPath, [NPX_CLI, '--offline', 'processlock', 'check'], { cwd: project.dir })
-    for (const out of [viaScript.stdout, viaNpx.stdout]) {
-      expect(out).toContain(`Locks in ${locks}`)
-      const rows = out.split('\n').filter((l) => l.endsWith('.lock'))
-      const row = (file) => rows.find((l) => l.endsWith(` ${file}`)).split(/\s+/)
-      expect(row('backend.short.lock')).toEqual(expect.arrayContaining(['backend', 'SHORT', String(server.pid), 'held', 'trader-short-backend']))
-      expect(row('worker.short.lock')).toEqual(expect.arrayContaining(['worker', 'SHORT', String(worker.pid), 'held', 'trader-short-worker']))
-      expect(row('backend.long.lock')).toEqual(expect.arrayContaining(['backend', 'LONG', String(long.pid), 'held', 'trader-long-backend']))
-      expect(row('worker.long.lock')).toEqual(expect.arrayContaining(['worker', 'LONG', String(dead.pid), 'stale', 'trader-long-worker']))
-    }
-    const states = Object.fromEntries((await checkJson()).map((l) => [path.basename(l.file), [l.state, l.pid]]))
-    expect(states).toEqual({
-      'backend.long.lock': ['held', long.pid],
-      'backend.short.lock': ['held', server.pid],
-      'worker.long.lock': ['stale', dead.pid],
-      'worker.short.lock': ['held', worker.pid],
-    })
-
-    const clear = await runOk(process.execPath, [NPX_CLI, '--offline', 'processlock', 'clear'], { cwd: project.dir })
-    expect(clear.stdout).toMatch(new RegExp(`removed stale +worker\\.long\\.lock \\(PID ${dead.pid} is not running\\)`))
-    expect(clear.stdout).toMatch(new RegExp(`kept +backend\\.short\\.lock \\(held by running PID ${server.pid}`))
-    expect(lockFiles()).toEqual(['backend.long.lock', 'backend.short.lock', 'worker.short.lock'])
-
-    // A held lock survives clear; the services still own theirs and release them as they end.
-    for (const [p, signal] of [
-      [server, 'SIGTERM'],
-      [worker, 'SIGTERM'],
-      [long, 'SIGINT'],
-    ]) {
-      const r = await stop(p, signal)
-      expect(r.stdout).toContain('[PROCESS_LOCK_RELEASED]')
-    }
-    expect(lockFiles()).toEqual([])
-  })
-
-  test("the trader's own jest test of the package passes", async () => {
-    const r = await run(process.execPath, [path.join(project.dir, 'node_modules', 'jest', 'bin', 'jest.js'), '--ci', '--colors=false'], {
-      cwd: project.dir,
-    })
-    if (r.code !== 0) throw new Error(`consumer jest failed:\n${r.stdout}\n${r.stderr}`)
-    expect(r.stderr).toMatch(/Tests:\s+2 passed, 2 total/)
-  })
-})
-
-describe(`under PM2 ${PM2_VERSION} (fork mode)`, () => {
-  let pm2
-  const BACKEND = 'trader-short-backend'
-  const WORKER = 'trader-short-worker'
-
-  /** The lock records of the SHORT backend and worker, once they name these PIDs. */
-  const heldBy = (backendPid, workerPid, what) =>
-    waitUntil(
-      async () => {
-        const states = Object.fromEntries((await checkJson()).map((l) => [path.basename(l.file), l]))
-        const b = states['backend.short.lock']
-        const w = states['worker.short.lock']
-        return b?.state === 'held' && w?.state === 'held' && b.pid === backendPid && w.pid === workerPid
-      },
-      { timeoutMs: 30000, intervalMs: 200, what },
-    )
-
-  /** Waits until an app's log files hold `text`. */
-  const logged = (app, text) =>
-    waitUntil(() => [app.out, app.err].some((f) => fs.existsSync(f) && fs.readFileSync(f, 'utf8').includes(text)), {
-      timeoutMs: 20000,
-      what: `"${text}" in the logs of PID ${app.pid}`,
-    })
-  const logs = (app) => [app.out, app.err].map((f) => (fs.existsSync(f) ? fs.readFileSync(f, 'utf8') : '')).join('')
-
+describePosix('@trader/processlock from a consumer', () => {
   beforeAll(async () => {
-    if (!project) throw new Error('the consumer project was not set up (see the first failure)')
-    pm2 = new Pm2(await ensurePm2(), path.join(work, 'pm2-home'), project.dir)
+    work = tempWork()
+    tarballs = await packAll(work)
+    project = await createProject(work, tarballs)
+    locks = path.join(project.dir, 'runtime', 'locks')
+    await build(project.dir)
   }, 300000)
 
   afterAll(async () => {
-    if (!pm2) return
-    const survivors = await pm2.shutdown()
-    expect(survivors).toEqual([])
-  }, 120000)
+    for (const p of services) p.kill('SIGKILL')
+    await Promise.all([...services].map((p) => p.done().catch(() => {})))
+    // PL_KEEP_CONSUMER=1 keeps the project, the tarballs and the PM2 home for a look.
+    if (work && !process.env.PL_KEEP_CONSUMER) fs.rmSync(work, { recursive: true, force: true })
+  }, 60000)
 
-  let apps
-  test('pm2 start ecosystem.short.config.cjs: the server and the worker take their locks', async () => {
-    expect(lockFiles()).toEqual([])
-    await pm2.cmd(['start', 'ecosystem.short.config.cjs'], { env: { PROCESSLOCK_DIR: locks } })
-    const backend = await pm2.waitOnline(BACKEND)
-    const worker = await pm2.waitOnline(WORKER)
-    await heldBy(backend.pid, worker.pid, 'both locks held by the PM2 processes')
-    await logged(backend, acquiredLine('backend', 'SHORT', backend.pid))
-    await logged(worker, acquiredLine('worker', 'SHORT', worker.pid))
-    apps = { backend, worker }
-  })
+  describe('npm pack', () => {
+    test('the main package carries the JS layer, the generated loader, its types and the CLI launcher; no binary', () => {
+      const libFiles = fs.readdirSync(path.join(ROOT, 'lib')).map((f) => `lib/${f}`)
+      // npm adds these whatever `files` says.
+      const always = ['README.md', 'LICENSE', 'LICENSE.md'].filter((f) => fs.existsSync(path.join(ROOT, f)))
+      const expected = ['bin/processlock.js', 'binding.d.ts', 'binding.js', 'index.d.ts', 'index.js', 'index.mjs', 'package.json', ...libFiles, ...always]
+      const files = tarballs.main.files.map((f) => f.path)
+      expect(files).toEqual(expected.sort((a, b) => a.localeCompare(b)))
+      expect(tarballs.main.files.find((f) => f.path === 'bin/processlock.js').mode & 0o111).toBeTruthy()
 
-  test('a second server started by hand gets the conflict', async () => {
-    const r = await startBuilt('build/cjs/server/index.js', 'SHORT', { PROCESSLOCK_DIR: locks }).done()
-    expect(r.code).toBe(1)
-    expect(r.stderr).toContain(fatalLine('backend', 'SHORT', apps.backend.pid))
-    const w = await startBuilt('build/esm/temporal/worker.js', 'SHORT', { PROCESSLOCK_DIR: locks }).done()
-    expect(w.code).toBe(1)
-    expect(w.stderr).toContain(fatalLine('worker', 'SHORT', apps.worker.pid))
-    // The PM2 processes kept their locks.
-    expect(record('backend.short.lock').pid).toBe(apps.backend.pid)
-  })
+      // Every entry point of the manifest is in the tarball.
+      const m = tarballs.main.manifest
+      const entries = [m.main, m.types, m.exports['.'].types, m.exports['.'].import, m.exports['.'].require, m.bin.processlock]
+      for (const entry of entries) expect(files).toContain(path.posix.normalize(entry))
+      expect(m.name).toBe(MAIN.name)
+      expect(m.version).toBe(MAIN.version)
+    })
 
-  test('pm2 restart all: the new processes take the locks without a conflict', async () => {
-    const before = apps
-    await pm2.cmd(['restart', 'all'])
-    const backend = await pm2.waitOnline(BACKEND, (pid) => pid !== before.backend.pid)
-    const worker = await pm2.waitOnline(WORKER, (pid) => pid !== before.worker.pid)
-    await heldBy(backend.pid, worker.pid, 'both locks held by the restarted processes')
-    await logged(backend, acquiredLine('backend', 'SHORT', backend.pid))
-    await logged(worker, acquiredLine('worker', 'SHORT', worker.pid))
-    // The old ones released theirs on SIGINT (no stale take-over, no SIGKILL, no retry).
-    await logged(backend, releasedLine('backend', 'SHORT', before.backend.pid))
-    await logged(worker, releasedLine('worker', 'SHORT', before.worker.pid))
-    for (const app of [backend, worker]) {
-      expect(logs(app)).not.toContain('[PROCESS_LOCK_CONFLICT]')
-      expect(logs(app)).not.toContain('[PROCESS_LOCK_STALE]')
-      expect(app).toMatchObject({ restarts: 1, unstableRestarts: 0 })
-    }
-    expect(pm2.daemonLog()).not.toMatch(/still alive after \d+ms, sending SIGKILL/)
-    apps = { backend, worker }
-  })
+    test(`the platform package (${ABI}) carries the addon and the processlock binary, executable`, () => {
+      const files = tarballs.platform.files.map((f) => f.path)
+      const readme = fs.existsSync(path.join(ROOT, 'npm', ABI, 'README.md')) ? ['README.md'] : []
+      expect(files).toEqual(['package.json', ...readme, EXE, `processlock.${ABI}.node`].sort((a, b) => a.localeCompare(b)))
+      expect(tarballs.platform.files.find((f) => f.path === EXE).mode & 0o111).toBeTruthy()
+      expect(tarballs.platform.name).toBe(`${tarballs.napi.packageName}-${ABI}`)
+      expect(tarballs.platform.version).toBe(MAIN.version)
+      // The repo tree got nothing from the packing.
+      expect(tarballs.repoAfter).toEqual(tarballs.repoBefore)
+    })
 
-  test('pm2 stop all releases both locks (SIGINT, well before the SIGKILL of kill_timeout)', async () => {
-    await pm2.cmd(['stop', 'all'])
-    await waitUntil(() => lockFiles().length === 0, { timeoutMs: 10000, what: 'the lock files to go' })
-    await logged(apps.backend, releasedLine('backend', 'SHORT', apps.backend.pid))
-    await logged(apps.worker, releasedLine('worker', 'SHORT', apps.worker.pid))
-    expect(pm2.daemonLog()).not.toMatch(/still alive after \d+ms, sending SIGKILL/)
-    const now = await pm2.apps()
-    expect([now[BACKEND].status, now[WORKER].status]).toEqual(['stopped', 'stopped'])
-    expect(running(apps.backend.pid) || running(apps.worker.pid)).toBe(false)
-  })
-
-  test('pm2 restart all from stopped reacquires', async () => {
-    const before = apps
-    await pm2.cmd(['restart', 'all'])
-    const backend = await pm2.waitOnline(BACKEND, (pid) => pid !== before.backend.pid)
-    const worker = await pm2.waitOnline(WORKER, (pid) => pid !== before.worker.pid)
-    await heldBy(backend.pid, worker.pid, 'both locks held again')
-    for (const app of [backend, worker]) expect(logs(app)).not.toContain('[PROCESS_LOCK_CONFLICT]')
-    apps = { backend, worker }
-  })
-
-  test.each([
-    ['server', 'backend', BACKEND],
-    ['worker', 'worker', WORKER],
-  ])('kill -9 of the managed %s: PM2 restarts it and the new process takes the lock over at once', async (_, type, name) => {
-    const key = type === 'backend' ? 'backend' : 'worker'
-    const old = apps[key]
-    process.kill(old.pid, 'SIGKILL')
-    const fresh = await pm2.waitOnline(name, (pid) => pid !== old.pid)
-    // The killed process ran no clean-up: its file was still there, unheld, and the new one
-    // took it over at its first attempt.
-    await logged(fresh, staleLine(old.pid))
-    await logged(fresh, acquiredLine(type, 'SHORT', fresh.pid))
-    const other = type === 'backend' ? apps.worker : apps.backend
-    await heldBy(type === 'backend' ? fresh.pid : other.pid, type === 'backend' ? other.pid : fresh.pid, 'the new PID in the record')
-    expect(logs(fresh)).not.toContain('[PROCESS_LOCK_CONFLICT]')
-    expect(fresh.restarts).toBe(old.restarts + 1)
-    expect(fresh.unstableRestarts).toBe(0)
-    apps = { ...apps, [key]: fresh }
-  })
-
-  test("a worker with PM2's agent on: released on stop, or SIGKILLed and taken over as stale", async () => {
-    // `pm2 start worker.js` without the ecosystem file: pmx on, as PM2 has it by default. Whether
-    // PM2 must SIGKILL the drained worker depends on where its agent's 3-second check falls.
-    const name = 'trader-long-worker'
-    const script = path.join(project.dir, 'build', 'cjs', 'temporal', 'worker.js')
-    await pm2.cmd(['start', script, '--name', name], { env: { TRADE_SIDE: 'LONG', PROCESSLOCK_DIR: locks } })
-    const first = await pm2.waitOnline(name)
-    await waitUntil(() => record('worker.long.lock')?.pid === first.pid, { what: 'the LONG worker lock' })
-    await logged(first, acquiredLine('worker', 'LONG', first.pid))
-
-    /** After a stop: 'released', or 'killed' with the file left behind, unheld. */
-    const outcome = async (pid) => {
-      const sigkill = new RegExp(`Process with pid ${pid} still alive after \\d+ms, sending SIGKILL`)
-      const how = await waitUntil(
-        () => (record('worker.long.lock')?.pid !== pid ? 'released' : sigkill.test(pm2.daemonLog()) ? 'killed' : null),
-        { what: `PID ${pid} to release its lock or PM2 to log its SIGKILL` },
-      )
-      if (how === 'killed') {
-        await waitUntil(() => !running(pid), { what: `PID ${pid} to end` })
-        const state = (await checkJson()).find((l) => path.basename(l.file) === 'worker.long.lock')
-        expect(state).toMatchObject({ state: 'stale', pid })
+    test('the main package names every platform package at its exact version, as napi prepublish writes it', () => {
+      const { deps, abis, packageName } = tarballs.napi
+      expect(packageName).toBe(MAIN.name)
+      expect(Object.keys(deps)).toHaveLength(MAIN.napi.targets.length)
+      const binding = fs.readFileSync(path.join(work, 'main-as-packed', 'binding.js'), 'utf8')
+      for (const abi of abis) {
+        const name = `${packageName}-${abi}`
+        expect(deps[name]).toBe(MAIN.version)
+        // The committed npm/<abi>/package.json is the package of that name and version ...
+        const manifest = JSON.parse(fs.readFileSync(path.join(ROOT, 'npm', abi, 'package.json'), 'utf8'))
+        expect(manifest).toMatchObject({ name, version: MAIN.version, main: `processlock.${abi}.node` })
+        // ... and the generated loader asks for it.
+        expect(binding).toContain(`require('${name}')`)
       }
-      return how
-    }
-
-    await pm2.cmd(['stop', name])
-    const firstEnd = await outcome(first.pid)
-    await pm2.cmd(['restart', name])
-    const second = await pm2.waitOnline(name, (pid) => pid !== first.pid)
-    await waitUntil(() => record('worker.long.lock')?.pid === second.pid, { what: 'the LONG worker lock, new PID' })
-    await logged(second, acquiredLine('worker', 'LONG', second.pid))
-    if (firstEnd === 'killed') await logged(second, staleLine(first.pid))
-    expect(logs(second)).not.toContain('[PROCESS_LOCK_CONFLICT]')
-
-    await pm2.cmd(['delete', name])
-    if ((await outcome(second.pid)) === 'killed') {
-      // The seed's remedy for a file left by a crash.
-      const clear = await processlock(['clear'])
-      expect(clear.stdout).toMatch(new RegExp(`removed stale +worker\\.long\\.lock \\(PID ${second.pid} is not running\\)`))
-    }
-    expect(record('worker.long.lock')).toBeNull()
+      // The loader checks the platform package's version against this one (a stale binding.js
+      // after a version bump would fail here).
+      expect(binding).toContain(`bindingPackageVersion !== '${MAIN.version}'`)
+      // The committed package.json leaves optionalDependencies to `napi prepublish` (the publish
+      // job); if it declares them, they must be exactly these.
+      expect(tarballs.main.manifest.optionalDependencies ?? deps).toEqual(deps)
+      expect(tarballs.published.manifest.optionalDependencies).toEqual(deps)
+    })
   })
 
-  test('pm2 delete all and pm2 kill: every lock released, no PM2 process left', async () => {
-    await pm2.cmd(['delete', 'all'])
-    await waitUntil(() => lockFiles().length === 0, { timeoutMs: 15000, what: 'the lock files to go' }).catch(() => {})
-    expect(lockFiles()).toEqual([])
-    const daemon = pm2.daemonPid()
-    expect(daemon && running(daemon)).toBe(true)
-    const survivors = await pm2.shutdown()
-    expect(survivors).toEqual([])
-    expect(running(daemon)).toBe(false)
+  describe('install in a fresh project', () => {
+    test('offline, from the two tarballs only, with no Rust toolchain and no install script', () => {
+      const modules = path.join(project.dir, 'node_modules')
+      expect(fs.readdirSync(path.join(modules, '@trader')).sort()).toEqual(['processlock', `processlock-${ABI}`])
+      // Of the seven optional platform packages only this host's is there (the others were not
+      // even fetched: the install was offline with an empty cache).
+      const others = tarballs.napi.abis.filter((a) => a !== ABI)
+      for (const abi of others) expect(fs.existsSync(path.join(modules, '@trader', `processlock-${abi}`))).toBe(false)
+      // Nothing called cargo, rustc, napi, a C compiler or node-gyp.
+      expect(fs.existsSync(project.toolchain.calls) ? fs.readFileSync(project.toolchain.calls, 'utf8') : '').toBe('')
+      for (const pkg of ['processlock', `processlock-${ABI}`]) {
+        const manifest = JSON.parse(fs.readFileSync(path.join(modules, '@trader', pkg, 'package.json'), 'utf8'))
+        for (const script of ['preinstall', 'install', 'postinstall', 'prepare']) expect(manifest.scripts?.[script]).toBeUndefined()
+        expect(fs.existsSync(path.join(modules, '@trader', pkg, 'binding.gyp'))).toBe(false)
+      }
+      const lock = JSON.parse(fs.readFileSync(path.join(project.dir, 'package-lock.json'), 'utf8'))
+      expect(lock.packages['node_modules/@trader/processlock'].resolved).toMatch(/^file:.*\.tgz$/)
+      expect(lock.packages[`node_modules/@trader/processlock-${ABI}`].resolved).toMatch(/^file:.*\.tgz$/)
+      // The empty cache stayed free of anything from a registry.
+      const cached = path.join(project.cache, '_cacache', 'index-v5')
+      const keys = fs.existsSync(cached) ? fs.readdirSync(cached, { recursive: true }).filter((f) => fs.statSync(path.join(cached, f)).isFile()) : []
+      const registryHits = keys.map((f) => fs.readFileSync(path.join(cached, f), 'utf8')).filter((t) => /request-cache:https?:/.test(t))
+      expect(registryHits).toEqual([])
+    })
+
+    test('the loader takes the addon from the platform package; without that package it says so', async () => {
+      const installed = path.join(project.dir, 'node_modules', '@trader', 'processlock')
+      expect(fs.readdirSync(installed).filter((f) => f.endsWith('.node'))).toEqual([])
+      const probe = `
+        const pl = require('@trader/processlock')
+        const loaded = Object.keys(require.cache).filter((k) => k.endsWith('.node'))
+        console.log(JSON.stringify({ loaded, target: require('./node_modules/@trader/processlock/binding.js').__napiBindingTarget, api: typeof pl.acquireLock }))`
+      const r = await runOk(process.execPath, ['-e', probe], { cwd: project.dir })
+      const platformNode = fs.realpathSync(path.join(project.dir, 'node_modules', '@trader', `processlock-${ABI}`, `processlock.${ABI}.node`))
+      expect(JSON.parse(r.stdout)).toEqual({ loaded: [platformNode], target: 'native', api: 'function' })
+
+      // The same package without its platform package (an install with --omit=optional).
+      const bare = path.join(work, 'no-platform')
+      await unpack(tarballs.published.file, path.join(bare, 'node_modules', '@trader', 'processlock'))
+      fs.writeFileSync(path.join(bare, 'package.json'), '{ "private": true }\n')
+      const load = await run(process.execPath, ['-e', "require('@trader/processlock')"], { cwd: bare })
+      expect(load.code).toBe(1)
+      expect(load.stderr).toContain('Cannot find native binding')
+      const cli = await run(process.execPath, [path.join(bare, 'node_modules', '@trader', 'processlock', 'bin', 'processlock.js'), 'check'], { cwd: bare })
+      expect(cli.code).toBe(1)
+      expect(cli.stderr).toContain(`@trader/processlock-${ABI} is installed`)
+    })
+  })
+
+  describe('the seed code, type-checked and built', () => {
+    test('tsc --strict builds server/index.ts and temporal/worker.ts as CommonJS and as ESM', () => {
+      // Both strict. The ESM variant also checks every declaration file it loads, the package's
+      // index.d.ts included; the CommonJS one resolves the same index.d.ts (through "types" rather
+      // than "exports") and skips that part, a good 10 s of @types/node on this machine.
+      const config = (variant) => JSON.parse(fs.readFileSync(path.join(project.dir, `tsconfig.${variant}.json`), 'utf8')).compilerOptions
+      expect(config('esm')).toMatchObject({ strict: true, skipLibCheck: false, module: 'nodenext' })
+      expect(config('cjs')).toMatchObject({ strict: true, module: 'commonjs' })
+      const cjs = fs.readFileSync(path.join(project.dir, 'build', 'cjs', 'server', 'index.js'), 'utf8')
+      const esm = fs.readFileSync(path.join(project.dir, 'build', 'esm', 'server', 'index.js'), 'utf8')
+      expect(cjs).toContain('require("@trader/processlock")')
+      expect(esm).toContain("import { acquireLock, getLockInfo } from '@trader/processlock';")
+      expect(esm).not.toContain('require(')
+      const worker = fs.readFileSync(path.join(project.dir, 'build', 'esm', 'temporal', 'worker.js'), 'utf8')
+      expect(worker).toMatch(/async function run\(\) \{\s*try \{\s*acquireLock\('worker'\)/)
+    })
+  })
+
+  describe('the built server and worker, run as the trader runs them', () => {
+    // A failed test must not fail the next ones: what it left running is killed, its files go.
+    afterEach(async () => {
+      const left = [...services]
+      for (const p of left) p.kill('SIGKILL')
+      await Promise.all(left.map((p) => p.done().catch(() => {})))
+      services.clear()
+      for (const f of lockFiles()) fs.rmSync(path.join(locks, f), { force: true })
+    })
+
+    test.each([
+      ['cjs', 'esm'],
+      ['esm', 'cjs'],
+    ])('%s build: both start; a second server (%s build) gets LOCK_CONFLICT and exits 1', async (format, other) => {
+      const server = await startService(`build/${format}/server/index.js`)
+      const worker = await startService(`build/${format}/temporal/worker.js`)
+      // The seed's default place: runtime/locks under the project.
+      expect(lockFiles()).toEqual(['backend.short.lock', 'worker.short.lock'])
+      expect(record('backend.short.lock')).toMatchObject({ pid: server.pid, tradeSide: 'SHORT', processName: 'trader-short-backend' })
+      expect(record('worker.short.lock')).toMatchObject({ pid: worker.pid, tradeSide: 'SHORT', processName: 'trader-short-worker' })
+      expect(server.stdout).toContain(`Backend runs with PID ${server.pid}`)
+
+      const second = await startBuilt(`build/${other}/server/index.js`).done()
+      expect(second.code).toBe(1)
+      const started = record('backend.short.lock').started
+      expect(second.stderr.trim().split('\n')).toEqual([
+        '[PROCESS_LOCK_CONFLICT] Another backend (SHORT) is already running!',
+        `[PROCESS_LOCK_CONFLICT] Existing process: { pid: ${server.pid}, started: '${started}' }`,
+        `[PROCESS_LOCK_CONFLICT] To force restart, run: kill ${server.pid}`,
+        fatalLine('backend', 'SHORT', server.pid),
+      ])
+      // It stopped before any initialisation.
+      expect(second.stdout).toBe('')
+
+      const secondWorker = await startBuilt(`build/${other}/temporal/worker.js`).done()
+      expect(secondWorker.code).toBe(1)
+      expect(secondWorker.stderr).toContain(fatalLine('worker', 'SHORT', worker.pid))
+      expect(secondWorker.stdout).not.toContain('[WORKER] polling')
+
+      // Ctrl+C on the worker: it drains and ends; SIGTERM on the server (no listener of its own):
+      // the lock is released and the signal still ends it.
+      const w = await stop(worker, 'SIGINT')
+      expect(w).toMatchObject({ code: 0, signal: null })
+      expect(w.stdout).toContain('[WORKER] stopped')
+      expect(w.stdout).toContain(releasedLine('worker', 'SHORT', worker.pid))
+      const s = await stop(server, 'SIGTERM')
+      expect(s).toMatchObject({ code: null, signal: 'SIGTERM' })
+      expect(s.stdout).toContain(releasedLine('backend', 'SHORT', server.pid))
+      expect(lockFiles()).toEqual([])
+    })
+
+    test('SHORT and LONG run side by side; a second LONG is turned away', async () => {
+      const short = await startService('build/esm/server/index.js', 'SHORT')
+      const long = await startService('build/cjs/server/index.js', 'LONG')
+      expect(lockFiles()).toEqual(['backend.long.lock', 'backend.short.lock'])
+      expect(record('backend.long.lock')).toMatchObject({ pid: long.pid, tradeSide: 'LONG', processName: 'trader-long-backend' })
+      expect(record('backend.short.lock').pid).toBe(short.pid)
+
+      const second = await startBuilt('build/esm/server/index.js', 'LONG').done()
+      expect(second.code).toBe(1)
+      expect(second.stderr).toContain('[PROCESS_LOCK_CONFLICT] Another backend (LONG) is already running!')
+      expect(second.stderr).toContain(fatalLine('backend', 'LONG', long.pid))
+
+      await stop(short, 'SIGINT')
+      await stop(long, 'SIGINT')
+      expect(lockFiles()).toEqual([])
+    })
+
+    test('processlock check (npm run locks:check) lists the locks; processlock clear removes the stale ones', async () => {
+      const server = await startService('build/cjs/server/index.js', 'SHORT')
+      const worker = await startService('build/esm/temporal/worker.js', 'SHORT')
+      const long = await startService('build/esm/server/index.js', 'LONG')
+      // A LONG worker killed by SIGKILL leaves its file: stale.
+      const dead = await startService('build/cjs/temporal/worker.js', 'LONG')
+      const deadResult = await stop(dead, 'SIGKILL')
+      expect(deadResult.signal).toBe('SIGKILL')
+      expect(record('worker.long.lock').pid).toBe(dead.pid)
+
+      // The seed's command, from the project's scripts, and the same through npx.
+      const viaScript = await runOk(process.execPath, [NPM_CLI, 'run', '--silent', 'locks:check'], { cwd: project.dir })
+      const viaNpx = await runOk(process.execPath, [NPX_CLI, '--offline', 'processlock', 'check'], { cwd: project.dir })
+      for (const out of [viaScript.stdout, viaNpx.stdout]) {
+        expect(out).toContain(`Locks in ${locks}`)
+        const rows = out.split('\n').filter((l) => l.endsWith('.lock'))
+        const row = (file) => rows.find((l) => l.endsWith(` ${file}`)).split(/\s+/)
+        expect(row('backend.short.lock')).toEqual(expect.arrayContaining(['backend', 'SHORT', String(server.pid), 'held', 'trader-short-backend']))
+        expect(row('worker.short.lock')).toEqual(expect.arrayContaining(['worker', 'SHORT', String(worker.pid), 'held', 'trader-short-worker']))
+        expect(row('backend.long.lock')).toEqual(expect.arrayContaining(['backend', 'LONG', String(long.pid), 'held', 'trader-long-backend']))
+        expect(row('worker.long.lock')).toEqual(expect.arrayContaining(['worker', 'LONG', String(dead.pid), 'stale', 'trader-long-worker']))
+      }
+      const states = Object.fromEntries((await checkJson()).map((l) => [path.basename(l.file), [l.state, l.pid]]))
+      expect(states).toEqual({
+        'backend.long.lock': ['held', long.pid],
+        'backend.short.lock': ['held', server.pid],
+        'worker.long.lock': ['stale', dead.pid],
+        'worker.short.lock': ['held', worker.pid],
+      })
+
+      const clear = await runOk(process.execPath, [NPX_CLI, '--offline', 'processlock', 'clear'], { cwd: project.dir })
+      expect(clear.stdout).toMatch(new RegExp(`removed stale +worker\\.long\\.lock \\(PID ${dead.pid} is not running\\)`))
+      expect(clear.stdout).toMatch(new RegExp(`kept +backend\\.short\\.lock \\(held by running PID ${server.pid}`))
+      expect(lockFiles()).toEqual(['backend.long.lock', 'backend.short.lock', 'worker.short.lock'])
+
+      // A held lock survives clear; the services still own theirs and release them as they end.
+      for (const [p, signal] of [
+        [server, 'SIGTERM'],
+        [worker, 'SIGTERM'],
+        [long, 'SIGINT'],
+      ]) {
+        const r = await stop(p, signal)
+        expect(r.stdout).toContain('[PROCESS_LOCK_RELEASED]')
+      }
+      expect(lockFiles()).toEqual([])
+    })
+
+    test("the trader's own jest test of the package passes", async () => {
+      const r = await run(process.execPath, [path.join(project.dir, 'node_modules', 'jest', 'bin', 'jest.js'), '--ci', '--colors=false'], {
+        cwd: project.dir,
+      })
+      if (r.code !== 0) throw new Error(`consumer jest failed:\n${r.stdout}\n${r.stderr}`)
+      expect(r.stderr).toMatch(/Tests:\s+2 passed, 2 total/)
+    })
+  })
+
+  describe(`under PM2 ${PM2_VERSION} (fork mode)`, () => {
+    let pm2
+    const BACKEND = 'trader-short-backend'
+    const WORKER = 'trader-short-worker'
+
+    /** The lock records of the SHORT backend and worker, once they name these PIDs. */
+    const heldBy = (backendPid, workerPid, what) =>
+      waitUntil(
+        async () => {
+          const states = Object.fromEntries((await checkJson()).map((l) => [path.basename(l.file), l]))
+          const b = states['backend.short.lock']
+          const w = states['worker.short.lock']
+          return b?.state === 'held' && w?.state === 'held' && b.pid === backendPid && w.pid === workerPid
+        },
+        { timeoutMs: 30000, intervalMs: 200, what },
+      )
+
+    /** Waits until an app's log files hold `text`. */
+    const logged = (app, text) =>
+      waitUntil(() => [app.out, app.err].some((f) => fs.existsSync(f) && fs.readFileSync(f, 'utf8').includes(text)), {
+        timeoutMs: 20000,
+        what: `"${text}" in the logs of PID ${app.pid}`,
+      })
+    const logs = (app) => [app.out, app.err].map((f) => (fs.existsSync(f) ? fs.readFileSync(f, 'utf8') : '')).join('')
+
+    beforeAll(async () => {
+      if (!project) throw new Error('the consumer project was not set up (see the first failure)')
+      // A short home of its own: PM2's sockets live there (sun_path is 104 bytes on macOS).
+      pm2 = new Pm2(await ensurePm2(), tempWork('pl-pm2-'), project.dir)
+    }, 300000)
+
+    afterAll(async () => {
+      if (!pm2) return
+      const survivors = await pm2.shutdown()
+      if (!process.env.PL_KEEP_CONSUMER) fs.rmSync(pm2.home, { recursive: true, force: true })
+      expect(survivors).toEqual([])
+    }, 120000)
+
+    let apps
+    test('pm2 start ecosystem.short.config.cjs: the server and the worker take their locks', async () => {
+      expect(lockFiles()).toEqual([])
+      await pm2.cmd(['start', 'ecosystem.short.config.cjs'], { env: { PROCESSLOCK_DIR: locks } })
+      const backend = await pm2.waitOnline(BACKEND)
+      const worker = await pm2.waitOnline(WORKER)
+      await heldBy(backend.pid, worker.pid, 'both locks held by the PM2 processes')
+      await logged(backend, acquiredLine('backend', 'SHORT', backend.pid))
+      await logged(worker, acquiredLine('worker', 'SHORT', worker.pid))
+      apps = { backend, worker }
+    })
+
+    test('a second server started by hand gets the conflict', async () => {
+      const r = await startBuilt('build/cjs/server/index.js', 'SHORT', { PROCESSLOCK_DIR: locks }).done()
+      expect(r.code).toBe(1)
+      expect(r.stderr).toContain(fatalLine('backend', 'SHORT', apps.backend.pid))
+      const w = await startBuilt('build/esm/temporal/worker.js', 'SHORT', { PROCESSLOCK_DIR: locks }).done()
+      expect(w.code).toBe(1)
+      expect(w.stderr).toContain(fatalLine('worker', 'SHORT', apps.worker.pid))
+      // The PM2 processes kept their locks.
+      expect(record('backend.short.lock').pid).toBe(apps.backend.pid)
+    })
+
+    test('pm2 restart all: the new processes take the locks without a conflict', async () => {
+      const before = apps
+      await pm2.cmd(['restart', 'all'])
+      const backend = await pm2.waitOnline(BACKEND, (pid) => pid !== before.backend.pid)
+      const worker = await pm2.waitOnline(WORKER, (pid) => pid !== before.worker.pid)
+      await heldBy(backend.pid, worker.pid, 'both locks held by the restarted processes')
+      await logged(backend, acquiredLine('backend', 'SHORT', backend.pid))
+      await logged(worker, acquiredLine('worker', 'SHORT', worker.pid))
+      // The old ones released theirs on SIGINT (no stale take-over, no SIGKILL, no retry).
+      await logged(backend, releasedLine('backend', 'SHORT', before.backend.pid))
+      await logged(worker, releasedLine('worker', 'SHORT', before.worker.pid))
+      for (const app of [backend, worker]) {
+        expect(logs(app)).not.toContain('[PROCESS_LOCK_CONFLICT]')
+        expect(logs(app)).not.toContain('[PROCESS_LOCK_STALE]')
+        expect(app).toMatchObject({ restarts: 1, unstableRestarts: 0 })
+      }
+      expect(pm2.daemonLog()).not.toMatch(/still alive after \d+ms, sending SIGKILL/)
+      apps = { backend, worker }
+    })
+
+    test('pm2 stop all releases both locks (SIGINT, well before the SIGKILL of kill_timeout)', async () => {
+      await pm2.cmd(['stop', 'all'])
+      await waitUntil(() => lockFiles().length === 0, { timeoutMs: 10000, what: 'the lock files to go' })
+      await logged(apps.backend, releasedLine('backend', 'SHORT', apps.backend.pid))
+      await logged(apps.worker, releasedLine('worker', 'SHORT', apps.worker.pid))
+      expect(pm2.daemonLog()).not.toMatch(/still alive after \d+ms, sending SIGKILL/)
+      const now = await pm2.apps()
+      expect([now[BACKEND].status, now[WORKER].status]).toEqual(['stopped', 'stopped'])
+      expect(running(apps.backend.pid) || running(apps.worker.pid)).toBe(false)
+    })
+
+    test('pm2 restart all from stopped reacquires', async () => {
+      const before = apps
+      await pm2.cmd(['restart', 'all'])
+      const backend = await pm2.waitOnline(BACKEND, (pid) => pid !== before.backend.pid)
+      const worker = await pm2.waitOnline(WORKER, (pid) => pid !== before.worker.pid)
+      await heldBy(backend.pid, worker.pid, 'both locks held again')
+      for (const app of [backend, worker]) expect(logs(app)).not.toContain('[PROCESS_LOCK_CONFLICT]')
+      apps = { backend, worker }
+    })
+
+    test.each([
+      ['server', 'backend', BACKEND],
+      ['worker', 'worker', WORKER],
+    ])('kill -9 of the managed %s: PM2 restarts it and the new process takes the lock over at once', async (_, type, name) => {
+      const key = type === 'backend' ? 'backend' : 'worker'
+      const old = apps[key]
+      process.kill(old.pid, 'SIGKILL')
+      const fresh = await pm2.waitOnline(name, (pid) => pid !== old.pid)
+      // The killed process ran no clean-up: its file was still there, unheld, and the new one
+      // took it over at its first attempt.
+      await logged(fresh, staleLine(old.pid))
+      await logged(fresh, acquiredLine(type, 'SHORT', fresh.pid))
+      const other = type === 'backend' ? apps.worker : apps.backend
+      await heldBy(type === 'backend' ? fresh.pid : other.pid, type === 'backend' ? other.pid : fresh.pid, 'the new PID in the record')
+      expect(logs(fresh)).not.toContain('[PROCESS_LOCK_CONFLICT]')
+      expect(fresh.restarts).toBe(old.restarts + 1)
+      expect(fresh.unstableRestarts).toBe(0)
+      apps = { ...apps, [key]: fresh }
+    })
+
+    test("a worker with PM2's agent on: released on stop, or SIGKILLed and taken over as stale", async () => {
+      // `pm2 start worker.js` without the ecosystem file: pmx on, as PM2 has it by default. Whether
+      // PM2 must SIGKILL the drained worker depends on where its agent's 3-second check falls.
+      const name = 'trader-long-worker'
+      const script = path.join(project.dir, 'build', 'cjs', 'temporal', 'worker.js')
+      await pm2.cmd(['start', script, '--name', name], { env: { TRADE_SIDE: 'LONG', PROCESSLOCK_DIR: locks } })
+      const first = await pm2.waitOnline(name)
+      await waitUntil(() => record('worker.long.lock')?.pid === first.pid, { what: 'the LONG worker lock' })
+      await logged(first, acquiredLine('worker', 'LONG', first.pid))
+
+      /** After a stop: 'released', or 'killed' with the file left behind, unheld. */
+      const outcome = async (pid) => {
+        const sigkill = new RegExp(`Process with pid ${pid} still alive after \\d+ms, sending SIGKILL`)
+        const how = await waitUntil(
+          () => (record('worker.long.lock')?.pid !== pid ? 'released' : sigkill.test(pm2.daemonLog()) ? 'killed' : null),
+          { what: `PID ${pid} to release its lock or PM2 to log its SIGKILL` },
+        )
+        if (how === 'killed') {
+          await waitUntil(() => !running(pid), { what: `PID ${pid} to end` })
+          const state = (await checkJson()).find((l) => path.basename(l.file) === 'worker.long.lock')
+          expect(state).toMatchObject({ state: 'stale', pid })
+        }
+        return how
+      }
+
+      await pm2.cmd(['stop', name])
+      const firstEnd = await outcome(first.pid)
+      await pm2.cmd(['restart', name])
+      const second = await pm2.waitOnline(name, (pid) => pid !== first.pid)
+      await waitUntil(() => record('worker.long.lock')?.pid === second.pid, { what: 'the LONG worker lock, new PID' })
+      await logged(second, acquiredLine('worker', 'LONG', second.pid))
+      if (firstEnd === 'killed') await logged(second, staleLine(first.pid))
+      expect(logs(second)).not.toContain('[PROCESS_LOCK_CONFLICT]')
+
+      await pm2.cmd(['delete', name])
+      if ((await outcome(second.pid)) === 'killed') {
+        // The seed's remedy for a file left by a crash.
+        const clear = await processlock(['clear'])
+        expect(clear.stdout).toMatch(new RegExp(`removed stale +worker\\.long\\.lock \\(PID ${second.pid} is not running\\)`))
+      }
+      expect(record('worker.long.lock')).toBeNull()
+    })
+
+    test('pm2 delete all and pm2 kill: every lock released, no PM2 process left', async () => {
+      await pm2.cmd(['delete', 'all'])
+      await waitUntil(() => lockFiles().length === 0, { timeoutMs: 15000, what: 'the lock files to go' }).catch(() => {})
+      expect(lockFiles()).toEqual([])
+      const daemon = pm2.daemonPid()
+      expect(daemon && running(daemon)).toBe(true)
+      const survivors = await pm2.shutdown()
+      expect(survivors).toEqual([])
+      expect(running(daemon)).toBe(false)
+    })
   })
 })

@@ -5,6 +5,7 @@
 // pm2 is taken from this repository's node_modules when it is a devDependency there; otherwise
 // it is installed once from the npm registry (npm's cache first) into node_modules/.cache/, where
 // later runs find it.
+const { execFileSync } = require('node:child_process')
 const fs = require('node:fs')
 const path = require('node:path')
 const { cleanEnv, run, runOk, waitUntil, running } = require('./consumer-proc')
@@ -41,18 +42,33 @@ async function ensurePm2() {
   return installed
 }
 
-/** Every PID whose environment names this PM2_HOME: the daemon and whatever it started. */
-function processesOf(home) {
-  const needle = Buffer.from(`PM2_HOME=${home}\0`)
+/**
+ * The running processes of a PM2 home. On Linux: every PID whose environment names this PM2_HOME
+ * (the daemon and whatever it started). Elsewhere: those of the `known` PIDs (daemon, pid files,
+ * apps seen) whose command line still names the home or the app directory `cwd`, so that a PID
+ * reused by an unrelated process since is left alone.
+ */
+function processesOf(home, known = [], cwd = home) {
   const found = []
-  for (const entry of fs.readdirSync('/proc')) {
-    if (!/^\d+$/.test(entry) || Number(entry) === process.pid) continue
-    try {
-      const env = fs.readFileSync(`/proc/${entry}/environ`)
-      if (env.includes(needle) && running(Number(entry))) found.push(Number(entry))
-    } catch {}
+  if (process.platform === 'linux') {
+    const needle = Buffer.from(`PM2_HOME=${home}\0`)
+    for (const entry of fs.readdirSync('/proc')) {
+      if (!/^\d+$/.test(entry) || Number(entry) === process.pid) continue
+      try {
+        const env = fs.readFileSync(`/proc/${entry}/environ`)
+        if (env.includes(needle) && running(Number(entry))) found.push(Number(entry))
+      } catch {}
+    }
+  } else {
+    for (const pid of new Set(known)) {
+      if (!(pid > 0) || !running(pid)) continue
+      try {
+        const command = execFileSync('ps', ['-o', 'command=', '-p', String(pid)], { encoding: 'utf8' })
+        if (command.includes(home) || command.includes(cwd)) found.push(pid)
+      } catch {}
+    }
   }
-  return found
+  return found.sort((a, b) => a - b)
 }
 
 /** A PM2 installation driven with its own PM2_HOME. */
@@ -61,6 +77,8 @@ class Pm2 {
     this.bin = path.join(pkgDir, 'bin', 'pm2')
     this.home = home
     this.cwd = cwd
+    /** Every PID this home's daemon and apps were seen with. */
+    this.seen = new Set()
     fs.mkdirSync(home, { recursive: true })
     // PM2 asks a server of its own for its latest version when its home has no `touch` file, and
     // its daemon daily unless PM2_DISABLE_VERSION_CHECK is set: no traffic to anything but the
@@ -84,6 +102,7 @@ class Pm2 {
     const list = JSON.parse(r.stdout.slice(r.stdout.indexOf('[')))
     const byName = {}
     for (const p of list) {
+      if (p.pid > 0) this.seen.add(p.pid)
       byName[p.name] = {
         pid: p.pid,
         status: p.pm2_env.status,
@@ -118,10 +137,29 @@ class Pm2 {
 
   daemonPid() {
     try {
-      return Number(fs.readFileSync(path.join(this.home, 'pm2.pid'), 'utf8').trim()) || null
+      const pid = Number(fs.readFileSync(path.join(this.home, 'pm2.pid'), 'utf8').trim()) || null
+      if (pid) this.seen.add(pid)
+      return pid
     } catch {
       return null
     }
+  }
+
+  /** The PIDs this home's daemon and apps were seen with, pid files included. */
+  known() {
+    this.daemonPid()
+    try {
+      for (const f of fs.readdirSync(path.join(this.home, 'pids'))) {
+        const pid = Number(fs.readFileSync(path.join(this.home, 'pids', f), 'utf8').trim())
+        if (pid > 0) this.seen.add(pid)
+      }
+    } catch {}
+    return [...this.seen]
+  }
+
+  /** What of this home still runs. */
+  processes() {
+    return processesOf(this.home, this.known(), this.cwd)
   }
 
   /**
@@ -129,6 +167,7 @@ class Pm2 {
    * this PM2_HOME still running. Returns the PIDs that had to be killed by hand.
    */
   async shutdown() {
+    this.known()
     // Any pm2 command starts a daemon when none runs: only talk to one that does.
     const daemon = this.daemonPid()
     if (daemon && running(daemon)) {
@@ -137,9 +176,9 @@ class Pm2 {
     }
     let survivors = []
     try {
-      await waitUntil(() => processesOf(this.home).length === 0, { timeoutMs: 10000, what: 'PM2 processes to end' })
+      await waitUntil(() => this.processes().length === 0, { timeoutMs: 10000, what: 'PM2 processes to end' })
     } catch {
-      survivors = processesOf(this.home)
+      survivors = this.processes()
       for (const pid of survivors) {
         try {
           process.kill(pid, 'SIGKILL')

@@ -185,8 +185,10 @@ async function build(project) {
   return { cjs, esm }
 }
 
-function tempWork() {
-  return fs.mkdtempSync(path.join(os.tmpdir(), 'pl-consumer-'))
+/** A fresh temp directory, by its real path (macOS's /var/folders is a symlink: children report
+ *  real paths, and the tests compare paths). */
+function tempWork(prefix = 'pl-consumer-') {
+  return fs.realpathSync(fs.mkdtempSync(path.join(os.tmpdir(), prefix)))
 }
 
 module.exports = { ROOT, ABI, EXE, MAIN, FIXTURE, packAll, createProject, build, tempWork, unpack }
