@@ -39,7 +39,7 @@ const STOP: u8 = 0;
 const RELAY_WINDOW: Duration = Duration::from_secs(1);
 
 /// `<fd>:<lock file>`: set for the command, naming the inherited descriptor that holds the lock.
-pub const INHERITED_ENV: &str = "PROCESSLOCK_INHERITED";
+pub use processlock::INHERITED_ENV;
 
 /// A waiting `run` looks for signals (to give up) this often.
 const WAIT_SLICE: Duration = Duration::from_millis(100);

@@ -23,6 +23,7 @@ use std::time::{Duration, SystemTime};
 use crate::clock::now_iso8601;
 use crate::dir::ensure_dir;
 use crate::error::{Conflict, Error, Result};
+use crate::inherit::claim_inherited;
 use crate::liveness::{host_name, judge_pid, start_token};
 use crate::name::LockName;
 use crate::os::{self, Entry, FileId};
@@ -100,6 +101,28 @@ impl HeldLock {
         &self.file
     }
 
+    /// A descriptor inherited from the process that took the lock (see `inherit.rs`): the lock
+    /// is ours if the descriptor is the file at the lock path and already holds its lock.
+    pub(crate) fn adopt_inherited(file: File, target: &LockTarget) -> Option<HeldLock> {
+        if !os::is_regular(&file).ok()? || !names_same_file(&target.path, &file).ok()? {
+            return None;
+        }
+        if !os::try_lock(&file, true).ok()? {
+            return None;
+        }
+        let record = match read_record(&file, &target.path).ok()? {
+            Parsed::Ours(r) => r,
+            _ => return None,
+        };
+        let id = os::file_id(&file).ok()?;
+        Some(HeldLock {
+            file,
+            id,
+            target: target.clone(),
+            record,
+        })
+    }
+
     /// Whether the lock path still names our file (false after a forced removal).
     pub fn still_linked(&self) -> bool {
         matches!(os::entry(&self.target.path), Ok(Entry::File(id)) if id == self.id)
@@ -158,7 +181,16 @@ pub fn acquire(target: &LockTarget, process_name: Option<&str>) -> Result<Acquir
         &target.name.file_name(),
         record.to_json().as_bytes(),
     )?;
-    publish(target, temp, record)
+    match publish(target, temp, record) {
+        Err(Error::Conflict(conflict)) => match claim_inherited(target) {
+            Some(lock) => Ok(Acquired {
+                lock,
+                events: Vec::new(),
+            }),
+            None => Err(Error::Conflict(conflict)),
+        },
+        other => other,
+    }
 }
 
 /// Links a complete, locked temp file at the lock path (taking over a dead holder's file) and
