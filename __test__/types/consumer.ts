@@ -2,13 +2,16 @@
 // the seed's server/index.ts and temporal/worker.ts start-up, and every API shape.
 import {
   acquireLock,
+  acquireLockAsync,
   releaseLock,
   getLockInfo,
   forceRemoveLock,
   listLocks,
   lockFilePath,
   LockConflictError,
+  LockAbortedError,
   ProcessLockError,
+  type AsyncAcquireOptions,
   type LockInfo,
   type LockStatus,
   type ProcessType,
@@ -64,5 +67,18 @@ try {
     console.error(e.code)
   }
 }
+
+// PM2 cluster reload: the new instance waits for the old one, without blocking its event loop.
+async function startWorker(signal: AbortSignal): Promise<LockInfo | null> {
+  const options: AsyncAcquireOptions = { timeoutMs: 10_000, signal, log: false }
+  try {
+    return await acquireLockAsync('worker', options)
+  } catch (e) {
+    if (e instanceof LockAbortedError) return null
+    if (e instanceof LockConflictError) console.error(`gave up after ${e.waitedMs} ms`, e.holder.pid)
+    throw e
+  }
+}
+void startWorker(AbortSignal.timeout(30_000))
 
 console.log(held, removed, forced, path)
