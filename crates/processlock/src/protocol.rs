@@ -103,6 +103,7 @@ impl HeldLock {
 
     /// A descriptor inherited from the process that took the lock (see `inherit.rs`): the lock
     /// is ours if the descriptor is the file at the lock path and already holds its lock.
+    #[cfg(unix)]
     pub(crate) fn adopt_inherited(file: File, target: &LockTarget) -> Option<HeldLock> {
         if !os::is_regular(&file).ok()? || !names_same_file(&target.path, &file).ok()? {
             return None;

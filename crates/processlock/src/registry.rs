@@ -57,20 +57,6 @@ impl Registry {
         })
     }
 
-    /// Adds a lock taken elsewhere (by a waiting acquisition). If the path is somehow held
-    /// already, the newer lock is released, keeping one owner.
-    pub fn adopt(&self, lock: HeldLock) -> Record {
-        let mut map = self.map();
-        let map = map.get_or_insert_with(HashMap::new);
-        let path = lock.target().path.clone();
-        if let Some(existing) = map.get(&path) {
-            return existing.record().clone();
-        }
-        let record = lock.record().clone();
-        map.insert(path, lock);
-        record
-    }
-
     pub fn get(&self, path: &Path) -> Option<Record> {
         self.map().as_ref()?.get(path).map(|l| l.record().clone())
     }
