@@ -93,6 +93,35 @@ impl Failure {
     }
 }
 
+/// Every outcome object carries either its result or a `Failure`: this builds the failed one.
+trait Failed: Default {
+    fn set_error(&mut self, failure: Failure);
+
+    fn failed(e: Error) -> Self {
+        let mut out = Self::default();
+        out.set_error(Failure::from_error(e, None));
+        out
+    }
+}
+
+macro_rules! failed_outcomes {
+    ($($t:ty),*) => {
+        $(impl Failed for $t {
+            fn set_error(&mut self, failure: Failure) {
+                self.error = Some(failure);
+            }
+        })*
+    };
+}
+
+failed_outcomes!(
+    AcquireOutcome,
+    ReleaseOutcome,
+    InfoOutcome,
+    RemoveOutcome,
+    ListOutcome
+);
+
 fn path_string(p: &Path) -> String {
     p.to_string_lossy().into_owned()
 }
@@ -104,6 +133,7 @@ fn target(process_type: &str, options: &LockOptions) -> processlock::Result<Lock
 }
 
 #[napi(object)]
+#[derive(Default)]
 pub struct AcquireOutcome {
     pub info: Option<LockRecord>,
     pub lock_file: Option<String>,
@@ -345,6 +375,7 @@ fn acquire_failure(e: Error, name: Option<&LockName>, path: Option<&PathBuf>) ->
 }
 
 #[napi(object)]
+#[derive(Default)]
 pub struct ReleaseOutcome {
     /// The lock file was ours and was removed.
     pub removed: bool,
@@ -359,7 +390,7 @@ pub fn release(process_type: String, options: Option<LockOptions>) -> ReleaseOut
     let options = options.unwrap_or_default();
     let target = match target(&process_type, &options) {
         Ok(t) => t,
-        Err(e) => return release_failure(e),
+        Err(e) => return ReleaseOutcome::failed(e),
     };
     match REGISTRY.release(&target.path) {
         None => ReleaseOutcome {
@@ -374,16 +405,7 @@ pub fn release(process_type: String, options: Option<LockOptions>) -> ReleaseOut
             lines: vec![report::released(&target.name, record.pid)],
             error: None,
         },
-        Some((_, Err(e))) => release_failure(e),
-    }
-}
-
-fn release_failure(e: Error) -> ReleaseOutcome {
-    ReleaseOutcome {
-        removed: false,
-        held: false,
-        lines: Vec::new(),
-        error: Some(Failure::from_error(e, None)),
+        Some((_, Err(e))) => ReleaseOutcome::failed(e),
     }
 }
 
@@ -406,6 +428,7 @@ pub fn release_all() -> Vec<String> {
 }
 
 #[napi(object)]
+#[derive(Default)]
 pub struct InfoOutcome {
     pub info: Option<LockRecord>,
     pub lock_file: Option<String>,
@@ -430,15 +453,12 @@ pub fn lock_info(process_type: String, options: Option<LockOptions>) -> InfoOutc
             lock_file: Some(path_string(&t.path)),
             error: None,
         },
-        Err(e) => InfoOutcome {
-            info: None,
-            lock_file: None,
-            error: Some(Failure::from_error(e, None)),
-        },
+        Err(e) => InfoOutcome::failed(e),
     }
 }
 
 #[napi(object)]
+#[derive(Default)]
 pub struct RemoveOutcome {
     pub removed: bool,
     pub lock_file: Option<String>,
@@ -459,11 +479,7 @@ pub fn force_remove_lock(process_type: String, options: Option<LockOptions>) -> 
             lock_file: Some(path_string(&t.path)),
             error: None,
         },
-        Err(e) => RemoveOutcome {
-            removed: false,
-            lock_file: None,
-            error: Some(Failure::from_error(e, None)),
-        },
+        Err(e) => RemoveOutcome::failed(e),
     }
 }
 
@@ -480,6 +496,7 @@ pub struct ListedLock {
 }
 
 #[napi(object)]
+#[derive(Default)]
 pub struct ListOutcome {
     pub dir: Option<String>,
     pub locks: Vec<ListedLock>,
@@ -510,11 +527,7 @@ pub fn list(dir: Option<String>) -> ListOutcome {
                 .collect(),
             error: None,
         },
-        Err(e) => ListOutcome {
-            dir: None,
-            locks: Vec::new(),
-            error: Some(Failure::from_error(e, None)),
-        },
+        Err(e) => ListOutcome::failed(e),
     }
 }
 
@@ -527,11 +540,7 @@ pub fn lock_path(process_type: String, options: Option<LockOptions>) -> InfoOutc
             lock_file: Some(path_string(&t.path)),
             error: None,
         },
-        Err(e) => InfoOutcome {
-            info: None,
-            lock_file: None,
-            error: Some(Failure::from_error(e, None)),
-        },
+        Err(e) => InfoOutcome::failed(e),
     }
 }
 

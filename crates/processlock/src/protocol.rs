@@ -198,20 +198,11 @@ pub fn acquire(target: &LockTarget, process_name: Option<&str>) -> Result<Acquir
 /// turns it into the held lock. The temp name is gone afterwards, whatever the outcome.
 pub(crate) fn publish(target: &LockTarget, temp: Temp, record: Record) -> Result<Acquired> {
     let mut events = Vec::new();
-    let outcome = link_or_take_over(target, &temp.path, &mut events);
-    let id = os::file_id(&temp.file);
-    let file = temp.discard();
-    outcome?;
-    let id = id.map_err(|e| Error::io("fstat", &target.path, e))?;
-    Ok(Acquired {
-        lock: HeldLock {
-            file,
-            id,
-            target: target.clone(),
-            record,
-        },
-        events,
-    })
+    if let Err(e) = link_or_take_over(target, &temp.path, &mut events) {
+        drop(temp.discard());
+        return Err(e);
+    }
+    adopt_linked(target, temp, record, events)
 }
 
 /// Turns a temp file that `link_or_take_over` has linked at the lock path into the held lock
