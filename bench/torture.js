@@ -207,7 +207,6 @@ class Combo {
     const a = this.args;
     const impl = this.impl;
     const R = impl === 'ours' ? a.rounds : kind === 'kill' ? a.peerKillRounds : a.peerRounds;
-    const prepRounds = Number.isFinite(R) ? R : 200000;
     const kdir = path.join(this.base, kind);
     const st = {
       kind, rounds: 0, doubleOwnerRounds: 0, overlaps: 0, noOwnerRounds: 0, owners: 0,
@@ -218,40 +217,48 @@ class Combo {
     };
     const bump = (obj, k) => { obj[k] = (obj[k] || 0) + 1; };
 
-    // Directories, and the lock state each round starts from.
+    // Directories, and the lock state each round starts from, made a batch
+    // at a time (a --duration run does not know how many rounds it will get).
     const dirs = [];
-    for (let r = 0; r < prepRounds; r++) {
-      const d = path.join(kdir, String(r));
-      fs.mkdirSync(d, { recursive: true });
-      dirs.push(d);
-    }
+    const batch = Number.isFinite(R) ? Math.min(R, 2000) : 500;
     let sleepProc = null;
-    if (kind === 'stale' || kind === 'recycled') {
-      await this.leaveStaleLocks(dirs);
-    } else if (kind === 'kill') {
-      await this.leaveStaleLocks(dirs.filter((_, r) => r % 2 === 1));
-    }
-    if (kind === 'legacy') {
-      sleepProc = spawn('sleep', ['100000'], { stdio: 'ignore' });
-      const rec = {
-        pid: sleepProc.pid,
-        started: new Date(Date.now() - 3600e3).toISOString(),
-        tradeSide: 'SHORT',
-        processName: 'trader-short-backend',
-      };
-      for (const d of dirs) fs.writeFileSync(path.join(d, LOCK_NAME), JSON.stringify(rec, null, 2) + '\n');
-      st.recordSample = rec;
-    }
-    if (kind === 'recycled') {
-      sleepProc = spawn('sleep', ['100000'], { stdio: 'ignore' });
-      for (const d of dirs) {
-        const p = path.join(d, LOCK_NAME);
-        const rec = JSON.parse(fs.readFileSync(p, 'utf8'));
-        rec.pid = sleepProc.pid; // a live process, not the (dead) holder
-        fs.writeFileSync(p, JSON.stringify(rec, null, 2) + '\n'); // same inode, no flock holder
+    if (kind === 'legacy' || kind === 'recycled') sleepProc = spawn('sleep', ['100000'], { stdio: 'ignore' });
+    const prepare = async () => {
+      const from = dirs.length;
+      const to = Number.isFinite(R) ? Math.min(R, from + batch) : from + batch;
+      const fresh = [];
+      for (let r = from; r < to; r++) {
+        const d = path.join(kdir, String(r));
+        fs.mkdirSync(d, { recursive: true });
+        dirs.push(d);
+        fresh.push(d);
       }
-      st.recordSample = JSON.parse(fs.readFileSync(path.join(dirs[0], LOCK_NAME), 'utf8'));
-    }
+      if (kind === 'stale' || kind === 'recycled') {
+        await this.leaveStaleLocks(fresh);
+      } else if (kind === 'kill') {
+        await this.leaveStaleLocks(fresh.filter((_, i) => (from + i) % 2 === 1));
+      }
+      if (kind === 'legacy') {
+        const rec = {
+          pid: sleepProc.pid,
+          started: new Date(Date.now() - 3600e3).toISOString(),
+          tradeSide: 'SHORT',
+          processName: 'trader-short-backend',
+        };
+        for (const d of fresh) fs.writeFileSync(path.join(d, LOCK_NAME), JSON.stringify(rec, null, 2) + '\n');
+        st.recordSample = rec;
+      }
+      if (kind === 'recycled') {
+        for (const d of fresh) {
+          const p = path.join(d, LOCK_NAME);
+          const rec = JSON.parse(fs.readFileSync(p, 'utf8'));
+          rec.pid = sleepProc.pid; // a live process, not the (dead) holder
+          fs.writeFileSync(p, JSON.stringify(rec, null, 2) + '\n'); // same inode, no flock holder
+        }
+        st.recordSample = JSON.parse(fs.readFileSync(path.join(fresh[0], LOCK_NAME), 'utf8'));
+      }
+    };
+    await prepare();
 
     if (kind === 'kill') {
       // Spawning is the cost of this kind: keep several on the way at once.
@@ -275,10 +282,16 @@ class Combo {
 
     const leadNs = BigInt(1000000 + 100000 * this.n);
     const started = Date.now();
-    const deadline = a.duration > 0 ? started + a.duration * 1000 : Infinity;
+    let prepMs = 0; // batches made after the start do not count as racing time
+    const deadline = () => (a.duration > 0 ? started + prepMs + a.duration * 1000 : Infinity);
     const verify = impl === 'ours';
     let r = 0;
-    for (; r < R && r < dirs.length && Date.now() < deadline; r++) {
+    for (; r < R && Date.now() < deadline(); r++) {
+      if (r >= dirs.length) {
+        const p0 = Date.now();
+        await prepare();
+        prepMs += Date.now() - p0;
+      }
       const t0 = now() + leadNs;
       let victim = -1;
       let targeted = false;
@@ -386,7 +399,7 @@ class Combo {
       }
       st.rounds++;
     }
-    st.seconds = (Date.now() - started) / 1000;
+    st.seconds = (Date.now() - started - prepMs) / 1000;
     if (sleepProc) sleepProc.kill('SIGKILL');
 
     // What the rounds left behind.
