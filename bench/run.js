@@ -402,7 +402,9 @@ async function handoverSeries(ctx, impl, api, how, reps) {
       if (!got.length || !got[got.length - 1].startsWith('A ')) throw new Error(`holder could not take the lock: ${got.pop()}`);
       waiter.send({ op: 'waitacq', dir, api, waitMs: 10000 });
       await waiter.until((l) => l === 'W');
-      await delay(30); // let it settle into waiting
+      // Let it settle into waiting; a random part, so a release does not keep
+      // the same phase against a poller's period.
+      await delay(30 + Math.random() * 20);
       let tGone;
       if (how === 'release') {
         holder.send({ op: 'release' });
