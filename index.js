@@ -60,7 +60,7 @@ function releaseHeld(lockFile, entry) {
   held.delete(lockFile)
   const out = binding.release(entry.processType, entry.options)
   if (!out.error) emit(entry.sink, out.lines)
-  if (held.size === 0) lifecycle.uninstall()
+  if (held.size === 0) lifecycle.uninstallSoon()
   return out
 }
 
@@ -73,7 +73,7 @@ function adopt(out, processType, options, sink) {
   if (!held.has(out.lockFile)) {
     held.set(out.lockFile, { processType, options: nativeOptions(options), sink })
   }
-  lifecycle.install(releaseEverything)
+  lifecycle.install(releaseEverything, () => held.size > 0)
   return normalizeRecord(out.info)
 }
 
@@ -153,15 +153,13 @@ async function acquireLockAsync(processType, options) {
 /** Releases the lock if this process holds it. True when its file was removed. */
 function releaseLock(processType, options) {
   const opts = checkOptions(processType, options)
-  const path = binding.lockPath(processType, nativeOptions(opts))
-  if (path.error) fail(path.error, undefined, sinkFor(opts.log))
-  const entry = held.get(path.lockFile) || {
-    processType,
-    options: nativeOptions(opts),
-    sink: sinkFor(opts.log),
-  }
-  const out = releaseHeld(path.lockFile, entry)
-  if (out.error) throw errorFromFailure(out.error, path.lockFile)
+  const out = binding.release(processType, nativeOptions(opts))
+  const entry = held.get(out.lockFile)
+  const sink = entry ? entry.sink : sinkFor(opts.log)
+  if (out.error) fail(out.error, out.lockFile, sink)
+  held.delete(out.lockFile)
+  emit(sink, out.lines)
+  if (held.size === 0) lifecycle.uninstallSoon()
   return out.removed
 }
 
@@ -181,7 +179,7 @@ function forceRemoveLock(processType, options) {
   const opts = checkOptions(processType, options)
   const out = binding.forceRemoveLock(processType, nativeOptions(opts))
   if (out.error) throw errorFromFailure(out.error, out.lockFile)
-  if (held.delete(out.lockFile) && held.size === 0) lifecycle.uninstall()
+  if (held.delete(out.lockFile) && held.size === 0) lifecycle.uninstallSoon()
   return out.removed
 }
 

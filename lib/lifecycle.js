@@ -10,15 +10,19 @@
 //   and 'exit' releases later.
 // - Our signal listeners are prepended, so we look at the listener list before any app listener
 //   had the chance to remove itself during the same signal (Temporal's Runtime does that).
-// - Nothing is installed at require time, and everything is removed once no lock is held, so a
-//   process that holds no lock behaves exactly as if this package were not loaded.
+// - Nothing is installed at require time, and everything is removed once no lock is held (at the
+//   next turn of the event loop, so that a loop of acquire/release does not start and stop
+//   Node's signal watchers every time), so a process that holds no lock behaves exactly as if
+//   this package were not loaded.
 
 const { isMainThread } = require('node:worker_threads')
 
 const SIGNALS = process.platform === 'win32' ? ['SIGINT', 'SIGTERM'] : ['SIGINT', 'SIGTERM', 'SIGHUP']
 
 let releaseAll = null
+let holdsAny = () => false
 let installed = false
+let pendingUninstall = null
 const handlers = new Map()
 
 function onExit() {
@@ -33,9 +37,13 @@ function onSignal(signal) {
   process.kill(process.pid, signal)
 }
 
-/** Called after a lock is taken. `release` must release every held lock synchronously. */
-function install(release) {
+/**
+ * Called after a lock is taken. `release` must release every held lock synchronously; `holds`
+ * tells whether any lock is still held.
+ */
+function install(release, holds) {
   releaseAll = release
+  holdsAny = holds
   if (installed) return
   installed = true
   process.on('exit', onExit)
@@ -57,4 +65,15 @@ function uninstall() {
   handlers.clear()
 }
 
-module.exports = { install, uninstall }
+/** Called when the last lock was released: uninstalls at the next turn unless one is taken again. */
+function uninstallSoon() {
+  if (!installed || pendingUninstall) return
+  pendingUninstall = setImmediate(() => {
+    pendingUninstall = null
+    if (!holdsAny()) uninstall()
+  })
+  // It must not keep the process alive: if the loop ends first, nothing is left to run anyway.
+  pendingUninstall.unref()
+}
+
+module.exports = { install, uninstall, uninstallSoon }

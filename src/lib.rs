@@ -381,6 +381,7 @@ pub struct ReleaseOutcome {
     pub removed: bool,
     /// This process held the lock (whether or not its file was still there).
     pub held: bool,
+    pub lock_file: Option<String>,
     pub lines: Vec<String>,
     pub error: Option<Failure>,
 }
@@ -392,20 +393,23 @@ pub fn release(process_type: String, options: Option<LockOptions>) -> ReleaseOut
         Ok(t) => t,
         Err(e) => return ReleaseOutcome::failed(e),
     };
+    let lock_file = Some(path_string(&target.path));
     match REGISTRY.release(&target.path) {
         None => ReleaseOutcome {
-            removed: false,
-            held: false,
-            lines: Vec::new(),
-            error: None,
+            lock_file,
+            ..Default::default()
         },
         Some((record, Ok(removed))) => ReleaseOutcome {
             removed,
             held: true,
+            lock_file,
             lines: vec![report::released(&target.name, record.pid)],
             error: None,
         },
-        Some((_, Err(e))) => ReleaseOutcome::failed(e),
+        Some((_, Err(e))) => ReleaseOutcome {
+            lock_file,
+            ..ReleaseOutcome::failed(e)
+        },
     }
 }
 

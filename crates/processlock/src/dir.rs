@@ -21,7 +21,7 @@ pub fn default_dir(cwd: &Path) -> PathBuf {
 /// The lock directory for an explicit `dir` option, else `$PROCESSLOCK_DIR`, else the default.
 /// Relative paths are taken from the working directory. Nothing is created here.
 pub fn resolve_dir(explicit: Option<&Path>) -> Result<PathBuf> {
-    let cwd = std::env::current_dir().map_err(|e| Error::io("getcwd", ".", e))?;
+    let cwd = || std::env::current_dir().map_err(|e| Error::io("getcwd", ".", e));
     let chosen = match explicit {
         Some(p) if !p.as_os_str().is_empty() => Some(p.to_path_buf()),
         _ => std::env::var_os(DIR_ENV)
@@ -30,8 +30,8 @@ pub fn resolve_dir(explicit: Option<&Path>) -> Result<PathBuf> {
     };
     Ok(match chosen {
         Some(p) if p.is_absolute() => p,
-        Some(p) => cwd.join(p),
-        None => default_dir(&cwd),
+        Some(p) => cwd()?.join(p),
+        None => default_dir(&cwd()?),
     })
 }
 

@@ -30,6 +30,20 @@ impl PidState {
 
 /// The start token of a running process (see `Record::start_token`).
 pub fn start_token(pid: u32) -> Option<String> {
+    // Our own token never changes, and every acquire writes it: read /proc once, not per lock.
+    // Keyed by PID so that a forked child does not inherit its parent's token.
+    static OWN: std::sync::Mutex<Option<(u32, Option<String>)>> = std::sync::Mutex::new(None);
+    if pid == os::current_pid() {
+        let mut own = OWN.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((cached_pid, token)) = own.as_ref() {
+            if *cached_pid == pid {
+                return token.clone();
+            }
+        }
+        let token = os::process_start(pid).map(|s| s.token);
+        *own = Some((pid, token.clone()));
+        return token;
+    }
     os::process_start(pid).map(|s| s.token)
 }
 

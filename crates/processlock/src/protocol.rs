@@ -175,13 +175,18 @@ pub fn record_for(target: &LockTarget, pid: u32, process_name: Option<&str>) -> 
 
 /// Takes the lock or fails at once with `Error::Conflict`.
 pub fn acquire(target: &LockTarget, process_name: Option<&str>) -> Result<Acquired> {
-    ensure_dir(&target.dir)?;
     let record = own_record(target, process_name);
-    let temp = Temp::create(
-        &target.dir,
-        &target.name.file_name(),
-        record.to_json().as_bytes(),
-    )?;
+    let json = record.to_json();
+    let create = || Temp::create(&target.dir, &target.name.file_name(), json.as_bytes());
+    // The directory is checked (and made) only when the temp file cannot be created in it: one
+    // system call less on every acquire.
+    let temp = match create() {
+        Err(Error::Io { source, .. }) if is_missing_dir(&source) => {
+            ensure_dir(&target.dir)?;
+            create()?
+        }
+        other => other?,
+    };
     match publish(target, temp, record) {
         Err(Error::Conflict(conflict)) => match claim_inherited(target) {
             Some(lock) => Ok(Acquired {
@@ -192,6 +197,13 @@ pub fn acquire(target: &LockTarget, process_name: Option<&str>) -> Result<Acquir
         },
         other => other,
     }
+}
+
+fn is_missing_dir(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+    )
 }
 
 /// Links a complete, locked temp file at the lock path (taking over a dead holder's file) and
