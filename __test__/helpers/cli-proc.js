@@ -1,10 +1,10 @@
 'use strict'
 // Runs the `processlock` command for the CLI tests: the release binary that `npm run build`
 // produced, or the npm `bin` launcher in front of it. Real processes, real files, real signals.
-const { spawn, execFileSync } = require('node:child_process')
+const { execFileSync } = require('node:child_process')
 const fs = require('node:fs')
 const path = require('node:path')
-const { ROOT } = require('./proc')
+const { ROOT, watch: watchProcess, running: alive } = require('./proc')
 
 const BINARY = path.join(ROOT, 'target', 'release', process.platform === 'win32' ? 'processlock.exe' : 'processlock')
 const LAUNCHER = path.join(ROOT, 'bin', 'processlock.js')
@@ -24,7 +24,7 @@ function commandLine(args, via) {
 }
 
 /**
- * A running process with its output collected.
+ * A running process with its output collected (see `watch` in ./proc).
  * `env` is merged over a clean base: PROCESSLOCK_DIR=dir and TRADE_SIDE=SHORT unless overridden
  * (pass `undefined` to drop one).
  */
@@ -32,85 +32,7 @@ function watch(file, args, { dir, env = {}, cwd, stdin = 'ignore' } = {}) {
   const base = { ...process.env, PROCESSLOCK_DIR: dir, TRADE_SIDE: 'SHORT', NO_COLOR: '1' }
   // The launcher must find the binary the tests use, whatever else was built.
   base.PROCESSLOCK_BINARY = BINARY
-  const merged = { ...base, ...env }
-  for (const k of Object.keys(merged)) if (merged[k] === undefined) delete merged[k]
-  const child = spawn(file, args, { cwd: cwd || ROOT, env: merged, stdio: [stdin, 'pipe', 'pipe'] })
-  const state = { stdout: '', stderr: '', waiters: [] }
-  const settle = () => {
-    state.waiters = state.waiters.filter((w) => {
-      const m = w.match(state.stdout + state.stderr)
-      if (m) w.resolve(m)
-      return !m
-    })
-  }
-  child.stdout.on('data', (d) => {
-    state.stdout += d
-    settle()
-  })
-  child.stderr.on('data', (d) => {
-    state.stderr += d
-    settle()
-  })
-  const exited = new Promise((resolve) => child.on('exit', (code, signal) => resolve({ code, signal })))
-  const closed = new Promise((resolve) => child.on('close', resolve))
-  let ended = false
-  exited.then(() => {
-    ended = true
-  })
-  return {
-    child,
-    pid: child.pid,
-    get stdout() {
-      return state.stdout
-    },
-    get stderr() {
-      return state.stderr
-    },
-    get ended() {
-      return ended
-    },
-    /** Resolves with the match once the output matches `pattern` (a string or a RegExp). */
-    waitFor(pattern, timeoutMs = 15000) {
-      const match = (text) => {
-        if (typeof pattern === 'string') return text.includes(pattern) ? [pattern] : null
-        return text.match(pattern)
-      }
-      return new Promise((resolve, reject) => {
-        const timer = setTimeout(
-          () => reject(new Error(`timed out waiting for ${pattern}; stdout=${state.stdout} stderr=${state.stderr}`)),
-          timeoutMs,
-        )
-        state.waiters.push({
-          match,
-          resolve: (m) => {
-            clearTimeout(timer)
-            resolve(m)
-          },
-        })
-        settle()
-        closed.then(() => {
-          if (!match(state.stdout + state.stderr)) {
-            clearTimeout(timer)
-            reject(new Error(`process ended before printing ${pattern}; stdout=${state.stdout} stderr=${state.stderr}`))
-          }
-        })
-      })
-    },
-    /** Resolves at the process's exit, without waiting for its output to close (a grandchild
-     *  that outlives it may hold the pipes). */
-    async exited() {
-      const r = await exited
-      return { ...r, stdout: state.stdout, stderr: state.stderr }
-    },
-    async done() {
-      const r = await exited
-      await closed
-      return { ...r, stdout: state.stdout, stderr: state.stderr }
-    },
-    kill(signal = 'SIGTERM') {
-      child.kill(signal)
-    },
-  }
+  return watchProcess(file, args, { cwd: cwd || ROOT, env: { ...base, ...env }, stdin })
 }
 
 /** Starts `processlock ...args`; `via: 'launcher'` goes through bin/processlock.js. */
@@ -134,21 +56,6 @@ async function startHolder(dir, type = 'backend', side = 'SHORT') {
   const p = watch(process.execPath, [HOLDER, type, side], { dir })
   await p.waitFor('HOLDER READY')
   return p
-}
-
-/** Whether a process with this PID runs (a zombie nobody has reaped yet has ended). */
-function alive(pid) {
-  try {
-    process.kill(pid, 0)
-  } catch (e) {
-    return e.code === 'EPERM'
-  }
-  try {
-    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8')
-    return stat.slice(stat.lastIndexOf(')') + 2)[0] !== 'Z'
-  } catch {
-    return process.platform !== 'linux'
-  }
 }
 
 /** Waits until `pid` is gone (it is not our child, so its exit cannot be awaited directly). */

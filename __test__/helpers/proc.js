@@ -1,6 +1,7 @@
 'use strict'
 // Real child processes for the tests: start one, wait for a line it prints, send it signals,
-// wait for its end.
+// wait for its end. `watch` is the one implementation; the fixture, CLI and consumer helpers
+// only choose what to start and with which environment.
 const { spawn } = require('node:child_process')
 const fs = require('node:fs')
 const os = require('node:os')
@@ -13,37 +14,44 @@ function tempDir(label) {
   return fs.mkdtempSync(path.join(os.tmpdir(), `pl-${label}-`))
 }
 
-/** Starts `node <fixture> ...args` with PROCESSLOCK_DIR=dir and the given extra env. */
-function start(fixture, { dir, env = {}, args = [], uid, gid, cwd } = {}) {
-  const child = spawn(process.execPath, [path.join(FIXTURES, fixture), ...args], {
-    cwd: cwd || ROOT,
-    env: { ...process.env, PROCESSLOCK_DIR: dir, TRADE_SIDE: 'SHORT', PROCESSLOCK_LOG: '', ...env },
-    stdio: ['pipe', 'pipe', 'pipe'],
-    uid,
-    gid,
-  })
+/**
+ * Starts `file ...args` with its output collected.
+ * `env` is the whole environment of the child (variables set to `undefined` are left out);
+ * `waitMs` is the default timeout of `waitFor`, `doneMs` that of `done` (none unless given).
+ */
+function watch(file, args, { env, cwd, stdin = 'ignore', uid, gid, waitMs = 15000, doneMs } = {}) {
+  if (env) env = Object.fromEntries(Object.entries(env).filter(([, v]) => v !== undefined))
+  const child = spawn(file, args, { cwd, env, stdio: [stdin, 'pipe', 'pipe'], uid, gid })
   const state = { stdout: '', stderr: '', waiters: [] }
-  const check = () => {
+  const settle = () => {
     state.waiters = state.waiters.filter((w) => {
-      if (state.stdout.includes(w.text) || state.stderr.includes(w.text)) {
-        w.resolve()
-        return false
-      }
-      return true
+      const m = w.match(state.stdout + state.stderr)
+      if (m) w.resolve(m)
+      return !m
     })
   }
   child.stdout.on('data', (d) => {
     state.stdout += d
-    check()
+    settle()
   })
   child.stderr.on('data', (d) => {
     state.stderr += d
-    check()
+    settle()
   })
   const exited = new Promise((resolve) => {
     child.on('exit', (code, signal) => resolve({ code, signal }))
+    // A spawn error (no such file, ...) ends it too, with no exit code.
+    child.on('error', (err) => resolve({ code: null, signal: null, error: err }))
   })
-  const closed = new Promise((resolve) => child.on('close', resolve))
+  const closed = new Promise((resolve) => {
+    child.on('close', resolve)
+    child.on('error', resolve)
+  })
+  let ended = false
+  exited.then(() => {
+    ended = true
+  })
+  const describe = () => `${file} ${args.join(' ')}\n--- stdout\n${state.stdout}\n--- stderr\n${state.stderr}`
   return {
     child,
     pid: child.pid,
@@ -53,36 +61,73 @@ function start(fixture, { dir, env = {}, args = [], uid, gid, cwd } = {}) {
     get stderr() {
       return state.stderr
     },
-    /** Resolves once the process printed `text` (stdout or stderr); rejects if it ends first. */
-    waitFor(text, timeoutMs = 15000) {
+    get ended() {
+      return ended
+    },
+    /**
+     * Resolves with the match once stdout+stderr match `pattern` (a string or a RegExp); rejects
+     * if the output closes without it, or after `timeoutMs`.
+     */
+    waitFor(pattern, timeoutMs = waitMs) {
+      const match = (text) => {
+        if (typeof pattern === 'string') return text.includes(pattern) ? [pattern] : null
+        return text.match(pattern)
+      }
       return new Promise((resolve, reject) => {
-        const timer = setTimeout(() => reject(new Error(`timed out waiting for ${text}; stdout=${state.stdout} stderr=${state.stderr}`)), timeoutMs)
-        const done = () => {
-          clearTimeout(timer)
-          resolve()
-        }
-        state.waiters.push({ text, resolve: done })
-        check()
-        exited.then(() => {
-          setTimeout(() => {
+        const timer = setTimeout(() => reject(new Error(`timed out waiting for ${pattern}: ${describe()}`)), timeoutMs)
+        state.waiters.push({
+          match,
+          resolve: (m) => {
             clearTimeout(timer)
-            if (!state.stdout.includes(text) && !state.stderr.includes(text)) {
-              reject(new Error(`process ended before printing ${text}; stdout=${state.stdout} stderr=${state.stderr}`))
-            }
-          }, 50)
+            resolve(m)
+          },
+        })
+        settle()
+        closed.then(() => {
+          if (!match(state.stdout + state.stderr)) {
+            clearTimeout(timer)
+            reject(new Error(`process ended before printing ${pattern}: ${describe()}`))
+          }
         })
       })
     },
-    /** Resolves with { code, signal, stdout, stderr } once the process ended and its output closed. */
-    async done() {
+    /** Resolves at the process's exit, without waiting for its output to close (a grandchild
+     *  that outlives it may hold the pipes). */
+    async exited() {
       const r = await exited
-      await closed
       return { ...r, stdout: state.stdout, stderr: state.stderr }
     },
-    kill(signal = 'SIGTERM') {
-      child.kill(signal)
+    /** { code, signal, stdout, stderr } once the process ended and its output closed. */
+    async done(timeoutMs = doneMs) {
+      const finished = exited.then(async (r) => (await closed, r))
+      if (timeoutMs === undefined) return { ...(await finished), stdout: state.stdout, stderr: state.stderr }
+      let timer
+      const timeout = new Promise((_, reject) => {
+        timer = setTimeout(() => reject(new Error(`still running after ${timeoutMs} ms: ${describe()}`)), timeoutMs)
+      })
+      try {
+        const r = await Promise.race([finished, timeout])
+        return { ...r, stdout: state.stdout, stderr: state.stderr }
+      } finally {
+        clearTimeout(timer)
+      }
     },
+    kill(signal = 'SIGTERM') {
+      if (!ended) child.kill(signal)
+    },
+    describe,
   }
+}
+
+/** Starts `node <fixture> ...args` with PROCESSLOCK_DIR=dir and the given extra env. */
+function start(fixture, { dir, env = {}, args = [], uid, gid, cwd } = {}) {
+  return watch(process.execPath, [path.join(FIXTURES, fixture), ...args], {
+    cwd: cwd || ROOT,
+    env: { ...process.env, PROCESSLOCK_DIR: dir, TRADE_SIDE: 'SHORT', PROCESSLOCK_LOG: '', ...env },
+    stdin: 'pipe',
+    uid,
+    gid,
+  })
 }
 
 /** Runs a fixture to its end. */
@@ -97,4 +142,28 @@ async function deadPid() {
   return p.pid
 }
 
-module.exports = { ROOT, FIXTURES, tempDir, start, run, deadPid }
+/** The state letter of a process (R, S, Z, ...), or null once it is gone. */
+function procState(pid) {
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8')
+    return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[0]
+  } catch {
+    return null
+  }
+}
+
+/** Whether `pid` names a process that still runs (a zombie has ended already). */
+function running(pid) {
+  if (process.platform === 'linux') {
+    const s = procState(pid)
+    return s !== null && s !== 'Z' && s !== 'X'
+  }
+  try {
+    process.kill(pid, 0)
+    return true
+  } catch (e) {
+    return e.code === 'EPERM'
+  }
+}
+
+module.exports = { ROOT, FIXTURES, tempDir, watch, start, run, deadPid, running }
