@@ -15,6 +15,23 @@ function sh(cmd, args) {
   }
 }
 
+// The type of the filesystem holding dir, from the longest matching mount point.
+function mountType(dir) {
+  try {
+    const real = fs.realpathSync(dir);
+    let best = null;
+    for (const line of fs.readFileSync('/proc/mounts', 'utf8').split('\n')) {
+      const [, mnt, type] = line.split(' ');
+      if (!mnt) continue;
+      const m = mnt.replace(/\\040/g, ' ');
+      if ((real === m || real.startsWith(m.endsWith('/') ? m : m + '/')) && (!best || m.length >= best.m.length)) best = { m, type };
+    }
+    return best ? best.type : null;
+  } catch (e) {
+    return null;
+  }
+}
+
 function machine(dir) {
   let cpu = 'unknown';
   try {
@@ -22,7 +39,11 @@ function machine(dir) {
     if (m) cpu = m[1].trim();
   } catch (e) { /* not Linux */ }
   const nproc = sh('nproc', []) || String(os.cpus().length);
-  const fsType = dir ? sh('stat', ['-f', '-c', '%T', dir]) : null;
+  const fsType = dir ? mountType(dir) || sh('stat', ['-f', '-c', '%T', dir]) : null;
+  // Which code was measured: the commit, and whether the package's sources differ from it.
+  const root = require('path').resolve(__dirname, '..');
+  const commit = sh('git', ['-C', root, 'rev-parse', '--short', 'HEAD']);
+  const dirty = sh('git', ['-C', root, 'status', '--porcelain', '--', 'src', 'crates', 'index.js', 'lib', 'Cargo.toml']);
   const m = {
     date: new Date().toISOString().replace(/\.\d+Z$/, 'Z'),
     nproc,
@@ -31,9 +52,10 @@ function machine(dir) {
     kernel: `${os.type()} ${os.release()} ${os.arch()}`,
     fsType,
     load: loadavg(),
+    commit: commit ? `${commit}${dirty ? ' + uncommitted changes' : ''}` : null,
   };
   m.summary = `${m.nproc} CPUs (${m.cpu}), Node ${m.node}, ${m.kernel}` + (fsType ? `, lock dir on ${fsType}` : '') +
-    `, load average ${m.load}`;
+    `, load average ${m.load}` + (m.commit ? `; package at ${m.commit}` : '');
   return m;
 }
 
@@ -55,6 +77,7 @@ function machineTable(m) {
     `| Node | ${m.node} |`,
     `| kernel | ${m.kernel} |`,
     ...(m.fsType ? [`| lock directory filesystem | ${m.fsType} |`] : []),
+    ...(m.commit ? [`| package commit | ${m.commit} |`] : []),
     `| load average (1, 5, 15 min) at start / end | ${m.load} / ${loadavg()} |`,
   ].join('\n');
 }
