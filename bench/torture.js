@@ -273,7 +273,6 @@ class Combo {
       if (this.attemptNs == null) {
         const s = this.attempts.slice().sort((x, y) => x - y);
         this.attemptNs = s.length ? Math.max(20000, s[Math.floor(s.length / 2)]) : 200000;
-        if (process.env.TORTURE_DEBUG) console.log("attempt ns p10/25/50/90", [0.1, 0.25, 0.5, 0.9].map((q) => s[Math.floor(s.length * q)]));
       }
       st.killWindowUs = Math.round(this.killWindowNs / 1000);
       st.targetUs = Math.round((1.5 * this.attemptNs) / 1000);
