@@ -43,6 +43,17 @@ describe('release at exit', () => {
     },
   )
 
+  test.each([['SIGINT'], ['SIGTERM'], ['SIGHUP']])(
+    '%s with signal-exit loaded (lockfile, execa, ...): still released, still dies by the signal',
+    async (signal) => {
+      const { dir, p } = await holder('with-signal-exit')
+      p.kill(signal)
+      const r = await p.done()
+      expect(r.signal).toBe(signal)
+      expect(fs.existsSync(lockFile(dir))).toBe(false)
+    },
+  )
+
   test('SIGKILL: nothing runs, the file stays, and the next acquirer takes it at once', async () => {
     const { dir, p } = await holder('wait')
     p.kill('SIGKILL')

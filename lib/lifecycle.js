@@ -29,9 +29,24 @@ function onExit() {
   releaseAll()
 }
 
+/**
+ * Listeners of the `signal-exit` package (loaded by lockfile, proper-lockfile, write-file-atomic,
+ * execa, ...). It re-raises a signal only when it sees itself alone, so if we also stood back
+ * because of it, nobody would end the process. Its shared state says how many of the listeners
+ * are its own: v3 `process.__signal_exit_emitter__`, v4 `globalThis[Symbol.for('signal-exit emitter')]`.
+ */
+function signalExitListeners() {
+  let n = 0
+  const v3 = process.__signal_exit_emitter__
+  if (v3 && typeof v3.count === 'number') n += v3.count
+  const v4 = globalThis[Symbol.for('signal-exit emitter')]
+  if (v4 && typeof v4.count === 'number') n += v4.count
+  return n
+}
+
 function onSignal(signal) {
   const appListeners = process.listeners(signal).filter((l) => l !== handlers.get(signal))
-  if (appListeners.length > 0) return
+  if (appListeners.length > signalExitListeners()) return
   releaseAll()
   uninstall()
   process.kill(process.pid, signal)
