@@ -139,6 +139,21 @@ describe('API behaviour', () => {
     await stop(p)
   })
 
+  test('the first acquire removes temp files left by acquirers killed half-way, once', async () => {
+    const dir = tempDir('api-orphans')
+    const orphan = path.join(dir, `.backend.short.lock.${await deadPid()}.0.tmp`)
+    fs.writeFileSync(orphan, '')
+    const live = path.join(dir, `.backend.short.lock.${process.pid}.999999.tmp`)
+    fs.writeFileSync(live, '') // our own PID: never swept
+    const c = capture()
+    pl.acquireLock('backend', SHORT(dir, { log: c.log }))
+    expect(c.lines).toContain('warn [PROCESS_LOCK_STALE] Removed 1 temporary file(s) left by acquirers that died')
+    expect(fs.existsSync(orphan)).toBe(false)
+    expect(fs.existsSync(live)).toBe(true)
+    pl.releaseLock('backend', SHORT(dir))
+    fs.unlinkSync(live)
+  })
+
   test('ESM import and the package name resolve to the same API', () => {
     const r = spawnSync(
       process.execPath,

@@ -188,6 +188,10 @@ pub fn acquire(target: &LockTarget, process_name: Option<&str>) -> Result<Acquir
         other => other?,
     };
     match publish(target, temp, record) {
+        Ok(mut acquired) => {
+            sweep_once(target, &mut acquired.events);
+            Ok(acquired)
+        }
         Err(Error::Conflict(conflict)) => match claim_inherited(target) {
             Some(lock) => Ok(Acquired {
                 lock,
@@ -196,6 +200,24 @@ pub fn acquire(target: &LockTarget, process_name: Option<&str>) -> Result<Acquir
             None => Err(Error::Conflict(conflict)),
         },
         other => other,
+    }
+}
+
+/// The first time this process owns a lock, it removes the temp files that acquirers killed
+/// half-way left for that lock: a service's next start cleans up after its crashed predecessor,
+/// at the price of one directory scan per lock and process, not per acquire.
+fn sweep_once(target: &LockTarget, events: &mut Vec<Event>) {
+    static SWEPT: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+    let mut swept = SWEPT.lock().unwrap_or_else(|p| p.into_inner());
+    if swept.contains(&target.path) {
+        return;
+    }
+    swept.push(target.path.clone());
+    drop(swept);
+    if let Ok(paths) = sweep_orphan_temps(&target.dir, Some(&target.name.file_name())) {
+        if !paths.is_empty() {
+            events.push(Event::OrphansRemoved { paths });
+        }
     }
 }
 
