@@ -422,4 +422,74 @@ mod tests {
             assert!(!msg.is_empty() && !msg.contains('\n'), "{args:?}: {msg}");
         }
     }
+
+    #[test]
+    fn arbitrary_arguments_never_panic_and_fail_in_one_line() {
+        // A deterministic fuzz over the options' vocabulary mixed with random bytes.
+        const WORDS: &[&str] = &[
+            "check",
+            "clear",
+            "run",
+            "--",
+            "--dir",
+            "--dir=",
+            "--side",
+            "--side=",
+            "--wait",
+            "--wait=",
+            "--name",
+            "--json",
+            "--force",
+            "-q",
+            "--quiet",
+            "-h",
+            "--help",
+            "-V",
+            "--version",
+            "backend",
+            "worker",
+            "SHORT",
+            "",
+            "-",
+            "=",
+            "5",
+            "-1",
+            "1e9",
+            "x y",
+        ];
+        let mut state: u64 = 0x2545_F491_4F6C_DD1D;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for _ in 0..20_000 {
+            let n = (next() % 7) as usize;
+            let args: Vec<OsString> = (0..n)
+                .map(|_| {
+                    if next() % 4 == 0 {
+                        let bytes: Vec<u8> = (0..next() % 8).map(|_| next() as u8).collect();
+                        os_from_bytes(bytes)
+                    } else {
+                        WORDS[(next() as usize) % WORDS.len()].into()
+                    }
+                })
+                .collect();
+            if let Err(Usage(msg)) = parse(args.clone()) {
+                assert!(!msg.is_empty() && !msg.contains('\n'), "{args:?}: {msg}");
+            }
+        }
+    }
+
+    #[cfg(unix)]
+    fn os_from_bytes(bytes: Vec<u8>) -> OsString {
+        use std::os::unix::ffi::OsStringExt;
+        OsString::from_vec(bytes)
+    }
+
+    #[cfg(not(unix))]
+    fn os_from_bytes(bytes: Vec<u8>) -> OsString {
+        String::from_utf8_lossy(&bytes).into_owned().into()
+    }
 }

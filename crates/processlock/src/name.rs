@@ -163,4 +163,35 @@ mod tests {
         assert!(LockName::from_file_name("a.b.c.lock").is_none());
         assert!(LockName::from_file_name("backend.lock.tmp").is_none());
     }
+
+    #[test]
+    fn arbitrary_names_are_valid_and_safe_or_refused() {
+        let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let alphabet: Vec<char> = "aZ09-_./\\ \0é.:*?\n".chars().collect();
+        for _ in 0..20_000 {
+            let mut word = |max: u64| -> String {
+                (0..next() % max)
+                    .map(|_| alphabet[(next() as usize) % alphabet.len()])
+                    .collect()
+            };
+            let (ty, side) = (word(70), word(40));
+            match LockName::new(&ty, Some(&side)) {
+                Ok(n) => {
+                    let f = n.file_name();
+                    assert!(f.ends_with(".lock") && !f.starts_with('.'), "{f}");
+                    assert!(f
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)));
+                    assert_eq!(LockName::from_file_name(&f).unwrap().file_name(), f);
+                }
+                Err(e) => assert_eq!(e.code(), "LOCK_INVALID_NAME"),
+            }
+        }
+    }
 }
