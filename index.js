@@ -4,7 +4,7 @@
 
 const binding = require('./binding.js')
 const errors = require('./lib/errors.js')
-const { sinkFor, emit } = require('./lib/log.js')
+const { sinkFor, isSilent, emit } = require('./lib/log.js')
 const lifecycle = require('./lib/lifecycle.js')
 
 const { errorFromFailure, invalidOption, normalizeRecord } = errors
@@ -48,6 +48,7 @@ function nativeOptions(options) {
     dir: options.dir,
     tradeSide: options.tradeSide === null ? '' : options.tradeSide,
     processName: options.processName,
+    quiet: isSilent(options.log),
   }
 }
 

@@ -24,8 +24,13 @@ function sinkFor(option) {
   return consoleSink
 }
 
+/** Whether a `log` option sends the lines nowhere, so that they need not be built at all. */
+function isSilent(option) {
+  return sinkFor(option) === silent
+}
+
 function emit(sink, lines) {
   for (const line of lines) sink(line, levelOf(line))
 }
 
-module.exports = { sinkFor, emit, levelOf }
+module.exports = { sinkFor, isSilent, emit, levelOf }

@@ -24,6 +24,8 @@ pub struct LockOptions {
     pub dir: Option<String>,
     pub trade_side: Option<String>,
     pub process_name: Option<String>,
+    /// Nobody reads the log lines: do not build them.
+    pub quiet: Option<bool>,
 }
 
 #[napi(object)]
@@ -152,21 +154,31 @@ pub fn acquire(process_type: String, options: Option<LockOptions>) -> AcquireOut
     };
     install_exit_backstop();
     let result = REGISTRY.acquire(&target, options.process_name.as_deref());
-    taken_outcome(result, &target)
+    taken_outcome(result, &target, options.quiet.unwrap_or(false))
 }
 
 /// The outcome of an acquisition through the registry. A new hold also wakes this process's
 /// waits for the same lock: they find it held by us and return at once.
-fn taken_outcome(result: processlock::Result<Taken>, target: &LockTarget) -> AcquireOutcome {
+fn taken_outcome(
+    result: processlock::Result<Taken>,
+    target: &LockTarget,
+    quiet: bool,
+) -> AcquireOutcome {
     match result {
         Ok(taken) => {
-            let mut lines: Vec<String> = taken
-                .events
-                .iter()
-                .map(|ev| report::event(ev, &target.path))
-                .collect();
+            let mut lines = Vec::new();
+            if !quiet {
+                lines.extend(
+                    taken
+                        .events
+                        .iter()
+                        .map(|ev| report::event(ev, &target.path)),
+                );
+            }
             if !taken.already_held {
-                lines.push(report::acquired(&target.name, taken.record.pid));
+                if !quiet {
+                    lines.push(report::acquired(&target.name, taken.record.pid));
+                }
                 WAITS.nudge(&target.path);
             }
             AcquireOutcome {
@@ -267,7 +279,7 @@ fn acquire_waiting(
         REGISTRY.acquire(&target, name)
     });
     WAITS.end(key);
-    taken_outcome(result, &target)
+    taken_outcome(result, &target, options.quiet.unwrap_or(false))
 }
 
 static WAITS: Waits = Waits::new();
@@ -403,7 +415,11 @@ pub fn release(process_type: String, options: Option<LockOptions>) -> ReleaseOut
             removed,
             held: true,
             lock_file,
-            lines: vec![report::released(&target.name, record.pid)],
+            lines: if options.quiet.unwrap_or(false) {
+                Vec::new()
+            } else {
+                vec![report::released(&target.name, record.pid)]
+            },
             error: None,
         },
         Some((_, Err(e))) => ReleaseOutcome {
