@@ -57,16 +57,21 @@ function fail(failure, lockFile, sink) {
   throw errorFromFailure(failure, lockFile)
 }
 
-function releaseHeld(lockFile, entry) {
-  held.delete(lockFile)
-  const out = binding.release(entry.processType, entry.options)
-  if (!out.error) emit(entry.sink, out.lines)
+/**
+ * Releases through the native layer (which forgets its hold whatever happens) and forgets the
+ * lock here too. Lines go to the sink the lock was taken with, else to `sink`.
+ */
+function release(processType, native, sink) {
+  const out = binding.release(processType, native)
+  const entry = held.get(out.lockFile)
+  held.delete(out.lockFile)
+  if (!out.error) emit(entry ? entry.sink : sink, out.lines)
   if (held.size === 0) lifecycle.uninstallSoon()
   return out
 }
 
 function releaseEverything() {
-  for (const [lockFile, entry] of [...held]) releaseHeld(lockFile, entry)
+  for (const entry of [...held.values()]) release(entry.processType, entry.options, entry.sink)
 }
 
 function adopt(out, processType, options, sink) {
@@ -86,7 +91,7 @@ function acquireLock(processType, options) {
   const opts = checkOptions(processType, options, ['waitMs'])
   const sink = sinkFor(opts.log)
   const out =
-    opts.waitMs > 0 && typeof binding.acquireWait === 'function'
+    opts.waitMs > 0
       ? binding.acquireWait(processType, nativeOptions(opts), opts.waitMs)
       : binding.acquire(processType, nativeOptions(opts))
   if (out.error) fail(out.error, out.lockFile, sink)
@@ -154,13 +159,8 @@ async function acquireLockAsync(processType, options) {
 /** Releases the lock if this process holds it. True when its file was removed. */
 function releaseLock(processType, options) {
   const opts = checkOptions(processType, options)
-  const out = binding.release(processType, nativeOptions(opts))
-  const entry = held.get(out.lockFile)
-  const sink = entry ? entry.sink : sinkFor(opts.log)
-  if (out.error) fail(out.error, out.lockFile, sink)
-  held.delete(out.lockFile)
-  emit(sink, out.lines)
-  if (held.size === 0) lifecycle.uninstallSoon()
+  const out = release(processType, nativeOptions(opts), sinkFor(opts.log))
+  if (out.error) throw errorFromFailure(out.error, out.lockFile)
   return out.removed
 }
 

@@ -6,16 +6,11 @@
 //! that a rival linked an instant ago in place of the stale one (invariants 1 and 5).
 
 use std::path::Path;
-use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
-use crate::liveness::judge_pid;
 use crate::os;
-use crate::protocol::{
-    is_young, names_same_file, open_lock_file, read_record, try_lock, unknown_holder,
-    BUSY_PATIENCE, REREAD_DELAY,
-};
-use crate::record::{Parsed, Record};
+use crate::protocol::{judge, Verdict};
+use crate::record::Record;
 
 /// Far above anything real: each round means the file at the path was replaced meanwhile.
 const MAX_ROUNDS: u32 = 1_000;
@@ -34,50 +29,26 @@ pub enum Removal {
     RemovedInvalid(String),
 }
 
-/// Removes the lock file at `path` if nobody holds it. Something other than a regular file at the
-/// path is an `Error::NotAFile` and is left alone.
+/// Removes the lock file at `path` if nobody holds it, judged exactly as an acquirer judges it.
+/// Something other than a regular file at the path is an `Error::NotAFile` and is left alone.
 pub fn remove_if_stale(path: &Path) -> Result<Removal> {
-    let started = Instant::now();
     for _ in 0..MAX_ROUNDS {
-        let Some(file) = open_lock_file(path, os::open_existing)? else {
-            return Ok(Removal::Absent);
-        };
-        if !try_lock(&file, true, path)? {
-            match read_record(&file, path)? {
-                Parsed::Ours(r) | Parsed::Legacy(r) => {
-                    if !judge_pid(&r).is_alive() && started.elapsed() < BUSY_PATIENCE {
-                        // A probe or an acquirer is busy with a dead holder's file: look again.
-                        std::thread::sleep(Duration::from_micros(200));
-                        continue;
-                    }
-                    return Ok(Removal::Held(r));
-                }
-                Parsed::Invalid(_) => return Ok(Removal::Held(unknown_holder())),
+        match judge(path)? {
+            Verdict::Gone => match os::entry(path).map_err(|e| Error::io("lstat", path, e))? {
+                os::Entry::Missing => return Ok(Removal::Absent),
+                // Replaced since we opened it: judge the new file.
+                _ => continue,
+            },
+            Verdict::Held(r) => return Ok(Removal::Held(r)),
+            Verdict::Stale(stale) => {
+                let removal = match &stale.said {
+                    Ok(r) => Removal::RemovedStale(r.clone()),
+                    Err(reason) => Removal::RemovedInvalid(reason.clone()),
+                };
+                stale.remove(path)?;
+                return Ok(removal);
             }
         }
-        if !names_same_file(path, &file)? {
-            // Replaced since we opened it: judge the new file.
-            continue;
-        }
-        let mut parsed = read_record(&file, path)?;
-        if matches!(parsed, Parsed::Invalid(_)) && is_young(&file) {
-            // Perhaps a PID-only writer between its truncation and its write.
-            std::thread::sleep(REREAD_DELAY);
-            parsed = read_record(&file, path)?;
-        }
-        let removal = match parsed {
-            Parsed::Legacy(r) if judge_pid(&r).is_alive() => return Ok(Removal::Held(r)),
-            Parsed::Ours(r) | Parsed::Legacy(r) => Removal::RemovedStale(r),
-            Parsed::Invalid(reason) => Removal::RemovedInvalid(reason),
-        };
-        match os::remove(path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(Error::io("unlink", path, e)),
-        }
-        // Only now let the lock go: nobody could take the file over while we removed it.
-        drop(file);
-        return Ok(removal);
     }
     Err(Error::io(
         "unlink",

@@ -32,11 +32,11 @@ use crate::temp::{sweep_orphan_temps, Temp};
 
 /// How long a racer keeps retrying a file whose lock is held while its record names a dead
 /// process: someone is probing or removing it, which takes microseconds.
-pub(crate) const BUSY_PATIENCE: Duration = Duration::from_millis(250);
+const BUSY_PATIENCE: Duration = Duration::from_millis(250);
 /// A file without a holder whose record is unreadable may be a PID-only writer's file caught
 /// between its truncation and its write: look again after this long if it is that young.
 const YOUNG_FILE: Duration = Duration::from_secs(1);
-pub(crate) const REREAD_DELAY: Duration = Duration::from_millis(20);
+const REREAD_DELAY: Duration = Duration::from_millis(20);
 /// A safety net against livelock, far above anything a real race needs.
 const MAX_ROUNDS: u32 = 10_000;
 
@@ -214,6 +214,17 @@ fn sweep_once(target: &LockTarget, events: &mut Vec<Event>) {
     }
     swept.push(target.path.clone());
     drop(swept);
+    // A stale takeover during this acquire has just swept.
+    if !events
+        .iter()
+        .any(|e| matches!(e, Event::OrphansRemoved { .. }))
+    {
+        sweep_orphans(target, events);
+    }
+}
+
+/// Removes the temp files that acquirers of `target` killed half-way left, and says so.
+fn sweep_orphans(target: &LockTarget, events: &mut Vec<Event>) {
     if let Ok(paths) = sweep_orphan_temps(&target.dir, Some(&target.name.file_name())) {
         if !paths.is_empty() {
             events.push(Event::OrphansRemoved { paths });
@@ -266,7 +277,6 @@ pub(crate) fn link_or_take_over(
     temp: &Path,
     events: &mut Vec<Event>,
 ) -> Result<()> {
-    let mut busy_since = None;
     for _ in 0..MAX_ROUNDS {
         match os::hard_link(temp, &target.path) {
             Ok(()) => return Ok(()),
@@ -280,29 +290,13 @@ pub(crate) fn link_or_take_over(
             }
             Err(e) => return Err(Error::io("link", &target.path, e)),
         }
-        match examine(&target.path)? {
-            Found::Gone => {}
-            Found::Held(holder) => return Err(target.conflict(holder)),
-            Found::Busy(holder) => {
-                let since = *busy_since.get_or_insert_with(std::time::Instant::now);
-                if since.elapsed() > BUSY_PATIENCE {
-                    return Err(target.conflict(holder));
-                }
-                std::thread::sleep(Duration::from_micros(200));
-            }
-            Found::Stale { file, event } => {
-                match os::remove(&target.path) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(Error::io("unlink", &target.path, e)),
-                }
-                drop(file);
-                events.push(event);
-                if let Ok(paths) = sweep_orphan_temps(&target.dir, Some(&target.name.file_name())) {
-                    if !paths.is_empty() {
-                        events.push(Event::OrphansRemoved { paths });
-                    }
-                }
+        match judge(&target.path)? {
+            Verdict::Gone => {}
+            Verdict::Held(holder) => return Err(target.conflict(holder)),
+            Verdict::Stale(stale) => {
+                events.push(stale.event());
+                stale.remove(&target.path)?;
+                sweep_orphans(target, events);
             }
         }
     }
@@ -329,54 +323,99 @@ fn is_no_link_support(errno: i32) -> bool {
     matches!(errno, ERROR_INVALID_FUNCTION | ERROR_NOT_SUPPORTED)
 }
 
-/// What an acquirer found at the lock path.
-enum Found {
-    /// Nothing any more: link again.
+/// What is at the lock path, judged by the protocol's rules (acquirers and `clear` alike).
+pub(crate) enum Verdict {
+    /// Nothing, or a file that was replaced while we looked: look (or link) again.
     Gone,
-    /// A live holder.
+    /// A live holder. PID 0 when it wrote no readable record.
     Held(Record),
+    /// Nobody holds it; we do now, and it is still the file at the path.
+    Stale(Stale),
+}
+
+/// A stale lock file whose lock we hold: only we may remove it.
+pub(crate) struct Stale {
+    file: File,
+    /// What the file said: a dead or recycled holder's record, or why it is unreadable.
+    pub(crate) said: std::result::Result<Record, String>,
+}
+
+impl Stale {
+    pub(crate) fn event(&self) -> Event {
+        match &self.said {
+            Ok(r) => Event::StaleRemoved { pid: r.pid },
+            Err(reason) => Event::InvalidRemoved {
+                reason: reason.clone(),
+            },
+        }
+    }
+
+    /// Unlinks the file, and only then lets its lock go: nobody can take it over meanwhile.
+    pub(crate) fn remove(self, path: &Path) -> Result<()> {
+        match os::remove(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io("unlink", path, e)),
+        }
+        drop(self.file);
+        Ok(())
+    }
+}
+
+/// `examine`, waiting out a brief probe or a rival's removal of a dead holder's file. A file
+/// still locked after `BUSY_PATIENCE` has a real holder (say, a child that inherited the
+/// descriptor of a holder that died).
+pub(crate) fn judge(path: &Path) -> Result<Verdict> {
+    let started = std::time::Instant::now();
+    loop {
+        match examine(path)? {
+            Found::Busy(_) if started.elapsed() < BUSY_PATIENCE => {
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            Found::Busy(holder) => return Ok(Verdict::Held(holder)),
+            Found::Verdict(v) => return Ok(v),
+        }
+    }
+}
+
+enum Found {
     /// Locked, but the record names a dead process: someone is probing or removing it.
     Busy(Record),
-    /// Ours to remove: we hold its lock and it is still the file at the path.
-    Stale { file: File, event: Event },
+    Verdict(Verdict),
 }
 
 fn examine(path: &Path) -> Result<Found> {
     let file = match open_lock_file(path, os::open_existing)? {
         Some(f) => f,
-        None => return Ok(Found::Gone),
+        None => return Ok(Found::Verdict(Verdict::Gone)),
     };
     let got = try_lock(&file, true, path)?;
     let mut parsed = read_record(&file, path)?;
     if !got {
         return Ok(match parsed {
-            Parsed::Ours(r) | Parsed::Legacy(r) if judge_pid(&r).is_alive() => Found::Held(r),
+            Parsed::Ours(r) | Parsed::Legacy(r) if judge_pid(&r).is_alive() => {
+                Found::Verdict(Verdict::Held(r))
+            }
             Parsed::Ours(r) | Parsed::Legacy(r) => Found::Busy(r),
             Parsed::Invalid(_) => Found::Busy(unknown_holder()),
         });
     }
     if !names_same_file(path, &file)? {
-        return Ok(Found::Gone);
+        return Ok(Found::Verdict(Verdict::Gone));
     }
     if matches!(parsed, Parsed::Invalid(_)) && is_young(&file) {
+        // Perhaps a PID-only writer between its truncation and its write.
         std::thread::sleep(REREAD_DELAY);
         parsed = read_record(&file, path)?;
     }
-    Ok(match parsed {
-        Parsed::Ours(r) => Found::Stale {
-            file,
-            event: Event::StaleRemoved { pid: r.pid },
-        },
-        Parsed::Legacy(r) if judge_pid(&r).is_alive() => Found::Held(r),
-        Parsed::Legacy(r) => Found::Stale {
-            file,
-            event: Event::StaleRemoved { pid: r.pid },
-        },
-        Parsed::Invalid(reason) => Found::Stale {
-            file,
-            event: Event::InvalidRemoved { reason },
-        },
-    })
+    let said = match parsed {
+        Parsed::Legacy(r) if judge_pid(&r).is_alive() => {
+            return Ok(Found::Verdict(Verdict::Held(r)))
+        }
+        Parsed::Ours(r) | Parsed::Legacy(r) => Ok(r),
+        Parsed::Invalid(reason) => Err(reason),
+    };
+    Ok(Found::Verdict(Verdict::Stale(Stale { file, said })))
 }
 
 /// A stand-in for a holder that wrote nothing readable. PID 0 is never a real holder.
@@ -437,7 +476,7 @@ pub(crate) fn names_same_file(path: &Path, file: &File) -> Result<bool> {
     Ok(at_path == Entry::File(id))
 }
 
-pub(crate) fn is_young(file: &File) -> bool {
+fn is_young(file: &File) -> bool {
     file.metadata()
         .and_then(|m| m.modified())
         .ok()
