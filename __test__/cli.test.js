@@ -333,7 +333,8 @@ describe('processlock run', () => {
     const firstPid = await childPid(first)
     const marker = path.join(dir, 'started.txt')
     const second = startRun(['backend', '--wait', '20000'], ['exit', '0'], { dir, env: { CHILD_MARKER: marker } })
-    await second.waitFor('[PROCESS_LOCK_WAIT] backend (SHORT) is held by PID')
+    // Wait for the whole line: output can arrive split in the middle of it.
+    await second.waitFor(/\[PROCESS_LOCK_WAIT\] backend \(SHORT\) is held by PID \d+; waiting up to 20000 ms/)
     expect(second.stderr).toContain(`is held by PID ${firstPid}; waiting up to 20000 ms`)
     expect(fs.existsSync(marker)).toBe(false)
     const stopped = Date.now()
