@@ -29,7 +29,10 @@ export interface LockOptions {
   dir?: string
   /** Default: `$TRADE_SIDE`. `null` or `''`: no side, whatever the environment says. */
   tradeSide?: string | null
-  /** Default: `trader-short-backend` style, `trader-backend` without a side. */
+  /**
+   * Default: `trader-short-backend` style, `trader-backend` without a side. At most 256
+   * characters and no control characters, else `LockInvalidOptionError`.
+   */
   processName?: string
   /**
    * Where the `[PROCESS_LOCK_*]` lines go: the console by default; `false` or `'silent'` for
@@ -84,6 +87,7 @@ export type ProcessLockErrorCode =
   | 'LOCK_UNSUPPORTED'
   | 'LOCK_IO'
   | 'LOCK_ABORTED'
+  | 'LOCK_UNSAFE_DIR'
 
 export class ProcessLockError extends Error {
   readonly code: ProcessLockErrorCode
@@ -129,6 +133,16 @@ export class LockAbortedError extends ProcessLockError {
   readonly code: 'LOCK_ABORTED'
   /** The signal's `reason`. */
   readonly cause?: unknown
+}
+/**
+ * The lock directory lets other users delete files in it (writable by others without the
+ * sticky bit, or owned by another user than this process's and root): refused, untouched.
+ * The message says why and how to fix it. Unix only.
+ */
+export class LockUnsafeDirError extends ProcessLockError {
+  readonly code: 'LOCK_UNSAFE_DIR'
+  /** The refused directory. */
+  readonly path: string
 }
 
 /**

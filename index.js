@@ -226,4 +226,5 @@ module.exports = {
   LockUnsupportedError: errors.LockUnsupportedError,
   LockIoError: errors.LockIoError,
   LockAbortedError: errors.LockAbortedError,
+  LockUnsafeDirError: errors.LockUnsafeDirError,
 }

@@ -18,5 +18,6 @@ export const {
   LockUnsupportedError,
   LockIoError,
   LockAbortedError,
+  LockUnsafeDirError,
 } = api
 export default api

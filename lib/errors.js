@@ -26,6 +26,8 @@ class LockUnsupportedError extends ProcessLockError {}
 class LockIoError extends ProcessLockError {}
 /** A waiting acquisition was cancelled through its AbortSignal. */
 class LockAbortedError extends ProcessLockError {}
+/** The lock directory lets other users delete files in it; nothing in it was touched. */
+class LockUnsafeDirError extends ProcessLockError {}
 
 const CLASSES = {
   LOCK_CONFLICT: LockConflictError,
@@ -35,6 +37,7 @@ const CLASSES = {
   LOCK_UNSUPPORTED: LockUnsupportedError,
   LOCK_IO: LockIoError,
   LOCK_ABORTED: LockAbortedError,
+  LOCK_UNSAFE_DIR: LockUnsafeDirError,
 }
 
 function normalizeRecord(r) {
@@ -79,6 +82,7 @@ module.exports = {
   LockUnsupportedError,
   LockIoError,
   LockAbortedError,
+  LockUnsafeDirError,
   errorFromFailure,
   invalidOption,
   normalizeRecord,

@@ -11,6 +11,7 @@ import {
   LockConflictError,
   LockAbortedError,
   ProcessLockError,
+  LockUnsafeDirError,
   type AsyncAcquireOptions,
   type LockInfo,
   type LockStatus,
@@ -82,3 +83,13 @@ async function startWorker(signal: AbortSignal): Promise<LockInfo | null> {
 void startWorker(AbortSignal.timeout(30_000))
 
 console.log(held, removed, forced, path)
+
+// A lock directory other users could tamper with is refused: the error names it.
+try {
+  acquireLock('backend', { dir: '/srv/shared/locks' })
+} catch (e) {
+  if (e instanceof LockUnsafeDirError) {
+    const code: 'LOCK_UNSAFE_DIR' = e.code
+    console.error(code, e.path, e.message)
+  }
+}

@@ -8,14 +8,20 @@ processlock: one running instance per service
 
 Usage:
   processlock check [--json] [--dir DIR]
+  processlock check <type> [--side SIDE] [--json] [--dir DIR]
   processlock clear [--force] [--dir DIR]
   processlock run <type> [--side SIDE] [--wait MS] [--name NAME] [--quiet] [--dir DIR] -- <command> [args...]
 
 Commands:
   check   List the lock files in the lock directory: type, side, PID, start time, uptime,
-          state (held, stale, invalid), process name, file. --json prints an array for scripts.
-  clear   Remove stale and invalid lock files and temp files left by crashed acquirers.
-          Held locks are kept; --force removes them too (the processes keep running).
+          state (held, stale, invalid), process name, host (when not this one), file.
+          --json prints an array for scripts. Exit status 0 whatever the states.
+          With <type>: whether that one lock is held, for health checks and deploy scripts:
+          exit status 0 held, 1 not held (no file, stale, or not a lock record), 3 cannot
+          tell (an I/O error). --json prints one object with keys held and state.
+  clear   Remove stale lock files and temp files left by crashed acquirers. Held locks are
+          kept; --force removes them too (the processes keep running). Files that are not
+          lock records (empty, unreadable, another program's) are listed and always kept.
   run     Take the lock <type> (e.g. backend, worker), run the command while holding it, and
           release it when the command ends. SIGINT, SIGTERM and SIGHUP are passed on to the
           command; processlock exits with its status, or dies by its signal. The command holds
@@ -27,9 +33,10 @@ Commands:
 Options:
   --dir DIR      Lock directory. Default: $PROCESSLOCK_DIR, else runtime/locks under the
                  nearest directory (from the current one up) that has a package.json.
-  --side SIDE    Trade side of the lock (run). Default: $TRADE_SIDE; '' for none.
+  --side SIDE    Trade side of the lock (run, check <type>). Default: $TRADE_SIDE; '' for none.
   --wait MS      Wait up to MS milliseconds for a holder to let go (run). Default: 0, fail at once.
-  --name NAME    Process name written in the lock record (run). Default: trader-<side>-<type>.
+  --name NAME    Process name written in the lock record (run): at most 256 characters, no
+                 control characters. Default: trader-<side>-<type>.
   -q, --quiet    Do not print the acquired/released lines (run). Conflicts are always printed.
   --json         Machine-readable output (check).
   --force        Also remove locks held by running processes (clear).
@@ -37,7 +44,11 @@ Options:
   -V, --version  Show the version.
 
 Exit status: 0 on success; 1 on a lock conflict or an I/O error; 2 on a usage error; for run,
-otherwise the command's own status (127: command not found, 126: not executable).
+otherwise the command's own status (127: command not found, 126: not executable); for
+check <type>, as above.
+
+run and clear refuse (LOCK_UNSAFE_DIR) a lock directory that other users may delete files in:
+writable by others without the sticky bit, or owned by a user other than this one and root.
 ";
 
 #[derive(Debug, PartialEq, Eq)]
@@ -46,6 +57,8 @@ pub enum Command {
     Version,
     Check {
         json: bool,
+        /// `check <type>`: one lock, with its side (`None`: `$TRADE_SIDE`).
+        lock: Option<(String, Option<String>)>,
     },
     Clear {
         force: bool,
@@ -154,15 +167,30 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Invocation, Usa
     let command = match name.as_str() {
         "check" => {
             let mut json = false;
+            let mut process_type = None;
+            let mut side = None;
             while let Some(arg) = cur.take() {
                 match option(&arg)? {
                     ("--json", None) => json = true,
                     ("--dir", inline) => dir = Some(dir_value(&mut cur, inline)?),
+                    ("--side", inline) => side = Some(utf8_value(&mut cur, "--side", inline)?),
                     ("-h" | "--help", None) => return help(dir),
+                    (word, None) if !word.starts_with('-') && process_type.is_none() => {
+                        process_type = Some(word.to_string())
+                    }
                     _ => return unexpected(&arg, "check"),
                 }
             }
-            Command::Check { json }
+            let lock = match (process_type, side) {
+                (Some(t), side) => Some((t, side)),
+                (None, Some(_)) => {
+                    return usage(
+                        "--side needs a lock type, e.g. processlock check backend --side SHORT",
+                    )
+                }
+                (None, None) => None,
+            };
+            Command::Check { json, lock }
         }
         "clear" => {
             let mut force = false;
@@ -315,14 +343,34 @@ mod tests {
             p(&["check"]).unwrap(),
             Invocation {
                 dir: None,
-                command: Command::Check { json: false }
+                command: Command::Check {
+                    json: false,
+                    lock: None
+                }
             }
         );
         assert_eq!(
             p(&["--dir", "/x", "check", "--json"]).unwrap(),
             Invocation {
                 dir: Some("/x".into()),
-                command: Command::Check { json: true }
+                command: Command::Check {
+                    json: true,
+                    lock: None
+                }
+            }
+        );
+        assert_eq!(
+            run_cmd(&["check", "backend", "--side=LONG", "--json"]),
+            Command::Check {
+                json: true,
+                lock: Some(("backend".into(), Some("LONG".into())))
+            }
+        );
+        assert_eq!(
+            run_cmd(&["check", "--json", "worker"]),
+            Command::Check {
+                json: true,
+                lock: Some(("worker".into(), None))
             }
         );
         assert_eq!(
@@ -407,6 +455,9 @@ mod tests {
             &["frobnicate"],
             &["--bogus"],
             &["check", "--force"],
+            &["check", "backend", "worker"],
+            &["check", "--side", "SHORT"],
+            &["check", "backend", "--side"],
             &["clear", "extra"],
             &["check", "--dir"],
             &["check", "--dir="],

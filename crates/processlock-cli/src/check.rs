@@ -1,13 +1,27 @@
-//! `processlock check`: every lock file in the directory and its state.
+//! `processlock check`: every lock file in the directory and its state, or whether one lock is
+//! held (for health checks and deploy scripts: the exit status says it).
+//!
+//! Whatever a lock file says reaches the terminal only through `printable`: a record or a file
+//! name with escape sequences or newlines cannot rewrite the operator's screen.
 
 use std::io::{IsTerminal, Write};
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use processlock::{judge_pid, list_locks, parse_iso8601_ms, LockState, LockStatus, Result};
+use processlock::report::printable;
+use processlock::{
+    check_dir, inspect, judge_pid, list_locks, parse_iso8601_ms, Error, Inspection, LockName,
+    LockState, LockStatus, LockTarget, Result,
+};
 use serde_json::Value;
 
-use crate::display::{opt_str, ordered_object, table, uptime};
+use crate::display::{json_text, opt_str, ordered_object, table, uptime};
+
+/// Exit statuses of `check <type>`.
+pub const HELD: i32 = 0;
+pub const NOT_HELD: i32 = 1;
+/// The lock file could not be looked at (I/O error, something other than a file at its path).
+pub const UNKNOWN: i32 = 3;
 
 /// One lock as both outputs show it.
 pub struct Row {
@@ -21,6 +35,8 @@ pub struct Row {
     pub uptime_ms: Option<u64>,
     pub process_name: Option<String>,
     pub hostname: Option<String>,
+    /// The record's host when it is not this one.
+    pub other_host: Option<String>,
     pub problem: Option<String>,
 }
 
@@ -73,6 +89,7 @@ pub fn row(status: LockStatus, now_ms: i64) -> Row {
             .map(|r| r.process_name.clone())
             .filter(|n| !n.is_empty()),
         hostname: record.and_then(|r| r.hostname.clone()),
+        other_host: record.and_then(|r| r.other_host()).map(str::to_string),
         problem,
     }
 }
@@ -84,10 +101,12 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// Lists every lock in `dir`. Exit status 0 whatever their states: listing is not a verdict
+/// (`check <type>` is).
 pub fn run(dir: &Path, json: bool) -> Result<i32> {
+    warn_if_unsafe(dir);
     let now = now_ms();
     let rows: Vec<Row> = list_locks(dir)?.into_iter().map(|s| row(s, now)).collect();
-    let mut out = std::io::stdout().lock();
     let text = if json {
         to_json(&rows)
     } else {
@@ -97,15 +116,157 @@ pub fn run(dir: &Path, json: bool) -> Result<i32> {
             std::io::stdout().is_terminal() && color_allowed(),
         )
     };
+    print(&text);
+    Ok(0)
+}
+
+/// Whether the lock `name` in `dir` is held: exit status `HELD`, `NOT_HELD` (no file, a stale
+/// one, or a file that is not a lock record) or `UNKNOWN`.
+pub fn run_one(dir: &Path, name: LockName, json: bool) -> i32 {
+    warn_if_unsafe(dir);
+    let target = LockTarget::new(dir, name);
+    let status = match inspect(&target.path) {
+        Ok(Inspection::Absent) => None,
+        Ok(found) => Some(status_of(&target, found)),
+        Err(e @ Error::NotAFile { .. }) => Some(LockStatus {
+            path: target.path.clone(),
+            name: Some(target.name.clone()),
+            state: LockState::Invalid,
+            record: None,
+            problem: Some(e.to_string()),
+        }),
+        Err(e) => {
+            eprintln!("processlock: {}", printable(&e.to_string()));
+            return UNKNOWN;
+        }
+    };
+    let held = status.as_ref().is_some_and(|s| s.state == LockState::Held);
+    let row = status.map(|s| row(s, now_ms()));
+    let text = if json {
+        one_json(&target, row.as_ref(), held)
+    } else {
+        one_text(&target, row.as_ref())
+    };
+    print(&text);
+    if held {
+        HELD
+    } else {
+        NOT_HELD
+    }
+}
+
+fn status_of(target: &LockTarget, found: Inspection) -> LockStatus {
+    let (state, record, problem) = match found {
+        Inspection::Held(r) => (LockState::Held, Some(r), None),
+        Inspection::Stale(r) => (LockState::Stale, Some(r), None),
+        Inspection::Invalid(why) => (LockState::Invalid, None, Some(why)),
+        Inspection::Absent => unreachable!("an absent lock has no status"),
+    };
+    LockStatus {
+        path: target.path.clone(),
+        name: Some(target.name.clone()),
+        state,
+        record,
+        problem,
+    }
+}
+
+/// A lock directory others could tamper with is refused by `run` and `clear`; looking at it is
+/// harmless, but the operator should know.
+fn warn_if_unsafe(dir: &Path) {
+    if let Err(e) = check_dir(dir) {
+        eprintln!("processlock: warning: {}", printable(&e.to_string()));
+    }
+}
+
+fn print(text: &str) {
+    let mut out = std::io::stdout().lock();
     // A closed pipe (`processlock check | head -1`) is not an error worth a message.
     let _ = out.write_all(text.as_bytes());
     let _ = out.flush();
-    Ok(0)
+}
+
+/// `backend (SHORT): held by PID 51172 (trader-short-backend) since ..., up 4m 12s`, and the
+/// file, which names the directory the command looked in.
+fn one_text(target: &LockTarget, row: Option<&Row>) -> String {
+    let lock = target.name.display();
+    let file = printable(&target.path.to_string_lossy()).into_owned();
+    let Some(r) = row else {
+        return format!("{lock}: not held (no lock file)\n  file: {file}\n");
+    };
+    let mut line = match r.state {
+        LockState::Held => {
+            let mut s = match r.pid {
+                Some(pid) => format!("{lock}: held by PID {pid}"),
+                None => format!("{lock}: held by a process that wrote no record"),
+            };
+            if let Some(host) = &r.other_host {
+                s.push_str(&format!(" on host {}", printable(host)));
+            }
+            if let Some(name) = &r.process_name {
+                s.push_str(&format!(" ({})", printable(name)));
+            }
+            if let Some(started) = &r.started {
+                s.push_str(&format!(" since {}", printable(started)));
+            }
+            if let Some(ms) = r.uptime_ms {
+                s.push_str(&format!(", up {}", uptime(ms)));
+            }
+            s
+        }
+        LockState::Stale => match r.pid {
+            Some(pid) => format!("{lock}: not held (stale: PID {pid} is not running)"),
+            None => format!("{lock}: not held (stale)"),
+        },
+        LockState::Invalid => format!("{lock}: not held (not a lock record)"),
+    };
+    line.push_str(&format!("\n  file: {file}\n"));
+    if let Some(problem) = &r.problem {
+        line.push_str(&format!("  {}\n", printable(problem)));
+    }
+    line
+}
+
+/// The listing's object for one lock (`state` `"absent"` when there is no file), with `held`.
+fn one_json(target: &LockTarget, row: Option<&Row>, held: bool) -> String {
+    let fields = match row {
+        Some(r) => json_fields(r),
+        None => vec![
+            ("file", Value::from(target.path.to_string_lossy().as_ref())),
+            ("processType", Value::from(target.name.process_type())),
+            ("tradeSide", opt_str(target.name.trade_side())),
+            ("state", Value::from("absent")),
+            ("pid", Value::Null),
+            ("started", Value::Null),
+            ("uptimeMs", Value::Null),
+            ("processName", Value::Null),
+            ("hostname", Value::Null),
+            ("problem", Value::Null),
+        ],
+    };
+    let mut fields = fields;
+    fields.insert(4, ("held", Value::from(held)));
+    format!("{}\n", json_text(&ordered_object(&fields)))
 }
 
 fn color_allowed() -> bool {
     std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
         && std::env::var("TERM").map_or(true, |t| t != "dumb")
+}
+
+fn json_fields(r: &Row) -> Vec<(&'static str, Value)> {
+    vec![
+        ("file", Value::from(r.file.as_str())),
+        ("processType", opt_str(r.process_type.as_deref())),
+        ("tradeSide", opt_str(r.trade_side.as_deref())),
+        ("state", Value::from(r.state.as_str())),
+        ("pid", r.pid.map_or(Value::Null, Value::from)),
+        ("started", opt_str(r.started.as_deref())),
+        ("uptimeMs", r.uptime_ms.map_or(Value::Null, Value::from)),
+        ("processName", opt_str(r.process_name.as_deref())),
+        ("hostname", opt_str(r.hostname.as_deref())),
+        ("problem", opt_str(r.problem.as_deref())),
+    ]
 }
 
 pub fn to_json(rows: &[Row]) -> String {
@@ -114,29 +275,13 @@ pub fn to_json(rows: &[Row]) -> String {
     }
     let objects: Vec<String> = rows
         .iter()
-        .map(|r| {
-            format!(
-                "  {}",
-                ordered_object(&[
-                    ("file", Value::from(r.file.as_str())),
-                    ("processType", opt_str(r.process_type.as_deref())),
-                    ("tradeSide", opt_str(r.trade_side.as_deref())),
-                    ("state", Value::from(r.state.as_str())),
-                    ("pid", r.pid.map_or(Value::Null, Value::from)),
-                    ("started", opt_str(r.started.as_deref())),
-                    ("uptimeMs", r.uptime_ms.map_or(Value::Null, Value::from)),
-                    ("processName", opt_str(r.process_name.as_deref())),
-                    ("hostname", opt_str(r.hostname.as_deref())),
-                    ("problem", opt_str(r.problem.as_deref())),
-                ])
-            )
-        })
+        .map(|r| format!("  {}", ordered_object(&json_fields(r))))
         .collect();
-    format!("[\n{}\n]\n", objects.join(",\n"))
+    json_text(&format!("[\n{}\n]\n", objects.join(",\n")))
 }
 
 pub fn to_text(dir: &Path, rows: &[Row], color: bool) -> String {
-    let shown = dir.display();
+    let shown = printable(&dir.to_string_lossy()).into_owned();
     if rows.is_empty() {
         return if dir.is_dir() {
             format!("No locks in {shown}\n")
@@ -145,19 +290,34 @@ pub fn to_text(dir: &Path, rows: &[Row], color: bool) -> String {
         };
     }
     let dash = || "-".to_string();
+    let text = |s: &Option<String>| {
+        s.as_deref()
+            .map_or_else(dash, |s| printable(s).into_owned())
+    };
+    // A HOST column only when some holder runs elsewhere: the usual table stays as it was.
+    let hosts = rows.iter().any(|r| r.other_host.is_some());
     let cells: Vec<Vec<String>> = rows
         .iter()
         .map(|r| {
-            vec![
-                r.process_type.clone().unwrap_or_else(dash),
-                r.trade_side.clone().unwrap_or_else(dash),
+            let mut cells = vec![
+                text(&r.process_type),
+                text(&r.trade_side),
                 r.pid.map_or_else(dash, |p| p.to_string()),
-                r.started.clone().unwrap_or_else(dash),
+                text(&r.started),
                 r.uptime_ms.map_or_else(dash, uptime),
                 r.state.as_str().to_string(),
-                r.process_name.clone().unwrap_or_else(dash),
-                r.file_name.clone(),
-            ]
+                text(&r.process_name),
+            ];
+            if hosts {
+                // Blank for this host, so the ones elsewhere stand out.
+                cells.push(
+                    r.other_host
+                        .as_ref()
+                        .map_or_else(dash, |h| printable(h).into_owned()),
+                );
+            }
+            cells.push(printable(&r.file_name).into_owned());
+            cells
         })
         .collect();
     const STATE: usize = 5;
@@ -173,16 +333,23 @@ pub fn to_text(dir: &Path, rows: &[Row], color: bool) -> String {
         format!("\x1b[{code}m{cell}\x1b[0m")
     };
     let mut out = format!("Locks in {shown}:\n\n");
-    out.push_str(&table(
-        &[
-            "TYPE", "SIDE", "PID", "STARTED", "UPTIME", "STATE", "PROCESS", "FILE",
-        ],
-        &cells,
-        paint,
-    ));
+    let mut header = vec![
+        "TYPE", "SIDE", "PID", "STARTED", "UPTIME", "STATE", "PROCESS",
+    ];
+    if hosts {
+        header.push("HOST");
+    }
+    header.push("FILE");
+    out.push_str(&table(&header, &cells, paint));
     let notes: Vec<String> = rows
         .iter()
-        .filter_map(|r| Some(format!("  {}: {}", r.file_name, r.problem.as_deref()?)))
+        .filter_map(|r| {
+            Some(format!(
+                "  {}: {}",
+                printable(&r.file_name),
+                printable(r.problem.as_deref()?)
+            ))
+        })
         .collect();
     if !notes.is_empty() {
         out.push('\n');
@@ -191,10 +358,19 @@ pub fn to_text(dir: &Path, rows: &[Row], color: bool) -> String {
             out.push('\n');
         }
     }
-    let stale = rows.iter().filter(|r| r.state != LockState::Held).count();
+    let stale = rows.iter().filter(|r| r.state == LockState::Stale).count();
+    let invalid = rows
+        .iter()
+        .filter(|r| r.state == LockState::Invalid)
+        .count();
     if stale > 0 {
         out.push_str(&format!(
             "\n{stale} lock file(s) belong to no running process: the next start removes them, or run: processlock clear\n"
+        ));
+    }
+    if invalid > 0 {
+        out.push_str(&format!(
+            "\n{invalid} file(s) are not lock records: processlock clear keeps them (another program may use them); remove them by hand if nothing does\n"
         ));
     }
     out

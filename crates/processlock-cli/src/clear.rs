@@ -1,27 +1,31 @@
 //! `processlock clear`: removes the lock files no running process holds (and, with `--force`,
-//! the ones that are held), plus temp files of acquirers that died half-way.
+//! the ones that are held), plus temp files of acquirers that died half-way. Files that are not
+//! lock records (another program's `*.lock` in a shared directory) are listed and kept.
 
 use std::path::Path;
 
+use processlock::report::printable;
 use processlock::{
-    force_remove, list_locks, remove_if_stale, sweep_orphan_temps, Error, Removal, Result,
+    check_dir, force_remove, list_locks, remove_if_stale, sweep_orphan_temps, Error, Removal,
+    Result,
 };
 
 /// Returns the exit status: 0, or 1 if some file could not be handled.
 pub fn run(dir: &Path, force: bool) -> Result<i32> {
-    let shown = dir.display();
+    check_dir(dir)?;
+    let shown = printable(&dir.to_string_lossy()).into_owned();
     let locks = list_locks(dir)?;
     let mut status = 0;
     let mut removed = 0usize;
     let mut kept: Vec<u32> = Vec::new();
     let mut forced: Vec<u32> = Vec::new();
-    let mut kept_unknown = false;
-    let mut forced_any = false;
+    let mut kept_elsewhere = 0usize;
+    let mut unknown = 0usize;
     for lock in &locks {
         let name = lock
             .path
             .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
+            .map(|n| printable(&n.to_string_lossy()).into_owned())
             .unwrap_or_default();
         match remove_if_stale(&lock.path) {
             Ok(Removal::Absent) => {}
@@ -29,51 +33,51 @@ pub fn run(dir: &Path, force: bool) -> Result<i32> {
                 removed += 1;
                 println!("removed stale   {name} (PID {} is not running)", r.pid);
             }
-            Ok(Removal::RemovedInvalid(why)) => {
-                removed += 1;
-                println!("removed invalid {name} ({why})");
+            Ok(Removal::Unknown(why)) => {
+                unknown += 1;
+                println!("kept unknown    {name} ({})", printable(&why));
             }
-            Ok(Removal::Held(r)) if force => {
-                match force_remove(&lock.path) {
-                    Ok(_) => {
-                        removed += 1;
-                        forced_any = true;
-                        if r.pid == 0 {
-                            println!("removed HELD    {name} (its holder wrote no record and keeps running)");
-                        } else {
-                            println!("removed HELD    {name} (PID {} keeps running)", r.pid);
-                            forced.push(r.pid);
-                        }
-                    }
-                    Err(e) => {
-                        status = 1;
-                        eprintln!("processlock: {e}");
-                    }
+            Ok(Removal::Held(r)) if force => match force_remove(&lock.path) {
+                Ok(_) => {
+                    removed += 1;
+                    println!("removed HELD    {name} (PID {} keeps running)", r.pid);
+                    forced.push(r.pid);
                 }
-            }
+                Err(e) => {
+                    status = 1;
+                    eprintln!("processlock: {}", printable(&e.to_string()));
+                }
+            },
             Ok(Removal::Held(r)) => {
-                if r.pid == 0 {
-                    kept_unknown = true;
-                    println!("kept            {name} (held by a process that wrote no record; find it with: fuser -v {})", lock.path.display());
+                let who = if r.process_name.is_empty() {
+                    String::new()
                 } else {
-                    let who = if r.process_name.is_empty() {
-                        String::new()
-                    } else {
-                        format!(", {}", r.process_name)
-                    };
-                    println!(
-                        "kept            {name} (held by running PID {}{who})",
-                        r.pid
-                    );
-                    kept.push(r.pid);
+                    format!(", {}", printable(&r.process_name))
+                };
+                match r.other_host() {
+                    None => {
+                        println!(
+                            "kept            {name} (held by running PID {}{who})",
+                            r.pid
+                        );
+                        kept.push(r.pid);
+                    }
+                    Some(host) => {
+                        println!(
+                            "kept            {name} (held by PID {} on host {}{who})",
+                            r.pid,
+                            printable(host)
+                        );
+                        kept_elsewhere += 1;
+                    }
                 }
             }
             Err(e @ Error::NotAFile { .. }) => {
-                println!("left            {name}: {e}");
+                println!("left            {name}: {}", printable(&e.to_string()));
             }
             Err(e) => {
                 status = 1;
-                eprintln!("processlock: {e}");
+                eprintln!("processlock: {}", printable(&e.to_string()));
             }
         }
     }
@@ -88,7 +92,7 @@ pub fn run(dir: &Path, force: bool) -> Result<i32> {
         Ok(_) => {}
         Err(e) => {
             status = 1;
-            eprintln!("processlock: {e}");
+            eprintln!("processlock: {}", printable(&e.to_string()));
         }
     }
 
@@ -100,12 +104,12 @@ pub fn run(dir: &Path, force: bool) -> Result<i32> {
         }
         return Ok(status);
     }
-    if removed == 0 && kept.is_empty() && !kept_unknown {
+    if removed == 0 && kept.is_empty() && kept_elsewhere == 0 && unknown == 0 {
         println!("Nothing to clear in {shown}");
     } else if removed == 0 {
         println!("Nothing removed in {shown}");
     }
-    if !kept.is_empty() || kept_unknown {
+    if !kept.is_empty() {
         let pids = pid_list(&kept);
         println!();
         println!("Held locks belong to running processes and were kept. To stop them: pm2 stop all (or kill {pids}), then processlock clear.");
@@ -113,7 +117,15 @@ pub fn run(dir: &Path, force: bool) -> Result<i32> {
             "processlock clear --force removes their files anyway (the processes keep running)."
         );
     }
-    if forced_any {
+    if kept_elsewhere > 0 {
+        println!();
+        println!("{kept_elsewhere} lock(s) are held by processes on other hosts and were kept: stop those processes there.");
+    }
+    if unknown > 0 {
+        println!();
+        println!("{unknown} file(s) are not lock records of processlock and were kept, with --force too: another program may use them. Remove them by hand if nothing does.");
+    }
+    if !forced.is_empty() {
         eprintln!();
         eprintln!("WARNING: this only deleted the lock files; it did NOT stop the running processes ({}).", pid_list(&forced));
         eprintln!("WARNING: a second instance can now start next to them. To stop them: pm2 stop all, then processlock clear.");

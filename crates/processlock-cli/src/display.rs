@@ -66,6 +66,21 @@ pub fn ordered_object(fields: &[(&str, Value)]) -> String {
     format!("{{{}}}", body.join(", "))
 }
 
+/// JSON text with the control characters that JSON lets through raw (DEL and C1, U+007F to
+/// U+009F) escaped too, so that printing it on a terminal is as safe as printing a table.
+/// Outside strings JSON text is plain ASCII, so only string contents change.
+pub fn json_text(json: &str) -> String {
+    let mut out = String::with_capacity(json.len());
+    for c in json.chars() {
+        if ('\u{7f}'..='\u{9f}').contains(&c) {
+            out.push_str(&format!("\\u{:04x}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 pub fn opt_str(s: Option<&str>) -> Value {
     s.map_or(Value::Null, Value::from)
 }
@@ -95,5 +110,14 @@ mod tests {
         assert_eq!(o, r#"{"z": 1, "a": null}"#);
         let v: Value = serde_json::from_str(&o).unwrap();
         assert_eq!(v["z"], 1);
+    }
+
+    #[test]
+    fn json_text_has_no_raw_control_characters() {
+        let hostile = "a\u{1b}[2J\nb\u{7f}\u{9b}c\u{a0}é";
+        let json = json_text(&ordered_object(&[("name", Value::from(hostile))]));
+        assert!(!json.contains(|c: char| c.is_control()), "{json}");
+        let v: Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(v["name"], hostile);
     }
 }

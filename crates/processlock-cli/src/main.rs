@@ -1,6 +1,6 @@
 //! The `processlock` command: a thin shell over the `processlock` core.
 //!
-//! * `check`: every lock file in the directory and its state;
+//! * `check`: every lock file in the directory and its state, or whether one lock is held;
 //! * `clear`: removes lock files nobody holds (held ones too with `--force`);
 //! * `run`: holds a lock for as long as a command runs.
 //!
@@ -19,7 +19,8 @@ mod signals;
 use std::path::Path;
 
 use args::{Command, Usage};
-use processlock::{resolve_dir, LockName};
+use processlock::report::printable;
+use processlock::{check_process_name, resolve_dir, LockName};
 
 const USAGE_EXIT: i32 = 2;
 
@@ -46,7 +47,23 @@ fn execute(dir: Option<&Path>, command: Command) -> i32 {
             println!("processlock {}", env!("CARGO_PKG_VERSION"));
             0
         }
-        Command::Check { json } => with_dir(dir, |d| check::run(d, json)),
+        Command::Check { json, lock: None } => with_dir(dir, |d| check::run(d, json)),
+        Command::Check {
+            json,
+            lock: Some((process_type, side)),
+        } => {
+            let name = match LockName::from_env(&process_type, side.as_deref()) {
+                Ok(n) => n,
+                Err(e) => return usage_error(&e.to_string()),
+            };
+            match resolve_dir(dir) {
+                Ok(d) => check::run_one(&d, name, json),
+                Err(e) => {
+                    eprintln!("processlock: {}", printable(&e.to_string()));
+                    check::UNKNOWN
+                }
+            }
+        }
         Command::Clear { force } => with_dir(dir, |d| clear::run(d, force)),
         Command::Run {
             process_type,
@@ -60,6 +77,9 @@ fn execute(dir: Option<&Path>, command: Command) -> i32 {
                 Ok(n) => n,
                 Err(e) => return usage_error(&e.to_string()),
             };
+            if let Err(e) = check_process_name(name.as_deref()) {
+                return usage_error(&e.to_string());
+            }
             let dir = match resolve_dir(dir) {
                 Ok(d) => d,
                 Err(e) => {
@@ -82,7 +102,7 @@ fn with_dir(dir: Option<&Path>, f: impl FnOnce(&Path) -> processlock::Result<i32
     match resolve_dir(dir).and_then(|d| f(&d)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("processlock: {e}");
+            eprintln!("processlock: {}", printable(&e.to_string()));
             1
         }
     }

@@ -1,6 +1,10 @@
 //! Operator clean-up (`processlock clear`): removing lock files nobody holds, by the same rules an
 //! acquirer follows when it takes over a dead holder's file.
 //!
+//! Only files it recognises as lock records (ours, or the older PID-only format) are removed. A
+//! `*.lock` file it cannot read as one may belong to another program sharing the directory
+//! (`/run/lock`): it is reported as unknown and kept, held or not.
+//!
 //! A file is removed only while we hold its exclusive lock and after checking that the path still
 //! names the inode we locked. So a file that a live process holds is never removed, nor is a file
 //! that a rival linked an instant ago in place of the stale one (invariants 1 and 5).
@@ -9,7 +13,7 @@ use std::path::Path;
 
 use crate::error::{Error, Result};
 use crate::os;
-use crate::protocol::{judge, Verdict};
+use crate::protocol::{judge, unknown_holder, Verdict};
 use crate::record::Record;
 
 /// Far above anything real: each round means the file at the path was replaced meanwhile.
@@ -25,12 +29,13 @@ pub enum Removal {
     Held(Record),
     /// Nobody held it and its record names a dead or recycled process: removed.
     RemovedStale(Record),
-    /// Nobody held it and it names nobody (empty, garbage): removed.
-    RemovedInvalid(String),
+    /// Not a lock record (empty, garbage, another program's file): kept. Says why.
+    Unknown(String),
 }
 
-/// Removes the lock file at `path` if nobody holds it, judged exactly as an acquirer judges it.
-/// Something other than a regular file at the path is an `Error::NotAFile` and is left alone.
+/// Removes the lock file at `path` if nobody holds it, judged exactly as an acquirer judges it,
+/// and if it is a lock record at all. Something other than a regular file at the path is an
+/// `Error::NotAFile` and is left alone.
 pub fn remove_if_stale(path: &Path) -> Result<Removal> {
     for _ in 0..MAX_ROUNDS {
         match judge(path)? {
@@ -39,14 +44,22 @@ pub fn remove_if_stale(path: &Path) -> Result<Removal> {
                 // Replaced since we opened it: judge the new file.
                 _ => continue,
             },
+            Verdict::Held(r) if r == unknown_holder() => {
+                return Ok(Removal::Unknown(
+                    "not a lock record, and a process holds a lock on it".into(),
+                ))
+            }
             Verdict::Held(r) => return Ok(Removal::Held(r)),
             Verdict::Stale(stale) => {
-                let removal = match &stale.said {
-                    Ok(r) => Removal::RemovedStale(r.clone()),
-                    Err(reason) => Removal::RemovedInvalid(reason.clone()),
+                return match &stale.said {
+                    Ok(r) => {
+                        let removal = Removal::RemovedStale(r.clone());
+                        stale.remove(path)?;
+                        Ok(removal)
+                    }
+                    // Dropping it lets its lock go and leaves the file where it is.
+                    Err(reason) => Ok(Removal::Unknown(reason.clone())),
                 };
-                stale.remove(path)?;
-                return Ok(removal);
             }
         }
     }
@@ -113,13 +126,37 @@ mod tests {
         ));
         assert!(alive.exists());
 
-        let garbage = d.join("garbage.lock");
-        std::fs::write(&garbage, "not json").unwrap();
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn keeps_files_that_are_not_lock_records() {
+        let d = dir("unknown");
+        let garbage = d.join("other.lock");
+        std::fs::write(&garbage, "some other program's state\n").unwrap();
+        let empty = d.join("x.lock");
+        std::fs::write(&empty, "").unwrap();
         assert!(matches!(
             remove_if_stale(&garbage).unwrap(),
-            Removal::RemovedInvalid(_)
+            Removal::Unknown(why) if why.starts_with("not a lock record")
         ));
-        assert!(!garbage.exists());
+        assert!(matches!(
+            remove_if_stale(&empty).unwrap(),
+            Removal::Unknown(why) if why == "empty file"
+        ));
+        // Held by its owner (another program's flock): still unknown, still kept.
+        let owner = std::fs::File::open(&garbage).unwrap();
+        assert!(crate::os::try_lock(&owner, true).unwrap());
+        assert!(matches!(
+            remove_if_stale(&garbage).unwrap(),
+            Removal::Unknown(_)
+        ));
+        drop(owner);
+        assert_eq!(
+            std::fs::read(&garbage).unwrap(),
+            b"some other program's state\n"
+        );
+        assert!(empty.exists());
         std::fs::remove_dir_all(&d).unwrap();
     }
 

@@ -41,8 +41,8 @@ const NOT_A_DIRECTORY: i32 = libc::ENOTDIR;
 #[cfg(windows)]
 const NOT_A_DIRECTORY: i32 = 267;
 
-/// Creates the directory (and its parents) when missing. A file in its place is an error, not
-/// something to replace.
+/// Creates the directory (and its parents) when missing, without write access for group or
+/// others whatever the umask. A file in its place is an error, not something to replace.
 pub fn ensure_dir(dir: &Path) -> Result<()> {
     match std::fs::metadata(dir) {
         Ok(m) if m.is_dir() => Ok(()),
@@ -52,10 +52,24 @@ pub fn ensure_dir(dir: &Path) -> Result<()> {
             std::io::Error::from_raw_os_error(NOT_A_DIRECTORY),
         )),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::create_dir_all(dir).map_err(|e| Error::io("mkdir", dir, e))
+            create_dir_all(dir).map_err(|e| Error::io("mkdir", dir, e))
         }
         Err(e) => Err(Error::io("stat", dir, e)),
     }
+}
+
+#[cfg(unix)]
+fn create_dir_all(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(crate::perms::DIR_MODE)
+        .create(dir)
+}
+
+#[cfg(not(unix))]
+fn create_dir_all(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)
 }
 
 #[cfg(test)]

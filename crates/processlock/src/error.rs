@@ -5,6 +5,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use crate::record::Record;
+use crate::report::printable;
 
 pub type Result<T> = std::result::Result<T, Error>;
 
@@ -46,6 +47,28 @@ pub enum Error {
     },
     /// A waiting acquisition was cancelled by its caller.
     Aborted,
+    /// An option value that cannot be used (say, a process name with control characters).
+    /// Nothing was touched.
+    InvalidOption {
+        option: &'static str,
+        problem: String,
+    },
+    /// The lock directory lets someone else remove or replace the lock files in it. Nothing in
+    /// it was touched.
+    UnsafeDir {
+        path: PathBuf,
+        why: DirProblem,
+    },
+}
+
+/// Why a lock directory is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DirProblem {
+    /// Every user may create and delete entries in it (`mode`), and it is not sticky.
+    WritableByOthers { mode: u32 },
+    /// It belongs to a user (`owner`) other than the one running this process (`me`) and
+    /// other than root.
+    OwnedByOther { owner: u32, me: u32 },
 }
 
 impl Error {
@@ -65,6 +88,8 @@ impl Error {
             Error::Unsupported { .. } => "LOCK_UNSUPPORTED",
             Error::Io { .. } => "LOCK_IO",
             Error::Aborted => "LOCK_ABORTED",
+            Error::InvalidOption { .. } => "LOCK_INVALID_OPTION",
+            Error::UnsafeDir { .. } => "LOCK_UNSAFE_DIR",
         }
     }
 
@@ -90,7 +115,8 @@ impl Error {
         match self {
             Error::Io { path, .. }
             | Error::Unsupported { path, .. }
-            | Error::NotAFile { path, .. } => Some(path),
+            | Error::NotAFile { path, .. }
+            | Error::UnsafeDir { path, .. } => Some(path),
             Error::Conflict(c) => Some(&c.path),
             _ => None,
         }
@@ -106,11 +132,20 @@ impl fmt::Display for Error {
                 "{code}: invalid {field} {value:?}: use 1 to {max} letters, digits, '-' or '_'"
             ),
             Error::Conflict(c) => {
-                write!(
-                    f,
-                    "{code}: {} is already running (PID: {})",
-                    c.lock, c.holder.pid
-                )?;
+                match c.holder.other_host() {
+                    None => write!(
+                        f,
+                        "{code}: {} is already running (PID: {})",
+                        c.lock, c.holder.pid
+                    )?,
+                    Some(host) => write!(
+                        f,
+                        "{code}: {} is already running on host {} (PID: {})",
+                        c.lock,
+                        printable(host),
+                        c.holder.pid
+                    )?,
+                }
                 if c.waited_ms > 0 {
                     write!(f, "; gave up after waiting {} ms", c.waited_ms)?;
                 }
@@ -130,7 +165,37 @@ impl fmt::Display for Error {
                 write!(f, "{code}: {syscall} {} failed: {source}", path.display())
             }
             Error::Aborted => write!(f, "{code}: waiting for the lock was aborted"),
+            Error::InvalidOption { option, problem } => write!(f, "{code}: {option} {problem}"),
+            Error::UnsafeDir { path, why } => unsafe_dir_message(f, code, path, *why),
         }
+    }
+}
+
+/// Says why the directory is refused and how to fix it, in the manner of a database server that
+/// refuses a data directory with loose permissions.
+fn unsafe_dir_message(
+    f: &mut fmt::Formatter<'_>,
+    code: &str,
+    path: &Path,
+    why: DirProblem,
+) -> fmt::Result {
+    let dir = printable(&path.to_string_lossy()).into_owned();
+    match why {
+        DirProblem::WritableByOthers { mode } => write!(
+            f,
+            "{code}: lock directory {dir} has unsafe permissions ({:04o}): every user may delete \
+             files in it, so anyone could remove a running service's lock file and start a second \
+             instance; fix it with: chmod o-w '{dir}' (or chmod +t '{dir}' for a shared directory \
+             like /tmp)",
+            mode & 0o7777
+        ),
+        DirProblem::OwnedByOther { owner, me } => write!(
+            f,
+            "{code}: lock directory {dir} is owned by uid {owner}, not by this process's user \
+             (uid {me}) or root: that user could remove or replace the lock files in it; fix it \
+             with: chown {me} '{dir}', or run this process as uid {owner}, or use a directory \
+             of your own (PROCESSLOCK_DIR)"
+        ),
     }
 }
 

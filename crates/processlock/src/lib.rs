@@ -19,6 +19,7 @@ mod list;
 mod liveness;
 mod name;
 mod os;
+mod perms;
 mod protocol;
 mod record;
 mod registry;
@@ -29,12 +30,13 @@ mod wait;
 pub use clear::{remove_if_stale, Removal};
 pub use clock::parse_iso8601_ms;
 pub use dir::{default_dir, ensure_dir, resolve_dir, DIR_ENV};
-pub use error::{Conflict, Error, Result};
+pub use error::{Conflict, DirProblem, Error, Result};
 pub use handoff::PendingLock;
 pub use inherit::INHERITED_ENV;
 pub use list::{list_locks, LockState, LockStatus};
 pub use liveness::{judge_pid, start_token, PidState};
-pub use name::{LockName, SIDE_ENV};
+pub use name::{check_process_name, LockName, MAX_PROCESS_NAME_LEN, SIDE_ENV};
+pub use perms::check_dir;
 pub use protocol::{
     acquire, force_remove, inspect, own_record, record_for, Acquired, Event, HeldLock, Inspection,
     LockTarget,

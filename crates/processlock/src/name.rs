@@ -7,6 +7,8 @@ pub const SIDE_ENV: &str = "TRADE_SIDE";
 
 const MAX_TYPE_LEN: usize = 64;
 const MAX_SIDE_LEN: usize = 32;
+/// Far above any real name, far below what would make a record nobody can read.
+pub const MAX_PROCESS_NAME_LEN: usize = 256;
 
 /// A validated lock name. The file name is derived from it and from nothing else, so no input can
 /// reach outside the lock directory.
@@ -89,6 +91,32 @@ impl LockName {
     }
 }
 
+/// A process name to write in a record: at most `MAX_PROCESS_NAME_LEN` characters and no
+/// control characters, because operators read it in terminals and logs. `None` or empty: the
+/// default name.
+pub fn check_process_name(name: Option<&str>) -> Result<()> {
+    let Some(name) = name else { return Ok(()) };
+    let invalid = |problem: String| {
+        Err(Error::InvalidOption {
+            option: "processName",
+            problem,
+        })
+    };
+    let len = name.chars().count();
+    if len > MAX_PROCESS_NAME_LEN {
+        return invalid(format!(
+            "must be at most {MAX_PROCESS_NAME_LEN} characters, got {len}"
+        ));
+    }
+    match name.chars().find(|c| c.is_control()) {
+        Some(c) => invalid(format!(
+            "must not contain control characters, found U+{:04X}",
+            c as u32
+        )),
+        None => Ok(()),
+    }
+}
+
 fn check(field: &'static str, value: &str, max: usize) -> Result<()> {
     let ok = !value.is_empty()
         && value.len() <= max
@@ -149,6 +177,32 @@ mod tests {
             assert!(LockName::new("backend", Some(bad)).is_err(), "{bad:?}");
         }
         assert!(LockName::new(&"x".repeat(64), Some(&"y".repeat(32))).is_ok());
+    }
+
+    #[test]
+    fn process_names_are_short_printable_text() {
+        for ok in [
+            None,
+            Some(""),
+            Some("trader-short-backend"),
+            Some("api server (é)"),
+        ] {
+            assert!(check_process_name(ok).is_ok(), "{ok:?}");
+        }
+        assert!(check_process_name(Some(&"é".repeat(MAX_PROCESS_NAME_LEN))).is_ok());
+        let long = "x".repeat(MAX_PROCESS_NAME_LEN + 1);
+        for bad in [
+            &long[..],
+            "a\nb",
+            "\u{1b}[2J",
+            "tab\there",
+            "del\u{7f}",
+            "c1\u{9b}",
+        ] {
+            let e = check_process_name(Some(bad)).unwrap_err();
+            assert_eq!(e.code(), "LOCK_INVALID_OPTION", "{bad:?}");
+            assert!(!e.to_string().contains(|c: char| c.is_control()), "{e}");
+        }
     }
 
     #[test]

@@ -25,7 +25,7 @@ use crate::dir::ensure_dir;
 use crate::error::{Conflict, Error, Result};
 use crate::inherit::claim_inherited;
 use crate::liveness::{host_name, judge_pid, start_token};
-use crate::name::LockName;
+use crate::name::{check_process_name, LockName};
 use crate::os::{self, Entry, FileId};
 use crate::record::{parse_record, Parsed, Record, MAX_RECORD_BYTES, PROTOCOL};
 use crate::temp::{sweep_orphan_temps, Temp};
@@ -175,6 +175,7 @@ pub fn record_for(target: &LockTarget, pid: u32, process_name: Option<&str>) -> 
 
 /// Takes the lock or fails at once with `Error::Conflict`.
 pub fn acquire(target: &LockTarget, process_name: Option<&str>) -> Result<Acquired> {
+    check_process_name(process_name)?;
     let record = own_record(target, process_name);
     let json = record.to_json();
     let create = || Temp::create(&target.dir, &target.name.file_name(), json.as_bytes());

@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::liveness::host_name;
+
 /// The protocol marker. A file that carries it was written by a holder that keeps an OS lock on
 /// it for as long as it lives, so the OS lock alone tells whether it is held.
 pub const PROTOCOL: &str = "processlock/1";
@@ -53,6 +55,13 @@ impl Record {
         let mut s = serde_json::to_string_pretty(self).expect("a record always serializes");
         s.push('\n');
         s
+    }
+
+    /// The host named in the record when it is not this one: the holder runs elsewhere (another
+    /// machine, or a container with its own host name), and its PID means nothing here.
+    pub fn other_host(&self) -> Option<&str> {
+        let theirs = self.hostname.as_deref()?;
+        (host_name()? != theirs).then_some(theirs)
     }
 
     /// Written by a holder that keeps an OS lock on the file (any `processlock/N`).

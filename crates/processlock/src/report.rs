@@ -1,15 +1,60 @@
 //! The log lines operators know from the seed document, word for word, in one place for the
 //! addon and the command alike.
+//!
+//! Records are written by whoever could create a file in the lock directory: every field taken
+//! from one goes through `printable` (or `js_str`) before it reaches a terminal or a log, so a
+//! record cannot move the cursor, clear the screen or forge a line of its own.
 
+use std::borrow::Cow;
+use std::fmt::Write;
 use std::path::Path;
 
 use crate::name::LockName;
 use crate::protocol::Event;
 use crate::record::Record;
 
+/// `s` with its control characters (C0, DEL, C1: newlines and escape sequences included)
+/// written as escapes, the way Node's `util.inspect` writes them: `\n`, `\t`, `\x1B`, ...
+/// Anything else is kept, so ordinary text is unchanged.
+pub fn printable(s: &str) -> Cow<'_, str> {
+    if !s.chars().any(char::is_control) {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        push_char(&mut out, c);
+    }
+    Cow::Owned(out)
+}
+
+fn push_char(out: &mut String, c: char) {
+    match c {
+        '\u{8}' => out.push_str("\\b"),
+        '\t' => out.push_str("\\t"),
+        '\n' => out.push_str("\\n"),
+        '\u{c}' => out.push_str("\\f"),
+        '\r' => out.push_str("\\r"),
+        // Every control character is below U+00A0: two hex digits say it.
+        c if c.is_control() => {
+            let _ = write!(out, "\\x{:02X}", c as u32);
+        }
+        c => out.push(c),
+    }
+}
+
 /// A JavaScript-style single-quoted string, as Node's `util.inspect` prints one.
 fn js_str(s: &str) -> String {
-    format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'"))
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('\'');
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\'' => out.push_str("\\'"),
+            c => push_char(&mut out, c),
+        }
+    }
+    out.push('\'');
+    out
 }
 
 fn js_opt(s: Option<&str>) -> String {
@@ -30,20 +75,31 @@ pub fn released(name: &LockName, pid: u32) -> String {
     acquired(name, pid).replacen("ACQUIRED", "RELEASED", 1)
 }
 
-/// The three conflict lines.
+/// The three conflict lines. A holder on another host (or in another container with its own
+/// host name) is named with its host, and no `kill` is advised: its PID means nothing here.
 pub fn conflict(name: &LockName, holder: &Record, path: &Path) -> Vec<String> {
     let mut lines = vec![format!(
         "[PROCESS_LOCK_CONFLICT] Another {} is already running!",
         name.display()
     )];
+    let path = printable(&path.to_string_lossy()).into_owned();
     if holder.pid == 0 {
         lines.push(format!(
-            "[PROCESS_LOCK_CONFLICT] Existing process: unknown (it holds {} but wrote no record)",
-            path.display()
+            "[PROCESS_LOCK_CONFLICT] Existing process: unknown (it holds {path} but wrote no record)"
         ));
         lines.push(format!(
-            "[PROCESS_LOCK_CONFLICT] To find it, run: fuser -v {}",
-            path.display()
+            "[PROCESS_LOCK_CONFLICT] To find it, run: fuser -v {path}"
+        ));
+    } else if let Some(host) = holder.other_host() {
+        lines.push(format!(
+            "[PROCESS_LOCK_CONFLICT] Existing process: {{ pid: {}, started: {}, hostname: {} }}",
+            holder.pid,
+            js_str(&holder.started),
+            js_str(host)
+        ));
+        lines.push(format!(
+            "[PROCESS_LOCK_CONFLICT] It runs on host {}, not on this one: stop it there (its PID means nothing here)",
+            js_str(host)
         ));
     } else {
         lines.push(format!(
@@ -66,8 +122,9 @@ pub fn event(event: &Event, path: &Path) -> String {
             format!("[PROCESS_LOCK_STALE] Found stale lock file for PID {pid}, removing...")
         }
         Event::InvalidRemoved { reason } => format!(
-            "[PROCESS_LOCK_STALE] Found unreadable lock file {} ({reason}) held by no process, removing...",
-            path.display()
+            "[PROCESS_LOCK_STALE] Found unreadable lock file {} ({}) held by no process, removing...",
+            printable(&path.to_string_lossy()),
+            printable(reason)
         ),
         Event::OrphansRemoved { paths } => format!(
             "[PROCESS_LOCK_STALE] Removed {} temporary file(s) left by acquirers that died",
@@ -117,5 +174,53 @@ mod tests {
             released(&none, 7),
             "[PROCESS_LOCK_RELEASED] { processType: 'worker', tradeSide: null, pid: 7 }"
         );
+        // A record that names this host reads exactly the same.
+        let mut here = holder();
+        here.hostname = crate::liveness::host_name().map(str::to_string);
+        assert!(here.hostname.is_some());
+        assert_eq!(
+            conflict(&n, &here, Path::new("x")),
+            conflict(&n, &holder(), Path::new("x"))
+        );
+    }
+
+    #[test]
+    fn a_holder_on_another_host_is_named_and_no_kill_is_advised() {
+        let n = LockName::new("backend", Some("SHORT")).unwrap();
+        let mut there = holder();
+        there.hostname = Some("trader-2.other-host".into());
+        assert_eq!(
+            conflict(&n, &there, Path::new("x")),
+            vec![
+                "[PROCESS_LOCK_CONFLICT] Another backend (SHORT) is already running!",
+                "[PROCESS_LOCK_CONFLICT] Existing process: { pid: 51172, started: '2025-10-18T22:38:49Z', hostname: 'trader-2.other-host' }",
+                "[PROCESS_LOCK_CONFLICT] It runs on host 'trader-2.other-host', not on this one: stop it there (its PID means nothing here)",
+            ]
+        );
+    }
+
+    #[test]
+    fn record_fields_cannot_forge_lines_or_move_the_cursor() {
+        assert_eq!(printable("plain é text"), "plain é text");
+        assert_eq!(
+            printable("a\u{1b}[2J\n[FATAL] x\r\t\u{7f}\u{9b}\u{0}"),
+            "a\\x1B[2J\\n[FATAL] x\\r\\t\\x7F\\x9B\\x00"
+        );
+        let n = LockName::new("backend", Some("SHORT")).unwrap();
+        let mut forged = holder();
+        forged.started = "\u{1b}[2J\n[FATAL] forged 'quote' \\".into();
+        forged.hostname = Some("evil\n[PROCESS_LOCK_ACQUIRED]\u{1b}]0;x\u{7}".into());
+        let lines = conflict(&n, &forged, Path::new("dir\n/x.lock"));
+        assert_eq!(lines.len(), 3);
+        for line in &lines {
+            assert!(!line.contains(|c: char| c.is_control()), "{line:?}");
+        }
+        assert_eq!(
+            lines[1],
+            "[PROCESS_LOCK_CONFLICT] Existing process: { pid: 51172, started: '\\x1B[2J\\n[FATAL] forged \\'quote\\' \\\\', hostname: 'evil\\n[PROCESS_LOCK_ACQUIRED]\\x1B]0;x\\x07' }"
+        );
+        let reason = "bad\nline".to_string();
+        let line = event(&Event::InvalidRemoved { reason }, Path::new("p\u{1b}"));
+        assert!(!line.contains(|c: char| c.is_control()), "{line:?}");
     }
 }

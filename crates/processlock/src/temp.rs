@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::error::{Error, Result};
 use crate::os;
+use crate::perms::check_dir_once;
 
 /// A temp file older than this with nobody locking it was abandoned: its creator locks it within
 /// microseconds of creating it.
@@ -38,7 +39,10 @@ pub struct Temp {
 }
 
 impl Temp {
+    /// Refuses (`Error::UnsafeDir`) a directory where others could remove our files, before
+    /// anything is created in it.
     pub fn create(dir: &Path, lock_file_name: &str, content: &[u8]) -> Result<Temp> {
+        check_dir_once(dir)?;
         let pid = os::current_pid();
         loop {
             let n = COUNTER.fetch_add(1, Ordering::Relaxed);

@@ -291,7 +291,9 @@ fn another_users_lock_is_respected_and_its_stale_file_taken_over() {
     let dir = TestDir::new("other-user");
     let t = dir.target("backend", Some("short"));
     fs::create_dir_all(&t.dir).unwrap();
-    fs::set_permissions(&t.dir, fs::Permissions::from_mode(0o777)).unwrap();
+    // Shared the safe way: through a group (nobody's), inherited by the files (setgid).
+    std::os::unix::fs::chown(&t.dir, None, Some(65534)).unwrap();
+    fs::set_permissions(&t.dir, fs::Permissions::from_mode(0o2770)).unwrap();
     let nobody = [("UID", "65534")];
 
     // Root holds; nobody conflicts.

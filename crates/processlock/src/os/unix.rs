@@ -14,14 +14,14 @@ fn cvt(rc: libc::c_int) -> io::Result<()> {
     }
 }
 
-/// A new file that did not exist before (never through a symlink), readable by others so that
-/// other users can see who holds a lock.
+/// A new file that did not exist before (never through a symlink), with no access for others
+/// whatever the umask: anyone who can open a lock file can lock it and block every takeover.
 pub fn create_new(path: &Path) -> io::Result<File> {
     std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .create_new(true)
-        .mode(0o644)
+        .mode(0o640)
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(path)
 }

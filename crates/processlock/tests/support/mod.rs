@@ -460,6 +460,10 @@ pub fn child_role() {
     for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT] {
         unsafe { libc::signal(sig, libc::SIG_DFL) };
     }
+    // Run under the file creation mask a service could be started with (octal).
+    if let Some(mask) = param("UMASK") {
+        unsafe { libc::umask(libc::mode_t::from_str_radix(&mask, 8).unwrap()) };
+    }
     let code = match role.as_str() {
         "acquire" => role_acquire(),
         "race" => role_race(),
