@@ -376,9 +376,16 @@ const describeAsNobody = asNobody ? describe : describe.skip
 describeAsNobody('another user', () => {
   const NOBODY = 65534
 
+  /** A lock directory shared with nobody the safe way: through its group, inherited (setgid). */
+  function sharedDir(label) {
+    const dir = tempDir(label)
+    fs.chownSync(dir, 0, NOBODY)
+    fs.chmodSync(dir, 0o2770)
+    return dir
+  }
+
   test("another user's live process is alive (EPERM from kill), so its lock conflicts", async () => {
-    const dir = tempDir('api-eperm')
-    fs.chmodSync(dir, 0o777)
+    const dir = sharedDir('api-eperm')
     // A legacy record naming this (root) test process, written after it started.
     fs.writeFileSync(lockFile(dir), JSON.stringify({ pid: process.pid, started: new Date().toISOString(), tradeSide: 'SHORT' }))
     const r = JSON.parse((await run('try-acquire.js', { dir, uid: NOBODY, gid: NOBODY })).stdout)
@@ -397,8 +404,7 @@ describeAsNobody('another user', () => {
   })
 
   test("a root-held lock seen by another user: conflict, and its file is kept", async () => {
-    const dir = tempDir('api-otheruser')
-    fs.chmodSync(dir, 0o777)
+    const dir = sharedDir('api-otheruser')
     pl.acquireLock('backend', SHORT(dir))
     const r = JSON.parse((await run('try-acquire.js', { dir, uid: NOBODY, gid: NOBODY })).stdout)
     expect(r).toMatchObject({ ok: false, code: 'LOCK_CONFLICT' })

@@ -103,7 +103,8 @@ describe('processlock check', () => {
     expect(row('worker.short.lock')).toMatch(new RegExp(`^worker\\s+SHORT\\s+${stalePid}\\s+\\S+Z\\s+-\\s+stale\\s+`))
     expect(row('broken.lock')).toMatch(/^broken\s+-\s+-\s+-\s+-\s+invalid\s+-\s+broken\.lock$/)
     expect(text.stdout).toContain('  broken.lock: ')
-    expect(text.stdout).toContain('3 lock file(s) belong to no running process: the next start removes them, or run: processlock clear')
+    expect(text.stdout).toContain('2 lock file(s) belong to no running process: the next start removes them, or run: processlock clear')
+    expect(text.stdout).toContain('1 file(s) are not lock records: processlock clear keeps them')
     // Looking changes nothing.
     expect(fs.readdirSync(dir).sort()).toEqual(['backend.long.lock', 'backend.short.lock', 'broken.lock', 'worker.short.lock'])
     holder.kill('SIGTERM')
@@ -131,7 +132,7 @@ describe('processlock check', () => {
 })
 
 describe('processlock clear', () => {
-  test('keeps held locks; removes stale and invalid ones and orphan temp files', async () => {
+  test('keeps held locks and files that are not lock records; removes stale ones and orphan temp files', async () => {
     const dir = tempDir('cli-clear')
     const holder = await startHolder(dir, 'backend')
     const stalePid = await staleLock(dir, 'worker')
@@ -144,12 +145,13 @@ describe('processlock clear', () => {
     expect(r.code).toBe(0)
     expect(r.stdout).toContain(`kept            backend.short.lock (held by running PID ${holder.pid}, trader-short-backend)`)
     expect(r.stdout).toContain(`removed stale   worker.short.lock (PID ${stalePid} is not running)`)
-    expect(r.stdout).toMatch(/removed invalid broken\.lock \(not a lock record: .+\)/)
+    expect(r.stdout).toMatch(/kept unknown {4}broken\.lock \(not a lock record: .+\)/)
     expect(r.stdout).toContain('removed 1 temp file(s) left by acquirers that died')
     expect(r.stdout).toContain(`pm2 stop all (or kill ${holder.pid})`)
-    expect(fs.readdirSync(dir).sort()).toEqual(['backend.short.lock', 'notes.txt'])
+    expect(fs.readdirSync(dir).sort()).toEqual(['backend.short.lock', 'broken.lock', 'notes.txt'])
     expect(alive(holder.pid)).toBe(true)
-    expect((await checkJson(dir)).map((l) => [l.state, l.pid])).toEqual([['held', holder.pid]])
+    expect((await checkJson(dir)).map((l) => [l.state, l.pid])).toEqual([['held', holder.pid], ['invalid', null]])
+    fs.unlinkSync(lockFile(dir, 'broken.lock'))
 
     // Nothing left to clear: it says so and still keeps the held lock.
     const again = await cli(['clear'], { dir })
