@@ -14,11 +14,11 @@
 //! Only the lock directory itself is looked at, not its parents, and only once per directory and
 //! process (a later `chmod` is not noticed): the check must cost nothing per acquire.
 
-use std::collections::HashSet;
-use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::path::Path;
 
-use crate::error::{DirProblem, Error, Result};
+use crate::error::Result;
+#[cfg(unix)]
+use crate::error::{DirProblem, Error};
 
 /// The mode of the directories we create (parents included), before the umask.
 #[cfg(unix)]
@@ -27,6 +27,7 @@ pub(crate) const DIR_MODE: u32 = 0o750;
 /// Refuses a lock directory that lets other users delete files in it (`Error::UnsafeDir`).
 /// A missing directory (or one that cannot be looked at) passes: creating files in it fails
 /// with its own, clearer error.
+#[cfg(unix)]
 pub fn check_dir(dir: &Path) -> Result<()> {
     match examine(dir) {
         Found::Unsafe(why) => Err(Error::UnsafeDir {
@@ -38,7 +39,11 @@ pub fn check_dir(dir: &Path) -> Result<()> {
 }
 
 /// `check_dir`, remembered per directory for the life of the process once it passed.
+#[cfg(unix)]
 pub(crate) fn check_dir_once(dir: &Path) -> Result<()> {
+    use std::collections::HashSet;
+    use std::path::PathBuf;
+    use std::sync::Mutex;
     static PASSED: Mutex<Option<HashSet<PathBuf>>> = Mutex::new(None);
     let mut passed = PASSED.lock().unwrap_or_else(|p| p.into_inner());
     let passed = passed.get_or_insert_with(HashSet::new);
@@ -59,6 +64,7 @@ pub(crate) fn check_dir_once(dir: &Path) -> Result<()> {
     }
 }
 
+#[cfg(unix)]
 enum Found {
     Safe,
     Unsafe(DirProblem),
@@ -89,8 +95,13 @@ fn examine(dir: &Path) -> Found {
     Found::Safe
 }
 
-/// Windows directories are protected by ACLs, which these rules do not describe.
+/// Windows directories are protected by ACLs, which these rules do not describe: no check.
 #[cfg(not(unix))]
-fn examine(_dir: &Path) -> Found {
-    Found::Safe
+pub fn check_dir(_dir: &Path) -> Result<()> {
+    Ok(())
+}
+
+#[cfg(not(unix))]
+pub(crate) fn check_dir_once(_dir: &Path) -> Result<()> {
+    Ok(())
 }
