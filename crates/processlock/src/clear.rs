@@ -39,14 +39,15 @@ pub fn remove_if_stale(path: &Path) -> Result<Removal> {
                 // Replaced since we opened it: judge the new file.
                 _ => continue,
             },
-            Verdict::Held(r) => return Ok(Removal::Held(r)),
+            Verdict::Held(r, _) => return Ok(Removal::Held(r)),
             Verdict::Stale(stale) => {
                 let removal = match &stale.said {
                     Ok(r) => Removal::RemovedStale(r.clone()),
                     Err(reason) => Removal::RemovedInvalid(reason.clone()),
                 };
-                stale.remove(path)?;
-                return Ok(removal);
+                if stale.remove(path)? {
+                    return Ok(removal);
+                }
             }
         }
     }
@@ -106,12 +107,18 @@ mod tests {
             Removal::RemovedStale(_)
         ));
         let alive = d.join("alive.lock");
-        std::fs::write(&alive, format!("{}\n", std::process::id())).unwrap();
+        let mut runs = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        std::fs::write(&alive, format!("{}\n", runs.id())).unwrap();
         assert!(matches!(
             remove_if_stale(&alive).unwrap(),
-            Removal::Held(r) if r.pid == std::process::id()
+            Removal::Held(r) if r.pid == runs.id()
         ));
         assert!(alive.exists());
+        runs.kill().unwrap();
+        runs.wait().unwrap();
 
         let garbage = d.join("garbage.lock");
         std::fs::write(&garbage, "not json").unwrap();

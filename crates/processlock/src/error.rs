@@ -17,6 +17,8 @@ pub struct Conflict {
     pub path: PathBuf,
     /// How long the caller waited before giving up (0 when it did not wait).
     pub waited_ms: u64,
+    /// Something wrong with the holder's hold: it runs, but does not hold the OS lock.
+    pub problem: Option<String>,
 }
 
 #[derive(Debug)]
@@ -111,6 +113,9 @@ impl fmt::Display for Error {
                     "{code}: {} is already running (PID: {})",
                     c.lock, c.holder.pid
                 )?;
+                if let Some(problem) = &c.problem {
+                    write!(f, "; {problem}")?;
+                }
                 if c.waited_ms > 0 {
                     write!(f, "; gave up after waiting {} ms", c.waited_ms)?;
                 }

@@ -50,6 +50,36 @@ pub fn open_existing(path: &Path) -> io::Result<File> {
     }
 }
 
+/// Opens the removal guard of a lock directory (`guard.rs`), creating it if needed. Never through
+/// a symlink. Created readable by the group only (whatever the umask), unless the directory is
+/// writable by others (a shared sticky directory such as `/run/lock`): there every user's
+/// removers need it, and anyone could already block a lock by holding a file at its path.
+/// Read-only where we may not write it: a shared lock works on any open descriptor.
+pub fn open_guard(path: &Path) -> io::Result<File> {
+    let shared = path
+        .parent()
+        .and_then(|d| std::fs::metadata(d).ok())
+        .is_some_and(|m| m.mode() & 0o002 != 0);
+    let created = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .mode(if shared { 0o644 } else { 0o640 })
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
+        .open(path);
+    match created {
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::EACCES | libc::EROFS | libc::EPERM)
+            ) =>
+        {
+            open_for_probe(path)
+        }
+        other => other,
+    }
+}
+
 /// Opens for reading only, for probes that must not need write permission.
 pub fn open_for_probe(path: &Path) -> io::Result<File> {
     std::fs::OpenOptions::new()

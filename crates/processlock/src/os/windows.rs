@@ -117,6 +117,18 @@ pub fn open_existing(path: &Path) -> io::Result<File> {
     refuse_reparse_point(file)
 }
 
+/// Opens the removal guard of a lock directory (`guard.rs`), creating it if needed, never
+/// through a reparse point; read-only where we may not write it.
+pub fn open_guard(path: &Path) -> io::Result<File> {
+    let file = match options(0).read(true).write(true).create(true).open(path) {
+        Err(e) if is_code(&e, &[ERROR_ACCESS_DENIED, ERROR_WRITE_PROTECT]) => {
+            options(0).read(true).open(path)?
+        }
+        other => other?,
+    };
+    refuse_reparse_point(file)
+}
+
 /// Opens for reading only, for probes that must not need write permission.
 pub fn open_for_probe(path: &Path) -> io::Result<File> {
     refuse_reparse_point(options(0).read(true).open(path)?)

@@ -752,7 +752,7 @@ fn role_probe() -> i32 {
     let mut counts = [0u64; 4];
     while t0.elapsed() < run && !stop.load(Ordering::Relaxed) {
         match inspect(&target.path) {
-            Ok(Inspection::Held(_)) => counts[0] += 1,
+            Ok(Inspection::Held(_) | Inspection::HeldUnlocked(..)) => counts[0] += 1,
             Ok(Inspection::Stale(_)) => counts[1] += 1,
             Ok(Inspection::Absent) => counts[2] += 1,
             Ok(Inspection::Invalid(_)) => counts[3] += 1,
