@@ -209,8 +209,18 @@ pub struct Proc {
 impl Proc {
     /// Starts this test binary again in `role`; `params` become `PROCESSLOCK_IT_<KEY>`.
     pub fn spawn<K: AsRef<str>, V: AsRef<str>>(role: &str, params: &[(K, V)]) -> Proc {
+        Self::spawn_env(role, params, &[])
+    }
+
+    /// `spawn`, with further environment variables set as given (e.g. `LD_PRELOAD`).
+    pub fn spawn_env<K: AsRef<str>, V: AsRef<str>>(
+        role: &str,
+        params: &[(K, V)],
+        env: &[(&str, &str)],
+    ) -> Proc {
         let exe = std::env::current_exe().unwrap();
         let mut cmd = Command::new(exe);
+        cmd.envs(env.iter().copied());
         cmd.args(["--exact", "child_role", "--nocapture", "--test-threads=1"])
             .env(ROLE_ENV, role)
             .stdin(Stdio::piped())
