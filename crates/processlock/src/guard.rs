@@ -19,14 +19,13 @@
 //!
 //! OS locks belong to an open file description, which threads of one process share, so a
 //! process-wide mutex per directory orders its own threads first. The descriptor is kept open
-//! per directory and process, so a release costs two lock calls and one `lstat` more, not an
-//! `open` and a `close` more.
+//! (for the few directories used last), so a release costs two lock calls and one `lstat` more,
+//! not an `open` and a `close` more.
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
@@ -45,13 +44,24 @@ struct DirGuard {
     open: Mutex<Option<(File, FileId)>>,
 }
 
+/// How many directories' guards a process keeps open. A service uses one or two lock
+/// directories; a process that goes through many (a test suite, a benchmark) must not collect a
+/// descriptor for each.
+const CACHED_DIRS: usize = 8;
+
+/// The guard of `dir`, most recently used first. An evicted guard's descriptor closes when its
+/// last user is done; a remover that opens the guard again meanwhile gets a second open file
+/// description, whose lock excludes the first one's like another process's would.
 fn dir_guard(dir: &Path) -> Arc<DirGuard> {
-    static GUARDS: OnceLock<Mutex<HashMap<PathBuf, Arc<DirGuard>>>> = OnceLock::new();
-    let mut map = GUARDS
-        .get_or_init(Default::default)
-        .lock()
-        .unwrap_or_else(|p| p.into_inner());
-    Arc::clone(map.entry(dir.to_path_buf()).or_default())
+    static GUARDS: Mutex<Vec<(PathBuf, Arc<DirGuard>)>> = Mutex::new(Vec::new());
+    let mut cache = GUARDS.lock().unwrap_or_else(|p| p.into_inner());
+    let guard = match cache.iter().position(|(d, _)| d == dir) {
+        Some(i) => cache.remove(i).1,
+        None => Arc::default(),
+    };
+    cache.insert(0, (dir.to_path_buf(), Arc::clone(&guard)));
+    cache.truncate(CACHED_DIRS);
+    guard
 }
 
 /// Runs `remove` while holding the removal guard of `dir`, and only then lets the guard go.
@@ -110,4 +120,91 @@ fn open_guard(path: &Path) -> Result<(File, FileId)> {
     }
     let id = os::file_id(&file).map_err(|e| Error::io("fstat", path, e))?;
     Ok((file, id))
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    fn scratch(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("pl-guard-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    /// Threads of one process exclude each other (they share the cached descriptor, whose OS
+    /// lock alone would let them all in), also while other directories push it out of the cache.
+    #[test]
+    fn threads_take_turns_even_when_the_cache_turns_over() {
+        let dir = scratch("threads");
+        let others: Vec<PathBuf> = (0..CACHED_DIRS + 2)
+            .map(|i| {
+                let d = dir.join(format!("other-{i}"));
+                std::fs::create_dir_all(&d).unwrap();
+                d
+            })
+            .collect();
+        let inside = Arc::new(AtomicU32::new(0));
+        let overlaps = Arc::new(AtomicU32::new(0));
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let (dir, others) = (dir.clone(), others.clone());
+                let (inside, overlaps) = (Arc::clone(&inside), Arc::clone(&overlaps));
+                std::thread::spawn(move || {
+                    for i in 0..300 {
+                        while_guarded(&dir, || {
+                            if inside.fetch_add(1, Ordering::SeqCst) != 0 {
+                                overlaps.fetch_add(1, Ordering::SeqCst);
+                            }
+                            std::thread::yield_now();
+                            inside.fetch_sub(1, Ordering::SeqCst);
+                            Ok(())
+                        })
+                        .unwrap();
+                        if (i + t) % 7 == 0 {
+                            while_guarded(&others[(i + t) % others.len()], || Ok(())).unwrap();
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(overlaps.load(Ordering::SeqCst), 0);
+        // One guard file per directory, readable by the group at most.
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.join(GUARD_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o027, 0, "{mode:o}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A guard file replaced by hand is noticed: the next remover locks the new one (and so
+    /// waits for whoever holds it), not the old one it still has open.
+    #[test]
+    fn a_replaced_guard_file_is_opened_again() {
+        let dir = scratch("replaced");
+        while_guarded(&dir, || Ok(())).unwrap();
+        std::fs::remove_file(dir.join(GUARD_FILE)).unwrap();
+        std::fs::write(dir.join(GUARD_FILE), "").unwrap();
+        // Another open file description holds the new guard's lock.
+        let rival = std::fs::File::open(dir.join(GUARD_FILE)).unwrap();
+        assert!(os::try_lock(&rival, true).unwrap());
+        let let_go = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = Arc::clone(&let_go);
+        let releaser = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            flag.store(true, Ordering::SeqCst);
+            drop(rival);
+        });
+        let entered_after = while_guarded(&dir, || Ok(let_go.load(Ordering::SeqCst))).unwrap();
+        releaser.join().unwrap();
+        assert!(entered_after, "got in while another holder had the guard");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
