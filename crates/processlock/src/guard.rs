@@ -47,7 +47,7 @@ struct DirGuard {
 /// How many directories' guards a process keeps open. A service uses one or two lock
 /// directories; a process that goes through many (a test suite, a benchmark) must not collect a
 /// descriptor for each.
-const CACHED_DIRS: usize = 8;
+const CACHED_DIRS: usize = 4;
 
 /// The guard of `dir`, most recently used first. An evicted guard's descriptor closes when its
 /// last user is done; a remover that opens the guard again meanwhile gets a second open file
