@@ -777,7 +777,11 @@ mod tests {
             .iter()
             .any(|e| matches!(e, Event::StaleRemoved { pid } if *pid == current_pid())));
         assert!(taken.lock.release().unwrap());
-        let leftovers: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().collect();
+        let leftovers: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name() != crate::guard::GUARD_FILE)
+            .collect();
         assert!(leftovers.is_empty(), "{leftovers:?}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
