@@ -7,13 +7,20 @@
 //!   any number of racers exactly one links, and readers only ever see a complete record.
 //! * On `EEXIST`: open the file there and try its lock without blocking. Refused: a live holder
 //!   (or a brief probe of a dead one's file: the record's PID says which). Granted: nobody holds
-//!   it, so its holder is dead; while still holding the lock, check that the path still names
-//!   this inode and unlink it, then link again. Whoever unlinks a stale file holds its lock, so two
-//!   racers can never both remove it, nor can one remove a file a rival has just linked.
-//! * Release: unlink the path if it still names our inode, then close. A rival blocked on the old
-//!   inode finds it unlinked and links its own.
+//!   it. Its holder is dead, unless the record names a process of this host that runs with the
+//!   record's start token: that holder closed its descriptor (or the directory is reached through
+//!   mounts that do not share locks), and it is still the holder. A dead holder's file is removed
+//!   while we still hold its lock: under the directory's removal guard (`guard.rs`), check that
+//!   the path still names this inode and unlink it, then link again. Whoever unlinks a stale file
+//!   holds its lock, so two racers can never both remove it, nor can one remove a file a rival
+//!   has just linked.
+//! * Release: under the removal guard, unlink the path if it still names our inode; then close.
+//!   A rival blocked on the old inode finds it unlinked and links its own.
+//! * Every removal (release, takeover, `clear`, forced removal) checks and unlinks under the same
+//!   guard, so none of them can delete a file that another remover's unlink and a new holder's
+//!   link put at the path after the check.
 //! * Files written by older PID-only writers hold no OS lock: their PID and the process start
-//!   time decide.
+//!   time decide (for a bare PID, the file's modification time stands for when it was written).
 
 use std::fs::File;
 use std::io;
