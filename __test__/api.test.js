@@ -6,7 +6,7 @@ const fs = require('node:fs')
 const os = require('node:os')
 const path = require('node:path')
 const pl = require('..')
-const { start, run, tempDir, deadPid, ROOT } = require('./helpers/proc')
+const { start, run, tempDir, deadPid, ROOT, lockDirEntries } = require('./helpers/proc')
 
 const SHORT = (dir, extra = {}) => ({ dir, tradeSide: 'SHORT', log: false, ...extra })
 const lockFile = (dir) => path.join(dir, 'backend.short.lock')
@@ -53,7 +53,7 @@ describe('API behaviour', () => {
     expect(pl.releaseLock('backend', SHORT(dir, { log: c.log }))).toBe(true)
     expect(c.lines).toContain(`info [PROCESS_LOCK_RELEASED] { processType: 'backend', tradeSide: 'SHORT', pid: ${process.pid} }`)
     expect(pl.releaseLock('backend', SHORT(dir))).toBe(false)
-    expect(fs.readdirSync(dir)).toEqual([])
+    expect(lockDirEntries(dir)).toEqual([])
   })
 
   test('the record: seed keys first, side upper-cased, name defaults and options', () => {
@@ -251,7 +251,7 @@ describe('bad input', () => {
     expect(() => pl.getLockInfo('backend', SHORT(dir))).toThrow(/is a directory/)
     expect(pl.listLocks({ dir })[0]).toMatchObject({ state: 'invalid' })
     expect(fs.readFileSync(path.join(lockFile(dir), 'inside'), 'utf8')).toBe('keep')
-    expect(fs.readdirSync(dir)).toEqual(['backend.short.lock'])
+    expect(lockDirEntries(dir)).toEqual(['backend.short.lock'])
   })
 
   test('a symlink at the lock path is never followed', () => {
@@ -339,8 +339,9 @@ describe('files of the older PID-only implementation, and PID reuse', () => {
     const dir = tempDir('api-recycled')
     const b = bystander()
     try {
-      // Our format, naming a live process, even with its exact start token: no one holds the
-      // OS lock, so the holder is dead and the PID belongs to someone else now.
+      // Our format, naming a live process of this host with its exact start token, and no one
+      // holds the OS lock: that process may be the holder, which closed its descriptor. Taking
+      // the lock over would start a second instance: a conflict that says why.
       const record = {
         pid: b.pid,
         started: new Date().toISOString(),
@@ -351,6 +352,12 @@ describe('files of the older PID-only implementation, and PID reuse', () => {
         startToken: ownToken(b.pid),
         protocol: 'processlock/1',
       }
+      fs.writeFileSync(lockFile(dir), JSON.stringify(record, null, 2))
+      expect(() => pl.acquireLock('backend', SHORT(dir, { log: false }))).toThrow(/OS lock on the lock file is not held/)
+      expect(fs.readFileSync(lockFile(dir), 'utf8')).toBe(JSON.stringify(record, null, 2))
+
+      // The same PID with another start token: a later process that got the PID. Stale.
+      record.startToken = `${ownToken(b.pid)}0`
       fs.writeFileSync(lockFile(dir), JSON.stringify(record, null, 2))
       expect(pl.getLockInfo('backend', SHORT(dir))).toBe(null)
       const c = capture()
@@ -400,7 +407,7 @@ describeAsNobody('another user', () => {
     const r = JSON.parse((await run('try-acquire.js', { dir, uid: NOBODY, gid: NOBODY })).stdout)
     expect(r).toMatchObject({ ok: false, isError: true, code: 'LOCK_IO', osCode: 'EACCES', syscall: 'open' })
     expect(r.path.startsWith(dir)).toBe(true)
-    expect(fs.readdirSync(dir)).toEqual([])
+    expect(lockDirEntries(dir)).toEqual([])
   })
 
   test("a root-held lock seen by another user: conflict, and its file is kept", async () => {

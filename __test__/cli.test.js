@@ -5,7 +5,7 @@ const { execFileSync } = require('node:child_process')
 const fs = require('node:fs')
 const os = require('node:os')
 const path = require('node:path')
-const { ROOT, tempDir, deadPid } = require('./helpers/proc')
+const { ROOT, tempDir, deadPid, lockDirEntries } = require('./helpers/proc')
 const {
   BINARY,
   LAUNCHER,
@@ -106,7 +106,7 @@ describe('processlock check', () => {
     expect(text.stdout).toContain('2 lock file(s) belong to no running process: the next start removes them, or run: processlock clear')
     expect(text.stdout).toContain('1 file(s) are not lock records: processlock clear keeps them')
     // Looking changes nothing.
-    expect(fs.readdirSync(dir).sort()).toEqual(['backend.long.lock', 'backend.short.lock', 'broken.lock', 'worker.short.lock'])
+    expect(lockDirEntries(dir).sort()).toEqual(['backend.long.lock', 'backend.short.lock', 'broken.lock', 'worker.short.lock'])
     holder.kill('SIGTERM')
     await holder.done()
   })
@@ -123,7 +123,7 @@ describe('processlock check', () => {
     const run = await cli(['run', 'backend', '--', process.execPath, CHILD, 'exit', '0'], { cwd: deep, env })
     expect(run.code).toBe(0)
     expect(run.stderr).toContain(`[PROCESS_LOCK_ACQUIRED] { processType: 'backend', tradeSide: 'SHORT', pid: `)
-    expect(fs.readdirSync(locks)).toEqual([])
+    expect(lockDirEntries(locks)).toEqual([])
     // --dir wins over $PROCESSLOCK_DIR, which wins over the default.
     const other = tempDir('cli-other')
     expect((await cli(['check', '--dir', other], { cwd: deep, env: { PROCESSLOCK_DIR: locks } })).stdout).toBe(`No locks in ${other}\n`)
@@ -148,7 +148,7 @@ describe('processlock clear', () => {
     expect(r.stdout).toMatch(/kept unknown {4}broken\.lock \(not a lock record: .+\)/)
     expect(r.stdout).toContain('removed 1 temp file(s) left by acquirers that died')
     expect(r.stdout).toContain(`pm2 stop all (or kill ${holder.pid})`)
-    expect(fs.readdirSync(dir).sort()).toEqual(['backend.short.lock', 'broken.lock', 'notes.txt'])
+    expect(lockDirEntries(dir).sort()).toEqual(['backend.short.lock', 'broken.lock', 'notes.txt'])
     expect(alive(holder.pid)).toBe(true)
     expect((await checkJson(dir)).map((l) => [l.state, l.pid])).toEqual([['held', holder.pid], ['invalid', null]])
     fs.unlinkSync(lockFile(dir, 'broken.lock'))
@@ -171,7 +171,7 @@ describe('processlock clear', () => {
     expect(r.stdout).toContain(`removed HELD    backend.short.lock (PID ${holder.pid} keeps running)`)
     expect(r.stderr).toContain(`WARNING: this only deleted the lock files; it did NOT stop the running processes (${holder.pid}).`)
     expect(r.stderr).toContain('pm2 stop all')
-    expect(fs.readdirSync(dir)).toEqual([])
+    expect(lockDirEntries(dir)).toEqual([])
     expect(alive(holder.pid)).toBe(true)
     holder.kill('SIGTERM')
     await holder.done()
@@ -188,7 +188,7 @@ describe('processlock clear', () => {
     expect(r.stdout).toMatch(/left {12}dir\.lock: LOCK_NOT_A_FILE/)
     expect(r.stdout).toMatch(/left {12}link\.lock: LOCK_NOT_A_FILE/)
     expect(fs.readFileSync(outside, 'utf8')).toBe('keep me')
-    expect(fs.readdirSync(dir).sort()).toEqual(['dir.lock', 'link.lock'])
+    expect(lockDirEntries(dir).sort()).toEqual(['dir.lock', 'link.lock'])
   })
 })
 
@@ -208,7 +208,7 @@ describe('processlock run', () => {
       `[PROCESS_LOCK_ACQUIRED] { processType: 'backend', tradeSide: 'SHORT', pid: ${pid} }`,
       `[PROCESS_LOCK_RELEASED] { processType: 'backend', tradeSide: 'SHORT', pid: ${pid} }`,
     ])
-    expect(fs.readdirSync(dir)).toEqual([])
+    expect(lockDirEntries(dir)).toEqual([])
   })
 
   test('tells the command which inherited descriptor holds the lock', async () => {
@@ -222,7 +222,7 @@ describe('processlock run', () => {
     const dir = tempDir('cli-status')
     const r = await startRun(['worker', '--quiet'], ['exit', String(status)], { dir }).done()
     expect(r).toMatchObject({ code: status, signal: null, stderr: '' })
-    expect(fs.readdirSync(dir)).toEqual([])
+    expect(lockDirEntries(dir)).toEqual([])
   })
 
   test('a command that cannot be started: 127, and the lock is released', async () => {
@@ -230,7 +230,7 @@ describe('processlock run', () => {
     const r = await cli(['run', 'backend', '--', path.join(dir, 'no-such-command')], { dir })
     expect(r.code).toBe(127)
     expect(r.stderr).toContain('processlock: cannot run ')
-    expect(fs.readdirSync(dir)).toEqual([])
+    expect(lockDirEntries(dir)).toEqual([])
   })
 
   test("conflict: the seed's lines, exit 1, and the command is never started", async () => {
@@ -250,7 +250,7 @@ describe('processlock run', () => {
     ])
     expect(fs.existsSync(marker)).toBe(false)
     expect(fs.readFileSync(lockFile(dir), 'utf8')).toBe(before)
-    expect(fs.readdirSync(dir)).toEqual(['backend.short.lock'])
+    expect(lockDirEntries(dir)).toEqual(['backend.short.lock'])
     // Another side is another lock.
     const long = await startRun(['backend', '--side', 'long', '-q'], ['exit', '0'], { dir }).done()
     expect(long.code).toBe(0)
@@ -276,7 +276,7 @@ describe('processlock run', () => {
       const r = await run.done()
       expect(r.signal).toBe('SIGTERM')
       expect(fs.existsSync(marker)).toBe(false)
-      expect(fs.readdirSync(dir)).toEqual(['backend.short.lock'])
+      expect(lockDirEntries(dir)).toEqual(['backend.short.lock'])
     } finally {
       process.kill(sleeper, 'SIGKILL')
     }
@@ -312,7 +312,7 @@ describe('processlock run', () => {
       // The fork ends at once instead of waiting forever for an answer.
       await waitGone(Number(fork), 5000)
       expect(fs.existsSync(marker)).toBe(false)
-      expect(fs.readdirSync(dir).filter((n) => !n.endsWith('.tmp'))).toEqual(['backend.short.lock'])
+      expect(lockDirEntries(dir).filter((n) => !n.endsWith('.tmp'))).toEqual(['backend.short.lock'])
     } finally {
       process.kill(sleeper, 'SIGKILL')
       if (fork && alive(Number(fork))) process.kill(Number(fork), 'SIGKILL')
@@ -347,7 +347,7 @@ describe('processlock run', () => {
     expect(Date.now() - stopped).toBeLessThan(5000)
     expect(fs.existsSync(marker)).toBe(true)
     expect(r.stderr).toMatch(/\[PROCESS_LOCK_ACQUIRED\] \{ processType: 'backend', tradeSide: 'SHORT', pid: \d+ \}/)
-    expect(fs.readdirSync(dir).filter((n) => n !== 'started.txt')).toEqual([])
+    expect(lockDirEntries(dir).filter((n) => n !== 'started.txt')).toEqual([])
   })
 
   test('--wait: gives up after the time with the conflict lines; a signal ends the wait at once', async () => {
@@ -368,7 +368,7 @@ describe('processlock run', () => {
     expect((await waiting.done()).signal).toBe('SIGTERM')
     expect(Date.now() - signalled).toBeLessThan(2000)
     expect(fs.existsSync(marker)).toBe(false)
-    expect(fs.readdirSync(dir)).toEqual(['backend.short.lock'])
+    expect(lockDirEntries(dir)).toEqual(['backend.short.lock'])
     holder.kill('SIGTERM')
     await holder.done()
   })
@@ -390,7 +390,7 @@ describe('processlock run', () => {
     expect(r).toMatchObject({ code: null, signal })
     expect(count(r.stdout, `GOT ${signal}`)).toBe(1)
     expect(r.stderr).toContain('[PROCESS_LOCK_RELEASED]')
-    expect(fs.readdirSync(dir)).toEqual([])
+    expect(lockDirEntries(dir)).toEqual([])
   })
 
   test('SIGKILL of processlock leaves the lock held by the command until the command ends', async () => {
@@ -455,7 +455,7 @@ describe('usage', () => {
     expect(r.code).toBe(2)
     expect(r.stdout).toBe('')
     expect(r.stderr).toMatch(/^processlock: [^\n]+ \(see processlock --help\)\n$/)
-    expect(fs.readdirSync(dir)).toEqual([])
+    expect(lockDirEntries(dir)).toEqual([])
   })
 
   test('--help and --version', async () => {
@@ -491,7 +491,7 @@ describe('the npm launcher (bin/processlock.js)', () => {
     const r = await run.done()
     expect(r).toMatchObject({ code: null, signal })
     expect(count(r.stdout, `GOT ${signal}`)).toBe(1)
-    expect(fs.readdirSync(dir)).toEqual([])
+    expect(lockDirEntries(dir)).toEqual([])
   })
 
   test('names the platform package the napi-rs way', () => {
@@ -527,6 +527,6 @@ onTerminal('Ctrl+C on a terminal', () => {
     expect(count(r.stdout, 'GOT SIGINT')).toBe(1)
     expect(r.code).toBe(0)
     expect(r.stdout).toContain('[PROCESS_LOCK_RELEASED]')
-    expect(fs.readdirSync(dir)).toEqual([])
+    expect(lockDirEntries(dir)).toEqual([])
   })
 })

@@ -4,7 +4,7 @@
 const { spawnSync } = require('node:child_process')
 const fs = require('node:fs')
 const path = require('node:path')
-const { start, tempDir, ROOT } = require('./helpers/proc')
+const { start, tempDir, ROOT, lockDirEntries } = require('./helpers/proc')
 
 test('a wrapped app that takes the same lock owns it, and a second app still conflicts', async () => {
   const dir = tempDir('inherit')
@@ -43,5 +43,5 @@ test('a wrapped app that takes the same lock owns it, and a second app still con
   wrapped.kill('SIGTERM')
   const r = await wrapped.done()
   expect(r.signal === 'SIGTERM' || r.code === 143).toBe(true)
-  expect(fs.readdirSync(dir)).toEqual([])
+  expect(lockDirEntries(dir)).toEqual([])
 })

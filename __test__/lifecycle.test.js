@@ -2,7 +2,7 @@
 // Every way a process can end releases its lock, and the app's own shutdown is left alone.
 const fs = require('node:fs')
 const path = require('node:path')
-const { start, tempDir } = require('./helpers/proc')
+const { start, tempDir, lockDirEntries } = require('./helpers/proc')
 
 const lockFile = (dir) => path.join(dir, 'backend.short.lock')
 
@@ -39,7 +39,7 @@ describe('release at exit', () => {
       const r = await p.done()
       expect(r.signal).toBe(signal)
       expect(fs.existsSync(lockFile(dir))).toBe(false)
-      expect(fs.readdirSync(dir)).toEqual([])
+      expect(lockDirEntries(dir)).toEqual([])
     },
   )
 

@@ -2,7 +2,7 @@
 // Many processes started together, ownership intervals compared: never two owners at once.
 const fs = require('node:fs')
 const path = require('node:path')
-const { start, tempDir } = require('./helpers/proc')
+const { start, tempDir, lockDirEntries } = require('./helpers/proc')
 
 const RACERS = 8
 const ROUNDS = 40
@@ -120,7 +120,7 @@ test(`fresh lock: ${RACERS} processes x ${ROUNDS} rounds, exactly one owner per 
     expect(owners).toHaveLength(1)
     expect(lines.filter((l) => l.conflict === owners[0].pid)).toHaveLength(RACERS - 1)
     all.push(...owners)
-    expect(fs.readdirSync(dir)).toEqual([])
+    expect(lockDirEntries(dir)).toEqual([])
   }
   await r.stop()
   expect(overlaps(all)).toEqual([])
@@ -147,5 +147,5 @@ test(`contended loop: ${RACERS} processes x 25 acquisitions each never overlap`,
   const owners = intervals(lines)
   expect(owners).toHaveLength(RACERS * 25)
   expect(overlaps(owners)).toEqual([])
-  expect(fs.readdirSync(dir)).toEqual([])
+  expect(lockDirEntries(dir)).toEqual([])
 })

@@ -2,7 +2,7 @@
 // The seed document's three scenarios, with real processes and the exact lines it shows.
 const fs = require('node:fs')
 const path = require('node:path')
-const { start, tempDir } = require('./helpers/proc')
+const { start, tempDir, lockDirEntries } = require('./helpers/proc')
 
 const ACQUIRED = (pid) => `[PROCESS_LOCK_ACQUIRED] { processType: 'backend', tradeSide: 'SHORT', pid: ${pid} }`
 
@@ -68,7 +68,7 @@ describe('seed scenarios', () => {
     const long = start('server.js', { dir, env: { TRADE_SIDE: 'long' } })
     await Promise.all([short.waitFor('READY'), long.waitFor('READY')])
     expect(long.stdout).toContain(`tradeSide: 'LONG', pid: ${long.pid}`)
-    expect(fs.readdirSync(dir).sort()).toEqual(['backend.long.lock', 'backend.short.lock'])
+    expect(lockDirEntries(dir).sort()).toEqual(['backend.long.lock', 'backend.short.lock'])
     const again = await start('server.js', { dir, env: { TRADE_SIDE: 'LONG' } }).done()
     expect(again.code).toBe(1)
     expect(again.stderr).toContain(`[FATAL] LOCK_CONFLICT: backend (LONG) is already running (PID: ${long.pid})`)
@@ -78,6 +78,6 @@ describe('seed scenarios', () => {
     expect(fs.existsSync(path.join(dir, 'backend.lock'))).toBe(true)
     for (const p of [short, long, noSide]) p.kill('SIGTERM')
     await Promise.all([short.done(), long.done(), noSide.done()])
-    expect(fs.readdirSync(dir)).toEqual([])
+    expect(lockDirEntries(dir)).toEqual([])
   })
 })

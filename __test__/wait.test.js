@@ -6,7 +6,7 @@
 const fs = require('node:fs')
 const path = require('node:path')
 const pl = require('..')
-const { start, tempDir } = require('./helpers/proc')
+const { start, tempDir, lockDirEntries } = require('./helpers/proc')
 
 const lockFile = (dir) => path.join(dir, 'backend.short.lock')
 const SHORT = (dir, extra = {}) => ({ dir, tradeSide: 'SHORT', log: false, ...extra })
@@ -84,7 +84,7 @@ async function handover(api, how) {
   expect((await w.done()).code).toBe(0)
   h.child.stdin.end()
   await h.done()
-  expect(fs.readdirSync(dir)).toEqual([])
+  expect(lockDirEntries(dir)).toEqual([])
   return Number(BigInt(r.t) - gone) / 1e6
 }
 
@@ -126,7 +126,7 @@ describe('giving up', () => {
     expect(r.message).toMatch(new RegExp(`already running \\(PID: ${h.pid}\\); gave up after waiting \\d+ ms`))
     expect(Date.now() - t0).toBeGreaterThanOrEqual(300)
     await w.done()
-    expect(fs.readdirSync(dir)).toEqual(['backend.short.lock'])
+    expect(lockDirEntries(dir)).toEqual(['backend.short.lock'])
     h.kill('SIGKILL')
     await h.done()
   })
@@ -159,7 +159,7 @@ describe('giving up', () => {
     expect(d.code).toBe(0)
     expect(Date.now() - answered).toBeLessThan(3000)
     expect(temps(dir)).toEqual([])
-    expect(fs.readdirSync(dir)).toEqual(['backend.short.lock'])
+    expect(lockDirEntries(dir)).toEqual(['backend.short.lock'])
     // The holder never noticed anything.
     expect(JSON.parse(fs.readFileSync(lockFile(dir), 'utf8')).pid).toBe(h.pid)
     h.kill('SIGKILL')
@@ -193,7 +193,7 @@ describe('in one process', () => {
     expect(pl.acquireLock('backend', SHORT(dir, { waitMs: 100 }))).toEqual(info)
     expect(lines.filter((l) => l.includes('ACQUIRED'))).toHaveLength(1)
     expect(pl.releaseLock('backend', SHORT(dir))).toBe(true)
-    expect(fs.readdirSync(dir)).toEqual([])
+    expect(lockDirEntries(dir)).toEqual([])
   })
 
   test('two waits of one process for one lock both resolve when it is taken, with one lock file', async () => {
@@ -206,7 +206,7 @@ describe('in one process', () => {
     const [ia, ib] = await Promise.all([a, b])
     expect(ia).toEqual(ib)
     expect(ia.pid).toBe(process.pid)
-    expect(fs.readdirSync(dir)).toEqual(['backend.short.lock'])
+    expect(lockDirEntries(dir)).toEqual(['backend.short.lock'])
     expect(pl.releaseLock('backend', SHORT(dir))).toBe(true)
     h.kill('SIGKILL')
     await h.done()
@@ -225,7 +225,7 @@ describe('in one process', () => {
     expect(await pending).toEqual(info)
     expect(Date.now() - t0).toBeLessThan(900)
     expect(pl.releaseLock('backend', SHORT(dir))).toBe(true)
-    expect(fs.readdirSync(dir)).toEqual([])
+    expect(lockDirEntries(dir)).toEqual([])
   })
 })
 
@@ -270,7 +270,7 @@ describe('many waiters', () => {
     )
     // Everyone got the lock, and more than once: nobody is starved while the others loop.
     for (const n of wins) expect(n).toBeGreaterThanOrEqual(3)
-    expect(fs.readdirSync(dir)).toEqual([])
+    expect(lockDirEntries(dir)).toEqual([])
   })
 })
 

@@ -9,6 +9,7 @@
 //   impl.release(spec)        true = released, false = it was not ours any more
 //   impl.info(spec)           what a bystander sees (ours: the record or null;
 //                             the peers: their check, true/false)
+//   impl.forceRemove(spec)    (ours) an operator's forced removal: true = removed
 //   impl.acquireAsync(spec)   (optional) promise of true/false
 //   impl.releaseAsync(spec)   (optional) promise
 //
@@ -68,6 +69,10 @@ function loadOurs() {
     },
     release(spec) {
       return pl.releaseLock(spec.type, { dir: spec.dir, tradeSide: spec.side, log: false }) !== false;
+    },
+    // An operator's forced removal: true when a file was removed.
+    forceRemove(spec) {
+      return pl.forceRemoveLock(spec.type, { dir: spec.dir, tradeSide: spec.side, log: false });
     },
     // What a bystander sees: the holder's record, or null.
     info(spec) {

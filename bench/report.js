@@ -130,6 +130,11 @@ function tortureMarkdown(results, meta) {
       const errs = sumValues(o.errors) + sumValues(o.bad);
       notes.push(`bystander: ${o.calls} reads, ${errs ? `**${errs} failed** (${fmtCounts({ ...o.errors, ...o.bad })})` : 'none failed'}`);
     }
+    if (st.forced) {
+      const f = st.forced;
+      notes.push(`forced removals ${f.calls} (${f.removed} removed a file); holders whose file a forced removal took ${f.holdersForcedOut}` +
+        ` (overlapping a later owner ${f.overlapsAfterForce}); holders whose file anything else removed **${f.unexplained}**`);
+    }
     if (st.kind === 'kill') {
       const m = st.victimsByMode || {};
       notes.push(`victim killed from outside (0..${st.killWindowUs} us after t0): ${fmtCounts(m.outside)}; ` +
@@ -165,10 +170,16 @@ function tortureMarkdown(results, meta) {
     'seed\'s PID-only format, `started` an hour before that process started. *kill*: fresh or stale, and one racer',
     'is SIGKILLed at a random moment of the race, then a survivor probes the lock (it must be free: otherwise',
     '"stuck"); the victim is replaced. Peers run with `stale: ' + meta.staleMs + '` ms (proper-lockfile\'s minimum);',
-    'their stale locks are aged past that before the round.',
+    'their stale locks are aged past that before the round. *force-release* and *force-stale* (ours only): no lock',
+    'yet, or a SIGKILLed holder\'s; the racers retry every 20..200 us for (N/2 + 1) x the hold time, so owners follow',
+    'each other through releases (and, from a stale lock, a takeover), and another process calls `forceRemoveLock` at a',
+    'random instant of that window.',
     '',
     '"double-owner rounds": two ownership intervals (hrtime right after acquire returned .. right before release;',
-    'a victim owns until it is killed) overlap. "no owner": nobody won although the lock was free. Left-over',
+    'a victim owns until it is killed) overlap. In the force kinds a holder whose file was removed by force still',
+    'believes it owns (the operator\'s act), so a double owner there is what the removal guard rules out: a holder',
+    'whose file was removed by anything but a forced removal during its ownership (at most one holder per forced',
+    'removal), or two overlapping owners where the earlier one still had its file. "no owner": nobody won although the lock was free. Left-over',
     'files are counted after all rounds of a kind; "leaked fds" sums what surviving racers hold beyond their start.',
     'A bystander process reads the lock state in a loop during each race (ours: `getLockInfo`; the peers: `checkSync`);',
     'it must neither fail nor make the racers fail.',

@@ -5,7 +5,8 @@
 //
 //   node bench/torture.js [--rounds N (1000)] [--duration S] [--sizes 8,16]
 //                         [--impls ours,proper-lockfile,lockfile]
-//                         [--kinds fresh,stale,recycled,legacy,kill]
+//                         [--kinds fresh,stale,recycled,legacy,kill,
+//                                  force-release,force-stale]
 //                         [--peer-rounds N (= rounds)] [--peer-kill-rounds N (200)]
 //                         [--hold-us U (2000)] [--dir D] [--keep]
 //                         [--write]   (also put the tables into BENCHMARKS.md)
@@ -28,6 +29,13 @@
 //             starts acquire (to land inside acquire); then a survivor probes
 //             the lock, which must be free, and the victim is replaced by a
 //             spare process
+//   force-release  (ours only) no lock yet; racers retry every 20..200 us for
+//             a window of (N/2 + 1) x hold-us, so holders follow each other
+//             through releases, and another process removes the lock by force
+//             (forceRemoveLock) at a random instant of that window
+//   force-stale    (ours only) the same, starting from a lock left by a
+//             SIGKILLed holder, so the forced removal also races the takeover
+//             of a dead holder's file
 // Racers are long-lived processes (bench/worker.js) told per round, through
 // stdin, the lock directory and a start instant t0 (CLOCK_MONOTONIC); they
 // sleep until t0, try once, and if they win hold (asleep) for a random
@@ -35,7 +43,9 @@
 // process.hrtime.bigint() right after acquire returns and right before release.
 // A victim killed while holding owns until the instant it was killed.
 //
-// Counted per kind: double-owner rounds (two ownership intervals overlap),
+// Counted per kind: double-owner rounds (two ownership intervals overlap;
+// in the force kinds, where a holder whose file was removed by force still
+// believes it owns, see forceVerdict),
 // rounds nobody won although the lock was free, locks stuck after a kill,
 // unexpected errors, records at the lock path that were not the winner's
 // (ours), temp files and lock files left in the directories, descriptors
@@ -54,6 +64,68 @@ const { LABELS, oursUnavailable } = require('./impls');
 const report = require('./report');
 
 const LOCK_NAME = 'backend.short.lock';
+const GUARD_NAME = '.processlock.guard';
+const isForceKind = (kind) => kind === 'force-release' || kind === 'force-stale';
+
+// The force kinds: one forced removal per round (force = { t0, t1, removed }
+// or null), and the ownerships of the round (owned: { s: acquire started,
+// a: acquired, r: release started, x: release found its file gone, v: what
+// the record check right after acquire found wrong }). A forced removal
+// makes its victim a holder that still believes it owns: that is the
+// operator's act, not a double owner. What the lock guarantees, and what is
+// counted as a double owner here, is that nothing else ever removes a
+// holder's file:
+// - an owner whose release found its file gone must have had a forced
+//   removal that removed a file run during its ownership (from the start of
+//   its acquire to the start of its release), and one forced removal
+//   explains at most one such owner;
+// - two ownerships may overlap only when one of them had its file removed
+//   (an owner's file can be removed by force even before its acquire
+//   returns, so either may be the earlier one); two owners that both found
+//   their own file at release would have had two files at one path.
+// Returns the number of violations in the round.
+function forceVerdict(owned, force, st) {
+  const fo = st.forced;
+  if (force) {
+    fo.calls++;
+    if (force.removed) fo.removed++;
+  }
+  let bad = 0;
+  let explained = 0;
+  for (const o of owned) {
+    if (!o.x) {
+      // Its record must have been its own right after it acquired.
+      for (const v of o.v) bump(st.badRecords, v);
+      continue;
+    }
+    // From the start of its acquire to the end of its release (which waits
+    // for a forced removal that holds the removal guard).
+    const byForce = force && force.removed && force.t1 > o.s && force.t0 < o.xEnd;
+    if (byForce && explained === 0) {
+      explained++;
+      fo.holdersForcedOut++;
+    } else {
+      fo.unexplained++;
+      bad++;
+    }
+  }
+  const sorted = owned.slice().sort((p, q) => (p.a < q.a ? -1 : p.a > q.a ? 1 : 0));
+  for (let i = 0; i < sorted.length; i++) {
+    for (let j = i + 1; j < sorted.length; j++) {
+      if (sorted[j].a >= sorted[i].r) continue;
+      if (sorted[i].x || sorted[j].x) fo.overlapsAfterForce++;
+      else bad++;
+    }
+  }
+  if (bad && process.env.TORTURE_DEBUG) {
+    const rel = (t) => (t == null ? '-' : String(t - (force ? force.t0 : 0n)));
+    console.error(`violation: force ${force ? `${rel(force.t0)}..${rel(force.t1)} removed=${force.removed}` : 'none'}; owners ` +
+      sorted.map((o) => `[s ${rel(o.s)} a ${rel(o.a)} r ${rel(o.r)}${o.x ? ` X ${rel(o.xEnd)}` : ''}]`).join(' '));
+  }
+  return bad;
+}
+
+function bump(obj, k) { obj[k] = (obj[k] || 0) + 1; }
 // Peers decide staleness by age: proper-lockfile by mtime (minimum 2000 ms),
 // lockfile by ctime. Both get the same 2 s, far above any hold here.
 const PEER_STALE_MS = 2000;
@@ -73,7 +145,7 @@ function parseArgs(argv) {
     duration: 0,
     sizes: [8, 16],
     impls: ['ours', 'proper-lockfile', 'lockfile'],
-    kinds: ['fresh', 'stale', 'recycled', 'legacy', 'kill'],
+    kinds: ['fresh', 'stale', 'recycled', 'legacy', 'kill', 'force-release', 'force-stale'],
     peerRounds: null,
     peerKillRounds: null,
     holdUs: 2000,
@@ -169,10 +241,12 @@ class Combo {
     const killers = this.args.kinds.includes('kill') ? KILLER_RACERS : 0;
     this.racers = await Promise.all(Array.from({ length: this.n }, (_, i) => this.spawnWorker(i < killers).ready));
     this.observer = this.args.observer ? await this.spawnWorker(false).ready : null;
+    this.forcer = this.args.kinds.some(isForceKind) && this.impl === 'ours' ? await this.spawnWorker(false).ready : null;
   }
 
   async stop() {
-    const all = [...this.racers, ...this.spares.plain, ...this.spares.killer, ...(this.observer ? [this.observer] : [])];
+    const all = [...this.racers, ...this.spares.plain, ...this.spares.killer, ...(this.observer ? [this.observer] : []),
+      ...(this.forcer ? [this.forcer] : [])];
     await Promise.all(all.map(async (w) => (await w).stop()));
   }
 
@@ -213,9 +287,9 @@ class Combo {
       stuck: 0, errors: {}, releaseNotOurs: 0, badRecords: {}, compromised: 0,
       victims: {}, leftoverTemp: 0, tempSamples: [], leftoverLocks: 0,
       fdLeak: 0, fdLeakMax: 0, seconds: 0, probes: 0,
+      forced: isForceKind(kind) ? { calls: 0, removed: 0, holdersForcedOut: 0, unexplained: 0, overlapsAfterForce: 0 } : null,
       observer: this.observer ? { calls: 0, held: 0, free: 0, errors: {}, bad: {} } : null,
     };
-    const bump = (obj, k) => { obj[k] = (obj[k] || 0) + 1; };
 
     // Directories, and the lock state each round starts from, made a batch
     // at a time (a --duration run does not know how many rounds it will get).
@@ -233,7 +307,7 @@ class Combo {
         dirs.push(d);
         fresh.push(d);
       }
-      if (kind === 'stale' || kind === 'recycled') {
+      if (kind === 'stale' || kind === 'recycled' || kind === 'force-stale') {
         await this.leaveStaleLocks(fresh);
       } else if (kind === 'kill') {
         await this.leaveStaleLocks(fresh.filter((_, i) => (from + i) % 2 === 1));
@@ -302,8 +376,15 @@ class Combo {
         targeted = r % 4 >= 2 && armed.length > 0;
         victim = targeted ? armed[randInt(armed.length)] : randInt(this.n);
       }
+      const forceWindowNs = BigInt(Math.round((this.n / 2 + 1) * a.holdUs * 1000));
+      let forced = null;
+      if (st.forced) {
+        this.forcer.send({ op: 'force', r, dir: dirs[r], t0: String(t0), atNs: String(BigInt(randInt(Number(forceWindowNs)))) });
+        forced = this.forcer.until((l) => l.startsWith(`D ${r} `));
+      }
       for (const [i, w] of this.racers.entries()) {
         const cmd = { op: 'round', r, dir: dirs[r], t0: String(t0), holdMaxUs: a.holdUs, verify };
+        if (st.forced) cmd.retryUntil = String(t0 + forceWindowNs);
         // Log-uniform 1 us .. 1.5x the median attempt: an attempt that is not
         // preempted takes tens of microseconds, a preempted one much longer.
         if (targeted && i === victim) cmd.selfKillNs = Math.floor(1000 * Math.pow(1.5 * this.attemptNs / 1000, Math.random()));
@@ -337,21 +418,36 @@ class Combo {
         clearTimeout(guard);
       }
 
-      // Ownership intervals of this round.
+      // Ownership intervals of this round (with, for the force kinds, the
+      // instant the owner started its acquire, and what its release said).
       const intervals = [];
+      const owned = [];
       let spread = 0n;
       outs.forEach((lines, i) => {
         let open = null;
         let last = null;
+        let tS = null;
+        let held = null; // the ownership in progress, then the last one
         for (const line of lines) {
           const [tag, , t, d] = line.split(' ');
+          if (tag === 'S' && t) tS = BigInt(t);
           if (tag === 'A' || tag === 'L') {
-            if (tag === 'A') open = BigInt(t);
+            if (tag === 'A') {
+              open = BigInt(t);
+              held = { s: tS ?? open, a: open, r: null, x: false, v: [] };
+            }
             if (kind !== 'kill' && d) this.attempts.push(Number(d));
-          } else if (tag === 'R') { intervals.push([open ?? BigInt(t), BigInt(t)]); open = null; }
+          } else if (tag === 'R') {
+            intervals.push([open ?? BigInt(t), BigInt(t)]);
+            if (held) { held.r = BigInt(t); owned.push(held); }
+            open = null;
+          }
           else if (tag === 'K') tKill = BigInt(t);
           else if (tag === 'E') bump(st.errors, t);
-          else if (tag === 'X') st.releaseNotOurs++;
+          else if (tag === 'X') {
+            if (st.forced && held) { held.x = true; held.xEnd = t ? BigInt(t) : held.r; } else st.releaseNotOurs++;
+          }
+          else if (tag === 'V' && st.forced && held) held.v.push(t ? t.split(':')[0] : '?');
           else if (tag === 'V') bump(st.badRecords, t ? t.split(':')[0] : '?');
           else if (tag === 'C') st.compromised++;
           else if (tag === 'D' && t) { const d = BigInt(t) - t0; if (d > spread) spread = d; }
@@ -370,14 +466,23 @@ class Combo {
           bump(st.errors, 'no-release');
         }
       });
-      if (kind !== 'kill') this.spreads.push(Number(spread));
+      if (kind !== 'kill' && !st.forced) this.spreads.push(Number(spread));
       st.owners += intervals.length;
-      intervals.sort((x, y) => (x[0] < y[0] ? -1 : x[0] > y[0] ? 1 : 0));
-      let maxEnd = -1n;
       let overlapped = 0;
-      for (const [s, e] of intervals) {
-        if (s < maxEnd) overlapped++;
-        if (e > maxEnd) maxEnd = e;
+      if (st.forced) {
+        const lines = await forced;
+        for (const l of lines) if (l.startsWith('E ')) bump(st.errors, l.split(' ')[2]);
+        const y = lines.find((l) => l.startsWith('Y '));
+        const f = y ? y.split(' ') : null;
+        const force = f ? { t0: BigInt(f[2]), t1: BigInt(f[3]), removed: f[4] === '1' } : null;
+        overlapped = forceVerdict(owned, force, st);
+      } else {
+        intervals.sort((x, y) => (x[0] < y[0] ? -1 : x[0] > y[0] ? 1 : 0));
+        let maxEnd = -1n;
+        for (const [s, e] of intervals) {
+          if (s < maxEnd) overlapped++;
+          if (e > maxEnd) maxEnd = e;
+        }
       }
       if (overlapped) { st.doubleOwnerRounds++; st.overlaps += overlapped; }
       if (intervals.length === 0 && kind !== 'kill') st.noOwnerRounds++;
@@ -405,6 +510,7 @@ class Combo {
     for (let i = 0; i < r; i++) {
       for (const name of fs.readdirSync(dirs[i])) {
         if (name === LOCK_NAME) st.leftoverLocks++;
+        else if (name === GUARD_NAME) continue; // ours: the directory's removal guard, kept on purpose
         else {
           st.leftoverTemp++;
           if (st.tempSamples.length < 3) st.tempSamples.push(name);
@@ -459,6 +565,7 @@ async function main() {
       await combo.start();
       for (const kind of a.kinds) {
         if ((kind === 'recycled' || kind === 'legacy') && impl !== 'ours') continue; // peers record no PID
+        if (isForceKind(kind) && impl !== 'ours') continue; // about our removal guard
         const st = await combo.runKind(kind);
         st.impl = impl;
         st.n = n;

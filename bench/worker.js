@@ -9,15 +9,17 @@
 // for everything else.
 //
 // Race protocol (op "round" / "probe"), r = round number, t = hrtime ns:
-//   S r        about to call acquire
+//   S r t      about to call acquire (t: hrtime ns)
 //   A r t d    acquired; t taken right after acquire returned, d = ns in acquire
 //   R r t      about to release; t taken right before release
 //   L r t d    lost: the lock is held by someone else (d as for A)
 //   K r t      the killer thread SIGKILLs this process now
-//   X r        release said the lock was no longer ours
+//   X r t      release said the lock was no longer ours; t right after it returned
 //   V r why    (ours) the record at the lock path is not ours or not complete
 //   E r code   acquire or release threw something unexpected
 //   D r t      done with round r
+//   Y r t0 t1 removed   (op "force") a forced removal ran from t0 to t1;
+//              removed = 1 when it removed a file
 // Others: "READY fds", "F fds", "H acquired failed", "C message" (a peer
 // reported its lock compromised).
 
@@ -59,8 +61,16 @@ function waitUntil(t0) {
   while (now() < t0);
 }
 
+// Open descriptors, minus readdir's own and the removal guards of lock
+// directories that ours keeps open on purpose (at most a few, reused).
 function fdCount() {
-  return fs.readdirSync('/proc/self/fd').length - 1; // minus readdir's own
+  let n = 0;
+  for (const fd of fs.readdirSync('/proc/self/fd')) {
+    let target = '';
+    try { target = fs.readlinkSync(`/proc/self/fd/${fd}`); } catch (e) { continue; } // readdir's own, closed by now
+    if (!target.replace(/ \(deleted\)$/, '').endsWith('/.processlock.guard')) n++;
+  }
+  return n;
 }
 
 function errCode(e) {
@@ -94,18 +104,25 @@ function verifyRecord(r, s) {
   if (rec.pid !== process.pid) out(`V ${r} pid:${rec.pid}`);
 }
 
-// One attempt; hold for a random time if it succeeds.
+// One attempt (with c.retryUntil: attempts every 20..200 us until one wins or
+// that instant passes); hold for a random time if it succeeds.
 function attemptOnce(c) {
   const s = spec(c.dir);
-  out(`S ${c.r}`);
-  if (c.selfKillNs != null) killerGo();
-  const tS = now();
+  const retryUntil = c.retryUntil != null ? BigInt(c.retryUntil) : 0n;
+  let tS;
   let won;
-  try {
-    won = impl.tryAcquire(s);
-  } catch (e) {
-    out(`E ${c.r} ${errCode(e)}`);
-    return;
+  for (;;) {
+    tS = now();
+    out(`S ${c.r} ${tS}`);
+    if (c.selfKillNs != null) killerGo();
+    try {
+      won = impl.tryAcquire(s);
+    } catch (e) {
+      out(`E ${c.r} ${errCode(e)}`);
+      return;
+    }
+    if (won || now() >= retryUntil) break;
+    sleepNs(20000 + Math.random() * 180000);
   }
   const tA = now();
   if (!won) {
@@ -119,7 +136,7 @@ function attemptOnce(c) {
   const tR = now();
   out(`R ${c.r} ${tR}`);
   try {
-    if (!impl.release(s)) out(`X ${c.r}`);
+    if (!impl.release(s)) out(`X ${c.r} ${now()}`);
   } catch (e) {
     out(`E ${c.r} release:${errCode(e)}`);
   }
@@ -212,6 +229,20 @@ const handlers = {
   },
   probe(c) {
     attemptOnce(c);
+    out(`D ${c.r} ${now()}`);
+  },
+  // An operator's forced removal of the lock at t0 + atNs.
+  force(c) {
+    waitUntil(BigInt(c.t0) + BigInt(c.atNs));
+    const t0 = now();
+    let removed;
+    try {
+      removed = impl.forceRemove(spec(c.dir));
+    } catch (e) {
+      out(`E ${c.r} force:${errCode(e)}`);
+      removed = false;
+    }
+    out(`Y ${c.r} ${t0} ${now()} ${removed ? 1 : 0}`);
     out(`D ${c.r} ${now()}`);
   },
   // A bystander: read the lock state in a loop during the race.

@@ -14,6 +14,11 @@ function tempDir(label) {
   return fs.mkdtempSync(path.join(os.tmpdir(), `pl-${label}-`))
 }
 
+/** What a lock directory holds, without the removal guard that every remover locks (kept on purpose). */
+function lockDirEntries(dir) {
+  return fs.readdirSync(dir).filter((n) => n !== '.processlock.guard')
+}
+
 /**
  * Starts `file ...args` with its output collected.
  * `env` is the whole environment of the child (variables set to `undefined` are left out);
@@ -166,4 +171,4 @@ function running(pid) {
   }
 }
 
-module.exports = { ROOT, FIXTURES, tempDir, watch, start, run, deadPid, running }
+module.exports = { ROOT, FIXTURES, tempDir, lockDirEntries, watch, start, run, deadPid, running }

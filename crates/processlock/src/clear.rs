@@ -44,22 +44,22 @@ pub fn remove_if_stale(path: &Path) -> Result<Removal> {
                 // Replaced since we opened it: judge the new file.
                 _ => continue,
             },
-            Verdict::Held(r) if r == unknown_holder() => {
+            Verdict::Held(r, _) if r == unknown_holder() => {
                 return Ok(Removal::Unknown(
                     "not a lock record, and a process holds a lock on it".into(),
                 ))
             }
-            Verdict::Held(r) => return Ok(Removal::Held(r)),
+            Verdict::Held(r, _) => return Ok(Removal::Held(r)),
             Verdict::Stale(stale) => {
-                return match &stale.said {
-                    Ok(r) => {
-                        let removal = Removal::RemovedStale(r.clone());
-                        stale.remove(path)?;
-                        Ok(removal)
-                    }
+                let removal = match &stale.said {
+                    Ok(r) => Removal::RemovedStale(r.clone()),
                     // Dropping it lets its lock go and leaves the file where it is.
-                    Err(reason) => Ok(Removal::Unknown(reason.clone())),
+                    Err(reason) => return Ok(Removal::Unknown(reason.clone())),
                 };
+                // False: replaced since we judged it; judge the new file.
+                if stale.remove(path)? {
+                    return Ok(removal);
+                }
             }
         }
     }
@@ -119,12 +119,18 @@ mod tests {
             Removal::RemovedStale(_)
         ));
         let alive = d.join("alive.lock");
-        std::fs::write(&alive, format!("{}\n", std::process::id())).unwrap();
+        let mut runs = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        std::fs::write(&alive, format!("{}\n", runs.id())).unwrap();
         assert!(matches!(
             remove_if_stale(&alive).unwrap(),
-            Removal::Held(r) if r.pid == std::process::id()
+            Removal::Held(r) if r.pid == runs.id()
         ));
         assert!(alive.exists());
+        runs.kill().unwrap();
+        runs.wait().unwrap();
 
         std::fs::remove_dir_all(&d).unwrap();
     }

@@ -18,6 +18,8 @@ pub struct Conflict {
     pub path: PathBuf,
     /// How long the caller waited before giving up (0 when it did not wait).
     pub waited_ms: u64,
+    /// Something wrong with the holder's hold: it runs, but does not hold the OS lock.
+    pub problem: Option<String>,
 }
 
 #[derive(Debug)]
@@ -145,6 +147,9 @@ impl fmt::Display for Error {
                         printable(host),
                         c.holder.pid
                     )?,
+                }
+                if let Some(problem) = &c.problem {
+                    write!(f, "; {problem}")?;
                 }
                 if c.waited_ms > 0 {
                     write!(f, "; gave up after waiting {} ms", c.waited_ms)?;

@@ -173,7 +173,8 @@ mod tests {
             Parsed::Ours(short)
         );
         drop(pending);
-        assert_eq!(std::fs::read_dir(&t.dir).unwrap().count(), 1);
+        // The lock file, and the removal guard the release above left.
+        assert_eq!(std::fs::read_dir(&t.dir).unwrap().count(), 2);
         assert!(acquired.lock.release().unwrap());
         std::fs::remove_dir_all(&t.dir).unwrap();
     }

@@ -13,6 +13,7 @@ mod clear;
 mod clock;
 mod dir;
 mod error;
+mod guard;
 mod handoff;
 mod inherit;
 mod list;

@@ -31,7 +31,8 @@ pub struct LockStatus {
     pub name: Option<LockName>,
     pub state: LockState,
     pub record: Option<Record>,
-    /// Why the file is invalid, or what sits at the path when it is not a file.
+    /// Why the file is invalid, what sits at the path when it is not a file, or why a file
+    /// nobody holds the OS lock of is held all the same.
     pub problem: Option<String>,
 }
 
@@ -61,6 +62,7 @@ pub fn list_locks(dir: &Path) -> Result<Vec<LockStatus>> {
         let (state, record, problem) = match inspect(&path) {
             Ok(Inspection::Absent) => continue,
             Ok(Inspection::Held(r)) => (LockState::Held, Some(r), None),
+            Ok(Inspection::HeldUnlocked(r, why)) => (LockState::Held, Some(r), Some(why)),
             Ok(Inspection::Stale(r)) => (LockState::Stale, Some(r), None),
             Ok(Inspection::Invalid(why)) => (LockState::Invalid, None, Some(why)),
             Err(e @ Error::NotAFile { .. }) => (LockState::Invalid, None, Some(e.to_string())),

@@ -48,6 +48,47 @@ pub fn start_token(pid: u32) -> Option<String> {
 }
 
 pub fn judge_pid(record: &Record) -> PidState {
+    judge_pid_taken(record, parse_iso8601_ms(&record.started))
+}
+
+/// How a file of an older, PID-only writer is judged (it holds no OS lock: the PID is all the
+/// evidence). `written_ms` is the file's modification time: a bare PID says nothing else, and
+/// a process that started after the file was written cannot have written it.
+///
+/// A file naming our own PID was not written by us (we write records of our own format): the PID
+/// was reused, as in containers where every service is PID 1.
+pub(crate) fn judge_legacy(record: &Record, written_ms: Option<i64>) -> PidState {
+    let remote = record
+        .hostname
+        .as_deref()
+        .is_some_and(|theirs| host_name().is_some_and(|ours| theirs != ours));
+    if !remote && record.pid == os::current_pid() {
+        return PidState::Recycled;
+    }
+    judge_pid_taken(record, parse_iso8601_ms(&record.started).or(written_ms))
+}
+
+/// Whether a record of our format names a process of this host, other than us, that runs and is
+/// the very process that wrote it (same start token). Such a holder is alive even when nobody
+/// holds the file's OS lock: it closed its descriptor, or the directory is reached through
+/// mounts that do not share locks. Only exact evidence counts: another host, a missing token or a
+/// process we cannot look at is not enough to keep a file no OS lock protects.
+pub(crate) fn runs_as_recorded(record: &Record) -> bool {
+    if record.pid == os::current_pid() {
+        return false;
+    }
+    let same_host = matches!(
+        (record.hostname.as_deref(), host_name()),
+        (Some(theirs), Some(ours)) if theirs == ours
+    );
+    let Some(token) = record.start_token.as_deref().filter(|_| same_host) else {
+        return false;
+    };
+    matches!(os::process_start(record.pid), Some(now) if !now.zombie && now.token == token)
+}
+
+/// `taken_ms`: when the lock was taken, for records without a start token.
+fn judge_pid_taken(record: &Record, taken_ms: Option<i64>) -> PidState {
     if let (Some(theirs), Some(ours)) = (record.hostname.as_deref(), host_name()) {
         if theirs != ours {
             return PidState::Remote;
@@ -73,7 +114,7 @@ pub fn judge_pid(record: &Record) -> PidState {
     }
     // A record without a token (the seed's format): a process that started after the lock was
     // taken cannot be the process that took it.
-    if let (Some(taken), Some(began)) = (parse_iso8601_ms(&record.started), now.wall_ms) {
+    if let (Some(taken), Some(began)) = (taken_ms, now.wall_ms) {
         if began > taken + START_SLACK_MS {
             return PidState::Recycled;
         }

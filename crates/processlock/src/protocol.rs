@@ -7,13 +7,20 @@
 //!   any number of racers exactly one links, and readers only ever see a complete record.
 //! * On `EEXIST`: open the file there and try its lock without blocking. Refused: a live holder
 //!   (or a brief probe of a dead one's file: the record's PID says which). Granted: nobody holds
-//!   it, so its holder is dead; while still holding the lock, check that the path still names
-//!   this inode and unlink it, then link again. Whoever unlinks a stale file holds its lock, so two
-//!   racers can never both remove it, nor can one remove a file a rival has just linked.
-//! * Release: unlink the path if it still names our inode, then close. A rival blocked on the old
-//!   inode finds it unlinked and links its own.
+//!   it. Its holder is dead, unless the record names a process of this host that runs with the
+//!   record's start token: that holder closed its descriptor (or the directory is reached through
+//!   mounts that do not share locks), and it is still the holder. A dead holder's file is removed
+//!   while we still hold its lock: under the directory's removal guard (`guard.rs`), check that
+//!   the path still names this inode and unlink it, then link again. Whoever unlinks a stale file
+//!   holds its lock, so two racers can never both remove it, nor can one remove a file a rival
+//!   has just linked.
+//! * Release: under the removal guard, unlink the path if it still names our inode; then close.
+//!   A rival blocked on the old inode finds it unlinked and links its own.
+//! * Every removal (release, takeover, `clear`, forced removal) checks and unlinks under the same
+//!   guard, so none of them can delete a file that another remover's unlink and a new holder's
+//!   link put at the path after the check.
 //! * Files written by older PID-only writers hold no OS lock: their PID and the process start
-//!   time decide.
+//!   time decide (for a bare PID, the file's modification time stands for when it was written).
 
 use std::fs::File;
 use std::io;
@@ -23,8 +30,9 @@ use std::time::{Duration, SystemTime};
 use crate::clock::now_iso8601;
 use crate::dir::ensure_dir;
 use crate::error::{Conflict, Error, Result};
+use crate::guard::while_guarded;
 use crate::inherit::claim_inherited;
-use crate::liveness::{host_name, judge_pid, start_token};
+use crate::liveness::{host_name, judge_legacy, judge_pid, runs_as_recorded, start_token};
 use crate::name::{check_process_name, LockName};
 use crate::os::{self, Entry, FileId};
 use crate::record::{parse_record, Parsed, Record, MAX_RECORD_BYTES, PROTOCOL};
@@ -55,12 +63,13 @@ impl LockTarget {
         Self { dir, name, path }
     }
 
-    fn conflict(&self, holder: Record) -> Error {
+    fn conflict(&self, holder: Record, problem: Option<String>) -> Error {
         Error::Conflict(Box::new(Conflict {
             lock: self.name.display(),
             holder,
             path: self.path.clone(),
             waited_ms: 0,
+            problem,
         }))
     }
 }
@@ -129,19 +138,43 @@ impl HeldLock {
         matches!(os::entry(&self.target.path), Ok(Entry::File(id)) if id == self.id)
     }
 
-    /// Removes the lock file if it is still ours, then lets the lock go. `Ok(true)`: removed.
+    /// Removes the lock file if it is still ours, then lets the lock go. `Ok(true)`: removed;
+    /// `Ok(false)`: the path no longer names our file (it was removed by force), and whatever is
+    /// there now is left alone.
+    ///
+    /// The check and the unlink happen under the directory's removal guard (`guard.rs`), so no
+    /// other remover can swap the file in between. If the guard cannot be had, the lock is let go
+    /// all the same and the file is left for the next acquirer to take over as stale: an error
+    /// says so.
+    ///
+    /// This is also how a process removes by force a lock it holds itself: it must remove its own
+    /// file while it still holds it (letting go first would let a waiter link its file in between).
     pub fn release(self) -> Result<bool> {
-        let removed = if self.still_linked() {
-            match os::remove(&self.target.path) {
-                Ok(()) => true,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => false,
-                Err(e) => return Err(Error::io("unlink", &self.target.path, e)),
+        let removed = while_guarded(&self.target.dir, || {
+            if !self.still_linked() {
+                return Ok(false);
             }
-        } else {
-            false
-        };
+            unlink(&self.target.path)
+        });
         drop(self.file);
-        Ok(removed)
+        removed
+    }
+}
+
+/// Unlinks the lock path. `Ok(false)`: nothing was there.
+fn unlink(path: &Path) -> Result<bool> {
+    match os::remove(path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(Error::io("unlink", path, e)),
+    }
+}
+
+/// The directory a lock path is in (where its removal guard lives).
+pub(crate) fn dir_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
     }
 }
 
@@ -293,11 +326,13 @@ pub(crate) fn link_or_take_over(
         }
         match judge(&target.path)? {
             Verdict::Gone => {}
-            Verdict::Held(holder) => return Err(target.conflict(holder)),
+            Verdict::Held(holder, problem) => return Err(target.conflict(holder, problem)),
             Verdict::Stale(stale) => {
-                events.push(stale.event());
-                stale.remove(&target.path)?;
-                sweep_orphans(target, events);
+                let event = stale.event();
+                if stale.remove(&target.path)? {
+                    events.push(event);
+                    sweep_orphans(target, events);
+                }
             }
         }
     }
@@ -328,8 +363,9 @@ fn is_no_link_support(errno: i32) -> bool {
 pub(crate) enum Verdict {
     /// Nothing, or a file that was replaced while we looked: look (or link) again.
     Gone,
-    /// A live holder. PID 0 when it wrote no readable record.
-    Held(Record),
+    /// A live holder. PID 0 when it wrote no readable record. With a problem: the holder runs
+    /// but does not hold the OS lock (`unlocked_problem`).
+    Held(Record, Option<String>),
     /// Nobody holds it; we do now, and it is still the file at the path.
     Stale(Stale),
 }
@@ -351,15 +387,18 @@ impl Stale {
         }
     }
 
-    /// Unlinks the file, and only then lets its lock go: nobody can take it over meanwhile.
-    pub(crate) fn remove(self, path: &Path) -> Result<()> {
-        match os::remove(path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(Error::io("unlink", path, e)),
-        }
+    /// Unlinks the file if the path still names it, and only then lets its lock go: nobody can
+    /// take it over meanwhile, and under the removal guard nobody can swap it for another file
+    /// between the check and the unlink. `Ok(false)`: it was gone or replaced; look again.
+    pub(crate) fn remove(self, path: &Path) -> Result<bool> {
+        let removed = while_guarded(dir_of(path), || {
+            if !names_same_file(path, &self.file)? {
+                return Ok(false);
+            }
+            unlink(path)
+        });
         drop(self.file);
-        Ok(())
+        removed
     }
 }
 
@@ -373,7 +412,7 @@ pub(crate) fn judge(path: &Path) -> Result<Verdict> {
             Found::Busy(_) if started.elapsed() < BUSY_PATIENCE => {
                 std::thread::sleep(Duration::from_micros(200));
             }
-            Found::Busy(holder) => return Ok(Verdict::Held(holder)),
+            Found::Busy(holder) => return Ok(Verdict::Held(holder, None)),
             Found::Verdict(v) => return Ok(v),
         }
     }
@@ -395,7 +434,7 @@ fn examine(path: &Path) -> Result<Found> {
     if !got {
         return Ok(match parsed {
             Parsed::Ours(r) | Parsed::Legacy(r) if judge_pid(&r).is_alive() => {
-                Found::Verdict(Verdict::Held(r))
+                Found::Verdict(Verdict::Held(r, None))
             }
             Parsed::Ours(r) | Parsed::Legacy(r) => Found::Busy(r),
             Parsed::Invalid(_) => Found::Busy(unknown_holder()),
@@ -410,13 +449,33 @@ fn examine(path: &Path) -> Result<Found> {
         parsed = read_record(&file, path)?;
     }
     let said = match parsed {
-        Parsed::Legacy(r) if judge_pid(&r).is_alive() => {
-            return Ok(Found::Verdict(Verdict::Held(r)))
+        Parsed::Legacy(r) if judge_legacy(&r, written_ms(&file)).is_alive() => {
+            return Ok(Found::Verdict(Verdict::Held(r, None)))
+        }
+        Parsed::Ours(r) if runs_as_recorded(&r) => {
+            let problem = unlocked_problem(&r);
+            return Ok(Found::Verdict(Verdict::Held(r, Some(problem))));
         }
         Parsed::Ours(r) | Parsed::Legacy(r) => Ok(r),
         Parsed::Invalid(reason) => Err(reason),
     };
     Ok(Found::Verdict(Verdict::Stale(Stale { file, said })))
+}
+
+/// Why a file nobody holds the OS lock of is still held: its recorded holder runs. Taking it
+/// over would start a second instance beside it.
+pub(crate) fn unlocked_problem(holder: &Record) -> String {
+    format!(
+        "the OS lock on the lock file is not held, but its recorded holder (PID {}) is running: it closed its lock descriptor, or the lock directory is reached through mounts that do not share locks; it was not taken over",
+        holder.pid
+    )
+}
+
+/// When the file was last written (its modification time), in ms since the Unix epoch.
+fn written_ms(file: &File) -> Option<i64> {
+    let modified = file.metadata().ok()?.modified().ok()?;
+    let since = modified.duration_since(std::time::UNIX_EPOCH).ok()?;
+    i64::try_from(since.as_millis()).ok()
 }
 
 /// A stand-in for a holder that wrote nothing readable. PID 0 is never a real holder.
@@ -490,6 +549,9 @@ fn is_young(file: &File) -> bool {
 pub enum Inspection {
     Absent,
     Held(Record),
+    /// Nobody holds the OS lock, but the recorded holder runs on this host as the very process
+    /// that wrote the record: still held, and never taken over. The text says why.
+    HeldUnlocked(Record, String),
     /// Nobody holds it: the next acquirer will remove it.
     Stale(Record),
     /// Nobody holds it and it names nobody (empty, garbage).
@@ -522,8 +584,14 @@ pub fn inspect(path: &Path) -> Result<Inspection> {
                 Inspection::Held(r)
             }
             (false, Parsed::Invalid(_)) => Inspection::Held(unknown_holder()),
+            (true, Parsed::Ours(r)) if runs_as_recorded(&r) => {
+                let problem = unlocked_problem(&r);
+                Inspection::HeldUnlocked(r, problem)
+            }
             (true, Parsed::Ours(r)) => Inspection::Stale(r),
-            (true, Parsed::Legacy(r)) if judge_pid(&r).is_alive() => Inspection::Held(r),
+            (true, Parsed::Legacy(r)) if judge_legacy(&r, written_ms(&file)).is_alive() => {
+                Inspection::Held(r)
+            }
             (true, Parsed::Legacy(r)) => Inspection::Stale(r),
             (true, Parsed::Invalid(reason)) => Inspection::Invalid(reason),
         });
@@ -532,17 +600,25 @@ pub fn inspect(path: &Path) -> Result<Inspection> {
 
 /// Removes whatever regular file or symlink is at the lock path, held or not. A holder that is
 /// still running will notice at release (its inode is no longer linked) and remove nothing.
+///
+/// What is at the path is looked at and removed under the removal guard, so the file removed is
+/// the one looked at. A process that holds this lock itself must not use this to remove its own
+/// lock: `HeldLock::release` removes its file while it still holds it.
 pub fn force_remove(path: &Path) -> Result<bool> {
-    match os::entry(path).map_err(|e| Error::io("lstat", path, e))? {
+    let look = || match os::entry(path).map_err(|e| Error::io("lstat", path, e))? {
         Entry::Missing => Ok(false),
-        Entry::File(_) | Entry::Symlink => match os::remove(path) {
-            Ok(()) => Ok(true),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-            Err(e) => Err(Error::io("unlink", path, e)),
-        },
+        Entry::File(_) | Entry::Symlink => Ok(true),
         found => Err(Error::NotAFile {
             path: path.to_path_buf(),
             found: found.describe(),
         }),
+    };
+    // Nothing there (perhaps not even the directory): nothing to guard.
+    if !look()? {
+        return Ok(false);
     }
+    while_guarded(
+        dir_of(path),
+        || if look()? { unlink(path) } else { Ok(false) },
+    )
 }

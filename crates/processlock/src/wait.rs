@@ -348,7 +348,13 @@ mod tests {
         let err = acquire_wait(&t, None, None, &cancel).unwrap_err();
         assert!(matches!(err, Error::Aborted));
         assert!(held.lock.release().unwrap());
-        assert_eq!(std::fs::read_dir(&t.dir).unwrap().count(), 0);
+        // Only the removal guard is left.
+        let left: Vec<_> = std::fs::read_dir(&t.dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(left, [crate::guard::GUARD_FILE]);
         std::fs::remove_dir_all(&t.dir).unwrap();
     }
 

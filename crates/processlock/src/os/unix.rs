@@ -50,6 +50,41 @@ pub fn open_existing(path: &Path) -> io::Result<File> {
     }
 }
 
+/// Opens the removal guard of a lock directory (`guard.rs`), creating it if needed, never through
+/// a symlink. Every remover in the directory must be able to open it, nobody else need: it is
+/// created readable by the directory's group (the group of a group-writable directory is the one
+/// whose members may remove files there) and not by others, whatever the umask, unless the
+/// directory is writable by others (a shared sticky directory such as `/run/lock`): there every
+/// user's removers need it, and anyone could already block a lock by holding a file at its path.
+/// Opened read-only where we may not write it: a lock works on any open descriptor.
+pub fn open_guard(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = path.parent().and_then(|d| std::fs::metadata(d).ok());
+    let dir_mode = dir.as_ref().map_or(0, |m| m.mode());
+    let mode = if dir_mode & 0o002 != 0 { 0o644 } else { 0o640 };
+    let created = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
+        .open(path);
+    match created {
+        Ok(file) => {
+            // Best effort: a remover that cannot open the guard fails with a clear error.
+            let _ = file.set_permissions(std::fs::Permissions::from_mode(mode));
+            if let Some(dir) = dir.filter(|d| d.mode() & 0o020 != 0) {
+                if file.metadata().is_ok_and(|m| m.gid() != dir.gid()) {
+                    let _ = std::os::unix::fs::fchown(&file, None, Some(dir.gid()));
+                }
+            }
+            Ok(file)
+        }
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => open_existing(path),
+        Err(e) => Err(e),
+    }
+}
+
 /// Opens for reading only, for probes that must not need write permission.
 pub fn open_for_probe(path: &Path) -> io::Result<File> {
     std::fs::OpenOptions::new()

@@ -117,6 +117,18 @@ pub fn open_existing(path: &Path) -> io::Result<File> {
     refuse_reparse_point(file)
 }
 
+/// Opens the removal guard of a lock directory (`guard.rs`), creating it if needed, never
+/// through a reparse point; read-only where we may not write it.
+pub fn open_guard(path: &Path) -> io::Result<File> {
+    let file = match options(0).read(true).write(true).create(true).open(path) {
+        Err(e) if is_code(&e, &[ERROR_ACCESS_DENIED, ERROR_WRITE_PROTECT]) => {
+            options(0).read(true).open(path)?
+        }
+        other => other?,
+    };
+    refuse_reparse_point(file)
+}
+
 /// Opens for reading only, for probes that must not need write permission.
 pub fn open_for_probe(path: &Path) -> io::Result<File> {
     refuse_reparse_point(options(0).read(true).open(path)?)
@@ -765,7 +777,11 @@ mod tests {
             .iter()
             .any(|e| matches!(e, Event::StaleRemoved { pid } if *pid == current_pid())));
         assert!(taken.lock.release().unwrap());
-        let leftovers: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().collect();
+        let leftovers: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name() != crate::guard::GUARD_FILE)
+            .collect();
         assert!(leftovers.is_empty(), "{leftovers:?}");
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -209,8 +209,18 @@ pub struct Proc {
 impl Proc {
     /// Starts this test binary again in `role`; `params` become `PROCESSLOCK_IT_<KEY>`.
     pub fn spawn<K: AsRef<str>, V: AsRef<str>>(role: &str, params: &[(K, V)]) -> Proc {
+        Self::spawn_env(role, params, &[])
+    }
+
+    /// `spawn`, with further environment variables set as given (e.g. `LD_PRELOAD`).
+    pub fn spawn_env<K: AsRef<str>, V: AsRef<str>>(
+        role: &str,
+        params: &[(K, V)],
+        env: &[(&str, &str)],
+    ) -> Proc {
         let exe = std::env::current_exe().unwrap();
         let mut cmd = Command::new(exe);
+        cmd.envs(env.iter().copied());
         cmd.args(["--exact", "child_role", "--nocapture", "--test-threads=1"])
             .env(ROLE_ENV, role)
             .stdin(Stdio::piped())
@@ -756,7 +766,7 @@ fn role_probe() -> i32 {
     let mut counts = [0u64; 4];
     while t0.elapsed() < run && !stop.load(Ordering::Relaxed) {
         match inspect(&target.path) {
-            Ok(Inspection::Held(_)) => counts[0] += 1,
+            Ok(Inspection::Held(_) | Inspection::HeldUnlocked(..)) => counts[0] += 1,
             Ok(Inspection::Stale(_)) => counts[1] += 1,
             Ok(Inspection::Absent) => counts[2] += 1,
             Ok(Inspection::Invalid(_)) => counts[3] += 1,

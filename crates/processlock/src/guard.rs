@@ -1,0 +1,210 @@
+//! The removal guard: one lock per lock directory that every remover of a lock file holds from
+//! the moment it checks what the lock path names until its unlink is done.
+//!
+//! A lock file is unlinked by name: `unlink(path)` removes whatever is linked there at that
+//! instant, not the inode that was checked a moment before. Release, the takeover of a dead
+//! holder's file, `clear` and forced removal all unlink, so without a common lock one of them can
+//! check "still the file I hold", lose the CPU while another removes that file and a new holder
+//! links its own, and then delete the new holder's file. Under the guard no other remover can
+//! unlink anything in the directory, and an acquirer's `link` cannot replace an existing file,
+//! so the path keeps naming the checked inode until the guarded unlink (invariant 9).
+//!
+//! Acquirers do not take the guard: `link` only ever adds a name where there was none.
+//!
+//! The guard is the file `.processlock.guard` in the lock directory: a dot-file that listings, the
+//! orphan sweep and `clear` never take for a lock. It is locked with the same OS lock as lock
+//! files, never the directory itself (anyone who can read a directory could lock it and stop
+//! every removal). The guard file is never removed: a remover that finds it replaced (someone
+//! deleted it by hand) opens the new one.
+//!
+//! OS locks belong to an open file description, which threads of one process share, so a
+//! process-wide mutex per directory orders its own threads first. The descriptor is kept open
+//! (for the few directories used last), so a release costs two lock calls and one `lstat` more,
+//! not an `open` and a `close` more.
+
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+use crate::os::{self, Entry, FileId};
+
+pub(crate) const GUARD_FILE: &str = ".processlock.guard";
+
+/// Removers hold the guard for microseconds. One that waits this long finds a remover that is
+/// stopped (SIGSTOP, a debugger) or someone else holding the guard's lock on purpose, and gives
+/// up rather than hang: see `RemovalGuard::hold`.
+pub(crate) const GUARD_PATIENCE: Duration = Duration::from_secs(3);
+
+/// The guard file of one directory as this process has it open.
+#[derive(Default)]
+struct DirGuard {
+    open: Mutex<Option<(File, FileId)>>,
+}
+
+/// How many directories' guards a process keeps open. A service uses one or two lock
+/// directories; a process that goes through many (a test suite, a benchmark) must not collect a
+/// descriptor for each.
+const CACHED_DIRS: usize = 4;
+
+/// The guard of `dir`, most recently used first. An evicted guard's descriptor closes when its
+/// last user is done; a remover that opens the guard again meanwhile gets a second open file
+/// description, whose lock excludes the first one's like another process's would.
+fn dir_guard(dir: &Path) -> Arc<DirGuard> {
+    static GUARDS: Mutex<Vec<(PathBuf, Arc<DirGuard>)>> = Mutex::new(Vec::new());
+    let mut cache = GUARDS.lock().unwrap_or_else(|p| p.into_inner());
+    let guard = match cache.iter().position(|(d, _)| d == dir) {
+        Some(i) => cache.remove(i).1,
+        None => Arc::default(),
+    };
+    cache.insert(0, (dir.to_path_buf(), Arc::clone(&guard)));
+    cache.truncate(CACHED_DIRS);
+    guard
+}
+
+/// Runs `remove` while holding the removal guard of `dir`, and only then lets the guard go.
+///
+/// Fails with `LOCK_IO` without running `remove` when the guard cannot be had within
+/// `GUARD_PATIENCE`, or cannot be opened.
+pub(crate) fn while_guarded<T>(dir: &Path, remove: impl FnOnce() -> Result<T>) -> Result<T> {
+    let guard = dir_guard(dir);
+    // The mutex is held only around one guarded removal, so a poisoned one is still consistent;
+    // the cached descriptor is checked before every use anyway.
+    let mut open = guard.open.lock().unwrap_or_else(|p| p.into_inner());
+    let path = dir.join(GUARD_FILE);
+    let deadline = Instant::now() + GUARD_PATIENCE;
+    let mut pause = Duration::from_micros(20);
+    loop {
+        if open.is_none() {
+            *open = Some(open_guard(&path)?);
+        }
+        let (file, id) = open.as_ref().expect("just opened");
+        if os::try_lock(file, true).map_err(|e| Error::io("flock", &path, e))? {
+            // Locked: but is it still the guard everyone else locks?
+            if os::entry(&path).map_err(|e| Error::io("lstat", &path, e))? == Entry::File(*id) {
+                let result = remove();
+                let _ = os::unlock(file);
+                return result;
+            }
+            let _ = os::unlock(file);
+            *open = None;
+            continue;
+        }
+        if Instant::now() >= deadline {
+            return Err(Error::io(
+                "flock",
+                &path,
+                io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "another process has held this lock directory's removal guard for more than {} s (a stopped process, or one that locks the guard file on purpose)",
+                        GUARD_PATIENCE.as_secs()
+                    ),
+                ),
+            ));
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(2));
+    }
+}
+
+fn open_guard(path: &Path) -> Result<(File, FileId)> {
+    let file = os::open_guard(path).map_err(|e| Error::io("open", path, e))?;
+    if !os::is_regular(&file).map_err(|e| Error::io("fstat", path, e))? {
+        return Err(Error::NotAFile {
+            path: path.to_path_buf(),
+            found: os::entry(path).unwrap_or(Entry::Other).describe(),
+        });
+    }
+    let id = os::file_id(&file).map_err(|e| Error::io("fstat", path, e))?;
+    Ok((file, id))
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    fn scratch(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("pl-guard-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    /// Threads of one process exclude each other (they share the cached descriptor, whose OS
+    /// lock alone would let them all in), also while other directories push it out of the cache.
+    #[test]
+    fn threads_take_turns_even_when_the_cache_turns_over() {
+        let dir = scratch("threads");
+        let others: Vec<PathBuf> = (0..CACHED_DIRS + 2)
+            .map(|i| {
+                let d = dir.join(format!("other-{i}"));
+                std::fs::create_dir_all(&d).unwrap();
+                d
+            })
+            .collect();
+        let inside = Arc::new(AtomicU32::new(0));
+        let overlaps = Arc::new(AtomicU32::new(0));
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let (dir, others) = (dir.clone(), others.clone());
+                let (inside, overlaps) = (Arc::clone(&inside), Arc::clone(&overlaps));
+                std::thread::spawn(move || {
+                    for i in 0..300 {
+                        while_guarded(&dir, || {
+                            if inside.fetch_add(1, Ordering::SeqCst) != 0 {
+                                overlaps.fetch_add(1, Ordering::SeqCst);
+                            }
+                            std::thread::yield_now();
+                            inside.fetch_sub(1, Ordering::SeqCst);
+                            Ok(())
+                        })
+                        .unwrap();
+                        if (i + t) % 7 == 0 {
+                            while_guarded(&others[(i + t) % others.len()], || Ok(())).unwrap();
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(overlaps.load(Ordering::SeqCst), 0);
+        // One guard file per directory, readable by the group at most.
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.join(GUARD_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o027, 0, "{mode:o}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A guard file replaced by hand is noticed: the next remover locks the new one (and so
+    /// waits for whoever holds it), not the old one it still has open.
+    #[test]
+    fn a_replaced_guard_file_is_opened_again() {
+        let dir = scratch("replaced");
+        while_guarded(&dir, || Ok(())).unwrap();
+        std::fs::remove_file(dir.join(GUARD_FILE)).unwrap();
+        std::fs::write(dir.join(GUARD_FILE), "").unwrap();
+        // Another open file description holds the new guard's lock.
+        let rival = std::fs::File::open(dir.join(GUARD_FILE)).unwrap();
+        assert!(os::try_lock(&rival, true).unwrap());
+        let let_go = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = Arc::clone(&let_go);
+        let releaser = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            flag.store(true, Ordering::SeqCst);
+            drop(rival);
+        });
+        let entered_after = while_guarded(&dir, || Ok(let_go.load(Ordering::SeqCst))).unwrap();
+        releaser.join().unwrap();
+        assert!(entered_after, "got in while another holder had the guard");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
