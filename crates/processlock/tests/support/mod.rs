@@ -834,3 +834,16 @@ fn role_sweep() -> i32 {
     say(format!("SWEPT {sweeps} {removed}"));
     0
 }
+
+/// The names in a lock directory, without the removal guard that every remover leaves there on
+/// purpose (see `guard.rs`).
+#[allow(dead_code)]
+pub fn lock_dir_names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n != ".processlock.guard")
+        .collect();
+    names.sort();
+    names
+}
