@@ -356,6 +356,7 @@ describePosix('@trader/processlock from a consumer', () => {
   describe(`under PM2 ${PM2_VERSION} (fork mode)`, () => {
     let pm2
     const BACKEND = 'trader-short-backend'
+    const MIN_UPTIME_MS = 1000
     const WORKER = 'trader-short-worker'
 
     /** The lock records of the SHORT backend and worker, once they name these PIDs. */
@@ -416,6 +417,12 @@ describePosix('@trader/processlock from a consumer', () => {
 
     test('pm2 restart all: the new processes take the locks without a conflict', async () => {
       const before = apps
+      // PM2 counts the end of any process that ran less than min_uptime (1 s by default) as an
+      // unstable restart, a planned `pm2 restart` too. Once both have run that long, an unstable
+      // restart below can only be a new process that crashed (a conflict at start).
+      await waitUntil(async () => Object.values(await pm2.apps()).every((a) => Date.now() - a.startedAt > MIN_UPTIME_MS), {
+        what: 'both processes to have run for min_uptime',
+      })
       await pm2.cmd(['restart', 'all'])
       const backend = await pm2.waitOnline(BACKEND, (pid) => pid !== before.backend.pid)
       const worker = await pm2.waitOnline(WORKER, (pid) => pid !== before.worker.pid)

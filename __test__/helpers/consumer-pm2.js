@@ -108,6 +108,9 @@ class Pm2 {
         status: p.pm2_env.status,
         restarts: p.pm2_env.restart_time,
         unstableRestarts: p.pm2_env.unstable_restarts,
+        /** When PM2 started this process (ms since the epoch, PM2's clock: this machine's). */
+        startedAt: p.pm2_env.pm_uptime,
+        instance: p.pm2_env.NODE_APP_INSTANCE,
         out: p.pm2_env.pm_out_log_path,
         err: p.pm2_env.pm_err_log_path,
       }
