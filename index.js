@@ -2,7 +2,7 @@
 // The public API. The lock itself lives in the native core; this layer does what must happen in
 // JavaScript: argument checks, Error classes, log lines and the Node process lifecycle.
 
-const binding = require('./binding.js')
+const binding = require('./lib/binding.js')
 const errors = require('./lib/errors.js')
 const { sinkFor, isSilent, emit } = require('./lib/log.js')
 const lifecycle = require('./lib/lifecycle.js')
@@ -226,4 +226,5 @@ module.exports = {
   LockUnsupportedError: errors.LockUnsupportedError,
   LockIoError: errors.LockIoError,
   LockAbortedError: errors.LockAbortedError,
+  acquireLockOrExit: require('./lib/exit.js').orExit(acquireLock),
 }

@@ -18,5 +18,6 @@ export const {
   LockUnsupportedError,
   LockIoError,
   LockAbortedError,
+  acquireLockOrExit,
 } = api
 export default api
