@@ -42,11 +42,15 @@ function checkOptions(processType, options, extra = []) {
   return options
 }
 
-/** What the native layer takes: `tradeSide: null` means "no side", never `$TRADE_SIDE`. */
+/**
+ * What the native layer takes: `tradeSide: null` means "no side", never `$TRADE_SIDE`. The
+ * defaults come from `process.env` as JavaScript sees it: under jest it is a copy per test file,
+ * which the native side (reading the real environment) would not see.
+ */
 function nativeOptions(options) {
   return {
-    dir: options.dir,
-    tradeSide: options.tradeSide === null ? '' : options.tradeSide,
+    dir: options.dir !== undefined ? options.dir : process.env.PROCESSLOCK_DIR,
+    tradeSide: options.tradeSide === null ? '' : options.tradeSide !== undefined ? options.tradeSide : process.env.TRADE_SIDE || '',
     processName: options.processName,
     quiet: isSilent(options.log),
   }
@@ -189,7 +193,7 @@ function listLocks(options) {
   const opts = options == null ? {} : options
   if (typeof opts !== 'object') throw invalidOption('options must be an object')
   if (opts.dir !== undefined && typeof opts.dir !== 'string') throw invalidOption('dir must be a string')
-  const out = binding.list(opts.dir)
+  const out = binding.list(opts.dir !== undefined ? opts.dir : process.env.PROCESSLOCK_DIR)
   if (out.error) throw errorFromFailure(out.error)
   return out.locks.map((l) => ({
     file: l.file,
