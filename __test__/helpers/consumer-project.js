@@ -49,7 +49,9 @@ async function unpack(tarball, dir) {
  * every target.
  */
 async function napiOptionalDependencies() {
-  // In a child: the CLI is ESM inside, which jest's module system does not load on Node 20.
+  // In a child: the CLI is ESM inside, which jest's module system does not load on Node 20. The
+  // napi CLI needs Node >= 20.17: where the tests run on an older Node, NAPI_CLI_NODE names the
+  // Node that runs it (CI passes the one that built the package).
   const script = `
     const { readNapiConfig } = require('@napi-rs/cli')
     readNapiConfig(${JSON.stringify(path.join(ROOT, 'package.json'))}).then((config) => {
@@ -57,7 +59,7 @@ async function napiOptionalDependencies() {
       for (const t of config.targets) deps[config.packageName + '-' + t.platformArchABI] = config.packageJson.version
       console.log(JSON.stringify({ deps, abis: config.targets.map((t) => t.platformArchABI), packageName: config.packageName }))
     })`
-  const r = await runOk(process.execPath, ['-e', script], { cwd: ROOT })
+  const r = await runOk(process.env.NAPI_CLI_NODE || process.execPath, ['-e', script], { cwd: ROOT })
   return JSON.parse(r.stdout)
 }
 
