@@ -43,14 +43,18 @@ function checkOptions(processType, options, extra = []) {
 }
 
 /**
- * What the native layer takes: `tradeSide: null` means "no side", never `$TRADE_SIDE`. The
- * defaults come from `process.env` as JavaScript sees it: under jest it is a copy per test file,
- * which the native side (reading the real environment) would not see.
+ * An option, else the environment variable as JavaScript sees it: under jest `process.env` is a
+ * copy per test file, which the native side (reading the real environment) would not see.
  */
+function orEnv(value, variable) {
+  return value !== undefined ? value : process.env[variable]
+}
+
+/** What the native layer takes: `tradeSide: null` means "no side", never `$TRADE_SIDE`. */
 function nativeOptions(options) {
   return {
-    dir: options.dir !== undefined ? options.dir : process.env.PROCESSLOCK_DIR,
-    tradeSide: options.tradeSide === null ? '' : options.tradeSide !== undefined ? options.tradeSide : process.env.TRADE_SIDE || '',
+    dir: orEnv(options.dir, 'PROCESSLOCK_DIR'),
+    tradeSide: options.tradeSide === null ? '' : orEnv(options.tradeSide, 'TRADE_SIDE') || '',
     processName: options.processName,
     quiet: isSilent(options.log),
   }
@@ -193,7 +197,7 @@ function listLocks(options) {
   const opts = options == null ? {} : options
   if (typeof opts !== 'object') throw invalidOption('options must be an object')
   if (opts.dir !== undefined && typeof opts.dir !== 'string') throw invalidOption('dir must be a string')
-  const out = binding.list(opts.dir !== undefined ? opts.dir : process.env.PROCESSLOCK_DIR)
+  const out = binding.list(orEnv(opts.dir, 'PROCESSLOCK_DIR'))
   if (out.error) throw errorFromFailure(out.error)
   return out.locks.map((l) => ({
     file: l.file,

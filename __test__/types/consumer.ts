@@ -8,6 +8,7 @@ import {
   forceRemoveLock,
   listLocks,
   lockFilePath,
+  acquireLockOrExit,
   LockConflictError,
   LockAbortedError,
   ProcessLockError,
@@ -82,3 +83,11 @@ async function startWorker(signal: AbortSignal): Promise<LockInfo | null> {
 void startWorker(AbortSignal.timeout(30_000))
 
 console.log(held, removed, forced, path)
+
+// The start-up guard: resolves with the lock, or prints [FATAL] and exits 1 (never settles).
+async function startBackend(): Promise<number> {
+  const instance = Number(process.env.NODE_APP_INSTANCE ?? 0)
+  const info: LockInfo = await acquireLockOrExit(instance === 0 ? 'backend' : `backend-${instance}`, { waitMs: 10_000 })
+  return info.pid
+}
+void startBackend()
