@@ -23,9 +23,21 @@ function servicesUnder(tmp) {
   return found
 }
 
+/** Every TMPDIR given to a demo: removed after each test (the demo removes what it makes in it). */
+const tmpDirs = []
+afterEach(() => {
+  for (const t of tmpDirs.splice(0)) fs.rmSync(t, { recursive: true, force: true })
+})
+
+function demoTmp(label = 'demo') {
+  const t = tempDir(label)
+  tmpDirs.push(t)
+  return t
+}
+
 /** The demo with its own TMPDIR (where it makes its lock directory), output piped to us. */
 function demo(args = [], env = {}) {
-  const tmp = tempDir('demo')
+  const tmp = demoTmp()
   const p = watch(process.execPath, [DEMO, ...args], { cwd: ROOT, env: { ...process.env, TMPDIR: tmp, NO_COLOR: undefined, ...env }, doneMs: 60000 })
   return { p, tmp }
 }
@@ -48,7 +60,7 @@ describeLinux('npm run demo', () => {
   test('on a terminal: bold titles, and none with NO_COLOR', async () => {
     // `script` gives the demo a pseudo-terminal.
     const onTty = (env) => {
-      const t = tempDir('demo-tty')
+      const t = demoTmp('demo-tty')
       return watch('script', ['-qec', `${process.execPath} ${DEMO}`, '/dev/null'], { cwd: ROOT, env: { ...process.env, TMPDIR: t, NO_COLOR: undefined, ...env }, doneMs: 60000 })
         .done()
         .then((r) => ({ ...r, left: left(t) }))
