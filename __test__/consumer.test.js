@@ -5,7 +5,7 @@
 //      that the main package names every platform package at its exact version, as
 //      `napi prepublish` makes it before publishing.
 //   2. A fresh project (__test__/consumer/) installs both tarballs offline, with no Rust
-//      toolchain reachable; tsc --strict type-checks the seed's server/index.ts and
+//      toolchain reachable; tsc --strict type-checks the trader's server/index.ts and
 //      temporal/worker.ts and builds them as CommonJS and as ESM; they run: both start, a second
 //      server gets LOCK_CONFLICT and exits 1, SHORT and LONG run side by side, the project's own
 //      jest test passes, `processlock check` and `processlock clear` work from the project.
@@ -227,7 +227,7 @@ describePosix('@trader/processlock from a consumer', () => {
     })
   })
 
-  describe('the seed code, type-checked and built', () => {
+  describe("the trader's code, type-checked and built", () => {
     test('tsc --strict builds server/index.ts and temporal/worker.ts as CommonJS and as ESM', () => {
       // Both strict. The ESM variant also checks every declaration file it loads, the package's
       // index.d.ts included; the CommonJS one resolves the same index.d.ts (through "types" rather
@@ -284,7 +284,7 @@ describePosix('@trader/processlock from a consumer', () => {
     ])('%s build: both start; a second server (%s build) gets LOCK_CONFLICT and exits 1', async (format, other) => {
       const server = await startService(`build/${format}/server/index.js`)
       const worker = await startService(`build/${format}/temporal/worker.js`)
-      // The seed's default place: runtime/locks under the project.
+      // The default place: runtime/locks under the project.
       expect(lockFiles()).toEqual(['backend.short.lock', 'worker.short.lock'])
       expect(record('backend.short.lock')).toMatchObject({ pid: server.pid, tradeSide: 'SHORT', processName: 'trader-short-backend' })
       expect(record('worker.short.lock')).toMatchObject({ pid: worker.pid, tradeSide: 'SHORT', processName: 'trader-short-worker' })
@@ -346,7 +346,7 @@ describePosix('@trader/processlock from a consumer', () => {
       expect(deadResult.signal).toBe('SIGKILL')
       expect(record('worker.long.lock').pid).toBe(dead.pid)
 
-      // The seed's command, from the project's scripts, and the same through npx.
+      // The README's command, from the project's scripts, and the same through npx.
       const viaScript = await runOk(process.execPath, [NPM_CLI, 'run', '--silent', 'locks:check'], { cwd: project.dir })
       const viaNpx = await runOk(process.execPath, [NPX_CLI, '--offline', 'processlock', 'check'], { cwd: project.dir })
       for (const out of [viaScript.stdout, viaNpx.stdout]) {
@@ -617,7 +617,7 @@ describePosix('@trader/processlock from a consumer', () => {
 
       await pm2.cmd(['delete', name])
       if ((await outcome(second.pid)) === 'killed') {
-        // The seed's remedy for a file left by a crash.
+        // The README's remedy for a file left by a crash.
         const clear = await processlock(['clear'])
         expect(clear.stdout).toMatch(new RegExp(`removed stale +worker\\.long\\.lock \\(PID ${second.pid} is not running\\)`))
       }

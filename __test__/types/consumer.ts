@@ -1,5 +1,5 @@
 // A consumer's view of the package, type-checked with `tsc --strict` (npm run typecheck):
-// the seed's server/index.ts and temporal/worker.ts start-up, and every API shape.
+// the server/index.ts and temporal/worker.ts start-up, and every API shape.
 import {
   acquireLock,
   acquireLockAsync,
