@@ -180,3 +180,13 @@ export function listLocks(options?: Pick<LockOptions, 'dir'>): LockStatus[]
 
 /** The lock file path that `processType` and `options` name; nothing is touched. */
 export function lockFilePath(processType: ProcessType, options?: LockOptions): string
+
+/**
+ * The start-up guard in one call: takes the lock like `acquireLock` and resolves with its info.
+ * On any failure (a conflict, a bad name, an I/O error) it prints `[FATAL] <message>` after the
+ * lock's own lines (to `options.log` when that is a function, else to stderr), waits until
+ * stdout and stderr have written everything (at most 3 s), and exits with status 1; the promise then never
+ * settles, so nothing after `await acquireLockOrExit(...)` runs. Unlike `console.error(...);
+ * process.exit(1)`, the lines also reach PM2's log files in cluster mode.
+ */
+export function acquireLockOrExit(processType: ProcessType, options?: AcquireOptions): Promise<LockInfo>

@@ -2,7 +2,7 @@
 // The public API. The lock itself lives in the native core; this layer does what must happen in
 // JavaScript: argument checks, Error classes, log lines and the Node process lifecycle.
 
-const binding = require('./binding.js')
+const binding = require('./lib/binding.js')
 const errors = require('./lib/errors.js')
 const { sinkFor, isSilent, emit } = require('./lib/log.js')
 const lifecycle = require('./lib/lifecycle.js')
@@ -42,11 +42,19 @@ function checkOptions(processType, options, extra = []) {
   return options
 }
 
+/**
+ * An option, else the environment variable as JavaScript sees it: under jest `process.env` is a
+ * copy per test file, which the native side (reading the real environment) would not see.
+ */
+function orEnv(value, variable) {
+  return value !== undefined ? value : process.env[variable]
+}
+
 /** What the native layer takes: `tradeSide: null` means "no side", never `$TRADE_SIDE`. */
 function nativeOptions(options) {
   return {
-    dir: options.dir,
-    tradeSide: options.tradeSide === null ? '' : options.tradeSide,
+    dir: orEnv(options.dir, 'PROCESSLOCK_DIR'),
+    tradeSide: options.tradeSide === null ? '' : orEnv(options.tradeSide, 'TRADE_SIDE') || '',
     processName: options.processName,
     quiet: isSilent(options.log),
   }
@@ -189,7 +197,7 @@ function listLocks(options) {
   const opts = options == null ? {} : options
   if (typeof opts !== 'object') throw invalidOption('options must be an object')
   if (opts.dir !== undefined && typeof opts.dir !== 'string') throw invalidOption('dir must be a string')
-  const out = binding.list(opts.dir)
+  const out = binding.list(orEnv(opts.dir, 'PROCESSLOCK_DIR'))
   if (out.error) throw errorFromFailure(out.error)
   return out.locks.map((l) => ({
     file: l.file,
@@ -227,4 +235,5 @@ module.exports = {
   LockIoError: errors.LockIoError,
   LockAbortedError: errors.LockAbortedError,
   LockUnsafeDirError: errors.LockUnsafeDirError,
+  acquireLockOrExit: require('./lib/exit.js').orExit(acquireLock),
 }

@@ -19,5 +19,6 @@ export const {
   LockIoError,
   LockAbortedError,
   LockUnsafeDirError,
+  acquireLockOrExit,
 } = api
 export default api

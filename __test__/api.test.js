@@ -6,7 +6,8 @@ const fs = require('node:fs')
 const os = require('node:os')
 const path = require('node:path')
 const pl = require('..')
-const { start, run, tempDir, deadPid, ROOT, lockDirEntries } = require('./helpers/proc')
+const { start, run, watch, tempDir, deadPid, ROOT, lockDirEntries } = require('./helpers/proc')
+const { stageForOtherUsers } = require('./helpers/stage')
 
 const SHORT = (dir, extra = {}) => ({ dir, tradeSide: 'SHORT', log: false, ...extra })
 const lockFile = (dir) => path.join(dir, 'backend.short.lock')
@@ -382,6 +383,19 @@ const describeAsNobody = asNobody ? describe : describe.skip
 
 describeAsNobody('another user', () => {
   const NOBODY = 65534
+  // What the other user runs, where it can read it wherever the checkout lives.
+  let staged
+  beforeAll(() => {
+    staged = stageForOtherUsers()
+  })
+  afterAll(() => fs.rmSync(staged.root, { recursive: true, force: true }))
+  const runAsNobody = (dir) =>
+    watch(process.execPath, [path.join(staged.fixtures, 'try-acquire.js')], {
+      cwd: staged.root,
+      env: { ...process.env, PROCESSLOCK_DIR: dir, TRADE_SIDE: 'SHORT', PROCESSLOCK_LOG: '' },
+      uid: NOBODY,
+      gid: NOBODY,
+    }).done()
 
   /** A lock directory shared with nobody the safe way: through its group, inherited (setgid). */
   function sharedDir(label) {
@@ -395,7 +409,7 @@ describeAsNobody('another user', () => {
     const dir = sharedDir('api-eperm')
     // A legacy record naming this (root) test process, written after it started.
     fs.writeFileSync(lockFile(dir), JSON.stringify({ pid: process.pid, started: new Date().toISOString(), tradeSide: 'SHORT' }))
-    const r = JSON.parse((await run('try-acquire.js', { dir, uid: NOBODY, gid: NOBODY })).stdout)
+    const r = JSON.parse((await runAsNobody(dir)).stdout)
     expect(r).toMatchObject({ ok: false, isError: true, code: 'LOCK_CONFLICT' })
     expect(r.holder.pid).toBe(process.pid)
     expect(fs.existsSync(lockFile(dir))).toBe(true)
@@ -404,7 +418,7 @@ describeAsNobody('another user', () => {
   test('an unwritable lock directory: LOCK_IO EACCES with the path', async () => {
     const dir = tempDir('api-eacces')
     fs.chmodSync(dir, 0o755)
-    const r = JSON.parse((await run('try-acquire.js', { dir, uid: NOBODY, gid: NOBODY })).stdout)
+    const r = JSON.parse((await runAsNobody(dir)).stdout)
     expect(r).toMatchObject({ ok: false, isError: true, code: 'LOCK_IO', osCode: 'EACCES', syscall: 'open' })
     expect(r.path.startsWith(dir)).toBe(true)
     expect(lockDirEntries(dir)).toEqual([])
@@ -413,7 +427,7 @@ describeAsNobody('another user', () => {
   test("a root-held lock seen by another user: conflict, and its file is kept", async () => {
     const dir = sharedDir('api-otheruser')
     pl.acquireLock('backend', SHORT(dir))
-    const r = JSON.parse((await run('try-acquire.js', { dir, uid: NOBODY, gid: NOBODY })).stdout)
+    const r = JSON.parse((await runAsNobody(dir)).stdout)
     expect(r).toMatchObject({ ok: false, code: 'LOCK_CONFLICT' })
     expect(r.holder.pid).toBe(process.pid)
     expect(pl.releaseLock('backend', SHORT(dir))).toBe(true)

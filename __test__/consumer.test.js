@@ -5,13 +5,19 @@
 //      that the main package names every platform package at its exact version, as
 //      `napi prepublish` makes it before publishing.
 //   2. A fresh project (__test__/consumer/) installs both tarballs offline, with no Rust
-//      toolchain reachable; tsc --strict type-checks the seed's server/index.ts and
+//      toolchain reachable; tsc --strict type-checks the trader's server/index.ts and
 //      temporal/worker.ts and builds them as CommonJS and as ESM; they run: both start, a second
 //      server gets LOCK_CONFLICT and exits 1, SHORT and LONG run side by side, the project's own
 //      jest test passes, `processlock check` and `processlock clear` work from the project.
-//   3. PM2 for real (its home in a temp dir): an ecosystem file starts the server and the worker
+//      The ES module typings check under node16, nodenext and bundler resolution. Jest with two
+//      workers runs a module that locks at import, with a lock directory per worker.
+//   3. esbuild bundles the server; the bundle, copied alone with its .node file, takes the lock.
+//   4. PM2 for real (its home in a temp dir): an ecosystem file starts the server and the worker
 //      in fork mode; a server started by hand gets the conflict; restart, stop, kill -9 with
 //      autorestart; everything PM2 started is gone at the end.
+//   5. PM2 cluster mode, two instances, one lock per instance: a second copy is refused and its
+//      [FATAL] line reaches PM2's log files; `pm2 reload` hands each lock to the new instance
+//      (its duration is printed).
 //
 // Needs `npm run build` first (the .node and the release `processlock` binary are packed).
 // Real processes, real files, real PM2; nothing is mocked.
@@ -99,7 +105,7 @@ describePosix('@trader/processlock from a consumer', () => {
     tarballs = await packAll(work)
     project = await createProject(work, tarballs)
     locks = path.join(project.dir, 'runtime', 'locks')
-    await build(project.dir)
+    project.built = await build(project.dir)
   }, 300000)
 
   afterAll(async () => {
@@ -114,14 +120,15 @@ describePosix('@trader/processlock from a consumer', () => {
       const libFiles = fs.readdirSync(path.join(ROOT, 'lib')).map((f) => `lib/${f}`)
       // npm adds these whatever `files` says.
       const always = ['README.md', 'LICENSE', 'LICENSE.md'].filter((f) => fs.existsSync(path.join(ROOT, f)))
-      const expected = ['bin/processlock.js', 'binding.d.ts', 'binding.js', 'index.d.ts', 'index.js', 'index.mjs', 'package.json', ...libFiles, ...always]
+      const expected = ['bin/processlock.js', 'binding.d.ts', 'binding.js', 'index.d.mts', 'index.d.ts', 'index.js', 'index.mjs', 'package.json', ...libFiles, ...always]
       const files = tarballs.main.files.map((f) => f.path)
       expect(files).toEqual(expected.sort((a, b) => a.localeCompare(b)))
       expect(tarballs.main.files.find((f) => f.path === 'bin/processlock.js').mode & 0o111).toBeTruthy()
 
       // Every entry point of the manifest is in the tarball.
       const m = tarballs.main.manifest
-      const entries = [m.main, m.types, m.exports['.'].types, m.exports['.'].import, m.exports['.'].require, m.bin.processlock]
+      const { import: esm, require: cjs } = m.exports['.']
+      const entries = [m.main, m.types, esm.types, esm.default, cjs.types, cjs.default, m.bin.processlock]
       for (const entry of entries) expect(files).toContain(path.posix.normalize(entry))
       expect(m.name).toBe(MAIN.name)
       expect(m.version).toBe(MAIN.version)
@@ -204,14 +211,23 @@ describePosix('@trader/processlock from a consumer', () => {
       fs.writeFileSync(path.join(bare, 'package.json'), '{ "private": true }\n')
       const load = await run(process.execPath, ['-e', "require('@trader/processlock')"], { cwd: bare })
       expect(load.code).toBe(1)
-      expect(load.stderr).toContain('Cannot find native binding')
+      // The error's first line names the package this platform and libc need; the next one is
+      // the command. Nothing about packages this one never had.
+      const message = load.stderr.split('\n').slice(load.stderr.split('\n').findIndex((l) => l.startsWith('Error: ')))
+      expect(message.slice(0, 2)).toEqual([
+        `Error: @trader/processlock: the native addon for this platform is missing: install @trader/processlock-${ABI}`,
+        `  npm install @trader/processlock-${ABI}@${MAIN.version}`,
+      ])
+      expect(load.stderr).not.toMatch(/wasi|npm has a bug/i)
+      // The reason underneath stays available as the cause.
+      expect(load.stderr).toContain(`Cannot find module '@trader/processlock-${ABI}'`)
       const cli = await run(process.execPath, [path.join(bare, 'node_modules', '@trader', 'processlock', 'bin', 'processlock.js'), 'check'], { cwd: bare })
       expect(cli.code).toBe(1)
       expect(cli.stderr).toContain(`@trader/processlock-${ABI} is installed`)
     })
   })
 
-  describe('the seed code, type-checked and built', () => {
+  describe("the trader's code, type-checked and built", () => {
     test('tsc --strict builds server/index.ts and temporal/worker.ts as CommonJS and as ESM', () => {
       // Both strict. The ESM variant also checks every declaration file it loads, the package's
       // index.d.ts included; the CommonJS one resolves the same index.d.ts (through "types" rather
@@ -226,6 +242,29 @@ describePosix('@trader/processlock from a consumer', () => {
       expect(esm).not.toContain('require(')
       const worker = fs.readFileSync(path.join(project.dir, 'build', 'esm', 'temporal', 'worker.js'), 'utf8')
       expect(worker).toMatch(/async function run\(\) \{\s*try \{\s*acquireLock\('worker'\)/)
+    })
+
+    test('the ES module typings (named exports, default export) check under node16, nodenext and bundler resolution', () => {
+      const config = (variant) => JSON.parse(fs.readFileSync(path.join(project.dir, `tsconfig.${variant}.json`), 'utf8'))
+      for (const [variant, resolution] of [
+        ['node16', 'node16'],
+        ['esm', 'nodenext'],
+        ['bundler', 'bundler'],
+      ]) {
+        expect(config(variant).compilerOptions).toMatchObject({ strict: true, moduleResolution: resolution })
+        expect(config(variant).files).toContain('types/imports.ts')
+      }
+      for (const variant of ['node16', 'bundler']) {
+        const r = project.built[variant]
+        expect({ variant, code: r.code, out: r.stdout + r.stderr }).toEqual({ variant, code: 0, out: '' })
+      }
+      // An import from the project resolves to the ESM declaration file, the require to the CommonJS one.
+      const resolved = (conditions) =>
+        runOk(process.execPath, ['-e', `console.log(require('typescript').resolveModuleName('@trader/processlock', ${JSON.stringify(path.join(project.dir, 'types', 'imports.ts'))}, { module: 100, moduleResolution: 3 }, require('typescript').sys, undefined, undefined, ${conditions}).resolvedModule.resolvedFileName)`], { cwd: project.dir })
+      return Promise.all([resolved('99'), resolved('1')]).then(([esm, cjs]) => {
+        expect(esm.stdout.trim()).toBe(path.join(project.dir, 'node_modules', '@trader', 'processlock', 'index.d.mts'))
+        expect(cjs.stdout.trim()).toBe(path.join(project.dir, 'node_modules', '@trader', 'processlock', 'index.d.ts'))
+      })
     })
   })
 
@@ -245,7 +284,7 @@ describePosix('@trader/processlock from a consumer', () => {
     ])('%s build: both start; a second server (%s build) gets LOCK_CONFLICT and exits 1', async (format, other) => {
       const server = await startService(`build/${format}/server/index.js`)
       const worker = await startService(`build/${format}/temporal/worker.js`)
-      // The seed's default place: runtime/locks under the project.
+      // The default place: runtime/locks under the project.
       expect(lockFiles()).toEqual(['backend.short.lock', 'worker.short.lock'])
       expect(record('backend.short.lock')).toMatchObject({ pid: server.pid, tradeSide: 'SHORT', processName: 'trader-short-backend' })
       expect(record('worker.short.lock')).toMatchObject({ pid: worker.pid, tradeSide: 'SHORT', processName: 'trader-short-worker' })
@@ -307,7 +346,7 @@ describePosix('@trader/processlock from a consumer', () => {
       expect(deadResult.signal).toBe('SIGKILL')
       expect(record('worker.long.lock').pid).toBe(dead.pid)
 
-      // The seed's command, from the project's scripts, and the same through npx.
+      // The README's command, from the project's scripts, and the same through npx.
       const viaScript = await runOk(process.execPath, [NPM_CLI, 'run', '--silent', 'locks:check'], { cwd: project.dir })
       const viaNpx = await runOk(process.execPath, [NPX_CLI, '--offline', 'processlock', 'check'], { cwd: project.dir })
       for (const out of [viaScript.stdout, viaNpx.stdout]) {
@@ -344,18 +383,79 @@ describePosix('@trader/processlock from a consumer', () => {
       expect(lockFiles()).toEqual([])
     })
 
-    test("the trader's own jest test of the package passes", async () => {
-      const r = await run(process.execPath, [path.join(project.dir, 'node_modules', 'jest', 'bin', 'jest.js'), '--ci', '--colors=false'], {
+    /** The project's jest, with two workers and a cache of its own (no timings: no running in band). */
+    const jest = (args) =>
+      run(process.execPath, [path.join(project.dir, 'node_modules', 'jest', 'bin', 'jest.js'), '--ci', '--colors=false', '--maxWorkers=2', '--cacheDirectory', fs.mkdtempSync(path.join(work, 'jest-cache-')), ...args], {
         cwd: project.dir,
       })
+
+    test("the trader's own jest tests pass, with parallel workers, a module that locks at import included", async () => {
+      const r = await jest([])
       if (r.code !== 0) throw new Error(`consumer jest failed:\n${r.stdout}\n${r.stderr}`)
-      expect(r.stderr).toMatch(/Tests:\s+2 passed, 2 total/)
+      expect(r.stderr).toMatch(/Tests:\s+4 passed, 4 total/)
+    })
+
+    test('jest workers: a lock directory per worker (JEST_WORKER_ID) lets each import the locking module; one directory for all does not', async () => {
+      const ordersTests = ['--runTestsByPath', '__tests__/orders-a.test.cjs', '__tests__/orders-b.test.cjs']
+      for (const id of [1, 2]) fs.rmSync(path.join(project.dir, 'runtime', `locks-jest-${id}`), { recursive: true, force: true })
+      const perWorker = await jest(ordersTests)
+      if (perWorker.code !== 0) throw new Error(`consumer jest failed:\n${perWorker.stdout}\n${perWorker.stderr}`)
+      expect(perWorker.stderr).toMatch(/Tests:\s+2 passed, 2 total/)
+      // Both workers took the lock, each in its own directory, and released it as they ended.
+      for (const id of [1, 2]) expect(fs.readdirSync(path.join(project.dir, 'runtime', `locks-jest-${id}`))).toEqual([])
+
+      // The same two files with no setup file: both workers lock runtime/locks, and the second is refused.
+      const config = { rootDir: project.dir, testEnvironment: 'node', testMatch: ['<rootDir>/__tests__/orders-*.test.cjs'] }
+      const shared = await jest(['--config', JSON.stringify(config), ...ordersTests])
+      expect(shared.code).toBe(1)
+      expect(shared.stderr).toMatch(/Test Suites:\s+1 failed, 1 passed, 2 total/)
+      expect(shared.stderr).toMatch(/LOCK_CONFLICT: backend is already running \(PID: \d+\)/)
+      expect(lockFiles()).toEqual([])
+    })
+  })
+
+  describe('bundled with esbuild', () => {
+    test('esbuild --bundle --platform=node --loader:.node=copy: the bundle, alone with its .node file, takes the lock', async () => {
+      const esbuild = path.join(ROOT, 'node_modules', 'esbuild', 'bin', 'esbuild')
+      const out = path.join(work, 'esbuild-out')
+      const r = await runOk(
+        esbuild,
+        ['server/index.ts', '--bundle', '--platform=node', '--format=cjs', '--loader:.node=copy', `--outfile=${path.join(out, 'server.cjs')}`],
+        { cwd: project.dir },
+      )
+      const emitted = fs.readdirSync(out)
+      const addon = emitted.find((f) => f.endsWith('.node'))
+      expect(emitted.sort()).toEqual([addon, 'server.cjs'].sort())
+      expect(addon).toMatch(new RegExp(`^processlock\\.${ABI}-[A-Z0-9]+\\.node$`))
+      expect(r.stderr).not.toMatch(/error/i)
+
+      // Deployed alone: no node_modules, no package.json anywhere above it that names the package.
+      const deployed = path.join(work, 'deployed')
+      fs.mkdirSync(deployed)
+      for (const f of emitted) fs.copyFileSync(path.join(out, f), path.join(deployed, f))
+      const bundleLocks = path.join(work, 'bundle-locks')
+      const start = () =>
+        watch(process.execPath, [path.join(deployed, 'server.cjs')], { cwd: deployed, env: cleanEnv({ TRADE_SIDE: 'SHORT', PROCESSLOCK_DIR: bundleLocks }) })
+      const first = start()
+      services.add(first)
+      await first.waitFor(acquiredLine('backend', 'SHORT', first.pid))
+      await first.waitFor('[SERVER] listening on 127.0.0.1:')
+      // The addon it runs is the copy beside the bundle.
+      if (process.platform === 'linux') expect(fs.readFileSync(`/proc/${first.pid}/maps`, 'utf8')).toContain(path.join(deployed, addon))
+      const second = await start().done()
+      expect(second.code).toBe(1)
+      expect(second.stderr).toContain(fatalLine('backend', 'SHORT', first.pid))
+      first.kill('SIGTERM')
+      expect(await first.done()).toMatchObject({ signal: 'SIGTERM' })
+      services.delete(first)
+      expect(fs.readdirSync(bundleLocks)).toEqual([])
     })
   })
 
   describe(`under PM2 ${PM2_VERSION} (fork mode)`, () => {
     let pm2
     const BACKEND = 'trader-short-backend'
+    const MIN_UPTIME_MS = 1000
     const WORKER = 'trader-short-worker'
 
     /** The lock records of the SHORT backend and worker, once they name these PIDs. */
@@ -416,6 +516,12 @@ describePosix('@trader/processlock from a consumer', () => {
 
     test('pm2 restart all: the new processes take the locks without a conflict', async () => {
       const before = apps
+      // PM2 counts the end of any process that ran less than min_uptime (1 s by default) as an
+      // unstable restart, a planned `pm2 restart` too. Once both have run that long, an unstable
+      // restart below can only be a new process that crashed (a conflict at start).
+      await waitUntil(async () => Object.values(await pm2.apps()).every((a) => Date.now() - a.startedAt > MIN_UPTIME_MS), {
+        what: 'both processes to have run for min_uptime',
+      })
       await pm2.cmd(['restart', 'all'])
       const backend = await pm2.waitOnline(BACKEND, (pid) => pid !== before.backend.pid)
       const worker = await pm2.waitOnline(WORKER, (pid) => pid !== before.worker.pid)
@@ -511,7 +617,7 @@ describePosix('@trader/processlock from a consumer', () => {
 
       await pm2.cmd(['delete', name])
       if ((await outcome(second.pid)) === 'killed') {
-        // The seed's remedy for a file left by a crash.
+        // The README's remedy for a file left by a crash.
         const clear = await processlock(['clear'])
         expect(clear.stdout).toMatch(new RegExp(`removed stale +worker\\.long\\.lock \\(PID ${second.pid} is not running\\)`))
       }
@@ -527,6 +633,117 @@ describePosix('@trader/processlock from a consumer', () => {
       const survivors = await pm2.shutdown()
       expect(survivors).toEqual([])
       expect(running(daemon)).toBe(false)
+    })
+  })
+
+  describe(`under PM2 ${PM2_VERSION} (cluster mode, one lock per instance)`, () => {
+    let pm2
+    const APP = 'trader-short-cluster'
+    /** The lock of instance N: 'backend' for instance 0, 'backend-N' for the others (server/cluster.ts). */
+    const lockOf = (instance) => (instance === 0 ? 'backend' : `backend-${instance}`)
+    const fileOf = (instance) => `${lockOf(instance)}.short.lock`
+    const logs = (app) => [app.out, app.err].map((f) => (fs.existsSync(f) ? fs.readFileSync(f, 'utf8') : '')).join('')
+    const logged = (app, text) =>
+      waitUntil(() => logs(app).includes(text), { timeoutMs: 20000, what: `"${text}" in the logs of PID ${app.pid}` })
+
+    /** The cluster's instances, by instance number, once both are online, listening and hold their locks. */
+    const serving = (pidOk = () => true, what = 'both instances online with their locks') =>
+      waitUntil(
+        async () => {
+          const procs = (await pm2.list()).filter((p) => p.name === APP)
+          if (procs.length !== 2 || !procs.every((p) => p.status === 'online' && p.pid > 0 && pidOk(p.pid))) return null
+          const byInstance = Object.fromEntries(procs.map((p) => [p.instance, p]))
+          const ok = [0, 1].every(
+            (i) => byInstance[i] && record(fileOf(i))?.pid === byInstance[i].pid && logs(byInstance[i]).includes(`[SERVER] ${lockOf(i)} listening`),
+          )
+          return ok ? byInstance : null
+        },
+        { timeoutMs: 60000, intervalMs: 200, what },
+      )
+
+    beforeAll(async () => {
+      if (!project) throw new Error('the consumer project was not set up (see the first failure)')
+      pm2 = new Pm2(await ensurePm2(), tempWork('pl-pm2c-'), project.dir)
+    }, 300000)
+
+    afterAll(async () => {
+      if (!pm2) return
+      const survivors = await pm2.shutdown()
+      if (!process.env.PL_KEEP_CONSUMER) fs.rmSync(pm2.home, { recursive: true, force: true })
+      expect(survivors).toEqual([])
+    }, 120000)
+
+    let instances
+    test('pm2 start ecosystem.cluster.config.cjs: each of the two instances takes its own lock, no restart', async () => {
+      expect(lockFiles()).toEqual([])
+      await pm2.cmd(['start', 'ecosystem.cluster.config.cjs'], { env: { PROCESSLOCK_DIR: locks } })
+      instances = await serving()
+      expect(lockFiles()).toEqual(['backend-1.short.lock', 'backend.short.lock'])
+      for (const i of [0, 1]) {
+        await logged(instances[i], acquiredLine(lockOf(i), 'SHORT', instances[i].pid))
+        expect(instances[i]).toMatchObject({ restarts: 0, unstableRestarts: 0 })
+        expect(logs(instances[i])).not.toContain('[PROCESS_LOCK_CONFLICT]')
+      }
+    })
+
+    test('a second copy of the cluster is refused, and its [FATAL] line reaches PM2 log files (acquireLockOrExit)', async () => {
+      // The same script as a second cluster-mode app that does not wait and is not restarted:
+      // its instance 0 finds 'backend' held by the first cluster's instance 0.
+      const copy = 'trader-short-cluster-copy'
+      const script = path.join(project.dir, 'build', 'esm', 'server', 'cluster.js')
+      await pm2.cmd(['start', script, '--name', copy, '-i', '1', '--no-autorestart'], {
+        env: { TRADE_SIDE: 'SHORT', PROCESSLOCK_DIR: locks, LOCK_WAIT_MS: '0' },
+      })
+      const holder = instances[0].pid
+      const refused = await waitUntil(
+        async () => {
+          const p = (await pm2.list()).find((x) => x.name === copy)
+          return p && p.status === 'stopped' ? p : null
+        },
+        { what: 'the copy to stop' },
+      )
+      const err = fs.readFileSync(refused.err, 'utf8')
+      expect(err.trim().split('\n')).toEqual([
+        '[PROCESS_LOCK_CONFLICT] Another backend (SHORT) is already running!',
+        `[PROCESS_LOCK_CONFLICT] Existing process: { pid: ${holder}, started: '${record('backend.short.lock').started}' }`,
+        `[PROCESS_LOCK_CONFLICT] To force restart, run: kill ${holder}`,
+        fatalLine('backend', 'SHORT', holder),
+      ])
+      expect(refused.restarts).toBe(0)
+      expect(pm2.daemonLog()).toMatch(new RegExp(`App \\[${copy}:\\d+\\] exited with code \\[1\\]`))
+      await pm2.cmd(['delete', copy])
+      // The cluster kept its locks.
+      expect([record(fileOf(0)).pid, record(fileOf(1)).pid]).toEqual([instances[0].pid, instances[1].pid])
+    })
+
+    test('pm2 reload: each new instance waits for the one it replaces, then takes its lock (time reported)', async () => {
+      const before = instances
+      const oldPids = [before[0].pid, before[1].pid]
+      const started = Date.now()
+      await pm2.cmd(['reload', APP])
+      const reloadMs = Date.now() - started
+      instances = await serving((pid) => !oldPids.includes(pid), 'both new instances online with their locks')
+      console.log(`pm2 reload of ${APP} (2 instances, PM2's default listen_timeout 3000 ms and kill_timeout 1600 ms, waitMs 10000): ${reloadMs} ms`)
+      for (const i of [0, 1]) {
+        const fresh = instances[i]
+        await logged(fresh, acquiredLine(lockOf(i), 'SHORT', fresh.pid))
+        // The old instance released its lock on PM2's SIGINT (a SIGKILLed one would have left
+        // its file for the new one to take over as stale). Its [PROCESS_LOCK_RELEASED] line is
+        // not looked for: the re-raised SIGINT ends it before PM2's log stream may write it.
+        expect(logs(fresh)).not.toContain(staleLine(before[i].pid))
+        expect(fresh).toMatchObject({ restarts: 1, unstableRestarts: 0 })
+        expect(running(before[i].pid)).toBe(false)
+      }
+      expect(logs(instances[0]) + logs(instances[1])).not.toContain('[FATAL]')
+      expect(pm2.daemonLog()).not.toMatch(/still alive after \d+ms, sending SIGKILL/)
+    })
+
+    test('pm2 delete all: both locks released, nothing left running', async () => {
+      await pm2.cmd(['delete', 'all'])
+      await waitUntil(() => lockFiles().length === 0, { timeoutMs: 15000, what: 'the lock files to go' })
+      const survivors = await pm2.shutdown()
+      expect(survivors).toEqual([])
+      for (const i of [0, 1]) expect(running(instances[i].pid)).toBe(false)
     })
   })
 })

@@ -1,14 +1,9 @@
 'use strict'
-// The seed's temporal/worker.ts, in plain JavaScript: the lock is the first thing inside run().
-const { acquireLock } = require('..')
+// The Temporal worker's start-up, in plain JavaScript: the lock is the first thing inside run().
+const { acquireLockOrExit } = require('..')
 
 async function run() {
-  try {
-    acquireLock('worker')
-  } catch (e) {
-    console.error('[FATAL]', (e && e.message) || e)
-    process.exit(1)
-  }
+  await acquireLockOrExit('worker')
   // ... Worker.create(...) and worker.run() would follow; the demo just stays up.
   await new Promise(() => setInterval(() => {}, 1 << 30))
 }

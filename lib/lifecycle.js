@@ -15,6 +15,7 @@
 //   Node's signal watchers every time), so a process that holds no lock behaves exactly as if
 //   this package were not loaded.
 
+const os = require('node:os')
 const { isMainThread } = require('node:worker_threads')
 
 const SIGNALS = process.platform === 'win32' ? ['SIGINT', 'SIGTERM'] : ['SIGINT', 'SIGTERM', 'SIGHUP']
@@ -49,6 +50,10 @@ function onSignal(signal) {
   if (appListeners.length > signalExitListeners()) return
   releaseAll()
   uninstall()
+  // PID 1 of a PID namespace (a container's app without an init) is spared by the kernel from
+  // signals it has no handler for: the re-raised signal would leave it running without its lock.
+  // It ends with the status a shell gives that signal instead.
+  if (process.pid === 1) process.exit(128 + os.constants.signals[signal])
   process.kill(process.pid, signal)
 }
 

@@ -95,24 +95,32 @@ class Pm2 {
     return runOk(process.execPath, [this.bin, ...args], { cwd: this.cwd, env: this.env(env), timeoutMs })
   }
 
-  /** `pm2 jlist`, the fields the tests look at, by app name. */
-  async apps() {
+  /** `pm2 jlist`: every process PM2 manages, with the fields the tests look at. */
+  async list() {
     const r = await this.cmd(['jlist'])
     // jlist prints one JSON array; be lenient about anything before it.
     const list = JSON.parse(r.stdout.slice(r.stdout.indexOf('[')))
-    const byName = {}
-    for (const p of list) {
+    return list.map((p) => {
       if (p.pid > 0) this.seen.add(p.pid)
-      byName[p.name] = {
+      return {
+        name: p.name,
         pid: p.pid,
         status: p.pm2_env.status,
         restarts: p.pm2_env.restart_time,
         unstableRestarts: p.pm2_env.unstable_restarts,
+        /** When PM2 started this process (ms since the epoch, PM2's clock: this machine's). */
+        startedAt: p.pm2_env.pm_uptime,
+        /** The instance number of a cluster-mode app (NODE_APP_INSTANCE). */
+        instance: p.pm2_env.NODE_APP_INSTANCE,
         out: p.pm2_env.pm_out_log_path,
         err: p.pm2_env.pm_err_log_path,
       }
-    }
-    return byName
+    })
+  }
+
+  /** `pm2 jlist` by app name (one process per name: fork mode). */
+  async apps() {
+    return Object.fromEntries((await this.list()).map((p) => [p.name, p]))
   }
 
   /** Waits until `name` is online with a PID accepted by `pidOk`; returns its jlist entry. */

@@ -6,7 +6,7 @@
 const fs = require('node:fs')
 const os = require('node:os')
 const path = require('node:path')
-const { cleanEnv, runOk } = require('./consumer-proc')
+const { cleanEnv, run, runOk } = require('./consumer-proc')
 
 const ROOT = path.resolve(__dirname, '..', '..')
 const FIXTURE = path.join(ROOT, '__test__', 'consumer')
@@ -49,7 +49,9 @@ async function unpack(tarball, dir) {
  * every target.
  */
 async function napiOptionalDependencies() {
-  // In a child: the CLI is ESM inside, which jest's module system does not load on Node 20.
+  // In a child: the CLI is ESM inside, which jest's module system does not load on Node 20. The
+  // napi CLI needs Node >= 20.17: where the tests run on an older Node, NAPI_CLI_NODE names the
+  // Node that runs it (CI passes the one that built the package).
   const script = `
     const { readNapiConfig } = require('@napi-rs/cli')
     readNapiConfig(${JSON.stringify(path.join(ROOT, 'package.json'))}).then((config) => {
@@ -57,7 +59,7 @@ async function napiOptionalDependencies() {
       for (const t of config.targets) deps[config.packageName + '-' + t.platformArchABI] = config.packageJson.version
       console.log(JSON.stringify({ deps, abis: config.targets.map((t) => t.platformArchABI), packageName: config.packageName }))
     })`
-  const r = await runOk(process.execPath, ['-e', script], { cwd: ROOT })
+  const r = await runOk(process.env.NAPI_CLI_NODE || process.execPath, ['-e', script], { cwd: ROOT })
   return JSON.parse(r.stdout)
 }
 
@@ -177,12 +179,23 @@ function tsc(project, tsconfig) {
   })
 }
 
-/** Type-checks (strict) and builds both variants at once: CommonJS into build/cjs, ESM into build/esm. */
+/**
+ * Type-checks (strict) and builds both variants at once: CommonJS into build/cjs, ESM (nodenext)
+ * into build/esm; and type-checks the ESM view of the package under node16 and bundler
+ * resolution (their results are returned, for the tests to look at).
+ */
 async function build(project) {
-  const [cjs, esm] = await Promise.all([tsc(project, 'tsconfig.cjs.json'), tsc(project, 'tsconfig.esm.json')])
+  const check = (tsconfig) =>
+    run(process.execPath, [path.join(project, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', tsconfig], { cwd: project })
+  const [cjs, esm, node16, bundler] = await Promise.all([
+    tsc(project, 'tsconfig.cjs.json'),
+    tsc(project, 'tsconfig.esm.json'),
+    check('tsconfig.node16.json'),
+    check('tsconfig.bundler.json'),
+  ])
   // The project is "type": "module"; the CommonJS build says what it is.
   fs.writeFileSync(path.join(project, 'build', 'cjs', 'package.json'), '{ "type": "commonjs" }\n')
-  return { cjs, esm }
+  return { cjs, esm, node16, bundler }
 }
 
 /** A fresh temp directory, by its real path (macOS's /var/folders is a symlink: children report

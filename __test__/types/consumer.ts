@@ -1,5 +1,5 @@
 // A consumer's view of the package, type-checked with `tsc --strict` (npm run typecheck):
-// the seed's server/index.ts and temporal/worker.ts start-up, and every API shape.
+// the server/index.ts and temporal/worker.ts start-up, and every API shape.
 import {
   acquireLock,
   acquireLockAsync,
@@ -8,6 +8,7 @@ import {
   forceRemoveLock,
   listLocks,
   lockFilePath,
+  acquireLockOrExit,
   LockConflictError,
   LockAbortedError,
   ProcessLockError,
@@ -93,3 +94,10 @@ try {
     console.error(code, e.path, e.message)
   }
 }
+// The start-up guard: resolves with the lock, or prints [FATAL] and exits 1 (never settles).
+async function startBackend(): Promise<number> {
+  const instance = Number(process.env.NODE_APP_INSTANCE ?? 0)
+  const info: LockInfo = await acquireLockOrExit(instance === 0 ? 'backend' : `backend-${instance}`, { waitMs: 10_000 })
+  return info.pid
+}
+void startBackend()

@@ -1,4 +1,4 @@
-// The trader's server/index.ts as ../shared/SEED.md writes it: the lock is the first thing the
+// The trader's server/index.ts with the classic start-up guard: the lock is the first thing the
 // application does, before any initialisation. The rest stands in for the real HTTP server.
 import { acquireLock, getLockInfo } from '@trader/processlock'
 import { createServer } from 'node:http'

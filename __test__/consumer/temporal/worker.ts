@@ -1,4 +1,4 @@
-// The trader's temporal/worker.ts as ../shared/SEED.md writes it: the lock is the first thing
+// The trader's temporal/worker.ts with the classic start-up guard: the lock is the first thing
 // inside `async function run()`. `StandInWorker` behaves like @temporalio/worker where it matters
 // to the lock: its Runtime listens to SIGINT, SIGTERM, SIGQUIT and SIGUSR2, removes those
 // listeners on the first signal, drains, and `run()` resolves, so the process ends naturally.

@@ -1,0 +1,54 @@
+'use strict'
+// The native addon, through the loader that `napi build` generates (../binding.js). When it
+// cannot be loaded, the error says first which package this platform needs and how to install
+// it, with the real reason as its `cause`.
+
+const path = require('node:path')
+
+const PACKAGE = path.resolve(__dirname, '..')
+
+function loadFailure(loaderError) {
+  const manifest = require('../package.json')
+  const { abi } = require('../bin/processlock.js')
+  const platform = abi()
+  const name = `${manifest.name}-${platform}`
+  let cause = loaderError
+  let installed = false
+  try {
+    require(name)
+  } catch (e) {
+    cause = e
+    installed = e.code !== 'MODULE_NOT_FOUND' || !String(e.message).includes(name)
+  }
+  const published = manifest.optionalDependencies || {}
+  const known = Object.keys(published).length === 0 || name in published
+  let message
+  if (!known) {
+    message =
+      `${manifest.name} has no native addon for ${platform} (Node ${process.version}); ` +
+      `prebuilt: ${Object.keys(published).map((p) => p.slice(manifest.name.length + 1)).join(', ')}`
+  } else if (installed) {
+    message = `${manifest.name}: ${name} is installed but its addon cannot be loaded here (${platform}, Node ${process.version}): ${cause.message}`
+  } else {
+    message =
+      `${manifest.name}: the native addon for this platform is missing: install ${name}\n` +
+      `  npm install ${name}@${manifest.version}\n` +
+      `It is an optional dependency of ${manifest.name}, left out by --omit=optional (or ` +
+      `--no-optional), by a package-lock.json written before this platform was added, or when ` +
+      `node_modules is copied from another system: install on the machine or in the image that ` +
+      `runs the app. In a checkout of ${manifest.name} (${PACKAGE}), run "npm run build".`
+  }
+  const error = new Error(message)
+  error.cause = cause
+  return error
+}
+
+function load() {
+  try {
+    return require('../binding.js')
+  } catch (e) {
+    throw loadFailure(e)
+  }
+}
+
+module.exports = load()
