@@ -11,16 +11,47 @@ pub const DIR_ENV: &str = "PROCESSLOCK_DIR";
 /// `cwd` itself. A service started from a sub-directory of its project still finds the project's
 /// locks.
 pub fn default_dir(cwd: &Path) -> PathBuf {
-    let root = cwd
-        .ancestors()
-        .find(|p| p.join("package.json").is_file())
-        .unwrap_or(cwd);
-    root.join("runtime").join("locks")
+    package_root(cwd)
+        .unwrap_or(cwd)
+        .join("runtime")
+        .join("locks")
 }
 
-/// The lock directory for an explicit `dir` option, else `$PROCESSLOCK_DIR`, else the default.
-/// Relative paths are taken from the working directory. Nothing is created here.
+/// The default directory of an application whose entry script is `entry`: `runtime/locks` under
+/// the nearest ancestor of the script holding a `package.json`, so that the same service finds
+/// the same lock however and from wherever it is started (PM2, systemd, cron). Without an entry
+/// script, or without a `package.json` above it, the rule of `default_dir` applies to `cwd`.
+pub fn app_default_dir(entry: Option<&Path>, cwd: &Path) -> PathBuf {
+    let entry = entry.map(|e| {
+        let absolute = cwd.join(e);
+        std::fs::canonicalize(&absolute).unwrap_or(absolute)
+    });
+    match entry
+        .as_deref()
+        .and_then(Path::parent)
+        .and_then(package_root)
+    {
+        Some(root) => root.join("runtime").join("locks"),
+        None => default_dir(cwd),
+    }
+}
+
+fn package_root(start: &Path) -> Option<&Path> {
+    start.ancestors().find(|p| p.join("package.json").is_file())
+}
+
+/// The lock directory for an explicit `dir` option, else `$PROCESSLOCK_DIR`, else the default
+/// (`default_dir` of the working directory). Relative paths are taken from the working
+/// directory. Nothing is created here.
 pub fn resolve_dir(explicit: Option<&Path>) -> Result<PathBuf> {
+    resolve_dir_or(explicit, |cwd| Ok(default_dir(cwd)))
+}
+
+/// `resolve_dir` with the default directory chosen by `default` (given the working directory).
+pub fn resolve_dir_or(
+    explicit: Option<&Path>,
+    default: impl FnOnce(&Path) -> Result<PathBuf>,
+) -> Result<PathBuf> {
     let cwd = || std::env::current_dir().map_err(|e| Error::io("getcwd", ".", e));
     let chosen = match explicit {
         Some(p) if !p.as_os_str().is_empty() => Some(p.to_path_buf()),
@@ -28,11 +59,51 @@ pub fn resolve_dir(explicit: Option<&Path>) -> Result<PathBuf> {
             .filter(|v| !v.is_empty())
             .map(PathBuf::from),
     };
-    Ok(match chosen {
-        Some(p) if p.is_absolute() => p,
-        Some(p) => cwd()?.join(p),
-        None => default_dir(&cwd()?),
-    })
+    match chosen {
+        Some(p) if p.is_absolute() => Ok(p),
+        Some(p) => Ok(cwd()?.join(p)),
+        None => default(&cwd()?),
+    }
+}
+
+/// The directory's real path: symlinks and `.`/`..` resolved, so that one directory reached two
+/// ways is one lock directory. Components that do not exist yet (the directory is made at the
+/// first acquire) cannot be symlinks: they are appended to the real path of the deepest one that
+/// exists, `..` among them taken lexically. The second value tells whether the whole directory
+/// existed (then the answer can be kept: it will not change when the directory is made).
+pub fn real_dir(dir: &Path) -> (PathBuf, bool) {
+    if cfg!(windows) {
+        // `canonicalize` answers `\\?\` paths there, which people do not recognise.
+        return (dir.to_path_buf(), true);
+    }
+    if let Ok(real) = std::fs::canonicalize(dir) {
+        return (real, true);
+    }
+    let mut missing = Vec::new();
+    let mut existing = dir;
+    let real = loop {
+        match existing.parent() {
+            Some(parent) => {
+                missing.push(existing.file_name());
+                existing = parent;
+                if let Ok(real) = std::fs::canonicalize(existing) {
+                    break real;
+                }
+            }
+            None => return (dir.to_path_buf(), false),
+        }
+    };
+    let mut out = real;
+    for part in missing.into_iter().rev() {
+        match part {
+            Some(name) => out.push(name),
+            // `..` (file_name() is None for it): a missing component is no symlink.
+            None => {
+                out.pop();
+            }
+        }
+    }
+    (out, false)
 }
 
 #[cfg(unix)]
