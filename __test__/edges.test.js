@@ -162,6 +162,8 @@ describe('where the lock file lives', () => {
     const app = path.join(base, 'app')
     fs.mkdirSync(path.join(app, 'dist'), { recursive: true })
     fs.writeFileSync(path.join(app, 'package.json'), '{"name":"app","private":true}')
+    // What TypeScript builds often leave in their output: a module-type marker, not a project.
+    fs.writeFileSync(path.join(app, 'dist', 'package.json'), '{ "type": "commonjs" }')
     fs.copyFileSync(path.join(FIXTURES, 'app-entry.js'), path.join(app, 'dist', 'server.js'))
     fs.writeFileSync(
       path.join(app, 'dist', 'server.mjs'),

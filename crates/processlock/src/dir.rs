@@ -36,8 +36,24 @@ pub fn app_default_dir(entry: Option<&Path>, cwd: &Path) -> PathBuf {
     }
 }
 
+/// The nearest ancestor of `start` (itself included) with a `package.json` that describes a
+/// project. Build output directories often hold one that only sets the module `type` for the
+/// files below it (`{ "type": "commonjs" }`): that is not the project's root.
 fn package_root(start: &Path) -> Option<&Path> {
-    start.ancestors().find(|p| p.join("package.json").is_file())
+    start
+        .ancestors()
+        .find(|p| is_project_manifest(&p.join("package.json")))
+}
+
+fn is_project_manifest(file: &Path) -> bool {
+    let Ok(text) = std::fs::read(file) else {
+        return false;
+    };
+    match serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&text) {
+        Ok(fields) => !(fields.len() == 1 && fields.contains_key("type")),
+        // Unreadable as JSON: still a package.json someone put there; count it.
+        Err(_) => true,
+    }
 }
 
 /// The lock directory for an explicit `dir` option, else `$PROCESSLOCK_DIR`, else the default
@@ -141,6 +157,51 @@ mod tests {
         assert_eq!(default_dir(&deep), deep.join("runtime/locks"));
         std::fs::write(base.join("app/package.json"), "{}").unwrap();
         assert_eq!(default_dir(&deep), base.join("app/runtime/locks"));
+        std::fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[test]
+    fn app_default_dir_follows_the_entry_script_not_the_working_directory() {
+        let base = std::env::temp_dir().join(format!("pl-appdir-{}", std::process::id()));
+        let dist = base.join("app/dist");
+        std::fs::create_dir_all(&dist).unwrap();
+        std::fs::write(base.join("app/package.json"), r#"{"name":"app"}"#).unwrap();
+        // A build directory's module-type marker is not the project's root.
+        std::fs::write(dist.join("package.json"), r#"{ "type": "commonjs" }"#).unwrap();
+        let entry = dist.join("server.js");
+        std::fs::write(&entry, "").unwrap();
+        let elsewhere = base.join("elsewhere");
+        std::fs::create_dir_all(&elsewhere).unwrap();
+        let locks = base.join("app/runtime/locks");
+        assert_eq!(app_default_dir(Some(&entry), &elsewhere), locks);
+        // Relative to the working directory, as `process.argv[1]` may be.
+        assert_eq!(
+            app_default_dir(Some(Path::new("dist/server.js")), &base.join("app")),
+            locks
+        );
+        // No entry script: the working directory's rule.
+        assert_eq!(
+            app_default_dir(None, &elsewhere),
+            elsewhere.join("runtime/locks")
+        );
+        assert_eq!(default_dir(&dist), locks);
+        std::fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn real_dir_resolves_symlinks_and_dot_dot_even_below_missing_directories() {
+        let base = std::env::temp_dir().join(format!("pl-realdir-{}", std::process::id()));
+        let real = base.join("real");
+        std::fs::create_dir_all(real.join("sub")).unwrap();
+        let real = std::fs::canonicalize(&real).unwrap();
+        std::os::unix::fs::symlink(&real, base.join("link")).unwrap();
+        assert_eq!(real_dir(&base.join("link")), (real.clone(), true));
+        assert_eq!(real_dir(&base.join("link/sub/..")), (real.clone(), true));
+        assert_eq!(
+            real_dir(&base.join("link/new/../locks")),
+            (real.join("locks"), false)
+        );
         std::fs::remove_dir_all(&base).unwrap();
     }
 

@@ -55,7 +55,7 @@ pub enum Release {
     KeptByOthers,
     /// The last holder let go: the lock was released. `Ok(true)`: its file was removed (it was
     /// still ours).
-    Released(Record, Result<bool>),
+    Released(Box<Record>, Result<bool>),
 }
 
 impl Registry {
@@ -165,7 +165,7 @@ impl Registry {
         }
         let lock = map.remove(path).expect("just found").lock;
         drop(guard);
-        let record = lock.record().clone();
+        let record = Box::new(lock.record().clone());
         Release::Released(record, lock.release())
     }
 

@@ -130,7 +130,7 @@ fn registry_makes_acquire_idempotent_within_a_process() {
     let Release::Released(rec, removed) = reg.release(&t.path, 1) else {
         panic!("the only holder let go")
     };
-    assert_eq!(rec, a.record);
+    assert_eq!(*rec, a.record);
     assert!(removed.unwrap());
     assert!(matches!(reg.release(&t.path, 1), Release::NotHeld));
     assert!(!t.path.exists());
