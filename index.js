@@ -21,7 +21,10 @@ const { errorFromFailure, invalidOption, normalizeRecord } = errors
  */
 const held = new Map()
 
-/** This module instance's holder id in the native registry, made at first use. */
+/**
+ * This module instance's holder id in the native registry, made at first use. The application's
+ * entry script is handed over then too: the default lock directory is found from it.
+ */
 let holderId = 0
 
 function holder() {
@@ -266,6 +269,7 @@ function listLocks(options) {
   const opts = options == null ? {} : options
   if (typeof opts !== 'object') throw invalidOption('options must be an object')
   if (opts.dir !== undefined && typeof opts.dir !== 'string') throw invalidOption('dir must be a string')
+  holder()
   const out = binding.list(opts.dir)
   if (out.error) throw errorFromFailure(out.error)
   return out.locks.map((l) => ({
