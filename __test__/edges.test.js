@@ -39,6 +39,7 @@ describe('forceRemoveLock on a lock this process holds', () => {
   // The forcer's unlinks are slowed down at the system call, so that a waiter has all the time
   // it needs to take the lock between the forcer letting go and its unlink, if that gap exists.
   test('removes only its own file: a waiter that takes the lock next never loses its file', async () => {
+    expect(spawnSync('strace', ['-V']).status).toBe(0) // this test needs strace (apt-get install strace)
     const dir = tempDir('edges-force')
     const state = path.join(tempDir('edges-force-state'), 'state')
     const env = { PROCESSLOCK_LOG: 'silent', STATE: state }
