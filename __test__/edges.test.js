@@ -173,12 +173,18 @@ describe('where the lock file lives', () => {
     return { base, app, locks: path.join(app, 'runtime', 'locks') }
   }
 
-  function startApp(script, cwd) {
+  function startApp(script, cwd, env = {}) {
     return watch(process.execPath, [script], {
       cwd,
       stdin: 'pipe',
-      env: { ...process.env, PROCESSLOCK_DIR: undefined, PROCESSLOCK_LOG: 'silent', TRADE_SIDE: 'SHORT', PROCESSLOCK_PACKAGE: ROOT },
+      env: { ...process.env, PROCESSLOCK_DIR: undefined, PROCESSLOCK_LOG: 'silent', TRADE_SIDE: 'SHORT', PROCESSLOCK_PACKAGE: ROOT, ...env },
     })
+  }
+
+  /** As `pm2 start <script>` runs it in fork mode: through PM2's own container script. */
+  function startUnderPm2Container(script, cwd) {
+    const container = path.join(ROOT, 'node_modules', 'pm2', 'lib', 'ProcessContainerFork.js')
+    return startApp(container, cwd, { pm_exec_path: script, pmx: 'false' })
   }
 
   test('the same service started from / and from its project directory uses one lock file', async () => {
@@ -190,12 +196,15 @@ describe('where the lock file lives', () => {
       const held = lastJson(first.stdout)
       // The lock is under the project, and a later chdir (to /) does not move it.
       expect(held).toEqual({ ok: true, before: lockFile(locks), after: lockFile(locks), held: true })
-      for (const [script, cwd] of [
-        ['server.js', app],
-        ['server.js', path.join(app, 'dist')],
-        ['server.mjs', '/'],
-      ]) {
-        const second = await startApp(path.join(app, 'dist', script), cwd).done(60000)
+      const starts = [
+        () => startApp(path.join(app, 'dist', 'server.js'), app),
+        () => startApp(path.join(app, 'dist', 'server.js'), path.join(app, 'dist')),
+        () => startApp(path.join(app, 'dist', 'server.mjs'), '/'),
+        () => startUnderPm2Container(path.join(app, 'dist', 'server.js'), '/'),
+        () => startUnderPm2Container(path.join(app, 'dist', 'server.mjs'), '/'),
+      ]
+      for (const startSecond of starts) {
+        const second = await startSecond().done(60000)
         expect(lastJson(second.stdout)).toEqual({ ok: false, code: 'LOCK_CONFLICT', holder: first.pid, lockFile: lockFile(locks) })
       }
       first.child.stdin.end()

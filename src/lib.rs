@@ -467,8 +467,6 @@ pub struct ReleaseOutcome {
     pub removed: bool,
     /// The calling holder held the lock (whether or not its file was still there).
     pub held: bool,
-    /// Other holders in this process still hold it: the lock and its file stay.
-    pub kept_by_others: bool,
     pub lock_file: Option<String>,
     pub lines: Vec<String>,
     pub error: Option<Failure>,
@@ -487,16 +485,15 @@ pub fn release(process_type: String, options: Option<LockOptions>) -> ReleaseOut
             lock_file,
             ..Default::default()
         },
+        // Other holders in this process still hold it: the lock and its file stay.
         Release::KeptByOthers => ReleaseOutcome {
             held: true,
-            kept_by_others: true,
             lock_file,
             ..Default::default()
         },
         Release::Released(record, Ok(removed)) => ReleaseOutcome {
             removed,
             held: true,
-            kept_by_others: false,
             lock_file,
             lines: if options.quiet.unwrap_or(false) {
                 Vec::new()
