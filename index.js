@@ -2,6 +2,7 @@
 // The public API. The lock itself lives in the native core; this layer does what must happen in
 // JavaScript: argument checks, Error classes, log lines and the Node process lifecycle.
 
+const path = require('node:path')
 const binding = require('./binding.js')
 const errors = require('./lib/errors.js')
 const { sinkFor, isSilent, emit } = require('./lib/log.js')
@@ -105,7 +106,10 @@ function releaseEverything() {
 function adopt(out, processType, options, sink) {
   emit(sink, out.lines)
   if (!held.has(out.lockFile)) {
-    held.set(out.lockFile, { processType, options: nativeOptions(options), sink })
+    // Released later by where it is, not by how it was named: a relative `dir`, the working
+    // directory or `$TRADE_SIDE` may have changed by then.
+    const native = { ...nativeOptions(options), dir: path.dirname(out.lockFile), tradeSide: out.info.tradeSide || '' }
+    held.set(out.lockFile, { processType, options: native, sink })
   }
   lifecycle.install(releaseEverything, () => held.size > 0)
   return normalizeRecord(out.info)

@@ -218,6 +218,25 @@ describe('where the lock file lives', () => {
     }
   })
 
+  test('a lock taken with a relative dir is released at SIGTERM after chdir and a change of $TRADE_SIDE', async () => {
+    const base = tempDir('edges-relative')
+    const code = `
+      const pl = require(${JSON.stringify(ROOT)})
+      pl.acquireLock('backend', { dir: 'locks' })
+      process.chdir('/')
+      process.env.TRADE_SIDE = 'LONG'
+      console.log('READY')
+      setInterval(() => {}, 1000)`
+    const p = watch(process.execPath, ['-e', code], { cwd: base, env: { ...process.env, PROCESSLOCK_DIR: undefined, PROCESSLOCK_LOG: '', TRADE_SIDE: 'SHORT' } })
+    await p.waitFor('READY')
+    expect(fs.readdirSync(path.join(base, 'locks'))).toEqual(['backend.short.lock'])
+    p.kill('SIGTERM')
+    const r = await p.done(60000)
+    expect(r.signal).toBe('SIGTERM')
+    expect(r.stdout).toContain(`[PROCESS_LOCK_RELEASED] { processType: 'backend', tradeSide: 'SHORT', pid: ${p.pid} }`)
+    expect(fs.readdirSync(path.join(base, 'locks'))).toEqual([])
+  })
+
   test('a lock directory reached through a symlink or .. is the same lock, not a conflict with itself', () => {
     const base = tempDir('edges-symlink')
     const real = path.join(base, 'real')
