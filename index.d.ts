@@ -23,8 +23,12 @@ export type LogSink = (line: string, level: LogLevel) => void
 export interface LockOptions {
   /**
    * The lock directory. Default: `$PROCESSLOCK_DIR`, else `runtime/locks` under the nearest
-   * ancestor of the working directory that holds a package.json, else under the working
-   * directory. Created when missing.
+   * ancestor of the application's entry script (the main module, else `process.argv[1]`; PM2's
+   * app script under PM2) that holds a package.json; without one, the same rule from the working
+   * directory. The default is fixed once per process: a later `process.chdir` does not move it.
+   * A relative `dir` or `$PROCESSLOCK_DIR` is taken from the working directory at each call.
+   * Created when missing. Locks are known by the directory's real path: reached through a
+   * symlink or `..`, it is the same lock.
    */
   dir?: string
   /** Default: `$TRADE_SIDE`. `null` or `''`: no side, whatever the environment says. */
@@ -75,7 +79,7 @@ export interface LockStatus {
   record: LockInfo | null
   /** Why an invalid file is invalid. */
   problem: string | null
-  /** This process holds it. */
+  /** This process holds it: the file at its path is the one this process holds. */
   isOwn: boolean
 }
 
@@ -150,7 +154,9 @@ export class LockUnsafeDirError extends ProcessLockError {
  * when another live process holds it; takes a dead holder's lock over at once. Calling it again
  * in the holding process returns the held lock's info. The lock is released when the process
  * ends: exit, uncaught exception, SIGINT/SIGTERM/SIGHUP, and even SIGKILL (the next acquirer
- * takes it over at once).
+ * takes it over at once). If the file this process held is no longer at the lock path (removed
+ * by force, replaced, its directory moved), the lock is taken anew, or the conflict with the new
+ * holder is thrown. Worker threads of one process share its locks: see `releaseLock`.
  */
 export function acquireLock(processType: ProcessType, options?: AcquireOptions): LockInfo
 
@@ -163,10 +169,17 @@ export function acquireLock(processType: ProcessType, options?: AcquireOptions):
  */
 export function acquireLockAsync(processType: ProcessType, options?: AsyncAcquireOptions): Promise<LockInfo>
 
-/** Releases the lock if this process holds it; true when its file was removed. */
+/**
+ * Lets go of the lock if this thread holds it; true when its file was removed. A lock taken by
+ * several threads of the process (worker threads) is released when the last of them lets go
+ * or ends: until then this returns false and the lock stays held.
+ */
 export function releaseLock(processType: ProcessType, options?: LockOptions): boolean
 
-/** The live holder's record, or null when there is no lock or only a stale one. */
+/**
+ * The live holder's record, or null when there is no lock or only a stale one. This process's
+ * own record only while the lock path still names the file it holds.
+ */
 export function getLockInfo(processType: ProcessType, options?: LockOptions): LockInfo | null
 
 /**
@@ -174,6 +187,13 @@ export function getLockInfo(processType: ProcessType, options?: LockOptions): Lo
  * holder that releases later will not remove a newer holder's file. True when a file was removed.
  */
 export function forceRemoveLock(processType: ProcessType, options?: LockOptions): boolean
+
+/**
+ * Whether this process still holds the lock file at the lock path: false when it never took the
+ * lock, released it, or the file was removed by force, replaced or its directory moved. Cheap:
+ * one `lstat`, no directory scan.
+ */
+export function isLockHeld(processType: ProcessType, options?: LockOptions): boolean
 
 /** Every lock file in the directory and its state. */
 export function listLocks(options?: Pick<LockOptions, 'dir'>): LockStatus[]

@@ -2,15 +2,39 @@
 // The public API. The lock itself lives in the native core; this layer does what must happen in
 // JavaScript: argument checks, Error classes, log lines and the Node process lifecycle.
 
+const path = require('node:path')
 const binding = require('./lib/binding.js')
 const errors = require('./lib/errors.js')
 const { sinkFor, isSilent, emit } = require('./lib/log.js')
 const lifecycle = require('./lib/lifecycle.js')
+const { entryScript } = require('./lib/entry.js')
 
 const { errorFromFailure, invalidOption, normalizeRecord } = errors
 
-/** Locks taken through this module instance: lock file -> how to release it and log it. */
+/**
+ * The locks this module instance holds: lock file -> how to release it and log it.
+ *
+ * The native registry is the one owner of lock state, for the whole process: one lock file per
+ * lock, held for every module instance (each worker thread loads its own) that took it, and
+ * released when the last of them lets go. This map is this instance's view of its own holds,
+ * kept in step with every answer of the registry; it only adds what the registry cannot know
+ * (the log sink, the options to release with) and tells the lifecycle whether to stay installed.
+ */
 const held = new Map()
+
+/**
+ * This module instance's holder id in the native registry, made at first use. The application's
+ * entry script is handed over then too: the default lock directory is found from it.
+ */
+let holderId = 0
+
+function holder() {
+  if (holderId === 0) {
+    binding.setAppEntry(entryScript())
+    holderId = binding.openHolder()
+  }
+  return holderId
+}
 
 function checkOptions(processType, options, extra = []) {
   if (typeof processType !== 'string') {
@@ -57,7 +81,13 @@ function nativeOptions(options) {
     tradeSide: options.tradeSide === null ? '' : orEnv(options.tradeSide, 'TRADE_SIDE') || '',
     processName: options.processName,
     quiet: isSilent(options.log),
+    holder: holder(),
   }
+}
+
+/** Drops this instance's view of a hold that the registry says it no longer has. */
+function forget(lockFile) {
+  if (held.delete(lockFile) && held.size === 0) lifecycle.uninstallSoon()
 }
 
 function fail(failure, lockFile, sink) {
@@ -72,9 +102,8 @@ function fail(failure, lockFile, sink) {
 function release(processType, native, sink) {
   const out = binding.release(processType, native)
   const entry = held.get(out.lockFile)
-  held.delete(out.lockFile)
   if (!out.error) emit(entry ? entry.sink : sink, out.lines)
-  if (held.size === 0) lifecycle.uninstallSoon()
+  forget(out.lockFile)
   return out
 }
 
@@ -85,7 +114,10 @@ function releaseEverything() {
 function adopt(out, processType, options, sink) {
   emit(sink, out.lines)
   if (!held.has(out.lockFile)) {
-    held.set(out.lockFile, { processType, options: nativeOptions(options), sink })
+    // Released later by where it is, not by how it was named: a relative `dir`, the working
+    // directory or `$TRADE_SIDE` may have changed by then.
+    const native = { ...nativeOptions(options), dir: path.dirname(out.lockFile), tradeSide: out.info.tradeSide || '' }
+    held.set(out.lockFile, { processType, options: native, sink })
   }
   lifecycle.install(releaseEverything, () => held.size > 0)
   return normalizeRecord(out.info)
@@ -93,7 +125,7 @@ function adopt(out, processType, options, sink) {
 
 /**
  * Takes the lock for `processType` or throws `LockConflictError`. Idempotent in the process
- * that holds it.
+ * that holds it, as long as the lock file at its path is still the one it holds.
  */
 function acquireLock(processType, options) {
   const opts = checkOptions(processType, options, ['waitMs'])
@@ -102,7 +134,10 @@ function acquireLock(processType, options) {
     opts.waitMs > 0
       ? binding.acquireWait(processType, nativeOptions(opts), opts.waitMs)
       : binding.acquire(processType, nativeOptions(opts))
-  if (out.error) fail(out.error, out.lockFile, sink)
+  if (out.error) {
+    if (!out.held) forget(out.lockFile)
+    fail(out.error, out.lockFile, sink)
+  }
   return adopt(out, processType, opts, sink)
 }
 
@@ -131,6 +166,29 @@ function abortedError(signal) {
 }
 
 /**
+ * `acquireLockAsync` calls in flight in this module instance, by lock file. A call aborted after
+ * its native wait took the lock gives the lock back, but only once every other call for that
+ * lock has settled, and only if none of them (nor any `acquireLock`) returned it meanwhile: their
+ * results may already be on their way, built on the hold the aborted call took.
+ */
+const inFlight = new Map()
+
+function enterFlight(lockFile) {
+  let flight = inFlight.get(lockFile)
+  if (!flight) inFlight.set(lockFile, (flight = { count: 0, giveBack: null }))
+  flight.count++
+  return flight
+}
+
+function leaveFlight(lockFile) {
+  const flight = inFlight.get(lockFile)
+  if (--flight.count > 0) return
+  inFlight.delete(lockFile)
+  const back = flight.giveBack
+  if (back && !held.has(lockFile)) binding.release(back.processType, back.native)
+}
+
+/**
  * Takes the lock for `processType`, waiting without blocking the event loop until the holder
  * lets go (release, exit, any death), for up to `timeoutMs` (default: no limit). Rejects with
  * `LockConflictError` (with `waitedMs`) at the timeout, `LockAbortedError` when `signal` aborts.
@@ -140,31 +198,43 @@ async function acquireLockAsync(processType, options) {
   const sink = sinkFor(opts.log)
   const { signal } = opts
   if (signal && signal.aborted) throw abortedError(signal)
-  const waitId = nextWaitId
-  nextWaitId = nextWaitId >= 0xffffffff ? 1 : nextWaitId + 1
-  const onAbort = () => binding.cancelWait(waitId)
-  if (signal) signal.addEventListener('abort', onAbort, { once: true })
-  let out
+  const native = nativeOptions(opts)
+  const where = binding.lockPath(processType, native)
+  if (where.error) throw errorFromFailure(where.error)
+  const flight = enterFlight(where.lockFile)
   try {
-    const timeout = opts.timeoutMs === Infinity ? undefined : opts.timeoutMs
-    out = await binding.acquireAsync(processType, nativeOptions(opts), timeout, waitId)
+    const waitId = nextWaitId
+    nextWaitId = nextWaitId >= 0xffffffff ? 1 : nextWaitId + 1
+    const onAbort = () => binding.cancelWait(waitId)
+    if (signal) signal.addEventListener('abort', onAbort, { once: true })
+    let out
+    try {
+      const timeout = opts.timeoutMs === Infinity ? undefined : opts.timeoutMs
+      out = await binding.acquireAsync(processType, native, timeout, waitId)
+    } finally {
+      if (signal) signal.removeEventListener('abort', onAbort)
+    }
+    if (out.error) {
+      if (!out.held) forget(out.lockFile)
+      if (out.error.code === 'LOCK_ABORTED' && signal) throw abortedError(signal)
+      fail(out.error, out.lockFile, sink)
+    }
+    if (signal && signal.aborted) {
+      // Aborted after the native wait had taken the lock. A hold this module instance had
+      // before stays, as with any other acquire of a held lock; a new one is given back.
+      if (!out.alreadyHeld) flight.giveBack = { processType, native }
+      throw abortedError(signal)
+    }
+    return adopt(out, processType, opts, sink)
   } finally {
-    if (signal) signal.removeEventListener('abort', onAbort)
+    leaveFlight(where.lockFile)
   }
-  if (out.error) {
-    if (out.error.code === 'LOCK_ABORTED' && signal) throw abortedError(signal)
-    fail(out.error, out.lockFile, sink)
-  }
-  if (signal && signal.aborted) {
-    // Aborted after the native wait had already taken the lock: give it back, unless the
-    // process held it before (then it stays, as with any other acquire of a held lock).
-    if (!out.alreadyHeld && !held.has(out.lockFile)) binding.release(processType, nativeOptions(opts))
-    throw abortedError(signal)
-  }
-  return adopt(out, processType, opts, sink)
 }
 
-/** Releases the lock if this process holds it. True when its file was removed. */
+/**
+ * Lets go of this module instance's hold of the lock. True when the lock file was removed. While
+ * another worker thread of the process still holds the lock, the lock and its file stay: false.
+ */
 function releaseLock(processType, options) {
   const opts = checkOptions(processType, options)
   const out = release(processType, nativeOptions(opts), sinkFor(opts.log))
@@ -172,7 +242,10 @@ function releaseLock(processType, options) {
   return out.removed
 }
 
-/** The live holder's record, or null when there is no lock or only a stale one. */
+/**
+ * The live holder's record, or null when there is no lock or only a stale one. Ours only while
+ * the lock path still names the file this process holds.
+ */
 function getLockInfo(processType, options) {
   const opts = checkOptions(processType, options)
   const out = binding.lockInfo(processType, nativeOptions(opts))
@@ -188,8 +261,19 @@ function forceRemoveLock(processType, options) {
   const opts = checkOptions(processType, options)
   const out = binding.forceRemoveLock(processType, nativeOptions(opts))
   if (out.error) throw errorFromFailure(out.error, out.lockFile)
-  if (held.delete(out.lockFile) && held.size === 0) lifecycle.uninstallSoon()
+  forget(out.lockFile)
   return out.removed
+}
+
+/**
+ * Whether this process still holds the lock file at the lock path: false once it was removed by
+ * force, replaced, or its directory moved. One `lstat`, no directory scan.
+ */
+function isLockHeld(processType, options) {
+  const opts = checkOptions(processType, options)
+  const out = binding.isHeld(processType, nativeOptions(opts))
+  if (out.error) throw errorFromFailure(out.error, out.lockFile)
+  return out.held
 }
 
 /** Every lock file in the directory, with its state. */
@@ -197,6 +281,7 @@ function listLocks(options) {
   const opts = options == null ? {} : options
   if (typeof opts !== 'object') throw invalidOption('options must be an object')
   if (opts.dir !== undefined && typeof opts.dir !== 'string') throw invalidOption('dir must be a string')
+  holder()
   const out = binding.list(orEnv(opts.dir, 'PROCESSLOCK_DIR'))
   if (out.error) throw errorFromFailure(out.error)
   return out.locks.map((l) => ({
@@ -224,6 +309,7 @@ module.exports = {
   releaseLock,
   getLockInfo,
   forceRemoveLock,
+  isLockHeld,
   listLocks,
   lockFilePath,
   ProcessLockError: errors.ProcessLockError,

@@ -8,6 +8,7 @@ export const {
   releaseLock,
   getLockInfo,
   forceRemoveLock,
+  isLockHeld,
   listLocks,
   lockFilePath,
   ProcessLockError,

@@ -165,12 +165,15 @@ describe('API behaviour', () => {
     expect(r.stdout.trim()).toBe('function true function')
   })
 
-  test('default directory: runtime/locks under the nearest package.json', async () => {
+  test('default directory without an entry script: runtime/locks under the package.json nearest the working directory', async () => {
     const project = tempDir('api-project')
     fs.writeFileSync(path.join(project, 'package.json'), '{"name":"app"}')
     const sub = path.join(project, 'server', 'lib')
     fs.mkdirSync(sub, { recursive: true })
-    const r = await run('try-acquire.js', { cwd: sub, env: { PROCESSLOCK_DIR: '' } })
+    // `node -e` has no entry script.
+    const code = `const { acquireLock } = require(${JSON.stringify(ROOT)}); console.log(JSON.stringify({ ok: !!acquireLock('backend', { log: false }) }))`
+    const r = spawnSync(process.execPath, ['-e', code], { cwd: sub, encoding: 'utf8', env: { ...process.env, PROCESSLOCK_DIR: '', TRADE_SIDE: 'SHORT' } })
+    expect(r.stderr).toBe('')
     expect(JSON.parse(r.stdout).ok).toBe(true)
     // It exited, so it released; the directory was created where expected.
     expect(fs.existsSync(path.join(project, 'runtime', 'locks'))).toBe(true)

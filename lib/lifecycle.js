@@ -67,7 +67,8 @@ function install(release, holds) {
   if (installed) return
   installed = true
   process.on('exit', onExit)
-  // Signal listeners are a main-thread feature; a worker's locks go with its 'exit'.
+  // Signal listeners are a main-thread feature; a worker's locks go with its 'exit' (and, for
+  // `worker.terminate()`, with the clean-up of its Node environment: see `openHolder`).
   if (!isMainThread) return
   for (const signal of SIGNALS) {
     const handler = () => onSignal(signal)

@@ -6,16 +6,18 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard, Once};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, Once, OnceLock};
 use std::time::{Duration, Instant};
 
+use napi::Env;
 use napi_derive::napi;
 use processlock::{
-    force_remove, inspect, report, resolve_dir, wait_for, Cancel, Error, Inspection, LockName,
-    LockState, LockTarget, Record, Registry, Taken,
+    app_default_dir, force_remove, inspect, real_dir, report, resolve_dir_or, wait_for, Cancel,
+    Error, Holder, Inspection, LockName, LockState, LockTarget, Record, Registry, Release, Taken,
 };
 
+/// What this process holds, for every JavaScript module instance (one per worker thread) in it.
 static REGISTRY: Registry = Registry::new();
 
 #[napi(object)]
@@ -26,6 +28,38 @@ pub struct LockOptions {
     pub process_name: Option<String>,
     /// Nobody reads the log lines: do not build them.
     pub quiet: Option<bool>,
+    /// The JS module instance that takes or lets go of the lock (`open_holder`); 0 if absent.
+    pub holder: Option<u32>,
+}
+
+impl LockOptions {
+    fn holder(&self) -> Holder {
+        Holder::from(self.holder.unwrap_or(0))
+    }
+}
+
+/// A holder id for a JS module instance (each worker thread loads its own). When its thread's
+/// Node environment goes away (a worker ends, even by `terminate()`), its holds go with it, and
+/// only its own: the lock file stays while another thread of the process still holds it.
+#[napi]
+pub fn open_holder(env: Env) -> napi::Result<u32> {
+    static NEXT: AtomicU32 = AtomicU32::new(1);
+    let id = NEXT.fetch_add(1, Ordering::Relaxed);
+    env.add_env_cleanup_hook(id, |id| {
+        REGISTRY.release_holder(Holder::from(id));
+    })?;
+    Ok(id)
+}
+
+static APP_ENTRY: OnceLock<PathBuf> = OnceLock::new();
+
+/// The application's entry script, from which the default lock directory is found. The first
+/// one given in the process counts; the directory itself is fixed the first time it is needed.
+#[napi]
+pub fn set_app_entry(entry: String) {
+    if !entry.is_empty() {
+        let _ = APP_ENTRY.set(PathBuf::from(entry));
+    }
 }
 
 #[napi(object)]
@@ -130,8 +164,37 @@ fn path_string(p: &Path) -> String {
 
 fn target(process_type: &str, options: &LockOptions) -> processlock::Result<LockTarget> {
     let name = LockName::from_env(process_type, options.trade_side.as_deref())?;
-    let dir = resolve_dir(options.dir.as_deref().map(Path::new))?;
+    let dir = lock_dir(options.dir.as_deref())?;
     Ok(LockTarget::new(dir, name))
+}
+
+/// The lock directory, as its real path: the registry knows a lock by it, so the same directory
+/// reached through a symlink or `..` is the same lock. The default directory is resolved once per
+/// process, so a later `process.chdir` does not move it.
+fn lock_dir(explicit: Option<&str>) -> processlock::Result<PathBuf> {
+    static DEFAULT: OnceLock<PathBuf> = OnceLock::new();
+    let dir = resolve_dir_or(explicit.map(Path::new), |cwd| {
+        Ok(DEFAULT
+            .get_or_init(|| app_default_dir(APP_ENTRY.get().map(PathBuf::as_path), cwd))
+            .clone())
+    })?;
+    Ok(real_dir_cached(dir))
+}
+
+/// `real_dir`, remembered once the directory exists (it is made at the first acquire).
+fn real_dir_cached(dir: PathBuf) -> PathBuf {
+    static KNOWN: Mutex<Option<HashMap<PathBuf, PathBuf>>> = Mutex::new(None);
+    let known = || KNOWN.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(real) = known().as_ref().and_then(|m| m.get(&dir)) {
+        return real.clone();
+    }
+    let (real, exists) = real_dir(&dir);
+    if exists {
+        known()
+            .get_or_insert_with(HashMap::new)
+            .insert(dir, real.clone());
+    }
+    real
 }
 
 #[napi(object)]
@@ -139,7 +202,11 @@ fn target(process_type: &str, options: &LockOptions) -> processlock::Result<Lock
 pub struct AcquireOutcome {
     pub info: Option<LockRecord>,
     pub lock_file: Option<String>,
+    /// The calling holder already held the lock.
     pub already_held: bool,
+    /// The calling holder holds the lock after this call (also after a failure: a hold whose
+    /// file was lost is dropped).
+    pub held: bool,
     /// Log lines, in order, for the JS layer's logger.
     pub lines: Vec<String>,
     pub error: Option<Failure>,
@@ -153,8 +220,8 @@ pub fn acquire(process_type: String, options: Option<LockOptions>) -> AcquireOut
         Err(e) => return acquire_failure(e, None, None),
     };
     install_exit_backstop();
-    let result = REGISTRY.acquire(&target, options.process_name.as_deref());
-    taken_outcome(result, &target, options.quiet.unwrap_or(false))
+    let result = REGISTRY.acquire(&target, options.process_name.as_deref(), options.holder());
+    taken_outcome(result, &target, &options)
 }
 
 /// The outcome of an acquisition through the registry. A new hold also wakes this process's
@@ -162,8 +229,9 @@ pub fn acquire(process_type: String, options: Option<LockOptions>) -> AcquireOut
 fn taken_outcome(
     result: processlock::Result<Taken>,
     target: &LockTarget,
-    quiet: bool,
+    options: &LockOptions,
 ) -> AcquireOutcome {
+    let quiet = options.quiet.unwrap_or(false);
     match result {
         Ok(taken) => {
             let mut lines = Vec::new();
@@ -175,21 +243,25 @@ fn taken_outcome(
                         .map(|ev| report::event(ev, &target.path)),
                 );
             }
-            if !taken.already_held {
-                if !quiet {
-                    lines.push(report::acquired(&target.name, taken.record.pid));
-                }
+            if !taken.already_held && !quiet {
+                lines.push(report::acquired(&target.name, taken.record.pid));
+            }
+            if taken.file_taken {
                 WAITS.nudge(&target.path);
             }
             AcquireOutcome {
                 info: Some(taken.record.into()),
                 lock_file: Some(path_string(&target.path)),
                 already_held: taken.already_held,
+                held: true,
                 lines,
                 error: None,
             }
         }
-        Err(e) => acquire_failure(e, Some(&target.name), Some(&target.path)),
+        Err(e) => AcquireOutcome {
+            held: REGISTRY.is_holder(&target.path, options.holder()),
+            ..acquire_failure(e, Some(&target.name), Some(&target.path))
+        },
     }
 }
 
@@ -275,11 +347,12 @@ fn acquire_waiting(
     install_exit_backstop();
     let cancel = WAITS.begin(key, &target.path);
     let name = options.process_name.as_deref();
+    let holder = options.holder();
     let result = wait_for(&target, deadline, &cancel, || {
-        REGISTRY.acquire(&target, name)
+        REGISTRY.acquire(&target, name, holder)
     });
     WAITS.end(key);
-    taken_outcome(result, &target, options.quiet.unwrap_or(false))
+    taken_outcome(result, &target, options)
 }
 
 static WAITS: Waits = Waits::new();
@@ -381,6 +454,7 @@ fn acquire_failure(e: Error, name: Option<&LockName>, path: Option<&PathBuf>) ->
         info: None,
         lock_file: path.map(|p| path_string(p)),
         already_held: false,
+        held: false,
         lines: Vec::new(),
         error: Some(Failure::from_error(e, name)),
     }
@@ -391,7 +465,7 @@ fn acquire_failure(e: Error, name: Option<&LockName>, path: Option<&PathBuf>) ->
 pub struct ReleaseOutcome {
     /// The lock file was ours and was removed.
     pub removed: bool,
-    /// This process held the lock (whether or not its file was still there).
+    /// The calling holder held the lock (whether or not its file was still there).
     pub held: bool,
     pub lock_file: Option<String>,
     pub lines: Vec<String>,
@@ -406,12 +480,18 @@ pub fn release(process_type: String, options: Option<LockOptions>) -> ReleaseOut
         Err(e) => return ReleaseOutcome::failed(e),
     };
     let lock_file = Some(path_string(&target.path));
-    match REGISTRY.release(&target.path) {
-        None => ReleaseOutcome {
+    match REGISTRY.release(&target.path, options.holder()) {
+        Release::NotHeld => ReleaseOutcome {
             lock_file,
             ..Default::default()
         },
-        Some((record, Ok(removed))) => ReleaseOutcome {
+        // Other holders in this process still hold it: the lock and its file stay.
+        Release::KeptByOthers => ReleaseOutcome {
+            held: true,
+            lock_file,
+            ..Default::default()
+        },
+        Release::Released(record, Ok(removed)) => ReleaseOutcome {
             removed,
             held: true,
             lock_file,
@@ -422,7 +502,7 @@ pub fn release(process_type: String, options: Option<LockOptions>) -> ReleaseOut
             },
             error: None,
         },
-        Some((_, Err(e))) => ReleaseOutcome {
+        Release::Released(_, Err(e)) => ReleaseOutcome {
             lock_file,
             ..ReleaseOutcome::failed(e)
         },
@@ -463,7 +543,7 @@ pub fn lock_info(process_type: String, options: Option<LockOptions>) -> InfoOutc
             return Ok((Some(record), t));
         }
         match inspect(&t.path)? {
-            Inspection::Held(r) if r.pid != 0 => Ok((Some(r), t)),
+            Inspection::Held(r) | Inspection::HeldUnlocked(r, _) if r.pid != 0 => Ok((Some(r), t)),
             _ => Ok((None, t)),
         }
     });
@@ -489,8 +569,14 @@ pub struct RemoveOutcome {
 pub fn force_remove_lock(process_type: String, options: Option<LockOptions>) -> RemoveOutcome {
     let options = options.unwrap_or_default();
     let result = target(&process_type, &options).and_then(|t| {
-        // Our own hold goes too: the file it protected is gone.
-        REGISTRY.forget(&t.path);
+        // Our own lock is removed by its holder, which keeps its OS lock until the file is gone:
+        // removing it by name after letting go could delete the file of a waiter that took the
+        // lock in between. Every holder in this process loses it.
+        if let Some(lock) = REGISTRY.take(&t.path) {
+            if lock.release()? {
+                return Ok((true, t));
+            }
+        }
         Ok((force_remove(&t.path)?, t))
     });
     match result {
@@ -525,8 +611,7 @@ pub struct ListOutcome {
 
 #[napi]
 pub fn list(dir: Option<String>) -> ListOutcome {
-    let result = resolve_dir(dir.as_deref().map(Path::new))
-        .and_then(|d| Ok((processlock::list_locks(&d)?, d)));
+    let result = lock_dir(dir.as_deref()).and_then(|d| Ok((processlock::list_locks(&d)?, d)));
     match result {
         Ok((locks, d)) => ListOutcome {
             dir: Some(path_string(&d)),
@@ -551,6 +636,29 @@ pub fn list(dir: Option<String>) -> ListOutcome {
     }
 }
 
+#[napi(object)]
+#[derive(Default)]
+pub struct HeldOutcome {
+    pub held: bool,
+    pub lock_file: Option<String>,
+    pub error: Option<Failure>,
+}
+
+failed_outcomes!(HeldOutcome);
+
+/// Whether this process holds the lock file that is at the lock path now (one `lstat`).
+#[napi]
+pub fn is_held(process_type: String, options: Option<LockOptions>) -> HeldOutcome {
+    match target(&process_type, &options.unwrap_or_default()) {
+        Ok(t) => HeldOutcome {
+            held: REGISTRY.holds(&t.path),
+            lock_file: Some(path_string(&t.path)),
+            error: None,
+        },
+        Err(e) => HeldOutcome::failed(e),
+    }
+}
+
 /// The lock file path for a name, without touching the disk.
 #[napi]
 pub fn lock_path(process_type: String, options: Option<LockOptions>) -> InfoOutcome {
@@ -572,6 +680,8 @@ fn install_exit_backstop() {
     extern "C" fn at_exit() {
         REGISTRY.try_release_all();
     }
+    // SAFETY: `at_exit` is a plain `extern "C"` function without arguments that lives as long
+    // as the process; registering it has no other precondition.
     ONCE.call_once(|| unsafe {
         libc::atexit(at_exit);
     });

@@ -6,6 +6,7 @@ import {
   releaseLock,
   getLockInfo,
   forceRemoveLock,
+  isLockHeld,
   listLocks,
   lockFilePath,
   acquireLockOrExit,
@@ -54,6 +55,7 @@ const held: LockInfo = acquireLock(custom, {
 const removed: boolean = releaseLock(custom, { dir: '/tmp/locks', log: false })
 const forced: boolean = forceRemoveLock('worker', { tradeSide: 'LONG', log: 'silent' })
 const path: string = lockFilePath('backend')
+const stillOurs: boolean = isLockHeld('backend', { tradeSide: 'SHORT' })
 const all: LockStatus[] = listLocks({ dir: '/tmp/locks' })
 for (const l of all) {
   if (l.state === 'held' && l.record) console.log(l.file, l.record.pid, l.isOwn)
@@ -83,7 +85,7 @@ async function startWorker(signal: AbortSignal): Promise<LockInfo | null> {
 }
 void startWorker(AbortSignal.timeout(30_000))
 
-console.log(held, removed, forced, path)
+console.log(held, removed, forced, path, stillOurs)
 
 // A lock directory other users could tamper with is refused: the error names it.
 try {

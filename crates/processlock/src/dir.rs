@@ -11,16 +11,63 @@ pub const DIR_ENV: &str = "PROCESSLOCK_DIR";
 /// `cwd` itself. A service started from a sub-directory of its project still finds the project's
 /// locks.
 pub fn default_dir(cwd: &Path) -> PathBuf {
-    let root = cwd
-        .ancestors()
-        .find(|p| p.join("package.json").is_file())
-        .unwrap_or(cwd);
-    root.join("runtime").join("locks")
+    package_root(cwd)
+        .unwrap_or(cwd)
+        .join("runtime")
+        .join("locks")
 }
 
-/// The lock directory for an explicit `dir` option, else `$PROCESSLOCK_DIR`, else the default.
-/// Relative paths are taken from the working directory. Nothing is created here.
+/// The default directory of an application whose entry script is `entry`: `runtime/locks` under
+/// the nearest ancestor of the script holding a `package.json`, so that the same service finds
+/// the same lock however and from wherever it is started (PM2, systemd, cron). Without an entry
+/// script, or without a `package.json` above it, the rule of `default_dir` applies to `cwd`.
+pub fn app_default_dir(entry: Option<&Path>, cwd: &Path) -> PathBuf {
+    let entry = entry.map(|e| {
+        let absolute = cwd.join(e);
+        std::fs::canonicalize(&absolute).unwrap_or(absolute)
+    });
+    match entry
+        .as_deref()
+        .and_then(Path::parent)
+        .and_then(package_root)
+    {
+        Some(root) => root.join("runtime").join("locks"),
+        None => default_dir(cwd),
+    }
+}
+
+/// The nearest ancestor of `start` (itself included) with a `package.json` that describes a
+/// project. Build output directories often hold one that only sets the module `type` for the
+/// files below it (`{ "type": "commonjs" }`): that is not the project's root.
+fn package_root(start: &Path) -> Option<&Path> {
+    start
+        .ancestors()
+        .find(|p| is_project_manifest(&p.join("package.json")))
+}
+
+fn is_project_manifest(file: &Path) -> bool {
+    let Ok(text) = std::fs::read(file) else {
+        return false;
+    };
+    match serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&text) {
+        Ok(fields) => !(fields.len() == 1 && fields.contains_key("type")),
+        // Unreadable as JSON: still a package.json someone put there; count it.
+        Err(_) => true,
+    }
+}
+
+/// The lock directory for an explicit `dir` option, else `$PROCESSLOCK_DIR`, else the default
+/// (`default_dir` of the working directory). Relative paths are taken from the working
+/// directory. Nothing is created here.
 pub fn resolve_dir(explicit: Option<&Path>) -> Result<PathBuf> {
+    resolve_dir_or(explicit, |cwd| Ok(default_dir(cwd)))
+}
+
+/// `resolve_dir` with the default directory chosen by `default` (given the working directory).
+pub fn resolve_dir_or(
+    explicit: Option<&Path>,
+    default: impl FnOnce(&Path) -> Result<PathBuf>,
+) -> Result<PathBuf> {
     let cwd = || std::env::current_dir().map_err(|e| Error::io("getcwd", ".", e));
     let chosen = match explicit {
         Some(p) if !p.as_os_str().is_empty() => Some(p.to_path_buf()),
@@ -28,11 +75,51 @@ pub fn resolve_dir(explicit: Option<&Path>) -> Result<PathBuf> {
             .filter(|v| !v.is_empty())
             .map(PathBuf::from),
     };
-    Ok(match chosen {
-        Some(p) if p.is_absolute() => p,
-        Some(p) => cwd()?.join(p),
-        None => default_dir(&cwd()?),
-    })
+    match chosen {
+        Some(p) if p.is_absolute() => Ok(p),
+        Some(p) => Ok(cwd()?.join(p)),
+        None => default(&cwd()?),
+    }
+}
+
+/// The directory's real path: symlinks and `.`/`..` resolved, so that one directory reached two
+/// ways is one lock directory. Components that do not exist yet (the directory is made at the
+/// first acquire) cannot be symlinks: they are appended to the real path of the deepest one that
+/// exists, `..` among them taken lexically. The second value tells whether the whole directory
+/// existed (then the answer can be kept: it will not change when the directory is made).
+pub fn real_dir(dir: &Path) -> (PathBuf, bool) {
+    if cfg!(windows) {
+        // `canonicalize` answers `\\?\` paths there, which people do not recognise.
+        return (dir.to_path_buf(), true);
+    }
+    if let Ok(real) = std::fs::canonicalize(dir) {
+        return (real, true);
+    }
+    let mut missing = Vec::new();
+    let mut existing = dir;
+    let real = loop {
+        match existing.parent() {
+            Some(parent) => {
+                missing.push(existing.file_name());
+                existing = parent;
+                if let Ok(real) = std::fs::canonicalize(existing) {
+                    break real;
+                }
+            }
+            None => return (dir.to_path_buf(), false),
+        }
+    };
+    let mut out = real;
+    for part in missing.into_iter().rev() {
+        match part {
+            Some(name) => out.push(name),
+            // `..` (file_name() is None for it): a missing component is no symlink.
+            None => {
+                out.pop();
+            }
+        }
+    }
+    (out, false)
 }
 
 #[cfg(unix)]
@@ -84,6 +171,51 @@ mod tests {
         assert_eq!(default_dir(&deep), deep.join("runtime/locks"));
         std::fs::write(base.join("app/package.json"), "{}").unwrap();
         assert_eq!(default_dir(&deep), base.join("app/runtime/locks"));
+        std::fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[test]
+    fn app_default_dir_follows_the_entry_script_not_the_working_directory() {
+        let base = std::env::temp_dir().join(format!("pl-appdir-{}", std::process::id()));
+        let dist = base.join("app/dist");
+        std::fs::create_dir_all(&dist).unwrap();
+        std::fs::write(base.join("app/package.json"), r#"{"name":"app"}"#).unwrap();
+        // A build directory's module-type marker is not the project's root.
+        std::fs::write(dist.join("package.json"), r#"{ "type": "commonjs" }"#).unwrap();
+        let entry = dist.join("server.js");
+        std::fs::write(&entry, "").unwrap();
+        let elsewhere = base.join("elsewhere");
+        std::fs::create_dir_all(&elsewhere).unwrap();
+        let locks = base.join("app/runtime/locks");
+        assert_eq!(app_default_dir(Some(&entry), &elsewhere), locks);
+        // Relative to the working directory, as `process.argv[1]` may be.
+        assert_eq!(
+            app_default_dir(Some(Path::new("dist/server.js")), &base.join("app")),
+            locks
+        );
+        // No entry script: the working directory's rule.
+        assert_eq!(
+            app_default_dir(None, &elsewhere),
+            elsewhere.join("runtime/locks")
+        );
+        assert_eq!(default_dir(&dist), locks);
+        std::fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn real_dir_resolves_symlinks_and_dot_dot_even_below_missing_directories() {
+        let base = std::env::temp_dir().join(format!("pl-realdir-{}", std::process::id()));
+        let real = base.join("real");
+        std::fs::create_dir_all(real.join("sub")).unwrap();
+        let real = std::fs::canonicalize(&real).unwrap();
+        std::os::unix::fs::symlink(&real, base.join("link")).unwrap();
+        assert_eq!(real_dir(&base.join("link")), (real.clone(), true));
+        assert_eq!(real_dir(&base.join("link/sub/..")), (real.clone(), true));
+        assert_eq!(
+            real_dir(&base.join("link/new/../locks")),
+            (real.join("locks"), false)
+        );
         std::fs::remove_dir_all(&base).unwrap();
     }
 

@@ -30,7 +30,9 @@ mod wait;
 
 pub use clear::{remove_if_stale, Removal};
 pub use clock::parse_iso8601_ms;
-pub use dir::{default_dir, ensure_dir, resolve_dir, DIR_ENV};
+pub use dir::{
+    app_default_dir, default_dir, ensure_dir, real_dir, resolve_dir, resolve_dir_or, DIR_ENV,
+};
 pub use error::{Conflict, DirProblem, Error, Result};
 pub use handoff::PendingLock;
 pub use inherit::INHERITED_ENV;
@@ -43,6 +45,6 @@ pub use protocol::{
     LockTarget,
 };
 pub use record::{parse_record, Parsed, Record, PROTOCOL};
-pub use registry::{Registry, Taken};
+pub use registry::{Holder, Registry, Release, Taken};
 pub use temp::sweep_orphan_temps;
 pub use wait::{acquire_wait, wait_for, Cancel};

@@ -1,6 +1,14 @@
-//! The locks this process holds, by path. It makes `acquire` idempotent inside one process
-//! (a second open file description would conflict with our own lock) and lets every lock be
-//! released at exit.
+//! The locks this process holds, by path: the one place that knows what this process owns.
+//!
+//! It makes `acquire` idempotent inside one process (a second open file description would
+//! conflict with our own lock) and lets every lock be released at exit.
+//!
+//! Several holders inside one process may take the same lock (the addon: each JavaScript module
+//! instance, one per worker thread, is a holder). The process owns one lock file for all of
+//! them; it is released when the last holder lets go, or when the process ends.
+//!
+//! "We hold it" always means the lock path still names the inode we hold: after the file was
+//! removed by force or replaced, or its directory moved, the hold is not counted as ours.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -10,9 +18,21 @@ use crate::error::Result;
 use crate::protocol::{acquire, Event, HeldLock, LockTarget};
 use crate::record::Record;
 
+/// Who takes a lock on the process's behalf: any number the caller chooses, one per party that
+/// must let go on its own (the addon uses one per JavaScript module instance).
+pub type Holder = u64;
+
+struct Entry {
+    lock: HeldLock,
+    /// Never empty: the entry goes when its last holder does.
+    holders: Vec<Holder>,
+}
+
+type Map = HashMap<PathBuf, Entry>;
+
 #[derive(Default)]
 pub struct Registry {
-    held: Mutex<Option<HashMap<PathBuf, HeldLock>>>,
+    held: Mutex<Option<Map>>,
 }
 
 /// The result of `Registry::acquire`.
@@ -20,8 +40,22 @@ pub struct Registry {
 pub struct Taken {
     pub record: Record,
     pub events: Vec<Event>,
-    /// This process already held the lock; nothing was done.
+    /// This holder already held the lock; nothing was done.
     pub already_held: bool,
+    /// A lock file was taken now (not only joined by another holder of this process).
+    pub file_taken: bool,
+}
+
+/// The result of `Registry::release`.
+#[derive(Debug)]
+pub enum Release {
+    /// This holder did not hold the lock.
+    NotHeld,
+    /// This holder let go, but others in this process still hold it: the file stays.
+    KeptByOthers,
+    /// The last holder let go: the lock was released. `Ok(true)`: its file was removed (it was
+    /// still ours).
+    Released(Box<Record>, Result<bool>),
 }
 
 impl Registry {
@@ -31,56 +65,143 @@ impl Registry {
         }
     }
 
-    fn map(&self) -> MutexGuard<'_, Option<HashMap<PathBuf, HeldLock>>> {
+    fn map(&self) -> MutexGuard<'_, Option<Map>> {
         // A panic while holding the guard cannot leave the map half-updated (inserts and
         // removes are single calls), so a poisoned map is still a correct map.
         self.held.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn acquire(&self, target: &LockTarget, process_name: Option<&str>) -> Result<Taken> {
+    /// Takes the lock for `holder`, or joins this process's hold of it. A hold whose file is no
+    /// longer at the path is dropped first and the lock taken anew: it may then conflict with
+    /// whoever holds the path now.
+    pub fn acquire(
+        &self,
+        target: &LockTarget,
+        process_name: Option<&str>,
+        holder: Holder,
+    ) -> Result<Taken> {
         let mut map = self.map();
         let map = map.get_or_insert_with(HashMap::new);
-        if let Some(held) = map.get(&target.path) {
-            return Ok(Taken {
-                record: held.record().clone(),
-                events: Vec::new(),
-                already_held: true,
-            });
+        let mut holders = Vec::new();
+        if let Some(entry) = map.get_mut(&target.path) {
+            if entry.lock.still_linked() {
+                let already_held = entry.holders.contains(&holder);
+                if !already_held {
+                    entry.holders.push(holder);
+                }
+                return Ok(Taken {
+                    record: entry.lock.record().clone(),
+                    events: Vec::new(),
+                    already_held,
+                    file_taken: false,
+                });
+            }
+            // Lost: closing it touches nothing at the path, which names another file or none.
+            // The other holders of this process keep their claim on the lock taken anew.
+            let lost = map.remove(&target.path).expect("just found");
+            holders = lost.holders;
+            holders.retain(|h| *h != holder);
         }
         let acquired = acquire(target, process_name)?;
         let record = acquired.lock.record().clone();
-        map.insert(target.path.clone(), acquired.lock);
+        holders.push(holder);
+        map.insert(
+            target.path.clone(),
+            Entry {
+                lock: acquired.lock,
+                holders,
+            },
+        );
         Ok(Taken {
             record,
             events: acquired.events,
             already_held: false,
+            file_taken: true,
         })
     }
 
+    /// The record of our lock at `path`, if the path still names it.
     pub fn get(&self, path: &Path) -> Option<Record> {
-        self.map().as_ref()?.get(path).map(|l| l.record().clone())
+        let map = self.map();
+        let entry = map.as_ref()?.get(path)?;
+        entry
+            .lock
+            .still_linked()
+            .then(|| entry.lock.record().clone())
     }
 
+    /// Whether this process holds the lock file that is at `path` now.
     pub fn holds(&self, path: &Path) -> bool {
-        self.map().as_ref().is_some_and(|m| m.contains_key(path))
+        self.map()
+            .as_ref()
+            .and_then(|m| m.get(path))
+            .is_some_and(|e| e.lock.still_linked())
     }
 
-    /// `None`: this process does not hold it. `Some(removed)`: released; `removed` tells whether
-    /// the file was still ours to remove.
-    pub fn release(&self, path: &Path) -> Option<(Record, Result<bool>)> {
-        let lock = self.map().as_mut()?.remove(path)?;
-        let record = lock.record().clone();
-        Some((record, lock.release()))
+    /// Whether `holder` has a hold on `path` (whether or not its file is still there).
+    pub fn is_holder(&self, path: &Path, holder: Holder) -> bool {
+        self.map()
+            .as_ref()
+            .and_then(|m| m.get(path))
+            .is_some_and(|e| e.holders.contains(&holder))
     }
 
-    /// Drops our hold without removing anything (after a forced removal of our own file).
-    pub fn forget(&self, path: &Path) -> bool {
-        self.map().as_mut().and_then(|m| m.remove(path)).is_some()
+    /// Lets go of `holder`'s hold; the lock itself goes with its last holder.
+    pub fn release(&self, path: &Path, holder: Holder) -> Release {
+        let mut guard = self.map();
+        let Some(map) = guard.as_mut() else {
+            return Release::NotHeld;
+        };
+        let Some(entry) = map.get_mut(path) else {
+            return Release::NotHeld;
+        };
+        let before = entry.holders.len();
+        entry.holders.retain(|h| *h != holder);
+        if entry.holders.len() == before {
+            return Release::NotHeld;
+        }
+        if !entry.holders.is_empty() {
+            return Release::KeptByOthers;
+        }
+        let lock = map.remove(path).expect("just found").lock;
+        drop(guard);
+        let record = Box::new(lock.record().clone());
+        Release::Released(record, lock.release())
+    }
+
+    /// Lets go of every hold of `holder` (it ended); the locks it was the last holder of are
+    /// released.
+    pub fn release_holder(&self, holder: Holder) -> Vec<(Record, Result<bool>)> {
+        let mut ended = Vec::new();
+        if let Some(map) = self.map().as_mut() {
+            let paths: Vec<PathBuf> = map
+                .iter_mut()
+                .filter_map(|(path, entry)| {
+                    entry.holders.retain(|h| *h != holder);
+                    entry.holders.is_empty().then(|| path.clone())
+                })
+                .collect();
+            ended.extend(paths.iter().filter_map(|p| map.remove(p)).map(|e| e.lock));
+        }
+        ended
+            .into_iter()
+            .map(|l| {
+                let record = l.record().clone();
+                (record, l.release())
+            })
+            .collect()
+    }
+
+    /// Takes the lock at `path` out of the registry whoever holds it, for a forced removal:
+    /// the caller removes the file while still holding its lock (`HeldLock::release`), so that
+    /// nobody can have taken the lock in between.
+    pub fn take(&self, path: &Path) -> Option<HeldLock> {
+        Some(self.map().as_mut()?.remove(path)?.lock)
     }
 
     pub fn release_all(&self) -> Vec<(Record, Result<bool>)> {
         let locks: Vec<HeldLock> = match self.map().as_mut() {
-            Some(m) => m.drain().map(|(_, l)| l).collect(),
+            Some(m) => m.drain().map(|(_, e)| e.lock).collect(),
             None => return Vec::new(),
         };
         locks
@@ -99,7 +220,7 @@ impl Registry {
             return 0;
         };
         let locks: Vec<HeldLock> = match guard.as_mut() {
-            Some(m) => m.drain().map(|(_, l)| l).collect(),
+            Some(m) => m.drain().map(|(_, e)| e.lock).collect(),
             None => return 0,
         };
         drop(guard);

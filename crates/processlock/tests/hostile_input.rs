@@ -3,8 +3,6 @@
 
 mod support;
 
-use std::fs;
-
 use processlock::{acquire, inspect, Inspection, MAX_PROCESS_NAME_LEN};
 use support::TestDir;
 

@@ -7,7 +7,7 @@ use std::fs;
 
 use processlock::{
     acquire, force_remove, inspect, parse_record, start_token, Error, Inspection, Parsed, Registry,
-    PROTOCOL,
+    Release, PROTOCOL,
 };
 use support::{Outcome, Proc, TestDir};
 
@@ -111,9 +111,9 @@ fn registry_makes_acquire_idempotent_within_a_process() {
     let dir = TestDir::new("registry");
     let t = dir.target("backend", None);
     let reg = Registry::new();
-    let a = reg.acquire(&t, None).unwrap();
+    let a = reg.acquire(&t, None, 1).unwrap();
     assert!(!a.already_held);
-    let b = reg.acquire(&t, None).unwrap();
+    let b = reg.acquire(&t, None, 1).unwrap();
     assert!(b.already_held);
     assert_eq!(a.record, b.record);
     assert!(reg.holds(&t.path));
@@ -127,11 +127,53 @@ fn registry_makes_acquire_idempotent_within_a_process() {
     );
     other.wait_success();
 
-    let (rec, removed) = reg.release(&t.path).unwrap();
-    assert_eq!(rec, a.record);
+    let Release::Released(rec, removed) = reg.release(&t.path, 1) else {
+        panic!("the only holder let go")
+    };
+    assert_eq!(*rec, a.record);
     assert!(removed.unwrap());
-    assert!(reg.release(&t.path).is_none());
+    assert!(matches!(reg.release(&t.path, 1), Release::NotHeld));
     assert!(!t.path.exists());
+    dir.finish();
+}
+
+#[test]
+fn registry_keeps_a_lock_until_its_last_holder_lets_go() {
+    let dir = TestDir::new("registry-holders");
+    let t = dir.target("backend", None);
+    let reg = Registry::new();
+    let a = reg.acquire(&t, None, 1).unwrap();
+    assert!(a.file_taken);
+    let b = reg.acquire(&t, None, 2).unwrap();
+    assert!(!b.already_held && !b.file_taken);
+    assert!(matches!(reg.release(&t.path, 3), Release::NotHeld));
+    assert!(matches!(reg.release(&t.path, 1), Release::KeptByOthers));
+    assert!(t.path.exists() && reg.holds(&t.path));
+    assert!(reg.is_holder(&t.path, 2) && !reg.is_holder(&t.path, 1));
+    let ended = reg.release_holder(2);
+    assert_eq!(ended.len(), 1);
+    assert!(ended.into_iter().next().unwrap().1.unwrap());
+    assert!(!t.path.exists() && !reg.holds(&t.path));
+    dir.finish();
+}
+
+#[test]
+fn registry_does_not_count_a_lost_file_as_held() {
+    let dir = TestDir::new("registry-lost");
+    let t = dir.target("backend", None);
+    let reg = Registry::new();
+    reg.acquire(&t, None, 1).unwrap();
+    std::fs::remove_file(&t.path).unwrap();
+    assert!(!reg.holds(&t.path));
+    assert!(reg.get(&t.path).is_none());
+    // The idempotent acquire takes it anew instead of answering "already held".
+    let again = reg.acquire(&t, None, 1).unwrap();
+    assert!(again.file_taken && !again.already_held);
+    assert!(reg.holds(&t.path));
+    assert!(matches!(
+        reg.release(&t.path, 1),
+        Release::Released(_, Ok(true))
+    ));
     dir.finish();
 }
 
