@@ -1,0 +1,85 @@
+//! How a holder learns that its lock is lost: a flag to check before acting, callbacks run at
+//! the moment of loss, and a blocking wait.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::Duration;
+
+use crate::error::Lost;
+
+/// Called once, on the holder's heartbeat thread (or at once on the caller's thread when the
+/// lock is already lost). It must not block for long: the session is closed after it returns.
+pub type OnLost = Box<dyn FnOnce(&Lost) + Send>;
+
+#[derive(Default)]
+pub(crate) struct LossWatch {
+    lost: AtomicBool,
+    state: Mutex<State>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct State {
+    lost: Option<Lost>,
+    hooks: Vec<OnLost>,
+}
+
+impl LossWatch {
+    fn state(&self) -> MutexGuard<'_, State> {
+        // Hooks are taken out before they run, so a panicking hook leaves a consistent state.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn is_lost(&self) -> bool {
+        self.lost.load(Ordering::SeqCst)
+    }
+
+    pub fn lost(&self) -> Option<Lost> {
+        self.state().lost.clone()
+    }
+
+    pub fn on_lost(&self, hook: OnLost) {
+        let mut state = self.state();
+        match state.lost.clone() {
+            Some(lost) => {
+                drop(state);
+                hook(&lost);
+            }
+            None => state.hooks.push(hook),
+        }
+    }
+
+    /// Records the loss (once), then runs the hooks outside the lock.
+    pub fn declare(&self, lost: Lost) {
+        let hooks = {
+            let mut state = self.state();
+            if state.lost.is_some() {
+                return;
+            }
+            self.lost.store(true, Ordering::SeqCst);
+            state.lost = Some(lost.clone());
+            std::mem::take(&mut state.hooks)
+        };
+        self.changed.notify_all();
+        for hook in hooks {
+            hook(&lost);
+        }
+    }
+
+    pub fn wait(&self, timeout: Option<Duration>) -> Option<Lost> {
+        let state = self.state();
+        let state = match timeout {
+            Some(t) => {
+                self.changed
+                    .wait_timeout_while(state, t, |s| s.lost.is_none())
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0
+            }
+            None => self
+                .changed
+                .wait_while(state, |s| s.lost.is_none())
+                .unwrap_or_else(|p| p.into_inner()),
+        };
+        state.lost.clone()
+    }
+}
