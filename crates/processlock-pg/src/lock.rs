@@ -45,7 +45,8 @@ pub fn acquire_wait(
     deadline: Option<Instant>,
     cancel: &Cancel,
 ) -> Result<PgHeld> {
-    start(opts, name, Some((deadline, cancel.clone())))
+    let started = Instant::now();
+    start(opts, name, Some((deadline, cancel.clone(), started)))
 }
 
 /// Who holds the lock, as the server's lock manager says; `None` when nobody does.
@@ -119,6 +120,12 @@ impl PgHeld {
         self.watch.on_lost(hook)
     }
 
+    /// Until when the lock is certainly this process's: the loss deadline, moved on by every
+    /// confirmed heartbeat. Past it, or once `is_lost`, assume nothing.
+    pub fn guaranteed_until(&self) -> Instant {
+        self.watch.until()
+    }
+
     /// Blocks until the lock is lost or `timeout` passes (`None`: no limit).
     pub fn wait_lost(&self, timeout: Option<Duration>) -> Option<Lost> {
         self.watch.wait(timeout)
@@ -153,7 +160,8 @@ impl Drop for PgHeld {
     }
 }
 
-type Wait = (Option<Instant>, Cancel);
+/// The deadline, the cancel token, and when the caller started waiting.
+type Wait = (Option<Instant>, Cancel, Instant);
 
 struct Granted {
     fencing_token: i64,
@@ -170,7 +178,8 @@ fn start(opts: &PgOptions, name: &LockName, wait: Option<Wait>) -> Result<PgHeld
     let (granted_tx, granted_rx) = mpsc::sync_channel(1);
     let (release_tx, release_rx) = oneshot::channel();
     let (released_tx, released_rx) = mpsc::sync_channel(1);
-    let watch = Arc::new(LossWatch::default());
+    // Replaced by the real deadline before the caller sees the lock.
+    let watch = Arc::new(LossWatch::new(Instant::now()));
     let server = s.server.clone();
     let job = Job {
         s,
@@ -281,6 +290,7 @@ impl Job {
                 fencing_token: token,
                 backend_pid: session.backend_pid,
             };
+            self.watch.extend(confirmed_sent + self.s.lost_after());
             if granted.send(Ok(reply)).is_err() {
                 // Nobody is waiting for this lock any more.
                 let _ = self.release_now(&session).await;
@@ -312,7 +322,9 @@ impl Job {
         let session = Session::open(&self.s).await?;
         match wait {
             None => self.try_once(&session, 0).await?,
-            Some((deadline, cancel)) => self.wait_for(&session, deadline, &cancel).await?,
+            Some((deadline, cancel, started)) => {
+                self.wait_for(&session, deadline, &cancel, started).await?
+            }
         }
         // The server keeps the lock at least a lease after it answered the claim; the claim
         // must be answered in time for the holder to have any of it left.
@@ -374,8 +386,8 @@ impl Job {
         session: &Session,
         deadline: Option<Instant>,
         cancel: &Cancel,
+        started: Instant,
     ) -> Result<()> {
-        let started = Instant::now();
         loop {
             if cancel.is_cancelled() {
                 return Err(Error::Aborted);
@@ -473,7 +485,10 @@ impl Job {
                 return Outcome::Lost(silent());
             }
             match answer {
-                Ok(row) if row.first().map(String::as_str) == Some("1") => confirmed_sent = sent,
+                Ok(row) if row.first().map(String::as_str) == Some("1") => {
+                    confirmed_sent = sent;
+                    self.watch.extend(sent + lost_after);
+                }
                 Ok(_) => {
                     return Outcome::Lost(
                         "the server no longer lists the lock as held by this session".into(),

@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::error::Lost;
 
@@ -11,11 +11,12 @@ use crate::error::Lost;
 /// lock is already lost). It must not block for long: the session is closed after it returns.
 pub type OnLost = Box<dyn FnOnce(&Lost) + Send>;
 
-#[derive(Default)]
 pub(crate) struct LossWatch {
     lost: AtomicBool,
     state: Mutex<State>,
     changed: Condvar,
+    /// The loss deadline: until then the lock is certainly ours.
+    until: Mutex<Instant>,
 }
 
 #[derive(Default)]
@@ -25,6 +26,23 @@ struct State {
 }
 
 impl LossWatch {
+    pub fn new(until: Instant) -> Self {
+        Self {
+            lost: AtomicBool::new(false),
+            state: Mutex::default(),
+            changed: Condvar::new(),
+            until: Mutex::new(until),
+        }
+    }
+
+    pub fn until(&self) -> Instant {
+        *self.until.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn extend(&self, until: Instant) {
+        *self.until.lock().unwrap_or_else(|p| p.into_inner()) = until;
+    }
+
     fn state(&self) -> MutexGuard<'_, State> {
         // Hooks are taken out before they run, so a panicking hook leaves a consistent state.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
@@ -57,6 +75,11 @@ impl LossWatch {
                 return;
             }
             self.lost.store(true, Ordering::SeqCst);
+            // A loss found by a failed heartbeat (the server went away) can come before the
+            // deadline: the guarantee ended no later than now.
+            let mut until = self.until.lock().unwrap_or_else(|p| p.into_inner());
+            *until = (*until).min(Instant::now());
+            drop(until);
             state.lost = Some(lost.clone());
             std::mem::take(&mut state.hooks)
         };

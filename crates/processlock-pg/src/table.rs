@@ -127,7 +127,7 @@ fn holder_sql(table: Option<&str>) -> String {
         None => (String::new(), "NULL::text, NULL::text"),
     };
     format!(
-        "SELECT l.pid, {cols}, a.client_addr::text
+        "SELECT l.pid, {cols}, host(a.client_addr)
          FROM pg_locks l {join}
          LEFT JOIN pg_stat_activity a ON a.pid = l.pid
          WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
