@@ -319,7 +319,13 @@ impl Job {
     /// Connects, takes the lock and writes the record. Returns the session, the fencing token
     /// and when the last statement the server confirmed was sent.
     async fn take(&self, wait: Option<Wait>) -> Result<(Session, i64, Instant)> {
-        let session = Session::open(&self.s).await?;
+        let session = match &wait {
+            None => Session::open(&self.s).await?,
+            Some((_, cancel, _)) => tokio::select! {
+                s = Session::open(&self.s) => s?,
+                _ = cancelled(cancel) => return Err(Error::Aborted),
+            },
+        };
         match wait {
             None => self.try_once(&session, 0).await?,
             Some((deadline, cancel, started)) => {
@@ -494,7 +500,13 @@ impl Job {
                         "the server no longer lists the lock as held by this session".into(),
                     )
                 }
-                Err(e) => return Outcome::Lost(format!("heartbeat failed: {e}")),
+                // The session is gone, and the lock with it.
+                Err(e) if session.client.is_closed() => {
+                    return Outcome::Lost(format!("heartbeat failed: {e}"))
+                }
+                // The session lives (a statement cancelled by an administrator, say): try again
+                // at the next beat; the deadline still stands.
+                Err(_) => {}
             }
         }
     }

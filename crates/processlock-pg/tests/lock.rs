@@ -488,3 +488,55 @@ fn many_first_users_at_once_create_the_holder_table_once() {
     let rows = server.sql("SELECT count(*) FROM processlock_holders WHERE record IS NOT NULL");
     assert_eq!(rows[0][0], n.to_string());
 }
+
+#[test]
+fn a_heartbeat_cancelled_by_an_administrator_does_not_lose_the_lock() {
+    let Some(server) = PgServer::start() else {
+        return;
+    };
+    let held = acquire(&opts(&server, 10_000), &name("backend")).unwrap();
+    // Holds the next heartbeat in the server, where an administrator's cancel can reach it.
+    let tx = OpenTx::begin(
+        &server,
+        "LOCK TABLE pg_catalog.pg_locks IN ACCESS EXCLUSIVE MODE",
+    );
+    let blocked = format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE pid = {} AND wait_event_type = 'Lock'",
+        held.backend_pid()
+    );
+    server.wait_until(&blocked, "1");
+    let cancelled = server.sql(&format!("SELECT pg_cancel_backend({})", held.backend_pid()));
+    assert_eq!(cancelled[0][0], "t");
+    tx.finish("ROLLBACK");
+
+    // The next heartbeat is confirmed: the guarantee moves on, the lock was never lost.
+    let before = held.guaranteed_until();
+    let until = Instant::now() + TIMEOUT;
+    while held.guaranteed_until() == before && !held.is_lost() {
+        assert!(Instant::now() < until, "no heartbeat after the cancel");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!held.is_lost(), "lost: {:?}", held.lost());
+    assert!(held.release().unwrap());
+}
+
+#[test]
+fn a_wait_can_be_cancelled_while_still_connecting() {
+    // Accepts connections (the kernel does, into the backlog) and never says a word.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let mut o = PgOptions::new(format!("postgres://postgres@127.0.0.1:{port}/postgres"));
+    o.connect_timeout = Duration::from_secs(20);
+    let cancel = Cancel::new();
+    let waiting = {
+        let cancel = cancel.clone();
+        std::thread::spawn(move || acquire_wait(&o, &name("backend"), None, &cancel))
+    };
+    // Wait until the connection is made, so the cancel lands during the login.
+    let (_conn, _) = silent.accept().unwrap();
+    cancel.cancel();
+    match waiting.join().unwrap() {
+        Err(Error::Aborted) => {}
+        other => panic!("expected LOCK_ABORTED, got {other:?}"),
+    }
+}
