@@ -1,6 +1,8 @@
 //! The PostgreSQL lock against a real private server and real processes: conflicts, takeover
 //! after death and after a freeze, fencing tokens over many handovers, waits, and failures.
 
+#![cfg(target_os = "linux")]
+
 mod support;
 
 use std::process::Command;
@@ -539,4 +541,25 @@ fn a_wait_can_be_cancelled_while_still_connecting() {
         Err(Error::Aborted) => {}
         other => panic!("expected LOCK_ABORTED, got {other:?}"),
     }
+}
+
+#[test]
+fn a_read_only_standby_is_refused() {
+    let Some(primary) = PgServer::start() else {
+        return;
+    };
+    let standby = primary.start_standby();
+    standby.wait_until("SELECT pg_is_in_recovery()", "t");
+    match acquire(&opts(&standby, 10_000), &name("backend")) {
+        Err(e @ Error::Unsupported { .. }) => {
+            assert_eq!(e.code(), "LOCK_UNSUPPORTED");
+            assert!(e.to_string().contains("standby"), "{e}");
+        }
+        other => panic!("expected LOCK_UNSUPPORTED, got {other:?}"),
+    }
+    // Nothing is left behind on the standby: no session holds a lock there.
+    standby.wait_until(
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'",
+        "0",
+    );
 }

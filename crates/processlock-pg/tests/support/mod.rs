@@ -91,6 +91,27 @@ fn is_root() -> bool {
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
+/// A new empty directory the server's user can write and everyone can traverse.
+fn new_dir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "processlock-pg-{}-{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::SeqCst)
+    ));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap();
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+    if is_root() {
+        let ok = Command::new("chown")
+            .args(["postgres:", dir.to_str().unwrap()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "chown postgres {}", dir.display());
+    }
+    dir
+}
+
 pub struct PgServer {
     bin: PathBuf,
     dir: PathBuf,
@@ -107,25 +128,10 @@ impl PgServer {
             );
             return None;
         };
-        let dir = std::env::temp_dir().join(format!(
-            "processlock-pg-{}-{}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::SeqCst)
-        ));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
-        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+        let dir = new_dir();
         let pwfile = dir.join("pw");
         fs::write(&pwfile, PASSWORD).unwrap();
         fs::set_permissions(&pwfile, fs::Permissions::from_mode(0o644)).unwrap();
-        if is_root() {
-            let ok = Command::new("chown")
-                .args(["postgres:", dir.to_str().unwrap()])
-                .status()
-                .unwrap()
-                .success();
-            assert!(ok, "chown postgres {}", dir.display());
-        }
         let mut server = PgServer {
             bin,
             dir,
@@ -156,6 +162,42 @@ impl PgServer {
             }
         }
         panic!("the test server did not start:\n{}", server.log());
+    }
+
+    /// A hot standby of this server: a base backup, started read-only on a port of its own.
+    pub fn start_standby(&self) -> PgServer {
+        let mut standby = PgServer {
+            bin: self.bin.clone(),
+            dir: new_dir(),
+            port: 0,
+            running: false,
+        };
+        self.run_checked(
+            "pg_basebackup",
+            &[
+                "-D",
+                standby.data().to_str().unwrap(),
+                "-R",
+                "-c",
+                "fast",
+                "-X",
+                "stream",
+                "-h",
+                self.dir.to_str().unwrap(),
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+            ],
+        );
+        // The socket directory is where the server runs: the primary's path is in the copy.
+        for _ in 0..5 {
+            standby.port = free_port();
+            if standby.start_server() {
+                return standby;
+            }
+        }
+        panic!("the standby did not start:\n{}", standby.log());
     }
 
     fn data(&self) -> PathBuf {
