@@ -2,6 +2,11 @@
 //! session (not a pooler's borrowed one, not a read-only standby), and told to end itself when
 //! its client falls silent for a lease.
 
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
 
 use crate::error::{Error, Result};
@@ -106,6 +111,28 @@ impl Session {
                 ),
             });
         }
+        if cancel_key_pid(&session.client)
+            .await
+            .is_some_and(|k| k != pid)
+        {
+            // Something in front of the server handed out its own cancel key: a pooler. In
+            // session mode our server session is ours alone for the life of our connection;
+            // in transaction mode the next client's statement runs in it, and, an advisory
+            // lock being re-entrant in its session, would be granted our lock.
+            let probe = Self::connect(s).await?;
+            let probe_row = probe
+                .simple_row(s, "connect", "SELECT pg_backend_pid()")
+                .await?;
+            let probe_pid: i32 = parse(&probe_row, 0, s)?;
+            if probe_pid == pid {
+                return Err(Error::Unsupported {
+                    server: s.server.clone(),
+                    message: format!(
+                        "another connection's statement ran in this connection's server session (PID {pid}): a pooler in transaction mode sits in front of the server, and session locks cannot work through it; connect directly or through a pool in session mode"
+                    ),
+                });
+            }
+        }
         session.backend_pid = pid;
         Ok(session)
     }
@@ -130,6 +157,52 @@ impl Session {
         Ok((0..row.len())
             .map(|i| row.get(i).unwrap_or_default().to_string())
             .collect())
+    }
+}
+
+/// The process ID in this connection's cancel key. A server gives its backend's PID; a pooler
+/// gives a number of its own. The client keeps the key private, so it is read back from the
+/// cancel request it would send (`CancelRequest`: length, code, process ID, secret).
+async fn cancel_key_pid(client: &Client) -> Option<i32> {
+    let mut capture = Capture(Vec::new());
+    client
+        .cancel_token()
+        .cancel_query_raw(&mut capture, NoTls)
+        .await
+        .ok()?;
+    let pid = capture.0.get(8..12)?;
+    Some(i32::from_be_bytes(pid.try_into().ok()?))
+}
+
+/// A stream that keeps what is written to it and reads as closed.
+struct Capture(Vec<u8>);
+
+impl AsyncWrite for Capture {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.0.extend_from_slice(buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncRead for Capture {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        _: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
     }
 }
 

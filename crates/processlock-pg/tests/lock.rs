@@ -563,3 +563,39 @@ fn a_read_only_standby_is_refused() {
         "0",
     );
 }
+
+#[test]
+fn a_pooler_in_transaction_mode_is_refused_and_one_in_session_mode_works() {
+    let Some(server) = PgServer::start() else {
+        return;
+    };
+    let Some(pooler) = Pooler::start(&server, "transaction") else {
+        return;
+    };
+    let through = |url: String| {
+        let mut o = PgOptions::new(url);
+        o.lease = Duration::from_secs(10);
+        o
+    };
+    match acquire(&through(pooler.url()), &name("backend")) {
+        Err(e @ Error::Unsupported { .. }) => {
+            assert!(e.to_string().contains("transaction mode"), "{e}")
+        }
+        other => panic!("expected LOCK_UNSUPPORTED, got {other:?}"),
+    }
+    drop(pooler);
+
+    let Some(pooler) = Pooler::start(&server, "session") else {
+        return;
+    };
+    let held = acquire(&through(pooler.url()), &name("backend")).unwrap();
+    match acquire(&through(pooler.url()), &name("backend")) {
+        Err(Error::Conflict(c)) => assert_eq!(c.holder.pid, std::process::id()),
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    assert!(held.release().unwrap());
+    acquire(&through(server.url()), &name("backend"))
+        .unwrap()
+        .release()
+        .unwrap();
+}

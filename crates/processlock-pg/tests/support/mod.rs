@@ -517,3 +517,84 @@ impl OpenTx {
             .expect("the transaction ended");
     }
 }
+
+/// PgBouncer in front of a test server, in `pool_mode` (`session` or `transaction`).
+pub struct Pooler {
+    child: Child,
+    dir: PathBuf,
+    pub port: u16,
+}
+
+impl Pooler {
+    /// `None` (after saying so) where PgBouncer is not installed.
+    pub fn start(server: &PgServer, pool_mode: &str) -> Option<Pooler> {
+        let Some(exe) = ["/usr/sbin/pgbouncer", "/usr/bin/pgbouncer"]
+            .iter()
+            .map(PathBuf::from)
+            .find(|p| p.exists())
+        else {
+            println!("SKIPPED: PgBouncer is not installed (no /usr/sbin/pgbouncer)");
+            return None;
+        };
+        let dir = new_dir();
+        let port = free_port();
+        let config = dir.join("pgbouncer.ini");
+        fs::write(
+            &config,
+            format!(
+                "[databases]\n\
+                 postgres = host={} port={} dbname=postgres user=postgres\n\
+                 [pgbouncer]\n\
+                 listen_addr = 127.0.0.1\n\
+                 listen_port = {port}\n\
+                 unix_socket_dir =\n\
+                 auth_type = any\n\
+                 pool_mode = {pool_mode}\n\
+                 default_pool_size = 4\n\
+                 logfile = {}\n",
+                server.dir.display(),
+                server.port,
+                dir.join("pgbouncer.log").display()
+            ),
+        )
+        .unwrap();
+        // PgBouncer refuses to run as root; setpriv execs it (no intermediate process to orphan it).
+        let mut cmd = if is_root() {
+            let mut c = Command::new("setpriv");
+            c.args(["--reuid=postgres", "--regid=postgres", "--clear-groups"])
+                .arg(&exe);
+            c
+        } else {
+            Command::new(&exe)
+        };
+        let child = cmd
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let pooler = Pooler { child, dir, port };
+        let until = Instant::now() + TIMEOUT;
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < until,
+                "PgBouncer did not listen:\n{}",
+                fs::read_to_string(pooler.dir.join("pgbouncer.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Some(pooler)
+    }
+
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+}
+
+impl Drop for Pooler {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
