@@ -95,6 +95,7 @@ fn hold(o: &PgOptions, lock: &LockName) {
             held.fencing_token().to_string(),
             mono_ns().to_string(),
             held.record().hostname.clone().unwrap_or_default(),
+            held.backend_pid().to_string(),
         ],
     );
     held.on_lost(Box::new(|lost| {
@@ -598,4 +599,51 @@ fn a_pooler_in_transaction_mode_is_refused_and_one_in_session_mode_works() {
         .unwrap()
         .release()
         .unwrap();
+}
+
+#[test]
+fn a_cut_off_holder_gives_up_before_anyone_takes_over() {
+    let Some(server) = PgServer::start() else {
+        return;
+    };
+    let lease_ms: u64 = 2_000;
+    let a = Proc::spawn("hold", &params(&server, lease_ms, &[]));
+    let got = a.expect("acquired");
+    let token_a = ns(&got[1]);
+    let client_port: u16 = server.sql(&format!(
+        "SELECT client_port FROM pg_stat_activity WHERE pid = {}",
+        got[4]
+    ))[0][0]
+        .parse()
+        .unwrap();
+    // The waiter reaches the server by its Unix socket, away from the cut.
+    let mut p = params(&server, lease_ms, &[("WAIT", "forever")]);
+    p[0].1 = server.socket_url();
+    let b = Proc::spawn("hold", &p);
+    server.wait_until(WAITERS_SQL, "1");
+
+    let Some(cut) = Cut::start(client_port) else {
+        return;
+    };
+    let started = mono_ns();
+    let lost = a.expect("lost");
+    let got = b.expect("acquired");
+    drop(cut);
+    let (lost_at, taken) = (ns(&lost[1]), ns(&got[2]));
+    println!(
+        "cut off: the holder gave up after {} ms, the lock was taken over after {} ms (lease {lease_ms} ms)",
+        (lost_at - started) / 1_000_000,
+        (taken - started) / 1_000_000
+    );
+    // The guarantees: the holder learns first, and the server frees the lock about a lease
+    // after it last heard from the holder (the bound adds slack for a loaded machine).
+    assert!(
+        lost_at < taken,
+        "the new holder had the lock before the old one gave up"
+    );
+    assert!((taken - started) / 1_000_000 < lease_ms as i128 + 3_000);
+    assert!(ns(&got[1]) > token_a);
+    let mut a = a;
+    a.say("until");
+    assert!(ns(&a.expect("until")[1]) < taken);
 }

@@ -13,7 +13,7 @@
 #![allow(dead_code)]
 
 use std::fs;
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -389,11 +389,14 @@ impl Proc {
         });
         let stderr = Arc::new(Mutex::new(String::new()));
         let sink = Arc::clone(&stderr);
-        let mut err = child.stderr.take().unwrap();
+        let err = child.stderr.take().unwrap();
         std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = err.read_to_string(&mut s);
-            sink.lock().unwrap().push_str(&s);
+            // Line by line, so that a report of a child that is still running shows its stderr.
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                let mut sink = sink.lock().unwrap_or_else(|p| p.into_inner());
+                sink.push_str(&line);
+                sink.push('\n');
+            }
         });
         Proc {
             pid,
@@ -413,7 +416,7 @@ impl Proc {
                 "child {} ({}) sent no report ({e}); stderr:\n{}",
                 self.pid,
                 self.role,
-                self.stderr.lock().unwrap()
+                self.stderr.lock().unwrap_or_else(|p| p.into_inner())
             ),
         }
     }
@@ -596,5 +599,45 @@ impl Drop for Pooler {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Drops every packet of one loopback TCP connection (both directions, by the client's port)
+/// until dropped: a network cut between one client and the server.
+pub struct Cut {
+    port: u16,
+}
+
+impl Cut {
+    /// `None` (after saying so) where iptables is missing or the tests do not run as root.
+    pub fn start(client_port: u16) -> Option<Cut> {
+        if !is_root() || Command::new("iptables").arg("--version").output().is_err() {
+            println!("SKIPPED: cutting a connection needs iptables and root");
+            return None;
+        }
+        let cut = Cut { port: client_port };
+        cut.rules("-I");
+        Some(cut)
+    }
+
+    fn rules(&self, action: &str) {
+        for dir in ["--sport", "--dport"] {
+            let port = self.port.to_string();
+            let args = [
+                "-w", action, "INPUT", "-i", "lo", "-p", "tcp", dir, &port, "-j", "DROP",
+            ];
+            let ok = Command::new("iptables")
+                .args(args)
+                .status()
+                .unwrap()
+                .success();
+            assert!(ok || action == "-D", "iptables {args:?}");
+        }
+    }
+}
+
+impl Drop for Cut {
+    fn drop(&mut self) {
+        self.rules("-D");
     }
 }
