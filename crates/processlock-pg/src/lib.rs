@@ -60,6 +60,7 @@
 //! lock that thread stays until release or loss. Nothing runs, and no thread exists, until a
 //! lock is asked for.
 
+mod admin;
 mod error;
 mod key;
 mod lock;
@@ -68,6 +69,7 @@ mod options;
 mod session;
 mod table;
 
+pub use admin::{clear_stale, list, terminate_holder, Listed};
 pub use error::{Conflict, Error, Lost, Result};
 pub use key::lock_key;
 pub use lock::{acquire, acquire_wait, inspect, PgHeld};

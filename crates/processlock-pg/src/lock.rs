@@ -15,7 +15,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::NoTls;
 
 use crate::error::{Conflict, Error, Lost, Result};
-use crate::key::lock_key;
+use crate::key::{key_literal, lock_key};
 use crate::loss::{LossWatch, OnLost};
 use crate::options::{PgOptions, Settings};
 use crate::session::Session;
@@ -221,7 +221,7 @@ fn start(opts: &PgOptions, name: &LockName, wait: Option<Wait>) -> Result<PgHeld
 }
 
 /// Runs `f` on a new thread with a runtime of its own: callers may be inside another runtime.
-fn on_own_runtime<T, F, Fut>(s: &Settings, f: F) -> Result<T>
+pub(crate) fn on_own_runtime<T, F, Fut>(s: &Settings, f: F) -> Result<T>
 where
     T: Send + 'static,
     F: FnOnce(Settings) -> Fut + Send + 'static,
@@ -351,7 +351,7 @@ impl Job {
     }
 
     async fn try_once(&self, session: &Session, waited_ms: u64) -> Result<()> {
-        let try_sql = format!("SELECT pg_try_advisory_lock({})", self.key);
+        let try_sql = format!("SELECT pg_try_advisory_lock({})", key_literal(self.key));
         let mut last = None;
         for _ in 0..CONFLICT_ATTEMPTS {
             let row = session.simple_row(&self.s, "lock", &try_sql).await?;
@@ -409,7 +409,7 @@ impl Job {
             let sql = format!(
                 "SET lock_timeout = {}; SELECT pg_advisory_lock({}); SET lock_timeout = 0",
                 slice.as_millis().max(1),
-                self.key
+                key_literal(self.key)
             );
             let query = session.client.simple_query(&sql);
             tokio::pin!(query);
@@ -502,7 +502,11 @@ impl Job {
                 }
                 // The session is gone, and the lock with it.
                 Err(e) if session.client.is_closed() => {
-                    return Outcome::Lost(format!("heartbeat failed: {e}"))
+                    let why = match e {
+                        Error::Io { message, .. } => message,
+                        other => other.to_string(),
+                    };
+                    return Outcome::Lost(format!("the server session ended ({why})"));
                 }
                 // The session lives (a statement cancelled by an administrator, say): try again
                 // at the next beat; the deadline still stands.

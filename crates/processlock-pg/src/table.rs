@@ -8,7 +8,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::Type;
 
 use crate::error::{Error, Result};
-use crate::key::pg_locks_halves;
+use crate::key::key_literal;
 use crate::options::Settings;
 use crate::session::Session;
 
@@ -103,6 +103,7 @@ async fn create(session: &Session, s: &Settings) -> Result<()> {
 
 /// Clears our record and lets go of the lock, in one round trip.
 pub(crate) fn release_sql(table: &str, key: i64) -> String {
+    let key = key_literal(key);
     format!(
         "UPDATE {table} SET backend_pid = NULL, record = NULL WHERE lock_key = {key} AND backend_pid = pg_backend_pid(); \
          SELECT pg_advisory_unlock({key})"
@@ -111,10 +112,21 @@ pub(crate) fn release_sql(table: &str, key: i64) -> String {
 
 /// Whether this session holds the lock `key`, as the server's lock manager says.
 pub(crate) fn still_held_sql(key: i64) -> String {
-    let (hi, lo) = pg_locks_halves(key);
     format!(
-        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid() \
-         AND granted AND classid = {hi} AND objid = {lo} AND objsubid = 1"
+        "SELECT count(*) FROM pg_locks l WHERE {} AND l.pid = pg_backend_pid()",
+        lock_row_matches(&key_literal(key))
+    )
+}
+
+/// Matches the `pg_locks` row (alias `l`) of a granted session advisory lock whose key is the
+/// bigint SQL expression `key`, in the current database. `pg_locks` shows a bigint key as its
+/// high half in `classid` and its low half in `objid`, both unsigned.
+pub(crate) fn lock_row_matches(key: &str) -> String {
+    format!(
+        "l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+         AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+         AND l.classid::text::int8 = (({key}) >> 32) & 4294967295
+         AND l.objid::text::int8 = ({key}) & 4294967295"
     )
 }
 
@@ -130,17 +142,14 @@ fn holder_sql(table: Option<&str>) -> String {
         "SELECT l.pid, {cols}, host(a.client_addr)
          FROM pg_locks l {join}
          LEFT JOIN pg_stat_activity a ON a.pid = l.pid
-         WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
-           AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-           AND l.classid::text::int8 = $2 AND l.objid::text::int8 = $3"
+         WHERE {}",
+        lock_row_matches("$1")
     )
 }
 
 /// Who holds `key` now, if anyone.
 pub(crate) async fn holder(session: &Session, s: &Settings, key: i64) -> Result<Option<Holder>> {
-    let (hi, lo) = pg_locks_halves(key);
-    let params: [(&(dyn tokio_postgres::types::ToSql + Sync), Type); 3] =
-        [(&key, Type::INT8), (&hi, Type::INT8), (&lo, Type::INT8)];
+    let params: [(&(dyn tokio_postgres::types::ToSql + Sync), Type); 1] = [(&key, Type::INT8)];
     let rows = match session
         .client
         .query_typed(&holder_sql(Some(&s.table)), &params)
@@ -157,14 +166,21 @@ pub(crate) async fn holder(session: &Session, s: &Settings, key: i64) -> Result<
     };
     let backend_pid: i32 = row.get(0);
     let json: Option<String> = row.get(1);
-    let record = match json.as_deref().map(|j| parse_record(j.as_bytes())) {
-        Some(Parsed::Ours(r) | Parsed::Legacy(r)) => r,
-        _ => Record::pid_only(0),
-    };
+    let record = json
+        .as_deref()
+        .map_or_else(|| Record::pid_only(0), to_record);
     Ok(Some(Holder {
         record,
         fencing_token: row.get(2),
         backend_pid,
         client_addr: row.get(3),
     }))
+}
+
+/// A stored record, or the unknown holder (PID 0) when it is not one.
+pub(crate) fn to_record(json: &str) -> Record {
+    match parse_record(json.as_bytes()) {
+        Parsed::Ours(r) | Parsed::Legacy(r) => r,
+        Parsed::Invalid(_) => Record::pid_only(0),
+    }
 }

@@ -9,7 +9,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use processlock::{Cancel, LockName};
-use processlock_pg::{acquire, acquire_wait, inspect, Error, PgOptions};
+use processlock_pg::{
+    acquire, acquire_wait, clear_stale, inspect, list, terminate_holder, Error, PgOptions,
+};
 use support::*;
 
 fn name(ty: &str) -> LockName {
@@ -646,4 +648,56 @@ fn a_cut_off_holder_gives_up_before_anyone_takes_over() {
     let mut a = a;
     a.say("until");
     assert!(ns(&a.expect("until")[1]) < taken);
+}
+
+#[test]
+fn operators_list_locks_clear_stale_records_and_end_holders() {
+    let Some(server) = PgServer::start() else {
+        return;
+    };
+    let o = opts(&server, 10_000);
+    assert!(list(&o).unwrap().is_empty(), "no table yet, no locks");
+    let a = Proc::spawn("hold", &params(&server, 10_000, &[]));
+    a.expect("acquired");
+    let mut b = Proc::spawn("hold", &params(&server, 10_000, &[("TYPE", "worker")]));
+    b.expect("acquired");
+    b.kill9();
+    acquire(&o, &name("job")).unwrap().release().unwrap();
+    server.wait_until(
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'",
+        "1",
+    );
+
+    let locks = list(&o).unwrap();
+    let names: Vec<&str> = locks.iter().map(|l| l.lock_name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["backend.short.lock", "job.short.lock", "worker.short.lock"]
+    );
+    let (backend, job, worker) = (&locks[0], &locks[1], &locks[2]);
+    assert_eq!(backend.name, Some(name("backend")));
+    let holder = backend.holder.as_ref().expect("held");
+    assert_eq!(
+        (holder.record.pid, holder.fencing_token.as_deref()),
+        (a.pid, Some("1"))
+    );
+    assert_eq!(holder.client_addr.as_deref(), Some("127.0.0.1"));
+    assert_eq!((job.holder.is_none(), job.stale.is_none()), (true, true));
+    assert!(worker.holder.is_none());
+    assert_eq!(worker.stale.as_ref().map(|r| r.pid), Some(b.pid));
+
+    assert_eq!(clear_stale(&o).unwrap(), ["worker.short.lock"]);
+    assert_eq!(clear_stale(&o).unwrap(), Vec::<String>::new());
+    let locks = list(&o).unwrap();
+    assert!(locks[2].stale.is_none());
+    assert_eq!(locks[0].holder.as_ref().map(|h| h.record.pid), Some(a.pid));
+
+    let ended = terminate_holder(&o, &name("backend"))
+        .unwrap()
+        .expect("a holder");
+    assert_eq!(ended.record.pid, a.pid);
+    println!("the holder was told: {}", a.expect("lost")[2..].join(" "));
+    let held = acquire(&o, &name("backend")).unwrap();
+    assert_eq!(held.fencing_token(), "2");
+    assert!(terminate_holder(&o, &name("job")).unwrap().is_none());
 }
