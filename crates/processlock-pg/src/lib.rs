@@ -52,8 +52,16 @@
 //! server session, which breaks session locks: the session setup checks that two statements run
 //! in the same server process and refuses with `LOCK_UNSUPPORTED` otherwise (it cannot notice a
 //! pool that happens to have one server connection; the heartbeat then notices when the lock is
-//! not in its session). A read-only standby is refused the same way. TLS is not supported yet:
-//! `sslmode=require` is refused with `LOCK_INVALID_OPTION`.
+//! not in its session). A read-only standby is refused the same way.
+//!
+//! # TLS
+//! With the `tls` feature, `sslmode` (`disable`, `prefer`, `require`, `verify-ca`,
+//! `verify-full`) and `sslrootcert` (a PEM file, or `system`) in the URL work as in libpq,
+//! through rustls with ring: no OpenSSL. `prefer` and `require` encrypt without checking the
+//! certificate, as libpq does; use `verify-full` across untrusted networks. Without the feature,
+//! only `disable` and `prefer` (never encrypting) are accepted, and anything else is
+//! `LOCK_INVALID_OPTION`. The feature is off by default because ring compiles C, which keeps a
+//! Linux host from checking the Windows and macOS targets (`cargo check --target`).
 //!
 //! # Threads
 //! Each acquire runs on a new native thread with a single-threaded Tokio runtime; for a held
@@ -68,6 +76,7 @@ mod loss;
 mod options;
 mod session;
 mod table;
+mod tls;
 
 pub use admin::{clear_stale, list, terminate_holder, Listed};
 pub use error::{Conflict, Error, Lost, Result};

@@ -12,7 +12,6 @@ use processlock::{Cancel, LockName, LockTarget, Record};
 use tokio::sync::oneshot;
 use tokio::time::{sleep, sleep_until, timeout};
 use tokio_postgres::error::SqlState;
-use tokio_postgres::NoTls;
 
 use crate::error::{Conflict, Error, Lost, Result};
 use crate::key::{key_literal, lock_key};
@@ -20,6 +19,7 @@ use crate::loss::{LossWatch, OnLost};
 use crate::options::{PgOptions, Settings};
 use crate::session::Session;
 use crate::table::{self, Holder};
+use crate::tls;
 
 /// The longest single server-side wait. A waiting statement holds a snapshot, which holds back
 /// vacuum on the whole server; restarting it now and then lets the horizon move.
@@ -438,7 +438,7 @@ impl Job {
                 Woke::Cancelled => {
                     let limit = self.s.connect_timeout;
                     let token = session.client.cancel_token();
-                    let _ = timeout(limit, token.cancel_query(NoTls)).await;
+                    let _ = timeout(limit, token.cancel_query(tls::another(&self.s.tls))).await;
                     // The lock may have been granted just before the cancel arrived.
                     if let Ok(Ok(_)) = timeout(limit, &mut query).await {
                         let _ = timeout(limit, self.release_sql(session)).await;

@@ -7,6 +7,7 @@ use tokio_postgres::config::{Host, SslMode};
 use tokio_postgres::Config;
 
 use crate::error::{Error, Result};
+use crate::tls::{connector, split_url, Connector, Mode};
 
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(10);
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -53,9 +54,10 @@ impl PgOptions {
 }
 
 /// The options, checked, with everything derived from them.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(crate) struct Settings {
     pub config: Config,
+    pub tls: Connector,
     /// `user@host:port/dbname`: how messages name the server (never with the password).
     pub server: String,
     pub lease: Duration,
@@ -64,6 +66,17 @@ pub(crate) struct Settings {
     pub table: String,
     pub namespace: String,
     pub process_name: Option<String>,
+}
+
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settings")
+            .field("server", &self.server)
+            .field("lease", &self.lease)
+            .field("table", &self.table)
+            .field("namespace", &self.namespace)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Settings {
@@ -97,7 +110,7 @@ impl Settings {
             ));
         }
         let table = quote_table(&opts.table)?;
-        let mut config = parse_url(&opts.url)?;
+        let (mut config, tls) = parse_url(&opts.url)?;
         let lease = opts.lease;
         let keepalive = Keepalive::for_lease(lease);
         config
@@ -115,6 +128,7 @@ impl Settings {
         Ok(Self {
             server: describe_server(&config),
             config,
+            tls,
             lease,
             connect_timeout: opts.connect_timeout,
             table,
@@ -162,11 +176,12 @@ impl Keepalive {
     }
 }
 
-fn parse_url(url: &str) -> Result<Config> {
+fn parse_url(url: &str) -> Result<(Config, Connector)> {
     if url.trim().is_empty() {
         return Err(Error::invalid("url", "empty"));
     }
-    let config = Config::from_str(url).map_err(|e| {
+    let (client_url, mut tls) = split_url(url)?;
+    let config = Config::from_str(&client_url).map_err(|e| {
         // The parser's message never contains the password; the URL may.
         Error::invalid("url", format!("not a PostgreSQL connection URL: {e}"))
     })?;
@@ -176,13 +191,15 @@ fn parse_url(url: &str) -> Result<Config> {
     if config.get_user().is_none() {
         return Err(Error::invalid("url", "names no user"));
     }
-    if config.get_ssl_mode() == SslMode::Require {
-        return Err(Error::invalid(
-            "url",
-            "sslmode=require: TLS is not supported yet; use sslmode=disable or prefer on a trusted network",
-        ));
+    if tls.mode == Mode::Prefer {
+        // A key=value string keeps its sslmode in the client's config.
+        tls.mode = match config.get_ssl_mode() {
+            SslMode::Disable => Mode::Disable,
+            SslMode::Require => Mode::Require,
+            _ => Mode::Prefer,
+        };
     }
-    Ok(config)
+    Ok((config, connector(&tls)?))
 }
 
 fn describe_server(config: &Config) -> String {
@@ -251,11 +268,20 @@ mod tests {
             "mysql://u@h/db",
             "postgres://u@h:notaport/db",
             "postgres://u@h/db?sslmode=bogus",
-            "postgres://u@h/db?sslmode=require",
+            "postgres://u@h/db?sslrootcert=%zz",
             "postgres:///db",
             "host=h dbname=x",
         ] {
             assert_eq!(code(opts(url)), "LOCK_INVALID_OPTION", "{url:?}");
+        }
+        if !cfg!(feature = "tls") {
+            for url in [
+                "postgres://u@h/db?sslmode=require",
+                "postgres://u@h/db?sslmode=verify-full",
+                "host=h user=u sslmode=require",
+            ] {
+                assert_eq!(code(opts(url)), "LOCK_INVALID_OPTION", "{url:?}");
+            }
         }
         let mut o = opts("postgres://u@h/db");
         o.lease = Duration::from_millis(999);

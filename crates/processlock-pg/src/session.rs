@@ -4,13 +4,16 @@
 
 use std::io;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
+use tokio_postgres::tls::{ChannelBinding, TlsConnect, TlsStream};
+use tokio_postgres::{Client, SimpleQueryMessage};
 
 use crate::error::{Error, Result};
 use crate::options::Settings;
+use crate::tls;
 
 pub(crate) struct Session {
     pub client: Client,
@@ -69,7 +72,7 @@ impl Session {
     async fn connect(s: &Settings) -> Result<Session> {
         let (client, connection) = s
             .config
-            .connect(NoTls)
+            .connect(tls::another(&s.tls))
             .await
             .map_err(|e| Error::io("connect", &s.server, &e))?;
         let connection = tokio::spawn(async move {
@@ -162,28 +165,44 @@ impl Session {
 
 /// The process ID in this connection's cancel key. A server gives its backend's PID; a pooler
 /// gives a number of its own. The client keeps the key private, so it is read back from the
-/// cancel request it would send (`CancelRequest`: length, code, process ID, secret).
+/// cancel request it would send (`CancelRequest`: length 16, code 80877102, process ID,
+/// secret), written into a `Capture` instead of a socket.
 async fn cancel_key_pid(client: &Client) -> Option<i32> {
-    let mut capture = Capture(Vec::new());
+    let written = Arc::new(Mutex::new(Vec::new()));
+    let capture = Capture {
+        written: Arc::clone(&written),
+        answered: false,
+    };
     client
         .cancel_token()
-        .cancel_query_raw(&mut capture, NoTls)
+        .cancel_query_raw(capture, PlainAsTls)
         .await
         .ok()?;
-    let pid = capture.0.get(8..12)?;
-    Some(i32::from_be_bytes(pid.try_into().ok()?))
+    let bytes = written.lock().ok()?.clone();
+    let request = bytes.get(bytes.len().checked_sub(16)?..)?;
+    if request[0..8] != [0, 0, 0, 16, 0x04, 0xd2, 0x16, 0x2e] {
+        return None;
+    }
+    Some(i32::from_be_bytes(request[8..12].try_into().ok()?))
 }
 
-/// A stream that keeps what is written to it and reads as closed.
-struct Capture(Vec<u8>);
+/// A stream that keeps what is written to it, says yes (`S`) to the one question a cancel
+/// request may ask first (whether to use TLS), then reads as closed.
+struct Capture {
+    written: Arc<Mutex<Vec<u8>>>,
+    answered: bool,
+}
 
 impl AsyncWrite for Capture {
     fn poll_write(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         _: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        self.0.extend_from_slice(buf);
+        match self.written.lock() {
+            Ok(mut w) => w.extend_from_slice(buf),
+            Err(_) => return Poll::Ready(Err(io::Error::other("poisoned"))),
+        }
         Poll::Ready(Ok(buf.len()))
     }
 
@@ -198,11 +217,35 @@ impl AsyncWrite for Capture {
 
 impl AsyncRead for Capture {
     fn poll_read(
-        self: Pin<&mut Self>,
+        mut self: Pin<&mut Self>,
         _: &mut Context<'_>,
-        _: &mut ReadBuf<'_>,
+        buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if !self.answered && buf.remaining() > 0 {
+            self.answered = true;
+            buf.put_slice(b"S");
+        }
         Poll::Ready(Ok(()))
+    }
+}
+
+impl TlsStream for Capture {
+    fn channel_binding(&self) -> ChannelBinding {
+        ChannelBinding::none()
+    }
+}
+
+/// "TLS" that leaves the stream as it is: the cancel request reaches the `Capture` in clear
+/// whatever the session's sslmode.
+struct PlainAsTls;
+
+impl TlsConnect<Capture> for PlainAsTls {
+    type Stream = Capture;
+    type Error = io::Error;
+    type Future = std::future::Ready<io::Result<Capture>>;
+
+    fn connect(self, stream: Capture) -> Self::Future {
+        std::future::ready(Ok(stream))
     }
 }
 

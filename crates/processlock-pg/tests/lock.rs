@@ -362,6 +362,14 @@ fn a_wait_can_be_cancelled_or_run_out() {
     }
     // The cancelled session waits no more, and the holder still holds.
     server.wait_until(WAITERS_SQL, "0");
+    // Ended by the protocol's cancel request, not by the closed connection.
+    assert!(
+        server
+            .log()
+            .contains("canceling statement due to user request"),
+        "the wait ended some other way:\n{}",
+        server.log()
+    );
     assert_eq!(
         inspect(&opts(&server, 10_000), &name("backend"))
             .unwrap()

@@ -84,7 +84,7 @@ fn bindir() -> Option<PathBuf> {
     found.pop().map(|(_, bin)| bin)
 }
 
-fn is_root() -> bool {
+pub fn is_root() -> bool {
     // SAFETY: geteuid cannot fail and has no preconditions.
     unsafe { libc::geteuid() == 0 }
 }
@@ -114,14 +114,22 @@ fn new_dir() -> PathBuf {
 
 pub struct PgServer {
     bin: PathBuf,
-    dir: PathBuf,
+    pub dir: PathBuf,
     pub port: u16,
     running: bool,
+    /// Extra `-c name=value` settings.
+    settings: Vec<String>,
 }
 
 impl PgServer {
     /// A fresh server, or `None` (after saying so) where PostgreSQL is not installed.
     pub fn start() -> Option<PgServer> {
+        Self::start_with(|_| Vec::new())
+    }
+
+    /// Like `start`; `setup` runs after `initdb` with the server's directory and returns extra
+    /// server settings (`name=value`).
+    pub fn start_with(setup: impl FnOnce(&std::path::Path) -> Vec<String>) -> Option<PgServer> {
         let Some(bin) = bindir() else {
             println!(
                 "SKIPPED: PostgreSQL is not installed (no `pg_config --bindir`, no /usr/lib/postgresql/*/bin/initdb)"
@@ -137,6 +145,7 @@ impl PgServer {
             dir,
             port: 0,
             running: false,
+            settings: Vec::new(),
         };
         server.run_checked(
             "initdb",
@@ -154,6 +163,7 @@ impl PgServer {
                 "--locale=C",
             ],
         );
+        server.settings = setup(&server.dir);
         // A free port can be taken by someone else before the server binds it: try a few.
         for _ in 0..5 {
             server.port = free_port();
@@ -171,6 +181,7 @@ impl PgServer {
             dir: new_dir(),
             port: 0,
             running: false,
+            settings: self.settings.clone(),
         };
         self.run_checked(
             "pg_basebackup",
@@ -230,11 +241,14 @@ impl PgServer {
     }
 
     fn start_server(&mut self) -> bool {
-        let opts = format!(
+        let mut opts = format!(
             "-c listen_addresses=127.0.0.1 -p {} -k {} -c fsync=off -c max_connections=200",
             self.port,
             self.dir.display()
         );
+        for setting in &self.settings {
+            opts.push_str(&format!(" -c {setting}"));
+        }
         let ok = self
             .command("pg_ctl")
             .args(["-D", self.data().to_str().unwrap()])
