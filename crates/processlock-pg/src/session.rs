@@ -39,34 +39,12 @@ impl Session {
     /// Connects and prepares a session for holding (or waiting for) locks. Must run inside a
     /// Tokio runtime with time and I/O enabled.
     pub async fn open(s: &Settings) -> Result<Session> {
-        let timeout = s.connect_timeout;
-        match tokio::time::timeout(timeout, Self::open_unbounded(s)).await {
-            Ok(r) => r,
-            Err(_) => Err(Error::io_msg(
-                "connect",
-                &s.server,
-                format!(
-                    "no session within {} ms (connectTimeoutMs)",
-                    timeout.as_millis()
-                ),
-            )),
-        }
+        within_connect_timeout(s, Self::open_unbounded(s)).await
     }
 
     /// Connects without session settings: for looking, not holding.
     pub async fn open_plain(s: &Settings) -> Result<Session> {
-        let timeout = s.connect_timeout;
-        match tokio::time::timeout(timeout, Self::connect(s)).await {
-            Ok(r) => r,
-            Err(_) => Err(Error::io_msg(
-                "connect",
-                &s.server,
-                format!(
-                    "no session within {} ms (connectTimeoutMs)",
-                    timeout.as_millis()
-                ),
-            )),
-        }
+        within_connect_timeout(s, Self::connect(s)).await
     }
 
     async fn connect(s: &Settings) -> Result<Session> {
@@ -107,12 +85,10 @@ impl Session {
         let second = session.simple_row(s, "connect", &sql).await?;
         let again: i32 = parse(&second, 0, s)?;
         if again != pid {
-            return Err(Error::Unsupported {
-                server: s.server.clone(),
-                message: format!(
-                    "two statements ran in two server sessions (PIDs {pid} and {again}): a pooler in transaction mode sits in front of the server, and session locks cannot work through it; connect directly or through a pool in session mode"
-                ),
-            });
+            return Err(transaction_pooler(
+                s,
+                format!("two statements ran in two server sessions (PIDs {pid} and {again})"),
+            ));
         }
         if cancel_key_pid(&session.client)
             .await
@@ -128,12 +104,10 @@ impl Session {
                 .await?;
             let probe_pid: i32 = parse(&probe_row, 0, s)?;
             if probe_pid == pid {
-                return Err(Error::Unsupported {
-                    server: s.server.clone(),
-                    message: format!(
-                        "another connection's statement ran in this connection's server session (PID {pid}): a pooler in transaction mode sits in front of the server, and session locks cannot work through it; connect directly or through a pool in session mode"
-                    ),
-                });
+                return Err(transaction_pooler(
+                    s,
+                    format!("another connection's statement ran in this connection's server session (PID {pid})"),
+                ));
             }
         }
         session.backend_pid = pid;
@@ -246,6 +220,33 @@ impl TlsConnect<Capture> for PlainAsTls {
 
     fn connect(self, stream: Capture) -> Self::Future {
         std::future::ready(Ok(stream))
+    }
+}
+
+async fn within_connect_timeout<T>(
+    s: &Settings,
+    fut: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    tokio::time::timeout(s.connect_timeout, fut)
+        .await
+        .unwrap_or_else(|_| {
+            Err(Error::io_msg(
+                "connect",
+                &s.server,
+                format!(
+                    "no session within {} ms (connectTimeoutMs)",
+                    s.connect_timeout.as_millis()
+                ),
+            ))
+        })
+}
+
+fn transaction_pooler(s: &Settings, evidence: String) -> Error {
+    Error::Unsupported {
+        server: s.server.clone(),
+        message: format!(
+            "{evidence}: a pooler in transaction mode sits in front of the server, and session locks cannot work through it; connect directly or through a pool in session mode"
+        ),
     }
 }
 
