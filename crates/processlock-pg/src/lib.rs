@@ -32,7 +32,9 @@
 //! three quarters of the lease, timed on a monotonic clock from when the last confirmed
 //! heartbeat was *sent*. The server cannot have freed the lock before a lease after it
 //! *received* that heartbeat, so the holder always knows first, by a quarter lease. No wall
-//! clock is compared anywhere. Heartbeats and the deadline run on the lock's own native thread,
+//! clock is compared anywhere, and no clock of two machines. The deadline is also kept on a
+//! clock that counts time the machine spent suspended (`CLOCK_BOOTTIME` on Linux), which
+//! `Instant` does not: [`PgHeld::is_lost`] is true at once after such a sleep. Heartbeats and the deadline run on the lock's own native thread,
 //! so a busy caller thread delays neither. Loss is final: the flag is set, the hooks run, then
 //! the session is closed.
 //!
@@ -69,6 +71,7 @@
 //! lock is asked for.
 
 mod admin;
+mod clock;
 mod error;
 mod key;
 mod lock;

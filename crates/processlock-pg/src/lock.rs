@@ -13,6 +13,7 @@ use tokio::sync::oneshot;
 use tokio::time::{sleep, sleep_until, timeout};
 use tokio_postgres::error::SqlState;
 
+use crate::clock::Stamp;
 use crate::error::{Conflict, Error, Lost, Result};
 use crate::key::{key_literal, lock_key};
 use crate::loss::{LossWatch, OnLost};
@@ -123,7 +124,7 @@ impl PgHeld {
     /// Until when the lock is certainly this process's: the loss deadline, moved on by every
     /// confirmed heartbeat. Past it, or once `is_lost`, assume nothing.
     pub fn guaranteed_until(&self) -> Instant {
-        self.watch.until()
+        self.watch.until().mono
     }
 
     /// Blocks until the lock is lost or `timeout` passes (`None`: no limit).
@@ -179,7 +180,7 @@ fn start(opts: &PgOptions, name: &LockName, wait: Option<Wait>) -> Result<PgHeld
     let (release_tx, release_rx) = oneshot::channel();
     let (released_tx, released_rx) = mpsc::sync_channel(1);
     // Replaced by the real deadline before the caller sees the lock.
-    let watch = Arc::new(LossWatch::new(Instant::now()));
+    let watch = Arc::new(LossWatch::new(Stamp::now()));
     let server = s.server.clone();
     let job = Job {
         s,
@@ -290,7 +291,7 @@ impl Job {
                 fencing_token: token,
                 backend_pid: session.backend_pid,
             };
-            self.watch.extend(confirmed_sent + self.s.lost_after());
+            self.watch.extend(confirmed_sent.plus(self.s.lost_after()));
             if granted.send(Ok(reply)).is_err() {
                 // Nobody is waiting for this lock any more.
                 let _ = self.release_now(&session).await;
@@ -318,7 +319,7 @@ impl Job {
 
     /// Connects, takes the lock and writes the record. Returns the session, the fencing token
     /// and when the last statement the server confirmed was sent.
-    async fn take(&self, wait: Option<Wait>) -> Result<(Session, i64, Instant)> {
+    async fn take(&self, wait: Option<Wait>) -> Result<(Session, i64, Stamp)> {
         let session = match &wait {
             None => Session::open(&self.s).await?,
             Some((_, cancel, _)) => tokio::select! {
@@ -334,7 +335,7 @@ impl Job {
         }
         // The server keeps the lock at least a lease after it answered the claim; the claim
         // must be answered in time for the holder to have any of it left.
-        let sent = Instant::now();
+        let sent = Stamp::now();
         let claim = table::claim(&session, &self.s, self.key, &self.name, &self.record);
         match timeout(self.s.lost_after(), claim).await {
             Ok(Ok(token)) => Ok((session, token, sent)),
@@ -455,13 +456,13 @@ impl Job {
     async fn hold(
         &self,
         session: &Session,
-        mut confirmed_sent: Instant,
+        mut confirmed_sent: Stamp,
         mut release: oneshot::Receiver<()>,
     ) -> Outcome {
         let beat_sql = table::still_held_sql(self.key);
         let every = self.s.heartbeat_every();
         let lost_after = self.s.lost_after();
-        let mut last_sent = confirmed_sent;
+        let mut last_sent = confirmed_sent.mono;
         let silent = || {
             format!(
                 "no heartbeat was confirmed for {} ms (lease {} ms); the server may give the lock to another holder",
@@ -470,30 +471,34 @@ impl Job {
             )
         };
         loop {
-            let deadline = confirmed_sent + lost_after;
+            let deadline = confirmed_sent.plus(lost_after);
             // `biased`: after a freeze, when every timer is due at once, the deadline wins.
             tokio::select! {
                 biased;
-                _ = sleep_until(deadline.into()) => return Outcome::Lost(silent()),
+                _ = sleep_until(deadline.mono.into()) => return Outcome::Lost(silent()),
                 _ = &mut release => return Outcome::Release,
                 _ = sleep_until((last_sent + every).into()) => {}
             }
-            let sent = Instant::now();
-            last_sent = sent;
+            if deadline.passed() {
+                // The machine slept through it.
+                return Outcome::Lost(silent());
+            }
+            let sent = Stamp::now();
+            last_sent = sent.mono;
             let answer = tokio::select! {
                 biased;
-                _ = sleep_until(deadline.into()) => return Outcome::Lost(silent()),
+                _ = sleep_until(deadline.mono.into()) => return Outcome::Lost(silent()),
                 _ = &mut release => return Outcome::Release,
                 r = session.simple_row(&self.s, "heartbeat", &beat_sql) => r,
             };
-            if Instant::now() >= deadline {
+            if deadline.passed() {
                 // Answered, but too late to count: the process was frozen in between.
                 return Outcome::Lost(silent());
             }
             match answer {
                 Ok(row) if row.first().map(String::as_str) == Some("1") => {
                     confirmed_sent = sent;
-                    self.watch.extend(sent + lost_after);
+                    self.watch.extend(sent.plus(lost_after));
                 }
                 Ok(_) => {
                     return Outcome::Lost(

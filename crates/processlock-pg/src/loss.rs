@@ -3,8 +3,9 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use crate::clock::Stamp;
 use crate::error::Lost;
 
 /// Called once, on the holder's heartbeat thread (or at once on the caller's thread when the
@@ -16,7 +17,7 @@ pub(crate) struct LossWatch {
     state: Mutex<State>,
     changed: Condvar,
     /// The loss deadline: until then the lock is certainly ours.
-    until: Mutex<Instant>,
+    until: Mutex<Stamp>,
 }
 
 #[derive(Default)]
@@ -26,7 +27,7 @@ struct State {
 }
 
 impl LossWatch {
-    pub fn new(until: Instant) -> Self {
+    pub fn new(until: Stamp) -> Self {
         Self {
             lost: AtomicBool::new(false),
             state: Mutex::default(),
@@ -35,11 +36,11 @@ impl LossWatch {
         }
     }
 
-    pub fn until(&self) -> Instant {
+    pub fn until(&self) -> Stamp {
         *self.until.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn extend(&self, until: Instant) {
+    pub fn extend(&self, until: Stamp) {
         *self.until.lock().unwrap_or_else(|p| p.into_inner()) = until;
     }
 
@@ -48,8 +49,10 @@ impl LossWatch {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Declared lost, or past the deadline (which a suspended machine notices here before its
+    /// timers fire).
     pub fn is_lost(&self) -> bool {
-        self.lost.load(Ordering::SeqCst)
+        self.lost.load(Ordering::SeqCst) || self.until().passed()
     }
 
     pub fn lost(&self) -> Option<Lost> {
@@ -78,7 +81,7 @@ impl LossWatch {
             // A loss found by a failed heartbeat (the server went away) can come before the
             // deadline: the guarantee ended no later than now.
             let mut until = self.until.lock().unwrap_or_else(|p| p.into_inner());
-            *until = (*until).min(Instant::now());
+            *until = until.min(Stamp::now());
             drop(until);
             state.lost = Some(lost.clone());
             std::mem::take(&mut state.hooks)
