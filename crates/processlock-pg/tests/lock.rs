@@ -56,6 +56,7 @@ fn child_role() {
     match role.as_str() {
         "hold" => hold(&o, &lock),
         "cycles" => cycles(&o, &lock),
+        "tries" => tries(&o, &lock),
         other => panic!("unknown role {other}"),
     }
 }
@@ -129,6 +130,68 @@ fn cycles(o: &PgOptions, lock: &LockName) {
         report("cycle", &[token, from.to_string(), to.to_string()]);
     }
     report("done", &[]);
+}
+
+/// Like `cycles`, but never waits in the server: tries again at once after each conflict.
+fn tries(o: &PgOptions, lock: &LockName) {
+    let n: u32 = param("N").unwrap().parse().unwrap();
+    let mut conflicts = 0u64;
+    for _ in 0..n {
+        let held = loop {
+            match acquire(o, lock) {
+                Ok(held) => break held,
+                Err(Error::Conflict(_)) => conflicts += 1,
+                Err(e) => panic!("{e}"),
+            }
+        };
+        let from = mono_ns();
+        let token = held.fencing_token().to_string();
+        let to = mono_ns();
+        assert!(held.release().unwrap(), "released while held");
+        report("cycle", &[token, from.to_string(), to.to_string()]);
+    }
+    report("done", &[conflicts.to_string()]);
+}
+
+/// The `cycle` reports of `children` until each says `done`: `(from, to, token)`, sorted.
+fn ownership(children: &[Proc]) -> Vec<(i128, i128, i128)> {
+    let mut cycles = Vec::new();
+    for c in children {
+        loop {
+            let r = c.next();
+            match r[0].as_str() {
+                "cycle" => cycles.push((ns(&r[2]), ns(&r[3]), ns(&r[1]))),
+                "done" => {
+                    if let Some(conflicts) = r.get(1).filter(|s| !s.is_empty()) {
+                        println!("child {}: {conflicts} conflicts on the way", c.pid);
+                    }
+                    break;
+                }
+                _ => panic!("child {} said {r:?}", c.pid),
+            }
+        }
+    }
+    cycles.sort();
+    cycles
+}
+
+/// No two intervals overlap, tokens grow with time, and each acquire took the next token.
+fn assert_one_owner_at_a_time(cycles: &[(i128, i128, i128)]) {
+    for w in cycles.windows(2) {
+        let ((_, end, token), (start, _, next_token)) = (w[0], w[1]);
+        assert!(
+            end < start,
+            "two holders at once: {:?} and {:?}",
+            w[0],
+            w[1]
+        );
+        assert!(
+            next_token > token,
+            "token went from {token} to {next_token}"
+        );
+    }
+    let tokens: Vec<i128> = cycles.iter().map(|c| c.2).collect();
+    assert_eq!(tokens, (1..=cycles.len() as i128).collect::<Vec<_>>());
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -280,35 +343,43 @@ fn fencing_tokens_strictly_increase_over_a_thousand_handovers() {
             Proc::spawn("cycles", &p)
         })
         .collect();
-    let mut cycles: Vec<(i128, i128, i128)> = Vec::new();
-    for c in &children {
-        loop {
-            let r = c.next();
-            match r[0].as_str() {
-                "cycle" => cycles.push((ns(&r[2]), ns(&r[3]), ns(&r[1]))),
-                "done" => break,
-                _ => panic!("child {} said {r:?}", c.pid),
-            }
-        }
-    }
-    cycles.sort();
+    let cycles = ownership(&children);
     assert_eq!(cycles.len(), procs * rounds);
-    for w in cycles.windows(2) {
-        let ((_, end, token), (start, _, next_token)) = (w[0], w[1]);
-        assert!(
-            end < start,
-            "two holders at once: {:?} and {:?}",
-            w[0],
-            w[1]
-        );
-        assert!(
-            next_token > token,
-            "token went from {token} to {next_token}"
-        );
-    }
-    // Every acquire took exactly one token: none skipped, none given twice.
-    let tokens: Vec<i128> = cycles.iter().map(|c| c.2).collect();
-    assert_eq!(tokens, (1..=(procs * rounds) as i128).collect::<Vec<_>>());
+    assert_one_owner_at_a_time(&cycles);
+}
+
+#[test]
+fn eight_processes_racing_without_waiting_never_own_the_lock_together() {
+    let Some(server) = PgServer::start() else {
+        return;
+    };
+    let (procs, rounds) = (8, 40);
+    let children: Vec<Proc> = (0..procs)
+        .map(|_| {
+            let mut p = params(&server, 10_000, &[("N", &rounds.to_string())]);
+            p[0].1 = server.socket_url();
+            Proc::spawn("tries", &p)
+        })
+        .collect();
+    let cycles = ownership(&children);
+    assert_eq!(cycles.len(), procs * rounds);
+    assert_one_owner_at_a_time(&cycles);
+}
+
+#[test]
+fn a_holder_that_exits_without_releasing_lets_go() {
+    let Some(server) = PgServer::start() else {
+        return;
+    };
+    let mut a = Proc::spawn("hold", &params(&server, 10_000, &[]));
+    a.expect("acquired");
+    assert!(a.wait_exit().success());
+    // Dropping the held lock at exit released it: no holder, no record left behind.
+    assert!(inspect(&opts(&server, 10_000), &name("backend"))
+        .unwrap()
+        .is_none());
+    let rows = server.sql("SELECT record IS NULL FROM processlock_holders");
+    assert_eq!(rows, vec![vec!["t".to_string()]]);
 }
 
 #[test]
