@@ -1,5 +1,5 @@
 //! Times acquire + release cycles of one lock against a server:
-//! `cargo run --release -p processlock-pg --example cycle -- <url> [cycles]`.
+//! `cargo run --release -p processlock-pg --example pg_cycle -- <url> [cycles]`.
 
 use std::time::Instant;
 
@@ -8,7 +8,7 @@ use processlock_pg::{acquire, PgOptions};
 
 fn main() {
     let mut args = std::env::args().skip(1);
-    let url = args.next().expect("usage: cycle <url> [cycles]");
+    let url = args.next().expect("usage: pg_cycle <url> [cycles]");
     let cycles: u32 = args
         .next()
         .map_or(200, |n| n.parse().expect("a number of cycles"));
