@@ -780,3 +780,51 @@ fn operators_list_locks_clear_stale_records_and_end_holders() {
     assert_eq!(held.fencing_token(), "2");
     assert!(terminate_holder(&o, &name("job")).unwrap().is_none());
 }
+
+#[test]
+fn a_server_restart_ends_every_hold_and_tokens_still_grow() {
+    let Some(mut server) = PgServer::start() else {
+        return;
+    };
+    let a = Proc::spawn("hold", &params(&server, 2_000, &[]));
+    let token_a = ns(&a.expect("acquired")[1]);
+    // A crash and restart (as after a failover): every session ends, every lock is free.
+    server.stop();
+    server.restart();
+    println!("the holder was told: {}", a.expect("lost")[2..].join(" "));
+    let b = Proc::spawn("hold", &params(&server, 2_000, &[]));
+    let token_b = ns(&b.expect("acquired")[1]);
+    assert!(
+        token_b > token_a,
+        "the counter survives the restart: {token_a} then {token_b}"
+    );
+}
+
+#[test]
+fn a_frozen_waiter_granted_the_lock_does_not_keep_it() {
+    let Some(server) = PgServer::start() else {
+        return;
+    };
+    let lease_ms = 2_000;
+    let mut a = Proc::spawn("hold", &params(&server, lease_ms, &[]));
+    a.expect("acquired");
+    let mut b = Proc::spawn("hold", &params(&server, lease_ms, &[("WAIT", "forever")]));
+    server.wait_until(WAITERS_SQL, "1");
+    send_signal(b.pid, libc::SIGSTOP);
+    a.say("release");
+    a.expect("released");
+    // The server grants the lock to the frozen waiter's session, which then sits idle: it
+    // ends about a lease later, and a third process gets the lock.
+    let c = Proc::spawn("hold", &params(&server, lease_ms, &[("WAIT", "forever")]));
+    let got = c.expect("acquired");
+    assert_eq!(ns(&got[1]), 2, "the frozen waiter never wrote a record");
+    // Woken, the old waiter finds its session gone: an error, not a lock.
+    send_signal(b.pid, libc::SIGCONT);
+    let woke = b.next();
+    assert_eq!(
+        woke[..2],
+        ["error".to_string(), "LOCK_IO".to_string()],
+        "{woke:?}"
+    );
+    b.kill9();
+}

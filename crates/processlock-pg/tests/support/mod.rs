@@ -293,6 +293,15 @@ impl PgServer {
         }
     }
 
+    /// Starts the server again after `stop`, on the same port and data.
+    pub fn restart(&mut self) {
+        assert!(
+            self.start_server(),
+            "the server did not start again:\n{}",
+            self.log()
+        );
+    }
+
     /// Runs `sql` (one statement or several) and returns the rows of the last as text.
     pub fn sql(&self, sql: &str) -> Vec<Vec<String>> {
         let url = self.url();
