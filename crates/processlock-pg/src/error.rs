@@ -1,0 +1,173 @@
+//! Errors with the same stable codes as the lock files, plus `LOCK_LOST`.
+
+use std::fmt;
+
+use processlock::Record;
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Another session holds the lock.
+#[derive(Debug, Clone)]
+pub struct Conflict {
+    /// How the requester named the lock, e.g. `backend (SHORT)`.
+    pub lock: String,
+    /// The holder's record; `pid` is 0 when the holder has not written one (yet).
+    pub holder: Record,
+    /// The holder's fencing token, when its record was found.
+    pub fencing_token: Option<String>,
+    /// The server process of the holder's session.
+    pub backend_pid: Option<i32>,
+    /// The holder's address as the server sees it (none over a Unix socket).
+    pub client_addr: Option<String>,
+    /// How long the caller waited before giving up (0 when it did not wait).
+    pub waited_ms: u64,
+}
+
+/// Why a held lock was given up without being released.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lost {
+    /// How the holder named the lock, e.g. `backend (SHORT)`.
+    pub lock: String,
+    pub fencing_token: String,
+    pub reason: String,
+}
+
+#[derive(Debug)]
+pub enum Error {
+    /// A URL or option that cannot work. Nothing was sent anywhere.
+    InvalidOption {
+        option: &'static str,
+        message: String,
+    },
+    Conflict(Box<Conflict>),
+    /// The server could not be reached, refused us, or failed a statement. `op` is what we were
+    /// doing (`connect`, `lock`, `record`, `inspect`, `release`), like the syscall of a file error.
+    Io {
+        op: &'static str,
+        server: String,
+        message: String,
+        /// The SQLSTATE the server sent, if it sent one.
+        sqlstate: Option<String>,
+    },
+    /// The server (or what sits in front of it) cannot hold a session lock for us: a
+    /// transaction-pooling pooler, a read-only standby.
+    Unsupported {
+        server: String,
+        message: String,
+    },
+    /// A lock this process held is no longer guaranteed to be its own.
+    Lost(Lost),
+    /// A waiting acquisition was cancelled by its caller.
+    Aborted,
+}
+
+impl Error {
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::InvalidOption { .. } => "LOCK_INVALID_OPTION",
+            Error::Conflict(_) => "LOCK_CONFLICT",
+            Error::Io { .. } => "LOCK_IO",
+            Error::Unsupported { .. } => "LOCK_UNSUPPORTED",
+            Error::Lost(_) => "LOCK_LOST",
+            Error::Aborted => "LOCK_ABORTED",
+        }
+    }
+
+    /// What we were doing when the server failed us (the `syscall` of a file error).
+    pub fn op(&self) -> Option<&'static str> {
+        match self {
+            Error::Io { op, .. } => Some(op),
+            _ => None,
+        }
+    }
+
+    pub fn sqlstate(&self) -> Option<&str> {
+        match self {
+            Error::Io { sqlstate, .. } => sqlstate.as_deref(),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn invalid(option: &'static str, message: impl Into<String>) -> Self {
+        Error::InvalidOption {
+            option,
+            message: message.into(),
+        }
+    }
+
+    pub(crate) fn io(op: &'static str, server: &str, e: &tokio_postgres::Error) -> Self {
+        Error::Io {
+            op,
+            server: server.to_string(),
+            message: describe(e),
+            sqlstate: e.code().map(|c| c.code().to_string()),
+        }
+    }
+
+    pub(crate) fn io_msg(op: &'static str, server: &str, message: impl Into<String>) -> Self {
+        Error::Io {
+            op,
+            server: server.to_string(),
+            message: message.into(),
+            sqlstate: None,
+        }
+    }
+}
+
+/// The server's own message when it sent one, else the client's; the client's `Display` of a
+/// server error is only "db error".
+pub(crate) fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{}: {}", db.severity(), db.message()),
+        None => {
+            let mut s = e.to_string();
+            let mut source = std::error::Error::source(e);
+            while let Some(inner) = source {
+                s.push_str(": ");
+                s.push_str(&inner.to_string());
+                source = inner.source();
+            }
+            s
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let code = self.code();
+        match self {
+            Error::InvalidOption { option, message } => write!(f, "{code}: {option}: {message}"),
+            Error::Conflict(c) => {
+                write!(f, "{code}: {} is already running", c.lock)?;
+                if c.holder.pid == 0 {
+                    write!(f, " (holder unknown: it wrote no record)")?;
+                } else {
+                    write!(f, " (PID: {}", c.holder.pid)?;
+                    if let Some(host) = &c.holder.hostname {
+                        write!(f, " on {host}")?;
+                    }
+                    write!(f, ")")?;
+                }
+                if c.waited_ms > 0 {
+                    write!(f, "; gave up after waiting {} ms", c.waited_ms)?;
+                }
+                Ok(())
+            }
+            Error::Io {
+                op,
+                server,
+                message,
+                ..
+            } => write!(f, "{code}: {op} {server} failed: {message}"),
+            Error::Unsupported { server, message } => write!(f, "{code}: {server}: {message}"),
+            Error::Lost(l) => write!(
+                f,
+                "{code}: the lock of {} (fencing token {}) was lost: {}",
+                l.lock, l.fencing_token, l.reason
+            ),
+            Error::Aborted => write!(f, "{code}: waiting for the lock was aborted"),
+        }
+    }
+}
+
+impl std::error::Error for Error {}

@@ -1,0 +1,565 @@
+//! Taking, holding and letting go of a lock. Each held lock has a native thread of its own that
+//! runs a single-threaded Tokio runtime with the lock's dedicated session: it takes the lock,
+//! then heartbeats until the lock is released or lost. Nothing the caller's thread does (a
+//! blocked event loop, a long computation) can delay a heartbeat or the loss deadline.
+
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use processlock::{Cancel, LockName, LockTarget, Record};
+use tokio::sync::oneshot;
+use tokio::time::{sleep, sleep_until, timeout};
+use tokio_postgres::error::SqlState;
+
+use crate::clock::Stamp;
+use crate::error::{Conflict, Error, Lost, Result};
+use crate::key::{key_literal, lock_key};
+use crate::loss::{LossWatch, OnLost};
+use crate::options::{PgOptions, Settings};
+use crate::session::Session;
+use crate::table::{self, Holder};
+use crate::tls;
+
+/// The longest single server-side wait. A waiting statement holds a snapshot, which holds back
+/// vacuum on the whole server; restarting it now and then lets the horizon move.
+const WAIT_SLICE: Duration = Duration::from_secs(30);
+/// How often a wait looks at its `Cancel` (which has no way to wake an async task).
+const CANCEL_POLL: Duration = Duration::from_millis(20);
+/// Attempts at naming the holder of a lock we could not take: between our attempt and our look
+/// it may have let go (try again) or not have written its record yet (look again).
+const CONFLICT_ATTEMPTS: u32 = 5;
+
+/// Takes the lock or fails at once with `Error::Conflict` naming the holder.
+pub fn acquire(opts: &PgOptions, name: &LockName) -> Result<PgHeld> {
+    start(opts, name, None)
+}
+
+/// Takes the lock, waiting in the server for its holder to let go until `deadline` (`None`: for
+/// as long as it takes). The wait ends the moment the holder's session ends. At the deadline:
+/// `Error::Conflict` with `waited_ms`. When cancelled: `Error::Aborted`, within about 20 ms
+/// plus a round trip to the server.
+pub fn acquire_wait(
+    opts: &PgOptions,
+    name: &LockName,
+    deadline: Option<Instant>,
+    cancel: &Cancel,
+) -> Result<PgHeld> {
+    let started = Instant::now();
+    start(opts, name, Some((deadline, cancel.clone(), started)))
+}
+
+/// Who holds the lock, as the server's lock manager says; `None` when nobody does.
+pub fn inspect(opts: &PgOptions, name: &LockName) -> Result<Option<Holder>> {
+    let s = Settings::new(opts)?;
+    let key = lock_key(&s.namespace, name);
+    on_own_runtime(&s, move |s| async move {
+        let session = Session::open_plain(&s).await?;
+        table::holder(&session, &s, key).await
+    })
+}
+
+/// A lock held through a server session of its own.
+pub struct PgHeld {
+    lock: String,
+    key: i64,
+    record: Record,
+    fencing_token: String,
+    backend_pid: i32,
+    watch: Arc<LossWatch>,
+    release: Option<oneshot::Sender<()>>,
+    released: mpsc::Receiver<Result<bool>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for PgHeld {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgHeld")
+            .field("lock", &self.lock)
+            .field("fencing_token", &self.fencing_token)
+            .field("lost", &self.is_lost())
+            .finish()
+    }
+}
+
+impl PgHeld {
+    pub fn record(&self) -> &Record {
+        &self.record
+    }
+
+    /// A decimal number that is larger for every new holder of this lock: pass it along with
+    /// every write the lock protects, and have the store refuse tokens older than the newest
+    /// it has seen.
+    pub fn fencing_token(&self) -> &str {
+        &self.fencing_token
+    }
+
+    /// The advisory lock key (see `lock_key`).
+    pub fn key(&self) -> i64 {
+        self.key
+    }
+
+    /// The server process of the session that holds the lock.
+    pub fn backend_pid(&self) -> i32 {
+        self.backend_pid
+    }
+
+    /// Whether the lock is lost. Check it before every action the lock protects; it turns true
+    /// before the server can give the lock to anyone else.
+    pub fn is_lost(&self) -> bool {
+        self.watch.is_lost()
+    }
+
+    pub fn lost(&self) -> Option<Lost> {
+        self.watch.lost()
+    }
+
+    /// Runs `hook` once when the lock is lost (at once, here, if it already is). Hooks run on
+    /// the lock's own thread and should be quick: the session is closed after they return.
+    pub fn on_lost(&self, hook: OnLost) {
+        self.watch.on_lost(hook)
+    }
+
+    /// Until when the lock is certainly this process's: the loss deadline, moved on by every
+    /// confirmed heartbeat. Past it, or once `is_lost`, assume nothing.
+    pub fn guaranteed_until(&self) -> Instant {
+        self.watch.until().mono
+    }
+
+    /// Blocks until the lock is lost or `timeout` passes (`None`: no limit).
+    pub fn wait_lost(&self, timeout: Option<Duration>) -> Option<Lost> {
+        self.watch.wait(timeout)
+    }
+
+    /// Clears the record and lets go of the lock. `Ok(false)`: it was already lost. An error
+    /// means the server did not confirm; it ends the session anyway, which frees the lock.
+    pub fn release(mut self) -> Result<bool> {
+        self.finish()
+    }
+
+    fn finish(&mut self) -> Result<bool> {
+        let Some(release) = self.release.take() else {
+            return Ok(false);
+        };
+        let result = if release.send(()).is_ok() {
+            // The thread answers unless the lock was lost first (then it drops the sender).
+            self.released.recv().unwrap_or(Ok(false))
+        } else {
+            Ok(false)
+        };
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+        result
+    }
+}
+
+impl Drop for PgHeld {
+    fn drop(&mut self) {
+        let _ = self.finish();
+    }
+}
+
+/// The deadline, the cancel token, and when the caller started waiting.
+type Wait = (Option<Instant>, Cancel, Instant);
+
+struct Granted {
+    fencing_token: i64,
+    backend_pid: i32,
+}
+
+fn start(opts: &PgOptions, name: &LockName, wait: Option<Wait>) -> Result<PgHeld> {
+    let s = Settings::new(opts)?;
+    let key = lock_key(&s.namespace, name);
+    let record = processlock::own_record(
+        &LockTarget::new("", name.clone()),
+        s.process_name.as_deref(),
+    );
+    let (granted_tx, granted_rx) = mpsc::sync_channel(1);
+    let (release_tx, release_rx) = oneshot::channel();
+    let (released_tx, released_rx) = mpsc::sync_channel(1);
+    // Replaced by the real deadline before the caller sees the lock.
+    let watch = Arc::new(LossWatch::new(Stamp::now()));
+    let server = s.server.clone();
+    let job = Job {
+        s,
+        key,
+        lock: name.display(),
+        name: name.clone(),
+        record: record.clone(),
+        watch: Arc::clone(&watch),
+    };
+    let thread = std::thread::Builder::new()
+        .name("processlock-pg".into())
+        .spawn(move || job.run(wait, granted_tx, release_rx, released_tx))
+        .map_err(|e| Error::io_msg("connect", &server, format!("cannot start a thread: {e}")))?;
+    match granted_rx.recv() {
+        Ok(Ok(g)) => Ok(PgHeld {
+            lock: name.display(),
+            key,
+            record,
+            fencing_token: g.fencing_token.to_string(),
+            backend_pid: g.backend_pid,
+            watch,
+            release: Some(release_tx),
+            released: released_rx,
+            thread: Some(thread),
+        }),
+        Ok(Err(e)) => {
+            let _ = thread.join();
+            Err(e)
+        }
+        Err(_) => {
+            let _ = thread.join();
+            Err(Error::io_msg(
+                "lock",
+                &server,
+                "the lock's thread ended unexpectedly",
+            ))
+        }
+    }
+}
+
+/// Runs `f` on a new thread with a runtime of its own: callers may be inside another runtime.
+pub(crate) fn on_own_runtime<T, F, Fut>(s: &Settings, f: F) -> Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce(Settings) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let settings = s.clone();
+    let server = s.server.clone();
+    std::thread::Builder::new()
+        .name("processlock-pg".into())
+        .spawn(move || {
+            let server = settings.server.clone();
+            runtime(&server)?.block_on(f(settings))
+        })
+        .map_err(|e| Error::io_msg("connect", &server, format!("cannot start a thread: {e}")))?
+        .join()
+        .unwrap_or_else(|_| Err(Error::io_msg("inspect", &server, "the thread panicked")))
+}
+
+fn runtime(server: &str) -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::io_msg("connect", server, format!("cannot start a runtime: {e}")))
+}
+
+/// What ended the holding.
+enum Outcome {
+    Release,
+    Lost(String),
+}
+
+/// Everything the lock's thread needs.
+struct Job {
+    s: Settings,
+    key: i64,
+    lock: String,
+    name: LockName,
+    record: Record,
+    watch: Arc<LossWatch>,
+}
+
+impl Job {
+    fn run(
+        self,
+        wait: Option<Wait>,
+        granted: mpsc::SyncSender<Result<Granted>>,
+        release: oneshot::Receiver<()>,
+        released: mpsc::SyncSender<Result<bool>>,
+    ) {
+        let rt = match runtime(&self.s.server) {
+            Ok(rt) => rt,
+            Err(e) => {
+                let _ = granted.send(Err(e));
+                return;
+            }
+        };
+        rt.block_on(async move {
+            let (session, token, confirmed_sent) = match self.take(wait).await {
+                Ok(taken) => taken,
+                Err(e) => {
+                    let _ = granted.send(Err(e));
+                    return;
+                }
+            };
+            let reply = Granted {
+                fencing_token: token,
+                backend_pid: session.backend_pid,
+            };
+            self.watch.extend(confirmed_sent.plus(self.s.lost_after()));
+            if granted.send(Ok(reply)).is_err() {
+                // Nobody is waiting for this lock any more.
+                let _ = self.release_now(&session).await;
+                return;
+            }
+            match self.hold(&session, confirmed_sent, release).await {
+                Outcome::Release => {
+                    let result = self.release_now(&session).await;
+                    drop(session);
+                    let _ = released.send(result);
+                }
+                Outcome::Lost(reason) => {
+                    // Flag and hooks first, then the session: nobody can be granted the lock
+                    // before this process has been told it is no longer its own.
+                    self.watch.declare(Lost {
+                        lock: self.lock.clone(),
+                        fencing_token: token.to_string(),
+                        reason,
+                    });
+                    drop(session);
+                }
+            }
+        });
+    }
+
+    /// Connects, takes the lock and writes the record. Returns the session, the fencing token
+    /// and when the last statement the server confirmed was sent.
+    async fn take(&self, wait: Option<Wait>) -> Result<(Session, i64, Stamp)> {
+        let session = match &wait {
+            None => Session::open(&self.s).await?,
+            Some((_, cancel, _)) => tokio::select! {
+                s = Session::open(&self.s) => s?,
+                _ = cancelled(cancel) => return Err(Error::Aborted),
+            },
+        };
+        match wait {
+            None => self.try_once(&session, 0).await?,
+            Some((deadline, cancel, started)) => {
+                self.wait_for(&session, deadline, &cancel, started).await?
+            }
+        }
+        // The server keeps the lock at least a lease after it answered the claim; the claim
+        // must be answered in time for the holder to have any of it left.
+        let sent = Stamp::now();
+        let claim = table::claim(&session, &self.s, self.key, &self.name, &self.record);
+        match timeout(self.s.lost_after(), claim).await {
+            Ok(Ok(token)) => Ok((session, token, sent)),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(Error::io_msg(
+                "record",
+                &self.s.server,
+                format!(
+                    "writing the holder record took longer than {} ms; the lock was let go",
+                    self.s.lost_after().as_millis()
+                ),
+            )),
+        }
+    }
+
+    async fn try_once(&self, session: &Session, waited_ms: u64) -> Result<()> {
+        let try_sql = format!("SELECT pg_try_advisory_lock({})", key_literal(self.key));
+        let mut last = None;
+        for _ in 0..CONFLICT_ATTEMPTS {
+            let row = session.simple_row(&self.s, "lock", &try_sql).await?;
+            if row.first().map(String::as_str) == Some("t") {
+                return Ok(());
+            }
+            match table::holder(session, &self.s, self.key).await? {
+                Some(h) if h.record.pid != 0 => return Err(self.conflict(h, waited_ms)),
+                Some(h) => {
+                    last = Some(h);
+                    sleep(Duration::from_millis(10)).await;
+                }
+                None => {}
+            }
+        }
+        let holder = last.unwrap_or(Holder {
+            record: Record::pid_only(0),
+            fencing_token: None,
+            backend_pid: 0,
+            client_addr: None,
+        });
+        Err(self.conflict(holder, waited_ms))
+    }
+
+    fn conflict(&self, h: Holder, waited_ms: u64) -> Error {
+        Error::Conflict(Box::new(Conflict {
+            lock: self.lock.clone(),
+            holder: h.record,
+            fencing_token: h.fencing_token,
+            backend_pid: (h.backend_pid != 0).then_some(h.backend_pid),
+            client_addr: h.client_addr,
+            waited_ms,
+        }))
+    }
+
+    async fn wait_for(
+        &self,
+        session: &Session,
+        deadline: Option<Instant>,
+        cancel: &Cancel,
+        started: Instant,
+    ) -> Result<()> {
+        loop {
+            if cancel.is_cancelled() {
+                return Err(Error::Aborted);
+            }
+            let now = Instant::now();
+            let slice = match deadline {
+                Some(d) if d <= now => return self.try_once(session, waited_ms(started)).await,
+                Some(d) => (d - now).min(WAIT_SLICE),
+                None => WAIT_SLICE,
+            };
+            // lock_timeout 0 means no limit: never send it. Reset after a grant so that the
+            // session's later statements never time out on a row lock.
+            let sql = format!(
+                "SET lock_timeout = {}; SELECT pg_advisory_lock({}); SET lock_timeout = 0",
+                slice.as_millis().max(1),
+                key_literal(self.key)
+            );
+            let query = session.client.simple_query(&sql);
+            tokio::pin!(query);
+            // The server ends the statement at lock_timeout; this only guards against an
+            // answer that never comes (a cut network the kernel has not noticed yet).
+            let guard = slice + self.s.lease + self.s.connect_timeout;
+            let woke = tokio::select! {
+                r = &mut query => Woke::Answer(r),
+                _ = cancelled(cancel) => Woke::Cancelled,
+                _ = sleep(guard) => Woke::Silent,
+            };
+            match woke {
+                Woke::Answer(Ok(_)) => return Ok(()),
+                Woke::Answer(Err(e)) if e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) => {}
+                Woke::Answer(Err(e)) => return Err(Error::io("lock", &self.s.server, &e)),
+                Woke::Silent => {
+                    return Err(Error::io_msg(
+                        "lock",
+                        &self.s.server,
+                        format!(
+                            "no answer from the server for {} ms while waiting",
+                            guard.as_millis()
+                        ),
+                    ))
+                }
+                Woke::Cancelled => {
+                    let limit = self.s.connect_timeout;
+                    let token = session.client.cancel_token();
+                    let _ = timeout(limit, token.cancel_query(tls::another(&self.s.tls))).await;
+                    // The lock may have been granted just before the cancel arrived.
+                    if let Ok(Ok(_)) = timeout(limit, &mut query).await {
+                        let _ = timeout(limit, self.release_sql(session)).await;
+                    }
+                    return Err(Error::Aborted);
+                }
+            }
+        }
+    }
+
+    /// Heartbeats until released or lost. `confirmed_sent`: when the last statement the server
+    /// answered was sent; the lock is lost `lost_after` later unless a heartbeat sent since is
+    /// answered before then.
+    async fn hold(
+        &self,
+        session: &Session,
+        mut confirmed_sent: Stamp,
+        mut release: oneshot::Receiver<()>,
+    ) -> Outcome {
+        let beat_sql = table::still_held_sql(self.key);
+        let every = self.s.heartbeat_every();
+        let lost_after = self.s.lost_after();
+        let mut last_sent = confirmed_sent.mono;
+        let silent = || {
+            format!(
+                "no heartbeat was confirmed for {} ms (lease {} ms); the server may give the lock to another holder",
+                lost_after.as_millis(),
+                self.s.lease.as_millis()
+            )
+        };
+        loop {
+            let deadline = confirmed_sent.plus(lost_after);
+            // `biased`: after a freeze, when every timer is due at once, the deadline wins.
+            tokio::select! {
+                biased;
+                _ = sleep_until(deadline.mono.into()) => return Outcome::Lost(silent()),
+                _ = &mut release => return Outcome::Release,
+                _ = sleep_until((last_sent + every).into()) => {}
+            }
+            if deadline.passed() {
+                // The machine slept through it.
+                return Outcome::Lost(silent());
+            }
+            let sent = Stamp::now();
+            last_sent = sent.mono;
+            let answer = tokio::select! {
+                biased;
+                _ = sleep_until(deadline.mono.into()) => return Outcome::Lost(silent()),
+                _ = &mut release => return Outcome::Release,
+                r = session.simple_row(&self.s, "heartbeat", &beat_sql) => r,
+            };
+            if deadline.passed() {
+                // Answered, but too late to count: the process was frozen in between.
+                return Outcome::Lost(silent());
+            }
+            match answer {
+                Ok(row) if row.first().map(String::as_str) == Some("1") => {
+                    confirmed_sent = sent;
+                    self.watch.extend(sent.plus(lost_after));
+                }
+                Ok(_) => {
+                    return Outcome::Lost(
+                        "the server no longer lists the lock as held by this session".into(),
+                    )
+                }
+                // The session is gone, and the lock with it.
+                Err(e) if session.client.is_closed() => {
+                    let why = match e {
+                        Error::Io { message, .. } => message,
+                        other => other.to_string(),
+                    };
+                    return Outcome::Lost(format!("the server session ended ({why})"));
+                }
+                // The session lives (a statement cancelled by an administrator, say): try again
+                // at the next beat; the deadline still stands.
+                Err(_) => {}
+            }
+        }
+    }
+
+    async fn release_sql(&self, session: &Session) -> Result<bool> {
+        let row = session
+            .simple_row(
+                &self.s,
+                "release",
+                &table::release_sql(&self.s.table, self.key),
+            )
+            .await?;
+        Ok(row.first().map(String::as_str) == Some("t"))
+    }
+
+    async fn release_now(&self, session: &Session) -> Result<bool> {
+        let limit = self.s.connect_timeout;
+        match timeout(limit, self.release_sql(session)).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::io_msg(
+                "release",
+                &self.s.server,
+                format!(
+                    "no answer within {} ms; the session is closed, and the server frees the lock within the lease",
+                    limit.as_millis()
+                ),
+            )),
+        }
+    }
+}
+
+enum Woke {
+    Answer(std::result::Result<Vec<tokio_postgres::SimpleQueryMessage>, tokio_postgres::Error>),
+    Cancelled,
+    Silent,
+}
+
+async fn cancelled(cancel: &Cancel) {
+    while !cancel.is_cancelled() {
+        sleep(CANCEL_POLL).await;
+    }
+}
+
+/// Rounded up, so that a wait that ran to its deadline never reports less than it waited.
+fn waited_ms(started: Instant) -> u64 {
+    u64::try_from(started.elapsed().as_micros().div_ceil(1000)).unwrap_or(u64::MAX)
+}

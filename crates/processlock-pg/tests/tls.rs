@@ -1,0 +1,238 @@
+//! TLS to the server: every sslmode against a server with a certificate from a test CA.
+
+#![cfg(all(target_os = "linux", feature = "tls"))]
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use processlock::{Cancel, LockName};
+use processlock_pg::{acquire, acquire_wait, Error, PgOptions};
+use support::*;
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA (`ca.pem`), a second unrelated CA (`other-ca.pem`), and a server certificate for the
+/// name `localhost` only, signed by the first.
+fn make_certs(dir: &Path) {
+    for ca in ["ca", "other-ca"] {
+        openssl(
+            dir,
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                &format!("/CN={ca}"),
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign,cRLSign",
+                "-keyout",
+                &format!("{ca}.key"),
+                "-out",
+                &format!("{ca}.pem"),
+            ],
+        );
+    }
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+        ],
+    );
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "server.ext",
+            "-out",
+            "server.pem",
+        ],
+    );
+    if is_root() {
+        for f in ["server.key", "server.pem"] {
+            let ok = Command::new("chown")
+                .args(["postgres:", dir.join(f).to_str().unwrap()])
+                .status()
+                .unwrap()
+                .success();
+            assert!(ok);
+        }
+    }
+    let mode = std::os::unix::fs::PermissionsExt::from_mode(0o600);
+    std::fs::set_permissions(dir.join("server.key"), mode).unwrap();
+}
+
+fn tls_server() -> Option<(PgServer, PathBuf)> {
+    let server = PgServer::start_with(|dir| {
+        make_certs(dir);
+        vec![
+            "ssl=on".into(),
+            format!("ssl_cert_file={}", dir.join("server.pem").display()),
+            format!("ssl_key_file={}", dir.join("server.key").display()),
+        ]
+    })?;
+    let dir = server.dir.clone();
+    Some((server, dir))
+}
+
+fn url(server: &PgServer, host: &str, query: &str) -> PgOptions {
+    let mut o = PgOptions::new(format!(
+        "postgres://postgres:{PASSWORD}@{host}:{}/postgres?{query}",
+        server.port
+    ));
+    o.connect_timeout = Duration::from_secs(10);
+    o
+}
+
+fn name() -> LockName {
+    LockName::new("backend", None).unwrap()
+}
+
+fn encrypted(server: &PgServer, backend_pid: i32) -> String {
+    server.sql(&format!(
+        "SELECT ssl FROM pg_stat_ssl WHERE pid = {backend_pid}"
+    ))[0][0]
+        .clone()
+}
+
+#[test]
+fn every_sslmode_does_what_it_says() {
+    let Some((server, dir)) = tls_server() else {
+        return;
+    };
+    let ca = dir.join("ca.pem");
+    let other = dir.join("other-ca.pem");
+    let held_encrypted = |o: PgOptions| {
+        let held = acquire(&o, &name()).unwrap_or_else(|e| panic!("{e}"));
+        let ssl = encrypted(&server, held.backend_pid());
+        held.release().unwrap();
+        ssl
+    };
+    assert_eq!(
+        held_encrypted(url(&server, "127.0.0.1", "sslmode=disable")),
+        "f"
+    );
+    assert_eq!(
+        held_encrypted(url(&server, "127.0.0.1", "")),
+        "t",
+        "prefer uses TLS when offered"
+    );
+    assert_eq!(
+        held_encrypted(url(&server, "127.0.0.1", "sslmode=require")),
+        "t"
+    );
+    let q = |mode: &str, ca: &Path| format!("sslmode={mode}&sslrootcert={}", ca.display());
+    assert_eq!(
+        held_encrypted(url(&server, "localhost", &q("verify-full", &ca))),
+        "t"
+    );
+    // The certificate names `localhost` only: the CA is checked, the name is not.
+    assert_eq!(
+        held_encrypted(url(&server, "127.0.0.1", &q("verify-ca", &ca))),
+        "t"
+    );
+
+    for (host, query) in [
+        ("127.0.0.1", q("verify-full", &ca)),
+        ("localhost", q("verify-full", &other)),
+        ("localhost", q("verify-ca", &other)),
+    ] {
+        match acquire(&url(&server, host, &query), &name()) {
+            Err(e) => {
+                assert_eq!((e.code(), e.op()), ("LOCK_IO", Some("connect")), "{e}");
+                assert!(e.to_string().contains("certificate"), "{e}");
+            }
+            Ok(_) => panic!("{host} {query}: connected without a valid certificate"),
+        }
+    }
+    let missing = url(
+        &server,
+        "localhost",
+        "sslmode=verify-full&sslrootcert=/nonexistent/ca.pem",
+    );
+    assert_eq!(
+        acquire(&missing, &name()).unwrap_err().code(),
+        "LOCK_INVALID_OPTION"
+    );
+}
+
+#[test]
+fn a_wait_over_tls_can_be_cancelled() {
+    let Some((server, _)) = tls_server() else {
+        return;
+    };
+    let o = url(&server, "127.0.0.1", "sslmode=require");
+    let held = acquire(&o, &name()).unwrap();
+    let cancel = Cancel::new();
+    let waiting = {
+        let (o, cancel) = (o.clone(), cancel.clone());
+        std::thread::spawn(move || acquire_wait(&o, &name(), None, &cancel))
+    };
+    server.wait_until(
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted",
+        "1",
+    );
+    cancel.cancel();
+    assert!(matches!(waiting.join().unwrap(), Err(Error::Aborted)));
+    // The cancel request reached the server (over TLS): the waiting statement is gone.
+    server.wait_until(
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted",
+        "0",
+    );
+    assert!(
+        server
+            .log()
+            .contains("canceling statement due to user request"),
+        "the wait ended some other way:\n{}",
+        server.log()
+    );
+    assert!(held.release().unwrap());
+}
