@@ -26,6 +26,7 @@ const path = require('node:path')
 const { cleanEnv, watch, run, runOk, waitUntil, running } = require('./helpers/consumer-proc')
 const { ROOT, ABI, EXE, MAIN, packAll, createProject, build, tempWork, unpack } = require('./helpers/consumer-project')
 const { PM2_VERSION, ensurePm2, Pm2 } = require('./helpers/consumer-pm2')
+const { lockDirEntries } = require('./helpers/proc')
 
 const NPX_CLI = path.join(path.dirname(process.execPath), '..', 'lib', 'node_modules', 'npm', 'bin', 'npx-cli.js')
 const NPM_CLI = path.join(path.dirname(process.execPath), '..', 'lib', 'node_modules', 'npm', 'bin', 'npm-cli.js')
@@ -402,7 +403,7 @@ describePosix('@trader/processlock from a consumer', () => {
       if (perWorker.code !== 0) throw new Error(`consumer jest failed:\n${perWorker.stdout}\n${perWorker.stderr}`)
       expect(perWorker.stderr).toMatch(/Tests:\s+2 passed, 2 total/)
       // Both workers took the lock, each in its own directory, and released it as they ended.
-      for (const id of [1, 2]) expect(fs.readdirSync(path.join(project.dir, 'runtime', `locks-jest-${id}`))).toEqual([])
+      for (const id of [1, 2]) expect(lockDirEntries(path.join(project.dir, 'runtime', `locks-jest-${id}`))).toEqual([])
 
       // The same two files with no setup file: both workers lock runtime/locks, and the second is refused.
       const config = { rootDir: project.dir, testEnvironment: 'node', testMatch: ['<rootDir>/__tests__/orders-*.test.cjs'] }
@@ -448,7 +449,7 @@ describePosix('@trader/processlock from a consumer', () => {
       first.kill('SIGTERM')
       expect(await first.done()).toMatchObject({ signal: 'SIGTERM' })
       services.delete(first)
-      expect(fs.readdirSync(bundleLocks)).toEqual([])
+      expect(lockDirEntries(bundleLocks)).toEqual([])
     })
   })
 

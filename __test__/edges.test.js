@@ -7,7 +7,7 @@ const { spawnSync } = require('node:child_process')
 const fs = require('node:fs')
 const path = require('node:path')
 const pl = require('..')
-const { ROOT, FIXTURES, tempDir, watch, start } = require('./helpers/proc')
+const { ROOT, FIXTURES, tempDir, lockDirEntries, watch, start } = require('./helpers/proc')
 
 const SHORT = (dir, extra = {}) => ({ dir, tradeSide: 'SHORT', log: false, ...extra })
 const lockFile = (dir) => path.join(dir, 'backend.short.lock')
@@ -58,7 +58,7 @@ describe('forceRemoveLock on a lock this process holds', () => {
     const result = lastJson(w.stdout)
     expect(result.rounds).toBeGreaterThanOrEqual(1)
     expect(result.lost).toBe(0)
-    expect(fs.readdirSync(dir)).toEqual([])
+    expect(lockDirEntries(dir)).toEqual([])
   })
 })
 
@@ -96,7 +96,7 @@ describe('worker threads share the process\'s locks', () => {
       const { dir, seen, other } = await scenario(how, 'worker-only')
       expect(seen).toMatchObject({ held: false, exists: false })
       expect(other).toMatchObject({ ok: true })
-      expect(fs.readdirSync(dir)).toEqual([])
+      expect(lockDirEntries(dir)).toEqual([])
     },
   )
 })
@@ -151,7 +151,7 @@ describe('an aborted wait beside another wait for the same lock', () => {
     ctrl.abort()
     await expect(aborted).rejects.toMatchObject({ code: 'LOCK_ABORTED' })
     expect(pl.isLockHeld('backend', SHORT(dir))).toBe(false)
-    expect(fs.readdirSync(dir)).toEqual([])
+    expect(lockDirEntries(dir)).toEqual([])
     await p.done()
   })
 })
@@ -211,7 +211,7 @@ describe('where the lock file lives', () => {
       const r = await first.done(60000)
       // Released from where it was taken, although the working directory changed.
       expect(lastJson(r.stdout)).toEqual({ released: true })
-      expect(fs.readdirSync(locks)).toEqual([])
+      expect(lockDirEntries(locks)).toEqual([])
     } finally {
       first.kill('SIGKILL')
       if (!rootLocksExisted) fs.rmSync('/runtime', { recursive: true, force: true })
@@ -229,12 +229,12 @@ describe('where the lock file lives', () => {
       setInterval(() => {}, 1000)`
     const p = watch(process.execPath, ['-e', code], { cwd: base, env: { ...process.env, PROCESSLOCK_DIR: undefined, PROCESSLOCK_LOG: '', TRADE_SIDE: 'SHORT' } })
     await p.waitFor('READY')
-    expect(fs.readdirSync(path.join(base, 'locks'))).toEqual(['backend.short.lock'])
+    expect(lockDirEntries(path.join(base, 'locks'))).toEqual(['backend.short.lock'])
     p.kill('SIGTERM')
     const r = await p.done(60000)
     expect(r.signal).toBe('SIGTERM')
     expect(r.stdout).toContain(`[PROCESS_LOCK_RELEASED] { processType: 'backend', tradeSide: 'SHORT', pid: ${p.pid} }`)
-    expect(fs.readdirSync(path.join(base, 'locks'))).toEqual([])
+    expect(lockDirEntries(path.join(base, 'locks'))).toEqual([])
   })
 
   test('a lock directory reached through a symlink or .. is the same lock, not a conflict with itself', () => {
@@ -253,7 +253,7 @@ describe('where the lock file lives', () => {
     }
     expect(pl.releaseLock('backend', SHORT(link))).toBe(true)
     expect(pl.isLockHeld('backend', SHORT(real))).toBe(false)
-    expect(fs.readdirSync(real)).toEqual(['sub'])
+    expect(lockDirEntries(real)).toEqual(['sub'])
   })
 })
 
@@ -290,7 +290,7 @@ describe('a holder whose lock file was removed, replaced or moved knows it', () 
     expect(recordOf(lockFile(dir))).toEqual(again)
     expect(pl.isLockHeld('backend', SHORT(dir))).toBe(true)
     expect(pl.releaseLock('backend', SHORT(dir))).toBe(true)
-    expect(fs.readdirSync(dir)).toEqual([])
+    expect(lockDirEntries(dir)).toEqual([])
   })
 
   test('replaced by another process\'s lock: its record, isOwn false, acquireLock conflicts', async () => {
@@ -324,6 +324,6 @@ describe('a holder whose lock file was removed, replaced or moved knows it', () 
     expect(pl.listLocks({ dir }).map((l) => l.isOwn)).toEqual([true])
     expect(pl.releaseLock('backend', SHORT(dir))).toBe(true)
     // The old file went with its directory; it is nobody's lock and stays there.
-    expect(fs.readdirSync(path.join(base, 'moved'))).toEqual(['backend.short.lock'])
+    expect(lockDirEntries(path.join(base, 'moved'))).toEqual(['backend.short.lock'])
   })
 })

@@ -8,7 +8,7 @@
 const fs = require('node:fs')
 const path = require('node:path')
 const { spawnSync } = require('node:child_process')
-const { FIXTURES, tempDir, watch, running } = require('./helpers/proc')
+const { FIXTURES, tempDir, lockDirEntries, watch, running } = require('./helpers/proc')
 const pl = require('..')
 
 const canUnshare =
@@ -42,7 +42,7 @@ describeNamespaces('a service that is PID 1 in its PID namespace', () => {
       expect(r).toMatchObject({ code: 128 + require('node:os').constants.signals[signal] })
       expect(r.stdout).toContain("[PROCESS_LOCK_RELEASED] { processType: 'backend', tradeSide: 'SHORT', pid: 1 }")
       expect(running(service)).toBe(false)
-      expect(fs.readdirSync(dir)).toEqual([])
+      expect(lockDirEntries(dir)).toEqual([])
     } finally {
       p.kill('SIGKILL')
       await p.done().catch(() => {})

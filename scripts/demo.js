@@ -172,7 +172,8 @@ async function main() {
   shell('pm2 stop all')
   for (const p of [next, worker, long]) p.child.kill('SIGINT')
   await Promise.all([next.ended, worker.ended, long.ended])
-  write(`  lock files left: ${fs.readdirSync(dir).length === 0 ? 'none' : fs.readdirSync(dir).join(', ')}\n`)
+  const left = fs.readdirSync(dir).filter((f) => f.endsWith('.lock'))
+  write(`  lock files left: ${left.length === 0 ? 'none' : left.join(', ')}\n`)
   cli('check')
   removeDir()
 }
