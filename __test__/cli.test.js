@@ -209,11 +209,22 @@ describe('processlock run', () => {
     expect(fs.readdirSync(dir)).toEqual([])
   })
 
-  test('tells the command which inherited descriptor holds the lock', async () => {
+  test('tells the command which inherited descriptors hold and hand over the lock, and where it is', async () => {
     const dir = tempDir('cli-inherited')
     const r = await startRun(['backend', '-q'], ['inherited'], { dir }).done()
     expect(r.code).toBe(0)
-    expect(r.stdout).toMatch(new RegExp(`^INHERITED \\d+ ${lockFile(dir).replace(/[.]/g, '\\.')} true\n$`))
+    expect(r.stdout).toMatch(new RegExp(`^INHERITED \\d+ ${lockFile(dir).replace(/[.]/g, '\\.')} true token true true\nSOCKET \\S+ true\nDIR ${dir}\n$`))
+    // The socket that hands the descriptors to claimants that did not inherit them is gone.
+    const socket = r.stdout.match(/SOCKET (\S+)/)[1]
+    expect(fs.existsSync(socket) || fs.existsSync(path.dirname(socket))).toBe(false)
+    // The directory given with --dir, not the environment's, is the command's too.
+    const other = tempDir('cli-inherited-env')
+    const viaOption = await startCli(['--dir', dir, 'run', 'backend', '-q', '--', process.execPath, CHILD, 'inherited'], {
+      dir: other,
+    }).done()
+    expect(viaOption.code).toBe(0)
+    expect(viaOption.stdout).toContain(`DIR ${dir}\n`)
+    expect(fs.readdirSync(other)).toEqual([])
   })
 
   test.each([0, 3, 42])('exits with the command status %i', async (status) => {

@@ -19,8 +19,10 @@ Commands:
   run     Take the lock <type> (e.g. backend, worker), run the command while holding it, and
           release it when the command ends. SIGINT, SIGTERM and SIGHUP are passed on to the
           command; processlock exits with its status, or dies by its signal. The command holds
-          the lock itself: it stays held even if processlock is killed ($PROCESSLOCK_INHERITED,
-          <fd>:<lock file>, tells it which descriptor that is). If another instance
+          the lock itself: it stays held even if processlock is killed. If a process the command
+          starts (directly or through npm, a shell...) takes the same lock, the first one to do
+          so owns it; any other gets a conflict ($PROCESSLOCK_INHERITED tells them how to ask).
+          The command gets $PROCESSLOCK_DIR set to the lock directory used. If another instance
           holds the lock, the command is not started and processlock exits with status 1
           (with --wait, once MS milliseconds have passed without the holder letting go).
 

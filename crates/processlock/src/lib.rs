@@ -32,6 +32,8 @@ pub use dir::{default_dir, ensure_dir, resolve_dir, DIR_ENV};
 pub use error::{Conflict, Error, Result};
 pub use handoff::PendingLock;
 pub use inherit::INHERITED_ENV;
+#[cfg(unix)]
+pub use inherit::{ClaimToken, HandoverSocket};
 pub use list::{list_locks, LockState, LockStatus};
 pub use liveness::{judge_pid, start_token, PidState};
 pub use name::{LockName, SIDE_ENV};
