@@ -136,6 +136,7 @@ function tortureMarkdown(results, meta) {
         `by its own thread (1..${st.targetUs} us into its attempt, log-uniform): ${fmtCounts(m.targeted)}`);
       if (st.killMissed) notes.push(`targeted kill missed ${st.killMissed}`);
     }
+    if (st.notes) notes.push(...st.notes);
     if (st.tempSamples && st.tempSamples.length) notes.push(`e.g. ${st.tempSamples.join(', ')}`);
     return [
       LABELS[st.impl] || st.impl,
@@ -166,6 +167,9 @@ function tortureMarkdown(results, meta) {
     'is SIGKILLed at a random moment of the race, then a survivor probes the lock (it must be free: otherwise',
     '"stuck"); the victim is replaced. Peers run with `stale: ' + meta.staleMs + '` ms (proper-lockfile\'s minimum);',
     'their stale locks are aged past that before the round.',
+    '*run-tree* (ours only): one `processlock run` per round whose command starts N claimants (the core\'s `claim`',
+    'example, no Node) that take the wrapped lock at one instant: the hand-over to one of them. *run-race* (ours',
+    'only): N `processlock run` wrappers started at once, each winner\'s command taking the lock itself. No bystander.',
     '',
     '"double-owner rounds": two ownership intervals (hrtime right after acquire returned .. right before release;',
     'a victim owns until it is killed) overlap. "no owner": nobody won although the lock was free. Left-over',

@@ -5,7 +5,7 @@
 //
 //   node bench/torture.js [--rounds N (1000)] [--duration S] [--sizes 8,16]
 //                         [--impls ours,proper-lockfile,lockfile]
-//                         [--kinds fresh,stale,recycled,legacy,kill]
+//                         [--kinds fresh,stale,recycled,legacy,kill,run-tree,run-race]
 //                         [--peer-rounds N (= rounds)] [--peer-kill-rounds N (200)]
 //                         [--hold-us U (2000)] [--dir D] [--keep]
 //                         [--write]   (also put the tables into BENCHMARKS.md)
@@ -28,6 +28,11 @@
 //             starts acquire (to land inside acquire); then a survivor probes
 //             the lock, which must be free, and the victim is replaced by a
 //             spare process
+//   run-tree  (ours only) one `processlock run` per round whose command starts
+//             N claimants that take the wrapped lock at one instant
+//             (bench/torture-run.js)
+//   run-race  (ours only) N `processlock run` wrappers started at once, the
+//             command of each winner taking the lock itself
 // Racers are long-lived processes (bench/worker.js) told per round, through
 // stdin, the lock directory and a start instant t0 (CLOCK_MONOTONIC); they
 // sleep until t0, try once, and if they win hold (asleep) for a random
@@ -52,6 +57,7 @@ const { spawn } = require('child_process');
 const { Worker } = require('./pool');
 const { LABELS, oursUnavailable } = require('./impls');
 const report = require('./report');
+const runKinds = require('./torture-run');
 
 const LOCK_NAME = 'backend.short.lock';
 // Peers decide staleness by age: proper-lockfile by mtime (minimum 2000 ms),
@@ -73,7 +79,7 @@ function parseArgs(argv) {
     duration: 0,
     sizes: [8, 16],
     impls: ['ours', 'proper-lockfile', 'lockfile'],
-    kinds: ['fresh', 'stale', 'recycled', 'legacy', 'kill'],
+    kinds: ['fresh', 'stale', 'recycled', 'legacy', 'kill', ...runKinds.KINDS],
     peerRounds: null,
     peerKillRounds: null,
     holdUs: 2000,
@@ -453,12 +459,20 @@ async function main() {
 
   const results = [];
   const t0 = Date.now();
+  const wrapped = a.impls.includes('ours') ? a.kinds.filter((k) => runKinds.KINDS.includes(k)) : [];
+  const whyNotWrapped = wrapped.length ? runKinds.prepare() : null;
+  if (whyNotWrapped) {
+    console.error(`torture: ${whyNotWrapped}`);
+    process.exit(2);
+  }
   for (const impl of a.impls) {
     for (const n of a.sizes) {
+      if (!a.kinds.some((k) => !runKinds.KINDS.includes(k))) break;
       const combo = new Combo(a, impl, n, path.join(root, `${impl}-${n}`));
       await combo.start();
       for (const kind of a.kinds) {
         if ((kind === 'recycled' || kind === 'legacy') && impl !== 'ours') continue; // peers record no PID
+        if (runKinds.KINDS.includes(kind)) continue; // below: no long-lived racers
         const st = await combo.runKind(kind);
         st.impl = impl;
         st.n = n;
@@ -467,6 +481,13 @@ async function main() {
       }
       await combo.stop();
       if (!a.keep) fs.rmSync(combo.base, { recursive: true, force: true });
+    }
+  }
+  for (const n of a.sizes) {
+    for (const kind of wrapped) {
+      const st = await runKinds.runKind(kind, n, { rounds: a.rounds, duration: a.duration, holdUs: a.holdUs, base: root, keep: a.keep });
+      results.push(st);
+      console.log(report.tortureLine(st));
     }
   }
   if (!a.keep && !a.dir) fs.rmSync(root, { recursive: true, force: true });
