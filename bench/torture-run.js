@@ -66,7 +66,6 @@ async function runKind(kind, n, { rounds, duration, holdUs, base, keep }) {
   const bump = (k) => { st.errors[k] = (st.errors[k] || 0) + 1; };
   const kdir = path.join(base, `${kind}-${n}`);
   const env = { ...process.env, PROCESSLOCK_LOG: 'silent' };
-  delete env.PROCESSLOCK_DIR;
   delete env.PROCESSLOCK_INHERITED;
   let won = 0;
   let lost = 0;
@@ -76,7 +75,8 @@ async function runKind(kind, n, { rounds, duration, holdUs, base, keep }) {
   for (let r = 0; r < rounds && Date.now() < until; r++) {
     const dir = path.join(kdir, String(r));
     fs.mkdirSync(dir, { recursive: true });
-    const wrap = (command) => ['run', 'backend', '--side', 'SHORT', '-q', '--dir', dir, '--', CLAIM, ...command];
+    const wrap = (command) => ['run', 'backend', '--side', 'SHORT', '-q', '--', CLAIM, ...command];
+    env.PROCESSLOCK_DIR = dir;
     let outs;
     if (kind === 'run-tree') {
       // Time enough for the wrapper, the fan and its N children to start.
