@@ -9,7 +9,8 @@ processlock: one running instance per service
 Usage:
   processlock check [--json] [--dir DIR]
   processlock clear [--force] [--dir DIR]
-  processlock run <type> [--side SIDE] [--wait MS] [--name NAME] [--quiet] [--dir DIR] -- <command> [args...]
+  processlock run <type> [--side SIDE] [--wait MS | --replace [--grace MS]] [--name NAME] [--quiet]
+                  [--dir DIR] -- <command> [args...]
 
 Commands:
   check   List the lock files in the lock directory: type, side, PID, start time, uptime,
@@ -25,12 +26,17 @@ Commands:
           The command gets $PROCESSLOCK_DIR set to the lock directory used. If another instance
           holds the lock, the command is not started and processlock exits with status 1
           (with --wait, once MS milliseconds have passed without the holder letting go).
+          With --replace, a holder on this host (verified by its PID and start token) is sent
+          SIGTERM, then SIGKILL if it still holds the lock after the grace period, and the
+          command starts once it has let go. A holder on another host is never signalled.
 
 Options:
   --dir DIR      Lock directory. Default: $PROCESSLOCK_DIR, else runtime/locks under the
                  nearest directory (from the current one up) that has a package.json.
   --side SIDE    Trade side of the lock (run). Default: $TRADE_SIDE; '' for none.
   --wait MS      Wait up to MS milliseconds for a holder to let go (run). Default: 0, fail at once.
+  --replace      Stop the holder and take its place (run): SIGTERM, then SIGKILL after --grace.
+  --grace MS     How long a replaced holder may take to exit after SIGTERM. Default: 10000.
   --name NAME    Process name written in the lock record (run). Default: trader-<side>-<type>.
   -q, --quiet    Do not print the acquired/released lines (run). Conflicts are always printed.
   --json         Machine-readable output (check).
@@ -41,6 +47,9 @@ Options:
 Exit status: 0 on success; 1 on a lock conflict or an I/O error; 2 on a usage error; for run,
 otherwise the command's own status (127: command not found, 126: not executable).
 ";
+
+/// How long a replaced holder may take to exit after SIGTERM, unless `--grace` says.
+const DEFAULT_GRACE_MS: u64 = 10_000;
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Command {
@@ -58,6 +67,8 @@ pub enum Command {
         name: Option<String>,
         /// Milliseconds to wait for the holder; `None`: fail at once.
         wait_ms: Option<u64>,
+        /// `--replace`: the grace period in milliseconds between SIGTERM and SIGKILL.
+        replace_grace_ms: Option<u64>,
         quiet: bool,
         command: Vec<OsString>,
     },
@@ -183,6 +194,8 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Invocation, Usa
             let mut side = None;
             let mut name = None;
             let mut wait_ms = None;
+            let mut replace = false;
+            let mut grace_ms = None;
             let mut quiet = false;
             let command = loop {
                 let Some(arg) = cur.peek().cloned() else {
@@ -221,6 +234,18 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Invocation, Usa
                             }
                         }
                     }
+                    ("--replace", None) => replace = true,
+                    ("--grace", inline) => {
+                        let v = utf8_value(&mut cur, "--grace", inline)?;
+                        match v.parse::<u64>() {
+                            Ok(ms) => grace_ms = Some(ms),
+                            Err(_) => {
+                                return usage(format!(
+                                    "--grace takes a number of milliseconds, not {v:?}"
+                                ))
+                            }
+                        }
+                    }
                     ("--dir", inline) => dir = Some(dir_value(&mut cur, inline)?),
                     ("-q" | "--quiet", None) => quiet = true,
                     ("-h" | "--help", None) => return help(dir),
@@ -235,11 +260,20 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Invocation, Usa
                     "run needs a command to run, e.g. processlock run {process_type} -- node server.js"
                 ));
             }
+            if grace_ms.is_some() && !replace {
+                return usage("--grace goes with --replace");
+            }
+            if replace && wait_ms.is_some() {
+                return usage(
+                    "--replace waits for the holder by itself (see --grace); drop --wait",
+                );
+            }
             Command::Run {
                 process_type,
                 side,
                 name,
                 wait_ms,
+                replace_grace_ms: replace.then(|| grace_ms.unwrap_or(DEFAULT_GRACE_MS)),
                 quiet,
                 command,
             }
@@ -346,6 +380,7 @@ mod tests {
             side: Some("LONG".into()),
             name: Some("api".into()),
             wait_ms: Some(1500),
+            replace_grace_ms: None,
             quiet: true,
             command: vec![
                 "node".into(),
@@ -396,9 +431,24 @@ mod tests {
                 side: None,
                 name: None,
                 wait_ms: None,
+                replace_grace_ms: None,
                 quiet: false,
                 command: vec!["--weird-command".into()],
             }
+        );
+        let replacing = |args: &[&str]| match run_cmd(args) {
+            Command::Run {
+                replace_grace_ms, ..
+            } => replace_grace_ms,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            replacing(&["run", "x", "--replace", "--", "y"]),
+            Some(10_000)
+        );
+        assert_eq!(
+            replacing(&["run", "x", "--replace", "--grace=250", "--", "y"]),
+            Some(250)
         );
     }
 
@@ -419,6 +469,9 @@ mod tests {
             &["run", "backend", "--bogus", "--", "x"],
             &["run", "backend", "--wait", "soon", "--", "x"],
             &["run", "backend", "--wait=-1", "--", "x"],
+            &["run", "backend", "--grace", "5", "--", "x"],
+            &["run", "backend", "--replace", "--grace", "soon", "--", "x"],
+            &["run", "backend", "--replace", "--wait", "5", "--", "x"],
         ] {
             let Usage(msg) = p(args).unwrap_err();
             assert!(!msg.is_empty() && !msg.contains('\n'), "{args:?}: {msg}");

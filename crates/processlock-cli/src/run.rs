@@ -56,8 +56,18 @@ pub struct Options {
     pub process_name: Option<String>,
     /// How long to wait for a holder to let go; `None`: fail at once.
     pub wait: Option<Duration>,
+    /// Replace a holder (`--replace`): how long it may take to exit after SIGTERM.
+    pub replace_grace: Option<Duration>,
     pub quiet: bool,
     pub command: Vec<OsString>,
+}
+
+/// How the lock is taken once the command's PID is known.
+struct Taking {
+    process_name: Option<String>,
+    wait: Option<Duration>,
+    replace_grace: Option<Duration>,
+    quiet: bool,
 }
 
 /// How the lock-taking side of the hand-shake ended.
@@ -88,9 +98,16 @@ fn start(opts: Options) -> io::Result<i32> {
         target,
         process_name,
         wait,
+        replace_grace,
         quiet,
         command,
     } = opts;
+    let taking = Taking {
+        process_name,
+        wait,
+        replace_grace,
+        quiet,
+    };
     signals::install()?;
     let pending = match PendingLock::create(&target) {
         Ok(p) => p,
@@ -135,9 +152,7 @@ fn start(opts: Options) -> io::Result<i32> {
             )
         });
     }
-    let helper = std::thread::spawn(move || {
-        lock_side(pending, pid_read, go_write, process_name, wait, quiet)
-    });
+    let helper = std::thread::spawn(move || lock_side(pending, pid_read, go_write, taking));
     let spawned = cmd.spawn();
     // The child has its own copies (or was never forked): the helper sees EOF if it never wrote.
     close(pid_write);
@@ -253,14 +268,7 @@ unsafe fn errno_ptr() -> *mut c_int {
 }
 
 /// In a helper thread while the main thread is inside `Command::spawn`.
-fn lock_side(
-    pending: PendingLock,
-    pid_read: c_int,
-    go_write: c_int,
-    process_name: Option<String>,
-    wait: Option<Duration>,
-    quiet: bool,
-) -> Handshake {
+fn lock_side(pending: PendingLock, pid_read: c_int, go_write: c_int, taking: Taking) -> Handshake {
     let answer = |go: bool| {
         let byte = [if go { GO } else { STOP }];
         // SAFETY: writing one byte from our buffer to our pipe. If the child is gone, EPIPE
@@ -273,7 +281,7 @@ fn lock_side(
         answer(false);
         return Handshake::NoChild;
     };
-    let result = take(pending, pid, process_name.as_deref(), wait, quiet);
+    let result = take(pending, pid, &taking);
     let signal = signals::first_received();
     answer(result.is_ok() && signal.is_none());
     match (result, signal) {
@@ -284,41 +292,60 @@ fn lock_side(
     }
 }
 
-/// Links the pending lock with a record naming `pid`, waiting for the holder up to `wait`.
-fn take(
-    mut pending: PendingLock,
-    pid: u32,
-    process_name: Option<&str>,
-    wait: Option<Duration>,
-    quiet: bool,
-) -> processlock::Result<Acquired> {
+/// Links the pending lock with a record naming `pid`: at once, waiting for the holder, or
+/// replacing it.
+fn take(mut pending: PendingLock, pid: u32, taking: &Taking) -> processlock::Result<Acquired> {
     let target = pending.target().clone();
-    let mut attempt = || pending.try_commit(record_for(&target, pid, process_name));
-    let Some(wait) = wait else {
-        return attempt();
-    };
+    let mut attempt =
+        || pending.try_commit(record_for(&target, pid, taking.process_name.as_deref()));
+    match (taking.wait, taking.replace_grace) {
+        (Some(wait), _) => {
+            let announce = |holder: &Record| {
+                if !taking.quiet {
+                    eprintln!(
+                        "[PROCESS_LOCK_WAIT] {} is held by PID {}; waiting up to {} ms for it to end...",
+                        target.name.display(),
+                        holder.pid,
+                        wait.as_millis()
+                    );
+                }
+            };
+            wait_sliced(&target, wait, &mut attempt, announce)
+        }
+        (None, Some(grace)) => match attempt() {
+            Err(Error::Conflict(c)) => {
+                crate::replace::replace(&target, c, grace, &mut attempt, taking.quiet)
+            }
+            other => other,
+        },
+        (None, None) => attempt(),
+    }
+}
+
+/// `attempt` until it succeeds or fails otherwise than by a conflict, for up to `wait` or until
+/// a signal arrives. `announce` is called with the holder at the first conflict.
+pub(crate) fn wait_sliced(
+    target: &LockTarget,
+    wait: Duration,
+    mut attempt: impl FnMut() -> processlock::Result<Acquired>,
+    announce: impl FnOnce(&Record),
+) -> processlock::Result<Acquired> {
     let started = Instant::now();
     let deadline = started + wait;
     let cancel = Cancel::new();
-    let mut announced = false;
+    let mut announce = Some(announce);
     loop {
         // Short slices, so that a signal (which cannot cancel from its handler) ends the wait
         // within one of them.
         let slice_end = deadline.min(Instant::now() + WAIT_SLICE);
-        match wait_for(&target, Some(slice_end), &cancel, &mut attempt) {
+        match wait_for(target, Some(slice_end), &cancel, &mut attempt) {
             Err(Error::Conflict(mut c)) => {
                 if Instant::now() >= deadline || signals::first_received().is_some() {
                     c.waited_ms = started.elapsed().as_millis() as u64;
                     return Err(Error::Conflict(c));
                 }
-                if !announced && !quiet {
-                    announced = true;
-                    eprintln!(
-                        "[PROCESS_LOCK_WAIT] {} is held by PID {}; waiting up to {} ms for it to end...",
-                        target.name.display(),
-                        c.holder.pid,
-                        wait.as_millis()
-                    );
+                if let Some(announce) = announce.take() {
+                    announce(&c.holder);
                 }
             }
             other => return other,

@@ -25,7 +25,9 @@ fn mono_ns() -> u64 {
 
 fn say(line: String) {
     // One write per line: the lines of processes sharing the pipe never interleave.
-    let _ = std::io::stdout().lock().write_all(format!("{line}\n").as_bytes());
+    let _ = std::io::stdout()
+        .lock()
+        .write_all(format!("{line}\n").as_bytes());
 }
 
 /// A random number below `n` (0 for 0), from the clock and the PID: enough for hold times.

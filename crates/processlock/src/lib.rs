@@ -22,6 +22,7 @@ mod os;
 mod protocol;
 mod record;
 mod registry;
+mod replace;
 pub mod report;
 mod temp;
 mod wait;
@@ -43,5 +44,8 @@ pub use protocol::{
 };
 pub use record::{parse_record, Parsed, Record, PROTOCOL};
 pub use registry::{Registry, Taken};
+#[cfg(unix)]
+pub use replace::signal_holder;
+pub use replace::{check_replaceable, Refusal};
 pub use temp::sweep_orphan_temps;
 pub use wait::{acquire_wait, wait_for, Cancel};
