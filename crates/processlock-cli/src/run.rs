@@ -396,6 +396,7 @@ fn supervise(
         eprintln!("{}", report::acquired(&target.name, pid));
     }
     let mut relay = Relay::default();
+    let mut handover = handover;
     let status = loop {
         match child.try_wait() {
             Ok(Some(status)) => break Ok(status),
@@ -407,7 +408,11 @@ fn supervise(
             Ok(None) => {
                 if let Some(h) = &handover {
                     let fds = [acquired.lock.file().as_raw_fd(), h.token.fd()];
-                    h.socket.serve_waiting(pid, fds);
+                    if let Err(e) = h.socket.serve_waiting(pid, fds) {
+                        // Claimants that did not inherit the descriptors now get a conflict.
+                        eprintln!("processlock: no longer handing the lock to the command's processes: {e}");
+                        handover = None;
+                    }
                 }
             }
             Ok(Some(note)) if note.signal == libc::SIGCHLD => {}

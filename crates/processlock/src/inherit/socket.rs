@@ -61,13 +61,15 @@ impl HandoverSocket {
     }
 
     /// Answers every connection waiting now. A peer that is `command` or descends from it gets
-    /// `fds`; any other peer gets nothing. Never blocks.
-    pub fn serve_waiting(&self, command: u32, fds: [RawFd; 2]) {
-        while let Some(conn) = accept(self.fd()) {
+    /// `fds`; any other peer gets nothing. Never blocks. `Err`: the listener itself fails (out
+    /// of descriptors...): stop polling it, or the caller would spin on it.
+    pub fn serve_waiting(&self, command: u32, fds: [RawFd; 2]) -> io::Result<()> {
+        while let Some(conn) = accept(self.fd())? {
             if peer_pid(&conn).is_some_and(|pid| descends_from(pid, command)) {
                 let _ = send_fds(&conn, fds);
             }
         }
+        Ok(())
     }
 }
 
@@ -179,7 +181,8 @@ fn sockaddr(path: &Path) -> io::Result<(libc::sockaddr_un, libc::socklen_t)> {
     Ok((addr, len as libc::socklen_t))
 }
 
-fn accept(listener: RawFd) -> Option<OwnedFd> {
+/// The next waiting connection; `None` when there is none now.
+fn accept(listener: RawFd) -> io::Result<Option<OwnedFd>> {
     loop {
         // SAFETY: accept(2) on our listener without asking for the peer address.
         let fd = unsafe { libc::accept(listener, std::ptr::null_mut(), std::ptr::null_mut()) };
@@ -187,10 +190,13 @@ fn accept(listener: RawFd) -> Option<OwnedFd> {
             // SAFETY: a descriptor we just accepted and own.
             let conn = unsafe { OwnedFd::from_raw_fd(fd) };
             let _ = super::set_flag(fd, libc::F_GETFD, libc::F_SETFD, libc::FD_CLOEXEC);
-            return Some(conn);
+            return Ok(Some(conn));
         }
-        if io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
-            return None;
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EINTR | libc::ECONNABORTED) => {}
+            Some(n) if n == libc::EAGAIN || n == libc::EWOULDBLOCK => return Ok(None),
+            _ => return Err(e),
         }
     }
 }
@@ -405,7 +411,7 @@ mod tests {
         // This process is its own descendant: it is served.
         let until = std::time::Instant::now() + Duration::from_secs(5);
         while !asking.is_finished() && std::time::Instant::now() < until {
-            server.serve_waiting(std::process::id(), fds);
+            server.serve_waiting(std::process::id(), fds).unwrap();
             std::thread::sleep(Duration::from_millis(1));
         }
         let (lock, tok) = asking.join().unwrap().expect("served");
@@ -419,7 +425,7 @@ mod tests {
         };
         let until = std::time::Instant::now() + Duration::from_secs(5);
         while !asking.is_finished() && std::time::Instant::now() < until {
-            server.serve_waiting(1, fds);
+            server.serve_waiting(1, fds).unwrap();
             std::thread::sleep(Duration::from_millis(1));
         }
         assert!(asking.join().unwrap().is_none());
