@@ -370,8 +370,11 @@ describe('processlock run', () => {
     expect(r.stderr).toContain(`[PROCESS_LOCK_CONFLICT] To force restart, run: kill ${holder.pid}`)
     expect(r.stderr).toContain(`[FATAL] LOCK_CONFLICT: backend (SHORT) is already running (PID: ${holder.pid})`)
 
-    const waiting = startRun(['backend', '--wait', '60000'], ['exit', '0'], { dir, env: { CHILD_MARKER: marker } })
+    // Its own temp directory, where the socket that hands the lock to the command's processes lives.
+    const tmp = tempDir('cli-wait-tmp')
+    const waiting = startRun(['backend', '--wait', '60000'], ['exit', '0'], { dir, env: { CHILD_MARKER: marker, TMPDIR: tmp } })
     await waiting.waitFor('[PROCESS_LOCK_WAIT]')
+    expect(fs.readdirSync(tmp)).toHaveLength(1)
     const signalled = Date.now()
     waiting.kill('SIGTERM')
     expect((await waiting.done()).signal).toBe('SIGTERM')
@@ -380,6 +383,8 @@ describe('processlock run', () => {
     expect(fs.readdirSync(dir)).toEqual(['backend.short.lock'])
     holder.kill('SIGTERM')
     await holder.done()
+    // Dying by the signal left nothing behind there either.
+    expect(fs.readdirSync(tmp)).toEqual([])
   })
 
   test('takes over a stale lock with the seed line', async () => {

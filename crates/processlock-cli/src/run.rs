@@ -182,6 +182,8 @@ fn start(opts: Options) -> io::Result<i32> {
             if let Ok(mut child) = spawned {
                 let _ = child.wait();
             }
+            // Dying by the signal runs no destructor: remove the socket's directory first.
+            drop(socket);
             signals::die_by(signal)
         }
         (spawned, Handshake::Failed(e)) => {
