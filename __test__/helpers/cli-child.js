@@ -31,7 +31,7 @@ switch (mode) {
   case 'hold':
     break
   case 'inherited': {
-    // What processlock run told us: `<lock fd>:<token fd>:<token inode>:<socket path>`, and the
+    // What processlock run told us: `<lock fd>:<token fd>:<token inode>:<socket>`, and the
     // lock directory it used.
     const [fd, tokenFd, tokenIno, ...rest] = (process.env.PROCESSLOCK_INHERITED || '').split(':')
     const socket = rest.join(':')
@@ -40,7 +40,11 @@ switch (mode) {
     const same = fs.fstatSync(Number(fd)).ino === fs.statSync(lockFile).ino
     const token = fs.fstatSync(Number(tokenFd))
     say(`INHERITED ${fd} ${lockFile} ${same} token ${token.isFIFO()} ${String(token.ino) === tokenIno}`)
-    say(`SOCKET ${socket} ${fs.statSync(socket).isSocket()}`)
+    // Linux: an abstract socket (`@name`, no file); elsewhere a socket file.
+    const listening = socket.startsWith('@')
+      ? fs.readFileSync('/proc/net/unix', 'utf8').includes(` ${socket}\n`)
+      : fs.statSync(socket).isSocket()
+    say(`SOCKET ${socket} ${listening}`)
     say(`DIR ${dir}`)
     process.exit(0)
     break

@@ -34,7 +34,7 @@
 use crate::protocol::{HeldLock, LockTarget};
 
 /// The variable `processlock run` sets for its command:
-/// `<lock fd>:<token fd>:<token inode>:<socket path>` (the socket path may be empty).
+/// `<lock fd>:<token fd>:<token inode>:<socket>` (the socket's address may be empty).
 pub const INHERITED_ENV: &str = "PROCESSLOCK_INHERITED";
 
 #[cfg(unix)]
@@ -64,7 +64,7 @@ mod unix {
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
     use std::os::unix::ffi::OsStrExt;
 
-    /// What `INHERITED_ENV` says: `<lock fd>:<token fd>:<token inode>:<socket path>`. The inode
+    /// What `INHERITED_ENV` says: `<lock fd>:<token fd>:<token inode>:<socket>`. The inode
     /// tells the token pipe apart from any other pipe that may have taken its number.
     #[derive(Debug, Clone, PartialEq, Eq)]
     pub(super) struct Handover {
@@ -146,7 +146,7 @@ mod unix {
                 token_fd: self.fd(),
                 token_ino: self.ino,
                 socket: socket
-                    .map(|s| s.path().as_os_str().to_os_string())
+                    .map(|s| s.address().to_os_string())
                     .unwrap_or_default(),
             }
             .to_value()

@@ -3,8 +3,10 @@
 //! Launchers written in Node (npm, npx, `node --watch`) start their children with the standard
 //! descriptors only, so the app behind `processlock run -- npm start` has the variable but not
 //! the descriptors it names. `processlock run` therefore also listens on a Unix socket, named in
-//! the variable, in a directory of its own (mode 0700) under the temp directory. A claimant
-//! connects; if it descends from the command `run` started, `run` sends it duplicates of the
+//! the variable: on Linux in the abstract namespace (`@processlock-...`: no file, so nothing is
+//! left behind when `run` is killed), elsewhere in a directory of its own (mode 0700) under the
+//! temp directory. A claimant connects; if it descends from the command `run` started (the only
+//! thing that opens the door: an abstract socket has no permissions), `run` sends it duplicates of the
 //! lock's descriptor and of the claim token's read end (`SCM_RIGHTS`), and the claim goes on
 //! exactly as with inherited ones: verified against the OS lock, then the token's one byte
 //! decides. Serving descriptors to several claimants is therefore harmless: only the token
@@ -14,8 +16,8 @@ use std::ffi::OsStr;
 use std::io;
 use std::mem::{size_of, zeroed};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::path::{Path, PathBuf};
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// How long a claimant waits for `run` to answer: it answers at once from its main loop, so
@@ -24,25 +26,53 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
 /// How many parent links a claimant may be below the command: a guard against loops only.
 const MAX_DEPTH: usize = 64;
 
-/// The listening socket of `processlock run`. Dropping it removes the socket and its directory.
+/// The listening socket of `processlock run`. Dropping it closes it (and removes its file and
+/// directory where it has them).
 #[derive(Debug)]
 pub struct HandoverSocket {
     listener: OwnedFd,
-    dir: PathBuf,
-    path: PathBuf,
+    /// What a claimant connects to: `@name` (abstract) or a path.
+    address: std::ffi::OsString,
+    dir: Option<PathBuf>,
 }
 
 impl HandoverSocket {
+    /// A non-blocking listener with a fresh name.
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    pub fn bind() -> io::Result<HandoverSocket> {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let mut tries = 0;
+        loop {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos());
+            let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+            let address = format!("@processlock-{}-{nanos}-{n}", std::process::id());
+            match listen_at(address.as_bytes()) {
+                Ok(listener) => {
+                    return Ok(HandoverSocket {
+                        listener,
+                        address: address.into(),
+                        dir: None,
+                    })
+                }
+                Err(e) if e.kind() == io::ErrorKind::AddrInUse && tries < 8 => tries += 1,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     /// A non-blocking listener in a fresh private directory under the temp directory.
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
     pub fn bind() -> io::Result<HandoverSocket> {
         let dir = private_dir()?;
         let path = dir.join("s");
-        let bound = listen_at(&path);
-        match bound {
+        match listen_at(path.as_os_str().as_bytes()) {
             Ok(listener) => Ok(HandoverSocket {
                 listener,
-                dir,
-                path,
+                address: path.into_os_string(),
+                dir: Some(dir),
             }),
             Err(e) => {
                 let _ = std::fs::remove_dir(&dir);
@@ -51,8 +81,9 @@ impl HandoverSocket {
         }
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// What `ask` connects to.
+    pub fn address(&self) -> &OsStr {
+        &self.address
     }
 
     /// Readable when a claimant is waiting: for the caller's `poll`.
@@ -75,15 +106,17 @@ impl HandoverSocket {
 
 impl Drop for HandoverSocket {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
-        let _ = std::fs::remove_dir(&self.dir);
+        if let Some(dir) = &self.dir {
+            let _ = std::fs::remove_file(&self.address);
+            let _ = std::fs::remove_dir(dir);
+        }
     }
 }
 
 /// Asks the `run` listening at `path` for the lock's descriptor and the token (in that order),
 /// both close-on-exec here.
-pub(super) fn ask(path: &OsStr) -> Option<(OwnedFd, OwnedFd)> {
-    let (addr, len) = sockaddr(Path::new(path)).ok()?;
+pub(super) fn ask(address: &OsStr) -> Option<(OwnedFd, OwnedFd)> {
+    let (addr, len) = sockaddr(address.as_bytes()).ok()?;
     let sock = socket().ok()?;
     let timeout = libc::timeval {
         tv_sec: ANSWER_TIMEOUT.as_secs() as _,
@@ -110,6 +143,7 @@ pub(super) fn ask(path: &OsStr) -> Option<(OwnedFd, OwnedFd)> {
     recv_fds(&sock)
 }
 
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
 fn private_dir() -> io::Result<PathBuf> {
     let mut template = std::env::temp_dir()
         .join("processlock-XXXXXX")
@@ -121,6 +155,7 @@ fn private_dir() -> io::Result<PathBuf> {
         return Err(io::Error::last_os_error());
     }
     template.pop();
+    use std::os::unix::ffi::OsStringExt;
     Ok(PathBuf::from(std::ffi::OsString::from_vec(template)))
 }
 
@@ -136,8 +171,8 @@ fn socket() -> io::Result<OwnedFd> {
     Ok(sock)
 }
 
-fn listen_at(path: &Path) -> io::Result<OwnedFd> {
-    let (addr, len) = sockaddr(path)?;
+fn listen_at(address: &[u8]) -> io::Result<OwnedFd> {
+    let (addr, len) = sockaddr(address)?;
     let sock = socket()?;
     // SAFETY: bind and listen on our own socket with our own address struct.
     unsafe {
@@ -160,18 +195,23 @@ fn listen_at(path: &Path) -> io::Result<OwnedFd> {
     Ok(sock)
 }
 
-fn sockaddr(path: &Path) -> io::Result<(libc::sockaddr_un, libc::socklen_t)> {
+/// `@name`: the Linux abstract namespace (a leading NUL instead of a file); anything else: a path.
+fn sockaddr(address: &[u8]) -> io::Result<(libc::sockaddr_un, libc::socklen_t)> {
     // SAFETY: an all-zero sockaddr_un is valid.
     let mut addr: libc::sockaddr_un = unsafe { zeroed() };
-    let bytes = path.as_os_str().as_bytes();
-    if bytes.is_empty() || bytes.len() >= addr.sun_path.len() {
+    let (bytes, skip) = match address.strip_prefix(b"@") {
+        Some(name) if cfg!(any(target_os = "linux", target_os = "android")) => (name, 1),
+        _ => (address, 0),
+    };
+    if bytes.is_empty() || skip + bytes.len() >= addr.sun_path.len() {
         return Err(io::ErrorKind::InvalidInput.into());
     }
     addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
-    for (dst, src) in addr.sun_path.iter_mut().zip(bytes) {
+    for (dst, src) in addr.sun_path[skip..].iter_mut().zip(bytes) {
         *dst = *src as libc::c_char;
     }
-    let len = size_of::<libc::sa_family_t>() + bytes.len() + 1;
+    // A path ends with a NUL; an abstract name is exactly its bytes after the leading NUL.
+    let len = size_of::<libc::sa_family_t>() + skip + bytes.len() + (1 - skip);
     #[cfg(any(target_os = "macos", target_os = "ios", target_os = "freebsd"))]
     {
         addr.sun_len = len as u8;
@@ -400,13 +440,17 @@ mod tests {
     #[test]
     fn a_served_peer_gets_both_descriptors_and_the_socket_goes_with_its_owner() {
         let server = HandoverSocket::bind().unwrap();
-        let path = server.path().to_path_buf();
+        let address = server.address().to_os_string();
+        assert!(
+            address.as_bytes().starts_with(b"@processlock-"),
+            "{address:?}"
+        );
         let token = super::super::ClaimToken::new().unwrap();
         let file = std::fs::File::open("/proc/self/exe").unwrap();
         let fds = [file.as_raw_fd(), token.fd()];
         let asking = {
-            let path = path.clone();
-            std::thread::spawn(move || ask(path.as_os_str()))
+            let address = address.clone();
+            std::thread::spawn(move || ask(&address))
         };
         // This process is its own descendant: it is served.
         let until = std::time::Instant::now() + Duration::from_secs(5);
@@ -420,8 +464,8 @@ mod tests {
         assert_eq!(ino(tok.as_raw_fd()), ino(token.fd()));
         // A peer that does not descend from the command gets nothing.
         let asking = {
-            let path = path.clone();
-            std::thread::spawn(move || ask(path.as_os_str()))
+            let address = address.clone();
+            std::thread::spawn(move || ask(&address))
         };
         let until = std::time::Instant::now() + Duration::from_secs(5);
         while !asking.is_finished() && std::time::Instant::now() < until {
@@ -430,7 +474,6 @@ mod tests {
         }
         assert!(asking.join().unwrap().is_none());
         drop(server);
-        assert!(!path.exists() && !path.parent().unwrap().exists());
-        assert!(ask(path.as_os_str()).is_none());
+        assert!(ask(&address).is_none());
     }
 }
