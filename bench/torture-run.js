@@ -5,6 +5,8 @@
 //             at once, each taking the wrapped lock at one start instant
 //             (the core's claim example: bench cost of a round is process
 //             starts, not Node start-ups). Exactly one may own it at a time.
+//             Even rounds: the claimants inherit the lock's descriptors; odd
+//             rounds: they do not (as behind npm) and ask processlock for them.
 //   run-race  N `processlock run` wrappers started at once for one lock; the
 //             command of each winner takes the lock itself at once.
 //
@@ -81,7 +83,8 @@ async function runKind(kind, n, { rounds, duration, holdUs, base, keep }) {
     if (kind === 'run-tree') {
       // Time enough for the wrapper, the fan and its N children to start.
       const t0 = monoNs() + BigInt(20e6 + 2e6 * n);
-      const res = await runProc(PROCESSLOCK, wrap(['fan', String(n), String(t0), String(holdUs)]), env);
+      const fan = r % 2 === 0 ? 'fan' : 'fan-closed';
+      const res = await runProc(PROCESSLOCK, wrap([fan, String(n), String(t0), String(holdUs)]), env);
       if (res.code !== 0) bump(`wrapper exit ${res.code ?? res.signal}`);
       outs = [res.out];
     } else {

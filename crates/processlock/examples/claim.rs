@@ -7,6 +7,9 @@
 //!                          a random 0..HOLD_US us, print `R <ns>` and release; on a conflict
 //!                          print `L`; on any other error `E <code>`
 //! claim fan N T0 HOLD_US   start N `claim one` at once (sharing stdout) and wait for them
+//! claim fan-closed N T0 HOLD_US
+//!                          the same, but the claimants do not inherit the lock's descriptors
+//!                          (as behind a launcher that closes them): they must ask `run`
 //! ```
 use std::io::Write;
 use std::time::Duration;
@@ -63,12 +66,29 @@ fn one(t0: u64, hold_us: u64) {
     }
 }
 
+/// Marks the descriptors `processlock run` named (the numbers before the socket's address)
+/// close-on-exec: this process keeps holding the lock, its children get none of them.
+fn keep_inherited_to_myself() {
+    let value = std::env::var("PROCESSLOCK_INHERITED").expect("PROCESSLOCK_INHERITED");
+    for fd in value.split(':').take(2) {
+        let fd: libc::c_int = fd.parse().expect("a descriptor number");
+        // SAFETY: fcntl flag calls on a descriptor number; an invalid one only fails.
+        unsafe {
+            let flags = libc::fcntl(fd, libc::F_GETFD);
+            libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
+        }
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let num = |i: usize| -> u64 { args.get(i).and_then(|v| v.parse().ok()).expect("a number") };
     match args.first().map(String::as_str) {
         Some("one") => one(num(1), num(2)),
-        Some("fan") => {
+        Some(mode @ ("fan" | "fan-closed")) => {
+            if mode == "fan-closed" {
+                keep_inherited_to_myself();
+            }
             let me = std::env::current_exe().expect("own path");
             let children: Vec<_> = (0..num(1))
                 .map(|_| {
@@ -83,7 +103,7 @@ fn main() {
             }
         }
         _ => {
-            eprintln!("usage: claim one T0 HOLD_US | claim fan N T0 HOLD_US");
+            eprintln!("usage: claim one T0 HOLD_US | claim fan|fan-closed N T0 HOLD_US");
             std::process::exit(2);
         }
     }
