@@ -211,11 +211,27 @@ describe('processlock run', () => {
     expect(lockDirEntries(dir)).toEqual([])
   })
 
-  test('tells the command which inherited descriptor holds the lock', async () => {
+  test('tells the command which inherited descriptors hold and hand over the lock, and where it is', async () => {
     const dir = tempDir('cli-inherited')
     const r = await startRun(['backend', '-q'], ['inherited'], { dir }).done()
     expect(r.code).toBe(0)
-    expect(r.stdout).toMatch(new RegExp(`^INHERITED \\d+ ${lockFile(dir).replace(/[.]/g, '\\.')} true\n$`))
+    expect(r.stdout).toMatch(new RegExp(`^INHERITED \\d+ ${lockFile(dir).replace(/[.]/g, '\\.')} true token true true\nSOCKET \\S+ true\nDIR ${dir}\n$`))
+    // The socket that hands the descriptors to claimants that did not inherit them is gone.
+    const socket = r.stdout.match(/SOCKET (\S+)/)[1]
+    if (process.platform === 'linux') {
+      expect(socket).toMatch(/^@processlock-/)
+      expect(fs.readFileSync('/proc/net/unix', 'utf8')).not.toContain(` ${socket}\n`)
+    } else {
+      expect(fs.existsSync(socket) || fs.existsSync(path.dirname(socket))).toBe(false)
+    }
+    // The directory given with --dir, not the environment's, is the command's too.
+    const other = tempDir('cli-inherited-env')
+    const viaOption = await startCli(['--dir', dir, 'run', 'backend', '-q', '--', process.execPath, CHILD, 'inherited'], {
+      dir: other,
+    }).done()
+    expect(viaOption.code).toBe(0)
+    expect(viaOption.stdout).toContain(`DIR ${dir}\n`)
+    expect(fs.readdirSync(other)).toEqual([])
   })
 
   test.each([0, 3, 42])('exits with the command status %i', async (status) => {
@@ -361,7 +377,9 @@ describe('processlock run', () => {
     expect(r.stderr).toContain(`[PROCESS_LOCK_CONFLICT] To force restart, run: kill ${holder.pid}`)
     expect(r.stderr).toContain(`[FATAL] LOCK_CONFLICT: backend (SHORT) is already running (PID: ${holder.pid})`)
 
-    const waiting = startRun(['backend', '--wait', '60000'], ['exit', '0'], { dir, env: { CHILD_MARKER: marker } })
+    // Its own temp directory, where the socket that hands the lock to the command's processes lives.
+    const tmp = tempDir('cli-wait-tmp')
+    const waiting = startRun(['backend', '--wait', '60000'], ['exit', '0'], { dir, env: { CHILD_MARKER: marker, TMPDIR: tmp } })
     await waiting.waitFor('[PROCESS_LOCK_WAIT]')
     const signalled = Date.now()
     waiting.kill('SIGTERM')
@@ -371,6 +389,8 @@ describe('processlock run', () => {
     expect(lockDirEntries(dir)).toEqual(['backend.short.lock'])
     holder.kill('SIGTERM')
     await holder.done()
+    // Dying by the signal left nothing behind there either.
+    expect(fs.readdirSync(tmp)).toEqual([])
   })
 
   test('takes over a stale lock with the seed line', async () => {

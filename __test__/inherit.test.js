@@ -31,9 +31,9 @@ test('a wrapped app that takes the same lock owns it, and a second app still con
   // is refused: the claim is checked against the OS lock.
   const fake = spawnSync(
     '/bin/sh',
-    ['-c', `exec 7<"${path.join(dir, 'backend.short.lock')}"; exec "${process.execPath}" "${app}"`],
+    ['-c', `exec 7<"${path.join(dir, 'backend.short.lock')}" 8</dev/null; exec "${process.execPath}" "${app}"`],
     {
-      env: { ...process.env, PROCESSLOCK_DIR: dir, TRADE_SIDE: 'SHORT', PROCESSLOCK_INHERITED: `7:${path.join(dir, 'backend.short.lock')}` },
+      env: { ...process.env, PROCESSLOCK_DIR: dir, TRADE_SIDE: 'SHORT', PROCESSLOCK_INHERITED: `7:8:${fs.statSync('/dev/null').ino}:` },
       encoding: 'utf8',
     },
   )

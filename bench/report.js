@@ -141,6 +141,7 @@ function tortureMarkdown(results, meta) {
         `by its own thread (1..${st.targetUs} us into its attempt, log-uniform): ${fmtCounts(m.targeted)}`);
       if (st.killMissed) notes.push(`targeted kill missed ${st.killMissed}`);
     }
+    if (st.notes) notes.push(...st.notes);
     if (st.tempSamples && st.tempSamples.length) notes.push(`e.g. ${st.tempSamples.join(', ')}`);
     return [
       LABELS[st.impl] || st.impl,
@@ -174,6 +175,10 @@ function tortureMarkdown(results, meta) {
     'yet, or a SIGKILLed holder\'s; the racers retry every 20..200 us for (N/2 + 1) x the hold time, so owners follow',
     'each other through releases (and, from a stale lock, a takeover), and another process calls `forceRemoveLock` at a',
     'random instant of that window.',
+    '*run-tree* (ours only): one `processlock run` per round whose command starts N claimants (the core\'s `claim`',
+    'example, no Node) that take the wrapped lock at one instant: the hand-over to one of them (odd rounds: the',
+    'claimants did not inherit the descriptors and ask `processlock` for them, as behind npm). *run-race* (ours',
+    'only): N `processlock run` wrappers started at once, each winner\'s command taking the lock itself. No bystander.',
     '',
     '"double-owner rounds": two ownership intervals (hrtime right after acquire returned .. right before release;',
     'a victim owns until it is killed) overlap. In the force kinds a holder whose file was removed by force still',

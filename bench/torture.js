@@ -6,7 +6,7 @@
 //   node bench/torture.js [--rounds N (1000)] [--duration S] [--sizes 8,16]
 //                         [--impls ours,proper-lockfile,lockfile]
 //                         [--kinds fresh,stale,recycled,legacy,kill,
-//                                  force-release,force-stale]
+//                                  force-release,force-stale,run-tree,run-race]
 //                         [--peer-rounds N (= rounds)] [--peer-kill-rounds N (200)]
 //                         [--hold-us U (2000)] [--dir D] [--keep]
 //                         [--write]   (also put the tables into BENCHMARKS.md)
@@ -36,6 +36,11 @@
 //   force-stale    (ours only) the same, starting from a lock left by a
 //             SIGKILLed holder, so the forced removal also races the takeover
 //             of a dead holder's file
+//   run-tree  (ours only) one `processlock run` per round whose command starts
+//             N claimants that take the wrapped lock at one instant
+//             (bench/torture-run.js)
+//   run-race  (ours only) N `processlock run` wrappers started at once, the
+//             command of each winner taking the lock itself
 // Racers are long-lived processes (bench/worker.js) told per round, through
 // stdin, the lock directory and a start instant t0 (CLOCK_MONOTONIC); they
 // sleep until t0, try once, and if they win hold (asleep) for a random
@@ -62,6 +67,7 @@ const { spawn } = require('child_process');
 const { Worker } = require('./pool');
 const { LABELS, oursUnavailable } = require('./impls');
 const report = require('./report');
+const runKinds = require('./torture-run');
 
 const LOCK_NAME = 'backend.short.lock';
 const GUARD_NAME = '.processlock.guard';
@@ -145,7 +151,7 @@ function parseArgs(argv) {
     duration: 0,
     sizes: [8, 16],
     impls: ['ours', 'proper-lockfile', 'lockfile'],
-    kinds: ['fresh', 'stale', 'recycled', 'legacy', 'kill', 'force-release', 'force-stale'],
+    kinds: ['fresh', 'stale', 'recycled', 'legacy', 'kill', 'force-release', 'force-stale', ...runKinds.KINDS],
     peerRounds: null,
     peerKillRounds: null,
     holdUs: 2000,
@@ -559,13 +565,21 @@ async function main() {
 
   const results = [];
   const t0 = Date.now();
+  const wrapped = a.impls.includes('ours') ? a.kinds.filter((k) => runKinds.KINDS.includes(k)) : [];
+  const whyNotWrapped = wrapped.length ? runKinds.prepare() : null;
+  if (whyNotWrapped) {
+    console.error(`torture: ${whyNotWrapped}`);
+    process.exit(2);
+  }
   for (const impl of a.impls) {
     for (const n of a.sizes) {
+      if (!a.kinds.some((k) => !runKinds.KINDS.includes(k))) break;
       const combo = new Combo(a, impl, n, path.join(root, `${impl}-${n}`));
       await combo.start();
       for (const kind of a.kinds) {
         if ((kind === 'recycled' || kind === 'legacy') && impl !== 'ours') continue; // peers record no PID
         if (isForceKind(kind) && impl !== 'ours') continue; // about our removal guard
+        if (runKinds.KINDS.includes(kind)) continue; // below: no long-lived racers
         const st = await combo.runKind(kind);
         st.impl = impl;
         st.n = n;
@@ -574,6 +588,13 @@ async function main() {
       }
       await combo.stop();
       if (!a.keep) fs.rmSync(combo.base, { recursive: true, force: true });
+    }
+  }
+  for (const n of a.sizes) {
+    for (const kind of wrapped) {
+      const st = await runKinds.runKind(kind, n, { rounds: a.rounds, duration: a.duration, holdUs: a.holdUs, base: root, keep: a.keep });
+      results.push(st);
+      console.log(report.tortureLine(st));
     }
   }
   if (!a.keep && !a.dir) fs.rmSync(root, { recursive: true, force: true });

@@ -3,13 +3,15 @@
 // stdout, one line per event.
 //   node cli-child.js exit <code>          exit at once with <code>
 //   node cli-child.js hold                 run until killed
-//   node cli-child.js inherited            report $PROCESSLOCK_INHERITED and whether its descriptor
-//                                          is the lock file's
+//   node cli-child.js inherited            report $PROCESSLOCK_INHERITED: whether its descriptors are
+//                                          the lock file and the claim pipe, and its socket one;
+//                                          and $PROCESSLOCK_DIR
 //   node cli-child.js signal-exit <code>   on SIGINT/SIGTERM/SIGHUP: report it, exit with <code>
 //   node cli-child.js signal-die           on SIGINT/SIGTERM/SIGHUP: report it, die by it
 //   node cli-child.js count <ms>           report every signal; exit 0 <ms> after the first one
 // Env: CHILD_MARKER=<file> makes it create that file when it starts.
 const fs = require('node:fs')
+const path = require('node:path')
 
 const [mode, arg] = process.argv.slice(2)
 const say = (line) => fs.writeSync(1, `${line}\n`)
@@ -29,13 +31,21 @@ switch (mode) {
   case 'hold':
     break
   case 'inherited': {
-    // What processlock run told us about the descriptor that holds the lock.
-    const value = process.env.PROCESSLOCK_INHERITED || ''
-    const colon = value.indexOf(':')
-    const fd = Number(value.slice(0, colon))
-    const file = value.slice(colon + 1)
-    const same = fs.fstatSync(fd).ino === fs.statSync(file).ino
-    say(`INHERITED ${fd} ${file} ${same}`)
+    // What processlock run told us: `<lock fd>:<token fd>:<token inode>:<socket>`, and the
+    // lock directory it used.
+    const [fd, tokenFd, tokenIno, ...rest] = (process.env.PROCESSLOCK_INHERITED || '').split(':')
+    const socket = rest.join(':')
+    const dir = process.env.PROCESSLOCK_DIR
+    const lockFile = path.join(dir, fs.readdirSync(dir).find((n) => n.endsWith('.lock')))
+    const same = fs.fstatSync(Number(fd)).ino === fs.statSync(lockFile).ino
+    const token = fs.fstatSync(Number(tokenFd))
+    say(`INHERITED ${fd} ${lockFile} ${same} token ${token.isFIFO()} ${String(token.ino) === tokenIno}`)
+    // Linux: an abstract socket (`@name`, no file); elsewhere a socket file.
+    const listening = socket.startsWith('@')
+      ? fs.readFileSync('/proc/net/unix', 'utf8').includes(` ${socket}\n`)
+      : fs.statSync(socket).isSocket()
+    say(`SOCKET ${socket} ${listening}`)
+    say(`DIR ${dir}`)
     process.exit(0)
     break
   }

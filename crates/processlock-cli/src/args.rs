@@ -10,7 +10,8 @@ Usage:
   processlock check [--json] [--dir DIR]
   processlock check <type> [--side SIDE] [--json] [--dir DIR]
   processlock clear [--force] [--dir DIR]
-  processlock run <type> [--side SIDE] [--wait MS] [--name NAME] [--quiet] [--dir DIR] -- <command> [args...]
+  processlock run <type> [--side SIDE] [--wait MS | --replace [--grace MS]] [--name NAME] [--quiet]
+                  [--dir DIR] -- <command> [args...]
 
 Commands:
   check   List the lock files in the lock directory: type, side, PID, start time, uptime,
@@ -25,16 +26,23 @@ Commands:
   run     Take the lock <type> (e.g. backend, worker), run the command while holding it, and
           release it when the command ends. SIGINT, SIGTERM and SIGHUP are passed on to the
           command; processlock exits with its status, or dies by its signal. The command holds
-          the lock itself: it stays held even if processlock is killed ($PROCESSLOCK_INHERITED,
-          <fd>:<lock file>, tells it which descriptor that is). If another instance
+          the lock itself: it stays held even if processlock is killed. If a process the command
+          starts (directly or through npm, a shell...) takes the same lock, the first one to do
+          so owns it; any other gets a conflict ($PROCESSLOCK_INHERITED tells them how to ask).
+          The command gets $PROCESSLOCK_DIR set to the lock directory used. If another instance
           holds the lock, the command is not started and processlock exits with status 1
           (with --wait, once MS milliseconds have passed without the holder letting go).
+          With --replace, a holder on this host (verified by its PID and start token) is sent
+          SIGTERM, then SIGKILL if it still holds the lock after the grace period, and the
+          command starts once it has let go. A holder on another host is never signalled.
 
 Options:
   --dir DIR      Lock directory. Default: $PROCESSLOCK_DIR, else runtime/locks under the
                  nearest directory (from the current one up) that has a package.json.
   --side SIDE    Trade side of the lock (run, check <type>). Default: $TRADE_SIDE; '' for none.
   --wait MS      Wait up to MS milliseconds for a holder to let go (run). Default: 0, fail at once.
+  --replace      Stop the holder and take its place (run): SIGTERM, then SIGKILL after --grace.
+  --grace MS     How long a replaced holder may take to exit after SIGTERM. Default: 10000.
   --name NAME    Process name written in the lock record (run): at most 256 characters, no
                  control characters. Default: trader-<side>-<type>.
   -q, --quiet    Do not print the acquired/released lines (run). Conflicts are always printed.
@@ -50,6 +58,9 @@ check <type>, as above.
 run and clear refuse (LOCK_UNSAFE_DIR) a lock directory that other users may delete files in:
 writable by others without the sticky bit, or owned by a user other than this one and root.
 ";
+
+/// How long a replaced holder may take to exit after SIGTERM, unless `--grace` says.
+const DEFAULT_GRACE_MS: u64 = 10_000;
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Command {
@@ -69,6 +80,8 @@ pub enum Command {
         name: Option<String>,
         /// Milliseconds to wait for the holder; `None`: fail at once.
         wait_ms: Option<u64>,
+        /// `--replace`: the grace period in milliseconds between SIGTERM and SIGKILL.
+        replace_grace_ms: Option<u64>,
         quiet: bool,
         command: Vec<OsString>,
     },
@@ -209,6 +222,8 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Invocation, Usa
             let mut side = None;
             let mut name = None;
             let mut wait_ms = None;
+            let mut replace = false;
+            let mut grace_ms = None;
             let mut quiet = false;
             let command = loop {
                 let Some(arg) = cur.peek().cloned() else {
@@ -247,6 +262,18 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Invocation, Usa
                             }
                         }
                     }
+                    ("--replace", None) => replace = true,
+                    ("--grace", inline) => {
+                        let v = utf8_value(&mut cur, "--grace", inline)?;
+                        match v.parse::<u64>() {
+                            Ok(ms) => grace_ms = Some(ms),
+                            Err(_) => {
+                                return usage(format!(
+                                    "--grace takes a number of milliseconds, not {v:?}"
+                                ))
+                            }
+                        }
+                    }
                     ("--dir", inline) => dir = Some(dir_value(&mut cur, inline)?),
                     ("-q" | "--quiet", None) => quiet = true,
                     ("-h" | "--help", None) => return help(dir),
@@ -261,11 +288,20 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Invocation, Usa
                     "run needs a command to run, e.g. processlock run {process_type} -- node server.js"
                 ));
             }
+            if grace_ms.is_some() && !replace {
+                return usage("--grace goes with --replace");
+            }
+            if replace && wait_ms.is_some() {
+                return usage(
+                    "--replace waits for the holder by itself (see --grace); drop --wait",
+                );
+            }
             Command::Run {
                 process_type,
                 side,
                 name,
                 wait_ms,
+                replace_grace_ms: replace.then(|| grace_ms.unwrap_or(DEFAULT_GRACE_MS)),
                 quiet,
                 command,
             }
@@ -392,6 +428,7 @@ mod tests {
             side: Some("LONG".into()),
             name: Some("api".into()),
             wait_ms: Some(1500),
+            replace_grace_ms: None,
             quiet: true,
             command: vec![
                 "node".into(),
@@ -442,9 +479,24 @@ mod tests {
                 side: None,
                 name: None,
                 wait_ms: None,
+                replace_grace_ms: None,
                 quiet: false,
                 command: vec!["--weird-command".into()],
             }
+        );
+        let replacing = |args: &[&str]| match run_cmd(args) {
+            Command::Run {
+                replace_grace_ms, ..
+            } => replace_grace_ms,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            replacing(&["run", "x", "--replace", "--", "y"]),
+            Some(10_000)
+        );
+        assert_eq!(
+            replacing(&["run", "x", "--replace", "--grace=250", "--", "y"]),
+            Some(250)
         );
     }
 
@@ -468,6 +520,9 @@ mod tests {
             &["run", "backend", "--bogus", "--", "x"],
             &["run", "backend", "--wait", "soon", "--", "x"],
             &["run", "backend", "--wait=-1", "--", "x"],
+            &["run", "backend", "--grace", "5", "--", "x"],
+            &["run", "backend", "--replace", "--grace", "soon", "--", "x"],
+            &["run", "backend", "--replace", "--wait", "5", "--", "x"],
         ] {
             let Usage(msg) = p(args).unwrap_err();
             assert!(!msg.is_empty() && !msg.contains('\n'), "{args:?}: {msg}");

@@ -12,6 +12,8 @@ mod check;
 mod clear;
 mod display;
 #[cfg(unix)]
+mod replace;
+#[cfg(unix)]
 mod run;
 #[cfg(unix)]
 mod signals;
@@ -70,6 +72,7 @@ fn execute(dir: Option<&Path>, command: Command) -> i32 {
             side,
             name,
             wait_ms,
+            replace_grace_ms,
             quiet,
             command,
         } => {
@@ -87,13 +90,14 @@ fn execute(dir: Option<&Path>, command: Command) -> i32 {
                     return 1;
                 }
             };
-            run_command(
-                processlock::LockTarget::new(dir, lock_name),
-                name,
-                wait_ms.map(std::time::Duration::from_millis),
+            run_command(RunOptions {
+                target: processlock::LockTarget::new(dir, lock_name),
+                process_name: name,
+                wait: wait_ms.map(std::time::Duration::from_millis),
+                replace_grace: replace_grace_ms.map(std::time::Duration::from_millis),
                 quiet,
                 command,
-            )
+            })
         }
     }
 }
@@ -108,31 +112,31 @@ fn with_dir(dir: Option<&Path>, f: impl FnOnce(&Path) -> processlock::Result<i32
     }
 }
 
-#[cfg(unix)]
-fn run_command(
+/// What `run` needs, whatever the platform.
+#[cfg_attr(not(unix), allow(dead_code))]
+struct RunOptions {
     target: processlock::LockTarget,
     process_name: Option<String>,
     wait: Option<std::time::Duration>,
+    replace_grace: Option<std::time::Duration>,
     quiet: bool,
     command: Vec<std::ffi::OsString>,
-) -> i32 {
+}
+
+#[cfg(unix)]
+fn run_command(o: RunOptions) -> i32 {
     run::run(run::Options {
-        target,
-        process_name,
-        wait,
-        quiet,
-        command,
+        target: o.target,
+        process_name: o.process_name,
+        wait: o.wait,
+        replace_grace: o.replace_grace,
+        quiet: o.quiet,
+        command: o.command,
     })
 }
 
 #[cfg(not(unix))]
-fn run_command(
-    _target: processlock::LockTarget,
-    _process_name: Option<String>,
-    _wait: Option<std::time::Duration>,
-    _quiet: bool,
-    _command: Vec<std::ffi::OsString>,
-) -> i32 {
+fn run_command(_options: RunOptions) -> i32 {
     eprintln!("processlock: run is not supported on this platform yet");
     1
 }

@@ -6,6 +6,12 @@
 //! this process is killed with SIGKILL. The record names the command's PID, so `check` and
 //! conflict messages point at the process that actually holds the lock.
 //!
+//! With it the command inherits a one-shot claim token (see the core's `inherit.rs`): the one
+//! process of its tree that takes the same lock first owns it (npm, a shell or any launcher in
+//! between); every other one gets a conflict, as it would without `run`. The command also gets
+//! `PROCESSLOCK_DIR` set to the lock directory used here, so that its own acquire names the
+//! same file wherever it resolves its default directory from.
+//!
 //! The command's PID exists only after the fork, and the lock must be taken before the command
 //! starts. So:
 //!
@@ -13,8 +19,9 @@
 //! 2. the child is forked; between fork and exec it sends its PID through a pipe and waits;
 //! 3. a helper thread (this thread is inside `Command::spawn` meanwhile) writes the record naming
 //!    that PID, links the file at the lock path (`PendingLock::commit`) and answers "go" or "stop";
-//! 4. on "go" the child marks the descriptor inheritable and execs the command; on "stop"
-//!    (a conflict, an error, or a signal that arrived meanwhile) it exits without running it.
+//! 4. on "go" the child marks the descriptor and the token inheritable and execs the command;
+//!    on "stop" (a conflict, an error, or a signal that arrived meanwhile) it exits without
+//!    running it.
 
 use std::ffi::OsString;
 use std::io;
@@ -25,8 +32,8 @@ use std::process::{Child, Command, ExitStatus};
 use std::time::{Duration, Instant};
 
 use processlock::{
-    judge_pid, record_for, remove_if_stale, report, wait_for, Acquired, Cancel, Error, LockName,
-    LockTarget, PendingLock, Record, Removal,
+    judge_pid, record_for, remove_if_stale, report, wait_for, Acquired, Cancel, ClaimToken, Error,
+    HandoverSocket, LockName, LockTarget, PendingLock, Record, Removal, DIR_ENV,
 };
 
 use crate::signals::{self, Note};
@@ -38,7 +45,7 @@ const STOP: u8 = 0;
 /// (from the terminal, or from whoever signalled the parent and us alike) is the same event.
 const RELAY_WINDOW: Duration = Duration::from_secs(1);
 
-/// `<fd>:<lock file>`: set for the command, naming the inherited descriptor that holds the lock.
+/// Set for the command: the inherited descriptors that hold the lock and let one process claim it.
 pub use processlock::INHERITED_ENV;
 
 /// A waiting `run` looks for signals (to give up) this often.
@@ -49,8 +56,18 @@ pub struct Options {
     pub process_name: Option<String>,
     /// How long to wait for a holder to let go; `None`: fail at once.
     pub wait: Option<Duration>,
+    /// Replace a holder (`--replace`): how long it may take to exit after SIGTERM.
+    pub replace_grace: Option<Duration>,
     pub quiet: bool,
     pub command: Vec<OsString>,
+}
+
+/// How the lock is taken once the command's PID is known.
+struct Taking {
+    process_name: Option<String>,
+    wait: Option<Duration>,
+    replace_grace: Option<Duration>,
+    quiet: bool,
 }
 
 /// How the lock-taking side of the hand-shake ended.
@@ -81,9 +98,16 @@ fn start(opts: Options) -> io::Result<i32> {
         target,
         process_name,
         wait,
+        replace_grace,
         quiet,
         command,
     } = opts;
+    let taking = Taking {
+        process_name,
+        wait,
+        replace_grace,
+        quiet,
+    };
     signals::install()?;
     let pending = match PendingLock::create(&target) {
         Ok(p) => p,
@@ -93,6 +117,11 @@ fn start(opts: Options) -> io::Result<i32> {
         }
     };
     let lock_fd = pending.file().as_raw_fd();
+    let token = ClaimToken::new()?;
+    let token_fd = token.fd();
+    // Without it (no writable temp directory), only processes that inherited the descriptors
+    // can claim the lock: a launcher that closes them makes its app conflict, never co-own.
+    let socket = HandoverSocket::bind().ok();
     let (pid_read, pid_write) = signals::cloexec_pipe()?;
     let (go_read, go_write) = match signals::cloexec_pipe() {
         Ok(p) => p,
@@ -105,18 +134,25 @@ fn start(opts: Options) -> io::Result<i32> {
 
     let mut cmd = Command::new(&command[0]);
     cmd.args(&command[1..]);
-    // Which descriptor holds the lock, for a command that takes the same lock itself (it can
-    // recognise its own lock instead of calling it a conflict).
-    let mut inherited = std::ffi::OsString::from(format!("{lock_fd}:"));
-    inherited.push(target.path.as_os_str());
-    cmd.env(INHERITED_ENV, inherited);
+    // Which descriptor holds the lock and which token lets one process of the command claim
+    // it, for a command that takes the same lock itself (it recognises its own lock instead of
+    // calling it a conflict).
+    cmd.env(INHERITED_ENV, token.env_value(lock_fd, socket.as_ref()));
+    // The command resolves its lock directory itself: make it the one the lock is in, whatever
+    // its working directory or entry script, so that its own acquire names the same file.
+    cmd.env(DIR_ENV, &target.dir);
     // SAFETY: the closure runs in the forked child and makes only async-signal-safe calls.
     unsafe {
-        cmd.pre_exec(move || child_side(lock_fd, pid_write, go_read, [pid_read, go_write]));
+        cmd.pre_exec(move || {
+            child_side(
+                [lock_fd, token_fd],
+                pid_write,
+                go_read,
+                [pid_read, go_write],
+            )
+        });
     }
-    let helper = std::thread::spawn(move || {
-        lock_side(pending, pid_read, go_write, process_name, wait, quiet)
-    });
+    let helper = std::thread::spawn(move || lock_side(pending, pid_read, go_write, taking));
     let spawned = cmd.spawn();
     // The child has its own copies (or was never forked): the helper sees EOF if it never wrote.
     close(pid_write);
@@ -125,7 +161,10 @@ fn start(opts: Options) -> io::Result<i32> {
     let program = command[0].to_string_lossy();
 
     match (spawned, handshake) {
-        (Ok(child), Handshake::Taken(acquired)) => Ok(supervise(child, acquired, &target, quiet)),
+        (Ok(child), Handshake::Taken(acquired)) => {
+            let handover = socket.map(|socket| Handover { socket, token });
+            Ok(supervise(child, acquired, handover, &target, quiet))
+        }
         (Err(e), Handshake::Taken(acquired)) => {
             // The exec failed: the lock was ours for nothing.
             let _ = acquired.lock.release();
@@ -143,6 +182,8 @@ fn start(opts: Options) -> io::Result<i32> {
             if let Ok(mut child) = spawned {
                 let _ = child.wait();
             }
+            // Dying by the signal runs no destructor: remove the socket's directory first.
+            drop(socket);
             signals::die_by(signal)
         }
         (spawned, Handshake::Failed(e)) => {
@@ -168,9 +209,10 @@ fn start(opts: Options) -> io::Result<i32> {
     }
 }
 
-/// In the child, between fork and exec. Async-signal-safe calls only.
+/// In the child, between fork and exec. Async-signal-safe calls only. `inherited`: the lock's
+/// descriptor and the claim token, kept across exec.
 fn child_side(
-    lock_fd: c_int,
+    inherited: [c_int; 2],
     pid_write: c_int,
     go_read: c_int,
     parent_ends: [c_int; 2],
@@ -206,10 +248,12 @@ fn child_side(
             }
             break;
         }
-        // Keep the lock across exec: clear close-on-exec on our copy of the descriptor.
-        let flags = libc::fcntl(lock_fd, libc::F_GETFD);
-        if flags == -1 || libc::fcntl(lock_fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) == -1 {
-            return Err(io::Error::last_os_error());
+        // Keep the lock and the claim token across exec: clear close-on-exec on our copies.
+        for fd in inherited {
+            let flags = libc::fcntl(fd, libc::F_GETFD);
+            if flags == -1 || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) == -1 {
+                return Err(io::Error::last_os_error());
+            }
         }
     }
     Ok(())
@@ -226,14 +270,7 @@ unsafe fn errno_ptr() -> *mut c_int {
 }
 
 /// In a helper thread while the main thread is inside `Command::spawn`.
-fn lock_side(
-    pending: PendingLock,
-    pid_read: c_int,
-    go_write: c_int,
-    process_name: Option<String>,
-    wait: Option<Duration>,
-    quiet: bool,
-) -> Handshake {
+fn lock_side(pending: PendingLock, pid_read: c_int, go_write: c_int, taking: Taking) -> Handshake {
     let answer = |go: bool| {
         let byte = [if go { GO } else { STOP }];
         // SAFETY: writing one byte from our buffer to our pipe. If the child is gone, EPIPE
@@ -246,7 +283,7 @@ fn lock_side(
         answer(false);
         return Handshake::NoChild;
     };
-    let result = take(pending, pid, process_name.as_deref(), wait, quiet);
+    let result = take(pending, pid, &taking);
     let signal = signals::first_received();
     answer(result.is_ok() && signal.is_none());
     match (result, signal) {
@@ -257,41 +294,60 @@ fn lock_side(
     }
 }
 
-/// Links the pending lock with a record naming `pid`, waiting for the holder up to `wait`.
-fn take(
-    mut pending: PendingLock,
-    pid: u32,
-    process_name: Option<&str>,
-    wait: Option<Duration>,
-    quiet: bool,
-) -> processlock::Result<Acquired> {
+/// Links the pending lock with a record naming `pid`: at once, waiting for the holder, or
+/// replacing it.
+fn take(mut pending: PendingLock, pid: u32, taking: &Taking) -> processlock::Result<Acquired> {
     let target = pending.target().clone();
-    let mut attempt = || pending.try_commit(record_for(&target, pid, process_name));
-    let Some(wait) = wait else {
-        return attempt();
-    };
+    let mut attempt =
+        || pending.try_commit(record_for(&target, pid, taking.process_name.as_deref()));
+    match (taking.wait, taking.replace_grace) {
+        (Some(wait), _) => {
+            let announce = |holder: &Record| {
+                if !taking.quiet {
+                    eprintln!(
+                        "[PROCESS_LOCK_WAIT] {} is held by PID {}; waiting up to {} ms for it to end...",
+                        target.name.display(),
+                        holder.pid,
+                        wait.as_millis()
+                    );
+                }
+            };
+            wait_sliced(&target, wait, &mut attempt, announce)
+        }
+        (None, Some(grace)) => match attempt() {
+            Err(Error::Conflict(c)) => {
+                crate::replace::replace(&target, c, grace, &mut attempt, taking.quiet)
+            }
+            other => other,
+        },
+        (None, None) => attempt(),
+    }
+}
+
+/// `attempt` until it succeeds or fails otherwise than by a conflict, for up to `wait` or until
+/// a signal arrives. `announce` is called with the holder at the first conflict.
+pub(crate) fn wait_sliced(
+    target: &LockTarget,
+    wait: Duration,
+    mut attempt: impl FnMut() -> processlock::Result<Acquired>,
+    announce: impl FnOnce(&Record),
+) -> processlock::Result<Acquired> {
     let started = Instant::now();
     let deadline = started + wait;
     let cancel = Cancel::new();
-    let mut announced = false;
+    let mut announce = Some(announce);
     loop {
         // Short slices, so that a signal (which cannot cancel from its handler) ends the wait
         // within one of them.
         let slice_end = deadline.min(Instant::now() + WAIT_SLICE);
-        match wait_for(&target, Some(slice_end), &cancel, &mut attempt) {
+        match wait_for(target, Some(slice_end), &cancel, &mut attempt) {
             Err(Error::Conflict(mut c)) => {
                 if Instant::now() >= deadline || signals::first_received().is_some() {
                     c.waited_ms = started.elapsed().as_millis() as u64;
                     return Err(Error::Conflict(c));
                 }
-                if !announced && !quiet {
-                    announced = true;
-                    eprintln!(
-                        "[PROCESS_LOCK_WAIT] {} is held by PID {}; waiting up to {} ms for it to end...",
-                        target.name.display(),
-                        c.holder.pid,
-                        wait.as_millis()
-                    );
+                if let Some(announce) = announce.take() {
+                    announce(&c.holder);
                 }
             }
             other => return other,
@@ -319,8 +375,21 @@ fn close(fd: c_int) {
     unsafe { libc::close(fd) };
 }
 
-/// Waits for the command, passing signals on, then releases the lock and ends like it.
-fn supervise(mut child: Child, acquired: Acquired, target: &LockTarget, quiet: bool) -> i32 {
+/// What a process of the command that did not inherit the lock's descriptors can ask for.
+struct Handover {
+    socket: HandoverSocket,
+    token: ClaimToken,
+}
+
+/// Waits for the command, passing signals on and answering claimants, then releases the lock
+/// and ends like it.
+fn supervise(
+    mut child: Child,
+    acquired: Acquired,
+    handover: Option<Handover>,
+    target: &LockTarget,
+    quiet: bool,
+) -> i32 {
     let pid = child.id();
     if !quiet {
         for event in &acquired.events {
@@ -329,15 +398,27 @@ fn supervise(mut child: Child, acquired: Acquired, target: &LockTarget, quiet: b
         eprintln!("{}", report::acquired(&target.name, pid));
     }
     let mut relay = Relay::default();
+    let mut handover = handover;
     let status = loop {
         match child.try_wait() {
             Ok(Some(status)) => break Ok(status),
             Ok(None) => {}
             Err(e) => break Err(e),
         }
-        match signals::next() {
-            Ok(note) if note.signal == libc::SIGCHLD => {}
-            Ok(note) => {
+        let claimant = handover.as_ref().map(|h| h.socket.fd());
+        match signals::next_or_readable(claimant) {
+            Ok(None) => {
+                if let Some(h) = &handover {
+                    let fds = [acquired.lock.file().as_raw_fd(), h.token.fd()];
+                    if let Err(e) = h.socket.serve_waiting(pid, fds) {
+                        // Claimants that did not inherit the descriptors now get a conflict.
+                        eprintln!("processlock: no longer handing the lock to the command's processes: {e}");
+                        handover = None;
+                    }
+                }
+            }
+            Ok(Some(note)) if note.signal == libc::SIGCHLD => {}
+            Ok(Some(note)) => {
                 if relay.should_forward(&note) {
                     // The child is not reaped before try_wait says so, so its PID is still ours.
                     // SAFETY: kill(2) on our own child.
@@ -347,6 +428,8 @@ fn supervise(mut child: Child, acquired: Acquired, target: &LockTarget, quiet: b
             Err(_) => break child.wait(),
         }
     };
+    // No claimant can get a descriptor from us any more.
+    drop(handover);
     release(acquired, target, quiet);
     match status {
         Ok(status) => exit_like(status),
@@ -431,11 +514,12 @@ fn conflict_lines(name: &LockName, holder: &Record, path: &std::path::Path) -> V
             ),
             format!(
                 "[PROCESS_LOCK_CONFLICT] Existing process: {{ pid: {}, started: '{}' }} has exited, but a process it started still holds the lock",
-                holder.pid, holder.started
+                holder.pid,
+                report::printable(&holder.started)
             ),
             format!(
                 "[PROCESS_LOCK_CONFLICT] To find it, run: fuser -v {}",
-                path.display()
+                report::printable(&path.to_string_lossy())
             ),
         ];
     }

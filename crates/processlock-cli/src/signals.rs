@@ -148,6 +148,40 @@ pub fn first_received() -> Option<c_int> {
     }
 }
 
+/// Blocks until a signal arrives (`Some`) or `other` becomes readable (`None`).
+pub fn next_or_readable(other: Option<c_int>) -> io::Result<Option<Note>> {
+    let Some(other) = other else {
+        return next().map(Some);
+    };
+    let mut fds = [
+        libc::pollfd {
+            fd: PIPE_READ.load(Ordering::SeqCst),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: other,
+            events: libc::POLLIN,
+            revents: 0,
+        },
+    ];
+    loop {
+        // SAFETY: poll on our own array of two entries.
+        if unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) } >= 0 {
+            break;
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+    if fds[0].revents != 0 {
+        next().map(Some)
+    } else {
+        Ok(None)
+    }
+}
+
 /// Blocks until a signal arrives.
 pub fn next() -> io::Result<Note> {
     let fd = PIPE_READ.load(Ordering::SeqCst);

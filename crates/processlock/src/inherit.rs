@@ -1,37 +1,327 @@
-//! A lock handed down to this process: `processlock run` starts its command with the lock's
-//! descriptor inherited and names it in `$PROCESSLOCK_INHERITED` (`<fd>:<lock file>`). When the
-//! command takes the same lock itself (`acquireLock('backend')` under
-//! `processlock run backend -- node server.js`), it must find that it already owns it, not report
-//! a conflict with itself.
+//! A lock handed down to one process: `processlock run` starts its command with the lock's
+//! descriptor inherited, so that the command holds the lock even if `processlock` is killed.
+//! When a process of that command takes the same lock itself (`acquireLock('backend')` under
+//! `processlock run backend -- npm start`, where npm starts a shell that starts node), it must
+//! find that it already owns it, not report a conflict with itself.
 //!
-//! The variable alone proves nothing (any process can set it), so the claim is checked: the
-//! descriptor must be the file linked at the lock path now, and taking its exclusive lock without
-//! blocking must succeed. A descriptor that shares the holder's open file description already
-//! holds that lock, so the request succeeds; any other descriptor of the same file is refused,
-//! because the holder's lock conflicts with it.
+//! The variable and the descriptors reach the whole process tree of the command, so the claim
+//! must be handed over once: two processes started by the command (or a service that starts a
+//! copy of itself) must not both own the lock. Hence a one-shot claim token: a pipe holding
+//! exactly one byte, whose write end was closed before the command started (nobody can ever
+//! write to it again). A claimant reads one byte: a pipe gives each byte to exactly one reader,
+//! so one claimant gets it and every other one reads the end of the file, whenever it comes and
+//! however many race.
+//!
+//! A claimant finds the lock's descriptor and the token's read end among the descriptors it
+//! inherited (shells pass them on), or, where a launcher closed them (Node's `child_process`
+//! passes the standard three only, so npm, npx and `node --watch` do), asks `run` for
+//! duplicates over a Unix socket (`socket.rs`). Either way the claim is checked before the token
+//! is touched: the descriptor must be the file linked at the lock path now, and taking its
+//! exclusive lock without blocking must succeed. A descriptor that shares the holder's open file
+//! description already holds that lock, so the request succeeds; any other descriptor of the
+//! same file is refused, because the holder's lock conflicts with it. The variable alone proves
+//! nothing (any process can set it). Nothing that can fail comes after the byte is read, so a
+//! byte is never consumed by a process that then does not own the lock (it could not be put
+//! back: there is no write end). A process whose descriptors are gone and whose `run` is gone
+//! gets no claim: a conflict, never a second owner.
+//!
+//! The winner then hides the hand-over from what it starts: the variable leaves its environment
+//! and inherited descriptors become close-on-exec, so its own children neither hold the lock nor
+//! can claim it. The command's other processes (its shell, siblings that lost) keep the OS lock
+//! held as before; they just cannot claim it any more. A winner that forks without exec shares
+//! its memory and descriptors with the copy, as with any lock it holds.
 
 use crate::protocol::{HeldLock, LockTarget};
 
-/// The variable `processlock run` sets for its command.
+/// The variable `processlock run` sets for its command:
+/// `<lock fd>:<token fd>:<token inode>:<socket>` (the socket's address may be empty).
 pub const INHERITED_ENV: &str = "PROCESSLOCK_INHERITED";
 
-/// The held lock for `target` if this process inherited it; `None` otherwise.
 #[cfg(unix)]
-pub(crate) fn claim_inherited(target: &LockTarget) -> Option<HeldLock> {
-    use std::os::unix::io::{FromRawFd, RawFd};
+mod socket;
 
-    let value = std::env::var(INHERITED_ENV).ok()?;
-    let fd: RawFd = value.split_once(':')?.0.parse().ok()?;
-    // A duplicate of our own, so that the caller's descriptor stays untouched whatever we do.
-    let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) };
-    if dup < 0 {
-        return None;
-    }
-    let file = unsafe { std::fs::File::from_raw_fd(dup) };
-    HeldLock::adopt_inherited(file, target)
-}
+#[cfg(unix)]
+pub use socket::HandoverSocket;
+#[cfg(unix)]
+use unix::set_flag;
+#[cfg(unix)]
+pub use unix::ClaimToken;
+
+#[cfg(unix)]
+pub(crate) use unix::claim_inherited;
 
 #[cfg(not(unix))]
 pub(crate) fn claim_inherited(_target: &LockTarget) -> Option<HeldLock> {
     None
+}
+
+#[cfg(unix)]
+mod unix {
+    use super::socket::{self, HandoverSocket};
+    use super::{HeldLock, LockTarget, INHERITED_ENV};
+    use std::ffi::{OsStr, OsString};
+    use std::io;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+    use std::os::unix::ffi::OsStrExt;
+
+    /// What `INHERITED_ENV` says: `<lock fd>:<token fd>:<token inode>:<socket>`. The inode
+    /// tells the token pipe apart from any other pipe that may have taken its number.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub(super) struct Handover {
+        pub lock_fd: RawFd,
+        pub token_fd: RawFd,
+        pub token_ino: u64,
+        pub socket: OsString,
+    }
+
+    impl Handover {
+        pub fn parse(value: &OsStr) -> Option<Handover> {
+            let mut fields = value.as_bytes().splitn(4, |b| *b == b':');
+            let mut number = || -> Option<u64> {
+                let field = std::str::from_utf8(fields.next()?).ok()?;
+                field.parse().ok()
+            };
+            let lock_fd = RawFd::try_from(number()?).ok()?;
+            let token_fd = RawFd::try_from(number()?).ok()?;
+            let token_ino = number()?;
+            let socket = OsStr::from_bytes(fields.next()?).to_os_string();
+            Some(Handover {
+                lock_fd,
+                token_fd,
+                token_ino,
+                socket,
+            })
+        }
+
+        pub fn to_value(&self) -> OsString {
+            let mut value = OsString::from(format!(
+                "{}:{}:{}:",
+                self.lock_fd, self.token_fd, self.token_ino
+            ));
+            value.push(&self.socket);
+            value
+        }
+    }
+
+    /// The one-shot claim token `processlock run` hands to its command with the lock.
+    #[derive(Debug)]
+    pub struct ClaimToken {
+        read: OwnedFd,
+        ino: u64,
+    }
+
+    impl ClaimToken {
+        /// A pipe holding one byte, with its write end already closed. The read end is
+        /// close-on-exec: clear that flag in the child that must inherit it.
+        pub fn new() -> io::Result<ClaimToken> {
+            let (read, write) = cloexec_pipe()?;
+            // SAFETY: one byte from our buffer into the pipe we just made; a fresh pipe has
+            // room for it.
+            if unsafe { libc::write(write.as_raw_fd(), [1u8].as_ptr().cast(), 1) } != 1 {
+                return Err(io::Error::last_os_error());
+            }
+            drop(write);
+            // Nobody can write any more, so a read never blocks anyway; non-blocking all the
+            // same, in case a descendant hands the number to something unexpected.
+            set_flag(
+                read.as_raw_fd(),
+                libc::F_GETFL,
+                libc::F_SETFL,
+                libc::O_NONBLOCK,
+            )?;
+            let ino = inode(read.as_raw_fd())?;
+            Ok(ClaimToken { read, ino })
+        }
+
+        /// The descriptor the command must inherit.
+        pub fn fd(&self) -> RawFd {
+            self.read.as_raw_fd()
+        }
+
+        /// The value of `INHERITED_ENV` for a command that inherits this token and the lock's
+        /// descriptor `lock_fd`, and may ask `socket` for them.
+        pub fn env_value(&self, lock_fd: RawFd, socket: Option<&HandoverSocket>) -> OsString {
+            Handover {
+                lock_fd,
+                token_fd: self.fd(),
+                token_ino: self.ino,
+                socket: socket
+                    .map(|s| s.address().to_os_string())
+                    .unwrap_or_default(),
+            }
+            .to_value()
+        }
+    }
+
+    /// The held lock for `target` if this process was handed it and is the first to claim it;
+    /// `None` otherwise.
+    pub(crate) fn claim_inherited(target: &LockTarget) -> Option<HeldLock> {
+        let handover = Handover::parse(&std::env::var_os(INHERITED_ENV)?)?;
+        let lock = claim_with_inherited(&handover, target)
+            .or_else(|| claim_through_socket(&handover, target))?;
+        // Another thread reading the environment at this instant (Node's main thread, while an
+        // async acquire claims on a worker) may miss a variable for that instant; it never
+        // reads freed memory: glibc and musl keep strings of the initial environment, where
+        // this variable comes from, alive.
+        std::env::remove_var(INHERITED_ENV);
+        Some(lock)
+    }
+
+    /// The claim through the descriptors this process inherited, if they are still there.
+    fn claim_with_inherited(handover: &Handover, target: &LockTarget) -> Option<HeldLock> {
+        // A duplicate of our own, so that the inherited descriptor stays untouched whatever we do.
+        // SAFETY: F_DUPFD_CLOEXEC on any number is harmless; a negative result means no such
+        // descriptor.
+        let dup = unsafe { libc::fcntl(handover.lock_fd, libc::F_DUPFD_CLOEXEC, 3) };
+        if dup < 0 {
+            return None;
+        }
+        // SAFETY: `dup` is a descriptor we just created and nothing else owns.
+        let file = unsafe { std::fs::File::from_raw_fd(dup) };
+        // Dropping the held lock on the way out closes only our duplicate: the lock stays with
+        // the descriptors the command inherited.
+        let lock = HeldLock::adopt_inherited(file, target)?;
+        if !take_token(handover.token_fd, handover.token_ino) {
+            return None;
+        }
+        // What this process starts must neither hold the lock nor claim it.
+        for fd in [handover.lock_fd, handover.token_fd] {
+            let _ = set_flag(fd, libc::F_GETFD, libc::F_SETFD, libc::FD_CLOEXEC);
+        }
+        Some(lock)
+    }
+
+    /// The claim through duplicates `run` sends over its socket (they arrive close-on-exec).
+    fn claim_through_socket(handover: &Handover, target: &LockTarget) -> Option<HeldLock> {
+        if handover.socket.is_empty() {
+            return None;
+        }
+        let (lock, token) = socket::ask(&handover.socket)?;
+        let lock = HeldLock::adopt_inherited(std::fs::File::from(lock), target)?;
+        take_token(token.as_raw_fd(), handover.token_ino).then_some(lock)
+    }
+
+    /// Reads the token's byte if the descriptor is still the token pipe. True for the one reader
+    /// that gets it.
+    fn take_token(fd: RawFd, ino: u64) -> bool {
+        if !is_fifo(fd) || inode(fd).ok() != Some(ino) {
+            return false;
+        }
+        let mut byte = [0u8; 1];
+        loop {
+            // SAFETY: reading one byte into our own buffer from a descriptor we checked is the
+            // token pipe.
+            let n = unsafe { libc::read(fd, byte.as_mut_ptr().cast(), 1) };
+            if n == 1 {
+                return true;
+            }
+            if n == -1 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            // 0: the end of the pipe, someone else read the byte. EAGAIN cannot happen without a
+            // writer; any error means no claim.
+            return false;
+        }
+    }
+
+    fn cloexec_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+        let mut fds = [0 as RawFd; 2];
+        #[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd"))]
+        {
+            // SAFETY: fds has room for two descriptors.
+            if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        #[cfg(not(any(target_os = "linux", target_os = "android", target_os = "freebsd")))]
+        {
+            // SAFETY: fds has room for two descriptors. A fork in another thread before the
+            // flags are set would leak a copy into that child, closed at its exec; `run`
+            // forks from this same thread, later.
+            if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            for fd in fds {
+                set_flag(fd, libc::F_GETFD, libc::F_SETFD, libc::FD_CLOEXEC)?;
+            }
+        }
+        // SAFETY: both descriptors were just created and are owned by nobody else.
+        Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+    }
+
+    pub(super) fn set_flag(
+        fd: RawFd,
+        get: libc::c_int,
+        set: libc::c_int,
+        flag: libc::c_int,
+    ) -> io::Result<()> {
+        // SAFETY: fcntl flag queries and updates on a descriptor number; an invalid one fails.
+        unsafe {
+            let flags = libc::fcntl(fd, get);
+            if flags == -1 || libc::fcntl(fd, set, flags | flag) == -1 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        Ok(())
+    }
+
+    fn stat(fd: RawFd) -> io::Result<libc::stat> {
+        // SAFETY: fstat into a zeroed struct we own.
+        unsafe {
+            let mut st: libc::stat = std::mem::zeroed();
+            if libc::fstat(fd, &mut st) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(st)
+        }
+    }
+
+    pub(super) fn inode(fd: RawFd) -> io::Result<u64> {
+        #[allow(clippy::unnecessary_cast)] // ino_t is not u64 everywhere
+        stat(fd).map(|st| st.st_ino as u64)
+    }
+
+    fn is_fifo(fd: RawFd) -> bool {
+        stat(fd).is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFIFO)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn the_variable_round_trips_and_older_or_broken_values_name_nothing() {
+            let h = Handover {
+                lock_fd: 3,
+                token_fd: 4,
+                token_ino: 123456789,
+                socket: "/tmp/processlock-a:b/s".into(),
+            };
+            let value = h.to_value();
+            assert_eq!(value, "3:4:123456789:/tmp/processlock-a:b/s");
+            assert_eq!(Handover::parse(&value), Some(h));
+            let no_socket = Handover::parse(OsStr::new("3:4:5:")).unwrap();
+            assert!(no_socket.socket.is_empty());
+            // The format of earlier versions (`<fd>:<lock file>`) carries no token: no claim.
+            assert_eq!(
+                Handover::parse(OsStr::new("3:/srv/locks/backend.lock")),
+                None
+            );
+            assert_eq!(Handover::parse(OsStr::new("3:4:5")), None);
+            assert_eq!(Handover::parse(OsStr::new("-1:4:5:/x")), None);
+            assert_eq!(Handover::parse(OsStr::new("")), None);
+        }
+
+        #[test]
+        fn a_token_is_taken_once_and_only_through_its_own_pipe() {
+            let token = ClaimToken::new().unwrap();
+            let other = ClaimToken::new().unwrap();
+            // Another pipe under the expected number is not the token: nothing is read from it.
+            assert!(!take_token(other.fd(), token.ino));
+            assert!(take_token(token.fd(), token.ino));
+            assert!(!take_token(token.fd(), token.ino));
+            assert!(take_token(other.fd(), other.ino));
+            assert!(!take_token(-1, token.ino));
+        }
+    }
 }

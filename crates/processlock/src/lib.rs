@@ -24,6 +24,7 @@ mod perms;
 mod protocol;
 mod record;
 mod registry;
+mod replace;
 pub mod report;
 mod temp;
 mod wait;
@@ -36,6 +37,8 @@ pub use dir::{
 pub use error::{Conflict, DirProblem, Error, Result};
 pub use handoff::PendingLock;
 pub use inherit::INHERITED_ENV;
+#[cfg(unix)]
+pub use inherit::{ClaimToken, HandoverSocket};
 pub use list::{list_locks, LockState, LockStatus};
 pub use liveness::{judge_pid, start_token, PidState};
 pub use name::{check_process_name, LockName, MAX_PROCESS_NAME_LEN, SIDE_ENV};
@@ -46,5 +49,8 @@ pub use protocol::{
 };
 pub use record::{parse_record, Parsed, Record, PROTOCOL};
 pub use registry::{Holder, Registry, Release, Taken};
+#[cfg(unix)]
+pub use replace::signal_holder;
+pub use replace::{check_replaceable, Refusal};
 pub use temp::sweep_orphan_temps;
 pub use wait::{acquire_wait, wait_for, Cancel};

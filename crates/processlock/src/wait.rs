@@ -10,8 +10,9 @@
 //!
 //! A blocked `flock` ends only when the lock is granted or a signal interrupts it, so a waiting
 //! thread must be interruptible for its deadline and for cancellation (`os::wait_unlocked`):
-//! * Linux: a real-time signal with a no-op handler (chosen once, among those nobody handles),
-//!   delivered to the waiting thread by a per-wait POSIX timer (`SIGEV_THREAD_ID`). The timer
+//! * Linux: a real-time signal with a no-op handler (chosen among those nobody handles, and
+//!   handled only while waits are in progress), delivered to the waiting thread by a per-wait
+//!   POSIX timer (`SIGEV_THREAD_ID`). The timer
 //!   is armed for the deadline and re-fires every millisecond after it, so a signal that lands
 //!   just before the thread enters `flock` is followed by another; cancelling re-arms it to fire
 //!   at once.

@@ -56,11 +56,13 @@ fn poll(file: &File, until: Instant, cancel: &Cancel, seen: u64) -> io::Result<W
 mod linux {
     //! Interrupting a blocked `flock` on Linux.
     //!
-    //! * The signal: one real-time signal, chosen once per process among those whose disposition
-    //!   is still the default (so nobody else uses it), gets a handler that does nothing, installed
-    //!   without `SA_RESTART` so that a blocked `flock` returns `EINTR`. SIGINT, SIGTERM, SIGHUP,
-    //!   SIGUSR1/2 and every other signal stay untouched. `PROCESSLOCK_WAIT_SIGNAL=none` forbids
-    //!   it (waits then poll).
+    //! * The signal: one real-time signal, chosen among those whose disposition is the default
+    //!   (so nobody else uses it), gets a handler that does nothing, installed without
+    //!   `SA_RESTART` so that a blocked `flock` returns `EINTR`. SIGINT, SIGTERM, SIGHUP,
+    //!   SIGUSR1/2 and every other signal stay untouched. The handler is installed when a wait
+    //!   begins while no other wait is in progress, and the default disposition is restored when
+    //!   the last wait in progress ends (a count under a mutex): a process that is not waiting
+    //!   has no handler of ours. `PROCESSLOCK_WAIT_SIGNAL=none` forbids it (waits then poll).
     //! * The timer: each wait creates a POSIX timer that delivers that signal to the waiting
     //!   thread only (`SIGEV_THREAD_ID`). It is armed for the end of the wait and then fires every
     //!   `REFIRE`, so a signal that arrives between the last look at the clock and the `flock`
@@ -76,7 +78,7 @@ mod linux {
     use std::os::raw::c_int;
     use std::os::unix::io::AsRawFd;
     use std::ptr;
-    use std::sync::OnceLock;
+    use std::sync::{Mutex, MutexGuard, OnceLock};
     use std::time::{Duration, Instant};
 
     use super::Woke;
@@ -88,7 +90,17 @@ mod linux {
     /// How often the timer fires again once it has fired, until the wait is over.
     const REFIRE: Duration = Duration::from_millis(1);
 
-    static SIGNAL: OnceLock<Option<c_int>> = OnceLock::new();
+    /// The signal and how many waits use it; `signal` is `None` when no wait is in progress.
+    struct Users {
+        count: usize,
+        signal: Option<c_int>,
+    }
+
+    static USERS: Mutex<Users> = Mutex::new(Users {
+        count: 0,
+        signal: None,
+    });
+    static FORBIDDEN: OnceLock<bool> = OnceLock::new();
 
     extern "C" fn wake_only(_signal: c_int) {}
 
@@ -96,38 +108,77 @@ mod linux {
         wake_only as extern "C" fn(c_int) as libc::sighandler_t
     }
 
-    /// Our signal, if we have one and its handler is still ours.
-    fn signal() -> Option<c_int> {
-        let signal = (*SIGNAL.get_or_init(choose_signal))?;
-        // Someone may have replaced our handler since: then a timer signal could kill the
-        // process, so poll instead.
+    fn users() -> MutexGuard<'static, Users> {
+        // Every update is a single assignment after the system calls: a poisoned count is
+        // still the count.
+        USERS.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The right to our signal for one wait. The last one dropped restores the default
+    /// disposition, so drop it only once no timer of this wait can signal any more.
+    struct Lease(c_int);
+
+    impl Lease {
+        /// `None`: no signal can be had, or someone has replaced our handler (a timer signal
+        /// could then kill the process): the wait polls instead.
+        fn take() -> Option<Lease> {
+            if *FORBIDDEN.get_or_init(|| std::env::var_os(SIGNAL_ENV).is_some_and(|v| v == "none"))
+            {
+                return None;
+            }
+            let mut users = users();
+            if users.count == 0 {
+                users.signal = install();
+            }
+            let signal = users.signal?;
+            if !is_ours(signal) {
+                if users.count == 0 {
+                    users.signal = None;
+                }
+                return None;
+            }
+            users.count += 1;
+            Some(Lease(signal))
+        }
+    }
+
+    impl Drop for Lease {
+        fn drop(&mut self) {
+            let mut users = users();
+            users.count -= 1;
+            if users.count == 0 {
+                uninstall(self.0);
+                users.signal = None;
+            }
+        }
+    }
+
+    fn disposition(signal: c_int) -> Option<libc::sighandler_t> {
         // SAFETY: a query of the current disposition into a zeroed struct.
-        let current = unsafe {
+        unsafe {
             let mut old: libc::sigaction = zeroed();
             if libc::sigaction(signal, ptr::null(), &mut old) != 0 {
                 return None;
             }
-            old.sa_sigaction
-        };
-        (current == handler_address()).then_some(signal)
+            Some(old.sa_sigaction)
+        }
     }
 
-    fn choose_signal() -> Option<c_int> {
-        if std::env::var_os(SIGNAL_ENV).is_some_and(|v| v == "none") {
-            return None;
-        }
+    fn is_ours(signal: c_int) -> bool {
+        disposition(signal) == Some(handler_address())
+    }
+
+    /// Installs our handler on a real-time signal nobody handles; which one it is.
+    fn install() -> Option<c_int> {
         let (low, high) = (libc::SIGRTMIN(), libc::SIGRTMAX());
         // From the top down, leaving both ends of the range (the ones other software picks
         // first) alone.
         for signal in (low + 2..=high - 3).rev() {
-            // SAFETY: sigaction with zeroed structs; the handler is async-signal-safe (empty).
+            if disposition(signal) != Some(libc::SIG_DFL) {
+                continue;
+            }
+            // SAFETY: sigaction with a zeroed struct; the handler is async-signal-safe (empty).
             unsafe {
-                let mut old: libc::sigaction = zeroed();
-                if libc::sigaction(signal, ptr::null(), &mut old) != 0
-                    || old.sa_sigaction != libc::SIG_DFL
-                {
-                    continue;
-                }
                 let mut action: libc::sigaction = zeroed();
                 action.sa_sigaction = handler_address();
                 // No SA_RESTART: the point is that a blocked flock returns EINTR.
@@ -139,6 +190,27 @@ mod linux {
             }
         }
         None
+    }
+
+    /// Gives the signal back its default disposition, unless someone else has taken it since.
+    fn uninstall(signal: c_int) {
+        if !is_ours(signal) {
+            return;
+        }
+        // SAFETY: sigaction with zeroed structs. Between the check above and this swap another
+        // library would have to install a handler for the very signal we hold: if it did, the
+        // swap hands its handler back to it.
+        unsafe {
+            let mut default: libc::sigaction = zeroed();
+            default.sa_sigaction = libc::SIG_DFL;
+            libc::sigemptyset(&mut default.sa_mask);
+            let mut old: libc::sigaction = zeroed();
+            if libc::sigaction(signal, &default, &mut old) == 0
+                && old.sa_sigaction != handler_address()
+            {
+                libc::sigaction(signal, &old, ptr::null_mut());
+            }
+        }
     }
 
     /// The kernel's `struct sigevent` (64 bytes), used through the raw system calls so that
@@ -253,9 +325,11 @@ mod linux {
         cancel: &Cancel,
         seen: u64,
     ) -> Option<io::Result<Woke>> {
-        let signal = signal()?;
+        let lease = Lease::take()?;
+        let signal = lease.0;
         // Dropped in reverse order: the hook first (no one arms the timer any more), then the
-        // timer, then the mask (after the last signal the timer could have sent).
+        // timer (a signal it sent before is delivered, unblocked, as `timer_delete` returns),
+        // then the mask, then the lease (the handler may go: nothing can signal this wait now).
         let _unblocked = Unblocked::new(signal);
         let timer = Timer::for_this_thread(signal).ok()?;
         let id = timer.0;

@@ -1,0 +1,83 @@
+'use strict'
+// `processlock run --replace`: the holder on this host is asked to go (SIGTERM), killed after the
+// grace period if it does not, and the command starts once the lock is free; a holder whose record
+// names another host is never signalled. Real processes, real signals.
+const fs = require('node:fs')
+const path = require('node:path')
+const { start, tempDir, watch } = require('./helpers/proc')
+const { CHILD, cli, alive } = require('./helpers/cli-proc')
+
+async function holder(dir, mode) {
+  const h = start('replace-holder.js', { dir, env: { HOLDER_MODE: mode } })
+  await h.waitFor(/READY \d+/)
+  return h
+}
+
+const replaceRun = (dir, grace) =>
+  cli(['run', 'backend', '--replace', '--grace', String(grace), '--', process.execPath, CHILD, 'exit', '0'], { dir })
+
+test('a holder that drains on SIGTERM is replaced without SIGKILL', async () => {
+  const dir = tempDir('replace-drain')
+  const h = await holder(dir, 'drain')
+  const r = await replaceRun(dir, 60000)
+  expect(r.code).toBe(0)
+  expect(r.stderr).toMatch(
+    new RegExp(`^\\[PROCESS_LOCK_REPLACE\\] Sent SIGTERM to backend \\(SHORT\\) \\(PID ${h.pid}, started '[^']+'\\); SIGKILL in 60000 ms if it still holds the lock$`, 'm'),
+  )
+  expect(r.stderr).toMatch(new RegExp(`^\\[PROCESS_LOCK_REPLACE\\] PID ${h.pid} let go of backend \\(SHORT\\) after \\d+ ms$`, 'm'))
+  expect(r.stderr).not.toContain('SIGKILL;')
+  expect(r.stdout).toMatch(/CHILD READY \d+/)
+  const end = await h.done()
+  expect(end).toMatchObject({ code: 0, signal: null })
+  // It finished its work before the new instance started.
+  expect(end.stdout).toContain('DRAINING\nDRAINED\n')
+  expect(fs.readdirSync(dir)).toEqual([])
+})
+
+test('a holder that ignores SIGTERM is killed after the grace period', async () => {
+  const dir = tempDir('replace-ignore')
+  const h = await holder(dir, 'ignore')
+  const r = await replaceRun(dir, 300)
+  expect(r.code).toBe(0)
+  expect(r.stderr).toContain(`[PROCESS_LOCK_REPLACE] Sent SIGTERM to backend (SHORT) (PID ${h.pid}`)
+  expect(r.stderr).toContain(`[PROCESS_LOCK_REPLACE] PID ${h.pid} still held backend (SHORT) after 300 ms; sent SIGKILL\n`)
+  expect(r.stdout).toMatch(/CHILD READY \d+/)
+  const end = await h.done()
+  expect(end.signal).toBe('SIGKILL')
+  expect(end.stdout).toContain('IGNORED')
+  expect(fs.readdirSync(dir)).toEqual([])
+})
+
+test('a holder whose record names another host is refused, and nothing is signalled', async () => {
+  const dir = tempDir('replace-remote')
+  const file = path.join(dir, 'backend.short.lock')
+  // A lock held (flock) by a process of this host, whose record says another host and names
+  // that very process: a replace that trusted the PID would kill it.
+  fs.writeFileSync(file, '')
+  const locker = watch('/bin/sh', ['-c', 'exec 9<>"$0"; flock -x 9; echo LOCKED; exec sleep 60', file], {})
+  fs.writeFileSync(
+    file,
+    JSON.stringify({
+      pid: locker.pid,
+      started: new Date().toISOString(),
+      tradeSide: 'SHORT',
+      processName: 'trader-short-backend',
+      processType: 'backend',
+      hostname: 'elsewhere.invalid',
+      startToken: 'linux:elsewhere:1',
+      protocol: 'processlock/1',
+    }),
+  )
+  await locker.waitFor('LOCKED')
+  const r = await replaceRun(dir, 300)
+  expect(r.code).toBe(1)
+  expect(r.stderr).toContain(
+    `[PROCESS_LOCK_REPLACE] Not replacing backend (SHORT) (PID ${locker.pid}): the holder runs on host 'elsewhere.invalid', not on this host; stop it there\n`,
+  )
+  expect(r.stderr).toContain('[FATAL] LOCK_CONFLICT: backend (SHORT) is already running')
+  expect(r.stderr).not.toContain('Sent SIGTERM')
+  expect(r.stdout).not.toContain('CHILD READY')
+  expect(alive(locker.pid)).toBe(true)
+  locker.kill('SIGKILL')
+  await locker.done()
+})
