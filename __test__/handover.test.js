@@ -6,7 +6,7 @@
 const { spawnSync } = require('node:child_process')
 const fs = require('node:fs')
 const path = require('node:path')
-const { tempDir, FIXTURES } = require('./helpers/proc')
+const { tempDir, lockDirEntries, FIXTURES } = require('./helpers/proc')
 const { startCli, waitGone } = require('./helpers/cli-proc')
 
 const CLAIM = path.join(FIXTURES, 'claim.js')
@@ -56,7 +56,7 @@ test.each([
   fs.writeFileSync(gate, '')
   const r = await run.done()
   expect(r.code).toBe(0)
-  expect(fs.readdirSync(dir)).toEqual([])
+  expect(lockDirEntries(dir)).toEqual([])
 })
 
 test.each([
@@ -83,7 +83,7 @@ test.each([
   fs.writeFileSync(gate, '')
   const r = await run.done()
   expect(r.code).toBe(0)
-  expect(fs.readdirSync(dir)).toEqual([])
+  expect(lockDirEntries(dir)).toEqual([])
 })
 
 test('a child of the owner cannot claim the lock, not even after the owner died', async () => {
@@ -108,7 +108,7 @@ test('a child of the owner cannot claim the lock, not even after the owner died'
   run.kill('SIGTERM')
   const r = await run.done()
   expect(r.signal === 'SIGTERM' || r.code === 143).toBe(true)
-  expect(fs.readdirSync(dir)).toEqual([])
+  expect(lockDirEntries(dir)).toEqual([])
 })
 
 test('a process outside the command with a copy of its variable cannot claim the lock', async () => {
@@ -139,5 +139,5 @@ test('a process outside the command with a copy of its variable cannot claim the
   expect(got).toMatchObject({ ok: true, inherited: null })
   fs.writeFileSync(gate, '')
   expect((await run.done()).code).toBe(0)
-  expect(fs.readdirSync(dir)).toEqual([])
+  expect(lockDirEntries(dir)).toEqual([])
 })

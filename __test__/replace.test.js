@@ -4,7 +4,7 @@
 // names another host is never signalled. Real processes, real signals.
 const fs = require('node:fs')
 const path = require('node:path')
-const { start, tempDir, watch } = require('./helpers/proc')
+const { start, tempDir, lockDirEntries, watch } = require('./helpers/proc')
 const { CHILD, cli, alive } = require('./helpers/cli-proc')
 
 async function holder(dir, mode) {
@@ -31,7 +31,7 @@ test('a holder that drains on SIGTERM is replaced without SIGKILL', async () => 
   expect(end).toMatchObject({ code: 0, signal: null })
   // It finished its work before the new instance started.
   expect(end.stdout).toContain('DRAINING\nDRAINED\n')
-  expect(fs.readdirSync(dir)).toEqual([])
+  expect(lockDirEntries(dir)).toEqual([])
 })
 
 test('a holder that ignores SIGTERM is killed after the grace period', async () => {
@@ -45,7 +45,7 @@ test('a holder that ignores SIGTERM is killed after the grace period', async () 
   const end = await h.done()
   expect(end.signal).toBe('SIGKILL')
   expect(end.stdout).toContain('IGNORED')
-  expect(fs.readdirSync(dir)).toEqual([])
+  expect(lockDirEntries(dir)).toEqual([])
 })
 
 test('a holder whose record names another host is refused, and nothing is signalled', async () => {
