@@ -13,11 +13,8 @@ use std::path::Path;
 
 use crate::error::{Error, Result};
 use crate::os;
-use crate::protocol::{judge, unknown_holder, Verdict};
+use crate::protocol::{judge, unknown_holder, Verdict, MAX_ROUNDS};
 use crate::record::Record;
-
-/// Far above anything real: each round means the file at the path was replaced meanwhile.
-const MAX_ROUNDS: u32 = 1_000;
 
 /// What `remove_if_stale` found and did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,11 +60,7 @@ pub fn remove_if_stale(path: &Path) -> Result<Removal> {
             }
         }
     }
-    Err(Error::io(
-        "unlink",
-        path,
-        std::io::Error::other("the lock file kept changing; gave up after many rounds"),
-    ))
+    Err(Error::kept_changing("unlink", path))
 }
 
 #[cfg(all(test, unix))]

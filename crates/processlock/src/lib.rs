@@ -26,6 +26,8 @@ mod record;
 mod registry;
 pub mod report;
 mod temp;
+#[cfg(test)]
+mod testing;
 mod wait;
 
 pub use clear::{remove_if_stale, Removal};

@@ -133,14 +133,8 @@ mod tests {
 
     fn record(pid: u32) -> Record {
         Record {
-            pid,
             started: crate::clock::now_iso8601(),
-            trade_side: None,
-            process_name: String::new(),
-            process_type: None,
-            hostname: None,
-            start_token: None,
-            protocol: None,
+            ..Record::pid_only(pid)
         }
     }
 

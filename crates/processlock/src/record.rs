@@ -123,6 +123,7 @@ fn valid_pid(pid: u32) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::Xorshift;
 
     fn ours() -> Record {
         Record {
@@ -194,13 +195,8 @@ mod tests {
     fn never_panics_on_arbitrary_bytes() {
         // A small deterministic fuzz: mutations of a valid record and random byte strings.
         let base = ours().to_json().into_bytes();
-        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-        let mut next = || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        };
+        let mut rng = Xorshift::new(0x9E37_79B9_7F4A_7C15);
+        let mut next = || rng.next_u64();
         for _ in 0..20_000 {
             let mut b = base.clone();
             for _ in 0..(next() % 8) {

@@ -139,14 +139,9 @@ mod tests {
 
     fn holder() -> Record {
         Record {
-            pid: 51172,
             started: "2025-10-18T22:38:49Z".into(),
             trade_side: Some("SHORT".into()),
-            process_name: String::new(),
-            process_type: None,
-            hostname: None,
-            start_token: None,
-            protocol: None,
+            ..Record::pid_only(51172)
         }
     }
 
