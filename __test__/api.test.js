@@ -57,7 +57,7 @@ describe('API behaviour', () => {
     expect(lockDirEntries(dir)).toEqual([])
   })
 
-  test('the record: seed keys first, side upper-cased, name defaults and options', () => {
+  test('the record: legacy keys first, side upper-cased, name defaults and options', () => {
     const dir = tempDir('api-record')
     const info = pl.acquireLock('worker', { dir, tradeSide: 'long', log: false })
     expect(info).toMatchObject({ pid: process.pid, tradeSide: 'LONG', processName: 'trader-long-worker', processType: 'worker', protocol: 'processlock/1' })
@@ -369,7 +369,7 @@ describe('files of the older PID-only implementation, and PID reuse', () => {
       expect(c.lines[0]).toBe(`warn [PROCESS_LOCK_STALE] Found stale lock file for PID ${b.pid}, removing...`)
       pl.releaseLock('backend', SHORT(dir))
 
-      // The seed's format, naming a live process that started after the lock was taken.
+      // The legacy PID-only format, naming a live process that started after the lock was taken.
       const legacy = { pid: b.pid, started: '2025-10-18T22:38:49.123Z', tradeSide: 'SHORT', processName: 'trader-short-backend' }
       fs.writeFileSync(lockFile(dir), JSON.stringify(legacy, null, 2))
       expect(pl.getLockInfo('backend', SHORT(dir))).toBe(null)

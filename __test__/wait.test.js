@@ -1,5 +1,5 @@
 'use strict'
-// Waiting acquisition (issue 4) against real processes: the waiter is told when the holder lets
+// Waiting acquisition against real processes: the waiter is told when the holder lets
 // go (release, exit, SIGKILL) and owns the lock moments later; timeouts and aborts leave nothing
 // behind; many waiters take turns without overlaps; an async wait leaves the event loop and
 // libuv's pool alone.

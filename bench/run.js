@@ -10,7 +10,7 @@
 //   startup     `node -e "require(pkg).acquireLock(...)"` against `node -e ''`
 //   contention  8 processes x 500 acquisitions each, retried until success
 //   memory      100,000 cycles in one process: RSS and open descriptors
-//   handover    (issue 4) latency from release / SIGKILL of the holder to a
+//   handover    latency from release / SIGKILL of the holder to a
 //               waiting acquisition; skipped while the package cannot wait
 // Writes BENCHMARKS.md (the "bench" section; the "torture" section written by
 // bench/torture.js --write is kept). --quick is a short CI smoke run: smaller
@@ -359,9 +359,9 @@ async function memorySection(a, ctx) {
   return { md, res };
 }
 
-// ---- (e) handover latency: issue 4 ---------------------------------------------
+// ---- (e) handover latency: waiting acquisition ---------------------------------------------
 //
-// HOOK (issue 4, waiting acquisition). A holder process holds the lock, a
+// Waiting acquisition. A holder process holds the lock, a
 // second process waits for it, then the holder releases, or is SIGKILLed:
 //   latency = t(waiter's acquire returned) - t(release called | kill sent)
 // Ours: acquireLock(type, { waitMs }) and acquireLockAsync(type, { timeoutMs }).
@@ -429,7 +429,7 @@ async function handoverSeries(ctx, impl, api, how, reps) {
 }
 
 async function handoverSection(a, ctx) {
-  const head = ['## Handover latency (issue 4: waiting acquisition)', ''];
+  const head = ['## Handover latency (waiting acquisition)', ''];
   if (!ctx.ours) return { md: [...head, 'Skipped: our package is not loaded.'].join('\n') };
   const pl = require(ROOT);
   const series = [];

@@ -19,7 +19,7 @@
 //   stale     the lock was left by a holder that was SIGKILLed
 //   recycled  (ours only) the lock record names the PID of a live, unrelated
 //             `sleep` process, and nobody holds its flock: the PID was recycled
-//   legacy    (ours only) the same in the seed's PID-only format (no protocol
+//   legacy    (ours only) the same in the legacy PID-only format (no protocol
 //             key, written by an older version), with `started` an hour
 //             before the `sleep` process started
 //   kill      like fresh (even rounds) or stale (odd rounds), and one racer is

@@ -112,7 +112,7 @@ fn judge_pid_taken(record: &Record, taken_ms: Option<i64>) -> PidState {
             PidState::Recycled
         };
     }
-    // A record without a token (the seed's format): a process that started after the lock was
+    // A record without a token (the legacy format): a process that started after the lock was
     // taken cannot be the process that took it.
     if let (Some(taken), Some(began)) = (taken_ms, now.wall_ms) {
         if began > taken + START_SLACK_MS {

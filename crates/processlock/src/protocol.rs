@@ -1,4 +1,4 @@
-//! The locking protocol.
+//! The locking protocol, as `docs/PROTOCOL.md` describes it with the invariants it keeps.
 //!
 //! Ownership is an exclusive OS lock (`flock`) held on the inode that is linked at the lock path.
 //!

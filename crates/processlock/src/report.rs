@@ -1,4 +1,4 @@
-//! The log lines operators know from the seed document, word for word, in one place for the
+//! The log lines operators know from earlier versions, word for word, in one place for the
 //! addon and the command alike.
 //!
 //! Records are written by whoever could create a file in the lock directory: every field taken
@@ -146,7 +146,7 @@ mod tests {
     }
 
     #[test]
-    fn the_seed_lines_exactly() {
+    fn the_operator_lines_exactly() {
         let n = LockName::new("backend", Some("SHORT")).unwrap();
         assert_eq!(
             acquired(&n, 51172),

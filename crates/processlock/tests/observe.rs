@@ -227,12 +227,12 @@ fn inspect_and_list_locks_report_held_stale_and_invalid() {
     dead.kill_with(libc::SIGKILL);
     fs::write(&invalid.path, "{\"pid\": ").unwrap();
     let mut idle = Proc::idle();
-    let seed = format!(
+    let legacy_record = format!(
         "{{\"pid\": {}, \"started\": \"{}\", \"tradeSide\": null, \"processName\": \"x\"}}",
         idle.pid,
         own_record(&legacy, None).started
     );
-    fs::write(&legacy.path, seed).unwrap();
+    fs::write(&legacy.path, legacy_record).unwrap();
     fs::create_dir(locks.join("dir.lock")).unwrap();
     fs::write(locks.join("a.b.c.lock"), "7\n").unwrap(); // a name we would not write; PID 7
     fs::write(locks.join("notes.txt"), "not a lock").unwrap();
@@ -320,7 +320,7 @@ fn inspect_and_list_locks_report_held_stale_and_invalid() {
     holder.wait_success();
     idle.close_stdin();
     idle.wait_success();
-    // The seed-format file's process is gone now: stale.
+    // The legacy-format file's process is gone now: stale.
     assert!(matches!(inspect(&legacy.path).unwrap(), Inspection::Stale(r) if r.pid == idle.pid));
     dir.finish();
 }

@@ -1,5 +1,6 @@
 //! Who owns a lock: conflicts between processes, release, takeover after a holder died by a
-//! signal, forced removal (invariant 5), trade sides, the registry, and another user's locks.
+//! signal, forced removal (`docs/PROTOCOL.md` invariant 5), trade sides, the registry, and
+//! another user's locks.
 
 mod support;
 
@@ -239,8 +240,8 @@ fn an_unreaped_killed_holder_is_taken_over() {
     dir.finish();
 }
 
-/// Invariant 5: after a forced removal, the first holder's release must not delete the file of
-/// the holder that came after it.
+/// `docs/PROTOCOL.md` invariant 5 (only your own file): after a forced removal, the first
+/// holder's release must not delete the file of the holder that came after it.
 #[test]
 fn release_after_force_remove_leaves_the_new_holders_file() {
     let dir = TestDir::new("force");
@@ -356,7 +357,7 @@ fn another_users_lock_is_respected_and_its_stale_file_taken_over() {
     let got = taker.outcome();
     assert_eq!(got.events(), [format!("stale:{}", root_holder.pid)]);
 
-    // A seed-format file naming a live root process, seen by nobody: alive (EPERM), conflict.
+    // A legacy-format file naming a live root process, seen by nobody: alive (EPERM), conflict.
     let legacy = dir.target("worker", None);
     let idle = Proc::idle();
     let started = processlock::own_record(&legacy, None).started;

@@ -54,7 +54,7 @@ fn snapshot(dir: &Path) -> Vec<(PathBuf, u32, u32, u64, i64, Vec<u8>)> {
     out
 }
 
-/// A directory holding what an acquirer would normally clean up: a seed-format record of a dead
+/// A directory holding what an acquirer would normally clean up: a legacy-format record of a dead
 /// process (taken over as stale) and a temp file of an acquirer that died half-way (swept).
 fn dir_with_leftovers(root: &Path, label: &str) -> LockTarget {
     let dir = root.join(label);

@@ -304,7 +304,7 @@ fn a_pid_only_holder_is_waited_for_until_its_process_ends() {
     let t = dir.target("backend", Some("SHORT"));
     std::fs::create_dir_all(&t.dir).unwrap();
     let mut idle = Proc::idle();
-    // The seed's format: a PID and a start time, no protocol marker, no OS lock.
+    // The legacy format: a PID and a start time, no protocol marker, no OS lock.
     let mut record = record_for(&t, idle.pid, None);
     record.protocol = None;
     record.start_token = None;
