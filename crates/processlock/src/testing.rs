@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use crate::name::LockName;
+#[cfg(any(target_os = "linux", windows))]
 use crate::os::ProcessStart;
 use crate::protocol::LockTarget;
 
@@ -42,8 +43,9 @@ pub(crate) fn target(label: &str) -> LockTarget {
 }
 
 /// What the OS tells of this process's start: the same twice, not a zombie, and a wall-clock
-/// start in the last hour.
-pub(crate) fn assert_own_start_is_sane(start: Option<ProcessStart>) {
+/// start in the last hour. Returns it.
+#[cfg(any(target_os = "linux", windows))]
+pub(crate) fn assert_own_start_is_sane(start: Option<ProcessStart>) -> ProcessStart {
     let a = start.expect("the OS tells when this process started");
     assert!(!a.zombie);
     let now = std::time::SystemTime::now()
@@ -55,4 +57,5 @@ pub(crate) fn assert_own_start_is_sane(start: Option<ProcessStart>) {
         wall <= now + 2000 && wall > now - 3_600_000,
         "{wall} vs {now}"
     );
+    a
 }

@@ -1,7 +1,7 @@
 //! `docs/PROTOCOL.md` invariant 1 (one owner) under real races: many processes released
-//! together at a barrier go for one lock, fresh or left by a SIGKILLed holder; every winner reports when it owned the lock
-//! (CLOCK_MONOTONIC right after `acquire` returned and right before `release`), and no two of
-//! those intervals may overlap.
+//! together at a barrier go for one lock, fresh or left by a SIGKILLed holder; every winner
+//! reports when it owned the lock (CLOCK_MONOTONIC right after `acquire` returned and right
+//! before `release`), and no two of those intervals may overlap.
 //!
 //! `PROCESSLOCK_IT_ROUNDS` raises the number of rounds (default 20).
 

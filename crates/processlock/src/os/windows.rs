@@ -703,7 +703,7 @@ mod tests {
         assert_eq!(pid_state(me), Pid::Running);
         assert_eq!(pid_state(0), Pid::Gone);
         assert_eq!(process_start(me), process_start(me));
-        assert_own_start_is_sane(process_start(me));
+        let a = assert_own_start_is_sane(process_start(me));
 
         // This test binary, asked to run no test, exits at once.
         let mut child = std::process::Command::new(std::env::current_exe().unwrap())
