@@ -20,26 +20,16 @@ const fs = require('fs');
 const os = require('os');
 const path = require('path');
 const { execFileSync, spawnSync } = require('child_process');
+const { eachOption } = require('./args');
 const { Worker } = require('./pool');
 const { ROOT, LABELS, oursUnavailable } = require('./impls');
 const R = require('./report');
 
 const SECTIONS = ['cycle', 'startup', 'contention', 'memory', 'handover'];
 
-function usage() {
-  const lines = fs.readFileSync(__filename, 'utf8').split('\n').slice(2);
-  const end = lines.findIndex((l) => !l.startsWith('//'));
-  return lines.slice(0, end).map((l) => l.replace(/^\/\/ ?/, '')).join('\n');
-}
-
 function parseArgs(argv) {
   const a = { quick: false, write: null, out: null, dir: null, sections: SECTIONS, peersOnly: false };
-  for (let i = 0; i < argv.length; i++) {
-    const k = argv[i];
-    const v = () => {
-      if (i + 1 >= argv.length) throw new Error(`${k} needs a value`);
-      return argv[++i];
-    };
+  eachOption(argv, __filename, (k, v) => {
     switch (k) {
       case '--quick': a.quick = true; break;
       case '--write': a.write = true; break;
@@ -48,13 +38,10 @@ function parseArgs(argv) {
       case '--dir': a.dir = path.resolve(v()); break;
       case '--sections': a.sections = v().split(','); break;
       case '--peers-only': a.peersOnly = true; break;
-      case '-h': case '--help':
-        console.log(usage());
-        process.exit(0);
-        break;
-      default: throw new Error(`unknown option ${k}`);
+      default: return false;
     }
-  }
+    return true;
+  });
   if (a.write == null) a.write = !a.quick;
   for (const s of a.sections) if (!SECTIONS.includes(s)) throw new Error(`unknown section ${s}`);
   return a;
