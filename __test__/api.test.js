@@ -8,24 +8,12 @@ const path = require('node:path')
 const pl = require('..')
 const { start, run, watch, tempDir, deadPid, ROOT, lockDirEntries } = require('./helpers/proc')
 const { stageForOtherUsers } = require('./helpers/stage')
+const { SHORT, lockFile, recordOf, holder, stop } = require('./helpers/lock')
 
-const SHORT = (dir, extra = {}) => ({ dir, tradeSide: 'SHORT', log: false, ...extra })
-const lockFile = (dir) => path.join(dir, 'backend.short.lock')
 
 function capture() {
   const lines = []
   return { lines, log: (line, level) => lines.push(`${level} ${line}`) }
-}
-
-async function holder(dir) {
-  const p = start('ending.js', { dir, args: ['wait'], env: { PROCESSLOCK_LOG: 'silent' } })
-  await p.waitFor('READY')
-  return p
-}
-
-async function stop(p, signal = 'SIGTERM') {
-  p.kill(signal)
-  return p.done()
 }
 
 /** A live process unrelated to any lock, standing in for whoever got a recycled PID. */
@@ -75,7 +63,7 @@ describe('API behaviour', () => {
     const dir = tempDir('api-foreign')
     const p = await holder(dir)
     expect(pl.releaseLock('backend', SHORT(dir))).toBe(false)
-    expect(JSON.parse(fs.readFileSync(lockFile(dir), 'utf8')).pid).toBe(p.pid)
+    expect(recordOf(lockFile(dir)).pid).toBe(p.pid)
     const info = pl.getLockInfo('backend', SHORT(dir))
     expect(info.pid).toBe(p.pid)
     const err = (() => {
@@ -115,7 +103,7 @@ describe('API behaviour', () => {
     const mine = pl.acquireLock('backend', SHORT(dir))
     const r = await stop(old) // it releases at its exit
     expect(r.signal).toBe('SIGTERM')
-    expect(JSON.parse(fs.readFileSync(lockFile(dir), 'utf8'))).toEqual(mine)
+    expect(recordOf(lockFile(dir))).toEqual(mine)
     expect(pl.getLockInfo('backend', SHORT(dir)).pid).toBe(process.pid)
     expect(pl.releaseLock('backend', SHORT(dir))).toBe(true)
   })

@@ -7,22 +7,9 @@ const { spawnSync } = require('node:child_process')
 const fs = require('node:fs')
 const path = require('node:path')
 const pl = require('..')
-const { ROOT, FIXTURES, tempDir, watch, start } = require('./helpers/proc')
+const { ROOT, FIXTURES, tempDir, watch, start, lockDirEntries } = require('./helpers/proc')
 
-const SHORT = (dir, extra = {}) => ({ dir, tradeSide: 'SHORT', log: false, ...extra })
-const lockFile = (dir) => path.join(dir, 'backend.short.lock')
-const recordOf = (file) => JSON.parse(fs.readFileSync(file, 'utf8'))
-
-async function holder(dir) {
-  const p = start('ending.js', { dir, args: ['wait'], env: { PROCESSLOCK_LOG: 'silent' } })
-  await p.waitFor('READY')
-  return p
-}
-
-async function stop(p, signal = 'SIGTERM') {
-  p.kill(signal)
-  return p.done()
-}
+const { SHORT, lockFile, recordOf, holder, stop } = require('./helpers/lock')
 
 /** Another process tries the lock once: its JSON outcome. */
 async function tryFromAnotherProcess(dir) {
@@ -58,7 +45,7 @@ describe('forceRemoveLock on a lock this process holds', () => {
     const result = lastJson(w.stdout)
     expect(result.rounds).toBeGreaterThanOrEqual(1)
     expect(result.lost).toBe(0)
-    expect(fs.readdirSync(dir)).toEqual([])
+    expect(lockDirEntries(dir)).toEqual([])
   })
 })
 
@@ -96,7 +83,7 @@ describe('worker threads share the process\'s locks', () => {
       const { dir, seen, other } = await scenario(how, 'worker-only')
       expect(seen).toMatchObject({ held: false, exists: false })
       expect(other).toMatchObject({ ok: true })
-      expect(fs.readdirSync(dir)).toEqual([])
+      expect(lockDirEntries(dir)).toEqual([])
     },
   )
 })
@@ -104,20 +91,30 @@ describe('worker threads share the process\'s locks', () => {
 describe('an aborted wait beside another wait for the same lock', () => {
   const sleepMs = (ms) => Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms)
 
-  test('aborting the wait that took the lock does not release what the other call returned', async () => {
-    const dir = tempDir('edges-abort')
+  /**
+   * Starts an abortable wait behind a holder, SIGKILLs the holder and returns once the wait has
+   * taken the lock. The event loop is kept busy from then on, so no result reaches JavaScript
+   * until the caller lets it.
+   */
+  async function waitThatTookTheLock(dir) {
     const file = lockFile(dir)
     const p = await holder(dir)
     const ctrl = new AbortController()
     const aborted = pl.acquireLockAsync('backend', SHORT(dir, { signal: ctrl.signal }))
-    // The event loop is kept busy from here on, so that no result reaches JavaScript until both
-    // native calls are done: the wait above takes the lock when the holder dies ...
     process.kill(p.pid, 'SIGKILL')
     for (const until = Date.now() + 20000; Date.now() < until; ) {
       try {
         if (recordOf(file).pid === process.pid) break
       } catch {}
     }
+    return { file, p, ctrl, aborted }
+  }
+
+  test('aborting the wait that took the lock does not release what the other call returned', async () => {
+    const dir = tempDir('edges-abort')
+    // Both native calls finish before any result reaches JavaScript: the wait takes the lock
+    // when the holder dies ...
+    const { file, p, ctrl, aborted } = await waitThatTookTheLock(dir)
     expect(recordOf(file).pid).toBe(process.pid)
     // ... then a second call finds it held by this process and returns it ...
     const other = pl.acquireLockAsync('backend', SHORT(dir, { timeoutMs: 0 }))
@@ -138,20 +135,11 @@ describe('an aborted wait beside another wait for the same lock', () => {
 
   test('an aborted wait alone still gives back the lock it took', async () => {
     const dir = tempDir('edges-abort-alone')
-    const file = lockFile(dir)
-    const p = await holder(dir)
-    const ctrl = new AbortController()
-    const aborted = pl.acquireLockAsync('backend', SHORT(dir, { signal: ctrl.signal }))
-    process.kill(p.pid, 'SIGKILL')
-    for (const until = Date.now() + 20000; Date.now() < until; ) {
-      try {
-        if (recordOf(file).pid === process.pid) break
-      } catch {}
-    }
+    const { file, p, ctrl, aborted } = await waitThatTookTheLock(dir)
     ctrl.abort()
     await expect(aborted).rejects.toMatchObject({ code: 'LOCK_ABORTED' })
     expect(pl.isLockHeld('backend', SHORT(dir))).toBe(false)
-    expect(fs.readdirSync(dir)).toEqual([])
+    expect(lockDirEntries(dir)).toEqual([])
     await p.done()
   })
 })
@@ -211,7 +199,7 @@ describe('where the lock file lives', () => {
       const r = await first.done(60000)
       // Released from where it was taken, although the working directory changed.
       expect(lastJson(r.stdout)).toEqual({ released: true })
-      expect(fs.readdirSync(locks)).toEqual([])
+      expect(lockDirEntries(locks)).toEqual([])
     } finally {
       first.kill('SIGKILL')
       if (!rootLocksExisted) fs.rmSync('/runtime', { recursive: true, force: true })
@@ -229,12 +217,12 @@ describe('where the lock file lives', () => {
       setInterval(() => {}, 1000)`
     const p = watch(process.execPath, ['-e', code], { cwd: base, env: { ...process.env, PROCESSLOCK_DIR: undefined, PROCESSLOCK_LOG: '', TRADE_SIDE: 'SHORT' } })
     await p.waitFor('READY')
-    expect(fs.readdirSync(path.join(base, 'locks'))).toEqual(['backend.short.lock'])
+    expect(lockDirEntries(path.join(base, 'locks'))).toEqual(['backend.short.lock'])
     p.kill('SIGTERM')
     const r = await p.done(60000)
     expect(r.signal).toBe('SIGTERM')
     expect(r.stdout).toContain(`[PROCESS_LOCK_RELEASED] { processType: 'backend', tradeSide: 'SHORT', pid: ${p.pid} }`)
-    expect(fs.readdirSync(path.join(base, 'locks'))).toEqual([])
+    expect(lockDirEntries(path.join(base, 'locks'))).toEqual([])
   })
 
   test('a lock directory reached through a symlink or .. is the same lock, not a conflict with itself', () => {
@@ -253,7 +241,7 @@ describe('where the lock file lives', () => {
     }
     expect(pl.releaseLock('backend', SHORT(link))).toBe(true)
     expect(pl.isLockHeld('backend', SHORT(real))).toBe(false)
-    expect(fs.readdirSync(real)).toEqual(['sub'])
+    expect(lockDirEntries(real)).toEqual(['sub'])
   })
 })
 
@@ -290,7 +278,7 @@ describe('a holder whose lock file was removed, replaced or moved knows it', () 
     expect(recordOf(lockFile(dir))).toEqual(again)
     expect(pl.isLockHeld('backend', SHORT(dir))).toBe(true)
     expect(pl.releaseLock('backend', SHORT(dir))).toBe(true)
-    expect(fs.readdirSync(dir)).toEqual([])
+    expect(lockDirEntries(dir)).toEqual([])
   })
 
   test('replaced by another process\'s lock: its record, isOwn false, acquireLock conflicts', async () => {
@@ -324,6 +312,6 @@ describe('a holder whose lock file was removed, replaced or moved knows it', () 
     expect(pl.listLocks({ dir }).map((l) => l.isOwn)).toEqual([true])
     expect(pl.releaseLock('backend', SHORT(dir))).toBe(true)
     // The old file went with its directory; it is nobody's lock and stays there.
-    expect(fs.readdirSync(path.join(base, 'moved'))).toEqual(['backend.short.lock'])
+    expect(lockDirEntries(path.join(base, 'moved'))).toEqual(['backend.short.lock'])
   })
 })
