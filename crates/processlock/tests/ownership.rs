@@ -7,8 +7,8 @@ mod support;
 use std::fs;
 
 use processlock::{
-    acquire, force_remove, inspect, parse_record, start_token, Error, Inspection, Parsed, Registry,
-    Release, PROTOCOL,
+    acquire, force_remove, inspect, parse_record, start_token, Error, Inspection, LockTarget,
+    Parsed, Registry, Release, PROTOCOL,
 };
 use support::{Outcome, Proc, TestDir};
 
@@ -22,6 +22,13 @@ fn acquired_pid(o: &Outcome) -> u32 {
         Outcome::Acquired { pid, .. } => *pid,
         other => panic!("expected an acquisition, got {other:?}"),
     }
+}
+
+/// A child that has taken `target` and holds it until its stdin closes.
+fn holding(target: &LockTarget) -> Proc {
+    let mut holder = Proc::acquirer(target, "wait");
+    assert_eq!(acquired_pid(&holder.outcome()), holder.pid);
+    holder
 }
 
 #[test]
@@ -185,8 +192,7 @@ fn a_holder_killed_by_a_signal_is_taken_over_at_once() {
     let dir = TestDir::new("killed");
     let t = dir.target("backend", Some("long"));
     for sig in [libc::SIGKILL, libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
-        let mut holder = Proc::acquirer(&t, "wait");
-        assert_eq!(acquired_pid(&holder.outcome()), holder.pid);
+        let mut holder = holding(&t);
         holder.kill_with(sig);
         assert!(
             t.path.exists(),
@@ -227,8 +233,7 @@ fn a_holder_killed_by_a_signal_is_taken_over_at_once() {
 fn an_unreaped_killed_holder_is_taken_over() {
     let dir = TestDir::new("zombie");
     let t = dir.target("backend", None);
-    let mut holder = Proc::acquirer(&t, "wait");
-    assert_eq!(acquired_pid(&holder.outcome()), holder.pid);
+    let mut holder = holding(&t);
     holder.kill_to_zombie();
     let a = acquire(&t, None).unwrap();
     assert_eq!(
@@ -246,8 +251,7 @@ fn an_unreaped_killed_holder_is_taken_over() {
 fn release_after_force_remove_leaves_the_new_holders_file() {
     let dir = TestDir::new("force");
     let t = dir.target("worker", Some("short"));
-    let mut first = Proc::acquirer(&t, "wait");
-    assert_eq!(acquired_pid(&first.outcome()), first.pid);
+    let mut first = holding(&t);
 
     assert!(force_remove(&t.path).unwrap());
     assert!(!t.path.exists());
@@ -301,10 +305,8 @@ fn trade_sides_are_separate_locks() {
     let short = dir.target("backend", Some("short"));
     let long = dir.target("backend", Some("LONG"));
     let none = dir.target("backend", None);
-    let mut a = Proc::acquirer(&short, "wait");
-    assert_eq!(acquired_pid(&a.outcome()), a.pid);
-    let mut b = Proc::acquirer(&long, "wait");
-    assert_eq!(acquired_pid(&b.outcome()), b.pid);
+    let mut a = holding(&short);
+    let mut b = holding(&long);
     let c = acquire(&none, None).unwrap();
     let names = [&short.path, &long.path, &none.path].map(|p| p.file_name().unwrap().to_owned());
     assert_eq!(
@@ -326,7 +328,7 @@ fn trade_sides_are_separate_locks() {
 /// may not open for writing) is alive; its dead holder's file is still taken over. Needs root.
 #[test]
 fn another_users_lock_is_respected_and_its_stale_file_taken_over() {
-    if unsafe { libc::geteuid() } != 0 {
+    if !support::is_root() {
         eprintln!("skipped: needs root to run a child as another user");
         return;
     }
@@ -337,11 +339,10 @@ fn another_users_lock_is_respected_and_its_stale_file_taken_over() {
     // Shared the safe way: through a group (nobody's), inherited by the files (setgid).
     std::os::unix::fs::chown(&t.dir, None, Some(65534)).unwrap();
     fs::set_permissions(&t.dir, fs::Permissions::from_mode(0o2770)).unwrap();
-    let nobody = [("UID", "65534")];
+    let nobody = support::AS_NOBODY;
 
     // Root holds; nobody conflicts.
-    let mut root_holder = Proc::acquirer(&t, "wait");
-    assert_eq!(acquired_pid(&root_holder.outcome()), root_holder.pid);
+    let mut root_holder = holding(&t);
     let mut other = Proc::acquirer_with(&t, "release", &nobody);
     assert_eq!(
         other.outcome(),
@@ -431,7 +432,7 @@ fn an_inherited_descriptor_keeps_the_lock_after_the_taker_dies() {
 /// root.
 #[test]
 fn another_user_without_permission_gets_lock_io_and_leaves_nothing() {
-    if unsafe { libc::geteuid() } != 0 {
+    if !support::is_root() {
         eprintln!("skipped: needs root to run a child as another user");
         return;
     }
@@ -440,7 +441,7 @@ fn another_user_without_permission_gets_lock_io_and_leaves_nothing() {
     let t = dir.target("backend", None);
     fs::create_dir_all(&t.dir).unwrap();
     fs::set_permissions(&t.dir, fs::Permissions::from_mode(0o755)).unwrap();
-    let nobody = [("UID", "65534")];
+    let nobody = support::AS_NOBODY;
 
     let mut p = Proc::acquirer_with(&t, "release", &nobody);
     let out = p.outcome();
@@ -453,8 +454,7 @@ fn another_user_without_permission_gets_lock_io_and_leaves_nothing() {
 
     // Sticky, world-writable (like /tmp): nobody may not remove root's stale file.
     fs::set_permissions(&t.dir, fs::Permissions::from_mode(0o1777)).unwrap();
-    let mut holder = Proc::acquirer(&t, "wait");
-    assert_eq!(acquired_pid(&holder.outcome()), holder.pid);
+    let mut holder = holding(&t);
     holder.kill_with(libc::SIGKILL);
     let mut p = Proc::acquirer_with(&t, "release", &nobody);
     let out = p.outcome();

@@ -27,11 +27,6 @@ fn set_mode(path: &Path, mode: u32) {
     fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
 }
 
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
-}
-
 fn dead_pid() -> u32 {
     let mut c = std::process::Command::new("true").spawn().unwrap();
     let pid = c.id();
@@ -141,7 +136,7 @@ fn a_sticky_shared_directory_like_tmp_is_accepted() {
 /// Its owner uses it. Needs root.
 #[test]
 fn a_directory_owned_by_another_user_is_refused_even_for_root() {
-    if !is_root() {
+    if !support::is_root() {
         eprintln!("skipped: needs root to give a directory to another user");
         return;
     }
@@ -178,7 +173,7 @@ fn a_directory_owned_by_another_user_is_refused_even_for_root() {
     );
 
     // Its owner takes the lock there (and takes the dead holder's file over).
-    let mut p = Proc::acquirer_with(&t, "wait", &[("UID", "65534")]);
+    let mut p = Proc::acquirer_with(&t, "wait", &support::AS_NOBODY);
     let got = p.outcome();
     assert!(
         matches!(&got, Outcome::Acquired { pid, events, .. } if *pid == p.pid && events.iter().any(|e| e.starts_with("stale:"))),

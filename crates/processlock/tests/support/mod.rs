@@ -31,6 +31,15 @@ pub const TIMEOUT: Duration = Duration::from_secs(30);
 // ---------------------------------------------------------------------------------------------
 // Small helpers used on both sides.
 
+/// Parameters for `Proc::acquirer_with` that make the child run as `nobody` (needs root).
+pub const AS_NOBODY: [(&str, &str); 1] = [("UID", "65534")];
+
+/// The tests that run a child as another user need root.
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
 /// CLOCK_MONOTONIC in nanoseconds: one clock for every process on the machine.
 pub fn mono_ns() -> u64 {
     let mut ts = libc::timespec {
