@@ -26,6 +26,7 @@ const path = require('node:path')
 const { cleanEnv, watch, run, runOk, waitUntil, running } = require('./helpers/consumer-proc')
 const { ROOT, ABI, EXE, MAIN, packAll, createProject, build, tempWork, unpack } = require('./helpers/consumer-project')
 const { PM2_VERSION, ensurePm2, Pm2 } = require('./helpers/consumer-pm2')
+const { lockDirEntries } = require('./helpers/proc')
 
 const NPX_CLI = path.join(path.dirname(process.execPath), '..', 'lib', 'node_modules', 'npm', 'bin', 'npx-cli.js')
 const NPM_CLI = path.join(path.dirname(process.execPath), '..', 'lib', 'node_modules', 'npm', 'bin', 'npm-cli.js')
@@ -114,6 +115,27 @@ describePosix('@trader/processlock from a consumer', () => {
     // PL_KEEP_CONSUMER=1 keeps the project, the tarballs and the PM2 home for a look.
     if (work && !process.env.PL_KEEP_CONSUMER) fs.rmSync(work, { recursive: true, force: true })
   }, 60000)
+
+  /**
+   * A PM2 daemon of its own for one describe block, handed to `use` before its tests; its home
+   * is a short temp dir (PM2's sockets live there, and sun_path is 104 bytes on macOS). After the
+   * tests it is shut down, and nothing it started may be left running.
+   */
+  function ownPm2(homePrefix, use) {
+    let pm2
+    beforeAll(async () => {
+      if (!project) throw new Error('the consumer project was not set up (see the first failure)')
+      pm2 = new Pm2(await ensurePm2(), tempWork(homePrefix), project.dir)
+      use(pm2)
+    }, 300000)
+
+    afterAll(async () => {
+      if (!pm2) return
+      const survivors = await pm2.shutdown()
+      if (!process.env.PL_KEEP_CONSUMER) fs.rmSync(pm2.home, { recursive: true, force: true })
+      expect(survivors).toEqual([])
+    }, 120000)
+  }
 
   describe('npm pack', () => {
     test('the main package carries the JS layer, the generated loader, its types and the CLI launcher; no binary', () => {
@@ -402,7 +424,7 @@ describePosix('@trader/processlock from a consumer', () => {
       if (perWorker.code !== 0) throw new Error(`consumer jest failed:\n${perWorker.stdout}\n${perWorker.stderr}`)
       expect(perWorker.stderr).toMatch(/Tests:\s+2 passed, 2 total/)
       // Both workers took the lock, each in its own directory, and released it as they ended.
-      for (const id of [1, 2]) expect(fs.readdirSync(path.join(project.dir, 'runtime', `locks-jest-${id}`))).toEqual([])
+      for (const id of [1, 2]) expect(lockDirEntries(path.join(project.dir, 'runtime', `locks-jest-${id}`))).toEqual([])
 
       // The same two files with no setup file: both workers lock runtime/locks, and the second is refused.
       const config = { rootDir: project.dir, testEnvironment: 'node', testMatch: ['<rootDir>/__tests__/orders-*.test.cjs'] }
@@ -448,7 +470,7 @@ describePosix('@trader/processlock from a consumer', () => {
       first.kill('SIGTERM')
       expect(await first.done()).toMatchObject({ signal: 'SIGTERM' })
       services.delete(first)
-      expect(fs.readdirSync(bundleLocks)).toEqual([])
+      expect(lockDirEntries(bundleLocks)).toEqual([])
     })
   })
 
@@ -478,18 +500,7 @@ describePosix('@trader/processlock from a consumer', () => {
       })
     const logs = (app) => [app.out, app.err].map((f) => (fs.existsSync(f) ? fs.readFileSync(f, 'utf8') : '')).join('')
 
-    beforeAll(async () => {
-      if (!project) throw new Error('the consumer project was not set up (see the first failure)')
-      // A short home of its own: PM2's sockets live there (sun_path is 104 bytes on macOS).
-      pm2 = new Pm2(await ensurePm2(), tempWork('pl-pm2-'), project.dir)
-    }, 300000)
-
-    afterAll(async () => {
-      if (!pm2) return
-      const survivors = await pm2.shutdown()
-      if (!process.env.PL_KEEP_CONSUMER) fs.rmSync(pm2.home, { recursive: true, force: true })
-      expect(survivors).toEqual([])
-    }, 120000)
+    ownPm2('pl-pm2-', (made) => (pm2 = made))
 
     let apps
     test('pm2 start ecosystem.short.config.cjs: the server and the worker take their locks', async () => {
@@ -661,17 +672,7 @@ describePosix('@trader/processlock from a consumer', () => {
         { timeoutMs: 60000, intervalMs: 200, what },
       )
 
-    beforeAll(async () => {
-      if (!project) throw new Error('the consumer project was not set up (see the first failure)')
-      pm2 = new Pm2(await ensurePm2(), tempWork('pl-pm2c-'), project.dir)
-    }, 300000)
-
-    afterAll(async () => {
-      if (!pm2) return
-      const survivors = await pm2.shutdown()
-      if (!process.env.PL_KEEP_CONSUMER) fs.rmSync(pm2.home, { recursive: true, force: true })
-      expect(survivors).toEqual([])
-    }, 120000)
+    ownPm2('pl-pm2c-', (made) => (pm2 = made))
 
     let instances
     test('pm2 start ecosystem.cluster.config.cjs: each of the two instances takes its own lock, no restart', async () => {

@@ -88,8 +88,7 @@ fn a_sweep_never_locks_a_live_creators_young_temp() {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
     let dir = TestDir::new("sweep-no-lock");
-    let t = dir.target("backend", Some("short"));
-    fs::create_dir_all(&t.dir).unwrap();
+    let t = dir.made_target("backend", Some("short"));
     let (mut creator, temp) = temp_maker(&t, false);
     let f = fs::OpenOptions::new()
         .read(true)

@@ -334,8 +334,7 @@ fn another_users_lock_is_respected_and_its_stale_file_taken_over() {
     }
     use std::os::unix::fs::PermissionsExt;
     let dir = TestDir::new("other-user");
-    let t = dir.target("backend", Some("short"));
-    fs::create_dir_all(&t.dir).unwrap();
+    let t = dir.made_target("backend", Some("short"));
     // Shared the safe way: through a group (nobody's), inherited by the files (setgid).
     std::os::unix::fs::chown(&t.dir, None, Some(65534)).unwrap();
     fs::set_permissions(&t.dir, fs::Permissions::from_mode(0o2770)).unwrap();
@@ -438,8 +437,7 @@ fn another_user_without_permission_gets_lock_io_and_leaves_nothing() {
     }
     use std::os::unix::fs::PermissionsExt;
     let dir = TestDir::new("no-permission");
-    let t = dir.target("backend", None);
-    fs::create_dir_all(&t.dir).unwrap();
+    let t = dir.made_target("backend", None);
     fs::set_permissions(&t.dir, fs::Permissions::from_mode(0o755)).unwrap();
     let nobody = support::AS_NOBODY;
 

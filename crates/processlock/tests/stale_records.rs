@@ -65,8 +65,7 @@ fn expect_conflict(t: &LockTarget, holder: u32) {
 fn our_record_naming_a_live_process_with_its_exact_token_is_held_without_a_flock() {
     let _shared = pid_space();
     let dir = TestDir::new("ours-live-pid");
-    let t = dir.target("backend", Some("short"));
-    fs::create_dir_all(&t.dir).unwrap();
+    let t = dir.made_target("backend", Some("short"));
     let mut idle = Proc::idle();
     let mut rec: Record = own_record(&t, None);
     rec.pid = idle.pid;
@@ -211,8 +210,7 @@ fn a_pid_recycled_within_the_same_clock_tick_is_taken_over_once_it_is_gone() {
 fn legacy_format_naming_a_live_process_started_before_the_record_conflicts() {
     let _shared = pid_space();
     let dir = TestDir::new("legacy-alive");
-    let t = dir.target("backend", Some("short"));
-    fs::create_dir_all(&t.dir).unwrap();
+    let t = dir.made_target("backend", Some("short"));
     let mut idle = Proc::idle();
     std::thread::sleep(Duration::from_millis(10));
     fs::write(&t.path, legacy_file(idle.pid, &now_iso(&t))).unwrap();
@@ -238,8 +236,7 @@ fn legacy_format_naming_a_live_process_started_before_the_record_conflicts() {
 fn legacy_format_naming_a_process_started_after_the_record_is_stale() {
     let _shared = pid_space();
     let dir = TestDir::new("legacy-recycled");
-    let t = dir.target("backend", Some("short"));
-    fs::create_dir_all(&t.dir).unwrap();
+    let t = dir.made_target("backend", Some("short"));
     let mut idle = Proc::idle();
     // Written an hour before the process started (well beyond the clock slack).
     let started = "2020-01-01T00:00:00.000Z";
@@ -260,8 +257,7 @@ fn legacy_format_naming_a_process_started_after_the_record_is_stale() {
 fn legacy_format_naming_a_dead_or_zombie_process_is_stale() {
     let _shared = pid_space();
     let dir = TestDir::new("legacy-dead");
-    let t = dir.target("worker", None);
-    fs::create_dir_all(&t.dir).unwrap();
+    let t = dir.made_target("worker", None);
 
     let mut gone = Proc::idle();
     let started = now_iso(&t);
@@ -285,8 +281,7 @@ fn legacy_format_naming_a_dead_or_zombie_process_is_stale() {
 fn bare_pid_files_are_judged_by_liveness() {
     let _shared = pid_space();
     let dir = TestDir::new("bare-pid");
-    let t = dir.target("backend", None);
-    fs::create_dir_all(&t.dir).unwrap();
+    let t = dir.made_target("backend", None);
 
     let mut idle = Proc::idle();
     fs::write(&t.path, format!("{}\n", idle.pid)).unwrap();

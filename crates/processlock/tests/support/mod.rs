@@ -115,6 +115,14 @@ impl TestDir {
         LockTarget::new(self.locks(), LockName::new(process_type, side).unwrap())
     }
 
+    /// `target` with its lock directory made, for a test that puts something at the lock path
+    /// before anyone acquires it.
+    pub fn made_target(&self, process_type: &str, side: Option<&str>) -> LockTarget {
+        let target = self.target(process_type, side);
+        fs::create_dir_all(&target.dir).unwrap();
+        target
+    }
+
     /// Every temp-named file (`.*.tmp`) anywhere under the root.
     pub fn temps(&self) -> Vec<PathBuf> {
         fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
