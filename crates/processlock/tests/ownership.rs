@@ -328,8 +328,7 @@ fn trade_sides_are_separate_locks() {
 /// may not open for writing) is alive; its dead holder's file is still taken over. Needs root.
 #[test]
 fn another_users_lock_is_respected_and_its_stale_file_taken_over() {
-    if !support::is_root() {
-        eprintln!("skipped: needs root to run a child as another user");
+    if !support::root_or_skip("run a child as another user") {
         return;
     }
     use std::os::unix::fs::PermissionsExt;
@@ -431,8 +430,7 @@ fn an_inherited_descriptor_keeps_the_lock_after_the_taker_dies() {
 /// root.
 #[test]
 fn another_user_without_permission_gets_lock_io_and_leaves_nothing() {
-    if !support::is_root() {
-        eprintln!("skipped: needs root to run a child as another user");
+    if !support::root_or_skip("run a child as another user") {
         return;
     }
     use std::os::unix::fs::PermissionsExt;

@@ -136,8 +136,7 @@ fn a_sticky_shared_directory_like_tmp_is_accepted() {
 /// Its owner uses it. Needs root.
 #[test]
 fn a_directory_owned_by_another_user_is_refused_even_for_root() {
-    if !support::is_root() {
-        eprintln!("skipped: needs root to give a directory to another user");
+    if !support::root_or_skip("give a directory to another user") {
         return;
     }
     let dir = TestDir::new("owner");

@@ -34,10 +34,15 @@ pub const TIMEOUT: Duration = Duration::from_secs(30);
 /// Parameters for `Proc::acquirer_with` that make the child run as `nobody` (needs root).
 pub const AS_NOBODY: [(&str, &str); 1] = [("UID", "65534")];
 
-/// The tests that run a child as another user need root.
-pub fn is_root() -> bool {
+/// Whether this test runs as root, which acting as another user needs; if not, says that the
+/// test is skipped and `why`.
+pub fn root_or_skip(why: &str) -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
+    let root = unsafe { libc::geteuid() == 0 };
+    if !root {
+        eprintln!("skipped: needs root to {why}");
+    }
+    root
 }
 
 /// CLOCK_MONOTONIC in nanoseconds: one clock for every process on the machine.
