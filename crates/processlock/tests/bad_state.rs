@@ -301,8 +301,6 @@ fn a_missing_lock_dir_is_created() {
     assert!(matches!(p.outcome(), Outcome::Acquired { .. }));
     assert!(deep.is_dir());
     assert!(t.path.is_file());
-    p.close_stdin();
-    assert_eq!(p.expect("RELEASED"), ["true"]);
-    p.wait_success();
+    assert!(p.release_and_end());
     dir.finish();
 }

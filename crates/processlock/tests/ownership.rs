@@ -78,9 +78,7 @@ fn conflict_names_the_holder_release_removes_the_file_and_reacquire_works() {
     assert_eq!(inspect(&t.path).unwrap(), Inspection::Held(rec.clone()));
 
     // Release removes the file.
-    holder.close_stdin();
-    assert_eq!(holder.expect("RELEASED"), ["true"]);
-    holder.wait_success();
+    assert!(holder.release_and_end());
     assert!(!t.path.exists());
 
     // And the lock can be taken again, with nothing stale to report.
@@ -219,9 +217,7 @@ fn a_holder_killed_by_a_signal_is_taken_over_at_once() {
         }
         // The new holder really holds it.
         assert!(matches!(acquire(&t, None), Err(Error::Conflict(c)) if c.holder.pid == taker.pid));
-        taker.close_stdin();
-        assert_eq!(taker.expect("RELEASED"), ["true"]);
-        taker.wait_success();
+        assert!(taker.release_and_end());
     }
     assert!(!t.path.exists());
     dir.finish();
@@ -262,9 +258,7 @@ fn release_after_force_remove_leaves_the_new_holders_file() {
     assert_eq!(acquired_pid(&got), second.pid);
     assert!(got.events().is_empty(), "{got:?}");
 
-    first.close_stdin();
-    assert_eq!(first.expect("RELEASED"), ["false"]);
-    first.wait_success();
+    assert!(!first.release_and_end());
 
     let Parsed::Ours(rec) = parse_record(&fs::read(&t.path).unwrap()) else {
         panic!("the second holder's file is gone or damaged");
@@ -275,9 +269,7 @@ fn release_after_force_remove_leaves_the_new_holders_file() {
     assert_eq!(third.outcome(), Outcome::Conflict { holder: second.pid });
     third.wait_success();
 
-    second.close_stdin();
-    assert_eq!(second.expect("RELEASED"), ["true"]);
-    second.wait_success();
+    assert!(second.release_and_end());
     assert!(!t.path.exists());
     dir.finish();
 }
@@ -316,9 +308,7 @@ fn trade_sides_are_separate_locks() {
     assert!(matches!(acquire(&short, None), Err(Error::Conflict(x)) if x.holder.pid == a.pid));
     assert!(matches!(acquire(&long, None), Err(Error::Conflict(x)) if x.holder.pid == b.pid));
     for p in [&mut a, &mut b] {
-        p.close_stdin();
-        assert_eq!(p.expect("RELEASED"), ["true"]);
-        p.wait_success();
+        assert!(p.release_and_end());
     }
     assert!(c.lock.release().unwrap());
     dir.finish();
@@ -371,9 +361,7 @@ fn another_users_lock_is_respected_and_its_stale_file_taken_over() {
     assert!(legacy.path.exists());
     fs::remove_file(&legacy.path).unwrap();
 
-    taker.close_stdin();
-    assert_eq!(taker.expect("RELEASED"), ["true"]);
-    taker.wait_success();
+    assert!(taker.release_and_end());
     assert!(!t.path.exists());
     dir.finish();
 }

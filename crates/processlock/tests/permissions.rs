@@ -81,9 +81,7 @@ fn created_directories_and_files_are_closed_to_others_under_umask_000() {
     assert_eq!(mode(&dir.root.join("runtime")), 0o750);
     assert_eq!(mode(&t.dir), 0o750);
     assert_eq!(mode(&t.path), 0o640);
-    p.close_stdin();
-    assert_eq!(p.expect("RELEASED"), ["true"]);
-    p.wait_success();
+    assert!(p.release_and_end());
     dir.finish();
 }
 
@@ -180,8 +178,6 @@ fn a_directory_owned_by_another_user_is_refused_even_for_root() {
     );
     let m = fs::metadata(&t.path).unwrap();
     assert_eq!((m.uid(), m.mode() & 0o7777), (NOBODY, 0o640));
-    p.close_stdin();
-    assert_eq!(p.expect("RELEASED"), ["true"]);
-    p.wait_success();
+    assert!(p.release_and_end());
     dir.finish();
 }

@@ -361,6 +361,15 @@ impl Proc {
         self.stdin = None;
     }
 
+    /// Tells an acquirer that holds (`after` = `wait`) to release and end, and waits for its
+    /// end: whether its release removed the lock file (false when the file was no longer its).
+    pub fn release_and_end(&mut self) -> bool {
+        self.close_stdin();
+        let removed = self.expect("RELEASED") == ["true"];
+        self.wait_success();
+        removed
+    }
+
     pub fn signal(&self, sig: libc::c_int) {
         let rc = unsafe { libc::kill(self.pid as libc::pid_t, sig) };
         assert_eq!(rc, 0, "kill {}: {}", self.pid, io::Error::last_os_error());
