@@ -16,6 +16,14 @@ function capture() {
   return { lines, log: (line, level) => lines.push(`${level} ${line}`) }
 }
 
+/** This process takes the lock in `dir` over from dead `pid`, says so first, and lets it go. */
+function expectTakeoverFrom(dir, pid) {
+  const c = capture()
+  expect(pl.acquireLock('backend', SHORT(dir, { log: c.log })).pid).toBe(process.pid)
+  expect(c.lines[0]).toBe(`warn [PROCESS_LOCK_STALE] Found stale lock file for PID ${pid}, removing...`)
+  expect(pl.releaseLock('backend', SHORT(dir))).toBe(true)
+}
+
 /** A live process unrelated to any lock, standing in for whoever got a recycled PID. */
 function bystander() {
   const child = spawn('sleep', ['60'], { stdio: 'ignore' })
@@ -89,10 +97,7 @@ describe('API behaviour', () => {
     await stop(p, 'SIGKILL')
     expect(pl.getLockInfo('backend', SHORT(dir))).toBe(null)
     expect(fs.existsSync(lockFile(dir))).toBe(true)
-    const c = capture()
-    pl.acquireLock('backend', SHORT(dir, { log: c.log }))
-    expect(c.lines[0]).toBe(`warn [PROCESS_LOCK_STALE] Found stale lock file for PID ${p.pid}, removing...`)
-    pl.releaseLock('backend', SHORT(dir))
+    expectTakeoverFrom(dir, p.pid)
   })
 
   test('forceRemoveLock: the old holder, still running, does not remove the new holder\'s file', async () => {
@@ -309,10 +314,7 @@ describe('files of the older PID-only implementation, and PID reuse', () => {
     expect(() => pl.acquireLock('backend', SHORT(dir))).toThrow(`(PID: ${legacy.pid})`)
     expect(pl.getLockInfo('backend', SHORT(dir))).toMatchObject({ pid: legacy.pid, tradeSide: 'SHORT' })
     await stop(legacy, 'SIGKILL')
-    const c = capture()
-    pl.acquireLock('backend', SHORT(dir, { log: c.log }))
-    expect(c.lines[0]).toBe(`warn [PROCESS_LOCK_STALE] Found stale lock file for PID ${legacy.pid}, removing...`)
-    pl.releaseLock('backend', SHORT(dir))
+    expectTakeoverFrom(dir, legacy.pid)
   })
 
   test('bare PID files: alive is a conflict, dead is stale', async () => {
@@ -352,10 +354,7 @@ describe('files of the older PID-only implementation, and PID reuse', () => {
       record.startToken = `${ownToken(b.pid)}0`
       fs.writeFileSync(lockFile(dir), JSON.stringify(record, null, 2))
       expect(pl.getLockInfo('backend', SHORT(dir))).toBe(null)
-      const c = capture()
-      expect(pl.acquireLock('backend', SHORT(dir, { log: c.log })).pid).toBe(process.pid)
-      expect(c.lines[0]).toBe(`warn [PROCESS_LOCK_STALE] Found stale lock file for PID ${b.pid}, removing...`)
-      pl.releaseLock('backend', SHORT(dir))
+      expectTakeoverFrom(dir, b.pid)
 
       // The legacy PID-only format, naming a live process that started after the lock was taken.
       const legacy = { pid: b.pid, started: '2025-10-18T22:38:49.123Z', tradeSide: 'SHORT', processName: 'trader-short-backend' }
