@@ -8,24 +8,20 @@ const path = require('node:path')
 const pl = require('..')
 const { start, run, watch, tempDir, deadPid, ROOT, lockDirEntries } = require('./helpers/proc')
 const { stageForOtherUsers } = require('./helpers/stage')
+const { SHORT, lockFile, recordOf, holder, stop } = require('./helpers/lock')
 
-const SHORT = (dir, extra = {}) => ({ dir, tradeSide: 'SHORT', log: false, ...extra })
-const lockFile = (dir) => path.join(dir, 'backend.short.lock')
 
 function capture() {
   const lines = []
   return { lines, log: (line, level) => lines.push(`${level} ${line}`) }
 }
 
-async function holder(dir) {
-  const p = start('ending.js', { dir, args: ['wait'], env: { PROCESSLOCK_LOG: 'silent' } })
-  await p.waitFor('READY')
-  return p
-}
-
-async function stop(p, signal = 'SIGTERM') {
-  p.kill(signal)
-  return p.done()
+/** This process takes the lock in `dir` over from dead `pid`, says so first, and lets it go. */
+function expectTakeoverFrom(dir, pid) {
+  const c = capture()
+  expect(pl.acquireLock('backend', SHORT(dir, { log: c.log })).pid).toBe(process.pid)
+  expect(c.lines[0]).toBe(`warn [PROCESS_LOCK_STALE] Found stale lock file for PID ${pid}, removing...`)
+  expect(pl.releaseLock('backend', SHORT(dir))).toBe(true)
 }
 
 /** A live process unrelated to any lock, standing in for whoever got a recycled PID. */
@@ -57,7 +53,7 @@ describe('API behaviour', () => {
     expect(lockDirEntries(dir)).toEqual([])
   })
 
-  test('the record: seed keys first, side upper-cased, name defaults and options', () => {
+  test('the record: legacy keys first, side upper-cased, name defaults and options', () => {
     const dir = tempDir('api-record')
     const info = pl.acquireLock('worker', { dir, tradeSide: 'long', log: false })
     expect(info).toMatchObject({ pid: process.pid, tradeSide: 'LONG', processName: 'trader-long-worker', processType: 'worker', protocol: 'processlock/1' })
@@ -75,7 +71,7 @@ describe('API behaviour', () => {
     const dir = tempDir('api-foreign')
     const p = await holder(dir)
     expect(pl.releaseLock('backend', SHORT(dir))).toBe(false)
-    expect(JSON.parse(fs.readFileSync(lockFile(dir), 'utf8')).pid).toBe(p.pid)
+    expect(recordOf(lockFile(dir)).pid).toBe(p.pid)
     const info = pl.getLockInfo('backend', SHORT(dir))
     expect(info.pid).toBe(p.pid)
     const err = (() => {
@@ -101,10 +97,7 @@ describe('API behaviour', () => {
     await stop(p, 'SIGKILL')
     expect(pl.getLockInfo('backend', SHORT(dir))).toBe(null)
     expect(fs.existsSync(lockFile(dir))).toBe(true)
-    const c = capture()
-    pl.acquireLock('backend', SHORT(dir, { log: c.log }))
-    expect(c.lines[0]).toBe(`warn [PROCESS_LOCK_STALE] Found stale lock file for PID ${p.pid}, removing...`)
-    pl.releaseLock('backend', SHORT(dir))
+    expectTakeoverFrom(dir, p.pid)
   })
 
   test('forceRemoveLock: the old holder, still running, does not remove the new holder\'s file', async () => {
@@ -115,7 +108,7 @@ describe('API behaviour', () => {
     const mine = pl.acquireLock('backend', SHORT(dir))
     const r = await stop(old) // it releases at its exit
     expect(r.signal).toBe('SIGTERM')
-    expect(JSON.parse(fs.readFileSync(lockFile(dir), 'utf8'))).toEqual(mine)
+    expect(recordOf(lockFile(dir))).toEqual(mine)
     expect(pl.getLockInfo('backend', SHORT(dir)).pid).toBe(process.pid)
     expect(pl.releaseLock('backend', SHORT(dir))).toBe(true)
   })
@@ -321,10 +314,7 @@ describe('files of the older PID-only implementation, and PID reuse', () => {
     expect(() => pl.acquireLock('backend', SHORT(dir))).toThrow(`(PID: ${legacy.pid})`)
     expect(pl.getLockInfo('backend', SHORT(dir))).toMatchObject({ pid: legacy.pid, tradeSide: 'SHORT' })
     await stop(legacy, 'SIGKILL')
-    const c = capture()
-    pl.acquireLock('backend', SHORT(dir, { log: c.log }))
-    expect(c.lines[0]).toBe(`warn [PROCESS_LOCK_STALE] Found stale lock file for PID ${legacy.pid}, removing...`)
-    pl.releaseLock('backend', SHORT(dir))
+    expectTakeoverFrom(dir, legacy.pid)
   })
 
   test('bare PID files: alive is a conflict, dead is stale', async () => {
@@ -364,12 +354,9 @@ describe('files of the older PID-only implementation, and PID reuse', () => {
       record.startToken = `${ownToken(b.pid)}0`
       fs.writeFileSync(lockFile(dir), JSON.stringify(record, null, 2))
       expect(pl.getLockInfo('backend', SHORT(dir))).toBe(null)
-      const c = capture()
-      expect(pl.acquireLock('backend', SHORT(dir, { log: c.log })).pid).toBe(process.pid)
-      expect(c.lines[0]).toBe(`warn [PROCESS_LOCK_STALE] Found stale lock file for PID ${b.pid}, removing...`)
-      pl.releaseLock('backend', SHORT(dir))
+      expectTakeoverFrom(dir, b.pid)
 
-      // The seed's format, naming a live process that started after the lock was taken.
+      // The legacy PID-only format, naming a live process that started after the lock was taken.
       const legacy = { pid: b.pid, started: '2025-10-18T22:38:49.123Z', tradeSide: 'SHORT', processName: 'trader-short-backend' }
       fs.writeFileSync(lockFile(dir), JSON.stringify(legacy, null, 2))
       expect(pl.getLockInfo('backend', SHORT(dir))).toBe(null)

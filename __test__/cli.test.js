@@ -249,7 +249,7 @@ describe('processlock run', () => {
     expect(lockDirEntries(dir)).toEqual([])
   })
 
-  test("conflict: the seed's lines, exit 1, and the command is never started", async () => {
+  test("conflict: the operator log lines, exit 1, and the command is never started", async () => {
     const dir = tempDir('cli-conflict')
     const holder = await startHolder(dir, 'backend')
     const before = fs.readFileSync(lockFile(dir), 'utf8')
@@ -393,7 +393,7 @@ describe('processlock run', () => {
     expect(fs.readdirSync(tmp)).toEqual([])
   })
 
-  test('takes over a stale lock with the seed line', async () => {
+  test('takes over a stale lock with the stale-removal line', async () => {
     const dir = tempDir('cli-stale')
     const stalePid = await staleLock(dir, 'backend')
     const r = await startRun(['backend'], ['exit', '0'], { dir }).done()

@@ -116,6 +116,27 @@ describePosix('@trader/processlock from a consumer', () => {
     if (work && !process.env.PL_KEEP_CONSUMER) fs.rmSync(work, { recursive: true, force: true })
   }, 60000)
 
+  /**
+   * A PM2 daemon of its own for one describe block, handed to `use` before its tests; its home
+   * is a short temp dir (PM2's sockets live there, and sun_path is 104 bytes on macOS). After the
+   * tests it is shut down, and nothing it started may be left running.
+   */
+  function ownPm2(homePrefix, use) {
+    let pm2
+    beforeAll(async () => {
+      if (!project) throw new Error('the consumer project was not set up (see the first failure)')
+      pm2 = new Pm2(await ensurePm2(), tempWork(homePrefix), project.dir)
+      use(pm2)
+    }, 300000)
+
+    afterAll(async () => {
+      if (!pm2) return
+      const survivors = await pm2.shutdown()
+      if (!process.env.PL_KEEP_CONSUMER) fs.rmSync(pm2.home, { recursive: true, force: true })
+      expect(survivors).toEqual([])
+    }, 120000)
+  }
+
   describe('npm pack', () => {
     test('the main package carries the JS layer, the generated loader, its types and the CLI launcher; no binary', () => {
       const libFiles = fs.readdirSync(path.join(ROOT, 'lib')).map((f) => `lib/${f}`)
@@ -479,18 +500,7 @@ describePosix('@trader/processlock from a consumer', () => {
       })
     const logs = (app) => [app.out, app.err].map((f) => (fs.existsSync(f) ? fs.readFileSync(f, 'utf8') : '')).join('')
 
-    beforeAll(async () => {
-      if (!project) throw new Error('the consumer project was not set up (see the first failure)')
-      // A short home of its own: PM2's sockets live there (sun_path is 104 bytes on macOS).
-      pm2 = new Pm2(await ensurePm2(), tempWork('pl-pm2-'), project.dir)
-    }, 300000)
-
-    afterAll(async () => {
-      if (!pm2) return
-      const survivors = await pm2.shutdown()
-      if (!process.env.PL_KEEP_CONSUMER) fs.rmSync(pm2.home, { recursive: true, force: true })
-      expect(survivors).toEqual([])
-    }, 120000)
+    ownPm2('pl-pm2-', (made) => (pm2 = made))
 
     let apps
     test('pm2 start ecosystem.short.config.cjs: the server and the worker take their locks', async () => {
@@ -662,17 +672,7 @@ describePosix('@trader/processlock from a consumer', () => {
         { timeoutMs: 60000, intervalMs: 200, what },
       )
 
-    beforeAll(async () => {
-      if (!project) throw new Error('the consumer project was not set up (see the first failure)')
-      pm2 = new Pm2(await ensurePm2(), tempWork('pl-pm2c-'), project.dir)
-    }, 300000)
-
-    afterAll(async () => {
-      if (!pm2) return
-      const survivors = await pm2.shutdown()
-      if (!process.env.PL_KEEP_CONSUMER) fs.rmSync(pm2.home, { recursive: true, force: true })
-      expect(survivors).toEqual([])
-    }, 120000)
+    ownPm2('pl-pm2c-', (made) => (pm2 = made))
 
     let instances
     test('pm2 start ecosystem.cluster.config.cjs: each of the two instances takes its own lock, no restart', async () => {

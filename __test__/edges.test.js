@@ -7,22 +7,9 @@ const { spawnSync } = require('node:child_process')
 const fs = require('node:fs')
 const path = require('node:path')
 const pl = require('..')
-const { ROOT, FIXTURES, tempDir, lockDirEntries, watch, start } = require('./helpers/proc')
+const { ROOT, FIXTURES, tempDir, watch, start, lockDirEntries } = require('./helpers/proc')
 
-const SHORT = (dir, extra = {}) => ({ dir, tradeSide: 'SHORT', log: false, ...extra })
-const lockFile = (dir) => path.join(dir, 'backend.short.lock')
-const recordOf = (file) => JSON.parse(fs.readFileSync(file, 'utf8'))
-
-async function holder(dir) {
-  const p = start('ending.js', { dir, args: ['wait'], env: { PROCESSLOCK_LOG: 'silent' } })
-  await p.waitFor('READY')
-  return p
-}
-
-async function stop(p, signal = 'SIGTERM') {
-  p.kill(signal)
-  return p.done()
-}
+const { SHORT, lockFile, recordOf, holder, stop } = require('./helpers/lock')
 
 /** Another process tries the lock once: its JSON outcome. */
 async function tryFromAnotherProcess(dir) {
@@ -104,20 +91,30 @@ describe('worker threads share the process\'s locks', () => {
 describe('an aborted wait beside another wait for the same lock', () => {
   const sleepMs = (ms) => Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms)
 
-  test('aborting the wait that took the lock does not release what the other call returned', async () => {
-    const dir = tempDir('edges-abort')
+  /**
+   * Starts an abortable wait behind a holder, SIGKILLs the holder and returns once the wait has
+   * taken the lock. The event loop is kept busy from then on, so no result reaches JavaScript
+   * until the caller lets it.
+   */
+  async function waitThatTookTheLock(dir) {
     const file = lockFile(dir)
     const p = await holder(dir)
     const ctrl = new AbortController()
     const aborted = pl.acquireLockAsync('backend', SHORT(dir, { signal: ctrl.signal }))
-    // The event loop is kept busy from here on, so that no result reaches JavaScript until both
-    // native calls are done: the wait above takes the lock when the holder dies ...
     process.kill(p.pid, 'SIGKILL')
     for (const until = Date.now() + 20000; Date.now() < until; ) {
       try {
         if (recordOf(file).pid === process.pid) break
       } catch {}
     }
+    return { file, p, ctrl, aborted }
+  }
+
+  test('aborting the wait that took the lock does not release what the other call returned', async () => {
+    const dir = tempDir('edges-abort')
+    // Both native calls finish before any result reaches JavaScript: the wait takes the lock
+    // when the holder dies ...
+    const { file, p, ctrl, aborted } = await waitThatTookTheLock(dir)
     expect(recordOf(file).pid).toBe(process.pid)
     // ... then a second call finds it held by this process and returns it ...
     const other = pl.acquireLockAsync('backend', SHORT(dir, { timeoutMs: 0 }))
@@ -138,16 +135,7 @@ describe('an aborted wait beside another wait for the same lock', () => {
 
   test('an aborted wait alone still gives back the lock it took', async () => {
     const dir = tempDir('edges-abort-alone')
-    const file = lockFile(dir)
-    const p = await holder(dir)
-    const ctrl = new AbortController()
-    const aborted = pl.acquireLockAsync('backend', SHORT(dir, { signal: ctrl.signal }))
-    process.kill(p.pid, 'SIGKILL')
-    for (const until = Date.now() + 20000; Date.now() < until; ) {
-      try {
-        if (recordOf(file).pid === process.pid) break
-      } catch {}
-    }
+    const { file, p, ctrl, aborted } = await waitThatTookTheLock(dir)
     ctrl.abort()
     await expect(aborted).rejects.toMatchObject({ code: 'LOCK_ABORTED' })
     expect(pl.isLockHeld('backend', SHORT(dir))).toBe(false)

@@ -1,12 +1,12 @@
 'use strict'
-// The seed document's three scenarios, with real processes and the exact lines it shows.
+// The README's scenarios, with real processes and the exact log lines operators see.
 const fs = require('node:fs')
 const path = require('node:path')
 const { start, tempDir, lockDirEntries } = require('./helpers/proc')
 
 const ACQUIRED = (pid) => `[PROCESS_LOCK_ACQUIRED] { processType: 'backend', tradeSide: 'SHORT', pid: ${pid} }`
 
-describe('seed scenarios', () => {
+describe('README scenarios', () => {
   let dir
   beforeEach(() => {
     dir = tempDir('scenario')

@@ -1,5 +1,5 @@
 'use strict'
-// Waiting acquisition (issue 4) against real processes: the waiter is told when the holder lets
+// Waiting acquisition against real processes: the waiter is told when the holder lets
 // go (release, exit, SIGKILL) and owns the lock moments later; timeouts and aborts leave nothing
 // behind; many waiters take turns without overlaps; an async wait leaves the event loop and
 // libuv's pool alone.
@@ -106,7 +106,7 @@ describe('handover: the waiter owns the lock as soon as the holder lets go', () 
         `median ${s.median.toFixed(2)} ms, max ${s.max.toFixed(2)} ms over ${RUNS} runs [${ms.map((m) => m.toFixed(2)).join(', ')}]`,
     )
     for (const m of ms) expect(m).toBeGreaterThan(0)
-    // Told, not found by the once-a-second re-check (and the issue's target is < 5 ms; the
+    // Told, not found by the once-a-second re-check (the handover target is < 5 ms; the
     // benchmark measures it on a quiet machine).
     expect(s.median).toBeLessThan(100)
     expect(s.max).toBeLessThan(900)

@@ -78,7 +78,7 @@ function loadOurs() {
     info(spec) {
       return pl.getLockInfo(spec.type, { dir: spec.dir, tradeSide: spec.side, log: false });
     },
-    // Waiting acquisition (issue 4); present only when the package has it.
+    // Waiting acquisition; present only when the package has it.
     waitAcquire(spec, waitMs) {
       pl.acquireLock(spec.type, { ...opts(spec), waitMs });
       return true;

@@ -168,7 +168,7 @@ function tortureMarkdown(results, meta) {
     `instant and, when they win, hold for a random 0..${meta.holdUs} us. *fresh*: no lock yet. *stale*: the lock`,
     'was left by a SIGKILLed holder. *recycled* (ours only: the peers record no PID): our lock record names the',
     'PID of a live unrelated `sleep` process and nobody holds its flock. *legacy* (ours only): the same PID in the',
-    'seed\'s PID-only format, `started` an hour before that process started. *kill*: fresh or stale, and one racer',
+    'legacy PID-only format, `started` an hour before that process started. *kill*: fresh or stale, and one racer',
     'is SIGKILLed at a random moment of the race, then a survivor probes the lock (it must be free: otherwise',
     '"stuck"); the victim is replaced. Peers run with `stale: ' + meta.staleMs + '` ms (proper-lockfile\'s minimum);',
     'their stale locks are aged past that before the round. *force-release* and *force-stale* (ours only): no lock',

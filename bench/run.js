@@ -10,7 +10,7 @@
 //   startup     `node -e "require(pkg).acquireLock(...)"` against `node -e ''`
 //   contention  8 processes x 500 acquisitions each, retried until success
 //   memory      100,000 cycles in one process: RSS and open descriptors
-//   handover    (issue 4) latency from release / SIGKILL of the holder to a
+//   handover    latency from release / SIGKILL of the holder to a
 //               waiting acquisition; skipped while the package cannot wait
 // Writes BENCHMARKS.md (the "bench" section; the "torture" section written by
 // bench/torture.js --write is kept). --quick is a short CI smoke run: smaller
@@ -20,26 +20,16 @@ const fs = require('fs');
 const os = require('os');
 const path = require('path');
 const { execFileSync, spawnSync } = require('child_process');
+const { eachOption } = require('./args');
 const { Worker } = require('./pool');
 const { ROOT, LABELS, oursUnavailable } = require('./impls');
 const R = require('./report');
 
 const SECTIONS = ['cycle', 'startup', 'contention', 'memory', 'handover'];
 
-function usage() {
-  const lines = fs.readFileSync(__filename, 'utf8').split('\n').slice(2);
-  const end = lines.findIndex((l) => !l.startsWith('//'));
-  return lines.slice(0, end).map((l) => l.replace(/^\/\/ ?/, '')).join('\n');
-}
-
 function parseArgs(argv) {
   const a = { quick: false, write: null, out: null, dir: null, sections: SECTIONS, peersOnly: false };
-  for (let i = 0; i < argv.length; i++) {
-    const k = argv[i];
-    const v = () => {
-      if (i + 1 >= argv.length) throw new Error(`${k} needs a value`);
-      return argv[++i];
-    };
+  eachOption(argv, __filename, (k, v) => {
     switch (k) {
       case '--quick': a.quick = true; break;
       case '--write': a.write = true; break;
@@ -48,13 +38,10 @@ function parseArgs(argv) {
       case '--dir': a.dir = path.resolve(v()); break;
       case '--sections': a.sections = v().split(','); break;
       case '--peers-only': a.peersOnly = true; break;
-      case '-h': case '--help':
-        console.log(usage());
-        process.exit(0);
-        break;
-      default: throw new Error(`unknown option ${k}`);
+      default: return false;
     }
-  }
+    return true;
+  });
   if (a.write == null) a.write = !a.quick;
   for (const s of a.sections) if (!SECTIONS.includes(s)) throw new Error(`unknown section ${s}`);
   return a;
@@ -359,9 +346,9 @@ async function memorySection(a, ctx) {
   return { md, res };
 }
 
-// ---- (e) handover latency: issue 4 ---------------------------------------------
+// ---- (e) handover latency: waiting acquisition ---------------------------------------------
 //
-// HOOK (issue 4, waiting acquisition). A holder process holds the lock, a
+// Waiting acquisition. A holder process holds the lock, a
 // second process waits for it, then the holder releases, or is SIGKILLed:
 //   latency = t(waiter's acquire returned) - t(release called | kill sent)
 // Ours: acquireLock(type, { waitMs }) and acquireLockAsync(type, { timeoutMs }).
@@ -429,7 +416,7 @@ async function handoverSeries(ctx, impl, api, how, reps) {
 }
 
 async function handoverSection(a, ctx) {
-  const head = ['## Handover latency (issue 4: waiting acquisition)', ''];
+  const head = ['## Handover latency (waiting acquisition)', ''];
   if (!ctx.ours) return { md: [...head, 'Skipped: our package is not loaded.'].join('\n') };
   const pl = require(ROOT);
   const series = [];

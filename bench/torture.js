@@ -19,7 +19,7 @@
 //   stale     the lock was left by a holder that was SIGKILLed
 //   recycled  (ours only) the lock record names the PID of a live, unrelated
 //             `sleep` process, and nobody holds its flock: the PID was recycled
-//   legacy    (ours only) the same in the seed's PID-only format (no protocol
+//   legacy    (ours only) the same in the legacy PID-only format (no protocol
 //             key, written by an older version), with `started` an hour
 //             before the `sleep` process started
 //   kill      like fresh (even rounds) or stale (odd rounds), and one racer is
@@ -64,6 +64,7 @@ const fs = require('fs');
 const os = require('os');
 const path = require('path');
 const { spawn } = require('child_process');
+const { eachOption } = require('./args');
 const { Worker } = require('./pool');
 const { LABELS, oursUnavailable } = require('./impls');
 const report = require('./report');
@@ -139,12 +140,6 @@ const KILLER_RACERS = 2; // racers with a killer thread, per race
 const SPARES = 2; // ready replacements of each sort
 const OBSERVE_US = 3000; // how long the bystander reads the lock state per round
 
-function usage() {
-  const lines = fs.readFileSync(__filename, 'utf8').split('\n').slice(2);
-  const end = lines.findIndex((l) => !l.startsWith('//'));
-  return lines.slice(0, end).map((l) => l.replace(/^\/\/ ?/, '')).join('\n');
-}
-
 function parseArgs(argv) {
   const a = {
     rounds: null,
@@ -160,12 +155,7 @@ function parseArgs(argv) {
     write: false,
     observer: true,
   };
-  for (let i = 0; i < argv.length; i++) {
-    const k = argv[i];
-    const v = () => {
-      if (i + 1 >= argv.length) throw new Error(`${k} needs a value`);
-      return argv[++i];
-    };
+  eachOption(argv, __filename, (k, v) => {
     switch (k) {
       case '--rounds': a.rounds = Number(v()); break;
       case '--duration': a.duration = Number(v()); break;
@@ -179,13 +169,10 @@ function parseArgs(argv) {
       case '--keep': a.keep = true; break;
       case '--no-observer': a.observer = false; break;
       case '--write': a.write = true; break;
-      case '-h': case '--help':
-        console.log(usage());
-        process.exit(0);
-        break;
-      default: throw new Error(`unknown option ${k}`);
+      default: return false;
     }
-  }
+    return true;
+  });
   // --duration alone: run each race kind for that many seconds.
   if (a.rounds == null) a.rounds = a.duration > 0 ? Infinity : 1000;
   if (a.peerRounds == null) a.peerRounds = a.rounds;

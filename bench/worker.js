@@ -370,7 +370,7 @@ const handlers = {
     }
     out('J ' + JSON.stringify({ lat, intervals, conflicts, errors, lost }));
   },
-  // Handover (issue 4): a holder that releases on command...
+  // Handover: a holder that releases on command...
   holdone(c) {
     const s = spec(c.dir);
     if (!impl.tryAcquire(s)) throw new Error('holder could not acquire');

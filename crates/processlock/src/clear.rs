@@ -7,17 +7,15 @@
 //!
 //! A file is removed only while we hold its exclusive lock and after checking that the path still
 //! names the inode we locked. So a file that a live process holds is never removed, nor is a file
-//! that a rival linked an instant ago in place of the stale one (invariants 1 and 5).
+//! that a rival linked an instant ago in place of the stale one
+//! (`docs/PROTOCOL.md` invariants 1 and 5: one owner, only your own file).
 
 use std::path::Path;
 
 use crate::error::{Error, Result};
 use crate::os;
-use crate::protocol::{judge, unknown_holder, Verdict};
+use crate::protocol::{judge, unknown_holder, Verdict, MAX_ROUNDS};
 use crate::record::Record;
-
-/// Far above anything real: each round means the file at the path was replaced meanwhile.
-const MAX_ROUNDS: u32 = 1_000;
 
 /// What `remove_if_stale` found and did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,11 +61,7 @@ pub fn remove_if_stale(path: &Path) -> Result<Removal> {
             }
         }
     }
-    Err(Error::io(
-        "unlink",
-        path,
-        std::io::Error::other("the lock file kept changing; gave up after many rounds"),
-    ))
+    Err(Error::kept_changing("unlink", path))
 }
 
 #[cfg(all(test, unix))]

@@ -82,6 +82,30 @@ impl Error {
         }
     }
 
+    /// A failed `flock` (Windows: `LockFileEx`) on `path`: `Unsupported` when its file system
+    /// has no such locks, an I/O error otherwise.
+    pub(crate) fn flock(path: &Path, source: io::Error) -> Self {
+        if crate::os::is_unsupported(&source) {
+            Error::Unsupported {
+                path: path.to_path_buf(),
+                syscall: "flock",
+                source,
+            }
+        } else {
+            Error::io("flock", path, source)
+        }
+    }
+
+    /// The file at `path` was replaced under us round after round (`MAX_ROUNDS`): a safety net
+    /// against livelock, never reached by a real race.
+    pub(crate) fn kept_changing(syscall: &'static str, path: &Path) -> Self {
+        Error::io(
+            syscall,
+            path,
+            io::Error::other("the lock file kept changing; gave up after many rounds"),
+        )
+    }
+
     pub fn code(&self) -> &'static str {
         match self {
             Error::InvalidName { .. } => "LOCK_INVALID_NAME",

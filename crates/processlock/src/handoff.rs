@@ -105,19 +105,13 @@ fn write_record(file: &File, bytes: &[u8]) -> std::io::Result<()> {
 mod tests {
     use super::*;
     use crate::liveness::start_token;
-    use crate::name::LockName;
     use crate::protocol::{inspect, record_for, Inspection};
     use crate::record::{parse_record, Parsed};
-
-    fn target(label: &str) -> LockTarget {
-        let dir = std::env::temp_dir().join(format!("pl-handoff-{label}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        LockTarget::new(dir, LockName::new("backend", Some("SHORT")).unwrap())
-    }
+    use crate::testing::target;
 
     #[test]
     fn nothing_is_visible_until_commit_and_the_record_names_the_given_pid() {
-        let t = target("commit");
+        let t = target("handoff-commit");
         let pending = PendingLock::create(&t).unwrap();
         assert_eq!(pending.target().path, t.path);
         assert_eq!(inspect(&t.path).unwrap(), Inspection::Absent);
@@ -139,7 +133,7 @@ mod tests {
 
     #[test]
     fn a_commit_against_a_live_holder_conflicts_and_leaves_nothing() {
-        let t = target("conflict");
+        let t = target("handoff-conflict");
         let first = crate::protocol::acquire(&t, None).unwrap();
         let pending = PendingLock::create(&t).unwrap();
         let err = pending
@@ -154,7 +148,7 @@ mod tests {
 
     #[test]
     fn a_failed_try_keeps_the_pending_lock_for_the_next_one() {
-        let t = target("retry");
+        let t = target("handoff-retry");
         let first = crate::protocol::acquire(&t, None).unwrap();
         let mut pending = PendingLock::create(&t).unwrap();
         let me = std::process::id();
@@ -181,7 +175,7 @@ mod tests {
 
     #[test]
     fn dropping_an_uncommitted_lock_removes_its_temp_file() {
-        let t = target("drop");
+        let t = target("handoff-drop");
         drop(PendingLock::create(&t).unwrap());
         assert_eq!(std::fs::read_dir(&t.dir).unwrap().count(), 0);
         std::fs::remove_dir_all(&t.dir).unwrap();

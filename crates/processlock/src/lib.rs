@@ -4,7 +4,8 @@
 //! currently linked at the lock path. The kernel drops that lock however the owner dies, so a dead
 //! owner is detected at once and PID reuse cannot make it look alive. The JSON record inside the
 //! file is for people and for older PID-only writers; it never decides ownership on its own when a
-//! lock can be tested. The full protocol is explained in `protocol.rs`.
+//! lock can be tested. The protocol and the invariants it keeps are written down in
+//! `docs/PROTOCOL.md`; `protocol.rs` implements it.
 //!
 //! This crate knows nothing of Node: the addon and the `processlock` command are thin shells
 //! over it.
@@ -27,6 +28,8 @@ mod registry;
 mod replace;
 pub mod report;
 mod temp;
+#[cfg(test)]
+mod testing;
 mod wait;
 
 pub use clear::{remove_if_stale, Removal};

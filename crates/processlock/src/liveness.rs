@@ -112,7 +112,7 @@ fn judge_pid_taken(record: &Record, taken_ms: Option<i64>) -> PidState {
             PidState::Recycled
         };
     }
-    // A record without a token (the seed's format): a process that started after the lock was
+    // A record without a token (the legacy format): a process that started after the lock was
     // taken cannot be the process that took it.
     if let (Some(taken), Some(began)) = (taken_ms, now.wall_ms) {
         if began > taken + START_SLACK_MS {
@@ -133,14 +133,8 @@ mod tests {
 
     fn record(pid: u32) -> Record {
         Record {
-            pid,
             started: crate::clock::now_iso8601(),
-            trade_side: None,
-            process_name: String::new(),
-            process_type: None,
-            hostname: None,
-            start_token: None,
-            protocol: None,
+            ..Record::pid_only(pid)
         }
     }
 

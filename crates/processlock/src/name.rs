@@ -137,6 +137,7 @@ fn check(field: &'static str, value: &str, max: usize) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::Xorshift;
 
     #[test]
     fn file_names_and_display() {
@@ -220,13 +221,8 @@ mod tests {
 
     #[test]
     fn arbitrary_names_are_valid_and_safe_or_refused() {
-        let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut rng = Xorshift::new(0x9E37_79B9_7F4A_7C15);
+        let mut next = move || rng.next_u64();
         let alphabet: Vec<char> = "aZ09-_./\\ \0é.:*?\n".chars().collect();
         for _ in 0..20_000 {
             let mut word = |max: u64| -> String {

@@ -1,4 +1,4 @@
-//! The locking protocol.
+//! The locking protocol, as `docs/PROTOCOL.md` describes it with the invariants it keeps.
 //!
 //! Ownership is an exclusive OS lock (`flock`) held on the inode that is linked at the lock path.
 //!
@@ -45,8 +45,9 @@ const BUSY_PATIENCE: Duration = Duration::from_millis(250);
 /// between its truncation and its write: look again after this long if it is that young.
 const YOUNG_FILE: Duration = Duration::from_secs(1);
 const REREAD_DELAY: Duration = Duration::from_millis(20);
-/// A safety net against livelock, far above anything a real race needs.
-const MAX_ROUNDS: u32 = 10_000;
+/// A safety net against livelock, far above anything a real race needs: each round means the
+/// file at the lock path was replaced meanwhile.
+pub(crate) const MAX_ROUNDS: u32 = 10_000;
 
 /// A lock file location: a directory and a validated name.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -336,11 +337,7 @@ pub(crate) fn link_or_take_over(
             }
         }
     }
-    Err(Error::io(
-        "link",
-        &target.path,
-        io::Error::other("the lock file kept changing; gave up after many rounds"),
-    ))
+    Err(Error::kept_changing("link", &target.path))
 }
 
 #[cfg(unix)]
@@ -512,17 +509,7 @@ pub(crate) fn open_lock_file(
 }
 
 pub(crate) fn try_lock(file: &File, exclusive: bool, path: &Path) -> Result<bool> {
-    os::try_lock(file, exclusive).map_err(|e| {
-        if os::is_unsupported(&e) {
-            Error::Unsupported {
-                path: path.to_path_buf(),
-                syscall: "flock",
-                source: e,
-            }
-        } else {
-            Error::io("flock", path, e)
-        }
-    })
+    os::try_lock(file, exclusive).map_err(|e| Error::flock(path, e))
 }
 
 pub(crate) fn read_record(file: &File, path: &Path) -> Result<Parsed> {

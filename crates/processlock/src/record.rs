@@ -11,7 +11,7 @@ pub const PROTOCOL: &str = "processlock/1";
 /// The largest record we read. Anything bigger is not a record.
 pub const MAX_RECORD_BYTES: usize = 64 * 1024;
 
-/// Who holds (or held) a lock. The first four keys are the seed's format, unchanged.
+/// Who holds (or held) a lock. The first four keys are the legacy PID-only format, unchanged.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Record {
@@ -77,7 +77,7 @@ impl Record {
 pub enum Parsed {
     /// A record with our protocol marker.
     Ours(Record),
-    /// The seed's JSON without a marker, or a bare PID: judged by PID liveness.
+    /// The legacy JSON without a marker, or a bare PID: judged by PID liveness.
     Legacy(Record),
     /// Empty, truncated, garbage or absurd: nobody can be named as its holder.
     Invalid(String),
@@ -123,6 +123,7 @@ fn valid_pid(pid: u32) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::Xorshift;
 
     fn ours() -> Record {
         Record {
@@ -138,16 +139,16 @@ mod tests {
     }
 
     #[test]
-    fn writes_the_seed_keys_first_and_round_trips() {
+    fn writes_the_legacy_keys_first_and_round_trips() {
         let json = ours().to_json();
         assert!(json.starts_with("{\n  \"pid\": 51172,\n  \"started\": \"2025-10-18T22:38:49.123Z\",\n  \"tradeSide\": \"SHORT\",\n  \"processName\": \"trader-short-backend\",\n"), "{json}");
         assert_eq!(parse_record(json.as_bytes()), Parsed::Ours(ours()));
     }
 
     #[test]
-    fn reads_the_seed_format_and_bare_pids_as_legacy() {
-        let seed = br#"{"pid": 51172, "started": "2025-10-18T22:38:49.123Z", "tradeSide": "SHORT", "processName": "trader-short-backend"}"#;
-        match parse_record(seed) {
+    fn reads_pid_only_json_and_bare_pids_as_legacy() {
+        let legacy = br#"{"pid": 51172, "started": "2025-10-18T22:38:49.123Z", "tradeSide": "SHORT", "processName": "trader-short-backend"}"#;
+        match parse_record(legacy) {
             Parsed::Legacy(r) => {
                 assert_eq!((r.pid, r.trade_side.as_deref()), (51172, Some("SHORT")))
             }
@@ -194,13 +195,8 @@ mod tests {
     fn never_panics_on_arbitrary_bytes() {
         // A small deterministic fuzz: mutations of a valid record and random byte strings.
         let base = ours().to_json().into_bytes();
-        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-        let mut next = || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        };
+        let mut rng = Xorshift::new(0x9E37_79B9_7F4A_7C15);
+        let mut next = || rng.next_u64();
         for _ in 0..20_000 {
             let mut b = base.clone();
             for _ in 0..(next() % 8) {

@@ -1,4 +1,4 @@
-//! The log lines operators know from the seed document, word for word, in one place for the
+//! The log lines operators know from earlier versions, word for word, in one place for the
 //! addon and the command alike.
 //!
 //! Records are written by whoever could create a file in the lock directory: every field taken
@@ -139,19 +139,14 @@ mod tests {
 
     fn holder() -> Record {
         Record {
-            pid: 51172,
             started: "2025-10-18T22:38:49Z".into(),
             trade_side: Some("SHORT".into()),
-            process_name: String::new(),
-            process_type: None,
-            hostname: None,
-            start_token: None,
-            protocol: None,
+            ..Record::pid_only(51172)
         }
     }
 
     #[test]
-    fn the_seed_lines_exactly() {
+    fn the_operator_lines_exactly() {
         let n = LockName::new("backend", Some("SHORT")).unwrap();
         assert_eq!(
             acquired(&n, 51172),

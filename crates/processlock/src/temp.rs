@@ -59,12 +59,8 @@ impl Temp {
                     .write_all(content)
                     .map_err(|e| Error::io("write", &path, e)),
                 Ok(false) => Err(Error::io("flock", &path, io::ErrorKind::WouldBlock.into())),
-                Err(e) if os::is_unsupported(&e) => Err(Error::Unsupported {
-                    path: dir.to_path_buf(),
-                    syscall: "flock",
-                    source: e,
-                }),
-                Err(e) => Err(Error::io("flock", &path, e)),
+                // Named by the directory: the temp file is removed below, its file system stays.
+                Err(e) => Err(Error::flock(dir, e)),
             };
             return match setup {
                 Ok(()) => Ok(Temp { path, file }),

@@ -248,17 +248,7 @@ fn wait_turn(target: &LockTarget, until: Instant, cancel: &Cancel, seen: u64) ->
     if !names_same_file(path, &file)? {
         return Ok(Turn::Changed);
     }
-    let woke = os::wait_unlocked(&file, until, cancel, seen).map_err(|e| {
-        if os::is_unsupported(&e) {
-            Error::Unsupported {
-                path: path.to_path_buf(),
-                syscall: "flock",
-                source: e,
-            }
-        } else {
-            Error::io("flock", path, e)
-        }
-    })?;
+    let woke = os::wait_unlocked(&file, until, cancel, seen).map_err(|e| Error::flock(path, e))?;
     Ok(match woke {
         Woke::Free { blocked: false } => Turn::Immediate,
         Woke::Free { blocked: true } | Woke::Expired | Woke::Nudged => Turn::Waited,
@@ -269,17 +259,11 @@ fn wait_turn(target: &LockTarget, until: Instant, cancel: &Cancel, seen: u64) ->
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::name::LockName;
-
-    fn target(label: &str) -> LockTarget {
-        let dir = std::env::temp_dir().join(format!("pl-wait-{label}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        LockTarget::new(dir, LockName::new("backend", Some("SHORT")).unwrap())
-    }
+    use crate::testing::target;
 
     #[test]
     fn a_free_lock_is_taken_at_once() {
-        let t = target("free");
+        let t = target("wait-free");
         let a = acquire_wait(&t, None, Some(Instant::now()), &Cancel::new()).unwrap();
         assert!(a.lock.release().unwrap());
         std::fs::remove_dir_all(&t.dir).unwrap();
@@ -287,7 +271,7 @@ mod tests {
 
     #[test]
     fn a_held_lock_times_out_with_the_time_waited() {
-        let t = target("timeout");
+        let t = target("wait-timeout");
         let held = acquire(&t, None).unwrap();
         let started = Instant::now();
         let err = acquire_wait(
@@ -310,7 +294,7 @@ mod tests {
 
     #[test]
     fn a_release_in_another_thread_hands_the_lock_over() {
-        let t = target("thread");
+        let t = target("wait-thread");
         let held = acquire(&t, None).unwrap();
         let t2 = t.clone();
         let waiter = std::thread::spawn(move || {
@@ -333,7 +317,7 @@ mod tests {
 
     #[test]
     fn cancel_ends_a_blocked_wait_promptly() {
-        let t = target("cancel");
+        let t = target("wait-cancel");
         let held = acquire(&t, None).unwrap();
         let cancel = Cancel::new();
         let t2 = t.clone();
@@ -361,7 +345,7 @@ mod tests {
 
     #[test]
     fn a_nudge_makes_a_blocked_wait_look_again() {
-        let t = target("nudge");
+        let t = target("wait-nudge");
         let held = acquire(&t, None).unwrap();
         let cancel = Cancel::new();
         let attempts = Arc::new(AtomicU64::new(0));

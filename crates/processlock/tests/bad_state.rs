@@ -50,8 +50,7 @@ fn expect_not_a_file(r: processlock::Result<processlock::Acquired>, found: &str)
 #[test]
 fn a_symlink_at_the_lock_path_is_refused_and_never_followed() {
     let dir = TestDir::new("symlink");
-    let t = dir.target("backend", Some("short"));
-    fs::create_dir_all(&t.dir).unwrap();
+    let t = dir.made_target("backend", Some("short"));
     let outside = dir.root.join("precious.txt");
     fs::write(&outside, "do not touch\n").unwrap();
     std::os::unix::fs::symlink(&outside, &t.path).unwrap();
@@ -88,8 +87,7 @@ fn a_symlink_at_the_lock_path_is_refused_and_never_followed() {
 #[test]
 fn a_dangling_symlink_is_refused_and_its_target_not_created() {
     let dir = TestDir::new("dangling");
-    let t = dir.target("backend", None);
-    fs::create_dir_all(&t.dir).unwrap();
+    let t = dir.made_target("backend", None);
     let outside = dir.root.join("would-be-created");
     std::os::unix::fs::symlink(&outside, &t.path).unwrap();
     expect_not_a_file(acquire(&t, None), "symbolic link");
@@ -136,8 +134,7 @@ fn a_directory_at_the_lock_path_is_refused_and_left_alone() {
 #[test]
 fn a_fifo_at_the_lock_path_is_refused_without_blocking() {
     let dir = TestDir::new("fifo");
-    let t = dir.target("backend", Some("short"));
-    fs::create_dir_all(&t.dir).unwrap();
+    let t = dir.made_target("backend", Some("short"));
     let c = CString::new(t.path.as_os_str().as_bytes()).unwrap();
     assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
 
@@ -178,8 +175,7 @@ fn a_fifo_at_the_lock_path_is_refused_without_blocking() {
 #[test]
 fn unreadable_files_without_a_holder_are_taken_over() {
     let dir = TestDir::new("invalid");
-    let t = dir.target("backend", Some("short"));
-    fs::create_dir_all(&t.dir).unwrap();
+    let t = dir.made_target("backend", Some("short"));
     let huge = vec![b'7'; 300_000];
     let cases: &[(&str, &[u8])] = &[
         ("huge", &huge),
@@ -232,8 +228,7 @@ fn unreadable_files_without_a_holder_are_taken_over() {
 fn an_unreadable_file_that_is_held_is_not_taken_over() {
     use std::os::unix::io::AsRawFd;
     let dir = TestDir::new("invalid-held");
-    let t = dir.target("backend", None);
-    fs::create_dir_all(&t.dir).unwrap();
+    let t = dir.made_target("backend", None);
     let f = fs::File::create(&t.path).unwrap();
     assert_eq!(
         unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) },
@@ -259,8 +254,7 @@ fn an_unreadable_file_that_is_held_is_not_taken_over() {
 #[test]
 fn a_hard_link_to_an_outside_file_only_loses_its_inside_name() {
     let dir = TestDir::new("hardlink");
-    let t = dir.target("backend", None);
-    fs::create_dir_all(&t.dir).unwrap();
+    let t = dir.made_target("backend", None);
     let outside = dir.root.join("data.bin");
     fs::write(&outside, b"some unrelated data").unwrap();
     fs::hard_link(&outside, &t.path).unwrap();
@@ -307,8 +301,6 @@ fn a_missing_lock_dir_is_created() {
     assert!(matches!(p.outcome(), Outcome::Acquired { .. }));
     assert!(deep.is_dir());
     assert!(t.path.is_file());
-    p.close_stdin();
-    assert_eq!(p.expect("RELEASED"), ["true"]);
-    p.wait_success();
+    assert!(p.release_and_end());
     dir.finish();
 }

@@ -88,8 +88,7 @@ fn a_sweep_never_locks_a_live_creators_young_temp() {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
     let dir = TestDir::new("sweep-no-lock");
-    let t = dir.target("backend", Some("short"));
-    fs::create_dir_all(&t.dir).unwrap();
+    let t = dir.made_target("backend", Some("short"));
     let (mut creator, temp) = temp_maker(&t, false);
     let f = fs::OpenOptions::new()
         .read(true)
@@ -227,12 +226,12 @@ fn inspect_and_list_locks_report_held_stale_and_invalid() {
     dead.kill_with(libc::SIGKILL);
     fs::write(&invalid.path, "{\"pid\": ").unwrap();
     let mut idle = Proc::idle();
-    let seed = format!(
+    let legacy_record = format!(
         "{{\"pid\": {}, \"started\": \"{}\", \"tradeSide\": null, \"processName\": \"x\"}}",
         idle.pid,
         own_record(&legacy, None).started
     );
-    fs::write(&legacy.path, seed).unwrap();
+    fs::write(&legacy.path, legacy_record).unwrap();
     fs::create_dir(locks.join("dir.lock")).unwrap();
     fs::write(locks.join("a.b.c.lock"), "7\n").unwrap(); // a name we would not write; PID 7
     fs::write(locks.join("notes.txt"), "not a lock").unwrap();
@@ -315,12 +314,10 @@ fn inspect_and_list_locks_report_held_stale_and_invalid() {
     assert!(a.lock.release().unwrap());
     assert_eq!(inspect(&stale.path).unwrap(), Inspection::Absent);
 
-    holder.close_stdin();
-    assert_eq!(holder.expect("RELEASED"), ["true"]);
-    holder.wait_success();
+    assert!(holder.release_and_end());
     idle.close_stdin();
     idle.wait_success();
-    // The seed-format file's process is gone now: stale.
+    // The legacy-format file's process is gone now: stale.
     assert!(matches!(inspect(&legacy.path).unwrap(), Inspection::Stale(r) if r.pid == idle.pid));
     dir.finish();
 }

@@ -1,13 +1,14 @@
 //! Who owns a lock: conflicts between processes, release, takeover after a holder died by a
-//! signal, forced removal (invariant 5), trade sides, the registry, and another user's locks.
+//! signal, forced removal (`docs/PROTOCOL.md` invariant 5), trade sides, the registry, and
+//! another user's locks.
 
 mod support;
 
 use std::fs;
 
 use processlock::{
-    acquire, force_remove, inspect, parse_record, start_token, Error, Inspection, Parsed, Registry,
-    Release, PROTOCOL,
+    acquire, force_remove, inspect, parse_record, start_token, Error, Inspection, LockTarget,
+    Parsed, Registry, Release, PROTOCOL,
 };
 use support::{Outcome, Proc, TestDir};
 
@@ -21,6 +22,13 @@ fn acquired_pid(o: &Outcome) -> u32 {
         Outcome::Acquired { pid, .. } => *pid,
         other => panic!("expected an acquisition, got {other:?}"),
     }
+}
+
+/// A child that has taken `target` and holds it until its stdin closes.
+fn holding(target: &LockTarget) -> Proc {
+    let mut holder = Proc::acquirer(target, "wait");
+    assert_eq!(acquired_pid(&holder.outcome()), holder.pid);
+    holder
 }
 
 #[test]
@@ -70,9 +78,7 @@ fn conflict_names_the_holder_release_removes_the_file_and_reacquire_works() {
     assert_eq!(inspect(&t.path).unwrap(), Inspection::Held(rec.clone()));
 
     // Release removes the file.
-    holder.close_stdin();
-    assert_eq!(holder.expect("RELEASED"), ["true"]);
-    holder.wait_success();
+    assert!(holder.release_and_end());
     assert!(!t.path.exists());
 
     // And the lock can be taken again, with nothing stale to report.
@@ -184,8 +190,7 @@ fn a_holder_killed_by_a_signal_is_taken_over_at_once() {
     let dir = TestDir::new("killed");
     let t = dir.target("backend", Some("long"));
     for sig in [libc::SIGKILL, libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
-        let mut holder = Proc::acquirer(&t, "wait");
-        assert_eq!(acquired_pid(&holder.outcome()), holder.pid);
+        let mut holder = holding(&t);
         holder.kill_with(sig);
         assert!(
             t.path.exists(),
@@ -212,9 +217,7 @@ fn a_holder_killed_by_a_signal_is_taken_over_at_once() {
         }
         // The new holder really holds it.
         assert!(matches!(acquire(&t, None), Err(Error::Conflict(c)) if c.holder.pid == taker.pid));
-        taker.close_stdin();
-        assert_eq!(taker.expect("RELEASED"), ["true"]);
-        taker.wait_success();
+        assert!(taker.release_and_end());
     }
     assert!(!t.path.exists());
     dir.finish();
@@ -226,8 +229,7 @@ fn a_holder_killed_by_a_signal_is_taken_over_at_once() {
 fn an_unreaped_killed_holder_is_taken_over() {
     let dir = TestDir::new("zombie");
     let t = dir.target("backend", None);
-    let mut holder = Proc::acquirer(&t, "wait");
-    assert_eq!(acquired_pid(&holder.outcome()), holder.pid);
+    let mut holder = holding(&t);
     holder.kill_to_zombie();
     let a = acquire(&t, None).unwrap();
     assert_eq!(
@@ -239,14 +241,13 @@ fn an_unreaped_killed_holder_is_taken_over() {
     dir.finish();
 }
 
-/// Invariant 5: after a forced removal, the first holder's release must not delete the file of
-/// the holder that came after it.
+/// `docs/PROTOCOL.md` invariant 5 (only your own file): after a forced removal, the first
+/// holder's release must not delete the file of the holder that came after it.
 #[test]
 fn release_after_force_remove_leaves_the_new_holders_file() {
     let dir = TestDir::new("force");
     let t = dir.target("worker", Some("short"));
-    let mut first = Proc::acquirer(&t, "wait");
-    assert_eq!(acquired_pid(&first.outcome()), first.pid);
+    let mut first = holding(&t);
 
     assert!(force_remove(&t.path).unwrap());
     assert!(!t.path.exists());
@@ -257,9 +258,7 @@ fn release_after_force_remove_leaves_the_new_holders_file() {
     assert_eq!(acquired_pid(&got), second.pid);
     assert!(got.events().is_empty(), "{got:?}");
 
-    first.close_stdin();
-    assert_eq!(first.expect("RELEASED"), ["false"]);
-    first.wait_success();
+    assert!(!first.release_and_end());
 
     let Parsed::Ours(rec) = parse_record(&fs::read(&t.path).unwrap()) else {
         panic!("the second holder's file is gone or damaged");
@@ -270,9 +269,7 @@ fn release_after_force_remove_leaves_the_new_holders_file() {
     assert_eq!(third.outcome(), Outcome::Conflict { holder: second.pid });
     third.wait_success();
 
-    second.close_stdin();
-    assert_eq!(second.expect("RELEASED"), ["true"]);
-    second.wait_success();
+    assert!(second.release_and_end());
     assert!(!t.path.exists());
     dir.finish();
 }
@@ -300,10 +297,8 @@ fn trade_sides_are_separate_locks() {
     let short = dir.target("backend", Some("short"));
     let long = dir.target("backend", Some("LONG"));
     let none = dir.target("backend", None);
-    let mut a = Proc::acquirer(&short, "wait");
-    assert_eq!(acquired_pid(&a.outcome()), a.pid);
-    let mut b = Proc::acquirer(&long, "wait");
-    assert_eq!(acquired_pid(&b.outcome()), b.pid);
+    let mut a = holding(&short);
+    let mut b = holding(&long);
     let c = acquire(&none, None).unwrap();
     let names = [&short.path, &long.path, &none.path].map(|p| p.file_name().unwrap().to_owned());
     assert_eq!(
@@ -313,9 +308,7 @@ fn trade_sides_are_separate_locks() {
     assert!(matches!(acquire(&short, None), Err(Error::Conflict(x)) if x.holder.pid == a.pid));
     assert!(matches!(acquire(&long, None), Err(Error::Conflict(x)) if x.holder.pid == b.pid));
     for p in [&mut a, &mut b] {
-        p.close_stdin();
-        assert_eq!(p.expect("RELEASED"), ["true"]);
-        p.wait_success();
+        assert!(p.release_and_end());
     }
     assert!(c.lock.release().unwrap());
     dir.finish();
@@ -325,22 +318,19 @@ fn trade_sides_are_separate_locks() {
 /// may not open for writing) is alive; its dead holder's file is still taken over. Needs root.
 #[test]
 fn another_users_lock_is_respected_and_its_stale_file_taken_over() {
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipped: needs root to run a child as another user");
+    if !support::root_or_skip("run a child as another user") {
         return;
     }
     use std::os::unix::fs::PermissionsExt;
     let dir = TestDir::new("other-user");
-    let t = dir.target("backend", Some("short"));
-    fs::create_dir_all(&t.dir).unwrap();
+    let t = dir.made_target("backend", Some("short"));
     // Shared the safe way: through a group (nobody's), inherited by the files (setgid).
     std::os::unix::fs::chown(&t.dir, None, Some(65534)).unwrap();
     fs::set_permissions(&t.dir, fs::Permissions::from_mode(0o2770)).unwrap();
-    let nobody = [("UID", "65534")];
+    let nobody = support::AS_NOBODY;
 
     // Root holds; nobody conflicts.
-    let mut root_holder = Proc::acquirer(&t, "wait");
-    assert_eq!(acquired_pid(&root_holder.outcome()), root_holder.pid);
+    let mut root_holder = holding(&t);
     let mut other = Proc::acquirer_with(&t, "release", &nobody);
     assert_eq!(
         other.outcome(),
@@ -356,7 +346,7 @@ fn another_users_lock_is_respected_and_its_stale_file_taken_over() {
     let got = taker.outcome();
     assert_eq!(got.events(), [format!("stale:{}", root_holder.pid)]);
 
-    // A seed-format file naming a live root process, seen by nobody: alive (EPERM), conflict.
+    // A legacy-format file naming a live root process, seen by nobody: alive (EPERM), conflict.
     let legacy = dir.target("worker", None);
     let idle = Proc::idle();
     let started = processlock::own_record(&legacy, None).started;
@@ -371,9 +361,7 @@ fn another_users_lock_is_respected_and_its_stale_file_taken_over() {
     assert!(legacy.path.exists());
     fs::remove_file(&legacy.path).unwrap();
 
-    taker.close_stdin();
-    assert_eq!(taker.expect("RELEASED"), ["true"]);
-    taker.wait_success();
+    assert!(taker.release_and_end());
     assert!(!t.path.exists());
     dir.finish();
 }
@@ -430,16 +418,14 @@ fn an_inherited_descriptor_keeps_the_lock_after_the_taker_dies() {
 /// root.
 #[test]
 fn another_user_without_permission_gets_lock_io_and_leaves_nothing() {
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipped: needs root to run a child as another user");
+    if !support::root_or_skip("run a child as another user") {
         return;
     }
     use std::os::unix::fs::PermissionsExt;
     let dir = TestDir::new("no-permission");
-    let t = dir.target("backend", None);
-    fs::create_dir_all(&t.dir).unwrap();
+    let t = dir.made_target("backend", None);
     fs::set_permissions(&t.dir, fs::Permissions::from_mode(0o755)).unwrap();
-    let nobody = [("UID", "65534")];
+    let nobody = support::AS_NOBODY;
 
     let mut p = Proc::acquirer_with(&t, "release", &nobody);
     let out = p.outcome();
@@ -452,8 +438,7 @@ fn another_user_without_permission_gets_lock_io_and_leaves_nothing() {
 
     // Sticky, world-writable (like /tmp): nobody may not remove root's stale file.
     fs::set_permissions(&t.dir, fs::Permissions::from_mode(0o1777)).unwrap();
-    let mut holder = Proc::acquirer(&t, "wait");
-    assert_eq!(acquired_pid(&holder.outcome()), holder.pid);
+    let mut holder = holding(&t);
     holder.kill_with(libc::SIGKILL);
     let mut p = Proc::acquirer_with(&t, "release", &nobody);
     let out = p.outcome();

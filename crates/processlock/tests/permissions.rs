@@ -27,11 +27,6 @@ fn set_mode(path: &Path, mode: u32) {
     fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
 }
 
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
-}
-
 fn dead_pid() -> u32 {
     let mut c = std::process::Command::new("true").spawn().unwrap();
     let pid = c.id();
@@ -54,7 +49,7 @@ fn snapshot(dir: &Path) -> Vec<(PathBuf, u32, u32, u64, i64, Vec<u8>)> {
     out
 }
 
-/// A directory holding what an acquirer would normally clean up: a seed-format record of a dead
+/// A directory holding what an acquirer would normally clean up: a legacy-format record of a dead
 /// process (taken over as stale) and a temp file of an acquirer that died half-way (swept).
 fn dir_with_leftovers(root: &Path, label: &str) -> LockTarget {
     let dir = root.join(label);
@@ -86,9 +81,7 @@ fn created_directories_and_files_are_closed_to_others_under_umask_000() {
     assert_eq!(mode(&dir.root.join("runtime")), 0o750);
     assert_eq!(mode(&t.dir), 0o750);
     assert_eq!(mode(&t.path), 0o640);
-    p.close_stdin();
-    assert_eq!(p.expect("RELEASED"), ["true"]);
-    p.wait_success();
+    assert!(p.release_and_end());
     dir.finish();
 }
 
@@ -141,8 +134,7 @@ fn a_sticky_shared_directory_like_tmp_is_accepted() {
 /// Its owner uses it. Needs root.
 #[test]
 fn a_directory_owned_by_another_user_is_refused_even_for_root() {
-    if !is_root() {
-        eprintln!("skipped: needs root to give a directory to another user");
+    if !support::root_or_skip("give a directory to another user") {
         return;
     }
     let dir = TestDir::new("owner");
@@ -178,7 +170,7 @@ fn a_directory_owned_by_another_user_is_refused_even_for_root() {
     );
 
     // Its owner takes the lock there (and takes the dead holder's file over).
-    let mut p = Proc::acquirer_with(&t, "wait", &[("UID", "65534")]);
+    let mut p = Proc::acquirer_with(&t, "wait", &support::AS_NOBODY);
     let got = p.outcome();
     assert!(
         matches!(&got, Outcome::Acquired { pid, events, .. } if *pid == p.pid && events.iter().any(|e| e.starts_with("stale:"))),
@@ -186,8 +178,6 @@ fn a_directory_owned_by_another_user_is_refused_even_for_root() {
     );
     let m = fs::metadata(&t.path).unwrap();
     assert_eq!((m.uid(), m.mode() & 0o7777), (NOBODY, 0o640));
-    p.close_stdin();
-    assert_eq!(p.expect("RELEASED"), ["true"]);
-    p.wait_success();
+    assert!(p.release_and_end());
     dir.finish();
 }

@@ -1,5 +1,5 @@
 //! Records that lie: PIDs of live processes that are not the holder (recycled PIDs), files in
-//! the seed's PID-only format, bare PIDs.
+//! the legacy PID-only format, bare PIDs.
 
 mod support;
 
@@ -18,8 +18,8 @@ fn child_role() {
     support::child_role();
 }
 
-/// A file in the seed's format: the four keys, pretty-printed, no protocol marker.
-fn seed_file(pid: u32, started: &str) -> String {
+/// A file in the legacy PID-only format: the four keys, pretty-printed, no protocol marker.
+fn legacy_file(pid: u32, started: &str) -> String {
     format!(
         "{{\n  \"pid\": {pid},\n  \"started\": \"{started}\",\n  \"tradeSide\": \"SHORT\",\n  \"processName\": \"trader-short-backend\"\n}}"
     )
@@ -65,8 +65,7 @@ fn expect_conflict(t: &LockTarget, holder: u32) {
 fn our_record_naming_a_live_process_with_its_exact_token_is_held_without_a_flock() {
     let _shared = pid_space();
     let dir = TestDir::new("ours-live-pid");
-    let t = dir.target("backend", Some("short"));
-    fs::create_dir_all(&t.dir).unwrap();
+    let t = dir.made_target("backend", Some("short"));
     let mut idle = Proc::idle();
     let mut rec: Record = own_record(&t, None);
     rec.pid = idle.pid;
@@ -181,7 +180,8 @@ fn recycled_pid_round(tag: &str, life: Duration) -> Option<bool> {
 }
 
 /// A real recycled PID, reused well after the holder started: the start token tells the new
-/// process from the dead holder (invariant 4), and the file is stale.
+/// process from the dead holder (`docs/PROTOCOL.md` invariant 4, no false life), and the file
+/// is stale.
 #[test]
 fn a_really_recycled_pid_does_not_keep_a_dead_holders_lock() {
     // Three clock ticks (USER_HZ = 100) between the two process starts.
@@ -204,17 +204,16 @@ fn a_pid_recycled_within_the_same_clock_tick_is_taken_over_once_it_is_gone() {
     }
 }
 
-/// The seed's format names a live process that started before the record was written: that
+/// The legacy format names a live process that started before the record was written: that
 /// process may well be the old holder. Conflict, file untouched.
 #[test]
-fn seed_format_naming_a_live_process_started_before_the_record_conflicts() {
+fn legacy_format_naming_a_live_process_started_before_the_record_conflicts() {
     let _shared = pid_space();
-    let dir = TestDir::new("seed-alive");
-    let t = dir.target("backend", Some("short"));
-    fs::create_dir_all(&t.dir).unwrap();
+    let dir = TestDir::new("legacy-alive");
+    let t = dir.made_target("backend", Some("short"));
     let mut idle = Proc::idle();
     std::thread::sleep(Duration::from_millis(10));
-    fs::write(&t.path, seed_file(idle.pid, &now_iso(&t))).unwrap();
+    fs::write(&t.path, legacy_file(idle.pid, &now_iso(&t))).unwrap();
     match inspect(&t.path).unwrap() {
         Inspection::Held(r) => {
             assert_eq!(r.pid, idle.pid);
@@ -231,20 +230,19 @@ fn seed_format_naming_a_live_process_started_before_the_record_conflicts() {
     dir.finish();
 }
 
-/// The seed's format names a live process that started after the record was written: the PID
+/// The legacy format names a live process that started after the record was written: the PID
 /// was recycled. Stale.
 #[test]
-fn seed_format_naming_a_process_started_after_the_record_is_stale() {
+fn legacy_format_naming_a_process_started_after_the_record_is_stale() {
     let _shared = pid_space();
-    let dir = TestDir::new("seed-recycled");
-    let t = dir.target("backend", Some("short"));
-    fs::create_dir_all(&t.dir).unwrap();
+    let dir = TestDir::new("legacy-recycled");
+    let t = dir.made_target("backend", Some("short"));
     let mut idle = Proc::idle();
     // Written an hour before the process started (well beyond the clock slack).
     let started = "2020-01-01T00:00:00.000Z";
-    fs::write(&t.path, seed_file(idle.pid, started)).unwrap();
+    fs::write(&t.path, legacy_file(idle.pid, started)).unwrap();
     let Parsed::Legacy(rec) = parse_record(&fs::read(&t.path).unwrap()) else {
-        panic!("not read as the seed's format");
+        panic!("not read as the legacy format");
     };
     assert_eq!(judge_pid(&rec), PidState::Recycled);
     assert!(matches!(inspect(&t.path).unwrap(), Inspection::Stale(r) if r.pid == idle.pid));
@@ -256,17 +254,16 @@ fn seed_format_naming_a_process_started_after_the_record_is_stale() {
 }
 
 #[test]
-fn seed_format_naming_a_dead_or_zombie_process_is_stale() {
+fn legacy_format_naming_a_dead_or_zombie_process_is_stale() {
     let _shared = pid_space();
-    let dir = TestDir::new("seed-dead");
-    let t = dir.target("worker", None);
-    fs::create_dir_all(&t.dir).unwrap();
+    let dir = TestDir::new("legacy-dead");
+    let t = dir.made_target("worker", None);
 
     let mut gone = Proc::idle();
     let started = now_iso(&t);
     gone.close_stdin();
     gone.wait_success();
-    fs::write(&t.path, seed_file(gone.pid, &started)).unwrap();
+    fs::write(&t.path, legacy_file(gone.pid, &started)).unwrap();
     assert!(matches!(inspect(&t.path).unwrap(), Inspection::Stale(r) if r.pid == gone.pid));
     expect_takeover(&t, gone.pid);
 
@@ -274,7 +271,7 @@ fn seed_format_naming_a_dead_or_zombie_process_is_stale() {
     let mut zombie = Proc::idle();
     let started = now_iso(&t);
     zombie.kill_to_zombie();
-    fs::write(&t.path, seed_file(zombie.pid, &started)).unwrap();
+    fs::write(&t.path, legacy_file(zombie.pid, &started)).unwrap();
     expect_takeover(&t, zombie.pid);
     zombie.wait();
     dir.finish();
@@ -284,8 +281,7 @@ fn seed_format_naming_a_dead_or_zombie_process_is_stale() {
 fn bare_pid_files_are_judged_by_liveness() {
     let _shared = pid_space();
     let dir = TestDir::new("bare-pid");
-    let t = dir.target("backend", None);
-    fs::create_dir_all(&t.dir).unwrap();
+    let t = dir.made_target("backend", None);
 
     let mut idle = Proc::idle();
     fs::write(&t.path, format!("{}\n", idle.pid)).unwrap();

@@ -301,10 +301,9 @@ fn cancel_unblocks_the_waiting_thread_and_leaves_nothing() {
 fn a_pid_only_holder_is_waited_for_until_its_process_ends() {
     let _s = serial();
     let dir = TestDir::new("wait-legacy");
-    let t = dir.target("backend", Some("SHORT"));
-    std::fs::create_dir_all(&t.dir).unwrap();
+    let t = dir.made_target("backend", Some("SHORT"));
     let mut idle = Proc::idle();
-    // The seed's format: a PID and a start time, no protocol marker, no OS lock.
+    // The legacy format: a PID and a start time, no protocol marker, no OS lock.
     let mut record = record_for(&t, idle.pid, None);
     record.protocol = None;
     record.start_token = None;

@@ -3,6 +3,9 @@
 //! Every function here does one system call's worth of work and reports the raw `io::Error`;
 //! the protocol decides what an error means.
 
+use std::fs::File;
+use std::io::{self, Read};
+
 #[cfg(unix)]
 mod unix;
 #[cfg(unix)]
@@ -37,6 +40,28 @@ pub use proc_macos::process_start;
 mod proc_other;
 #[cfg(all(unix, not(any(target_os = "linux", target_os = "macos"))))]
 pub use proc_other::process_start;
+
+/// Reads a whole (small) file from offset 0 with positioned reads, so no cursor another holder
+/// of the descriptor relies on moves. Stops after `limit + 1` bytes: the caller sees that the
+/// file is larger than anything it accepts without reading all of it.
+pub fn read_all(file: &File, limit: usize) -> io::Result<Vec<u8>> {
+    struct From0<'a> {
+        file: &'a File,
+        offset: u64,
+    }
+    impl Read for From0<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = read_at(self.file, buf, self.offset)?;
+            self.offset += n as u64;
+            Ok(n)
+        }
+    }
+    let mut bytes = Vec::new();
+    From0 { file, offset: 0 }
+        .take(limit as u64 + 1)
+        .read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
 
 /// Identity of an inode (Windows: of a file on a volume). Equal ids mean the same file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

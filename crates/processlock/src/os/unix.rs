@@ -169,26 +169,10 @@ pub fn remove(path: &Path) -> io::Result<()> {
     std::fs::remove_file(path)
 }
 
-/// Reads a whole (small) file from offset 0 without moving any shared cursor.
-pub fn read_all(file: &File, limit: usize) -> io::Result<Vec<u8>> {
+/// `pread(2)`: reads at `offset` without moving the descriptor's cursor, which forks share.
+pub fn read_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
     use std::os::unix::fs::FileExt;
-    let mut buf = vec![0u8; 4096];
-    let mut len = 0;
-    loop {
-        if len == buf.len() {
-            if buf.len() > limit {
-                break;
-            }
-            buf.resize(buf.len() * 2, 0);
-        }
-        let n = file.read_at(&mut buf[len..], len as u64)?;
-        if n == 0 {
-            break;
-        }
-        len += n;
-    }
-    buf.truncate(len);
-    Ok(buf)
+    file.read_at(buf, offset)
 }
 
 /// `kill(pid, 0)`: EPERM proves the process exists (it belongs to another user).

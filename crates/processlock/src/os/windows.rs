@@ -411,26 +411,10 @@ fn set_info<T>(file: &File, class: i32, value: &T) -> io::Result<()> {
     Ok(())
 }
 
-/// Reads a whole (small) file from offset 0. Positioned reads on Windows move the handle's file
-/// pointer; nothing here depends on it (a record is written once, before it is linked).
-pub fn read_all(file: &File, limit: usize) -> io::Result<Vec<u8>> {
-    let mut buf = vec![0u8; 4096];
-    let mut len = 0;
-    loop {
-        if len == buf.len() {
-            if buf.len() > limit {
-                break;
-            }
-            buf.resize(buf.len() * 2, 0);
-        }
-        let n = file.seek_read(&mut buf[len..], len as u64)?;
-        if n == 0 {
-            break;
-        }
-        len += n;
-    }
-    buf.truncate(len);
-    Ok(buf)
+/// A positioned read. On Windows it moves the handle's file pointer; nothing here depends on it
+/// (a record is written once, before it is linked).
+pub fn read_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    file.seek_read(buf, offset)
 }
 
 /// A handle to a process that can ask its times and exit status, and wait on it when allowed.
@@ -550,7 +534,9 @@ mod tests {
     use super::*;
     use crate::error::Error;
     use crate::name::LockName;
+    use crate::os::read_all;
     use crate::protocol::{acquire, inspect, Event, Inspection, LockTarget};
+    use crate::testing::assert_own_start_is_sane;
     use std::io::Write;
 
     fn scratch(tag: &str) -> PathBuf {
@@ -716,18 +702,8 @@ mod tests {
         let me = current_pid();
         assert_eq!(pid_state(me), Pid::Running);
         assert_eq!(pid_state(0), Pid::Gone);
-        let a = process_start(me).unwrap();
-        assert_eq!(a, process_start(me).unwrap());
-        assert!(!a.zombie);
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis() as i64;
-        let wall = a.wall_ms.unwrap();
-        assert!(
-            wall <= now + 2000 && wall > now - 3_600_000,
-            "{wall} vs {now}"
-        );
+        assert_eq!(process_start(me), process_start(me));
+        let a = assert_own_start_is_sane(process_start(me));
 
         // This test binary, asked to run no test, exits at once.
         let mut child = std::process::Command::new(std::env::current_exe().unwrap())

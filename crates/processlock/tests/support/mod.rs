@@ -31,6 +31,20 @@ pub const TIMEOUT: Duration = Duration::from_secs(30);
 // ---------------------------------------------------------------------------------------------
 // Small helpers used on both sides.
 
+/// Parameters for `Proc::acquirer_with` that make the child run as `nobody` (needs root).
+pub const AS_NOBODY: [(&str, &str); 1] = [("UID", "65534")];
+
+/// Whether this test runs as root, which acting as another user needs; if not, says that the
+/// test is skipped and `why`.
+pub fn root_or_skip(why: &str) -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let root = unsafe { libc::geteuid() == 0 };
+    if !root {
+        eprintln!("skipped: needs root to {why}");
+    }
+    root
+}
+
 /// CLOCK_MONOTONIC in nanoseconds: one clock for every process on the machine.
 pub fn mono_ns() -> u64 {
     let mut ts = libc::timespec {
@@ -104,6 +118,14 @@ impl TestDir {
 
     pub fn target(&self, process_type: &str, side: Option<&str>) -> LockTarget {
         LockTarget::new(self.locks(), LockName::new(process_type, side).unwrap())
+    }
+
+    /// `target` with its lock directory made, for a test that puts something at the lock path
+    /// before anyone acquires it.
+    pub fn made_target(&self, process_type: &str, side: Option<&str>) -> LockTarget {
+        let target = self.target(process_type, side);
+        fs::create_dir_all(&target.dir).unwrap();
+        target
     }
 
     /// Every temp-named file (`.*.tmp`) anywhere under the root.
@@ -337,6 +359,15 @@ impl Proc {
 
     pub fn close_stdin(&mut self) {
         self.stdin = None;
+    }
+
+    /// Tells an acquirer that holds (`after` = `wait`) to release and end, and waits for its
+    /// end: whether its release removed the lock file (false when the file was no longer its).
+    pub fn release_and_end(&mut self) -> bool {
+        self.close_stdin();
+        let removed = self.expect("RELEASED") == ["true"];
+        self.wait_success();
+        removed
     }
 
     pub fn signal(&self, sig: libc::c_int) {
@@ -753,28 +784,40 @@ fn stop_on_stdin_eof() -> Arc<std::sync::atomic::AtomicBool> {
     stop
 }
 
-/// READY, barrier, then `inspect` the lock file in a loop until stdin closes (at most
-/// `HOLD_MS`); reports
-/// `PROBED <held> <stale> <absent> <invalid>`.
-fn role_probe() -> i32 {
-    let target = target_from_env();
+/// READY, barrier, then `step` again and again until stdin closes (at most `HOLD_MS`, 50 by
+/// default). False when a step failed: its error has been reported.
+fn repeat_after_barrier(mut step: impl FnMut() -> Result<(), Error>) -> bool {
     let run = Duration::from_millis(param_u64("HOLD_MS", 50));
     say("READY");
     barrier();
     let stop = stop_on_stdin_eof();
     let t0 = Instant::now();
-    let mut counts = [0u64; 4];
     while t0.elapsed() < run && !stop.load(Ordering::Relaxed) {
-        match inspect(&target.path) {
-            Ok(Inspection::Held(_) | Inspection::HeldUnlocked(..)) => counts[0] += 1,
-            Ok(Inspection::Stale(_)) => counts[1] += 1,
-            Ok(Inspection::Absent) => counts[2] += 1,
-            Ok(Inspection::Invalid(_)) => counts[3] += 1,
-            Err(e) => {
-                say_error(&e);
-                return 1;
-            }
+        if let Err(e) = step() {
+            say_error(&e);
+            return false;
         }
+    }
+    true
+}
+
+/// `inspect` the lock file again and again (`repeat_after_barrier`); reports
+/// `PROBED <held> <stale> <absent> <invalid>`.
+fn role_probe() -> i32 {
+    let target = target_from_env();
+    let mut counts = [0u64; 4];
+    let probed = repeat_after_barrier(|| {
+        let i = match inspect(&target.path)? {
+            Inspection::Held(_) | Inspection::HeldUnlocked(..) => 0,
+            Inspection::Stale(_) => 1,
+            Inspection::Absent => 2,
+            Inspection::Invalid(_) => 3,
+        };
+        counts[i] += 1;
+        Ok(())
+    });
+    if !probed {
+        return 1;
     }
     say(format!(
         "PROBED {} {} {} {}",
@@ -810,26 +853,18 @@ fn role_temp() -> i32 {
     0
 }
 
-/// READY, barrier, then `sweep_orphan_temps` over the lock directory in a loop until stdin
-/// closes (at most `HOLD_MS`);
+/// `sweep_orphan_temps` over the lock directory again and again (`repeat_after_barrier`);
 /// reports `SWEPT <sweeps> <files removed>`.
 fn role_sweep() -> i32 {
     let target = target_from_env();
-    let run = Duration::from_millis(param_u64("HOLD_MS", 50));
-    say("READY");
-    barrier();
-    let stop = stop_on_stdin_eof();
-    let t0 = Instant::now();
     let (mut sweeps, mut removed) = (0u64, 0usize);
-    while t0.elapsed() < run && !stop.load(Ordering::Relaxed) {
-        match sweep_orphan_temps(&target.dir, None) {
-            Ok(paths) => removed += paths.len(),
-            Err(e) => {
-                say_error(&e);
-                return 1;
-            }
-        }
+    let swept = repeat_after_barrier(|| {
+        removed += sweep_orphan_temps(&target.dir, None)?.len();
         sweeps += 1;
+        Ok(())
+    });
+    if !swept {
+        return 1;
     }
     say(format!("SWEPT {sweeps} {removed}"));
     0

@@ -1,0 +1,61 @@
+//! What the unit tests of several modules share. Integration tests have their own in
+//! `tests/support`: they see only the public API.
+
+use std::path::PathBuf;
+
+use crate::name::LockName;
+#[cfg(any(target_os = "linux", windows))]
+use crate::os::ProcessStart;
+use crate::protocol::LockTarget;
+
+/// A small deterministic generator (xorshift64) for the fuzz tests: the same inputs every run,
+/// so a failure can be replayed.
+pub(crate) struct Xorshift(u64);
+
+impl Xorshift {
+    /// `start` must not be 0 (the generator would stay at 0).
+    pub(crate) fn new(start: u64) -> Self {
+        assert_ne!(start, 0);
+        Xorshift(start)
+    }
+
+    pub(crate) fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+/// An empty directory of its own under the system temp directory, named after the test.
+pub(crate) fn fresh_dir(label: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("pl-{label}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+/// The `backend (SHORT)` lock in a directory that does not exist yet (acquiring makes it).
+pub(crate) fn target(label: &str) -> LockTarget {
+    LockTarget::new(
+        fresh_dir(label),
+        LockName::new("backend", Some("SHORT")).unwrap(),
+    )
+}
+
+/// What the OS tells of this process's start: the same twice, not a zombie, and a wall-clock
+/// start in the last hour. Returns it.
+#[cfg(any(target_os = "linux", windows))]
+pub(crate) fn assert_own_start_is_sane(start: Option<ProcessStart>) -> ProcessStart {
+    let a = start.expect("the OS tells when this process started");
+    assert!(!a.zombie);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let wall = a.wall_ms.unwrap();
+    assert!(
+        wall <= now + 2000 && wall > now - 3_600_000,
+        "{wall} vs {now}"
+    );
+    a
+}
