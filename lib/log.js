@@ -1,5 +1,5 @@
 'use strict'
-// Where the seed's log lines go: the console by default, nowhere with `log: false` or
+// Where the [PROCESS_LOCK_*] log lines go: the console by default, nowhere with `log: false` or
 // PROCESSLOCK_LOG=silent, or to the caller's function.
 
 function levelOf(line) {

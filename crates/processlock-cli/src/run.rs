@@ -503,7 +503,7 @@ impl Relay {
     }
 }
 
-/// The seed's conflict lines, unless the recorded PID has exited while something it started
+/// The usual conflict lines, unless the recorded PID has exited while something it started
 /// (and that inherited the lock) still holds it: then `kill <pid>` would be a lie.
 fn conflict_lines(name: &LockName, holder: &Record, path: &std::path::Path) -> Vec<String> {
     if holder.pid != 0 && !judge_pid(holder).is_alive() {
