@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use processlock::{signal_holder, Acquired, Conflict, Error, LockTarget, Record};
+use processlock::{report, signal_holder, Acquired, Conflict, Error, LockTarget, Record};
 
 use crate::run::wait_sliced;
 use crate::signals;
@@ -42,7 +42,7 @@ pub fn replace(
     log(format!(
         "[PROCESS_LOCK_REPLACE] Sent SIGTERM to {name} (PID {}, started '{}'); SIGKILL in {} ms if it still holds the lock",
         holder.pid,
-        holder.started,
+        report::printable(&holder.started),
         grace.as_millis()
     ));
     let asked = Instant::now();

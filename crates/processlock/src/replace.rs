@@ -28,7 +28,8 @@ impl fmt::Display for Refusal {
         match self {
             Refusal::OtherHost(h) => write!(
                 f,
-                "the holder runs on host '{h}', not on this host; stop it there"
+                "the holder runs on host '{}', not on this host; stop it there",
+                crate::report::printable(h)
             ),
             Refusal::UnknownHost => {
                 f.write_str("the holder's record does not say which host it runs on")
