@@ -27,6 +27,7 @@ pub fn run(dir: &Path, force: bool) -> Result<i32> {
 }
 
 /// What became of one file (or of the temp files).
+#[derive(Debug)]
 enum Outcome {
     /// Nothing to do: gone already, or no temp files.
     Nothing,
@@ -222,4 +223,59 @@ fn pid_list(pids: &[u32]) -> String {
         .map(u32::to_string)
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use processlock::{acquire, record_for, LockName, LockTarget};
+
+    fn target(dir: &Path, process_type: &str) -> LockTarget {
+        let name = LockName::new(process_type, Some("SHORT")).unwrap();
+        LockTarget::new(dir.to_path_buf(), name)
+    }
+
+    #[test]
+    fn a_held_lock_is_kept_unless_forced() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = target(dir.path(), "backend");
+        let _held = acquire(&t, Some("api")).unwrap();
+        let kept = clear_one(&t.path, false);
+        assert_eq!(kept.kept_here(), Some(std::process::id()), "{kept:?}");
+        assert!(t.path.exists());
+        let forced = clear_one(&t.path, true);
+        assert_eq!(forced.forced(), Some(std::process::id()), "{forced:?}");
+        assert_eq!(forced.removed(), 1);
+        assert!(!t.path.exists());
+    }
+
+    #[test]
+    fn a_dead_holders_lock_is_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = target(dir.path(), "worker");
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        std::fs::write(&t.path, record_for(&t, dead, None).to_json()).unwrap();
+        match clear_one(&t.path, false) {
+            Outcome::RemovedStale { pid, .. } => assert_eq!(pid, dead),
+            other => panic!("{other:?}"),
+        }
+        assert!(!t.path.exists());
+    }
+
+    #[test]
+    fn files_that_are_not_lock_records_are_kept_even_when_forced() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("other-program.lock");
+        std::fs::write(&path, "not a lock record").unwrap();
+        let outcome = clear_one(&path, true);
+        assert!(outcome.unknown(), "{outcome:?}");
+        assert_eq!(outcome.removed(), 0);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "not a lock record");
+        assert!(matches!(
+            clear_one(&dir.path().join("gone.lock"), true),
+            Outcome::Nothing
+        ));
+    }
 }
