@@ -106,12 +106,20 @@ fn text(arg: &OsStr) -> Option<&str> {
     arg.to_str()
 }
 
+/// The arguments, read from left to right.
 struct Cursor {
     args: Vec<OsString>,
     next: usize,
 }
 
 impl Cursor {
+    fn new(args: impl IntoIterator<Item = OsString>) -> Cursor {
+        Cursor {
+            args: args.into_iter().collect(),
+            next: 0,
+        }
+    }
+
     fn peek(&self) -> Option<&OsString> {
         self.args.get(self.next)
     }
@@ -143,14 +151,16 @@ impl Cursor {
 
 /// Parses the arguments after the program name.
 pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Invocation, Usage> {
-    let mut cur = Cursor {
-        args: args.into_iter().collect(),
-        next: 0,
-    };
+    let mut cur = Cursor::new(args);
+    // `--dir` may come before the command or among its options.
     let mut dir: Option<PathBuf> = None;
+    let command = parse_command(&mut cur, &mut dir)?;
+    Ok(Invocation { dir, command })
+}
 
-    // Options before the command: --dir, --help, --version.
-    let name = loop {
+/// The options before the command (`--dir`, `--help`, `--version`), then the command.
+fn parse_command(cur: &mut Cursor, dir: &mut Option<PathBuf>) -> Result<Command, Usage> {
+    loop {
         let Some(arg) = cur.take() else {
             return usage("missing command: check, clear or run");
         };
@@ -159,166 +169,142 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Invocation, Usa
         };
         let (opt, inline) = split_inline(s);
         match opt {
-            "-h" | "--help" | "help" => {
-                return Ok(Invocation {
-                    dir,
-                    command: Command::Help,
-                })
-            }
-            "-V" | "--version" => {
-                return Ok(Invocation {
-                    dir,
-                    command: Command::Version,
-                })
-            }
-            "--dir" => dir = Some(dir_value(&mut cur, inline)?),
+            "-h" | "--help" | "help" => return Ok(Command::Help),
+            "-V" | "--version" => return Ok(Command::Version),
+            "--dir" => *dir = Some(dir_value(cur, inline)?),
             _ if s.starts_with('-') => return usage(format!("unknown option {s}")),
-            _ => break s.to_string(),
-        }
-    };
-
-    let command = match name.as_str() {
-        "check" => {
-            let mut json = false;
-            let mut process_type = None;
-            let mut side = None;
-            while let Some(arg) = cur.take() {
-                match option(&arg)? {
-                    ("--json", None) => json = true,
-                    ("--dir", inline) => dir = Some(dir_value(&mut cur, inline)?),
-                    ("--side", inline) => side = Some(utf8_value(&mut cur, "--side", inline)?),
-                    ("-h" | "--help", None) => return help(dir),
-                    (word, None) if !word.starts_with('-') && process_type.is_none() => {
-                        process_type = Some(word.to_string())
-                    }
-                    _ => return unexpected(&arg, "check"),
-                }
-            }
-            let lock = match (process_type, side) {
-                (Some(t), side) => Some((t, side)),
-                (None, Some(_)) => {
-                    return usage(
-                        "--side needs a lock type, e.g. processlock check backend --side SHORT",
-                    )
-                }
-                (None, None) => None,
-            };
-            Command::Check { json, lock }
-        }
-        "clear" => {
-            let mut force = false;
-            while let Some(arg) = cur.take() {
-                match option(&arg)? {
-                    ("--force" | "-f", None) => force = true,
-                    ("--dir", inline) => dir = Some(dir_value(&mut cur, inline)?),
-                    ("-h" | "--help", None) => return help(dir),
-                    _ => return unexpected(&arg, "clear"),
-                }
-            }
-            Command::Clear { force }
-        }
-        "run" => {
-            let mut process_type = None;
-            let mut side = None;
-            let mut name = None;
-            let mut wait_ms = None;
-            let mut replace = false;
-            let mut grace_ms = None;
-            let mut quiet = false;
-            let command = loop {
-                let Some(arg) = cur.peek().cloned() else {
-                    break Vec::new();
-                };
-                let s = text(&arg).unwrap_or("");
-                if s == "--" {
-                    cur.take();
-                    break cur.rest();
-                }
-                if !s.starts_with('-') || s == "-" {
-                    if process_type.is_none() {
-                        cur.take();
-                        match text(&arg) {
-                            Some(t) => process_type = Some(t.to_string()),
-                            None => return usage(format!("invalid lock type {arg:?}")),
-                        }
-                        continue;
-                    }
-                    // The command starts at the first word that is not an option.
-                    break cur.rest();
-                }
-                cur.take();
-                match option(&arg)? {
-                    ("--side", inline) => side = Some(utf8_value(&mut cur, "--side", inline)?),
-                    ("--name", inline) => name = Some(utf8_value(&mut cur, "--name", inline)?),
-                    ("--wait", inline) => {
-                        let v = utf8_value(&mut cur, "--wait", inline)?;
-                        match v.parse::<u64>() {
-                            Ok(0) => wait_ms = None,
-                            Ok(ms) => wait_ms = Some(ms),
-                            Err(_) => {
-                                return usage(format!(
-                                    "--wait takes a number of milliseconds, not {v:?}"
-                                ))
-                            }
-                        }
-                    }
-                    ("--replace", None) => replace = true,
-                    ("--grace", inline) => {
-                        let v = utf8_value(&mut cur, "--grace", inline)?;
-                        match v.parse::<u64>() {
-                            Ok(ms) => grace_ms = Some(ms),
-                            Err(_) => {
-                                return usage(format!(
-                                    "--grace takes a number of milliseconds, not {v:?}"
-                                ))
-                            }
-                        }
-                    }
-                    ("--dir", inline) => dir = Some(dir_value(&mut cur, inline)?),
-                    ("-q" | "--quiet", None) => quiet = true,
-                    ("-h" | "--help", None) => return help(dir),
-                    _ => return unexpected(&arg, "run"),
-                }
-            };
-            let Some(process_type) = process_type else {
-                return usage("run needs a lock type, e.g. processlock run backend -- <command>");
-            };
-            if command.is_empty() {
+            "check" => return parse_check(cur, dir),
+            "clear" => return parse_clear(cur, dir),
+            "run" => return parse_run(cur, dir),
+            other => {
                 return usage(format!(
-                    "run needs a command to run, e.g. processlock run {process_type} -- node server.js"
-                ));
-            }
-            if grace_ms.is_some() && !replace {
-                return usage("--grace goes with --replace");
-            }
-            if replace && wait_ms.is_some() {
-                return usage(
-                    "--replace waits for the holder by itself (see --grace); drop --wait",
-                );
-            }
-            Command::Run {
-                process_type,
-                side,
-                name,
-                wait_ms,
-                replace_grace_ms: replace.then(|| grace_ms.unwrap_or(DEFAULT_GRACE_MS)),
-                quiet,
-                command,
+                    "unknown command {other:?}: use check, clear or run"
+                ))
             }
         }
-        other => {
-            return usage(format!(
-                "unknown command {other:?}: use check, clear or run"
-            ))
-        }
-    };
-    Ok(Invocation { dir, command })
+    }
 }
 
-fn help(dir: Option<PathBuf>) -> Result<Invocation, Usage> {
-    Ok(Invocation {
-        dir,
-        command: Command::Help,
+fn parse_check(cur: &mut Cursor, dir: &mut Option<PathBuf>) -> Result<Command, Usage> {
+    let mut json = false;
+    let mut process_type = None;
+    let mut side = None;
+    while let Some(arg) = cur.take() {
+        match option(&arg)? {
+            ("--json", None) => json = true,
+            ("--dir", inline) => *dir = Some(dir_value(cur, inline)?),
+            ("--side", inline) => side = Some(utf8_value(cur, "--side", inline)?),
+            ("-h" | "--help", None) => return Ok(Command::Help),
+            (word, None) if !word.starts_with('-') && process_type.is_none() => {
+                process_type = Some(word.to_string())
+            }
+            _ => return unexpected(&arg, "check"),
+        }
+    }
+    let lock = match (process_type, side) {
+        (Some(t), side) => Some((t, side)),
+        (None, Some(_)) => {
+            return usage("--side needs a lock type, e.g. processlock check backend --side SHORT")
+        }
+        (None, None) => None,
+    };
+    Ok(Command::Check { json, lock })
+}
+
+fn parse_clear(cur: &mut Cursor, dir: &mut Option<PathBuf>) -> Result<Command, Usage> {
+    let mut force = false;
+    while let Some(arg) = cur.take() {
+        match option(&arg)? {
+            ("--force" | "-f", None) => force = true,
+            ("--dir", inline) => *dir = Some(dir_value(cur, inline)?),
+            ("-h" | "--help", None) => return Ok(Command::Help),
+            _ => return unexpected(&arg, "clear"),
+        }
+    }
+    Ok(Command::Clear { force })
+}
+
+/// `run`'s options as they are read, before they are checked against each other.
+#[derive(Default)]
+struct RunArgs {
+    process_type: Option<String>,
+    side: Option<String>,
+    name: Option<String>,
+    wait_ms: Option<u64>,
+    replace: bool,
+    grace_ms: Option<u64>,
+    quiet: bool,
+}
+
+/// `run`: its options and lock type, then the command, which starts after `--` or at the first
+/// word that is not an option once the lock type is known.
+fn parse_run(cur: &mut Cursor, dir: &mut Option<PathBuf>) -> Result<Command, Usage> {
+    let mut opts = RunArgs::default();
+    let command = loop {
+        let Some(arg) = cur.peek().cloned() else {
+            break Vec::new();
+        };
+        let s = text(&arg).unwrap_or("");
+        if s == "--" {
+            cur.take();
+            break cur.rest();
+        }
+        if !s.starts_with('-') || s == "-" {
+            if opts.process_type.is_some() {
+                break cur.rest();
+            }
+            cur.take();
+            match text(&arg) {
+                Some(t) => opts.process_type = Some(t.to_string()),
+                None => return usage(format!("invalid lock type {arg:?}")),
+            }
+            continue;
+        }
+        cur.take();
+        match option(&arg)? {
+            ("--side", inline) => opts.side = Some(utf8_value(cur, "--side", inline)?),
+            ("--name", inline) => opts.name = Some(utf8_value(cur, "--name", inline)?),
+            // 0 is the default: fail at once.
+            ("--wait", inline) => {
+                opts.wait_ms = Some(millis(cur, "--wait", inline)?).filter(|&ms| ms > 0)
+            }
+            ("--replace", None) => opts.replace = true,
+            ("--grace", inline) => opts.grace_ms = Some(millis(cur, "--grace", inline)?),
+            ("--dir", inline) => *dir = Some(dir_value(cur, inline)?),
+            ("-q" | "--quiet", None) => opts.quiet = true,
+            ("-h" | "--help", None) => return Ok(Command::Help),
+            _ => return unexpected(&arg, "run"),
+        }
+    };
+    run_command(opts, command)
+}
+
+/// Checks `run`'s options against each other and the command.
+fn run_command(opts: RunArgs, command: Vec<OsString>) -> Result<Command, Usage> {
+    let Some(process_type) = opts.process_type else {
+        return usage("run needs a lock type, e.g. processlock run backend -- <command>");
+    };
+    if command.is_empty() {
+        return usage(format!(
+            "run needs a command to run, e.g. processlock run {process_type} -- node server.js"
+        ));
+    }
+    if opts.grace_ms.is_some() && !opts.replace {
+        return usage("--grace goes with --replace");
+    }
+    if opts.replace && opts.wait_ms.is_some() {
+        return usage("--replace waits for the holder by itself (see --grace); drop --wait");
+    }
+    Ok(Command::Run {
+        process_type,
+        side: opts.side,
+        name: opts.name,
+        wait_ms: opts.wait_ms,
+        replace_grace_ms: opts
+            .replace
+            .then(|| opts.grace_ms.unwrap_or(DEFAULT_GRACE_MS)),
+        quiet: opts.quiet,
+        command,
     })
 }
 
@@ -359,6 +345,13 @@ fn utf8_value(cur: &mut Cursor, opt: &str, inline: Option<&str>) -> Result<Strin
     let v = cur.value(opt, inline)?;
     v.into_string()
         .map_err(|v| Usage(format!("invalid value {v:?} for {opt}")))
+}
+
+/// A number of milliseconds.
+fn millis(cur: &mut Cursor, opt: &str, inline: Option<&str>) -> Result<u64, Usage> {
+    let v = utf8_value(cur, opt, inline)?;
+    v.parse::<u64>()
+        .map_err(|_| Usage(format!("{opt} takes a number of milliseconds, not {v:?}")))
 }
 
 #[cfg(test)]

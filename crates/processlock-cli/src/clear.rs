@@ -13,97 +13,180 @@ use processlock::{
 /// Returns the exit status: 0, or 1 if some file could not be handled.
 pub fn run(dir: &Path, force: bool) -> Result<i32> {
     check_dir(dir)?;
-    let shown = printable(&dir.to_string_lossy()).into_owned();
     let locks = list_locks(dir)?;
-    let mut status = 0;
-    let mut removed = 0usize;
-    let mut kept: Vec<u32> = Vec::new();
-    let mut forced: Vec<u32> = Vec::new();
-    let mut kept_elsewhere = 0usize;
-    let mut unknown = 0usize;
-    for lock in &locks {
-        let name = lock
-            .path
-            .file_name()
-            .map(|n| printable(&n.to_string_lossy()).into_owned())
-            .unwrap_or_default();
-        match remove_if_stale(&lock.path) {
-            Ok(Removal::Absent) => {}
-            Ok(Removal::RemovedStale(r)) => {
-                removed += 1;
-                println!("removed stale   {name} (PID {} is not running)", r.pid);
+    // Each line as soon as its file is handled: a long clear shows its progress.
+    let outcomes: Vec<Outcome> = locks
+        .iter()
+        .map(|lock| clear_one(&lock.path, force))
+        .chain(std::iter::once_with(|| sweep_temps(dir)))
+        .inspect(Outcome::print)
+        .collect();
+    summarize(dir, !locks.is_empty(), &outcomes);
+    let failed = outcomes.iter().any(|o| matches!(o, Outcome::Failed(_)));
+    Ok(i32::from(failed))
+}
+
+/// What became of one file (or of the temp files).
+#[derive(Debug)]
+enum Outcome {
+    /// Nothing to do: gone already, or no temp files.
+    Nothing,
+    RemovedStale {
+        name: String,
+        pid: u32,
+    },
+    /// Removed with `--force`; the process keeps running.
+    RemovedHeld {
+        name: String,
+        pid: u32,
+    },
+    Kept {
+        name: String,
+        pid: u32,
+        process_name: String,
+        /// The holder's host when it is not this one.
+        host: Option<String>,
+    },
+    /// Not a lock record of processlock.
+    Unknown {
+        name: String,
+        why: String,
+    },
+    /// Not a regular file.
+    Left {
+        name: String,
+        error: Error,
+    },
+    TempsRemoved(usize),
+    Failed(Error),
+}
+
+fn clear_one(path: &Path, force: bool) -> Outcome {
+    let name = path
+        .file_name()
+        .map(|n| printable(&n.to_string_lossy()).into_owned())
+        .unwrap_or_default();
+    match remove_if_stale(path) {
+        Ok(Removal::Absent) => Outcome::Nothing,
+        Ok(Removal::RemovedStale(r)) => Outcome::RemovedStale { name, pid: r.pid },
+        Ok(Removal::Unknown(why)) => Outcome::Unknown { name, why },
+        Ok(Removal::Held(r)) if force => match force_remove(path) {
+            Ok(_) => Outcome::RemovedHeld { name, pid: r.pid },
+            Err(e) => Outcome::Failed(e),
+        },
+        Ok(Removal::Held(r)) => Outcome::Kept {
+            name,
+            pid: r.pid,
+            host: r.other_host().map(str::to_string),
+            process_name: r.process_name,
+        },
+        Err(error @ Error::NotAFile { .. }) => Outcome::Left { name, error },
+        Err(e) => Outcome::Failed(e),
+    }
+}
+
+fn sweep_temps(dir: &Path) -> Outcome {
+    match sweep_orphan_temps(dir, None) {
+        Ok(paths) if !paths.is_empty() => Outcome::TempsRemoved(paths.len()),
+        Ok(_) => Outcome::Nothing,
+        Err(e) => Outcome::Failed(e),
+    }
+}
+
+impl Outcome {
+    fn print(&self) {
+        match self {
+            Outcome::Nothing => {}
+            Outcome::RemovedStale { name, pid } => {
+                println!("removed stale   {name} (PID {pid} is not running)")
             }
-            Ok(Removal::Unknown(why)) => {
-                unknown += 1;
-                println!("kept unknown    {name} ({})", printable(&why));
+            Outcome::RemovedHeld { name, pid } => {
+                println!("removed HELD    {name} (PID {pid} keeps running)")
             }
-            Ok(Removal::Held(r)) if force => match force_remove(&lock.path) {
-                Ok(_) => {
-                    removed += 1;
-                    println!("removed HELD    {name} (PID {} keeps running)", r.pid);
-                    forced.push(r.pid);
-                }
-                Err(e) => {
-                    status = 1;
-                    eprintln!("processlock: {}", printable(&e.to_string()));
-                }
-            },
-            Ok(Removal::Held(r)) => {
-                let who = if r.process_name.is_empty() {
+            Outcome::Kept {
+                name,
+                pid,
+                process_name,
+                host,
+            } => {
+                let who = if process_name.is_empty() {
                     String::new()
                 } else {
-                    format!(", {}", printable(&r.process_name))
+                    format!(", {}", printable(process_name))
                 };
-                match r.other_host() {
-                    None => {
-                        println!(
-                            "kept            {name} (held by running PID {}{who})",
-                            r.pid
-                        );
-                        kept.push(r.pid);
-                    }
-                    Some(host) => {
-                        println!(
-                            "kept            {name} (held by PID {} on host {}{who})",
-                            r.pid,
-                            printable(host)
-                        );
-                        kept_elsewhere += 1;
-                    }
+                match host {
+                    None => println!("kept            {name} (held by running PID {pid}{who})"),
+                    Some(host) => println!(
+                        "kept            {name} (held by PID {pid} on host {}{who})",
+                        printable(host)
+                    ),
                 }
             }
-            Err(e @ Error::NotAFile { .. }) => {
-                println!("left            {name}: {}", printable(&e.to_string()));
+            Outcome::Unknown { name, why } => {
+                println!("kept unknown    {name} ({})", printable(why))
             }
-            Err(e) => {
-                status = 1;
-                eprintln!("processlock: {}", printable(&e.to_string()));
+            Outcome::Left { name, error } => {
+                println!("left            {name}: {}", printable(&error.to_string()))
             }
-        }
-    }
-    match sweep_orphan_temps(dir, None) {
-        Ok(paths) if !paths.is_empty() => {
-            removed += paths.len();
-            println!(
-                "removed {} temp file(s) left by acquirers that died",
-                paths.len()
-            );
-        }
-        Ok(_) => {}
-        Err(e) => {
-            status = 1;
-            eprintln!("processlock: {}", printable(&e.to_string()));
+            Outcome::TempsRemoved(n) => {
+                println!("removed {n} temp file(s) left by acquirers that died")
+            }
+            Outcome::Failed(e) => eprintln!("processlock: {}", printable(&e.to_string())),
         }
     }
 
-    if locks.is_empty() && removed == 0 {
+    /// How many files it removed.
+    fn removed(&self) -> usize {
+        match self {
+            Outcome::RemovedStale { .. } | Outcome::RemovedHeld { .. } => 1,
+            Outcome::TempsRemoved(n) => *n,
+            _ => 0,
+        }
+    }
+
+    /// The PID of a holder on this host whose lock was kept.
+    fn kept_here(&self) -> Option<u32> {
+        match self {
+            Outcome::Kept {
+                pid, host: None, ..
+            } => Some(*pid),
+            _ => None,
+        }
+    }
+
+    fn kept_elsewhere(&self) -> bool {
+        matches!(self, Outcome::Kept { host: Some(_), .. })
+    }
+
+    fn unknown(&self) -> bool {
+        matches!(self, Outcome::Unknown { .. })
+    }
+
+    /// The PID of a holder whose lock file `--force` removed.
+    fn forced(&self) -> Option<u32> {
+        match self {
+            Outcome::RemovedHeld { pid, .. } => Some(*pid),
+            _ => None,
+        }
+    }
+}
+
+/// The lines after the list: what was (not) done, and what to do about the files that stay.
+fn summarize(dir: &Path, found_locks: bool, outcomes: &[Outcome]) {
+    let shown = printable(&dir.to_string_lossy()).into_owned();
+    let removed: usize = outcomes.iter().map(Outcome::removed).sum();
+    if !found_locks && removed == 0 {
         if dir.is_dir() {
             println!("No locks in {shown}");
         } else {
             println!("No locks: {shown} does not exist (yet)");
         }
-        return Ok(status);
+        return;
     }
+    let kept: Vec<u32> = outcomes.iter().filter_map(Outcome::kept_here).collect();
+    let kept_elsewhere = outcomes.iter().filter(|o| o.kept_elsewhere()).count();
+    let unknown = outcomes.iter().filter(|o| o.unknown()).count();
+    let forced: Vec<u32> = outcomes.iter().filter_map(Outcome::forced).collect();
     if removed == 0 && kept.is_empty() && kept_elsewhere == 0 && unknown == 0 {
         println!("Nothing to clear in {shown}");
     } else if removed == 0 {
@@ -130,7 +213,6 @@ pub fn run(dir: &Path, force: bool) -> Result<i32> {
         eprintln!("WARNING: this only deleted the lock files; it did NOT stop the running processes ({}).", pid_list(&forced));
         eprintln!("WARNING: a second instance can now start next to them. To stop them: pm2 stop all, then processlock clear.");
     }
-    Ok(status)
 }
 
 fn pid_list(pids: &[u32]) -> String {
@@ -141,4 +223,59 @@ fn pid_list(pids: &[u32]) -> String {
         .map(u32::to_string)
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use processlock::{acquire, record_for, LockName, LockTarget};
+
+    fn target(dir: &Path, process_type: &str) -> LockTarget {
+        let name = LockName::new(process_type, Some("SHORT")).unwrap();
+        LockTarget::new(dir.to_path_buf(), name)
+    }
+
+    #[test]
+    fn a_held_lock_is_kept_unless_forced() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = target(dir.path(), "backend");
+        let _held = acquire(&t, Some("api")).unwrap();
+        let kept = clear_one(&t.path, false);
+        assert_eq!(kept.kept_here(), Some(std::process::id()), "{kept:?}");
+        assert!(t.path.exists());
+        let forced = clear_one(&t.path, true);
+        assert_eq!(forced.forced(), Some(std::process::id()), "{forced:?}");
+        assert_eq!(forced.removed(), 1);
+        assert!(!t.path.exists());
+    }
+
+    #[test]
+    fn a_dead_holders_lock_is_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = target(dir.path(), "worker");
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        std::fs::write(&t.path, record_for(&t, dead, None).to_json()).unwrap();
+        match clear_one(&t.path, false) {
+            Outcome::RemovedStale { pid, .. } => assert_eq!(pid, dead),
+            other => panic!("{other:?}"),
+        }
+        assert!(!t.path.exists());
+    }
+
+    #[test]
+    fn files_that_are_not_lock_records_are_kept_even_when_forced() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("other-program.lock");
+        std::fs::write(&path, "not a lock record").unwrap();
+        let outcome = clear_one(&path, true);
+        assert!(outcome.unknown(), "{outcome:?}");
+        assert_eq!(outcome.removed(), 0);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "not a lock record");
+        assert!(matches!(
+            clear_one(&dir.path().join("gone.lock"), true),
+            Outcome::Nothing
+        ));
+    }
 }

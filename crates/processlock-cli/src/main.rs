@@ -12,6 +12,8 @@ mod check;
 mod clear;
 mod display;
 #[cfg(unix)]
+mod errno;
+#[cfg(unix)]
 mod replace;
 #[cfg(unix)]
 mod run;

@@ -36,6 +36,7 @@ use processlock::{
     HandoverSocket, LockName, LockTarget, PendingLock, Record, Removal, DIR_ENV,
 };
 
+use crate::errno;
 use crate::signals::{self, Note};
 
 const GO: u8 = 1;
@@ -116,12 +117,63 @@ fn start(opts: Options) -> io::Result<i32> {
             return Ok(1);
         }
     };
-    let lock_fd = pending.file().as_raw_fd();
     let token = ClaimToken::new()?;
-    let token_fd = token.fd();
     // Without it (no writable temp directory), only processes that inherited the descriptors
     // can claim the lock: a launcher that closes them makes its app conflict, never co-own.
     let socket = HandoverSocket::bind().ok();
+    let inherited = [pending.file().as_raw_fd(), token.fd()];
+    let mut cmd = command_for(&command, &target, &token, inherited[0], socket.as_ref());
+    let (spawned, handshake) = spawn_holding(&mut cmd, pending, inherited, taking)?;
+    let program = command[0].to_string_lossy();
+    match handshake {
+        Handshake::Taken(acquired) => match spawned {
+            Ok(child) => {
+                let handover = socket.map(|socket| Handover { socket, token });
+                Ok(supervise(child, acquired, handover, &target, quiet))
+            }
+            Err(e) => Ok(exec_failed(acquired, &program, &e)),
+        },
+        Handshake::Aborted(signal, acquired) => abort(spawned, signal, acquired, socket),
+        Handshake::Failed(e) => Ok(refused(spawned, &e, &target)),
+        Handshake::NoChild => match spawned {
+            // Killed before it could report: nothing was locked, nothing ran.
+            Ok(mut child) => Ok(exit_like(child.wait()?)),
+            Err(e) => {
+                eprintln!("processlock: cannot start {program}: {e}");
+                Ok(1)
+            }
+        },
+    }
+}
+
+/// The command to run, told where its lock is and how to claim it.
+fn command_for(
+    command: &[OsString],
+    target: &LockTarget,
+    token: &ClaimToken,
+    lock_fd: c_int,
+    socket: Option<&HandoverSocket>,
+) -> Command {
+    let mut cmd = Command::new(&command[0]);
+    cmd.args(&command[1..]);
+    // Which descriptor holds the lock and which token lets one process of the command claim
+    // it, for a command that takes the same lock itself (it recognises its own lock instead of
+    // calling it a conflict).
+    cmd.env(INHERITED_ENV, token.env_value(lock_fd, socket));
+    // The command resolves its lock directory itself: make it the one the lock is in, whatever
+    // its working directory or entry script, so that its own acquire names the same file.
+    cmd.env(DIR_ENV, &target.dir);
+    cmd
+}
+
+/// Spawns `cmd` while a helper thread takes the lock in its name (the hand-shake above).
+/// `inherited`: the lock's descriptor and the claim token, which the command keeps on "go".
+fn spawn_holding(
+    cmd: &mut Command,
+    pending: PendingLock,
+    inherited: [c_int; 2],
+    taking: Taking,
+) -> io::Result<(io::Result<Child>, Handshake)> {
     let (pid_read, pid_write) = signals::cloexec_pipe()?;
     let (go_read, go_write) = match signals::cloexec_pipe() {
         Ok(p) => p,
@@ -131,26 +183,9 @@ fn start(opts: Options) -> io::Result<i32> {
             return Err(e);
         }
     };
-
-    let mut cmd = Command::new(&command[0]);
-    cmd.args(&command[1..]);
-    // Which descriptor holds the lock and which token lets one process of the command claim
-    // it, for a command that takes the same lock itself (it recognises its own lock instead of
-    // calling it a conflict).
-    cmd.env(INHERITED_ENV, token.env_value(lock_fd, socket.as_ref()));
-    // The command resolves its lock directory itself: make it the one the lock is in, whatever
-    // its working directory or entry script, so that its own acquire names the same file.
-    cmd.env(DIR_ENV, &target.dir);
     // SAFETY: the closure runs in the forked child and makes only async-signal-safe calls.
     unsafe {
-        cmd.pre_exec(move || {
-            child_side(
-                [lock_fd, token_fd],
-                pid_write,
-                go_read,
-                [pid_read, go_write],
-            )
-        });
+        cmd.pre_exec(move || child_side(inherited, pid_write, go_read, [pid_read, go_write]));
     }
     let helper = std::thread::spawn(move || lock_side(pending, pid_read, go_write, taking));
     let spawned = cmd.spawn();
@@ -158,55 +193,50 @@ fn start(opts: Options) -> io::Result<i32> {
     close(pid_write);
     close(go_read);
     let handshake = helper.join().unwrap_or(Handshake::NoChild);
-    let program = command[0].to_string_lossy();
+    Ok((spawned, handshake))
+}
 
-    match (spawned, handshake) {
-        (Ok(child), Handshake::Taken(acquired)) => {
-            let handover = socket.map(|socket| Handover { socket, token });
-            Ok(supervise(child, acquired, handover, &target, quiet))
-        }
-        (Err(e), Handshake::Taken(acquired)) => {
-            // The exec failed: the lock was ours for nothing.
-            let _ = acquired.lock.release();
-            eprintln!("processlock: cannot run {program}: {e}");
-            Ok(if e.kind() == io::ErrorKind::NotFound {
-                127
-            } else {
-                126
-            })
-        }
-        (spawned, Handshake::Aborted(signal, acquired)) => {
-            if let Some(a) = acquired {
-                let _ = a.lock.release();
-            }
-            if let Ok(mut child) = spawned {
-                let _ = child.wait();
-            }
-            // Dying by the signal runs no destructor: remove the socket's directory first.
-            drop(socket);
-            signals::die_by(signal)
-        }
-        (spawned, Handshake::Failed(e)) => {
-            if let Ok(mut child) = spawned {
-                let _ = child.wait();
-            }
-            if let Error::Conflict(c) = &e {
-                for line in conflict_lines(&target.name, &c.holder, &c.path) {
-                    eprintln!("{line}");
-                }
-            }
-            eprintln!("[FATAL] {e}");
-            Ok(1)
-        }
-        (Ok(mut child), Handshake::NoChild) => {
-            // Killed before it could report: nothing was locked, nothing ran.
-            Ok(exit_like(child.wait()?))
-        }
-        (Err(e), Handshake::NoChild) => {
-            eprintln!("processlock: cannot start {program}: {e}");
-            Ok(1)
+/// The lock was taken but the command could not be executed: the lock was ours for nothing.
+fn exec_failed(acquired: Acquired, program: &str, e: &io::Error) -> i32 {
+    let _ = acquired.lock.release();
+    eprintln!("processlock: cannot run {program}: {e}");
+    if e.kind() == io::ErrorKind::NotFound {
+        127
+    } else {
+        126
+    }
+}
+
+/// A signal arrived before the command was started: let go of everything and die by it.
+fn abort(
+    spawned: io::Result<Child>,
+    signal: c_int,
+    acquired: Option<Acquired>,
+    socket: Option<HandoverSocket>,
+) -> ! {
+    if let Some(a) = acquired {
+        let _ = a.lock.release();
+    }
+    if let Ok(mut child) = spawned {
+        let _ = child.wait();
+    }
+    // Dying by the signal runs no destructor: remove the socket's directory first.
+    drop(socket);
+    signals::die_by(signal)
+}
+
+/// The lock could not be taken (a conflict, an error); the child was told to stop.
+fn refused(spawned: io::Result<Child>, e: &Error, target: &LockTarget) -> i32 {
+    if let Ok(mut child) = spawned {
+        let _ = child.wait();
+    }
+    if let Error::Conflict(c) = e {
+        for line in conflict_lines(&target.name, &c.holder, &c.path) {
+            eprintln!("{line}");
         }
     }
+    eprintln!("[FATAL] {e}");
+    1
 }
 
 /// In the child, between fork and exec. Async-signal-safe calls only. `inherited`: the lock's
@@ -235,7 +265,7 @@ fn child_side(
         let mut answer = [STOP; 1];
         loop {
             let n = libc::read(go_read, answer.as_mut_ptr().cast(), 1);
-            if n == -1 && *errno_ptr() == libc::EINTR {
+            if n == -1 && errno::get() == libc::EINTR {
                 continue;
             }
             if n == 0 {
@@ -257,16 +287,6 @@ fn child_side(
         }
     }
     Ok(())
-}
-
-#[cfg(any(target_os = "linux", target_os = "android"))]
-unsafe fn errno_ptr() -> *mut c_int {
-    libc::__errno_location()
-}
-
-#[cfg(not(any(target_os = "linux", target_os = "android")))]
-unsafe fn errno_ptr() -> *mut c_int {
-    libc::__error()
 }
 
 /// In a helper thread while the main thread is inside `Command::spawn`.

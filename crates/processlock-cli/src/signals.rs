@@ -11,6 +11,8 @@ use std::io;
 use std::os::raw::{c_int, c_void};
 use std::sync::atomic::{AtomicI32, Ordering};
 
+use crate::errno;
+
 /// The signals `run` passes on to its command.
 pub const FORWARDED: [c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
 
@@ -238,27 +240,6 @@ pub unsafe fn reset_in_child() {
         action.sa_sigaction = libc::SIG_DFL;
         libc::sigemptyset(&mut action.sa_mask);
         libc::sigaction(signal, &action, std::ptr::null_mut());
-    }
-}
-
-mod errno {
-    #[cfg(any(target_os = "linux", target_os = "android"))]
-    unsafe fn location() -> *mut libc::c_int {
-        libc::__errno_location()
-    }
-    #[cfg(any(target_os = "macos", target_os = "ios", target_os = "freebsd"))]
-    unsafe fn location() -> *mut libc::c_int {
-        libc::__error()
-    }
-
-    pub fn get() -> libc::c_int {
-        // SAFETY: the thread's own errno.
-        unsafe { *location() }
-    }
-
-    pub fn set(value: libc::c_int) {
-        // SAFETY: the thread's own errno.
-        unsafe { *location() = value }
     }
 }
 

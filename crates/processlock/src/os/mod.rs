@@ -5,6 +5,9 @@
 
 use std::fs::File;
 use std::io::{self, Read};
+use std::time::{Duration, Instant};
+
+use crate::wait::Cancel;
 
 #[cfg(unix)]
 mod unix;
@@ -124,4 +127,30 @@ pub enum Woke {
     Cancelled,
     /// The wait was asked to stop and let the caller look again.
     Nudged,
+}
+
+/// How often a wait that cannot block on the lock looks again.
+const POLL: Duration = Duration::from_millis(1);
+
+/// The waits' fallback where no blocking request can be made or interrupted: `free_now` (a
+/// non-blocking look that drops at once any lock it is granted) every `POLL`, until it says the
+/// lock is free, `until` has passed, or `cancel` interrupts the wait that saw `seen` nudges.
+fn poll_until_free(
+    until: Instant,
+    cancel: &Cancel,
+    seen: u64,
+    mut free_now: impl FnMut() -> io::Result<bool>,
+) -> io::Result<Woke> {
+    loop {
+        if let Some(reason) = cancel.stop_reason(until, seen) {
+            return Ok(reason);
+        }
+        cancel.sleep(
+            POLL.min(until.saturating_duration_since(Instant::now())),
+            seen,
+        );
+        if free_now()? {
+            return Ok(Woke::Free { blocked: true });
+        }
+    }
 }

@@ -4,18 +4,15 @@
 //! holder's exclusive lock goes. A blocked `flock` can only be cut short by a signal, so on Linux
 //! the waiting thread gets a real-time signal from a timer of its own (see `linux`). Elsewhere
 //! (macOS has no real-time signals), or when Linux cannot give us a signal or a timer, the wait
-//! falls back to a non-blocking attempt every `POLL`.
+//! falls back to polling (`poll_until_free`).
 
 use std::fs::File;
 use std::io;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use super::{try_lock, unlock, Woke};
+use super::{poll_until_free, try_lock, unlock, Woke};
 use crate::wait::Cancel;
-
-/// The polling interval of the fallback.
-const POLL: Duration = Duration::from_millis(1);
 
 /// Opens the file at the lock path for waiting on its lock. A shared lock needs no write access.
 pub fn open_for_wait(path: &Path) -> io::Result<File> {
@@ -25,31 +22,23 @@ pub fn open_for_wait(path: &Path) -> io::Result<File> {
 /// Blocks until the file's lock is free, `until` has passed, or `cancel` interrupts the wait
 /// that saw `seen` nudges. Never keeps a lock: a granted shared lock is dropped at once.
 pub fn wait_unlocked(file: &File, until: Instant, cancel: &Cancel, seen: u64) -> io::Result<Woke> {
-    if try_lock(file, false)? {
-        unlock(file)?;
+    if free_now(file)? {
         return Ok(Woke::Free { blocked: false });
     }
     #[cfg(target_os = "linux")]
     if let Some(woke) = linux::wait(file, until, cancel, seen) {
         return woke;
     }
-    poll(file, until, cancel, seen)
+    poll_until_free(until, cancel, seen, || free_now(file))
 }
 
-fn poll(file: &File, until: Instant, cancel: &Cancel, seen: u64) -> io::Result<Woke> {
-    loop {
-        if let Some(reason) = cancel.stop_reason(until, seen) {
-            return Ok(reason);
-        }
-        cancel.sleep(
-            POLL.min(until.saturating_duration_since(Instant::now())),
-            seen,
-        );
-        if try_lock(file, false)? {
-            unlock(file)?;
-            return Ok(Woke::Free { blocked: true });
-        }
+/// Whether a shared lock can be had at once (dropped again at once).
+fn free_now(file: &File) -> io::Result<bool> {
+    if !try_lock(file, false)? {
+        return Ok(false);
     }
+    unlock(file)?;
+    Ok(true)
 }
 
 #[cfg(target_os = "linux")]

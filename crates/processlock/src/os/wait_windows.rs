@@ -9,7 +9,7 @@
 //!
 //! Wine (8) has no asynchronous lock waits: a pending `LockFileEx` is never completed. Under
 //! Wine, and wherever a waiting `LockFileEx` is refused at once instead of pending, the wait falls
-//! back to a non-blocking attempt every `POLL`. Either way a wait lasts at most the slice its
+//! back to polling (`poll_until_free`). Either way a wait lasts at most the slice its
 //! caller gives it (see `wait.rs`), so no answer of the system can make it hang.
 
 use std::fs::File;
@@ -17,7 +17,7 @@ use std::io;
 use std::os::windows::io::{AsRawHandle, FromRawHandle, OwnedHandle};
 use std::path::Path;
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use windows_sys::Win32::Foundation::{
     ERROR_IO_PENDING, ERROR_LOCK_VIOLATION, HANDLE, WAIT_FAILED, WAIT_OBJECT_0, WAIT_TIMEOUT,
@@ -30,11 +30,8 @@ use windows_sys::Win32::System::Threading::{CreateEventW, SetEvent, WaitForMulti
 use windows_sys::Win32::System::IO::{CancelIoEx, GetOverlappedResult, OVERLAPPED};
 
 use super::windows::{options, overlapped_at, refuse_reparse_point, LOCK_LEN, LOCK_OFFSET};
-use super::Woke;
+use super::{poll_until_free, Woke};
 use crate::wait::Cancel;
-
-/// The polling interval of the fallback.
-const POLL: Duration = Duration::from_millis(1);
 
 /// Opens the file at the lock path for waiting on its lock: read-only (a shared lock needs no
 /// more), overlapped, never through a reparse point.
@@ -110,7 +107,7 @@ pub fn wait_unlocked(file: &File, until: Instant, cancel: &Cancel, seen: u64) ->
         if try_shared(file)? {
             return Ok(Woke::Free { blocked: false });
         }
-        return poll(file, until, cancel, seen);
+        return poll_until_free(until, cancel, seen, || try_shared(file));
     }
     let h = file.as_raw_handle() as HANDLE;
     let mut ov = request(&granted);
@@ -123,7 +120,7 @@ pub fn wait_unlocked(file: &File, until: Instant, cancel: &Cancel, seen: u64) ->
     }
     let e = io::Error::last_os_error();
     if e.raw_os_error() == Some(ERROR_LOCK_VIOLATION as i32) {
-        return poll(file, until, cancel, seen);
+        return poll_until_free(until, cancel, seen, || try_shared(file));
     }
     if e.raw_os_error() != Some(ERROR_IO_PENDING as i32) {
         return Err(e);
@@ -153,7 +150,7 @@ pub fn wait_unlocked(file: &File, until: Instant, cancel: &Cancel, seen: u64) ->
             let e = io::Error::last_os_error();
             if e.raw_os_error() == Some(ERROR_LOCK_VIOLATION as i32) {
                 // Completed as refused (Wine): no waiting request here.
-                return poll(file, until, cancel, seen);
+                return poll_until_free(until, cancel, seen, || try_shared(file));
             }
             return Err(e);
         }
@@ -213,19 +210,4 @@ fn try_shared(file: &File) -> io::Result<bool> {
         unlock(file)?;
     }
     Ok(granted)
-}
-
-fn poll(file: &File, until: Instant, cancel: &Cancel, seen: u64) -> io::Result<Woke> {
-    loop {
-        if let Some(reason) = cancel.stop_reason(until, seen) {
-            return Ok(reason);
-        }
-        cancel.sleep(
-            POLL.min(until.saturating_duration_since(Instant::now())),
-            seen,
-        );
-        if try_shared(file)? {
-            return Ok(Woke::Free { blocked: true });
-        }
-    }
 }
