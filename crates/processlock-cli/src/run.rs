@@ -261,12 +261,14 @@ fn child_side(
 
 #[cfg(any(target_os = "linux", target_os = "android"))]
 unsafe fn errno_ptr() -> *mut c_int {
-    libc::__errno_location()
+    // SAFETY: returns the address of the calling thread's errno; it has no precondition.
+    unsafe { libc::__errno_location() }
 }
 
 #[cfg(not(any(target_os = "linux", target_os = "android")))]
 unsafe fn errno_ptr() -> *mut c_int {
-    libc::__error()
+    // SAFETY: returns the address of the calling thread's errno; it has no precondition.
+    unsafe { libc::__error() }
 }
 
 /// In a helper thread while the main thread is inside `Command::spawn`.
@@ -533,6 +535,7 @@ mod tests {
     #[test]
     fn kernel_signals_are_not_doubled_and_parent_relays_are_dropped() {
         let mut relay = Relay::default();
+        // SAFETY: getppid takes no argument and cannot fail.
         let parent = unsafe { libc::getppid() };
         let from_tty = Note {
             signal: libc::SIGINT,

@@ -139,6 +139,7 @@ fn a_fifo_at_the_lock_path_is_refused_without_blocking() {
     let t = dir.target("backend", Some("short"));
     fs::create_dir_all(&t.dir).unwrap();
     let c = CString::new(t.path.as_os_str().as_bytes()).unwrap();
+    // SAFETY: `c` is a NUL-terminated path that outlives the call, which only reads it.
     assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
 
     let (tx, rx) = mpsc::channel();
@@ -230,15 +231,11 @@ fn unreadable_files_without_a_holder_are_taken_over() {
 /// cheaper protocol variant): never removed, reported as a conflict with an unknown holder.
 #[test]
 fn an_unreadable_file_that_is_held_is_not_taken_over() {
-    use std::os::unix::io::AsRawFd;
     let dir = TestDir::new("invalid-held");
     let t = dir.target("backend", None);
     fs::create_dir_all(&t.dir).unwrap();
     let f = fs::File::create(&t.path).unwrap();
-    assert_eq!(
-        unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) },
-        0
-    );
+    f.try_lock().unwrap();
     let mut p = Proc::acquirer(&t, "release");
     assert_eq!(p.outcome(), Outcome::Conflict { holder: 0 });
     p.wait_success();

@@ -325,6 +325,7 @@ fn trade_sides_are_separate_locks() {
 /// may not open for writing) is alive; its dead holder's file is still taken over. Needs root.
 #[test]
 fn another_users_lock_is_respected_and_its_stale_file_taken_over() {
+    // SAFETY: geteuid takes no argument and cannot fail.
     if unsafe { libc::geteuid() } != 0 {
         eprintln!("skipped: needs root to run a child as another user");
         return;
@@ -407,6 +408,8 @@ fn an_inherited_descriptor_keeps_the_lock_after_the_taker_dies() {
     other.wait_success();
 
     // The heir dies (it is not our child: wait until it is gone or a zombie).
+    // SAFETY: kill takes no pointer; the heir is still alive (it holds the lock until now), so its
+    // PID names it.
     assert_eq!(unsafe { libc::kill(heir as libc::pid_t, libc::SIGKILL) }, 0);
     let deadline = std::time::Instant::now() + support::TIMEOUT;
     while support::proc_state(heir).is_some_and(|s| s != 'Z') {
@@ -430,6 +433,7 @@ fn an_inherited_descriptor_keeps_the_lock_after_the_taker_dies() {
 /// root.
 #[test]
 fn another_user_without_permission_gets_lock_io_and_leaves_nothing() {
+    // SAFETY: geteuid takes no argument and cannot fail.
     if unsafe { libc::geteuid() } != 0 {
         eprintln!("skipped: needs root to run a child as another user");
         return;

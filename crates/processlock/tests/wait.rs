@@ -70,6 +70,8 @@ fn touched_signals() -> Vec<&'static str> {
     ];
     named
         .into_iter()
+        // SAFETY: a zeroed sigaction is a valid value (no handler, empty mask), and with a null
+        // new action the call only writes the current one into `old`.
         .filter(|(sig, _)| unsafe {
             let mut old: libc::sigaction = std::mem::zeroed();
             libc::sigaction(*sig, std::ptr::null(), &mut old);

@@ -42,6 +42,7 @@ fn boot_time_s() -> Option<i64> {
 }
 
 fn clock_ticks() -> u64 {
+    // SAFETY: sysconf takes no pointer and only reads a configuration value.
     let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     if t > 0 {
         t as u64
