@@ -11,7 +11,8 @@ use std::path::Path;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use processlock::{acquire, force_remove, inspect, list_locks, Error, Inspection, LockState};
+use processlock::testing::acquire;
+use processlock::{force_remove, inspect, list_locks, Error, Inspection, LockState};
 use support::{Outcome, Proc, TestDir};
 
 #[test]

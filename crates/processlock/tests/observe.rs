@@ -7,8 +7,9 @@ use std::fs;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use processlock::testing::acquire;
 use processlock::{
-    acquire, inspect, list_locks, own_record, sweep_orphan_temps, Error, Inspection, LockState,
+    inspect, list_locks, own_record, sweep_orphan_temps, Error, Inspection, LockState,
 };
 use support::{Outcome, Proc, TestDir};
 

@@ -5,9 +5,9 @@ mod support;
 
 use std::fs;
 
+use processlock::testing::{acquire, start_token, PROTOCOL};
 use processlock::{
-    acquire, force_remove, inspect, parse_record, start_token, Error, Inspection, Parsed, Registry,
-    Release, PROTOCOL,
+    force_remove, inspect, parse_record, Error, Inspection, Parsed, Registry, Release,
 };
 use support::{Outcome, Proc, TestDir};
 

@@ -13,9 +13,8 @@ use std::io::{self, Write};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use processlock::{
-    acquire, acquire_wait, force_remove, record_for, Cancel, Error, LockName, LockTarget,
-};
+use processlock::testing::{acquire, acquire_wait};
+use processlock::{force_remove, record_for, Cancel, Error, LockName, LockTarget};
 use support::{assert_no_overlap, lock_params, mono_ns, Interval, Proc, TestDir, ROLE_ENV};
 
 /// The multi-process tests run one at a time: on two cores their children would slow each

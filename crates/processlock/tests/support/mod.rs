@@ -18,9 +18,8 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use processlock::{
-    acquire, inspect, sweep_orphan_temps, Error, Event, Inspection, LockName, LockTarget,
-};
+use processlock::testing::acquire;
+use processlock::{inspect, sweep_orphan_temps, Error, Event, Inspection, LockName, LockTarget};
 
 pub const ROLE_ENV: &str = "PROCESSLOCK_IT_ROLE";
 const PARAM_PREFIX: &str = "PROCESSLOCK_IT_";
