@@ -88,7 +88,9 @@ pub fn open_for_probe(path: &Path) -> io::Result<File> {
 ///
 /// std's lock calls are `flock(2)` on Unix, which is what the protocol needs: the lock belongs to
 /// the open file description, so it is released however the owner dies, and a descriptor
-/// passed to a child keeps it.
+/// passed to a child keeps it. std reserves the right to change that mapping; per-process
+/// `fcntl` locks would let a second open in the same process through, which the core's tests
+/// of a second acquire in one process would catch.
 pub fn try_lock(file: &File, exclusive: bool) -> io::Result<bool> {
     loop {
         let tried = if exclusive {
