@@ -228,7 +228,8 @@ fn pid_list(pids: &[u32]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use processlock::{acquire, record_for, LockName, LockTarget};
+    use processlock::testing::acquire;
+    use processlock::{record_for, LockName, LockTarget};
 
     fn target(dir: &Path, process_type: &str) -> LockTarget {
         let name = LockName::new(process_type, Some("SHORT")).unwrap();

@@ -553,6 +553,7 @@ mod tests {
     #[test]
     fn kernel_signals_are_not_doubled_and_parent_relays_are_dropped() {
         let mut relay = Relay::default();
+        // SAFETY: getppid takes no argument and cannot fail.
         let parent = unsafe { libc::getppid() };
         let from_tty = Note {
             signal: libc::SIGINT,

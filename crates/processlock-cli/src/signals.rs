@@ -236,10 +236,14 @@ pub fn die_by(signal: c_int) -> ! {
 /// Only to be called in a freshly forked child.
 pub unsafe fn reset_in_child() {
     for signal in FORWARDED.into_iter().chain([libc::SIGCHLD]) {
-        let mut action: libc::sigaction = std::mem::zeroed();
-        action.sa_sigaction = libc::SIG_DFL;
-        libc::sigemptyset(&mut action.sa_mask);
-        libc::sigaction(signal, &action, std::ptr::null_mut());
+        // SAFETY: a zeroed sigaction is a valid value; sigemptyset and sigaction only use
+        // pointers to this local struct and are async-signal-safe, as a forked child requires.
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = libc::SIG_DFL;
+            libc::sigemptyset(&mut action.sa_mask);
+            libc::sigaction(signal, &action, std::ptr::null_mut());
+        }
     }
 }
 

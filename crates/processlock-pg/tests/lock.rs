@@ -213,7 +213,10 @@ fn the_holder_is_named_across_processes_and_hosts() {
             assert_eq!(c.holder.trade_side.as_deref(), Some("SHORT"));
             assert_eq!(c.holder.process_name, "trader-short-backend");
             assert_eq!(c.holder.hostname.as_deref(), Some(host_a.as_str()));
-            assert_eq!(c.holder.start_token, processlock::start_token(a.pid));
+            assert_eq!(
+                c.holder.start_token,
+                processlock::testing::start_token(a.pid)
+            );
             assert_eq!(c.fencing_token.as_deref(), Some(token_a.as_str()));
             assert_eq!(c.client_addr.as_deref(), Some("127.0.0.1"));
             assert_eq!(c.waited_ms, 0);

@@ -14,7 +14,8 @@
 use std::io::Write;
 use std::time::Duration;
 
-use processlock::{acquire, Error, LockName, LockTarget};
+use processlock::testing::acquire;
+use processlock::{Error, LockName, LockTarget};
 
 fn mono_ns() -> u64 {
     let mut ts = libc::timespec {

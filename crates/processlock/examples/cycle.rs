@@ -2,7 +2,8 @@
 //! benchmark's cycle that is ours to optimise. `cargo run --release --example cycle -- DIR N`.
 use std::time::Instant;
 
-use processlock::{acquire, LockName, LockTarget};
+use processlock::testing::acquire;
+use processlock::{LockName, LockTarget};
 
 fn main() {
     let mut args = std::env::args().skip(1);

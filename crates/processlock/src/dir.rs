@@ -10,7 +10,7 @@ pub const DIR_ENV: &str = "PROCESSLOCK_DIR";
 /// `runtime/locks` under the nearest ancestor of `cwd` that holds a `package.json`, else under
 /// `cwd` itself. A service started from a sub-directory of its project still finds the project's
 /// locks.
-pub fn default_dir(cwd: &Path) -> PathBuf {
+pub(crate) fn default_dir(cwd: &Path) -> PathBuf {
     package_root(cwd)
         .unwrap_or(cwd)
         .join("runtime")
@@ -130,7 +130,7 @@ const NOT_A_DIRECTORY: i32 = 267;
 
 /// Creates the directory (and its parents) when missing, without write access for group or
 /// others whatever the umask. A file in its place is an error, not something to replace.
-pub fn ensure_dir(dir: &Path) -> Result<()> {
+pub(crate) fn ensure_dir(dir: &Path) -> Result<()> {
     match std::fs::metadata(dir) {
         Ok(m) if m.is_dir() => Ok(()),
         Ok(_) => Err(Error::io(

@@ -107,7 +107,7 @@ mod tests {
     use crate::liveness::start_token;
     use crate::protocol::{inspect, record_for, Inspection};
     use crate::record::{parse_record, Parsed};
-    use crate::testing::target;
+    use crate::test_support::target;
 
     #[test]
     fn nothing_is_visible_until_commit_and_the_record_names_the_given_pid() {

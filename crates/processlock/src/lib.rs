@@ -29,31 +29,44 @@ mod replace;
 pub mod report;
 mod temp;
 #[cfg(test)]
-mod testing;
+mod test_support;
 mod wait;
+
+// The public surface is what the Node binding, the `processlock` command and the PostgreSQL
+// backend use, plus the types that appear in those signatures. Everything else is crate-private.
 
 pub use clear::{remove_if_stale, Removal};
 pub use clock::parse_iso8601_ms;
-pub use dir::{
-    app_default_dir, default_dir, ensure_dir, real_dir, resolve_dir, resolve_dir_or, DIR_ENV,
-};
+pub use dir::{app_default_dir, real_dir, resolve_dir, resolve_dir_or, DIR_ENV};
 pub use error::{Conflict, DirProblem, Error, Result};
 pub use handoff::PendingLock;
 pub use inherit::INHERITED_ENV;
 #[cfg(unix)]
 pub use inherit::{ClaimToken, HandoverSocket};
 pub use list::{list_locks, LockState, LockStatus};
-pub use liveness::{judge_pid, start_token, PidState};
-pub use name::{check_process_name, LockName, MAX_PROCESS_NAME_LEN, SIDE_ENV};
+pub use liveness::{judge_pid, PidState};
+pub use name::{check_process_name, LockName};
 pub use perms::check_dir;
 pub use protocol::{
-    acquire, force_remove, inspect, own_record, record_for, Acquired, Event, HeldLock, Inspection,
+    force_remove, inspect, own_record, record_for, Acquired, Event, HeldLock, Inspection,
     LockTarget,
 };
-pub use record::{parse_record, Parsed, Record, PROTOCOL};
+pub use record::{parse_record, Parsed, Record};
 pub use registry::{Holder, Registry, Release, Taken};
 #[cfg(unix)]
 pub use replace::signal_holder;
-pub use replace::{check_replaceable, Refusal};
+pub use replace::Refusal;
 pub use temp::sweep_orphan_temps;
-pub use wait::{acquire_wait, wait_for, Cancel};
+pub use wait::{wait_for, Cancel};
+
+/// What the tests (of this crate and of the crates built on it) and the benchmark examples reach
+/// into: the protocol's entry points below the registry, and facts they check records against.
+/// Not part of the API.
+#[doc(hidden)]
+pub mod testing {
+    pub use crate::liveness::start_token;
+    pub use crate::name::MAX_PROCESS_NAME_LEN;
+    pub use crate::protocol::acquire;
+    pub use crate::record::PROTOCOL;
+    pub use crate::wait::acquire_wait;
+}

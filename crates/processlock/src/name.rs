@@ -3,7 +3,7 @@
 use crate::error::{Error, Result};
 
 /// The environment variable that gives the trade side when none is passed.
-pub const SIDE_ENV: &str = "TRADE_SIDE";
+pub(crate) const SIDE_ENV: &str = "TRADE_SIDE";
 
 const MAX_TYPE_LEN: usize = 64;
 const MAX_SIDE_LEN: usize = 32;
@@ -137,7 +137,7 @@ fn check(field: &'static str, value: &str, max: usize) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::Xorshift;
+    use crate::test_support::Xorshift;
 
     #[test]
     fn file_names_and_display() {

@@ -123,7 +123,7 @@ fn valid_pid(pid: u32) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::Xorshift;
+    use crate::test_support::Xorshift;
 
     fn ours() -> Record {
         Record {

@@ -45,7 +45,9 @@ impl fmt::Display for Refusal {
 }
 
 /// Whether the process `holder` names may be signalled: same host, same process.
-pub fn check_replaceable(holder: &Record) -> Result<(), Refusal> {
+// Only `signal_holder` asks, and there is none on Windows.
+#[cfg_attr(not(unix), allow(dead_code))]
+pub(crate) fn check_replaceable(holder: &Record) -> Result<(), Refusal> {
     let ours = host_name().ok_or(Refusal::UnknownHost)?;
     match holder.hostname.as_deref() {
         Some(h) if h == ours => {}

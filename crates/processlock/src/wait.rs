@@ -259,7 +259,7 @@ fn wait_turn(target: &LockTarget, until: Instant, cancel: &Cancel, seen: u64) ->
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::target;
+    use crate::test_support::target;
 
     #[test]
     fn a_free_lock_is_taken_at_once() {

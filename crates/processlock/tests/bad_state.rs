@@ -11,7 +11,8 @@ use std::path::Path;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use processlock::{acquire, force_remove, inspect, list_locks, Error, Inspection, LockState};
+use processlock::testing::acquire;
+use processlock::{force_remove, inspect, list_locks, Error, Inspection, LockState};
 use support::{Outcome, Proc, TestDir};
 
 #[test]
@@ -136,6 +137,7 @@ fn a_fifo_at_the_lock_path_is_refused_without_blocking() {
     let dir = TestDir::new("fifo");
     let t = dir.made_target("backend", Some("short"));
     let c = CString::new(t.path.as_os_str().as_bytes()).unwrap();
+    // SAFETY: `c` is a NUL-terminated path that outlives the call, which only reads it.
     assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
 
     let (tx, rx) = mpsc::channel();
@@ -226,14 +228,10 @@ fn unreadable_files_without_a_holder_are_taken_over() {
 /// cheaper protocol variant): never removed, reported as a conflict with an unknown holder.
 #[test]
 fn an_unreadable_file_that_is_held_is_not_taken_over() {
-    use std::os::unix::io::AsRawFd;
     let dir = TestDir::new("invalid-held");
     let t = dir.made_target("backend", None);
     let f = fs::File::create(&t.path).unwrap();
-    assert_eq!(
-        unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) },
-        0
-    );
+    f.try_lock().unwrap();
     let mut p = Proc::acquirer(&t, "release");
     assert_eq!(p.outcome(), Outcome::Conflict { holder: 0 });
     p.wait_success();

@@ -9,9 +9,10 @@ use std::fs;
 use std::io::{self, Write};
 use std::time::{Duration, Instant, SystemTime};
 
+use processlock::testing::{acquire, acquire_wait, start_token};
 use processlock::{
-    acquire, acquire_wait, inspect, list_locks, remove_if_stale, start_token, Cancel, Error, Event,
-    Inspection, LockName, LockState, LockTarget, Removal,
+    inspect, list_locks, remove_if_stale, Cancel, Error, Event, Inspection, LockName, LockState,
+    LockTarget, Removal,
 };
 use support::{Proc, TestDir, ROLE_ENV};
 

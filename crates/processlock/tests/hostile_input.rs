@@ -3,7 +3,8 @@
 
 mod support;
 
-use processlock::{acquire, inspect, Inspection, MAX_PROCESS_NAME_LEN};
+use processlock::testing::{acquire, MAX_PROCESS_NAME_LEN};
+use processlock::{inspect, Inspection};
 use support::TestDir;
 
 #[test]

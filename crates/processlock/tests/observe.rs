@@ -7,8 +7,9 @@ use std::fs;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use processlock::testing::acquire;
 use processlock::{
-    acquire, inspect, list_locks, own_record, sweep_orphan_temps, Error, Inspection, LockState,
+    inspect, list_locks, own_record, sweep_orphan_temps, Error, Inspection, LockState,
 };
 use support::{Outcome, Proc, TestDir};
 
@@ -84,7 +85,6 @@ fn orphan_temps_of_dead_acquirers_are_swept_and_live_ones_kept() {
 /// one thread and keeps trying the lock like the creator would in another.
 #[test]
 fn a_sweep_never_locks_a_live_creators_young_temp() {
-    use std::os::unix::io::AsRawFd;
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
     let dir = TestDir::new("sweep-no-lock");
@@ -111,8 +111,8 @@ fn a_sweep_never_locks_a_live_creators_young_temp() {
     let (mut tries, mut refused) = (0u64, 0u64);
     while t0.elapsed() < Duration::from_millis(300) {
         tries += 1;
-        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-            unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_UN) };
+        if f.try_lock().is_ok() {
+            f.unlock().unwrap();
         } else {
             refused += 1;
             if refused >= 3 {

@@ -6,9 +6,9 @@ mod support;
 
 use std::fs;
 
+use processlock::testing::{acquire, start_token, PROTOCOL};
 use processlock::{
-    acquire, force_remove, inspect, parse_record, start_token, Error, Inspection, LockTarget,
-    Parsed, Registry, Release, PROTOCOL,
+    force_remove, inspect, parse_record, Error, Inspection, LockTarget, Parsed, Registry, Release,
 };
 use support::{Outcome, Proc, TestDir};
 
@@ -395,6 +395,8 @@ fn an_inherited_descriptor_keeps_the_lock_after_the_taker_dies() {
     other.wait_success();
 
     // The heir dies (it is not our child: wait until it is gone or a zombie).
+    // SAFETY: kill takes no pointer; the heir is still alive (it holds the lock until now), so its
+    // PID names it.
     assert_eq!(unsafe { libc::kill(heir as libc::pid_t, libc::SIGKILL) }, 0);
     let deadline = std::time::Instant::now() + support::TIMEOUT;
     while support::proc_state(heir).is_some_and(|s| s != 'Z') {

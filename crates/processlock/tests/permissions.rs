@@ -9,7 +9,8 @@ use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use processlock::{acquire, DirProblem, Error, LockName, LockTarget};
+use processlock::testing::acquire;
+use processlock::{DirProblem, Error, LockName, LockTarget};
 use support::{Outcome, Proc, TestDir};
 
 #[test]

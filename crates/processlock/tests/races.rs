@@ -303,7 +303,7 @@ fn a_contended_loop_of_stale_takeovers_never_overlaps() {
     let gap = assert_no_overlap("stale loop", &all);
     // The last owner's file is still there, stale.
     let last = all.iter().max_by_key(|i| i.start).unwrap().pid;
-    let a = processlock::acquire(&t, None).unwrap();
+    let a = processlock::testing::acquire(&t, None).unwrap();
     assert_eq!(a.events, [processlock::Event::StaleRemoved { pid: last }]);
     assert!(a.lock.release().unwrap());
     dir.assert_no_temps();

@@ -14,7 +14,8 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use processlock::{acquire, acquire_wait, force_remove, Cancel, Error, LockName, LockTarget};
+use processlock::testing::{acquire, acquire_wait};
+use processlock::{force_remove, Cancel, Error, LockName, LockTarget};
 use support::{Outcome, Proc, TestDir, ROLE_ENV};
 
 /// The lock file name every test here uses (`backend` without a side).

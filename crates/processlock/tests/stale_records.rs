@@ -7,9 +7,9 @@ use std::fs;
 use std::sync::{RwLock, RwLockReadGuard};
 use std::time::Duration;
 
+use processlock::testing::{start_token, PROTOCOL};
 use processlock::{
-    inspect, judge_pid, own_record, parse_record, start_token, Inspection, LockTarget, Parsed,
-    PidState, Record, PROTOCOL,
+    inspect, judge_pid, own_record, parse_record, Inspection, LockTarget, Parsed, PidState, Record,
 };
 use support::{pid_exists, Outcome, Proc, TestDir};
 

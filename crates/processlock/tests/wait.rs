@@ -13,9 +13,8 @@ use std::io::{self, Write};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use processlock::{
-    acquire, acquire_wait, force_remove, record_for, Cancel, Error, LockName, LockTarget,
-};
+use processlock::testing::{acquire, acquire_wait};
+use processlock::{force_remove, record_for, Cancel, Error, LockName, LockTarget};
 use support::{assert_no_overlap, lock_params, mono_ns, Interval, Proc, TestDir, ROLE_ENV};
 
 /// The multi-process tests run one at a time: on two cores their children would slow each
@@ -70,6 +69,8 @@ fn touched_signals() -> Vec<&'static str> {
     ];
     named
         .into_iter()
+        // SAFETY: a zeroed sigaction is a valid value (no handler, empty mask), and with a null
+        // new action the call only writes the current one into `old`.
         .filter(|(sig, _)| unsafe {
             let mut old: libc::sigaction = std::mem::zeroed();
             libc::sigaction(*sig, std::ptr::null(), &mut old);

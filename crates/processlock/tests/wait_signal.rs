@@ -9,7 +9,8 @@
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use processlock::{acquire, acquire_wait, Acquired, Cancel, Error, LockName, LockTarget};
+use processlock::testing::{acquire, acquire_wait};
+use processlock::{Acquired, Cancel, Error, LockName, LockTarget};
 
 /// The signals this process catches, as a bit mask (bit n-1 for signal n).
 fn caught() -> u64 {

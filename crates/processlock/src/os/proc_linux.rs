@@ -42,6 +42,7 @@ fn boot_time_s() -> Option<i64> {
 }
 
 fn clock_ticks() -> u64 {
+    // SAFETY: sysconf takes no pointer and only reads a configuration value.
     let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     if t > 0 {
         t as u64
@@ -53,7 +54,7 @@ fn clock_ticks() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::assert_own_start_is_sane;
+    use crate::test_support::assert_own_start_is_sane;
 
     #[test]
     fn own_start_is_stable_and_sane() {

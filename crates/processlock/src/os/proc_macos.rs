@@ -4,8 +4,12 @@ use super::ProcessStart;
 
 pub fn process_start(pid: u32) -> Option<ProcessStart> {
     let pid = libc::c_int::try_from(pid).ok()?;
+    // SAFETY: `proc_bsdinfo` is a plain C struct of integers and byte arrays, for which all zero
+    // bytes are a valid value.
     let mut info: libc::proc_bsdinfo = unsafe { std::mem::zeroed() };
     let size = std::mem::size_of::<libc::proc_bsdinfo>() as libc::c_int;
+    // SAFETY: the buffer is `info`, a live `proc_bsdinfo`, and `size` is exactly its size, so the
+    // kernel writes within it; the call keeps no pointer.
     let n = unsafe {
         libc::proc_pidinfo(
             pid,

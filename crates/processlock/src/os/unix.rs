@@ -1,18 +1,9 @@
-use std::fs::File;
+use std::fs::{File, TryLockError};
 use std::io;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-use std::os::unix::io::AsRawFd;
 use std::path::Path;
 
 use super::{Entry, FileId, Pid};
-
-fn cvt(rc: libc::c_int) -> io::Result<()> {
-    if rc == -1 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
-}
 
 /// A new file that did not exist before (never through a symlink), with no access for others
 /// whatever the umask: anyone who can open a lock file can lock it and block every takeover.
@@ -94,24 +85,30 @@ pub fn open_for_probe(path: &Path) -> io::Result<File> {
 }
 
 /// `Ok(true)`: locked; `Ok(false)`: someone else holds a conflicting lock.
+///
+/// std's lock calls are `flock(2)` on Unix, which is what the protocol needs: the lock belongs to
+/// the open file description, so it is released however the owner dies, and a descriptor
+/// passed to a child keeps it. std reserves the right to change that mapping; per-process
+/// `fcntl` locks would let a second open in the same process through, which the core's tests
+/// of a second acquire in one process would catch.
 pub fn try_lock(file: &File, exclusive: bool) -> io::Result<bool> {
-    let op = if exclusive {
-        libc::LOCK_EX
-    } else {
-        libc::LOCK_SH
-    } | libc::LOCK_NB;
     loop {
-        match cvt(unsafe { libc::flock(file.as_raw_fd(), op) }) {
+        let tried = if exclusive {
+            file.try_lock()
+        } else {
+            file.try_lock_shared()
+        };
+        match tried {
             Ok(()) => return Ok(true),
-            Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK) => return Ok(false),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
+            Err(TryLockError::WouldBlock) => return Ok(false),
+            Err(TryLockError::Error(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(TryLockError::Error(e)) => return Err(e),
         }
     }
 }
 
 pub fn unlock(file: &File) -> io::Result<()> {
-    cvt(unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_UN) })
+    file.unlock()
 }
 
 /// Whether an error from `try_lock` means "this file system has no such locks".
@@ -123,6 +120,8 @@ pub fn is_unsupported(e: &io::Error) -> bool {
             e.raw_os_error(),
             Some(libc::ENOLCK | libc::EOPNOTSUPP | libc::ENOSYS | libc::EINVAL)
         )
+        // std's answer on a Unix where it does not implement file locks.
+        || e.kind() == io::ErrorKind::Unsupported
 }
 
 pub fn file_id(file: &File) -> io::Result<FileId> {
@@ -183,6 +182,8 @@ pub fn pid_state(pid: u32) -> Pid {
     if p <= 0 {
         return Pid::Gone;
     }
+    // SAFETY: signal 0 sends nothing, it only checks that `p` exists and may be signalled; `p`
+    // is positive, so it names one process, never a group.
     if unsafe { libc::kill(p, 0) } == 0 {
         return Pid::Running;
     }
@@ -198,6 +199,8 @@ pub fn current_pid() -> u32 {
 
 pub fn hostname() -> Option<String> {
     let mut buf = [0u8; 256];
+    // SAFETY: the pointer and length describe `buf`, which lives across the call; a name that
+    // does not fit is truncated, and the search for NUL below stops at the end of `buf` anyway.
     let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
     if rc != 0 {
         return None;

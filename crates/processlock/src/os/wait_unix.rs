@@ -65,7 +65,6 @@ mod linux {
     use std::io;
     use std::mem::{size_of, zeroed};
     use std::os::raw::c_int;
-    use std::os::unix::io::AsRawFd;
     use std::ptr;
     use std::sync::{Mutex, MutexGuard, OnceLock};
     use std::time::{Duration, Instant};
@@ -330,19 +329,19 @@ mod linux {
     }
 
     fn block(file: &File, until: Instant, cancel: &Cancel, seen: u64) -> io::Result<Woke> {
-        let fd = file.as_raw_fd();
         loop {
             if let Some(reason) = cancel.stop_reason(until, seen) {
                 return Ok(reason);
             }
-            // SAFETY: flock on a descriptor we own for the duration of the borrow.
-            if unsafe { libc::flock(fd, libc::LOCK_SH) } == 0 {
-                unlock(file)?;
-                return Ok(Woke::Free { blocked: true });
-            }
-            let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::Interrupted {
-                return Err(e);
+            // std's `lock_shared` is one `flock(LOCK_SH)` and gives EINTR back as `Interrupted`
+            // rather than retrying: that is how our timer ends the wait.
+            match file.lock_shared() {
+                Ok(()) => {
+                    unlock(file)?;
+                    return Ok(Woke::Free { blocked: true });
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
             }
             // Our timer, or any other signal: look at the reasons again.
         }

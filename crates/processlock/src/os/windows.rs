@@ -78,8 +78,10 @@ pub(super) fn options(extra_flags: u32) -> OpenOptions {
 }
 
 fn info(file: &File) -> io::Result<BY_HANDLE_FILE_INFORMATION> {
-    // SAFETY: plain data, filled in by the call; the handle is valid for the borrow.
+    // SAFETY: plain data (integers and FILETIMEs), for which all zero bytes are a valid value.
     let mut info: BY_HANDLE_FILE_INFORMATION = unsafe { std::mem::zeroed() };
+    // SAFETY: the handle is valid for the borrow of `file`; the call fills in `info`, which
+    // lives across it.
     if unsafe { GetFileInformationByHandle(handle(file), &mut info) } == 0 {
         return Err(io::Error::last_os_error());
     }
@@ -241,11 +243,14 @@ pub fn entry(path: &Path) -> io::Result<Entry> {
         Err(e) => return Err(e),
     };
     let i = info(&file)?;
+    // SAFETY: the handle is valid while `file` is open, which it is until the end of this
+    // function.
+    let on_disk = || unsafe { GetFileType(handle(&file)) } == FILE_TYPE_DISK;
     Ok(if i.dwFileAttributes & FILE_ATTRIBUTE_REPARSE_POINT != 0 {
         Entry::Symlink
     } else if i.dwFileAttributes & FILE_ATTRIBUTE_DIRECTORY != 0 {
         Entry::Directory
-    } else if unsafe { GetFileType(handle(&file)) } != FILE_TYPE_DISK {
+    } else if !on_disk() {
         Entry::Other
     } else {
         file_id(&file).map(Entry::File)?
@@ -536,7 +541,7 @@ mod tests {
     use crate::name::LockName;
     use crate::os::read_all;
     use crate::protocol::{acquire, inspect, Event, Inspection, LockTarget};
-    use crate::testing::assert_own_start_is_sane;
+    use crate::test_support::assert_own_start_is_sane;
     use std::io::Write;
 
     fn scratch(tag: &str) -> PathBuf {

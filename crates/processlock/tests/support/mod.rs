@@ -18,9 +18,8 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use processlock::{
-    acquire, inspect, sweep_orphan_temps, Error, Event, Inspection, LockName, LockTarget,
-};
+use processlock::testing::acquire;
+use processlock::{inspect, sweep_orphan_temps, Error, Event, Inspection, LockName, LockTarget};
 
 pub const ROLE_ENV: &str = "PROCESSLOCK_IT_ROLE";
 const PARAM_PREFIX: &str = "PROCESSLOCK_IT_";
@@ -51,6 +50,7 @@ pub fn mono_ns() -> u64 {
         tv_sec: 0,
         tv_nsec: 0,
     };
+    // SAFETY: `ts` is a live timespec that the call only writes.
     let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     assert_eq!(rc, 0, "clock_gettime: {}", io::Error::last_os_error());
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
@@ -79,6 +79,7 @@ fn encode_events(events: &[Event]) -> String {
 
 /// Whether a process with this PID exists (zombies included).
 pub fn pid_exists(pid: u32) -> bool {
+    // SAFETY: signal 0 sends nothing, it only checks that the process exists.
     unsafe { libc::kill(pid as libc::pid_t, 0) == 0 }
 }
 
@@ -371,6 +372,8 @@ impl Proc {
     }
 
     pub fn signal(&self, sig: libc::c_int) {
+        // SAFETY: kill takes no pointer; the test owns this child, so the PID is not reused while
+        // the child is unreaped.
         let rc = unsafe { libc::kill(self.pid as libc::pid_t, sig) };
         assert_eq!(rc, 0, "kill {}: {}", self.pid, io::Error::last_os_error());
     }
@@ -499,10 +502,12 @@ pub fn child_role() {
     // Die by these signals as any process without handlers does, even when started from a
     // shell that ignores SIGINT for background jobs (dispositions survive exec).
     for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT] {
+        // SAFETY: resetting to the default disposition installs no handler of ours.
         unsafe { libc::signal(sig, libc::SIG_DFL) };
     }
     // Run under the file creation mask a service could be started with (octal).
     if let Some(mask) = param("UMASK") {
+        // SAFETY: umask takes no pointer and only changes this process's creation mask.
         unsafe { libc::umask(libc::mode_t::from_str_radix(&mask, 8).unwrap()) };
     }
     let code = match role.as_str() {
@@ -575,6 +580,8 @@ fn maybe_become_other_user() -> bool {
         return true;
     };
     let id: libc::uid_t = uid.parse().unwrap();
+    // SAFETY: plain system calls with no pointer but setgroups's, which reads nothing for a count
+    // of 0.
     let ok = unsafe {
         libc::setgroups(0, std::ptr::null()) == 0 && libc::setgid(id) == 0 && libc::setuid(id) == 0
     };
@@ -636,6 +643,8 @@ fn role_acquire() -> i32 {
 fn spawn_inheritor(lock: &fs::File) -> u32 {
     use std::os::unix::io::AsRawFd;
     // `dup` clears FD_CLOEXEC on the copy, so it survives exec.
+    // SAFETY: `lock` is an open file borrowed for the call; dup only makes a new descriptor, which
+    // this function closes below.
     let fd = unsafe { libc::dup(lock.as_raw_fd()) };
     assert!(fd >= 0, "dup: {}", io::Error::last_os_error());
     let child = Command::new(std::env::current_exe().unwrap())
@@ -646,6 +655,8 @@ fn spawn_inheritor(lock: &fs::File) -> u32 {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    // SAFETY: `fd` is the descriptor this function made with dup and nothing else owns or closes
+    // it.
     unsafe { libc::close(fd) };
     child.id()
 }
@@ -830,7 +841,6 @@ fn role_probe() -> i32 {
 /// named `.<lock file name>.<pid>.0.tmp` with part of a record in it, locked when `FLOCK=1`.
 /// Reports `READY <path>` and waits until stdin closes (or it is killed).
 fn role_temp() -> i32 {
-    use std::os::unix::io::AsRawFd;
     let target = target_from_env();
     let pid = std::process::id();
     let path = target
@@ -843,8 +853,7 @@ fn role_temp() -> i32 {
         .open(&path)
         .unwrap();
     if param("FLOCK").as_deref() == Some("1") {
-        let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        assert_eq!(rc, 0);
+        f.try_lock().unwrap();
     }
     f.write_all(format!("{{\n  \"pid\": {pid},\n  \"sta").as_bytes())
         .unwrap();
