@@ -49,8 +49,16 @@ export interface AcquireOptions extends LockOptions {
   /**
    * Block the calling thread up to this many milliseconds for the holder to go (release, exit,
    * or death by any signal), then throw `LockConflictError` with `waitedMs`. Default 0.
+   * With `replace`: how long the holder may take to exit after SIGTERM. Default 10000.
    */
   waitMs?: number
+  /**
+   * Stop a live holder of this host and take its place: SIGTERM (only to the process the record
+   * names, verified by its PID and start token), a wait of up to `waitMs` for the handover, then
+   * SIGKILL. A holder on another host, or one that cannot be verified, is a `LockConflictError`,
+   * never signalled. Each step is logged as `[PROCESS_LOCK_REPLACE]`. Not on Windows.
+   */
+  replace?: boolean
 }
 
 export interface AsyncAcquireOptions extends LockOptions {

@@ -53,6 +53,9 @@ function checkOptions(processType, options, extra = []) {
   if (options.tradeSide !== undefined && options.tradeSide !== null && typeof options.tradeSide !== 'string') {
     throw invalidOption('tradeSide must be a string or null')
   }
+  if (options.replace !== undefined && typeof options.replace !== 'boolean') {
+    throw invalidOption('replace must be a boolean')
+  }
   const log = options.log
   if (log !== undefined && typeof log !== 'boolean' && log !== 'silent' && typeof log !== 'function') {
     throw invalidOption("log must be a boolean, 'silent' or a function (line, level) => void")
@@ -130,8 +133,9 @@ function adopt(out, processType, options, sink) {
 function acquireLock(processType, options) {
   const opts = checkOptions(processType, options, ['waitMs'])
   const sink = sinkFor(opts.log)
-  const out =
-    opts.waitMs > 0
+  const out = opts.replace
+    ? binding.acquireReplacing(processType, nativeOptions(opts), opts.waitMs)
+    : opts.waitMs > 0
       ? binding.acquireWait(processType, nativeOptions(opts), opts.waitMs)
       : binding.acquire(processType, nativeOptions(opts))
   if (out.error) {

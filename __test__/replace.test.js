@@ -81,3 +81,85 @@ test('a holder whose record names another host is refused, and nothing is signal
   locker.kill('SIGKILL')
   await locker.done()
 })
+
+describe('acquireLock with replace: the same steps from the library', () => {
+  const pl = require('..')
+  const options = (dir, extra) => {
+    const lines = []
+    return { lines, opts: { dir, tradeSide: 'SHORT', replace: true, log: (line) => lines.push(line), ...extra } }
+  }
+
+  test('a holder that drains on SIGTERM hands the lock over; no SIGKILL', async () => {
+    const dir = tempDir('replace-api-drain')
+    const h = await holder(dir, 'drain')
+    const { lines, opts } = options(dir, { waitMs: 60000 })
+    const info = pl.acquireLock('backend', opts)
+    expect(info.pid).toBe(process.pid)
+    expect(lines[0]).toMatch(
+      new RegExp(`^\\[PROCESS_LOCK_REPLACE\\] Sent SIGTERM to backend \\(SHORT\\) \\(PID ${h.pid}, started '[^']+'\\); SIGKILL in 60000 ms if it still holds the lock$`),
+    )
+    expect(lines[1]).toMatch(new RegExp(`^\\[PROCESS_LOCK_REPLACE\\] PID ${h.pid} let go of backend \\(SHORT\\) after \\d+ ms$`))
+    expect(lines).toContain(`[PROCESS_LOCK_ACQUIRED] { processType: 'backend', tradeSide: 'SHORT', pid: ${process.pid} }`)
+    const end = await h.done()
+    expect(end).toMatchObject({ code: 0, signal: null })
+    expect(end.stdout).toContain('DRAINING\nDRAINED\n')
+    expect(pl.releaseLock('backend', opts)).toBe(true)
+    expect(lockDirEntries(dir)).toEqual([])
+  })
+
+  test('a holder that ignores SIGTERM is killed after waitMs', async () => {
+    const dir = tempDir('replace-api-ignore')
+    const h = await holder(dir, 'ignore')
+    const { lines, opts } = options(dir, { waitMs: 300 })
+    expect(pl.acquireLock('backend', opts).pid).toBe(process.pid)
+    expect(lines).toContain(`[PROCESS_LOCK_REPLACE] PID ${h.pid} still held backend (SHORT) after 300 ms; sent SIGKILL`)
+    const end = await h.done()
+    expect(end.signal).toBe('SIGKILL')
+    expect(end.stdout).toContain('IGNORED')
+    expect(pl.releaseLock('backend', opts)).toBe(true)
+  })
+
+  test('a holder whose record names another host: LockConflictError, nothing signalled', async () => {
+    const dir = tempDir('replace-api-remote')
+    const file = path.join(dir, 'backend.short.lock')
+    fs.writeFileSync(file, '')
+    const locker = watch('/bin/sh', ['-c', 'exec 9<>"$0"; flock -x 9; echo LOCKED; exec sleep 60', file], {})
+    fs.writeFileSync(
+      file,
+      JSON.stringify({
+        pid: locker.pid,
+        started: new Date().toISOString(),
+        tradeSide: 'SHORT',
+        processName: 'trader-short-backend',
+        processType: 'backend',
+        hostname: 'elsewhere.invalid',
+        startToken: 'linux:elsewhere:1',
+        protocol: 'processlock/1',
+      }),
+    )
+    await locker.waitFor('LOCKED')
+    const { lines, opts } = options(dir, { waitMs: 300 })
+    let error
+    try {
+      pl.acquireLock('backend', opts)
+    } catch (e) {
+      error = e
+    }
+    expect(error).toBeInstanceOf(pl.LockConflictError)
+    expect(error.holder.pid).toBe(locker.pid)
+    expect(lines[0]).toBe(
+      `[PROCESS_LOCK_REPLACE] Not replacing backend (SHORT) (PID ${locker.pid}): the holder runs on host 'elsewhere.invalid', not on this host; stop it there`,
+    )
+    expect(lines.some((l) => l.includes('Sent SIGTERM'))).toBe(false)
+    expect(alive(locker.pid)).toBe(true)
+    expect(pl.isLockHeld('backend', opts)).toBe(false)
+    locker.kill('SIGKILL')
+    await locker.done()
+  })
+
+  test('replace must be a boolean', () => {
+    expect(() => pl.acquireLock('backend', { dir: tempDir('replace-api-bad'), replace: 'yes' })).toThrow(
+      expect.objectContaining({ code: 'LOCK_INVALID_OPTION' }),
+    )
+  })
+})

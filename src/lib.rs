@@ -355,6 +355,96 @@ fn acquire_waiting(
     taken_outcome(result, &target, options)
 }
 
+/// Like `acquire`, but a live holder of this host is replaced: SIGTERM, a wait of up to
+/// `grace_ms` (default 10 s) for the handover, then SIGKILL (the core's `replace_holder`, the same steps as
+/// `processlock run --replace`). Blocks the calling thread for up to `grace_ms` plus a few
+/// seconds after a SIGKILL.
+#[napi]
+pub fn acquire_replacing(
+    process_type: String,
+    options: Option<LockOptions>,
+    grace_ms: Option<f64>,
+) -> AcquireOutcome {
+    let options = options.unwrap_or_default();
+    let target = match target(&process_type, &options) {
+        Ok(t) => t,
+        Err(e) => return acquire_failure(e, None, None),
+    };
+    install_exit_backstop();
+    let grace = duration_ms(grace_ms).unwrap_or(processlock::DEFAULT_GRACE);
+    let mut steps = Vec::new();
+    let result = match REGISTRY.acquire(&target, options.process_name.as_deref(), options.holder())
+    {
+        Err(Error::Conflict(conflict)) => {
+            replace_in_process(&target, conflict, grace, &options, &mut steps)
+        }
+        other => other,
+    };
+    let mut out = taken_outcome(result, &target, &options);
+    // The replacement's lines come before the acquired (or conflict) lines.
+    let lines = match out.error.as_mut() {
+        Some(failure) => &mut failure.lines,
+        None => &mut out.lines,
+    };
+    steps.append(lines);
+    *lines = steps;
+    out
+}
+
+#[cfg(unix)]
+fn replace_in_process(
+    target: &LockTarget,
+    conflict: Box<processlock::Conflict>,
+    grace: Duration,
+    options: &LockOptions,
+    lines: &mut Vec<String>,
+) -> processlock::Result<Taken> {
+    struct InProcess<'a> {
+        target: &'a LockTarget,
+        options: &'a LockOptions,
+        lines: &'a mut Vec<String>,
+    }
+    impl processlock::Replacing<Taken> for InProcess<'_> {
+        fn wait(&mut self, wait: Duration) -> processlock::Result<Taken> {
+            let key = WAITS.internal_key();
+            let cancel = WAITS.begin(key, &self.target.path);
+            let name = self.options.process_name.as_deref();
+            let holder = self.options.holder();
+            let result = wait_for(self.target, Some(Instant::now() + wait), &cancel, || {
+                REGISTRY.acquire(self.target, name, holder)
+            });
+            WAITS.end(key);
+            result
+        }
+
+        fn line(&mut self, line: String, always: bool) {
+            if always || !self.options.quiet.unwrap_or(false) {
+                self.lines.push(line);
+            }
+        }
+    }
+    let mut how = InProcess {
+        target,
+        options,
+        lines,
+    };
+    processlock::replace_holder(&target.name, conflict, grace, &mut how)
+}
+
+#[cfg(not(unix))]
+fn replace_in_process(
+    _target: &LockTarget,
+    _conflict: Box<processlock::Conflict>,
+    _grace: Duration,
+    _options: &LockOptions,
+    _lines: &mut Vec<String>,
+) -> processlock::Result<Taken> {
+    Err(Error::InvalidOption {
+        option: "replace",
+        problem: "is not supported on Windows yet: stop the holder, then start".into(),
+    })
+}
+
 static WAITS: Waits = Waits::new();
 
 /// The waits in progress in this process, by key: the `wait_id` of an async wait (below 2^32),

@@ -63,6 +63,7 @@ for (const l of all) {
 
 try {
   acquireLock('backend', { waitMs: 5000 })
+  acquireLock('backend', { replace: true, waitMs: 15_000 })
 } catch (e) {
   if (e instanceof LockConflictError) {
     const holder: LockInfo = e.holder

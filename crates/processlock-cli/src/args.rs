@@ -59,9 +59,6 @@ run and clear refuse (LOCK_UNSAFE_DIR) a lock directory that other users may del
 writable by others without the sticky bit, or owned by a user other than this one and root.
 ";
 
-/// How long a replaced holder may take to exit after SIGTERM, unless `--grace` says.
-const DEFAULT_GRACE_MS: u64 = 10_000;
-
 #[derive(Debug, PartialEq, Eq)]
 pub enum Command {
     Help,
@@ -300,9 +297,10 @@ fn run_command(opts: RunArgs, command: Vec<OsString>) -> Result<Command, Usage> 
         side: opts.side,
         name: opts.name,
         wait_ms: opts.wait_ms,
-        replace_grace_ms: opts
-            .replace
-            .then(|| opts.grace_ms.unwrap_or(DEFAULT_GRACE_MS)),
+        replace_grace_ms: opts.replace.then(|| {
+            opts.grace_ms
+                .unwrap_or(processlock::DEFAULT_GRACE.as_millis() as u64)
+        }),
         quiet: opts.quiet,
         command,
     })

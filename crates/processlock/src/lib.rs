@@ -53,9 +53,10 @@ pub use protocol::{
 };
 pub use record::{parse_record, Parsed, Record};
 pub use registry::{Holder, Registry, Release, Taken};
-#[cfg(unix)]
-pub use replace::signal_holder;
 pub use replace::Refusal;
+pub use replace::DEFAULT_GRACE;
+#[cfg(unix)]
+pub use replace::{replace_holder, signal_holder, Replacing};
 pub use temp::sweep_orphan_temps;
 pub use wait::{wait_for, Cancel};
 

@@ -1,13 +1,122 @@
-//! Replacing a running holder on purpose (`processlock run --replace`): the safe version of
-//! `kill $(cat service.pid)`. A holder is signalled only when its record proves who it is: it
-//! runs on this host, and the process with its PID has the start token the record holds (so a
-//! PID reused by another process is never signalled). The caller then waits for the handover
-//! through the normal event-driven wait.
+//! Replacing a running holder on purpose (`processlock run --replace`, `acquireLock` with
+//! `replace`): the safe version of `kill $(cat service.pid)`. A holder is signalled only when its
+//! record proves who it is: it runs on this host, and the process with its PID has the start
+//! token the record holds (so a PID reused by another process is never signalled). It is checked
+//! again right before each signal, so a holder that changed meanwhile (another replacer won, a
+//! new instance started) is never signalled. SIGTERM first, then the handover is awaited through
+//! the caller's event-driven wait; SIGKILL once the grace period is over.
 
 use std::fmt;
+#[cfg(unix)]
+use std::time::{Duration, Instant};
 
+#[cfg(unix)]
+use crate::error::{Conflict, Error};
 use crate::liveness::{host_name, start_token};
+#[cfg(unix)]
+use crate::name::LockName;
 use crate::record::Record;
+#[cfg(unix)]
+use crate::report::printable;
+
+/// How long a replaced holder may take to exit after SIGTERM when the caller does not say.
+pub const DEFAULT_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// After SIGKILL the kernel drops the lock at once, unless a process the holder started
+/// inherited it: this long, then it is a conflict.
+#[cfg(unix)]
+const AFTER_KILL: Duration = Duration::from_secs(5);
+
+/// How a replacement waits and reports, supplied by its caller (the command, the addon).
+#[cfg(unix)]
+pub trait Replacing<T> {
+    /// Waits up to `wait` for the lock; `Error::Conflict` (with the holder then) at the end.
+    fn wait(&mut self, wait: Duration) -> crate::Result<T>;
+    /// A line for the operator. `always`: printed even when the caller is quiet (a refusal).
+    fn line(&mut self, line: String, always: bool);
+    /// Whether the caller was told to stop meanwhile (a signal to the command).
+    fn interrupted(&self) -> bool {
+        false
+    }
+}
+
+/// Replaces the holder named in `conflict` for the lock `name`, then takes the lock through the
+/// caller's wait. A holder that cannot be verified (another host, no start token, a reused PID)
+/// is never signalled: the conflict is returned as it was.
+#[cfg(unix)]
+pub fn replace_holder<T>(
+    name: &LockName,
+    conflict: Box<Conflict>,
+    grace: Duration,
+    how: &mut dyn Replacing<T>,
+) -> crate::Result<T> {
+    let lock = name.display();
+    let holder = conflict.holder.clone();
+    if let Err(why) = signal_holder(&holder, libc::SIGTERM) {
+        how.line(
+            format!(
+                "[PROCESS_LOCK_REPLACE] Not replacing {lock} (PID {}): {why}",
+                holder.pid
+            ),
+            true,
+        );
+        return Err(Error::Conflict(conflict));
+    }
+    how.line(
+        format!(
+            "[PROCESS_LOCK_REPLACE] Sent SIGTERM to {lock} (PID {}, started '{}'); SIGKILL in {} ms if it still holds the lock",
+            holder.pid,
+            printable(&holder.started),
+            grace.as_millis()
+        ),
+        false,
+    );
+    let asked = Instant::now();
+    let c = match how.wait(grace) {
+        Err(Error::Conflict(c)) => c,
+        Ok(taken) => {
+            how.line(
+                format!(
+                    "[PROCESS_LOCK_REPLACE] PID {} let go of {lock} after {} ms",
+                    holder.pid,
+                    asked.elapsed().as_millis()
+                ),
+                false,
+            );
+            return Ok(taken);
+        }
+        other => return other,
+    };
+    if how.interrupted() || !same_process(&c.holder, &holder) {
+        // Interrupted, or someone else holds it now: that one was never asked to go.
+        return Err(Error::Conflict(c));
+    }
+    if let Err(why) = signal_holder(&holder, libc::SIGKILL) {
+        how.line(
+            format!(
+                "[PROCESS_LOCK_REPLACE] PID {} still holds {lock} after {} ms but cannot be killed: {why}",
+                holder.pid,
+                grace.as_millis()
+            ),
+            true,
+        );
+        return Err(Error::Conflict(c));
+    }
+    how.line(
+        format!(
+            "[PROCESS_LOCK_REPLACE] PID {} still held {lock} after {} ms; sent SIGKILL",
+            holder.pid,
+            grace.as_millis()
+        ),
+        false,
+    );
+    how.wait(AFTER_KILL)
+}
+
+#[cfg(unix)]
+fn same_process(a: &Record, b: &Record) -> bool {
+    a.pid == b.pid && a.start_token == b.start_token && a.hostname == b.hostname
+}
 
 /// Why a holder may not be signalled.
 #[derive(Debug, Clone, PartialEq, Eq)]
