@@ -123,7 +123,7 @@ const cliName = (t) => (t.platform === 'win32' ? `${BINARY_NAME}.exe` : BINARY_N
 const built = [] // { t, kind: 'addon' | 'cli', file } in npm/<abi>/
 
 // Copy a built file into npm/<abi>/ (and artifacts/<abi>/, which CI uploads).
-function publish(t, kind, src) {
+function place(t, kind, src) {
   const name = kind === 'addon' ? addonName(t) : cliName(t)
   for (const dir of [artifactsDir(t), npmDir(t)]) {
     const dest = path.join(dir, name)
@@ -216,7 +216,7 @@ function buildAddon(opts, t, napiTarget, extra = []) {
   step(opts, `${t.platformArchABI}: addon (napi build ${extra.join(' ')} --target ${napiTarget})`, () => {
     run(napiBin, ['build', '--platform', '--release', ...extra, '--target', napiTarget,
       '--output-dir', path.relative(ROOT, artifactsDir(t)), '--no-js', '--dts', 'binding.d.ts'])
-    publish(t, 'addon', path.join(artifactsDir(t), addonName(t)))
+    place(t, 'addon', path.join(artifactsDir(t), addonName(t)))
   })
 }
 
@@ -231,7 +231,7 @@ function buildZig(opts, t, targetDir) {
     const dir = t.abi === 'musl' ? path.join(targetDir, 'static-cli') : targetDir
     const env = t.abi === 'musl' ? { RUSTFLAGS: '-C target-feature=+crt-static', CARGO_TARGET_DIR: dir } : {}
     run('cargo', ['zigbuild', '--release', '-p', CLI_PACKAGE, '--target', zigTarget], env)
-    publish(t, 'cli', path.join(dir, t.triple, 'release', cliName(t)))
+    place(t, 'cli', path.join(dir, t.triple, 'release', cliName(t)))
   })
 }
 
@@ -239,7 +239,7 @@ function buildNative(opts, t, targetDir) {
   buildAddon(opts, t, t.triple)
   step(opts, `${t.platformArchABI}: CLI (cargo build --target ${t.triple})`, () => {
     run('cargo', ['build', '--release', '-p', CLI_PACKAGE, '--target', t.triple])
-    publish(t, 'cli', path.join(targetDir, t.triple, 'release', cliName(t)))
+    place(t, 'cli', path.join(targetDir, t.triple, 'release', cliName(t)))
   })
 }
 
@@ -288,7 +288,7 @@ function collect(opts) {
     for (const t of TARGETS) {
       const found = dirs.map((e) => path.join(dir, e.name, cliName(t)))
         .find((f) => f.endsWith(`${t.platformArchABI}${path.sep}${cliName(t)}`) && fs.existsSync(f))
-      if (found) publish(t, 'cli', found)
+      if (found) place(t, 'cli', found)
       else missing.push(t.platformArchABI)
     }
     if (missing.length) throw new Error(`no CLI binary for ${missing.join(', ')}`)
