@@ -122,10 +122,10 @@ const addonName = (t) => `${BINARY_NAME}.${t.platformArchABI}.node`
 const cliName = (t) => (t.platform === 'win32' ? `${BINARY_NAME}.exe` : BINARY_NAME)
 const built = [] // { t, kind: 'addon' | 'cli', file } in npm/<abi>/
 
-// Copy a built file into npm/<abi>/ (and artifacts/<abi>/, which CI uploads).
-function place(t, kind, src) {
+// Copy a file into npm/<abi>/ and, for a build, into artifacts/<abi>/, which CI uploads.
+function place(t, kind, src, dirs = [artifactsDir(t), npmDir(t)]) {
   const name = kind === 'addon' ? addonName(t) : cliName(t)
-  for (const dir of [artifactsDir(t), npmDir(t)]) {
+  for (const dir of dirs) {
     const dest = path.join(dir, name)
     if (path.resolve(dest) === path.resolve(src)) continue
     fs.mkdirSync(dir, { recursive: true })
@@ -288,7 +288,7 @@ function collect(opts) {
     for (const t of TARGETS) {
       const found = dirs.map((e) => path.join(dir, e.name, cliName(t)))
         .find((f) => f.endsWith(`${t.platformArchABI}${path.sep}${cliName(t)}`) && fs.existsSync(f))
-      if (found) place(t, 'cli', found)
+      if (found) place(t, 'cli', found, [npmDir(t)]) // the collected directory stays as it was
       else missing.push(t.platformArchABI)
     }
     if (missing.length) throw new Error(`no CLI binary for ${missing.join(', ')}`)
