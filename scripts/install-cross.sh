@@ -5,7 +5,8 @@
 #     macOS x64+arm64, Windows x64 MSVC) plus clippy,
 #   - zig (from PyPI, package `ziglang`) as the cross linker for Linux targets,
 #   - cargo-zigbuild (from crates.io), which drives zig as cargo's linker,
-#   - `file`, used to check every artifact's architecture and libc.
+#   - `file` and `readelf` (binutils), used to check every artifact's format,
+#     architecture, libc and glibc symbol versions.
 #
 # Idempotent: each step is skipped when what it installs is already there.
 # Quiet: prints one line per step with its duration; full tool output only on
@@ -50,18 +51,18 @@ as_root() {
   if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
 }
 
-# --- 1. file -----------------------------------------------------------------
-install_file() {
+# --- 1. file, readelf ---------------------------------------------------------
+install_inspectors() {
   export DEBIAN_FRONTEND=noninteractive
   as_root apt-get update -qq
-  as_root apt-get install -y -qq --no-install-recommends file
+  as_root apt-get install -y -qq --no-install-recommends file binutils
 }
-if command -v file >/dev/null 2>&1; then
-  skip "apt: file" "present"
+if command -v file >/dev/null 2>&1 && command -v readelf >/dev/null 2>&1; then
+  skip "apt: file binutils" "present"
 elif command -v apt-get >/dev/null 2>&1; then
-  step "apt: file" install_file
+  step "apt: file binutils" install_inspectors
 else
-  echo "[install-cross] 'file' is missing and apt-get is not available: install it by hand" >&2
+  echo "[install-cross] 'file' or 'readelf' is missing and apt-get is not available: install file and binutils by hand" >&2
   exit 1
 fi
 
