@@ -14,6 +14,11 @@ import {
   LockAbortedError,
   ProcessLockError,
   LockUnsafeDirError,
+  LockInvalidNameError,
+  LockInvalidOptionError,
+  LockNotAFileError,
+  LockUnsupportedError,
+  LockIoError,
   type AsyncAcquireOptions,
   type LockInfo,
   type LockStatus,
@@ -104,3 +109,16 @@ async function startBackend(): Promise<number> {
   return info.pid
 }
 void startBackend()
+
+// Every error class is a ProcessLockError with its own code.
+const classes: Array<typeof ProcessLockError> = [
+  LockConflictError,
+  LockInvalidNameError,
+  LockInvalidOptionError,
+  LockNotAFileError,
+  LockUnsupportedError,
+  LockIoError,
+  LockAbortedError,
+  LockUnsafeDirError,
+]
+console.log(classes.length)
