@@ -105,8 +105,18 @@ function leftovers(dir) {
 }
 
 test('the interval checker itself catches an overlap', () => {
-  expect(overlaps([{ pid: 1, start: 0n, end: 10n }, { pid: 2, start: 5n, end: 20n }])).toHaveLength(1)
-  expect(overlaps([{ pid: 1, start: 0n, end: 10n }, { pid: 2, start: 10n, end: 20n }])).toHaveLength(0)
+  expect(
+    overlaps([
+      { pid: 1, start: 0n, end: 10n },
+      { pid: 2, start: 5n, end: 20n },
+    ]),
+  ).toHaveLength(1)
+  expect(
+    overlaps([
+      { pid: 1, start: 0n, end: 10n },
+      { pid: 2, start: 10n, end: 20n },
+    ]),
+  ).toHaveLength(0)
 })
 
 test(`fresh lock: ${RACERS} processes x ${ROUNDS} rounds, exactly one owner per round`, async () => {
