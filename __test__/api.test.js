@@ -6,7 +6,7 @@ const fs = require('node:fs')
 const os = require('node:os')
 const path = require('node:path')
 const pl = require('..')
-const { start, run, watch, tempDir, deadPid, ROOT, lockDirEntries } = require('./helpers/proc')
+const { start, watch, tempDir, deadPid, ROOT, lockDirEntries } = require('./helpers/proc')
 const { stageForOtherUsers } = require('./helpers/stage')
 const { SHORT, lockFile, recordOf, holder, stop } = require('./helpers/lock')
 
@@ -307,7 +307,7 @@ describe('bad input', () => {
     ['garbage', "ceci n'est pas un lock"],
     ['truncated JSON', '{\n  "pid": 51172,\n  "started": "2025-10'],
     ['binary', Buffer.from([0xff, 0xfe, 0x00, 0x01])],
-  ])('%s lock file with no holder: logged and taken over', (label, content) => {
+  ])('%s lock file with no holder: logged and taken over', (_label, content) => {
     const dir = tempDir('api-garbage')
     fs.writeFileSync(lockFile(dir), content)
     // Old enough not to be a PID-only writer caught between truncating and writing.

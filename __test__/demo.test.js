@@ -79,6 +79,7 @@ describeLinux('npm run demo', () => {
     expect(coloured.stdout).toContain('\x1b[1m== Normal start')
     expect(plain.code).toBe(0)
     expect(plain.stdout).toContain('== Normal start')
+    // biome-ignore lint/suspicious/noControlCharactersInRegex: an ANSI colour sequence starts with ESC
     expect(plain.stdout).not.toMatch(/\x1b\[\d+m/)
     expect([coloured.left, plain.left]).toEqual([
       { services: [], files: [] },

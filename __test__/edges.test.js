@@ -153,7 +153,7 @@ describe('an aborted wait beside another wait for the same lock', () => {
 
   test('an aborted wait alone still gives back the lock it took', async () => {
     const dir = tempDir('edges-abort-alone')
-    const { file, p, ctrl, aborted } = await waitThatTookTheLock(dir)
+    const { p, ctrl, aborted } = await waitThatTookTheLock(dir)
     ctrl.abort()
     await expect(aborted).rejects.toMatchObject({ code: 'LOCK_ABORTED' })
     expect(pl.isLockHeld('backend', SHORT(dir))).toBe(false)

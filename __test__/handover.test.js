@@ -61,7 +61,7 @@ test.each([
 })
 
 test.each([
-  ['a shell', (dir) => ['/bin/sh', '-c', `${node}; true`]],
+  ['a shell', (_dir) => ['/bin/sh', '-c', `${node}; true`]],
   [
     'npm run',
     (dir) => {

@@ -17,7 +17,7 @@ const SHORT = (dir, extra = {}) => ({ dir, tradeSide: 'SHORT', log: false, ...ex
 const lockFile = (dir, name = 'backend.short.lock') => path.join(dir, name)
 const mode = (p) => fs.statSync(p).mode & 0o7777
 // C0 controls (ESC, BEL, CR, LF...), DEL and C1: none may come out raw from a record.
-// eslint-disable-next-line no-control-regex
+// biome-ignore lint/suspicious/noControlCharactersInRegex: these control characters are what the test looks for
 const RAW_CONTROL = /[\u0000-\u0008\u000b-\u001f\u007f-\u009f]/
 
 /** Every entry of `dir` with its content, mode and mtime: to prove nothing was touched. */

@@ -1,7 +1,6 @@
 'use strict'
 // Many processes started together, ownership intervals compared: never two owners at once.
 const fs = require('node:fs')
-const path = require('node:path')
 const { start, tempDir, lockDirEntries } = require('./helpers/proc')
 
 const RACERS = 8
@@ -15,7 +14,7 @@ const ROUNDS = 40
 async function racers(dir, env = {}) {
   const procs = Array.from({ length: RACERS }, () => start('racer.js', { dir, env }))
   await Promise.all(procs.map((r) => r.waitFor('READY')))
-  let seen = procs.map(() => 0)
+  const seen = procs.map(() => 0)
   return {
     async round() {
       const before = procs.map((p) => p.stdout.split('DONE').length)

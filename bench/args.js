@@ -2,7 +2,7 @@
 // Command-line handling shared by the bench scripts: each script's usage is the
 // comment block at its top, and options are read one by one.
 
-const fs = require('fs')
+const fs = require('node:fs')
 
 // The comment block after the first two lines of `file`, without the `//`.
 function usage(file) {

@@ -16,7 +16,7 @@
 // Every implementation locks the same path: <dir>/<type>.<side>.lock (ours
 // creates a file there, lockfile a file, proper-lockfile a directory).
 
-const path = require('path')
+const path = require('node:path')
 
 const ROOT = path.resolve(__dirname, '..')
 const NAMES = ['ours', 'proper-lockfile', 'lockfile']

@@ -2,8 +2,8 @@
 // Parent-side handle on a bench/worker.js process: send commands, wait for
 // reply lines, kill it, know when its output has ended.
 
-const { spawn } = require('child_process')
-const path = require('path')
+const { spawn } = require('node:child_process')
+const path = require('node:path')
 
 const WORKER = path.join(__dirname, 'worker.js')
 
@@ -106,7 +106,7 @@ class Worker {
     this.killed = true
     try {
       process.kill(this.pid, signal)
-    } catch (e) {
+    } catch {
       /* already gone */
     }
   }
@@ -116,7 +116,7 @@ class Worker {
     this.send({ op: 'exit' })
     try {
       this.proc.stdin.end()
-    } catch (e) {
+    } catch {
       /* gone */
     }
     const t = setTimeout(() => this.kill(), 5000)

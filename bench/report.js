@@ -2,15 +2,15 @@
 // Formatting shared by bench/run.js and bench/torture.js: machine facts,
 // markdown tables, and the sections of BENCHMARKS.md each script owns.
 
-const fs = require('fs')
-const os = require('os')
-const { execFileSync } = require('child_process')
+const fs = require('node:fs')
+const os = require('node:os')
+const { execFileSync } = require('node:child_process')
 const { LABELS } = require('./impls')
 
 function sh(cmd, args) {
   try {
     return execFileSync(cmd, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim()
-  } catch (e) {
+  } catch {
     return null
   }
 }
@@ -28,7 +28,7 @@ function mountType(dir) {
         best = { m, type }
     }
     return best ? best.type : null
-  } catch (e) {
+  } catch {
     return null
   }
 }
@@ -38,13 +38,13 @@ function machine(dir) {
   try {
     const m = /^model name\s*:\s*(.+)$/m.exec(fs.readFileSync('/proc/cpuinfo', 'utf8'))
     if (m) cpu = m[1].trim()
-  } catch (e) {
+  } catch {
     /* not Linux */
   }
   const nproc = sh('nproc', []) || String(os.cpus().length)
   const fsType = dir ? mountType(dir) || sh('stat', ['-f', '-c', '%T', dir]) : null
   // Which code was measured: the commit, and whether the package's sources differ from it.
-  const root = require('path').resolve(__dirname, '..')
+  const root = require('node:path').resolve(__dirname, '..')
   const commit = sh('git', ['-C', root, 'rev-parse', '--short', 'HEAD'])
   const dirty = sh('git', ['-C', root, 'status', '--porcelain', '--', 'src', 'crates', 'index.js', 'lib', 'Cargo.toml'])
   const m = {
@@ -68,7 +68,7 @@ function machine(dir) {
 function loadavg() {
   try {
     return fs.readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ')
-  } catch (e) {
+  } catch {
     return os
       .loadavg()
       .map((x) => x.toFixed(2))
@@ -93,12 +93,12 @@ function machineTable(m) {
 
 const us = (ns) => (ns == null ? 'n/a' : (ns / 1000).toFixed(ns < 10000 ? 2 : 1))
 const ms = (ns) => (ns == null ? 'n/a' : (ns / 1e6).toFixed(1))
-const ratio = (x) => (x == null || !isFinite(x) ? 'n/a' : `${x.toFixed(x < 10 ? 2 : 1)}x`)
+const ratio = (x) => (x == null || !Number.isFinite(x) ? 'n/a' : `${x.toFixed(x < 10 ? 2 : 1)}x`)
 
 function table(header, rows) {
   return [
     `| ${header.join(' | ')} |`,
-    `|${header.map((h, i) => (i === 0 ? '---' : '---:')).join('|')}|`,
+    `|${header.map((_h, i) => (i === 0 ? '---' : '---:')).join('|')}|`,
     ...rows.map((r) => `| ${r.join(' | ')} |`),
   ].join('\n')
 }
@@ -240,7 +240,7 @@ function readSection(file, name) {
     const text = fs.readFileSync(file, 'utf8')
     const m = new RegExp(`<!-- ${name}:begin -->[\\s\\S]*?<!-- ${name}:end -->`).exec(text)
     return m ? m[0] : null
-  } catch (e) {
+  } catch {
     return null
   }
 }
@@ -263,7 +263,7 @@ function replaceSection(file, name, md) {
   let text = ''
   try {
     text = fs.readFileSync(file, 'utf8')
-  } catch (e) {
+  } catch {
     text = HEADER
   }
   const block = section(name, md)

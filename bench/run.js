@@ -16,10 +16,10 @@
 // bench/torture.js --write is kept). --quick is a short CI smoke run: smaller
 // counts, and BENCHMARKS.md is left alone unless --write is given.
 
-const fs = require('fs')
-const os = require('os')
-const path = require('path')
-const { execFileSync, spawnSync } = require('child_process')
+const fs = require('node:fs')
+const os = require('node:os')
+const path = require('node:path')
+const { execFileSync, spawnSync } = require('node:child_process')
 const { eachOption } = require('./args')
 const { Worker } = require('./pool')
 const { ROOT, LABELS, oursUnavailable } = require('./impls')
@@ -267,7 +267,7 @@ function startupSection(a, ctx) {
           const r = JSON.parse(res.stdout)
           inner[v.id].req.push(r.req)
           inner[v.id].acq.push(r.acq)
-        } catch (e) {
+        } catch {
           /* counted as nothing */
         }
       }

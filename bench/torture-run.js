@@ -14,9 +14,9 @@
 // ownership interval (CLOCK_MONOTONIC right after acquire returned .. right
 // before release); a round counts a double owner when two intervals overlap.
 
-const fs = require('fs')
-const path = require('path')
-const { spawn, execFileSync } = require('child_process')
+const fs = require('node:fs')
+const path = require('node:path')
+const { spawn, execFileSync } = require('node:child_process')
 const { ROOT } = require('./impls')
 
 const KINDS = ['run-tree', 'run-race']

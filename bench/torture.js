@@ -60,13 +60,13 @@
 // owner; 3 if ours shows any other failure of those (left-over temp files are
 // reported, not failed); 2 if the harness itself failed.
 
-const fs = require('fs')
-const os = require('os')
-const path = require('path')
-const { spawn } = require('child_process')
+const fs = require('node:fs')
+const os = require('node:os')
+const path = require('node:path')
+const { spawn } = require('node:child_process')
 const { eachOption } = require('./args')
 const { Worker } = require('./pool')
-const { LABELS, oursUnavailable } = require('./impls')
+const { oursUnavailable } = require('./impls')
 const report = require('./report')
 const runKinds = require('./torture-run')
 
@@ -444,7 +444,7 @@ class Combo {
         // Log-uniform 1 us .. 1.5x the median attempt: an attempt that is not
         // preempted takes tens of microseconds, a preempted one much longer.
         if (targeted && i === victim)
-          cmd.selfKillNs = Math.floor(1000 * Math.pow((1.5 * this.attemptNs) / 1000, Math.random()))
+          cmd.selfKillNs = Math.floor(1000 * ((1.5 * this.attemptNs) / 1000) ** Math.random())
         w.send(cmd)
       }
       const waits = this.racers.map((w, i) => (i === victim ? null : w.until((l) => l.startsWith(`D ${r} `))))

@@ -23,7 +23,7 @@
 // Others: "READY fds", "F fds", "H acquired failed", "C message" (a peer
 // reported its lock compromised).
 
-const fs = require('fs')
+const fs = require('node:fs')
 const { load } = require('./impls')
 
 const implName = process.argv[2]
@@ -69,7 +69,7 @@ function fdCount() {
     let target = ''
     try {
       target = fs.readlinkSync(`/proc/self/fd/${fd}`)
-    } catch (e) {
+    } catch {
       continue
     } // readdir's own, closed by now
     if (!target.replace(/ \(deleted\)$/, '').endsWith('/.processlock.guard')) n++
@@ -101,7 +101,7 @@ function verifyRecord(r, s) {
   let rec
   try {
     rec = JSON.parse(text)
-  } catch (e) {
+  } catch {
     out(`V ${r} incomplete:${text.length}bytes`)
     return
   }
@@ -175,7 +175,7 @@ for (;;) {
 `
 
 function startKiller() {
-  const { Worker } = require('worker_threads')
+  const { Worker } = require('node:worker_threads')
   const sab = new SharedArrayBuffer(16 + 24)
   killer = { ctl: new Int32Array(sab, 0, 4), big: new BigInt64Array(sab, 16, 3) }
   const t = new Worker(KILLER_SRC, { eval: true, workerData: sab })
@@ -283,7 +283,7 @@ const handlers = {
       try {
         if (impl.tryAcquire(spec(dir))) ok++
         else failed++
-      } catch (e) {
+      } catch {
         failed++
       }
     }
