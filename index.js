@@ -156,7 +156,10 @@ function checkAsyncOptions(processType, options) {
   const signal = opts.signal
   if (
     signal !== undefined &&
-    (signal === null || typeof signal !== 'object' || typeof signal.aborted !== 'boolean' || typeof signal.addEventListener !== 'function')
+    (signal === null ||
+      typeof signal !== 'object' ||
+      typeof signal.aborted !== 'boolean' ||
+      typeof signal.addEventListener !== 'function')
   ) {
     throw invalidOption('signal must be an AbortSignal')
   }

@@ -6,10 +6,9 @@ const fs = require('node:fs')
 const os = require('node:os')
 const path = require('node:path')
 const pl = require('..')
-const { start, run, watch, tempDir, deadPid, ROOT, lockDirEntries } = require('./helpers/proc')
+const { start, watch, tempDir, deadPid, ROOT, lockDirEntries } = require('./helpers/proc')
 const { stageForOtherUsers } = require('./helpers/stage')
 const { SHORT, lockFile, recordOf, holder, stop } = require('./helpers/lock')
-
 
 function capture() {
   const lines = []
@@ -48,7 +47,9 @@ describe('API behaviour', () => {
     expect(c.lines.filter((l) => l.includes('ACQUIRED'))).toHaveLength(1)
     expect(pl.getLockInfo('backend', SHORT(dir))).toEqual(a)
     expect(pl.releaseLock('backend', SHORT(dir, { log: c.log }))).toBe(true)
-    expect(c.lines).toContain(`info [PROCESS_LOCK_RELEASED] { processType: 'backend', tradeSide: 'SHORT', pid: ${process.pid} }`)
+    expect(c.lines).toContain(
+      `info [PROCESS_LOCK_RELEASED] { processType: 'backend', tradeSide: 'SHORT', pid: ${process.pid} }`,
+    )
     expect(pl.releaseLock('backend', SHORT(dir))).toBe(false)
     expect(lockDirEntries(dir)).toEqual([])
   })
@@ -56,7 +57,13 @@ describe('API behaviour', () => {
   test('the record: legacy keys first, side upper-cased, name defaults and options', () => {
     const dir = tempDir('api-record')
     const info = pl.acquireLock('worker', { dir, tradeSide: 'long', log: false })
-    expect(info).toMatchObject({ pid: process.pid, tradeSide: 'LONG', processName: 'trader-long-worker', processType: 'worker', protocol: 'processlock/1' })
+    expect(info).toMatchObject({
+      pid: process.pid,
+      tradeSide: 'LONG',
+      processName: 'trader-long-worker',
+      processType: 'worker',
+      protocol: 'processlock/1',
+    })
     const text = fs.readFileSync(path.join(dir, 'worker.long.lock'), 'utf8')
     expect(Object.keys(JSON.parse(text)).slice(0, 4)).toEqual(['pid', 'started', 'tradeSide', 'processName'])
     expect(text).toMatch(/^\{\n {2}"pid": \d+,\n/)
@@ -100,7 +107,7 @@ describe('API behaviour', () => {
     expectTakeoverFrom(dir, p.pid)
   })
 
-  test('forceRemoveLock: the old holder, still running, does not remove the new holder\'s file', async () => {
+  test("forceRemoveLock: the old holder, still running, does not remove the new holder's file", async () => {
     const dir = tempDir('api-force')
     const old = await holder(dir)
     expect(pl.forceRemoveLock('backend', SHORT(dir))).toBe(true)
@@ -151,7 +158,11 @@ describe('API behaviour', () => {
   test('ESM import and the package name resolve to the same API', () => {
     const r = spawnSync(
       process.execPath,
-      ['--input-type=module', '-e', "import { acquireLock, LockConflictError } from '@trader/processlock'; import cjs from '@trader/processlock'; console.log(typeof acquireLock, acquireLock === cjs.acquireLock, typeof LockConflictError)"],
+      [
+        '--input-type=module',
+        '-e',
+        "import { acquireLock, LockConflictError } from '@trader/processlock'; import cjs from '@trader/processlock'; console.log(typeof acquireLock, acquireLock === cjs.acquireLock, typeof LockConflictError)",
+      ],
       { cwd: ROOT, encoding: 'utf8' },
     )
     expect(r.stderr).toBe('')
@@ -165,7 +176,11 @@ describe('API behaviour', () => {
     fs.mkdirSync(sub, { recursive: true })
     // `node -e` has no entry script.
     const code = `const { acquireLock } = require(${JSON.stringify(ROOT)}); console.log(JSON.stringify({ ok: !!acquireLock('backend', { log: false }) }))`
-    const r = spawnSync(process.execPath, ['-e', code], { cwd: sub, encoding: 'utf8', env: { ...process.env, PROCESSLOCK_DIR: '', TRADE_SIDE: 'SHORT' } })
+    const r = spawnSync(process.execPath, ['-e', code], {
+      cwd: sub,
+      encoding: 'utf8',
+      env: { ...process.env, PROCESSLOCK_DIR: '', TRADE_SIDE: 'SHORT' },
+    })
     expect(r.stderr).toBe('')
     expect(JSON.parse(r.stdout).ok).toBe(true)
     // It exited, so it released; the directory was created where expected.
@@ -289,10 +304,10 @@ describe('bad input', () => {
   test.each([
     ['empty', ''],
     ['whitespace', '  \n'],
-    ['garbage', 'ceci n\'est pas un lock'],
+    ['garbage', "ceci n'est pas un lock"],
     ['truncated JSON', '{\n  "pid": 51172,\n  "started": "2025-10'],
     ['binary', Buffer.from([0xff, 0xfe, 0x00, 0x01])],
-  ])('%s lock file with no holder: logged and taken over', (label, content) => {
+  ])('%s lock file with no holder: logged and taken over', (_label, content) => {
     const dir = tempDir('api-garbage')
     fs.writeFileSync(lockFile(dir), content)
     // Old enough not to be a PID-only writer caught between truncating and writing.
@@ -301,7 +316,9 @@ describe('bad input', () => {
     const c = capture()
     const info = pl.acquireLock('backend', SHORT(dir, { log: c.log }))
     expect(info.pid).toBe(process.pid)
-    expect(c.lines[0]).toMatch(/^warn \[PROCESS_LOCK_STALE\] Found unreadable lock file .*backend\.short\.lock \(.+\) held by no process, removing\.\.\.$/)
+    expect(c.lines[0]).toMatch(
+      /^warn \[PROCESS_LOCK_STALE\] Found unreadable lock file .*backend\.short\.lock \(.+\) held by no process, removing\.\.\.$/,
+    )
     pl.releaseLock('backend', SHORT(dir))
   })
 })
@@ -347,7 +364,9 @@ describe('files of the older PID-only implementation, and PID reuse', () => {
         protocol: 'processlock/1',
       }
       fs.writeFileSync(lockFile(dir), JSON.stringify(record, null, 2))
-      expect(() => pl.acquireLock('backend', SHORT(dir, { log: false }))).toThrow(/OS lock on the lock file is not held/)
+      expect(() => pl.acquireLock('backend', SHORT(dir, { log: false }))).toThrow(
+        /OS lock on the lock file is not held/,
+      )
       expect(fs.readFileSync(lockFile(dir), 'utf8')).toBe(JSON.stringify(record, null, 2))
 
       // The same PID with another start token: a later process that got the PID. Stale.
@@ -357,7 +376,12 @@ describe('files of the older PID-only implementation, and PID reuse', () => {
       expectTakeoverFrom(dir, b.pid)
 
       // The legacy PID-only format, naming a live process that started after the lock was taken.
-      const legacy = { pid: b.pid, started: '2025-10-18T22:38:49.123Z', tradeSide: 'SHORT', processName: 'trader-short-backend' }
+      const legacy = {
+        pid: b.pid,
+        started: '2025-10-18T22:38:49.123Z',
+        tradeSide: 'SHORT',
+        processName: 'trader-short-backend',
+      }
       fs.writeFileSync(lockFile(dir), JSON.stringify(legacy, null, 2))
       expect(pl.getLockInfo('backend', SHORT(dir))).toBe(null)
       expect(pl.acquireLock('backend', SHORT(dir)).pid).toBe(process.pid)
@@ -398,7 +422,10 @@ describeAsNobody('another user', () => {
   test("another user's live process is alive (EPERM from kill), so its lock conflicts", async () => {
     const dir = sharedDir('api-eperm')
     // A legacy record naming this (root) test process, written after it started.
-    fs.writeFileSync(lockFile(dir), JSON.stringify({ pid: process.pid, started: new Date().toISOString(), tradeSide: 'SHORT' }))
+    fs.writeFileSync(
+      lockFile(dir),
+      JSON.stringify({ pid: process.pid, started: new Date().toISOString(), tradeSide: 'SHORT' }),
+    )
     const r = JSON.parse((await runAsNobody(dir)).stdout)
     expect(r).toMatchObject({ ok: false, isError: true, code: 'LOCK_CONFLICT' })
     expect(r.holder.pid).toBe(process.pid)
@@ -414,7 +441,7 @@ describeAsNobody('another user', () => {
     expect(lockDirEntries(dir)).toEqual([])
   })
 
-  test("a root-held lock seen by another user: conflict, and its file is kept", async () => {
+  test('a root-held lock seen by another user: conflict, and its file is kept', async () => {
     const dir = sharedDir('api-otheruser')
     pl.acquireLock('backend', SHORT(dir))
     const r = JSON.parse((await runAsNobody(dir)).stdout)

@@ -21,7 +21,18 @@ const {
 } = require('./helpers/cli-proc')
 
 const VERSION = require('../package.json').version
-const JSON_KEYS = ['file', 'processType', 'tradeSide', 'state', 'pid', 'started', 'uptimeMs', 'processName', 'hostname', 'problem']
+const JSON_KEYS = [
+  'file',
+  'processType',
+  'tradeSide',
+  'state',
+  'pid',
+  'started',
+  'uptimeMs',
+  'processName',
+  'hostname',
+  'problem',
+]
 const SIGNALS = ['SIGINT', 'SIGTERM', 'SIGHUP']
 
 const lockFile = (dir, name = 'backend.short.lock') => path.join(dir, name)
@@ -65,7 +76,12 @@ describe('processlock check', () => {
     const legacyPid = await deadPid()
     fs.writeFileSync(
       lockFile(dir, 'backend.long.lock'),
-      JSON.stringify({ pid: legacyPid, started: '2025-10-18T22:38:49.123Z', tradeSide: 'LONG', processName: 'trader-long-backend' }),
+      JSON.stringify({
+        pid: legacyPid,
+        started: '2025-10-18T22:38:49.123Z',
+        tradeSide: 'LONG',
+        processName: 'trader-long-backend',
+      }),
     )
 
     const locks = await checkJson(dir)
@@ -89,7 +105,13 @@ describe('processlock check', () => {
     expect(held.uptimeMs).toBeGreaterThanOrEqual(0)
     expect(held.uptimeMs).toBeLessThan(120000)
     expect(stale).toMatchObject({ processType: 'worker', tradeSide: 'SHORT', pid: stalePid, uptimeMs: null })
-    expect(legacy).toMatchObject({ processType: 'backend', tradeSide: 'LONG', pid: legacyPid, started: '2025-10-18T22:38:49.123Z', hostname: null })
+    expect(legacy).toMatchObject({
+      processType: 'backend',
+      tradeSide: 'LONG',
+      pid: legacyPid,
+      started: '2025-10-18T22:38:49.123Z',
+      hostname: null,
+    })
     expect(broken).toMatchObject({ processType: 'broken', tradeSide: null, pid: null, started: null, uptimeMs: null })
     expect(broken.problem).toContain('empty')
 
@@ -99,14 +121,25 @@ describe('processlock check', () => {
     expect(lines[0]).toBe(`Locks in ${dir}:`)
     expect(lines[2]).toMatch(/^TYPE\s+SIDE\s+PID\s+STARTED\s+UPTIME\s+STATE\s+PROCESS\s+FILE$/)
     const row = (file) => lines.find((l) => l.endsWith(` ${file}`))
-    expect(row('backend.short.lock')).toMatch(new RegExp(`^backend\\s+SHORT\\s+${holder.pid}\\s+\\S+Z\\s+\\d.*\\s+held\\s+trader-short-backend\\s+backend\\.short\\.lock$`))
+    expect(row('backend.short.lock')).toMatch(
+      new RegExp(
+        `^backend\\s+SHORT\\s+${holder.pid}\\s+\\S+Z\\s+\\d.*\\s+held\\s+trader-short-backend\\s+backend\\.short\\.lock$`,
+      ),
+    )
     expect(row('worker.short.lock')).toMatch(new RegExp(`^worker\\s+SHORT\\s+${stalePid}\\s+\\S+Z\\s+-\\s+stale\\s+`))
     expect(row('broken.lock')).toMatch(/^broken\s+-\s+-\s+-\s+-\s+invalid\s+-\s+broken\.lock$/)
     expect(text.stdout).toContain('  broken.lock: ')
-    expect(text.stdout).toContain('2 lock file(s) belong to no running process: the next start removes them, or run: processlock clear')
+    expect(text.stdout).toContain(
+      '2 lock file(s) belong to no running process: the next start removes them, or run: processlock clear',
+    )
     expect(text.stdout).toContain('1 file(s) are not lock records: processlock clear keeps them')
     // Looking changes nothing.
-    expect(lockDirEntries(dir).sort()).toEqual(['backend.long.lock', 'backend.short.lock', 'broken.lock', 'worker.short.lock'])
+    expect(lockDirEntries(dir).sort()).toEqual([
+      'backend.long.lock',
+      'backend.short.lock',
+      'broken.lock',
+      'worker.short.lock',
+    ])
     holder.kill('SIGTERM')
     await holder.done()
   })
@@ -126,7 +159,9 @@ describe('processlock check', () => {
     expect(lockDirEntries(locks)).toEqual([])
     // --dir wins over $PROCESSLOCK_DIR, which wins over the default.
     const other = tempDir('cli-other')
-    expect((await cli(['check', '--dir', other], { cwd: deep, env: { PROCESSLOCK_DIR: locks } })).stdout).toBe(`No locks in ${other}\n`)
+    expect((await cli(['check', '--dir', other], { cwd: deep, env: { PROCESSLOCK_DIR: locks } })).stdout).toBe(
+      `No locks in ${other}\n`,
+    )
     expect((await cli(['check'], { cwd: deep, env: { PROCESSLOCK_DIR: other } })).stdout).toBe(`No locks in ${other}\n`)
   })
 })
@@ -143,14 +178,19 @@ describe('processlock clear', () => {
 
     const r = await cli(['clear'], { dir })
     expect(r.code).toBe(0)
-    expect(r.stdout).toContain(`kept            backend.short.lock (held by running PID ${holder.pid}, trader-short-backend)`)
+    expect(r.stdout).toContain(
+      `kept            backend.short.lock (held by running PID ${holder.pid}, trader-short-backend)`,
+    )
     expect(r.stdout).toContain(`removed stale   worker.short.lock (PID ${stalePid} is not running)`)
     expect(r.stdout).toMatch(/kept unknown {4}broken\.lock \(not a lock record: .+\)/)
     expect(r.stdout).toContain('removed 1 temp file(s) left by acquirers that died')
     expect(r.stdout).toContain(`pm2 stop all (or kill ${holder.pid})`)
     expect(lockDirEntries(dir).sort()).toEqual(['backend.short.lock', 'broken.lock', 'notes.txt'])
     expect(alive(holder.pid)).toBe(true)
-    expect((await checkJson(dir)).map((l) => [l.state, l.pid])).toEqual([['held', holder.pid], ['invalid', null]])
+    expect((await checkJson(dir)).map((l) => [l.state, l.pid])).toEqual([
+      ['held', holder.pid],
+      ['invalid', null],
+    ])
     fs.unlinkSync(lockFile(dir, 'broken.lock'))
 
     // Nothing left to clear: it says so and still keeps the held lock.
@@ -159,7 +199,9 @@ describe('processlock clear', () => {
     // The raw binding releases nothing on a signal: the file is left, unheld, and goes now.
     holder.kill('SIGTERM')
     await holder.done()
-    expect((await cli(['clear'], { dir })).stdout).toBe(`removed stale   backend.short.lock (PID ${holder.pid} is not running)\n`)
+    expect((await cli(['clear'], { dir })).stdout).toBe(
+      `removed stale   backend.short.lock (PID ${holder.pid} is not running)\n`,
+    )
     expect((await cli(['clear'], { dir })).stdout).toBe(`No locks in ${dir}\n`)
   })
 
@@ -169,7 +211,9 @@ describe('processlock clear', () => {
     const r = await cli(['clear', '--force'], { dir })
     expect(r.code).toBe(0)
     expect(r.stdout).toContain(`removed HELD    backend.short.lock (PID ${holder.pid} keeps running)`)
-    expect(r.stderr).toContain(`WARNING: this only deleted the lock files; it did NOT stop the running processes (${holder.pid}).`)
+    expect(r.stderr).toContain(
+      `WARNING: this only deleted the lock files; it did NOT stop the running processes (${holder.pid}).`,
+    )
     expect(r.stderr).toContain('pm2 stop all')
     expect(lockDirEntries(dir)).toEqual([])
     expect(alive(holder.pid)).toBe(true)
@@ -197,7 +241,12 @@ describe('processlock run', () => {
     const dir = tempDir('cli-run')
     const run = startRun(['backend', '--name', 'api-server'], ['signal-exit', '7'], { dir })
     const pid = await childPid(run)
-    expect(readRecord(dir)).toMatchObject({ pid, tradeSide: 'SHORT', processName: 'api-server', processType: 'backend' })
+    expect(readRecord(dir)).toMatchObject({
+      pid,
+      tradeSide: 'SHORT',
+      processName: 'api-server',
+      processType: 'backend',
+    })
     expect((await checkJson(dir)).map((l) => [l.state, l.pid, l.processName])).toEqual([['held', pid, 'api-server']])
 
     run.kill('SIGTERM')
@@ -215,7 +264,11 @@ describe('processlock run', () => {
     const dir = tempDir('cli-inherited')
     const r = await startRun(['backend', '-q'], ['inherited'], { dir }).done()
     expect(r.code).toBe(0)
-    expect(r.stdout).toMatch(new RegExp(`^INHERITED \\d+ ${lockFile(dir).replace(/[.]/g, '\\.')} true token true true\nSOCKET \\S+ true\nDIR ${dir}\n$`))
+    expect(r.stdout).toMatch(
+      new RegExp(
+        `^INHERITED \\d+ ${lockFile(dir).replace(/[.]/g, '\\.')} true token true true\nSOCKET \\S+ true\nDIR ${dir}\n$`,
+      ),
+    )
     // The socket that hands the descriptors to claimants that did not inherit them is gone.
     const socket = r.stdout.match(/SOCKET (\S+)/)[1]
     if (process.platform === 'linux') {
@@ -226,9 +279,12 @@ describe('processlock run', () => {
     }
     // The directory given with --dir, not the environment's, is the command's too.
     const other = tempDir('cli-inherited-env')
-    const viaOption = await startCli(['--dir', dir, 'run', 'backend', '-q', '--', process.execPath, CHILD, 'inherited'], {
-      dir: other,
-    }).done()
+    const viaOption = await startCli(
+      ['--dir', dir, 'run', 'backend', '-q', '--', process.execPath, CHILD, 'inherited'],
+      {
+        dir: other,
+      },
+    ).done()
     expect(viaOption.code).toBe(0)
     expect(viaOption.stdout).toContain(`DIR ${dir}\n`)
     expect(fs.readdirSync(other)).toEqual([])
@@ -249,7 +305,7 @@ describe('processlock run', () => {
     expect(lockDirEntries(dir)).toEqual([])
   })
 
-  test("conflict: the operator log lines, exit 1, and the command is never started", async () => {
+  test('conflict: the operator log lines, exit 1, and the command is never started', async () => {
     const dir = tempDir('cli-conflict')
     const holder = await startHolder(dir, 'backend')
     const before = fs.readFileSync(lockFile(dir), 'utf8')
@@ -278,7 +334,10 @@ describe('processlock run', () => {
     const dir = tempDir('cli-abort')
     // A lock held by a background sleeper whose recorded PID (the shell) has exited: an acquirer
     // keeps looking at it for a moment before it calls it a conflict.
-    const shell = await startCli(['run', 'backend', '-q', '--', '/bin/sh', '-c', 'sleep 30 >/dev/null 2>&1 & echo $!'], { dir }).exited()
+    const shell = await startCli(
+      ['run', 'backend', '-q', '--', '/bin/sh', '-c', 'sleep 30 >/dev/null 2>&1 & echo $!'],
+      { dir },
+    ).exited()
     const sleeper = Number(shell.stdout.trim())
     try {
       const marker = path.join(dir, 'started.txt')
@@ -301,7 +360,10 @@ describe('processlock run', () => {
   const linuxOnly = process.platform === 'linux' ? test : test.skip
   linuxOnly('SIGKILL of processlock while it takes the lock: the command never starts, nothing lingers', async () => {
     const dir = tempDir('cli-kill-early')
-    const shell = await startCli(['run', 'backend', '-q', '--', '/bin/sh', '-c', 'sleep 30 >/dev/null 2>&1 & echo $!'], { dir }).exited()
+    const shell = await startCli(
+      ['run', 'backend', '-q', '--', '/bin/sh', '-c', 'sleep 30 >/dev/null 2>&1 & echo $!'],
+      { dir },
+    ).exited()
     const sleeper = Number(shell.stdout.trim())
     // The fork of processlock that waits to become the command: a child running our binary.
     const forkOf = (parent) =>
@@ -379,7 +441,10 @@ describe('processlock run', () => {
 
     // Its own temp directory, where the socket that hands the lock to the command's processes lives.
     const tmp = tempDir('cli-wait-tmp')
-    const waiting = startRun(['backend', '--wait', '60000'], ['exit', '0'], { dir, env: { CHILD_MARKER: marker, TMPDIR: tmp } })
+    const waiting = startRun(['backend', '--wait', '60000'], ['exit', '0'], {
+      dir,
+      env: { CHILD_MARKER: marker, TMPDIR: tmp },
+    })
     await waiting.waitFor('[PROCESS_LOCK_WAIT]')
     const signalled = Date.now()
     waiting.kill('SIGTERM')
@@ -439,7 +504,9 @@ describe('processlock run', () => {
   test('a grandchild that inherited the lock keeps it; check says who to look for', async () => {
     const dir = tempDir('cli-grandchild')
     // The shell starts a long sleeper in the background and exits at once.
-    const r = await startCli(['run', 'backend', '-q', '--', '/bin/sh', '-c', 'sleep 30 >/dev/null 2>&1 & echo $!'], { dir }).exited()
+    const r = await startCli(['run', 'backend', '-q', '--', '/bin/sh', '-c', 'sleep 30 >/dev/null 2>&1 & echo $!'], {
+      dir,
+    }).exited()
     expect(r.code).toBe(0)
     const sleeper = Number(r.stdout.trim())
     try {

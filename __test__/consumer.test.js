@@ -45,8 +45,10 @@ let locks
 /** Every service a test started by hand: whatever a failed test left running is killed at the end. */
 const services = new Set()
 
-const acquiredLine = (type, side, pid) => `[PROCESS_LOCK_ACQUIRED] { processType: '${type}', tradeSide: '${side}', pid: ${pid} }`
-const releasedLine = (type, side, pid) => `[PROCESS_LOCK_RELEASED] { processType: '${type}', tradeSide: '${side}', pid: ${pid} }`
+const acquiredLine = (type, side, pid) =>
+  `[PROCESS_LOCK_ACQUIRED] { processType: '${type}', tradeSide: '${side}', pid: ${pid} }`
+const releasedLine = (type, side, pid) =>
+  `[PROCESS_LOCK_RELEASED] { processType: '${type}', tradeSide: '${side}', pid: ${pid} }`
 const staleLine = (pid) => `[PROCESS_LOCK_STALE] Found stale lock file for PID ${pid}, removing...`
 const fatalLine = (type, side, pid) => `[FATAL] LOCK_CONFLICT: ${type} (${side}) is already running (PID: ${pid})`
 
@@ -60,7 +62,13 @@ function record(name) {
   }
 }
 
-const lockFiles = () => (fs.existsSync(locks) ? fs.readdirSync(locks).filter((f) => f.endsWith('.lock')).sort() : [])
+const lockFiles = () =>
+  fs.existsSync(locks)
+    ? fs
+        .readdirSync(locks)
+        .filter((f) => f.endsWith('.lock'))
+        .sort()
+    : []
 
 /** Starts a built script of the project (`build/cjs/server/index.js`, ...) with TRADE_SIDE=side. */
 function startBuilt(script, side = 'SHORT', env = {}) {
@@ -77,7 +85,9 @@ async function startService(script, side = 'SHORT') {
   const type = script.includes('server') ? 'backend' : 'worker'
   const p = startBuilt(script, side)
   await p.waitFor(acquiredLine(type, side, p.pid))
-  await p.waitFor(type === 'backend' ? '[SERVER] listening on 127.0.0.1:' : `[WORKER] polling trader-${side.toLowerCase()}`)
+  await p.waitFor(
+    type === 'backend' ? '[SERVER] listening on 127.0.0.1:' : `[WORKER] polling trader-${side.toLowerCase()}`,
+  )
   return p
 }
 
@@ -91,7 +101,10 @@ async function stop(p, signal) {
 
 /** `processlock ...args` through the project's npm bin link (node_modules/.bin/processlock). */
 function processlock(args, env = {}) {
-  return run(path.join(project.dir, 'node_modules', '.bin', 'processlock'), args, { cwd: project.dir, env: cleanEnv(env) })
+  return run(path.join(project.dir, 'node_modules', '.bin', 'processlock'), args, {
+    cwd: project.dir,
+    env: cleanEnv(env),
+  })
 }
 
 async function checkJson() {
@@ -142,7 +155,18 @@ describePosix('@trader/processlock from a consumer', () => {
       const libFiles = fs.readdirSync(path.join(ROOT, 'lib')).map((f) => `lib/${f}`)
       // npm adds these whatever `files` says.
       const always = ['README.md', 'LICENSE', 'LICENSE.md'].filter((f) => fs.existsSync(path.join(ROOT, f)))
-      const expected = ['bin/processlock.js', 'binding.d.ts', 'binding.js', 'index.d.mts', 'index.d.ts', 'index.js', 'index.mjs', 'package.json', ...libFiles, ...always]
+      const expected = [
+        'bin/processlock.js',
+        'binding.d.ts',
+        'binding.js',
+        'index.d.mts',
+        'index.d.ts',
+        'index.js',
+        'index.mjs',
+        'package.json',
+        ...libFiles,
+        ...always,
+      ]
       const files = tarballs.main.files.map((f) => f.path)
       expect(files).toEqual(expected.sort((a, b) => a.localeCompare(b)))
       expect(tarballs.main.files.find((f) => f.path === 'bin/processlock.js').mode & 0o111).toBeTruthy()
@@ -159,7 +183,9 @@ describePosix('@trader/processlock from a consumer', () => {
     test(`the platform package (${ABI}) carries the addon and the processlock binary, executable`, () => {
       const files = tarballs.platform.files.map((f) => f.path)
       const readme = fs.existsSync(path.join(ROOT, 'npm', ABI, 'README.md')) ? ['README.md'] : []
-      expect(files).toEqual(['package.json', ...readme, EXE, `processlock.${ABI}.node`].sort((a, b) => a.localeCompare(b)))
+      expect(files).toEqual(
+        ['package.json', ...readme, EXE, `processlock.${ABI}.node`].sort((a, b) => a.localeCompare(b)),
+      )
       expect(tarballs.platform.files.find((f) => f.path === EXE).mode & 0o111).toBeTruthy()
       expect(tarballs.platform.name).toBe(`${tarballs.napi.packageName}-${ABI}`)
       expect(tarballs.platform.version).toBe(MAIN.version)
@@ -203,7 +229,8 @@ describePosix('@trader/processlock from a consumer', () => {
       expect(fs.existsSync(project.toolchain.calls) ? fs.readFileSync(project.toolchain.calls, 'utf8') : '').toBe('')
       for (const pkg of ['processlock', `processlock-${ABI}`]) {
         const manifest = JSON.parse(fs.readFileSync(path.join(modules, '@trader', pkg, 'package.json'), 'utf8'))
-        for (const script of ['preinstall', 'install', 'postinstall', 'prepare']) expect(manifest.scripts?.[script]).toBeUndefined()
+        for (const script of ['preinstall', 'install', 'postinstall', 'prepare'])
+          expect(manifest.scripts?.[script]).toBeUndefined()
         expect(fs.existsSync(path.join(modules, '@trader', pkg, 'binding.gyp'))).toBe(false)
       }
       const lock = JSON.parse(fs.readFileSync(path.join(project.dir, 'package-lock.json'), 'utf8'))
@@ -211,8 +238,12 @@ describePosix('@trader/processlock from a consumer', () => {
       expect(lock.packages[`node_modules/@trader/processlock-${ABI}`].resolved).toMatch(/^file:.*\.tgz$/)
       // The empty cache stayed free of anything from a registry.
       const cached = path.join(project.cache, '_cacache', 'index-v5')
-      const keys = fs.existsSync(cached) ? fs.readdirSync(cached, { recursive: true }).filter((f) => fs.statSync(path.join(cached, f)).isFile()) : []
-      const registryHits = keys.map((f) => fs.readFileSync(path.join(cached, f), 'utf8')).filter((t) => /request-cache:https?:/.test(t))
+      const keys = fs.existsSync(cached)
+        ? fs.readdirSync(cached, { recursive: true }).filter((f) => fs.statSync(path.join(cached, f)).isFile())
+        : []
+      const registryHits = keys
+        .map((f) => fs.readFileSync(path.join(cached, f), 'utf8'))
+        .filter((t) => /request-cache:https?:/.test(t))
       expect(registryHits).toEqual([])
     })
 
@@ -224,7 +255,9 @@ describePosix('@trader/processlock from a consumer', () => {
         const loaded = Object.keys(require.cache).filter((k) => k.endsWith('.node'))
         console.log(JSON.stringify({ loaded, target: require('./node_modules/@trader/processlock/binding.js').__napiBindingTarget, api: typeof pl.acquireLock }))`
       const r = await runOk(process.execPath, ['-e', probe], { cwd: project.dir })
-      const platformNode = fs.realpathSync(path.join(project.dir, 'node_modules', '@trader', `processlock-${ABI}`, `processlock.${ABI}.node`))
+      const platformNode = fs.realpathSync(
+        path.join(project.dir, 'node_modules', '@trader', `processlock-${ABI}`, `processlock.${ABI}.node`),
+      )
       expect(JSON.parse(r.stdout)).toEqual({ loaded: [platformNode], target: 'native', api: 'function' })
 
       // The same package without its platform package (an install with --omit=optional).
@@ -243,7 +276,11 @@ describePosix('@trader/processlock from a consumer', () => {
       expect(load.stderr).not.toMatch(/wasi|npm has a bug/i)
       // The reason underneath stays available as the cause.
       expect(load.stderr).toContain(`Cannot find module '@trader/processlock-${ABI}'`)
-      const cli = await run(process.execPath, [path.join(bare, 'node_modules', '@trader', 'processlock', 'bin', 'processlock.js'), 'check'], { cwd: bare })
+      const cli = await run(
+        process.execPath,
+        [path.join(bare, 'node_modules', '@trader', 'processlock', 'bin', 'processlock.js'), 'check'],
+        { cwd: bare },
+      )
       expect(cli.code).toBe(1)
       expect(cli.stderr).toContain(`@trader/processlock-${ABI} is installed`)
     })
@@ -254,7 +291,8 @@ describePosix('@trader/processlock from a consumer', () => {
       // Both strict. The ESM variant also checks every declaration file it loads, the package's
       // index.d.ts included; the CommonJS one resolves the same index.d.ts (through "types" rather
       // than "exports") and skips that part, a good 10 s of @types/node on this machine.
-      const config = (variant) => JSON.parse(fs.readFileSync(path.join(project.dir, `tsconfig.${variant}.json`), 'utf8')).compilerOptions
+      const config = (variant) =>
+        JSON.parse(fs.readFileSync(path.join(project.dir, `tsconfig.${variant}.json`), 'utf8')).compilerOptions
       expect(config('esm')).toMatchObject({ strict: true, skipLibCheck: false, module: 'nodenext' })
       expect(config('cjs')).toMatchObject({ strict: true, module: 'commonjs' })
       const cjs = fs.readFileSync(path.join(project.dir, 'build', 'cjs', 'server', 'index.js'), 'utf8')
@@ -267,7 +305,8 @@ describePosix('@trader/processlock from a consumer', () => {
     })
 
     test('the ES module typings (named exports, default export) check under node16, nodenext and bundler resolution', () => {
-      const config = (variant) => JSON.parse(fs.readFileSync(path.join(project.dir, `tsconfig.${variant}.json`), 'utf8'))
+      const config = (variant) =>
+        JSON.parse(fs.readFileSync(path.join(project.dir, `tsconfig.${variant}.json`), 'utf8'))
       for (const [variant, resolution] of [
         ['node16', 'node16'],
         ['esm', 'nodenext'],
@@ -282,7 +321,14 @@ describePosix('@trader/processlock from a consumer', () => {
       }
       // An import from the project resolves to the ESM declaration file, the require to the CommonJS one.
       const resolved = (conditions) =>
-        runOk(process.execPath, ['-e', `console.log(require('typescript').resolveModuleName('@trader/processlock', ${JSON.stringify(path.join(project.dir, 'types', 'imports.ts'))}, { module: 100, moduleResolution: 3 }, require('typescript').sys, undefined, undefined, ${conditions}).resolvedModule.resolvedFileName)`], { cwd: project.dir })
+        runOk(
+          process.execPath,
+          [
+            '-e',
+            `console.log(require('typescript').resolveModuleName('@trader/processlock', ${JSON.stringify(path.join(project.dir, 'types', 'imports.ts'))}, { module: 100, moduleResolution: 3 }, require('typescript').sys, undefined, undefined, ${conditions}).resolvedModule.resolvedFileName)`,
+          ],
+          { cwd: project.dir },
+        )
       return Promise.all([resolved('99'), resolved('1')]).then(([esm, cjs]) => {
         expect(esm.stdout.trim()).toBe(path.join(project.dir, 'node_modules', '@trader', 'processlock', 'index.d.mts'))
         expect(cjs.stdout.trim()).toBe(path.join(project.dir, 'node_modules', '@trader', 'processlock', 'index.d.ts'))
@@ -308,8 +354,16 @@ describePosix('@trader/processlock from a consumer', () => {
       const worker = await startService(`build/${format}/temporal/worker.js`)
       // The default place: runtime/locks under the project.
       expect(lockFiles()).toEqual(['backend.short.lock', 'worker.short.lock'])
-      expect(record('backend.short.lock')).toMatchObject({ pid: server.pid, tradeSide: 'SHORT', processName: 'trader-short-backend' })
-      expect(record('worker.short.lock')).toMatchObject({ pid: worker.pid, tradeSide: 'SHORT', processName: 'trader-short-worker' })
+      expect(record('backend.short.lock')).toMatchObject({
+        pid: server.pid,
+        tradeSide: 'SHORT',
+        processName: 'trader-short-backend',
+      })
+      expect(record('worker.short.lock')).toMatchObject({
+        pid: worker.pid,
+        tradeSide: 'SHORT',
+        processName: 'trader-short-worker',
+      })
       expect(server.stdout).toContain(`Backend runs with PID ${server.pid}`)
 
       const second = await startBuilt(`build/${other}/server/index.js`).done()
@@ -345,7 +399,11 @@ describePosix('@trader/processlock from a consumer', () => {
       const short = await startService('build/esm/server/index.js', 'SHORT')
       const long = await startService('build/cjs/server/index.js', 'LONG')
       expect(lockFiles()).toEqual(['backend.long.lock', 'backend.short.lock'])
-      expect(record('backend.long.lock')).toMatchObject({ pid: long.pid, tradeSide: 'LONG', processName: 'trader-long-backend' })
+      expect(record('backend.long.lock')).toMatchObject({
+        pid: long.pid,
+        tradeSide: 'LONG',
+        processName: 'trader-long-backend',
+      })
       expect(record('backend.short.lock').pid).toBe(short.pid)
 
       const second = await startBuilt('build/esm/server/index.js', 'LONG').done()
@@ -375,10 +433,18 @@ describePosix('@trader/processlock from a consumer', () => {
         expect(out).toContain(`Locks in ${locks}`)
         const rows = out.split('\n').filter((l) => l.endsWith('.lock'))
         const row = (file) => rows.find((l) => l.endsWith(` ${file}`)).split(/\s+/)
-        expect(row('backend.short.lock')).toEqual(expect.arrayContaining(['backend', 'SHORT', String(server.pid), 'held', 'trader-short-backend']))
-        expect(row('worker.short.lock')).toEqual(expect.arrayContaining(['worker', 'SHORT', String(worker.pid), 'held', 'trader-short-worker']))
-        expect(row('backend.long.lock')).toEqual(expect.arrayContaining(['backend', 'LONG', String(long.pid), 'held', 'trader-long-backend']))
-        expect(row('worker.long.lock')).toEqual(expect.arrayContaining(['worker', 'LONG', String(dead.pid), 'stale', 'trader-long-worker']))
+        expect(row('backend.short.lock')).toEqual(
+          expect.arrayContaining(['backend', 'SHORT', String(server.pid), 'held', 'trader-short-backend']),
+        )
+        expect(row('worker.short.lock')).toEqual(
+          expect.arrayContaining(['worker', 'SHORT', String(worker.pid), 'held', 'trader-short-worker']),
+        )
+        expect(row('backend.long.lock')).toEqual(
+          expect.arrayContaining(['backend', 'LONG', String(long.pid), 'held', 'trader-long-backend']),
+        )
+        expect(row('worker.long.lock')).toEqual(
+          expect.arrayContaining(['worker', 'LONG', String(dead.pid), 'stale', 'trader-long-worker']),
+        )
       }
       const states = Object.fromEntries((await checkJson()).map((l) => [path.basename(l.file), [l.state, l.pid]]))
       expect(states).toEqual({
@@ -389,7 +455,9 @@ describePosix('@trader/processlock from a consumer', () => {
       })
 
       const clear = await runOk(process.execPath, [NPX_CLI, '--offline', 'processlock', 'clear'], { cwd: project.dir })
-      expect(clear.stdout).toMatch(new RegExp(`removed stale +worker\\.long\\.lock \\(PID ${dead.pid} is not running\\)`))
+      expect(clear.stdout).toMatch(
+        new RegExp(`removed stale +worker\\.long\\.lock \\(PID ${dead.pid} is not running\\)`),
+      )
       expect(clear.stdout).toMatch(new RegExp(`kept +backend\\.short\\.lock \\(held by running PID ${server.pid}`))
       expect(lockFiles()).toEqual(['backend.long.lock', 'backend.short.lock', 'worker.short.lock'])
 
@@ -407,9 +475,21 @@ describePosix('@trader/processlock from a consumer', () => {
 
     /** The project's jest, with two workers and a cache of its own (no timings: no running in band). */
     const jest = (args) =>
-      run(process.execPath, [path.join(project.dir, 'node_modules', 'jest', 'bin', 'jest.js'), '--ci', '--colors=false', '--maxWorkers=2', '--cacheDirectory', fs.mkdtempSync(path.join(work, 'jest-cache-')), ...args], {
-        cwd: project.dir,
-      })
+      run(
+        process.execPath,
+        [
+          path.join(project.dir, 'node_modules', 'jest', 'bin', 'jest.js'),
+          '--ci',
+          '--colors=false',
+          '--maxWorkers=2',
+          '--cacheDirectory',
+          fs.mkdtempSync(path.join(work, 'jest-cache-')),
+          ...args,
+        ],
+        {
+          cwd: project.dir,
+        },
+      )
 
     test("the trader's own jest tests pass, with parallel workers, a module that locks at import included", async () => {
       const r = await jest([])
@@ -419,7 +499,8 @@ describePosix('@trader/processlock from a consumer', () => {
 
     test('jest workers: a lock directory per worker (JEST_WORKER_ID) lets each import the locking module; one directory for all does not', async () => {
       const ordersTests = ['--runTestsByPath', '__tests__/orders-a.test.cjs', '__tests__/orders-b.test.cjs']
-      for (const id of [1, 2]) fs.rmSync(path.join(project.dir, 'runtime', `locks-jest-${id}`), { recursive: true, force: true })
+      for (const id of [1, 2])
+        fs.rmSync(path.join(project.dir, 'runtime', `locks-jest-${id}`), { recursive: true, force: true })
       const perWorker = await jest(ordersTests)
       if (perWorker.code !== 0) throw new Error(`consumer jest failed:\n${perWorker.stdout}\n${perWorker.stderr}`)
       expect(perWorker.stderr).toMatch(/Tests:\s+2 passed, 2 total/)
@@ -427,7 +508,11 @@ describePosix('@trader/processlock from a consumer', () => {
       for (const id of [1, 2]) expect(lockDirEntries(path.join(project.dir, 'runtime', `locks-jest-${id}`))).toEqual([])
 
       // The same two files with no setup file: both workers lock runtime/locks, and the second is refused.
-      const config = { rootDir: project.dir, testEnvironment: 'node', testMatch: ['<rootDir>/__tests__/orders-*.test.cjs'] }
+      const config = {
+        rootDir: project.dir,
+        testEnvironment: 'node',
+        testMatch: ['<rootDir>/__tests__/orders-*.test.cjs'],
+      }
       const shared = await jest(['--config', JSON.stringify(config), ...ordersTests])
       expect(shared.code).toBe(1)
       expect(shared.stderr).toMatch(/Test Suites:\s+1 failed, 1 passed, 2 total/)
@@ -442,7 +527,14 @@ describePosix('@trader/processlock from a consumer', () => {
       const out = path.join(work, 'esbuild-out')
       const r = await runOk(
         esbuild,
-        ['server/index.ts', '--bundle', '--platform=node', '--format=cjs', '--loader:.node=copy', `--outfile=${path.join(out, 'server.cjs')}`],
+        [
+          'server/index.ts',
+          '--bundle',
+          '--platform=node',
+          '--format=cjs',
+          '--loader:.node=copy',
+          `--outfile=${path.join(out, 'server.cjs')}`,
+        ],
         { cwd: project.dir },
       )
       const emitted = fs.readdirSync(out)
@@ -457,13 +549,17 @@ describePosix('@trader/processlock from a consumer', () => {
       for (const f of emitted) fs.copyFileSync(path.join(out, f), path.join(deployed, f))
       const bundleLocks = path.join(work, 'bundle-locks')
       const start = () =>
-        watch(process.execPath, [path.join(deployed, 'server.cjs')], { cwd: deployed, env: cleanEnv({ TRADE_SIDE: 'SHORT', PROCESSLOCK_DIR: bundleLocks }) })
+        watch(process.execPath, [path.join(deployed, 'server.cjs')], {
+          cwd: deployed,
+          env: cleanEnv({ TRADE_SIDE: 'SHORT', PROCESSLOCK_DIR: bundleLocks }),
+        })
       const first = start()
       services.add(first)
       await first.waitFor(acquiredLine('backend', 'SHORT', first.pid))
       await first.waitFor('[SERVER] listening on 127.0.0.1:')
       // The addon it runs is the copy beside the bundle.
-      if (process.platform === 'linux') expect(fs.readFileSync(`/proc/${first.pid}/maps`, 'utf8')).toContain(path.join(deployed, addon))
+      if (process.platform === 'linux')
+        expect(fs.readFileSync(`/proc/${first.pid}/maps`, 'utf8')).toContain(path.join(deployed, addon))
       const second = await start().done()
       expect(second.code).toBe(1)
       expect(second.stderr).toContain(fatalLine('backend', 'SHORT', first.pid))
@@ -530,9 +626,12 @@ describePosix('@trader/processlock from a consumer', () => {
       // PM2 counts the end of any process that ran less than min_uptime (1 s by default) as an
       // unstable restart, a planned `pm2 restart` too. Once both have run that long, an unstable
       // restart below can only be a new process that crashed (a conflict at start).
-      await waitUntil(async () => Object.values(await pm2.apps()).every((a) => Date.now() - a.startedAt > MIN_UPTIME_MS), {
-        what: 'both processes to have run for min_uptime',
-      })
+      await waitUntil(
+        async () => Object.values(await pm2.apps()).every((a) => Date.now() - a.startedAt > MIN_UPTIME_MS),
+        {
+          what: 'both processes to have run for min_uptime',
+        },
+      )
       await pm2.cmd(['restart', 'all'])
       const backend = await pm2.waitOnline(BACKEND, (pid) => pid !== before.backend.pid)
       const worker = await pm2.waitOnline(WORKER, (pid) => pid !== before.worker.pid)
@@ -575,22 +674,29 @@ describePosix('@trader/processlock from a consumer', () => {
     test.each([
       ['server', 'backend', BACKEND],
       ['worker', 'worker', WORKER],
-    ])('kill -9 of the managed %s: PM2 restarts it and the new process takes the lock over at once', async (_, type, name) => {
-      const key = type === 'backend' ? 'backend' : 'worker'
-      const old = apps[key]
-      process.kill(old.pid, 'SIGKILL')
-      const fresh = await pm2.waitOnline(name, (pid) => pid !== old.pid)
-      // The killed process ran no clean-up: its file was still there, unheld, and the new one
-      // took it over at its first attempt.
-      await logged(fresh, staleLine(old.pid))
-      await logged(fresh, acquiredLine(type, 'SHORT', fresh.pid))
-      const other = type === 'backend' ? apps.worker : apps.backend
-      await heldBy(type === 'backend' ? fresh.pid : other.pid, type === 'backend' ? other.pid : fresh.pid, 'the new PID in the record')
-      expect(logs(fresh)).not.toContain('[PROCESS_LOCK_CONFLICT]')
-      // One restart: no crash loop of conflicting starts.
-      expect(fresh.restarts).toBe(old.restarts + 1)
-      apps = { ...apps, [key]: fresh }
-    })
+    ])(
+      'kill -9 of the managed %s: PM2 restarts it and the new process takes the lock over at once',
+      async (_, type, name) => {
+        const key = type === 'backend' ? 'backend' : 'worker'
+        const old = apps[key]
+        process.kill(old.pid, 'SIGKILL')
+        const fresh = await pm2.waitOnline(name, (pid) => pid !== old.pid)
+        // The killed process ran no clean-up: its file was still there, unheld, and the new one
+        // took it over at its first attempt.
+        await logged(fresh, staleLine(old.pid))
+        await logged(fresh, acquiredLine(type, 'SHORT', fresh.pid))
+        const other = type === 'backend' ? apps.worker : apps.backend
+        await heldBy(
+          type === 'backend' ? fresh.pid : other.pid,
+          type === 'backend' ? other.pid : fresh.pid,
+          'the new PID in the record',
+        )
+        expect(logs(fresh)).not.toContain('[PROCESS_LOCK_CONFLICT]')
+        // One restart: no crash loop of conflicting starts.
+        expect(fresh.restarts).toBe(old.restarts + 1)
+        apps = { ...apps, [key]: fresh }
+      },
+    )
 
     test("a worker with PM2's agent on: released on stop, or SIGKILLed and taken over as stale", async () => {
       // `pm2 start worker.js` without the ecosystem file: pmx on, as PM2 has it by default. Whether
@@ -606,7 +712,8 @@ describePosix('@trader/processlock from a consumer', () => {
       const outcome = async (pid) => {
         const sigkill = new RegExp(`Process with pid ${pid} still alive after \\d+ms, sending SIGKILL`)
         const how = await waitUntil(
-          () => (record('worker.long.lock')?.pid !== pid ? 'released' : sigkill.test(pm2.daemonLog()) ? 'killed' : null),
+          () =>
+            record('worker.long.lock')?.pid !== pid ? 'released' : sigkill.test(pm2.daemonLog()) ? 'killed' : null,
           { what: `PID ${pid} to release its lock or PM2 to log its SIGKILL` },
         )
         if (how === 'killed') {
@@ -630,14 +737,18 @@ describePosix('@trader/processlock from a consumer', () => {
       if ((await outcome(second.pid)) === 'killed') {
         // The README's remedy for a file left by a crash.
         const clear = await processlock(['clear'])
-        expect(clear.stdout).toMatch(new RegExp(`removed stale +worker\\.long\\.lock \\(PID ${second.pid} is not running\\)`))
+        expect(clear.stdout).toMatch(
+          new RegExp(`removed stale +worker\\.long\\.lock \\(PID ${second.pid} is not running\\)`),
+        )
       }
       expect(record('worker.long.lock')).toBeNull()
     })
 
     test('pm2 delete all and pm2 kill: every lock released, no PM2 process left', async () => {
       await pm2.cmd(['delete', 'all'])
-      await waitUntil(() => lockFiles().length === 0, { timeoutMs: 15000, what: 'the lock files to go' }).catch(() => {})
+      await waitUntil(() => lockFiles().length === 0, { timeoutMs: 15000, what: 'the lock files to go' }).catch(
+        () => {},
+      )
       expect(lockFiles()).toEqual([])
       const daemon = pm2.daemonPid()
       expect(daemon && running(daemon)).toBe(true)
@@ -665,7 +776,10 @@ describePosix('@trader/processlock from a consumer', () => {
           if (procs.length !== 2 || !procs.every((p) => p.status === 'online' && p.pid > 0 && pidOk(p.pid))) return null
           const byInstance = Object.fromEntries(procs.map((p) => [p.instance, p]))
           const ok = [0, 1].every(
-            (i) => byInstance[i] && record(fileOf(i))?.pid === byInstance[i].pid && logs(byInstance[i]).includes(`[SERVER] ${lockOf(i)} listening`),
+            (i) =>
+              byInstance[i] &&
+              record(fileOf(i))?.pid === byInstance[i].pid &&
+              logs(byInstance[i]).includes(`[SERVER] ${lockOf(i)} listening`),
           )
           return ok ? byInstance : null
         },
@@ -724,7 +838,9 @@ describePosix('@trader/processlock from a consumer', () => {
       await pm2.cmd(['reload', APP])
       const reloadMs = Date.now() - started
       instances = await serving((pid) => !oldPids.includes(pid), 'both new instances online with their locks')
-      console.log(`pm2 reload of ${APP} (2 instances, PM2's default listen_timeout 3000 ms and kill_timeout 1600 ms, waitMs 10000): ${reloadMs} ms`)
+      console.log(
+        `pm2 reload of ${APP} (2 instances, PM2's default listen_timeout 3000 ms and kill_timeout 1600 ms, waitMs 10000): ${reloadMs} ms`,
+      )
       for (const i of [0, 1]) {
         const fresh = instances[i]
         await logged(fresh, acquiredLine(lockOf(i), 'SHORT', fresh.pid))

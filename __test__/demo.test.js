@@ -17,7 +17,8 @@ function servicesUnder(tmp) {
   for (const entry of fs.readdirSync('/proc')) {
     if (!/^\d+$/.test(entry)) continue
     try {
-      if (fs.readFileSync(`/proc/${entry}/environ`).includes(needle) && running(Number(entry))) found.push(Number(entry))
+      if (fs.readFileSync(`/proc/${entry}/environ`).includes(needle) && running(Number(entry)))
+        found.push(Number(entry))
     } catch {}
   }
   return found
@@ -38,7 +39,11 @@ function demoTmp(label = 'demo') {
 /** The demo with its own TMPDIR (where it makes its lock directory), output piped to us. */
 function demo(args = [], env = {}) {
   const tmp = demoTmp()
-  const p = watch(process.execPath, [DEMO, ...args], { cwd: ROOT, env: { ...process.env, TMPDIR: tmp, NO_COLOR: undefined, ...env }, doneMs: 60000 })
+  const p = watch(process.execPath, [DEMO, ...args], {
+    cwd: ROOT,
+    env: { ...process.env, TMPDIR: tmp, NO_COLOR: undefined, ...env },
+    doneMs: 60000,
+  })
   return { p, tmp }
 }
 
@@ -61,7 +66,11 @@ describeLinux('npm run demo', () => {
     // `script` gives the demo a pseudo-terminal.
     const onTty = (env) => {
       const t = demoTmp('demo-tty')
-      return watch('script', ['-qec', `${process.execPath} ${DEMO}`, '/dev/null'], { cwd: ROOT, env: { ...process.env, TMPDIR: t, NO_COLOR: undefined, ...env }, doneMs: 60000 })
+      return watch('script', ['-qec', `${process.execPath} ${DEMO}`, '/dev/null'], {
+        cwd: ROOT,
+        env: { ...process.env, TMPDIR: t, NO_COLOR: undefined, ...env },
+        doneMs: 60000,
+      })
         .done()
         .then((r) => ({ ...r, left: left(t) }))
     }
@@ -70,6 +79,7 @@ describeLinux('npm run demo', () => {
     expect(coloured.stdout).toContain('\x1b[1m== Normal start')
     expect(plain.code).toBe(0)
     expect(plain.stdout).toContain('== Normal start')
+    // biome-ignore lint/suspicious/noControlCharactersInRegex: an ANSI colour sequence starts with ESC
     expect(plain.stdout).not.toMatch(/\x1b\[\d+m/)
     expect([coloured.left, plain.left]).toEqual([
       { services: [], files: [] },
@@ -87,16 +97,19 @@ describeLinux('npm run demo', () => {
     expect(left(tmp)).toEqual({ services: [], files: [] })
   })
 
-  test.each(['SIGTERM', 'SIGINT'])('%s while its services run: it stops them, removes its directory and ends by the signal', async (signal) => {
-    const { p, tmp } = demo(['--keep'])
-    await p.waitFor('press Ctrl+C to stop them')
-    const services = servicesUnder(tmp)
-    expect(services).toHaveLength(3)
-    p.kill(signal)
-    const r = await p.done()
-    expect(r).toMatchObject({ code: null, signal })
-    expect(r.stdout.match(/\[PROCESS_LOCK_RELEASED\]/g)).toHaveLength(3)
-    expect(left(tmp)).toEqual({ services: [], files: [] })
-    for (const pid of services) expect(running(pid)).toBe(false)
-  })
+  test.each(['SIGTERM', 'SIGINT'])(
+    '%s while its services run: it stops them, removes its directory and ends by the signal',
+    async (signal) => {
+      const { p, tmp } = demo(['--keep'])
+      await p.waitFor('press Ctrl+C to stop them')
+      const services = servicesUnder(tmp)
+      expect(services).toHaveLength(3)
+      p.kill(signal)
+      const r = await p.done()
+      expect(r).toMatchObject({ code: null, signal })
+      expect(r.stdout.match(/\[PROCESS_LOCK_RELEASED\]/g)).toHaveLength(3)
+      expect(left(tmp)).toEqual({ services: [], files: [] })
+      for (const pid of services) expect(running(pid)).toBe(false)
+    },
+  )
 })

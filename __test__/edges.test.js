@@ -18,7 +18,10 @@ async function tryFromAnotherProcess(dir) {
 }
 
 function lastJson(text) {
-  const lines = text.trim().split('\n').filter((l) => l.startsWith('{'))
+  const lines = text
+    .trim()
+    .split('\n')
+    .filter((l) => l.startsWith('{'))
   return JSON.parse(lines[lines.length - 1])
 }
 
@@ -34,7 +37,18 @@ describe('forceRemoveLock on a lock this process holds', () => {
     await waiter.waitFor('READY')
     const forcer = watch(
       'strace',
-      ['-f', '-qq', '-o', '/dev/null', '-e', 'trace=unlink,unlinkat', '-e', 'inject=unlink,unlinkat:delay_enter=30000', process.execPath, path.join(FIXTURES, 'force-own.js')],
+      [
+        '-f',
+        '-qq',
+        '-o',
+        '/dev/null',
+        '-e',
+        'trace=unlink,unlinkat',
+        '-e',
+        'inject=unlink,unlinkat:delay_enter=30000',
+        process.execPath,
+        path.join(FIXTURES, 'force-own.js'),
+      ],
       { env: { ...process.env, PROCESSLOCK_DIR: dir, TRADE_SIDE: 'SHORT', ...env, ROUNDS: '12' } },
     )
     const f = await forcer.done(120000)
@@ -49,7 +63,7 @@ describe('forceRemoveLock on a lock this process holds', () => {
   })
 })
 
-describe('worker threads share the process\'s locks', () => {
+describe("worker threads share the process's locks", () => {
   async function scenario(how, who) {
     const dir = tempDir(`edges-worker-${how}-${who}`)
     const p = start('worker-threads.js', { dir, args: [how, who], env: { PROCESSLOCK_LOG: 'silent' } })
@@ -62,7 +76,7 @@ describe('worker threads share the process\'s locks', () => {
   }
 
   test.each([['natural'], ['exit'], ['terminate']])(
-    'a worker that takes the main thread\'s lock and ends (%s) leaves it held by the main thread',
+    "a worker that takes the main thread's lock and ends (%s) leaves it held by the main thread",
     async (how) => {
       const { seen, other, r, pid } = await scenario(how, 'both')
       expect(seen).toMatchObject({ acquired: pid, held: true, exists: true })
@@ -128,14 +142,18 @@ describe('an aborted wait beside another wait for the same lock', () => {
     expect(b.value.pid).toBe(process.pid)
     expect(pl.isLockHeld('backend', SHORT(dir))).toBe(true)
     expect(recordOf(file).pid).toBe(process.pid)
-    expect(await tryFromAnotherProcess(dir)).toMatchObject({ ok: false, code: 'LOCK_CONFLICT', holder: { pid: process.pid } })
+    expect(await tryFromAnotherProcess(dir)).toMatchObject({
+      ok: false,
+      code: 'LOCK_CONFLICT',
+      holder: { pid: process.pid },
+    })
     expect(pl.releaseLock('backend', SHORT(dir))).toBe(true)
     await p.done()
   })
 
   test('an aborted wait alone still gives back the lock it took', async () => {
     const dir = tempDir('edges-abort-alone')
-    const { file, p, ctrl, aborted } = await waitThatTookTheLock(dir)
+    const { p, ctrl, aborted } = await waitThatTookTheLock(dir)
     ctrl.abort()
     await expect(aborted).rejects.toMatchObject({ code: 'LOCK_ABORTED' })
     expect(pl.isLockHeld('backend', SHORT(dir))).toBe(false)
@@ -165,7 +183,14 @@ describe('where the lock file lives', () => {
     return watch(process.execPath, [script], {
       cwd,
       stdin: 'pipe',
-      env: { ...process.env, PROCESSLOCK_DIR: undefined, PROCESSLOCK_LOG: 'silent', TRADE_SIDE: 'SHORT', PROCESSLOCK_PACKAGE: ROOT, ...env },
+      env: {
+        ...process.env,
+        PROCESSLOCK_DIR: undefined,
+        PROCESSLOCK_LOG: 'silent',
+        TRADE_SIDE: 'SHORT',
+        PROCESSLOCK_PACKAGE: ROOT,
+        ...env,
+      },
     })
   }
 
@@ -193,7 +218,12 @@ describe('where the lock file lives', () => {
       ]
       for (const startSecond of starts) {
         const second = await startSecond().done(60000)
-        expect(lastJson(second.stdout)).toEqual({ ok: false, code: 'LOCK_CONFLICT', holder: first.pid, lockFile: lockFile(locks) })
+        expect(lastJson(second.stdout)).toEqual({
+          ok: false,
+          code: 'LOCK_CONFLICT',
+          holder: first.pid,
+          lockFile: lockFile(locks),
+        })
       }
       first.child.stdin.end()
       const r = await first.done(60000)
@@ -215,7 +245,10 @@ describe('where the lock file lives', () => {
       process.env.TRADE_SIDE = 'LONG'
       console.log('READY')
       setInterval(() => {}, 1000)`
-    const p = watch(process.execPath, ['-e', code], { cwd: base, env: { ...process.env, PROCESSLOCK_DIR: undefined, PROCESSLOCK_LOG: '', TRADE_SIDE: 'SHORT' } })
+    const p = watch(process.execPath, ['-e', code], {
+      cwd: base,
+      env: { ...process.env, PROCESSLOCK_DIR: undefined, PROCESSLOCK_LOG: '', TRADE_SIDE: 'SHORT' },
+    })
     await p.waitFor('READY')
     expect(lockDirEntries(path.join(base, 'locks'))).toEqual(['backend.short.lock'])
     p.kill('SIGTERM')
@@ -281,7 +314,7 @@ describe('a holder whose lock file was removed, replaced or moved knows it', () 
     expect(lockDirEntries(dir)).toEqual([])
   })
 
-  test('replaced by another process\'s lock: its record, isOwn false, acquireLock conflicts', async () => {
+  test("replaced by another process's lock: its record, isOwn false, acquireLock conflicts", async () => {
     const dir = tempDir('edges-replaced')
     pl.acquireLock('backend', SHORT(dir))
     forceRemoveFromAnotherProcess(dir)
@@ -290,7 +323,9 @@ describe('a holder whose lock file was removed, replaced or moved knows it', () 
       expect(pl.isLockHeld('backend', SHORT(dir))).toBe(false)
       expect(pl.getLockInfo('backend', SHORT(dir)).pid).toBe(p.pid)
       expect(pl.listLocks({ dir }).map((l) => [l.state, l.record.pid, l.isOwn])).toEqual([['held', p.pid, false]])
-      expect(() => pl.acquireLock('backend', SHORT(dir))).toThrow(expect.objectContaining({ code: 'LOCK_CONFLICT', holder: expect.objectContaining({ pid: p.pid }) }))
+      expect(() => pl.acquireLock('backend', SHORT(dir))).toThrow(
+        expect.objectContaining({ code: 'LOCK_CONFLICT', holder: expect.objectContaining({ pid: p.pid }) }),
+      )
       // Our release removes nothing of theirs.
       expect(pl.releaseLock('backend', SHORT(dir))).toBe(false)
       expect(recordOf(lockFile(dir)).pid).toBe(p.pid)

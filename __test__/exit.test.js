@@ -5,7 +5,9 @@ const { start, run, tempDir } = require('./helpers/proc')
 
 const conflict = (pid) => [
   '[PROCESS_LOCK_CONFLICT] Another backend (SHORT) is already running!',
-  expect.stringMatching(new RegExp(`^\\[PROCESS_LOCK_CONFLICT\\] Existing process: \\{ pid: ${pid}, started: '.+' \\}$`)),
+  expect.stringMatching(
+    new RegExp(`^\\[PROCESS_LOCK_CONFLICT\\] Existing process: \\{ pid: ${pid}, started: '.+' \\}$`),
+  ),
   `[PROCESS_LOCK_CONFLICT] To force restart, run: kill ${pid}`,
   `[FATAL] LOCK_CONFLICT: backend (SHORT) is already running (PID: ${pid})`,
 ]
@@ -35,7 +37,9 @@ describe('acquireLockOrExit', () => {
     expect(second.code).toBe(1)
     expect(second.stderr).toBe('')
     const lines = conflict(first.pid).map((l) => (typeof l === 'string' ? `app error: ${l}` : l))
-    lines[1] = expect.stringMatching(new RegExp(`^app error: \\[PROCESS_LOCK_CONFLICT\\] Existing process: \\{ pid: ${first.pid}, `))
+    lines[1] = expect.stringMatching(
+      new RegExp(`^app error: \\[PROCESS_LOCK_CONFLICT\\] Existing process: \\{ pid: ${first.pid}, `),
+    )
     expect(second.stdout.trim().split('\n')).toEqual(lines)
   })
 

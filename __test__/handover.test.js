@@ -50,7 +50,8 @@ test.each([
   const losers = got.filter((r) => !r.ok)
   expect(losers.map((r) => r.code)).toEqual(['LOCK_CONFLICT', 'LOCK_CONFLICT'])
   const record = JSON.parse(fs.readFileSync(path.join(dir, 'backend.short.lock'), 'utf8'))
-  for (const r of losers) expect(r.message).toBe(`LOCK_CONFLICT: backend (SHORT) is already running (PID: ${record.pid})`)
+  for (const r of losers)
+    expect(r.message).toBe(`LOCK_CONFLICT: backend (SHORT) is already running (PID: ${record.pid})`)
   // The winner's variable is gone from its environment; the losers still see theirs (unused).
   expect(got.find((r) => r.ok).inherited).toBeNull()
   fs.writeFileSync(gate, '')
@@ -60,7 +61,7 @@ test.each([
 })
 
 test.each([
-  ['a shell', (dir) => ['/bin/sh', '-c', `${node}; true`]],
+  ['a shell', (_dir) => ['/bin/sh', '-c', `${node}; true`]],
   [
     'npm run',
     (dir) => {
@@ -89,7 +90,10 @@ test.each([
 test('a child of the owner cannot claim the lock, not even after the owner died', async () => {
   const dir = tempDir('handover-child')
   // The shell stays after the owner (holding the inherited descriptor, as a wrapper script would).
-  const { run, gate } = runWrapped(dir, ['/bin/sh', '-c', `${node}; exec sleep 60`], { CLAIM_CHILD: '1', CLAIM_AGAIN: '1' })
+  const { run, gate } = runWrapped(dir, ['/bin/sh', '-c', `${node}; exec sleep 60`], {
+    CLAIM_CHILD: '1',
+    CLAIM_AGAIN: '1',
+  })
   const [owner, child] = await waitReports(run, 2)
   expect(owner).toMatchObject({ attempt: 1, ok: true, inherited: null })
   // Started by the owner with the environment process.env gives: no variable, no claim.
@@ -121,7 +125,8 @@ test('a process outside the command with a copy of its variable cannot claim the
     `n=0; while [ ! -e ${sh(start)} ] && [ $n -lt 600 ]; do sleep 0.05; n=$((n+1)); done; ${node}`,
   ])
   const until = Date.now() + 15000
-  while (!fs.existsSync(path.join(dir, 'backend.short.lock')) && Date.now() < until) await new Promise((r) => setTimeout(r, 10))
+  while (!fs.existsSync(path.join(dir, 'backend.short.lock')) && Date.now() < until)
+    await new Promise((r) => setTimeout(r, 10))
   const commandPid = JSON.parse(fs.readFileSync(path.join(dir, 'backend.short.lock'), 'utf8')).pid
   const inherited = fs
     .readFileSync(`/proc/${commandPid}/environ`, 'utf8')
@@ -129,7 +134,13 @@ test('a process outside the command with a copy of its variable cannot claim the
     .find((v) => v.startsWith('PROCESSLOCK_INHERITED='))
     .slice('PROCESSLOCK_INHERITED='.length)
   const outsider = spawnSync(process.execPath, [CLAIM], {
-    env: { ...process.env, PROCESSLOCK_DIR: dir, TRADE_SIDE: 'SHORT', PROCESSLOCK_INHERITED: inherited, CLAIM_GATE: '/' },
+    env: {
+      ...process.env,
+      PROCESSLOCK_DIR: dir,
+      TRADE_SIDE: 'SHORT',
+      PROCESSLOCK_INHERITED: inherited,
+      CLAIM_GATE: '/',
+    },
     encoding: 'utf8',
   })
   expect(JSON.parse(outsider.stdout)).toMatchObject({ ok: false, code: 'LOCK_CONFLICT' })

@@ -17,7 +17,7 @@ const SHORT = (dir, extra = {}) => ({ dir, tradeSide: 'SHORT', log: false, ...ex
 const lockFile = (dir, name = 'backend.short.lock') => path.join(dir, name)
 const mode = (p) => fs.statSync(p).mode & 0o7777
 // C0 controls (ESC, BEL, CR, LF...), DEL and C1: none may come out raw from a record.
-// eslint-disable-next-line no-control-regex
+// biome-ignore lint/suspicious/noControlCharactersInRegex: these control characters are what the test looks for
 const RAW_CONTROL = /[\u0000-\u0008\u000b-\u001f\u007f-\u009f]/
 
 /** Every entry of `dir` with its content, mode and mtime: to prove nothing was touched. */
@@ -36,7 +36,15 @@ function snapshot(dir) {
 async function dirWithLeftovers(label) {
   const dir = tempDir(label)
   const dead = await deadPid()
-  fs.writeFileSync(lockFile(dir), JSON.stringify({ pid: dead, started: '2025-10-18T22:38:49.123Z', tradeSide: 'SHORT', processName: 'trader-short-backend' }))
+  fs.writeFileSync(
+    lockFile(dir),
+    JSON.stringify({
+      pid: dead,
+      started: '2025-10-18T22:38:49.123Z',
+      tradeSide: 'SHORT',
+      processName: 'trader-short-backend',
+    }),
+  )
   fs.writeFileSync(path.join(dir, `.backend.short.lock.${dead}.0.tmp`), '{}')
   return dir
 }
@@ -142,27 +150,33 @@ setInterval(() => {}, 1 << 30)`
     expect(lockDirEntries(dir)).toEqual([])
   })
 
-  ;(isRoot ? test : test.skip)('a lock directory owned by another user is refused, for root too; its owner uses it', async () => {
-    const dir = await dirWithLeftovers('perm-owner')
-    fs.chmodSync(dir, 0o755)
-    for (const name of fs.readdirSync(dir)) fs.chownSync(path.join(dir, name), NOBODY, NOBODY)
-    fs.chownSync(dir, NOBODY, NOBODY)
-    const before = snapshot(dir)
-    expect(() => pl.acquireLock('backend', SHORT(dir))).toThrow(
-      expect.objectContaining({ code: 'LOCK_UNSAFE_DIR', message: expect.stringContaining('is owned by uid 65534, not by') }),
-    )
-    expect(snapshot(dir)).toEqual(before)
+  ;(isRoot ? test : test.skip)(
+    'a lock directory owned by another user is refused, for root too; its owner uses it',
+    async () => {
+      const dir = await dirWithLeftovers('perm-owner')
+      fs.chmodSync(dir, 0o755)
+      for (const name of fs.readdirSync(dir)) fs.chownSync(path.join(dir, name), NOBODY, NOBODY)
+      fs.chownSync(dir, NOBODY, NOBODY)
+      const before = snapshot(dir)
+      expect(() => pl.acquireLock('backend', SHORT(dir))).toThrow(
+        expect.objectContaining({
+          code: 'LOCK_UNSAFE_DIR',
+          message: expect.stringContaining('is owned by uid 65534, not by'),
+        }),
+      )
+      expect(snapshot(dir)).toEqual(before)
 
-    const script = `const pl = require(${JSON.stringify(ROOT)})
+      const script = `const pl = require(${JSON.stringify(ROOT)})
 console.log(JSON.stringify(pl.acquireLock('backend', { dir: process.argv[1], tradeSide: 'SHORT', log: false })))`
-    const owner = await watch(process.execPath, ['-e', script, dir], { uid: NOBODY, gid: NOBODY }).done()
-    expect(owner.code).toBe(0)
-    expect(JSON.parse(owner.stdout)).toMatchObject({ processName: 'trader-short-backend' })
-  })
+      const owner = await watch(process.execPath, ['-e', script, dir], { uid: NOBODY, gid: NOBODY }).done()
+      expect(owner.code).toBe(0)
+      expect(JSON.parse(owner.stdout)).toMatchObject({ processName: 'trader-short-backend' })
+    },
+  )
 })
 
 describe('processlock clear and files that are not lock records', () => {
-  test('another program\'s *.lock and an empty *.lock survive clear and clear --force, listed as unknown', async () => {
+  test("another program's *.lock and an empty *.lock survive clear and clear --force, listed as unknown", async () => {
     const dir = tempDir('clear-unknown')
     fs.writeFileSync(lockFile(dir, 'other.lock'), 'state of another program\n')
     fs.writeFileSync(lockFile(dir, 'x.lock'), '')
@@ -176,7 +190,9 @@ describe('processlock clear and files that are not lock records', () => {
     expect(r.stdout).toMatch(/^kept unknown {4}other\.lock \(not a lock record: .+\)$/m)
     expect(r.stdout).toContain('kept unknown    x.lock (empty file)')
     expect(r.stdout).toContain(`removed stale   worker.short.lock (PID ${stale.pid} is not running)`)
-    expect(r.stdout).toContain(`kept            backend.short.lock (held by running PID ${holder.pid}, trader-short-backend)`)
+    expect(r.stdout).toContain(
+      `kept            backend.short.lock (held by running PID ${holder.pid}, trader-short-backend)`,
+    )
     expect(r.stdout).toContain('2 file(s) are not lock records of processlock and were kept')
     expect(lockDirEntries(dir).sort()).toEqual(['backend.short.lock', 'other.lock', 'x.lock'])
 
@@ -201,7 +217,13 @@ describe('records crafted to rewrite the terminal or forge log lines', () => {
     const dir = tempDir('hostile-record')
     const live = await sleeper()
     try {
-      const record = { pid: live.pid, started: FORGED_STARTED, tradeSide: 'SHORT', processName: FORGED_NAME, hostname: os.hostname() }
+      const record = {
+        pid: live.pid,
+        started: FORGED_STARTED,
+        tradeSide: 'SHORT',
+        processName: FORGED_NAME,
+        hostname: os.hostname(),
+      }
       fs.writeFileSync(lockFile(dir), JSON.stringify(record))
 
       const { error, lines } = conflictOf(dir)
@@ -216,14 +238,19 @@ describe('records crafted to rewrite the terminal or forge log lines', () => {
 
       const run = await startRun(['backend'], ['exit', '0'], { dir }).done()
       expect(run.code).toBe(1)
-      expect(run.stderr).toContain(`[PROCESS_LOCK_CONFLICT] Existing process: { pid: ${live.pid}, started: '\\x1B[2J\\n[FATAL] forged' }`)
+      expect(run.stderr).toContain(
+        `[PROCESS_LOCK_CONFLICT] Existing process: { pid: ${live.pid}, started: '\\x1B[2J\\n[FATAL] forged' }`,
+      )
 
       for (const args of [['check'], ['check', 'backend'], ['clear']]) {
         const out = await cli(args, { dir })
         const text = out.stdout + out.stderr
         expect(text).not.toMatch(RAW_CONTROL)
-        expect(text.split('\n').filter((l) => l.startsWith('[FATAL]') || l.startsWith('[PROCESS_LOCK_ACQUIRED]'))).toEqual([])
-        if (args[0] === 'check') expect(text).toContain('\\x1B]0;owned\\x07\\r\\n[PROCESS_LOCK_ACQUIRED] forged\\x9B2J\\x7F')
+        expect(
+          text.split('\n').filter((l) => l.startsWith('[FATAL]') || l.startsWith('[PROCESS_LOCK_ACQUIRED]')),
+        ).toEqual([])
+        if (args[0] === 'check')
+          expect(text).toContain('\\x1B]0;owned\\x07\\r\\n[PROCESS_LOCK_ACQUIRED] forged\\x9B2J\\x7F')
       }
 
       const json = await cli(['check', '--json'], { dir })
@@ -261,7 +288,9 @@ describe('records crafted to rewrite the terminal or forge log lines', () => {
       expect(error.code).toBe('LOCK_INVALID_OPTION')
       expect(error.message).toMatch(/^LOCK_INVALID_OPTION: processName must /)
       expect(error.message.length).toBeLessThan(200)
-      await expect(pl.acquireLockAsync('backend', SHORT(dir, { processName }))).rejects.toBeInstanceOf(pl.LockInvalidOptionError)
+      await expect(pl.acquireLockAsync('backend', SHORT(dir, { processName }))).rejects.toBeInstanceOf(
+        pl.LockInvalidOptionError,
+      )
       expect(fs.existsSync(dir)).toBe(false)
     }
     const longest = 'z'.repeat(256)
@@ -311,12 +340,19 @@ describe('records crafted to rewrite the terminal or forge log lines', () => {
       const check = await cli(['check'], { dir })
       const header = check.stdout.split('\n')[2]
       expect(header).toMatch(/^TYPE\s+SIDE\s+PID\s+STARTED\s+UPTIME\s+STATE\s+PROCESS\s+HOST\s+FILE$/)
-      expect(check.stdout).toMatch(new RegExp(`^backend\\s+SHORT\\s+4242\\s+\\S+\\s+\\d+d \\d+h\\s+held\\s+trader-short-backend\\s+${HOST.replace(/\./g, '\\.')}\\s+backend\\.short\\.lock$`, 'm'))
+      expect(check.stdout).toMatch(
+        new RegExp(
+          `^backend\\s+SHORT\\s+4242\\s+\\S+\\s+\\d+d \\d+h\\s+held\\s+trader-short-backend\\s+${HOST.replace(/\./g, '\\.')}\\s+backend\\.short\\.lock$`,
+          'm',
+        ),
+      )
       const one = await cli(['check', 'backend'], { dir })
       expect(one.code).toBe(0)
       expect(one.stdout).toContain(`backend (SHORT): held by PID 4242 on host ${HOST} (trader-short-backend)`)
       const clear = await cli(['clear'], { dir })
-      expect(clear.stdout).toContain(`kept            backend.short.lock (held by PID 4242 on host ${HOST}, trader-short-backend)`)
+      expect(clear.stdout).toContain(
+        `kept            backend.short.lock (held by PID 4242 on host ${HOST}, trader-short-backend)`,
+      )
       expect(clear.stdout).toContain('stop those processes there')
       expect(clear.stdout).not.toContain('kill 4242')
     } finally {
@@ -329,7 +365,16 @@ describe('records crafted to rewrite the terminal or forge log lines', () => {
     const live = await sleeper()
     try {
       const started = new Date().toISOString()
-      fs.writeFileSync(lockFile(dir), JSON.stringify({ pid: live.pid, started, tradeSide: 'SHORT', processName: 'trader-short-backend', hostname: os.hostname() }))
+      fs.writeFileSync(
+        lockFile(dir),
+        JSON.stringify({
+          pid: live.pid,
+          started,
+          tradeSide: 'SHORT',
+          processName: 'trader-short-backend',
+          hostname: os.hostname(),
+        }),
+      )
       const { error, lines } = conflictOf(dir)
       expect(lines).toEqual([
         '[PROCESS_LOCK_CONFLICT] Another backend (SHORT) is already running!',
@@ -347,7 +392,19 @@ describe('records crafted to rewrite the terminal or forge log lines', () => {
 })
 
 describe('processlock check <type>: a verdict in the exit status', () => {
-  const JSON_KEYS = ['file', 'processType', 'tradeSide', 'state', 'held', 'pid', 'started', 'uptimeMs', 'processName', 'hostname', 'problem']
+  const JSON_KEYS = [
+    'file',
+    'processType',
+    'tradeSide',
+    'state',
+    'held',
+    'pid',
+    'started',
+    'uptimeMs',
+    'processName',
+    'hostname',
+    'problem',
+  ]
 
   async function verdict(dir, args, opts = {}) {
     const text = await cli(['check', ...args], { dir, ...opts })
@@ -363,13 +420,30 @@ describe('processlock check <type>: a verdict in the exit status', () => {
     let v = await verdict(dir, ['backend'])
     expect(v.code).toBe(1)
     expect(v.text).toBe(`backend (SHORT): not held (no lock file)\n  file: ${lockFile(dir)}\n`)
-    expect(v.json).toMatchObject({ file: lockFile(dir), processType: 'backend', tradeSide: 'SHORT', state: 'absent', held: false, pid: null })
+    expect(v.json).toMatchObject({
+      file: lockFile(dir),
+      processType: 'backend',
+      tradeSide: 'SHORT',
+      state: 'absent',
+      held: false,
+      pid: null,
+    })
 
     const holder = await startHolder(dir, 'backend')
     v = await verdict(dir, ['backend'])
     expect(v.code).toBe(0)
-    expect(v.text).toMatch(new RegExp(`^backend \\(SHORT\\): held by PID ${holder.pid} \\(trader-short-backend\\) since \\S+Z, up \\d+s\\n  file: ${lockFile(dir).replace(/[.]/g, '\\.')}\\n$`))
-    expect(v.json).toMatchObject({ state: 'held', held: true, pid: holder.pid, processName: 'trader-short-backend', hostname: os.hostname() })
+    expect(v.text).toMatch(
+      new RegExp(
+        `^backend \\(SHORT\\): held by PID ${holder.pid} \\(trader-short-backend\\) since \\S+Z, up \\d+s\\n  file: ${lockFile(dir).replace(/[.]/g, '\\.')}\\n$`,
+      ),
+    )
+    expect(v.json).toMatchObject({
+      state: 'held',
+      held: true,
+      pid: holder.pid,
+      processName: 'trader-short-backend',
+      hostname: os.hostname(),
+    })
 
     // The side: --side, else $TRADE_SIDE.
     expect((await verdict(dir, ['backend', '--side', 'LONG'])).code).toBe(1)

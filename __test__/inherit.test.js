@@ -33,7 +33,12 @@ test('a wrapped app that takes the same lock owns it, and a second app still con
     '/bin/sh',
     ['-c', `exec 7<"${path.join(dir, 'backend.short.lock')}" 8</dev/null; exec "${process.execPath}" "${app}"`],
     {
-      env: { ...process.env, PROCESSLOCK_DIR: dir, TRADE_SIDE: 'SHORT', PROCESSLOCK_INHERITED: `7:8:${fs.statSync('/dev/null').ino}:` },
+      env: {
+        ...process.env,
+        PROCESSLOCK_DIR: dir,
+        TRADE_SIDE: 'SHORT',
+        PROCESSLOCK_INHERITED: `7:8:${fs.statSync('/dev/null').ino}:`,
+      },
       encoding: 'utf8',
     },
   )

@@ -25,27 +25,34 @@ function childOf(pid) {
 }
 
 describeNamespaces('a service that is PID 1 in its PID namespace', () => {
-  test.each(['SIGTERM', 'SIGINT', 'SIGHUP'])('%s from outside: it releases its lock and ends (128 + the signal)', async (signal) => {
-    const dir = tempDir('pid1')
-    const p = watch('unshare', ['--pid', '--fork', '--kill-child', process.execPath, path.join(FIXTURES, 'ending.js'), 'wait'], {
-      env: { ...process.env, PROCESSLOCK_DIR: dir, TRADE_SIDE: 'SHORT', PROCESSLOCK_LOG: '' },
-      doneMs: 20000,
-    })
-    try {
-      await p.waitFor('READY')
-      const info = pl.getLockInfo('backend', { dir, tradeSide: 'SHORT', log: false })
-      expect(info.pid).toBe(1)
-      const service = childOf(p.pid)
-      process.kill(service, signal)
-      // unshare ends with its child's status.
-      const r = await p.done()
-      expect(r).toMatchObject({ code: 128 + require('node:os').constants.signals[signal] })
-      expect(r.stdout).toContain("[PROCESS_LOCK_RELEASED] { processType: 'backend', tradeSide: 'SHORT', pid: 1 }")
-      expect(running(service)).toBe(false)
-      expect(lockDirEntries(dir)).toEqual([])
-    } finally {
-      p.kill('SIGKILL')
-      await p.done().catch(() => {})
-    }
-  })
+  test.each(['SIGTERM', 'SIGINT', 'SIGHUP'])(
+    '%s from outside: it releases its lock and ends (128 + the signal)',
+    async (signal) => {
+      const dir = tempDir('pid1')
+      const p = watch(
+        'unshare',
+        ['--pid', '--fork', '--kill-child', process.execPath, path.join(FIXTURES, 'ending.js'), 'wait'],
+        {
+          env: { ...process.env, PROCESSLOCK_DIR: dir, TRADE_SIDE: 'SHORT', PROCESSLOCK_LOG: '' },
+          doneMs: 20000,
+        },
+      )
+      try {
+        await p.waitFor('READY')
+        const info = pl.getLockInfo('backend', { dir, tradeSide: 'SHORT', log: false })
+        expect(info.pid).toBe(1)
+        const service = childOf(p.pid)
+        process.kill(service, signal)
+        // unshare ends with its child's status.
+        const r = await p.done()
+        expect(r).toMatchObject({ code: 128 + require('node:os').constants.signals[signal] })
+        expect(r.stdout).toContain("[PROCESS_LOCK_RELEASED] { processType: 'backend', tradeSide: 'SHORT', pid: 1 }")
+        expect(running(service)).toBe(false)
+        expect(lockDirEntries(dir)).toEqual([])
+      } finally {
+        p.kill('SIGKILL')
+        await p.done().catch(() => {})
+      }
+    },
+  )
 })

@@ -1,7 +1,6 @@
 'use strict'
 // Many processes started together, ownership intervals compared: never two owners at once.
 const fs = require('node:fs')
-const path = require('node:path')
 const { start, tempDir, lockDirEntries } = require('./helpers/proc')
 
 const RACERS = 8
@@ -15,7 +14,7 @@ const ROUNDS = 40
 async function racers(dir, env = {}) {
   const procs = Array.from({ length: RACERS }, () => start('racer.js', { dir, env }))
   await Promise.all(procs.map((r) => r.waitFor('READY')))
-  let seen = procs.map(() => 0)
+  const seen = procs.map(() => 0)
   return {
     async round() {
       const before = procs.map((p) => p.stdout.split('DONE').length)
@@ -105,8 +104,18 @@ function leftovers(dir) {
 }
 
 test('the interval checker itself catches an overlap', () => {
-  expect(overlaps([{ pid: 1, start: 0n, end: 10n }, { pid: 2, start: 5n, end: 20n }])).toHaveLength(1)
-  expect(overlaps([{ pid: 1, start: 0n, end: 10n }, { pid: 2, start: 10n, end: 20n }])).toHaveLength(0)
+  expect(
+    overlaps([
+      { pid: 1, start: 0n, end: 10n },
+      { pid: 2, start: 5n, end: 20n },
+    ]),
+  ).toHaveLength(1)
+  expect(
+    overlaps([
+      { pid: 1, start: 0n, end: 10n },
+      { pid: 2, start: 10n, end: 20n },
+    ]),
+  ).toHaveLength(0)
 })
 
 test(`fresh lock: ${RACERS} processes x ${ROUNDS} rounds, exactly one owner per round`, async () => {

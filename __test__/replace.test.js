@@ -22,9 +22,14 @@ test('a holder that drains on SIGTERM is replaced without SIGKILL', async () => 
   const r = await replaceRun(dir, 60000)
   expect(r.code).toBe(0)
   expect(r.stderr).toMatch(
-    new RegExp(`^\\[PROCESS_LOCK_REPLACE\\] Sent SIGTERM to backend \\(SHORT\\) \\(PID ${h.pid}, started '[^']+'\\); SIGKILL in 60000 ms if it still holds the lock$`, 'm'),
+    new RegExp(
+      `^\\[PROCESS_LOCK_REPLACE\\] Sent SIGTERM to backend \\(SHORT\\) \\(PID ${h.pid}, started '[^']+'\\); SIGKILL in 60000 ms if it still holds the lock$`,
+      'm',
+    ),
   )
-  expect(r.stderr).toMatch(new RegExp(`^\\[PROCESS_LOCK_REPLACE\\] PID ${h.pid} let go of backend \\(SHORT\\) after \\d+ ms$`, 'm'))
+  expect(r.stderr).toMatch(
+    new RegExp(`^\\[PROCESS_LOCK_REPLACE\\] PID ${h.pid} let go of backend \\(SHORT\\) after \\d+ ms$`, 'm'),
+  )
   expect(r.stderr).not.toContain('SIGKILL;')
   expect(r.stdout).toMatch(/CHILD READY \d+/)
   const end = await h.done()
@@ -40,7 +45,9 @@ test('a holder that ignores SIGTERM is killed after the grace period', async () 
   const r = await replaceRun(dir, 300)
   expect(r.code).toBe(0)
   expect(r.stderr).toContain(`[PROCESS_LOCK_REPLACE] Sent SIGTERM to backend (SHORT) (PID ${h.pid}`)
-  expect(r.stderr).toContain(`[PROCESS_LOCK_REPLACE] PID ${h.pid} still held backend (SHORT) after 300 ms; sent SIGKILL\n`)
+  expect(r.stderr).toContain(
+    `[PROCESS_LOCK_REPLACE] PID ${h.pid} still held backend (SHORT) after 300 ms; sent SIGKILL\n`,
+  )
   expect(r.stdout).toMatch(/CHILD READY \d+/)
   const end = await h.done()
   expect(end.signal).toBe('SIGKILL')
@@ -96,10 +103,16 @@ describe('acquireLock with replace: the same steps from the library', () => {
     const info = pl.acquireLock('backend', opts)
     expect(info.pid).toBe(process.pid)
     expect(lines[0]).toMatch(
-      new RegExp(`^\\[PROCESS_LOCK_REPLACE\\] Sent SIGTERM to backend \\(SHORT\\) \\(PID ${h.pid}, started '[^']+'\\); SIGKILL in 60000 ms if it still holds the lock$`),
+      new RegExp(
+        `^\\[PROCESS_LOCK_REPLACE\\] Sent SIGTERM to backend \\(SHORT\\) \\(PID ${h.pid}, started '[^']+'\\); SIGKILL in 60000 ms if it still holds the lock$`,
+      ),
     )
-    expect(lines[1]).toMatch(new RegExp(`^\\[PROCESS_LOCK_REPLACE\\] PID ${h.pid} let go of backend \\(SHORT\\) after \\d+ ms$`))
-    expect(lines).toContain(`[PROCESS_LOCK_ACQUIRED] { processType: 'backend', tradeSide: 'SHORT', pid: ${process.pid} }`)
+    expect(lines[1]).toMatch(
+      new RegExp(`^\\[PROCESS_LOCK_REPLACE\\] PID ${h.pid} let go of backend \\(SHORT\\) after \\d+ ms$`),
+    )
+    expect(lines).toContain(
+      `[PROCESS_LOCK_ACQUIRED] { processType: 'backend', tradeSide: 'SHORT', pid: ${process.pid} }`,
+    )
     const end = await h.done()
     expect(end).toMatchObject({ code: 0, signal: null })
     expect(end.stdout).toContain('DRAINING\nDRAINED\n')

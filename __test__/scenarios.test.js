@@ -57,7 +57,9 @@ describe('README scenarios', () => {
 
     const next = start('server.js', { dir })
     await next.waitFor('READY')
-    expect(next.stderr.split('\n')[0]).toBe(`[PROCESS_LOCK_STALE] Found stale lock file for PID ${dead.pid}, removing...`)
+    expect(next.stderr.split('\n')[0]).toBe(
+      `[PROCESS_LOCK_STALE] Found stale lock file for PID ${dead.pid}, removing...`,
+    )
     expect(next.stdout.split('\n')[0]).toBe(ACQUIRED(next.pid))
     next.kill('SIGTERM')
     await next.done()
@@ -74,7 +76,9 @@ describe('README scenarios', () => {
     expect(again.stderr).toContain(`[FATAL] LOCK_CONFLICT: backend (LONG) is already running (PID: ${long.pid})`)
     const noSide = start('server.js', { dir, env: { TRADE_SIDE: '' } })
     await noSide.waitFor('READY')
-    expect(noSide.stdout).toContain(`[PROCESS_LOCK_ACQUIRED] { processType: 'backend', tradeSide: null, pid: ${noSide.pid} }`)
+    expect(noSide.stdout).toContain(
+      `[PROCESS_LOCK_ACQUIRED] { processType: 'backend', tradeSide: null, pid: ${noSide.pid} }`,
+    )
     expect(fs.existsSync(path.join(dir, 'backend.lock'))).toBe(true)
     for (const p of [short, long, noSide]) p.kill('SIGTERM')
     await Promise.all([short.done(), long.done(), noSide.done()])

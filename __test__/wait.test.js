@@ -255,12 +255,14 @@ describe('many waiters', () => {
     }
     owned.sort((a, b) => (a.start < b.start ? -1 : a.start > b.start ? 1 : 0))
     const overlaps = []
-    for (let i = 1; i < owned.length; i++) if (owned[i].start < owned[i - 1].end) overlaps.push([owned[i - 1], owned[i]])
+    for (let i = 1; i < owned.length; i++)
+      if (owned[i].start < owned[i - 1].end) overlaps.push([owned[i - 1], owned[i]])
     expect(overlaps).toEqual([])
 
     const wins = procs.map((p) => owned.filter((o) => o.pid === p.pid).length)
     const gaps = []
-    for (let i = 1; i < owned.length; i++) if (owned[i].pid !== owned[i - 1].pid) gaps.push(Number(owned[i].start - owned[i - 1].end) / 1e6)
+    for (let i = 1; i < owned.length; i++)
+      if (owned[i].pid !== owned[i - 1].pid) gaps.push(Number(owned[i].start - owned[i - 1].end) / 1e6)
     const g = stats(gaps)
     const w = stats(owned.map((o) => o.waited))
     console.log(
@@ -281,7 +283,9 @@ describe('the event loop during async waits', () => {
     const h = await holder(dir, { TYPES: types })
     const p = start('wait-responsive.js', { dir, env: { UV_THREADPOOL_SIZE: '4' } })
     const r = await jsonLine(p, '"outcomes"')
-    console.log(`4 async waits blocked: interval max lateness ${r.maxLateMs.toFixed(2)} ms over ${r.ticks} ticks; fs read+stat max ${r.maxReadMs.toFixed(2)} ms`)
+    console.log(
+      `4 async waits blocked: interval max lateness ${r.maxLateMs.toFixed(2)} ms over ${r.ticks} ticks; fs read+stat max ${r.maxReadMs.toFixed(2)} ms`,
+    )
     // Four threads blocked in flock, none of them libuv's: its 4-thread pool still serves fs.
     expect(r.blocked).toBe(4)
     expect(r.maxReadMs).toBeLessThan(250)

@@ -1,4 +1,4 @@
-'use strict';
+'use strict'
 // Torture race kinds for `processlock run` (ours only), used by bench/torture.js:
 //
 //   run-tree  one `processlock run` per round; its command starts N claimants
@@ -14,130 +14,169 @@
 // ownership interval (CLOCK_MONOTONIC right after acquire returned .. right
 // before release); a round counts a double owner when two intervals overlap.
 
-const fs = require('fs');
-const path = require('path');
-const { spawn, execFileSync } = require('child_process');
-const { ROOT } = require('./impls');
+const fs = require('node:fs')
+const path = require('node:path')
+const { spawn, execFileSync } = require('node:child_process')
+const { ROOT } = require('./impls')
 
-const KINDS = ['run-tree', 'run-race'];
-const LOCK_NAME = 'backend.short.lock';
-const PROCESSLOCK = path.join(ROOT, 'target', 'release', 'processlock');
-const CLAIM = path.join(ROOT, 'target', 'release', 'examples', 'claim');
+const KINDS = ['run-tree', 'run-race']
+const LOCK_NAME = 'backend.short.lock'
+const PROCESSLOCK = path.join(ROOT, 'target', 'release', 'processlock')
+const CLAIM = path.join(ROOT, 'target', 'release', 'examples', 'claim')
 
 /** Builds the claim example (a no-op when it is up to date); why not, if it cannot run. */
 function prepare() {
-  if (!fs.existsSync(PROCESSLOCK)) return `${PROCESSLOCK} is missing: run npm run build`;
+  if (!fs.existsSync(PROCESSLOCK)) return `${PROCESSLOCK} is missing: run npm run build`
   try {
     execFileSync('cargo', ['build', '--release', '--quiet', '-p', 'processlock', '--example', 'claim'], {
       cwd: ROOT,
       stdio: ['ignore', 'ignore', 'inherit'],
-    });
+    })
   } catch (e) {
-    return `cannot build the claim example: ${e.message.split('\n')[0]}`;
+    return `cannot build the claim example: ${e.message.split('\n')[0]}`
   }
-  return null;
+  return null
 }
 
 /** Runs `file args`; resolves with { code, signal, out } once it ended and its output closed. */
 function runProc(file, args, env) {
   return new Promise((resolve) => {
-    const p = spawn(file, args, { env, stdio: ['ignore', 'pipe', 'pipe'] });
-    let out = '';
-    let err = '';
-    p.stdout.on('data', (d) => { out += d; });
-    p.stderr.on('data', (d) => { err += d; });
-    let exit = null;
-    let left = 3;
-    const done = () => { if (--left === 0) resolve({ ...exit, out, err }); };
-    p.on('exit', (code, signal) => { exit = { code, signal }; done(); });
-    p.stdout.on('close', done);
-    p.stderr.on('close', done);
-    p.on('error', (e) => { exit = { code: null, signal: null, error: e }; left = 1; done(); });
-  });
+    const p = spawn(file, args, { env, stdio: ['ignore', 'pipe', 'pipe'] })
+    let out = ''
+    let err = ''
+    p.stdout.on('data', (d) => {
+      out += d
+    })
+    p.stderr.on('data', (d) => {
+      err += d
+    })
+    let exit = null
+    let left = 3
+    const done = () => {
+      if (--left === 0) resolve({ ...exit, out, err })
+    }
+    p.on('exit', (code, signal) => {
+      exit = { code, signal }
+      done()
+    })
+    p.stdout.on('close', done)
+    p.stderr.on('close', done)
+    p.on('error', (e) => {
+      exit = { code: null, signal: null, error: e }
+      left = 1
+      done()
+    })
+  })
 }
 
-const monoNs = () => process.hrtime.bigint();
+const monoNs = () => process.hrtime.bigint()
 
 async function runKind(kind, n, { rounds, duration, holdUs, base, keep }) {
   const st = {
-    impl: 'ours', n, kind, rounds: 0, doubleOwnerRounds: 0, overlaps: 0, noOwnerRounds: 0, owners: 0,
-    stuck: 0, errors: {}, releaseNotOurs: 0, badRecords: {}, compromised: 0, victims: {},
-    leftoverTemp: 0, tempSamples: [], leftoverLocks: 0, fdLeak: 0, seconds: 0, probes: 0, observer: null,
+    impl: 'ours',
+    n,
+    kind,
+    rounds: 0,
+    doubleOwnerRounds: 0,
+    overlaps: 0,
+    noOwnerRounds: 0,
+    owners: 0,
+    stuck: 0,
+    errors: {},
+    releaseNotOurs: 0,
+    badRecords: {},
+    compromised: 0,
+    victims: {},
+    leftoverTemp: 0,
+    tempSamples: [],
+    leftoverLocks: 0,
+    fdLeak: 0,
+    seconds: 0,
+    probes: 0,
+    observer: null,
     notes: [],
-  };
-  const bump = (k) => { st.errors[k] = (st.errors[k] || 0) + 1; };
-  const kdir = path.join(base, `${kind}-${n}`);
-  const env = { ...process.env, PROCESSLOCK_LOG: 'silent' };
-  delete env.PROCESSLOCK_INHERITED;
-  let won = 0;
-  let lost = 0;
-  let wrappersRefused = 0;
-  const started = Date.now();
-  const until = duration > 0 ? started + duration * 1000 : Infinity;
+  }
+  const bump = (k) => {
+    st.errors[k] = (st.errors[k] || 0) + 1
+  }
+  const kdir = path.join(base, `${kind}-${n}`)
+  const env = { ...process.env, PROCESSLOCK_LOG: 'silent' }
+  delete env.PROCESSLOCK_INHERITED
+  let won = 0
+  let lost = 0
+  let wrappersRefused = 0
+  const started = Date.now()
+  const until = duration > 0 ? started + duration * 1000 : Infinity
   for (let r = 0; r < rounds && Date.now() < until; r++) {
-    const dir = path.join(kdir, String(r));
-    fs.mkdirSync(dir, { recursive: true });
-    const wrap = (command) => ['run', 'backend', '--side', 'SHORT', '-q', '--', CLAIM, ...command];
-    env.PROCESSLOCK_DIR = dir;
-    let outs;
+    const dir = path.join(kdir, String(r))
+    fs.mkdirSync(dir, { recursive: true })
+    const wrap = (command) => ['run', 'backend', '--side', 'SHORT', '-q', '--', CLAIM, ...command]
+    env.PROCESSLOCK_DIR = dir
+    let outs
     if (kind === 'run-tree') {
       // Time enough for the wrapper, the fan and its N children to start.
-      const t0 = monoNs() + BigInt(20e6 + 2e6 * n);
-      const fan = r % 2 === 0 ? 'fan' : 'fan-closed';
-      const res = await runProc(PROCESSLOCK, wrap([fan, String(n), String(t0), String(holdUs)]), env);
-      if (res.code !== 0) bump(`wrapper exit ${res.code ?? res.signal}`);
-      outs = [res.out];
+      const t0 = monoNs() + BigInt(20e6 + 2e6 * n)
+      const fan = r % 2 === 0 ? 'fan' : 'fan-closed'
+      const res = await runProc(PROCESSLOCK, wrap([fan, String(n), String(t0), String(holdUs)]), env)
+      if (res.code !== 0) bump(`wrapper exit ${res.code ?? res.signal}`)
+      outs = [res.out]
     } else {
       const res = await Promise.all(
         Array.from({ length: n }, () => runProc(PROCESSLOCK, wrap(['one', '0', String(holdUs)]), env)),
-      );
+      )
       for (const x of res) {
-        if (x.code === 1 && x.err.includes('LOCK_CONFLICT')) wrappersRefused++;
-        else if (x.code !== 0) bump(`wrapper exit ${x.code ?? x.signal}`);
+        if (x.code === 1 && x.err.includes('LOCK_CONFLICT')) wrappersRefused++
+        else if (x.code !== 0) bump(`wrapper exit ${x.code ?? x.signal}`)
       }
-      outs = res.map((x) => x.out);
+      outs = res.map((x) => x.out)
     }
-    const intervals = [];
+    const intervals = []
     for (const out of outs) {
-      const open = [];
+      const open = []
       for (const line of out.split('\n')) {
-        const [tag, t] = line.split(' ');
-        if (tag === 'A') { open.push(BigInt(t)); won++; }
-        else if (tag === 'R') intervals.push([open.shift() ?? BigInt(t), BigInt(t)]);
+        const [tag, t] = line.split(' ')
+        if (tag === 'A') {
+          open.push(BigInt(t))
+          won++
+        } else if (tag === 'R') intervals.push([open.shift() ?? BigInt(t), BigInt(t)])
         else if (tag === 'L') {
-          lost++;
+          lost++
           // A wrapper's own command is the only process of its tree: it must always own the lock.
-          if (kind === 'run-race') bump('command refused');
-        }
-        else if (tag === 'E') bump(t);
+          if (kind === 'run-race') bump('command refused')
+        } else if (tag === 'E') bump(t)
       }
-      if (open.length) bump('no-release');
+      if (open.length) bump('no-release')
     }
-    st.owners += intervals.length;
-    if (intervals.length === 0) st.noOwnerRounds++;
-    intervals.sort((x, y) => (x[0] < y[0] ? -1 : x[0] > y[0] ? 1 : 0));
-    let maxEnd = -1n;
-    let overlapped = 0;
+    st.owners += intervals.length
+    if (intervals.length === 0) st.noOwnerRounds++
+    intervals.sort((x, y) => (x[0] < y[0] ? -1 : x[0] > y[0] ? 1 : 0))
+    let maxEnd = -1n
+    let overlapped = 0
     for (const [s, e] of intervals) {
-      if (s < maxEnd) overlapped++;
-      if (e > maxEnd) maxEnd = e;
+      if (s < maxEnd) overlapped++
+      if (e > maxEnd) maxEnd = e
     }
-    if (overlapped) { st.doubleOwnerRounds++; st.overlaps += overlapped; }
+    if (overlapped) {
+      st.doubleOwnerRounds++
+      st.overlaps += overlapped
+    }
     for (const name of fs.readdirSync(dir)) {
-      if (name === LOCK_NAME) st.leftoverLocks++;
+      if (name === LOCK_NAME) st.leftoverLocks++
       else {
-        st.leftoverTemp++;
-        if (st.tempSamples.length < 3) st.tempSamples.push(name);
+        st.leftoverTemp++
+        if (st.tempSamples.length < 3) st.tempSamples.push(name)
       }
     }
-    st.rounds++;
+    st.rounds++
   }
-  st.seconds = (Date.now() - started) / 1000;
-  if (!keep) fs.rmSync(kdir, { recursive: true, force: true });
-  st.notes.push(kind === 'run-tree'
-    ? `claims: ${won} owned, ${lost} refused (LOCK_CONFLICT)`
-    : `wrappers refused (LOCK_CONFLICT) ${wrappersRefused}; commands owning ${won}, refused ${lost}`);
-  return st;
+  st.seconds = (Date.now() - started) / 1000
+  if (!keep) fs.rmSync(kdir, { recursive: true, force: true })
+  st.notes.push(
+    kind === 'run-tree'
+      ? `claims: ${won} owned, ${lost} refused (LOCK_CONFLICT)`
+      : `wrappers refused (LOCK_CONFLICT) ${wrappersRefused}; commands owning ${won}, refused ${lost}`,
+  )
+  return st
 }
 
-module.exports = { KINDS, prepare, runKind };
+module.exports = { KINDS, prepare, runKind }

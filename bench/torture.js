@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-'use strict';
+'use strict'
 // Torture runs: races of many processes for one lock, ours and the peers side
 // by side, counting the failures that matter.
 //
@@ -60,19 +60,19 @@
 // owner; 3 if ours shows any other failure of those (left-over temp files are
 // reported, not failed); 2 if the harness itself failed.
 
-const fs = require('fs');
-const os = require('os');
-const path = require('path');
-const { spawn } = require('child_process');
-const { eachOption } = require('./args');
-const { Worker } = require('./pool');
-const { LABELS, oursUnavailable } = require('./impls');
-const report = require('./report');
-const runKinds = require('./torture-run');
+const fs = require('node:fs')
+const os = require('node:os')
+const path = require('node:path')
+const { spawn } = require('node:child_process')
+const { eachOption } = require('./args')
+const { Worker } = require('./pool')
+const { oursUnavailable } = require('./impls')
+const report = require('./report')
+const runKinds = require('./torture-run')
 
-const LOCK_NAME = 'backend.short.lock';
-const GUARD_NAME = '.processlock.guard';
-const isForceKind = (kind) => kind === 'force-release' || kind === 'force-stale';
+const LOCK_NAME = 'backend.short.lock'
+const GUARD_NAME = '.processlock.guard'
+const isForceKind = (kind) => kind === 'force-release' || kind === 'force-stale'
 
 // The force kinds: one forced removal per round (force = { t0, t1, removed }
 // or null), and the ownerships of the round (owned: { s: acquire started,
@@ -92,53 +92,57 @@ const isForceKind = (kind) => kind === 'force-release' || kind === 'force-stale'
 //   their own file at release would have had two files at one path.
 // Returns the number of violations in the round.
 function forceVerdict(owned, force, st) {
-  const fo = st.forced;
+  const fo = st.forced
   if (force) {
-    fo.calls++;
-    if (force.removed) fo.removed++;
+    fo.calls++
+    if (force.removed) fo.removed++
   }
-  let bad = 0;
-  let explained = 0;
+  let bad = 0
+  let explained = 0
   for (const o of owned) {
     if (!o.x) {
       // Its record must have been its own right after it acquired.
-      for (const v of o.v) bump(st.badRecords, v);
-      continue;
+      for (const v of o.v) bump(st.badRecords, v)
+      continue
     }
     // From the start of its acquire to the end of its release (which waits
     // for a forced removal that holds the removal guard).
-    const byForce = force && force.removed && force.t1 > o.s && force.t0 < o.xEnd;
+    const byForce = force && force.removed && force.t1 > o.s && force.t0 < o.xEnd
     if (byForce && explained === 0) {
-      explained++;
-      fo.holdersForcedOut++;
+      explained++
+      fo.holdersForcedOut++
     } else {
-      fo.unexplained++;
-      bad++;
+      fo.unexplained++
+      bad++
     }
   }
-  const sorted = owned.slice().sort((p, q) => (p.a < q.a ? -1 : p.a > q.a ? 1 : 0));
+  const sorted = owned.slice().sort((p, q) => (p.a < q.a ? -1 : p.a > q.a ? 1 : 0))
   for (let i = 0; i < sorted.length; i++) {
     for (let j = i + 1; j < sorted.length; j++) {
-      if (sorted[j].a >= sorted[i].r) continue;
-      if (sorted[i].x || sorted[j].x) fo.overlapsAfterForce++;
-      else bad++;
+      if (sorted[j].a >= sorted[i].r) continue
+      if (sorted[i].x || sorted[j].x) fo.overlapsAfterForce++
+      else bad++
     }
   }
   if (bad && process.env.TORTURE_DEBUG) {
-    const rel = (t) => (t == null ? '-' : String(t - (force ? force.t0 : 0n)));
-    console.error(`violation: force ${force ? `${rel(force.t0)}..${rel(force.t1)} removed=${force.removed}` : 'none'}; owners ` +
-      sorted.map((o) => `[s ${rel(o.s)} a ${rel(o.a)} r ${rel(o.r)}${o.x ? ` X ${rel(o.xEnd)}` : ''}]`).join(' '));
+    const rel = (t) => (t == null ? '-' : String(t - (force ? force.t0 : 0n)))
+    console.error(
+      `violation: force ${force ? `${rel(force.t0)}..${rel(force.t1)} removed=${force.removed}` : 'none'}; owners ` +
+        sorted.map((o) => `[s ${rel(o.s)} a ${rel(o.a)} r ${rel(o.r)}${o.x ? ` X ${rel(o.xEnd)}` : ''}]`).join(' '),
+    )
   }
-  return bad;
+  return bad
 }
 
-function bump(obj, k) { obj[k] = (obj[k] || 0) + 1; }
+function bump(obj, k) {
+  obj[k] = (obj[k] || 0) + 1
+}
 // Peers decide staleness by age: proper-lockfile by mtime (minimum 2000 ms),
 // lockfile by ctime. Both get the same 2 s, far above any hold here.
-const PEER_STALE_MS = 2000;
-const KILLER_RACERS = 2; // racers with a killer thread, per race
-const SPARES = 2; // ready replacements of each sort
-const OBSERVE_US = 3000; // how long the bystander reads the lock state per round
+const PEER_STALE_MS = 2000
+const KILLER_RACERS = 2 // racers with a killer thread, per race
+const SPARES = 2 // ready replacements of each sort
+const OBSERVE_US = 3000 // how long the bystander reads the lock state per round
 
 function parseArgs(argv) {
   const a = {
@@ -154,156 +158,209 @@ function parseArgs(argv) {
     keep: false,
     write: false,
     observer: true,
-  };
+  }
   eachOption(argv, __filename, (k, v) => {
     switch (k) {
-      case '--rounds': a.rounds = Number(v()); break;
-      case '--duration': a.duration = Number(v()); break;
-      case '--sizes': a.sizes = v().split(',').map(Number); break;
-      case '--impls': a.impls = v().split(','); break;
-      case '--kinds': a.kinds = v().split(','); break;
-      case '--peer-rounds': a.peerRounds = Number(v()); break;
-      case '--peer-kill-rounds': a.peerKillRounds = Number(v()); break;
-      case '--hold-us': a.holdUs = Number(v()); break;
-      case '--dir': a.dir = path.resolve(v()); break;
-      case '--keep': a.keep = true; break;
-      case '--no-observer': a.observer = false; break;
-      case '--write': a.write = true; break;
-      default: return false;
+      case '--rounds':
+        a.rounds = Number(v())
+        break
+      case '--duration':
+        a.duration = Number(v())
+        break
+      case '--sizes':
+        a.sizes = v().split(',').map(Number)
+        break
+      case '--impls':
+        a.impls = v().split(',')
+        break
+      case '--kinds':
+        a.kinds = v().split(',')
+        break
+      case '--peer-rounds':
+        a.peerRounds = Number(v())
+        break
+      case '--peer-kill-rounds':
+        a.peerKillRounds = Number(v())
+        break
+      case '--hold-us':
+        a.holdUs = Number(v())
+        break
+      case '--dir':
+        a.dir = path.resolve(v())
+        break
+      case '--keep':
+        a.keep = true
+        break
+      case '--no-observer':
+        a.observer = false
+        break
+      case '--write':
+        a.write = true
+        break
+      default:
+        return false
     }
-    return true;
-  });
+    return true
+  })
   // --duration alone: run each race kind for that many seconds.
-  if (a.rounds == null) a.rounds = a.duration > 0 ? Infinity : 1000;
-  if (a.peerRounds == null) a.peerRounds = a.rounds;
+  if (a.rounds == null) a.rounds = a.duration > 0 ? Infinity : 1000
+  if (a.peerRounds == null) a.peerRounds = a.rounds
   // Every kill round costs a new Node process (~0.1-0.2 s of CPU here), and the
   // peers' answer to a killed holder is always the same (stuck until stale).
-  if (a.peerKillRounds == null) a.peerKillRounds = Math.min(a.peerRounds, 200);
-  return a;
+  if (a.peerKillRounds == null) a.peerKillRounds = Math.min(a.peerRounds, 200)
+  return a
 }
 
-const now = () => process.hrtime.bigint();
-const sleeper = new Int32Array(new SharedArrayBuffer(4));
+const now = () => process.hrtime.bigint()
+const sleeper = new Int32Array(new SharedArrayBuffer(4))
 function sleepUntil(t) {
-  const d = t - now();
-  if (d > 0n) Atomics.wait(sleeper, 0, 0, Number(d) / 1e6);
+  const d = t - now()
+  if (d > 0n) Atomics.wait(sleeper, 0, 0, Number(d) / 1e6)
 }
-const delay = (ms) => new Promise((r) => setTimeout(r, ms));
-const randInt = (n) => Math.floor(Math.random() * n);
+const delay = (ms) => new Promise((r) => setTimeout(r, ms))
+const randInt = (n) => Math.floor(Math.random() * n)
 
-const live = new Set(); // every process we started, to clean up on the way out
+const live = new Set() // every process we started, to clean up on the way out
 function track(w) {
-  live.add(w);
-  w.exited.then(() => live.delete(w));
-  return w;
+  live.add(w)
+  w.exited.then(() => live.delete(w))
+  return w
 }
 function killAll() {
-  for (const w of live) w.kill();
+  for (const w of live) w.kill()
 }
-process.on('SIGINT', () => { killAll(); process.exit(130); });
-process.on('SIGTERM', () => { killAll(); process.exit(143); });
-process.on('exit', killAll);
+process.on('SIGINT', () => {
+  killAll()
+  process.exit(130)
+})
+process.on('SIGTERM', () => {
+  killAll()
+  process.exit(143)
+})
+process.on('exit', killAll)
 
 class Combo {
   constructor(args, impl, n, base) {
-    this.args = args;
-    this.impl = impl;
-    this.n = n;
-    this.base = base;
-    this.spawned = 0;
-    this.racers = [];
-    this.spares = { plain: [], killer: [] }; // ready replacements for killed racers
-    this.killWindowNs = null;
-    this.spreads = []; // t0 .. last racer done, per round
-    this.attemptNs = null;
-    this.attempts = []; // one acquire attempt, S .. A or L
+    this.args = args
+    this.impl = impl
+    this.n = n
+    this.base = base
+    this.spawned = 0
+    this.racers = []
+    this.spares = { plain: [], killer: [] } // ready replacements for killed racers
+    this.killWindowNs = null
+    this.spreads = [] // t0 .. last racer done, per round
+    this.attemptNs = null
+    this.attempts = [] // one acquire attempt, S .. A or L
   }
 
   // killer: give it a killer thread (for the targeted kills); only a few
   // racers have one, since the thread makes each respawn ~30% dearer.
   spawnWorker(killer = false) {
-    const opts = { warmDir: path.join(this.base, 'warm', String(this.spawned++)) };
-    if (killer) opts.killer = true;
-    if (this.impl !== 'ours') opts.stale = PEER_STALE_MS;
-    const w = track(new Worker(this.impl, opts));
-    w.hasKiller = killer;
-    return w;
+    const opts = { warmDir: path.join(this.base, 'warm', String(this.spawned++)) }
+    if (killer) opts.killer = true
+    if (this.impl !== 'ours') opts.stale = PEER_STALE_MS
+    const w = track(new Worker(this.impl, opts))
+    w.hasKiller = killer
+    return w
   }
 
   async start() {
-    const killers = this.args.kinds.includes('kill') ? KILLER_RACERS : 0;
-    this.racers = await Promise.all(Array.from({ length: this.n }, (_, i) => this.spawnWorker(i < killers).ready));
-    this.observer = this.args.observer ? await this.spawnWorker(false).ready : null;
-    this.forcer = this.args.kinds.some(isForceKind) && this.impl === 'ours' ? await this.spawnWorker(false).ready : null;
+    const killers = this.args.kinds.includes('kill') ? KILLER_RACERS : 0
+    this.racers = await Promise.all(Array.from({ length: this.n }, (_, i) => this.spawnWorker(i < killers).ready))
+    this.observer = this.args.observer ? await this.spawnWorker(false).ready : null
+    this.forcer = this.args.kinds.some(isForceKind) && this.impl === 'ours' ? await this.spawnWorker(false).ready : null
   }
 
   async stop() {
-    const all = [...this.racers, ...this.spares.plain, ...this.spares.killer, ...(this.observer ? [this.observer] : []),
-      ...(this.forcer ? [this.forcer] : [])];
-    await Promise.all(all.map(async (w) => (await w).stop()));
+    const all = [
+      ...this.racers,
+      ...this.spares.plain,
+      ...this.spares.killer,
+      ...(this.observer ? [this.observer] : []),
+      ...(this.forcer ? [this.forcer] : []),
+    ]
+    await Promise.all(all.map(async (w) => (await w).stop()))
   }
 
   // Take locks for every dir in one process, then SIGKILL it: every dir is
   // left with a lock whose holder died (flock dropped, file left behind).
   async leaveStaleLocks(dirs) {
-    const chunk = 2000;
-    let done = 0;
+    const chunk = 2000
+    let done = 0
     while (done < dirs.length) {
-      const part = dirs.slice(done, done + chunk);
-      const h = await this.spawnWorker().ready;
-      h.send({ op: 'hold', dirs: part });
-      const lines = await h.until((l) => l.startsWith('H ') || l.startsWith('J '));
-      const last = lines[lines.length - 1] || '';
-      const [, ok] = last.split(' ');
+      const part = dirs.slice(done, done + chunk)
+      const h = await this.spawnWorker().ready
+      h.send({ op: 'hold', dirs: part })
+      const lines = await h.until((l) => l.startsWith('H ') || l.startsWith('J '))
+      const last = lines[lines.length - 1] || ''
+      const [, ok] = last.split(' ')
       if (!last.startsWith('H ') || Number(ok) !== part.length) {
-        throw new Error(`stale-lock holder took ${ok}/${part.length} locks (${last})`);
+        throw new Error(`stale-lock holder took ${ok}/${part.length} locks (${last})`)
       }
-      h.kill();
-      await h.exited;
-      done += part.length;
+      h.kill()
+      await h.exited
+      done += part.length
     }
     if (this.impl === 'proper-lockfile') {
       // It sets the mtime of a new lock up to 1 s into the future.
-      await delay(PEER_STALE_MS + 1200);
+      await delay(PEER_STALE_MS + 1200)
     } else if (this.impl === 'lockfile') {
-      await delay(PEER_STALE_MS + 200);
+      await delay(PEER_STALE_MS + 200)
     }
   }
 
   async runKind(kind) {
-    const a = this.args;
-    const impl = this.impl;
-    const R = impl === 'ours' ? a.rounds : kind === 'kill' ? a.peerKillRounds : a.peerRounds;
-    const kdir = path.join(this.base, kind);
+    const a = this.args
+    const impl = this.impl
+    const R = impl === 'ours' ? a.rounds : kind === 'kill' ? a.peerKillRounds : a.peerRounds
+    const kdir = path.join(this.base, kind)
     const st = {
-      kind, rounds: 0, doubleOwnerRounds: 0, overlaps: 0, noOwnerRounds: 0, owners: 0,
-      stuck: 0, errors: {}, releaseNotOurs: 0, badRecords: {}, compromised: 0,
-      victims: {}, leftoverTemp: 0, tempSamples: [], leftoverLocks: 0,
-      fdLeak: 0, fdLeakMax: 0, seconds: 0, probes: 0,
-      forced: isForceKind(kind) ? { calls: 0, removed: 0, holdersForcedOut: 0, unexplained: 0, overlapsAfterForce: 0 } : null,
+      kind,
+      rounds: 0,
+      doubleOwnerRounds: 0,
+      overlaps: 0,
+      noOwnerRounds: 0,
+      owners: 0,
+      stuck: 0,
+      errors: {},
+      releaseNotOurs: 0,
+      badRecords: {},
+      compromised: 0,
+      victims: {},
+      leftoverTemp: 0,
+      tempSamples: [],
+      leftoverLocks: 0,
+      fdLeak: 0,
+      fdLeakMax: 0,
+      seconds: 0,
+      probes: 0,
+      forced: isForceKind(kind)
+        ? { calls: 0, removed: 0, holdersForcedOut: 0, unexplained: 0, overlapsAfterForce: 0 }
+        : null,
       observer: this.observer ? { calls: 0, held: 0, free: 0, errors: {}, bad: {} } : null,
-    };
+    }
 
     // Directories, and the lock state each round starts from, made a batch
     // at a time (a --duration run does not know how many rounds it will get).
-    const dirs = [];
-    const batch = Number.isFinite(R) ? Math.min(R, 2000) : 500;
-    let sleepProc = null;
-    if (kind === 'legacy' || kind === 'recycled') sleepProc = spawn('sleep', ['100000'], { stdio: 'ignore' });
+    const dirs = []
+    const batch = Number.isFinite(R) ? Math.min(R, 2000) : 500
+    let sleepProc = null
+    if (kind === 'legacy' || kind === 'recycled') sleepProc = spawn('sleep', ['100000'], { stdio: 'ignore' })
     const prepare = async () => {
-      const from = dirs.length;
-      const to = Number.isFinite(R) ? Math.min(R, from + batch) : from + batch;
-      const fresh = [];
+      const from = dirs.length
+      const to = Number.isFinite(R) ? Math.min(R, from + batch) : from + batch
+      const fresh = []
       for (let r = from; r < to; r++) {
-        const d = path.join(kdir, String(r));
-        fs.mkdirSync(d, { recursive: true });
-        dirs.push(d);
-        fresh.push(d);
+        const d = path.join(kdir, String(r))
+        fs.mkdirSync(d, { recursive: true })
+        dirs.push(d)
+        fresh.push(d)
       }
       if (kind === 'stale' || kind === 'recycled' || kind === 'force-stale') {
-        await this.leaveStaleLocks(fresh);
+        await this.leaveStaleLocks(fresh)
       } else if (kind === 'kill') {
-        await this.leaveStaleLocks(fresh.filter((_, i) => (from + i) % 2 === 1));
+        await this.leaveStaleLocks(fresh.filter((_, i) => (from + i) % 2 === 1))
       }
       if (kind === 'legacy') {
         const rec = {
@@ -311,308 +368,358 @@ class Combo {
           started: new Date(Date.now() - 3600e3).toISOString(),
           tradeSide: 'SHORT',
           processName: 'trader-short-backend',
-        };
-        for (const d of fresh) fs.writeFileSync(path.join(d, LOCK_NAME), JSON.stringify(rec, null, 2) + '\n');
-        st.recordSample = rec;
+        }
+        for (const d of fresh) fs.writeFileSync(path.join(d, LOCK_NAME), JSON.stringify(rec, null, 2) + '\n')
+        st.recordSample = rec
       }
       if (kind === 'recycled') {
         for (const d of fresh) {
-          const p = path.join(d, LOCK_NAME);
-          const rec = JSON.parse(fs.readFileSync(p, 'utf8'));
-          rec.pid = sleepProc.pid; // a live process, not the (dead) holder
-          fs.writeFileSync(p, JSON.stringify(rec, null, 2) + '\n'); // same inode, no flock holder
+          const p = path.join(d, LOCK_NAME)
+          const rec = JSON.parse(fs.readFileSync(p, 'utf8'))
+          rec.pid = sleepProc.pid // a live process, not the (dead) holder
+          fs.writeFileSync(p, JSON.stringify(rec, null, 2) + '\n') // same inode, no flock holder
         }
-        st.recordSample = JSON.parse(fs.readFileSync(path.join(fresh[0], LOCK_NAME), 'utf8'));
+        st.recordSample = JSON.parse(fs.readFileSync(path.join(fresh[0], LOCK_NAME), 'utf8'))
       }
-    };
-    await prepare();
+    }
+    await prepare()
 
     if (kind === 'kill') {
       // Spawning is the cost of this kind: keep several on the way at once.
       for (let i = 0; i < SPARES; i++) {
-        this.spares.plain.push(this.spawnWorker(false).ready);
-        this.spares.killer.push(this.spawnWorker(true).ready);
+        this.spares.plain.push(this.spawnWorker(false).ready)
+        this.spares.killer.push(this.spawnWorker(true).ready)
       }
       if (this.killWindowNs == null) {
-        const s = this.spreads.slice().sort((x, y) => x - y);
-        this.killWindowNs = s.length ? Math.max(200000, s[Math.floor(s.length / 2)]) : 300000 * this.n;
+        const s = this.spreads.slice().sort((x, y) => x - y)
+        this.killWindowNs = s.length ? Math.max(200000, s[Math.floor(s.length / 2)]) : 300000 * this.n
       }
       if (this.attemptNs == null) {
-        const s = this.attempts.slice().sort((x, y) => x - y);
-        this.attemptNs = s.length ? Math.max(20000, s[Math.floor(s.length / 2)]) : 200000;
+        const s = this.attempts.slice().sort((x, y) => x - y)
+        this.attemptNs = s.length ? Math.max(20000, s[Math.floor(s.length / 2)]) : 200000
       }
-      st.killWindowUs = Math.round(this.killWindowNs / 1000);
-      st.targetUs = Math.round((1.5 * this.attemptNs) / 1000);
-      st.victimsByMode = { outside: {}, targeted: {} };
+      st.killWindowUs = Math.round(this.killWindowNs / 1000)
+      st.targetUs = Math.round((1.5 * this.attemptNs) / 1000)
+      st.victimsByMode = { outside: {}, targeted: {} }
     }
 
-    const leadNs = BigInt(1000000 + 100000 * this.n);
-    const started = Date.now();
-    let prepMs = 0; // batches made after the start do not count as racing time
-    const deadline = () => (a.duration > 0 ? started + prepMs + a.duration * 1000 : Infinity);
-    const verify = impl === 'ours';
-    let r = 0;
+    const leadNs = BigInt(1000000 + 100000 * this.n)
+    const started = Date.now()
+    let prepMs = 0 // batches made after the start do not count as racing time
+    const deadline = () => (a.duration > 0 ? started + prepMs + a.duration * 1000 : Infinity)
+    const verify = impl === 'ours'
+    let r = 0
     for (; r < R && Date.now() < deadline(); r++) {
       if (r >= dirs.length) {
-        const p0 = Date.now();
-        await prepare();
-        prepMs += Date.now() - p0;
+        const p0 = Date.now()
+        await prepare()
+        prepMs += Date.now() - p0
       }
-      const t0 = now() + leadNs;
-      let victim = -1;
-      let targeted = false;
+      const t0 = now() + leadNs
+      let victim = -1
+      let targeted = false
       // Kill rounds alternate: fresh/stale lock (r % 2), killed from outside at
       // a random instant of the race, or by its own killer thread a random
       // 1 us..1.5x (median attempt time) after it starts its attempt (r % 4 >= 2).
       if (kind === 'kill') {
-        const armed = this.racers.map((w, i) => (w.hasKiller ? i : -1)).filter((i) => i >= 0);
-        targeted = r % 4 >= 2 && armed.length > 0;
-        victim = targeted ? armed[randInt(armed.length)] : randInt(this.n);
+        const armed = this.racers.map((w, i) => (w.hasKiller ? i : -1)).filter((i) => i >= 0)
+        targeted = r % 4 >= 2 && armed.length > 0
+        victim = targeted ? armed[randInt(armed.length)] : randInt(this.n)
       }
-      const forceWindowNs = BigInt(Math.round((this.n / 2 + 1) * a.holdUs * 1000));
-      let forced = null;
+      const forceWindowNs = BigInt(Math.round((this.n / 2 + 1) * a.holdUs * 1000))
+      let forced = null
       if (st.forced) {
-        this.forcer.send({ op: 'force', r, dir: dirs[r], t0: String(t0), atNs: String(BigInt(randInt(Number(forceWindowNs)))) });
-        forced = this.forcer.until((l) => l.startsWith(`D ${r} `));
+        this.forcer.send({
+          op: 'force',
+          r,
+          dir: dirs[r],
+          t0: String(t0),
+          atNs: String(BigInt(randInt(Number(forceWindowNs)))),
+        })
+        forced = this.forcer.until((l) => l.startsWith(`D ${r} `))
       }
       for (const [i, w] of this.racers.entries()) {
-        const cmd = { op: 'round', r, dir: dirs[r], t0: String(t0), holdMaxUs: a.holdUs, verify };
-        if (st.forced) cmd.retryUntil = String(t0 + forceWindowNs);
+        const cmd = { op: 'round', r, dir: dirs[r], t0: String(t0), holdMaxUs: a.holdUs, verify }
+        if (st.forced) cmd.retryUntil = String(t0 + forceWindowNs)
         // Log-uniform 1 us .. 1.5x the median attempt: an attempt that is not
         // preempted takes tens of microseconds, a preempted one much longer.
-        if (targeted && i === victim) cmd.selfKillNs = Math.floor(1000 * Math.pow(1.5 * this.attemptNs / 1000, Math.random()));
-        w.send(cmd);
+        if (targeted && i === victim)
+          cmd.selfKillNs = Math.floor(1000 * ((1.5 * this.attemptNs) / 1000) ** Math.random())
+        w.send(cmd)
       }
-      const waits = this.racers.map((w, i) => (i === victim ? null : w.until((l) => l.startsWith(`D ${r} `))));
+      const waits = this.racers.map((w, i) => (i === victim ? null : w.until((l) => l.startsWith(`D ${r} `))))
       // The bystander reads the lock state all through the race.
-      let observed = null;
+      let observed = null
       if (this.observer) {
-        this.observer.send({ op: 'observe', dir: dirs[r], t0: String(t0), windowUs: OBSERVE_US });
-        observed = this.observer.json();
+        this.observer.send({ op: 'observe', dir: dirs[r], t0: String(t0), windowUs: OBSERVE_US })
+        observed = this.observer.json()
       }
-      let tKill = null;
+      let tKill = null
       if (victim >= 0 && !targeted) {
-        sleepUntil(t0 + BigInt(Math.floor(Math.random() * this.killWindowNs)));
-        tKill = now();
-        this.racers[victim].kill();
+        sleepUntil(t0 + BigInt(Math.floor(Math.random() * this.killWindowNs)))
+        tKill = now()
+        this.racers[victim].kill()
       }
-      const outs = await Promise.all(waits);
+      const outs = await Promise.all(waits)
       if (observed) {
-        const o = await observed;
-        const so = st.observer;
-        so.calls += o.calls; so.held += o.held; so.free += o.free;
-        for (const [k, v] of Object.entries(o.errors)) so.errors[k] = (so.errors[k] || 0) + v;
-        for (const [k, v] of Object.entries(o.bad)) so.bad[k] = (so.bad[k] || 0) + v;
+        const o = await observed
+        const so = st.observer
+        so.calls += o.calls
+        so.held += o.held
+        so.free += o.free
+        for (const [k, v] of Object.entries(o.errors)) so.errors[k] = (so.errors[k] || 0) + v
+        for (const [k, v] of Object.entries(o.bad)) so.bad[k] = (so.bad[k] || 0) + v
       }
       if (victim >= 0) {
-        const v = this.racers[victim];
-        const guard = setTimeout(() => { st.killMissed = (st.killMissed || 0) + 1; v.kill(); }, 3000);
-        outs[victim] = await v.drain();
-        clearTimeout(guard);
+        const v = this.racers[victim]
+        const guard = setTimeout(() => {
+          st.killMissed = (st.killMissed || 0) + 1
+          v.kill()
+        }, 3000)
+        outs[victim] = await v.drain()
+        clearTimeout(guard)
       }
 
       // Ownership intervals of this round (with, for the force kinds, the
       // instant the owner started its acquire, and what its release said).
-      const intervals = [];
-      const owned = [];
-      let spread = 0n;
+      const intervals = []
+      const owned = []
+      let spread = 0n
       outs.forEach((lines, i) => {
-        let open = null;
-        let last = null;
-        let tS = null;
-        let held = null; // the ownership in progress, then the last one
+        let open = null
+        let last = null
+        let tS = null
+        let held = null // the ownership in progress, then the last one
         for (const line of lines) {
-          const [tag, , t, d] = line.split(' ');
-          if (tag === 'S' && t) tS = BigInt(t);
+          const [tag, , t, d] = line.split(' ')
+          if (tag === 'S' && t) tS = BigInt(t)
           if (tag === 'A' || tag === 'L') {
             if (tag === 'A') {
-              open = BigInt(t);
-              held = { s: tS ?? open, a: open, r: null, x: false, v: [] };
+              open = BigInt(t)
+              held = { s: tS ?? open, a: open, r: null, x: false, v: [] }
             }
-            if (kind !== 'kill' && d) this.attempts.push(Number(d));
+            if (kind !== 'kill' && d) this.attempts.push(Number(d))
           } else if (tag === 'R') {
-            intervals.push([open ?? BigInt(t), BigInt(t)]);
-            if (held) { held.r = BigInt(t); owned.push(held); }
-            open = null;
-          }
-          else if (tag === 'K') tKill = BigInt(t);
-          else if (tag === 'E') bump(st.errors, t);
+            intervals.push([open ?? BigInt(t), BigInt(t)])
+            if (held) {
+              held.r = BigInt(t)
+              owned.push(held)
+            }
+            open = null
+          } else if (tag === 'K') tKill = BigInt(t)
+          else if (tag === 'E') bump(st.errors, t)
           else if (tag === 'X') {
-            if (st.forced && held) { held.x = true; held.xEnd = t ? BigInt(t) : held.r; } else st.releaseNotOurs++;
-          }
-          else if (tag === 'V' && st.forced && held) held.v.push(t ? t.split(':')[0] : '?');
-          else if (tag === 'V') bump(st.badRecords, t ? t.split(':')[0] : '?');
-          else if (tag === 'C') st.compromised++;
-          else if (tag === 'D' && t) { const d = BigInt(t) - t0; if (d > spread) spread = d; }
-          else if (tag === 'J') bump(st.errors, 'worker:' + line.slice(2, 60));
-          if (['S', 'A', 'R', 'L', 'E', 'X', 'V', 'D'].includes(tag)) last = tag;
+            if (st.forced && held) {
+              held.x = true
+              held.xEnd = t ? BigInt(t) : held.r
+            } else st.releaseNotOurs++
+          } else if (tag === 'V' && st.forced && held) held.v.push(t ? t.split(':')[0] : '?')
+          else if (tag === 'V') bump(st.badRecords, t ? t.split(':')[0] : '?')
+          else if (tag === 'C') st.compromised++
+          else if (tag === 'D' && t) {
+            const d = BigInt(t) - t0
+            if (d > spread) spread = d
+          } else if (tag === 'J') bump(st.errors, 'worker:' + line.slice(2, 60))
+          if (['S', 'A', 'R', 'L', 'E', 'X', 'V', 'D'].includes(tag)) last = tag
         }
         if (i === victim) {
-          const state = { null: 'before acquire', S: 'mid-acquire', A: 'holding', V: 'holding', R: 'mid-release',
-            L: 'after losing', E: 'after an error', X: 'after release', D: 'after its turn' }[String(last)];
-          bump(st.victims, state);
-          bump(st.victimsByMode[targeted ? 'targeted' : 'outside'], state);
+          const state = {
+            null: 'before acquire',
+            S: 'mid-acquire',
+            A: 'holding',
+            V: 'holding',
+            R: 'mid-release',
+            L: 'after losing',
+            E: 'after an error',
+            X: 'after release',
+            D: 'after its turn',
+          }[String(last)]
+          bump(st.victims, state)
+          bump(st.victimsByMode[targeted ? 'targeted' : 'outside'], state)
           // Owned until killed (the kill may land just after A was stamped).
-          if (open != null) intervals.push([open, tKill != null && tKill > open ? tKill : open]);
+          if (open != null) intervals.push([open, tKill != null && tKill > open ? tKill : open])
         } else if (open != null) {
-          intervals.push([open, now()]); // never released: treat as still owning
-          bump(st.errors, 'no-release');
+          intervals.push([open, now()]) // never released: treat as still owning
+          bump(st.errors, 'no-release')
         }
-      });
-      if (kind !== 'kill' && !st.forced) this.spreads.push(Number(spread));
-      st.owners += intervals.length;
-      let overlapped = 0;
+      })
+      if (kind !== 'kill' && !st.forced) this.spreads.push(Number(spread))
+      st.owners += intervals.length
+      let overlapped = 0
       if (st.forced) {
-        const lines = await forced;
-        for (const l of lines) if (l.startsWith('E ')) bump(st.errors, l.split(' ')[2]);
-        const y = lines.find((l) => l.startsWith('Y '));
-        const f = y ? y.split(' ') : null;
-        const force = f ? { t0: BigInt(f[2]), t1: BigInt(f[3]), removed: f[4] === '1' } : null;
-        overlapped = forceVerdict(owned, force, st);
+        const lines = await forced
+        for (const l of lines) if (l.startsWith('E ')) bump(st.errors, l.split(' ')[2])
+        const y = lines.find((l) => l.startsWith('Y '))
+        const f = y ? y.split(' ') : null
+        const force = f ? { t0: BigInt(f[2]), t1: BigInt(f[3]), removed: f[4] === '1' } : null
+        overlapped = forceVerdict(owned, force, st)
       } else {
-        intervals.sort((x, y) => (x[0] < y[0] ? -1 : x[0] > y[0] ? 1 : 0));
-        let maxEnd = -1n;
+        intervals.sort((x, y) => (x[0] < y[0] ? -1 : x[0] > y[0] ? 1 : 0))
+        let maxEnd = -1n
         for (const [s, e] of intervals) {
-          if (s < maxEnd) overlapped++;
-          if (e > maxEnd) maxEnd = e;
+          if (s < maxEnd) overlapped++
+          if (e > maxEnd) maxEnd = e
         }
       }
-      if (overlapped) { st.doubleOwnerRounds++; st.overlaps += overlapped; }
-      if (intervals.length === 0 && kind !== 'kill') st.noOwnerRounds++;
+      if (overlapped) {
+        st.doubleOwnerRounds++
+        st.overlaps += overlapped
+      }
+      if (intervals.length === 0 && kind !== 'kill') st.noOwnerRounds++
 
       if (victim >= 0) {
         // Everybody alive is done and the victim is dead: the lock must be free.
-        const survivors = this.racers.filter((_, i) => i !== victim);
-        const p = survivors[randInt(survivors.length)];
-        p.send({ op: 'probe', r, dir: dirs[r] });
-        const lines = await p.until((l) => l.startsWith(`D ${r} `));
-        st.probes++;
-        if (!lines.some((l) => l.startsWith('A '))) st.stuck++;
-        for (const l of lines) if (l.startsWith('E ')) bump(st.errors, 'probe:' + l.split(' ')[2]);
+        const survivors = this.racers.filter((_, i) => i !== victim)
+        const p = survivors[randInt(survivors.length)]
+        p.send({ op: 'probe', r, dir: dirs[r] })
+        const lines = await p.until((l) => l.startsWith(`D ${r} `))
+        st.probes++
+        if (!lines.some((l) => l.startsWith('A '))) st.stuck++
+        for (const l of lines) if (l.startsWith('E ')) bump(st.errors, 'probe:' + l.split(' ')[2])
         // Replace it with a spare of the same sort, and order another.
-        const sort = this.racers[victim].hasKiller ? 'killer' : 'plain';
-        this.racers[victim] = await this.spares[sort].shift();
-        this.spares[sort].push(this.spawnWorker(sort === 'killer').ready);
+        const sort = this.racers[victim].hasKiller ? 'killer' : 'plain'
+        this.racers[victim] = await this.spares[sort].shift()
+        this.spares[sort].push(this.spawnWorker(sort === 'killer').ready)
       }
-      st.rounds++;
+      st.rounds++
     }
-    st.seconds = (Date.now() - started - prepMs) / 1000;
-    if (sleepProc) sleepProc.kill('SIGKILL');
+    st.seconds = (Date.now() - started - prepMs) / 1000
+    if (sleepProc) sleepProc.kill('SIGKILL')
 
     // What the rounds left behind.
     for (let i = 0; i < r; i++) {
       for (const name of fs.readdirSync(dirs[i])) {
-        if (name === LOCK_NAME) st.leftoverLocks++;
-        else if (name === GUARD_NAME) continue; // ours: the directory's removal guard, kept on purpose
+        if (name === LOCK_NAME) st.leftoverLocks++
+        else if (name === GUARD_NAME)
+          continue // ours: the directory's removal guard, kept on purpose
         else {
-          st.leftoverTemp++;
-          if (st.tempSamples.length < 3) st.tempSamples.push(name);
+          st.leftoverTemp++
+          if (st.tempSamples.length < 3) st.tempSamples.push(name)
         }
       }
     }
-    if (!a.keep) fs.rmSync(kdir, { recursive: true, force: true });
+    if (!a.keep) fs.rmSync(kdir, { recursive: true, force: true })
 
     // Descriptors the survivors hold now against what they held when ready.
-    const fds = await Promise.all(this.racers.map(async (w) => {
-      w.send({ op: 'fds' });
-      const lines = await w.until((l) => l.startsWith('F '));
-      return Number(lines[lines.length - 1].split(' ')[1]) - w.baseFds;
-    }));
+    const fds = await Promise.all(
+      this.racers.map(async (w) => {
+        w.send({ op: 'fds' })
+        const lines = await w.until((l) => l.startsWith('F '))
+        return Number(lines[lines.length - 1].split(' ')[1]) - w.baseFds
+      }),
+    )
     for (const d of fds) {
-      if (d > 0) st.fdLeak += d;
-      if (d > st.fdLeakMax) st.fdLeakMax = d;
+      if (d > 0) st.fdLeak += d
+      if (d > st.fdLeakMax) st.fdLeakMax = d
     }
-    return st;
+    return st
   }
 }
 
 function failures(st) {
-  const o = st.observer || {};
-  return st.noOwnerRounds + st.stuck + st.releaseNotOurs +
-    Object.values(o.errors || {}).reduce((x, y) => x + y, 0) + Object.values(o.bad || {}).reduce((x, y) => x + y, 0) +
+  const o = st.observer || {}
+  return (
+    st.noOwnerRounds +
+    st.stuck +
+    st.releaseNotOurs +
+    Object.values(o.errors || {}).reduce((x, y) => x + y, 0) +
+    Object.values(o.bad || {}).reduce((x, y) => x + y, 0) +
     Object.values(st.badRecords).reduce((x, y) => x + y, 0) +
-    Object.values(st.errors).reduce((x, y) => x + y, 0) + st.fdLeak;
+    Object.values(st.errors).reduce((x, y) => x + y, 0) +
+    st.fdLeak
+  )
 }
 
 async function main() {
-  const a = parseArgs(process.argv.slice(2));
-  const why = a.impls.includes('ours') ? oursUnavailable() : null;
+  const a = parseArgs(process.argv.slice(2))
+  const why = a.impls.includes('ours') ? oursUnavailable() : null
   if (why) {
-    console.error(`torture: ${why}\nBuild the addon first (npm run build), or pass --impls proper-lockfile,lockfile.`);
-    process.exit(2);
+    console.error(`torture: ${why}\nBuild the addon first (npm run build), or pass --impls proper-lockfile,lockfile.`)
+    process.exit(2)
   }
-  const root = a.dir || fs.mkdtempSync(path.join(os.tmpdir(), 'processlock-torture-'));
-  fs.mkdirSync(root, { recursive: true });
-  const machine = report.machine();
-  console.log(`torture: rounds ${a.rounds === Infinity ? '(until --duration)' : a.rounds} per race kind` +
-    `${a.peerRounds !== a.rounds ? ` (peers ${a.peerRounds})` : ''}, kill rounds for peers ${a.peerKillRounds}` +
-    `${a.duration ? `, at most ${a.duration} s per race kind` : ''}; racers ${a.sizes.join(' and ')}; ` +
-    `hold 0..${a.holdUs} us; dir ${root}`);
-  console.log(`machine: ${machine.summary}`);
+  const root = a.dir || fs.mkdtempSync(path.join(os.tmpdir(), 'processlock-torture-'))
+  fs.mkdirSync(root, { recursive: true })
+  const machine = report.machine()
+  console.log(
+    `torture: rounds ${a.rounds === Infinity ? '(until --duration)' : a.rounds} per race kind` +
+      `${a.peerRounds !== a.rounds ? ` (peers ${a.peerRounds})` : ''}, kill rounds for peers ${a.peerKillRounds}` +
+      `${a.duration ? `, at most ${a.duration} s per race kind` : ''}; racers ${a.sizes.join(' and ')}; ` +
+      `hold 0..${a.holdUs} us; dir ${root}`,
+  )
+  console.log(`machine: ${machine.summary}`)
 
-  const results = [];
-  const t0 = Date.now();
-  const wrapped = a.impls.includes('ours') ? a.kinds.filter((k) => runKinds.KINDS.includes(k)) : [];
-  const whyNotWrapped = wrapped.length ? runKinds.prepare() : null;
+  const results = []
+  const t0 = Date.now()
+  const wrapped = a.impls.includes('ours') ? a.kinds.filter((k) => runKinds.KINDS.includes(k)) : []
+  const whyNotWrapped = wrapped.length ? runKinds.prepare() : null
   if (whyNotWrapped) {
-    console.error(`torture: ${whyNotWrapped}`);
-    process.exit(2);
+    console.error(`torture: ${whyNotWrapped}`)
+    process.exit(2)
   }
   for (const impl of a.impls) {
     for (const n of a.sizes) {
-      if (!a.kinds.some((k) => !runKinds.KINDS.includes(k))) break;
-      const combo = new Combo(a, impl, n, path.join(root, `${impl}-${n}`));
-      await combo.start();
+      if (!a.kinds.some((k) => !runKinds.KINDS.includes(k))) break
+      const combo = new Combo(a, impl, n, path.join(root, `${impl}-${n}`))
+      await combo.start()
       for (const kind of a.kinds) {
-        if ((kind === 'recycled' || kind === 'legacy') && impl !== 'ours') continue; // peers record no PID
-        if (isForceKind(kind) && impl !== 'ours') continue; // about our removal guard
-        if (runKinds.KINDS.includes(kind)) continue; // below: no long-lived racers
-        const st = await combo.runKind(kind);
-        st.impl = impl;
-        st.n = n;
-        results.push(st);
-        console.log(report.tortureLine(st));
+        if ((kind === 'recycled' || kind === 'legacy') && impl !== 'ours') continue // peers record no PID
+        if (isForceKind(kind) && impl !== 'ours') continue // about our removal guard
+        if (runKinds.KINDS.includes(kind)) continue // below: no long-lived racers
+        const st = await combo.runKind(kind)
+        st.impl = impl
+        st.n = n
+        results.push(st)
+        console.log(report.tortureLine(st))
       }
-      await combo.stop();
-      if (!a.keep) fs.rmSync(combo.base, { recursive: true, force: true });
+      await combo.stop()
+      if (!a.keep) fs.rmSync(combo.base, { recursive: true, force: true })
     }
   }
   for (const n of a.sizes) {
     for (const kind of wrapped) {
-      const st = await runKinds.runKind(kind, n, { rounds: a.rounds, duration: a.duration, holdUs: a.holdUs, base: root, keep: a.keep });
-      results.push(st);
-      console.log(report.tortureLine(st));
+      const st = await runKinds.runKind(kind, n, {
+        rounds: a.rounds,
+        duration: a.duration,
+        holdUs: a.holdUs,
+        base: root,
+        keep: a.keep,
+      })
+      results.push(st)
+      console.log(report.tortureLine(st))
     }
   }
-  if (!a.keep && !a.dir) fs.rmSync(root, { recursive: true, force: true });
-  const seconds = (Date.now() - t0) / 1000;
+  if (!a.keep && !a.dir) fs.rmSync(root, { recursive: true, force: true })
+  const seconds = (Date.now() - t0) / 1000
 
   const md = report.tortureMarkdown(results, {
     command: `npm run torture -- ${process.argv.slice(2).join(' ')}`.trim(),
-    machine, seconds, staleMs: PEER_STALE_MS, holdUs: a.holdUs,
-  });
-  console.log('\n' + md);
+    machine,
+    seconds,
+    staleMs: PEER_STALE_MS,
+    holdUs: a.holdUs,
+  })
+  console.log('\n' + md)
   if (a.write) {
-    report.replaceSection(path.join(__dirname, '..', 'BENCHMARKS.md'), 'torture', md);
-    console.log('torture: results written to BENCHMARKS.md');
+    report.replaceSection(path.join(__dirname, '..', 'BENCHMARKS.md'), 'torture', md)
+    console.log('torture: results written to BENCHMARKS.md')
   }
 
-  const ours = results.filter((s) => s.impl === 'ours');
-  const double = ours.reduce((x, s) => x + s.doubleOwnerRounds, 0);
-  const other = ours.reduce((x, s) => x + failures(s), 0);
+  const ours = results.filter((s) => s.impl === 'ours')
+  const double = ours.reduce((x, s) => x + s.doubleOwnerRounds, 0)
+  const other = ours.reduce((x, s) => x + failures(s), 0)
   if (double) {
-    console.error(`torture: FAIL: ${double} double-owner round(s) for @trader/processlock`);
-    process.exit(1);
+    console.error(`torture: FAIL: ${double} double-owner round(s) for @trader/processlock`)
+    process.exit(1)
   }
   if (other) {
-    console.error(`torture: FAIL: ${other} other failure(s) for @trader/processlock (see the table)`);
-    process.exit(3);
+    console.error(`torture: FAIL: ${other} other failure(s) for @trader/processlock (see the table)`)
+    process.exit(3)
   }
-  console.log(`torture: ${ours.length ? 'ours: no double owner, no other failure; ' : ''}${seconds.toFixed(0)} s`);
+  console.log(`torture: ${ours.length ? 'ours: no double owner, no other failure; ' : ''}${seconds.toFixed(0)} s`)
 }
 
 main().catch((e) => {
-  console.error(e && e.stack ? e.stack : e);
-  killAll();
-  process.exit(2);
-});
+  console.error(e && e.stack ? e.stack : e)
+  killAll()
+  process.exit(2)
+})

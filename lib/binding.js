@@ -26,7 +26,9 @@ function loadFailure(loaderError) {
   if (!known) {
     message =
       `${manifest.name} has no native addon for ${platform} (Node ${process.version}); ` +
-      `prebuilt: ${Object.keys(published).map((p) => p.slice(manifest.name.length + 1)).join(', ')}`
+      `prebuilt: ${Object.keys(published)
+        .map((p) => p.slice(manifest.name.length + 1))
+        .join(', ')}`
   } else if (installed) {
     message = `${manifest.name}: ${name} is installed but its addon cannot be loaded here (${platform}, Node ${process.version}): ${cause.message}`
   } else {

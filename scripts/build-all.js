@@ -50,7 +50,15 @@ function usage(code) {
 }
 
 function parseArgs(argv) {
-  const opts = { targets: TARGETS, skipHost: false, skipChecks: false, glibc: '2.17', smoke: true, failFast: false, collect: null }
+  const opts = {
+    targets: TARGETS,
+    skipHost: false,
+    skipChecks: false,
+    glibc: '2.17',
+    smoke: true,
+    failFast: false,
+    collect: null,
+  }
   const flags = { '--skip-host': 'skipHost', '--skip-checks': 'skipChecks', '--fail-fast': 'failFast' }
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]
@@ -61,14 +69,20 @@ function parseArgs(argv) {
     else if (a === '--collect') opts.collect = value()
     else if (a === '--targets') opts.targets = value().split(',').filter(Boolean).map(findTarget)
     else if (a === '-h' || a === '--help') usage(0)
-    else { console.error(`unknown argument: ${a}`); usage(2) }
+    else {
+      console.error(`unknown argument: ${a}`)
+      usage(2)
+    }
   }
   return opts
 }
 
 function findTarget(name) {
   const t = TARGETS.find((x) => x.triple === name.trim() || x.platformArchABI === name.trim())
-  if (!t) { console.error(`unknown target ${name}; known: ${TARGETS.map((x) => x.triple).join(', ')}`); process.exit(2) }
+  if (!t) {
+    console.error(`unknown target ${name}; known: ${TARGETS.map((x) => x.triple).join(', ')}`)
+    process.exit(2)
+  }
   return t
 }
 
@@ -214,8 +228,19 @@ function strategyFor(t) {
 
 function buildAddon(opts, t, napiTarget, extra = []) {
   step(opts, `${t.platformArchABI}: addon (napi build ${extra.join(' ')} --target ${napiTarget})`, () => {
-    run(napiBin, ['build', '--platform', '--release', ...extra, '--target', napiTarget,
-      '--output-dir', path.relative(ROOT, artifactsDir(t)), '--no-js', '--dts', 'binding.d.ts'])
+    run(napiBin, [
+      'build',
+      '--platform',
+      '--release',
+      ...extra,
+      '--target',
+      napiTarget,
+      '--output-dir',
+      path.relative(ROOT, artifactsDir(t)),
+      '--no-js',
+      '--dts',
+      'binding.d.ts',
+    ])
     place(t, 'addon', path.join(artifactsDir(t), addonName(t)))
   })
 }
@@ -286,9 +311,11 @@ function collect(opts) {
     const dirs = fs.readdirSync(dir, { withFileTypes: true }).filter((e) => e.isDirectory())
     const missing = []
     for (const t of TARGETS) {
-      const found = dirs.map((e) => path.join(dir, e.name, cliName(t)))
+      const found = dirs
+        .map((e) => path.join(dir, e.name, cliName(t)))
         .find((f) => f.endsWith(`${t.platformArchABI}${path.sep}${cliName(t)}`) && fs.existsSync(f))
-      if (found) place(t, 'cli', found, [npmDir(t)]) // the collected directory stays as it was
+      if (found)
+        place(t, 'cli', found, [npmDir(t)]) // the collected directory stays as it was
       else missing.push(t.platformArchABI)
     }
     if (missing.length) throw new Error(`no CLI binary for ${missing.join(', ')}`)
@@ -298,7 +325,8 @@ function collect(opts) {
 function verifyAll(opts) {
   for (const { t, kind, file } of built) {
     step(opts, `${t.platformArchABI}: check ${path.relative(ROOT, file)}`, () =>
-      check(t, kind, file, t.abi === 'gnu' ? opts.glibc : null))
+      check(t, kind, file, t.abi === 'gnu' ? opts.glibc : null),
+    )
   }
 }
 
@@ -307,12 +335,18 @@ function preflight(opts, plan) {
     const notes = [capture('cargo', ['--version']) || fail('cargo is not on PATH')]
     if (!fs.existsSync(napiBin)) fail(`${napiBin} is missing: run \`npm ci\` first`)
     const installed = capture('rustup', ['target', 'list', '--installed'])
-    const missing = plan.map(({ t }) => t.triple).filter((x) => installed !== null && !installed.split('\n').includes(x))
+    const missing = plan
+      .map(({ t }) => t.triple)
+      .filter((x) => installed !== null && !installed.split('\n').includes(x))
     if (missing.length) fail(`rustup targets missing: ${missing.join(' ')} (run scripts/install-cross.sh)`)
     if (plan.some(({ how }) => how === 'zig')) {
       // cargo-zigbuild finds zig on PATH or as `python3 -m ziglang`, the PyPI package.
-      notes.push(`zig ${capture('zig', ['version']) || capture('python3', ['-m', 'ziglang', 'version']) || fail('zig not found: run scripts/install-cross.sh')}`)
-      notes.push(capture('cargo-zigbuild', ['--version']) || fail('cargo-zigbuild not found: run scripts/install-cross.sh'))
+      notes.push(
+        `zig ${capture('zig', ['version']) || capture('python3', ['-m', 'ziglang', 'version']) || fail('zig not found: run scripts/install-cross.sh')}`,
+      )
+      notes.push(
+        capture('cargo-zigbuild', ['--version']) || fail('cargo-zigbuild not found: run scripts/install-cross.sh'),
+      )
     }
     return notes.join('; ')
   })
@@ -324,10 +358,15 @@ function fail(message) {
 
 function finish() {
   console.log('\n\x1b[1m==> summary\x1b[0m')
-  for (const s of steps) console.log(`[${s.ok ? ' ok ' : 'FAIL'}] ${seconds(s.seconds).padStart(7)}  ${s.name}  ${s.note.split('\n')[0]}`)
+  for (const s of steps)
+    console.log(`[${s.ok ? ' ok ' : 'FAIL'}] ${seconds(s.seconds).padStart(7)}  ${s.name}  ${s.note.split('\n')[0]}`)
   const failed = steps.filter((s) => !s.ok).length
   const total = seconds(steps.reduce((a, s) => a + s.seconds, 0))
-  console.log(failed ? `\x1b[31mbuild-all: ${failed} of ${steps.length} steps FAILED (${total})\x1b[0m` : `build-all: all ${steps.length} steps passed (${total})`)
+  console.log(
+    failed
+      ? `\x1b[31mbuild-all: ${failed} of ${steps.length} steps FAILED (${total})\x1b[0m`
+      : `build-all: all ${steps.length} steps passed (${total})`,
+  )
   process.exit(failed ? 1 : 0)
 }
 

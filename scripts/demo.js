@@ -148,7 +148,12 @@ async function main() {
   shell(`kill -9 ${backend.pid}`)
   backend.child.kill('SIGKILL')
   await backend.ended
-  write(`  the lock file is still there: ${fs.readdirSync(dir).filter((f) => f.startsWith('backend')).join(', ')}\n`)
+  write(
+    `  the lock file is still there: ${fs
+      .readdirSync(dir)
+      .filter((f) => f.startsWith('backend'))
+      .join(', ')}\n`,
+  )
   shell('npm run dev:server')
   const next = service('server.js')
   await until(next, 'Backend runs with PID')

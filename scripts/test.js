@@ -32,7 +32,17 @@ function step(title, cmd, args, { capture = false } = {}) {
   return r
 }
 
-step('build', npx, ['napi', 'build', '--platform', '--release', '--js', 'binding.js', '--dts', 'binding.d.ts', '--no-const-enum'])
+step('build', npx, [
+  'napi',
+  'build',
+  '--platform',
+  '--release',
+  '--js',
+  'binding.js',
+  '--dts',
+  'binding.d.ts',
+  '--no-const-enum',
+])
 step('build', 'cargo', ['build', '--release', '-p', 'processlock-cli'])
 if (problems.length) {
   console.error(`\nbuild failed: ${problems.join('; ')}`)

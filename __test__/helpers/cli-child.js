@@ -36,7 +36,10 @@ switch (mode) {
     const [fd, tokenFd, tokenIno, ...rest] = (process.env.PROCESSLOCK_INHERITED || '').split(':')
     const socket = rest.join(':')
     const dir = process.env.PROCESSLOCK_DIR
-    const lockFile = path.join(dir, fs.readdirSync(dir).find((n) => n.endsWith('.lock')))
+    const lockFile = path.join(
+      dir,
+      fs.readdirSync(dir).find((n) => n.endsWith('.lock')),
+    )
     const same = fs.fstatSync(Number(fd)).ino === fs.statSync(lockFile).ino
     const token = fs.fstatSync(Number(tokenFd))
     say(`INHERITED ${fd} ${lockFile} ${same} token ${token.isFIFO()} ${String(token.ino) === tokenIno}`)

@@ -179,8 +179,14 @@ class Pm2 {
     // Any pm2 command starts a daemon when none runs: only talk to one that does.
     const daemon = this.daemonPid()
     if (daemon && running(daemon)) {
-      await run(process.execPath, [this.bin, 'delete', 'all'], { cwd: this.cwd, env: this.env(), timeoutMs: 60000 }).catch(() => {})
-      await run(process.execPath, [this.bin, 'kill'], { cwd: this.cwd, env: this.env(), timeoutMs: 60000 }).catch(() => {})
+      await run(process.execPath, [this.bin, 'delete', 'all'], {
+        cwd: this.cwd,
+        env: this.env(),
+        timeoutMs: 60000,
+      }).catch(() => {})
+      await run(process.execPath, [this.bin, 'kill'], { cwd: this.cwd, env: this.env(), timeoutMs: 60000 }).catch(
+        () => {},
+      )
     }
     let survivors = []
     try {

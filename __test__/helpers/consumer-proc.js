@@ -40,7 +40,9 @@ function run(file, args, opts = {}) {
 async function runOk(file, args, opts = {}) {
   const r = await run(file, args, opts)
   if (r.code !== 0) {
-    throw new Error(`${file} ${args.join(' ')} exited with ${r.code ?? r.signal}\n--- stdout\n${r.stdout}\n--- stderr\n${r.stderr}`)
+    throw new Error(
+      `${file} ${args.join(' ')} exited with ${r.code ?? r.signal}\n--- stdout\n${r.stdout}\n--- stderr\n${r.stderr}`,
+    )
   }
   return r
 }
@@ -57,7 +59,8 @@ async function waitUntil(probe, { timeoutMs = 30000, intervalMs = 50, what = 'a 
       last = e
     }
     if (Date.now() > until) {
-      const detail = last instanceof Error ? `: ${last.message}` : last === undefined ? '' : `: last ${JSON.stringify(last)}`
+      const detail =
+        last instanceof Error ? `: ${last.message}` : last === undefined ? '' : `: last ${JSON.stringify(last)}`
       throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${detail}`)
     }
     await new Promise((r) => setTimeout(r, intervalMs))

@@ -85,7 +85,10 @@ function builtArtifacts() {
  */
 async function packAll(work) {
   const artifacts = builtArtifacts()
-  const listing = () => ({ root: fs.readdirSync(ROOT).sort(), platform: fs.readdirSync(path.join(ROOT, 'npm', ABI)).sort() })
+  const listing = () => ({
+    root: fs.readdirSync(ROOT).sort(),
+    platform: fs.readdirSync(path.join(ROOT, 'npm', ABI)).sort(),
+  })
   const repoBefore = listing()
   const dest = path.join(work, 'tarballs')
   fs.mkdirSync(dest, { recursive: true })
@@ -100,8 +103,14 @@ async function packAll(work) {
   fs.copyFileSync(artifacts.cli, path.join(platformDir, EXE))
   fs.chmodSync(path.join(platformDir, EXE), 0o755)
 
-  const [main, platform, napi] = await Promise.all([pack(ROOT, dest), pack(platformDir, dest), napiOptionalDependencies()])
-  main.manifest = JSON.parse(fs.readFileSync(path.join(await unpack(main.file, path.join(work, 'main-as-packed')), 'package.json'), 'utf8'))
+  const [main, platform, napi] = await Promise.all([
+    pack(ROOT, dest),
+    pack(platformDir, dest),
+    napiOptionalDependencies(),
+  ])
+  main.manifest = JSON.parse(
+    fs.readFileSync(path.join(await unpack(main.file, path.join(work, 'main-as-packed')), 'package.json'), 'utf8'),
+  )
   const publishedDir = path.join(work, 'main-as-published')
   await unpack(main.file, publishedDir)
   const manifest = JSON.parse(fs.readFileSync(path.join(publishedDir, 'package.json'), 'utf8'))
@@ -186,7 +195,9 @@ function tsc(project, tsconfig) {
  */
 async function build(project) {
   const check = (tsconfig) =>
-    run(process.execPath, [path.join(project, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', tsconfig], { cwd: project })
+    run(process.execPath, [path.join(project, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', tsconfig], {
+      cwd: project,
+    })
   const [cjs, esm, node16, bundler] = await Promise.all([
     tsc(project, 'tsconfig.cjs.json'),
     tsc(project, 'tsconfig.esm.json'),

@@ -104,7 +104,10 @@ function watch(file, args, { env, cwd, stdin = 'ignore', uid, gid, waitMs = 1500
     },
     /** { code, signal, stdout, stderr } once the process ended and its output closed. */
     async done(timeoutMs = doneMs) {
-      const finished = exited.then(async (r) => (await closed, r))
+      const finished = exited.then(async (r) => {
+        await closed
+        return r
+      })
       if (timeoutMs === undefined) return { ...(await finished), stdout: state.stdout, stderr: state.stderr }
       let timer
       const timeout = new Promise((_, reject) => {

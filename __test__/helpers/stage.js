@@ -14,7 +14,8 @@ const STAGED = ['package.json', 'index.js', 'index.mjs', 'binding.js', 'lib', pa
 function stageForOtherUsers() {
   const root = fs.mkdtempSync(path.join(os.tmpdir(), 'pl-staged-'))
   const addons = fs.readdirSync(ROOT).filter((f) => f.endsWith('.node'))
-  for (const entry of [...STAGED, ...addons]) fs.cpSync(path.join(ROOT, entry), path.join(root, entry), { recursive: true })
+  for (const entry of [...STAGED, ...addons])
+    fs.cpSync(path.join(ROOT, entry), path.join(root, entry), { recursive: true })
   // mkdtemp makes the directory 0700; everything else is copied with its own mode, plus
   // read (and enter, for directories) for everyone.
   const open = (p) => {

@@ -14,7 +14,10 @@ function otherInstance(dir) {
     acquireLock('backend', { dir: ${JSON.stringify(dir)}, tradeSide: 'SHORT', log: false })
     console.log('HOLDING')
     setInterval(() => {}, 1000)`
-  const child = spawn(process.execPath, ['-e', code], { cwd: path.join(__dirname, '..'), stdio: ['ignore', 'pipe', 'inherit'] })
+  const child = spawn(process.execPath, ['-e', code], {
+    cwd: path.join(__dirname, '..'),
+    stdio: ['ignore', 'pipe', 'inherit'],
+  })
   const holding = new Promise((resolve, reject) => {
     child.stdout.on('data', (d) => String(d).includes('HOLDING') && resolve())
     child.on('exit', (code) => reject(new Error(`other instance exited with ${code}`)))

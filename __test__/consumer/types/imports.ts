@@ -1,6 +1,12 @@
 // The package as an ES module sees it: named exports, the default export (the whole API) and the
 // types, checked under node16, nodenext and bundler resolution (tsconfig.{node16,esm,bundler}.json).
-import processlock, { acquireLock, acquireLockOrExit, LockConflictError, type LockInfo, type AcquireOptions } from '@trader/processlock'
+import processlock, {
+  acquireLock,
+  acquireLockOrExit,
+  LockConflictError,
+  type LockInfo,
+  type AcquireOptions,
+} from '@trader/processlock'
 
 const options: AcquireOptions = { tradeSide: 'SHORT', waitMs: 0, log: false }
 
