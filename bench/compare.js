@@ -89,10 +89,19 @@ function main() {
   }
   const b = median(sides.baseline)
   const c = median(sides.current)
-  const load = os.loadavg().map((x) => x.toFixed(2)).join(' ')
-  console.log(`acquire + release cycle, median of ${a.rounds} per-round medians (${a.cycles} cycles each), load ${load}`)
-  console.log(`  baseline ${a.baseline}: ${b.toFixed(1)} us (rounds ${Math.min(...sides.baseline).toFixed(1)}..${Math.max(...sides.baseline).toFixed(1)})`)
-  console.log(`  current  ${ROOT}: ${c.toFixed(1)} us (rounds ${Math.min(...sides.current).toFixed(1)}..${Math.max(...sides.current).toFixed(1)})`)
+  const load = os
+    .loadavg()
+    .map((x) => x.toFixed(2))
+    .join(' ')
+  console.log(
+    `acquire + release cycle, median of ${a.rounds} per-round medians (${a.cycles} cycles each), load ${load}`,
+  )
+  console.log(
+    `  baseline ${a.baseline}: ${b.toFixed(1)} us (rounds ${Math.min(...sides.baseline).toFixed(1)}..${Math.max(...sides.baseline).toFixed(1)})`,
+  )
+  console.log(
+    `  current  ${ROOT}: ${c.toFixed(1)} us (rounds ${Math.min(...sides.current).toFixed(1)}..${Math.max(...sides.current).toFixed(1)})`,
+  )
   console.log(`  current / baseline: ${(c / b).toFixed(3)}`)
 }
 
