@@ -9,7 +9,7 @@ const { sinkFor, isSilent, emit } = require('./lib/log.js')
 const lifecycle = require('./lib/lifecycle.js')
 const { entryScript } = require('./lib/entry.js')
 
-const { errorFromFailure, invalidOption, normalizeRecord } = errors
+const { throwIfFailed, invalidOption, normalizeRecord } = errors
 
 /**
  * The locks this module instance holds: lock file -> how to release it and log it.
@@ -93,9 +93,9 @@ function forget(lockFile) {
   if (held.delete(lockFile) && held.size === 0) lifecycle.uninstallSoon()
 }
 
-function fail(failure, lockFile, sink) {
-  emit(sink, failure.lines || [])
-  throw errorFromFailure(failure, lockFile)
+function fail(out, sink) {
+  emit(sink, out.error.lines)
+  throwIfFailed(out)
 }
 
 /**
@@ -140,7 +140,7 @@ function acquireLock(processType, options) {
       : binding.acquire(processType, nativeOptions(opts))
   if (out.error) {
     if (!out.held) forget(out.lockFile)
-    fail(out.error, out.lockFile, sink)
+    fail(out, sink)
   }
   return adopt(out, processType, opts, sink)
 }
@@ -207,7 +207,7 @@ async function acquireLockAsync(processType, options) {
   if (signal && signal.aborted) throw abortedError(signal)
   const native = nativeOptions(opts)
   const where = binding.lockPath(processType, native)
-  if (where.error) throw errorFromFailure(where.error)
+  throwIfFailed(where)
   const flight = enterFlight(where.lockFile)
   try {
     const waitId = nextWaitId
@@ -224,7 +224,7 @@ async function acquireLockAsync(processType, options) {
     if (out.error) {
       if (!out.held) forget(out.lockFile)
       if (out.error.code === 'LOCK_ABORTED' && signal) throw abortedError(signal)
-      fail(out.error, out.lockFile, sink)
+      fail(out, sink)
     }
     if (signal && signal.aborted) {
       // Aborted after the native wait had taken the lock. A hold this module instance had
@@ -245,7 +245,7 @@ async function acquireLockAsync(processType, options) {
 function releaseLock(processType, options) {
   const opts = checkOptions(processType, options)
   const out = release(processType, nativeOptions(opts), sinkFor(opts.log))
-  if (out.error) throw errorFromFailure(out.error, out.lockFile)
+  throwIfFailed(out)
   return out.removed
 }
 
@@ -256,7 +256,7 @@ function releaseLock(processType, options) {
 function getLockInfo(processType, options) {
   const opts = checkOptions(processType, options)
   const out = binding.lockInfo(processType, nativeOptions(opts))
-  if (out.error) throw errorFromFailure(out.error, out.lockFile)
+  throwIfFailed(out)
   return normalizeRecord(out.info)
 }
 
@@ -267,7 +267,7 @@ function getLockInfo(processType, options) {
 function forceRemoveLock(processType, options) {
   const opts = checkOptions(processType, options)
   const out = binding.forceRemoveLock(processType, nativeOptions(opts))
-  if (out.error) throw errorFromFailure(out.error, out.lockFile)
+  throwIfFailed(out)
   forget(out.lockFile)
   return out.removed
 }
@@ -279,7 +279,7 @@ function forceRemoveLock(processType, options) {
 function isLockHeld(processType, options) {
   const opts = checkOptions(processType, options)
   const out = binding.isHeld(processType, nativeOptions(opts))
-  if (out.error) throw errorFromFailure(out.error, out.lockFile)
+  throwIfFailed(out)
   return out.held
 }
 
@@ -290,7 +290,7 @@ function listLocks(options) {
   if (opts.dir !== undefined && typeof opts.dir !== 'string') throw invalidOption('dir must be a string')
   holder()
   const out = binding.list(orEnv(opts.dir, 'PROCESSLOCK_DIR'))
-  if (out.error) throw errorFromFailure(out.error)
+  throwIfFailed(out)
   return out.locks.map((l) => ({
     file: l.file,
     processType: l.processType ?? null,
@@ -306,7 +306,7 @@ function listLocks(options) {
 function lockFilePath(processType, options) {
   const opts = checkOptions(processType, options)
   const out = binding.lockPath(processType, nativeOptions(opts))
-  if (out.error) throw errorFromFailure(out.error)
+  throwIfFailed(out)
   return out.lockFile
 }
 

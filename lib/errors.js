@@ -29,6 +29,7 @@ class LockAbortedError extends ProcessLockError {}
 /** The lock directory lets other users delete files in it; nothing in it was touched. */
 class LockUnsafeDirError extends ProcessLockError {}
 
+/** The class of each code the native layer reports (its `ErrorCode`); a test holds them equal. */
 const CLASSES = {
   LOCK_CONFLICT: LockConflictError,
   LOCK_INVALID_NAME: LockInvalidNameError,
@@ -69,6 +70,12 @@ function errorFromFailure(failure, lockFile) {
   return new Class(failure.message, failure.code, props)
 }
 
+/** Throws the Error of a native outcome that failed; returns the outcome otherwise. */
+function throwIfFailed(out) {
+  if (out.error) throw errorFromFailure(out.error, out.lockFile)
+  return out
+}
+
 function invalidOption(message) {
   return new LockInvalidOptionError(`LOCK_INVALID_OPTION: ${message}`, 'LOCK_INVALID_OPTION')
 }
@@ -83,7 +90,8 @@ module.exports = {
   LockIoError,
   LockAbortedError,
   LockUnsafeDirError,
-  errorFromFailure,
+  CLASSES,
+  throwIfFailed,
   invalidOption,
   normalizeRecord,
 }

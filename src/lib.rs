@@ -14,7 +14,7 @@ use napi::Env;
 use napi_derive::napi;
 use processlock::{
     app_default_dir, force_remove, inspect, real_dir, report, resolve_dir_or, wait_for, Cancel,
-    Error, Holder, Inspection, LockName, LockState, LockTarget, Record, Registry, Release, Taken,
+    Error, Holder, Inspection, LockName, LockTarget, Record, Registry, Release, Taken,
 };
 
 /// What this process holds, for every JavaScript module instance (one per worker thread) in it.
@@ -89,10 +89,47 @@ impl From<Record> for LockRecord {
     }
 }
 
+/// The stable code of a failure, as the core names it (`processlock::ErrorCode`).
+#[napi(string_enum)]
+pub enum ErrorCode {
+    #[napi(value = "LOCK_CONFLICT")]
+    Conflict,
+    #[napi(value = "LOCK_INVALID_NAME")]
+    InvalidName,
+    #[napi(value = "LOCK_INVALID_OPTION")]
+    InvalidOption,
+    #[napi(value = "LOCK_NOT_A_FILE")]
+    NotAFile,
+    #[napi(value = "LOCK_UNSUPPORTED")]
+    Unsupported,
+    #[napi(value = "LOCK_IO")]
+    Io,
+    #[napi(value = "LOCK_ABORTED")]
+    Aborted,
+    #[napi(value = "LOCK_UNSAFE_DIR")]
+    UnsafeDir,
+}
+
+impl From<processlock::ErrorCode> for ErrorCode {
+    fn from(code: processlock::ErrorCode) -> Self {
+        use processlock::ErrorCode as Core;
+        match code {
+            Core::Conflict => Self::Conflict,
+            Core::InvalidName => Self::InvalidName,
+            Core::InvalidOption => Self::InvalidOption,
+            Core::NotAFile => Self::NotAFile,
+            Core::Unsupported => Self::Unsupported,
+            Core::Io => Self::Io,
+            Core::Aborted => Self::Aborted,
+            Core::UnsafeDir => Self::UnsafeDir,
+        }
+    }
+}
+
 /// Everything the JS layer needs to build an `Error` subclass.
 #[napi(object)]
 pub struct Failure {
-    pub code: String,
+    pub code: ErrorCode,
     pub message: String,
     /// Negative, as in Node's own system errors.
     pub errno: Option<i32>,
@@ -104,19 +141,17 @@ pub struct Failure {
     pub lines: Vec<String>,
 }
 
-impl Failure {
-    fn from_error(e: Error, name: Option<&LockName>) -> Self {
-        let (holder, waited_ms, lines) = match &e {
+impl From<Error> for Failure {
+    fn from(e: Error) -> Self {
+        let (holder, waited_ms) = match &e {
             Error::Conflict(c) => (
                 Some(LockRecord::from(c.holder.clone())),
                 Some(c.waited_ms as f64),
-                name.map(|n| report::conflict(n, &c.holder, &c.path))
-                    .unwrap_or_default(),
             ),
-            _ => (None, None, Vec::new()),
+            _ => (None, None),
         };
         Self {
-            code: e.code().to_string(),
+            code: e.code().into(),
             message: e.to_string(),
             errno: e.os_error().map(|(n, _)| -n),
             os_code: e.os_error().map(|(_, s)| s.to_string()),
@@ -124,39 +159,10 @@ impl Failure {
             path: e.path().map(path_string),
             holder,
             waited_ms,
-            lines,
+            lines: Vec::new(),
         }
     }
 }
-
-/// Every outcome object carries either its result or a `Failure`: this builds the failed one.
-trait Failed: Default {
-    fn set_error(&mut self, failure: Failure);
-
-    fn failed(e: Error) -> Self {
-        let mut out = Self::default();
-        out.set_error(Failure::from_error(e, None));
-        out
-    }
-}
-
-macro_rules! failed_outcomes {
-    ($($t:ty),*) => {
-        $(impl Failed for $t {
-            fn set_error(&mut self, failure: Failure) {
-                self.error = Some(failure);
-            }
-        })*
-    };
-}
-
-failed_outcomes!(
-    AcquireOutcome,
-    ReleaseOutcome,
-    InfoOutcome,
-    RemoveOutcome,
-    ListOutcome
-);
 
 fn path_string(p: &Path) -> String {
     p.to_string_lossy().into_owned()
@@ -539,14 +545,16 @@ impl Waits {
     }
 }
 
+/// A failed acquisition; a conflict over a lock named by the caller also says who holds it.
 fn acquire_failure(e: Error, name: Option<&LockName>, path: Option<&PathBuf>) -> AcquireOutcome {
+    let lines = match (&e, name) {
+        (Error::Conflict(c), Some(name)) => report::conflict(name, &c.holder, &c.path),
+        _ => Vec::new(),
+    };
     AcquireOutcome {
-        info: None,
         lock_file: path.map(|p| path_string(p)),
-        already_held: false,
-        held: false,
-        lines: Vec::new(),
-        error: Some(Failure::from_error(e, name)),
+        error: Some(Failure { lines, ..e.into() }),
+        ..Default::default()
     }
 }
 
@@ -567,7 +575,12 @@ pub fn release(process_type: String, options: Option<LockOptions>) -> ReleaseOut
     let options = options.unwrap_or_default();
     let target = match target(&process_type, &options) {
         Ok(t) => t,
-        Err(e) => return ReleaseOutcome::failed(e),
+        Err(e) => {
+            return ReleaseOutcome {
+                error: Some(e.into()),
+                ..Default::default()
+            }
+        }
     };
     let lock_file = Some(path_string(&target.path));
     match REGISTRY.release(&target.path, options.holder()) {
@@ -594,7 +607,8 @@ pub fn release(process_type: String, options: Option<LockOptions>) -> ReleaseOut
         },
         Release::Released(_, Err(e)) => ReleaseOutcome {
             lock_file,
-            ..ReleaseOutcome::failed(e)
+            error: Some(e.into()),
+            ..Default::default()
         },
     }
 }
@@ -643,7 +657,10 @@ pub fn lock_info(process_type: String, options: Option<LockOptions>) -> InfoOutc
             lock_file: Some(path_string(&t.path)),
             error: None,
         },
-        Err(e) => InfoOutcome::failed(e),
+        Err(e) => InfoOutcome {
+            error: Some(e.into()),
+            ..Default::default()
+        },
     }
 }
 
@@ -675,7 +692,28 @@ pub fn force_remove_lock(process_type: String, options: Option<LockOptions>) -> 
             lock_file: Some(path_string(&t.path)),
             error: None,
         },
-        Err(e) => RemoveOutcome::failed(e),
+        Err(e) => RemoveOutcome {
+            error: Some(e.into()),
+            ..Default::default()
+        },
+    }
+}
+
+/// What a lock file in the directory is (`processlock::LockState`).
+#[napi(string_enum = "lowercase")]
+pub enum LockState {
+    Held,
+    Stale,
+    Invalid,
+}
+
+impl From<processlock::LockState> for LockState {
+    fn from(state: processlock::LockState) -> Self {
+        match state {
+            processlock::LockState::Held => Self::Held,
+            processlock::LockState::Stale => Self::Stale,
+            processlock::LockState::Invalid => Self::Invalid,
+        }
     }
 }
 
@@ -684,7 +722,7 @@ pub struct ListedLock {
     pub file: String,
     pub process_type: Option<String>,
     pub trade_side: Option<String>,
-    pub state: String,
+    pub state: LockState,
     pub record: Option<LockRecord>,
     pub problem: Option<String>,
     /// This process is the holder.
@@ -708,21 +746,24 @@ pub fn list(dir: Option<String>) -> ListOutcome {
             locks: locks
                 .into_iter()
                 .map(|l| ListedLock {
-                    is_own: l.state == LockState::Held && REGISTRY.holds(&l.path),
+                    is_own: l.state == processlock::LockState::Held && REGISTRY.holds(&l.path),
                     file: path_string(&l.path),
                     process_type: l.name.as_ref().map(|n| n.process_type().to_string()),
                     trade_side: l
                         .name
                         .as_ref()
                         .and_then(|n| n.trade_side().map(str::to_string)),
-                    state: l.state.as_str().to_string(),
+                    state: l.state.into(),
                     record: l.record.map(Into::into),
                     problem: l.problem,
                 })
                 .collect(),
             error: None,
         },
-        Err(e) => ListOutcome::failed(e),
+        Err(e) => ListOutcome {
+            error: Some(e.into()),
+            ..Default::default()
+        },
     }
 }
 
@@ -734,8 +775,6 @@ pub struct HeldOutcome {
     pub error: Option<Failure>,
 }
 
-failed_outcomes!(HeldOutcome);
-
 /// Whether this process holds the lock file that is at the lock path now (one `lstat`).
 #[napi]
 pub fn is_held(process_type: String, options: Option<LockOptions>) -> HeldOutcome {
@@ -745,7 +784,10 @@ pub fn is_held(process_type: String, options: Option<LockOptions>) -> HeldOutcom
             lock_file: Some(path_string(&t.path)),
             error: None,
         },
-        Err(e) => HeldOutcome::failed(e),
+        Err(e) => HeldOutcome {
+            error: Some(e.into()),
+            ..Default::default()
+        },
     }
 }
 
@@ -758,7 +800,10 @@ pub fn lock_path(process_type: String, options: Option<LockOptions>) -> InfoOutc
             lock_file: Some(path_string(&t.path)),
             error: None,
         },
-        Err(e) => InfoOutcome::failed(e),
+        Err(e) => InfoOutcome {
+            error: Some(e.into()),
+            ..Default::default()
+        },
     }
 }
 

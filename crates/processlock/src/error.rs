@@ -22,6 +22,47 @@ pub struct Conflict {
     pub problem: Option<String>,
 }
 
+/// The stable code of an error: what callers (the JS layer, the command, scripts reading its
+/// output) branch on. The binding and the JS layer's error classes are checked against this list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    Conflict,
+    InvalidName,
+    InvalidOption,
+    NotAFile,
+    Unsupported,
+    Io,
+    Aborted,
+    UnsafeDir,
+}
+
+impl ErrorCode {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::Conflict => "LOCK_CONFLICT",
+            ErrorCode::InvalidName => "LOCK_INVALID_NAME",
+            ErrorCode::InvalidOption => "LOCK_INVALID_OPTION",
+            ErrorCode::NotAFile => "LOCK_NOT_A_FILE",
+            ErrorCode::Unsupported => "LOCK_UNSUPPORTED",
+            ErrorCode::Io => "LOCK_IO",
+            ErrorCode::Aborted => "LOCK_ABORTED",
+            ErrorCode::UnsafeDir => "LOCK_UNSAFE_DIR",
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq<&str> for ErrorCode {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
 #[derive(Debug)]
 pub enum Error {
     /// A process type or trade side outside `[A-Za-z0-9_-]{1,max}`. Nothing was touched.
@@ -106,16 +147,16 @@ impl Error {
         )
     }
 
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         match self {
-            Error::InvalidName { .. } => "LOCK_INVALID_NAME",
-            Error::Conflict(_) => "LOCK_CONFLICT",
-            Error::NotAFile { .. } => "LOCK_NOT_A_FILE",
-            Error::Unsupported { .. } => "LOCK_UNSUPPORTED",
-            Error::Io { .. } => "LOCK_IO",
-            Error::Aborted => "LOCK_ABORTED",
-            Error::InvalidOption { .. } => "LOCK_INVALID_OPTION",
-            Error::UnsafeDir { .. } => "LOCK_UNSAFE_DIR",
+            Error::InvalidName { .. } => ErrorCode::InvalidName,
+            Error::Conflict(_) => ErrorCode::Conflict,
+            Error::NotAFile { .. } => ErrorCode::NotAFile,
+            Error::Unsupported { .. } => ErrorCode::Unsupported,
+            Error::Io { .. } => ErrorCode::Io,
+            Error::Aborted => ErrorCode::Aborted,
+            Error::InvalidOption { .. } => ErrorCode::InvalidOption,
+            Error::UnsafeDir { .. } => ErrorCode::UnsafeDir,
         }
     }
 
@@ -204,7 +245,7 @@ impl fmt::Display for Error {
 /// refuses a data directory with loose permissions.
 fn unsafe_dir_message(
     f: &mut fmt::Formatter<'_>,
-    code: &str,
+    code: ErrorCode,
     path: &Path,
     why: DirProblem,
 ) -> fmt::Result {
