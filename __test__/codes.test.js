@@ -49,7 +49,10 @@ test('index.d.ts names the same codes and states, one typed class per code', () 
   expect(union('index.d.ts', 'LockState')).toEqual(bindingStates)
   const dts = fs.readFileSync(path.join(ROOT, 'index.d.ts'), 'utf8')
   for (const [code, Class] of Object.entries(CLASSES)) {
-    const decl = new RegExp(`^export class ${Class.name} extends ProcessLockError \\{\\n {2}readonly code: '${code}'$`, 'm')
+    const decl = new RegExp(
+      `^export class ${Class.name} extends ProcessLockError \\{\\n {2}readonly code: '${code}'$`,
+      'm',
+    )
     expect(dts).toMatch(decl)
   }
 })
