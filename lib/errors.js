@@ -28,6 +28,11 @@ class LockIoError extends ProcessLockError {}
 class LockAbortedError extends ProcessLockError {}
 /** The lock directory lets other users delete files in it; nothing in it was touched. */
 class LockUnsafeDirError extends ProcessLockError {}
+/**
+ * A lock this process held is no longer its own: its server session ended or fell silent past
+ * the lease, or its lock file was removed or replaced. Stop what the lock protects.
+ */
+class LockLostError extends ProcessLockError {}
 
 const CLASSES = {
   LOCK_CONFLICT: LockConflictError,
@@ -38,6 +43,7 @@ const CLASSES = {
   LOCK_IO: LockIoError,
   LOCK_ABORTED: LockAbortedError,
   LOCK_UNSAFE_DIR: LockUnsafeDirError,
+  LOCK_LOST: LockLostError,
 }
 
 function normalizeRecord(r) {
@@ -48,7 +54,7 @@ function normalizeRecord(r) {
     tradeSide: r.tradeSide ?? null,
     processName: r.processName,
   }
-  for (const key of ['processType', 'hostname', 'startToken', 'protocol']) {
+  for (const key of ['processType', 'hostname', 'startToken', 'protocol', 'fencingToken', 'backend']) {
     if (r[key] != null) info[key] = r[key]
   }
   return info
@@ -83,6 +89,7 @@ module.exports = {
   LockIoError,
   LockAbortedError,
   LockUnsafeDirError,
+  LockLostError,
   errorFromFailure,
   invalidOption,
   normalizeRecord,

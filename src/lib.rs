@@ -12,13 +12,20 @@ use std::time::{Duration, Instant};
 
 use napi::Env;
 use napi_derive::napi;
+
+mod losses;
+mod pg;
+
+pub use losses::{listen_losses, LostEvent};
+
+use pg::{PgLock, Waiting};
 use processlock::{
     app_default_dir, force_remove, inspect, real_dir, report, resolve_dir_or, wait_for, Cancel,
     Error, Holder, Inspection, LockName, LockState, LockTarget, Record, Registry, Release, Taken,
 };
 
 /// What this process holds, for every JavaScript module instance (one per worker thread) in it.
-static REGISTRY: Registry = Registry::new();
+pub(crate) static REGISTRY: Registry = Registry::new();
 
 #[napi(object)]
 #[derive(Default)]
@@ -30,6 +37,14 @@ pub struct LockOptions {
     pub quiet: Option<bool>,
     /// The JS module instance that takes or lets go of the lock (`open_holder`); 0 if absent.
     pub holder: Option<u32>,
+    /// A PostgreSQL URL: the lock is held on that server instead of in a file.
+    pub url: Option<String>,
+    pub lease_ms: Option<f64>,
+    pub connect_timeout_ms: Option<f64>,
+    pub namespace: Option<String>,
+    pub table: Option<String>,
+    /// What the native side does when a server lock is lost: `exit` (default) or `notify`.
+    pub on_lost: Option<String>,
 }
 
 impl LockOptions {
@@ -47,6 +62,7 @@ pub fn open_holder(env: Env) -> napi::Result<u32> {
     let id = NEXT.fetch_add(1, Ordering::Relaxed);
     env.add_env_cleanup_hook(id, |id| {
         REGISTRY.release_holder(Holder::from(id));
+        losses::forget_holder(id);
     })?;
     Ok(id)
 }
@@ -63,6 +79,7 @@ pub fn set_app_entry(entry: String) {
 }
 
 #[napi(object)]
+#[derive(Clone)]
 pub struct LockRecord {
     pub pid: u32,
     pub started: String,
@@ -72,6 +89,19 @@ pub struct LockRecord {
     pub hostname: Option<String>,
     pub start_token: Option<String>,
     pub protocol: Option<String>,
+    /// Larger for every new holder of a lock on a server (decimal); none for lock files.
+    pub fencing_token: Option<String>,
+    /// `file` or `postgres`.
+    pub backend: String,
+}
+
+impl LockRecord {
+    fn postgres(r: Record) -> Self {
+        Self {
+            backend: "postgres".to_string(),
+            ..Self::from(r)
+        }
+    }
 }
 
 impl From<Record> for LockRecord {
@@ -85,12 +115,15 @@ impl From<Record> for LockRecord {
             hostname: r.hostname,
             start_token: r.start_token,
             protocol: r.protocol,
+            fencing_token: None,
+            backend: "file".to_string(),
         }
     }
 }
 
 /// Everything the JS layer needs to build an `Error` subclass.
 #[napi(object)]
+#[derive(Clone)]
 pub struct Failure {
     pub code: String,
     pub message: String,
@@ -105,7 +138,7 @@ pub struct Failure {
 }
 
 impl Failure {
-    fn from_error(e: Error, name: Option<&LockName>) -> Self {
+    pub(crate) fn from_error(e: Error, name: Option<&LockName>) -> Self {
         let (holder, waited_ms, lines) = match &e {
             Error::Conflict(c) => (
                 Some(LockRecord::from(c.holder.clone())),
@@ -130,12 +163,16 @@ impl Failure {
 }
 
 /// Every outcome object carries either its result or a `Failure`: this builds the failed one.
-trait Failed: Default {
+pub(crate) trait Failed: Default {
     fn set_error(&mut self, failure: Failure);
 
     fn failed(e: Error) -> Self {
+        Self::with_failure(Failure::from_error(e, None))
+    }
+
+    fn with_failure(failure: Failure) -> Self {
         let mut out = Self::default();
-        out.set_error(Failure::from_error(e, None));
+        out.set_error(failure);
         out
     }
 }
@@ -212,16 +249,46 @@ pub struct AcquireOutcome {
     pub error: Option<Failure>,
 }
 
+/// One lock, wherever it is kept: a lock file (`FileLock`) or a server (`pg::PgLock`). Every
+/// call picks one with `select`, the only place that looks at which.
+pub(crate) trait Lock {
+    /// Where the lock is: the lock file's path, or the server and the lock's name.
+    fn place(&self) -> String;
+    /// Takes the lock, once (`wait: None`) or waiting until the deadline.
+    fn acquire(&self, options: &LockOptions, wait: Option<Waiting>) -> AcquireOutcome;
+    fn release(&self, options: &LockOptions) -> ReleaseOutcome;
+    fn info(&self, options: &LockOptions) -> InfoOutcome;
+    fn force_remove(&self, options: &LockOptions) -> RemoveOutcome;
+    fn is_held(&self, options: &LockOptions) -> HeldOutcome;
+    /// Reports the loss of the caller's hold to its `listen_losses` callback from now on.
+    fn watch_lost(&self, options: &LockOptions);
+}
+
+/// The lock that `process_type` and `options` name: on the server of `options.url` when there
+/// is one, else in a file.
+fn select(process_type: &str, options: &LockOptions) -> Result<Box<dyn Lock>, Box<Failure>> {
+    let fail = |e| Box::new(Failure::from_error(e, None));
+    match pg::options(options) {
+        Some(opts) => {
+            let name =
+                LockName::from_env(process_type, options.trade_side.as_deref()).map_err(fail)?;
+            Ok(Box::new(PgLock::new(opts, name)?))
+        }
+        None => Ok(Box::new(FileLock(
+            target(process_type, options).map_err(fail)?,
+        ))),
+    }
+}
+
+struct FileLock(LockTarget);
+
 #[napi]
 pub fn acquire(process_type: String, options: Option<LockOptions>) -> AcquireOutcome {
     let options = options.unwrap_or_default();
-    let target = match target(&process_type, &options) {
-        Ok(t) => t,
-        Err(e) => return acquire_failure(e, None, None),
-    };
-    install_exit_backstop();
-    let result = REGISTRY.acquire(&target, options.process_name.as_deref(), options.holder());
-    taken_outcome(result, &target, &options)
+    match select(&process_type, &options) {
+        Ok(lock) => lock.acquire(&options, None),
+        Err(f) => AcquireOutcome::with_failure(*f),
+    }
 }
 
 /// The outcome of an acquisition through the registry. A new hold also wakes this process's
@@ -337,29 +404,20 @@ fn acquire_waiting(
     key: u64,
 ) -> AcquireOutcome {
     let deadline = wait.map(|w| Instant::now() + w);
-    let target = match target(process_type, options) {
-        Ok(t) => t,
-        Err(e) => {
+    match select(process_type, options) {
+        Ok(lock) => lock.acquire(options, Some(Waiting { deadline, key })),
+        Err(f) => {
             WAITS.end(key);
-            return acquire_failure(e, None, None);
+            AcquireOutcome::with_failure(*f)
         }
-    };
-    install_exit_backstop();
-    let cancel = WAITS.begin(key, &target.path);
-    let name = options.process_name.as_deref();
-    let holder = options.holder();
-    let result = wait_for(&target, deadline, &cancel, || {
-        REGISTRY.acquire(&target, name, holder)
-    });
-    WAITS.end(key);
-    taken_outcome(result, &target, options)
+    }
 }
 
-static WAITS: Waits = Waits::new();
+pub(crate) static WAITS: Waits = Waits::new();
 
 /// The waits in progress in this process, by key: the `wait_id` of an async wait (below 2^32),
 /// or an internal key for a blocking one.
-struct Waits {
+pub(crate) struct Waits {
     state: Mutex<Option<WaitState>>,
     next_internal: AtomicU64,
 }
@@ -398,7 +456,7 @@ impl Waits {
     }
 
     /// Registers a wait for `path`; its token may already be cancelled.
-    fn begin(&self, key: u64, path: &Path) -> Cancel {
+    pub(crate) fn begin(&self, key: u64, path: &Path) -> Cancel {
         let mut state = self.state();
         let state = state.get_or_insert_with(WaitState::default);
         state.finished.retain(|k| *k != key);
@@ -410,7 +468,7 @@ impl Waits {
         entry.cancel.clone()
     }
 
-    fn end(&self, key: u64) {
+    pub(crate) fn end(&self, key: u64) {
         let mut state = self.state();
         let state = state.get_or_insert_with(WaitState::default);
         if state.active.remove(&key).is_some() {
@@ -475,37 +533,9 @@ pub struct ReleaseOutcome {
 #[napi]
 pub fn release(process_type: String, options: Option<LockOptions>) -> ReleaseOutcome {
     let options = options.unwrap_or_default();
-    let target = match target(&process_type, &options) {
-        Ok(t) => t,
-        Err(e) => return ReleaseOutcome::failed(e),
-    };
-    let lock_file = Some(path_string(&target.path));
-    match REGISTRY.release(&target.path, options.holder()) {
-        Release::NotHeld => ReleaseOutcome {
-            lock_file,
-            ..Default::default()
-        },
-        // Other holders in this process still hold it: the lock and its file stay.
-        Release::KeptByOthers => ReleaseOutcome {
-            held: true,
-            lock_file,
-            ..Default::default()
-        },
-        Release::Released(record, Ok(removed)) => ReleaseOutcome {
-            removed,
-            held: true,
-            lock_file,
-            lines: if options.quiet.unwrap_or(false) {
-                Vec::new()
-            } else {
-                vec![report::released(&target.name, record.pid)]
-            },
-            error: None,
-        },
-        Release::Released(_, Err(e)) => ReleaseOutcome {
-            lock_file,
-            ..ReleaseOutcome::failed(e)
-        },
+    match select(&process_type, &options) {
+        Ok(lock) => lock.release(&options),
+        Err(f) => ReleaseOutcome::with_failure(*f),
     }
 }
 
@@ -538,22 +568,9 @@ pub struct InfoOutcome {
 #[napi]
 pub fn lock_info(process_type: String, options: Option<LockOptions>) -> InfoOutcome {
     let options = options.unwrap_or_default();
-    let result = target(&process_type, &options).and_then(|t| {
-        if let Some(record) = REGISTRY.get(&t.path) {
-            return Ok((Some(record), t));
-        }
-        match inspect(&t.path)? {
-            Inspection::Held(r) | Inspection::HeldUnlocked(r, _) if r.pid != 0 => Ok((Some(r), t)),
-            _ => Ok((None, t)),
-        }
-    });
-    match result {
-        Ok((record, t)) => InfoOutcome {
-            info: record.map(Into::into),
-            lock_file: Some(path_string(&t.path)),
-            error: None,
-        },
-        Err(e) => InfoOutcome::failed(e),
+    match select(&process_type, &options) {
+        Ok(lock) => lock.info(&options),
+        Err(f) => InfoOutcome::with_failure(*f),
     }
 }
 
@@ -568,24 +585,9 @@ pub struct RemoveOutcome {
 #[napi]
 pub fn force_remove_lock(process_type: String, options: Option<LockOptions>) -> RemoveOutcome {
     let options = options.unwrap_or_default();
-    let result = target(&process_type, &options).and_then(|t| {
-        // Our own lock is removed by its holder, which keeps its OS lock until the file is gone:
-        // removing it by name after letting go could delete the file of a waiter that took the
-        // lock in between. Every holder in this process loses it.
-        if let Some(lock) = REGISTRY.take(&t.path) {
-            if lock.release()? {
-                return Ok((true, t));
-            }
-        }
-        Ok((force_remove(&t.path)?, t))
-    });
-    match result {
-        Ok((removed, t)) => RemoveOutcome {
-            removed,
-            lock_file: Some(path_string(&t.path)),
-            error: None,
-        },
-        Err(e) => RemoveOutcome::failed(e),
+    match select(&process_type, &options) {
+        Ok(lock) => lock.force_remove(&options),
+        Err(f) => RemoveOutcome::with_failure(*f),
     }
 }
 
@@ -609,8 +611,12 @@ pub struct ListOutcome {
     pub error: Option<Failure>,
 }
 
+/// The locks of a directory, or with `options.url`, of a server.
 #[napi]
-pub fn list(dir: Option<String>) -> ListOutcome {
+pub fn list(dir: Option<String>, options: Option<LockOptions>) -> ListOutcome {
+    if let Some(opts) = options.as_ref().and_then(pg::options) {
+        return pg::list(&opts);
+    }
     let result = lock_dir(dir.as_deref()).and_then(|d| Ok((processlock::list_locks(&d)?, d)));
     match result {
         Ok((locks, d)) => ListOutcome {
@@ -646,29 +652,164 @@ pub struct HeldOutcome {
 
 failed_outcomes!(HeldOutcome);
 
-/// Whether this process holds the lock file that is at the lock path now (one `lstat`).
+/// Whether this holder holds the lock: for a file, the file that is at the lock path now (one
+/// `lstat`); on a server, a hold not found lost.
 #[napi]
 pub fn is_held(process_type: String, options: Option<LockOptions>) -> HeldOutcome {
-    match target(&process_type, &options.unwrap_or_default()) {
-        Ok(t) => HeldOutcome {
-            held: REGISTRY.holds(&t.path),
-            lock_file: Some(path_string(&t.path)),
-            error: None,
-        },
-        Err(e) => HeldOutcome::failed(e),
+    let options = options.unwrap_or_default();
+    match select(&process_type, &options) {
+        Ok(lock) => lock.is_held(&options),
+        Err(f) => HeldOutcome::with_failure(*f),
     }
 }
 
-/// The lock file path for a name, without touching the disk.
+/// Where the lock is (its file's path, or its server and name), without touching anything.
 #[napi]
 pub fn lock_path(process_type: String, options: Option<LockOptions>) -> InfoOutcome {
-    match target(&process_type, &options.unwrap_or_default()) {
-        Ok(t) => InfoOutcome {
+    let options = options.unwrap_or_default();
+    match select(&process_type, &options) {
+        Ok(lock) => InfoOutcome {
             info: None,
-            lock_file: Some(path_string(&t.path)),
+            lock_file: Some(lock.place()),
             error: None,
         },
-        Err(e) => InfoOutcome::failed(e),
+        Err(f) => InfoOutcome::with_failure(*f),
+    }
+}
+
+/// Reports the loss of this holder's hold of the lock to its `listen_losses` callback. A server
+/// lock is watched anyway; a lock file is looked at every 200 ms by a native thread that runs
+/// only while some lock file is watched.
+#[napi]
+pub fn watch_lost(process_type: String, options: Option<LockOptions>) -> HeldOutcome {
+    let options = options.unwrap_or_default();
+    match select(&process_type, &options) {
+        Ok(lock) => {
+            lock.watch_lost(&options);
+            lock.is_held(&options)
+        }
+        Err(f) => HeldOutcome::with_failure(*f),
+    }
+}
+
+impl Lock for FileLock {
+    fn place(&self) -> String {
+        path_string(&self.0.path)
+    }
+
+    fn acquire(&self, options: &LockOptions, wait: Option<Waiting>) -> AcquireOutcome {
+        let target = &self.0;
+        install_exit_backstop();
+        let name = options.process_name.as_deref();
+        let holder = options.holder();
+        let result = match wait {
+            None => REGISTRY.acquire(target, name, holder),
+            Some(w) => {
+                let cancel = WAITS.begin(w.key, &target.path);
+                let result = wait_for(target, w.deadline, &cancel, || {
+                    REGISTRY.acquire(target, name, holder)
+                });
+                WAITS.end(w.key);
+                result
+            }
+        };
+        taken_outcome(result, target, options)
+    }
+
+    fn release(&self, options: &LockOptions) -> ReleaseOutcome {
+        let target = &self.0;
+        let lock_file = Some(path_string(&target.path));
+        match REGISTRY.release(&target.path, options.holder()) {
+            Release::NotHeld => ReleaseOutcome {
+                lock_file,
+                ..Default::default()
+            },
+            // Other holders in this process still hold it: the lock and its file stay.
+            Release::KeptByOthers => ReleaseOutcome {
+                held: true,
+                lock_file,
+                ..Default::default()
+            },
+            Release::Released(record, Ok(removed)) => ReleaseOutcome {
+                removed,
+                held: true,
+                lock_file,
+                lines: if options.quiet.unwrap_or(false) {
+                    Vec::new()
+                } else {
+                    vec![report::released(&target.name, record.pid)]
+                },
+                error: None,
+            },
+            Release::Released(_, Err(e)) => ReleaseOutcome {
+                lock_file,
+                ..ReleaseOutcome::failed(e)
+            },
+        }
+    }
+
+    fn info(&self, _options: &LockOptions) -> InfoOutcome {
+        let t = &self.0;
+        let record = match REGISTRY.get(&t.path) {
+            Some(record) => Ok(Some(record)),
+            None => inspect(&t.path).map(|found| match found {
+                Inspection::Held(r) | Inspection::HeldUnlocked(r, _) if r.pid != 0 => Some(r),
+                _ => None,
+            }),
+        };
+        match record {
+            Ok(record) => InfoOutcome {
+                info: record.map(Into::into),
+                lock_file: Some(path_string(&t.path)),
+                error: None,
+            },
+            Err(e) => InfoOutcome::failed(e),
+        }
+    }
+
+    fn force_remove(&self, _options: &LockOptions) -> RemoveOutcome {
+        let t = &self.0;
+        let result = (|| {
+            // Our own lock is removed by its holder, which keeps its OS lock until the file is
+            // gone: removing it by name after letting go could delete the file of a waiter that
+            // took the lock in between. Every holder in this process loses it.
+            if let Some(lock) = REGISTRY.take(&t.path) {
+                if lock.release()? {
+                    return Ok(true);
+                }
+            }
+            force_remove(&t.path)
+        })();
+        match result {
+            Ok(removed) => RemoveOutcome {
+                removed,
+                lock_file: Some(path_string(&t.path)),
+                error: None,
+            },
+            Err(e) => RemoveOutcome::failed(e),
+        }
+    }
+
+    fn is_held(&self, _options: &LockOptions) -> HeldOutcome {
+        HeldOutcome {
+            held: REGISTRY.holds(&self.0.path),
+            lock_file: Some(path_string(&self.0.path)),
+            error: None,
+        }
+    }
+
+    fn watch_lost(&self, options: &LockOptions) {
+        let t = &self.0;
+        if let Some(record) = REGISTRY.get(&t.path) {
+            if REGISTRY.is_holder(&t.path, options.holder()) {
+                losses::watch_file(
+                    t.path.clone(),
+                    options.holder.unwrap_or(0),
+                    t.name.clone(),
+                    record.pid,
+                );
+            }
+        }
     }
 }
 

@@ -61,6 +61,12 @@ pub enum Error {
         path: PathBuf,
         why: DirProblem,
     },
+    /// A lock this process held is no longer its own: its file was removed or replaced by
+    /// someone else, or (on a server) its session ended or fell silent past the lease.
+    Lost {
+        lock: String,
+        reason: String,
+    },
 }
 
 /// Why a lock directory is refused.
@@ -92,6 +98,7 @@ impl Error {
             Error::Aborted => "LOCK_ABORTED",
             Error::InvalidOption { .. } => "LOCK_INVALID_OPTION",
             Error::UnsafeDir { .. } => "LOCK_UNSAFE_DIR",
+            Error::Lost { .. } => "LOCK_LOST",
         }
     }
 
@@ -172,6 +179,9 @@ impl fmt::Display for Error {
             Error::Aborted => write!(f, "{code}: waiting for the lock was aborted"),
             Error::InvalidOption { option, problem } => write!(f, "{code}: {option} {problem}"),
             Error::UnsafeDir { path, why } => unsafe_dir_message(f, code, path, *why),
+            Error::Lost { lock, reason } => {
+                write!(f, "{code}: the lock of {lock} was lost: {}", printable(reason))
+            }
         }
     }
 }
