@@ -7,9 +7,9 @@ pub const USAGE: &str = "\
 processlock: one running instance per service
 
 Usage:
-  processlock check [--json] [--dir DIR]
-  processlock check <type> [--side SIDE] [--json] [--dir DIR]
-  processlock clear [--force] [--dir DIR]
+  processlock check [--json] [--dir DIR | --url URL]
+  processlock check <type> [--side SIDE] [--json] [--dir DIR | --url URL]
+  processlock clear [--force] [--dir DIR | --url URL]
   processlock run <type> [--side SIDE] [--wait MS] [--name NAME] [--quiet] [--dir DIR] -- <command> [args...]
 
 Commands:
@@ -33,6 +33,13 @@ Commands:
 Options:
   --dir DIR      Lock directory. Default: $PROCESSLOCK_DIR, else runtime/locks under the
                  nearest directory (from the current one up) that has a package.json.
+  --url URL      Locks held on this PostgreSQL server instead of in a directory (check,
+                 clear). Default: $PROCESSLOCK_URL. check lists lock, state, PID, host, start,
+                 fencing token and client address; clear removes records no live session
+                 stands behind; clear --force ends the session of every holder
+                 (pg_terminate_backend, which needs the right role): the holders lose their
+                 locks at their next heartbeat. run does not hold server locks yet: it refuses
+                 to start while $PROCESSLOCK_URL is set.
   --side SIDE    Trade side of the lock (run, check <type>). Default: $TRADE_SIDE; '' for none.
   --wait MS      Wait up to MS milliseconds for a holder to let go (run). Default: 0, fail at once.
   --name NAME    Process name written in the lock record (run): at most 256 characters, no
@@ -57,11 +64,14 @@ pub enum Command {
     Version,
     Check {
         json: bool,
+        /// `--url`: a PostgreSQL server instead of the lock directory.
+        url: Option<String>,
         /// `check <type>`: one lock, with its side (`None`: `$TRADE_SIDE`).
         lock: Option<(String, Option<String>)>,
     },
     Clear {
         force: bool,
+        url: Option<String>,
     },
     Run {
         process_type: String,
@@ -167,11 +177,13 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Invocation, Usa
     let command = match name.as_str() {
         "check" => {
             let mut json = false;
+            let mut url = None;
             let mut process_type = None;
             let mut side = None;
             while let Some(arg) = cur.take() {
                 match option(&arg)? {
                     ("--json", None) => json = true,
+                    ("--url", inline) => url = Some(utf8_value(&mut cur, "--url", inline)?),
                     ("--dir", inline) => dir = Some(dir_value(&mut cur, inline)?),
                     ("--side", inline) => side = Some(utf8_value(&mut cur, "--side", inline)?),
                     ("-h" | "--help", None) => return help(dir),
@@ -190,19 +202,21 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Invocation, Usa
                 }
                 (None, None) => None,
             };
-            Command::Check { json, lock }
+            Command::Check { json, url, lock }
         }
         "clear" => {
             let mut force = false;
+            let mut url = None;
             while let Some(arg) = cur.take() {
                 match option(&arg)? {
                     ("--force" | "-f", None) => force = true,
+                    ("--url", inline) => url = Some(utf8_value(&mut cur, "--url", inline)?),
                     ("--dir", inline) => dir = Some(dir_value(&mut cur, inline)?),
                     ("-h" | "--help", None) => return help(dir),
                     _ => return unexpected(&arg, "clear"),
                 }
             }
-            Command::Clear { force }
+            Command::Clear { force, url }
         }
         "run" => {
             let mut process_type = None;
@@ -345,6 +359,7 @@ mod tests {
                 dir: None,
                 command: Command::Check {
                     json: false,
+                    url: None,
                     lock: None
                 }
             }
@@ -355,6 +370,7 @@ mod tests {
                 dir: Some("/x".into()),
                 command: Command::Check {
                     json: true,
+                    url: None,
                     lock: None
                 }
             }
@@ -363,6 +379,7 @@ mod tests {
             run_cmd(&["check", "backend", "--side=LONG", "--json"]),
             Command::Check {
                 json: true,
+                url: None,
                 lock: Some(("backend".into(), Some("LONG".into())))
             }
         );
@@ -370,14 +387,33 @@ mod tests {
             run_cmd(&["check", "--json", "worker"]),
             Command::Check {
                 json: true,
+                url: None,
                 lock: Some(("worker".into(), None))
+            }
+        );
+        assert_eq!(
+            run_cmd(&["check", "--url", "postgres://u@h/db", "--json"]),
+            Command::Check {
+                json: true,
+                url: Some("postgres://u@h/db".into()),
+                lock: None
+            }
+        );
+        assert_eq!(
+            run_cmd(&["clear", "--url=postgres://u@h/db", "-f"]),
+            Command::Clear {
+                force: true,
+                url: Some("postgres://u@h/db".into())
             }
         );
         assert_eq!(
             p(&["clear", "--force", "--dir=/y"]).unwrap(),
             Invocation {
                 dir: Some("/y".into()),
-                command: Command::Clear { force: true }
+                command: Command::Clear {
+                    force: true,
+                    url: None
+                }
             }
         );
         assert_eq!(run_cmd(&["--help"]), Command::Help);
