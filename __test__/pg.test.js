@@ -7,6 +7,7 @@ const path = require('node:path')
 const pl = require('..')
 const { start, tempDir } = require('./helpers/proc')
 const { startPg } = require('./helpers/pg')
+const { cli } = require('./helpers/cli-proc')
 
 /** The exit status of a process that lost its lock with `onLost: 'exit'`. */
 const LOST_EXIT_STATUS = 75
@@ -203,6 +204,51 @@ pgTest('a bad URL is LOCK_INVALID_OPTION; a server that is not there is LOCK_IO'
   expect(err).toBeInstanceOf(pl.LockIoError)
   expect(err.syscall).toBe('connect')
   expect(err.message).not.toContain('secret')
+})
+
+pgTest('processlock check/clear --url list holders, clear what no session holds, and end sessions with --force', async () => {
+  const dir = tempDir('pg-cli')
+  const a = holder('hold')
+  const info = await held(a)
+  const listed = await cli(['check', '--url', pg.url, '--json'], { dir })
+  expect(listed.code).toBe(0)
+  const rows = JSON.parse(listed.stdout)
+  expect(rows).toEqual([
+    expect.objectContaining({
+      lock: 'backend.short.lock',
+      state: 'held',
+      pid: a.pid,
+      fencingToken: info.fencingToken,
+      clientAddr: '127.0.0.1',
+    }),
+  ])
+  // The environment variable works like the option; the table names the same holder.
+  const table = await cli(['check'], { dir, env: { PROCESSLOCK_URL: pg.url } })
+  expect(table.stdout).toMatch(new RegExp(`backend\\.short\\.lock +held +${a.pid} `))
+  expect((await cli(['check', 'backend', '--url', pg.url], { dir })).code).toBe(0)
+  // A holder that dies leaves its record; clear removes it and keeps held locks.
+  a.kill('SIGKILL')
+  await a.done()
+  await until(async () => (await advisoryHolders()).length === 0, 'the server freed the lock')
+  expect(JSON.parse((await cli(['check', '--url', pg.url, '--json'], { dir })).stdout)).toEqual([
+    expect.objectContaining({ lock: 'backend.short.lock', state: 'stale', pid: a.pid }),
+  ])
+  expect((await cli(['check', 'backend', '--url', pg.url], { dir })).code).toBe(1)
+  const b = holder('busy', { LEASE_MS: '2000', LOCK_TYPE: 'backend' })
+  await held(b)
+  const cleared = await cli(['clear', '--url', pg.url], { dir })
+  expect(cleared.code).toBe(0)
+  expect(cleared.stdout).toContain('kept            backend.short.lock')
+  // --force ends the holder's session: it loses the lock and (onLost 'exit') ends itself.
+  const forced = await cli(['clear', '--force', '--url', pg.url], { dir })
+  expect(forced.code).toBe(0)
+  expect(forced.stdout).toMatch(/ended session +backend\.short\.lock \(server process \d+; PID \d+ on /)
+  expect((await b.done(60000)).code).toBe(LOST_EXIT_STATUS)
+  expect(JSON.parse((await cli(['check', '--url', pg.url, '--json'], { dir })).stdout)).toEqual([])
+  // run does not hold server locks yet, and says so rather than lock a file instead.
+  const run = await cli(['run', 'backend', '--', process.execPath, '-e', '0'], { dir, env: { PROCESSLOCK_URL: pg.url } })
+  expect(run.code).toBe(1)
+  expect(run.stderr).toContain('cannot hold a lock on a server yet')
 })
 
 test('lockSignal of a lock file aborts when the file is removed', async () => {
