@@ -78,20 +78,21 @@ pub(crate) fn notify(holder: u32, lock_file: &str, failure: &Failure, line: &str
 /// `status` at once, without running JavaScript or static destructors: JS may be stuck in a
 /// loop, and Node's own exit path must not run on this thread.
 pub(crate) fn exit_now(line: &str, status: i32) -> ! {
-    let text = format!("{line}\n");
-    let mut rest = text.as_bytes();
-    while !rest.is_empty() {
-        // SAFETY: `rest` is a live byte slice for the whole call; fd 2 may be closed, and then
-        // write fails harmlessly.
-        let n = unsafe { libc::write(2, rest.as_ptr().cast(), rest.len()) };
-        if n <= 0 {
-            break;
-        }
-        rest = &rest[n as usize..];
-    }
+    // Rust's stderr is unbuffered: the line is out before the process ends.
+    let _ = std::io::Write::write_all(&mut std::io::stderr(), format!("{line}\n").as_bytes());
     REGISTRY.try_release_all();
+    end_process(status)
+}
+
+#[cfg(unix)]
+fn end_process(status: i32) -> ! {
     // SAFETY: `_exit` ends the process; it has no preconditions.
     unsafe { libc::_exit(status) }
+}
+
+#[cfg(not(unix))]
+fn end_process(status: i32) -> ! {
+    std::process::exit(status)
 }
 
 /// A lock file watched for its loss on behalf of one holder.
