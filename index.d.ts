@@ -21,7 +21,10 @@ export interface LockInfo {
    * seen. Absent for lock files.
    */
   fencingToken?: string
-  /** Where the lock is kept: `'file'` (a lock file) or `'postgres'` (a server, `url`). */
+  /**
+   * Where the lock is kept: `'file'` (a lock file) or `'postgres'` (a server, `url`). Not
+   * enumerable for lock files, whose info stays equal to the file's record.
+   */
   backend?: 'file' | 'postgres'
 }
 

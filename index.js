@@ -120,7 +120,8 @@ function lost(event) {
   binding.release(entry.processType, { ...entry.options, quiet: true })
   const error = errorFromFailure(event.error, event.lockFile)
   if (entry.controller) entry.controller.abort(error)
-  if (typeof entry.onLost === 'function') entry.onLost(error)
+  // `onLost` is for server locks; a lock file's loss reaches its `lockSignal` only.
+  if (entry.options.url && typeof entry.onLost === 'function') entry.onLost(error)
 }
 
 /** Drops this instance's view of a hold that the registry says it no longer has. */

@@ -54,9 +54,13 @@ function normalizeRecord(r) {
     tradeSide: r.tradeSide ?? null,
     processName: r.processName,
   }
-  for (const key of ['processType', 'hostname', 'startToken', 'protocol', 'fencingToken', 'backend']) {
+  for (const key of ['processType', 'hostname', 'startToken', 'protocol', 'fencingToken']) {
     if (r[key] != null) info[key] = r[key]
   }
+  // A lock file's info is its record, key for key (JSON.stringify gives the file's fields):
+  // where it is kept is readable, not one of them.
+  if (r.backend === 'file') Object.defineProperty(info, 'backend', { value: 'file', enumerable: false })
+  else if (r.backend != null) info.backend = r.backend
   return info
 }
 

@@ -18,7 +18,7 @@ mod pg;
 
 pub use losses::{listen_losses, LostEvent};
 
-use pg::{PgLock, Waiting};
+use pg::PgLock;
 use processlock::{
     app_default_dir, force_remove, inspect, real_dir, report, resolve_dir_or, wait_for, Cancel,
     Error, Holder, Inspection, LockName, LockState, LockTarget, Record, Registry, Release, Taken,
@@ -281,6 +281,13 @@ fn select(process_type: &str, options: &LockOptions) -> Result<Box<dyn Lock>, Bo
 }
 
 struct FileLock(LockTarget);
+
+/// How long an acquisition waits: until `deadline` (`None`: no limit), cancelled through the
+/// wait registered under `key`.
+pub(crate) struct Waiting {
+    pub deadline: Option<Instant>,
+    pub key: u64,
+}
 
 #[napi]
 pub fn acquire(process_type: String, options: Option<LockOptions>) -> AcquireOutcome {

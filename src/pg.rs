@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use processlock::{report, Cancel, LockName};
 use processlock_pg::{Error as PgError, Lost, PgHeld, PgOptions};
@@ -12,7 +12,7 @@ use processlock_pg::{Error as PgError, Lost, PgHeld, PgOptions};
 use crate::losses::{self, LOST_EXIT_STATUS};
 use crate::{
     AcquireOutcome, Failure, HeldOutcome, InfoOutcome, ListOutcome, ListedLock, Lock, LockOptions,
-    LockRecord, ReleaseOutcome, RemoveOutcome, WAITS,
+    LockRecord, ReleaseOutcome, RemoveOutcome, Waiting, WAITS,
 };
 
 /// The PostgreSQL options a call gives, when it gives a URL.
@@ -84,12 +84,6 @@ fn record(held: &PgHeld) -> LockRecord {
         fencing_token: Some(held.fencing_token().to_string()),
         ..LockRecord::postgres(held.record().clone())
     }
-}
-
-/// The waits of `acquire_waiting`: `None` tries once.
-pub(crate) struct Waiting {
-    pub deadline: Option<Instant>,
-    pub key: u64,
 }
 
 impl Lock for PgLock {
