@@ -15,6 +15,17 @@ export interface LockInfo {
   startToken?: string
   /** `'processlock/1'`; absent in files written by older PID-only implementations. */
   protocol?: string
+  /**
+   * On a server (`url`): a decimal number, larger for every new holder of the lock. Pass it with
+   * every write the lock protects and have the store refuse tokens older than the newest it has
+   * seen. Absent for lock files.
+   */
+  fencingToken?: string
+  /**
+   * Where the lock is kept: `'file'` (a lock file) or `'postgres'` (a server, `url`). Not
+   * enumerable for lock files, whose info stays equal to the file's record.
+   */
+  backend?: 'file' | 'postgres'
 }
 
 export type LogLevel = 'info' | 'warn' | 'error'
@@ -43,6 +54,32 @@ export interface LockOptions {
    * nowhere (also `PROCESSLOCK_LOG=silent`); or a function.
    */
   log?: boolean | 'silent' | LogSink
+  /**
+   * A PostgreSQL URL (`postgres://user:password@host:port/dbname`): the lock is held on that
+   * server, for every host that names the same server and lock, instead of in a file. Default:
+   * `$PROCESSLOCK_URL`; none (or `''`): lock files. A bad URL is `LockInvalidOptionError`; a
+   * server that cannot be reached within `connectTimeoutMs`, `LockIoError`.
+   */
+  url?: string
+  /**
+   * On a server: how long the server keeps the lock of a holder it no longer hears from (dead,
+   * frozen, cut off). The holder heartbeats every quarter of it, natively, and counts the lock
+   * lost after three quarters without a confirmed heartbeat. 1000..86400000, default 10000.
+   */
+  leaseMs?: number
+  /** On a server: the bound on connecting and logging in. Default 5000. */
+  connectTimeoutMs?: number
+  /** On a server: keeps unrelated applications sharing a database apart. Default `'processlock'`. */
+  namespace?: string
+  /** On a server: the holder table (`name` or `schema.name`). Default `'processlock_holders'`. */
+  table?: string
+  /**
+   * On a server, when the lock is lost: `'exit'` (default) prints `[PROCESS_LOCK_LOST]` to stderr
+   * and ends the process with status 75 from a native thread, even while JavaScript is busy;
+   * `'signal'`: `lockSignal` aborts with `LockLostError`; a function: called with the
+   * `LockLostError`. Lock files ignore it (see `lockSignal`).
+   */
+  onLost?: 'exit' | 'signal' | ((error: LockLostError) => void)
 }
 
 export interface AcquireOptions extends LockOptions {
@@ -100,6 +137,7 @@ export type ProcessLockErrorCode =
   | 'LOCK_IO'
   | 'LOCK_ABORTED'
   | 'LOCK_UNSAFE_DIR'
+  | 'LOCK_LOST'
 
 export class ProcessLockError extends Error {
   readonly code: ProcessLockErrorCode
@@ -158,6 +196,16 @@ export class LockUnsafeDirError extends ProcessLockError {
 }
 
 /**
+ * A held lock is no longer this process's: its server session ended or fell silent past the
+ * lease, or its lock file was removed or replaced. Stop what the lock protects.
+ */
+export class LockLostError extends ProcessLockError {
+  readonly code: 'LOCK_LOST'
+  /** The lock: its file's path, or its server and name. */
+  readonly lockFile?: string
+}
+
+/**
  * Takes the exclusive lock for `processType` (and the trade side). Throws `LockConflictError`
  * when another live process holds it; takes a dead holder's lock over at once. Calling it again
  * in the holding process returns the held lock's info. The lock is released when the process
@@ -193,6 +241,8 @@ export function getLockInfo(processType: ProcessType, options?: LockOptions): Lo
 /**
  * Removes the lock file whatever holds it (use with caution: the holder keeps running). A
  * holder that releases later will not remove a newer holder's file. True when a file was removed.
+ * On a server (`url`): ends the holder's session (`pg_terminate_backend`, which needs the right
+ * role), freeing the lock at once; the holder finds the lock lost at its next heartbeat.
  */
 export function forceRemoveLock(processType: ProcessType, options?: LockOptions): boolean
 
@@ -203,8 +253,18 @@ export function forceRemoveLock(processType: ProcessType, options?: LockOptions)
  */
 export function isLockHeld(processType: ProcessType, options?: LockOptions): boolean
 
-/** Every lock file in the directory and its state. */
-export function listLocks(options?: Pick<LockOptions, 'dir'>): LockStatus[]
+/** Every lock file in the directory and its state; with `url`, every lock on the server. */
+export function listLocks(options?: Pick<LockOptions, 'dir' | 'url' | 'namespace' | 'table'>): LockStatus[]
+
+/**
+ * An `AbortSignal` that aborts with `LockLostError` when this thread's hold of the lock is lost,
+ * so that code is written once for both kinds of lock. On a server (`onLost: 'signal'` or a
+ * function; with `'exit'` the process ends first): when the heartbeat finds the lock lost. A
+ * lock file: when it is removed or replaced, as seen by a native thread that looks every 200 ms
+ * while a signal is asked for (a file replaced and put back between two looks goes unseen).
+ * Already aborted when the lock is not held here.
+ */
+export function lockSignal(processType: ProcessType, options?: LockOptions): AbortSignal
 
 /** The lock file path that `processType` and `options` name; nothing is touched. */
 export function lockFilePath(processType: ProcessType, options?: LockOptions): string

@@ -9,7 +9,7 @@ const { sinkFor, isSilent, emit } = require('./lib/log.js')
 const lifecycle = require('./lib/lifecycle.js')
 const { entryScript } = require('./lib/entry.js')
 
-const { throwIfFailed, invalidOption, normalizeRecord } = errors
+const { errorFromFailure, throwIfFailed, invalidOption, normalizeRecord } = errors
 
 /**
  * The locks this module instance holds: lock file -> how to release it and log it.
@@ -45,7 +45,7 @@ function checkOptions(processType, options, extra = []) {
   }
   if (options === undefined || options === null) return {}
   if (typeof options !== 'object') throw invalidOption(`options must be an object, got ${typeof options}`)
-  for (const key of ['dir', 'processName']) {
+  for (const key of ['dir', 'processName', 'url', 'namespace', 'table']) {
     if (options[key] !== undefined && typeof options[key] !== 'string') {
       throw invalidOption(`${key} must be a string`)
     }
@@ -60,7 +60,11 @@ function checkOptions(processType, options, extra = []) {
   if (log !== undefined && typeof log !== 'boolean' && log !== 'silent' && typeof log !== 'function') {
     throw invalidOption("log must be a boolean, 'silent' or a function (line, level) => void")
   }
-  for (const key of extra) {
+  const onLost = options.onLost
+  if (onLost !== undefined && onLost !== 'exit' && onLost !== 'signal' && typeof onLost !== 'function') {
+    throw invalidOption("onLost must be 'exit', 'signal' or a function (error) => void")
+  }
+  for (const key of ['leaseMs', 'connectTimeoutMs', ...extra]) {
     const v = options[key]
     if (v !== undefined && !(typeof v === 'number' && v >= 0 && Number.isFinite(v))) {
       throw invalidOption(`${key} must be a finite number >= 0`)
@@ -77,7 +81,10 @@ function orEnv(value, variable) {
   return value !== undefined ? value : process.env[variable]
 }
 
-/** What the native layer takes: `tradeSide: null` means "no side", never `$TRADE_SIDE`. */
+/**
+ * What the native layer takes: `tradeSide: null` means "no side", never `$TRADE_SIDE`. A URL
+ * (option, else `$PROCESSLOCK_URL`) puts the lock on that server; an empty one means files.
+ */
 function nativeOptions(options) {
   return {
     dir: orEnv(options.dir, 'PROCESSLOCK_DIR'),
@@ -85,7 +92,39 @@ function nativeOptions(options) {
     processName: options.processName,
     quiet: isSilent(options.log),
     holder: holder(),
+    url: orEnv(options.url, 'PROCESSLOCK_URL') || undefined,
+    leaseMs: options.leaseMs,
+    connectTimeoutMs: options.connectTimeoutMs,
+    namespace: options.namespace,
+    table: options.table,
+    onLost: options.onLost === undefined || options.onLost === 'exit' ? 'exit' : 'notify',
   }
+}
+
+/**
+ * Losses are found natively and arrive here through a threadsafe function, registered the first
+ * time this module instance asks to hear of them (a non-default `onLost`, or `lockSignal`).
+ */
+let listening = false
+
+function listenLosses() {
+  if (listening) return
+  binding.listenLosses(holder(), lost)
+  listening = true
+}
+
+/** A lock of this instance was lost: say so, drop the hold, then tell whoever asked. */
+function lost(event) {
+  const entry = held.get(event.lockFile)
+  if (!entry) return
+  emit(entry.sink, event.lines)
+  forget(event.lockFile)
+  // Drops the native hold without a release line; a lock file of someone else stays.
+  binding.release(entry.processType, { ...entry.options, quiet: true })
+  const error = errorFromFailure(event.error, event.lockFile)
+  if (entry.controller) entry.controller.abort(error)
+  // `onLost` is for server locks; a lock file's loss reaches its `lockSignal` only.
+  if (entry.options.url && typeof entry.onLost === 'function') entry.onLost(error)
 }
 
 /** Drops this instance's view of a hold that the registry says it no longer has. */
@@ -119,8 +158,9 @@ function adopt(out, processType, options, sink) {
   if (!held.has(out.lockFile)) {
     // Released later by where it is, not by how it was named: a relative `dir`, the working
     // directory or `$TRADE_SIDE` may have changed by then.
-    const native = { ...nativeOptions(options), dir: path.dirname(out.lockFile), tradeSide: out.info.tradeSide || '' }
-    held.set(out.lockFile, { processType, options: native, sink })
+    const native = { ...nativeOptions(options), tradeSide: out.info.tradeSide || '' }
+    if (out.info.backend === 'file') native.dir = path.dirname(out.lockFile)
+    held.set(out.lockFile, { processType, options: native, sink, onLost: options.onLost, controller: null })
   }
   lifecycle.install(releaseEverything, () => held.size > 0)
   return normalizeRecord(out.info)
@@ -133,6 +173,7 @@ function adopt(out, processType, options, sink) {
 function acquireLock(processType, options) {
   const opts = checkOptions(processType, options, ['waitMs'])
   const sink = sinkFor(opts.log)
+  if (opts.onLost !== undefined && opts.onLost !== 'exit') listenLosses()
   const out = opts.replace
     ? binding.acquireReplacing(processType, nativeOptions(opts), opts.waitMs)
     : opts.waitMs > 0
@@ -205,6 +246,7 @@ async function acquireLockAsync(processType, options) {
   const sink = sinkFor(opts.log)
   const { signal } = opts
   if (signal && signal.aborted) throw abortedError(signal)
+  if (opts.onLost !== undefined && opts.onLost !== 'exit') listenLosses()
   const native = nativeOptions(opts)
   const where = binding.lockPath(processType, native)
   throwIfFailed(where)
@@ -262,7 +304,9 @@ function getLockInfo(processType, options) {
 
 /**
  * Removes the lock file whatever holds it. The holder keeps running (stop it first); when it
- * releases, it will not remove a newer holder's file.
+ * releases, it will not remove a newer holder's file. On a server (`url`), the holder's session
+ * is ended (`pg_terminate_backend`; the role needs the right to signal it), which frees the lock
+ * at once; the holder finds its lock lost at its next heartbeat and acts as its `onLost` says.
  */
 function forceRemoveLock(processType, options) {
   const opts = checkOptions(processType, options)
@@ -283,13 +327,16 @@ function isLockHeld(processType, options) {
   return out.held
 }
 
-/** Every lock file in the directory, with its state. */
+/** Every lock file in the directory (or with a URL, every lock on the server), with its state. */
 function listLocks(options) {
   const opts = options == null ? {} : options
   if (typeof opts !== 'object') throw invalidOption('options must be an object')
-  if (opts.dir !== undefined && typeof opts.dir !== 'string') throw invalidOption('dir must be a string')
+  for (const key of ['dir', 'url', 'namespace', 'table']) {
+    if (opts[key] !== undefined && typeof opts[key] !== 'string') throw invalidOption(`${key} must be a string`)
+  }
   holder()
-  const out = binding.list(orEnv(opts.dir, 'PROCESSLOCK_DIR'))
+  const server = { url: orEnv(opts.url, 'PROCESSLOCK_URL') || undefined, namespace: opts.namespace, table: opts.table }
+  const out = binding.list(orEnv(opts.dir, 'PROCESSLOCK_DIR'), server)
   throwIfFailed(out)
   return out.locks.map((l) => ({
     file: l.file,
@@ -300,6 +347,32 @@ function listLocks(options) {
     problem: l.problem ?? null,
     isOwn: l.isOwn,
   }))
+}
+
+/**
+ * An AbortSignal that aborts with `LockLostError` when this module instance's hold of the lock
+ * is lost: on a server, its session ended or fell silent past the lease (with `onLost: 'exit'`
+ * the process ends instead); a lock file, removed or replaced (looked at every 200 ms while a
+ * signal is asked for). Already aborted when the lock is not held here.
+ */
+function lockSignal(processType, options) {
+  const opts = checkOptions(processType, options)
+  listenLosses()
+  const native = nativeOptions(opts)
+  const out = binding.watchLost(processType, native)
+  throwIfFailed(out)
+  const entry = held.get(out.lockFile)
+  if (!out.held || !entry) {
+    const controller = new AbortController()
+    controller.abort(
+      new errors.LockLostError(`LOCK_LOST: ${processType} is not held by this process`, 'LOCK_LOST', {
+        lockFile: out.lockFile,
+      }),
+    )
+    return controller.signal
+  }
+  if (!entry.controller) entry.controller = new AbortController()
+  return entry.controller.signal
 }
 
 /** The lock file path that `processType` and `options` name; nothing is touched. */
@@ -318,6 +391,7 @@ module.exports = {
   forceRemoveLock,
   isLockHeld,
   listLocks,
+  lockSignal,
   lockFilePath,
   ProcessLockError: errors.ProcessLockError,
   LockConflictError: errors.LockConflictError,
@@ -328,5 +402,6 @@ module.exports = {
   LockIoError: errors.LockIoError,
   LockAbortedError: errors.LockAbortedError,
   LockUnsafeDirError: errors.LockUnsafeDirError,
+  LockLostError: errors.LockLostError,
   acquireLockOrExit: require('./lib/exit.js').orExit(acquireLock),
 }

@@ -10,6 +10,7 @@ export const {
   forceRemoveLock,
   isLockHeld,
   listLocks,
+  lockSignal,
   lockFilePath,
   ProcessLockError,
   LockConflictError,
@@ -20,6 +21,7 @@ export const {
   LockIoError,
   LockAbortedError,
   LockUnsafeDirError,
+  LockLostError,
   acquireLockOrExit,
 } = api
 export default api

@@ -28,6 +28,11 @@ class LockIoError extends ProcessLockError {}
 class LockAbortedError extends ProcessLockError {}
 /** The lock directory lets other users delete files in it; nothing in it was touched. */
 class LockUnsafeDirError extends ProcessLockError {}
+/**
+ * A lock this process held is no longer its own: its server session ended or fell silent past
+ * the lease, or its lock file was removed or replaced. Stop what the lock protects.
+ */
+class LockLostError extends ProcessLockError {}
 
 /** The class of each code the native layer reports (its `ErrorCode`); a test holds them equal. */
 const CLASSES = {
@@ -39,6 +44,7 @@ const CLASSES = {
   LOCK_IO: LockIoError,
   LOCK_ABORTED: LockAbortedError,
   LOCK_UNSAFE_DIR: LockUnsafeDirError,
+  LOCK_LOST: LockLostError,
 }
 
 function normalizeRecord(r) {
@@ -49,9 +55,13 @@ function normalizeRecord(r) {
     tradeSide: r.tradeSide ?? null,
     processName: r.processName,
   }
-  for (const key of ['processType', 'hostname', 'startToken', 'protocol']) {
+  for (const key of ['processType', 'hostname', 'startToken', 'protocol', 'fencingToken']) {
     if (r[key] != null) info[key] = r[key]
   }
+  // A lock file's info is its record, key for key (JSON.stringify gives the file's fields):
+  // where it is kept is readable, not one of them.
+  if (r.backend === 'file') Object.defineProperty(info, 'backend', { value: 'file', enumerable: false })
+  else if (r.backend != null) info.backend = r.backend
   return info
 }
 
@@ -90,7 +100,9 @@ module.exports = {
   LockIoError,
   LockAbortedError,
   LockUnsafeDirError,
+  LockLostError,
   CLASSES,
+  errorFromFailure,
   throwIfFailed,
   invalidOption,
   normalizeRecord,

@@ -3,7 +3,7 @@
 // PROCESSLOCK_LOG=silent, or to the caller's function.
 
 function levelOf(line) {
-  if (line.startsWith('[PROCESS_LOCK_CONFLICT]')) return 'error'
+  if (line.startsWith('[PROCESS_LOCK_CONFLICT]') || line.startsWith('[PROCESS_LOCK_LOST]')) return 'error'
   if (line.startsWith('[PROCESS_LOCK_STALE]')) return 'warn'
   return 'info'
 }

@@ -12,13 +12,20 @@ use std::time::{Duration, Instant};
 
 use napi::Env;
 use napi_derive::napi;
+
+mod losses;
+mod pg;
+
+pub use losses::{listen_losses, LostEvent};
+
+use pg::PgLock;
 use processlock::{
     app_default_dir, force_remove, inspect, real_dir, report, resolve_dir_or, wait_for, Cancel,
     Error, Holder, Inspection, LockName, LockTarget, Record, Registry, Release, Taken,
 };
 
 /// What this process holds, for every JavaScript module instance (one per worker thread) in it.
-static REGISTRY: Registry = Registry::new();
+pub(crate) static REGISTRY: Registry = Registry::new();
 
 #[napi(object)]
 #[derive(Default)]
@@ -30,6 +37,14 @@ pub struct LockOptions {
     pub quiet: Option<bool>,
     /// The JS module instance that takes or lets go of the lock (`open_holder`); 0 if absent.
     pub holder: Option<u32>,
+    /// A PostgreSQL URL: the lock is held on that server instead of in a file.
+    pub url: Option<String>,
+    pub lease_ms: Option<f64>,
+    pub connect_timeout_ms: Option<f64>,
+    pub namespace: Option<String>,
+    pub table: Option<String>,
+    /// What the native side does when a server lock is lost: `exit` (default) or `notify`.
+    pub on_lost: Option<String>,
 }
 
 impl LockOptions {
@@ -47,6 +62,7 @@ pub fn open_holder(env: Env) -> napi::Result<u32> {
     let id = NEXT.fetch_add(1, Ordering::Relaxed);
     env.add_env_cleanup_hook(id, |id| {
         REGISTRY.release_holder(Holder::from(id));
+        losses::forget_holder(id);
     })?;
     Ok(id)
 }
@@ -63,6 +79,7 @@ pub fn set_app_entry(entry: String) {
 }
 
 #[napi(object)]
+#[derive(Clone)]
 pub struct LockRecord {
     pub pid: u32,
     pub started: String,
@@ -72,6 +89,19 @@ pub struct LockRecord {
     pub hostname: Option<String>,
     pub start_token: Option<String>,
     pub protocol: Option<String>,
+    /// Larger for every new holder of a lock on a server (decimal); none for lock files.
+    pub fencing_token: Option<String>,
+    /// `file` or `postgres`.
+    pub backend: String,
+}
+
+impl LockRecord {
+    fn postgres(r: Record) -> Self {
+        Self {
+            backend: "postgres".to_string(),
+            ..Self::from(r)
+        }
+    }
 }
 
 impl From<Record> for LockRecord {
@@ -85,12 +115,15 @@ impl From<Record> for LockRecord {
             hostname: r.hostname,
             start_token: r.start_token,
             protocol: r.protocol,
+            fencing_token: None,
+            backend: "file".to_string(),
         }
     }
 }
 
 /// The stable code of a failure, as the core names it (`processlock::ErrorCode`).
 #[napi(string_enum)]
+#[derive(Clone, Copy)]
 pub enum ErrorCode {
     #[napi(value = "LOCK_CONFLICT")]
     Conflict,
@@ -108,6 +141,8 @@ pub enum ErrorCode {
     Aborted,
     #[napi(value = "LOCK_UNSAFE_DIR")]
     UnsafeDir,
+    #[napi(value = "LOCK_LOST")]
+    Lost,
 }
 
 impl From<processlock::ErrorCode> for ErrorCode {
@@ -122,12 +157,14 @@ impl From<processlock::ErrorCode> for ErrorCode {
             Core::Io => Self::Io,
             Core::Aborted => Self::Aborted,
             Core::UnsafeDir => Self::UnsafeDir,
+            Core::Lost => Self::Lost,
         }
     }
 }
 
 /// Everything the JS layer needs to build an `Error` subclass.
 #[napi(object)]
+#[derive(Clone)]
 pub struct Failure {
     pub code: ErrorCode,
     pub message: String,
@@ -141,14 +178,16 @@ pub struct Failure {
     pub lines: Vec<String>,
 }
 
-impl From<Error> for Failure {
-    fn from(e: Error) -> Self {
-        let (holder, waited_ms) = match &e {
+impl Failure {
+    pub(crate) fn from_error(e: Error, name: Option<&LockName>) -> Self {
+        let (holder, waited_ms, lines) = match &e {
             Error::Conflict(c) => (
                 Some(LockRecord::from(c.holder.clone())),
                 Some(c.waited_ms as f64),
+                name.map(|n| report::conflict(n, &c.holder, &c.path))
+                    .unwrap_or_default(),
             ),
-            _ => (None, None),
+            _ => (None, None, Vec::new()),
         };
         Self {
             code: e.code().into(),
@@ -159,10 +198,43 @@ impl From<Error> for Failure {
             path: e.path().map(path_string),
             holder,
             waited_ms,
-            lines: Vec::new(),
+            lines,
         }
     }
 }
+
+/// Every outcome object carries either its result or a `Failure`: this builds the failed one.
+pub(crate) trait Failed: Default {
+    fn set_error(&mut self, failure: Failure);
+
+    fn failed(e: Error) -> Self {
+        Self::with_failure(Failure::from_error(e, None))
+    }
+
+    fn with_failure(failure: Failure) -> Self {
+        let mut out = Self::default();
+        out.set_error(failure);
+        out
+    }
+}
+
+macro_rules! failed_outcomes {
+    ($($t:ty),*) => {
+        $(impl Failed for $t {
+            fn set_error(&mut self, failure: Failure) {
+                self.error = Some(failure);
+            }
+        })*
+    };
+}
+
+failed_outcomes!(
+    AcquireOutcome,
+    ReleaseOutcome,
+    InfoOutcome,
+    RemoveOutcome,
+    ListOutcome
+);
 
 fn path_string(p: &Path) -> String {
     p.to_string_lossy().into_owned()
@@ -218,16 +290,53 @@ pub struct AcquireOutcome {
     pub error: Option<Failure>,
 }
 
+/// One lock, wherever it is kept: a lock file (`FileLock`) or a server (`pg::PgLock`). Every
+/// call picks one with `select`, the only place that looks at which.
+pub(crate) trait Lock {
+    /// Where the lock is: the lock file's path, or the server and the lock's name.
+    fn place(&self) -> String;
+    /// Takes the lock, once (`wait: None`) or waiting until the deadline.
+    fn acquire(&self, options: &LockOptions, wait: Option<Waiting>) -> AcquireOutcome;
+    fn release(&self, options: &LockOptions) -> ReleaseOutcome;
+    fn info(&self, options: &LockOptions) -> InfoOutcome;
+    fn force_remove(&self, options: &LockOptions) -> RemoveOutcome;
+    fn is_held(&self, options: &LockOptions) -> HeldOutcome;
+    /// Reports the loss of the caller's hold to its `listen_losses` callback from now on.
+    fn watch_lost(&self, options: &LockOptions);
+}
+
+/// The lock that `process_type` and `options` name: on the server of `options.url` when there
+/// is one, else in a file.
+fn select(process_type: &str, options: &LockOptions) -> Result<Box<dyn Lock>, Box<Failure>> {
+    let fail = |e| Box::new(Failure::from_error(e, None));
+    match pg::options(options) {
+        Some(opts) => {
+            let name =
+                LockName::from_env(process_type, options.trade_side.as_deref()).map_err(fail)?;
+            Ok(Box::new(PgLock::new(opts, name)?))
+        }
+        None => Ok(Box::new(FileLock(
+            target(process_type, options).map_err(fail)?,
+        ))),
+    }
+}
+
+struct FileLock(LockTarget);
+
+/// How long an acquisition waits: until `deadline` (`None`: no limit), cancelled through the
+/// wait registered under `key`.
+pub(crate) struct Waiting {
+    pub deadline: Option<Instant>,
+    pub key: u64,
+}
+
 #[napi]
 pub fn acquire(process_type: String, options: Option<LockOptions>) -> AcquireOutcome {
     let options = options.unwrap_or_default();
-    let target = match target(&process_type, &options) {
-        Ok(t) => t,
-        Err(e) => return acquire_failure(e, None, None),
-    };
-    install_exit_backstop();
-    let result = REGISTRY.acquire(&target, options.process_name.as_deref(), options.holder());
-    taken_outcome(result, &target, &options)
+    match select(&process_type, &options) {
+        Ok(lock) => lock.acquire(&options, None),
+        Err(f) => AcquireOutcome::with_failure(*f),
+    }
 }
 
 /// The outcome of an acquisition through the registry. A new hold also wakes this process's
@@ -343,22 +452,13 @@ fn acquire_waiting(
     key: u64,
 ) -> AcquireOutcome {
     let deadline = wait.map(|w| Instant::now() + w);
-    let target = match target(process_type, options) {
-        Ok(t) => t,
-        Err(e) => {
+    match select(process_type, options) {
+        Ok(lock) => lock.acquire(options, Some(Waiting { deadline, key })),
+        Err(f) => {
             WAITS.end(key);
-            return acquire_failure(e, None, None);
+            AcquireOutcome::with_failure(*f)
         }
-    };
-    install_exit_backstop();
-    let cancel = WAITS.begin(key, &target.path);
-    let name = options.process_name.as_deref();
-    let holder = options.holder();
-    let result = wait_for(&target, deadline, &cancel, || {
-        REGISTRY.acquire(&target, name, holder)
-    });
-    WAITS.end(key);
-    taken_outcome(result, &target, options)
+    }
 }
 
 /// Like `acquire`, but a live holder of this host is replaced: SIGTERM, a wait of up to
@@ -451,11 +551,11 @@ fn replace_in_process(
     })
 }
 
-static WAITS: Waits = Waits::new();
+pub(crate) static WAITS: Waits = Waits::new();
 
 /// The waits in progress in this process, by key: the `wait_id` of an async wait (below 2^32),
 /// or an internal key for a blocking one.
-struct Waits {
+pub(crate) struct Waits {
     state: Mutex<Option<WaitState>>,
     next_internal: AtomicU64,
 }
@@ -494,7 +594,7 @@ impl Waits {
     }
 
     /// Registers a wait for `path`; its token may already be cancelled.
-    fn begin(&self, key: u64, path: &Path) -> Cancel {
+    pub(crate) fn begin(&self, key: u64, path: &Path) -> Cancel {
         let mut state = self.state();
         let state = state.get_or_insert_with(WaitState::default);
         state.finished.retain(|k| *k != key);
@@ -506,7 +606,7 @@ impl Waits {
         entry.cancel.clone()
     }
 
-    fn end(&self, key: u64) {
+    pub(crate) fn end(&self, key: u64) {
         let mut state = self.state();
         let state = state.get_or_insert_with(WaitState::default);
         if state.active.remove(&key).is_some() {
@@ -545,16 +645,14 @@ impl Waits {
     }
 }
 
-/// A failed acquisition; a conflict over a lock named by the caller also says who holds it.
 fn acquire_failure(e: Error, name: Option<&LockName>, path: Option<&PathBuf>) -> AcquireOutcome {
-    let lines = match (&e, name) {
-        (Error::Conflict(c), Some(name)) => report::conflict(name, &c.holder, &c.path),
-        _ => Vec::new(),
-    };
     AcquireOutcome {
+        info: None,
         lock_file: path.map(|p| path_string(p)),
-        error: Some(Failure { lines, ..e.into() }),
-        ..Default::default()
+        already_held: false,
+        held: false,
+        lines: Vec::new(),
+        error: Some(Failure::from_error(e, name)),
     }
 }
 
@@ -573,43 +671,9 @@ pub struct ReleaseOutcome {
 #[napi]
 pub fn release(process_type: String, options: Option<LockOptions>) -> ReleaseOutcome {
     let options = options.unwrap_or_default();
-    let target = match target(&process_type, &options) {
-        Ok(t) => t,
-        Err(e) => {
-            return ReleaseOutcome {
-                error: Some(e.into()),
-                ..Default::default()
-            }
-        }
-    };
-    let lock_file = Some(path_string(&target.path));
-    match REGISTRY.release(&target.path, options.holder()) {
-        Release::NotHeld => ReleaseOutcome {
-            lock_file,
-            ..Default::default()
-        },
-        // Other holders in this process still hold it: the lock and its file stay.
-        Release::KeptByOthers => ReleaseOutcome {
-            held: true,
-            lock_file,
-            ..Default::default()
-        },
-        Release::Released(record, Ok(removed)) => ReleaseOutcome {
-            removed,
-            held: true,
-            lock_file,
-            lines: if options.quiet.unwrap_or(false) {
-                Vec::new()
-            } else {
-                vec![report::released(&target.name, record.pid)]
-            },
-            error: None,
-        },
-        Release::Released(_, Err(e)) => ReleaseOutcome {
-            lock_file,
-            error: Some(e.into()),
-            ..Default::default()
-        },
+    match select(&process_type, &options) {
+        Ok(lock) => lock.release(&options),
+        Err(f) => ReleaseOutcome::with_failure(*f),
     }
 }
 
@@ -642,25 +706,9 @@ pub struct InfoOutcome {
 #[napi]
 pub fn lock_info(process_type: String, options: Option<LockOptions>) -> InfoOutcome {
     let options = options.unwrap_or_default();
-    let result = target(&process_type, &options).and_then(|t| {
-        if let Some(record) = REGISTRY.get(&t.path) {
-            return Ok((Some(record), t));
-        }
-        match inspect(&t.path)? {
-            Inspection::Held(r) | Inspection::HeldUnlocked(r, _) if r.pid != 0 => Ok((Some(r), t)),
-            _ => Ok((None, t)),
-        }
-    });
-    match result {
-        Ok((record, t)) => InfoOutcome {
-            info: record.map(Into::into),
-            lock_file: Some(path_string(&t.path)),
-            error: None,
-        },
-        Err(e) => InfoOutcome {
-            error: Some(e.into()),
-            ..Default::default()
-        },
+    match select(&process_type, &options) {
+        Ok(lock) => lock.info(&options),
+        Err(f) => InfoOutcome::with_failure(*f),
     }
 }
 
@@ -675,31 +723,12 @@ pub struct RemoveOutcome {
 #[napi]
 pub fn force_remove_lock(process_type: String, options: Option<LockOptions>) -> RemoveOutcome {
     let options = options.unwrap_or_default();
-    let result = target(&process_type, &options).and_then(|t| {
-        // Our own lock is removed by its holder, which keeps its OS lock until the file is gone:
-        // removing it by name after letting go could delete the file of a waiter that took the
-        // lock in between. Every holder in this process loses it.
-        if let Some(lock) = REGISTRY.take(&t.path) {
-            if lock.release()? {
-                return Ok((true, t));
-            }
-        }
-        Ok((force_remove(&t.path)?, t))
-    });
-    match result {
-        Ok((removed, t)) => RemoveOutcome {
-            removed,
-            lock_file: Some(path_string(&t.path)),
-            error: None,
-        },
-        Err(e) => RemoveOutcome {
-            error: Some(e.into()),
-            ..Default::default()
-        },
+    match select(&process_type, &options) {
+        Ok(lock) => lock.force_remove(&options),
+        Err(f) => RemoveOutcome::with_failure(*f),
     }
 }
 
-/// What a lock file in the directory is (`processlock::LockState`).
 #[napi(string_enum = "lowercase")]
 pub enum LockState {
     Held,
@@ -737,8 +766,12 @@ pub struct ListOutcome {
     pub error: Option<Failure>,
 }
 
+/// The locks of a directory, or with `options.url`, of a server.
 #[napi]
-pub fn list(dir: Option<String>) -> ListOutcome {
+pub fn list(dir: Option<String>, options: Option<LockOptions>) -> ListOutcome {
+    if let Some(opts) = options.as_ref().and_then(pg::options) {
+        return pg::list(&opts);
+    }
     let result = lock_dir(dir.as_deref()).and_then(|d| Ok((processlock::list_locks(&d)?, d)));
     match result {
         Ok((locks, d)) => ListOutcome {
@@ -760,10 +793,7 @@ pub fn list(dir: Option<String>) -> ListOutcome {
                 .collect(),
             error: None,
         },
-        Err(e) => ListOutcome {
-            error: Some(e.into()),
-            ..Default::default()
-        },
+        Err(e) => ListOutcome::failed(e),
     }
 }
 
@@ -775,35 +805,166 @@ pub struct HeldOutcome {
     pub error: Option<Failure>,
 }
 
-/// Whether this process holds the lock file that is at the lock path now (one `lstat`).
+failed_outcomes!(HeldOutcome);
+
+/// Whether this holder holds the lock: for a file, the file that is at the lock path now (one
+/// `lstat`); on a server, a hold not found lost.
 #[napi]
 pub fn is_held(process_type: String, options: Option<LockOptions>) -> HeldOutcome {
-    match target(&process_type, &options.unwrap_or_default()) {
-        Ok(t) => HeldOutcome {
-            held: REGISTRY.holds(&t.path),
-            lock_file: Some(path_string(&t.path)),
-            error: None,
-        },
-        Err(e) => HeldOutcome {
-            error: Some(e.into()),
-            ..Default::default()
-        },
+    let options = options.unwrap_or_default();
+    match select(&process_type, &options) {
+        Ok(lock) => lock.is_held(&options),
+        Err(f) => HeldOutcome::with_failure(*f),
     }
 }
 
-/// The lock file path for a name, without touching the disk.
+/// Where the lock is (its file's path, or its server and name), without touching anything.
 #[napi]
 pub fn lock_path(process_type: String, options: Option<LockOptions>) -> InfoOutcome {
-    match target(&process_type, &options.unwrap_or_default()) {
-        Ok(t) => InfoOutcome {
+    let options = options.unwrap_or_default();
+    match select(&process_type, &options) {
+        Ok(lock) => InfoOutcome {
             info: None,
-            lock_file: Some(path_string(&t.path)),
+            lock_file: Some(lock.place()),
             error: None,
         },
-        Err(e) => InfoOutcome {
-            error: Some(e.into()),
-            ..Default::default()
-        },
+        Err(f) => InfoOutcome::with_failure(*f),
+    }
+}
+
+/// Reports the loss of this holder's hold of the lock to its `listen_losses` callback. A server
+/// lock is watched anyway; a lock file is looked at every 200 ms by a native thread that runs
+/// only while some lock file is watched.
+#[napi]
+pub fn watch_lost(process_type: String, options: Option<LockOptions>) -> HeldOutcome {
+    let options = options.unwrap_or_default();
+    match select(&process_type, &options) {
+        Ok(lock) => {
+            lock.watch_lost(&options);
+            lock.is_held(&options)
+        }
+        Err(f) => HeldOutcome::with_failure(*f),
+    }
+}
+
+impl Lock for FileLock {
+    fn place(&self) -> String {
+        path_string(&self.0.path)
+    }
+
+    fn acquire(&self, options: &LockOptions, wait: Option<Waiting>) -> AcquireOutcome {
+        let target = &self.0;
+        install_exit_backstop();
+        let name = options.process_name.as_deref();
+        let holder = options.holder();
+        let result = match wait {
+            None => REGISTRY.acquire(target, name, holder),
+            Some(w) => {
+                let cancel = WAITS.begin(w.key, &target.path);
+                let result = wait_for(target, w.deadline, &cancel, || {
+                    REGISTRY.acquire(target, name, holder)
+                });
+                WAITS.end(w.key);
+                result
+            }
+        };
+        taken_outcome(result, target, options)
+    }
+
+    fn release(&self, options: &LockOptions) -> ReleaseOutcome {
+        let target = &self.0;
+        let lock_file = Some(path_string(&target.path));
+        match REGISTRY.release(&target.path, options.holder()) {
+            Release::NotHeld => ReleaseOutcome {
+                lock_file,
+                ..Default::default()
+            },
+            // Other holders in this process still hold it: the lock and its file stay.
+            Release::KeptByOthers => ReleaseOutcome {
+                held: true,
+                lock_file,
+                ..Default::default()
+            },
+            Release::Released(record, Ok(removed)) => ReleaseOutcome {
+                removed,
+                held: true,
+                lock_file,
+                lines: if options.quiet.unwrap_or(false) {
+                    Vec::new()
+                } else {
+                    vec![report::released(&target.name, record.pid)]
+                },
+                error: None,
+            },
+            Release::Released(_, Err(e)) => ReleaseOutcome {
+                lock_file,
+                ..ReleaseOutcome::failed(e)
+            },
+        }
+    }
+
+    fn info(&self, _options: &LockOptions) -> InfoOutcome {
+        let t = &self.0;
+        let record = match REGISTRY.get(&t.path) {
+            Some(record) => Ok(Some(record)),
+            None => inspect(&t.path).map(|found| match found {
+                Inspection::Held(r) | Inspection::HeldUnlocked(r, _) if r.pid != 0 => Some(r),
+                _ => None,
+            }),
+        };
+        match record {
+            Ok(record) => InfoOutcome {
+                info: record.map(Into::into),
+                lock_file: Some(path_string(&t.path)),
+                error: None,
+            },
+            Err(e) => InfoOutcome::failed(e),
+        }
+    }
+
+    fn force_remove(&self, _options: &LockOptions) -> RemoveOutcome {
+        let t = &self.0;
+        let result = (|| {
+            // Our own lock is removed by its holder, which keeps its OS lock until the file is
+            // gone: removing it by name after letting go could delete the file of a waiter that
+            // took the lock in between. Every holder in this process loses it.
+            if let Some(lock) = REGISTRY.take(&t.path) {
+                if lock.release()? {
+                    return Ok(true);
+                }
+            }
+            force_remove(&t.path)
+        })();
+        match result {
+            Ok(removed) => RemoveOutcome {
+                removed,
+                lock_file: Some(path_string(&t.path)),
+                error: None,
+            },
+            Err(e) => RemoveOutcome::failed(e),
+        }
+    }
+
+    fn is_held(&self, _options: &LockOptions) -> HeldOutcome {
+        HeldOutcome {
+            held: REGISTRY.holds(&self.0.path),
+            lock_file: Some(path_string(&self.0.path)),
+            error: None,
+        }
+    }
+
+    fn watch_lost(&self, options: &LockOptions) {
+        let t = &self.0;
+        if let Some(record) = REGISTRY.get(&t.path) {
+            if REGISTRY.is_holder(&t.path, options.holder()) {
+                losses::watch_file(
+                    t.path.clone(),
+                    options.holder.unwrap_or(0),
+                    t.name.clone(),
+                    record.pid,
+                );
+            }
+        }
     }
 }
 

@@ -19,6 +19,8 @@ import {
   LockNotAFileError,
   LockUnsupportedError,
   LockIoError,
+  LockLostError,
+  lockSignal,
   type AsyncAcquireOptions,
   type LockInfo,
   type LockStatus,
@@ -122,3 +124,22 @@ const classes: Array<typeof ProcessLockError> = [
   LockUnsafeDirError,
 ]
 console.log(classes.length)
+// Several hosts: the lock on a PostgreSQL server, the worker stopped when the lock is lost, and
+// the fencing token passed along with every protected write.
+async function runOnServer(url: string): Promise<void> {
+  const options = { url, leaseMs: 5_000, onLost: 'signal' as const }
+  const info: LockInfo = await acquireLockAsync('worker', { ...options, timeoutMs: 60_000 })
+  const backend: 'file' | 'postgres' | undefined = info.backend
+  const token: string | undefined = info.fencingToken
+  const lost: AbortSignal = lockSignal('worker', options)
+  lost.addEventListener('abort', () => {
+    if (lost.reason instanceof LockLostError) {
+      const code: 'LOCK_LOST' = lost.reason.code
+      console.error(code, lost.reason.message)
+    }
+  })
+  acquireLock('backend', { url, onLost: (e: LockLostError) => console.error(e.lockFile) })
+  const onServer = listLocks({ url }).filter((l) => l.record?.fencingToken !== undefined)
+  console.log(backend, token, onServer.length)
+}
+void runOnServer('postgres://trader@db.internal/trader')

@@ -7,9 +7,9 @@ pub const USAGE: &str = "\
 processlock: one running instance per service
 
 Usage:
-  processlock check [--json] [--dir DIR]
-  processlock check <type> [--side SIDE] [--json] [--dir DIR]
-  processlock clear [--force] [--dir DIR]
+  processlock check [--json] [--dir DIR | --url URL]
+  processlock check <type> [--side SIDE] [--json] [--dir DIR | --url URL]
+  processlock clear [--force] [--dir DIR | --url URL]
   processlock run <type> [--side SIDE] [--wait MS | --replace [--grace MS]] [--name NAME] [--quiet]
                   [--dir DIR] -- <command> [args...]
 
@@ -39,6 +39,13 @@ Commands:
 Options:
   --dir DIR      Lock directory. Default: $PROCESSLOCK_DIR, else runtime/locks under the
                  nearest directory (from the current one up) that has a package.json.
+  --url URL      Locks held on this PostgreSQL server instead of in a directory (check,
+                 clear). Default: $PROCESSLOCK_URL. check lists lock, state, PID, host, start,
+                 fencing token and client address; clear removes records no live session
+                 stands behind; clear --force ends the session of every holder
+                 (pg_terminate_backend, which needs the right role): the holders lose their
+                 locks at their next heartbeat. run does not hold server locks yet: it refuses
+                 to start while $PROCESSLOCK_URL is set.
   --side SIDE    Trade side of the lock (run, check <type>). Default: $TRADE_SIDE; '' for none.
   --wait MS      Wait up to MS milliseconds for a holder to let go (run). Default: 0, fail at once.
   --replace      Stop the holder and take its place (run): SIGTERM, then SIGKILL after --grace.
@@ -64,11 +71,15 @@ pub enum Command {
     Help,
     Version,
     Check {
+        /// `--url`: a PostgreSQL server instead of the lock directory.
+        url: Option<String>,
         json: bool,
         /// `check <type>`: one lock, with its side (`None`: `$TRADE_SIDE`).
         lock: Option<(String, Option<String>)>,
     },
     Clear {
+        /// `--url`: a PostgreSQL server instead of the lock directory.
+        url: Option<String>,
         force: bool,
     },
     Run {
@@ -184,11 +195,13 @@ fn parse_command(cur: &mut Cursor, dir: &mut Option<PathBuf>) -> Result<Command,
 
 fn parse_check(cur: &mut Cursor, dir: &mut Option<PathBuf>) -> Result<Command, Usage> {
     let mut json = false;
+    let mut url = None;
     let mut process_type = None;
     let mut side = None;
     while let Some(arg) = cur.take() {
         match option(&arg)? {
             ("--json", None) => json = true,
+            ("--url", inline) => url = Some(utf8_value(cur, "--url", inline)?),
             ("--dir", inline) => *dir = Some(dir_value(cur, inline)?),
             ("--side", inline) => side = Some(utf8_value(cur, "--side", inline)?),
             ("-h" | "--help", None) => return Ok(Command::Help),
@@ -205,20 +218,22 @@ fn parse_check(cur: &mut Cursor, dir: &mut Option<PathBuf>) -> Result<Command, U
         }
         (None, None) => None,
     };
-    Ok(Command::Check { json, lock })
+    Ok(Command::Check { json, url, lock })
 }
 
 fn parse_clear(cur: &mut Cursor, dir: &mut Option<PathBuf>) -> Result<Command, Usage> {
     let mut force = false;
+    let mut url = None;
     while let Some(arg) = cur.take() {
         match option(&arg)? {
             ("--force" | "-f", None) => force = true,
+            ("--url", inline) => url = Some(utf8_value(cur, "--url", inline)?),
             ("--dir", inline) => *dir = Some(dir_value(cur, inline)?),
             ("-h" | "--help", None) => return Ok(Command::Help),
             _ => return unexpected(&arg, "clear"),
         }
     }
-    Ok(Command::Clear { force })
+    Ok(Command::Clear { force, url })
 }
 
 /// `run`'s options as they are read, before they are checked against each other.
@@ -372,6 +387,7 @@ mod tests {
                 dir: None,
                 command: Command::Check {
                     json: false,
+                    url: None,
                     lock: None
                 }
             }
@@ -382,6 +398,7 @@ mod tests {
                 dir: Some("/x".into()),
                 command: Command::Check {
                     json: true,
+                    url: None,
                     lock: None
                 }
             }
@@ -390,6 +407,7 @@ mod tests {
             run_cmd(&["check", "backend", "--side=LONG", "--json"]),
             Command::Check {
                 json: true,
+                url: None,
                 lock: Some(("backend".into(), Some("LONG".into())))
             }
         );
@@ -397,6 +415,7 @@ mod tests {
             run_cmd(&["check", "--json", "worker"]),
             Command::Check {
                 json: true,
+                url: None,
                 lock: Some(("worker".into(), None))
             }
         );
@@ -404,7 +423,25 @@ mod tests {
             p(&["clear", "--force", "--dir=/y"]).unwrap(),
             Invocation {
                 dir: Some("/y".into()),
-                command: Command::Clear { force: true }
+                command: Command::Clear {
+                    force: true,
+                    url: None
+                }
+            }
+        );
+        assert_eq!(
+            run_cmd(&["check", "--url", "postgres://u@h/db", "--json"]),
+            Command::Check {
+                json: true,
+                url: Some("postgres://u@h/db".into()),
+                lock: None
+            }
+        );
+        assert_eq!(
+            run_cmd(&["clear", "--url=postgres://u@h/db", "-f"]),
+            Command::Clear {
+                force: true,
+                url: Some("postgres://u@h/db".into())
             }
         );
         assert_eq!(run_cmd(&["--help"]), Command::Help);

@@ -4,6 +4,8 @@
 //! * `clear`: removes lock files nobody holds (held ones too with `--force`);
 //! * `run`: holds a lock for as long as a command runs.
 //!
+//! `check` and `clear` look at a PostgreSQL server instead with `--url` or `$PROCESSLOCK_URL`.
+//!
 //! Defaults (lock directory, trade side) and log lines come from the core, so the command and the
 //! Node addon agree on them.
 
@@ -17,6 +19,7 @@ mod errno;
 mod replace;
 #[cfg(unix)]
 mod run;
+mod server;
 #[cfg(unix)]
 mod signals;
 
@@ -51,15 +54,26 @@ fn execute(dir: Option<&Path>, command: Command) -> i32 {
             println!("processlock {}", env!("CARGO_PKG_VERSION"));
             0
         }
-        Command::Check { json, lock: None } => with_dir(dir, |d| check::run(d, json)),
         Command::Check {
             json,
+            url,
+            lock: None,
+        } => match server_url(url) {
+            Some(url) => server::check(&url, json),
+            None => with_dir(dir, |d| check::run(d, json)),
+        },
+        Command::Check {
+            json,
+            url,
             lock: Some((process_type, side)),
         } => {
             let name = match LockName::from_env(&process_type, side.as_deref()) {
                 Ok(n) => n,
                 Err(e) => return usage_error(&e.to_string()),
             };
+            if let Some(url) = server_url(url) {
+                return server::check_one(&url, name, json);
+            }
             match resolve_dir(dir) {
                 Ok(d) => check::run_one(&d, name, json),
                 Err(e) => {
@@ -68,7 +82,10 @@ fn execute(dir: Option<&Path>, command: Command) -> i32 {
                 }
             }
         }
-        Command::Clear { force } => with_dir(dir, |d| clear::run(d, force)),
+        Command::Clear { force, url } => match server_url(url) {
+            Some(url) => server::clear(&url, force),
+            None => with_dir(dir, |d| clear::run(d, force)),
+        },
         Command::Run {
             process_type,
             side,
@@ -82,6 +99,12 @@ fn execute(dir: Option<&Path>, command: Command) -> i32 {
                 Ok(n) => n,
                 Err(e) => return usage_error(&e.to_string()),
             };
+            if server_url(None).is_some() {
+                // A lock file would not keep out an instance on another host: refuse rather
+                // than hold a lock the operator did not ask for.
+                eprintln!("[FATAL] processlock run cannot hold a lock on a server yet; unset PROCESSLOCK_URL to lock a file on this host");
+                return 1;
+            }
             if let Err(e) = check_process_name(name.as_deref()) {
                 return usage_error(&e.to_string());
             }
@@ -102,6 +125,13 @@ fn execute(dir: Option<&Path>, command: Command) -> i32 {
             })
         }
     }
+}
+
+/// `--url`, else `$PROCESSLOCK_URL`; empty means none.
+fn server_url(option: Option<String>) -> Option<String> {
+    option
+        .or_else(|| std::env::var("PROCESSLOCK_URL").ok())
+        .filter(|u| !u.is_empty())
 }
 
 fn with_dir(dir: Option<&Path>, f: impl FnOnce(&Path) -> processlock::Result<i32>) -> i32 {

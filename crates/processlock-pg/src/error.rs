@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use processlock::Record;
+use processlock::{ErrorCode, Record};
 
 pub type Result<T> = std::result::Result<T, Error>;
 
@@ -62,14 +62,15 @@ pub enum Error {
 }
 
 impl Error {
-    pub fn code(&self) -> &'static str {
+    /// The stable code, from the one list the file backend uses too.
+    pub fn code(&self) -> ErrorCode {
         match self {
-            Error::InvalidOption { .. } => "LOCK_INVALID_OPTION",
-            Error::Conflict(_) => "LOCK_CONFLICT",
-            Error::Io { .. } => "LOCK_IO",
-            Error::Unsupported { .. } => "LOCK_UNSUPPORTED",
-            Error::Lost(_) => "LOCK_LOST",
-            Error::Aborted => "LOCK_ABORTED",
+            Error::InvalidOption { .. } => ErrorCode::InvalidOption,
+            Error::Conflict(_) => ErrorCode::Conflict,
+            Error::Io { .. } => ErrorCode::Io,
+            Error::Unsupported { .. } => ErrorCode::Unsupported,
+            Error::Lost(_) => ErrorCode::Lost,
+            Error::Aborted => ErrorCode::Aborted,
         }
     }
 

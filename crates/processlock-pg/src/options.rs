@@ -51,6 +51,12 @@ impl PgOptions {
             process_name: None,
         }
     }
+
+    /// The options checked as an acquire would check them, without connecting; how messages
+    /// name the server (`user@host:port/dbname`, never the password).
+    pub fn check(&self) -> Result<String> {
+        Settings::new(self).map(|s| s.server)
+    }
 }
 
 /// The options, checked, with everything derived from them.

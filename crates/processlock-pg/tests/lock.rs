@@ -8,7 +8,7 @@ mod support;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use processlock::{Cancel, LockName};
+use processlock::{Cancel, ErrorCode, LockName};
 use processlock_pg::{
     acquire, acquire_wait, clear_stale, inspect, list, terminate_holder, Error, PgOptions,
 };
@@ -497,7 +497,7 @@ fn unreachable_servers_and_bad_urls_are_coded_errors_within_the_connect_timeout(
     let (e, _) = code_of(wrong, 5000);
     assert_eq!(
         (e.code(), e.op(), e.sqlstate()),
-        ("LOCK_IO", Some("connect"), Some("28P01")),
+        (ErrorCode::Io, Some("connect"), Some("28P01")),
         "{e}"
     );
     assert!(
@@ -512,7 +512,7 @@ fn unreachable_servers_and_bad_urls_are_coded_errors_within_the_connect_timeout(
         format!("postgres://postgres@127.0.0.1:{port}/postgres"),
         5000,
     );
-    assert_eq!((e.code(), e.op()), ("LOCK_IO", Some("connect")), "{e}");
+    assert_eq!((e.code(), e.op()), (ErrorCode::Io, Some("connect")), "{e}");
 
     // Accepts connections (the kernel does, into the backlog) and never says a word.
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -521,7 +521,7 @@ fn unreachable_servers_and_bad_urls_are_coded_errors_within_the_connect_timeout(
         format!("postgres://postgres@127.0.0.1:{port}/postgres"),
         500,
     );
-    assert_eq!((e.code(), e.op()), ("LOCK_IO", Some("connect")), "{e}");
+    assert_eq!((e.code(), e.op()), (ErrorCode::Io, Some("connect")), "{e}");
     // The guarantee: never a hang, the connect timeout bounds it (plus slack for a loaded machine).
     assert!(took < Duration::from_millis(500 + 3_000), "took {took:?}");
     drop(silent);

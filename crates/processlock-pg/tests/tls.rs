@@ -187,7 +187,11 @@ fn every_sslmode_does_what_it_says() {
     ] {
         match acquire(&url(&server, host, &query), &name()) {
             Err(e) => {
-                assert_eq!((e.code(), e.op()), ("LOCK_IO", Some("connect")), "{e}");
+                assert_eq!(
+                    (e.code(), e.op()),
+                    (processlock::ErrorCode::Io, Some("connect")),
+                    "{e}"
+                );
                 assert!(e.to_string().contains("certificate"), "{e}");
             }
             Ok(_) => panic!("{host} {query}: connected without a valid certificate"),

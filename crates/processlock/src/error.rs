@@ -34,6 +34,7 @@ pub enum ErrorCode {
     Io,
     Aborted,
     UnsafeDir,
+    Lost,
 }
 
 impl ErrorCode {
@@ -47,6 +48,7 @@ impl ErrorCode {
             ErrorCode::Io => "LOCK_IO",
             ErrorCode::Aborted => "LOCK_ABORTED",
             ErrorCode::UnsafeDir => "LOCK_UNSAFE_DIR",
+            ErrorCode::Lost => "LOCK_LOST",
         }
     }
 }
@@ -101,6 +103,12 @@ pub enum Error {
     UnsafeDir {
         path: PathBuf,
         why: DirProblem,
+    },
+    /// A lock this process held is no longer its own: its file was removed or replaced by
+    /// someone else, or (on a server) its session ended or fell silent past the lease.
+    Lost {
+        lock: String,
+        reason: String,
     },
 }
 
@@ -157,6 +165,7 @@ impl Error {
             Error::Aborted => ErrorCode::Aborted,
             Error::InvalidOption { .. } => ErrorCode::InvalidOption,
             Error::UnsafeDir { .. } => ErrorCode::UnsafeDir,
+            Error::Lost { .. } => ErrorCode::Lost,
         }
     }
 
@@ -237,6 +246,9 @@ impl fmt::Display for Error {
             Error::Aborted => write!(f, "{code}: waiting for the lock was aborted"),
             Error::InvalidOption { option, problem } => write!(f, "{code}: {option} {problem}"),
             Error::UnsafeDir { path, why } => unsafe_dir_message(f, code, path, *why),
+            Error::Lost { lock, reason } => {
+                write!(f, "{code}: the lock of {lock} was lost: {}", printable(reason))
+            }
         }
     }
 }

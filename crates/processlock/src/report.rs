@@ -75,6 +75,17 @@ pub fn released(name: &LockName, pid: u32) -> String {
     acquired(name, pid).replacen("ACQUIRED", "RELEASED", 1)
 }
 
+/// `[PROCESS_LOCK_LOST] { processType: 'backend', tradeSide: 'SHORT', pid: 51172, reason: '...' }`:
+/// the lock is no longer this process's, and whatever it protects must stop.
+pub fn lost(name: &LockName, pid: u32, reason: &str) -> String {
+    format!(
+        "[PROCESS_LOCK_LOST] {{ processType: {}, tradeSide: {}, pid: {pid}, reason: {} }}",
+        js_str(name.process_type()),
+        js_opt(name.trade_side()),
+        js_str(reason)
+    )
+}
+
 /// The three conflict lines. A holder on another host (or in another container with its own
 /// host name) is named with its host, and no `kill` is advised: its PID means nothing here.
 pub fn conflict(name: &LockName, holder: &Record, path: &Path) -> Vec<String> {
@@ -168,6 +179,10 @@ mod tests {
         assert_eq!(
             released(&none, 7),
             "[PROCESS_LOCK_RELEASED] { processType: 'worker', tradeSide: null, pid: 7 }"
+        );
+        assert_eq!(
+            lost(&n, 7, "the session ended\n"),
+            "[PROCESS_LOCK_LOST] { processType: 'backend', tradeSide: 'SHORT', pid: 7, reason: 'the session ended\\n' }"
         );
         // A record that names this host reads exactly the same.
         let mut here = holder();

@@ -1,0 +1,70 @@
+'use strict'
+// A private PostgreSQL server for a test file, started by the crate's own harness (the
+// `pg_server` example of processlock-pg, which is `tests/support` of that crate): initdb into a
+// temporary directory, 127.0.0.1 on a free port. It stops when `close` is called, and also when
+// this process dies (the server program ends at the end of its input).
+const { execFileSync } = require('node:child_process')
+const fs = require('node:fs')
+const path = require('node:path')
+const { ROOT, watch } = require('./proc.js')
+
+const EXE = path.join(ROOT, 'target', 'release', 'examples', 'pg_server')
+
+function build() {
+  execFileSync('cargo', ['build', '--release', '-q', '-p', 'processlock-pg', '--example', 'pg_server'], {
+    cwd: ROOT,
+    stdio: 'inherit',
+  })
+}
+
+/**
+ * Resolves with the server, or with null (after printing why) where PostgreSQL is not installed.
+ * The server: { url, socketUrl, stop(), start(), sql(statement) -> first column of the rows, close() }.
+ */
+async function startPg() {
+  if (!fs.existsSync(EXE)) build()
+  const proc = watch(EXE, [], { stdin: 'pipe', waitMs: 120000 })
+  const first = await proc.waitFor(/^(url|skip) (.*)$/m)
+  if (first[1] === 'skip') {
+    console.log(`SKIPPED: ${first[2]}`)
+    await proc.done()
+    return null
+  }
+  const socket = await proc.waitFor(/^socket (.*)$/m)
+  // Every command gets one answer line, in order.
+  const answers = []
+  const pending = []
+  let partial = ''
+  proc.child.stdout.on('data', (d) => {
+    const lines = (partial + d).split('\n')
+    partial = lines.pop()
+    for (const line of lines) {
+      if (!/^(stopped|started|rows |unknown )/.test(line)) continue
+      if (pending.length > 0) pending.shift()(line)
+      else answers.push(line)
+    }
+  })
+  const command = (line) =>
+    new Promise((resolve) => {
+      pending.push(resolve)
+      proc.child.stdin.write(`${line}\n`)
+    })
+  return {
+    url: first[2],
+    socketUrl: socket[1],
+    stop: () => command('stop'),
+    start: () => command('start'),
+    /** Runs one statement; the first column of its rows, as text. */
+    async sql(statement) {
+      const answer = await command(`sql ${statement.replace(/\n/g, ' ')}`)
+      const rows = answer.slice('rows '.length)
+      return rows === '' ? [] : rows.split(',')
+    },
+    async close() {
+      proc.child.stdin.end()
+      await proc.done(60000)
+    },
+  }
+}
+
+module.exports = { startPg }

@@ -1,0 +1,235 @@
+//! `check` and `clear` for locks held on a PostgreSQL server (`--url`, `$PROCESSLOCK_URL`):
+//! the same questions as for a lock directory, answered by the server's lock manager through
+//! `processlock-pg`.
+
+use processlock::report::printable;
+use processlock::LockName;
+use processlock_pg::{Listed, PgOptions};
+use serde_json::Value;
+
+use crate::check::{now_ms, HELD, NOT_HELD, UNKNOWN};
+use crate::display::{json_text, opt_str, ordered_object, table, uptime};
+
+fn fail(e: &processlock_pg::Error) -> i32 {
+    eprintln!("processlock: {}", printable(&e.to_string()));
+    1
+}
+
+fn state(l: &Listed) -> &'static str {
+    match (&l.holder, &l.stale) {
+        (Some(_), _) => "held",
+        (None, Some(_)) => "stale",
+        (None, None) => "free",
+    }
+}
+
+/// Every lock of the namespace that is held or has a record left behind. Exit status 0.
+pub fn check(url: &str, json: bool) -> i32 {
+    let opts = PgOptions::new(url);
+    let locks = match processlock_pg::list(&opts) {
+        Ok(l) => l,
+        Err(e) => return fail(&e),
+    };
+    let shown: Vec<&Listed> = locks.iter().filter(|l| state(l) != "free").collect();
+    let now = now_ms();
+    let text = if json {
+        let items: Vec<String> = shown.iter().map(|l| item_json(l, now)).collect();
+        json_text(&format!("[{}]\n", items.join(", ")))
+    } else if shown.is_empty() {
+        let server = opts.check().unwrap_or_default();
+        format!("No locks held on {}\n", printable(&server))
+    } else {
+        let rows: Vec<Vec<String>> = shown.iter().map(|l| row(l, now)).collect();
+        table(
+            &[
+                "LOCK", "STATE", "PID", "HOST", "STARTED", "UPTIME", "TOKEN", "CLIENT",
+            ],
+            &rows,
+            |_, _, s| s.to_string(),
+        )
+    };
+    print!("{text}");
+    0
+}
+
+fn record_of(l: &Listed) -> Option<&processlock::Record> {
+    match &l.holder {
+        Some(h) if h.record.pid != 0 => Some(&h.record),
+        Some(_) => None,
+        None => l.stale.as_ref(),
+    }
+}
+
+fn row(l: &Listed, now: i64) -> Vec<String> {
+    let r = record_of(l);
+    let dash = || "-".to_string();
+    let started = r.map(|r| r.started.clone()).filter(|s| !s.is_empty());
+    let up = match (&l.holder, &started) {
+        (Some(_), Some(s)) => processlock::parse_iso8601_ms(s)
+            .map(|t| uptime((now - t).max(0) as u64))
+            .unwrap_or_else(dash),
+        _ => dash(),
+    };
+    vec![
+        printable(&l.lock_name).into_owned(),
+        state(l).to_string(),
+        r.map_or_else(dash, |r| r.pid.to_string()),
+        r.and_then(|r| r.hostname.as_deref())
+            .map_or_else(dash, |h| printable(h).into_owned()),
+        started.map_or_else(dash, |s| printable(&s).into_owned()),
+        up,
+        l.holder
+            .as_ref()
+            .and_then(|h| h.fencing_token.clone())
+            .unwrap_or_else(|| l.fencing_token.clone()),
+        l.holder
+            .as_ref()
+            .and_then(|h| h.client_addr.as_deref())
+            .map_or_else(dash, |a| printable(a).into_owned()),
+    ]
+}
+
+fn item_json(l: &Listed, now: i64) -> String {
+    let r = record_of(l);
+    let started = r.map(|r| r.started.as_str()).filter(|s| !s.is_empty());
+    let uptime_ms = match (&l.holder, started) {
+        (Some(_), Some(s)) => processlock::parse_iso8601_ms(s).map(|t| (now - t).max(0)),
+        _ => None,
+    };
+    ordered_object(&[
+        ("lock", Value::from(l.lock_name.as_str())),
+        (
+            "processType",
+            opt_str(l.name.as_ref().map(|n| n.process_type())),
+        ),
+        (
+            "tradeSide",
+            opt_str(l.name.as_ref().and_then(|n| n.trade_side())),
+        ),
+        ("state", Value::from(state(l))),
+        ("pid", r.map_or(Value::Null, |r| Value::from(r.pid))),
+        ("started", opt_str(started)),
+        ("uptimeMs", uptime_ms.map_or(Value::Null, Value::from)),
+        ("processName", opt_str(r.map(|r| r.process_name.as_str()))),
+        ("hostname", opt_str(r.and_then(|r| r.hostname.as_deref()))),
+        ("fencingToken", Value::from(l.fencing_token.as_str())),
+        (
+            "serverPid",
+            l.holder
+                .as_ref()
+                .map_or(Value::Null, |h| Value::from(h.backend_pid)),
+        ),
+        (
+            "clientAddr",
+            opt_str(l.holder.as_ref().and_then(|h| h.client_addr.as_deref())),
+        ),
+    ])
+}
+
+/// Whether `name` is held on the server: `HELD`, `NOT_HELD` or `UNKNOWN`.
+pub fn check_one(url: &str, name: LockName, json: bool) -> i32 {
+    let opts = PgOptions::new(url);
+    let holder = match processlock_pg::inspect(&opts, &name) {
+        Ok(h) => h,
+        Err(e) => {
+            fail(&e);
+            return UNKNOWN;
+        }
+    };
+    let lock = name.display();
+    if json {
+        let r = holder.as_ref().map(|h| &h.record).filter(|r| r.pid != 0);
+        println!(
+            "{}",
+            json_text(&ordered_object(&[
+                ("held", Value::from(holder.is_some())),
+                (
+                    "state",
+                    Value::from(if holder.is_some() { "held" } else { "free" })
+                ),
+                ("pid", r.map_or(Value::Null, |r| Value::from(r.pid))),
+                ("hostname", opt_str(r.and_then(|r| r.hostname.as_deref()))),
+                (
+                    "fencingToken",
+                    opt_str(holder.as_ref().and_then(|h| h.fencing_token.as_deref()))
+                ),
+            ]))
+        );
+    } else {
+        match &holder {
+            None => println!("{lock}: not held"),
+            Some(h) if h.record.pid == 0 => {
+                println!(
+                    "{lock}: held by server process {} (no record yet)",
+                    h.backend_pid
+                )
+            }
+            Some(h) => println!(
+                "{lock}: held by PID {} on {} since {}, fencing token {}",
+                h.record.pid,
+                printable(h.record.hostname.as_deref().unwrap_or("?")),
+                printable(&h.record.started),
+                h.fencing_token.as_deref().unwrap_or("?")
+            ),
+        }
+    }
+    if holder.is_some() {
+        HELD
+    } else {
+        NOT_HELD
+    }
+}
+
+/// Clears the records no live session stands behind; with `force`, first ends the session of
+/// every holder (`pg_terminate_backend`), which frees its lock at once. Exit status 0, or 1 when
+/// something could not be done.
+pub fn clear(url: &str, force: bool) -> i32 {
+    let opts = PgOptions::new(url);
+    let mut status = 0;
+    if force {
+        let locks = match processlock_pg::list(&opts) {
+            Ok(l) => l,
+            Err(e) => return fail(&e),
+        };
+        for l in locks.iter().filter(|l| l.holder.is_some()) {
+            let shown = printable(&l.lock_name).into_owned();
+            let Some(name) = &l.name else {
+                println!("kept            {shown} (not a lock name this tool writes)");
+                continue;
+            };
+            match processlock_pg::terminate_holder(&opts, name) {
+                Ok(Some(h)) => println!(
+                    "ended session   {shown} (server process {}; PID {} on {} loses the lock at its next heartbeat)",
+                    h.backend_pid,
+                    h.record.pid,
+                    printable(h.record.hostname.as_deref().unwrap_or("?"))
+                ),
+                Ok(None) => {}
+                Err(e) => status = status.max(fail(&e)),
+            }
+        }
+    }
+    match processlock_pg::clear_stale(&opts) {
+        Ok(cleared) => {
+            for name in &cleared {
+                println!("removed stale   {} (its session is gone)", printable(name));
+            }
+            if cleared.is_empty() && status == 0 {
+                println!("Nothing to clear");
+            }
+        }
+        Err(e) => status = status.max(fail(&e)),
+    }
+    if !force {
+        if let Ok(locks) = processlock_pg::list(&opts) {
+            for l in locks.iter().filter(|l| l.holder.is_some()) {
+                let pid = record_of(l).map_or_else(|| "?".to_string(), |r| r.pid.to_string());
+                println!(
+                    "kept            {} (held by PID {pid}; --force ends its session)",
+                    printable(&l.lock_name)
+                );
+            }
+        }
+    }
+    status
+}

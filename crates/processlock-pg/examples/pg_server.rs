@@ -1,0 +1,50 @@
+//! A private PostgreSQL server for tests outside Rust (the JavaScript tests), started exactly as
+//! the crate's own tests start theirs (`tests/support`): `initdb` into a temporary directory,
+//! 127.0.0.1 on a free port, stopped and removed when this program ends.
+//!
+//! Prints `url <url>` (password login over TCP) and `socket <url>` (trust login over the Unix
+//! socket), then reads commands on stdin: `stop` (ends every session at once), `start` (the same
+//! server again), `sql <statement>` (prints `rows <first value of each row, comma-separated>`).
+//! At end of input it stops the server and exits, so a test run that dies leaves nothing behind.
+//! Where PostgreSQL is not installed it prints `skip <why>` and exits with status 0.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::io::Write;
+
+fn say(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+fn main() {
+    let Some(mut server) = support::PgServer::start() else {
+        say("skip PostgreSQL is not installed (no pg_config --bindir, no /usr/lib/postgresql/*/bin/initdb)");
+        return;
+    };
+    say(&format!("url {}", server.url()));
+    say(&format!("socket {}", server.socket_url()));
+    for line in support::stdin_lines() {
+        match line.split_once(' ').unwrap_or((line.as_str(), "")) {
+            ("stop", _) => {
+                server.stop();
+                say("stopped");
+            }
+            ("start", _) => {
+                server.restart();
+                say("started");
+            }
+            ("sql", sql) => {
+                let rows = server.sql(sql);
+                let first: Vec<&str> = rows
+                    .iter()
+                    .map(|r| r.first().map_or("", String::as_str))
+                    .collect();
+                say(&format!("rows {}", first.join(",")));
+            }
+            _ => say(&format!("unknown {line}")),
+        }
+    }
+}

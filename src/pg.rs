@@ -1,0 +1,389 @@
+//! The PostgreSQL backend: the same lock, held through a server session (`processlock-pg`).
+//! Nothing here runs, and no thread or connection exists, until a call names a URL.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use processlock::{report, Cancel, LockName};
+use processlock_pg::{Error as PgError, Lost, PgHeld, PgOptions};
+
+use crate::losses::{self, LOST_EXIT_STATUS};
+use crate::{
+    AcquireOutcome, Failure, HeldOutcome, InfoOutcome, ListOutcome, ListedLock, Lock, LockOptions,
+    LockRecord, LockState, ReleaseOutcome, RemoveOutcome, Waiting, WAITS,
+};
+
+/// The PostgreSQL options a call gives, when it gives a URL.
+pub(crate) fn options(options: &LockOptions) -> Option<PgOptions> {
+    let url = options.url.as_deref().filter(|u| !u.is_empty())?;
+    let mut pg = PgOptions::new(url);
+    if let Some(ms) = options.lease_ms {
+        pg.lease = ms_duration(ms);
+    }
+    if let Some(ms) = options.connect_timeout_ms {
+        pg.connect_timeout = ms_duration(ms);
+    }
+    if let Some(ns) = &options.namespace {
+        pg.namespace = ns.clone();
+    }
+    if let Some(table) = &options.table {
+        pg.table = table.clone();
+    }
+    pg.process_name = options.process_name.clone();
+    Some(pg)
+}
+
+fn ms_duration(ms: f64) -> Duration {
+    Duration::from_secs_f64(ms.clamp(0.0, 1e12) / 1000.0)
+}
+
+/// One lock on a server. `id` stands where a lock file's path stands for the file backend:
+/// it names the lock in results, errors and this process's table of holds.
+pub(crate) struct PgLock {
+    opts: PgOptions,
+    name: LockName,
+    id: String,
+}
+
+impl PgLock {
+    pub fn new(opts: PgOptions, name: LockName) -> Result<Self, Box<Failure>> {
+        let server = opts.check().map_err(|e| Box::new(failure(e, None, "")))?;
+        let id = format!("{server}#{}/{}", opts.namespace, name.file_name());
+        Ok(Self { opts, name, id })
+    }
+
+    fn failed<T: Default + crate::Failed>(&self, e: PgError) -> T {
+        let mut out = T::default();
+        out.set_error(failure(e, Some(&self.name), &self.id));
+        out
+    }
+}
+
+/// What this process holds on servers, by lock id. A `PgHeld` is never dropped while this map
+/// is locked: dropping one joins its thread, whose loss hook may be waiting for the map.
+static HELD: Mutex<Option<HashMap<String, Entry>>> = Mutex::new(None);
+
+struct Entry {
+    held: PgHeld,
+    /// The JS module instances (worker threads) that hold it; shared with the loss hook.
+    holders: Arc<Mutex<Vec<u32>>>,
+}
+
+fn held() -> MutexGuard<'static, Option<HashMap<String, Entry>>> {
+    HELD.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn lock_vec(v: &Mutex<Vec<u32>>) -> MutexGuard<'_, Vec<u32>> {
+    v.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn record(held: &PgHeld) -> LockRecord {
+    LockRecord {
+        fencing_token: Some(held.fencing_token().to_string()),
+        ..LockRecord::postgres(held.record().clone())
+    }
+}
+
+impl Lock for PgLock {
+    fn place(&self) -> String {
+        self.id.clone()
+    }
+
+    fn acquire(&self, options: &LockOptions, wait: Option<Waiting>) -> AcquireOutcome {
+        let holder = options.holder.unwrap_or(0);
+        if let Some(out) = self.join_existing(holder, options) {
+            if let Some(w) = &wait {
+                WAITS.end(w.key);
+            }
+            return out;
+        }
+        let result = match &wait {
+            None => processlock_pg::acquire(&self.opts, &self.name),
+            Some(w) => {
+                let cancel: Cancel = WAITS.begin(w.key, &PathBuf::from(&self.id));
+                let r = processlock_pg::acquire_wait(&self.opts, &self.name, w.deadline, &cancel);
+                WAITS.end(w.key);
+                r
+            }
+        };
+        let pg = match result {
+            Ok(pg) => pg,
+            Err(e) => {
+                return AcquireOutcome {
+                    lock_file: Some(self.id.clone()),
+                    ..self.failed(e)
+                }
+            }
+        };
+        let holders = Arc::new(Mutex::new(vec![holder]));
+        self.watch_loss(&pg, Arc::clone(&holders), options);
+        let info = record(&pg);
+        let line = report::acquired(&self.name, pg.record().pid);
+        held()
+            .get_or_insert_with(HashMap::new)
+            .insert(self.id.clone(), Entry { held: pg, holders });
+        AcquireOutcome {
+            info: Some(info),
+            lock_file: Some(self.id.clone()),
+            already_held: false,
+            held: true,
+            lines: if options.quiet.unwrap_or(false) {
+                Vec::new()
+            } else {
+                vec![line]
+            },
+            error: None,
+        }
+    }
+
+    fn release(&self, options: &LockOptions) -> ReleaseOutcome {
+        let holder = options.holder.unwrap_or(0);
+        let taken = {
+            let mut map = held();
+            let Some(entry) = map.as_mut().and_then(|m| m.get_mut(&self.id)) else {
+                return ReleaseOutcome {
+                    lock_file: Some(self.id.clone()),
+                    ..Default::default()
+                };
+            };
+            let mut holders = lock_vec(&entry.holders);
+            let was = holders.len();
+            holders.retain(|h| *h != holder);
+            if holders.len() == was {
+                return ReleaseOutcome {
+                    lock_file: Some(self.id.clone()),
+                    ..Default::default()
+                };
+            }
+            if !holders.is_empty() {
+                return ReleaseOutcome {
+                    held: true,
+                    lock_file: Some(self.id.clone()),
+                    ..Default::default()
+                };
+            }
+            drop(holders);
+            map.as_mut().and_then(|m| m.remove(&self.id))
+        };
+        let Some(entry) = taken else {
+            return ReleaseOutcome::default();
+        };
+        let pid = entry.held.record().pid;
+        match entry.held.release() {
+            Ok(removed) => ReleaseOutcome {
+                removed,
+                held: true,
+                lock_file: Some(self.id.clone()),
+                // A lost lock was not released: its loss was reported instead.
+                lines: if removed && !options.quiet.unwrap_or(false) {
+                    vec![report::released(&self.name, pid)]
+                } else {
+                    Vec::new()
+                },
+                error: None,
+            },
+            Err(e) => ReleaseOutcome {
+                lock_file: Some(self.id.clone()),
+                ..self.failed(e)
+            },
+        }
+    }
+
+    fn info(&self, _options: &LockOptions) -> InfoOutcome {
+        if let Some(entry) = held().as_ref().and_then(|m| m.get(&self.id)) {
+            if !entry.held.is_lost() {
+                return InfoOutcome {
+                    info: Some(record(&entry.held)),
+                    lock_file: Some(self.id.clone()),
+                    error: None,
+                };
+            }
+        }
+        match processlock_pg::inspect(&self.opts, &self.name) {
+            Ok(holder) => InfoOutcome {
+                info: holder.filter(|h| h.record.pid != 0).map(|h| LockRecord {
+                    fencing_token: h.fencing_token,
+                    ..LockRecord::postgres(h.record)
+                }),
+                lock_file: Some(self.id.clone()),
+                error: None,
+            },
+            Err(e) => self.failed(e),
+        }
+    }
+
+    /// Our own hold is released; anyone else's session is ended by the server
+    /// (`pg_terminate_backend`), which frees the lock at once. The holder learns at its next
+    /// heartbeat.
+    fn force_remove(&self, _options: &LockOptions) -> RemoveOutcome {
+        let ours = held().as_mut().and_then(|m| m.remove(&self.id));
+        if let Some(entry) = ours {
+            if let Ok(true) = entry.held.release() {
+                return RemoveOutcome {
+                    removed: true,
+                    lock_file: Some(self.id.clone()),
+                    error: None,
+                };
+            }
+        }
+        match processlock_pg::terminate_holder(&self.opts, &self.name) {
+            Ok(holder) => RemoveOutcome {
+                removed: holder.is_some(),
+                lock_file: Some(self.id.clone()),
+                error: None,
+            },
+            Err(e) => self.failed(e),
+        }
+    }
+
+    fn is_held(&self, options: &LockOptions) -> HeldOutcome {
+        let holder = options.holder.unwrap_or(0);
+        let held = held()
+            .as_ref()
+            .and_then(|m| m.get(&self.id))
+            .is_some_and(|e| !e.held.is_lost() && lock_vec(&e.holders).contains(&holder));
+        HeldOutcome {
+            held,
+            lock_file: Some(self.id.clone()),
+            error: None,
+        }
+    }
+
+    fn watch_lost(&self, _options: &LockOptions) {
+        // Every held lock on a server is watched from the moment it is taken.
+    }
+}
+
+impl PgLock {
+    /// A hold this process already has, shared with one more holder; `None` when there is none
+    /// (a lost one is dropped here).
+    fn join_existing(&self, holder: u32, options: &LockOptions) -> Option<AcquireOutcome> {
+        let stale = {
+            let mut map = held();
+            let entry = map.as_mut()?.get(&self.id)?;
+            if entry.held.is_lost() {
+                map.as_mut().and_then(|m| m.remove(&self.id))
+            } else {
+                let mut holders = lock_vec(&entry.holders);
+                let already = holders.contains(&holder);
+                if !already {
+                    holders.push(holder);
+                }
+                return Some(AcquireOutcome {
+                    info: Some(record(&entry.held)),
+                    lock_file: Some(self.id.clone()),
+                    already_held: already,
+                    held: true,
+                    lines: if already || options.quiet.unwrap_or(false) {
+                        Vec::new()
+                    } else {
+                        vec![report::acquired(&self.name, entry.held.record().pid)]
+                    },
+                    error: None,
+                });
+            }
+        };
+        drop(stale);
+        None
+    }
+
+    /// What happens on loss, decided once at acquisition: `exit` is done here, natively,
+    /// whatever JavaScript is doing; otherwise the holders' module instances are told.
+    fn watch_loss(&self, pg: &PgHeld, holders: Arc<Mutex<Vec<u32>>>, options: &LockOptions) {
+        let name = self.name.clone();
+        let id = self.id.clone();
+        let pid = pg.record().pid;
+        let exit = options.on_lost.as_deref() != Some("notify");
+        pg.on_lost(Box::new(move |lost: &Lost| {
+            let line = report::lost(&name, pid, &lost.reason);
+            if exit {
+                losses::exit_now(&line, LOST_EXIT_STATUS);
+            }
+            let failure = failure(PgError::Lost(lost.clone()), Some(&name), &id);
+            for holder in lock_vec(&holders).iter() {
+                losses::notify(*holder, &id, &failure, &line);
+            }
+        }));
+    }
+}
+
+/// Every lock of the namespace on the server, held or with a record left behind.
+pub(crate) fn list(opts: &PgOptions) -> ListOutcome {
+    match processlock_pg::list(opts) {
+        Ok(locks) => {
+            let map = held();
+            let server = opts.check().unwrap_or_default();
+            ListOutcome {
+                dir: Some(format!("{server}#{}", opts.namespace)),
+                locks: locks
+                    .into_iter()
+                    .filter_map(|l| {
+                        let id = format!("{server}#{}/{}", opts.namespace, l.lock_name);
+                        let is_own = map
+                            .as_ref()
+                            .and_then(|m| m.get(&id))
+                            .is_some_and(|e| !e.held.is_lost());
+                        let (state, record) = match (l.holder, l.stale) {
+                            (Some(h), _) => (
+                                LockState::Held,
+                                LockRecord {
+                                    fencing_token: h.fencing_token,
+                                    ..LockRecord::postgres(h.record)
+                                },
+                            ),
+                            (None, Some(r)) => (LockState::Stale, LockRecord::postgres(r)),
+                            (None, None) => return None,
+                        };
+                        Some(ListedLock {
+                            file: id,
+                            process_type: l.name.as_ref().map(|n| n.process_type().to_string()),
+                            trade_side: l
+                                .name
+                                .as_ref()
+                                .and_then(|n| n.trade_side().map(str::to_string)),
+                            state,
+                            record: Some(record),
+                            problem: None,
+                            is_own,
+                        })
+                    })
+                    .collect(),
+                error: None,
+            }
+        }
+        Err(e) => {
+            let mut out = ListOutcome::default();
+            crate::Failed::set_error(&mut out, failure(e, None, ""));
+            out
+        }
+    }
+}
+
+/// A server-side failure as the JS layer expects one; `id` names the lock in conflict lines.
+pub(crate) fn failure(e: PgError, name: Option<&LockName>, id: &str) -> Failure {
+    let (holder, waited_ms, lines) = match &e {
+        PgError::Conflict(c) => (
+            Some(LockRecord {
+                fencing_token: c.fencing_token.clone(),
+                ..LockRecord::postgres(c.holder.clone())
+            }),
+            Some(c.waited_ms as f64),
+            name.map(|n| report::conflict(n, &c.holder, std::path::Path::new(id)))
+                .unwrap_or_default(),
+        ),
+        _ => (None, None, Vec::new()),
+    };
+    Failure {
+        code: e.code().into(),
+        message: e.to_string(),
+        errno: None,
+        os_code: e.sqlstate().map(str::to_string),
+        syscall: e.op().map(str::to_string),
+        path: None,
+        holder,
+        waited_ms,
+        lines,
+    }
+}
