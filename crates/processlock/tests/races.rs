@@ -84,7 +84,7 @@ fn race_round(t: &LockTarget, round: usize, stale: bool, tally: &mut Tally) {
             support::Outcome::Acquired { pid, .. } => pid,
             other => panic!("{what}: holder did not acquire: {other:?}"),
         };
-        h.kill_with(libc::SIGKILL);
+        h.kill();
         assert!(t.path.exists(), "{what}: the killed holder's file is there");
         pid
     });
@@ -382,7 +382,7 @@ fn many_concurrent_probes_do_not_turn_a_stale_lock_into_a_conflict() {
         support::Outcome::Acquired { pid, .. } => pid,
         other => panic!("holder did not acquire: {other:?}"),
     };
-    holder.kill_with(libc::SIGKILL);
+    holder.kill();
     let mut probes: Vec<Proc> = (0..8)
         .map(|_| Proc::spawn("probe", &params(&t, &[("HOLD_MS", "5000")])))
         .collect();

@@ -587,7 +587,7 @@ mod tests {
         assert!(try_lock(&probe, false).unwrap());
         assert!(try_lock(&rival, false).unwrap(), "shared locks coexist");
         drop((rival, probe));
-        std::fs::remove_dir_all(&dir).unwrap();
+        crate::guard::remove_test_dir(&dir).unwrap();
     }
 
     #[test]
@@ -613,7 +613,7 @@ mod tests {
         assert!(matches!(remove(&path), Ok(())));
         assert_eq!(remove(&path).unwrap_err().kind(), io::ErrorKind::NotFound);
         drop((first, second, reader));
-        std::fs::remove_dir_all(&dir).unwrap();
+        crate::guard::remove_test_dir(&dir).unwrap();
     }
 
     #[test]
@@ -647,7 +647,7 @@ mod tests {
             "the renamed file went with its last handle"
         );
         drop(second);
-        std::fs::remove_dir_all(&dir).unwrap();
+        crate::guard::remove_test_dir(&dir).unwrap();
     }
 
     #[test]
@@ -708,7 +708,7 @@ mod tests {
             assert_eq!(entry(&path).unwrap(), Entry::File(id));
         }
         drop(file);
-        std::fs::remove_dir_all(&dir).unwrap();
+        crate::guard::remove_test_dir(&dir).unwrap();
     }
 
     #[test]
@@ -783,7 +783,7 @@ mod tests {
             .filter(|e| e.file_name() != crate::guard::GUARD_FILE)
             .collect();
         assert!(leftovers.is_empty(), "{leftovers:?}");
-        std::fs::remove_dir_all(&dir).unwrap();
+        crate::guard::remove_test_dir(&dir).unwrap();
     }
     const HOLD_ENV: &str = "PROCESSLOCK_TEST_HOLD_DIR";
 
@@ -843,6 +843,6 @@ mod tests {
             .iter()
             .any(|e| matches!(e, Event::StaleRemoved { pid } if *pid == child.id())));
         assert!(taken.lock.release().unwrap());
-        std::fs::remove_dir_all(&dir).unwrap();
+        crate::guard::remove_test_dir(&dir).unwrap();
     }
 }

@@ -31,7 +31,9 @@ pub const TIMEOUT: Duration = Duration::from_secs(30);
 // ---------------------------------------------------------------------------------------------
 // Small helpers used on both sides.
 
-/// CLOCK_MONOTONIC in nanoseconds: one clock for every process on the machine.
+/// A monotonic clock in nanoseconds that every process on the machine shares: CLOCK_MONOTONIC
+/// on Unix, the performance counter on Windows.
+#[cfg(unix)]
 pub fn mono_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
@@ -40,6 +42,20 @@ pub fn mono_ns() -> u64 {
     let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     assert_eq!(rc, 0, "clock_gettime: {}", io::Error::last_os_error());
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+#[cfg(windows)]
+pub fn mono_ns() -> u64 {
+    use windows_sys::Win32::System::Performance::{
+        QueryPerformanceCounter, QueryPerformanceFrequency,
+    };
+    let (mut count, mut freq) = (0i64, 0i64);
+    // SAFETY: two valid out pointers; both calls always succeed since Windows XP.
+    unsafe {
+        QueryPerformanceCounter(&mut count);
+        QueryPerformanceFrequency(&mut freq);
+    }
+    (count as u128 * 1_000_000_000 / freq as u128) as u64
 }
 
 /// `stale:<pid>`, `invalid`, `orphans:<n>`: how children report `Event`s.
@@ -64,8 +80,30 @@ fn encode_events(events: &[Event]) -> String {
 }
 
 /// Whether a process with this PID exists (zombies included).
+#[cfg(unix)]
 pub fn pid_exists(pid: u32) -> bool {
     unsafe { libc::kill(pid as libc::pid_t, 0) == 0 }
+}
+
+/// Whether a process with this PID is running (not exited, even if its object lingers).
+#[cfg(windows)]
+pub fn pid_exists(pid: u32) -> bool {
+    use windows_sys::Win32::Foundation::{CloseHandle, STILL_ACTIVE};
+    use windows_sys::Win32::System::Threading::{
+        GetExitCodeProcess, OpenProcess, PROCESS_QUERY_LIMITED_INFORMATION,
+    };
+    // SAFETY: no pointers; a null return means no such process (or no access to it).
+    let h = unsafe { OpenProcess(PROCESS_QUERY_LIMITED_INFORMATION, 0, pid) };
+    if h.is_null() {
+        return false;
+    }
+    let mut code = 0u32;
+    // SAFETY: a valid handle, closed once and never used after.
+    unsafe {
+        let ok = GetExitCodeProcess(h, &mut code);
+        CloseHandle(h);
+        ok != 0 && code == STILL_ACTIVE as u32
+    }
 }
 
 /// The state letter of `/proc/<pid>/stat` (`R`, `S`, `Z`, ...), if the process exists.
@@ -339,6 +377,7 @@ impl Proc {
         self.stdin = None;
     }
 
+    #[cfg(unix)]
     pub fn signal(&self, sig: libc::c_int) {
         let rc = unsafe { libc::kill(self.pid as libc::pid_t, sig) };
         assert_eq!(rc, 0, "kill {}: {}", self.pid, io::Error::last_os_error());
@@ -367,7 +406,23 @@ impl Proc {
         assert!(st.success(), "exit status {st:?} of {}", self.diag());
     }
 
+    /// Ends the child as abruptly as the OS allows (SIGKILL; `TerminateProcess` on Windows: no
+    /// code of it runs any more), waits until it is gone and returns its status.
+    #[cfg(unix)]
+    pub fn kill(&mut self) -> ExitStatus {
+        self.kill_with(libc::SIGKILL)
+    }
+
+    #[cfg(not(unix))]
+    pub fn kill(&mut self) -> ExitStatus {
+        self.child.kill().unwrap();
+        let st = self.wait();
+        assert!(!st.success(), "{st:?} of {}", self.diag());
+        st
+    }
+
     /// Sends `sig`, waits until the process is gone and returns its status.
+    #[cfg(unix)]
     pub fn kill_with(&mut self, sig: libc::c_int) -> ExitStatus {
         use std::os::unix::process::ExitStatusExt;
         self.signal(sig);
@@ -377,6 +432,7 @@ impl Proc {
     }
 
     /// SIGKILL, but leave the child unreaped: returns once it is a zombie.
+    #[cfg(unix)]
     pub fn kill_to_zombie(&mut self) {
         self.signal(libc::SIGKILL);
         let deadline = Instant::now() + TIMEOUT;
@@ -467,10 +523,12 @@ pub fn child_role() {
     };
     // Die by these signals as any process without handlers does, even when started from a
     // shell that ignores SIGINT for background jobs (dispositions survive exec).
+    #[cfg(unix)]
     for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT] {
         unsafe { libc::signal(sig, libc::SIG_DFL) };
     }
     // Run under the file creation mask a service could be started with (octal).
+    #[cfg(unix)]
     if let Some(mask) = param("UMASK") {
         unsafe { libc::umask(libc::mode_t::from_str_radix(&mask, 8).unwrap()) };
     }
@@ -539,6 +597,7 @@ fn say_error(e: &Error) {
 }
 
 /// Drops privileges to `PROCESSLOCK_IT_UID` (also as group) when asked.
+#[cfg(unix)]
 fn maybe_become_other_user() -> bool {
     let Some(uid) = param("UID") else {
         return true;
@@ -554,6 +613,12 @@ fn maybe_become_other_user() -> bool {
         ));
     }
     ok
+}
+
+#[cfg(not(unix))]
+fn maybe_become_other_user() -> bool {
+    assert!(param("UID").is_none(), "running as another user: Unix only");
+    true
 }
 
 /// `acquire` once and report `ACQUIRED <pid> <events> <micros>`, `CONFLICT <holder pid>` or
@@ -579,6 +644,7 @@ fn role_acquire() -> i32 {
                 a.lock.record().pid,
                 encode_events(&a.events)
             ));
+            #[cfg(unix)]
             if param("INHERIT").as_deref() == Some("1") {
                 say(format!("INHERITED {}", spawn_inheritor(a.lock.file())));
             }
@@ -601,6 +667,7 @@ fn role_acquire() -> i32 {
 /// Starts an `idle` process that inherits a duplicate of the lock descriptor (as the `run`
 /// command's child does) and this process's stdin; returns its PID. It outlives this process
 /// (which the test kills), so it is never waited for here.
+#[cfg(unix)]
 #[allow(clippy::zombie_processes)]
 fn spawn_inheritor(lock: &fs::File) -> u32 {
     use std::os::unix::io::AsRawFd;
@@ -787,7 +854,6 @@ fn role_probe() -> i32 {
 /// named `.<lock file name>.<pid>.0.tmp` with part of a record in it, locked when `FLOCK=1`.
 /// Reports `READY <path>` and waits until stdin closes (or it is killed).
 fn role_temp() -> i32 {
-    use std::os::unix::io::AsRawFd;
     let target = target_from_env();
     let pid = std::process::id();
     let path = target
@@ -800,8 +866,9 @@ fn role_temp() -> i32 {
         .open(&path)
         .unwrap();
     if param("FLOCK").as_deref() == Some("1") {
-        let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        assert_eq!(rc, 0);
+        // std's lock is `flock` on Unix, a whole-file `LockFileEx` on Windows: either conflicts
+        // with the protocol's lock of the file.
+        f.try_lock().unwrap();
     }
     f.write_all(format!("{{\n  \"pid\": {pid},\n  \"sta").as_bytes())
         .unwrap();
