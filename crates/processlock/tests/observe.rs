@@ -85,8 +85,8 @@ fn orphan_temps_of_dead_acquirers_are_swept_and_live_ones_kept() {
 #[test]
 #[cfg_attr(
     windows,
-    ignore = "Wine fails to unlock std's whole-file lock (ERROR_LOCK_VIOLATION); run with \
-              --ignored on Windows itself"
+    ignore = "under Wine std's unlock fails: Wine answers ERROR_LOCK_VIOLATION where Windows \
+              answers ERROR_NOT_LOCKED; run it with --ignored on Windows itself"
 )]
 fn a_sweep_never_locks_a_live_creators_young_temp() {
     use std::sync::atomic::{AtomicBool, Ordering};

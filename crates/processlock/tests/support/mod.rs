@@ -26,7 +26,13 @@ pub const ROLE_ENV: &str = "PROCESSLOCK_IT_ROLE";
 const PARAM_PREFIX: &str = "PROCESSLOCK_IT_";
 const MARK: &str = "@@";
 /// How long the parent waits for any single report of a child before failing the test.
+#[cfg(not(windows))]
 pub const TIMEOUT: Duration = Duration::from_secs(30);
+/// Longer on Windows, whose tests also run under Wine (`scripts/test-windows.sh`): processes,
+/// files and locks cost many times more there, and the stale-takeover loop of `races.rs`, which
+/// reports only at its end, takes about a minute.
+#[cfg(windows)]
+pub const TIMEOUT: Duration = Duration::from_secs(180);
 
 // ---------------------------------------------------------------------------------------------
 // Small helpers used on both sides.
