@@ -29,8 +29,8 @@ const MARK: &str = "@@";
 #[cfg(not(windows))]
 pub const TIMEOUT: Duration = Duration::from_secs(30);
 /// Longer on Windows, whose tests also run under Wine (`scripts/test-windows.sh`): processes,
-/// files and locks cost many times more there, and the stale-takeover loop of `races.rs`, which
-/// reports only at its end, takes about a minute.
+/// files and locks cost many times more there, and the stale-takeover loop of `races.rs` reports
+/// only at its end.
 #[cfg(windows)]
 pub const TIMEOUT: Duration = Duration::from_secs(180);
 
