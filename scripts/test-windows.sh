@@ -20,7 +20,7 @@ export WINEDEBUG=-all
 # No Mono or Gecko installers: nothing here needs .NET or a browser engine.
 export WINEDLLOVERRIDES="mscoree,mshtml="
 # A stale takeover costs milliseconds under Wine: the stale-takeover loop of races.rs runs 50
-# cycles per process instead of 150 (400 takeovers instead of 1200), about 30 s instead of 100 s.
+# cycles per process instead of 150 (400 takeovers instead of 1200), a third of the time.
 export PROCESSLOCK_IT_STALE_CYCLES="${PROCESSLOCK_IT_STALE_CYCLES:-50}"
 started=$(date +%s)
 
