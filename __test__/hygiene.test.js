@@ -8,7 +8,7 @@ const fs = require('node:fs')
 const os = require('node:os')
 const path = require('node:path')
 const pl = require('..')
-const { ROOT, tempDir, watch, deadPid } = require('./helpers/proc')
+const { ROOT, tempDir, watch, deadPid, lockDirEntries } = require('./helpers/proc')
 const { cli, startHolder, startRun } = require('./helpers/cli-proc')
 
 const NOBODY = 65534
@@ -99,7 +99,7 @@ setInterval(() => {}, 1 << 30)`
     expect(mode(lockFile(dir))).toBe(0o640)
     holder.kill('SIGTERM')
     await holder.done()
-    expect(fs.readdirSync(dir)).toEqual([])
+    expect(lockDirEntries(dir)).toEqual([])
   })
 
   test('a world-writable lock directory without the sticky bit is refused, and nothing in it is touched', async () => {
@@ -139,7 +139,7 @@ setInterval(() => {}, 1 << 30)`
     fs.chmodSync(dir, 0o1777)
     expect(pl.acquireLock('backend', SHORT(dir)).pid).toBe(process.pid)
     expect(pl.releaseLock('backend', SHORT(dir))).toBe(true)
-    expect(fs.readdirSync(dir)).toEqual([])
+    expect(lockDirEntries(dir)).toEqual([])
   })
 
   ;(isRoot ? test : test.skip)('a lock directory owned by another user is refused, for root too; its owner uses it', async () => {
@@ -178,14 +178,14 @@ describe('processlock clear and files that are not lock records', () => {
     expect(r.stdout).toContain(`removed stale   worker.short.lock (PID ${stale.pid} is not running)`)
     expect(r.stdout).toContain(`kept            backend.short.lock (held by running PID ${holder.pid}, trader-short-backend)`)
     expect(r.stdout).toContain('2 file(s) are not lock records of processlock and were kept')
-    expect(fs.readdirSync(dir).sort()).toEqual(['backend.short.lock', 'other.lock', 'x.lock'])
+    expect(lockDirEntries(dir).sort()).toEqual(['backend.short.lock', 'other.lock', 'x.lock'])
 
     const forced = await cli(['clear', '--force'], { dir })
     expect(forced.code).toBe(0)
     expect(forced.stdout).toContain(`removed HELD    backend.short.lock (PID ${holder.pid} keeps running)`)
     expect(forced.stdout).toContain('kept unknown    x.lock (empty file)')
     expect(forced.stdout).toMatch(/^kept unknown {4}other\.lock /m)
-    expect(fs.readdirSync(dir).sort()).toEqual(['other.lock', 'x.lock'])
+    expect(lockDirEntries(dir).sort()).toEqual(['other.lock', 'x.lock'])
     expect(fs.readFileSync(lockFile(dir, 'other.lock'), 'utf8')).toBe('state of another program\n')
     expect(fs.readFileSync(lockFile(dir, 'x.lock'), 'utf8')).toBe('')
     holder.kill('SIGTERM')
@@ -272,7 +272,7 @@ describe('records crafted to rewrite the terminal or forge log lines', () => {
     const r = await cli(['run', 'backend', '--name', 'a\u001b[2Jb', '--', process.execPath, '-e', '0'], { dir })
     expect(r.code).toBe(2)
     expect(r.stderr).toContain('LOCK_INVALID_OPTION: processName must not contain control characters')
-    expect(fs.readdirSync(dir)).toEqual([])
+    expect(lockDirEntries(dir)).toEqual([])
   })
 })
 
