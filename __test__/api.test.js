@@ -37,6 +37,11 @@ function ownToken(pid) {
   return `linux:${boot}:${ticks}`
 }
 
+/** For tests that compute a start token from /proc: elsewhere they are skipped, saying why. */
+const linuxOnly = process.platform === 'linux'
+  ? test
+  : (name, fn) => test.skip(`${name} [skipped: the start token is read from /proc, Linux only]`, fn)
+
 describe('API behaviour', () => {
   test('acquire is idempotent in the holding process; release reports what it did', () => {
     const dir = tempDir('api-idem')
@@ -346,7 +351,7 @@ describe('files of the older PID-only implementation, and PID reuse', () => {
     pl.releaseLock('backend', SHORT(dir))
   })
 
-  test('a recycled PID never makes a dead holder look alive', async () => {
+  linuxOnly('a recycled PID never makes a dead holder look alive', async () => {
     const dir = tempDir('api-recycled')
     const b = bystander()
     try {

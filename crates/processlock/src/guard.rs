@@ -50,11 +50,24 @@ struct DirGuard {
 /// descriptor for each.
 const CACHED_DIRS: usize = 4;
 
+/// The guards this process keeps open (see `dir_guard`).
+static GUARDS: Mutex<Vec<(PathBuf, Arc<DirGuard>)>> = Mutex::new(Vec::new());
+
+/// Removes a test's lock directory after closing our cached guard in it. Where an open file
+/// cannot be unlinked at once (Windows without POSIX delete semantics: FAT, older systems,
+/// Wine), the guard's name would stay until that handle closes and keep the directory non-empty.
+#[cfg(test)]
+pub(crate) fn remove_test_dir(dir: &Path) -> io::Result<()> {
+    let mut cache = GUARDS.lock().unwrap_or_else(|p| p.into_inner());
+    cache.retain(|(d, _)| d != dir);
+    drop(cache);
+    std::fs::remove_dir_all(dir)
+}
+
 /// The guard of `dir`, most recently used first. An evicted guard's descriptor closes when its
 /// last user is done; a remover that opens the guard again meanwhile gets a second open file
 /// description, whose lock excludes the first one's like another process's would.
 fn dir_guard(dir: &Path) -> Arc<DirGuard> {
-    static GUARDS: Mutex<Vec<(PathBuf, Arc<DirGuard>)>> = Mutex::new(Vec::new());
     let mut cache = GUARDS.lock().unwrap_or_else(|p| p.into_inner());
     let guard = match cache.iter().position(|(d, _)| d == dir) {
         Some(i) => cache.remove(i).1,

@@ -266,7 +266,7 @@ mod tests {
         let t = target("wait-free");
         let a = acquire_wait(&t, None, Some(Instant::now()), &Cancel::new()).unwrap();
         assert!(a.lock.release().unwrap());
-        std::fs::remove_dir_all(&t.dir).unwrap();
+        crate::guard::remove_test_dir(&t.dir).unwrap();
     }
 
     #[test]
@@ -289,7 +289,7 @@ mod tests {
         assert!(started.elapsed() < Duration::from_secs(5));
         assert_eq!(c.holder.pid, std::process::id());
         assert!(held.lock.release().unwrap());
-        std::fs::remove_dir_all(&t.dir).unwrap();
+        crate::guard::remove_test_dir(&t.dir).unwrap();
     }
 
     #[test]
@@ -312,7 +312,7 @@ mod tests {
             got - released
         );
         assert!(a.lock.release().unwrap());
-        std::fs::remove_dir_all(&t.dir).unwrap();
+        crate::guard::remove_test_dir(&t.dir).unwrap();
     }
 
     #[test]
@@ -340,7 +340,7 @@ mod tests {
             .map(|e| e.file_name())
             .collect();
         assert_eq!(left, [crate::guard::GUARD_FILE]);
-        std::fs::remove_dir_all(&t.dir).unwrap();
+        crate::guard::remove_test_dir(&t.dir).unwrap();
     }
 
     #[test]
@@ -363,6 +363,6 @@ mod tests {
         cancel.nudge();
         assert_eq!(waiter.join().unwrap().unwrap(), "nudged");
         assert!(held.lock.release().unwrap());
-        std::fs::remove_dir_all(&t.dir).unwrap();
+        crate::guard::remove_test_dir(&t.dir).unwrap();
     }
 }

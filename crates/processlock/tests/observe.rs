@@ -56,7 +56,7 @@ fn orphan_temps_of_dead_acquirers_are_swept_and_live_ones_kept() {
 
     // The creators die (SIGKILL: no clean-up of any kind).
     for p in [&mut locked, &mut unlocked, &mut foreign] {
-        p.kill_with(libc::SIGKILL);
+        p.kill();
     }
     // A sweep for one lock name leaves the other lock's temps alone.
     let mut swept = sweep_orphan_temps(&t.dir, Some("backend.short.lock")).unwrap();
@@ -84,6 +84,11 @@ fn orphan_temps_of_dead_acquirers_are_swept_and_live_ones_kept() {
 /// (a live child) leaves its temp unlocked, stretching that moment, while this process sweeps in
 /// one thread and keeps trying the lock like the creator would in another.
 #[test]
+#[cfg_attr(
+    windows,
+    ignore = "under Wine std's unlock fails: Wine answers ERROR_LOCK_VIOLATION where Windows \
+              answers ERROR_NOT_LOCKED; run it with --ignored on Windows itself"
+)]
 fn a_sweep_never_locks_a_live_creators_young_temp() {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
@@ -111,6 +116,8 @@ fn a_sweep_never_locks_a_live_creators_young_temp() {
     let (mut tries, mut refused) = (0u64, 0u64);
     while t0.elapsed() < Duration::from_millis(300) {
         tries += 1;
+        // std's lock is `flock` on Unix, a whole-file `LockFileEx` on Windows: either conflicts
+        // with the protocol's lock of the file.
         if f.try_lock().is_ok() {
             f.unlock().unwrap();
         } else {
@@ -153,8 +160,8 @@ fn a_stale_takeover_sweeps_orphan_temps_of_that_lock() {
         panic!("no acquisition");
     };
     let (mut maker, orphan) = temp_maker(&t, true);
-    holder.kill_with(libc::SIGKILL);
-    maker.kill_with(libc::SIGKILL);
+    holder.kill();
+    maker.kill();
 
     let mut taker = Proc::acquirer(&t, "release");
     let got = taker.outcome();
@@ -177,7 +184,7 @@ fn an_acquirer_killed_anywhere_leaves_nothing_that_blocks() {
         let mut hammer = Proc::spawn("hammer", &support::lock_params(&t));
         hammer.expect("READY");
         std::thread::sleep(Duration::from_millis(3 + (i * 7) % 17));
-        hammer.kill_with(libc::SIGKILL);
+        hammer.kill();
         if t.path.exists() {
             left_lock += 1;
         }
@@ -223,7 +230,7 @@ fn inspect_and_list_locks_report_held_stale_and_invalid() {
     let Outcome::Acquired { pid: dead_pid, .. } = dead.outcome() else {
         panic!()
     };
-    dead.kill_with(libc::SIGKILL);
+    dead.kill();
     fs::write(&invalid.path, "{\"pid\": ").unwrap();
     let mut idle = Proc::idle();
     let legacy_record = format!(

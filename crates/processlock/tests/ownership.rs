@@ -185,6 +185,7 @@ fn registry_does_not_count_a_lost_file_as_held() {
 
 /// A holder killed by a signal runs no clean-up: its file stays. The next acquirer takes it over
 /// at once, naming the dead holder.
+#[cfg(unix)]
 #[test]
 fn a_holder_killed_by_a_signal_is_taken_over_at_once() {
     let dir = TestDir::new("killed");
@@ -225,6 +226,7 @@ fn a_holder_killed_by_a_signal_is_taken_over_at_once() {
 
 /// The kernel drops the flock when the process dies, before its parent reaps it: a zombie
 /// holder is already replaceable.
+#[cfg(unix)]
 #[test]
 fn an_unreaped_killed_holder_is_taken_over() {
     let dir = TestDir::new("zombie");
@@ -316,6 +318,7 @@ fn trade_sides_are_separate_locks() {
 
 /// Another user's locks: a root holder seen from `nobody` (EPERM from `kill(pid, 0)`, a file it
 /// may not open for writing) is alive; its dead holder's file is still taken over. Needs root.
+#[cfg(unix)]
 #[test]
 fn another_users_lock_is_respected_and_its_stale_file_taken_over() {
     if !support::root_or_skip("run a child as another user") {
@@ -369,6 +372,7 @@ fn another_users_lock_is_respected_and_its_stale_file_taken_over() {
 /// A descendant that inherited the lock descriptor (the `run` command's child) keeps the lock
 /// when the process that took it is SIGKILLed: no takeover while it lives, takeover at once
 /// after it dies.
+#[cfg(unix)]
 #[test]
 fn an_inherited_descriptor_keeps_the_lock_after_the_taker_dies() {
     let dir = TestDir::new("inherited");
@@ -418,6 +422,7 @@ fn an_inherited_descriptor_keeps_the_lock_after_the_taker_dies() {
 /// Without the right to write in the lock directory, or to remove another user's stale file
 /// from a sticky directory, the acquirer gets a clear LOCK_IO and leaves nothing behind. Needs
 /// root.
+#[cfg(unix)]
 #[test]
 fn another_user_without_permission_gets_lock_io_and_leaves_nothing() {
     if !support::root_or_skip("run a child as another user") {

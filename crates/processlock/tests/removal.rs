@@ -5,6 +5,9 @@
 //!
 //! What must hold: a release or a takeover never deletes another holder's file, and no holder
 //! finds its file gone unless a forced removal took it.
+//!
+//! Unix only: the slowing down is an `LD_PRELOAD` library.
+#![cfg(unix)]
 
 mod support;
 

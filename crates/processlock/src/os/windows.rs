@@ -578,7 +578,7 @@ mod tests {
         assert!(try_lock(&probe, false).unwrap());
         assert!(try_lock(&rival, false).unwrap(), "shared locks coexist");
         drop((rival, probe));
-        std::fs::remove_dir_all(&dir).unwrap();
+        crate::guard::remove_test_dir(&dir).unwrap();
     }
 
     #[test]
@@ -604,7 +604,7 @@ mod tests {
         assert!(matches!(remove(&path), Ok(())));
         assert_eq!(remove(&path).unwrap_err().kind(), io::ErrorKind::NotFound);
         drop((first, second, reader));
-        std::fs::remove_dir_all(&dir).unwrap();
+        crate::guard::remove_test_dir(&dir).unwrap();
     }
 
     #[test]
@@ -638,7 +638,7 @@ mod tests {
             "the renamed file went with its last handle"
         );
         drop(second);
-        std::fs::remove_dir_all(&dir).unwrap();
+        crate::guard::remove_test_dir(&dir).unwrap();
     }
 
     #[test]
@@ -699,7 +699,7 @@ mod tests {
             assert_eq!(entry(&path).unwrap(), Entry::File(id));
         }
         drop(file);
-        std::fs::remove_dir_all(&dir).unwrap();
+        crate::guard::remove_test_dir(&dir).unwrap();
     }
 
     #[test]
@@ -764,7 +764,7 @@ mod tests {
             .filter(|e| e.file_name() != crate::guard::GUARD_FILE)
             .collect();
         assert!(leftovers.is_empty(), "{leftovers:?}");
-        std::fs::remove_dir_all(&dir).unwrap();
+        crate::guard::remove_test_dir(&dir).unwrap();
     }
     const HOLD_ENV: &str = "PROCESSLOCK_TEST_HOLD_DIR";
 
@@ -824,6 +824,6 @@ mod tests {
             .iter()
             .any(|e| matches!(e, Event::StaleRemoved { pid } if *pid == child.id())));
         assert!(taken.lock.release().unwrap());
-        std::fs::remove_dir_all(&dir).unwrap();
+        crate::guard::remove_test_dir(&dir).unwrap();
     }
 }

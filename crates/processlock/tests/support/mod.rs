@@ -25,7 +25,13 @@ pub const ROLE_ENV: &str = "PROCESSLOCK_IT_ROLE";
 const PARAM_PREFIX: &str = "PROCESSLOCK_IT_";
 const MARK: &str = "@@";
 /// How long the parent waits for any single report of a child before failing the test.
+#[cfg(not(windows))]
 pub const TIMEOUT: Duration = Duration::from_secs(30);
+/// Longer on Windows, whose tests also run under Wine (`scripts/test-windows.sh`): processes,
+/// files and locks cost many times more there, and the stale-takeover loop of `races.rs` reports
+/// only at its end.
+#[cfg(windows)]
+pub const TIMEOUT: Duration = Duration::from_secs(180);
 
 // ---------------------------------------------------------------------------------------------
 // Small helpers used on both sides.
@@ -35,6 +41,7 @@ pub const AS_NOBODY: [(&str, &str); 1] = [("UID", "65534")];
 
 /// Whether this test runs as root, which acting as another user needs; if not, says that the
 /// test is skipped and `why`.
+#[cfg(unix)]
 pub fn root_or_skip(why: &str) -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     let root = unsafe { libc::geteuid() == 0 };
@@ -44,7 +51,9 @@ pub fn root_or_skip(why: &str) -> bool {
     root
 }
 
-/// CLOCK_MONOTONIC in nanoseconds: one clock for every process on the machine.
+/// A monotonic clock in nanoseconds that every process on the machine shares: CLOCK_MONOTONIC
+/// on Unix, the performance counter on Windows.
+#[cfg(unix)]
 pub fn mono_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
@@ -54,6 +63,20 @@ pub fn mono_ns() -> u64 {
     let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     assert_eq!(rc, 0, "clock_gettime: {}", io::Error::last_os_error());
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+#[cfg(windows)]
+pub fn mono_ns() -> u64 {
+    use windows_sys::Win32::System::Performance::{
+        QueryPerformanceCounter, QueryPerformanceFrequency,
+    };
+    let (mut count, mut freq) = (0i64, 0i64);
+    // SAFETY: two valid out pointers; both calls always succeed since Windows XP.
+    unsafe {
+        QueryPerformanceCounter(&mut count);
+        QueryPerformanceFrequency(&mut freq);
+    }
+    (count as u128 * 1_000_000_000 / freq as u128) as u64
 }
 
 /// `stale:<pid>`, `invalid`, `orphans:<n>`: how children report `Event`s.
@@ -78,9 +101,31 @@ fn encode_events(events: &[Event]) -> String {
 }
 
 /// Whether a process with this PID exists (zombies included).
+#[cfg(unix)]
 pub fn pid_exists(pid: u32) -> bool {
     // SAFETY: signal 0 sends nothing, it only checks that the process exists.
     unsafe { libc::kill(pid as libc::pid_t, 0) == 0 }
+}
+
+/// Whether a process with this PID is running (not exited, even if its object lingers).
+#[cfg(windows)]
+pub fn pid_exists(pid: u32) -> bool {
+    use windows_sys::Win32::Foundation::{CloseHandle, STILL_ACTIVE};
+    use windows_sys::Win32::System::Threading::{
+        GetExitCodeProcess, OpenProcess, PROCESS_QUERY_LIMITED_INFORMATION,
+    };
+    // SAFETY: no pointers; a null return means no such process (or no access to it).
+    let h = unsafe { OpenProcess(PROCESS_QUERY_LIMITED_INFORMATION, 0, pid) };
+    if h.is_null() {
+        return false;
+    }
+    let mut code = 0u32;
+    // SAFETY: a valid handle, closed once and never used after.
+    unsafe {
+        let ok = GetExitCodeProcess(h, &mut code);
+        CloseHandle(h);
+        ok != 0 && code == STILL_ACTIVE as u32
+    }
 }
 
 /// The state letter of `/proc/<pid>/stat` (`R`, `S`, `Z`, ...), if the process exists.
@@ -371,6 +416,7 @@ impl Proc {
         removed
     }
 
+    #[cfg(unix)]
     pub fn signal(&self, sig: libc::c_int) {
         // SAFETY: kill takes no pointer; the test owns this child, so the PID is not reused while
         // the child is unreaped.
@@ -401,7 +447,23 @@ impl Proc {
         assert!(st.success(), "exit status {st:?} of {}", self.diag());
     }
 
+    /// Ends the child as abruptly as the OS allows (SIGKILL; `TerminateProcess` on Windows: no
+    /// code of it runs any more), waits until it is gone and returns its status.
+    #[cfg(unix)]
+    pub fn kill(&mut self) -> ExitStatus {
+        self.kill_with(libc::SIGKILL)
+    }
+
+    #[cfg(not(unix))]
+    pub fn kill(&mut self) -> ExitStatus {
+        self.child.kill().unwrap();
+        let st = self.wait();
+        assert!(!st.success(), "{st:?} of {}", self.diag());
+        st
+    }
+
     /// Sends `sig`, waits until the process is gone and returns its status.
+    #[cfg(unix)]
     pub fn kill_with(&mut self, sig: libc::c_int) -> ExitStatus {
         use std::os::unix::process::ExitStatusExt;
         self.signal(sig);
@@ -411,6 +473,7 @@ impl Proc {
     }
 
     /// SIGKILL, but leave the child unreaped: returns once it is a zombie.
+    #[cfg(unix)]
     pub fn kill_to_zombie(&mut self) {
         self.signal(libc::SIGKILL);
         let deadline = Instant::now() + TIMEOUT;
@@ -501,11 +564,13 @@ pub fn child_role() {
     };
     // Die by these signals as any process without handlers does, even when started from a
     // shell that ignores SIGINT for background jobs (dispositions survive exec).
+    #[cfg(unix)]
     for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT] {
         // SAFETY: resetting to the default disposition installs no handler of ours.
         unsafe { libc::signal(sig, libc::SIG_DFL) };
     }
     // Run under the file creation mask a service could be started with (octal).
+    #[cfg(unix)]
     if let Some(mask) = param("UMASK") {
         // SAFETY: umask takes no pointer and only changes this process's creation mask.
         unsafe { libc::umask(libc::mode_t::from_str_radix(&mask, 8).unwrap()) };
@@ -575,6 +640,7 @@ fn say_error(e: &Error) {
 }
 
 /// Drops privileges to `PROCESSLOCK_IT_UID` (also as group) when asked.
+#[cfg(unix)]
 fn maybe_become_other_user() -> bool {
     let Some(uid) = param("UID") else {
         return true;
@@ -592,6 +658,12 @@ fn maybe_become_other_user() -> bool {
         ));
     }
     ok
+}
+
+#[cfg(not(unix))]
+fn maybe_become_other_user() -> bool {
+    assert!(param("UID").is_none(), "running as another user: Unix only");
+    true
 }
 
 /// `acquire` once and report `ACQUIRED <pid> <events> <micros>`, `CONFLICT <holder pid>` or
@@ -617,6 +689,7 @@ fn role_acquire() -> i32 {
                 a.lock.record().pid,
                 encode_events(&a.events)
             ));
+            #[cfg(unix)]
             if param("INHERIT").as_deref() == Some("1") {
                 say(format!("INHERITED {}", spawn_inheritor(a.lock.file())));
             }
@@ -639,6 +712,7 @@ fn role_acquire() -> i32 {
 /// Starts an `idle` process that inherits a duplicate of the lock descriptor (as the `run`
 /// command's child does) and this process's stdin; returns its PID. It outlives this process
 /// (which the test kills), so it is never waited for here.
+#[cfg(unix)]
 #[allow(clippy::zombie_processes)]
 fn spawn_inheritor(lock: &fs::File) -> u32 {
     use std::os::unix::io::AsRawFd;
@@ -853,6 +927,8 @@ fn role_temp() -> i32 {
         .open(&path)
         .unwrap();
     if param("FLOCK").as_deref() == Some("1") {
+        // std's lock is `flock` on Unix, a whole-file `LockFileEx` on Windows: either conflicts
+        // with the protocol's lock of the file.
         f.try_lock().unwrap();
     }
     f.write_all(format!("{{\n  \"pid\": {pid},\n  \"sta").as_bytes())
