@@ -591,13 +591,8 @@ mod tests {
             "1e9",
             "x y",
         ];
-        let mut state: u64 = 0x2545_F491_4F6C_DD1D;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut rng = processlock::testing::Xorshift::new(0x2545_F491_4F6C_DD1D);
+        let mut next = move || rng.next_u64();
         for _ in 0..20_000 {
             let n = (next() % 7) as usize;
             let args: Vec<OsString> = (0..n)

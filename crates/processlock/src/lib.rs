@@ -14,6 +14,7 @@ mod clear;
 mod clock;
 mod dir;
 mod error;
+mod fuzz;
 mod guard;
 mod handoff;
 mod inherit;
@@ -65,6 +66,7 @@ pub use wait::{wait_for, Cancel};
 /// Not part of the API.
 #[doc(hidden)]
 pub mod testing {
+    pub use crate::fuzz::Xorshift;
     pub use crate::liveness::start_token;
     pub use crate::name::MAX_PROCESS_NAME_LEN;
     pub use crate::protocol::acquire;

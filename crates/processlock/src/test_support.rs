@@ -8,24 +8,7 @@ use crate::name::LockName;
 use crate::os::ProcessStart;
 use crate::protocol::LockTarget;
 
-/// A small deterministic generator (xorshift64) for the fuzz tests: the same inputs every run,
-/// so a failure can be replayed.
-pub(crate) struct Xorshift(u64);
-
-impl Xorshift {
-    /// `start` must not be 0 (the generator would stay at 0).
-    pub(crate) fn new(start: u64) -> Self {
-        assert_ne!(start, 0);
-        Xorshift(start)
-    }
-
-    pub(crate) fn next_u64(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
+pub(crate) use crate::fuzz::Xorshift;
 
 /// An empty directory of its own under the system temp directory, named after the test.
 pub(crate) fn fresh_dir(label: &str) -> PathBuf {
