@@ -64,6 +64,9 @@ check <type>, as above.
 
 run and clear refuse (LOCK_UNSAFE_DIR) a lock directory that other users may delete files in:
 writable by others without the sticky bit, or owned by a user other than this one and root.
+
+On Windows, check and clear work; run is not available yet (it says so and exits 1): take the
+lock in the app itself.
 ";
 
 #[derive(Debug, PartialEq, Eq)]
