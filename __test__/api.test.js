@@ -38,9 +38,10 @@ function ownToken(pid) {
 }
 
 /** For tests that compute a start token from /proc: elsewhere they are skipped, saying why. */
-const linuxOnly = process.platform === 'linux'
-  ? test
-  : (name, fn) => test.skip(`${name} [skipped: the start token is read from /proc, Linux only]`, fn)
+const linuxOnly =
+  process.platform === 'linux'
+    ? test
+    : (name, fn) => test.skip(`${name} [skipped: the start token is read from /proc, Linux only]`, fn)
 
 describe('API behaviour', () => {
   test('acquire is idempotent in the holding process; release reports what it did', () => {

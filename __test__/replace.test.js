@@ -13,6 +13,31 @@ async function holder(dir, mode) {
   return h
 }
 
+/**
+ * A lock held (flock) by a process of this host whose record says another host and names that
+ * very process: a replace that trusted the PID would kill it.
+ */
+async function remoteHolder(dir) {
+  const file = path.join(dir, 'backend.short.lock')
+  fs.writeFileSync(file, '')
+  const locker = watch('/bin/sh', ['-c', 'exec 9<>"$0"; flock -x 9; echo LOCKED; exec sleep 60', file], {})
+  fs.writeFileSync(
+    file,
+    JSON.stringify({
+      pid: locker.pid,
+      started: new Date().toISOString(),
+      tradeSide: 'SHORT',
+      processName: 'trader-short-backend',
+      processType: 'backend',
+      hostname: 'elsewhere.invalid',
+      startToken: 'linux:elsewhere:1',
+      protocol: 'processlock/1',
+    }),
+  )
+  await locker.waitFor('LOCKED')
+  return locker
+}
+
 const replaceRun = (dir, grace) =>
   cli(['run', 'backend', '--replace', '--grace', String(grace), '--', process.execPath, CHILD, 'exit', '0'], { dir })
 
@@ -57,25 +82,7 @@ test('a holder that ignores SIGTERM is killed after the grace period', async () 
 
 test('a holder whose record names another host is refused, and nothing is signalled', async () => {
   const dir = tempDir('replace-remote')
-  const file = path.join(dir, 'backend.short.lock')
-  // A lock held (flock) by a process of this host, whose record says another host and names
-  // that very process: a replace that trusted the PID would kill it.
-  fs.writeFileSync(file, '')
-  const locker = watch('/bin/sh', ['-c', 'exec 9<>"$0"; flock -x 9; echo LOCKED; exec sleep 60', file], {})
-  fs.writeFileSync(
-    file,
-    JSON.stringify({
-      pid: locker.pid,
-      started: new Date().toISOString(),
-      tradeSide: 'SHORT',
-      processName: 'trader-short-backend',
-      processType: 'backend',
-      hostname: 'elsewhere.invalid',
-      startToken: 'linux:elsewhere:1',
-      protocol: 'processlock/1',
-    }),
-  )
-  await locker.waitFor('LOCKED')
+  const locker = await remoteHolder(dir)
   const r = await replaceRun(dir, 300)
   expect(r.code).toBe(1)
   expect(r.stderr).toContain(
@@ -134,23 +141,7 @@ describe('acquireLock with replace: the same steps from the library', () => {
 
   test('a holder whose record names another host: LockConflictError, nothing signalled', async () => {
     const dir = tempDir('replace-api-remote')
-    const file = path.join(dir, 'backend.short.lock')
-    fs.writeFileSync(file, '')
-    const locker = watch('/bin/sh', ['-c', 'exec 9<>"$0"; flock -x 9; echo LOCKED; exec sleep 60', file], {})
-    fs.writeFileSync(
-      file,
-      JSON.stringify({
-        pid: locker.pid,
-        started: new Date().toISOString(),
-        tradeSide: 'SHORT',
-        processName: 'trader-short-backend',
-        processType: 'backend',
-        hostname: 'elsewhere.invalid',
-        startToken: 'linux:elsewhere:1',
-        protocol: 'processlock/1',
-      }),
-    )
-    await locker.waitFor('LOCKED')
+    const locker = await remoteHolder(dir)
     const { lines, opts } = options(dir, { waitMs: 300 })
     let error
     try {
