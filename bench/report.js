@@ -272,7 +272,33 @@ function replaceSection(file, name, md) {
   fs.writeFileSync(file, text)
 }
 
+/** The counters of one torture kind, as `tortureLine` and `tortureMarkdown` read them. */
+function emptyTortureStats(kind) {
+  return {
+    kind,
+    rounds: 0,
+    doubleOwnerRounds: 0,
+    overlaps: 0,
+    noOwnerRounds: 0,
+    owners: 0,
+    stuck: 0,
+    errors: {},
+    releaseNotOurs: 0,
+    badRecords: {},
+    compromised: 0,
+    victims: {},
+    leftoverTemp: 0,
+    tempSamples: [],
+    leftoverLocks: 0,
+    fdLeak: 0,
+    seconds: 0,
+    probes: 0,
+    observer: null,
+  }
+}
+
 module.exports = {
+  emptyTortureStats,
   machine,
   loadavg,
   machineTable,

@@ -69,31 +69,15 @@ function runProc(file, args, env) {
   })
 }
 
+const report = require('./report')
+
 const monoNs = () => process.hrtime.bigint()
 
 async function runKind(kind, n, { rounds, duration, holdUs, base, keep }) {
   const st = {
+    ...report.emptyTortureStats(kind),
     impl: 'ours',
     n,
-    kind,
-    rounds: 0,
-    doubleOwnerRounds: 0,
-    overlaps: 0,
-    noOwnerRounds: 0,
-    owners: 0,
-    stuck: 0,
-    errors: {},
-    releaseNotOurs: 0,
-    badRecords: {},
-    compromised: 0,
-    victims: {},
-    leftoverTemp: 0,
-    tempSamples: [],
-    leftoverLocks: 0,
-    fdLeak: 0,
-    seconds: 0,
-    probes: 0,
-    observer: null,
     notes: [],
   }
   const bump = (k) => {
@@ -162,7 +146,8 @@ async function runKind(kind, n, { rounds, duration, holdUs, base, keep }) {
     }
     for (const name of fs.readdirSync(dir)) {
       if (name === LOCK_NAME) st.leftoverLocks++
-      else {
+      // The removal guard stays in a lock directory on purpose.
+      else if (name !== '.processlock.guard') {
         st.leftoverTemp++
         if (st.tempSamples.length < 3) st.tempSamples.push(name)
       }

@@ -316,25 +316,8 @@ class Combo {
     const R = impl === 'ours' ? a.rounds : kind === 'kill' ? a.peerKillRounds : a.peerRounds
     const kdir = path.join(this.base, kind)
     const st = {
-      kind,
-      rounds: 0,
-      doubleOwnerRounds: 0,
-      overlaps: 0,
-      noOwnerRounds: 0,
-      owners: 0,
-      stuck: 0,
-      errors: {},
-      releaseNotOurs: 0,
-      badRecords: {},
-      compromised: 0,
-      victims: {},
-      leftoverTemp: 0,
-      tempSamples: [],
-      leftoverLocks: 0,
-      fdLeak: 0,
+      ...report.emptyTortureStats(kind),
       fdLeakMax: 0,
-      seconds: 0,
-      probes: 0,
       forced: isForceKind(kind)
         ? { calls: 0, removed: 0, holdersForcedOut: 0, unexplained: 0, overlapsAfterForce: 0 }
         : null,
