@@ -24,7 +24,13 @@ pub(crate) fn default_dir(cwd: &Path) -> PathBuf {
 pub fn app_default_dir(entry: Option<&Path>, cwd: &Path) -> PathBuf {
     let entry = entry.map(|e| {
         let absolute = cwd.join(e);
-        std::fs::canonicalize(&absolute).unwrap_or(absolute)
+        // Windows: canonical paths are verbatim (`\\?\C:\...`), which no user writes; the entry
+        // script is taken as given there.
+        if cfg!(unix) {
+            std::fs::canonicalize(&absolute).unwrap_or(absolute)
+        } else {
+            absolute
+        }
     });
     match entry
         .as_deref()
