@@ -84,8 +84,24 @@ pub(crate) fn runs_as_recorded(record: &Record) -> bool {
     let Some(token) = record.start_token.as_deref().filter(|_| same_host) else {
         return false;
     };
-    matches!(os::process_start(record.pid), Some(now) if !now.zombie && now.token == token)
+    let runs =
+        || matches!(os::process_start(record.pid), Some(now) if !now.zombie && now.token == token);
+    // A holder killed an instant ago has already lost its OS lock (the kernel closes its files
+    // early in the exit) while it does not look ended yet on every system. Such a holder ends
+    // within milliseconds; a holder that really runs without its lock is still there after this.
+    let deadline = std::time::Instant::now() + ENDING_PATIENCE;
+    while runs() {
+        if std::time::Instant::now() >= deadline {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    false
 }
+
+/// How long a recorded holder without its OS lock gets to finish ending before it counts as a
+/// holder that runs on without it.
+const ENDING_PATIENCE: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// `taken_ms`: when the lock was taken, for records without a start token.
 fn judge_pid_taken(record: &Record, taken_ms: Option<i64>) -> PidState {

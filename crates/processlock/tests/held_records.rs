@@ -20,6 +20,7 @@ use support::{Proc, TestDir, ROLE_ENV};
 fn child_role() {
     match std::env::var(ROLE_ENV).as_deref() {
         Ok("abandon") => std::process::exit(role_abandon()),
+        Ok("threaded-holder") => std::process::exit(role_threaded_holder()),
         _ => support::child_role(),
     }
 }
@@ -37,6 +38,26 @@ fn role_abandon() -> i32 {
     let _ = out.flush();
     drop(out);
     let _ = io::Read::read_to_end(&mut io::stdin(), &mut Vec::new());
+    0
+}
+
+/// Acquires, starts threads that only sleep (a process of many threads takes longer to end,
+/// as a Node service does), reports `HELD`, and waits to be killed.
+fn role_threaded_holder() -> i32 {
+    let dir = std::env::var("PROCESSLOCK_IT_DIR").unwrap();
+    let t = LockTarget::new(dir, LockName::new("backend", Some("SHORT")).unwrap());
+    let held = acquire(&t, None).expect("the lock is free").lock;
+    for _ in 0..16 {
+        std::thread::spawn(|| loop {
+            std::thread::sleep(Duration::from_secs(60));
+        });
+    }
+    let mut out = io::stdout().lock();
+    let _ = write!(out, "\n@@HELD\n");
+    let _ = out.flush();
+    drop(out);
+    let _ = io::Read::read_to_end(&mut io::stdin(), &mut Vec::new());
+    drop(held);
     0
 }
 
@@ -182,5 +203,40 @@ fn a_bare_pid_written_after_its_process_started_conflicts() {
     idle.close_stdin();
     idle.wait_success();
     expect_takeover_of(&t, idle.pid);
+    dir.finish();
+}
+
+/// A holder killed an instant ago: the kernel closes its files (so its OS lock goes) early in
+/// the exit, before the process looks ended. An acquirer that comes in that instant must take
+/// the lock over, not report a holder running without its OS lock. Each round kills a holder
+/// and tries to take its lock from the moment of the kill, so that attempts land in the window.
+#[cfg(unix)]
+#[test]
+fn a_holder_being_killed_is_not_a_holder_running_without_its_lock() {
+    let dir = TestDir::new("killed-instant");
+    let t = dir.made_target("backend", Some("SHORT"));
+    for round in 0..200 {
+        let mut holder = Proc::spawn("threaded-holder", &support::lock_params(&t));
+        holder.expect("HELD");
+        let pid = holder.pid;
+        holder.signal(libc::SIGKILL);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let taken = loop {
+            match acquire(&t, None) {
+                Ok(a) => break a,
+                Err(Error::Conflict(c)) => {
+                    assert!(
+                        c.problem.is_none(),
+                        "round {round}: PID {pid}, killed, was taken for a holder running without its lock: {}",
+                        c.problem.unwrap()
+                    );
+                    assert!(Instant::now() < deadline, "round {round}: never free");
+                }
+                Err(e) => panic!("round {round}: {e}"),
+            }
+        };
+        assert!(taken.lock.release().unwrap());
+        holder.wait();
+    }
     dir.finish();
 }

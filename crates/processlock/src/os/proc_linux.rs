@@ -4,6 +4,9 @@
 use super::ProcessStart;
 use std::sync::OnceLock;
 
+/// `include/linux/sched.h`: the task is exiting.
+const PF_EXITING: u64 = 0x0000_0004;
+
 pub fn process_start(pid: u32) -> Option<ProcessStart> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) may hold spaces and parentheses: fields restart after the
@@ -11,13 +14,16 @@ pub fn process_start(pid: u32) -> Option<ProcessStart> {
     let rest = stat.get(stat.rfind(')')? + 1..)?;
     let fields: Vec<&str> = rest.split_whitespace().collect();
     let state = *fields.first()?;
+    // Field 9: the task's flags. PF_EXITING is set as the kernel starts tearing the process
+    // down, before it closes its files (and so drops its flocks) and long before it is a zombie.
+    let flags: u64 = fields.get(6)?.parse().ok()?;
     let ticks: u64 = fields.get(19)?.parse().ok()?; // field 22 overall
     let boot = boot_id().unwrap_or("unknown-boot");
     let wall_ms = boot_time_s().map(|bt| bt * 1000 + (ticks * 1000 / clock_ticks()) as i64);
     Some(ProcessStart {
         token: format!("linux:{boot}:{ticks}"),
         wall_ms,
-        zombie: state == "Z" || state == "X",
+        zombie: state == "Z" || state == "X" || flags & PF_EXITING != 0,
     })
 }
 
