@@ -87,21 +87,29 @@ pub(crate) fn runs_as_recorded(record: &Record) -> bool {
     let runs =
         || matches!(os::process_start(record.pid), Some(now) if !now.zombie && now.token == token);
     // A holder killed an instant ago has already lost its OS lock (the kernel closes its files
-    // early in the exit) while it does not look ended yet on every system. Such a holder ends
-    // within milliseconds; a holder that really runs without its lock is still there after this.
+    // early in the exit) while it may not look ended yet. Linux says so at once (the exiting
+    // flag, read with the start token); where nothing says it, such a holder gets a moment to
+    // end, and one that really runs without its lock is still there after it.
+    if ENDING_PATIENCE.is_zero() {
+        return runs();
+    }
     let deadline = std::time::Instant::now() + ENDING_PATIENCE;
     while runs() {
         if std::time::Instant::now() >= deadline {
             return true;
         }
-        std::thread::sleep(std::time::Duration::from_millis(2));
+        std::thread::sleep(std::time::Duration::from_millis(1));
     }
     false
 }
 
 /// How long a recorded holder without its OS lock gets to finish ending before it counts as a
-/// holder that runs on without it.
-const ENDING_PATIENCE: std::time::Duration = std::time::Duration::from_millis(100);
+/// holder that runs on without it. Not needed where the process state tells an ending process:
+/// Linux (the exiting flag) and Windows (the exit code, set as termination begins).
+#[cfg(all(unix, not(target_os = "linux")))]
+const ENDING_PATIENCE: std::time::Duration = std::time::Duration::from_millis(20);
+#[cfg(not(all(unix, not(target_os = "linux"))))]
+const ENDING_PATIENCE: std::time::Duration = std::time::Duration::ZERO;
 
 /// `taken_ms`: when the lock was taken, for records without a start token.
 fn judge_pid_taken(record: &Record, taken_ms: Option<i64>) -> PidState {
