@@ -255,7 +255,8 @@ function startupSection(a, ctx) {
       })
       const t = Number(now() - t0)
       if (res.status !== 0) failures[v.id]++
-      if (fs.readdirSync(dirs[v.id]).length) {
+      // The removal guard stays in a lock directory on purpose: it is not a lock left behind.
+      if (fs.readdirSync(dirs[v.id]).some((n) => n !== '.processlock.guard')) {
         leftovers[v.id]++
         fs.rmSync(dirs[v.id], { recursive: true, force: true })
         fs.mkdirSync(dirs[v.id])
