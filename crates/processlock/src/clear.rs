@@ -8,7 +8,7 @@
 //! A file is removed only while we hold its exclusive lock and after checking that the path still
 //! names the inode we locked. So a file that a live process holds is never removed, nor is a file
 //! that a rival linked an instant ago in place of the stale one
-//! (`docs/PROTOCOL.md` invariants 1 and 5: one owner, only your own file).
+//! (`docs/PROTOCOL.md`: *one owner* and *only your own file*).
 
 use std::path::Path;
 

@@ -8,7 +8,7 @@
 //! links its own, and then delete the new holder's file. Under the guard no other remover can
 //! unlink anything in the directory, and an acquirer's `link` cannot replace an existing file,
 //! so the path keeps naming the checked inode until the guarded unlink
-//! (`docs/PROTOCOL.md` invariant 9, one remover at a time).
+//! (`docs/PROTOCOL.md`: *one remover at a time*).
 //!
 //! Acquirers do not take the guard: `link` only ever adds a name where there was none.
 //!

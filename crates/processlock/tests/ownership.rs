@@ -1,5 +1,5 @@
 //! Who owns a lock: conflicts between processes, release, takeover after a holder died by a
-//! signal, forced removal (`docs/PROTOCOL.md` invariant 5), trade sides, the registry, and
+//! signal, forced removal (`docs/PROTOCOL.md` *only your own file*), trade sides, the registry, and
 //! another user's locks.
 
 mod support;
@@ -247,7 +247,7 @@ fn an_unreaped_killed_holder_is_taken_over() {
     dir.finish();
 }
 
-/// `docs/PROTOCOL.md` invariant 5 (only your own file): after a forced removal, the first
+/// `docs/PROTOCOL.md` *only your own file*: after a forced removal, the first
 /// holder's release must not delete the file of the holder that came after it.
 #[test]
 fn release_after_force_remove_leaves_the_new_holders_file() {

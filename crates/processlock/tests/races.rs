@@ -1,4 +1,4 @@
-//! `docs/PROTOCOL.md` invariant 1 (one owner) under real races: many processes released
+//! `docs/PROTOCOL.md` *one owner* under real races: many processes released
 //! together at a barrier go for one lock, fresh or left by a SIGKILLed holder; every winner
 //! reports when it owned the lock (CLOCK_MONOTONIC right after `acquire` returned and right
 //! before `release`), and no two of those intervals may overlap.
@@ -179,7 +179,7 @@ fn run_rounds(tag: &str, stale: bool) {
     if stale {
         assert!(tally.stale_events <= tally.rounds, "{tally:?}");
     }
-    // `docs/PROTOCOL.md` invariant 2 (complete records): an onlooker never sees an empty or
+    // `docs/PROTOCOL.md` *complete records*: an onlooker never sees an empty or
     // half-written lock file.
     assert_eq!(
         tally.probes[3], 0,
@@ -256,7 +256,7 @@ fn a_contended_loop_never_overlaps_and_leaves_nothing() {
     let probed = probe.expect("PROBED");
     assert_eq!(
         probed[3], "0",
-        "a probe saw an invalid lock file (PROTOCOL.md invariant 2)"
+        "a probe saw an invalid lock file (PROTOCOL.md: complete records)"
     );
     probe.wait_success();
     let gap = assert_no_overlap("contended loop", &all);
@@ -376,7 +376,7 @@ fn sweeping_orphans_never_disturbs_live_acquirers() {
     dir.finish();
 }
 
-/// `docs/PROTOCOL.md` invariant 3 (dead holders go at once) with onlookers: processes that
+/// `docs/PROTOCOL.md` *dead holders go at once* with onlookers: processes that
 /// `inspect` a dead holder's lock (`getLockInfo`, `locks:check`) hold a shared lock for microseconds each; many of them together hold it
 /// almost all the time. They own nothing, so the takeover must still happen, not a conflict
 /// naming the dead holder.
@@ -415,7 +415,7 @@ fn many_concurrent_probes_do_not_turn_a_stale_lock_into_a_conflict() {
     eprintln!("takeover under 8 probers: {out:?}; probes held/stale/absent/invalid {probed:?}");
     assert_eq!(
         probed[3], 0,
-        "a probe saw an invalid lock file (PROTOCOL.md invariant 2)"
+        "a probe saw an invalid lock file (PROTOCOL.md: complete records)"
     );
     match out {
         support::Outcome::Acquired { events, .. } => {

@@ -180,7 +180,7 @@ fn recycled_pid_round(tag: &str, life: Duration) -> Option<bool> {
 }
 
 /// A real recycled PID, reused well after the holder started: the start token tells the new
-/// process from the dead holder (`docs/PROTOCOL.md` invariant 4, no false life), and the file
+/// process from the dead holder (`docs/PROTOCOL.md`: *no false life*), and the file
 /// is stale.
 #[test]
 fn a_really_recycled_pid_does_not_keep_a_dead_holders_lock() {
