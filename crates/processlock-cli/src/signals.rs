@@ -8,6 +8,7 @@
 //! a signal to forward and the end of the child.
 
 use std::io;
+use std::os::fd::IntoRawFd;
 use std::os::raw::{c_int, c_void};
 use std::sync::atomic::{AtomicI32, Ordering};
 
@@ -88,29 +89,10 @@ extern "C" fn on_signal(signal: c_int, info: *mut libc::siginfo_t, _context: *mu
     errno::set(saved);
 }
 
-/// A pipe whose two ends are closed on `exec`.
+/// A pipe whose two ends are closed on `exec`, as raw descriptors this command manages itself.
 pub fn cloexec_pipe() -> io::Result<(c_int, c_int)> {
-    let mut fds = [0 as c_int; 2];
-    #[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd"))]
-    {
-        // SAFETY: fds has room for two descriptors.
-        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
-    #[cfg(not(any(target_os = "linux", target_os = "android", target_os = "freebsd")))]
-    {
-        // SAFETY: fds has room for two descriptors. No other thread forks meanwhile: the
-        // command is spawned later, from this thread.
-        if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        for fd in fds {
-            // SAFETY: fd was just created.
-            unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
-        }
-    }
-    Ok((fds[0], fds[1]))
+    let (read, write) = processlock::cloexec_pipe()?;
+    Ok((read.into_raw_fd(), write.into_raw_fd()))
 }
 
 /// Installs the handler for the forwarded signals and SIGCHLD. Call once, before the command

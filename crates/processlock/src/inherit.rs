@@ -114,7 +114,7 @@ mod unix {
         /// A pipe holding one byte, with its write end already closed. The read end is
         /// close-on-exec: clear that flag in the child that must inherit it.
         pub fn new() -> io::Result<ClaimToken> {
-            let (read, write) = cloexec_pipe()?;
+            let (read, write) = crate::os::cloexec_pipe()?;
             // SAFETY: one byte from our buffer into the pipe we just made; a fresh pipe has
             // room for it.
             if unsafe { libc::write(write.as_raw_fd(), [1u8].as_ptr().cast(), 1) } != 1 {
@@ -222,31 +222,6 @@ mod unix {
             // writer; any error means no claim.
             return false;
         }
-    }
-
-    fn cloexec_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
-        let mut fds = [0 as RawFd; 2];
-        #[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd"))]
-        {
-            // SAFETY: fds has room for two descriptors.
-            if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-                return Err(io::Error::last_os_error());
-            }
-        }
-        #[cfg(not(any(target_os = "linux", target_os = "android", target_os = "freebsd")))]
-        {
-            // SAFETY: fds has room for two descriptors. A fork in another thread before the
-            // flags are set would leak a copy into that child, closed at its exec; `run`
-            // forks from this same thread, later.
-            if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            for fd in fds {
-                set_flag(fd, libc::F_GETFD, libc::F_SETFD, libc::FD_CLOEXEC)?;
-            }
-        }
-        // SAFETY: both descriptors were just created and are owned by nobody else.
-        Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
     }
 
     pub(super) fn set_flag(

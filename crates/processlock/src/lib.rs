@@ -47,6 +47,8 @@ pub use inherit::{ClaimToken, HandoverSocket};
 pub use list::{list_locks, LockState, LockStatus};
 pub use liveness::{judge_pid, PidState};
 pub use name::{check_process_name, LockName};
+#[cfg(unix)]
+pub use os::cloexec_pipe;
 pub use perms::check_dir;
 pub use protocol::{
     force_remove, inspect, own_record, record_for, Acquired, Event, HeldLock, Inspection,
