@@ -272,6 +272,21 @@ function replaceSection(file, name, md) {
   fs.writeFileSync(file, text)
 }
 
+/**
+ * How many ownership intervals ([start, end] as bigint ns) begin before an earlier one ended:
+ * each is a second owner at once with another.
+ */
+function countOverlaps(intervals) {
+  const sorted = intervals.slice().sort((x, y) => (x[0] < y[0] ? -1 : x[0] > y[0] ? 1 : 0))
+  let maxEnd = -1n
+  let overlapped = 0
+  for (const [s, e] of sorted) {
+    if (s < maxEnd) overlapped++
+    if (e > maxEnd) maxEnd = e
+  }
+  return overlapped
+}
+
 /** The counters of one torture kind, as `tortureLine` and `tortureMarkdown` read them. */
 function emptyTortureStats(kind) {
   return {
@@ -298,6 +313,7 @@ function emptyTortureStats(kind) {
 }
 
 module.exports = {
+  countOverlaps,
   emptyTortureStats,
   machine,
   loadavg,

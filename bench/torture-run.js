@@ -133,13 +133,7 @@ async function runKind(kind, n, { rounds, duration, holdUs, base, keep }) {
     }
     st.owners += intervals.length
     if (intervals.length === 0) st.noOwnerRounds++
-    intervals.sort((x, y) => (x[0] < y[0] ? -1 : x[0] > y[0] ? 1 : 0))
-    let maxEnd = -1n
-    let overlapped = 0
-    for (const [s, e] of intervals) {
-      if (s < maxEnd) overlapped++
-      if (e > maxEnd) maxEnd = e
-    }
+    const overlapped = report.countOverlaps(intervals)
     if (overlapped) {
       st.doubleOwnerRounds++
       st.overlaps += overlapped

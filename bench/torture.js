@@ -537,12 +537,7 @@ class Combo {
         const force = f ? { t0: BigInt(f[2]), t1: BigInt(f[3]), removed: f[4] === '1' } : null
         overlapped = forceVerdict(owned, force, st)
       } else {
-        intervals.sort((x, y) => (x[0] < y[0] ? -1 : x[0] > y[0] ? 1 : 0))
-        let maxEnd = -1n
-        for (const [s, e] of intervals) {
-          if (s < maxEnd) overlapped++
-          if (e > maxEnd) maxEnd = e
-        }
+        overlapped = report.countOverlaps(intervals)
       }
       if (overlapped) {
         st.doubleOwnerRounds++
