@@ -268,13 +268,19 @@ function buildNative(opts, t, targetDir) {
   })
 }
 
+// From Linux, C code in build scripts (ring, under TLS) is compiled by zig: scripts/cross-env.sh.
+function cargoCheck(args) {
+  if (process.platform === 'linux') run('bash', ['-c', '. scripts/cross-env.sh && exec cargo "$@"', 'cargo', ...args])
+  else run('cargo', args)
+}
+
 function checkOnly(opts, t) {
   step(opts, `${t.platformArchABI}: cargo check --target ${t.triple} --workspace`, () => {
-    run('cargo', ['check', '--target', t.triple, '--workspace'])
+    cargoCheck(['check', '--target', t.triple, '--workspace'])
     return 'type-checked only (cannot link here)'
   })
   step(opts, `${t.platformArchABI}: cargo clippy --target ${t.triple} --workspace -- -D warnings`, () => {
-    run('cargo', ['clippy', '--target', t.triple, '--workspace', '--', '-D', 'warnings'])
+    cargoCheck(['clippy', '--target', t.triple, '--workspace', '--', '-D', 'warnings'])
   })
 }
 

@@ -44,6 +44,8 @@ step('build', npx, [
   '--no-const-enum',
 ])
 step('build', 'cargo', ['build', '--release', '-p', 'processlock-cli'])
+// The private PostgreSQL server of the JavaScript tests (__test__/helpers/pg.js).
+step('build', 'cargo', ['build', '--release', '-p', 'processlock-pg', '--example', 'pg_server'])
 if (problems.length) {
   console.error(`\nbuild failed: ${problems.join('; ')}`)
   console.log('total: 0 passed, 1 failed')

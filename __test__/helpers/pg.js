@@ -19,11 +19,13 @@ function build() {
 
 /**
  * Resolves with the server, or with null (after printing why) where PostgreSQL is not installed.
- * The server: { url, socketUrl, stop(), start(), sql(statement) -> first column of the rows, close() }.
+ * The server: { url, socketUrl, ca, stop(), start(), sql(statement) -> first column of the rows, close() }.
+ * With `{ tls: true }` the server offers TLS with a certificate for `localhost` signed by the
+ * test CA whose PEM file is `ca`.
  */
-async function startPg() {
+async function startPg({ tls = false } = {}) {
   if (!fs.existsSync(EXE)) build()
-  const proc = watch(EXE, [], { stdin: 'pipe', waitMs: 120000 })
+  const proc = watch(EXE, tls ? ['--tls'] : [], { stdin: 'pipe', waitMs: 120000 })
   const first = await proc.waitFor(/^(url|skip) (.*)$/m)
   if (first[1] === 'skip') {
     console.log(`SKIPPED: ${first[2]}`)
@@ -31,6 +33,7 @@ async function startPg() {
     return null
   }
   const socket = await proc.waitFor(/^socket (.*)$/m)
+  const ca = tls ? (await proc.waitFor(/^ca (.*)$/m))[1] : null
   // Every command gets one answer line, in order.
   const answers = []
   const pending = []
@@ -52,6 +55,7 @@ async function startPg() {
   return {
     url: first[2],
     socketUrl: socket[1],
+    ca,
     stop: () => command('stop'),
     start: () => command('start'),
     /** Runs one statement; the first column of its rows, as text. */

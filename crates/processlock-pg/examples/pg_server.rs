@@ -6,12 +6,20 @@
 //! socket), then reads commands on stdin: `stop` (ends every session at once), `start` (the same
 //! server again), `sql <statement>` (prints `rows <first value of each row, comma-separated>`).
 //! At end of input it stops the server and exits, so a test run that dies leaves nothing behind.
+//! With `--tls` the server offers TLS with a certificate for `localhost` from a test CA, and a
+//! line `ca <path of the CA's PEM file>` follows the two URLs.
 //! Where PostgreSQL is not installed it prints `skip <why>` and exits with status 0.
 
+#[cfg(unix)]
 #[path = "../tests/support/mod.rs"]
 mod support;
 
 use std::io::Write;
+
+#[cfg(not(unix))]
+fn main() {
+    say("skip the private test server is started on Unix only");
+}
 
 fn say(line: &str) {
     let mut out = std::io::stdout().lock();
@@ -19,13 +27,23 @@ fn say(line: &str) {
     let _ = out.flush();
 }
 
+#[cfg(unix)]
 fn main() {
-    let Some(mut server) = support::PgServer::start() else {
+    let tls = std::env::args().any(|a| a == "--tls");
+    let started = if tls {
+        support::tls::tls_server().map(|(server, dir)| (server, Some(dir.join("ca.pem"))))
+    } else {
+        support::PgServer::start().map(|server| (server, None))
+    };
+    let Some((mut server, ca)) = started else {
         say("skip PostgreSQL is not installed (no pg_config --bindir, no /usr/lib/postgresql/*/bin/initdb)");
         return;
     };
     say(&format!("url {}", server.url()));
     say(&format!("socket {}", server.socket_url()));
+    if let Some(ca) = ca {
+        say(&format!("ca {}", ca.display()));
+    }
     for line in support::stdin_lines() {
         match line.split_once(' ').unwrap_or((line.as_str(), "")) {
             ("stop", _) => {

@@ -12,6 +12,8 @@
 
 #![allow(dead_code)]
 
+pub mod tls;
+
 use std::fs;
 use std::io::{self, BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
