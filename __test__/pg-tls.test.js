@@ -5,29 +5,12 @@
 // tests show that the package users install honours `sslmode` end to end.
 const path = require('node:path')
 const pl = require('..')
-const { startPg } = require('./helpers/pg')
+const { usePg } = require('./helpers/pg')
 const { cli } = require('./helpers/cli-proc')
 const { tempDir } = require('./helpers/proc')
 
-let pg = null
-
-beforeAll(async () => {
-  pg = await startPg({ tls: true })
-}, 180000)
-
-afterAll(async () => {
-  if (pg) await pg.close()
-})
-
-const pgTest = (name, fn, timeout) =>
-  test(
-    name,
-    async () => {
-      if (!pg) return
-      await fn()
-    },
-    timeout,
-  )
+const pg = usePg({ tls: true })
+const pgTest = pg.test
 
 /** The server's URL with `host` in place of 127.0.0.1 and `query` appended. */
 function tlsUrl(host, query) {

@@ -6,32 +6,14 @@ const net = require('node:net')
 const path = require('node:path')
 const pl = require('..')
 const { start, tempDir } = require('./helpers/proc')
-const { startPg } = require('./helpers/pg')
+const { usePg } = require('./helpers/pg')
 const { cli } = require('./helpers/cli-proc')
 
 /** The exit status of a process that lost its lock with `onLost: 'exit'`. */
 const LOST_EXIT_STATUS = 75
 
-let pg = null
-
-beforeAll(async () => {
-  pg = await startPg()
-}, 180000)
-
-afterAll(async () => {
-  if (pg) await pg.close()
-})
-
-/** `test`, or a skipped test (the reason was printed) where PostgreSQL is not installed. */
-const pgTest = (name, fn, timeout) =>
-  test(
-    name,
-    async () => {
-      if (!pg) return
-      await fn()
-    },
-    timeout,
-  )
+const pg = usePg()
+const pgTest = pg.test
 
 function holder(mode, env = {}) {
   return start('pg-holder.js', { dir: tempDir('pg'), env: { PROCESSLOCK_URL: pg.url, ...env }, args: [mode] })

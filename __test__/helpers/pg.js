@@ -71,4 +71,29 @@ async function startPg({ tls = false } = {}) {
   }
 }
 
-module.exports = { startPg }
+/**
+ * The private server of one test file: started before its tests, stopped after them. Returns an
+ * object that holds the server's fields once it runs (`url`, `sql`, ...), with `available`, and
+ * `test`: a jest `test` that does nothing where PostgreSQL is not installed (startPg said why).
+ */
+function usePg(options) {
+  const pg = { available: false }
+  beforeAll(async () => {
+    const server = await startPg(options)
+    if (server) Object.assign(pg, server, { available: true })
+  }, 180000)
+  afterAll(async () => {
+    if (pg.available) await pg.close()
+  })
+  pg.test = (name, fn, timeout) =>
+    test(
+      name,
+      async () => {
+        if (pg.available) await fn()
+      },
+      timeout,
+    )
+  return pg
+}
+
+module.exports = { startPg, usePg }
