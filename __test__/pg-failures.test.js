@@ -398,3 +398,27 @@ pgTest(
     }
   },
 )
+
+pgTest(
+  'a lock taken again before the notice of its loss arrived stays held; the notice goes to the lost hold',
+  async () => {
+    const p = lease('retake')
+    try {
+      const first = await held(p)
+      await pg.sql(`SELECT pg_terminate_backend(${await sessionOf(p.pid)})`)
+      const again = JSON.parse((await p.waitFor(/AGAIN (.*)\n/, 30000))[1])
+      expect(BigInt(again.fencingToken)).toBeGreaterThan(BigInt(first.fencingToken))
+      // The first hold's signal aborted; the new hold is still this process's, on the server too.
+      await p.waitFor('AFTER ', 30000)
+      expect(p.stdout).toContain('AFTER held=true second=false')
+      expect(p.stderr.match(/\[PROCESS_LOCK_LOST\]/g)).toHaveLength(1)
+      expect(pl.getLockInfo('backend', SHORT())).toMatchObject({ pid: p.pid, fencingToken: again.fencingToken })
+      p.child.stdin.write('release\n')
+      await p.waitFor('RELEASED true', 30000)
+      expect((await p.done(30000)).code).toBe(0)
+      expect(pl.getLockInfo('backend', SHORT())).toBeNull()
+    } finally {
+      p.kill('SIGKILL')
+    }
+  },
+)
