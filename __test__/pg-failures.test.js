@@ -5,6 +5,7 @@
 // the server's URL (each has a lock directory of its own). Events are ordered by what the
 // processes report (fencing tokens, the state of the old holder at the handover), never by time.
 const { execFileSync } = require('node:child_process')
+const net = require('node:net')
 const os = require('node:os')
 const path = require('node:path')
 const pl = require('..')
@@ -284,29 +285,49 @@ pgTest('a holder on another host (its own UTS namespace) is named by host, and n
   }
 })
 
-pgTest('acquireLockOrExit with a URL: the first instance holds; a second prints the conflict and exits 1', async () => {
-  const first = start('guard.js', { dir: tempDir('pg-guard'), env: { PROCESSLOCK_URL: pg.url } })
-  try {
-    await first.waitFor(`STARTED ${first.pid}`, 30000)
-    expect(pl.getLockInfo('backend', SHORT())).toMatchObject({ pid: first.pid, backend: 'postgres' })
-    const second = await start('guard.js', { dir: tempDir('pg-guard'), env: { PROCESSLOCK_URL: pg.url } }).done(30000)
-    expect(second.code).toBe(1)
-    expect(second.stdout).toBe('')
-    expect(second.stderr.trim().split('\n')).toEqual([
-      '[PROCESS_LOCK_CONFLICT] Another backend (SHORT) is already running!',
-      expect.stringMatching(
-        new RegExp(`^\\[PROCESS_LOCK_CONFLICT\\] Existing process: \\{ pid: ${first.pid}, started: '.+' \\}$`),
-      ),
-      `[PROCESS_LOCK_CONFLICT] To force restart, run: kill ${first.pid}`,
-      `[FATAL] LOCK_CONFLICT: backend (SHORT) is already running (PID: ${first.pid} on ${os.hostname()})`,
-    ])
-    // The first instance still holds.
-    expect(pl.getLockInfo('backend', SHORT())).toMatchObject({ pid: first.pid })
-  } finally {
-    first.kill('SIGKILL')
-    await first.done(30000)
-  }
-})
+/** A loopback port nothing listens on: bound, then closed. */
+function closedPort() {
+  return new Promise((resolve) => {
+    const server = net.createServer().listen(0, '127.0.0.1', () => {
+      const { port } = server.address()
+      server.close(() => resolve(port))
+    })
+  })
+}
+
+pgTest(
+  'acquireLockOrExit with a URL: the first instance holds; a second prints the conflict and exits 1, as when the server is not there',
+  async () => {
+    const first = start('guard.js', { dir: tempDir('pg-guard'), env: { PROCESSLOCK_URL: pg.url } })
+    try {
+      await first.waitFor(`STARTED ${first.pid}`, 30000)
+      expect(pl.getLockInfo('backend', SHORT())).toMatchObject({ pid: first.pid, backend: 'postgres' })
+      const second = await start('guard.js', { dir: tempDir('pg-guard'), env: { PROCESSLOCK_URL: pg.url } }).done(30000)
+      expect(second.code).toBe(1)
+      expect(second.stdout).toBe('')
+      expect(second.stderr.trim().split('\n')).toEqual([
+        '[PROCESS_LOCK_CONFLICT] Another backend (SHORT) is already running!',
+        expect.stringMatching(
+          new RegExp(`^\\[PROCESS_LOCK_CONFLICT\\] Existing process: \\{ pid: ${first.pid}, started: '.+' \\}$`),
+        ),
+        `[PROCESS_LOCK_CONFLICT] To force restart, run: kill ${first.pid}`,
+        `[FATAL] LOCK_CONFLICT: backend (SHORT) is already running (PID: ${first.pid} on ${os.hostname()})`,
+      ])
+      // The first instance still holds.
+      expect(pl.getLockInfo('backend', SHORT())).toMatchObject({ pid: first.pid })
+      // A server that is not there: the [FATAL] line with the code, without the password.
+      const url = `postgres://postgres:secret@127.0.0.1:${await closedPort()}/postgres`
+      const nowhere = await start('guard.js', { dir: tempDir('pg-guard'), env: { PROCESSLOCK_URL: url } }).done(30000)
+      expect(nowhere.code).toBe(1)
+      expect(nowhere.stdout).toBe('')
+      expect(nowhere.stderr.trim().split('\n')).toEqual([expect.stringMatching(/^\[FATAL\] LOCK_IO: connect /)])
+      expect(nowhere.stderr).not.toContain('secret')
+    } finally {
+      first.kill('SIGKILL')
+      await first.done(30000)
+    }
+  },
+)
 
 describe('waits', () => {
   let holder = null
