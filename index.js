@@ -113,15 +113,33 @@ function listenLosses() {
   listening = true
 }
 
+/**
+ * Server holds lost and taken again (say, after `isLockHeld` said false) before their loss
+ * reached this instance, by lock and fencing token: the loss is theirs, not the new hold's.
+ */
+const retired = new Map()
+
 /** A lock of this instance was lost: say so, drop the hold, then tell whoever asked. */
 function lost(event) {
+  const key = `${event.lockFile}#${event.fencingToken}`
+  const earlier = event.fencingToken ? retired.get(key) : undefined
+  if (earlier) {
+    // Its native hold was dropped when the lock was taken again.
+    retired.delete(key)
+    emit(earlier.sink, event.lines)
+    tell(earlier, errorFromFailure(event.error, event.lockFile))
+    return
+  }
   const entry = held.get(event.lockFile)
-  if (!entry) return
+  if (!entry || (event.fencingToken && entry.token !== event.fencingToken)) return
   emit(entry.sink, event.lines)
   forget(event.lockFile)
   // Drops the native hold without a release line; a lock file of someone else stays.
   binding.release(entry.processType, { ...entry.options, quiet: true })
-  const error = errorFromFailure(event.error, event.lockFile)
+  tell(entry, errorFromFailure(event.error, event.lockFile))
+}
+
+function tell(entry, error) {
   if (entry.controller) entry.controller.abort(error)
   // `onLost` is for server locks; a lock file's loss reaches its `lockSignal` only.
   if (entry.options.url && typeof entry.onLost === 'function') entry.onLost(error)
@@ -155,12 +173,24 @@ function releaseEverything() {
 
 function adopt(out, processType, options, sink) {
   emit(sink, out.lines)
+  const before = held.get(out.lockFile)
+  if (before && before.token && before.token !== out.info.fencingToken) {
+    retired.set(`${out.lockFile}#${before.token}`, before)
+    held.delete(out.lockFile)
+  }
   if (!held.has(out.lockFile)) {
     // Released later by where it is, not by how it was named: a relative `dir`, the working
     // directory or `$TRADE_SIDE` may have changed by then.
     const native = { ...nativeOptions(options), tradeSide: out.info.tradeSide || '' }
     if (out.info.backend === 'file') native.dir = path.dirname(out.lockFile)
-    held.set(out.lockFile, { processType, options: native, sink, onLost: options.onLost, controller: null })
+    held.set(out.lockFile, {
+      processType,
+      options: native,
+      sink,
+      onLost: options.onLost,
+      controller: null,
+      token: out.info.fencingToken,
+    })
   }
   lifecycle.install(releaseEverything, () => held.size > 0)
   return normalizeRecord(out.info)

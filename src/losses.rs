@@ -31,6 +31,9 @@ const FILE_WATCH_EVERY: Duration = Duration::from_millis(200);
 pub struct LostEvent {
     /// The lock, as `lockFile` names it in the results of acquire.
     pub lock_file: String,
+    /// The lost hold's fencing token (server locks): a hold of the same lock taken since then has
+    /// another, and must not be taken for the lost one.
+    pub fencing_token: Option<String>,
     pub error: Failure,
     pub lines: Vec<String>,
 }
@@ -61,13 +64,20 @@ pub(crate) fn forget_holder(holder: u32) {
     }
 }
 
-pub(crate) fn notify(holder: u32, lock_file: &str, failure: &Failure, line: &str) {
+pub(crate) fn notify(
+    holder: u32,
+    lock_file: &str,
+    fencing_token: Option<&str>,
+    failure: &Failure,
+    line: &str,
+) {
     let map = listeners();
     let Some(listener) = map.as_ref().and_then(|m| m.get(&holder)) else {
         return;
     };
     let event = LostEvent {
         lock_file: lock_file.to_string(),
+        fencing_token: fencing_token.map(str::to_string),
         error: failure.clone(),
         lines: vec![line.to_string()],
     };
@@ -180,7 +190,7 @@ fn watch_files() {
                 reason,
             };
             let failure = Failure::from_error(e, None);
-            notify(w.holder, &w.path.to_string_lossy(), &failure, &line);
+            notify(w.holder, &w.path.to_string_lossy(), None, &failure, &line);
         }
         if done {
             return;

@@ -303,7 +303,7 @@ impl PgLock {
             }
             let failure = failure(PgError::Lost(lost.clone()), Some(&name), &id);
             for holder in lock_vec(&holders).iter() {
-                losses::notify(*holder, &id, &failure, &line);
+                losses::notify(*holder, &id, Some(&lost.fencing_token), &failure, &line);
             }
         }));
     }

@@ -1,0 +1,477 @@
+'use strict'
+// Locks on a PostgreSQL server when things go wrong, through the API services call: a holder
+// frozen (SIGSTOP), cut off from the server (iptables on loopback), killed, or on another host
+// (a UTS namespace of its own), and a server that stops under its holders. Processes share only
+// the server's URL (each has a lock directory of its own). Events are ordered by what the
+// processes report (fencing tokens, the state of the old holder at the handover), never by time.
+const { execFileSync } = require('node:child_process')
+const net = require('node:net')
+const os = require('node:os')
+const path = require('node:path')
+const pl = require('..')
+const { FIXTURES, start, tempDir, watch } = require('./helpers/proc')
+const { startPg } = require('./helpers/pg')
+
+/** The exit status of a process that lost its lock with `onLost: 'exit'`. */
+const LOST_EXIT_STATUS = 75
+/** Short enough to keep the tests short, long enough for heartbeats on a loaded machine. */
+const LEASE_MS = 3000
+
+let pg = null
+
+beforeAll(async () => {
+  pg = await startPg()
+}, 180000)
+
+afterAll(async () => {
+  if (pg) await pg.close()
+})
+
+/** `test`, or a skipped test (the reason was printed) where PostgreSQL is not installed. */
+const pgTest = (name, fn, timeout = 60000) =>
+  test(
+    name,
+    async () => {
+      if (!pg) return
+      await fn()
+    },
+    timeout,
+  )
+
+/** `node pg-lease.js <mode>` with a lock directory of its own and the server's URL. */
+function lease(mode, env = {}) {
+  return start('pg-lease.js', {
+    dir: tempDir('pg-fail'),
+    env: { PROCESSLOCK_URL: pg.url, LEASE_MS: String(LEASE_MS), ...env },
+    args: [mode],
+  })
+}
+
+async function held(p) {
+  const m = await p.waitFor(/HELD (.*)\n/, 30000)
+  return JSON.parse(m[1])
+}
+
+/** The waiter's outcome: { old: the old holder's state at the handover, info }. */
+async function got(p) {
+  const m = await p.waitFor(/GOT (\S+) (.*)\n/, 60000)
+  return { old: m[1], info: JSON.parse(m[2]) }
+}
+
+async function until(cond, what, timeoutMs = 30000) {
+  const t0 = Date.now()
+  while (!(await cond())) {
+    if (Date.now() - t0 > timeoutMs) throw new Error(`timed out waiting until ${what}`)
+    await new Promise((r) => setTimeout(r, 20))
+  }
+}
+
+async function waitingSessions() {
+  return (await pg.sql("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"))[0]
+}
+
+/** The server process of the session holding the lock for the process `pid`. */
+async function sessionOf(pid) {
+  const [backendPid] = await pg.sql(
+    `SELECT backend_pid FROM processlock_holders WHERE (record->>'pid')::int = ${pid} AND backend_pid IS NOT NULL`,
+  )
+  return backendPid
+}
+
+const SHORT = (extra = {}) => ({ url: pg.url, tradeSide: 'SHORT', log: false, ...extra })
+
+const LOST_LINE = /^\[PROCESS_LOCK_LOST\] \{ processType: 'backend', tradeSide: 'SHORT', pid: \d+, reason: '.+' \}$/m
+
+describe('a frozen holder (SIGSTOP) with a short lease', () => {
+  let frozen = null
+  afterEach(() => {
+    // A failed test must not leave a stopped process behind.
+    if (frozen && !frozen.ended) {
+      frozen.kill('SIGCONT')
+      frozen.kill('SIGKILL')
+    }
+    frozen = null
+  })
+
+  pgTest("is taken over by a waiter (waitMs); woken, it reports the loss and exits (onLost 'exit')", async () => {
+    frozen = lease('hold')
+    const first = await held(frozen)
+    const waiter = lease('wait', { OLD_PID: String(frozen.pid) })
+    await until(async () => (await waitingSessions()) === '1', 'the waiter waits in the server')
+    frozen.kill('SIGSTOP')
+    const { old, info } = await got(waiter)
+    // The handover happened while the old holder was still frozen, and the new holder is newer.
+    expect(old).toBe('T')
+    expect(info).toMatchObject({ pid: waiter.pid, backend: 'postgres' })
+    expect(BigInt(info.fencingToken)).toBeGreaterThan(BigInt(first.fencingToken))
+    expect((await waiter.done(30000)).code).toBe(0)
+    frozen.kill('SIGCONT')
+    const r = await frozen.done(30000)
+    expect(r.code).toBe(LOST_EXIT_STATUS)
+    expect(r.stderr).toMatch(LOST_LINE)
+    // Had JavaScript run before the exit, it would not have believed the lock was still its own.
+    expect(r.stdout).not.toContain('held=true')
+    expect(r.stdout).not.toContain('RELEASED')
+  })
+
+  pgTest("is taken over by a waiter (acquireLockAsync); woken, its lockSignal aborts (onLost 'signal')", async () => {
+    frozen = lease('hold', { ON_LOST: 'signal' })
+    const first = await held(frozen)
+    const waiter = lease('await', { OLD_PID: String(frozen.pid) })
+    await until(async () => (await waitingSessions()) === '1', 'the waiter waits in the server')
+    frozen.kill('SIGSTOP')
+    const { old, info } = await got(waiter)
+    expect(old).toBe('T')
+    expect(BigInt(info.fencingToken)).toBeGreaterThan(BigInt(first.fencingToken))
+    expect((await waiter.done(30000)).code).toBe(0)
+    frozen.kill('SIGCONT')
+    // The moment it runs again it knows the lock is not its own, whatever the heartbeat says later.
+    await frozen.waitFor('CONTINUED held=false', 30000)
+    await frozen.waitFor('LOST LockLostError LOCK_LOST', 30000)
+    expect(frozen.stderr).toMatch(LOST_LINE)
+    // Still running, and it knows the lock is not its own: releasing finds nothing to let go.
+    frozen.child.stdin.write('release\n')
+    expect((await frozen.done(30000)).code).toBe(0)
+    expect(pl.getLockInfo('backend', SHORT())).toBeNull()
+  })
+})
+
+/** Whether iptables can be used here: it is installed and this process is root. */
+function canCut() {
+  if (process.getuid() !== 0) return 'cutting a connection needs root'
+  try {
+    execFileSync('iptables', ['--version'], { stdio: 'ignore' })
+    return null
+  } catch {
+    return 'cutting a connection needs iptables'
+  }
+}
+
+/** The iptables rules that drop every loopback packet from and to a client port. */
+const cutRules = (port) =>
+  ['--sport', '--dport'].map((dir) => ['INPUT', '-i', 'lo', '-p', 'tcp', dir, String(port), '-j', 'DROP'])
+
+const iptables = (action, rule) => execFileSync('iptables', ['-w', action, ...rule], { stdio: 'ignore' })
+
+/** The client port of the session that holds the lock for the process `pid`. */
+async function clientPort(pid) {
+  const backendPid = await sessionOf(pid)
+  const [port] = await pg.sql(`SELECT client_port FROM pg_stat_activity WHERE pid = ${backendPid}`)
+  expect(port).toMatch(/^[0-9]+$/)
+  return port
+}
+
+describe('a connection cut off from the server (iptables on loopback)', () => {
+  let cutPort = null
+  let holder = null
+  afterEach(() => {
+    if (cutPort !== null) {
+      for (const rule of cutRules(cutPort)) {
+        // Removed until none is left; none at all when the insert failed.
+        for (let i = 0; i < 4; i++) {
+          try {
+            iptables('-D', rule)
+          } catch {
+            break
+          }
+        }
+      }
+    }
+    cutPort = null
+    if (holder && !holder.ended) holder.kill('SIGKILL')
+    holder = null
+  })
+
+  pgTest(
+    "a holder gives up (onLost 'exit': status 75) before a waiter takes the lock, about a lease later",
+    async () => {
+      const why = canCut()
+      if (why) {
+        console.log(`SKIPPED: ${why}`)
+        return
+      }
+      holder = lease('hold')
+      const first = await held(holder)
+      const waiter = lease('await', { OLD_PID: String(holder.pid) })
+      await until(async () => (await waitingSessions()) === '1', 'the waiter waits in the server')
+      cutPort = await clientPort(holder.pid)
+      for (const rule of cutRules(cutPort)) iptables('-I', rule)
+      const r = await holder.done(30000)
+      expect(r.code).toBe(LOST_EXIT_STATUS)
+      expect(r.stderr).toMatch(LOST_LINE)
+      const { old, info } = await got(waiter)
+      // The old holder had ended before the server let the waiter have the lock.
+      expect(old).toBe('gone')
+      expect(info).toMatchObject({ pid: waiter.pid, backend: 'postgres' })
+      expect(BigInt(info.fencingToken)).toBeGreaterThan(BigInt(first.fencingToken))
+      expect((await waiter.done(30000)).code).toBe(0)
+    },
+  )
+
+  pgTest(
+    "a holder gives up (onLost 'signal'), lets go without waiting on the dead connection, and is taken over",
+    async () => {
+      const why = canCut()
+      if (why) {
+        console.log(`SKIPPED: ${why}`)
+        return
+      }
+      holder = lease('hold', { ON_LOST: 'signal' })
+      const first = await held(holder)
+      const waiter = lease('await')
+      await until(async () => (await waitingSessions()) === '1', 'the waiter waits in the server')
+      cutPort = await clientPort(holder.pid)
+      for (const rule of cutRules(cutPort)) iptables('-I', rule)
+      await holder.waitFor('LOST LockLostError LOCK_LOST', 30000)
+      expect(holder.stderr).toMatch(LOST_LINE)
+      // Still cut off: letting go must not hang on the connection nobody answers.
+      holder.child.stdin.write('release\n')
+      expect((await holder.done(30000)).code).toBe(0)
+      const { info } = await got(waiter)
+      expect(BigInt(info.fencingToken)).toBeGreaterThan(BigInt(first.fencingToken))
+      expect((await waiter.done(30000)).code).toBe(0)
+    },
+  )
+
+  pgTest('a waiter cut off while the lock is handed to it does not keep it: the next waiter gets it', async () => {
+    const why = canCut()
+    if (why) {
+      console.log(`SKIPPED: ${why}`)
+      return
+    }
+    holder = lease('hold')
+    const first = await held(holder)
+    const cutOff = lease('await')
+    await until(async () => (await waitingSessions()) === '1', 'the waiter waits in the server')
+    const [waitingPid] = await pg.sql("SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")
+    ;[cutPort] = await pg.sql(`SELECT client_port FROM pg_stat_activity WHERE pid = ${waitingPid}`)
+    for (const rule of cutRules(cutPort)) iptables('-I', rule)
+    // The server grants the lock to the cut-off session, which can no longer hear it.
+    holder.child.stdin.write('release\n')
+    expect((await holder.done(30000)).code).toBe(0)
+    const next = lease('await')
+    const { info } = await got(next)
+    expect(info).toMatchObject({ pid: next.pid, backend: 'postgres' })
+    expect(BigInt(info.fencingToken)).toBeGreaterThan(BigInt(first.fencingToken))
+    const r = await cutOff.done(60000)
+    expect(r.stdout).toContain('FAILED LOCK_IO')
+    expect(r.stdout).not.toContain('GOT')
+    expect((await next.done(30000)).code).toBe(0)
+  })
+})
+
+pgTest('a holder on another host (its own UTS namespace) is named by host, and no kill is advised', async () => {
+  if (process.getuid() !== 0) {
+    console.log('SKIPPED: a UTS namespace of its own needs root')
+    return
+  }
+  const env = {
+    ...process.env,
+    PROCESSLOCK_DIR: tempDir('pg-host'),
+    PROCESSLOCK_URL: pg.url,
+    TRADE_SIDE: 'SHORT',
+    PROCESSLOCK_LOG: '',
+    LEASE_MS: String(LEASE_MS),
+  }
+  const other = watch(
+    'unshare',
+    [
+      '--uts',
+      'sh',
+      '-c',
+      'hostname other-host && exec "$0" "$@"',
+      process.execPath,
+      path.join(FIXTURES, 'pg-lease.js'),
+      'hold',
+    ],
+    { env, stdin: 'pipe' },
+  )
+  try {
+    const info = await held(other)
+    expect(info).toMatchObject({ pid: other.pid, hostname: 'other-host', backend: 'postgres' })
+    const here = await start('guard.js', { dir: tempDir('pg-here'), env: { PROCESSLOCK_URL: pg.url } }).done(30000)
+    expect(here.code).toBe(1)
+    expect(here.stdout).toBe('')
+    const lines = here.stderr.trim().split('\n')
+    expect(lines).toEqual([
+      '[PROCESS_LOCK_CONFLICT] Another backend (SHORT) is already running!',
+      expect.stringMatching(
+        new RegExp(
+          `^\\[PROCESS_LOCK_CONFLICT\\] Existing process: \\{ pid: ${other.pid}, started: '.+', hostname: 'other-host' \\}$`,
+        ),
+      ),
+      "[PROCESS_LOCK_CONFLICT] It runs on host 'other-host', not on this one: stop it there (its PID means nothing here)",
+      `[FATAL] LOCK_CONFLICT: backend (SHORT) is already running (PID: ${other.pid} on other-host)`,
+    ])
+    expect(here.stderr).not.toMatch(/\bkill\b/)
+    expect(pl.getLockInfo('backend', SHORT())).toMatchObject({
+      pid: other.pid,
+      hostname: 'other-host',
+      fencingToken: info.fencingToken,
+    })
+    other.child.stdin.write('release\n')
+    expect((await other.done(30000)).code).toBe(0)
+    expect(pl.getLockInfo('backend', SHORT())).toBeNull()
+  } finally {
+    other.kill('SIGKILL')
+  }
+})
+
+/** A loopback port nothing listens on: bound, then closed. */
+function closedPort() {
+  return new Promise((resolve) => {
+    const server = net.createServer().listen(0, '127.0.0.1', () => {
+      const { port } = server.address()
+      server.close(() => resolve(port))
+    })
+  })
+}
+
+pgTest(
+  'acquireLockOrExit with a URL: the first instance holds; a second prints the conflict and exits 1, as when the server is not there',
+  async () => {
+    const first = start('guard.js', { dir: tempDir('pg-guard'), env: { PROCESSLOCK_URL: pg.url } })
+    try {
+      await first.waitFor(`STARTED ${first.pid}`, 30000)
+      expect(pl.getLockInfo('backend', SHORT())).toMatchObject({ pid: first.pid, backend: 'postgres' })
+      const second = await start('guard.js', { dir: tempDir('pg-guard'), env: { PROCESSLOCK_URL: pg.url } }).done(30000)
+      expect(second.code).toBe(1)
+      expect(second.stdout).toBe('')
+      expect(second.stderr.trim().split('\n')).toEqual([
+        '[PROCESS_LOCK_CONFLICT] Another backend (SHORT) is already running!',
+        expect.stringMatching(
+          new RegExp(`^\\[PROCESS_LOCK_CONFLICT\\] Existing process: \\{ pid: ${first.pid}, started: '.+' \\}$`),
+        ),
+        `[PROCESS_LOCK_CONFLICT] To force restart, run: kill ${first.pid}`,
+        `[FATAL] LOCK_CONFLICT: backend (SHORT) is already running (PID: ${first.pid} on ${os.hostname()})`,
+      ])
+      // The first instance still holds.
+      expect(pl.getLockInfo('backend', SHORT())).toMatchObject({ pid: first.pid })
+      // A server that is not there: the [FATAL] line with the code, without the password.
+      const url = `postgres://postgres:secret@127.0.0.1:${await closedPort()}/postgres`
+      const nowhere = await start('guard.js', { dir: tempDir('pg-guard'), env: { PROCESSLOCK_URL: url } }).done(30000)
+      expect(nowhere.code).toBe(1)
+      expect(nowhere.stdout).toBe('')
+      expect(nowhere.stderr.trim().split('\n')).toEqual([expect.stringMatching(/^\[FATAL\] LOCK_IO: connect /)])
+      expect(nowhere.stderr).not.toContain('secret')
+    } finally {
+      first.kill('SIGKILL')
+      await first.done(30000)
+    }
+  },
+)
+
+describe('waits', () => {
+  let holder = null
+  afterEach(async () => {
+    if (holder) {
+      holder.kill('SIGKILL')
+      await holder.done(30000)
+    }
+    holder = null
+  })
+
+  pgTest('a wait in acquireLockAsync is woken by the kill -9 of the holder, with a larger token', async () => {
+    holder = lease('hold')
+    const first = await held(holder)
+    const waiter = lease('await', { OLD_PID: String(holder.pid) })
+    await until(async () => (await waitingSessions()) === '1', 'the waiter waits in the server')
+    holder.kill('SIGKILL')
+    const { old, info } = await got(waiter)
+    expect(old).toBe('gone')
+    expect(info).toMatchObject({ pid: waiter.pid, backend: 'postgres' })
+    expect(BigInt(info.fencingToken)).toBeGreaterThan(BigInt(first.fencingToken))
+    expect((await waiter.done(30000)).code).toBe(0)
+  })
+
+  pgTest('a wait that runs out is LOCK_CONFLICT naming the holder, and leaves no session behind', async () => {
+    holder = lease('hold')
+    await held(holder)
+    const holderSession = await sessionOf(holder.pid)
+    const others = async () =>
+      (
+        await pg.sql(
+          `SELECT count(*) FROM pg_stat_activity WHERE application_name = 'processlock' AND pid <> ${holderSession}`,
+        )
+      )[0]
+
+    let err = null
+    try {
+      pl.acquireLock('backend', SHORT({ waitMs: 300 }))
+    } catch (e) {
+      err = e
+    }
+    expect(err).toBeInstanceOf(pl.LockConflictError)
+    expect(err.holder).toMatchObject({ pid: holder.pid })
+    expect(err.waitedMs).toBeGreaterThanOrEqual(300)
+    await expect(pl.acquireLockAsync('backend', SHORT({ timeoutMs: 300 }))).rejects.toMatchObject({
+      code: 'LOCK_CONFLICT',
+      holder: { pid: holder.pid },
+    })
+    // The same in a process of its own, which stays alive while the server is looked at.
+    const waiter = lease('wait', { WAIT_MS: '300' })
+    await waiter.waitFor(`FAILED LOCK_CONFLICT ${holder.pid}`, 30000)
+    await waiter.done(30000)
+    // No wait is left in the server, and the sessions that waited are closed.
+    await until(async () => (await waitingSessions()) === '0', 'no session waits')
+    await until(async () => (await others()) === '0', 'the sessions that waited are closed')
+    expect(pl.getLockInfo('backend', SHORT())).toMatchObject({ pid: holder.pid })
+  })
+})
+
+pgTest(
+  'a server that stops under a holder and a waiter: both are told, and after a restart the lock is taken again',
+  async () => {
+    const holder = lease('hold', { ON_LOST: 'signal' })
+    let waiter = null
+    let stopped = false
+    try {
+      const first = await held(holder)
+      waiter = lease('await')
+      await until(async () => (await waitingSessions()) === '1', 'the waiter waits in the server')
+      await pg.stop()
+      stopped = true
+      await holder.waitFor('LOST LockLostError LOCK_LOST', 30000)
+      expect(holder.stderr).toMatch(LOST_LINE)
+      await waiter.waitFor(/FAILED LOCK_IO/, 30000)
+      expect(waiter.stdout).not.toContain('GOT')
+      await pg.start()
+      stopped = false
+      const info = pl.acquireLock('backend', SHORT())
+      expect(info).toMatchObject({ pid: process.pid, backend: 'postgres' })
+      // The counter survives the restart: the new holder is still the newest.
+      expect(BigInt(info.fencingToken)).toBeGreaterThan(BigInt(first.fencingToken))
+      expect(pl.releaseLock('backend', SHORT())).toBe(true)
+    } finally {
+      if (stopped) await pg.start()
+      for (const p of [holder, waiter].filter(Boolean)) {
+        p.kill('SIGKILL')
+        await p.done(30000)
+      }
+    }
+  },
+)
+
+pgTest(
+  'a lock taken again before the notice of its loss arrived stays held; the notice goes to the lost hold',
+  async () => {
+    const p = lease('retake')
+    try {
+      const first = await held(p)
+      await pg.sql(`SELECT pg_terminate_backend(${await sessionOf(p.pid)})`)
+      const again = JSON.parse((await p.waitFor(/AGAIN (.*)\n/, 30000))[1])
+      expect(BigInt(again.fencingToken)).toBeGreaterThan(BigInt(first.fencingToken))
+      // The first hold's signal aborted; the new hold is still this process's, on the server too.
+      await p.waitFor('AFTER ', 30000)
+      expect(p.stdout).toContain('AFTER held=true second=false')
+      expect(p.stderr.match(/\[PROCESS_LOCK_LOST\]/g)).toHaveLength(1)
+      expect(pl.getLockInfo('backend', SHORT())).toMatchObject({ pid: p.pid, fencingToken: again.fencingToken })
+      p.child.stdin.write('release\n')
+      await p.waitFor('RELEASED true', 30000)
+      expect((await p.done(30000)).code).toBe(0)
+      expect(pl.getLockInfo('backend', SHORT())).toBeNull()
+    } finally {
+      p.kill('SIGKILL')
+    }
+  },
+)
