@@ -10,33 +10,13 @@ const os = require('node:os')
 const path = require('node:path')
 const pl = require('..')
 const { FIXTURES, start, tempDir, watch } = require('./helpers/proc')
-const { startPg } = require('./helpers/pg')
+const { LOST_EXIT_STATUS, held, usePg } = require('./helpers/pg')
 
-/** The exit status of a process that lost its lock with `onLost: 'exit'`. */
-const LOST_EXIT_STATUS = 75
 /** Short enough to keep the tests short, long enough for heartbeats on a loaded machine. */
 const LEASE_MS = 3000
 
-let pg = null
-
-beforeAll(async () => {
-  pg = await startPg()
-}, 180000)
-
-afterAll(async () => {
-  if (pg) await pg.close()
-})
-
-/** `test`, or a skipped test (the reason was printed) where PostgreSQL is not installed. */
-const pgTest = (name, fn, timeout = 60000) =>
-  test(
-    name,
-    async () => {
-      if (!pg) return
-      await fn()
-    },
-    timeout,
-  )
+const pg = usePg()
+const pgTest = (name, fn, timeout = 60000) => pg.test(name, fn, timeout)
 
 /** `node pg-lease.js <mode>` with a lock directory of its own and the server's URL. */
 function lease(mode, env = {}) {
@@ -45,11 +25,6 @@ function lease(mode, env = {}) {
     env: { PROCESSLOCK_URL: pg.url, LEASE_MS: String(LEASE_MS), ...env },
     args: [mode],
   })
-}
-
-async function held(p) {
-  const m = await p.waitFor(/HELD (.*)\n/, 30000)
-  return JSON.parse(m[1])
 }
 
 /** The waiter's outcome: { old: the old holder's state at the handover, info }. */

@@ -6,22 +6,14 @@ const net = require('node:net')
 const path = require('node:path')
 const pl = require('..')
 const { start, tempDir } = require('./helpers/proc')
-const { usePg } = require('./helpers/pg')
+const { LOST_EXIT_STATUS, held, usePg } = require('./helpers/pg')
 const { cli } = require('./helpers/cli-proc')
-
-/** The exit status of a process that lost its lock with `onLost: 'exit'`. */
-const LOST_EXIT_STATUS = 75
 
 const pg = usePg()
 const pgTest = pg.test
 
 function holder(mode, env = {}) {
   return start('pg-holder.js', { dir: tempDir('pg'), env: { PROCESSLOCK_URL: pg.url, ...env }, args: [mode] })
-}
-
-async function held(p) {
-  const m = await p.waitFor(/HELD (.*)\n/, 30000)
-  return JSON.parse(m[1])
 }
 
 /** The server processes of the sessions that hold an advisory lock. */

@@ -8,6 +8,9 @@ const fs = require('node:fs')
 const path = require('node:path')
 const { ROOT, watch } = require('./proc.js')
 
+/** The exit status of a process that lost its lock with `onLost: 'exit'` (src/losses.rs). */
+const LOST_EXIT_STATUS = 75
+
 const EXE = path.join(ROOT, 'target', 'release', 'examples', 'pg_server')
 
 function build() {
@@ -96,4 +99,10 @@ function usePg(options) {
   return pg
 }
 
-module.exports = { startPg, usePg }
+/** The lock information a holder fixture prints in its `HELD <json>` line. */
+async function held(p) {
+  const m = await p.waitFor(/HELD (.*)\n/, 30000)
+  return JSON.parse(m[1])
+}
+
+module.exports = { LOST_EXIT_STATUS, held, startPg, usePg }
