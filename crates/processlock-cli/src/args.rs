@@ -89,10 +89,17 @@ pub enum Command {
         process_type: String,
         side: Option<String>,
         name: Option<String>,
+        /// `--url`: hold the lock on a PostgreSQL server instead of in the lock directory.
+        url: Option<String>,
         /// Milliseconds to wait for the holder; `None`: fail at once.
         wait_ms: Option<u64>,
-        /// `--replace`: the grace period in milliseconds between SIGTERM and SIGKILL.
-        replace_grace_ms: Option<u64>,
+        /// `--replace`: stop the holder (on this host) and take its place.
+        replace: bool,
+        /// `--grace`: milliseconds between SIGTERM and SIGKILL, for a replaced holder or, on a
+        /// server, for the command once the lock is lost; `None`: the default.
+        grace_ms: Option<u64>,
+        /// `--lease`: the lease of a lock on a server, in milliseconds; `None`: the default.
+        lease_ms: Option<u64>,
         quiet: bool,
         command: Vec<OsString>,
     },
@@ -245,9 +252,11 @@ struct RunArgs {
     process_type: Option<String>,
     side: Option<String>,
     name: Option<String>,
+    url: Option<String>,
     wait_ms: Option<u64>,
     replace: bool,
     grace_ms: Option<u64>,
+    lease_ms: Option<u64>,
     quiet: bool,
 }
 
@@ -285,6 +294,8 @@ fn parse_run(cur: &mut Cursor, dir: &mut Option<PathBuf>) -> Result<Command, Usa
             }
             ("--replace", None) => opts.replace = true,
             ("--grace", inline) => opts.grace_ms = Some(millis(cur, "--grace", inline)?),
+            ("--url", inline) => opts.url = Some(utf8_value(cur, "--url", inline)?),
+            ("--lease", inline) => opts.lease_ms = Some(millis(cur, "--lease", inline)?),
             ("--dir", inline) => *dir = Some(dir_value(cur, inline)?),
             ("-q" | "--quiet", None) => opts.quiet = true,
             ("-h" | "--help", None) => return Ok(Command::Help),
@@ -304,9 +315,8 @@ fn run_command(opts: RunArgs, command: Vec<OsString>) -> Result<Command, Usage> 
             "run needs a command to run, e.g. processlock run {process_type} -- node server.js"
         ));
     }
-    if opts.grace_ms.is_some() && !opts.replace {
-        return usage("--grace goes with --replace");
-    }
+    // Whether --grace and --lease make sense depends on where the lock is, which
+    // $PROCESSLOCK_URL may decide: checked once that is known.
     if opts.replace && opts.wait_ms.is_some() {
         return usage("--replace waits for the holder by itself (see --grace); drop --wait");
     }
@@ -314,11 +324,11 @@ fn run_command(opts: RunArgs, command: Vec<OsString>) -> Result<Command, Usage> 
         process_type,
         side: opts.side,
         name: opts.name,
+        url: opts.url,
         wait_ms: opts.wait_ms,
-        replace_grace_ms: opts.replace.then(|| {
-            opts.grace_ms
-                .unwrap_or(processlock::DEFAULT_GRACE.as_millis() as u64)
-        }),
+        replace: opts.replace,
+        grace_ms: opts.grace_ms,
+        lease_ms: opts.lease_ms,
         quiet: opts.quiet,
         command,
     })
@@ -458,8 +468,11 @@ mod tests {
             process_type: "backend".into(),
             side: Some("LONG".into()),
             name: Some("api".into()),
+            url: None,
             wait_ms: Some(1500),
-            replace_grace_ms: None,
+            replace: false,
+            grace_ms: None,
+            lease_ms: None,
             quiet: true,
             command: vec![
                 "node".into(),
@@ -509,25 +522,51 @@ mod tests {
                 process_type: "worker".into(),
                 side: None,
                 name: None,
+                url: None,
                 wait_ms: None,
-                replace_grace_ms: None,
+                replace: false,
+                grace_ms: None,
+                lease_ms: None,
                 quiet: false,
                 command: vec!["--weird-command".into()],
             }
         );
         let replacing = |args: &[&str]| match run_cmd(args) {
             Command::Run {
-                replace_grace_ms, ..
-            } => replace_grace_ms,
+                replace, grace_ms, ..
+            } => (replace, grace_ms),
             other => panic!("{other:?}"),
         };
         assert_eq!(
             replacing(&["run", "x", "--replace", "--", "y"]),
-            Some(10_000)
+            (true, None)
         );
         assert_eq!(
             replacing(&["run", "x", "--replace", "--grace=250", "--", "y"]),
-            Some(250)
+            (true, Some(250))
+        );
+        let on_server = |args: &[&str]| match run_cmd(args) {
+            Command::Run {
+                url,
+                grace_ms,
+                lease_ms,
+                ..
+            } => (url, grace_ms, lease_ms),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            on_server(&[
+                "run",
+                "x",
+                "--url",
+                "postgres://u@h/db",
+                "--lease=3000",
+                "--grace",
+                "500",
+                "--",
+                "y"
+            ]),
+            (Some("postgres://u@h/db".into()), Some(500), Some(3000))
         );
     }
 
@@ -551,7 +590,8 @@ mod tests {
             &["run", "backend", "--bogus", "--", "x"],
             &["run", "backend", "--wait", "soon", "--", "x"],
             &["run", "backend", "--wait=-1", "--", "x"],
-            &["run", "backend", "--grace", "5", "--", "x"],
+            &["run", "backend", "--lease", "soon", "--", "x"],
+            &["run", "backend", "--url"],
             &["run", "backend", "--replace", "--grace", "soon", "--", "x"],
             &["run", "backend", "--replace", "--wait", "5", "--", "x"],
         ] {

@@ -2,7 +2,8 @@
 
 use std::fmt;
 
-use processlock::{ErrorCode, Record};
+use processlock::report;
+use processlock::{ErrorCode, LockName, Record};
 
 pub type Result<T> = std::result::Result<T, Error>;
 
@@ -21,6 +22,40 @@ pub struct Conflict {
     pub client_addr: Option<String>,
     /// How long the caller waited before giving up (0 when it did not wait).
     pub waited_ms: u64,
+}
+
+impl Conflict {
+    /// The conflict lines for the lock `name`: those of a lock file when the holder wrote its
+    /// record. A holder that wrote none (yet) is a server session, which `fuser` cannot find:
+    /// the lines say where to look instead.
+    pub fn lines(&self, name: &LockName) -> Vec<String> {
+        if self.holder.pid != 0 {
+            // The path only appears in the lines of a holder without a record.
+            return report::conflict(name, &self.holder, std::path::Path::new(&self.lock));
+        }
+        let who = match self.backend_pid {
+            Some(pid) => format!("server process {pid}"),
+            None => "a server session".to_string(),
+        };
+        let mut find =
+            "To find it, run: processlock check --url <URL> --json (serverPid, clientAddr)"
+                .to_string();
+        if let Some(pid) = self.backend_pid {
+            find.push_str(&format!(
+                ", or on the server: SELECT client_addr, application_name, backend_start FROM pg_stat_activity WHERE pid = {pid}"
+            ));
+        }
+        vec![
+            format!(
+                "[PROCESS_LOCK_CONFLICT] Another {} is already running!",
+                name.display()
+            ),
+            format!(
+                "[PROCESS_LOCK_CONFLICT] Existing process: unknown ({who} holds the lock but wrote no record yet)"
+            ),
+            format!("[PROCESS_LOCK_CONFLICT] {find}"),
+        ]
+    }
 }
 
 /// Why a held lock was given up without being released.
