@@ -12,6 +12,8 @@ Usage:
   processlock clear [--force] [--dir DIR | --url URL]
   processlock run <type> [--side SIDE] [--wait MS | --replace [--grace MS]] [--name NAME] [--quiet]
                   [--dir DIR] -- <command> [args...]
+  processlock run <type> --url URL [--side SIDE] [--wait MS] [--lease MS] [--grace MS]
+                  [--name NAME] [--quiet] -- <command> [args...]
 
 Commands:
   check   List the lock files in the lock directory: type, side, PID, start time, uptime,
@@ -35,21 +37,34 @@ Commands:
           With --replace, a holder on this host (verified by its PID and start token) is sent
           SIGTERM, then SIGKILL if it still holds the lock after the grace period, and the
           command starts once it has let go. A holder on another host is never signalled.
+          With --url (or $PROCESSLOCK_URL) the lock is held on that PostgreSQL server by the
+          processlock process itself, not by the command (a server session cannot be handed
+          on): the record names processlock's PID, and the lock ends with processlock. The
+          command gets $PROCESSLOCK_FENCING_TOKEN (the lock's fencing token) and must not take
+          the same lock itself (it would conflict). If the lock is lost (no heartbeat
+          confirmed in time, the session ended, the server stopped), processlock prints
+          [PROCESS_LOCK_LOST], sends the command SIGTERM, then SIGKILL after --grace (default:
+          a quarter of the lease, about when the server may give the lock to another holder),
+          and exits with status 75. On Linux the command also gets SIGKILL if processlock is
+          killed (processes the command started itself are not reached).
 
 Options:
   --dir DIR      Lock directory. Default: $PROCESSLOCK_DIR, else runtime/locks under the
                  nearest directory (from the current one up) that has a package.json.
-  --url URL      Locks held on this PostgreSQL server instead of in a directory (check,
-                 clear). Default: $PROCESSLOCK_URL. check lists lock, state, PID, host, start,
-                 fencing token and client address; clear removes records no live session
-                 stands behind; clear --force ends the session of every holder
-                 (pg_terminate_backend, which needs the right role): the holders lose their
-                 locks at their next heartbeat. run does not hold server locks yet: it refuses
-                 to start while $PROCESSLOCK_URL is set.
+  --url URL      Locks held on this PostgreSQL server instead of in a directory. Default:
+                 $PROCESSLOCK_URL. check lists lock, state, PID, host, start, fencing token and
+                 client address; clear removes records no live session stands behind; clear
+                 --force ends the session of every holder (pg_terminate_backend, which needs
+                 the right role): the holders lose their locks at their next heartbeat. run
+                 holds the lock on the server (see run above; not with --replace).
   --side SIDE    Trade side of the lock (run, check <type>). Default: $TRADE_SIDE; '' for none.
   --wait MS      Wait up to MS milliseconds for a holder to let go (run). Default: 0, fail at once.
   --replace      Stop the holder and take its place (run): SIGTERM, then SIGKILL after --grace.
   --grace MS     How long a replaced holder may take to exit after SIGTERM. Default: 10000.
+                 With --url: how long the command may take to exit after SIGTERM once the lock
+                 is lost. Default: a quarter of the lease.
+  --lease MS     With --url: how long the server keeps the lock of a holder it no longer
+                 hears from (frozen, cut off). Default: 10000; at least 1000.
   --name NAME    Process name written in the lock record (run): at most 256 characters, no
                  control characters. Default: trader-<side>-<type>.
   -q, --quiet    Do not print the acquired/released lines (run). Conflicts are always printed.
@@ -59,8 +74,8 @@ Options:
   -V, --version  Show the version.
 
 Exit status: 0 on success; 1 on a lock conflict or an I/O error; 2 on a usage error; for run,
-otherwise the command's own status (127: command not found, 126: not executable); for
-check <type>, as above.
+otherwise the command's own status (127: command not found, 126: not executable), or 75 when
+the lock on a server was lost and the command was stopped; for check <type>, as above.
 
 run and clear refuse (LOCK_UNSAFE_DIR) a lock directory that other users may delete files in:
 writable by others without the sticky bit, or owned by a user other than this one and root.

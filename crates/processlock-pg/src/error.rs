@@ -207,3 +207,45 @@ impl fmt::Display for Error {
 }
 
 impl std::error::Error for Error {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conflict(pid: u32, backend_pid: Option<i32>) -> Conflict {
+        Conflict {
+            lock: "backend (SHORT)".into(),
+            holder: Record {
+                started: "2025-10-18T22:38:49Z".into(),
+                ..Record::pid_only(pid)
+            },
+            fencing_token: None,
+            backend_pid,
+            client_addr: None,
+            waited_ms: 0,
+        }
+    }
+
+    #[test]
+    fn a_holder_without_a_record_is_found_on_the_server_not_with_fuser() {
+        let name = LockName::new("backend", Some("SHORT")).unwrap();
+        // With a record: the lines of a lock file, word for word.
+        assert_eq!(
+            conflict(51172, Some(4711)).lines(&name),
+            report::conflict(
+                &name,
+                &conflict(51172, None).holder,
+                std::path::Path::new("x")
+            )
+        );
+        let lines = conflict(0, Some(4711)).lines(&name);
+        assert_eq!(
+            lines[1],
+            "[PROCESS_LOCK_CONFLICT] Existing process: unknown (server process 4711 holds the lock but wrote no record yet)"
+        );
+        assert!(lines[2].ends_with("FROM pg_stat_activity WHERE pid = 4711"));
+        let unknown = conflict(0, None).lines(&name).join("\n");
+        assert!(unknown.contains("processlock check --url <URL>"));
+        assert!(!unknown.contains("fuser") && !unknown.contains("pg_stat_activity"));
+    }
+}
