@@ -214,6 +214,30 @@ pgTest(
   120000,
 )
 
+pgTest(
+  'a processlock frozen past its lease: another instance takes over, and on waking it stops its command',
+  async () => {
+    const run = runOnServer('frozen', ['--lease', '2000'], ['signal-exit', '0'])
+    await childPid(run)
+    process.kill(run.pid, 'SIGSTOP')
+    let resumed = false
+    try {
+      // The server ends the silent session after the lease; the next instance was waiting for it.
+      const next = await tryRun('frozen', {}, ['--url', pg.url, '--wait', '30000'])
+      expect(next.code).toBe(0)
+      expect(next.stdout).toContain('RAN')
+      process.kill(run.pid, 'SIGCONT')
+      resumed = true
+      const r = await run.done(30000)
+      expect(r.code).toBe(LOST_EXIT_STATUS)
+      expect(r.stdout).toContain('GOT SIGTERM')
+      expect(r.stderr).toContain('no heartbeat was confirmed')
+    } finally {
+      if (!resumed) process.kill(run.pid, 'SIGCONT')
+    }
+  },
+)
+
 pgTest('a holder session that wrote no record is named by its server process, with no fuser hint', async () => {
   // A session that takes the lock without this library (so without a record), and keeps it.
   const other = watch(
