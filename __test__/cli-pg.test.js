@@ -293,6 +293,13 @@ pgTest('a bad URL or lease is a usage error, an unreachable server an I/O error;
   expect(gone.stderr).toContain('[FATAL] LOCK_IO: connect')
   expect(gone.stderr).not.toContain('secret')
   expect(gone.stdout).not.toContain('RAN')
+  // A command that cannot be run: 127, and the lock it was taken for is let go.
+  const missing = await cli(['run', 'backend', '--url', pg.url, '--', '/nonexistent/command'], {
+    dir: tempDir('cli-pg'),
+  })
+  expect(missing.code).toBe(127)
+  expect(missing.stderr).not.toContain('[PROCESS_LOCK_ACQUIRED]')
+  expect(await holdersOf('backend')).toEqual([])
   // Without a server, --lease means nothing, and --grace only goes with --replace.
   expect((await tryRun('backend', {}, ['--lease', '3000'])).code).toBe(2)
   expect((await tryRun('backend', {}, ['--grace', '3000'])).code).toBe(2)

@@ -72,9 +72,6 @@ pub fn run(o: Options) -> i32 {
             return 1;
         }
     };
-    if !o.quiet {
-        eprintln!("{}", report::acquired(&o.name, held.record().pid));
-    }
     let mut cmd = Command::new(&o.command[0]);
     cmd.args(&o.command[1..])
         .env(FENCING_TOKEN_ENV, held.fencing_token());
@@ -84,7 +81,12 @@ pub fn run(o: Options) -> i32 {
         cmd.pre_exec(move || child_side(parent));
     }
     match cmd.spawn() {
-        Ok(child) => supervise(child, held, &loss, &o),
+        Ok(child) => {
+            if !o.quiet {
+                eprintln!("{}", report::acquired(&o.name, held.record().pid));
+            }
+            supervise(child, held, &loss, &o)
+        }
         Err(e) => {
             let _ = held.release();
             cannot_run(&o.command[0].to_string_lossy(), &e)
