@@ -18,11 +18,7 @@ use processlock::{report, Error, Holder, LockName};
 
 use crate::{Failure, REGISTRY};
 
-/// The exit status of a process that ends because it lost a lock (`onLost: 'exit'`): 75, the
-/// `EX_TEMPFAIL` of sysexits.h ("try again later"), which neither a crash (1), a start-up
-/// conflict (1) nor a signal (128 + n) gives. A supervisor restarts the process, and the new
-/// instance waits for the lock like any other.
-pub(crate) const LOST_EXIT_STATUS: i32 = 75;
+pub(crate) use processlock::report::LOST_EXIT_STATUS;
 
 /// How often the lock file watcher looks at the files it watches (one `lstat` each).
 const FILE_WATCH_EVERY: Duration = Duration::from_millis(200);

@@ -49,14 +49,14 @@ pub(crate) struct PgLock {
 
 impl PgLock {
     pub fn new(opts: PgOptions, name: LockName) -> Result<Self, Box<Failure>> {
-        let server = opts.check().map_err(|e| Box::new(failure(e, None, "")))?;
+        let server = opts.check().map_err(|e| Box::new(failure(e, None)))?;
         let id = format!("{server}#{}/{}", opts.namespace, name.file_name());
         Ok(Self { opts, name, id })
     }
 
     fn failed<T: Default + crate::Failed>(&self, e: PgError) -> T {
         let mut out = T::default();
-        out.set_error(failure(e, Some(&self.name), &self.id));
+        out.set_error(failure(e, Some(&self.name)));
         out
     }
 }
@@ -301,7 +301,7 @@ impl PgLock {
             if exit {
                 losses::exit_now(&line, LOST_EXIT_STATUS);
             }
-            let failure = failure(PgError::Lost(lost.clone()), Some(&name), &id);
+            let failure = failure(PgError::Lost(lost.clone()), Some(&name));
             for holder in lock_vec(&holders).iter() {
                 losses::notify(*holder, &id, Some(&lost.fencing_token), &failure, &line);
             }
@@ -355,14 +355,14 @@ pub(crate) fn list(opts: &PgOptions) -> ListOutcome {
         }
         Err(e) => {
             let mut out = ListOutcome::default();
-            crate::Failed::set_error(&mut out, failure(e, None, ""));
+            crate::Failed::set_error(&mut out, failure(e, None));
             out
         }
     }
 }
 
-/// A server-side failure as the JS layer expects one; `id` names the lock in conflict lines.
-pub(crate) fn failure(e: PgError, name: Option<&LockName>, id: &str) -> Failure {
+/// A server-side failure as the JS layer expects one.
+pub(crate) fn failure(e: PgError, name: Option<&LockName>) -> Failure {
     let (holder, waited_ms, lines) = match &e {
         PgError::Conflict(c) => (
             Some(LockRecord {
@@ -370,8 +370,7 @@ pub(crate) fn failure(e: PgError, name: Option<&LockName>, id: &str) -> Failure 
                 ..LockRecord::postgres(c.holder.clone())
             }),
             Some(c.waited_ms as f64),
-            name.map(|n| report::conflict(n, &c.holder, std::path::Path::new(id)))
-                .unwrap_or_default(),
+            name.map(|n| c.lines(n)).unwrap_or_default(),
         ),
         _ => (None, None, Vec::new()),
     };

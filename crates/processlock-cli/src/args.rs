@@ -12,6 +12,8 @@ Usage:
   processlock clear [--force] [--dir DIR | --url URL]
   processlock run <type> [--side SIDE] [--wait MS | --replace [--grace MS]] [--name NAME] [--quiet]
                   [--dir DIR] -- <command> [args...]
+  processlock run <type> --url URL [--side SIDE] [--wait MS] [--lease MS] [--grace MS]
+                  [--name NAME] [--quiet] -- <command> [args...]
 
 Commands:
   check   List the lock files in the lock directory: type, side, PID, start time, uptime,
@@ -35,21 +37,34 @@ Commands:
           With --replace, a holder on this host (verified by its PID and start token) is sent
           SIGTERM, then SIGKILL if it still holds the lock after the grace period, and the
           command starts once it has let go. A holder on another host is never signalled.
+          With --url (or $PROCESSLOCK_URL) the lock is held on that PostgreSQL server by the
+          processlock process itself, not by the command (a server session cannot be handed
+          on): the record names processlock's PID, and the lock ends with processlock. The
+          command gets $PROCESSLOCK_FENCING_TOKEN (the lock's fencing token) and must not take
+          the same lock itself (it would conflict). If the lock is lost (no heartbeat
+          confirmed in time, the session ended, the server stopped), processlock prints
+          [PROCESS_LOCK_LOST], sends the command SIGTERM, then SIGKILL after --grace (default:
+          a quarter of the lease, about when the server may give the lock to another holder),
+          and exits with status 75. On Linux the command also gets SIGKILL if processlock is
+          killed (processes the command started itself are not reached).
 
 Options:
   --dir DIR      Lock directory. Default: $PROCESSLOCK_DIR, else runtime/locks under the
                  nearest directory (from the current one up) that has a package.json.
-  --url URL      Locks held on this PostgreSQL server instead of in a directory (check,
-                 clear). Default: $PROCESSLOCK_URL. check lists lock, state, PID, host, start,
-                 fencing token and client address; clear removes records no live session
-                 stands behind; clear --force ends the session of every holder
-                 (pg_terminate_backend, which needs the right role): the holders lose their
-                 locks at their next heartbeat. run does not hold server locks yet: it refuses
-                 to start while $PROCESSLOCK_URL is set.
+  --url URL      Locks held on this PostgreSQL server instead of in a directory. Default:
+                 $PROCESSLOCK_URL. check lists lock, state, PID, host, start, fencing token and
+                 client address; clear removes records no live session stands behind; clear
+                 --force ends the session of every holder (pg_terminate_backend, which needs
+                 the right role): the holders lose their locks at their next heartbeat. run
+                 holds the lock on the server (see run above; not with --replace).
   --side SIDE    Trade side of the lock (run, check <type>). Default: $TRADE_SIDE; '' for none.
   --wait MS      Wait up to MS milliseconds for a holder to let go (run). Default: 0, fail at once.
   --replace      Stop the holder and take its place (run): SIGTERM, then SIGKILL after --grace.
   --grace MS     How long a replaced holder may take to exit after SIGTERM. Default: 10000.
+                 With --url: how long the command may take to exit after SIGTERM once the lock
+                 is lost. Default: a quarter of the lease.
+  --lease MS     With --url: how long the server keeps the lock of a holder it no longer
+                 hears from (frozen, cut off). Default: 10000; at least 1000.
   --name NAME    Process name written in the lock record (run): at most 256 characters, no
                  control characters. Default: trader-<side>-<type>.
   -q, --quiet    Do not print the acquired/released lines (run). Conflicts are always printed.
@@ -59,8 +74,8 @@ Options:
   -V, --version  Show the version.
 
 Exit status: 0 on success; 1 on a lock conflict or an I/O error; 2 on a usage error; for run,
-otherwise the command's own status (127: command not found, 126: not executable); for
-check <type>, as above.
+otherwise the command's own status (127: command not found, 126: not executable), or 75 when
+the lock on a server was lost and the command was stopped; for check <type>, as above.
 
 run and clear refuse (LOCK_UNSAFE_DIR) a lock directory that other users may delete files in:
 writable by others without the sticky bit, or owned by a user other than this one and root.
@@ -89,10 +104,17 @@ pub enum Command {
         process_type: String,
         side: Option<String>,
         name: Option<String>,
+        /// `--url`: hold the lock on a PostgreSQL server instead of in the lock directory.
+        url: Option<String>,
         /// Milliseconds to wait for the holder; `None`: fail at once.
         wait_ms: Option<u64>,
-        /// `--replace`: the grace period in milliseconds between SIGTERM and SIGKILL.
-        replace_grace_ms: Option<u64>,
+        /// `--replace`: stop the holder (on this host) and take its place.
+        replace: bool,
+        /// `--grace`: milliseconds between SIGTERM and SIGKILL, for a replaced holder or, on a
+        /// server, for the command once the lock is lost; `None`: the default.
+        grace_ms: Option<u64>,
+        /// `--lease`: the lease of a lock on a server, in milliseconds; `None`: the default.
+        lease_ms: Option<u64>,
         quiet: bool,
         command: Vec<OsString>,
     },
@@ -245,9 +267,11 @@ struct RunArgs {
     process_type: Option<String>,
     side: Option<String>,
     name: Option<String>,
+    url: Option<String>,
     wait_ms: Option<u64>,
     replace: bool,
     grace_ms: Option<u64>,
+    lease_ms: Option<u64>,
     quiet: bool,
 }
 
@@ -285,6 +309,8 @@ fn parse_run(cur: &mut Cursor, dir: &mut Option<PathBuf>) -> Result<Command, Usa
             }
             ("--replace", None) => opts.replace = true,
             ("--grace", inline) => opts.grace_ms = Some(millis(cur, "--grace", inline)?),
+            ("--url", inline) => opts.url = Some(utf8_value(cur, "--url", inline)?),
+            ("--lease", inline) => opts.lease_ms = Some(millis(cur, "--lease", inline)?),
             ("--dir", inline) => *dir = Some(dir_value(cur, inline)?),
             ("-q" | "--quiet", None) => opts.quiet = true,
             ("-h" | "--help", None) => return Ok(Command::Help),
@@ -304,9 +330,8 @@ fn run_command(opts: RunArgs, command: Vec<OsString>) -> Result<Command, Usage> 
             "run needs a command to run, e.g. processlock run {process_type} -- node server.js"
         ));
     }
-    if opts.grace_ms.is_some() && !opts.replace {
-        return usage("--grace goes with --replace");
-    }
+    // Whether --grace and --lease make sense depends on where the lock is, which
+    // $PROCESSLOCK_URL may decide: checked once that is known.
     if opts.replace && opts.wait_ms.is_some() {
         return usage("--replace waits for the holder by itself (see --grace); drop --wait");
     }
@@ -314,11 +339,11 @@ fn run_command(opts: RunArgs, command: Vec<OsString>) -> Result<Command, Usage> 
         process_type,
         side: opts.side,
         name: opts.name,
+        url: opts.url,
         wait_ms: opts.wait_ms,
-        replace_grace_ms: opts.replace.then(|| {
-            opts.grace_ms
-                .unwrap_or(processlock::DEFAULT_GRACE.as_millis() as u64)
-        }),
+        replace: opts.replace,
+        grace_ms: opts.grace_ms,
+        lease_ms: opts.lease_ms,
         quiet: opts.quiet,
         command,
     })
@@ -458,8 +483,11 @@ mod tests {
             process_type: "backend".into(),
             side: Some("LONG".into()),
             name: Some("api".into()),
+            url: None,
             wait_ms: Some(1500),
-            replace_grace_ms: None,
+            replace: false,
+            grace_ms: None,
+            lease_ms: None,
             quiet: true,
             command: vec![
                 "node".into(),
@@ -509,25 +537,51 @@ mod tests {
                 process_type: "worker".into(),
                 side: None,
                 name: None,
+                url: None,
                 wait_ms: None,
-                replace_grace_ms: None,
+                replace: false,
+                grace_ms: None,
+                lease_ms: None,
                 quiet: false,
                 command: vec!["--weird-command".into()],
             }
         );
         let replacing = |args: &[&str]| match run_cmd(args) {
             Command::Run {
-                replace_grace_ms, ..
-            } => replace_grace_ms,
+                replace, grace_ms, ..
+            } => (replace, grace_ms),
             other => panic!("{other:?}"),
         };
         assert_eq!(
             replacing(&["run", "x", "--replace", "--", "y"]),
-            Some(10_000)
+            (true, None)
         );
         assert_eq!(
             replacing(&["run", "x", "--replace", "--grace=250", "--", "y"]),
-            Some(250)
+            (true, Some(250))
+        );
+        let on_server = |args: &[&str]| match run_cmd(args) {
+            Command::Run {
+                url,
+                grace_ms,
+                lease_ms,
+                ..
+            } => (url, grace_ms, lease_ms),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            on_server(&[
+                "run",
+                "x",
+                "--url",
+                "postgres://u@h/db",
+                "--lease=3000",
+                "--grace",
+                "500",
+                "--",
+                "y"
+            ]),
+            (Some("postgres://u@h/db".into()), Some(500), Some(3000))
         );
     }
 
@@ -551,7 +605,8 @@ mod tests {
             &["run", "backend", "--bogus", "--", "x"],
             &["run", "backend", "--wait", "soon", "--", "x"],
             &["run", "backend", "--wait=-1", "--", "x"],
-            &["run", "backend", "--grace", "5", "--", "x"],
+            &["run", "backend", "--lease", "soon", "--", "x"],
+            &["run", "backend", "--url"],
             &["run", "backend", "--replace", "--grace", "soon", "--", "x"],
             &["run", "backend", "--replace", "--wait", "5", "--", "x"],
         ] {

@@ -4,7 +4,7 @@
 //! * `clear`: removes lock files nobody holds (held ones too with `--force`);
 //! * `run`: holds a lock for as long as a command runs.
 //!
-//! `check` and `clear` look at a PostgreSQL server instead with `--url` or `$PROCESSLOCK_URL`.
+//! With `--url` or `$PROCESSLOCK_URL`, all three work on locks held on a PostgreSQL server.
 //!
 //! Defaults (lock directory, trade side) and log lines come from the core, so the command and the
 //! Node addon agree on them.
@@ -19,6 +19,8 @@ mod errno;
 mod replace;
 #[cfg(unix)]
 mod run;
+#[cfg(unix)]
+mod run_server;
 mod server;
 #[cfg(unix)]
 mod signals;
@@ -90,8 +92,11 @@ fn execute(dir: Option<&Path>, command: Command) -> i32 {
             process_type,
             side,
             name,
+            url,
             wait_ms,
-            replace_grace_ms,
+            replace,
+            grace_ms,
+            lease_ms,
             quiet,
             command,
         } => {
@@ -99,14 +104,40 @@ fn execute(dir: Option<&Path>, command: Command) -> i32 {
                 Ok(n) => n,
                 Err(e) => return usage_error(&e.to_string()),
             };
-            if server_url(None).is_some() {
-                // A lock file would not keep out an instance on another host: refuse rather
-                // than hold a lock the operator did not ask for.
-                eprintln!("[FATAL] processlock run cannot hold a lock on a server yet; unset PROCESSLOCK_URL to lock a file on this host");
-                return 1;
-            }
             if let Err(e) = check_process_name(name.as_deref()) {
                 return usage_error(&e.to_string());
+            }
+            let millis = |ms: Option<u64>| ms.map(std::time::Duration::from_millis);
+            if let Some(url) = server_url(url) {
+                if replace {
+                    return usage_error("--replace stops a holder on this host only, and a lock on a server may be held from any host: stop the holder where it runs (processlock check --url shows where)");
+                }
+                let mut pg = processlock_pg::PgOptions::new(url);
+                if let Some(lease) = millis(lease_ms) {
+                    pg.lease = lease;
+                }
+                pg.process_name = name;
+                // A URL or lease that cannot work is a usage error: nothing was sent anywhere.
+                if let Err(e) = pg.check() {
+                    return usage_error(&printable(&e.to_string()));
+                }
+                let grace = millis(grace_ms).unwrap_or_else(|| pg.loss_margin());
+                return run_on_server(ServerRun {
+                    pg,
+                    name: lock_name,
+                    wait: millis(wait_ms),
+                    grace,
+                    quiet,
+                    command,
+                });
+            }
+            if lease_ms.is_some() {
+                return usage_error(
+                    "--lease goes with a lock on a server (--url or $PROCESSLOCK_URL)",
+                );
+            }
+            if grace_ms.is_some() && !replace {
+                return usage_error("--grace goes with --replace, or with a lock on a server");
             }
             let dir = match resolve_dir(dir) {
                 Ok(d) => d,
@@ -118,8 +149,9 @@ fn execute(dir: Option<&Path>, command: Command) -> i32 {
             run_command(RunOptions {
                 target: processlock::LockTarget::new(dir, lock_name),
                 process_name: name,
-                wait: wait_ms.map(std::time::Duration::from_millis),
-                replace_grace: replace_grace_ms.map(std::time::Duration::from_millis),
+                wait: millis(wait_ms),
+                replace_grace: replace
+                    .then(|| millis(grace_ms).unwrap_or(processlock::DEFAULT_GRACE)),
                 quiet,
                 command,
             })
@@ -169,6 +201,39 @@ fn run_command(o: RunOptions) -> i32 {
 
 #[cfg(not(unix))]
 fn run_command(_options: RunOptions) -> i32 {
+    run_unsupported()
+}
+
+/// What `run` on a server needs, whatever the platform.
+#[cfg_attr(not(unix), allow(dead_code))]
+struct ServerRun {
+    pg: processlock_pg::PgOptions,
+    name: LockName,
+    wait: Option<std::time::Duration>,
+    grace: std::time::Duration,
+    quiet: bool,
+    command: Vec<std::ffi::OsString>,
+}
+
+#[cfg(unix)]
+fn run_on_server(o: ServerRun) -> i32 {
+    run_server::run(run_server::Options {
+        pg: o.pg,
+        name: o.name,
+        wait: o.wait,
+        grace: o.grace,
+        quiet: o.quiet,
+        command: o.command,
+    })
+}
+
+#[cfg(not(unix))]
+fn run_on_server(_options: ServerRun) -> i32 {
+    run_unsupported()
+}
+
+#[cfg(not(unix))]
+fn run_unsupported() -> i32 {
     eprintln!("processlock: run is not supported on this platform yet");
     1
 }

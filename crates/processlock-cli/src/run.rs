@@ -199,6 +199,11 @@ fn spawn_holding(
 /// The lock was taken but the command could not be executed: the lock was ours for nothing.
 fn exec_failed(acquired: Acquired, program: &str, e: &io::Error) -> i32 {
     let _ = acquired.lock.release();
+    cannot_run(program, e)
+}
+
+/// Says why `program` could not be executed; the shell's exit status for it.
+pub(crate) fn cannot_run(program: &str, e: &io::Error) -> i32 {
     eprintln!("processlock: cannot run {program}: {e}");
     if e.kind() == io::ErrorKind::NotFound {
         127
@@ -483,7 +488,7 @@ fn release(acquired: Acquired, target: &LockTarget, quiet: bool) {
 }
 
 /// The command's exit code, or death by its signal.
-fn exit_like(status: ExitStatus) -> i32 {
+pub(crate) fn exit_like(status: ExitStatus) -> i32 {
     if let Some(signal) = status.signal() {
         signals::die_by(signal);
     }
@@ -500,12 +505,12 @@ fn exit_like(status: ExitStatus) -> i32 {
 ///   a second copy of a signal we have just seen: within `RELAY_WINDOW` it is the same event.
 /// * Anything else (`kill <pid>`, `pm2 stop` without tree-kill, a supervisor) is passed on.
 #[derive(Default)]
-struct Relay {
+pub(crate) struct Relay {
     last_seen: Vec<(c_int, Instant)>,
 }
 
 impl Relay {
-    fn should_forward(&mut self, note: &Note) -> bool {
+    pub(crate) fn should_forward(&mut self, note: &Note) -> bool {
         let seen_recently = self
             .last_seen
             .iter()

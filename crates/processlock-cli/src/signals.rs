@@ -11,6 +11,7 @@ use std::io;
 use std::os::fd::IntoRawFd;
 use std::os::raw::{c_int, c_void};
 use std::sync::atomic::{AtomicI32, Ordering};
+use std::time::{Duration, Instant};
 
 use crate::errno;
 
@@ -134,9 +135,25 @@ pub fn first_received() -> Option<c_int> {
 
 /// Blocks until a signal arrives (`Some`) or `other` becomes readable (`None`).
 pub fn next_or_readable(other: Option<c_int>) -> io::Result<Option<Note>> {
-    let Some(other) = other else {
-        return next().map(Some);
-    };
+    match next_event(other, None)? {
+        Event::Signal(note) => Ok(Some(note)),
+        Event::Readable | Event::TimedOut => Ok(None),
+    }
+}
+
+/// What ended a wait of `next_event`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    Signal(Note),
+    /// The other descriptor became readable.
+    Readable,
+    TimedOut,
+}
+
+/// Blocks until a signal arrives, `other` becomes readable, or `timeout` passes (`None`: no
+/// limit). A signal that arrives meanwhile wins over the other two.
+pub fn next_event(other: Option<c_int>, timeout: Option<Duration>) -> io::Result<Event> {
+    let deadline = timeout.map(|t| Instant::now() + t);
     let mut fds = [
         libc::pollfd {
             fd: PIPE_READ.load(Ordering::SeqCst),
@@ -144,15 +161,29 @@ pub fn next_or_readable(other: Option<c_int>) -> io::Result<Option<Note>> {
             revents: 0,
         },
         libc::pollfd {
-            fd: other,
+            fd: other.unwrap_or(-1),
             events: libc::POLLIN,
             revents: 0,
         },
     ];
     loop {
-        // SAFETY: poll on our own array of two entries.
-        if unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) } >= 0 {
+        let wait_ms = match deadline {
+            None => -1,
+            // Rounded up: waking before the deadline would only mean polling again.
+            Some(d) => c_int::try_from(
+                d.saturating_duration_since(Instant::now())
+                    .as_micros()
+                    .div_ceil(1000),
+            )
+            .unwrap_or(c_int::MAX),
+        };
+        // SAFETY: poll on our own array of two entries (a negative descriptor is ignored).
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, wait_ms) };
+        if n > 0 {
             break;
+        }
+        if n == 0 {
+            return Ok(Event::TimedOut);
         }
         let e = io::Error::last_os_error();
         if e.kind() != io::ErrorKind::Interrupted {
@@ -160,9 +191,9 @@ pub fn next_or_readable(other: Option<c_int>) -> io::Result<Option<Note>> {
         }
     }
     if fds[0].revents != 0 {
-        next().map(Some)
+        next().map(Event::Signal)
     } else {
-        Ok(None)
+        Ok(Event::Readable)
     }
 }
 

@@ -2,7 +2,8 @@
 
 use std::fmt;
 
-use processlock::{ErrorCode, Record};
+use processlock::report;
+use processlock::{ErrorCode, LockName, Record};
 
 pub type Result<T> = std::result::Result<T, Error>;
 
@@ -21,6 +22,40 @@ pub struct Conflict {
     pub client_addr: Option<String>,
     /// How long the caller waited before giving up (0 when it did not wait).
     pub waited_ms: u64,
+}
+
+impl Conflict {
+    /// The conflict lines for the lock `name`: those of a lock file when the holder wrote its
+    /// record. A holder that wrote none (yet) is a server session, which `fuser` cannot find:
+    /// the lines say where to look instead.
+    pub fn lines(&self, name: &LockName) -> Vec<String> {
+        if self.holder.pid != 0 {
+            // The path only appears in the lines of a holder without a record.
+            return report::conflict(name, &self.holder, std::path::Path::new(&self.lock));
+        }
+        let who = match self.backend_pid {
+            Some(pid) => format!("server process {pid}"),
+            None => "a server session".to_string(),
+        };
+        let mut find =
+            "To find it, run: processlock check --url <URL> --json (serverPid, clientAddr)"
+                .to_string();
+        if let Some(pid) = self.backend_pid {
+            find.push_str(&format!(
+                ", or on the server: SELECT client_addr, application_name, backend_start FROM pg_stat_activity WHERE pid = {pid}"
+            ));
+        }
+        vec![
+            format!(
+                "[PROCESS_LOCK_CONFLICT] Another {} is already running!",
+                name.display()
+            ),
+            format!(
+                "[PROCESS_LOCK_CONFLICT] Existing process: unknown ({who} holds the lock but wrote no record yet)"
+            ),
+            format!("[PROCESS_LOCK_CONFLICT] {find}"),
+        ]
+    }
 }
 
 /// Why a held lock was given up without being released.
@@ -172,3 +207,45 @@ impl fmt::Display for Error {
 }
 
 impl std::error::Error for Error {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conflict(pid: u32, backend_pid: Option<i32>) -> Conflict {
+        Conflict {
+            lock: "backend (SHORT)".into(),
+            holder: Record {
+                started: "2025-10-18T22:38:49Z".into(),
+                ..Record::pid_only(pid)
+            },
+            fencing_token: None,
+            backend_pid,
+            client_addr: None,
+            waited_ms: 0,
+        }
+    }
+
+    #[test]
+    fn a_holder_without_a_record_is_found_on_the_server_not_with_fuser() {
+        let name = LockName::new("backend", Some("SHORT")).unwrap();
+        // With a record: the lines of a lock file, word for word.
+        assert_eq!(
+            conflict(51172, Some(4711)).lines(&name),
+            report::conflict(
+                &name,
+                &conflict(51172, None).holder,
+                std::path::Path::new("x")
+            )
+        );
+        let lines = conflict(0, Some(4711)).lines(&name);
+        assert_eq!(
+            lines[1],
+            "[PROCESS_LOCK_CONFLICT] Existing process: unknown (server process 4711 holds the lock but wrote no record yet)"
+        );
+        assert!(lines[2].ends_with("FROM pg_stat_activity WHERE pid = 4711"));
+        let unknown = conflict(0, None).lines(&name).join("\n");
+        assert!(unknown.contains("processlock check --url <URL>"));
+        assert!(!unknown.contains("fuser") && !unknown.contains("pg_stat_activity"));
+    }
+}

@@ -57,6 +57,19 @@ impl PgOptions {
     pub fn check(&self) -> Result<String> {
         Settings::new(self).map(|s| s.server)
     }
+
+    /// How long before the server may give the lock to another holder this process learns
+    /// that its own is lost, when its heartbeats went unanswered: the part of the lease left
+    /// after the loss deadline. A holder that stops what the lock protects within it stops
+    /// before anyone else can have started.
+    pub fn loss_margin(&self) -> Duration {
+        self.lease - lost_after(self.lease)
+    }
+}
+
+/// See `Settings::lost_after`.
+fn lost_after(lease: Duration) -> Duration {
+    lease - lease / 4
 }
 
 /// The options, checked, with everything derived from them.
@@ -153,7 +166,7 @@ impl Settings {
     /// quarter left over covers the loss notice reaching the caller (and any clock-rate
     /// difference, which is far smaller).
     pub fn lost_after(&self) -> Duration {
-        self.lease - self.lease / 4
+        lost_after(self.lease)
     }
 
     pub fn keepalive(&self) -> Keepalive {

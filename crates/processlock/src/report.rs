@@ -75,6 +75,13 @@ pub fn released(name: &LockName, pid: u32) -> String {
     acquired(name, pid).replacen("ACQUIRED", "RELEASED", 1)
 }
 
+/// The exit status of a process that ends because it lost its lock (the addon's
+/// `onLost: 'exit'`, `processlock run` on a server): 75, the `EX_TEMPFAIL` of sysexits.h ("try
+/// again later"), which neither a crash (1), a start-up conflict (1) nor a signal (128 + n)
+/// gives. A supervisor restarts the process, and the new instance waits for the lock like any
+/// other.
+pub const LOST_EXIT_STATUS: i32 = 75;
+
 /// `[PROCESS_LOCK_LOST] { processType: 'backend', tradeSide: 'SHORT', pid: 51172, reason: '...' }`:
 /// the lock is no longer this process's, and whatever it protects must stop.
 pub fn lost(name: &LockName, pid: u32, reason: &str) -> String {

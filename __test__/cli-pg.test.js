@@ -1,0 +1,306 @@
+'use strict'
+// `processlock run` with the lock on a PostgreSQL server: a private server started for this file,
+// real `processlock` processes, real commands and real signals. Needs `npm run build` first.
+const pl = require('..')
+const { tempDir, watch } = require('./helpers/proc')
+const { startPg } = require('./helpers/pg')
+const { cli, startRun, waitGone, alive } = require('./helpers/cli-proc')
+
+/** The exit status of `processlock run` whose lock was lost. */
+const LOST_EXIT_STATUS = 75
+
+let pg = null
+
+beforeAll(async () => {
+  pg = await startPg()
+}, 180000)
+
+afterAll(async () => {
+  if (pg) await pg.close()
+})
+
+/** `test`, or a skipped test (the reason was printed) where PostgreSQL is not installed. */
+const pgTest = (name, fn, timeout = 60000) =>
+  test(
+    name,
+    async () => {
+      if (!pg) return
+      await fn()
+    },
+    timeout,
+  )
+
+/** The advisory key of a lock (side SHORT) in the default namespace, as every holder computes it. */
+function lockKey(type) {
+  let h = 0xcbf29ce484222325n
+  for (const b of Buffer.from(`processlock\0processlock\0${type}.short.lock`)) {
+    h = ((h ^ BigInt(b)) * 0x100000001b3n) & 0xffffffffffffffffn
+  }
+  return BigInt.asIntN(64, h)
+}
+
+/** The server processes of the sessions that hold the lock `type` (at most one). */
+async function holdersOf(type) {
+  const key = BigInt.asUintN(64, lockKey(type))
+  return pg.sql(
+    `SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1 AND classid::text::int8 = ${key >> 32n} AND objid::text::int8 = ${key & 0xffffffffn}`,
+  )
+}
+
+async function until(cond, what, timeoutMs = 30000) {
+  const t0 = Date.now()
+  while (!(await cond())) {
+    if (Date.now() - t0 > timeoutMs) throw new Error(`timed out waiting until ${what}`)
+    await new Promise((r) => setTimeout(r, 20))
+  }
+}
+
+const childPid = async (p) => Number((await p.waitFor(/CHILD READY (\d+)/, 30000))[1])
+
+/** `processlock run <type> --url ... [...extra] -- node cli-child.js ...childArgs` */
+function runOnServer(type, extra, childArgs) {
+  return startRun([type, '--url', pg.url, ...extra], childArgs, { dir: tempDir('cli-pg') })
+}
+
+/** A second instance: `processlock run <type>` of a command that would print RAN. */
+function tryRun(type, env = {}, args = ['--url', pg.url]) {
+  return cli(['run', type, ...args, '--', process.execPath, '-e', 'console.log("RAN")'], {
+    dir: tempDir('cli-pg-other'),
+    env,
+  })
+}
+
+test('the test computes lock keys as the library does', () => {
+  // Pinned in the library's own tests: backend (SHORT) in the default namespace.
+  expect(lockKey('backend')).toBe(-2293726915344702772n)
+})
+
+pgTest(
+  'run holds the lock while the command runs, passes SIGTERM on, exits with its status, and releases',
+  async () => {
+    const run = runOnServer('backend', [], ['signal-exit', '7'])
+    await childPid(run)
+    await run.waitFor(`[PROCESS_LOCK_ACQUIRED] { processType: 'backend', tradeSide: 'SHORT', pid: ${run.pid} }`)
+    expect(await holdersOf('backend')).toHaveLength(1)
+
+    // Another instance, with the option or the environment variable: a conflict naming this run.
+    for (const other of [await tryRun('backend'), await tryRun('backend', { PROCESSLOCK_URL: pg.url }, [])]) {
+      expect(other.code).toBe(1)
+      expect(other.stdout).not.toContain('RAN')
+      expect(other.stderr).toContain('[PROCESS_LOCK_CONFLICT] Another backend (SHORT) is already running!')
+      expect(other.stderr).toContain(`Existing process: { pid: ${run.pid},`)
+      expect(other.stderr).toContain(`To force restart, run: kill ${run.pid}`)
+    }
+    // An app taking the same lock through the addon conflicts too.
+    let err
+    try {
+      pl.acquireLock('backend', { url: pg.url, tradeSide: 'SHORT', log: false })
+    } catch (e) {
+      err = e
+    }
+    expect(err).toBeInstanceOf(pl.LockConflictError)
+    expect(err.holder.pid).toBe(run.pid)
+    const listed = JSON.parse((await cli(['check', 'backend', '--url', pg.url, '--json'])).stdout)
+    expect(listed).toMatchObject({ held: true, pid: run.pid })
+
+    run.kill('SIGTERM')
+    const r = await run.done(30000)
+    expect(r.stdout).toContain('GOT SIGTERM')
+    expect(r.code).toBe(7)
+    expect(r.stderr).toContain(
+      `[PROCESS_LOCK_RELEASED] { processType: 'backend', tradeSide: 'SHORT', pid: ${run.pid} }`,
+    )
+    // Released before processlock exits.
+    expect(await holdersOf('backend')).toEqual([])
+  },
+)
+
+pgTest('the command gets its fencing token, larger for each new holder', async () => {
+  const printToken = ['-e', 'console.log("TOKEN " + process.env.PROCESSLOCK_FENCING_TOKEN)']
+  const tokens = []
+  for (let i = 0; i < 2; i++) {
+    const r = await cli(['run', 'feed', '--url', pg.url, '--', process.execPath, ...printToken], {
+      dir: tempDir('cli-pg'),
+    })
+    expect(r.code).toBe(0)
+    const token = r.stdout.match(/^TOKEN ([0-9]+)$/m)[1]
+    // The token the server gave this holder.
+    expect(await pg.sql("SELECT token FROM processlock_holders WHERE lock_name = 'feed.short.lock'")).toEqual([token])
+    tokens.push(BigInt(token))
+  }
+  expect(tokens[1]).toBeGreaterThan(tokens[0])
+})
+
+pgTest('run waits for the holder with --wait, and a signal ends the wait without starting the command', async () => {
+  const first = runOnServer('waited', [], ['signal-exit', '0'])
+  await childPid(first)
+  const waiter = runOnServer('waited', ['--wait', '60000'], ['exit', '3'])
+  await waiter.waitFor(`[PROCESS_LOCK_WAIT] waited (SHORT) is held by PID ${first.pid}`)
+  first.kill('SIGTERM')
+  expect((await first.done(30000)).code).toBe(0)
+  const w = await waiter.done(30000)
+  expect(w.code).toBe(3)
+  expect(w.stdout).toContain('CHILD READY')
+
+  const holder = runOnServer('waited', [], ['signal-exit', '0'])
+  await childPid(holder)
+  const gaveUp = runOnServer('waited', ['--wait', '60000'], ['exit', '3'])
+  await gaveUp.waitFor('[PROCESS_LOCK_WAIT]')
+  gaveUp.kill('SIGTERM')
+  const g = await gaveUp.done(30000)
+  expect(g.signal).toBe('SIGTERM')
+  expect(g.stdout).not.toContain('CHILD READY')
+  holder.kill('SIGTERM')
+  expect((await holder.done(30000)).code).toBe(0)
+})
+
+pgTest('processlock killed with SIGKILL: its session ends, the lock is free, and the command goes too', async () => {
+  const run = runOnServer('killed', [], ['hold'])
+  const child = await childPid(run)
+  expect(await holdersOf('killed')).toHaveLength(1)
+  run.kill('SIGKILL')
+  await run.done(30000)
+  await until(async () => (await holdersOf('killed')).length === 0, 'the server freed the lock')
+  // The kernel sends the command SIGKILL when processlock dies (Linux); elsewhere it would stay.
+  if (process.platform === 'linux') await waitGone(child, 30000)
+  else if (alive(child)) process.kill(child, 'SIGKILL')
+  const info = pl.acquireLock('killed', { url: pg.url, tradeSide: 'SHORT', log: false })
+  expect(info.backend).toBe('postgres')
+  pl.releaseLock('killed', { url: pg.url, tradeSide: 'SHORT', log: false })
+})
+
+pgTest(
+  'a lost lock stops the command: the LOST line, SIGTERM, SIGKILL after --grace, exit status 75',
+  async () => {
+    // The holder's session is ended by an administrator: SIGTERM, and the command exits.
+    const run = runOnServer('lost', ['--lease', '2000'], ['signal-exit', '0'])
+    await childPid(run)
+    const [session] = await holdersOf('lost')
+    expect(await pg.sql(`SELECT pg_terminate_backend(${session})`)).toEqual(['t'])
+    const r = await run.done(30000)
+    expect(r.code).toBe(LOST_EXIT_STATUS)
+    expect(r.stdout).toContain('GOT SIGTERM')
+    expect(r.stderr).toContain(
+      `[PROCESS_LOCK_LOST] { processType: 'lost', tradeSide: 'SHORT', pid: ${run.pid}, reason: `,
+    )
+    expect(r.stderr).not.toContain('[PROCESS_LOCK_RELEASED]')
+
+    // A command that does not exit on SIGTERM gets SIGKILL once --grace has passed.
+    const stubborn = runOnServer('lost', ['--lease', '2000', '--grace', '200'], ['count', '600000'])
+    const child = await childPid(stubborn)
+    const [again] = await holdersOf('lost')
+    await pg.sql(`SELECT pg_terminate_backend(${again})`)
+    const s = await stubborn.done(30000)
+    expect(s.code).toBe(LOST_EXIT_STATUS)
+    expect(s.stdout).toContain('GOT SIGTERM')
+    expect(s.stderr).toContain(
+      `processlock: the command (PID ${child}) was still running 200 ms after SIGTERM; sent SIGKILL`,
+    )
+    expect(alive(child)).toBe(false)
+
+    // The server stops while the lock is held: every session ends, and so does the command.
+    const stopped = runOnServer('lost', ['--lease', '2000'], ['signal-exit', '0'])
+    await childPid(stopped)
+    await pg.stop()
+    try {
+      const t = await stopped.done(30000)
+      expect(t.code).toBe(LOST_EXIT_STATUS)
+      expect(t.stdout).toContain('GOT SIGTERM')
+      expect(t.stderr).toContain('[PROCESS_LOCK_LOST]')
+    } finally {
+      await pg.start()
+    }
+  },
+  120000,
+)
+
+pgTest(
+  'a processlock frozen past its lease: another instance takes over, and on waking it stops its command',
+  async () => {
+    const run = runOnServer('frozen', ['--lease', '2000'], ['signal-exit', '0'])
+    await childPid(run)
+    process.kill(run.pid, 'SIGSTOP')
+    let resumed = false
+    try {
+      // The server ends the silent session after the lease; the next instance was waiting for it.
+      const next = await tryRun('frozen', {}, ['--url', pg.url, '--wait', '30000'])
+      expect(next.code).toBe(0)
+      expect(next.stdout).toContain('RAN')
+      process.kill(run.pid, 'SIGCONT')
+      resumed = true
+      const r = await run.done(30000)
+      expect(r.code).toBe(LOST_EXIT_STATUS)
+      expect(r.stdout).toContain('GOT SIGTERM')
+      expect(r.stderr).toContain('no heartbeat was confirmed')
+    } finally {
+      if (!resumed) process.kill(run.pid, 'SIGCONT')
+    }
+  },
+)
+
+pgTest('a holder session that wrote no record is named by its server process, with no fuser hint', async () => {
+  // A session that takes the lock without this library (so without a record), and keeps it.
+  const other = watch(
+    'psql',
+    [pg.url, '-c', `SELECT pg_advisory_lock(${lockKey('bare')})`, '-c', 'SELECT pg_sleep(600)'],
+    {
+      env: process.env,
+    },
+  )
+  try {
+    await until(async () => (await holdersOf('bare')).length === 1, 'psql holds the lock')
+    const [session] = await holdersOf('bare')
+    const hint = `SELECT client_addr, application_name, backend_start FROM pg_stat_activity WHERE pid = ${session}`
+    const r = await tryRun('bare')
+    expect(r.code).toBe(1)
+    expect(r.stdout).not.toContain('RAN')
+    expect(r.stderr).toContain(
+      `Existing process: unknown (server process ${session} holds the lock but wrote no record yet)`,
+    )
+    expect(r.stderr).toContain(hint)
+    expect(r.stderr).not.toContain('fuser')
+    // The addon's conflict lines say the same.
+    const lines = []
+    expect(() => pl.acquireLock('bare', { url: pg.url, tradeSide: 'SHORT', log: (line) => lines.push(line) })).toThrow(
+      pl.LockConflictError,
+    )
+    expect(lines.join('\n')).toContain(hint)
+    expect(lines.join('\n')).not.toContain('fuser')
+  } finally {
+    await pg.sql(`SELECT pg_terminate_backend(${(await holdersOf('bare')).join('), pg_terminate_backend(') || 'NULL'})`)
+    other.kill('SIGKILL')
+    await other.done(30000)
+  }
+})
+
+pgTest('a bad URL or lease is a usage error, an unreachable server an I/O error; nothing runs', async () => {
+  for (const url of ['not a url at all', 'postgres://trader:secret@127.0.0.1:5432/db?sslmode=bogus']) {
+    const r = await tryRun('backend', {}, ['--url', url])
+    expect(r.code).toBe(2)
+    expect(r.stderr).toContain('LOCK_INVALID_OPTION')
+    expect(r.stderr).not.toContain('secret')
+    expect(r.stdout).not.toContain('RAN')
+  }
+  const short = await tryRun('backend', {}, ['--url', pg.url, '--lease', '10'])
+  expect(short.code).toBe(2)
+  expect(short.stderr).toContain('LOCK_INVALID_OPTION')
+  // --replace signals a holder on this host only; a server lock may be held from anywhere.
+  const replace = await tryRun('backend', {}, ['--url', pg.url, '--replace'])
+  expect(replace.code).toBe(2)
+  // A port nothing listens on.
+  const gone = await tryRun('backend', {}, ['--url', 'postgres://trader:secret@127.0.0.1:1/db'])
+  expect(gone.code).toBe(1)
+  expect(gone.stderr).toContain('[FATAL] LOCK_IO: connect')
+  expect(gone.stderr).not.toContain('secret')
+  expect(gone.stdout).not.toContain('RAN')
+  // A command that cannot be run: 127, and the lock it was taken for is let go.
+  const missing = await cli(['run', 'backend', '--url', pg.url, '--', '/nonexistent/command'], {
+    dir: tempDir('cli-pg'),
+  })
+  expect(missing.code).toBe(127)
+  expect(missing.stderr).not.toContain('[PROCESS_LOCK_ACQUIRED]')
+  expect(await holdersOf('backend')).toEqual([])
+  // Without a server, --lease means nothing, and --grace only goes with --replace.
+  expect((await tryRun('backend', {}, ['--lease', '3000'])).code).toBe(2)
+  expect((await tryRun('backend', {}, ['--grace', '3000'])).code).toBe(2)
+})
