@@ -3,32 +3,11 @@
 // real `processlock` processes, real commands and real signals. Needs `npm run build` first.
 const pl = require('..')
 const { tempDir, watch } = require('./helpers/proc')
-const { startPg } = require('./helpers/pg')
+const { LOST_EXIT_STATUS, usePg } = require('./helpers/pg')
 const { cli, startRun, waitGone, alive } = require('./helpers/cli-proc')
 
-/** The exit status of `processlock run` whose lock was lost. */
-const LOST_EXIT_STATUS = 75
-
-let pg = null
-
-beforeAll(async () => {
-  pg = await startPg()
-}, 180000)
-
-afterAll(async () => {
-  if (pg) await pg.close()
-})
-
-/** `test`, or a skipped test (the reason was printed) where PostgreSQL is not installed. */
-const pgTest = (name, fn, timeout = 60000) =>
-  test(
-    name,
-    async () => {
-      if (!pg) return
-      await fn()
-    },
-    timeout,
-  )
+const pg = usePg()
+const pgTest = (name, fn, timeout = 60000) => pg.test(name, fn, timeout)
 
 /** The advisory key of a lock (side SHORT) in the default namespace, as every holder computes it. */
 function lockKey(type) {

@@ -225,13 +225,6 @@ pgTest(
     expect(forced.stdout).toMatch(/ended session +backend\.short\.lock \(server process \d+; PID \d+ on /)
     expect((await b.done(60000)).code).toBe(LOST_EXIT_STATUS)
     expect(JSON.parse((await cli(['check', '--url', pg.url, '--json'], { dir })).stdout)).toEqual([])
-    // run does not hold server locks yet, and says so rather than lock a file instead.
-    const run = await cli(['run', 'backend', '--', process.execPath, '-e', '0'], {
-      dir,
-      env: { PROCESSLOCK_URL: pg.url },
-    })
-    expect(run.code).toBe(1)
-    expect(run.stderr).toContain('cannot hold a lock on a server yet')
   },
 )
 

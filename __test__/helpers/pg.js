@@ -8,7 +8,10 @@ const fs = require('node:fs')
 const path = require('node:path')
 const { ROOT, watch } = require('./proc.js')
 
-/** The exit status of a process that lost its lock with `onLost: 'exit'` (src/losses.rs). */
+/**
+ * The exit status of a process that lost its lock with `onLost: 'exit'`, and of `processlock run`
+ * whose lock was lost (processlock::report::LOST_EXIT_STATUS).
+ */
 const LOST_EXIT_STATUS = 75
 
 const EXE = path.join(ROOT, 'target', 'release', 'examples', 'pg_server')

@@ -3,7 +3,7 @@
 use std::fmt;
 
 use processlock::report;
-use processlock::{ErrorCode, LockName, Record};
+use processlock::{already_running, ErrorCode, LockName, Record};
 
 pub type Result<T> = std::result::Result<T, Error>;
 
@@ -174,15 +174,14 @@ impl fmt::Display for Error {
         match self {
             Error::InvalidOption { option, message } => write!(f, "{code}: {option}: {message}"),
             Error::Conflict(c) => {
-                write!(f, "{code}: {} is already running", c.lock)?;
                 if c.holder.pid == 0 {
-                    write!(f, " (holder unknown: it wrote no record)")?;
+                    write!(
+                        f,
+                        "{code}: {} is already running (holder unknown: it wrote no record)",
+                        c.lock
+                    )?;
                 } else {
-                    write!(f, " (PID: {}", c.holder.pid)?;
-                    if let Some(host) = &c.holder.hostname {
-                        write!(f, " on {host}")?;
-                    }
-                    write!(f, ")")?;
+                    write!(f, "{code}: {}", already_running(&c.lock, &c.holder))?;
                 }
                 if c.waited_ms > 0 {
                     write!(f, "; gave up after waiting {} ms", c.waited_ms)?;

@@ -199,6 +199,19 @@ impl Error {
     }
 }
 
+/// `<lock> is already running (PID: N)`, or `... on host H (PID: N)` when the holder's record
+/// names another host: how every backend's conflict message names the holder.
+pub fn already_running(lock: &str, holder: &Record) -> String {
+    match holder.other_host() {
+        None => format!("{lock} is already running (PID: {})", holder.pid),
+        Some(host) => format!(
+            "{lock} is already running on host {} (PID: {})",
+            printable(host),
+            holder.pid
+        ),
+    }
+}
+
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let code = self.code();
@@ -208,20 +221,7 @@ impl fmt::Display for Error {
                 "{code}: invalid {field} {value:?}: use 1 to {max} letters, digits, '-' or '_'"
             ),
             Error::Conflict(c) => {
-                match c.holder.other_host() {
-                    None => write!(
-                        f,
-                        "{code}: {} is already running (PID: {})",
-                        c.lock, c.holder.pid
-                    )?,
-                    Some(host) => write!(
-                        f,
-                        "{code}: {} is already running on host {} (PID: {})",
-                        c.lock,
-                        printable(host),
-                        c.holder.pid
-                    )?,
-                }
+                write!(f, "{code}: {}", already_running(&c.lock, &c.holder))?;
                 if let Some(problem) = &c.problem {
                     write!(f, "; {problem}")?;
                 }

@@ -39,7 +39,7 @@ mod wait;
 pub use clear::{remove_if_stale, Removal};
 pub use clock::parse_iso8601_ms;
 pub use dir::{app_default_dir, real_dir, resolve_dir, resolve_dir_or, DIR_ENV};
-pub use error::{Conflict, DirProblem, Error, ErrorCode, Result};
+pub use error::{already_running, Conflict, DirProblem, Error, ErrorCode, Result};
 pub use handoff::PendingLock;
 pub use inherit::INHERITED_ENV;
 #[cfg(unix)]
