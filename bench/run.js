@@ -1,7 +1,8 @@
 #!/usr/bin/env node
 'use strict'
 // npm run bench [-- --quick] [--write | --no-write] [--out FILE] [--dir D]
-//               [--sections cycle,startup,contention,memory,handover]
+//               [--sections cycle,startup,contention,memory,handover,
+//                           pg-cycle,pg-takeover,pg-handover]
 //
 // One run, one machine, ours and the peers side by side:
 //   cycle       uncontended acquire+release: ours, proper-lockfile (sync and
@@ -12,6 +13,9 @@
 //   memory      100,000 cycles in one process: RSS and open descriptors
 //   handover    latency from release / SIGKILL of the holder to a
 //               waiting acquisition; skipped while the package cannot wait
+//   pg-*        locks on a PostgreSQL server the run starts (bench/pg.js): the
+//               cycle, takeover after SIGKILL / SIGSTOP / a network cut, and
+//               handover to a waiter; skipped where PostgreSQL is not installed
 // Writes BENCHMARKS.md (the "bench" section; the "torture" section written by
 // bench/torture.js --write is kept). --quick is a short CI smoke run: smaller
 // counts, and BENCHMARKS.md is left alone unless --write is given.
@@ -24,8 +28,9 @@ const { eachOption } = require('./args')
 const { Worker } = require('./pool')
 const { ROOT, LABELS, oursUnavailable } = require('./impls')
 const R = require('./report')
+const PG = require('./pg')
 
-const SECTIONS = ['cycle', 'startup', 'contention', 'memory', 'handover']
+const SECTIONS = ['cycle', 'startup', 'contention', 'memory', 'handover', ...PG.SECTIONS]
 
 function parseArgs(argv) {
   const a = { quick: false, write: null, out: null, dir: null, sections: SECTIONS, peersOnly: false }
@@ -588,7 +593,7 @@ async function main() {
   }
   const root = a.dir || fs.mkdtempSync(path.join(os.tmpdir(), 'processlock-bench-'))
   fs.mkdirSync(root, { recursive: true })
-  const ctx = { root, ours: !why }
+  const ctx = { root, ours: !why, freshDir: (name) => freshDir(root, name) }
   const m = R.machine(root)
   const started = Date.now()
   console.log(`bench${a.quick ? ' (quick)' : ''}: ${m.summary}; dir ${root}`)
@@ -601,6 +606,7 @@ async function main() {
     contention: contentionSection,
     memory: memorySection,
     handover: handoverSection,
+    ...PG.sections,
   }
   try {
     for (const s of SECTIONS) {
@@ -611,6 +617,7 @@ async function main() {
       parts.push(res.md)
     }
   } finally {
+    await PG.closeServer(ctx)
     if (!a.dir) fs.rmSync(root, { recursive: true, force: true })
   }
   const seconds = (Date.now() - started) / 1000
