@@ -13,7 +13,7 @@
 //   cycles {n, warmup, maxMs}   J {n, median_ns, p95_ns}
 //   hold                        A t token | E code message
 //   take {waitMs}               W (waiting), then J {ok, tA, code}; a taken lock is released
-//                               right after the reply
+//                               right after the reply, then X ok
 //   release                     R t (release called), then X ok
 //   round {r, t0, holdUs}       at t0 one attempt: A r t token, then after 0..holdUs us R r t
 //                               (and X r when release said the lock was not ours any more), or
@@ -143,7 +143,7 @@ async function main() {
           reply = { ok: false, code: (e && e.code) || String(e) }
         }
         out(`J ${JSON.stringify(reply)}`)
-        if (reply.ok) await lock.release()
+        if (reply.ok) out(`X ${await lock.release()}`)
       } else if (cmd.op === 'release') {
         out(`R ${now()}`)
         out(`X ${await lock.release()}`)

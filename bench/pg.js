@@ -154,12 +154,12 @@ async function cycleSection(a, ctx) {
   const title = 'PostgreSQL: uncontended acquire + release'
   const skip = await whyNot(title, ctx, { poller: false })
   if (skip) return skip
-  const reps = a.quick ? 1 : 3
+  const reps = a.quick ? 1 : 5
   const rows = [
     {
       id: 'ours',
       label: `${LABELS.ours} (\`acquireLock\`/\`releaseLock\` with \`url\`)`,
-      n: a.quick ? 30 : 500,
+      n: a.quick ? 30 : 300,
       warmup: a.quick ? 5 : 20,
     },
     ...(readVersion('pg')
@@ -171,7 +171,7 @@ async function cycleSection(a, ctx) {
           {
             id: 'floor-each',
             label: 'floor (Rust, same statements), a connection per cycle',
-            n: a.quick ? 30 : 500,
+            n: a.quick ? 30 : 300,
             warmup: a.quick ? 5 : 20,
           },
         ]
@@ -305,6 +305,7 @@ async function takeover(ctx, impl, event, leaseMs, boundMs, taker) {
     else if (event === 'SIGSTOP') holder.kill('SIGSTOP')
     else cut(rules)
     const r = await taker.json()
+    if (r.ok) await taker.until((l) => l.startsWith('X '))
     const res = { ok: r.ok, ns: r.ok ? Number(BigInt(r.tA) - t0) : null, code: r.code }
     if (event === 'cut') {
       // Ours gives up by itself (onLost: 'exit', status 75) before the server lets anyone in.
@@ -312,7 +313,6 @@ async function takeover(ctx, impl, event, leaseMs, boundMs, taker) {
         res.holderExit = holder.exitCode
         res.holderGaveUpNs = Number(holder.exitedAt - t0)
       }
-      await admin(ctx, 'SELECT pg_terminate_backend($1)', [session.pid])
     }
     if (event === 'SIGSTOP') {
       // Woken, ours finds its lock lost and ends itself with status 75.
@@ -325,15 +325,24 @@ async function takeover(ctx, impl, event, leaseMs, boundMs, taker) {
   } finally {
     holder.kill('SIGKILL')
     await holder.exited
+    // Nothing ends the poller's old session after a freeze or a cut (no keepalive, no
+    // timeout): the server would keep its lock for hours.
+    await endHolders(ctx)
     if (rules) uncut(rules)
-    if (event !== 'SIGKILL' && impl !== 'ours') {
-      // Nothing ends the poller's old session (no keepalive): end it, or it holds the lock forever.
-      await admin(
-        ctx,
-        "SELECT pg_terminate_backend(l.pid) FROM pg_locks l WHERE l.locktype = 'advisory' AND l.granted",
-      ).catch(() => {})
-    }
   }
+}
+
+/** Ends every session holding an advisory lock, and waits until none does. */
+async function endHolders(ctx) {
+  const held = "FROM pg_locks WHERE locktype = 'advisory' AND granted"
+  const end = Date.now() + 30000
+  while (Date.now() < end) {
+    const pids = await admin(ctx, `SELECT pid ${held}`)
+    if (pids.length === 0) return
+    for (const pid of pids) await admin(ctx, 'SELECT pg_terminate_backend($1)', [pid])
+    await delay(20)
+  }
+  throw new Error('sessions holding advisory locks did not end within 30 s')
 }
 
 async function takeoverSection(a, ctx) {
@@ -378,9 +387,8 @@ async function takeoverSection(a, ctx) {
           ` ${gaveUp.length ? sec(median(gaveUp.map((g) => g.holderGaveUpNs))) : '-'} s after the cut (median)`,
       )
     } else if (run.event === 'SIGSTOP') {
-      notes.push(
-        `after SIGCONT the old holder: ${R.fmtCounts(countBy(exits.map((e) => (typeof e === 'number' ? `exit ${e}` : e))))}`,
-      )
+      const seen = Object.entries(countBy(exits.map((e) => (typeof e === 'number' ? `ended itself (status ${e})` : e))))
+      notes.push(`after SIGCONT the old holder: ${seen.map(([k, v]) => `${k} ${v}/${got.length}`).join(', ')}`)
     }
     rows.push({
       ...run,
@@ -450,6 +458,7 @@ async function handoverSection(a, ctx) {
         const tR = BigInt(lastLine(await holder.until((l) => l.startsWith('R '))).split(' ')[1])
         await holder.until((l) => l.startsWith('X '))
         const r = await waiter.json()
+        if (r.ok) await waiter.until((l) => l.startsWith('X '))
         if (r.ok) lat.push(Number(BigInt(r.tA) - tR))
         else errs.push(r.code)
       }
