@@ -18,6 +18,7 @@
 //   round {r, t0, holdUs}       at t0 one attempt: A r t token, then after 0..holdUs us R r t
 //                               (and X r when release said the lock was not ours any more), or
 //                               L r t; E r code on anything unexpected; D r at the end
+//   fds                         F n (open descriptors)
 //   exit
 
 const fs = require('node:fs')
@@ -38,6 +39,10 @@ const sleepNs = (ns) => ns > 0 && Atomics.wait(sleeper, 0, 0, Number(ns) / 1e6)
 
 function out(line) {
   fs.writeSync(1, `${line}\n`)
+}
+
+function fdCount() {
+  return fs.readdirSync('/proc/self/fd').length - 1 // less readdir's own
 }
 
 function ours() {
@@ -123,7 +128,7 @@ async function round(lock, { r, t0, holdUs }) {
 async function main() {
   const lock = impl === 'ours' ? ours() : nodePostgres()
   await lock.start()
-  out('READY 0')
+  out(`READY ${fdCount()}`)
   const rl = readline.createInterface({ input: process.stdin })
   for await (const line of rl) {
     const cmd = JSON.parse(line)
@@ -148,6 +153,7 @@ async function main() {
         out(`R ${now()}`)
         out(`X ${await lock.release()}`)
       } else if (cmd.op === 'round') await round(lock, cmd)
+      else if (cmd.op === 'fds') out(`F ${fdCount()}`)
       else throw new Error(`unknown op ${cmd.op}`)
     } catch (e) {
       out(`E ${(e && e.code) || 'throw'} ${String(e && e.message).split('\n')[0]}`)

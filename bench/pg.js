@@ -445,6 +445,7 @@ async function handoverSection(a, ctx) {
   if (skip) return skip
   const reps = a.quick ? 2 : 20
   const rows = []
+  let oursMedian = null
   for (const impl of ['ours', 'node-postgres']) {
     const holder = await client(ctx, impl)
     const waiter = await client(ctx, impl)
@@ -466,10 +467,13 @@ async function handoverSection(a, ctx) {
       await Promise.all([holder.stop(), waiter.stop()])
     }
     const s = Float64Array.from(lat).sort()
+    const m = median(lat)
+    if (impl === 'ours') oursMedian = m
     rows.push([
       impl === 'ours' ? `${LABELS.ours} \`acquireLockAsync(type, { url, timeoutMs })\`` : POLLER,
       lat.length,
-      R.us(median(lat)),
+      R.us(m),
+      m != null && oursMedian ? R.ratio(m / oursMedian) : 'n/a',
       R.us(s[Math.round((s.length - 1) * 0.95)]),
       R.us(s.length ? s[s.length - 1] : null),
       errs.length ? `${errs.length} failed (${errs[0]})` : '',
@@ -482,7 +486,7 @@ async function handoverSection(a, ctx) {
       " phase against its period); the holder releases. Latency = the waiter's acquisition returned - release called," +
       ` both \`process.hrtime.bigint()\`; ${reps} handovers each.`,
     '',
-    R.table(['waiter', 'runs', 'median (us)', 'p95 (us)', 'max (us)', 'notes'], rows),
+    R.table(['waiter', 'runs', 'median (us)', 'x ours', 'p95 (us)', 'max (us)', 'notes'], rows),
   ].join('\n')
   return { md }
 }

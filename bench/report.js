@@ -216,6 +216,7 @@ function serverTortureText(meta) {
     'acquire returned .. right before release) overlap. The fencing tokens of all owners, in the order they acquired,',
     'must strictly increase. "no owner": nobody won although the lock was free. After the last round no advisory lock',
     'may still be held on the server, no holder record still standing, and no file in the lock directories.',
+    '"leaked fds": descriptors the racers hold after the last round beyond what they held after the first.',
   ]
 }
 

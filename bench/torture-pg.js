@@ -52,6 +52,16 @@ async function runKind(kind, n, { rounds, duration, holdUs, base, keep, pg }) {
     dirs.map((dir) => new Worker('ours', { url: pg.url, dir }, [], { script: CLIENT, quiet: true }).ready),
   )
   const owners = []
+  // Descriptors each racer holds once it has been through a round (the first lock starts
+  // threads and a runtime for good), to compare with what it holds at the end.
+  let baseFds = null
+  const fds = () =>
+    Promise.all(
+      racers.map(async (w) => {
+        w.send({ op: 'fds' })
+        return Number(lastOf(await w.until((l) => l.startsWith('F '))).split(' ')[1])
+      }),
+    )
   const started = Date.now()
   const until = duration > 0 ? started + duration * 1000 : Infinity
   try {
@@ -89,6 +99,10 @@ async function runKind(kind, n, { rounds, duration, holdUs, base, keep, pg }) {
         st.overlaps += overlapped
       }
       st.rounds++
+      if (r === 0) baseFds = await fds()
+    }
+    if (baseFds) {
+      for (const [i, n] of (await fds()).entries()) st.fdLeak += Math.max(0, n - baseFds[i])
     }
   } finally {
     await Promise.all(racers.map((w) => w.stop()))
