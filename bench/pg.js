@@ -14,6 +14,7 @@
 // Where PostgreSQL is not installed, each section says so in one line and the run goes on.
 
 const { execFileSync, spawnSync } = require('node:child_process')
+const execFile = require('node:util').promisify(require('node:child_process').execFile)
 const path = require('node:path')
 const { Worker } = require('./pool')
 const { ROOT, LABELS } = require('./impls')
@@ -180,12 +181,16 @@ async function cycleSection(a, ctx) {
   const maxMs = a.quick ? 1500 : 6000
   const got = Object.fromEntries(rows.map((r) => [r.id, { med: [], p95: [], n: 0 }]))
   for (let rep = 0; rep < reps; rep++) {
-    for (const row of rows) {
+    // A different order each run: what one leaves behind on the server (dead rows to vacuum,
+    // sessions still ending) falls on each of the others in turn.
+    for (const row of rows.map((_, i) => rows[(i + rep) % rows.length])) {
       const warmup = row.warmup ?? 100
       let st
       if (row.id.startsWith('floor')) {
         const mode = row.id === 'floor-once' ? 'once' : 'each'
-        st = JSON.parse(execFileSync(FLOOR, [ctx.pg.url, String(row.n), String(warmup), mode], { encoding: 'utf8' }))
+        // Not execFileSync: this process must go on reading the server's output meanwhile.
+        const { stdout } = await execFile(FLOOR, [ctx.pg.url, String(row.n), String(warmup), mode])
+        st = JSON.parse(stdout)
       } else {
         const w = await client(ctx, row.id === 'ours' ? 'ours' : 'node-postgres')
         try {
