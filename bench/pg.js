@@ -314,9 +314,12 @@ async function takeover(ctx, impl, event, leaseMs, boundMs, taker) {
     const res = { ok: r.ok, ns: r.ok ? Number(BigInt(r.tA) - t0) : null, code: r.code }
     if (event === 'cut') {
       // Ours gives up by itself (onLost: 'exit', status 75) before the server lets anyone in.
-      if (holder.exitCode !== undefined && holder.exitCode !== null) {
+      await Promise.race([holder.exited, delay(1000)])
+      if (holder.exitCode != null) {
         res.holderExit = holder.exitCode
         res.holderGaveUpNs = Number(holder.exitedAt - t0)
+        // Seen to have ended (the exit event comes after the exit) before the waiter had the lock.
+        res.holderFirst = r.ok && holder.exitedAt < BigInt(r.tA)
       }
     }
     if (event === 'SIGSTOP') {
@@ -389,7 +392,8 @@ async function takeoverSection(a, ctx) {
       const gaveUp = got.filter((g) => g.holderGaveUpNs != null)
       notes.push(
         `the cut-off holder ended itself (status ${[...new Set(gaveUp.map((g) => g.holderExit))].join('/') || '-'}) in ${gaveUp.length}/${got.length},` +
-          ` ${gaveUp.length ? sec(median(gaveUp.map((g) => g.holderGaveUpNs))) : '-'} s after the cut (median)`,
+          ` ${gaveUp.length ? sec(median(gaveUp.map((g) => g.holderGaveUpNs))) : '-'} s after the cut (median),` +
+          ` before the waiter had the lock in ${got.filter((g) => g.holderFirst).length}/${got.length}`,
       )
     } else if (run.event === 'SIGSTOP') {
       const seen = Object.entries(countBy(exits.map((e) => (typeof e === 'number' ? `ended itself (status ${e})` : e))))
