@@ -200,6 +200,7 @@ async function cycleSection(a, ctx) {
           await w.stop()
         }
       }
+      await settle(ctx)
       got[row.id].med.push(st.median_ns)
       got[row.id].p95.push(st.p95_ns)
       got[row.id].n += st.n
@@ -237,6 +238,15 @@ async function cycleSection(a, ctx) {
     ),
   ].join('\n')
   return { md, rows }
+}
+
+// Vacuums the tables the cycles update, so that no run inherits another's dead rows or an
+// autovacuum started by them (the floor on one connection updates its row 3,000 times a run).
+async function settle(ctx) {
+  if (!ctx.pgAdmin) return
+  for (const table of ['processlock_holders', 'processlock_floor_holders']) {
+    await ctx.pgAdmin.query(`VACUUM ${table}`).catch(() => {}) // not created yet
+  }
 }
 
 // ---- pg-takeover -----------------------------------------------------------------------
