@@ -218,7 +218,7 @@ async function cycleSection(a, ctx) {
     '',
     `One process, a loop of acquire then release of one lock on a server on 127.0.0.1 (PostgreSQL ${ctx.pgVersion || '?'},` +
       ' password login), each cycle timed with `process.hrtime.bigint()` (the floor: `Instant`);' +
-      ` ${reps > 1 ? `${reps} interleaved runs (a fresh process each), the median of their medians and p95s` : 'one run'},` +
+      ` ${reps > 1 ? `${reps} interleaved runs (a fresh process each, in a rotating order, the tables vacuumed after each), the median of their medians and p95s` : 'one run'},` +
       ` up to ${maxMs / 1000} s each after a warm-up. Ours opens a session of its own for every held lock (connect, the` +
       ' session checks and settings, `pg_try_advisory_lock`, the holder record, then the record cleared and' +
       ' `pg_advisory_unlock`, and the session closed), so the floor is shown both on one connection and with a' +
