@@ -278,7 +278,14 @@ function cutRules(clientPort, serverPort) {
   ]
   return [spec(clientPort, serverPort), spec(serverPort, clientPort)]
 }
+let onSignals = false
 function cut(rules) {
+  if (!onSignals) {
+    // Interrupted while a connection is cut: end through 'exit', which takes the rules away.
+    onSignals = true
+    process.on('SIGINT', () => process.exit(130))
+    process.on('SIGTERM', () => process.exit(143))
+  }
   for (const r of rules) execFileSync('iptables', ['-w', '-I', ...r])
   cuts.add(rules)
 }
