@@ -8,11 +8,20 @@ const path = require('node:path')
 const WORKER = path.join(__dirname, 'worker.js')
 
 class Worker {
-  constructor(impl, options = {}, nodeArgs = []) {
+  // script: another program speaking the same protocol (bench/pg-client.js). quiet: keep its
+  // stderr (the last 4 KB, in this.stderr) instead of passing it through.
+  constructor(impl, options = {}, nodeArgs = [], { script = WORKER, quiet = false } = {}) {
     this.impl = impl
-    this.proc = spawn(process.execPath, [...nodeArgs, WORKER, impl, JSON.stringify(options)], {
-      stdio: ['pipe', 'pipe', 'inherit'],
+    this.proc = spawn(process.execPath, [...nodeArgs, script, impl, JSON.stringify(options)], {
+      stdio: ['pipe', 'pipe', quiet ? 'pipe' : 'inherit'],
     })
+    this.stderr = ''
+    if (quiet) {
+      this.proc.stderr.setEncoding('utf8')
+      this.proc.stderr.on('data', (d) => {
+        this.stderr = (this.stderr + d).slice(-4096)
+      })
+    }
     this.pid = this.proc.pid
     this.queue = [] // lines received and not yet consumed
     this.waiter = null // { pred, resolve, taken }
@@ -42,6 +51,7 @@ class Worker {
       this.proc.on('exit', (code, signal) => {
         this.exitCode = code
         this.exitSignal = signal
+        this.exitedAt = process.hrtime.bigint()
         resolve()
       })
     })

@@ -122,6 +122,7 @@ function tortureLine(st) {
     `no-owner ${st.noOwnerRounds}`,
   ]
   if (st.kind === 'kill') parts.push(`stuck ${st.stuck}`)
+  if (st.tokensOutOfOrder != null) parts.push(`fencing tokens out of order ${st.tokensOutOfOrder}`)
   parts.push(
     `errors ${sumValues(st.errors)}`,
     `temp left ${st.leftoverTemp}`,
@@ -179,11 +180,48 @@ function tortureMarkdown(results, meta) {
     ]
   })
   return [
-    '## Torture: races for one lock',
+    meta.server ? '## Torture: races for one lock on a PostgreSQL server' : '## Torture: races for one lock',
     '',
     `Command: \`${meta.command}\` (${meta.seconds.toFixed(0)} s in all), ${meta.machine.date}. Machine: ${meta.machine.summary}` +
       ` (at the end: ${loadavg()}).`,
     '',
+    ...(meta.server ? serverTortureText(meta) : fileTortureText(meta)),
+    '',
+    table(
+      [
+        'implementation',
+        'racers',
+        'race',
+        'rounds',
+        'double-owner rounds',
+        'no owner (lock free)',
+        'errors',
+        meta.server ? 'files in the lock directories' : 'temp files left',
+        meta.server ? 'locks or records left on the server' : 'lock files left',
+        'leaked fds',
+        'seconds',
+        'notes',
+      ],
+      rows,
+    ),
+  ].join('\n')
+}
+
+function serverTortureText(meta) {
+  return [
+    '*pg-race*: each round, N long-lived racer processes with the same PostgreSQL URL (a private server on',
+    '127.0.0.1) and each a lock directory of its own, so that only the server keeps them apart, get a start',
+    `instant, try once (\`acquireLock\` with \`url\`) at that instant and, when they win, hold for a random 0..${meta.holdUs} us`,
+    'and release. Every round takes the same lock. "double-owner rounds": two ownership intervals (hrtime right after',
+    'acquire returned .. right before release) overlap. The fencing tokens of all owners, in the order they acquired,',
+    'must strictly increase. "no owner": nobody won although the lock was free. After the last round no advisory lock',
+    'may still be held on the server, no holder record still standing, and no file in the lock directories.',
+    '"leaked fds": descriptors the racers hold after the last round beyond what they held after the first.',
+  ]
+}
+
+function fileTortureText(meta) {
+  return [
     'Each round: N long-lived racer processes get a fresh lock directory and a start instant, try once at that',
     `instant and, when they win, hold for a random 0..${meta.holdUs} us. *fresh*: no lock yet. *stale*: the lock`,
     'was left by a SIGKILLed holder. *recycled* (ours only: the peers record no PID): our lock record names the',
@@ -208,25 +246,7 @@ function tortureMarkdown(results, meta) {
     'files are counted after all rounds of a kind; "leaked fds" sums what surviving racers hold beyond their start.',
     'A bystander process reads the lock state in a loop during each race (ours: `getLockInfo`; the peers: `checkSync`);',
     'it must neither fail nor make the racers fail.',
-    '',
-    table(
-      [
-        'implementation',
-        'racers',
-        'race',
-        'rounds',
-        'double-owner rounds',
-        'no owner (lock free)',
-        'errors',
-        'temp files left',
-        'lock files left',
-        'leaked fds',
-        'seconds',
-        'notes',
-      ],
-      rows,
-    ),
-  ].join('\n')
+  ]
 }
 
 // ---- BENCHMARKS.md sections ------------------------------------------------
@@ -249,12 +269,17 @@ const HEADER = `# Benchmarks of @trader/processlock
 
 Ours side by side with [proper-lockfile](https://www.npmjs.com/package/proper-lockfile) 4.1.2 and
 [lockfile](https://www.npmjs.com/package/lockfile) 1.0.4, and with a floor: a minimal C program
-(\`bench/floor.c\`) issuing the same syscalls as our protocol without any check. Every number in a
+(\`bench/floor.c\`) issuing the same syscalls as our protocol without any check. Locks on a
+PostgreSQL server: ours beside a floor (\`crates/processlock-pg/examples/pg_floor.rs\`, the same
+statements from a minimal Rust client without any check) and beside a \`pg_try_advisory_lock\` loop
+on [node-postgres](https://www.npmjs.com/package/pg) polling every 100 ms. Every number in a
 section comes from one run on one machine; the machine and its load are given with it.
 
-- \`npm run bench\` (bench/run.js, about 2-3 minutes) rewrites the *Benchmarks* section;
-  \`-- --quick\` is a smoke run that writes nothing unless given \`--write\`.
-- \`npm run torture -- --write\` (bench/torture.js) rewrites the *Torture* section; see
+- \`npm run bench\` (bench/run.js, about 4-5 minutes) rewrites the *Benchmarks* sections (lock files,
+  and locks on a private PostgreSQL server it starts; \`-- --sections ...\` runs some of them and
+  rewrites only their part); \`-- --quick\` is a smoke run that writes nothing unless given \`--write\`.
+- \`npm run torture -- --write\` (bench/torture.js) rewrites the *Torture* sections (races for lock
+  files, and races for a lock on a private PostgreSQL server it starts); see
   \`node bench/torture.js --help\` for \`--rounds\`, \`--duration\` and the race kinds.
 `
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env node
 'use strict'
 // npm run bench [-- --quick] [--write | --no-write] [--out FILE] [--dir D]
-//               [--sections cycle,startup,contention,memory,handover]
+//               [--sections cycle,startup,contention,memory,handover,
+//                           pg-cycle,pg-takeover,pg-handover]
 //
 // One run, one machine, ours and the peers side by side:
 //   cycle       uncontended acquire+release: ours, proper-lockfile (sync and
@@ -12,8 +13,12 @@
 //   memory      100,000 cycles in one process: RSS and open descriptors
 //   handover    latency from release / SIGKILL of the holder to a
 //               waiting acquisition; skipped while the package cannot wait
-// Writes BENCHMARKS.md (the "bench" section; the "torture" section written by
-// bench/torture.js --write is kept). --quick is a short CI smoke run: smaller
+//   pg-*        locks on a PostgreSQL server the run starts (bench/pg.js): the
+//               cycle, takeover after SIGKILL / SIGSTOP / a network cut, and
+//               handover to a waiter; skipped where PostgreSQL is not installed
+// Writes BENCHMARKS.md (the "bench" block, and "bench-pg" for the pg-* sections;
+// a block none of whose sections ran, and the "torture" block written by
+// bench/torture.js --write, are kept). --quick is a short CI smoke run: smaller
 // counts, and BENCHMARKS.md is left alone unless --write is given.
 
 const fs = require('node:fs')
@@ -24,8 +29,9 @@ const { eachOption } = require('./args')
 const { Worker } = require('./pool')
 const { ROOT, LABELS, oursUnavailable } = require('./impls')
 const R = require('./report')
+const PG = require('./pg')
 
-const SECTIONS = ['cycle', 'startup', 'contention', 'memory', 'handover']
+const SECTIONS = ['cycle', 'startup', 'contention', 'memory', 'handover', ...PG.SECTIONS]
 
 function parseArgs(argv) {
   const a = { quick: false, write: null, out: null, dir: null, sections: SECTIONS, peersOnly: false }
@@ -588,19 +594,20 @@ async function main() {
   }
   const root = a.dir || fs.mkdtempSync(path.join(os.tmpdir(), 'processlock-bench-'))
   fs.mkdirSync(root, { recursive: true })
-  const ctx = { root, ours: !why }
+  const ctx = { root, ours: !why, freshDir: (name) => freshDir(root, name) }
   const m = R.machine(root)
   const started = Date.now()
   console.log(`bench${a.quick ? ' (quick)' : ''}: ${m.summary}; dir ${root}`)
   ctx.floorExe = a.sections.includes('cycle') ? buildFloor(root) : null
 
-  const parts = []
+  const parts = { bench: [], 'bench-pg': [] }
   const fns = {
     cycle: cycleSection,
     startup: startupSection,
     contention: contentionSection,
     memory: memorySection,
     handover: handoverSection,
+    ...PG.sections,
   }
   try {
     for (const s of SECTIONS) {
@@ -608,26 +615,35 @@ async function main() {
       const t = Date.now()
       const res = await fns[s](a, ctx)
       console.log(`\n${res.md}\n\n(${((Date.now() - t) / 1000).toFixed(1)} s)`)
-      parts.push(res.md)
+      parts[PG.SECTIONS.includes(s) ? 'bench-pg' : 'bench'].push(res.md)
     }
   } finally {
+    await PG.closeServer(ctx)
     if (!a.dir) fs.rmSync(root, { recursive: true, force: true })
   }
   const seconds = (Date.now() - started) / 1000
   const cmd = `npm run bench${process.argv.length > 2 ? ' -- ' + process.argv.slice(2).join(' ') : ''}`
-  const md = [
-    '## Benchmarks',
-    '',
-    `Command: \`${cmd}\` (${seconds.toFixed(0)} s). All numbers from this one run on this one machine.`,
-    '',
-    R.machineTable(m),
-    '',
-    parts.join('\n\n'),
-  ].join('\n')
+  // Lock files and server locks are two blocks of BENCHMARKS.md: a run of one kind's sections
+  // leaves the other's block as it was.
+  const titles = { bench: 'Benchmarks', 'bench-pg': 'Benchmarks: locks on a PostgreSQL server' }
+  const blocks = Object.entries(parts)
+    .filter(([, p]) => p.length)
+    .map(([name, p]) => [
+      name,
+      [
+        `## ${titles[name]}`,
+        '',
+        `Command: \`${cmd}\` (${seconds.toFixed(0)} s). All numbers from this one run on this one machine.`,
+        '',
+        R.machineTable(m),
+        '',
+        p.join('\n\n'),
+      ].join('\n'),
+    ])
   console.log(`\nbench: done in ${seconds.toFixed(1)} s`)
   const target = a.out || (a.write ? path.join(ROOT, 'BENCHMARKS.md') : null)
   if (target) {
-    R.replaceSection(target, 'bench', md)
+    for (const [name, md] of blocks) R.replaceSection(target, name, md)
     console.log(`bench: results written to ${path.relative(process.cwd(), target) || target}`)
   }
 }

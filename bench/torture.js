@@ -3,13 +3,17 @@
 // Torture runs: races of many processes for one lock, ours and the peers side
 // by side, counting the failures that matter.
 //
-//   node bench/torture.js [--rounds N (1000)] [--duration S] [--sizes 8,16]
+//   node bench/torture.js [--rounds N (1000; --quick: 50)] [--duration S] [--sizes 8,16]
 //                         [--impls ours,proper-lockfile,lockfile]
 //                         [--kinds fresh,stale,recycled,legacy,kill,
-//                                  force-release,force-stale,run-tree,run-race]
+//                                  force-release,force-stale,run-tree,run-race,
+//                                  pg-race]
 //                         [--peer-rounds N (= rounds)] [--peer-kill-rounds N (200)]
 //                         [--hold-us U (2000)] [--dir D] [--keep]
-//                         [--write]   (also put the tables into BENCHMARKS.md)
+//                         [--write]   (also put the tables into BENCHMARKS.md: races on
+//                                      a server in a block of their own, so that a run of
+//                                      only one sort leaves the other's block as it was)
+//                         [--quick]   (50 rounds unless --rounds says otherwise)
 //
 // Each race kind runs N rounds, or S seconds if that comes first (--duration
 // alone: S seconds per race kind), per implementation and number of racers.
@@ -41,6 +45,11 @@
 //             (bench/torture-run.js)
 //   run-race  (ours only) N `processlock run` wrappers started at once, the
 //             command of each winner taking the lock itself
+//   pg-race   (ours only) N racers with the same PostgreSQL URL and each a lock
+//             directory of its own, on a private server the run starts
+//             (bench/torture-pg.js); the owners' fencing tokens must strictly
+//             increase in the order they acquired. Skipped, with a line saying
+//             so, where PostgreSQL is not installed
 // Racers are long-lived processes (bench/worker.js) told per round, through
 // stdin, the lock directory and a start instant t0 (CLOCK_MONOTONIC); they
 // sleep until t0, try once, and if they win hold (asleep) for a random
@@ -69,6 +78,10 @@ const { Worker } = require('./pool')
 const { oursUnavailable } = require('./impls')
 const report = require('./report')
 const runKinds = require('./torture-run')
+const pgKinds = require('./torture-pg')
+
+// Kinds that run without the long-lived racers of a Combo.
+const SEPARATE = [...runKinds.KINDS, ...pgKinds.KINDS]
 
 const LOCK_NAME = 'backend.short.lock'
 const GUARD_NAME = '.processlock.guard'
@@ -150,13 +163,24 @@ function parseArgs(argv) {
     duration: 0,
     sizes: [8, 16],
     impls: ['ours', 'proper-lockfile', 'lockfile'],
-    kinds: ['fresh', 'stale', 'recycled', 'legacy', 'kill', 'force-release', 'force-stale', ...runKinds.KINDS],
+    kinds: [
+      'fresh',
+      'stale',
+      'recycled',
+      'legacy',
+      'kill',
+      'force-release',
+      'force-stale',
+      ...runKinds.KINDS,
+      ...pgKinds.KINDS,
+    ],
     peerRounds: null,
     peerKillRounds: null,
     holdUs: 2000,
     dir: null,
     keep: false,
     write: false,
+    quick: false,
     observer: true,
   }
   eachOption(argv, __filename, (k, v) => {
@@ -197,13 +221,16 @@ function parseArgs(argv) {
       case '--write':
         a.write = true
         break
+      case '--quick':
+        a.quick = true
+        break
       default:
         return false
     }
     return true
   })
   // --duration alone: run each race kind for that many seconds.
-  if (a.rounds == null) a.rounds = a.duration > 0 ? Infinity : 1000
+  if (a.rounds == null) a.rounds = a.duration > 0 ? Infinity : a.quick ? 50 : 1000
   if (a.peerRounds == null) a.peerRounds = a.rounds
   // Every kill round costs a new Node process (~0.1-0.2 s of CPU here), and the
   // peers' answer to a killed holder is always the same (stuck until stale).
@@ -600,6 +627,8 @@ function failures(st) {
     st.noOwnerRounds +
     st.stuck +
     st.releaseNotOurs +
+    (st.tokensOutOfOrder || 0) +
+    st.leftoverLocks * (pgKinds.KINDS.includes(st.kind) ? 1 : 0) +
     Object.values(o.errors || {}).reduce((x, y) => x + y, 0) +
     Object.values(o.bad || {}).reduce((x, y) => x + y, 0) +
     Object.values(st.badRecords).reduce((x, y) => x + y, 0) +
@@ -636,13 +665,13 @@ async function main() {
   }
   for (const impl of a.impls) {
     for (const n of a.sizes) {
-      if (!a.kinds.some((k) => !runKinds.KINDS.includes(k))) break
+      if (!a.kinds.some((k) => !SEPARATE.includes(k))) break
       const combo = new Combo(a, impl, n, path.join(root, `${impl}-${n}`))
       await combo.start()
       for (const kind of a.kinds) {
         if ((kind === 'recycled' || kind === 'legacy') && impl !== 'ours') continue // peers record no PID
         if (isForceKind(kind) && impl !== 'ours') continue // about our removal guard
-        if (runKinds.KINDS.includes(kind)) continue // below: no long-lived racers
+        if (SEPARATE.includes(kind)) continue // below: no long-lived racers
         const st = await combo.runKind(kind)
         st.impl = impl
         st.n = n
@@ -666,20 +695,53 @@ async function main() {
       console.log(report.tortureLine(st))
     }
   }
+  const onServer = a.impls.includes('ours') ? a.kinds.filter((k) => pgKinds.KINDS.includes(k)) : []
+  const pg = onServer.length ? await pgKinds.startServer() : null
+  if (pg && pg.why) console.log(`torture: ${onServer.join(', ')}: skipped (${pg.why})`)
+  else if (pg) {
+    try {
+      for (const n of a.sizes) {
+        for (const kind of onServer) {
+          const st = await pgKinds.runKind(kind, n, {
+            rounds: a.rounds,
+            duration: a.duration,
+            holdUs: a.holdUs,
+            base: root,
+            keep: a.keep,
+            pg,
+          })
+          results.push(st)
+          console.log(report.tortureLine(st))
+        }
+      }
+    } finally {
+      await pg.close()
+    }
+  }
   if (!a.keep && !a.dir) fs.rmSync(root, { recursive: true, force: true })
   const seconds = (Date.now() - t0) / 1000
 
-  const md = report.tortureMarkdown(results, {
+  // Races on lock files and on a server are two blocks of BENCHMARKS.md: a run of one kind's
+  // races leaves the other's block as it was.
+  const meta = {
     command: `npm run torture -- ${process.argv.slice(2).join(' ')}`.trim(),
     machine,
     seconds,
     staleMs: PEER_STALE_MS,
     holdUs: a.holdUs,
-  })
-  console.log('\n' + md)
-  if (a.write) {
-    report.replaceSection(path.join(__dirname, '..', 'BENCHMARKS.md'), 'torture', md)
-    console.log('torture: results written to BENCHMARKS.md')
+  }
+  const onPg = (st) => pgKinds.KINDS.includes(st.kind)
+  const blocks = [
+    ['torture', results.filter((st) => !onPg(st)), meta],
+    ['torture-pg', results.filter(onPg), { ...meta, server: true }],
+  ].filter(([, rs]) => rs.length)
+  for (const [name, rs, m] of blocks) {
+    const md = report.tortureMarkdown(rs, m)
+    console.log('\n' + md)
+    if (a.write) {
+      report.replaceSection(path.join(__dirname, '..', 'BENCHMARKS.md'), name, md)
+      console.log(`torture: results written to BENCHMARKS.md (${name})`)
+    }
   }
 
   const ours = results.filter((s) => s.impl === 'ours')

@@ -1,0 +1,168 @@
+'use strict'
+// A long-lived client of a lock on a PostgreSQL server, driven like bench/worker.js (through
+// bench/pool.js) by bench/pg.js and bench/torture-pg.js.
+//
+//   node bench/pg-client.js <ours|node-postgres> '{"url":..,"dir":..,"leaseMs":..}'
+//
+// ours: the package with `url` (a session of its own per held lock, the lease, the record).
+// node-postgres: what users script by hand with the `pg` package: one connection with its
+// defaults, made at start; `pg_try_advisory_lock` and, to wait, the same again every 100 ms.
+//
+// Commands, one JSON object per line on stdin; replies on stdout (t = hrtime ns, the machine's
+// monotonic clock, comparable between processes):
+//   cycles {n, warmup, maxMs}   J {n, median_ns, p95_ns}
+//   hold                        A t token | E code message
+//   take {waitMs}               W (waiting), then J {ok, tA, code}; a taken lock is released
+//                               right after the reply, then X ok
+//   release                     R t (release called), then X ok
+//   round {r, t0, holdUs}       at t0 one attempt: A r t token, then after 0..holdUs us R r t
+//                               (and X r when release said the lock was not ours any more), or
+//                               L r t; E r code on anything unexpected; D r at the end
+//   fds                         F n (open descriptors)
+//   exit
+
+const fs = require('node:fs')
+const path = require('node:path')
+const readline = require('node:readline')
+
+const impl = process.argv[2]
+const options = JSON.parse(process.argv[3] || '{}')
+const TYPE = 'backend'
+const POLL_MS = 100
+// The poller's own key (the package's locks are keyed by a hash of their name).
+const POLLER_KEY = '4242424242'
+
+const now = () => process.hrtime.bigint()
+const delay = (ms) => new Promise((r) => setTimeout(r, ms))
+const sleeper = new Int32Array(new SharedArrayBuffer(4))
+const sleepNs = (ns) => ns > 0 && Atomics.wait(sleeper, 0, 0, Number(ns) / 1e6)
+
+function out(line) {
+  fs.writeSync(1, `${line}\n`)
+}
+
+function fdCount() {
+  return fs.readdirSync('/proc/self/fd').length - 1 // less readdir's own
+}
+
+function ours() {
+  const pl = require(path.resolve(__dirname, '..'))
+  const opts = {
+    url: options.url,
+    dir: options.dir,
+    tradeSide: 'SHORT',
+    processName: 'bench',
+    log: false,
+    ...(options.leaseMs ? { leaseMs: options.leaseMs } : {}),
+  }
+  return {
+    async start() {},
+    tryAcquire() {
+      try {
+        return pl.acquireLock(TYPE, opts).fencingToken
+      } catch (e) {
+        if (e && e.code === 'LOCK_CONFLICT') return null
+        throw e
+      }
+    },
+    async take(waitMs) {
+      await pl.acquireLockAsync(TYPE, { ...opts, timeoutMs: waitMs })
+    },
+    release: () => pl.releaseLock(TYPE, opts) !== false,
+  }
+}
+
+function nodePostgres() {
+  const { Client } = require('pg')
+  const client = new Client({ connectionString: options.url })
+  const tryLock = async () =>
+    (await client.query('SELECT pg_try_advisory_lock($1) AS ok', [POLLER_KEY])).rows[0].ok === true
+  return {
+    start: () => client.connect(),
+    tryAcquire: async () => ((await tryLock()) ? '' : null),
+    async take(waitMs) {
+      const end = Date.now() + waitMs
+      while (!(await tryLock())) {
+        if (Date.now() >= end) throw Object.assign(new Error('timed out'), { code: 'TIMEOUT' })
+        await delay(POLL_MS)
+      }
+    },
+    release: async () => (await client.query('SELECT pg_advisory_unlock($1) AS ok', [POLLER_KEY])).rows[0].ok,
+  }
+}
+
+async function cycles(lock, { n, warmup, maxMs }) {
+  const took = []
+  const end = Date.now() + maxMs
+  for (let i = 0; i < warmup + n && Date.now() < end; i++) {
+    const t = now()
+    if ((await lock.tryAcquire()) == null) throw new Error('the lock is held by someone else')
+    await lock.release()
+    if (i >= warmup) took.push(Number(now() - t))
+  }
+  took.sort((x, y) => x - y)
+  const at = (q) => took[Math.round((took.length - 1) * q)]
+  return { n: took.length, median_ns: at(0.5), p95_ns: at(0.95) }
+}
+
+async function round(lock, { r, t0, holdUs }) {
+  const start = BigInt(t0)
+  sleepNs(start - now())
+  while (now() < start);
+  try {
+    const token = await lock.tryAcquire()
+    const t = now()
+    if (token == null) out(`L ${r} ${t}`)
+    else {
+      out(`A ${r} ${t} ${token}`)
+      sleepNs(Math.floor(Math.random() * holdUs * 1000))
+      out(`R ${r} ${now()}`)
+      if (!(await lock.release())) out(`X ${r}`)
+    }
+  } catch (e) {
+    out(`E ${r} ${(e && e.code) || 'throw'} ${String(e && e.message).split('\n')[0]}`)
+  }
+  out(`D ${r}`)
+}
+
+async function main() {
+  const lock = impl === 'ours' ? ours() : nodePostgres()
+  await lock.start()
+  out(`READY ${fdCount()}`)
+  const rl = readline.createInterface({ input: process.stdin })
+  for await (const line of rl) {
+    const cmd = JSON.parse(line)
+    if (cmd.op === 'exit') break
+    try {
+      if (cmd.op === 'cycles') out(`J ${JSON.stringify(await cycles(lock, cmd))}`)
+      else if (cmd.op === 'hold') {
+        const token = await lock.tryAcquire()
+        out(token == null ? 'E LOCK_CONFLICT the lock is held by someone else' : `A ${now()} ${token}`)
+      } else if (cmd.op === 'take') {
+        out('W')
+        let reply
+        try {
+          await lock.take(cmd.waitMs)
+          reply = { ok: true, tA: String(now()) }
+        } catch (e) {
+          reply = { ok: false, code: (e && e.code) || String(e) }
+        }
+        out(`J ${JSON.stringify(reply)}`)
+        if (reply.ok) out(`X ${await lock.release()}`)
+      } else if (cmd.op === 'release') {
+        out(`R ${now()}`)
+        out(`X ${await lock.release()}`)
+      } else if (cmd.op === 'round') await round(lock, cmd)
+      else if (cmd.op === 'fds') out(`F ${fdCount()}`)
+      else throw new Error(`unknown op ${cmd.op}`)
+    } catch (e) {
+      out(`E ${(e && e.code) || 'throw'} ${String(e && e.message).split('\n')[0]}`)
+    }
+  }
+  process.exit(0)
+}
+
+main().catch((e) => {
+  console.error(e && e.stack ? e.stack : e)
+  process.exit(2)
+})
