@@ -723,8 +723,6 @@ fn acquire_failure(e: Error, target: &LockTarget) -> AcquireOutcome {
 pub struct ReleaseOutcome {
     /// The lock file was ours and was removed.
     pub removed: bool,
-    /// The calling holder held the lock (whether or not its file was still there).
-    pub held: bool,
     pub lock_file: Option<String>,
     pub lines: Vec<String>,
     pub error: Option<Failure>,
@@ -1010,13 +1008,11 @@ impl Lock for FileLock {
             },
             // Other holders in this process still hold it: the lock and its file stay.
             Release::KeptByOthers => ReleaseOutcome {
-                held: true,
                 lock_file,
                 ..Default::default()
             },
             Release::Released(record, Ok(removed)) => ReleaseOutcome {
                 removed,
-                held: true,
                 lock_file,
                 lines: if options.quiet {
                     Vec::new()
@@ -1027,10 +1023,8 @@ impl Lock for FileLock {
             },
             Release::Released(_, Err(e)) => ReleaseOutcome {
                 lock_file,
-                ..ReleaseOutcome {
-                    error: Some(e.into()),
-                    ..Default::default()
-                }
+                error: Some(e.into()),
+                ..Default::default()
             },
         }
     }

@@ -166,7 +166,6 @@ impl Lock for PgLock {
             }
             if !holders.is_empty() {
                 return ReleaseOutcome {
-                    held: true,
                     lock_file: Some(self.id.clone()),
                     ..Default::default()
                 };
@@ -181,7 +180,6 @@ impl Lock for PgLock {
         match entry.held.release() {
             Ok(removed) => ReleaseOutcome {
                 removed,
-                held: true,
                 lock_file: Some(self.id.clone()),
                 // A lost lock was not released: its loss was reported instead.
                 lines: if removed && !options.quiet {
