@@ -36,7 +36,12 @@ function holder() {
   return holderId
 }
 
-function checkOptions(processType, options, extra = []) {
+/** The options that must be strings, and the numbers that must be finite and >= 0 (per API). */
+const STRING_OPTIONS = ['dir', 'processName', 'url', 'namespace', 'table']
+const NUMBER_OPTIONS = ['leaseMs', 'connectTimeoutMs']
+const ACQUIRE_NUMBER_OPTIONS = [...NUMBER_OPTIONS, 'waitMs']
+
+function checkOptions(processType, options, numbers = NUMBER_OPTIONS) {
   if (typeof processType !== 'string') {
     throw new errors.LockInvalidNameError(
       `LOCK_INVALID_NAME: processType must be a string, got ${processType === null ? 'null' : typeof processType}`,
@@ -45,7 +50,7 @@ function checkOptions(processType, options, extra = []) {
   }
   if (options === undefined || options === null) return {}
   if (typeof options !== 'object') throw invalidOption(`options must be an object, got ${typeof options}`)
-  for (const key of ['dir', 'processName', 'url', 'namespace', 'table']) {
+  for (const key of STRING_OPTIONS) {
     if (options[key] !== undefined && typeof options[key] !== 'string') {
       throw invalidOption(`${key} must be a string`)
     }
@@ -64,7 +69,7 @@ function checkOptions(processType, options, extra = []) {
   if (onLost !== undefined && onLost !== 'exit' && onLost !== 'signal' && typeof onLost !== 'function') {
     throw invalidOption("onLost must be 'exit', 'signal' or a function (error) => void")
   }
-  for (const key of ['leaseMs', 'connectTimeoutMs', ...extra]) {
+  for (const key of numbers) {
     const v = options[key]
     if (v !== undefined && !(typeof v === 'number' && v >= 0 && Number.isFinite(v))) {
       throw invalidOption(`${key} must be a finite number >= 0`)
@@ -86,19 +91,45 @@ function orEnv(value, variable) {
  * (option, else `$PROCESSLOCK_URL`) puts the lock on that server; an empty one means files.
  */
 function nativeOptions(options) {
+  const url = orEnv(options.url, 'PROCESSLOCK_URL')
   return {
     dir: orEnv(options.dir, 'PROCESSLOCK_DIR'),
     tradeSide: options.tradeSide === null ? '' : orEnv(options.tradeSide, 'TRADE_SIDE') || '',
     processName: options.processName,
     quiet: isSilent(options.log),
     holder: holder(),
-    url: orEnv(options.url, 'PROCESSLOCK_URL') || undefined,
+    server: url ? serverOptions(url, options) : undefined,
+  }
+}
+
+function serverOptions(url, options) {
+  return {
+    url,
     leaseMs: options.leaseMs,
     connectTimeoutMs: options.connectTimeoutMs,
     namespace: options.namespace,
     table: options.table,
     onLost: options.onLost === undefined || options.onLost === 'exit' ? 'exit' : 'notify',
   }
+}
+
+/**
+ * Calls the native function `fn` on the lock `processType` with `native` (from nativeOptions)
+ * and up to two arguments of its own. The native side takes them positionally: reading an
+ * options object there, property by property, cost more per call than the lock's system calls.
+ */
+function onLock(fn, processType, native, a, b) {
+  return fn(
+    processType,
+    native.dir,
+    native.tradeSide,
+    native.processName,
+    native.quiet,
+    native.holder,
+    native.server,
+    a,
+    b,
+  )
 }
 
 /**
@@ -135,14 +166,14 @@ function lost(event) {
   emit(entry.sink, event.lines)
   forget(event.lockFile)
   // Drops the native hold without a release line; a lock file of someone else stays.
-  binding.release(entry.processType, { ...entry.options, quiet: true })
+  onLock(binding.release, entry.processType, { ...entry.options, quiet: true })
   tell(entry, errorFromFailure(event.error, event.lockFile))
 }
 
 function tell(entry, error) {
   if (entry.controller) entry.controller.abort(error)
   // `onLost` is for server locks; a lock file's loss reaches its `lockSignal` only.
-  if (entry.options.url && typeof entry.onLost === 'function') entry.onLost(error)
+  if (entry.options.server && typeof entry.onLost === 'function') entry.onLost(error)
 }
 
 /** Drops this instance's view of a hold that the registry says it no longer has. */
@@ -160,7 +191,7 @@ function fail(out, sink) {
  * lock here too. Lines go to the sink the lock was taken with, else to `sink`.
  */
 function release(processType, native, sink) {
-  const out = binding.release(processType, native)
+  const out = onLock(binding.release, processType, native)
   const entry = held.get(out.lockFile)
   if (!out.error) emit(entry ? entry.sink : sink, out.lines)
   forget(out.lockFile)
@@ -171,7 +202,7 @@ function releaseEverything() {
   for (const entry of [...held.values()]) release(entry.processType, entry.options, entry.sink)
 }
 
-function adopt(out, processType, options, sink) {
+function adopt(out, processType, options, native, sink) {
   emit(sink, out.lines)
   const before = held.get(out.lockFile)
   if (before && before.token && before.token !== out.info.fencingToken) {
@@ -181,11 +212,11 @@ function adopt(out, processType, options, sink) {
   if (!held.has(out.lockFile)) {
     // Released later by where it is, not by how it was named: a relative `dir`, the working
     // directory or `$TRADE_SIDE` may have changed by then.
-    const native = { ...nativeOptions(options), tradeSide: out.info.tradeSide || '' }
-    if (out.info.backend === 'file') native.dir = path.dirname(out.lockFile)
+    const where = { ...native, tradeSide: out.info.tradeSide || '' }
+    if (out.info.backend === 'file') where.dir = path.dirname(out.lockFile)
     held.set(out.lockFile, {
       processType,
-      options: native,
+      options: where,
       sink,
       onLost: options.onLost,
       controller: null,
@@ -201,19 +232,20 @@ function adopt(out, processType, options, sink) {
  * that holds it, as long as the lock file at its path is still the one it holds.
  */
 function acquireLock(processType, options) {
-  const opts = checkOptions(processType, options, ['waitMs'])
+  const opts = checkOptions(processType, options, ACQUIRE_NUMBER_OPTIONS)
   const sink = sinkFor(opts.log)
   if (opts.onLost !== undefined && opts.onLost !== 'exit') listenLosses()
+  const native = nativeOptions(opts)
   const out = opts.replace
-    ? binding.acquireReplacing(processType, nativeOptions(opts), opts.waitMs)
+    ? onLock(binding.acquireReplacing, processType, native, opts.waitMs)
     : opts.waitMs > 0
-      ? binding.acquireWait(processType, nativeOptions(opts), opts.waitMs)
-      : binding.acquire(processType, nativeOptions(opts))
+      ? onLock(binding.acquireWait, processType, native, opts.waitMs)
+      : onLock(binding.acquire, processType, native)
   if (out.error) {
     if (!out.held) forget(out.lockFile)
     fail(out, sink)
   }
-  return adopt(out, processType, opts, sink)
+  return adopt(out, processType, opts, native, sink)
 }
 
 let nextWaitId = 1
@@ -263,7 +295,7 @@ function leaveFlight(lockFile) {
   if (--flight.count > 0) return
   inFlight.delete(lockFile)
   const back = flight.giveBack
-  if (back && !held.has(lockFile)) binding.release(back.processType, back.native)
+  if (back && !held.has(lockFile)) onLock(binding.release, back.processType, back.native)
 }
 
 /**
@@ -278,7 +310,7 @@ async function acquireLockAsync(processType, options) {
   if (signal && signal.aborted) throw abortedError(signal)
   if (opts.onLost !== undefined && opts.onLost !== 'exit') listenLosses()
   const native = nativeOptions(opts)
-  const where = binding.lockPath(processType, native)
+  const where = onLock(binding.lockPath, processType, native)
   throwIfFailed(where)
   const flight = enterFlight(where.lockFile)
   try {
@@ -289,7 +321,7 @@ async function acquireLockAsync(processType, options) {
     let out
     try {
       const timeout = opts.timeoutMs === Infinity ? undefined : opts.timeoutMs
-      out = await binding.acquireAsync(processType, native, timeout, waitId)
+      out = await onLock(binding.acquireAsync, processType, native, timeout, waitId)
     } finally {
       if (signal) signal.removeEventListener('abort', onAbort)
     }
@@ -304,7 +336,7 @@ async function acquireLockAsync(processType, options) {
       if (!out.alreadyHeld) flight.giveBack = { processType, native }
       throw abortedError(signal)
     }
-    return adopt(out, processType, opts, sink)
+    return adopt(out, processType, opts, native, sink)
   } finally {
     leaveFlight(where.lockFile)
   }
@@ -327,7 +359,7 @@ function releaseLock(processType, options) {
  */
 function getLockInfo(processType, options) {
   const opts = checkOptions(processType, options)
-  const out = binding.lockInfo(processType, nativeOptions(opts))
+  const out = onLock(binding.lockInfo, processType, nativeOptions(opts))
   throwIfFailed(out)
   return normalizeRecord(out.info)
 }
@@ -340,7 +372,7 @@ function getLockInfo(processType, options) {
  */
 function forceRemoveLock(processType, options) {
   const opts = checkOptions(processType, options)
-  const out = binding.forceRemoveLock(processType, nativeOptions(opts))
+  const out = onLock(binding.forceRemoveLock, processType, nativeOptions(opts))
   throwIfFailed(out)
   forget(out.lockFile)
   return out.removed
@@ -352,7 +384,7 @@ function forceRemoveLock(processType, options) {
  */
 function isLockHeld(processType, options) {
   const opts = checkOptions(processType, options)
-  const out = binding.isHeld(processType, nativeOptions(opts))
+  const out = onLock(binding.isHeld, processType, nativeOptions(opts))
   throwIfFailed(out)
   return out.held
 }
@@ -365,7 +397,8 @@ function listLocks(options) {
     if (opts[key] !== undefined && typeof opts[key] !== 'string') throw invalidOption(`${key} must be a string`)
   }
   holder()
-  const server = { url: orEnv(opts.url, 'PROCESSLOCK_URL') || undefined, namespace: opts.namespace, table: opts.table }
+  const url = orEnv(opts.url, 'PROCESSLOCK_URL')
+  const server = url ? { url, namespace: opts.namespace, table: opts.table } : undefined
   const out = binding.list(orEnv(opts.dir, 'PROCESSLOCK_DIR'), server)
   throwIfFailed(out)
   return out.locks.map((l) => ({
@@ -389,7 +422,7 @@ function lockSignal(processType, options) {
   const opts = checkOptions(processType, options)
   listenLosses()
   const native = nativeOptions(opts)
-  const out = binding.watchLost(processType, native)
+  const out = onLock(binding.watchLost, processType, native)
   throwIfFailed(out)
   const entry = held.get(out.lockFile)
   if (!out.held || !entry) {
@@ -408,9 +441,17 @@ function lockSignal(processType, options) {
 /** The lock file path that `processType` and `options` name; nothing is touched. */
 function lockFilePath(processType, options) {
   const opts = checkOptions(processType, options)
-  const out = binding.lockPath(processType, nativeOptions(opts))
+  const out = onLock(binding.lockPath, processType, nativeOptions(opts))
   throwIfFailed(out)
   return out.lockFile
+}
+
+/**
+ * `acquireLock`, or the process ends once the error's `[FATAL]` line is written (lib/exit.js,
+ * loaded at the first call: most processes never use it).
+ */
+function acquireLockOrExit(processType, options) {
+  return require('./lib/exit.js').orExit(acquireLock)(processType, options)
 }
 
 module.exports = {
@@ -433,5 +474,5 @@ module.exports = {
   LockAbortedError: errors.LockAbortedError,
   LockUnsafeDirError: errors.LockUnsafeDirError,
   LockLostError: errors.LockLostError,
-  acquireLockOrExit: require('./lib/exit.js').orExit(acquireLock),
+  acquireLockOrExit,
 }

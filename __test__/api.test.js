@@ -456,3 +456,29 @@ describeAsNobody('another user', () => {
     expect(pl.releaseLock('backend', SHORT(dir))).toBe(true)
   })
 })
+
+/** For tests that count a process's threads in /proc: elsewhere they are skipped, saying why. */
+const countsThreads =
+  process.platform === 'linux'
+    ? test
+    : (name, fn) => test.skip(`${name} [skipped: threads are counted in /proc, Linux only]`, fn)
+
+countsThreads('loading the package and holding a lock file start no thread', () => {
+  // In a process of its own: jest's threads come and go. The PostgreSQL client and the threads
+  // of waits start only when a call needs them.
+  const dir = tempDir('api-threads')
+  const opts = JSON.stringify({ dir, tradeSide: 'SHORT', log: false })
+  const code = `
+    const fs = require('node:fs')
+    const threads = () => fs.readdirSync('/proc/self/task').length
+    const before = threads()
+    const pl = require(${JSON.stringify(ROOT)})
+    const loaded = threads()
+    pl.acquireLock('backend', ${opts})
+    const holding = threads()
+    pl.releaseLock('backend', ${opts})
+    console.log(JSON.stringify({ loaded: loaded - before, holding: holding - before }))`
+  const r = spawnSync(process.execPath, ['-e', code], { encoding: 'utf8' })
+  expect(r.stderr).toBe('')
+  expect(JSON.parse(r.stdout)).toEqual({ loaded: 0, holding: 0 })
+})

@@ -3,8 +3,6 @@
 // package.json above it), so that it does not depend on the directory the service was started
 // from.
 
-const { isMainThread } = require('node:worker_threads')
-
 /** PM2 starts apps through its own container script and names the app's in `pm_exec_path`. */
 const PM2_CONTAINER = /[\\/]pm2[\\/]lib[\\/]ProcessContainer(Fork)?(Bun)?\.js$/
 
@@ -13,6 +11,8 @@ const PM2_CONTAINER = /[\\/]pm2[\\/]lib[\\/]ProcessContainer(Fork)?(Bun)?\.js$/
  * worker's own script is not the application's), else '' (`node -e`, the REPL).
  */
 function entryScript() {
+  // Loaded here, at the first acquire, not when the package is required (it loads Node's streams).
+  const { isMainThread } = require('node:worker_threads')
   const main = isMainThread && require.main ? require.main.filename : undefined
   const script = main || process.argv[1] || ''
   if (PM2_CONTAINER.test(script) && process.env.pm_exec_path) return process.env.pm_exec_path

@@ -15,8 +15,8 @@
 //   Node's signal watchers every time), so a process that holds no lock behaves exactly as if
 //   this package were not loaded.
 
-const os = require('node:os')
-const { isMainThread } = require('node:worker_threads')
+// `node:os` and `node:worker_threads` are loaded when first needed, not at require time: the
+// latter loads Node's streams, which a process that never takes a lock should not pay for.
 
 const SIGNALS = process.platform === 'win32' ? ['SIGINT', 'SIGTERM'] : ['SIGINT', 'SIGTERM', 'SIGHUP']
 
@@ -53,7 +53,7 @@ function onSignal(signal) {
   // PID 1 of a PID namespace (a container's app without an init) is spared by the kernel from
   // signals it has no handler for: the re-raised signal would leave it running without its lock.
   // It ends with the status a shell gives that signal instead.
-  if (process.pid === 1) process.exit(128 + os.constants.signals[signal])
+  if (process.pid === 1) process.exit(128 + require('node:os').constants.signals[signal])
   process.kill(process.pid, signal)
 }
 
@@ -69,7 +69,7 @@ function install(release, holds) {
   process.on('exit', onExit)
   // Signal listeners are a main-thread feature; a worker's locks go with its 'exit' (and, for
   // `worker.terminate()`, with the clean-up of its Node environment: see `openHolder`).
-  if (!isMainThread) return
+  if (!require('node:worker_threads').isMainThread) return
   for (const signal of SIGNALS) {
     const handler = () => onSignal(signal)
     handlers.set(signal, handler)

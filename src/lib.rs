@@ -5,12 +5,15 @@
 //! JS layer builds real `Error` subclasses from these objects instead.
 
 use std::collections::{HashMap, VecDeque};
+use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::mpsc;
 use std::sync::{Mutex, MutexGuard, Once, OnceLock};
 use std::time::{Duration, Instant};
 
-use napi::Env;
+use napi::bindgen_prelude::Object;
+use napi::{Env, JsDeferred};
 use napi_derive::napi;
 
 mod losses;
@@ -27,30 +30,57 @@ use processlock::{
 /// What this process holds, for every JavaScript module instance (one per worker thread) in it.
 pub(crate) static REGISTRY: Registry = Registry::new();
 
-#[napi(object)]
+/// What every call on a lock is given besides the process type. The binding takes these as
+/// positional arguments (`dir, trade_side, process_name, quiet, holder, server`, in this order):
+/// an options object would be read property by property on every call, which cost more than the
+/// system calls of an acquire and release.
 #[derive(Default)]
-pub struct LockOptions {
+pub(crate) struct LockOptions {
     pub dir: Option<String>,
     pub trade_side: Option<String>,
     pub process_name: Option<String>,
     /// Nobody reads the log lines: do not build them.
-    pub quiet: Option<bool>,
+    pub quiet: bool,
     /// The JS module instance that takes or lets go of the lock (`open_holder`); 0 if absent.
-    pub holder: Option<u32>,
-    /// A PostgreSQL URL: the lock is held on that server instead of in a file.
-    pub url: Option<String>,
+    pub holder: u32,
+    /// The lock is held on this server instead of in a file.
+    pub server: Option<ServerOptions>,
+}
+
+impl LockOptions {
+    fn new(
+        dir: Option<String>,
+        trade_side: Option<String>,
+        process_name: Option<String>,
+        quiet: Option<bool>,
+        holder: Option<u32>,
+        server: Option<ServerOptions>,
+    ) -> Self {
+        Self {
+            dir,
+            trade_side,
+            process_name,
+            quiet: quiet.unwrap_or(false),
+            holder: holder.unwrap_or(0),
+            server,
+        }
+    }
+
+    fn holder(&self) -> Holder {
+        Holder::from(self.holder)
+    }
+}
+
+/// The PostgreSQL server a lock is held on; given only with a URL.
+#[napi(object)]
+pub struct ServerOptions {
+    pub url: String,
     pub lease_ms: Option<f64>,
     pub connect_timeout_ms: Option<f64>,
     pub namespace: Option<String>,
     pub table: Option<String>,
-    /// What the native side does when a server lock is lost: `exit` (default) or `notify`.
+    /// What the native side does when the lock is lost: `exit` (default) or `notify`.
     pub on_lost: Option<String>,
-}
-
-impl LockOptions {
-    fn holder(&self) -> Holder {
-        Holder::from(self.holder.unwrap_or(0))
-    }
 }
 
 /// A holder id for a JS module instance (each worker thread loads its own). When its thread's
@@ -178,16 +208,14 @@ pub struct Failure {
     pub lines: Vec<String>,
 }
 
-impl Failure {
-    pub(crate) fn from_error(e: Error, name: Option<&LockName>) -> Self {
-        let (holder, waited_ms, lines) = match &e {
+impl From<Error> for Failure {
+    fn from(e: Error) -> Self {
+        let (holder, waited_ms) = match &e {
             Error::Conflict(c) => (
                 Some(LockRecord::from(c.holder.clone())),
                 Some(c.waited_ms as f64),
-                name.map(|n| report::conflict(n, &c.holder, &c.path))
-                    .unwrap_or_default(),
             ),
-            _ => (None, None, Vec::new()),
+            _ => (None, None),
         };
         Self {
             code: e.code().into(),
@@ -198,43 +226,21 @@ impl Failure {
             path: e.path().map(path_string),
             holder,
             waited_ms,
-            lines,
+            lines: Vec::new(),
         }
     }
 }
 
-/// Every outcome object carries either its result or a `Failure`: this builds the failed one.
-pub(crate) trait Failed: Default {
-    fn set_error(&mut self, failure: Failure);
-
-    fn failed(e: Error) -> Self {
-        Self::with_failure(Failure::from_error(e, None))
-    }
-
-    fn with_failure(failure: Failure) -> Self {
-        let mut out = Self::default();
-        out.set_error(failure);
-        out
+impl Failure {
+    /// A failed acquisition of `name`: a conflict also brings the log lines that name the holder.
+    fn acquiring(e: Error, name: &LockName) -> Self {
+        let lines = match &e {
+            Error::Conflict(c) => report::conflict(name, &c.holder, &c.path),
+            _ => Vec::new(),
+        };
+        Self { lines, ..e.into() }
     }
 }
-
-macro_rules! failed_outcomes {
-    ($($t:ty),*) => {
-        $(impl Failed for $t {
-            fn set_error(&mut self, failure: Failure) {
-                self.error = Some(failure);
-            }
-        })*
-    };
-}
-
-failed_outcomes!(
-    AcquireOutcome,
-    ReleaseOutcome,
-    InfoOutcome,
-    RemoveOutcome,
-    ListOutcome
-);
 
 fn path_string(p: &Path) -> String {
     p.to_string_lossy().into_owned()
@@ -305,11 +311,15 @@ pub(crate) trait Lock {
     fn watch_lost(&self, options: &LockOptions);
 }
 
-/// The lock that `process_type` and `options` name: on the server of `options.url` when there
-/// is one, else in a file.
+/// The lock that `process_type` and `options` name: on the server of `options.server` when
+/// there is one, else in a file.
 fn select(process_type: &str, options: &LockOptions) -> Result<Box<dyn Lock>, Box<Failure>> {
-    let fail = |e| Box::new(Failure::from_error(e, None));
-    match pg::options(options) {
+    let fail = |e: Error| Box::new(Failure::from(e));
+    match options
+        .server
+        .as_ref()
+        .and_then(|s| pg::options(s, options.process_name.clone()))
+    {
         Some(opts) => {
             let name =
                 LockName::from_env(process_type, options.trade_side.as_deref()).map_err(fail)?;
@@ -331,11 +341,22 @@ pub(crate) struct Waiting {
 }
 
 #[napi]
-pub fn acquire(process_type: String, options: Option<LockOptions>) -> AcquireOutcome {
-    let options = options.unwrap_or_default();
+pub fn acquire(
+    process_type: String,
+    dir: Option<String>,
+    trade_side: Option<String>,
+    process_name: Option<String>,
+    quiet: Option<bool>,
+    holder: Option<u32>,
+    server: Option<ServerOptions>,
+) -> AcquireOutcome {
+    let options = LockOptions::new(dir, trade_side, process_name, quiet, holder, server);
     match select(&process_type, &options) {
         Ok(lock) => lock.acquire(&options, None),
-        Err(f) => AcquireOutcome::with_failure(*f),
+        Err(f) => AcquireOutcome {
+            error: Some(*f),
+            ..Default::default()
+        },
     }
 }
 
@@ -346,7 +367,7 @@ fn taken_outcome(
     target: &LockTarget,
     options: &LockOptions,
 ) -> AcquireOutcome {
-    let quiet = options.quiet.unwrap_or(false);
+    let quiet = options.quiet;
     match result {
         Ok(taken) => {
             let mut lines = Vec::new();
@@ -375,7 +396,7 @@ fn taken_outcome(
         }
         Err(e) => AcquireOutcome {
             held: REGISTRY.is_holder(&target.path, options.holder()),
-            ..acquire_failure(e, Some(&target.name), Some(&target.path))
+            ..acquire_failure(e, target)
         },
     }
 }
@@ -383,52 +404,82 @@ fn taken_outcome(
 /// Like `acquire`, but waits up to `wait_ms` for the holder to let go (its release, exit or
 /// death): blocks the calling thread. At the deadline: `LOCK_CONFLICT` with `waitedMs`.
 #[napi]
+#[allow(clippy::too_many_arguments)] // positional on purpose: see `LockOptions`
 pub fn acquire_wait(
     process_type: String,
-    options: Option<LockOptions>,
+    dir: Option<String>,
+    trade_side: Option<String>,
+    process_name: Option<String>,
+    quiet: Option<bool>,
+    holder: Option<u32>,
+    server: Option<ServerOptions>,
     wait_ms: f64,
 ) -> AcquireOutcome {
+    let options = LockOptions::new(dir, trade_side, process_name, quiet, holder, server);
     let key = WAITS.internal_key();
-    acquire_waiting(
-        &process_type,
-        &options.unwrap_or_default(),
-        duration_ms(Some(wait_ms)),
-        key,
-    )
+    acquire_waiting(&process_type, &options, duration_ms(Some(wait_ms)), key)
 }
 
-/// The Promise form of `acquire_wait`. The wait blocks a thread of napi's tokio blocking pool,
-/// never one of libuv's pool (whose 4 threads `fs` and `dns` calls share). `timeout_ms`: `None`
-/// (or infinite) waits until the lock is ours or `cancel_wait(wait_id)` is called, which ends it
-/// with `LOCK_ABORTED`. `wait_id` is chosen by the caller and unique among its pending waits.
-#[napi]
-pub async fn acquire_async(
+/// Settles the Promise of an `acquire_async` on the JS thread.
+type Settle = Box<dyn FnOnce(Env) -> napi::Result<AcquireOutcome> + Send>;
+
+/// The Promise form of `acquire_wait`. The wait blocks a thread of its own, started for it and
+/// ended with it, never one of libuv's pool (whose 4 threads `fs` and `dns` calls share); a
+/// process that never waits this way has no such thread. `timeout_ms`: `None` (or infinite)
+/// waits until the lock is ours or `cancel_wait(wait_id)` is called, which ends it with
+/// `LOCK_ABORTED`. `wait_id` is chosen by the caller and unique among its pending waits.
+#[napi(ts_return_type = "Promise<AcquireOutcome>")]
+#[allow(clippy::too_many_arguments)] // positional on purpose: see `LockOptions`
+pub fn acquire_async<'env>(
+    env: &'env Env,
     process_type: String,
-    options: Option<LockOptions>,
+    dir: Option<String>,
+    trade_side: Option<String>,
+    process_name: Option<String>,
+    quiet: Option<bool>,
+    holder: Option<u32>,
+    server: Option<ServerOptions>,
     timeout_ms: Option<f64>,
     wait_id: u32,
-) -> AcquireOutcome {
-    let options = options.unwrap_or_default();
+) -> napi::Result<Object<'env>> {
+    let options = LockOptions::new(dir, trade_side, process_name, quiet, holder, server);
     let wait = duration_ms(timeout_ms);
     let key = u64::from(wait_id);
-    let blocking = napi::tokio::task::spawn_blocking(move || {
-        acquire_waiting(&process_type, &options, wait, key)
-    });
-    match blocking.await {
-        Ok(outcome) => outcome,
-        Err(e) => {
-            // The wait panicked (a bug): its entry must not stay behind.
-            WAITS.end(key);
-            acquire_failure(
-                Error::io(
-                    "wait",
-                    "",
-                    std::io::Error::other(format!("the waiting thread failed: {e}")),
-                ),
-                None,
-                None,
-            )
+    let (deferred, promise) = env.create_deferred::<AcquireOutcome, Settle>()?;
+    let (give, take) = mpsc::channel::<JsDeferred<AcquireOutcome, Settle>>();
+    let spawned = std::thread::Builder::new()
+        .name("processlock-wait".into())
+        .spawn(move || {
+            let waited = panic::catch_unwind(AssertUnwindSafe(|| {
+                acquire_waiting(&process_type, &options, wait, key)
+            }));
+            let outcome = waited.unwrap_or_else(|_| {
+                // The wait panicked (a bug): its entry must not stay behind.
+                WAITS.end(key);
+                wait_failed("the waiting thread failed")
+            });
+            if let Ok(deferred) = take.recv() {
+                deferred.resolve(Box::new(move |_| Ok(outcome)));
+            }
+        });
+    match spawned {
+        Ok(_) => {
+            // The thread takes it whenever it is done; it cannot be gone before that.
+            let _ = give.send(deferred);
         }
+        Err(e) => {
+            WAITS.end(key);
+            let outcome = wait_failed(&format!("no thread could be started to wait: {e}"));
+            deferred.resolve(Box::new(move |_| Ok(outcome)));
+        }
+    }
+    Ok(promise)
+}
+
+fn wait_failed(problem: &str) -> AcquireOutcome {
+    AcquireOutcome {
+        error: Some(Error::io("wait", "", std::io::Error::other(problem.to_string())).into()),
+        ..Default::default()
     }
 }
 
@@ -456,7 +507,10 @@ fn acquire_waiting(
         Ok(lock) => lock.acquire(options, Some(Waiting { deadline, key })),
         Err(f) => {
             WAITS.end(key);
-            AcquireOutcome::with_failure(*f)
+            AcquireOutcome {
+                error: Some(*f),
+                ..Default::default()
+            }
         }
     }
 }
@@ -466,15 +520,26 @@ fn acquire_waiting(
 /// `processlock run --replace`). Blocks the calling thread for up to `grace_ms` plus a few
 /// seconds after a SIGKILL.
 #[napi]
+#[allow(clippy::too_many_arguments)] // positional on purpose: see `LockOptions`
 pub fn acquire_replacing(
     process_type: String,
-    options: Option<LockOptions>,
+    dir: Option<String>,
+    trade_side: Option<String>,
+    process_name: Option<String>,
+    quiet: Option<bool>,
+    holder: Option<u32>,
+    server: Option<ServerOptions>,
     grace_ms: Option<f64>,
 ) -> AcquireOutcome {
-    let options = options.unwrap_or_default();
+    let options = LockOptions::new(dir, trade_side, process_name, quiet, holder, server);
     let target = match target(&process_type, &options) {
         Ok(t) => t,
-        Err(e) => return acquire_failure(e, None, None),
+        Err(e) => {
+            return AcquireOutcome {
+                error: Some(e.into()),
+                ..Default::default()
+            }
+        }
     };
     install_exit_backstop();
     let grace = duration_ms(grace_ms).unwrap_or(processlock::DEFAULT_GRACE);
@@ -524,7 +589,7 @@ fn replace_in_process(
         }
 
         fn line(&mut self, line: String, always: bool) {
-            if always || !self.options.quiet.unwrap_or(false) {
+            if always || !self.options.quiet {
                 self.lines.push(line);
             }
         }
@@ -645,14 +710,11 @@ impl Waits {
     }
 }
 
-fn acquire_failure(e: Error, name: Option<&LockName>, path: Option<&PathBuf>) -> AcquireOutcome {
+fn acquire_failure(e: Error, target: &LockTarget) -> AcquireOutcome {
     AcquireOutcome {
-        info: None,
-        lock_file: path.map(|p| path_string(p)),
-        already_held: false,
-        held: false,
-        lines: Vec::new(),
-        error: Some(Failure::from_error(e, name)),
+        lock_file: Some(path_string(&target.path)),
+        error: Some(Failure::acquiring(e, &target.name)),
+        ..Default::default()
     }
 }
 
@@ -661,19 +723,28 @@ fn acquire_failure(e: Error, name: Option<&LockName>, path: Option<&PathBuf>) ->
 pub struct ReleaseOutcome {
     /// The lock file was ours and was removed.
     pub removed: bool,
-    /// The calling holder held the lock (whether or not its file was still there).
-    pub held: bool,
     pub lock_file: Option<String>,
     pub lines: Vec<String>,
     pub error: Option<Failure>,
 }
 
 #[napi]
-pub fn release(process_type: String, options: Option<LockOptions>) -> ReleaseOutcome {
-    let options = options.unwrap_or_default();
+pub fn release(
+    process_type: String,
+    dir: Option<String>,
+    trade_side: Option<String>,
+    process_name: Option<String>,
+    quiet: Option<bool>,
+    holder: Option<u32>,
+    server: Option<ServerOptions>,
+) -> ReleaseOutcome {
+    let options = LockOptions::new(dir, trade_side, process_name, quiet, holder, server);
     match select(&process_type, &options) {
         Ok(lock) => lock.release(&options),
-        Err(f) => ReleaseOutcome::with_failure(*f),
+        Err(f) => ReleaseOutcome {
+            error: Some(*f),
+            ..Default::default()
+        },
     }
 }
 
@@ -704,11 +775,22 @@ pub struct InfoOutcome {
 }
 
 #[napi]
-pub fn lock_info(process_type: String, options: Option<LockOptions>) -> InfoOutcome {
-    let options = options.unwrap_or_default();
+pub fn lock_info(
+    process_type: String,
+    dir: Option<String>,
+    trade_side: Option<String>,
+    process_name: Option<String>,
+    quiet: Option<bool>,
+    holder: Option<u32>,
+    server: Option<ServerOptions>,
+) -> InfoOutcome {
+    let options = LockOptions::new(dir, trade_side, process_name, quiet, holder, server);
     match select(&process_type, &options) {
         Ok(lock) => lock.info(&options),
-        Err(f) => InfoOutcome::with_failure(*f),
+        Err(f) => InfoOutcome {
+            error: Some(*f),
+            ..Default::default()
+        },
     }
 }
 
@@ -721,11 +803,22 @@ pub struct RemoveOutcome {
 }
 
 #[napi]
-pub fn force_remove_lock(process_type: String, options: Option<LockOptions>) -> RemoveOutcome {
-    let options = options.unwrap_or_default();
+pub fn force_remove_lock(
+    process_type: String,
+    dir: Option<String>,
+    trade_side: Option<String>,
+    process_name: Option<String>,
+    quiet: Option<bool>,
+    holder: Option<u32>,
+    server: Option<ServerOptions>,
+) -> RemoveOutcome {
+    let options = LockOptions::new(dir, trade_side, process_name, quiet, holder, server);
     match select(&process_type, &options) {
         Ok(lock) => lock.force_remove(&options),
-        Err(f) => RemoveOutcome::with_failure(*f),
+        Err(f) => RemoveOutcome {
+            error: Some(*f),
+            ..Default::default()
+        },
     }
 }
 
@@ -768,8 +861,8 @@ pub struct ListOutcome {
 
 /// The locks of a directory, or with `options.url`, of a server.
 #[napi]
-pub fn list(dir: Option<String>, options: Option<LockOptions>) -> ListOutcome {
-    if let Some(opts) = options.as_ref().and_then(pg::options) {
+pub fn list(dir: Option<String>, server: Option<ServerOptions>) -> ListOutcome {
+    if let Some(opts) = server.as_ref().and_then(|s| pg::options(s, None)) {
         return pg::list(&opts);
     }
     let result = lock_dir(dir.as_deref()).and_then(|d| Ok((processlock::list_locks(&d)?, d)));
@@ -793,7 +886,10 @@ pub fn list(dir: Option<String>, options: Option<LockOptions>) -> ListOutcome {
                 .collect(),
             error: None,
         },
-        Err(e) => ListOutcome::failed(e),
+        Err(e) => ListOutcome {
+            error: Some(e.into()),
+            ..Default::default()
+        },
     }
 }
 
@@ -805,30 +901,50 @@ pub struct HeldOutcome {
     pub error: Option<Failure>,
 }
 
-failed_outcomes!(HeldOutcome);
-
 /// Whether this holder holds the lock: for a file, the file that is at the lock path now (one
 /// `lstat`); on a server, a hold not found lost.
 #[napi]
-pub fn is_held(process_type: String, options: Option<LockOptions>) -> HeldOutcome {
-    let options = options.unwrap_or_default();
+pub fn is_held(
+    process_type: String,
+    dir: Option<String>,
+    trade_side: Option<String>,
+    process_name: Option<String>,
+    quiet: Option<bool>,
+    holder: Option<u32>,
+    server: Option<ServerOptions>,
+) -> HeldOutcome {
+    let options = LockOptions::new(dir, trade_side, process_name, quiet, holder, server);
     match select(&process_type, &options) {
         Ok(lock) => lock.is_held(&options),
-        Err(f) => HeldOutcome::with_failure(*f),
+        Err(f) => HeldOutcome {
+            error: Some(*f),
+            ..Default::default()
+        },
     }
 }
 
 /// Where the lock is (its file's path, or its server and name), without touching anything.
 #[napi]
-pub fn lock_path(process_type: String, options: Option<LockOptions>) -> InfoOutcome {
-    let options = options.unwrap_or_default();
+pub fn lock_path(
+    process_type: String,
+    dir: Option<String>,
+    trade_side: Option<String>,
+    process_name: Option<String>,
+    quiet: Option<bool>,
+    holder: Option<u32>,
+    server: Option<ServerOptions>,
+) -> InfoOutcome {
+    let options = LockOptions::new(dir, trade_side, process_name, quiet, holder, server);
     match select(&process_type, &options) {
         Ok(lock) => InfoOutcome {
             info: None,
             lock_file: Some(lock.place()),
             error: None,
         },
-        Err(f) => InfoOutcome::with_failure(*f),
+        Err(f) => InfoOutcome {
+            error: Some(*f),
+            ..Default::default()
+        },
     }
 }
 
@@ -836,14 +952,25 @@ pub fn lock_path(process_type: String, options: Option<LockOptions>) -> InfoOutc
 /// lock is watched anyway; a lock file is looked at every 200 ms by a native thread that runs
 /// only while some lock file is watched.
 #[napi]
-pub fn watch_lost(process_type: String, options: Option<LockOptions>) -> HeldOutcome {
-    let options = options.unwrap_or_default();
+pub fn watch_lost(
+    process_type: String,
+    dir: Option<String>,
+    trade_side: Option<String>,
+    process_name: Option<String>,
+    quiet: Option<bool>,
+    holder: Option<u32>,
+    server: Option<ServerOptions>,
+) -> HeldOutcome {
+    let options = LockOptions::new(dir, trade_side, process_name, quiet, holder, server);
     match select(&process_type, &options) {
         Ok(lock) => {
             lock.watch_lost(&options);
             lock.is_held(&options)
         }
-        Err(f) => HeldOutcome::with_failure(*f),
+        Err(f) => HeldOutcome {
+            error: Some(*f),
+            ..Default::default()
+        },
     }
 }
 
@@ -881,15 +1008,13 @@ impl Lock for FileLock {
             },
             // Other holders in this process still hold it: the lock and its file stay.
             Release::KeptByOthers => ReleaseOutcome {
-                held: true,
                 lock_file,
                 ..Default::default()
             },
             Release::Released(record, Ok(removed)) => ReleaseOutcome {
                 removed,
-                held: true,
                 lock_file,
-                lines: if options.quiet.unwrap_or(false) {
+                lines: if options.quiet {
                     Vec::new()
                 } else {
                     vec![report::released(&target.name, record.pid)]
@@ -898,7 +1023,8 @@ impl Lock for FileLock {
             },
             Release::Released(_, Err(e)) => ReleaseOutcome {
                 lock_file,
-                ..ReleaseOutcome::failed(e)
+                error: Some(e.into()),
+                ..Default::default()
             },
         }
     }
@@ -918,7 +1044,10 @@ impl Lock for FileLock {
                 lock_file: Some(path_string(&t.path)),
                 error: None,
             },
-            Err(e) => InfoOutcome::failed(e),
+            Err(e) => InfoOutcome {
+                error: Some(e.into()),
+                ..Default::default()
+            },
         }
     }
 
@@ -941,7 +1070,10 @@ impl Lock for FileLock {
                 lock_file: Some(path_string(&t.path)),
                 error: None,
             },
-            Err(e) => RemoveOutcome::failed(e),
+            Err(e) => RemoveOutcome {
+                error: Some(e.into()),
+                ..Default::default()
+            },
         }
     }
 
@@ -957,12 +1089,7 @@ impl Lock for FileLock {
         let t = &self.0;
         if let Some(record) = REGISTRY.get(&t.path) {
             if REGISTRY.is_holder(&t.path, options.holder()) {
-                losses::watch_file(
-                    t.path.clone(),
-                    options.holder.unwrap_or(0),
-                    t.name.clone(),
-                    record.pid,
-                );
+                losses::watch_file(t.path.clone(), options.holder, t.name.clone(), record.pid);
             }
         }
     }

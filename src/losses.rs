@@ -185,7 +185,7 @@ fn watch_files() {
                 lock: w.name.display(),
                 reason,
             };
-            let failure = Failure::from_error(e, None);
+            let failure = Failure::from(e);
             notify(w.holder, &w.path.to_string_lossy(), None, &failure, &line);
         }
         if done {

@@ -12,26 +12,28 @@ use processlock_pg::{Error as PgError, Lost, PgHeld, PgOptions};
 use crate::losses::{self, LOST_EXIT_STATUS};
 use crate::{
     AcquireOutcome, Failure, HeldOutcome, InfoOutcome, ListOutcome, ListedLock, Lock, LockOptions,
-    LockRecord, LockState, ReleaseOutcome, RemoveOutcome, Waiting, WAITS,
+    LockRecord, LockState, ReleaseOutcome, RemoveOutcome, ServerOptions, Waiting, WAITS,
 };
 
-/// The PostgreSQL options a call gives, when it gives a URL.
-pub(crate) fn options(options: &LockOptions) -> Option<PgOptions> {
-    let url = options.url.as_deref().filter(|u| !u.is_empty())?;
-    let mut pg = PgOptions::new(url);
-    if let Some(ms) = options.lease_ms {
+/// The PostgreSQL options of a call on `server`, unless its URL is empty.
+pub(crate) fn options(server: &ServerOptions, process_name: Option<String>) -> Option<PgOptions> {
+    if server.url.is_empty() {
+        return None;
+    }
+    let mut pg = PgOptions::new(&server.url);
+    if let Some(ms) = server.lease_ms {
         pg.lease = ms_duration(ms);
     }
-    if let Some(ms) = options.connect_timeout_ms {
+    if let Some(ms) = server.connect_timeout_ms {
         pg.connect_timeout = ms_duration(ms);
     }
-    if let Some(ns) = &options.namespace {
+    if let Some(ns) = &server.namespace {
         pg.namespace = ns.clone();
     }
-    if let Some(table) = &options.table {
+    if let Some(table) = &server.table {
         pg.table = table.clone();
     }
-    pg.process_name = options.process_name.clone();
+    pg.process_name = process_name;
     Some(pg)
 }
 
@@ -49,15 +51,19 @@ pub(crate) struct PgLock {
 
 impl PgLock {
     pub fn new(opts: PgOptions, name: LockName) -> Result<Self, Box<Failure>> {
-        let server = opts.check().map_err(|e| Box::new(failure(e, None)))?;
+        let server = opts.check().map_err(|e| Box::new(Failure::from(e)))?;
         let id = format!("{server}#{}/{}", opts.namespace, name.file_name());
         Ok(Self { opts, name, id })
     }
 
-    fn failed<T: Default + crate::Failed>(&self, e: PgError) -> T {
-        let mut out = T::default();
-        out.set_error(failure(e, Some(&self.name)));
-        out
+    /// A failure of a call on this lock: a conflict also brings the log lines that name the
+    /// holder.
+    fn failure(&self, e: PgError) -> Failure {
+        let lines = match &e {
+            PgError::Conflict(c) => c.lines(&self.name),
+            _ => Vec::new(),
+        };
+        Failure { lines, ..e.into() }
     }
 }
 
@@ -92,7 +98,7 @@ impl Lock for PgLock {
     }
 
     fn acquire(&self, options: &LockOptions, wait: Option<Waiting>) -> AcquireOutcome {
-        let holder = options.holder.unwrap_or(0);
+        let holder = options.holder;
         if let Some(out) = self.join_existing(holder, options) {
             if let Some(w) = &wait {
                 WAITS.end(w.key);
@@ -113,7 +119,8 @@ impl Lock for PgLock {
             Err(e) => {
                 return AcquireOutcome {
                     lock_file: Some(self.id.clone()),
-                    ..self.failed(e)
+                    error: Some(self.failure(e)),
+                    ..Default::default()
                 }
             }
         };
@@ -129,7 +136,7 @@ impl Lock for PgLock {
             lock_file: Some(self.id.clone()),
             already_held: false,
             held: true,
-            lines: if options.quiet.unwrap_or(false) {
+            lines: if options.quiet {
                 Vec::new()
             } else {
                 vec![line]
@@ -139,7 +146,7 @@ impl Lock for PgLock {
     }
 
     fn release(&self, options: &LockOptions) -> ReleaseOutcome {
-        let holder = options.holder.unwrap_or(0);
+        let holder = options.holder;
         let taken = {
             let mut map = held();
             let Some(entry) = map.as_mut().and_then(|m| m.get_mut(&self.id)) else {
@@ -159,7 +166,6 @@ impl Lock for PgLock {
             }
             if !holders.is_empty() {
                 return ReleaseOutcome {
-                    held: true,
                     lock_file: Some(self.id.clone()),
                     ..Default::default()
                 };
@@ -174,10 +180,9 @@ impl Lock for PgLock {
         match entry.held.release() {
             Ok(removed) => ReleaseOutcome {
                 removed,
-                held: true,
                 lock_file: Some(self.id.clone()),
                 // A lost lock was not released: its loss was reported instead.
-                lines: if removed && !options.quiet.unwrap_or(false) {
+                lines: if removed && !options.quiet {
                     vec![report::released(&self.name, pid)]
                 } else {
                     Vec::new()
@@ -186,7 +191,8 @@ impl Lock for PgLock {
             },
             Err(e) => ReleaseOutcome {
                 lock_file: Some(self.id.clone()),
-                ..self.failed(e)
+                error: Some(self.failure(e)),
+                ..Default::default()
             },
         }
     }
@@ -210,7 +216,10 @@ impl Lock for PgLock {
                 lock_file: Some(self.id.clone()),
                 error: None,
             },
-            Err(e) => self.failed(e),
+            Err(e) => InfoOutcome {
+                error: Some(self.failure(e)),
+                ..Default::default()
+            },
         }
     }
 
@@ -234,12 +243,15 @@ impl Lock for PgLock {
                 lock_file: Some(self.id.clone()),
                 error: None,
             },
-            Err(e) => self.failed(e),
+            Err(e) => RemoveOutcome {
+                error: Some(self.failure(e)),
+                ..Default::default()
+            },
         }
     }
 
     fn is_held(&self, options: &LockOptions) -> HeldOutcome {
-        let holder = options.holder.unwrap_or(0);
+        let holder = options.holder;
         let held = held()
             .as_ref()
             .and_then(|m| m.get(&self.id))
@@ -276,7 +288,7 @@ impl PgLock {
                     lock_file: Some(self.id.clone()),
                     already_held: already,
                     held: true,
-                    lines: if already || options.quiet.unwrap_or(false) {
+                    lines: if already || options.quiet {
                         Vec::new()
                     } else {
                         vec![report::acquired(&self.name, entry.held.record().pid)]
@@ -295,13 +307,14 @@ impl PgLock {
         let name = self.name.clone();
         let id = self.id.clone();
         let pid = pg.record().pid;
-        let exit = options.on_lost.as_deref() != Some("notify");
+        let on_lost = options.server.as_ref().and_then(|s| s.on_lost.as_deref());
+        let exit = on_lost != Some("notify");
         pg.on_lost(Box::new(move |lost: &Lost| {
             let line = report::lost(&name, pid, &lost.reason);
             if exit {
                 losses::exit_now(&line, LOST_EXIT_STATUS);
             }
-            let failure = failure(PgError::Lost(lost.clone()), Some(&name));
+            let failure = Failure::from(PgError::Lost(lost.clone()));
             for holder in lock_vec(&holders).iter() {
                 losses::notify(*holder, &id, Some(&lost.fencing_token), &failure, &line);
             }
@@ -353,36 +366,35 @@ pub(crate) fn list(opts: &PgOptions) -> ListOutcome {
                 error: None,
             }
         }
-        Err(e) => {
-            let mut out = ListOutcome::default();
-            crate::Failed::set_error(&mut out, failure(e, None));
-            out
-        }
+        Err(e) => ListOutcome {
+            error: Some(e.into()),
+            ..Default::default()
+        },
     }
 }
 
-/// A server-side failure as the JS layer expects one.
-pub(crate) fn failure(e: PgError, name: Option<&LockName>) -> Failure {
-    let (holder, waited_ms, lines) = match &e {
-        PgError::Conflict(c) => (
-            Some(LockRecord {
-                fencing_token: c.fencing_token.clone(),
-                ..LockRecord::postgres(c.holder.clone())
-            }),
-            Some(c.waited_ms as f64),
-            name.map(|n| c.lines(n)).unwrap_or_default(),
-        ),
-        _ => (None, None, Vec::new()),
-    };
-    Failure {
-        code: e.code().into(),
-        message: e.to_string(),
-        errno: None,
-        os_code: e.sqlstate().map(str::to_string),
-        syscall: e.op().map(str::to_string),
-        path: None,
-        holder,
-        waited_ms,
-        lines,
+impl From<PgError> for Failure {
+    fn from(e: PgError) -> Self {
+        let (holder, waited_ms) = match &e {
+            PgError::Conflict(c) => (
+                Some(LockRecord {
+                    fencing_token: c.fencing_token.clone(),
+                    ..LockRecord::postgres(c.holder.clone())
+                }),
+                Some(c.waited_ms as f64),
+            ),
+            _ => (None, None),
+        };
+        Self {
+            code: e.code().into(),
+            message: e.to_string(),
+            errno: None,
+            os_code: e.sqlstate().map(str::to_string),
+            syscall: e.op().map(str::to_string),
+            path: None,
+            holder,
+            waited_ms,
+            lines: Vec::new(),
+        }
     }
 }

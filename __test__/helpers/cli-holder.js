@@ -4,7 +4,7 @@
 const binding = require('../../binding.js')
 
 const [type = 'backend', tradeSide = 'SHORT'] = process.argv.slice(2)
-const outcome = binding.acquire(type, { dir: process.env.PROCESSLOCK_DIR, tradeSide })
+const outcome = binding.acquire(type, process.env.PROCESSLOCK_DIR, tradeSide)
 if (outcome.error) {
   process.stderr.write(`${outcome.error.message}\n`)
   process.exit(1)
