@@ -128,11 +128,15 @@ test('a process outside the command with a copy of its variable cannot claim the
   while (!fs.existsSync(path.join(dir, 'backend.short.lock')) && Date.now() < until)
     await new Promise((r) => setTimeout(r, 10))
   const commandPid = JSON.parse(fs.readFileSync(path.join(dir, 'backend.short.lock'), 'utf8')).pid
-  const inherited = fs
-    .readFileSync(`/proc/${commandPid}/environ`, 'utf8')
-    .split('\0')
-    .find((v) => v.startsWith('PROCESSLOCK_INHERITED='))
-    .slice('PROCESSLOCK_INHERITED='.length)
+  // The record names the command's process as soon as it is forked; its environment is the
+  // command's only once it has exec'd.
+  const variable = () =>
+    fs
+      .readFileSync(`/proc/${commandPid}/environ`, 'utf8')
+      .split('\0')
+      .find((v) => v.startsWith('PROCESSLOCK_INHERITED='))
+  while (!variable() && Date.now() < until) await new Promise((r) => setTimeout(r, 10))
+  const inherited = variable().slice('PROCESSLOCK_INHERITED='.length)
   const outsider = spawnSync(process.execPath, [CLAIM], {
     env: {
       ...process.env,
