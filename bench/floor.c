@@ -9,9 +9,13 @@
  *            flock(fd, LOCK_EX|LOCK_NB)
  *            write(fd, record of ~250 bytes)
  *            link(temp, lockpath)
+ *            fstat(fd)               (the inode we now own at the path)
  *            unlink(temp)            (the descriptor stays open: we own the lock)
- *   release: lstat(lockpath), fstat(fd)   (is the path still our inode?)
+ *   release: flock(guard, LOCK_EX|LOCK_NB)   (the removal guard, opened once per directory)
+ *            lstat(guard)            (still the guard at its path?)
+ *            lstat(lockpath)         (is the path still our inode?)
  *            unlink(lockpath)
+ *            flock(guard, LOCK_UN)
  *            close(fd)
  *
  * Usage: floor <dir> <cycles> [warmup]
@@ -58,8 +62,12 @@ int main(int argc, char **argv) {
         "\"hostname\":\"bench-host\",\"protocol\":\"processlock/1\","
         "\"startToken\":\"1234567:0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0\"}\n", pid);
 
+    char guardpath[4096];
+    snprintf(guardpath, sizeof guardpath, "%s/.processlock.guard", dir);
+    int guard = open(guardpath, O_CREAT | O_RDWR | O_CLOEXEC | O_NOFOLLOW, 0640);
+
     long long *samples = malloc(sizeof(long long) * (size_t)n);
-    struct stat a, b;
+    struct stat a, b, g;
     for (long i = -warmup; i < n; i++) {
         long long t0 = now_ns();
         /* acquire */
@@ -68,11 +76,14 @@ int main(int argc, char **argv) {
         flock(fd, LOCK_EX | LOCK_NB);
         if (write(fd, record, (size_t)reclen) < 0) { /* no checks: the floor */ }
         link(temp, lockpath);
+        fstat(fd, &b);
         unlink(temp);
         /* release */
+        flock(guard, LOCK_EX | LOCK_NB);
+        lstat(guardpath, &g);
         lstat(lockpath, &a);
-        fstat(fd, &b);
         unlink(lockpath);
+        flock(guard, LOCK_UN);
         close(fd);
         long long t1 = now_ns();
         if (i >= 0) samples[i] = t1 - t0;
@@ -86,5 +97,6 @@ int main(int argc, char **argv) {
            "\"mean_ns\":%lld,\"min_ns\":%lld,\"max_ns\":%lld,\"record_bytes\":%d}\n",
            n, samples[(n - 1) / 2], samples[p95], sum / n, samples[0], samples[n - 1], reclen);
     free(samples);
+    close(guard);
     return 0;
 }

@@ -116,11 +116,10 @@ function runFloor(exe, dir, n, warmup) {
 // Where a cycle's time over the floor goes, profiled apart from this run (perf, 40,000 cycles in
 // a tmpfs directory, where the file system's part is small and steady).
 const CYCLE_PROFILE =
-  'where the time over the floor goes (profiled with `perf` in a tmpfs directory: floor 17.3 us, our two' +
-  ' native calls alone 27.3 us, the API 29.0 us): the JS layer 1.7 us; system calls the floor does not make' +
-  " (the removal guard's flock, unlock and stat, three getpid) about 1 us; Node-API about 4 us (result objects" +
+  'where the time over the floor goes (profiled with `perf` in a tmpfs directory: the floor 19.6 us, our two' +
+  ' native calls alone 27.3 us, the API 29.0 us): the JS layer 1.7 us; Node-API about 4 us (result objects' +
   ' built property by property, strings copied in and out); the allocator and libc about 3 us; the binding and' +
-  ' the core about 2 us (the record, the temporary file name, the registry)'
+  ' the core about 2 us (the record, the temporary file name, the registry); three getpid the floor does not make'
 
 async function cycleSection(a, ctx) {
   const n = a.quick ? 2000 : 10000
