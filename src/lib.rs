@@ -331,6 +331,35 @@ fn select(process_type: &str, options: &LockOptions) -> Result<Box<dyn Lock>, Bo
     }
 }
 
+/// A napi function on one named lock: the lock's positional arguments (see `LockOptions`), the
+/// lock selected by them (a file, or a server with `server`), and `body` run on it; a name or
+/// option that selects nothing is the outcome's `error`. Say what a function does in a `//`
+/// comment above it: napi-derive would copy a doc comment passed through here into
+/// binding.d.ts in its raw-string form.
+macro_rules! lock_fn {
+    (fn $name:ident($lock:ident, $options:ident) -> $out:ident $body:block) => {
+        #[napi]
+        pub fn $name(
+            process_type: String,
+            dir: Option<String>,
+            trade_side: Option<String>,
+            process_name: Option<String>,
+            quiet: Option<bool>,
+            holder: Option<u32>,
+            server: Option<ServerOptions>,
+        ) -> $out {
+            let $options = LockOptions::new(dir, trade_side, process_name, quiet, holder, server);
+            match select(&process_type, &$options) {
+                Ok($lock) => $body,
+                Err(f) => $out {
+                    error: Some(*f),
+                    ..Default::default()
+                },
+            }
+        }
+    };
+}
+
 struct FileLock(LockTarget);
 
 /// How long an acquisition waits: until `deadline` (`None`: no limit), cancelled through the
@@ -340,23 +369,9 @@ pub(crate) struct Waiting {
     pub key: u64,
 }
 
-#[napi]
-pub fn acquire(
-    process_type: String,
-    dir: Option<String>,
-    trade_side: Option<String>,
-    process_name: Option<String>,
-    quiet: Option<bool>,
-    holder: Option<u32>,
-    server: Option<ServerOptions>,
-) -> AcquireOutcome {
-    let options = LockOptions::new(dir, trade_side, process_name, quiet, holder, server);
-    match select(&process_type, &options) {
-        Ok(lock) => lock.acquire(&options, None),
-        Err(f) => AcquireOutcome {
-            error: Some(*f),
-            ..Default::default()
-        },
+lock_fn! {
+    fn acquire(lock, options) -> AcquireOutcome {
+        lock.acquire(&options, None)
     }
 }
 
@@ -728,23 +743,9 @@ pub struct ReleaseOutcome {
     pub error: Option<Failure>,
 }
 
-#[napi]
-pub fn release(
-    process_type: String,
-    dir: Option<String>,
-    trade_side: Option<String>,
-    process_name: Option<String>,
-    quiet: Option<bool>,
-    holder: Option<u32>,
-    server: Option<ServerOptions>,
-) -> ReleaseOutcome {
-    let options = LockOptions::new(dir, trade_side, process_name, quiet, holder, server);
-    match select(&process_type, &options) {
-        Ok(lock) => lock.release(&options),
-        Err(f) => ReleaseOutcome {
-            error: Some(*f),
-            ..Default::default()
-        },
+lock_fn! {
+    fn release(lock, options) -> ReleaseOutcome {
+        lock.release(&options)
     }
 }
 
@@ -774,23 +775,9 @@ pub struct InfoOutcome {
     pub error: Option<Failure>,
 }
 
-#[napi]
-pub fn lock_info(
-    process_type: String,
-    dir: Option<String>,
-    trade_side: Option<String>,
-    process_name: Option<String>,
-    quiet: Option<bool>,
-    holder: Option<u32>,
-    server: Option<ServerOptions>,
-) -> InfoOutcome {
-    let options = LockOptions::new(dir, trade_side, process_name, quiet, holder, server);
-    match select(&process_type, &options) {
-        Ok(lock) => lock.info(&options),
-        Err(f) => InfoOutcome {
-            error: Some(*f),
-            ..Default::default()
-        },
+lock_fn! {
+    fn lock_info(lock, options) -> InfoOutcome {
+        lock.info(&options)
     }
 }
 
@@ -802,23 +789,9 @@ pub struct RemoveOutcome {
     pub error: Option<Failure>,
 }
 
-#[napi]
-pub fn force_remove_lock(
-    process_type: String,
-    dir: Option<String>,
-    trade_side: Option<String>,
-    process_name: Option<String>,
-    quiet: Option<bool>,
-    holder: Option<u32>,
-    server: Option<ServerOptions>,
-) -> RemoveOutcome {
-    let options = LockOptions::new(dir, trade_side, process_name, quiet, holder, server);
-    match select(&process_type, &options) {
-        Ok(lock) => lock.force_remove(&options),
-        Err(f) => RemoveOutcome {
-            error: Some(*f),
-            ..Default::default()
-        },
+lock_fn! {
+    fn force_remove_lock(lock, options) -> RemoveOutcome {
+        lock.force_remove(&options)
     }
 }
 
@@ -901,76 +874,32 @@ pub struct HeldOutcome {
     pub error: Option<Failure>,
 }
 
-/// Whether this holder holds the lock: for a file, the file that is at the lock path now (one
-/// `lstat`); on a server, a hold not found lost.
-#[napi]
-pub fn is_held(
-    process_type: String,
-    dir: Option<String>,
-    trade_side: Option<String>,
-    process_name: Option<String>,
-    quiet: Option<bool>,
-    holder: Option<u32>,
-    server: Option<ServerOptions>,
-) -> HeldOutcome {
-    let options = LockOptions::new(dir, trade_side, process_name, quiet, holder, server);
-    match select(&process_type, &options) {
-        Ok(lock) => lock.is_held(&options),
-        Err(f) => HeldOutcome {
-            error: Some(*f),
-            ..Default::default()
-        },
+// Whether this holder holds the lock: for a file, the file that is at the lock path now (one
+// `lstat`); on a server, a hold not found lost.
+lock_fn! {
+    fn is_held(lock, options) -> HeldOutcome {
+        lock.is_held(&options)
     }
 }
 
-/// Where the lock is (its file's path, or its server and name), without touching anything.
-#[napi]
-pub fn lock_path(
-    process_type: String,
-    dir: Option<String>,
-    trade_side: Option<String>,
-    process_name: Option<String>,
-    quiet: Option<bool>,
-    holder: Option<u32>,
-    server: Option<ServerOptions>,
-) -> InfoOutcome {
-    let options = LockOptions::new(dir, trade_side, process_name, quiet, holder, server);
-    match select(&process_type, &options) {
-        Ok(lock) => InfoOutcome {
+// Where the lock is (its file's path, or its server and name), without touching anything.
+lock_fn! {
+    fn lock_path(lock, options) -> InfoOutcome {
+        InfoOutcome {
             info: None,
             lock_file: Some(lock.place()),
             error: None,
-        },
-        Err(f) => InfoOutcome {
-            error: Some(*f),
-            ..Default::default()
-        },
+        }
     }
 }
 
-/// Reports the loss of this holder's hold of the lock to its `listen_losses` callback. A server
-/// lock is watched anyway; a lock file is looked at every 200 ms by a native thread that runs
-/// only while some lock file is watched.
-#[napi]
-pub fn watch_lost(
-    process_type: String,
-    dir: Option<String>,
-    trade_side: Option<String>,
-    process_name: Option<String>,
-    quiet: Option<bool>,
-    holder: Option<u32>,
-    server: Option<ServerOptions>,
-) -> HeldOutcome {
-    let options = LockOptions::new(dir, trade_side, process_name, quiet, holder, server);
-    match select(&process_type, &options) {
-        Ok(lock) => {
-            lock.watch_lost(&options);
-            lock.is_held(&options)
-        }
-        Err(f) => HeldOutcome {
-            error: Some(*f),
-            ..Default::default()
-        },
+// Reports the loss of this holder's hold of the lock to its `listen_losses` callback. A server
+// lock is watched anyway; a lock file is looked at every 200 ms by a native thread that runs
+// only while some lock file is watched.
+lock_fn! {
+    fn watch_lost(lock, options) -> HeldOutcome {
+        lock.watch_lost(&options);
+        lock.is_held(&options)
     }
 }
 
