@@ -93,6 +93,7 @@ function machineTable(m) {
 
 const us = (ns) => (ns == null ? 'n/a' : (ns / 1000).toFixed(ns < 10000 ? 2 : 1))
 const ms = (ns) => (ns == null ? 'n/a' : (ns / 1e6).toFixed(1))
+const kb = (bytes) => Math.round(bytes / 1024).toLocaleString('en-US')
 const ratio = (x) => (x == null || !Number.isFinite(x) ? 'n/a' : `${x.toFixed(x < 10 ? 2 : 1)}x`)
 
 function table(header, rows) {
@@ -346,6 +347,7 @@ module.exports = {
   table,
   us,
   ms,
+  kb,
   ratio,
   sumValues,
   fmtCounts,

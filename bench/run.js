@@ -219,6 +219,29 @@ const STARTUP_PROFILE =
   " compilation); at the first acquire `node:worker_threads` 1.4 ms (it loads Node's streams: 0.4 ms in a" +
   ' process that has written to a pipe before) and the acquire itself under 1 ms'
 
+/** What a user downloads for this platform: the addon, the command and the JS files. */
+function packageSizes() {
+  const zlib = require('node:zlib')
+  const size = (file) => {
+    const bytes = fs.readFileSync(file)
+    return `${R.kb(bytes.length)} KB (gzip -9: ${R.kb(zlib.gzipSync(bytes, { level: 9 }).length)} KB)`
+  }
+  const addon = fs.readdirSync(ROOT).find((n) => /^processlock\..*\.node$/.test(n))
+  const cli = path.join(ROOT, 'target', 'release', process.platform === 'win32' ? 'processlock.exe' : 'processlock')
+  const { files } = require('../package.json')
+  const js = files
+    .flatMap((f) =>
+      f.endsWith('/') ? fs.readdirSync(path.join(ROOT, f)).map((n) => path.join(ROOT, f, n)) : [path.join(ROOT, f)],
+    )
+    .filter((f) => fs.existsSync(f))
+    .reduce((sum, f) => sum + fs.statSync(f).size, 0)
+  return (
+    `package size on this platform: the addon \`${addon}\` ${size(path.join(ROOT, addon))}` +
+    ` (the PostgreSQL client and TLS included), the \`processlock\` command ${fs.existsSync(cli) ? size(cli) : 'not built'},` +
+    ` the JS files and typings ${R.kb(js)} KB`
+  )
+}
+
 function startupSection(a, ctx) {
   const runs = a.quick ? 5 : 20
   const pkg = JSON.stringify(ROOT)
@@ -321,6 +344,7 @@ function startupSection(a, ctx) {
       `\`require\` + first acquire over bare node = ${R.ms(over)} ms (target <= 3 ms): **${over <= 3e6 ? 'met' : 'missed'}**`,
     )
     if (over > 3e6) targets.push(STARTUP_PROFILE)
+    targets.push(packageSizes())
   }
   const md = [
     '## Start-up cost',
