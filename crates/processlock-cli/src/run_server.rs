@@ -205,10 +205,9 @@ struct Handover {
 
 impl Handover {
     fn offer(held: &PgHeld, o: &Options) -> io::Result<Self> {
-        let lock = o
-            .pg
-            .lock_id(&o.name)
-            .map_err(|e| io::Error::other(e.to_string()))?;
+        let lock =
+            o.pg.lock_id(&o.name)
+                .map_err(|e| io::Error::other(e.to_string()))?;
         let hold = ServerHold {
             lock,
             fencing_token: held.fencing_token().to_string(),

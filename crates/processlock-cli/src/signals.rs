@@ -163,7 +163,10 @@ pub fn next_event(others: &[c_int], timeout: Option<Duration>) -> io::Result<Eve
         revents: 0,
     };
     let mut fds = [watch(PIPE_READ.load(Ordering::SeqCst)); 1 + MAX_OTHERS];
-    for (slot, fd) in fds[1..].iter_mut().zip(others.iter().chain([-1; MAX_OTHERS].iter())) {
+    for (slot, fd) in fds[1..]
+        .iter_mut()
+        .zip(others.iter().chain([-1; MAX_OTHERS].iter()))
+    {
         *slot = watch(*fd);
     }
     loop {

@@ -7,8 +7,8 @@ use tokio_postgres::config::{Host, SslMode};
 use tokio_postgres::Config;
 
 use crate::error::{Error, Result};
-use processlock::LockName;
 use crate::tls::{connector, split_url, Connector, Mode};
+use processlock::LockName;
 
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(10);
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -62,7 +62,8 @@ impl PgOptions {
     /// What names the lock `name` on this server, where a lock file's path names a lock file:
     /// in results and errors, and between `processlock run` and the command it hands its hold to.
     pub fn lock_id(&self, name: &LockName) -> Result<String> {
-        self.check().map(|server| self.lock_id_on(&server, &name.file_name()))
+        self.check()
+            .map(|server| self.lock_id_on(&server, &name.file_name()))
     }
 
     /// `lock_id` for a server already checked, and a lock file name.

@@ -197,6 +197,10 @@ mod tests {
             "[PROCESS_LOCK_RELEASED] { processType: 'worker', tradeSide: null, pid: 7 }"
         );
         assert_eq!(
+            released_to_run(&none, 7),
+            "[PROCESS_LOCK_RELEASED] { processType: 'worker', tradeSide: null, pid: 7, keptBy: 'processlock run until its command ends' }"
+        );
+        assert_eq!(
             lost(&n, 7, "the session ended\n"),
             "[PROCESS_LOCK_LOST] { processType: 'backend', tradeSide: 'SHORT', pid: 7, reason: 'the session ended\\n' }"
         );

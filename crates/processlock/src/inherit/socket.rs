@@ -455,6 +455,8 @@ mod tests {
         let me = std::process::id();
         let parent = parent_pid(me).unwrap();
         assert!(descends_from(me, me));
+        // Every process descends from PID 1 (`run` may be PID 1 of a container).
+        assert!(descends_from(me, 1));
         assert!(parent <= 1 || descends_from(me, parent));
         let mut stranger = std::process::Command::new("sleep")
             .arg("5")
@@ -492,15 +494,21 @@ mod tests {
         assert_eq!(ino(lock.as_raw_fd()), ino(file.as_raw_fd()));
         assert_eq!(ino(tok.as_raw_fd()), ino(token.fd()));
         // A peer that does not descend from the command gets nothing.
+        let mut stranger = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
         let asking = {
             let address = address.clone();
             std::thread::spawn(move || ask(&address, 2))
         };
         let until = std::time::Instant::now() + Duration::from_secs(5);
         while !asking.is_finished() && std::time::Instant::now() < until {
-            server.serve_waiting(1, &fds).unwrap();
+            server.serve_waiting(stranger.id(), &fds).unwrap();
             std::thread::sleep(Duration::from_millis(1));
         }
+        stranger.kill().unwrap();
+        stranger.wait().unwrap();
         assert!(asking.join().unwrap().is_none());
         drop(server);
         assert!(ask(&address, 2).is_none());
