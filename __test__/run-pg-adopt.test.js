@@ -15,7 +15,9 @@ const APP = path.join(__dirname, 'fixtures', 'pg-adopt.js')
 
 /** The server processes of the sessions that hold an advisory lock in this file's database. */
 const advisoryHolders = () =>
-  pg.sql(`SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND database = (SELECT oid FROM pg_database WHERE datname = current_database())`)
+  pg.sql(
+    `SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND database = (SELECT oid FROM pg_database WHERE datname = current_database())`,
+  )
 
 async function until(cond, what, timeoutMs = 30000) {
   const t0 = Date.now()
@@ -59,43 +61,54 @@ const conflictOf = (fn) => {
   throw new Error('no conflict')
 }
 
-pgTest('the app under run --url adopts the lock, lets go of its adoption only, and run keeps the lock until the command ends', async () => {
-  const run = runOnServer([process.execPath, APP])
-  const [got] = await waitSteps(run, 'acquire')
-  expect(got).toMatchObject({ ok: true, held: true })
-  expect(got.info).toMatchObject({ pid: run.pid, backend: 'postgres', tradeSide: 'SHORT' })
-  expect(got.info.fencingToken).toBe(got.envToken)
-  expect(got.envToken).toMatch(/^\d+$/)
-  // The app logged the usual line, naming the holder as the server does: processlock.
-  const acquired = `[PROCESS_LOCK_ACQUIRED] { processType: 'backend', tradeSide: 'SHORT', pid: ${run.pid} }`
-  await until(() => run.stderr.split(acquired).length - 1 + (run.stdout.split(acquired).length - 1) === 2, 'two acquired lines')
-  // One session holds it, processlock's: the app opened none of its own.
-  expect(await advisoryHolders()).toHaveLength(1)
-  expect(pl.getLockInfo('backend', { url: pg.url, tradeSide: 'SHORT' })).toMatchObject({ pid: run.pid, fencingToken: got.envToken })
+pgTest(
+  'the app under run --url adopts the lock, lets go of its adoption only, and run keeps the lock until the command ends',
+  async () => {
+    const run = runOnServer([process.execPath, APP])
+    const [got] = await waitSteps(run, 'acquire')
+    expect(got).toMatchObject({ ok: true, held: true })
+    expect(got.info).toMatchObject({ pid: run.pid, backend: 'postgres', tradeSide: 'SHORT' })
+    expect(got.info.fencingToken).toBe(got.envToken)
+    expect(got.envToken).toMatch(/^\d+$/)
+    // The app logged the usual line, naming the holder as the server does: processlock.
+    const acquired = `[PROCESS_LOCK_ACQUIRED] { processType: 'backend', tradeSide: 'SHORT', pid: ${run.pid} }`
+    await until(
+      () => run.stderr.split(acquired).length - 1 + (run.stdout.split(acquired).length - 1) === 2,
+      'two acquired lines',
+    )
+    // One session holds it, processlock's: the app opened none of its own.
+    expect(await advisoryHolders()).toHaveLength(1)
+    expect(pl.getLockInfo('backend', { url: pg.url, tradeSide: 'SHORT' })).toMatchObject({
+      pid: run.pid,
+      fencingToken: got.envToken,
+    })
 
-  run.open('release')
-  const [released] = await waitSteps(run, 'release')
-  expect(released).toEqual({ pid: got.pid, step: 'release', released: false, held: false })
-  await run.waitFor(
-    `[PROCESS_LOCK_RELEASED] { processType: 'backend', tradeSide: 'SHORT', pid: ${run.pid}, keptBy: 'processlock run until its command ends' }`,
-  )
-  // Still processlock's on the server: another instance conflicts with it.
-  expect(await advisoryHolders()).toHaveLength(1)
-  const err = conflictOf(() => pl.acquireLock('backend', { url: pg.url, tradeSide: 'SHORT', log: false }))
-  expect(err).toBeInstanceOf(pl.LockConflictError)
-  expect(err.holder.pid).toBe(run.pid)
+    run.open('release')
+    const [released] = await waitSteps(run, 'release')
+    expect(released).toEqual({ pid: got.pid, step: 'release', released: false, held: false })
+    await run.waitFor(
+      `[PROCESS_LOCK_RELEASED] { processType: 'backend', tradeSide: 'SHORT', pid: ${run.pid}, keptBy: 'processlock run until its command ends' }`,
+    )
+    // Still processlock's on the server: another instance conflicts with it.
+    expect(await advisoryHolders()).toHaveLength(1)
+    const err = conflictOf(() => pl.acquireLock('backend', { url: pg.url, tradeSide: 'SHORT', log: false }))
+    expect(err).toBeInstanceOf(pl.LockConflictError)
+    expect(err.holder.pid).toBe(run.pid)
 
-  // The same process may adopt it again: its claim is spent, not lost.
-  run.open('again')
-  const again = await waitSteps(run, 'acquire', 2)
-  expect(again[1]).toMatchObject({ ok: true, held: true, info: { pid: run.pid, fencingToken: got.envToken } })
+    // The same process may adopt it again: its claim is spent, not lost.
+    run.open('again')
+    const again = await waitSteps(run, 'acquire', 2)
+    expect(again[1]).toMatchObject({ ok: true, held: true, info: { pid: run.pid, fencingToken: got.envToken } })
 
-  run.open('end')
-  const r = await run.done(30000)
-  expect(r.code).toBe(0)
-  expect(r.stderr).toContain(`[PROCESS_LOCK_RELEASED] { processType: 'backend', tradeSide: 'SHORT', pid: ${run.pid} }`)
-  expect(await advisoryHolders()).toHaveLength(0)
-})
+    run.open('end')
+    const r = await run.done(30000)
+    expect(r.code).toBe(0)
+    expect(r.stderr).toContain(
+      `[PROCESS_LOCK_RELEASED] { processType: 'backend', tradeSide: 'SHORT', pid: ${run.pid} }`,
+    )
+    expect(await advisoryHolders()).toHaveLength(0)
+  },
+)
 
 pgTest('the hold goes to one process of the command, whether it inherited the token or asked run for it', async () => {
   const launchers = {
@@ -135,7 +148,13 @@ pgTest('a process outside the command cannot adopt, even with its variable and t
   stdio[handover.tokenFd] = pipe
   const gates = tempDir('adopt-stranger')
   fs.writeFileSync(path.join(gates, 'end'), '')
-  const strangerEnv = { ...process.env, TRADE_SIDE: 'SHORT', ADOPT_URL: pg.url, ADOPT_GATES: gates, PROCESSLOCK_SERVER_LOCK: start.env }
+  const strangerEnv = {
+    ...process.env,
+    TRADE_SIDE: 'SHORT',
+    ADOPT_URL: pg.url,
+    ADOPT_GATES: gates,
+    PROCESSLOCK_SERVER_LOCK: start.env,
+  }
   const stranger = require('node:child_process').spawn(process.execPath, [APP], { env: strangerEnv, stdio })
   let out = ''
   stranger.stdout.on('data', (d) => {
@@ -165,6 +184,27 @@ pgTest('when processlock loses the lock, the app that adopted it gets SIGTERM an
   const r = await run.done(30000)
   expect(steps(run, 'sigterm')).toEqual([{ pid: got.pid, step: 'sigterm' }])
   expect(r.code).toBe(LOST_EXIT_STATUS)
-  expect(r.stderr).toContain(`[PROCESS_LOCK_LOST] { processType: 'backend', tradeSide: 'SHORT', pid: ${run.pid}, reason: `)
+  expect(r.stderr).toContain(
+    `[PROCESS_LOCK_LOST] { processType: 'backend', tradeSide: 'SHORT', pid: ${run.pid}, reason: `,
+  )
 })
 
+pgTest('an app that adopted the lock through a shell stops holding it once processlock is killed', async () => {
+  // The shell stays between processlock and the app (it has more to do after it), so the
+  // parent-death signal reaches the shell only and the app lives on.
+  const run = runOnServer(['/bin/sh', '-c', '"$0" "$1"; echo after', process.execPath, APP])
+  const [got] = await waitSteps(run, 'acquire')
+  expect(got).toMatchObject({ ok: true, held: true, info: { pid: run.pid } })
+  run.open('status')
+  expect((await waitSteps(run, 'status'))[0].held).toBe(true)
+  process.kill(run.pid, 'SIGKILL')
+  await run.exited()
+  // Its session, and so the lock, ended with it.
+  await until(async () => (await advisoryHolders()).length === 0, 'the lock is free')
+  // The app no longer claims a lock nobody holds for it.
+  run.open('recheck')
+  const status = await waitSteps(run, 'status', 2)
+  expect(status[1]).toEqual({ pid: got.pid, step: 'status', held: false })
+  run.open('end')
+  await run.done(30000)
+})

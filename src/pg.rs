@@ -89,10 +89,12 @@ enum Hold {
 }
 
 impl Hold {
+    /// For an adopted hold, only what can be seen from here: `run` has ended (killed with
+    /// SIGKILL, a process it started lives on).
     fn is_lost(&self) -> bool {
         match self {
             Hold::Session(pg) => pg.is_lost(),
-            Hold::Adopted(_) => false,
+            Hold::Adopted(hold) => !hold.holder_is_running(),
         }
     }
 
@@ -227,13 +229,14 @@ impl Lock for PgLock {
                 return ReleaseOutcome {
                     removed: false,
                     lock_file: Some(self.id.clone()),
-                    lines: if options.quiet {
+                    // Once `run` is gone there is nothing it keeps.
+                    lines: if options.quiet || !hold.holder_is_running() {
                         Vec::new()
                     } else {
                         vec![report::released_to_run(&self.name, hold.holder.pid)]
                     },
                     error: None,
-                }
+                };
             }
         };
         let pid = pg.record().pid;

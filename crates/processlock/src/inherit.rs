@@ -86,6 +86,17 @@ mod server_types {
         /// The holder record on the server: `processlock run`'s own.
         pub holder: Record,
     }
+
+    impl ServerHold {
+        /// Whether this process still runs under the `processlock run` that holds the lock:
+        /// false once `run` has ended, and its session, and so the lock, with it.
+        pub fn holder_is_running(&self) -> bool {
+            #[cfg(unix)]
+            return super::server::under(self);
+            #[cfg(not(unix))]
+            return false;
+        }
+    }
 }
 
 #[cfg(unix)]

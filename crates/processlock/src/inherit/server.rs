@@ -89,7 +89,7 @@ pub fn claim_server_lock(lock: &str) -> Option<ServerHold> {
 }
 
 /// Whether this process runs under the holder the hold names.
-fn under(hold: &ServerHold) -> bool {
+pub(super) fn under(hold: &ServerHold) -> bool {
     socket::descends_from(std::process::id(), hold.holder.pid)
 }
 
