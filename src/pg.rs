@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use processlock::{report, Cancel, LockName};
+use processlock::{claim_server_lock, report, Cancel, LockName, ServerHold};
 use processlock_pg::{Error as PgError, Lost, PgHeld, PgOptions};
 
 use crate::losses::{self, LOST_EXIT_STATUS};
@@ -51,8 +51,9 @@ pub(crate) struct PgLock {
 
 impl PgLock {
     pub fn new(opts: PgOptions, name: LockName) -> Result<Self, Box<Failure>> {
-        let server = opts.check().map_err(|e| Box::new(Failure::from(e)))?;
-        let id = format!("{server}#{}/{}", opts.namespace, name.file_name());
+        let id = opts
+            .lock_id(&name)
+            .map_err(|e| Box::new(Failure::from(e)))?;
         Ok(Self { opts, name, id })
     }
 
@@ -72,9 +73,47 @@ impl PgLock {
 static HELD: Mutex<Option<HashMap<String, Entry>>> = Mutex::new(None);
 
 struct Entry {
-    held: PgHeld,
+    held: Hold,
     /// The JS module instances (worker threads) that hold it; shared with the loss hook.
     holders: Arc<Mutex<Vec<u32>>>,
+}
+
+/// How this process holds a lock on a server.
+enum Hold {
+    /// In a session of its own.
+    Session(PgHeld),
+    /// Handed down by the `processlock run` this process runs under, which keeps it in its own
+    /// session (see the core's `inherit/server.rs`). This process cannot watch that session:
+    /// `run` stops its command when the lock is lost.
+    Adopted(ServerHold),
+}
+
+impl Hold {
+    /// For an adopted hold, only what can be seen from here: `run` has ended (killed with
+    /// SIGKILL, a process it started lives on).
+    fn is_lost(&self) -> bool {
+        match self {
+            Hold::Session(pg) => pg.is_lost(),
+            Hold::Adopted(hold) => !hold.holder_is_running(),
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        match self {
+            Hold::Session(pg) => pg.record().pid,
+            Hold::Adopted(hold) => hold.holder.pid,
+        }
+    }
+
+    fn info(&self) -> LockRecord {
+        match self {
+            Hold::Session(pg) => record(pg),
+            Hold::Adopted(hold) => LockRecord {
+                fencing_token: Some(hold.fencing_token.clone()),
+                ..LockRecord::postgres(hold.holder.clone())
+            },
+        }
+    }
 }
 
 fn held() -> MutexGuard<'static, Option<HashMap<String, Entry>>> {
@@ -99,7 +138,10 @@ impl Lock for PgLock {
 
     fn acquire(&self, options: &LockOptions, wait: Option<Waiting>) -> AcquireOutcome {
         let holder = options.holder;
-        if let Some(out) = self.join_existing(holder, options) {
+        if let Some(out) = self
+            .join_existing(holder, options)
+            .or_else(|| self.adopt(holder, options))
+        {
             if let Some(w) = &wait {
                 WAITS.end(w.key);
             }
@@ -128,9 +170,13 @@ impl Lock for PgLock {
         self.watch_loss(&pg, Arc::clone(&holders), options);
         let info = record(&pg);
         let line = report::acquired(&self.name, pg.record().pid);
-        held()
-            .get_or_insert_with(HashMap::new)
-            .insert(self.id.clone(), Entry { held: pg, holders });
+        held().get_or_insert_with(HashMap::new).insert(
+            self.id.clone(),
+            Entry {
+                held: Hold::Session(pg),
+                holders,
+            },
+        );
         AcquireOutcome {
             info: Some(info),
             lock_file: Some(self.id.clone()),
@@ -176,8 +222,25 @@ impl Lock for PgLock {
         let Some(entry) = taken else {
             return ReleaseOutcome::default();
         };
-        let pid = entry.held.record().pid;
-        match entry.held.release() {
+        let pg = match entry.held {
+            Hold::Session(pg) => pg,
+            // Nothing to do on the server: the lock stays with `run` until its command ends.
+            Hold::Adopted(hold) => {
+                return ReleaseOutcome {
+                    removed: false,
+                    lock_file: Some(self.id.clone()),
+                    // Once `run` is gone there is nothing it keeps.
+                    lines: if options.quiet || !hold.holder_is_running() {
+                        Vec::new()
+                    } else {
+                        vec![report::released_to_run(&self.name, hold.holder.pid)]
+                    },
+                    error: None,
+                };
+            }
+        };
+        let pid = pg.record().pid;
+        match pg.release() {
             Ok(removed) => ReleaseOutcome {
                 removed,
                 lock_file: Some(self.id.clone()),
@@ -201,7 +264,7 @@ impl Lock for PgLock {
         if let Some(entry) = held().as_ref().and_then(|m| m.get(&self.id)) {
             if !entry.held.is_lost() {
                 return InfoOutcome {
-                    info: Some(record(&entry.held)),
+                    info: Some(entry.held.info()),
                     lock_file: Some(self.id.clone()),
                     error: None,
                 };
@@ -225,11 +288,16 @@ impl Lock for PgLock {
 
     /// Our own hold is released; anyone else's session is ended by the server
     /// (`pg_terminate_backend`), which frees the lock at once. The holder learns at its next
-    /// heartbeat.
+    /// heartbeat. A hold adopted from `processlock run` is `run`'s session: it is ended, and
+    /// `run` stops its command.
     fn force_remove(&self, _options: &LockOptions) -> RemoveOutcome {
         let ours = held().as_mut().and_then(|m| m.remove(&self.id));
-        if let Some(entry) = ours {
-            if let Ok(true) = entry.held.release() {
+        if let Some(Entry {
+            held: Hold::Session(pg),
+            ..
+        }) = ours
+        {
+            if let Ok(true) = pg.release() {
                 return RemoveOutcome {
                     removed: true,
                     lock_file: Some(self.id.clone()),
@@ -284,14 +352,14 @@ impl PgLock {
                     holders.push(holder);
                 }
                 return Some(AcquireOutcome {
-                    info: Some(record(&entry.held)),
+                    info: Some(entry.held.info()),
                     lock_file: Some(self.id.clone()),
                     already_held: already,
                     held: true,
                     lines: if already || options.quiet {
                         Vec::new()
                     } else {
-                        vec![report::acquired(&self.name, entry.held.record().pid)]
+                        vec![report::acquired(&self.name, entry.held.pid())]
                     },
                     error: None,
                 });
@@ -299,6 +367,32 @@ impl PgLock {
         };
         drop(stale);
         None
+    }
+
+    /// The hold of the `processlock run` this process runs under, if it handed this very lock
+    /// down and this process is the one of its command that claims it; `None` otherwise.
+    fn adopt(&self, holder: u32, options: &LockOptions) -> Option<AcquireOutcome> {
+        let hold = Hold::Adopted(claim_server_lock(&self.id)?);
+        let out = AcquireOutcome {
+            info: Some(hold.info()),
+            lock_file: Some(self.id.clone()),
+            already_held: false,
+            held: true,
+            lines: if options.quiet {
+                Vec::new()
+            } else {
+                vec![report::acquired(&self.name, hold.pid())]
+            },
+            error: None,
+        };
+        held().get_or_insert_with(HashMap::new).insert(
+            self.id.clone(),
+            Entry {
+                held: hold,
+                holders: Arc::new(Mutex::new(vec![holder])),
+            },
+        );
+        Some(out)
     }
 
     /// What happens on loss, decided once at acquisition: `exit` is done here, natively,
@@ -333,7 +427,7 @@ pub(crate) fn list(opts: &PgOptions) -> ListOutcome {
                 locks: locks
                     .into_iter()
                     .filter_map(|l| {
-                        let id = format!("{server}#{}/{}", opts.namespace, l.lock_name);
+                        let id = opts.lock_id_on(&server, &l.lock_name);
                         let is_own = map
                             .as_ref()
                             .and_then(|m| m.get(&id))

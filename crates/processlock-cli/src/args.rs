@@ -40,10 +40,13 @@ Commands:
           With --url (or $PROCESSLOCK_URL) the lock is held on that PostgreSQL server by the
           processlock process itself, not by the command (a server session cannot be handed
           on): the record names processlock's PID, and the lock ends with processlock. The
-          command gets $PROCESSLOCK_FENCING_TOKEN (the lock's fencing token) and must not take
-          the same lock itself (it would conflict). If the lock is lost (no heartbeat
-          confirmed in time, the session ended, the server stopped), processlock prints
-          [PROCESS_LOCK_LOST], sends the command SIGTERM, then SIGKILL after --grace (default:
+          command gets $PROCESSLOCK_FENCING_TOKEN (the lock's fencing token). A process it
+          starts that takes the same lock (same server, namespace and name) adopts
+          processlock's hold, once, as with a lock file ($PROCESSLOCK_SERVER_LOCK tells it how);
+          when it lets go, processlock keeps the lock until the command ends. If the lock is
+          lost (no heartbeat confirmed in time, the session ended, the server stopped),
+          processlock prints [PROCESS_LOCK_LOST], sends the command SIGTERM (the only way a
+          process that adopted the lock learns of the loss), then SIGKILL after --grace (default:
           a quarter of the lease, about when the server may give the lock to another holder),
           and exits with status 75. On Linux the command also gets SIGKILL if processlock is
           killed (processes the command started itself are not reached).

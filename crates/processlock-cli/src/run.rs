@@ -435,7 +435,7 @@ fn supervise(
             Ok(None) => {
                 if let Some(h) = &handover {
                     let fds = [acquired.lock.file().as_raw_fd(), h.token.fd()];
-                    if let Err(e) = h.socket.serve_waiting(pid, fds) {
+                    if let Err(e) = h.socket.serve_waiting(pid, &fds) {
                         // Claimants that did not inherit the descriptors now get a conflict.
                         eprintln!("processlock: no longer handing the lock to the command's processes: {e}");
                         handover = None;

@@ -15,6 +15,13 @@
 //!   with it. Processes the command started itself are not reached; elsewhere, nothing is.
 //!
 //! The command learns the fencing token of its lock from `$PROCESSLOCK_FENCING_TOKEN`.
+//!
+//! A process of the command that takes the same lock itself (the app's own `acquireLock`) finds
+//! it already owns it, once, as under `run` with a lock file: the command gets a one-shot claim
+//! token and `$PROCESSLOCK_SERVER_LOCK` naming the hold (the core's `inherit/server.rs`), and
+//! this process answers, on a socket, the command's processes whose launcher closed the
+//! token's descriptor. The one that claims it adopts this process's hold; it holds no session,
+//! so a loss reaches it as the SIGTERM sent to the command.
 
 use std::ffi::OsString;
 use std::io::{self, Write};
@@ -26,7 +33,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use processlock::report::{self, printable, LOST_EXIT_STATUS};
-use processlock::{Cancel, LockName};
+use processlock::{Cancel, ClaimToken, HandoverSocket, LockName, ServerHold, SERVER_LOCK_ENV};
 use processlock_pg::{Error, PgHeld, PgOptions};
 
 use crate::run::{cannot_run, exit_like, Relay};
@@ -72,20 +79,30 @@ pub fn run(o: Options) -> i32 {
             return 1;
         }
     };
+    let handover = match Handover::offer(&held, &o) {
+        Ok(handover) => handover,
+        Err(e) => {
+            let _ = held.release();
+            eprintln!("processlock: {e}");
+            return 1;
+        }
+    };
     let mut cmd = Command::new(&o.command[0]);
     cmd.args(&o.command[1..])
-        .env(FENCING_TOKEN_ENV, held.fencing_token());
+        .env(FENCING_TOKEN_ENV, held.fencing_token())
+        .env(SERVER_LOCK_ENV, &handover.env_value);
     let parent = std::process::id() as libc::pid_t;
+    let token = handover.token.fd();
     // SAFETY: the closure runs in the forked child and makes only async-signal-safe calls.
     unsafe {
-        cmd.pre_exec(move || child_side(parent));
+        cmd.pre_exec(move || child_side(parent, token));
     }
     match cmd.spawn() {
         Ok(child) => {
             if !o.quiet {
                 eprintln!("{}", report::acquired(&o.name, held.record().pid));
             }
-            supervise(child, held, &loss, &o)
+            supervise(child, held, &loss, Some(handover), &o)
         }
         Err(e) => {
             let _ = held.release();
@@ -150,10 +167,15 @@ fn wait_for(o: &Options, deadline: Instant) -> processlock_pg::Result<PgHeld> {
     })
 }
 
-/// In the child, between fork and exec. Async-signal-safe calls only.
-fn child_side(parent: libc::pid_t) -> io::Result<()> {
+/// In the child, between fork and exec. Async-signal-safe calls only. `token`: the claim
+/// token's descriptor, kept across exec.
+fn child_side(parent: libc::pid_t, token: c_int) -> io::Result<()> {
     // SAFETY: we are in the forked child; these are plain system calls on our own process.
     unsafe {
+        let flags = libc::fcntl(token, libc::F_GETFD);
+        if flags == -1 || libc::fcntl(token, libc::F_SETFD, flags & !libc::FD_CLOEXEC) == -1 {
+            return Err(io::Error::last_os_error());
+        }
         // Our handlers would swallow a signal meant for the command.
         signals::reset_in_child();
         #[cfg(any(target_os = "linux", target_os = "android"))]
@@ -170,6 +192,36 @@ fn child_side(parent: libc::pid_t) -> io::Result<()> {
     #[cfg(not(any(target_os = "linux", target_os = "android")))]
     let _ = parent;
     Ok(())
+}
+
+/// What lets one process of the command adopt this process's hold.
+struct Handover {
+    token: ClaimToken,
+    /// Without it (no socket could be made), only processes that inherited the token's
+    /// descriptor can claim: a launcher that closes it makes its app conflict, never co-own.
+    socket: Option<HandoverSocket>,
+    env_value: String,
+}
+
+impl Handover {
+    fn offer(held: &PgHeld, o: &Options) -> io::Result<Self> {
+        let lock =
+            o.pg.lock_id(&o.name)
+                .map_err(|e| io::Error::other(e.to_string()))?;
+        let hold = ServerHold {
+            lock,
+            fencing_token: held.fencing_token().to_string(),
+            holder: held.record().clone(),
+        };
+        let token = ClaimToken::new()?;
+        let socket = HandoverSocket::bind().ok();
+        let env_value = token.server_env_value(&hold, socket.as_ref());
+        Ok(Self {
+            token,
+            socket,
+            env_value,
+        })
+    }
 }
 
 /// A pipe that becomes readable when the lock is lost: the loss hook runs on the lock's own
@@ -196,7 +248,13 @@ impl LossNotice {
 
 /// Waits for the command, passing signals on and stopping it if the lock is lost, then releases
 /// the lock and ends like the command (or with `LOST_EXIT_STATUS`).
-fn supervise(mut child: Child, held: PgHeld, loss: &LossNotice, o: &Options) -> i32 {
+fn supervise(
+    mut child: Child,
+    held: PgHeld,
+    loss: &LossNotice,
+    mut handover: Option<Handover>,
+    o: &Options,
+) -> i32 {
     let pid = child.id() as libc::pid_t;
     let signal_child = |signal: c_int| {
         // The child is not reaped before try_wait says so, so its PID is still ours.
@@ -212,15 +270,31 @@ fn supervise(mut child: Child, held: PgHeld, loss: &LossNotice, o: &Options) -> 
             Ok(None) => {}
             Err(e) => break Err(e),
         }
+        let claimants = handover
+            .as_ref()
+            .and_then(|h| h.socket.as_ref())
+            .map(|s| s.fd());
         let (watched, timeout) = match stopping {
-            None => (Some(loss.fd()), None),
+            None => ([Some(loss.fd()), claimants], None),
             Some(kill_at) => (
-                None,
+                [None, None],
                 kill_at.map(|t| t.saturating_duration_since(Instant::now())),
             ),
         };
-        match signals::next_event(watched, timeout) {
-            Ok(Event::Readable) => {
+        let watched: Vec<c_int> = watched.into_iter().flatten().collect();
+        match signals::next_event(&watched, timeout) {
+            Ok(Event::Readable(fd)) if Some(fd) == claimants => {
+                if let Some(h) = &handover {
+                    let socket = h.socket.as_ref().expect("watched, so present");
+                    if let Err(e) = socket.serve_waiting(pid as u32, &[h.token.fd()]) {
+                        eprintln!("processlock: no longer handing the lock to the command's processes: {e}");
+                        handover = None;
+                    }
+                }
+            }
+            Ok(Event::Readable(_)) => {
+                // A lost lock is nobody's to adopt any more.
+                handover = None;
                 let reason = held.lost().map(|l| l.reason).unwrap_or_default();
                 eprintln!("{}", report::lost(&o.name, held.record().pid, &reason));
                 eprintln!(
@@ -247,6 +321,8 @@ fn supervise(mut child: Child, held: PgHeld, loss: &LossNotice, o: &Options) -> 
             Err(_) => break child.wait(),
         }
     };
+    // No claimant can adopt the hold any more.
+    drop(handover);
     if stopping.is_some() {
         // Stopped for the loss: its own status would hide why it ended.
         drop(held);

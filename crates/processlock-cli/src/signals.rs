@@ -135,9 +135,9 @@ pub fn first_received() -> Option<c_int> {
 
 /// Blocks until a signal arrives (`Some`) or `other` becomes readable (`None`).
 pub fn next_or_readable(other: Option<c_int>) -> io::Result<Option<Note>> {
-    match next_event(other, None)? {
+    match next_event(other.as_slice(), None)? {
         Event::Signal(note) => Ok(Some(note)),
-        Event::Readable | Event::TimedOut => Ok(None),
+        Event::Readable(_) | Event::TimedOut => Ok(None),
     }
 }
 
@@ -145,27 +145,30 @@ pub fn next_or_readable(other: Option<c_int>) -> io::Result<Option<Note>> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Event {
     Signal(Note),
-    /// The other descriptor became readable.
-    Readable,
+    /// This one of the other descriptors became readable.
+    Readable(c_int),
     TimedOut,
 }
 
-/// Blocks until a signal arrives, `other` becomes readable, or `timeout` passes (`None`: no
-/// limit). A signal that arrives meanwhile wins over the other two.
-pub fn next_event(other: Option<c_int>, timeout: Option<Duration>) -> io::Result<Event> {
+/// The most descriptors `next_event` watches besides the signals.
+const MAX_OTHERS: usize = 2;
+
+/// Blocks until a signal arrives, one of `others` (at most `MAX_OTHERS`) becomes readable, or
+/// `timeout` passes (`None`: no limit). A signal that arrives meanwhile wins over the rest.
+pub fn next_event(others: &[c_int], timeout: Option<Duration>) -> io::Result<Event> {
     let deadline = timeout.map(|t| Instant::now() + t);
-    let mut fds = [
-        libc::pollfd {
-            fd: PIPE_READ.load(Ordering::SeqCst),
-            events: libc::POLLIN,
-            revents: 0,
-        },
-        libc::pollfd {
-            fd: other.unwrap_or(-1),
-            events: libc::POLLIN,
-            revents: 0,
-        },
-    ];
+    let watch = |fd: c_int| libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let mut fds = [watch(PIPE_READ.load(Ordering::SeqCst)); 1 + MAX_OTHERS];
+    for (slot, fd) in fds[1..]
+        .iter_mut()
+        .zip(others.iter().chain([-1; MAX_OTHERS].iter()))
+    {
+        *slot = watch(*fd);
+    }
     loop {
         let wait_ms = match deadline {
             None => -1,
@@ -177,8 +180,8 @@ pub fn next_event(other: Option<c_int>, timeout: Option<Duration>) -> io::Result
             )
             .unwrap_or(c_int::MAX),
         };
-        // SAFETY: poll on our own array of two entries (a negative descriptor is ignored).
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, wait_ms) };
+        // SAFETY: poll on our own array of its length (a negative descriptor is ignored).
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, wait_ms) };
         if n > 0 {
             break;
         }
@@ -191,10 +194,10 @@ pub fn next_event(other: Option<c_int>, timeout: Option<Duration>) -> io::Result
         }
     }
     if fds[0].revents != 0 {
-        next().map(Event::Signal)
-    } else {
-        Ok(Event::Readable)
+        return next().map(Event::Signal);
     }
+    let ready = fds[1..].iter().find(|p| p.fd >= 0 && p.revents != 0);
+    Ok(ready.map_or(Event::TimedOut, |p| Event::Readable(p.fd)))
 }
 
 /// Blocks until a signal arrives.

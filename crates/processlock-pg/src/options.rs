@@ -8,6 +8,7 @@ use tokio_postgres::Config;
 
 use crate::error::{Error, Result};
 use crate::tls::{connector, split_url, Connector, Mode};
+use processlock::LockName;
 
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(10);
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -56,6 +57,18 @@ impl PgOptions {
     /// name the server (`user@host:port/dbname`, never the password).
     pub fn check(&self) -> Result<String> {
         Settings::new(self).map(|s| s.server)
+    }
+
+    /// What names the lock `name` on this server, where a lock file's path names a lock file:
+    /// in results and errors, and between `processlock run` and the command it hands its hold to.
+    pub fn lock_id(&self, name: &LockName) -> Result<String> {
+        self.check()
+            .map(|server| self.lock_id_on(&server, &name.file_name()))
+    }
+
+    /// `lock_id` for a server already checked, and a lock file name.
+    pub fn lock_id_on(&self, server: &str, file_name: &str) -> String {
+        format!("{server}#{}/{file_name}", self.namespace)
     }
 
     /// How long before the server may give the lock to another holder this process learns

@@ -38,7 +38,13 @@ use crate::protocol::{HeldLock, LockTarget};
 pub const INHERITED_ENV: &str = "PROCESSLOCK_INHERITED";
 
 #[cfg(unix)]
+mod server;
+#[cfg(unix)]
 mod socket;
+
+#[cfg(unix)]
+pub use server::claim_server_lock;
+pub use server_types::{ServerHold, SERVER_LOCK_ENV};
 
 #[cfg(unix)]
 pub use socket::HandoverSocket;
@@ -53,6 +59,44 @@ pub(crate) use unix::claim_inherited;
 #[cfg(not(unix))]
 pub(crate) fn claim_inherited(_target: &LockTarget) -> Option<HeldLock> {
     None
+}
+
+/// Nothing is handed down where `processlock run` does not run.
+#[cfg(not(unix))]
+pub fn claim_server_lock(_lock: &str) -> Option<ServerHold> {
+    None
+}
+
+mod server_types {
+    use crate::record::Record;
+    use serde::{Deserialize, Serialize};
+
+    /// The variable `processlock run` sets for its command when it holds the lock on a server:
+    /// a JSON object with the lock held (`ServerHold`) and the claim token (its descriptor, its
+    /// inode and the socket to ask for it).
+    pub const SERVER_LOCK_ENV: &str = "PROCESSLOCK_SERVER_LOCK";
+
+    /// A lock that `processlock run` holds on a server for its command.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    pub struct ServerHold {
+        /// Which lock: the server, the namespace and the lock's name, as the backend names it.
+        pub lock: String,
+        pub fencing_token: String,
+        /// The holder record on the server: `processlock run`'s own.
+        pub holder: Record,
+    }
+
+    impl ServerHold {
+        /// Whether this process still runs under the `processlock run` that holds the lock:
+        /// false once `run` has ended, and its session, and so the lock, with it.
+        pub fn holder_is_running(&self) -> bool {
+            #[cfg(unix)]
+            return super::server::under(self);
+            #[cfg(not(unix))]
+            return false;
+        }
+    }
 }
 
 #[cfg(unix)]
@@ -138,6 +182,11 @@ mod unix {
             self.read.as_raw_fd()
         }
 
+        /// Tells the token pipe apart from any other pipe that may have taken its number.
+        pub(in crate::inherit) fn ino(&self) -> u64 {
+            self.ino
+        }
+
         /// The value of `INHERITED_ENV` for a command that inherits this token and the lock's
         /// descriptor `lock_fd`, and may ask `socket` for them.
         pub fn env_value(&self, lock_fd: RawFd, socket: Option<&HandoverSocket>) -> OsString {
@@ -196,14 +245,14 @@ mod unix {
         if handover.socket.is_empty() {
             return None;
         }
-        let (lock, token) = socket::ask(&handover.socket)?;
+        let [lock, token]: [OwnedFd; 2] = socket::ask(&handover.socket, 2)?.try_into().ok()?;
         let lock = HeldLock::adopt_inherited(std::fs::File::from(lock), target)?;
         take_token(token.as_raw_fd(), handover.token_ino).then_some(lock)
     }
 
     /// Reads the token's byte if the descriptor is still the token pipe. True for the one reader
     /// that gets it.
-    fn take_token(fd: RawFd, ino: u64) -> bool {
+    pub(super) fn take_token(fd: RawFd, ino: u64) -> bool {
         if !is_fifo(fd) || inode(fd).ok() != Some(ino) {
             return false;
         }

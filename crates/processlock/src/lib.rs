@@ -41,7 +41,7 @@ pub use clock::parse_iso8601_ms;
 pub use dir::{app_default_dir, real_dir, resolve_dir, resolve_dir_or, DIR_ENV};
 pub use error::{already_running, Conflict, DirProblem, Error, ErrorCode, Result};
 pub use handoff::PendingLock;
-pub use inherit::INHERITED_ENV;
+pub use inherit::{claim_server_lock, ServerHold, INHERITED_ENV, SERVER_LOCK_ENV};
 #[cfg(unix)]
 pub use inherit::{ClaimToken, HandoverSocket};
 pub use list::{list_locks, LockState, LockStatus};

@@ -75,6 +75,15 @@ pub fn released(name: &LockName, pid: u32) -> String {
     acquired(name, pid).replacen("ACQUIRED", "RELEASED", 1)
 }
 
+/// `[PROCESS_LOCK_RELEASED] { processType: 'backend', tradeSide: 'SHORT', pid: 51172, keptBy: 'processlock run until its command ends' }`:
+/// a process let go of the lock that `processlock run` (`pid`) handed it, and `run` keeps the
+/// lock on the server for as long as its command runs.
+pub fn released_to_run(name: &LockName, pid: u32) -> String {
+    let line = released(name, pid);
+    let open = line.strip_suffix(" }").unwrap_or(&line);
+    format!("{open}, keptBy: 'processlock run until its command ends' }}")
+}
+
 /// The exit status of a process that ends because it lost its lock (the addon's
 /// `onLost: 'exit'`, `processlock run` on a server): 75, the `EX_TEMPFAIL` of sysexits.h ("try
 /// again later"), which neither a crash (1), a start-up conflict (1) nor a signal (128 + n)
@@ -186,6 +195,10 @@ mod tests {
         assert_eq!(
             released(&none, 7),
             "[PROCESS_LOCK_RELEASED] { processType: 'worker', tradeSide: null, pid: 7 }"
+        );
+        assert_eq!(
+            released_to_run(&none, 7),
+            "[PROCESS_LOCK_RELEASED] { processType: 'worker', tradeSide: null, pid: 7, keptBy: 'processlock run until its command ends' }"
         );
         assert_eq!(
             lost(&n, 7, "the session ended\n"),

@@ -14,7 +14,7 @@
 
 use std::ffi::OsStr;
 use std::io;
-use std::mem::{size_of, zeroed};
+use std::mem::{size_of, size_of_val, zeroed};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
@@ -94,7 +94,7 @@ impl HandoverSocket {
     /// Answers every connection waiting now. A peer that is `command` or descends from it gets
     /// `fds`; any other peer gets nothing. Never blocks. `Err`: the listener itself fails (out
     /// of descriptors...): stop polling it, or the caller would spin on it.
-    pub fn serve_waiting(&self, command: u32, fds: [RawFd; 2]) -> io::Result<()> {
+    pub fn serve_waiting(&self, command: u32, fds: &[RawFd]) -> io::Result<()> {
         while let Some(conn) = accept(self.fd())? {
             if peer_pid(&conn).is_some_and(|pid| descends_from(pid, command)) {
                 let _ = send_fds(&conn, fds);
@@ -113,9 +113,10 @@ impl Drop for HandoverSocket {
     }
 }
 
-/// Asks the `run` listening at `path` for the lock's descriptor and the token (in that order),
-/// both close-on-exec here.
-pub(super) fn ask(address: &OsStr) -> Option<(OwnedFd, OwnedFd)> {
+/// Asks the `run` listening at `address` for the `count` descriptors it serves (for a lock file:
+/// the lock's descriptor and the token, in that order; for a lock on a server: the token), all
+/// close-on-exec here. `None` unless exactly that many arrive.
+pub(super) fn ask(address: &OsStr, count: usize) -> Option<Vec<OwnedFd>> {
     let (addr, len) = sockaddr(address.as_bytes()).ok()?;
     let sock = socket().ok()?;
     let timeout = libc::timeval {
@@ -140,7 +141,7 @@ pub(super) fn ask(address: &OsStr) -> Option<(OwnedFd, OwnedFd)> {
             return None;
         }
     }
-    recv_fds(&sock)
+    recv_fds(&sock, count)
 }
 
 #[cfg(not(any(target_os = "linux", target_os = "android")))]
@@ -241,14 +242,20 @@ fn accept(listener: RawFd) -> io::Result<Option<OwnedFd>> {
     }
 }
 
+/// The most descriptors one answer carries.
+const MAX_FDS: usize = 2;
+
 /// One byte of payload (a stream message must carry some) with the descriptors attached.
-fn send_fds(conn: &OwnedFd, fds: [RawFd; 2]) -> io::Result<()> {
+fn send_fds(conn: &OwnedFd, fds: &[RawFd]) -> io::Result<()> {
+    if fds.is_empty() || fds.len() > MAX_FDS {
+        return Err(io::ErrorKind::InvalidInput.into());
+    }
     let payload = [0u8; 1];
     let mut iov = libc::iovec {
         iov_base: payload.as_ptr() as *mut libc::c_void,
         iov_len: 1,
     };
-    let data_len = size_of::<[RawFd; 2]>() as u32;
+    let data_len = size_of_val(fds) as u32;
     // SAFETY: CMSG_SPACE is a size computation.
     let space = unsafe { libc::CMSG_SPACE(data_len) } as usize;
     let mut control = vec![0u8; space];
@@ -264,7 +271,11 @@ fn send_fds(conn: &OwnedFd, fds: [RawFd; 2]) -> io::Result<()> {
         (*cmsg).cmsg_level = libc::SOL_SOCKET;
         (*cmsg).cmsg_type = libc::SCM_RIGHTS;
         (*cmsg).cmsg_len = libc::CMSG_LEN(data_len) as _;
-        std::ptr::copy_nonoverlapping(fds.as_ptr(), libc::CMSG_DATA(cmsg).cast::<RawFd>(), 2);
+        std::ptr::copy_nonoverlapping(
+            fds.as_ptr(),
+            libc::CMSG_DATA(cmsg).cast::<RawFd>(),
+            fds.len(),
+        );
         if libc::sendmsg(conn.as_raw_fd(), &msg, 0) != 1 {
             return Err(io::Error::last_os_error());
         }
@@ -272,13 +283,16 @@ fn send_fds(conn: &OwnedFd, fds: [RawFd; 2]) -> io::Result<()> {
     Ok(())
 }
 
-fn recv_fds(sock: &OwnedFd) -> Option<(OwnedFd, OwnedFd)> {
+fn recv_fds(sock: &OwnedFd, count: usize) -> Option<Vec<OwnedFd>> {
+    if count == 0 || count > MAX_FDS {
+        return None;
+    }
     let mut payload = [0u8; 1];
     let mut iov = libc::iovec {
         iov_base: payload.as_mut_ptr().cast(),
         iov_len: 1,
     };
-    let data_len = size_of::<[RawFd; 2]>() as u32;
+    let data_len = (count * size_of::<RawFd>()) as u32;
     // SAFETY: CMSG_SPACE is a size computation.
     let space = unsafe { libc::CMSG_SPACE(data_len) } as usize;
     let mut control = vec![0u8; space];
@@ -305,16 +319,29 @@ fn recv_fds(sock: &OwnedFd) -> Option<(OwnedFd, OwnedFd)> {
             || cmsg.is_null()
             || (*cmsg).cmsg_level != libc::SOL_SOCKET
             || (*cmsg).cmsg_type != libc::SCM_RIGHTS
-            || ((*cmsg).cmsg_len as usize) < libc::CMSG_LEN(data_len) as usize
         {
             return None;
         }
-        let mut fds = [0 as RawFd; 2];
-        std::ptr::copy_nonoverlapping(libc::CMSG_DATA(cmsg).cast::<RawFd>(), fds.as_mut_ptr(), 2);
-        [OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])]
+        // However many arrived become ours (and are closed when dropped), even if it is not
+        // the number asked for.
+        let arrived = ((*cmsg).cmsg_len as usize).saturating_sub(libc::CMSG_LEN(0) as usize)
+            / size_of::<RawFd>();
+        let mut raw = [-1 as RawFd; MAX_FDS];
+        let arrived = arrived.min(MAX_FDS);
+        std::ptr::copy_nonoverlapping(
+            libc::CMSG_DATA(cmsg).cast::<RawFd>(),
+            raw.as_mut_ptr(),
+            arrived,
+        );
+        raw[..arrived]
+            .iter()
+            .map(|&fd| OwnedFd::from_raw_fd(fd))
+            .collect::<Vec<_>>()
     };
-    let [lock, token] = fds;
-    for fd in [&lock, &token] {
+    if fds.len() != count {
+        return None;
+    }
+    for fd in &fds {
         super::set_flag(
             fd.as_raw_fd(),
             libc::F_GETFD,
@@ -323,16 +350,18 @@ fn recv_fds(sock: &OwnedFd) -> Option<(OwnedFd, OwnedFd)> {
         )
         .ok()?;
     }
-    Some((lock, token))
+    Some(fds)
 }
 
 /// Whether `pid` is `ancestor` or one of its descendants.
-fn descends_from(mut pid: u32, ancestor: u32) -> bool {
+pub(super) fn descends_from(mut pid: u32, ancestor: u32) -> bool {
     for _ in 0..MAX_DEPTH {
         if pid == ancestor {
             return true;
         }
         match parent_pid(pid) {
+            // Checked before the walk stops at PID 1: `run` may be PID 1 of a container.
+            Some(parent) if parent == ancestor => return true,
             Some(parent) if parent > 1 && parent != pid => pid = parent,
             _ => return false,
         }
@@ -426,6 +455,8 @@ mod tests {
         let me = std::process::id();
         let parent = parent_pid(me).unwrap();
         assert!(descends_from(me, me));
+        // Every process descends from PID 1 (`run` may be PID 1 of a container).
+        assert!(descends_from(me, 1));
         assert!(parent <= 1 || descends_from(me, parent));
         let mut stranger = std::process::Command::new("sleep")
             .arg("5")
@@ -450,30 +481,36 @@ mod tests {
         let fds = [file.as_raw_fd(), token.fd()];
         let asking = {
             let address = address.clone();
-            std::thread::spawn(move || ask(&address))
+            std::thread::spawn(move || ask(&address, 2))
         };
         // This process is its own descendant: it is served.
         let until = std::time::Instant::now() + Duration::from_secs(5);
         while !asking.is_finished() && std::time::Instant::now() < until {
-            server.serve_waiting(std::process::id(), fds).unwrap();
+            server.serve_waiting(std::process::id(), &fds).unwrap();
             std::thread::sleep(Duration::from_millis(1));
         }
-        let (lock, tok) = asking.join().unwrap().expect("served");
+        let [lock, tok]: [OwnedFd; 2] = asking.join().unwrap().expect("served").try_into().unwrap();
         let ino = |fd: RawFd| super::super::unix::inode(fd).unwrap();
         assert_eq!(ino(lock.as_raw_fd()), ino(file.as_raw_fd()));
         assert_eq!(ino(tok.as_raw_fd()), ino(token.fd()));
         // A peer that does not descend from the command gets nothing.
+        let mut stranger = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
         let asking = {
             let address = address.clone();
-            std::thread::spawn(move || ask(&address))
+            std::thread::spawn(move || ask(&address, 2))
         };
         let until = std::time::Instant::now() + Duration::from_secs(5);
         while !asking.is_finished() && std::time::Instant::now() < until {
-            server.serve_waiting(1, fds).unwrap();
+            server.serve_waiting(stranger.id(), &fds).unwrap();
             std::thread::sleep(Duration::from_millis(1));
         }
+        stranger.kill().unwrap();
+        stranger.wait().unwrap();
         assert!(asking.join().unwrap().is_none());
         drop(server);
-        assert!(ask(&address).is_none());
+        assert!(ask(&address, 2).is_none());
     }
 }
