@@ -259,6 +259,14 @@ pgTest('a bad URL or lease is a usage error, an unreachable server an I/O error;
     expect(r.stderr).toContain('LOCK_INVALID_OPTION')
     expect(r.stderr).not.toContain('secret')
     expect(r.stdout).not.toContain('RAN')
+    // check and clear say the same, with the same status: whether a lock is held cannot be asked
+    // of a URL that names no server.
+    for (const args of [['check'], ['check', 'backend'], ['clear'], ['clear', '--force']]) {
+      const c = await cli([...args, '--url', url], { dir: tempDir('pg-bad-url') })
+      expect(c.code).toBe(2)
+      expect(c.stderr).toContain('LOCK_INVALID_OPTION')
+      expect(c.stderr).not.toContain('secret')
+    }
   }
   const short = await tryRun('backend', {}, ['--url', pg.url, '--lease', '10'])
   expect(short.code).toBe(2)

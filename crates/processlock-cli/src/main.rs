@@ -60,8 +60,9 @@ fn execute(dir: Option<&Path>, command: Command) -> i32 {
             json,
             url,
             lock: None,
-        } => match server_url(url) {
-            Some(url) => server::check(&url, json),
+        } => match server_url(url).map(checked_url) {
+            Some(Ok(url)) => server::check(&url, json),
+            Some(Err(code)) => code,
             None => with_dir(dir, |d| check::run(d, json)),
         },
         Command::Check {
@@ -74,7 +75,10 @@ fn execute(dir: Option<&Path>, command: Command) -> i32 {
                 Err(e) => return usage_error(&e.to_string()),
             };
             if let Some(url) = server_url(url) {
-                return server::check_one(&url, name, json);
+                return match checked_url(url) {
+                    Ok(url) => server::check_one(&url, name, json),
+                    Err(code) => code,
+                };
             }
             match resolve_dir(dir) {
                 Ok(d) => check::run_one(&d, name, json),
@@ -84,8 +88,9 @@ fn execute(dir: Option<&Path>, command: Command) -> i32 {
                 }
             }
         }
-        Command::Clear { force, url } => match server_url(url) {
-            Some(url) => server::clear(&url, force),
+        Command::Clear { force, url } => match server_url(url).map(checked_url) {
+            Some(Ok(url)) => server::clear(&url, force),
+            Some(Err(code)) => code,
             None => with_dir(dir, |d| clear::run(d, force)),
         },
         Command::Run {
@@ -164,6 +169,14 @@ fn server_url(option: Option<String>) -> Option<String> {
     option
         .or_else(|| std::env::var("PROCESSLOCK_URL").ok())
         .filter(|u| !u.is_empty())
+}
+
+/// A URL that cannot work is a usage error, for every command: nothing was sent anywhere.
+fn checked_url(url: String) -> Result<String, i32> {
+    match processlock_pg::PgOptions::new(url.as_str()).check() {
+        Ok(_) => Ok(url),
+        Err(e) => Err(usage_error(&printable(&e.to_string()))),
+    }
 }
 
 fn with_dir(dir: Option<&Path>, f: impl FnOnce(&Path) -> processlock::Result<i32>) -> i32 {
