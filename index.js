@@ -164,6 +164,14 @@ function lost(event) {
   const entry = held.get(event.lockFile)
   if (!entry || (event.fencingToken && entry.token !== event.fencingToken)) return
   emit(entry.sink, event.lines)
+  if (!event.fencingToken && onLock(binding.isHeld, entry.processType, entry.options).held) {
+    // A lock file lost and taken again before its notice arrived: the path names a file this
+    // instance holds now, so the notice is the old hold's. The signals handed out before learn
+    // of the loss; the new hold stays, with signals of its own.
+    tell(entry, errorFromFailure(event.error, event.lockFile))
+    entry.controller = null
+    return
+  }
   forget(event.lockFile)
   // Drops the native hold without a release line; a lock file of someone else stays.
   onLock(binding.release, entry.processType, { ...entry.options, quiet: true })

@@ -298,6 +298,23 @@ describe('a holder whose lock file was removed, replaced or moved knows it', () 
     expect(() => pl.isLockHeld('backend', { dir: 5 })).toThrow(expect.objectContaining({ code: 'LOCK_INVALID_OPTION' }))
   })
 
+  const linuxTest = process.platform === 'linux' ? test : test.skip
+
+  // The fixture reads its threads' names in /proc to know that the native watcher has sent
+  // the loss notice before it takes the lock again, in the same JavaScript turn.
+  linuxTest('a lock file taken again before the notice of its loss arrived stays held', async () => {
+    const dir = tempDir('edges-retake')
+    const p = start('file-retake.js', { dir })
+    await p.waitFor('HELD\n')
+    fs.unlinkSync(lockFile(dir))
+    const after = JSON.parse((await p.waitFor(/AFTER (.*)\n/))[1])
+    // The signal asked for before the loss learns of it; the hold taken since stays, its file
+    // too, and a signal asked for now is a new one.
+    expect(after).toEqual({ held: true, beforeAborted: true, beforeReason: 'LOCK_LOST', newAborted: false, file: true })
+    expect((await p.done()).code).toBe(0)
+    expect(lockDirEntries(dir)).toEqual([])
+  })
+
   test('removed by another process: not ours any more; acquireLock takes it anew', () => {
     const dir = tempDir('edges-removed')
     const first = pl.acquireLock('backend', SHORT(dir))
