@@ -168,27 +168,7 @@ impl Lock for PgLock {
         };
         let holders = Arc::new(Mutex::new(vec![holder]));
         self.watch_loss(&pg, Arc::clone(&holders), options);
-        let info = record(&pg);
-        let line = report::acquired(&self.name, pg.record().pid);
-        held().get_or_insert_with(HashMap::new).insert(
-            self.id.clone(),
-            Entry {
-                held: Hold::Session(pg),
-                holders,
-            },
-        );
-        AcquireOutcome {
-            info: Some(info),
-            lock_file: Some(self.id.clone()),
-            already_held: false,
-            held: true,
-            lines: if options.quiet {
-                Vec::new()
-            } else {
-                vec![line]
-            },
-            error: None,
-        }
+        self.taken(Hold::Session(pg), holders, options)
     }
 
     fn release(&self, options: &LockOptions) -> ReleaseOutcome {
@@ -369,10 +349,13 @@ impl PgLock {
         None
     }
 
-    /// The hold of the `processlock run` this process runs under, if it handed this very lock
-    /// down and this process is the one of its command that claims it; `None` otherwise.
-    fn adopt(&self, holder: u32, options: &LockOptions) -> Option<AcquireOutcome> {
-        let hold = Hold::Adopted(claim_server_lock(&self.id)?);
+    /// Keeps a new hold of this lock for `holders`; the outcome that says it was taken.
+    fn taken(
+        &self,
+        hold: Hold,
+        holders: Arc<Mutex<Vec<u32>>>,
+        options: &LockOptions,
+    ) -> AcquireOutcome {
         let out = AcquireOutcome {
             info: Some(hold.info()),
             lock_file: Some(self.id.clone()),
@@ -389,10 +372,17 @@ impl PgLock {
             self.id.clone(),
             Entry {
                 held: hold,
-                holders: Arc::new(Mutex::new(vec![holder])),
+                holders,
             },
         );
-        Some(out)
+        out
+    }
+
+    /// The hold of the `processlock run` this process runs under, if it handed this very lock
+    /// down and this process is the one of its command that claims it; `None` otherwise.
+    fn adopt(&self, holder: u32, options: &LockOptions) -> Option<AcquireOutcome> {
+        let hold = Hold::Adopted(claim_server_lock(&self.id)?);
+        Some(self.taken(hold, Arc::new(Mutex::new(vec![holder])), options))
     }
 
     /// What happens on loss, decided once at acquisition: `exit` is done here, natively,
