@@ -264,6 +264,26 @@ pub fn lock_params(target: &LockTarget) -> Vec<(String, String)> {
     p
 }
 
+/// Starts a child. Wine (the Windows run of these tests) now and then fails a CreateProcess
+/// with ERROR_INTERNAL_ERROR when many processes start at once; that says nothing about the
+/// lock, so it is tried again, a few times.
+fn spawn_child(cmd: &mut Command) -> Child {
+    const WINE_INTERNAL_ERROR: i32 = 1359;
+    let mut tries = 0;
+    loop {
+        match cmd.spawn() {
+            Ok(child) => return child,
+            Err(e)
+                if cfg!(windows) && e.raw_os_error() == Some(WINE_INTERNAL_ERROR) && tries < 5 =>
+            {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => panic!("spawn a child test process: {e:?}"),
+        }
+    }
+}
+
 pub struct Proc {
     pub pid: u32,
     role: String,
@@ -297,7 +317,7 @@ impl Proc {
         for (k, v) in params {
             cmd.env(format!("{PARAM_PREFIX}{}", k.as_ref()), v.as_ref());
         }
-        let mut child = cmd.spawn().expect("spawn a child test process");
+        let mut child = spawn_child(&mut cmd);
         let pid = child.id();
         let stdin = child.stdin.take();
         let (tx, lines) = mpsc::channel();
