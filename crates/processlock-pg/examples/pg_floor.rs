@@ -10,6 +10,7 @@
 
 use std::time::Instant;
 
+use processlock_pg::statements;
 use tokio_postgres::types::Type;
 use tokio_postgres::{Client, NoTls};
 
@@ -47,12 +48,8 @@ async fn set_up(client: &Client) {
         .expect("settings");
 }
 
-async fn cycle(client: &Client, claim: &str, release: &str) {
-    let key = format!("'{KEY}'::int8");
-    client
-        .simple_query(&format!("SELECT pg_try_advisory_lock({key})"))
-        .await
-        .expect("lock");
+async fn cycle(client: &Client, try_lock: &str, claim: &str, release: &str) {
+    client.simple_query(try_lock).await.expect("lock");
     client
         .query_typed_one(
             claim,
@@ -81,25 +78,12 @@ async fn main() {
         "each" => true,
         other => panic!("mode {other}: once or each"),
     };
-    let claim = format!(
-        "INSERT INTO {TABLE} AS h (lock_key, namespace, lock_name, token, backend_pid, record, acquired_at)
-         VALUES ($1, $2, $3, 1, pg_backend_pid(), $4::jsonb, now())
-         ON CONFLICT (lock_key) DO UPDATE SET token = h.token + 1, namespace = EXCLUDED.namespace,
-             lock_name = EXCLUDED.lock_name, backend_pid = EXCLUDED.backend_pid,
-             record = EXCLUDED.record, acquired_at = EXCLUDED.acquired_at
-         RETURNING token"
-    );
-    let release = format!(
-        "UPDATE {TABLE} SET backend_pid = NULL, record = NULL WHERE lock_key = '{KEY}'::int8 \
-         AND backend_pid = pg_backend_pid(); SELECT pg_advisory_unlock('{KEY}'::int8)"
-    );
+    let try_lock = statements::try_lock_sql(KEY);
+    let claim = statements::claim_sql(TABLE);
+    let release = statements::release_sql(TABLE, KEY);
     let first = connect(url).await;
     first
-        .batch_execute(&format!(
-            "CREATE TABLE IF NOT EXISTS {TABLE} (lock_key bigint PRIMARY KEY, namespace text NOT NULL,
-             lock_name text NOT NULL, token bigint NOT NULL, backend_pid integer, record jsonb,
-             acquired_at timestamptz)"
-        ))
+        .batch_execute(&statements::create_sql(TABLE))
         .await
         .expect("create table");
     let mut took = Vec::with_capacity(cycles);
@@ -108,9 +92,9 @@ async fn main() {
         if each {
             let client = connect(url).await;
             set_up(&client).await;
-            cycle(&client, &claim, &release).await;
+            cycle(&client, &try_lock, &claim, &release).await;
         } else {
-            cycle(&first, &claim, &release).await;
+            cycle(&first, &try_lock, &claim, &release).await;
         }
         if i >= warmup {
             took.push(started.elapsed().as_nanos());

@@ -91,3 +91,10 @@ pub use options::{
 };
 pub use processlock::Record;
 pub use table::Holder;
+
+/// The statements the lock sends, for the benchmark's floor (`examples/pg_floor.rs`), which
+/// issues exactly these without any of the lock's checks. Not part of the API.
+#[doc(hidden)]
+pub mod statements {
+    pub use crate::table::{claim_sql, create_sql, release_sql, try_lock_sql};
+}

@@ -352,7 +352,7 @@ impl Job {
     }
 
     async fn try_once(&self, session: &Session, waited_ms: u64) -> Result<()> {
-        let try_sql = format!("SELECT pg_try_advisory_lock({})", key_literal(self.key));
+        let try_sql = table::try_lock_sql(self.key);
         let mut last = None;
         for _ in 0..CONFLICT_ATTEMPTS {
             let row = session.simple_row(&self.s, "lock", &try_sql).await?;

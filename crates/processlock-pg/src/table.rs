@@ -23,7 +23,7 @@ pub struct Holder {
     pub client_addr: Option<String>,
 }
 
-fn create_sql(table: &str) -> String {
+pub fn create_sql(table: &str) -> String {
     format!(
         "CREATE TABLE IF NOT EXISTS {table} (
             lock_key bigint PRIMARY KEY,
@@ -39,7 +39,7 @@ fn create_sql(table: &str) -> String {
 
 /// Bumps the fencing counter and writes the record, in one statement, by a session that has
 /// just been granted the lock.
-fn claim_sql(table: &str) -> String {
+pub fn claim_sql(table: &str) -> String {
     format!(
         "INSERT INTO {table} AS h (lock_key, namespace, lock_name, token, backend_pid, record, acquired_at)
          VALUES ($1, $2, $3, 1, pg_backend_pid(), $4::jsonb, now())
@@ -101,8 +101,13 @@ async fn create(session: &Session, s: &Settings) -> Result<()> {
     }
 }
 
+/// Takes the lock if it is free, without waiting.
+pub fn try_lock_sql(key: i64) -> String {
+    format!("SELECT pg_try_advisory_lock({})", key_literal(key))
+}
+
 /// Clears our record and lets go of the lock, in one round trip.
-pub(crate) fn release_sql(table: &str, key: i64) -> String {
+pub fn release_sql(table: &str, key: i64) -> String {
     let key = key_literal(key);
     format!(
         "UPDATE {table} SET backend_pid = NULL, record = NULL WHERE lock_key = {key} AND backend_pid = pg_backend_pid(); \
