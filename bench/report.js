@@ -313,6 +313,20 @@ function countOverlaps(intervals) {
   return overlapped
 }
 
+/**
+ * Adds one round's owners to the counters `st` of its kind: `overlapped` second owners at once
+ * (`countOverlaps(intervals)` unless the kind judges overlaps its own way), and whether anybody
+ * owned the lock at all (`expectOwner`: whether the round should have had an owner).
+ */
+function countRound(st, intervals, overlapped = countOverlaps(intervals), expectOwner = true) {
+  st.owners += intervals.length
+  if (intervals.length === 0 && expectOwner) st.noOwnerRounds++
+  if (overlapped) {
+    st.doubleOwnerRounds++
+    st.overlaps += overlapped
+  }
+}
+
 /** The counters of one torture kind, as `tortureLine` and `tortureMarkdown` read them. */
 function emptyTortureStats(kind) {
   return {
@@ -340,6 +354,7 @@ function emptyTortureStats(kind) {
 
 module.exports = {
   countOverlaps,
+  countRound,
   emptyTortureStats,
   machine,
   loadavg,

@@ -91,13 +91,7 @@ async function runKind(kind, n, { rounds, duration, holdUs, base, keep, pg }) {
         if (open != null) bump('no-release')
         if (lastOf(ls) !== `D ${r}`) throw new Error(`racer ${i} ended: ${racers[i].stderr.trim()}`)
       }
-      st.owners += intervals.length
-      if (intervals.length === 0) st.noOwnerRounds++
-      const overlapped = report.countOverlaps(intervals)
-      if (overlapped) {
-        st.doubleOwnerRounds++
-        st.overlaps += overlapped
-      }
+      report.countRound(st, intervals)
       st.rounds++
       if (r === 0) baseFds = await fds()
     }

@@ -131,13 +131,7 @@ async function runKind(kind, n, { rounds, duration, holdUs, base, keep }) {
       }
       if (open.length) bump('no-release')
     }
-    st.owners += intervals.length
-    if (intervals.length === 0) st.noOwnerRounds++
-    const overlapped = report.countOverlaps(intervals)
-    if (overlapped) {
-      st.doubleOwnerRounds++
-      st.overlaps += overlapped
-    }
+    report.countRound(st, intervals)
     for (const name of fs.readdirSync(dir)) {
       if (name === LOCK_NAME) st.leftoverLocks++
       // The removal guard stays in a lock directory on purpose.
