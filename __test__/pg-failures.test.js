@@ -44,6 +44,25 @@ async function waitingSessions() {
   return (await pg.sql("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"))[0]
 }
 
+/** `node pg-lease.js <mode>` (wait or await), once it waits in the server for the lock. */
+async function waiterFor(mode, env = {}) {
+  const waiter = lease(mode, env)
+  await until(async () => (await waitingSessions()) === '1', 'the waiter waits in the server')
+  return waiter
+}
+
+/**
+ * The waiter got the lock after the holder whose info is `first`: a newer holder, by its fencing
+ * token, and it ended well. Resolves with the old holder's state at the handover.
+ */
+async function tookOver(waiter, first) {
+  const { old, info } = await got(waiter)
+  expect(info).toMatchObject({ pid: waiter.pid, backend: 'postgres' })
+  expect(BigInt(info.fencingToken)).toBeGreaterThan(BigInt(first.fencingToken))
+  expect((await waiter.done(30000)).code).toBe(0)
+  return old
+}
+
 /** The server process of the session holding the lock for the process `pid`. */
 async function sessionOf(pid) {
   const [backendPid] = await pg.sql(
@@ -70,15 +89,10 @@ describe('a frozen holder (SIGSTOP) with a short lease', () => {
   pgTest("is taken over by a waiter (waitMs); woken, it reports the loss and exits (onLost 'exit')", async () => {
     frozen = lease('hold')
     const first = await held(frozen)
-    const waiter = lease('wait', { OLD_PID: String(frozen.pid) })
-    await until(async () => (await waitingSessions()) === '1', 'the waiter waits in the server')
+    const waiter = await waiterFor('wait', { OLD_PID: String(frozen.pid) })
     frozen.kill('SIGSTOP')
-    const { old, info } = await got(waiter)
     // The handover happened while the old holder was still frozen, and the new holder is newer.
-    expect(old).toBe('T')
-    expect(info).toMatchObject({ pid: waiter.pid, backend: 'postgres' })
-    expect(BigInt(info.fencingToken)).toBeGreaterThan(BigInt(first.fencingToken))
-    expect((await waiter.done(30000)).code).toBe(0)
+    expect(await tookOver(waiter, first)).toBe('T')
     frozen.kill('SIGCONT')
     const r = await frozen.done(30000)
     expect(r.code).toBe(LOST_EXIT_STATUS)
@@ -91,13 +105,9 @@ describe('a frozen holder (SIGSTOP) with a short lease', () => {
   pgTest("is taken over by a waiter (acquireLockAsync); woken, its lockSignal aborts (onLost 'signal')", async () => {
     frozen = lease('hold', { ON_LOST: 'signal' })
     const first = await held(frozen)
-    const waiter = lease('await', { OLD_PID: String(frozen.pid) })
-    await until(async () => (await waitingSessions()) === '1', 'the waiter waits in the server')
+    const waiter = await waiterFor('await', { OLD_PID: String(frozen.pid) })
     frozen.kill('SIGSTOP')
-    const { old, info } = await got(waiter)
-    expect(old).toBe('T')
-    expect(BigInt(info.fencingToken)).toBeGreaterThan(BigInt(first.fencingToken))
-    expect((await waiter.done(30000)).code).toBe(0)
+    expect(await tookOver(waiter, first)).toBe('T')
     frozen.kill('SIGCONT')
     // The moment it runs again it knows the lock is not its own, whatever the heartbeat says later.
     await frozen.waitFor('CONTINUED held=false', 30000)
@@ -128,6 +138,17 @@ const cutRules = (port) =>
 
 const iptables = (action, rule) => execFileSync('iptables', ['-w', action, ...rule], { stdio: 'ignore' })
 
+/** A test that cuts connections: skipped, with the reason printed, where it cannot. */
+const cutTest = (name, fn) =>
+  pgTest(name, async () => {
+    const why = canCut()
+    if (why) {
+      console.log(`SKIPPED: ${why}`)
+      return
+    }
+    await fn()
+  })
+
 /** The client port of the session that holds the lock for the process `pid`. */
 async function clientPort(pid) {
   const backendPid = await sessionOf(pid)
@@ -157,44 +178,28 @@ describe('a connection cut off from the server (iptables on loopback)', () => {
     holder = null
   })
 
-  pgTest(
+  cutTest(
     "a holder gives up (onLost 'exit': status 75) before a waiter takes the lock, about a lease later",
     async () => {
-      const why = canCut()
-      if (why) {
-        console.log(`SKIPPED: ${why}`)
-        return
-      }
       holder = lease('hold')
       const first = await held(holder)
-      const waiter = lease('await', { OLD_PID: String(holder.pid) })
-      await until(async () => (await waitingSessions()) === '1', 'the waiter waits in the server')
+      const waiter = await waiterFor('await', { OLD_PID: String(holder.pid) })
       cutPort = await clientPort(holder.pid)
       for (const rule of cutRules(cutPort)) iptables('-I', rule)
       const r = await holder.done(30000)
       expect(r.code).toBe(LOST_EXIT_STATUS)
       expect(r.stderr).toMatch(LOST_LINE)
-      const { old, info } = await got(waiter)
       // The old holder had ended before the server let the waiter have the lock.
-      expect(old).toBe('gone')
-      expect(info).toMatchObject({ pid: waiter.pid, backend: 'postgres' })
-      expect(BigInt(info.fencingToken)).toBeGreaterThan(BigInt(first.fencingToken))
-      expect((await waiter.done(30000)).code).toBe(0)
+      expect(await tookOver(waiter, first)).toBe('gone')
     },
   )
 
-  pgTest(
+  cutTest(
     "a holder gives up (onLost 'signal'), lets go without waiting on the dead connection, and is taken over",
     async () => {
-      const why = canCut()
-      if (why) {
-        console.log(`SKIPPED: ${why}`)
-        return
-      }
       holder = lease('hold', { ON_LOST: 'signal' })
       const first = await held(holder)
-      const waiter = lease('await')
-      await until(async () => (await waitingSessions()) === '1', 'the waiter waits in the server')
+      const waiter = await waiterFor('await')
       cutPort = await clientPort(holder.pid)
       for (const rule of cutRules(cutPort)) iptables('-I', rule)
       await holder.waitFor('LOST LockLostError LOCK_LOST', 30000)
@@ -202,22 +207,14 @@ describe('a connection cut off from the server (iptables on loopback)', () => {
       // Still cut off: letting go must not hang on the connection nobody answers.
       holder.child.stdin.write('release\n')
       expect((await holder.done(30000)).code).toBe(0)
-      const { info } = await got(waiter)
-      expect(BigInt(info.fencingToken)).toBeGreaterThan(BigInt(first.fencingToken))
-      expect((await waiter.done(30000)).code).toBe(0)
+      await tookOver(waiter, first)
     },
   )
 
-  pgTest('a waiter cut off while the lock is handed to it does not keep it: the next waiter gets it', async () => {
-    const why = canCut()
-    if (why) {
-      console.log(`SKIPPED: ${why}`)
-      return
-    }
+  cutTest('a waiter cut off while the lock is handed to it does not keep it: the next waiter gets it', async () => {
     holder = lease('hold')
     const first = await held(holder)
-    const cutOff = lease('await')
-    await until(async () => (await waitingSessions()) === '1', 'the waiter waits in the server')
+    const cutOff = await waiterFor('await')
     const [waitingPid] = await pg.sql("SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")
     ;[cutPort] = await pg.sql(`SELECT client_port FROM pg_stat_activity WHERE pid = ${waitingPid}`)
     for (const rule of cutRules(cutPort)) iptables('-I', rule)
@@ -349,14 +346,9 @@ describe('waits', () => {
   pgTest('a wait in acquireLockAsync is woken by the kill -9 of the holder, with a larger token', async () => {
     holder = lease('hold')
     const first = await held(holder)
-    const waiter = lease('await', { OLD_PID: String(holder.pid) })
-    await until(async () => (await waitingSessions()) === '1', 'the waiter waits in the server')
+    const waiter = await waiterFor('await', { OLD_PID: String(holder.pid) })
     holder.kill('SIGKILL')
-    const { old, info } = await got(waiter)
-    expect(old).toBe('gone')
-    expect(info).toMatchObject({ pid: waiter.pid, backend: 'postgres' })
-    expect(BigInt(info.fencingToken)).toBeGreaterThan(BigInt(first.fencingToken))
-    expect((await waiter.done(30000)).code).toBe(0)
+    expect(await tookOver(waiter, first)).toBe('gone')
   })
 
   pgTest('a wait that runs out is LOCK_CONFLICT naming the holder, and leaves no session behind', async () => {
@@ -402,8 +394,7 @@ pgTest(
     let stopped = false
     try {
       const first = await held(holder)
-      waiter = lease('await')
-      await until(async () => (await waitingSessions()) === '1', 'the waiter waits in the server')
+      waiter = await waiterFor('await')
       await pg.stop()
       stopped = true
       await holder.waitFor('LOST LockLostError LOCK_LOST', 30000)
