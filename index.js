@@ -147,6 +147,8 @@ function listenLosses() {
 /**
  * Server holds lost and taken again (say, after `isLockHeld` said false) before their loss
  * reached this instance, by lock and fencing token: the loss is theirs, not the new hold's.
+ * A lock file's hold has no such identity, so a late notice of one is told apart by asking the
+ * registry whether this instance holds the file at the path now (see `lost`).
  */
 const retired = new Map()
 
@@ -166,8 +168,9 @@ function lost(event) {
   emit(entry.sink, event.lines)
   if (!event.fencingToken && onLock(binding.isHeld, entry.processType, entry.options).held) {
     // A lock file lost and taken again before its notice arrived: the path names a file this
-    // instance holds now, so the notice is the old hold's. The signals handed out before learn
-    // of the loss; the new hold stays, with signals of its own.
+    // instance holds now, so the notice is the old hold's. The signals handed out so far learn
+    // of the loss (one asked for between the retake and the notice too: a false alarm, never a
+    // missed loss); the new hold stays, and signals asked for from now on are its own.
     tell(entry, errorFromFailure(event.error, event.lockFile))
     entry.controller = null
     return
