@@ -165,17 +165,18 @@ pub fn conflict(name: &LockName, holder: &Record, path: &Path) -> Vec<String> {
             ));
         }
         Identified::Gone => {
-            lines.push(existing);
-            // A lock file's holder can be found by the file; a lock on a server (whose "path"
-            // is the lock's name) by listing the server's locks.
+            // Its PID is gone or names a later process: `kill` would be a lie. A lock file's
+            // holder can be found by the file; a lock on a server (whose "path" is the lock's
+            // name) by listing the server's locks.
+            lines.push(format!(
+                "[PROCESS_LOCK_CONFLICT] Existing process: {{ pid: {pid}, started: {started} }} has exited, but a process it started still holds the lock"
+            ));
             let find = if path.is_absolute() {
                 format!("fuser -v {shown}")
             } else {
                 "processlock check --url <URL>".to_string()
             };
-            lines.push(format!(
-                "[PROCESS_LOCK_CONFLICT] PID {pid} is no longer the process that took the lock, yet the lock is held (by a process it started?): do not kill PID {pid}; to find the holder, run: {find}"
-            ));
+            lines.push(format!("[PROCESS_LOCK_CONFLICT] To find it, run: {find}"));
         }
     }
     lines
@@ -321,14 +322,16 @@ mod tests {
         // The recorded process is gone: its PID must not be killed.
         child.kill().unwrap();
         child.wait().unwrap();
-        let lines = conflict(&n, &running, path);
         assert_eq!(
-            lines[2],
-            format!("[PROCESS_LOCK_CONFLICT] PID {pid} is no longer the process that took the lock, yet the lock is held (by a process it started?): do not kill PID {pid}; to find the holder, run: fuser -v /srv/app/shared/runtime/locks/it's here.lock")
+            conflict(&n, &running, path)[1..],
+            [
+                format!("[PROCESS_LOCK_CONFLICT] Existing process: {{ pid: {pid}, started: '2025-10-18T22:38:49Z' }} has exited, but a process it started still holds the lock"),
+                "[PROCESS_LOCK_CONFLICT] To find it, run: fuser -v /srv/app/shared/runtime/locks/it's here.lock".to_string(),
+            ]
         );
         // A lock on a server is named, not a path.
         assert!(conflict(&n, &running, Path::new("backend (SHORT)"))[2]
-            .ends_with("to find the holder, run: processlock check --url <URL>"));
+            .ends_with("To find it, run: processlock check --url <URL>"));
     }
 
     #[test]
