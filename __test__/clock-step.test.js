@@ -60,12 +60,12 @@ describe('a PID-only holder after a step of the clock', () => {
       expect(taker.stdout).toContain(`btime ${stat.btime}\n`)
       const outcome = JSON.parse(taker.stdout.match(/^OUTCOME (.*)$/m)[1])
       expect(outcome).toMatchObject({ ok: false, code: 'LOCK_CONFLICT', holder: { pid: legacy.pid } })
-      // The PID is all a PID-only file proves: the operator is told how to remove the file if the
-      // PID turns out to be another process, never to kill it blindly.
+      // The PID is all a PID-only file proves: the operator is told to look at that process before
+      // killing it, and how to remove the file if the PID turns out to be another process.
       expect(taker.stderr).toContain(
-        `[PROCESS_LOCK_CONFLICT] Its lock file holds only a PID (the older format), and PID ${legacy.pid} runs: if that is not backend (SHORT) (see: ps -p ${legacy.pid} -o args=), the PID was reused; then remove the file: rm '${file}'`,
+        `[PROCESS_LOCK_CONFLICT] Its lock file holds only a PID (the older format): see what PID ${legacy.pid} runs first (ps -p ${legacy.pid} -o args=). If it is backend (SHORT), to force restart, run: kill ${legacy.pid}; if not, the PID was reused: remove the file (rm '${file}')`,
       )
-      expect(taker.stderr).not.toContain(`kill ${legacy.pid}`)
+      expect(taker.stderr).not.toContain('[PROCESS_LOCK_CONFLICT] To force restart, run: kill')
       expect(fs.readFileSync(file, 'utf8')).toBe(before)
       expect(running(legacy.pid)).toBe(true)
 

@@ -160,7 +160,7 @@ pub fn conflict(name: &LockName, holder: &Record, path: &Path) -> Vec<String> {
         Identified::PidOnly => {
             lines.push(existing);
             lines.push(format!(
-                "[PROCESS_LOCK_CONFLICT] Its lock file holds only a PID (the older format), and PID {pid} runs: if that is not {lock} (see: ps -p {pid} -o args=), the PID was reused; then remove the file: rm {}",
+                "[PROCESS_LOCK_CONFLICT] Its lock file holds only a PID (the older format): see what PID {pid} runs first (ps -p {pid} -o args=). If it is {lock}, to force restart, run: kill {pid}; if not, the PID was reused: remove the file (rm {})",
                 shell_quoted(&shown)
             ));
         }
@@ -308,7 +308,7 @@ mod tests {
         };
         assert_eq!(
             conflict(&n, &pid_only, path)[2],
-            format!("[PROCESS_LOCK_CONFLICT] Its lock file holds only a PID (the older format), and PID {pid} runs: if that is not backend (SHORT) (see: ps -p {pid} -o args=), the PID was reused; then remove the file: rm '/srv/app/shared/runtime/locks/it'\\''s here.lock'")
+            format!("[PROCESS_LOCK_CONFLICT] Its lock file holds only a PID (the older format): see what PID {pid} runs first (ps -p {pid} -o args=). If it is backend (SHORT), to force restart, run: kill {pid}; if not, the PID was reused: remove the file (rm '/srv/app/shared/runtime/locks/it'\\''s here.lock')")
         );
 
         // This very process, through another path or another copy of the module.
