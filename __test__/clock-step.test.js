@@ -73,6 +73,9 @@ describe('a PID-only holder after a step of the clock', () => {
       const check = await afterStep(stat, [BINARY, 'check', 'backend', '--dir', dir]).done()
       expect(check.code).toBe(0)
       expect(check.stdout).toContain(`backend (SHORT): held by PID ${legacy.pid}`)
+      expect(check.stdout).toContain(
+        `its record holds only a PID (the older format): PID ${legacy.pid} runs, but nothing proves it is the process that wrote the file; see what it is: ps -p ${legacy.pid} -o args=`,
+      )
     } finally {
       legacy.kill('SIGKILL')
       await legacy.done()
