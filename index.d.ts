@@ -42,7 +42,11 @@ export interface LockOptions {
    * symlink or `..`, it is the same lock.
    */
   dir?: string
-  /** Default: `$TRADE_SIDE`. `null` or `''`: no side, whatever the environment says. */
+  /**
+   * Default: `$TRADE_SIDE` (empty: no side). `null`: no side, whatever the environment says.
+   * Upper-cased and trimmed (`' short'` is `SHORT`); an empty or blank string is refused
+   * (`LockInvalidNameError`): it would be another lock than the side meant.
+   */
   tradeSide?: string | null
   /**
    * Default: `trader-short-backend` style, `trader-backend` without a side. At most 256

@@ -87,14 +87,16 @@ function orEnv(value, variable) {
 }
 
 /**
- * What the native layer takes: `tradeSide: null` means "no side", never `$TRADE_SIDE`. A URL
+ * What the native layer takes: `tradeSide` is the side, or null for none (given as null, or an
+ * empty `$TRADE_SIDE`); a given string goes as it is (an empty one is refused there). A URL
  * (option, else `$PROCESSLOCK_URL`) puts the lock on that server; an empty one means files.
  */
 function nativeOptions(options) {
   const url = orEnv(options.url, 'PROCESSLOCK_URL')
+  const envSide = process.env.TRADE_SIDE
   return {
     dir: orEnv(options.dir, 'PROCESSLOCK_DIR'),
-    tradeSide: options.tradeSide === null ? '' : orEnv(options.tradeSide, 'TRADE_SIDE') || '',
+    tradeSide: options.tradeSide !== undefined ? options.tradeSide : envSide?.trim() ? envSide : null,
     processName: options.processName,
     quiet: isSilent(options.log),
     holder: holder(),
@@ -223,7 +225,7 @@ function adopt(out, processType, options, native, sink) {
   if (!held.has(out.lockFile)) {
     // Released later by where it is, not by how it was named: a relative `dir`, the working
     // directory or `$TRADE_SIDE` may have changed by then.
-    const where = { ...native, tradeSide: out.info.tradeSide || '' }
+    const where = { ...native, tradeSide: out.info.tradeSide || null }
     if (out.info.backend === 'file') where.dir = path.dirname(out.lockFile)
     held.set(out.lockFile, {
       processType,

@@ -230,7 +230,7 @@ describe('records crafted to rewrite the terminal or forge log lines', () => {
       expect(lines).toEqual([
         '[PROCESS_LOCK_CONFLICT] Another backend (SHORT) is already running!',
         `[PROCESS_LOCK_CONFLICT] Existing process: { pid: ${live.pid}, started: '\\x1B[2J\\n[FATAL] forged' }`,
-        `[PROCESS_LOCK_CONFLICT] To force restart, run: kill ${live.pid}`,
+        `[PROCESS_LOCK_CONFLICT] Its lock file holds only a PID (the older format): see what PID ${live.pid} runs first (ps -p ${live.pid} -o args=). If it is backend (SHORT), to force restart, run: kill ${live.pid}; if not, the PID was reused: remove the file (rm '${lockFile(dir)}')`,
       ])
       expect(error.message).not.toMatch(RAW_CONTROL)
       // The record itself is returned as it is: it is data, not output.
@@ -362,19 +362,9 @@ describe('records crafted to rewrite the terminal or forge log lines', () => {
 
   test('a holder on this host keeps the original lines, kill advice included', async () => {
     const dir = tempDir('local-holder')
-    const live = await sleeper()
+    const live = await startHolder(dir)
     try {
-      const started = new Date().toISOString()
-      fs.writeFileSync(
-        lockFile(dir),
-        JSON.stringify({
-          pid: live.pid,
-          started,
-          tradeSide: 'SHORT',
-          processName: 'trader-short-backend',
-          hostname: os.hostname(),
-        }),
-      )
+      const { started } = JSON.parse(fs.readFileSync(lockFile(dir), 'utf8'))
       const { error, lines } = conflictOf(dir)
       expect(lines).toEqual([
         '[PROCESS_LOCK_CONFLICT] Another backend (SHORT) is already running!',

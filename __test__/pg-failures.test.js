@@ -1,10 +1,11 @@
 'use strict'
 // Locks on a PostgreSQL server when things go wrong, through the API services call: a holder
 // frozen (SIGSTOP), cut off from the server (iptables on loopback), killed, or on another host
-// (a UTS namespace of its own), and a server that stops under its holders. Processes share only
+// (a UTS namespace and a boot id of its own), and a server that stops under its holders. Processes share only
 // the server's URL (each has a lock directory of its own). Events are ordered by what the
 // processes report (fencing tokens, the state of the old holder at the handover), never by time.
 const { execFileSync } = require('node:child_process')
+const fs = require('node:fs')
 const net = require('node:net')
 const path = require('node:path')
 const pl = require('..')
@@ -234,7 +235,7 @@ describe('a connection cut off from the server (iptables on loopback)', () => {
 
 pgTest('a holder on another host (its own UTS namespace) is named by host, and no kill is advised', async () => {
   if (process.getuid() !== 0) {
-    console.log('SKIPPED: a UTS namespace of its own needs root')
+    console.log('SKIPPED: UTS and mount namespaces of its own need root')
     return
   }
   const env = {
@@ -245,13 +246,21 @@ pgTest('a holder on another host (its own UTS namespace) is named by host, and n
     PROCESSLOCK_LOG: '',
     LEASE_MS: String(LEASE_MS),
   }
+  // Another machine: another host name and another boot id (a host name alone is a renamed host,
+  // or a UTS namespace, of this machine, whose start tokens say so).
+  const bootId = path.join(tempDir('pg-boot'), 'boot_id')
+  fs.writeFileSync(bootId, '00000000-0000-4000-8000-000000000000\n')
   const other = watch(
     'unshare',
     [
       '--uts',
+      '--mount',
+      '--propagation',
+      'private',
       'sh',
       '-c',
-      'hostname other-host && exec "$0" "$@"',
+      'hostname other-host && mount --bind "$0" /proc/sys/kernel/random/boot_id && exec "$@"',
+      bootId,
       process.execPath,
       path.join(FIXTURES, 'pg-lease.js'),
       'hold',

@@ -247,7 +247,8 @@ fn path_string(p: &Path) -> String {
 }
 
 fn target(process_type: &str, options: &LockOptions) -> processlock::Result<LockTarget> {
-    let name = LockName::from_env(process_type, options.trade_side.as_deref())?;
+    // The JavaScript layer has read `$TRADE_SIDE` already: `None` here is "no side".
+    let name = LockName::new(process_type, options.trade_side.as_deref())?;
     let dir = lock_dir(options.dir.as_deref())?;
     Ok(LockTarget::new(dir, name))
 }
@@ -321,8 +322,7 @@ fn select(process_type: &str, options: &LockOptions) -> Result<Box<dyn Lock>, Bo
         .and_then(|s| pg::options(s, options.process_name.clone()))
     {
         Some(opts) => {
-            let name =
-                LockName::from_env(process_type, options.trade_side.as_deref()).map_err(fail)?;
+            let name = LockName::new(process_type, options.trade_side.as_deref()).map_err(fail)?;
             Ok(Box::new(PgLock::new(opts, name)?))
         }
         None => Ok(Box::new(FileLock(

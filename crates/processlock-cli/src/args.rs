@@ -60,7 +60,8 @@ Options:
                  --force ends the session of every holder (pg_terminate_backend, which needs
                  the right role): the holders lose their locks at their next heartbeat. run
                  holds the lock on the server (see run above; not with --replace).
-  --side SIDE    Trade side of the lock (run, check <type>). Default: $TRADE_SIDE; '' for none.
+  --side SIDE    Trade side of the lock (run, check <type>). Default: $TRADE_SIDE. An empty
+                 side is refused; for none, leave TRADE_SIDE empty: TRADE_SIDE= processlock ...
   --wait MS      Wait up to MS milliseconds for a holder to let go (run). Default: 0, fail at once.
   --replace      Stop the holder and take its place (run): SIGTERM, then SIGKILL after --grace.
   --grace MS     How long a replaced holder may take to exit after SIGTERM. Default: 10000.

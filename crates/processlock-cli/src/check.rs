@@ -10,8 +10,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use processlock::report::printable;
 use processlock::{
-    check_dir, inspect, judge_pid, list_locks, parse_iso8601_ms, Error, Inspection, LockName,
-    LockState, LockStatus, LockTarget, Result,
+    check_dir, identify, inspect, list_locks, parse_iso8601_ms, Error, Identified, Inspection,
+    LockName, LockState, LockStatus, LockTarget, Result,
 };
 use serde_json::Value;
 
@@ -65,13 +65,15 @@ pub fn row(status: LockStatus, now_ms: i64) -> Row {
     };
     let mut problem = status.problem.clone();
     if status.state == LockState::Held && problem.is_none() {
-        problem = match record {
-            Some(r) if r.pid == 0 => Some(format!(
+        problem = match record.map(|r| (r.pid, identify(r))) {
+            Some((_, Identified::Nobody)) => Some(format!(
                 "held by a process that wrote no record; find it with: fuser -v {file}"
             )),
-            Some(r) if !judge_pid(r).is_alive() => Some(format!(
-                "PID {} is not running, but a process it started still holds the lock; find it with: fuser -v {file}",
-                r.pid
+            Some((pid, Identified::Gone)) => Some(format!(
+                "PID {pid} is not running, but a process it started still holds the lock; find it with: fuser -v {file}"
+            )),
+            Some((pid, Identified::PidOnly)) => Some(format!(
+                "its record holds only a PID (the older format): PID {pid} runs, but nothing proves it is the process that wrote the file; see what it is: ps -p {pid} -o args="
             )),
             _ => None,
         };

@@ -45,7 +45,7 @@ pub use inherit::{claim_server_lock, ServerHold, INHERITED_ENV, SERVER_LOCK_ENV}
 #[cfg(unix)]
 pub use inherit::{ClaimToken, HandoverSocket};
 pub use list::{list_locks, LockState, LockStatus};
-pub use liveness::{judge_pid, PidState};
+pub use liveness::{identify, judge_pid, Identified, PidState};
 pub use name::{check_process_name, LockName};
 #[cfg(unix)]
 pub use os::cloexec_pipe;
