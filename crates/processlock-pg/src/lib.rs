@@ -71,17 +71,22 @@
 //! lock is asked for.
 
 mod admin;
+mod auth;
 mod clock;
+mod connect;
+mod conninfo;
 mod error;
 mod key;
 mod lock;
 mod loss;
 mod options;
+mod pgpass;
 mod session;
 mod table;
 mod tls;
 
 pub use admin::{clear_stale, list, terminate_holder, Listed};
+pub use conninfo::url_has_password;
 pub use error::{Conflict, Error, Lost, Result};
 pub use key::lock_key;
 pub use lock::{acquire, acquire_wait, inspect, PgHeld};
