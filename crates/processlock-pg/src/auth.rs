@@ -102,8 +102,16 @@ impl Policy {
         for part in value.split(',') {
             let name = match part.strip_prefix('!') {
                 Some(name) if negated => name,
-                Some(_) => return Err(bad(format!("{part:?} cannot be mixed with methods that are not negated"))),
-                None if negated => return Err(bad(format!("{part:?} cannot be mixed with negated methods"))),
+                Some(_) => {
+                    return Err(bad(format!(
+                        "{part:?} cannot be mixed with methods that are not negated"
+                    )))
+                }
+                None if negated => {
+                    return Err(bad(format!(
+                        "{part:?} cannot be mixed with negated methods"
+                    )))
+                }
                 None => part,
             };
             if seen.contains(&name) {
@@ -516,7 +524,10 @@ mod tests {
         for chunk in [1, 3, 100] {
             let why = run(&Policy::default_for(false), &STARTUP, &server, chunk).unwrap();
             assert!(why.contains("clear text"), "{why}");
-            assert_eq!(run(&Policy::default_for(true), &STARTUP, &server, chunk), None);
+            assert_eq!(
+                run(&Policy::default_for(true), &STARTUP, &server, chunk),
+                None
+            );
             let explicit = Policy::parse("password", "require_auth=password".into()).unwrap();
             assert_eq!(run(&explicit, &STARTUP, &server, chunk), None);
         }
@@ -525,8 +536,19 @@ mod tests {
         assert!(run(&Policy::default_for(false), &TLS_REQUEST, &tls_no, 2).is_some());
         // After an accepted one, TLS runs underneath: the stream inside it checks.
         let tls_yes = [&b"S"[..], &server].concat();
-        assert_eq!(run(&Policy::default_for(false), &TLS_REQUEST, &tls_yes, 2), None);
-        assert_eq!(run(&Policy::default_for(false), &[TLS_HANDSHAKE, 3, 1], &server, 2), None);
+        assert_eq!(
+            run(&Policy::default_for(false), &TLS_REQUEST, &tls_yes, 2),
+            None
+        );
+        assert_eq!(
+            run(
+                &Policy::default_for(false),
+                &[TLS_HANDSHAKE, 3, 1],
+                &server,
+                2
+            ),
+            None
+        );
     }
 
     #[test]
@@ -534,9 +556,18 @@ mod tests {
         let p = |s: &str| Policy::parse(s, format!("require_auth={s}"));
         let scram = p("scram-sha-256").unwrap();
         let sasl = [
-            message(b'R', &[&code::SASL.to_be_bytes()[..], b"SCRAM-SHA-256\0\0"].concat()),
-            message(b'R', &[&code::SASL_CONTINUE.to_be_bytes()[..], b"r=x"].concat()),
-            message(b'R', &[&code::SASL_FINAL.to_be_bytes()[..], b"v=y"].concat()),
+            message(
+                b'R',
+                &[&code::SASL.to_be_bytes()[..], b"SCRAM-SHA-256\0\0"].concat(),
+            ),
+            message(
+                b'R',
+                &[&code::SASL_CONTINUE.to_be_bytes()[..], b"r=x"].concat(),
+            ),
+            message(
+                b'R',
+                &[&code::SASL_FINAL.to_be_bytes()[..], b"v=y"].concat(),
+            ),
             auth(code::OK),
             message(b'S', b"a\0b\0"),
         ]
@@ -544,12 +575,23 @@ mod tests {
         for chunk in [1, 7, 1000] {
             assert_eq!(run(&scram, &STARTUP, &sasl, chunk), None);
         }
-        let md5 = [message(b'R', &[&code::MD5.to_be_bytes()[..], b"salt"].concat())].concat();
-        assert!(run(&scram, &STARTUP, &md5, 1).unwrap().contains("md5 authentication"));
+        let md5 = [message(
+            b'R',
+            &[&code::MD5.to_be_bytes()[..], b"salt"].concat(),
+        )]
+        .concat();
+        assert!(run(&scram, &STARTUP, &md5, 1)
+            .unwrap()
+            .contains("md5 authentication"));
         // No challenge at all: refused when a method is required, unless `none` is listed.
         let let_in = [message(b'S', b"a\0b\0"), auth(code::OK)].concat();
-        assert!(run(&scram, &STARTUP, &let_in, 4).unwrap().contains("without authenticating"));
-        assert_eq!(run(&p("scram-sha-256,none").unwrap(), &STARTUP, &let_in, 4), None);
+        assert!(run(&scram, &STARTUP, &let_in, 4)
+            .unwrap()
+            .contains("without authenticating"));
+        assert_eq!(
+            run(&p("scram-sha-256,none").unwrap(), &STARTUP, &let_in, 4),
+            None
+        );
         assert_eq!(run(&Policy::default_for(false), &STARTUP, &let_in, 4), None);
         // Negated: everything but what is listed.
         let not_password = p("!password").unwrap();

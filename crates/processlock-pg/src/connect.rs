@@ -123,9 +123,9 @@ pub(crate) async fn connect(s: &Settings) -> Result<(Client, Connection)> {
         .unwrap_or_else(|| Error::io_msg("connect", &s.server, "no address to connect to")))
 }
 
-/// Asks the server to cancel the statement the session of `token` runs. The session's host is
-/// not kept with the client, so every address of every host gets the request; a server ignores
-/// one whose key it did not hand out.
+/// Asks the server to cancel the statement the session of `token` runs. The client does not
+/// keep which host its session is on, so every host gets the request (at its first address that
+/// answers); a server ignores a key it did not hand out.
 pub(crate) async fn cancel(s: &Settings, token: &CancelToken) {
     let mut requests = tokio::task::JoinSet::new();
     for target in s.targets_in_order() {
@@ -137,15 +137,8 @@ pub(crate) async fn cancel(s: &Settings, token: &CancelToken) {
             };
             for peer in peers {
                 if let Ok(socket) = open(&peer, target.port, timeout, None).await {
-                    let mut connector = connector;
-                    let tls = MakeTlsConnect::<Socket>::make_tls_connect(
-                        &mut connector,
-                        &target.tls_name(),
-                    );
-                    // (An error is only possible without the `tls` feature.)
-                    if let Some(tls) = tls.ok() {
-                        let _ = token.cancel_query_raw(socket, tls).await;
-                    }
+                    let tls = plain_tls(connector, &target.tls_name());
+                    let _ = token.cancel_query_raw(socket, tls).await;
                     return;
                 }
             }
@@ -243,7 +236,8 @@ async fn attempt(
 #[cfg(feature = "tls")]
 fn tls_for(s: &Settings, target: &Target) -> Result<Tls> {
     let mut connector = tls::another(&s.tls);
-    let inner = match MakeTlsConnect::<Stream>::make_tls_connect(&mut connector, &target.tls_name()) {
+    let inner = match MakeTlsConnect::<Stream>::make_tls_connect(&mut connector, &target.tls_name())
+    {
         Ok(inner) => inner,
         Err(never) => match never {},
     };
@@ -256,6 +250,24 @@ fn tls_for(s: &Settings, target: &Target) -> Result<Tls> {
 #[cfg(not(feature = "tls"))]
 fn tls_for(_: &Settings, _: &Target) -> Result<Tls> {
     Ok(tokio_postgres::NoTls)
+}
+
+/// TLS as the session's mode says, without the policy: for a cancel request, which carries
+/// no password.
+#[cfg(feature = "tls")]
+fn plain_tls(
+    mut connector: tls::Connector,
+    name: &str,
+) -> <tls::Connector as MakeTlsConnect<Socket>>::TlsConnect {
+    match MakeTlsConnect::<Socket>::make_tls_connect(&mut connector, name) {
+        Ok(tls) => tls,
+        Err(never) => match never {},
+    }
+}
+
+#[cfg(not(feature = "tls"))]
+fn plain_tls(connector: tls::Connector, _: &str) -> tokio_postgres::NoTls {
+    connector
 }
 
 /// A socket to `peer`, within `timeout`; with `tuned`, TCP keepalives and the user timeout

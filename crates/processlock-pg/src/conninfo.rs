@@ -52,8 +52,16 @@ const PARAMS: &[(&str, Option<&str>, Support)] = &[
     ("sslnegotiation", Some("PGSSLNEGOTIATION"), Support::Used),
     ("channel_binding", Some("PGCHANNELBINDING"), Support::Used),
     ("require_auth", Some("PGREQUIREAUTH"), Support::Used),
-    ("target_session_attrs", Some("PGTARGETSESSIONATTRS"), Support::Used),
-    ("load_balance_hosts", Some("PGLOADBALANCEHOSTS"), Support::Used),
+    (
+        "target_session_attrs",
+        Some("PGTARGETSESSIONATTRS"),
+        Support::Used,
+    ),
+    (
+        "load_balance_hosts",
+        Some("PGLOADBALANCEHOSTS"),
+        Support::Used,
+    ),
     ("gssencmode", Some("PGGSSENCMODE"), Support::Used),
     ("keepalives", None, Support::SetByLease),
     ("keepalives_idle", None, Support::SetByLease),
@@ -289,10 +297,7 @@ fn service_entries(
     file: &Path,
 ) -> Result<Option<Vec<(&'static str, String)>>> {
     let bad = |n: usize, why: &str| {
-        Error::invalid(
-            "url",
-            format!("{}, line {}: {why}", file.display(), n + 1),
-        )
+        Error::invalid("url", format!("{}, line {}: {why}", file.display(), n + 1))
     };
     let mut inside = false;
     let mut found = false;
@@ -320,7 +325,8 @@ fn service_entries(
         if key == "service" {
             return Err(bad(n, "a service cannot name another service"));
         }
-        let (key, _, _) = param(key).ok_or_else(|| bad(n, &format!("unknown parameter {key:?}")))?;
+        let (key, _, _) =
+            param(key).ok_or_else(|| bad(n, &format!("unknown parameter {key:?}")))?;
         entries.push((*key, value.trim().to_string()));
     }
     Ok(found.then_some(entries))
@@ -551,7 +557,11 @@ mod tests {
         // Several hosts, some with a port; IPv6; a socket directory, encoded.
         assert_eq!(
             pairs("postgresql://a,[::1]:5433,b:5434/db"),
-            kv(&[("host", "a,::1,b"), ("port", ",5433,5434"), ("dbname", "db")])
+            kv(&[
+                ("host", "a,::1,b"),
+                ("port", ",5433,5434"),
+                ("dbname", "db")
+            ])
         );
         assert_eq!(
             pairs("postgresql://%2Fvar%2Frun%2Fpostgresql/db"),
@@ -579,7 +589,9 @@ mod tests {
     #[test]
     fn key_value_strings_are_read_as_libpq_reads_them() {
         assert_eq!(
-            pairs(" host=db port = 5432 dbname='my db' user=svc password='it\\'s' options=-c\\ x=1 "),
+            pairs(
+                " host=db port = 5432 dbname='my db' user=svc password='it\\'s' options=-c\\ x=1 "
+            ),
             kv(&[
                 ("host", "db"),
                 ("port", "5432"),
@@ -589,7 +601,12 @@ mod tests {
                 ("options", "-c x=1"),
             ])
         );
-        for bad in ["host", "host=h dbname='x", "host=h nonsense=1", "mysql://u@h/db"] {
+        for bad in [
+            "host",
+            "host=h dbname='x",
+            "host=h nonsense=1",
+            "mysql://u@h/db",
+        ] {
             assert!(parse(bad).is_err(), "{bad:?}");
         }
     }

@@ -188,7 +188,9 @@ impl Settings {
         let params = Params::gather(&opts.url, env)?;
         let user = params
             .get("user")
-            .ok_or_else(|| Error::invalid("url", "names no user (give it in the URL, or set PGUSER)"))?
+            .ok_or_else(|| {
+                Error::invalid("url", "names no user (give it in the URL, or set PGUSER)")
+            })?
             .to_string();
         let dbname = params.get("dbname").unwrap_or(&user).to_string();
         let mut targets = targets(&params)?;
@@ -329,7 +331,10 @@ fn targets(params: &Params) -> Result<Vec<Target>> {
     if ports.len() > 1 && ports.len() != count {
         return Err(Error::invalid(
             "url",
-            format!("{} ports for {count} hosts: give one port, or one per host", ports.len()),
+            format!(
+                "{} ports for {count} hosts: give one port, or one per host",
+                ports.len()
+            ),
         ));
     }
     (0..count)
@@ -337,9 +342,11 @@ fn targets(params: &Params) -> Result<Vec<Target>> {
             let port_text = ports.get(i).or(ports.first()).map_or("", String::as_str);
             let port = match port_text {
                 "" => 5432,
-                p => p.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(|| {
-                    invalid_value(params, "port", "not a port number")
-                })?,
+                p => p
+                    .parse::<u16>()
+                    .ok()
+                    .filter(|p| *p != 0)
+                    .ok_or_else(|| invalid_value(params, "port", "not a port number"))?,
             };
             let host = match hosts.get(i).map(String::as_str) {
                 Some(h) if h.starts_with('/') => Host::Unix(PathBuf::from(h)),
@@ -409,7 +416,11 @@ fn negotiation(params: &Params, mode: Mode) -> Result<SslNegotiation> {
             "sslnegotiation",
             "direct needs sslmode=require, verify-ca or verify-full",
         )),
-        Some(_) => Err(invalid_value(params, "sslnegotiation", "use postgres or direct")),
+        Some(_) => Err(invalid_value(
+            params,
+            "sslnegotiation",
+            "use postgres or direct",
+        )),
     }
 }
 
@@ -469,7 +480,10 @@ fn connect_timeout(params: &Params) -> Result<Option<Duration>> {
 /// Parameters that cannot change what the client does: refused unless they ask for just that.
 fn check_fixed(params: &Params) -> Result<()> {
     if let Some(enc) = params.get("client_encoding") {
-        if !matches!(enc.to_ascii_lowercase().as_str(), "utf8" | "utf-8" | "unicode" | "auto") {
+        if !matches!(
+            enc.to_ascii_lowercase().as_str(),
+            "utf8" | "utf-8" | "unicode" | "auto"
+        ) {
             return Err(invalid_value(
                 params,
                 "client_encoding",
@@ -597,7 +611,11 @@ mod tests {
         let o = opts("postgres://alice:s3cret@db.example:6543/locks");
         let s = settings(&o).unwrap();
         assert_eq!(s.server, "postgres://alice@db.example:6543/locks");
-        for shown in [format!("{o:?}"), format!("{s:?}"), format!("{:?}", s.targets[0].password)] {
+        for shown in [
+            format!("{o:?}"),
+            format!("{s:?}"),
+            format!("{:?}", s.targets[0].password),
+        ] {
             assert!(!shown.contains("s3cret"), "{shown}");
         }
         for url in [
@@ -641,9 +659,15 @@ mod tests {
         let hosts: Vec<_> = s.targets.iter().map(|t| (t.host.clone(), t.port)).collect();
         assert_eq!(
             hosts,
-            [(Host::Tcp("db1".into()), 6001), (Host::Tcp("db2".into()), 6002)]
+            [
+                (Host::Tcp("db1".into()), 6001),
+                (Host::Tcp("db2".into()), 6002)
+            ]
         );
-        assert!(s.targets.iter().all(|t| t.password.as_ref().unwrap().secret == "from-env"));
+        assert!(s
+            .targets
+            .iter()
+            .all(|t| t.password.as_ref().unwrap().secret == "from-env"));
         assert_eq!(s.connect_timeout, Duration::from_secs(9));
         assert_eq!(s.config.get_application_name(), Some("backend"));
         // The URL wins, parameter by parameter; an explicit connect timeout wins over both.
@@ -672,7 +696,11 @@ mod tests {
             "host=h user=u gssencmode=require",
             "host=h user=u sslnegotiation=direct",
         ] {
-            assert_eq!(settings(&opts(bad)).unwrap_err().code(), "LOCK_INVALID_OPTION", "{bad}");
+            assert_eq!(
+                settings(&opts(bad)).unwrap_err().code(),
+                "LOCK_INVALID_OPTION",
+                "{bad}"
+            );
         }
     }
 
@@ -696,7 +724,11 @@ mod tests {
         let found: Vec<_> = s
             .targets
             .iter()
-            .map(|t| t.password.as_ref().map(|p| (p.secret.as_str(), p.file.clone())))
+            .map(|t| {
+                t.password
+                    .as_ref()
+                    .map(|p| (p.secret.as_str(), p.file.clone()))
+            })
             .collect();
         assert_eq!(
             found,
@@ -712,7 +744,10 @@ mod tests {
         assert_eq!(s.targets[0].password.as_ref().unwrap().secret, "env");
         let moved = dir.join("elsewhere");
         std::fs::rename(&file, &moved).unwrap();
-        let env = env_of(&[("HOME", "/nonexistent"), ("PGPASSFILE", moved.to_str().unwrap())]);
+        let env = env_of(&[
+            ("HOME", "/nonexistent"),
+            ("PGPASSFILE", moved.to_str().unwrap()),
+        ]);
         let s = Settings::with_env(&opts("host=/var/run/postgresql user=u"), &env).unwrap();
         assert_eq!(s.targets[0].password.as_ref().unwrap().secret, "local");
         std::fs::remove_dir_all(&dir).unwrap();
@@ -722,10 +757,19 @@ mod tests {
     fn cleartext_passwords_go_only_to_a_verified_server_unless_asked_for() {
         let default = |url: &str| settings(&opts(url)).unwrap().auth;
         assert_eq!(default("postgres://u@h/db"), Policy::default_for(false));
-        assert_eq!(default("postgres://u@h/db?sslmode=require"), Policy::default_for(false));
-        assert_eq!(default("postgres://u@h/db?sslmode=verify-ca"), Policy::default_for(false));
+        assert_eq!(
+            default("postgres://u@h/db?sslmode=require"),
+            Policy::default_for(false)
+        );
+        assert_eq!(
+            default("postgres://u@h/db?sslmode=verify-ca"),
+            Policy::default_for(false)
+        );
         if cfg!(feature = "tls") {
-            assert_eq!(default("postgres://u@h/db?sslmode=verify-full"), Policy::default_for(true));
+            assert_eq!(
+                default("postgres://u@h/db?sslmode=verify-full"),
+                Policy::default_for(true)
+            );
         }
         let env = env_of(&[("PGREQUIREAUTH", "scram-sha-256")]);
         let s = Settings::with_env(&opts("postgres://u@h/db"), &env).unwrap();

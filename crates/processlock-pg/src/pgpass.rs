@@ -188,7 +188,10 @@ db.internal:5432:trader:svc:second
             find(text, &entry("other", "6543", "x", "svc")).as_deref(),
             Some("any:thing\\here")
         );
-        assert_eq!(find(text, &entry("db.internal", "5432", "trader", "bob")), None);
+        assert_eq!(
+            find(text, &entry("db.internal", "5432", "trader", "bob")),
+            None
+        );
     }
 
     #[test]
@@ -200,9 +203,18 @@ db.internal:5432:trader:svc:second
         let find = |h, p, d, u| find(text, &entry(h, p, d, u));
         assert_eq!(find("h:x", "5432", "d\\b", "u").as_deref(), Some("escaped"));
         // A default socket directory is searched as localhost; another one is not.
-        assert_eq!(find("/var/run/postgresql", "5432", "d", "u").as_deref(), Some("local"));
-        assert_eq!(find("/srv/sockets", "6543", "d", "u").as_deref(), Some("port"));
-        assert_eq!(find("h", "", "d", "u").as_deref(), Some("empty-port-is-5432"));
+        assert_eq!(
+            find("/var/run/postgresql", "5432", "d", "u").as_deref(),
+            Some("local")
+        );
+        assert_eq!(
+            find("/srv/sockets", "6543", "d", "u").as_deref(),
+            Some("port")
+        );
+        assert_eq!(
+            find("h", "", "d", "u").as_deref(),
+            Some("empty-port-is-5432")
+        );
         // `*` only counts as a whole field; a prefix is not a match.
         assert_eq!(find("h", "543", "d", "u"), None);
         assert_eq!(find("hh", "5432", "d", "u"), None);

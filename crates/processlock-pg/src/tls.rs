@@ -302,9 +302,15 @@ mod tests {
         let p = tls("postgres://u@h/db?sslrootcert=system&sslmode=disable").unwrap();
         assert_eq!((p.mode, p.root_cert), (Mode::Disable, None));
         // As in libpq: the system's CAs without a mode mean verify-full.
-        assert_eq!(tls("postgres://u@h/db?sslrootcert=system").unwrap().mode, Mode::VerifyFull);
+        assert_eq!(
+            tls("postgres://u@h/db?sslrootcert=system").unwrap().mode,
+            Mode::VerifyFull
+        );
         assert_eq!(tls("host=h user=u").unwrap().mode, Mode::Prefer);
-        assert_eq!(tls("host=h user=u sslmode=verify-ca").unwrap().mode, Mode::VerifyCa);
+        assert_eq!(
+            tls("host=h user=u sslmode=verify-ca").unwrap().mode,
+            Mode::VerifyCa
+        );
         assert!(tls("postgres://u@h/db?sslmode=sometimes").is_err());
         assert!(tls("postgres://u@h/db?sslrootcert=%zz").is_err());
     }
