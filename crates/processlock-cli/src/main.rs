@@ -166,7 +166,10 @@ fn execute(dir: Option<&Path>, command: Command) -> i32 {
 
 /// `--url`, else `$PROCESSLOCK_URL`; empty means none.
 fn server_url(option: Option<String>) -> Option<String> {
-    if option.as_deref().is_some_and(processlock_pg::url_has_password) {
+    if option
+        .as_deref()
+        .is_some_and(processlock_pg::url_has_password)
+    {
         eprintln!("{PASSWORD_IN_ARGV}");
     }
     option

@@ -115,6 +115,8 @@ pub(crate) enum Origin {
 #[derive(Clone)]
 pub(crate) struct Params {
     values: BTreeMap<&'static str, (String, Origin)>,
+    /// How messages quote values from the string.
+    quote: Quote,
 }
 
 impl std::fmt::Debug for Params {
@@ -139,7 +141,10 @@ impl Params {
                 values.insert(key, (value, Origin::String));
             }
         }
-        let mut params = Params { values };
+        let mut params = Params {
+            values,
+            quote: Quote::for_string(conninfo),
+        };
         let service = params
             .get("service")
             .map(str::to_string)
@@ -192,6 +197,7 @@ impl Params {
             Some(Origin::Service(file)) => {
                 format!("{key}={value} (service file {})", file.display())
             }
+            _ if self.quote.secret => format!("{key} {}", self.quote.of(value)),
             _ => format!("{key}={value}"),
         }
     }
@@ -344,9 +350,10 @@ pub fn url_has_password(conninfo: &str) -> bool {
 
 /// The parameters a connection string gives, in order (a later one replaces an earlier one).
 fn parse(s: &str) -> Result<Vec<(&'static str, String)>> {
+    let quote = Quote::for_string(s);
     let pairs = match url_rest(s) {
-        Some(rest) => parse_url(rest)?,
-        None => parse_pairs(s)?,
+        Some(rest) => parse_url(rest, quote)?,
+        None => parse_pairs(s, quote)?,
     };
     pairs
         .into_iter()
@@ -354,10 +361,38 @@ fn parse(s: &str) -> Result<Vec<(&'static str, String)>> {
             Some((key, _, _)) => Ok((*key, value)),
             None => Err(Error::invalid(
                 "url",
-                format!("unknown or unsupported parameter {key:?}"),
+                format!("unknown or unsupported parameter {}", quote.of(&key)),
             )),
         })
         .collect()
+}
+
+/// How messages quote a piece of the connection string.
+#[derive(Clone, Copy)]
+struct Quote {
+    secret: bool,
+}
+
+impl Quote {
+    /// A piece of a malformed string may be a piece of its password (`password=a b` makes `b`
+    /// look like a key; `postgres://u:pa/ss@h` makes `pa` a port): where the string may hold
+    /// one, messages do not quote its pieces.
+    fn for_string(s: &str) -> Quote {
+        let userinfo_password = url_rest(s)
+            .and_then(|rest| rest.rsplit_once('@'))
+            .is_some_and(|(userinfo, _)| userinfo.contains(':'));
+        Quote {
+            secret: userinfo_password || s.to_ascii_lowercase().contains("password"),
+        }
+    }
+
+    fn of(self, piece: &str) -> String {
+        if self.secret && !PARAMS.iter().any(|(k, _, _)| *k == piece) {
+            "(not shown: the string may hold a password)".to_string()
+        } else {
+            format!("{piece:?}")
+        }
+    }
 }
 
 fn url_rest(s: &str) -> Option<&str> {
@@ -367,7 +402,7 @@ fn url_rest(s: &str) -> Option<&str> {
 
 /// `[user[:password]@][host[:port][,...]][/dbname][?key=value&...]`, as libpq reads it: each
 /// part percent-decoded; `ssl=true` in the query means `sslmode=require`.
-fn parse_url(rest: &str) -> Result<Vec<(String, String)>> {
+fn parse_url(rest: &str, quote: Quote) -> Result<Vec<(String, String)>> {
     let mut out = Vec::new();
     // The user part ends at the first '@' before any '/' (a '?' may be part of a password).
     let rest = match rest.find(['@', '/']) {
@@ -377,9 +412,9 @@ fn parse_url(rest: &str) -> Result<Vec<(String, String)>> {
                 Some((u, p)) => (u, Some(p)),
                 None => (userinfo, None),
             };
-            out.push(("user".to_string(), decode(user)?));
+            out.push(("user".to_string(), decode(user, quote)?));
             if let Some(p) = password {
-                out.push(("password".to_string(), decode(p)?));
+                out.push(("password".to_string(), decode(p, quote)?));
             }
             &rest[at + 1..]
         }
@@ -411,7 +446,7 @@ fn parse_url(rest: &str) -> Result<Vec<(String, String)>> {
                         None => {
                             return Err(Error::invalid(
                                 "url",
-                                format!("unexpected {after:?} after an IPv6 address"),
+                                format!("unexpected {} after an IPv6 address", quote.of(after)),
                             ))
                         }
                     },
@@ -419,8 +454,8 @@ fn parse_url(rest: &str) -> Result<Vec<(String, String)>> {
             } else {
                 chunk.split_once(':').unwrap_or((chunk, ""))
             };
-            host_list.push(decode(host)?);
-            port_list.push(decode(port)?);
+            host_list.push(decode(host, quote)?);
+            port_list.push(decode(port, quote)?);
         }
         if host_list.iter().any(|h| !h.is_empty()) {
             out.push(("host".to_string(), host_list.join(",")));
@@ -430,16 +465,19 @@ fn parse_url(rest: &str) -> Result<Vec<(String, String)>> {
         }
     }
     if let Some(db) = dbname.filter(|d| !d.is_empty()) {
-        out.push(("dbname".to_string(), decode(db)?));
+        out.push(("dbname".to_string(), decode(db, quote)?));
     }
     for pair in query.unwrap_or_default().split('&') {
         if pair.is_empty() {
             continue;
         }
         let (key, value) = pair.split_once('=').ok_or_else(|| {
-            Error::invalid("url", format!("the query parameter {pair:?} lacks \"=\""))
+            Error::invalid(
+                "url",
+                format!("the query parameter {} lacks \"=\"", quote.of(pair)),
+            )
         })?;
-        let (key, value) = (decode(key)?, decode(value)?);
+        let (key, value) = (decode(key, quote)?, decode(value, quote)?);
         if key == "ssl" {
             // As libpq reads it, for JDBC's sake.
             if value != "true" {
@@ -458,7 +496,7 @@ fn parse_url(rest: &str) -> Result<Vec<(String, String)>> {
 
 /// `key = value key='quoted value'...`: whitespace separates pairs; a backslash escapes the
 /// next character; single quotes keep spaces.
-fn parse_pairs(s: &str) -> Result<Vec<(String, String)>> {
+fn parse_pairs(s: &str, quote: Quote) -> Result<Vec<(String, String)>> {
     let mut out = Vec::new();
     let mut chars = s.chars().peekable();
     loop {
@@ -474,7 +512,10 @@ fn parse_pairs(s: &str) -> Result<Vec<(String, String)>> {
         if chars.next() != Some('=') {
             return Err(Error::invalid(
                 "url",
-                format!("not a PostgreSQL connection URL or key=value string: \"=\" missing after {key:?}"),
+                format!(
+                    "not a PostgreSQL connection URL or key=value string: \"=\" missing after {}",
+                    quote.of(&key)
+                ),
             ));
         }
         while chars.next_if(|c| c.is_whitespace()).is_some() {}
@@ -488,7 +529,7 @@ fn parse_pairs(s: &str) -> Result<Vec<(String, String)>> {
                     None => {
                         return Err(Error::invalid(
                             "url",
-                            format!("the quoted value of {key:?} is not closed"),
+                            format!("the quoted value of {} is not closed", quote.of(&key)),
                         ))
                     }
                 }
@@ -506,8 +547,8 @@ fn parse_pairs(s: &str) -> Result<Vec<(String, String)>> {
     }
 }
 
-fn decode(s: &str) -> Result<String> {
-    let bad = || Error::invalid("url", format!("bad percent-encoding in {s:?}"));
+fn decode(s: &str, quote: Quote) -> Result<String> {
+    let bad = || Error::invalid("url", format!("bad percent-encoding in {}", quote.of(s)));
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -669,6 +710,35 @@ mod tests {
         let e = Params::gather("service=nowhere", &env).unwrap_err();
         assert!(e.to_string().contains("nowhere"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn no_piece_of_a_password_reaches_a_message() {
+        for s in [
+            "host=h password=two words",
+            "postgres://u:s%zzcret@h/db",
+            "postgres://u@h/db?password=two&words",
+            "postgres://u:pw@h/db?words",
+            "postgres://u:pw@h/db?words=1",
+            "host=h password='unterminated words",
+        ] {
+            let e = parse(s).unwrap_err().to_string();
+            for piece in ["words", "s%zzcret", "unterminated"] {
+                assert!(!e.contains(piece), "{s:?}: {e}");
+            }
+        }
+        // A '/' in a password that is not percent-encoded ends the user part early: the rest
+        // reads as a host and a port.
+        let p = Params::gather("postgres://u:x9q/ss@h/db", &no_env).unwrap();
+        assert_eq!(p.get("port"), Some("x9q"));
+        assert!(!p.shown("port").contains("x9q"), "{}", p.shown("port"));
+        // Without a password, the piece is named.
+        let e = parse("host=h sslmdoe=require").unwrap_err().to_string();
+        assert!(e.contains("sslmdoe"), "{e}");
+        let e = parse("postgres://u@h/db?sslmdoe=require")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("sslmdoe"), "{e}");
     }
 
     #[test]
