@@ -88,15 +88,15 @@ impl Policy {
 
     /// A `require_auth` value, as libpq reads it: a comma-separated list of methods the server
     /// must use one of, or of `!method`s it must not use; `none` (the server asks for nothing)
-    /// may be listed or negated too. `shown` is how messages name it (`require_auth=...` or the
-    /// environment variable).
-    pub fn parse(value: &str, shown: String) -> Result<Policy> {
-        let bad = |why: String| Error::invalid("url", format!("{shown}: {why}"));
+    /// may be listed or negated too. `name` is how messages name the parameter (`require_auth`
+    /// or the environment variable); `written`, the parameter with its value, once it is valid.
+    pub fn parse(value: &str, name: &str, written: String) -> Result<Policy> {
+        let bad = |why: String| Error::invalid("url", format!("{name}: {why}"));
         let negated = value.starts_with('!');
         let mut policy = Policy {
             allowed: if negated { u8::MAX } else { 0 },
             none_allowed: negated,
-            written: Some(shown.clone()),
+            written: Some(written),
         };
         let mut seen = Vec::new();
         for part in value.split(',') {
@@ -528,7 +528,8 @@ mod tests {
                 run(&Policy::default_for(true), &STARTUP, &server, chunk),
                 None
             );
-            let explicit = Policy::parse("password", "require_auth=password".into()).unwrap();
+            let explicit =
+                Policy::parse("password", "require_auth", "require_auth=password".into()).unwrap();
             assert_eq!(run(&explicit, &STARTUP, &server, chunk), None);
         }
         // After a refused TLS request, the server's messages are checked all the same.
@@ -553,7 +554,7 @@ mod tests {
 
     #[test]
     fn require_auth_is_read_as_libpq_reads_it() {
-        let p = |s: &str| Policy::parse(s, format!("require_auth={s}"));
+        let p = |s: &str| Policy::parse(s, "require_auth", format!("require_auth={s}"));
         let scram = p("scram-sha-256").unwrap();
         let sasl = [
             message(

@@ -189,15 +189,26 @@ impl Params {
         }
     }
 
-    /// `key` with its value, for messages (never for the password).
+    /// `key` with its value, for a message about a value that is not valid (never for the
+    /// password).
     pub fn shown(&self, key: &str) -> String {
+        match self.origin(key) {
+            Some(Origin::String) if self.quote.secret => {
+                format!("{key} {}", self.quote.of(self.get(key).unwrap_or_default()))
+            }
+            _ => self.written(key),
+        }
+    }
+
+    /// `key` with its value as written, for messages about a valid value: such a value reads
+    /// as what it is, whatever the string holds (never for the password).
+    pub fn written(&self, key: &str) -> String {
         let value = self.get(key).unwrap_or_default();
         match self.origin(key) {
             Some(Origin::Env(var)) => format!("{var}={value}"),
             Some(Origin::Service(file)) => {
                 format!("{key}={value} (service file {})", file.display())
             }
-            _ if self.quote.secret => format!("{key} {}", self.quote.of(value)),
             _ => format!("{key}={value}"),
         }
     }

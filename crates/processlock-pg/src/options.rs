@@ -197,7 +197,11 @@ impl Settings {
         add_passwords(&mut targets, &params, &dbname, &user, env);
         let tls = TlsParams::from(&params)?;
         let auth = match params.get("require_auth") {
-            Some(value) => Policy::parse(value, params.shown("require_auth"))?,
+            Some(value) => Policy::parse(
+                value,
+                &params.name("require_auth"),
+                params.written("require_auth"),
+            )?,
             None => Policy::default_for(tls.mode == Mode::VerifyFull),
         };
         let mut config = Config::new();
@@ -775,7 +779,12 @@ mod tests {
         let s = Settings::with_env(&opts("postgres://u@h/db"), &env).unwrap();
         assert_eq!(
             s.auth,
-            Policy::parse("scram-sha-256", "PGREQUIREAUTH=scram-sha-256".into()).unwrap()
+            Policy::parse(
+                "scram-sha-256",
+                "PGREQUIREAUTH",
+                "PGREQUIREAUTH=scram-sha-256".into()
+            )
+            .unwrap()
         );
     }
 }
