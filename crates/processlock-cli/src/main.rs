@@ -166,10 +166,19 @@ fn execute(dir: Option<&Path>, command: Command) -> i32 {
 
 /// `--url`, else `$PROCESSLOCK_URL`; empty means none.
 fn server_url(option: Option<String>) -> Option<String> {
+    if option
+        .as_deref()
+        .is_some_and(processlock_pg::url_has_password)
+    {
+        eprintln!("{PASSWORD_IN_ARGV}");
+    }
     option
         .or_else(|| std::env::var("PROCESSLOCK_URL").ok())
         .filter(|u| !u.is_empty())
 }
+
+/// Every user of the host can read a command line (`ps`, `/proc/PID/cmdline`).
+const PASSWORD_IN_ARGV: &str = "processlock: WARNING: the password in --url can be read by every user of this host (ps, /proc/PID/cmdline); give the URL without it (in --url or $PROCESSLOCK_URL) and keep the password in ~/.pgpass or the file $PGPASSFILE names (mode 0600), or in $PGPASSWORD set for this service only";
 
 /// A URL that cannot work is a usage error, for every command: nothing was sent anywhere.
 fn checked_url(url: String) -> Result<String, i32> {
