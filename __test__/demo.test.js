@@ -169,14 +169,15 @@ describeLinux('npm run demo', () => {
   )
 
   test('an error half-way (a command that cannot be found): it says so, stops what it started and exits 1', async () => {
-    // `kill` is looked up on PATH; a PATH with node, npm and npx only makes the stale-lock scene
-    // fail after PM2 started.
+    // `kill` is looked up on PATH; a PATH with node, npm, npx and sh (npm runs scripts and bins
+    // through it) only makes the stale-lock scene fail after PM2 started.
     const bin = path.join(demoTmp('demo-bin'), 'bin')
     fs.mkdirSync(bin)
     const npmBin = path.join(path.dirname(process.execPath), '..', 'lib', 'node_modules', 'npm', 'bin')
     fs.symlinkSync(process.execPath, path.join(bin, 'node'))
     fs.symlinkSync(path.join(npmBin, 'npm-cli.js'), path.join(bin, 'npm'))
     fs.symlinkSync(path.join(npmBin, 'npx-cli.js'), path.join(bin, 'npx'))
+    fs.symlinkSync('/bin/sh', path.join(bin, 'sh'))
     const pathWithoutKill = bin
     const { p, tmp } = demo([], { PATH: pathWithoutKill })
     const r = await p.done()
