@@ -2,7 +2,8 @@
 // `npm test`: every test of the project, from a fresh clone after `npm install`.
 //   1. build the addon, the `processlock` command and the private PostgreSQL server of the
 //      JavaScript tests: release, as shipped, in one cargo run (scripts/build.js)
-//   2. cargo test: the Rust core's unit and integration tests, and the command's, in cargo's test
+//   2. cargo test (every test binary, also after a failure): the Rust core's unit and
+//      integration tests, and the command's, in cargo's test
 //      profile. It shares nothing with step 1 (another profile, another directory); building the
 //      tests with step 1's profile and target would reuse every dependency, but the release
 //      profile links each of the ~20 test and example binaries with fat LTO and one codegen unit:
@@ -149,7 +150,9 @@ async function main() {
     process.exit(1)
   }
 
-  const cargo = await step('cargo test', 'cargo', ['test', '--workspace', '--', '--show-output'], { capture: true })
+  const cargo = await step('cargo test', 'cargo', ['test', '--workspace', '--no-fail-fast', '--', '--show-output'], {
+    capture: true,
+  })
   countCargo(cargo.text)
 
   const report = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'pl-jest-')), 'report.json')
