@@ -9,6 +9,7 @@ const pl = require('..')
 const { start, watch, tempDir, deadPid, ROOT, lockDirEntries } = require('./helpers/proc')
 const { stageForOtherUsers } = require('./helpers/stage')
 const { SHORT, lockFile, recordOf, holder, stop } = require('./helpers/lock')
+const { needs, onlyOn } = require('./helpers/skip')
 
 function capture() {
   const lines = []
@@ -38,10 +39,7 @@ function ownToken(pid) {
 }
 
 /** For tests that compute a start token from /proc: elsewhere they are skipped, saying why. */
-const linuxOnly =
-  process.platform === 'linux'
-    ? test
-    : (name, fn) => test.skip(`${name} [skipped: the start token is read from /proc, Linux only]`, fn)
+const linuxOnly = onlyOn(['linux'], 'the start token is read from /proc')
 
 describe('API behaviour', () => {
   test('acquire is idempotent in the holding process; release reports what it did', () => {
@@ -407,7 +405,7 @@ describe('files of the older PID-only implementation, and PID reuse', () => {
 })
 
 const asNobody = process.getuid && process.getuid() === 0
-const describeAsNobody = asNobody ? describe : describe.skip
+const describeAsNobody = needs(asNobody, 'root, to run a child as another user').describe
 
 describeAsNobody('another user', () => {
   const NOBODY = 65534
@@ -466,10 +464,7 @@ describeAsNobody('another user', () => {
 })
 
 /** For tests that count a process's threads in /proc: elsewhere they are skipped, saying why. */
-const countsThreads =
-  process.platform === 'linux'
-    ? test
-    : (name, fn) => test.skip(`${name} [skipped: threads are counted in /proc, Linux only]`, fn)
+const countsThreads = onlyOn(['linux'], 'threads are counted in /proc')
 
 countsThreads('loading the package and holding a lock file start no thread', () => {
   // In a process of its own: jest's threads come and go. The PostgreSQL client and the threads

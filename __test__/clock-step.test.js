@@ -15,16 +15,15 @@ const path = require('node:path')
 const { spawnSync } = require('node:child_process')
 const { FIXTURES, ROOT, start, tempDir, watch, running } = require('./helpers/proc')
 
-const BINARY = path.join(ROOT, 'target', 'release', 'processlock')
+const { BINARY } = require('./helpers/cli-proc')
+const { needs } = require('./helpers/skip')
 
 const canBindMount =
   process.platform === 'linux' &&
   process.getuid() === 0 &&
   spawnSync('unshare', ['--mount', '--propagation', 'private', 'sh', '-c', 'mount --bind /proc/stat /proc/stat'])
     .status === 0
-const stepTest = canBindMount
-  ? test
-  : (name, fn) => test.skip(`${name} [skipped: needs Linux, root and unshare --mount to show a stepped /proc/stat]`, fn)
+const stepTest = needs(canBindMount, 'Linux, root and unshare --mount to show a stepped /proc/stat')
 
 /** A copy of /proc/stat whose boot time is `seconds` later, as after a step of the clock forward. */
 function steppedStat(seconds) {

@@ -10,6 +10,7 @@ const path = require('node:path')
 const pl = require('..')
 const { ROOT, tempDir, lockDirEntries, watch, deadPid } = require('./helpers/proc')
 const { cli, startHolder, startRun } = require('./helpers/cli-proc')
+const { needs } = require('./helpers/skip')
 
 const NOBODY = 65534
 const isRoot = process.getuid && process.getuid() === 0
@@ -150,7 +151,7 @@ setInterval(() => {}, 1 << 30)`
     expect(lockDirEntries(dir)).toEqual([])
   })
 
-  ;(isRoot ? test : test.skip)(
+  needs(isRoot, 'root, to give a directory to another user')(
     'a lock directory owned by another user is refused, for root too; its owner uses it',
     async () => {
       const dir = await dirWithLeftovers('perm-owner')
@@ -305,7 +306,7 @@ describe('records crafted to rewrite the terminal or forge log lines', () => {
   })
 })
 
-;(hasFlock() ? describe : describe.skip)('a holder on another host', () => {
+needs(hasFlock(), 'the flock command (util-linux)').describe('a holder on another host', () => {
   const HOST = 'trader-9.elsewhere'
 
   test('the conflict names its host and advises no kill; check shows the host', async () => {

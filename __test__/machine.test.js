@@ -13,15 +13,15 @@ const { spawnSync } = require('node:child_process')
 const { FIXTURES, ROOT, tempDir, watch, running, lockDirEntries } = require('./helpers/proc')
 const { cli, startCli, CHILD } = require('./helpers/cli-proc')
 const pl = require('..')
+const { needs, onlyOn } = require('./helpers/skip')
 
 const asRoot = process.platform === 'linux' && process.getuid() === 0
 const can = (args) => asRoot && spawnSync('unshare', args).status === 0
-const renamedTest = can(['--uts', 'hostname', 'renamed-vm'])
-  ? test
-  : (name, fn) => test.skip(`${name} [skipped: needs Linux, root and unshare --uts]`, fn)
-const bindTest = can(['--mount', '--propagation', 'private', 'mount', '--bind', os.tmpdir(), os.tmpdir()])
-  ? test
-  : (name, fn) => test.skip(`${name} [skipped: needs Linux, root and unshare --mount with mount --bind]`, fn)
+const renamedTest = needs(can(['--uts', 'hostname', 'renamed-vm']), 'Linux, root and unshare --uts')
+const bindTest = needs(
+  can(['--mount', '--propagation', 'private', 'mount', '--bind', os.tmpdir(), os.tmpdir()]),
+  'Linux, root and unshare --mount with mount --bind',
+)
 
 /** `node <fixture>` run as if on a host named `name` (this machine, another host name). */
 function onRenamedHost(name, fixture, { dir, env = {}, args = [] }) {
@@ -140,7 +140,7 @@ describe('a conflict with this very process', () => {
 })
 
 describe('a holder whose recorded process has exited', () => {
-  const unixTest = process.platform === 'win32' ? test.skip : test
+  const unixTest = process.platform === 'win32' ? onlyOn(['linux', 'darwin'], 'signals and POSIX processes') : test
   unixTest('a process it started still holds the lock: the dead PID is not to be killed', async () => {
     const dir = tempDir('exited-holder')
     // `processlock run` ends with its command, a shell that leaves a sleeper holding the lock.

@@ -11,6 +11,7 @@ const path = require('node:path')
 const pl = require('..')
 const { FIXTURES, start, tempDir, watch } = require('./helpers/proc')
 const { LOST_EXIT_STATUS, held, usePg } = require('./helpers/pg')
+const { needs, onlyOn } = require('./helpers/skip')
 
 /** Short enough to keep the tests short, long enough for heartbeats on a loaded machine. */
 const LEASE_MS = 3000
@@ -124,12 +125,12 @@ describe('a frozen holder (SIGSTOP) with a short lease', () => {
 
 /** Whether iptables can be used here: it is installed and this process is root. */
 function canCut() {
-  if (process.getuid() !== 0) return 'cutting a connection needs root'
+  if (process.getuid() !== 0) return false
   try {
     execFileSync('iptables', ['--version'], { stdio: 'ignore' })
-    return null
+    return true
   } catch {
-    return 'cutting a connection needs iptables'
+    return false
   }
 }
 
@@ -139,16 +140,13 @@ const cutRules = (port) =>
 
 const iptables = (action, rule) => execFileSync('iptables', ['-w', action, ...rule], { stdio: 'ignore' })
 
-/** A test that cuts connections: skipped, with the reason printed, where it cannot. */
-const cutTest = (name, fn) =>
-  pgTest(name, async () => {
-    const why = canCut()
-    if (why) {
-      console.log(`SKIPPED: ${why}`)
-      return
-    }
-    await fn()
-  })
+/** A test that cuts connections: registered as skipped, saying why, where it cannot. */
+const cutTest =
+  process.platform !== 'linux'
+    ? onlyOn(['linux'], 'connections are cut with iptables')
+    : canCut()
+      ? pgTest
+      : needs(false, 'iptables and root, to cut a connection')
 
 /** The client port of the session that holds the lock for the process `pid`. */
 async function clientPort(pid) {
@@ -233,11 +231,14 @@ describe('a connection cut off from the server (iptables on loopback)', () => {
   })
 })
 
-pgTest('a holder on another host (its own UTS namespace) is named by host, and no kill is advised', async () => {
-  if (process.getuid() !== 0) {
-    console.log('SKIPPED: UTS and mount namespaces of its own need root')
-    return
-  }
+const utsTest =
+  process.platform !== 'linux'
+    ? onlyOn(['linux'], 'a host of its own is a UTS namespace')
+    : process.getuid() === 0
+      ? pgTest
+      : needs(false, 'root, for UTS and mount namespaces of its own')
+
+utsTest('a holder on another host (its own UTS namespace) is named by host, and no kill is advised', async () => {
   const env = {
     ...process.env,
     PROCESSLOCK_DIR: tempDir('pg-host'),

@@ -8,6 +8,7 @@ const { execFileSync, spawnSync } = require('node:child_process')
 const fs = require('node:fs')
 const path = require('node:path')
 const { start, tempDir } = require('./helpers/proc')
+const { needs } = require('./helpers/skip')
 const { held, usePg } = require('./helpers/pg')
 const { cli, startRun } = require('./helpers/cli-proc')
 
@@ -49,17 +50,22 @@ const OTHER_USER = `plpeek${process.pid}`
 /** The second local user's name, or null where it cannot be created here. */
 let otherUser = null
 
+const canAddUser = process.platform === 'linux' && process.getuid() === 0
+
 beforeAll(() => {
-  if (process.platform !== 'linux' || process.getuid() !== 0) {
-    console.log('SKIPPED (the other-user checks): they need root on Linux to create a user')
-    return
-  }
+  if (!canAddUser) return
   execFileSync('useradd', ['--no-create-home', '--shell', '/usr/sbin/nologin', OTHER_USER])
   otherUser = OTHER_USER
 })
 
 afterAll(() => {
   if (otherUser) execFileSync('userdel', [otherUser])
+})
+
+// The tests below look through a second user's eyes only where one can be created: this one says
+// whether they did (skipped, with the reason, where they could not).
+needs(canAddUser, 'root on Linux, to create a second local user')('the checks as a second local user run', () => {
+  expect(otherUser).toBe(OTHER_USER)
 })
 
 /** Runs `cmd ...args` as the other user: { code, out } (stdout and stderr). */

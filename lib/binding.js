@@ -3,13 +3,9 @@
 // cannot be loaded, the error says first which package this platform needs and how to install
 // it, with the real reason as its `cause`.
 
-const path = require('node:path')
-
-const PACKAGE = path.resolve(__dirname, '..')
-
 function loadFailure(loaderError) {
   const manifest = require('../package.json')
-  const { abi } = require('../bin/processlock.js')
+  const { abi, notPublishedAdvice } = require('../bin/processlock.js')
   const platform = abi()
   const name = `${manifest.name}-${platform}`
   let cause = loaderError
@@ -38,7 +34,7 @@ function loadFailure(loaderError) {
       `It is an optional dependency of ${manifest.name}, left out by --omit=optional (or ` +
       `--no-optional), by a package-lock.json written before this platform was added, or when ` +
       `node_modules is copied from another system: install on the machine or in the image that ` +
-      `runs the app. In a checkout of ${manifest.name} (${PACKAGE}), run "npm run build".`
+      `runs the app.\n${notPublishedAdvice()}`
   }
   const error = new Error(message)
   error.cause = cause

@@ -15,7 +15,9 @@ use processlock::{
 };
 use serde_json::Value;
 
+use crate::args::Format;
 use crate::display::{json_text, opt_str, ordered_object, table, uptime};
+use crate::prometheus;
 
 /// Exit statuses of `check <type>`.
 pub const HELD: i32 = 0;
@@ -105,18 +107,20 @@ pub fn now_ms() -> i64 {
 
 /// Lists every lock in `dir`. Exit status 0 whatever their states: listing is not a verdict
 /// (`check <type>` is).
-pub fn run(dir: &Path, json: bool) -> Result<i32> {
+pub fn run(dir: &Path, format: Format) -> Result<i32> {
     warn_if_unsafe(dir);
     let now = now_ms();
     let rows: Vec<Row> = list_locks(dir)?.into_iter().map(|s| row(s, now)).collect();
-    let text = if json {
-        to_json(&rows)
-    } else {
-        to_text(
+    let text = match format {
+        Format::Json => to_json(&rows),
+        Format::Prometheus => {
+            prometheus::render(&rows.iter().map(prometheus::from_row).collect::<Vec<_>>())
+        }
+        Format::Text => to_text(
             dir,
             &rows,
             std::io::stdout().is_terminal() && color_allowed(),
-        )
+        ),
     };
     print(&text);
     Ok(0)
@@ -182,7 +186,7 @@ fn warn_if_unsafe(dir: &Path) {
     }
 }
 
-fn print(text: &str) {
+pub(crate) fn print(text: &str) {
     let mut out = std::io::stdout().lock();
     // A closed pipe (`processlock check | head -1`) is not an error worth a message.
     let _ = out.write_all(text.as_bytes());

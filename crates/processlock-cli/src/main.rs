@@ -15,6 +15,7 @@ mod clear;
 mod display;
 #[cfg(unix)]
 mod errno;
+mod prometheus;
 #[cfg(unix)]
 mod replace;
 #[cfg(unix)]
@@ -27,7 +28,7 @@ mod signals;
 
 use std::path::Path;
 
-use args::{Command, Usage};
+use args::{Command, Format, Usage};
 use processlock::report::printable;
 use processlock::{check_process_name, resolve_dir, LockName};
 
@@ -57,19 +58,21 @@ fn execute(dir: Option<&Path>, command: Command) -> i32 {
             0
         }
         Command::Check {
-            json,
+            format,
             url,
             lock: None,
         } => match server_url(url).map(checked_url) {
-            Some(Ok(url)) => server::check(&url, json),
+            Some(Ok(url)) if format == Format::Prometheus => prometheus::check_server(&url),
+            Some(Ok(url)) => server::check(&url, format == Format::Json),
             Some(Err(code)) => code,
-            None => with_dir(dir, |d| check::run(d, json)),
+            None => with_dir(dir, |d| check::run(d, format)),
         },
         Command::Check {
-            json,
+            format,
             url,
             lock: Some((process_type, side)),
         } => {
+            let json = format == Format::Json;
             let name = match LockName::from_env(&process_type, side.as_deref()) {
                 Ok(n) => n,
                 Err(e) => return usage_error(&e.to_string()),
