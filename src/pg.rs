@@ -381,8 +381,18 @@ impl PgLock {
     /// The hold of the `processlock run` this process runs under, if it handed this very lock
     /// down and this process is the one of its command that claims it; `None` otherwise.
     fn adopt(&self, holder: u32, options: &LockOptions) -> Option<AcquireOutcome> {
-        let hold = Hold::Adopted(claim_server_lock(&self.id)?);
+        let hold = Hold::Adopted(claim_server_lock(&self.id, |hold| self.holds_now(hold))?);
         Some(self.taken(hold, Arc::new(Mutex::new(vec![holder])), options))
+    }
+
+    /// Whether the server says, now, that this lock is held with exactly `hold`'s record and
+    /// fencing token: a hold is adopted on the server's word, never on a variable's.
+    fn holds_now(&self, hold: &ServerHold) -> bool {
+        matches!(
+            processlock_pg::inspect(&self.opts, &self.name),
+            Ok(Some(h)) if h.record == hold.holder
+                && h.fencing_token.as_deref() == Some(hold.fencing_token.as_str())
+        )
     }
 
     /// What happens on loss, decided once at acquisition: `exit` is done here, natively,

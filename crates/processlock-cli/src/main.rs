@@ -24,6 +24,8 @@ mod run_server;
 mod server;
 #[cfg(unix)]
 mod signals;
+#[cfg(unix)]
+mod tree;
 
 use std::path::Path;
 

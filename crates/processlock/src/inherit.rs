@@ -63,7 +63,10 @@ pub(crate) fn claim_inherited(_target: &LockTarget) -> Option<HeldLock> {
 
 /// Nothing is handed down where `processlock run` does not run.
 #[cfg(not(unix))]
-pub fn claim_server_lock(_lock: &str) -> Option<ServerHold> {
+pub fn claim_server_lock(
+    _lock: &str,
+    _on_server: impl FnOnce(&ServerHold) -> bool,
+) -> Option<ServerHold> {
     None
 }
 

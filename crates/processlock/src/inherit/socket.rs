@@ -117,6 +117,21 @@ impl Drop for HandoverSocket {
 /// the lock's descriptor and the token, in that order; for a lock on a server: the token), all
 /// close-on-exec here. `None` unless exactly that many arrive.
 pub(super) fn ask(address: &OsStr, count: usize) -> Option<Vec<OwnedFd>> {
+    recv_fds(&connect(address)?, count)
+}
+
+/// As `ask`, from the process `peer` only: the kernel names the process that listens at
+/// `address` (its credentials when it listened), whatever the address or its name claim.
+pub(super) fn ask_peer(address: &OsStr, count: usize, peer: u32) -> Option<Vec<OwnedFd>> {
+    let sock = connect(address)?;
+    if peer_pid(&sock) != Some(peer) {
+        return None;
+    }
+    recv_fds(&sock, count)
+}
+
+/// A socket connected to `address`, with the answer timeout set.
+fn connect(address: &OsStr) -> Option<OwnedFd> {
     let (addr, len) = sockaddr(address.as_bytes()).ok()?;
     let sock = socket().ok()?;
     let timeout = libc::timeval {
@@ -141,7 +156,7 @@ pub(super) fn ask(address: &OsStr, count: usize) -> Option<Vec<OwnedFd>> {
             return None;
         }
     }
-    recv_fds(&sock, count)
+    Some(sock)
 }
 
 #[cfg(not(any(target_os = "linux", target_os = "android")))]
