@@ -272,16 +272,25 @@ async function appBehind(how, { env = {}, runArgs = [] } = {}) {
 
 const isGone = (app) => startTicks(app.pid) !== app.ticks
 
+/** `check`, then the app is killed if it is still there (so that a failure leaves nothing behind). */
+async function thenKill(app, check) {
+  try {
+    await check()
+  } finally {
+    if (!isGone(app)) process.kill(app.pid, 'SIGKILL')
+  }
+}
+
 describe.each(Object.keys(launchers))('with the app behind %s', (how) => {
   pgTest('a lost lock (its session ended on the server) stops the app, and processlock exits only once it is gone', async () => {
     const { run, app } = await appBehind(how)
     const [holder] = await advisoryHolders()
     await pg.sql(`SELECT pg_terminate_backend(${holder})`)
-    const r = await run.done(30000)
+    const r = await run.exited()
     // Evidence first: the app is gone by the time processlock has exited...
     const goneAtExit = isGone(app)
-    expect({ goneAtExit, code: r.code }).toEqual({ goneAtExit: true, code: LOST_EXIT_STATUS })
-    expect(steps(run, 'sigterm').map((s) => s.pid)).toContain(app.pid)
+    await thenKill(app, () => expect({ goneAtExit, code: r.code }).toEqual({ goneAtExit: true, code: LOST_EXIT_STATUS }))
+    expect((await waitSteps(run, 'sigterm')).map((s) => s.pid)).toContain(app.pid)
     // ...so the next instance, started after it, never runs next to it.
     const next = pl.acquireLock('backend', { url: pg.url, tradeSide: 'SHORT', log: false })
     expect(Number(next.fencingToken)).toBeGreaterThan(0)
@@ -293,10 +302,11 @@ pgTest('a stopped server: an app that ignores SIGTERM gets SIGKILL after the gra
   const { run, app } = await appBehind('sh -c', { env: { ADOPT_IGNORE_TERM: '1' }, runArgs: ['--grace', '300'] })
   await pg.stop()
   try {
-    const r = await run.done(30000)
-    expect({ gone: isGone(app), code: r.code }).toEqual({ gone: true, code: LOST_EXIT_STATUS })
-    expect(steps(run, 'sigterm').map((s) => s.pid)).toEqual([app.pid])
-    expect(r.stderr).toMatch(/still running 300 ms after SIGTERM; sent SIGKILL/)
+    const r = await run.exited()
+    const gone = isGone(app)
+    await thenKill(app, () => expect({ gone, code: r.code }).toEqual({ gone: true, code: LOST_EXIT_STATUS }))
+    expect((await waitSteps(run, 'sigterm')).map((s) => s.pid)).toEqual([app.pid])
+    expect((await run.done(30000)).stderr).toMatch(/still running 300 ms after SIGTERM; sent SIGKILL/)
   } finally {
     await pg.start()
   }
@@ -329,13 +339,13 @@ describe.each([
       expect(main).not.toBe(run.pid)
       process.kill(main, 'SIGKILL')
     }
-    const r = await run.done(30000)
-    if (ending === 'SIGKILL') expect(r.signal).toBe('SIGKILL')
-    else expect(r.code).toBe(ending)
     const n = await next.done(30000)
     const [line] = n.stdout.split('\n').filter((l) => l.startsWith('{'))
     // When the successor got the lock, the app was already gone.
-    expect(JSON.parse(line)).toMatchObject({ ok: true, watchedAlive: false })
+    await thenKill(app, () => expect(JSON.parse(line)).toMatchObject({ ok: true, watchedAlive: false }))
+    const r = await run.done(30000)
+    if (ending === 'SIGKILL') expect(r.signal).toBe('SIGKILL')
+    else expect(r.code).toBe(ending)
     expect(steps(run, 'sigterm').map((s) => s.pid)).toEqual([app.pid])
     pl.releaseLock('backend', { url: pg.url, tradeSide: 'SHORT' })
   })

@@ -42,7 +42,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use processlock::report::{self, printable, LOST_EXIT_STATUS};
-use processlock::{Cancel, ClaimToken, HandoverSocket, LockName, ServerHold, SERVER_LOCK_ENV};
+use processlock::{
+    Cancel, ClaimNews, ClaimToken, HandoverSocket, LockName, ServerHold, SERVER_LOCK_ENV,
+};
 use processlock_pg::{Error, PgHeld, PgOptions};
 
 use crate::run::{cannot_run, exit_like, Relay};
@@ -216,6 +218,21 @@ struct Handover {
 }
 
 impl Handover {
+    /// One of the socket's descriptors is readable: serves claimants the token, and hands out a
+    /// new one once its owner is gone (an app restarted by its watcher adopts the hold again).
+    /// Served: every process below this one, which is the command's tree (a process whose
+    /// parent died was re-parented here, no longer below the main process).
+    fn readable(&mut self, fd: c_int) -> io::Result<()> {
+        let Some(socket) = self.socket.as_mut() else {
+            return Ok(());
+        };
+        let fds = [self.token.fd()];
+        if socket.readable(fd, std::process::id(), &fds)? == ClaimNews::OwnerGone {
+            self.token = ClaimToken::new()?;
+        }
+        Ok(())
+    }
+
     fn offer(held: &PgHeld, o: &Options) -> io::Result<Self> {
         let lock =
             o.pg.lock_id(&o.name)
@@ -316,27 +333,28 @@ fn supervise(
         let claimants = handover
             .as_ref()
             .and_then(|h| h.socket.as_ref())
-            .map(|s| s.fd());
+            .map(HandoverSocket::fds)
+            .unwrap_or_default();
         let (watched, timeout) = match stopping {
-            None => ([Some(loss.fd()), claimants], None),
+            None => (
+                std::iter::once(loss.fd())
+                    .chain(claimants.clone())
+                    .collect(),
+                None,
+            ),
             // Watching the lock still, to say it was lost, while the rest is stopped; walking
             // the tree again now and then for processes started meanwhile.
             Some(_) => (
-                [(!lost).then(|| loss.fd()), None],
+                (!lost).then(|| loss.fd()).into_iter().collect::<Vec<_>>(),
                 Some(kill_at.map_or(STOP_POLL, |t| {
                     t.saturating_duration_since(Instant::now()).min(STOP_POLL)
                 })),
             ),
         };
-        let watched: Vec<c_int> = watched.into_iter().flatten().collect();
         match signals::next_event(&watched, timeout) {
-            Ok(Event::Readable(fd)) if Some(fd) == claimants => {
-                if let Some(h) = &handover {
-                    let socket = h.socket.as_ref().expect("watched, so present");
-                    // Served: every process below this one, which is the command's tree (a
-                    // process whose parent died was re-parented here, no longer below the main
-                    // process).
-                    if let Err(e) = socket.serve_waiting(std::process::id(), &[h.token.fd()]) {
+            Ok(Event::Readable(fd)) if claimants.contains(&fd) => {
+                if let Some(h) = &mut handover {
+                    if let Err(e) = h.readable(fd) {
                         eprintln!("processlock: no longer handing the lock to the command's processes: {e}");
                         handover = None;
                     }

@@ -44,7 +44,6 @@ use crate::liveness::{host_name, start_token};
 struct Handover {
     #[serde(flatten)]
     hold: ServerHold,
-    token_inode: u64,
     /// Empty when `run` has no socket (or its address is not UTF-8).
     #[serde(default)]
     socket: String,
@@ -59,7 +58,6 @@ impl ClaimToken {
     pub fn server_env_value(&self, hold: &ServerHold, socket: Option<&HandoverSocket>) -> String {
         let handover = Handover {
             hold: hold.clone(),
-            token_inode: self.ino(),
             socket: socket
                 .and_then(|s| s.address().to_str())
                 .unwrap_or_default()
@@ -118,10 +116,14 @@ fn take_from_holder(handover: &Handover) -> bool {
         return false;
     }
     let address = std::ffi::OsStr::new(&handover.socket);
-    let Some(fds) = socket::ask_peer(address, 1, handover.hold.holder.pid) else {
+    let Some((fds, claiming)) = socket::ask_peer(address, 1, handover.hold.holder.pid) else {
         return false;
     };
-    take_token(fds[0].as_raw_fd(), handover.token_inode)
+    if !take_token(fds[0].as_raw_fd(), None) {
+        return false;
+    }
+    claiming.won();
+    true
 }
 
 #[cfg(test)]
@@ -140,7 +142,6 @@ mod tests {
         let value = token.server_env_value(&hold, None);
         let back: Handover = serde_json::from_str(&value).unwrap();
         assert_eq!(back.hold, hold);
-        assert_eq!(back.token_inode, token.ino());
         assert!(back.socket.is_empty());
     }
 }
