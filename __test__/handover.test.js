@@ -203,6 +203,8 @@ setInterval(() => {}, 1000)
   run.kill('SIGTERM')
   const r = await run.done()
   const released = r.stderr.split('\n').filter((l) => l.startsWith('[PROCESS_LOCK_RELEASED]'))
-  expect(released).toEqual([`[PROCESS_LOCK_RELEASED] { processType: 'backend', tradeSide: 'SHORT', pid: ${apps[0].ppid} }`])
+  expect(released).toEqual([
+    `[PROCESS_LOCK_RELEASED] { processType: 'backend', tradeSide: 'SHORT', pid: ${apps[0].ppid} }`,
+  ])
   expect(lockDirEntries(dir)).toEqual([])
 })

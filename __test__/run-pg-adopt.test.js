@@ -148,7 +148,13 @@ pgTest('a process outside the command cannot adopt with its variable', async () 
   const gates = tempDir('adopt-stranger')
   fs.writeFileSync(path.join(gates, 'end'), '')
   const stranger = require('node:child_process').spawnSync(process.execPath, [APP], {
-    env: { ...process.env, TRADE_SIDE: 'SHORT', ADOPT_URL: pg.url, ADOPT_GATES: gates, PROCESSLOCK_SERVER_LOCK: start.env },
+    env: {
+      ...process.env,
+      TRADE_SIDE: 'SHORT',
+      ADOPT_URL: pg.url,
+      ADOPT_GATES: gates,
+      PROCESSLOCK_SERVER_LOCK: start.env,
+    },
     encoding: 'utf8',
   })
   const tried = steps({ stdout: stranger.stdout }, 'acquire')
@@ -164,31 +170,40 @@ pgTest('a process outside the command cannot adopt with its variable', async () 
   expect((await run.done(30000)).code).toBe(0)
 })
 
-pgTest('a forged hold (its own shell as the holder, its own pipe as the token) gets a conflict, not a second owner', async () => {
-  const run = runOnServer([process.execPath, APP])
-  const [got] = await waitSteps(run, 'acquire')
-  expect(got).toMatchObject({ ok: true, held: true })
-  const lock = JSON.parse(steps(run, 'start')[0].env).lock
-  // Outside processlock run: a shell that opens a FIFO of its own at descriptor 7, puts one
-  // byte in it, and starts the forger, which names the shell as the holder in the variable.
-  const dir = tempDir('adopt-forger')
-  const forged = require('node:child_process').spawnSync(
-    '/bin/sh',
-    ['-c', 'mkfifo "$1/token" && exec 7<>"$1/token" && printf x >&7 && "$0" "$2"; echo "shell $$"', process.execPath, dir, FORGER],
-    { env: { ...process.env, TRADE_SIDE: 'SHORT', ADOPT_URL: pg.url, FORGE_LOCK: lock }, encoding: 'utf8' },
-  )
-  const [line] = forged.stdout.split('\n').filter((l) => l.startsWith('{'))
-  expect({ out: JSON.parse(line), err: forged.stderr }).toEqual({
-    out: { ok: false, code: 'LOCK_CONFLICT', holderPid: run.pid },
-    err: '',
-  })
-  // The real holder is untouched and still the only one on the server.
-  expect(await advisoryHolders()).toHaveLength(1)
-  run.open('status')
-  expect((await waitSteps(run, 'status'))[0].held).toBe(true)
-  run.open('end')
-  expect((await run.done(30000)).code).toBe(0)
-})
+pgTest(
+  'a forged hold (its own shell as the holder, its own pipe as the token) gets a conflict, not a second owner',
+  async () => {
+    const run = runOnServer([process.execPath, APP])
+    const [got] = await waitSteps(run, 'acquire')
+    expect(got).toMatchObject({ ok: true, held: true })
+    const lock = JSON.parse(steps(run, 'start')[0].env).lock
+    // Outside processlock run: a shell that opens a FIFO of its own at descriptor 7, puts one
+    // byte in it, and starts the forger, which names the shell as the holder in the variable.
+    const dir = tempDir('adopt-forger')
+    const forged = require('node:child_process').spawnSync(
+      '/bin/sh',
+      [
+        '-c',
+        'mkfifo "$1/token" && exec 7<>"$1/token" && printf x >&7 && "$0" "$2"; echo "shell $$"',
+        process.execPath,
+        dir,
+        FORGER,
+      ],
+      { env: { ...process.env, TRADE_SIDE: 'SHORT', ADOPT_URL: pg.url, FORGE_LOCK: lock }, encoding: 'utf8' },
+    )
+    const [line] = forged.stdout.split('\n').filter((l) => l.startsWith('{'))
+    expect({ out: JSON.parse(line), err: forged.stderr }).toEqual({
+      out: { ok: false, code: 'LOCK_CONFLICT', holderPid: run.pid },
+      err: '',
+    })
+    // The real holder is untouched and still the only one on the server.
+    expect(await advisoryHolders()).toHaveLength(1)
+    run.open('status')
+    expect((await waitSteps(run, 'status'))[0].held).toBe(true)
+    run.open('end')
+    expect((await run.done(30000)).code).toBe(0)
+  },
+)
 
 pgTest('when processlock loses the lock, the app that adopted it gets SIGTERM and processlock exits 75', async () => {
   const run = runOnServer([process.execPath, APP])
@@ -245,7 +260,12 @@ const launchers = {
     const project = tempDir('adopt-npm')
     fs.writeFileSync(
       path.join(project, 'package.json'),
-      JSON.stringify({ name: 'app', version: '1.0.0', private: true, scripts: { start: `"${process.execPath}" "${APP}"` } }),
+      JSON.stringify({
+        name: 'app',
+        version: '1.0.0',
+        private: true,
+        scripts: { start: `"${process.execPath}" "${APP}"` },
+      }),
     )
     return { command: ['npm', 'run', '--silent', 'start'], cwd: project }
   },
@@ -282,20 +302,25 @@ async function thenKill(app, check) {
 }
 
 describe.each(Object.keys(launchers))('with the app behind %s', (how) => {
-  pgTest('a lost lock (its session ended on the server) stops the app, and processlock exits only once it is gone', async () => {
-    const { run, app } = await appBehind(how)
-    const [holder] = await advisoryHolders()
-    await pg.sql(`SELECT pg_terminate_backend(${holder})`)
-    const r = await run.exited()
-    // Evidence first: the app is gone by the time processlock has exited...
-    const goneAtExit = isGone(app)
-    await thenKill(app, () => expect({ goneAtExit, code: r.code }).toEqual({ goneAtExit: true, code: LOST_EXIT_STATUS }))
-    expect((await waitSteps(run, 'sigterm')).map((s) => s.pid)).toContain(app.pid)
-    // ...so the next instance, started after it, never runs next to it.
-    const next = pl.acquireLock('backend', { url: pg.url, tradeSide: 'SHORT', log: false })
-    expect(Number(next.fencingToken)).toBeGreaterThan(0)
-    pl.releaseLock('backend', { url: pg.url, tradeSide: 'SHORT' })
-  })
+  pgTest(
+    'a lost lock (its session ended on the server) stops the app, and processlock exits only once it is gone',
+    async () => {
+      const { run, app } = await appBehind(how)
+      const [holder] = await advisoryHolders()
+      await pg.sql(`SELECT pg_terminate_backend(${holder})`)
+      const r = await run.exited()
+      // Evidence first: the app is gone by the time processlock has exited...
+      const goneAtExit = isGone(app)
+      await thenKill(app, () =>
+        expect({ goneAtExit, code: r.code }).toEqual({ goneAtExit: true, code: LOST_EXIT_STATUS }),
+      )
+      expect((await waitSteps(run, 'sigterm')).map((s) => s.pid)).toContain(app.pid)
+      // ...so the next instance, started after it, never runs next to it.
+      const next = pl.acquireLock('backend', { url: pg.url, tradeSide: 'SHORT', log: false })
+      expect(Number(next.fencingToken)).toBeGreaterThan(0)
+      pl.releaseLock('backend', { url: pg.url, tradeSide: 'SHORT' })
+    },
+  )
 })
 
 pgTest('a stopped server: an app that ignores SIGTERM gets SIGKILL after the grace period', async () => {
@@ -306,7 +331,9 @@ pgTest('a stopped server: an app that ignores SIGTERM gets SIGKILL after the gra
     const gone = isGone(app)
     await thenKill(app, () => expect({ gone, code: r.code }).toEqual({ gone: true, code: LOST_EXIT_STATUS }))
     expect((await waitSteps(run, 'sigterm')).map((s) => s.pid)).toEqual([app.pid])
-    expect((await run.done(30000)).stderr).toMatch(/still running 300 ms after SIGTERM; sent SIGKILL/)
+    expect((await run.done(30000)).stderr).toContain(
+      `processlock: still running 300 ms after SIGTERM, sent SIGKILL: PID ${app.pid}`,
+    )
   } finally {
     await pg.start()
   }
@@ -314,26 +341,46 @@ pgTest('a stopped server: an app that ignores SIGTERM gets SIGKILL after the gra
 
 describe.each([
   ['its main process is SIGKILLed (the OOM killer)', ['/bin/sh', '-c', '"$0" "$1"; echo after'], 'SIGKILL'],
-  ['its main process exits by itself', ['/bin/sh', '-c', '"$0" "$1" & sleep 0.5; exit 3'], 3],
+  // The shell leaves the app behind once the test opens the gate `exit` (bounded: 60 s).
+  [
+    'its main process exits by itself',
+    [
+      '/bin/sh',
+      '-c',
+      'i=0; "$0" "$1" & while [ ! -e "$ADOPT_GATES/exit" ] && [ $i -lt 1200 ]; do sleep 0.05; i=$((i+1)); done; exit 3',
+    ],
+    3,
+  ],
 ])('when %s', (_, launcher, ending) => {
   pgTest('the lock stays held until every process of the command is gone', async () => {
     const gates = tempDir('adopt-gates')
-    const run = startCli(['run', 'backend', '--url', pg.url, '--grace', '1000', '--', ...launcher, process.execPath, APP], {
-      dir: tempDir('adopt'),
-      // The app takes its time to go: SIGTERM is ignored, SIGKILL comes after the grace period.
-      env: { ADOPT_URL: pg.url, ADOPT_GATES: gates, ADOPT_IGNORE_TERM: '1' },
-    })
+    const run = startCli(
+      ['run', 'backend', '--url', pg.url, '--grace', '1000', '--', ...launcher, process.execPath, APP],
+      {
+        dir: tempDir('adopt'),
+        // The app takes its time to go: SIGTERM is ignored, SIGKILL comes after the grace period.
+        env: { ADOPT_URL: pg.url, ADOPT_GATES: gates, ADOPT_IGNORE_TERM: '1' },
+      },
+    )
     const [got] = await waitSteps(run, 'acquire')
     expect(got).toMatchObject({ ok: true, held: true, info: { pid: run.pid } })
     const app = { pid: got.pid, ticks: startTicks(got.pid) }
     const next = watchProc(process.execPath, [SUCCESSOR], {
-      env: { ...process.env, ADOPT_URL: pg.url, TRADE_SIDE: 'SHORT', WATCH_PID: String(app.pid), WATCH_TICKS: app.ticks },
+      env: {
+        ...process.env,
+        ADOPT_URL: pg.url,
+        TRADE_SIDE: 'SHORT',
+        WATCH_PID: String(app.pid),
+        WATCH_TICKS: app.ticks,
+      },
     })
     // The successor is queued on the server behind processlock's session.
     await until(
-      async () => (await pg.sql("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"))[0] === '1',
+      async () =>
+        (await pg.sql("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"))[0] === '1',
       'the successor waits',
     )
+    if (ending !== 'SIGKILL') fs.writeFileSync(path.join(gates, 'exit'), '')
     if (ending === 'SIGKILL') {
       const main = Number(fs.readFileSync(`/proc/${got.pid}/stat`, 'utf8').split(') ')[1].split(' ')[1])
       expect(main).not.toBe(run.pid)

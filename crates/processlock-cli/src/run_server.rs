@@ -379,10 +379,14 @@ fn supervise(
             Ok(Event::TimedOut) => match kill_at {
                 Some(t) if Instant::now() >= t => {
                     let left = tree.kill();
-                    eprintln!(
-                        "processlock: {left} process(es) of the command still running {} ms after SIGTERM; sent SIGKILL",
-                        o.grace.as_millis()
-                    );
+                    if !left.is_empty() {
+                        let pids: Vec<String> = left.iter().map(|p| p.to_string()).collect();
+                        eprintln!(
+                            "processlock: still running {} ms after SIGTERM, sent SIGKILL: PID {}",
+                            o.grace.as_millis(),
+                            pids.join(", ")
+                        );
+                    }
                     kill_at = None;
                 }
                 Some(_) => {

@@ -123,19 +123,20 @@ impl Tree {
         }
     }
 
-    /// SIGKILL to every descendant there is now. How many got it.
-    pub fn kill(&mut self) -> usize {
+    /// SIGKILL to every descendant there is now. The PIDs that got it.
+    pub fn kill(&mut self) -> Vec<libc::pid_t> {
         #[cfg(any(target_os = "linux", target_os = "android"))]
         {
             linux::descendants()
                 .into_iter()
                 .filter(|&(pid, started)| linux::signal_checked(pid, started, libc::SIGKILL))
-                .count()
+                .map(|(pid, _)| pid)
+                .collect()
         }
         #[cfg(not(any(target_os = "linux", target_os = "android")))]
         {
             self.signal_main(libc::SIGKILL);
-            1
+            vec![self.main]
         }
     }
 }
