@@ -1,7 +1,8 @@
 //! Tells when processes end, for the torture runs of `processlock run --url` process trees
 //! (bench/torture-tree.js): reads lines `<pid> <start ticks>` on stdin and, for each, prints
-//! `<pid> <ns>` once that process has ended, `ns` on CLOCK_MONOTONIC (Node's
-//! `process.hrtime.bigint()`), or `<pid> gone` if it was not that process any more when asked.
+//! `W <pid>` once it watches it, then `<pid> <ns>` once that process has ended, `ns` on
+//! CLOCK_MONOTONIC (Node's `process.hrtime.bigint()`), or `<pid> gone` if it was not that
+//! process any more when asked.
 //! A pidfd becomes readable the moment its process exits (before anyone reaps it), so the time
 //! is never earlier than the death: an overlap measured with it is never hidden.
 
@@ -43,6 +44,12 @@ fn watch(pid: i32, ticks: &str) -> Option<u128> {
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as libc::c_int;
     if fd < 0 || start_ticks(pid).as_deref() != Some(ticks) {
         return None;
+    }
+    {
+        use std::io::Write;
+        let _ = std::io::stdout()
+            .lock()
+            .write_all(format!("W {pid}\n").as_bytes());
     }
     let mut p = libc::pollfd {
         fd,
