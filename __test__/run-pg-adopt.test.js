@@ -219,29 +219,6 @@ pgTest('when processlock loses the lock, the app that adopted it gets SIGTERM an
   )
 })
 
-pgTest('an app that adopted the lock through a shell stops holding it once processlock is killed', async () => {
-  // The shell stays between processlock and the app (it has more to do after it), so the
-  // parent-death signal reaches the shell only and the app lives on.
-  const run = runOnServer(['/bin/sh', '-c', '"$0" "$1"; echo after', process.execPath, APP])
-  const [got] = await waitSteps(run, 'acquire')
-  expect(got).toMatchObject({ ok: true, held: true, info: { pid: run.pid } })
-  run.open('status')
-  expect((await waitSteps(run, 'status'))[0].held).toBe(true)
-  process.kill(run.pid, 'SIGKILL')
-  await run.exited()
-  // Its session, and so the lock, ended with it.
-  await until(async () => (await advisoryHolders()).length === 0, 'the lock is free')
-  // The app no longer claims a lock nobody holds for it.
-  run.open('recheck')
-  const status = await waitSteps(run, 'status', 2)
-  expect(status[1]).toEqual({ pid: got.pid, step: 'status', held: false })
-  run.open('end')
-  await run.done(30000)
-})
-
-// The command's whole process tree is the unit: the app behind a shell or npm is stopped with it,
-// and the lock is let go only once none of its processes is left.
-
 /** Start time (clock ticks after boot) of a running process, or null if there is none. */
 function startTicks(pid) {
   try {
@@ -252,6 +229,58 @@ function startTicks(pid) {
     return null
   }
 }
+
+const isGone = (app) => startTicks(app.pid) !== app.ticks
+
+/** `check`, then the app is killed if it is still there (so that a failure leaves nothing behind). */
+async function thenKill(app, check) {
+  try {
+    await check()
+  } finally {
+    if (!isGone(app)) process.kill(app.pid, 'SIGKILL')
+  }
+}
+
+describe('when processlock itself is SIGKILLed, an app that adopted the lock through a shell (which the parent-death signal does not reach) learns at once that it lost it', () => {
+  // The shell stays between processlock and the app (it has more to do after it), so the
+  // parent-death signal reaches the shell only and the app lives on.
+  const command = ['/bin/sh', '-c', '"$0" "$1"; echo after', process.execPath, APP]
+
+  pgTest('by default it exits 75 with the LOST line', async () => {
+    const run = runOnServer(command)
+    const [got] = await waitSteps(run, 'acquire')
+    expect(got).toMatchObject({ ok: true, held: true, info: { pid: run.pid } })
+    const app = { pid: got.pid, ticks: startTicks(got.pid) }
+    process.kill(run.pid, 'SIGKILL')
+    // The app writes to processlock's stderr, which it inherited: done once the app is gone too.
+    const r = await run.done(30000)
+    await thenKill(app, () => expect(isGone(app)).toBe(true))
+    expect(r.stderr).toContain(
+      `[PROCESS_LOCK_LOST] { processType: 'backend', tradeSide: 'SHORT', pid: ${run.pid}, reason: 'processlock run (PID ${run.pid}) that held it is gone' }`,
+    )
+  })
+
+  pgTest('with onLost, it is told, and no longer holds the lock', async () => {
+    const run = runOnServer(command, { env: { ADOPT_ON_LOST: 'callback' } })
+    const [got] = await waitSteps(run, 'acquire')
+    run.open('status')
+    expect((await waitSteps(run, 'status'))[0].held).toBe(true)
+    process.kill(run.pid, 'SIGKILL')
+    await run.exited()
+    const [lost] = await waitSteps(run, 'lost')
+    expect(lost).toEqual({ pid: got.pid, step: 'lost', code: 'LOCK_LOST', fencingToken: got.envToken })
+    // Its session, and so the lock, ended with it.
+    await until(async () => (await advisoryHolders()).length === 0, 'the lock is free')
+    run.open('recheck')
+    const status = await waitSteps(run, 'status', 2)
+    expect(status[1]).toEqual({ pid: got.pid, step: 'status', held: false })
+    run.open('end')
+    await run.done(30000)
+  })
+})
+
+// The command's whole process tree is the unit: the app behind a shell or npm is stopped with it,
+// and the lock is let go only once none of its processes is left.
 
 /** The command lines that put an app between processlock and a launcher that stays. */
 const launchers = {
@@ -288,17 +317,6 @@ async function appBehind(how, { env = {}, runArgs = [] } = {}) {
   const app = { pid: got.pid, ticks: startTicks(got.pid) }
   expect(app.ticks).not.toBeNull()
   return { run, app }
-}
-
-const isGone = (app) => startTicks(app.pid) !== app.ticks
-
-/** `check`, then the app is killed if it is still there (so that a failure leaves nothing behind). */
-async function thenKill(app, check) {
-  try {
-    await check()
-  } finally {
-    if (!isGone(app)) process.kill(app.pid, 'SIGKILL')
-  }
 }
 
 describe.each(Object.keys(launchers))('with the app behind %s', (how) => {

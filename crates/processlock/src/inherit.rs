@@ -106,6 +106,21 @@ mod server_types {
             #[cfg(not(unix))]
             return false;
         }
+
+        /// Calls `hook`, on a thread of its own, the moment the `processlock run` that holds the
+        /// lock is gone (killed with SIGKILL: its session, and so the lock, went with it), so that
+        /// the process that adopted the hold stops as if it had lost a lock of its own. Linux
+        /// only (a pidfd); `false` where it cannot be watched: then only `holder_is_running`
+        /// tells, when asked.
+        pub fn watch_holder(&self, hook: Box<dyn FnOnce() + Send>) -> bool {
+            #[cfg(any(target_os = "linux", target_os = "android"))]
+            return super::server::watch_holder(self, hook);
+            #[cfg(not(any(target_os = "linux", target_os = "android")))]
+            {
+                let _ = hook;
+                false
+            }
+        }
     }
 }
 

@@ -110,6 +110,38 @@ fn holder_is_ours(hold: &ServerHold) -> bool {
         && under(hold)
 }
 
+/// See `ServerHold::watch_holder`. The pidfd is opened, then the holder checked again (it is
+/// still the process the record names): from then on its end, and only its end, wakes the poll.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+pub(super) fn watch_holder(hold: &ServerHold, hook: Box<dyn FnOnce() + Send>) -> bool {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let pid = hold.holder.pid as libc::pid_t;
+    // SAFETY: pidfd_open takes a PID and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return false;
+    }
+    // SAFETY: a descriptor the kernel just gave us and nothing else owns.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) };
+    if !holder_is_ours(hold) {
+        return false;
+    }
+    std::thread::Builder::new()
+        .name("processlock-run-watch".into())
+        .spawn(move || {
+            let mut p = libc::pollfd {
+                fd: pidfd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: poll on one pollfd of ours, without a time limit: a pidfd is readable
+            // once its process has ended.
+            while unsafe { libc::poll(&mut p, 1, -1) } != 1 {}
+            hook();
+        })
+        .is_ok()
+}
+
 /// Reads the token's byte from the descriptor the holder itself sends over its socket.
 fn take_from_holder(handover: &Handover) -> bool {
     if handover.socket.is_empty() {
