@@ -250,7 +250,7 @@ mod linux {
             // A shell that starts a sleep in the background and exits at once: the sleep is
             // re-parented to this process.
             let mut sh = std::process::Command::new("/bin/sh")
-                .args(["-c", "sleep 30 & echo $!"])
+                .args(["-c", "sleep 30 >/dev/null & echo $!"])
                 .stdout(std::process::Stdio::piped())
                 .spawn()
                 .unwrap();
