@@ -50,6 +50,11 @@
 //             (bench/torture-pg.js); the owners' fencing tokens must strictly
 //             increase in the order they acquired. Skipped, with a line saying
 //             so, where PostgreSQL is not installed
+//   url-tree-loss, url-tree-kill  (ours only, Linux; one size) `processlock run
+//             --url` whose app sits behind a shell or a Node launcher: the
+//             app's ownership (acquire .. its death, told by a pidfd) against
+//             the next holder's, when the lock is lost (the server ends the
+//             session) or the launcher is SIGKILLed (bench/torture-tree.js)
 // Racers are long-lived processes (bench/worker.js) told per round, through
 // stdin, the lock directory and a start instant t0 (CLOCK_MONOTONIC); they
 // sleep until t0, try once, and if they win hold (asleep) for a random
@@ -79,9 +84,10 @@ const { oursUnavailable } = require('./impls')
 const report = require('./report')
 const runKinds = require('./torture-run')
 const pgKinds = require('./torture-pg')
+const treeKinds = require('./torture-tree')
 
 // Kinds that run without the long-lived racers of a Combo.
-const SEPARATE = [...runKinds.KINDS, ...pgKinds.KINDS]
+const SEPARATE = [...runKinds.KINDS, ...pgKinds.KINDS, ...treeKinds.KINDS]
 
 const LOCK_NAME = 'backend.short.lock'
 const GUARD_NAME = '.processlock.guard'
@@ -173,6 +179,7 @@ function parseArgs(argv) {
       'force-stale',
       ...runKinds.KINDS,
       ...pgKinds.KINDS,
+      ...treeKinds.KINDS,
     ],
     peerRounds: null,
     peerKillRounds: null,
@@ -639,7 +646,7 @@ function failures(st) {
     st.stuck +
     st.releaseNotOurs +
     (st.tokensOutOfOrder || 0) +
-    st.leftoverLocks * (pgKinds.KINDS.includes(st.kind) ? 1 : 0) +
+    st.leftoverLocks * (pgKinds.KINDS.includes(st.kind) || treeKinds.KINDS.includes(st.kind) ? 1 : 0) +
     Object.values(o.errors || {}).reduce((x, y) => x + y, 0) +
     Object.values(o.bad || {}).reduce((x, y) => x + y, 0) +
     Object.values(st.badRecords).reduce((x, y) => x + y, 0) +
@@ -707,10 +714,24 @@ async function main() {
     }
   }
   const onServer = a.impls.includes('ours') ? a.kinds.filter((k) => pgKinds.KINDS.includes(k)) : []
-  const pg = onServer.length ? await pgKinds.startServer() : null
-  if (pg && pg.why) console.log(`torture: ${onServer.join(', ')}: skipped (${pg.why})`)
+  const trees = a.impls.includes('ours') ? a.kinds.filter((k) => treeKinds.KINDS.includes(k)) : []
+  const whyNoTrees = trees.length ? treeKinds.prepare() : null
+  if (whyNoTrees) console.log(`torture: ${trees.join(', ')}: skipped (${whyNoTrees})`)
+  const pg = onServer.length || (trees.length && !whyNoTrees) ? await pgKinds.startServer() : null
+  if (pg && pg.why) console.log(`torture: ${[...onServer, ...trees].join(', ')}: skipped (${pg.why})`)
   else if (pg) {
     try {
+      for (const kind of whyNoTrees ? [] : trees) {
+        const st = await treeKinds.runKind(kind, 1, {
+          rounds: a.rounds,
+          duration: a.duration,
+          base: root,
+          keep: a.keep,
+          pg,
+        })
+        results.push(st)
+        console.log(report.tortureLine(st))
+      }
       for (const n of a.sizes) {
         for (const kind of onServer) {
           const st = await pgKinds.runKind(kind, n, {
@@ -741,7 +762,7 @@ async function main() {
     staleMs: PEER_STALE_MS,
     holdUs: a.holdUs,
   }
-  const onPg = (st) => pgKinds.KINDS.includes(st.kind)
+  const onPg = (st) => pgKinds.KINDS.includes(st.kind) || treeKinds.KINDS.includes(st.kind)
   const blocks = [
     ['torture', results.filter((st) => !onPg(st)), meta],
     ['torture-pg', results.filter(onPg), { ...meta, server: true }],

@@ -381,8 +381,52 @@ impl PgLock {
     /// The hold of the `processlock run` this process runs under, if it handed this very lock
     /// down and this process is the one of its command that claims it; `None` otherwise.
     fn adopt(&self, holder: u32, options: &LockOptions) -> Option<AcquireOutcome> {
-        let hold = Hold::Adopted(claim_server_lock(&self.id)?);
-        Some(self.taken(hold, Arc::new(Mutex::new(vec![holder])), options))
+        let hold = claim_server_lock(&self.id, |hold| self.holds_now(hold))?;
+        let holders = Arc::new(Mutex::new(vec![holder]));
+        self.watch_run(&hold, Arc::clone(&holders), options);
+        Some(self.taken(Hold::Adopted(hold), holders, options))
+    }
+
+    /// An adopted hold is lost the moment its `processlock run` is gone (killed with SIGKILL:
+    /// its session went with it): then the same happens as for a lost lock of our own, if this
+    /// adoption (`holders`) still stands.
+    fn watch_run(&self, hold: &ServerHold, holders: Arc<Mutex<Vec<u32>>>, options: &LockOptions) {
+        let (name, id) = (self.name.clone(), self.id.clone());
+        let (pid, token) = (hold.holder.pid, hold.fencing_token.clone());
+        let on_lost = options.server.as_ref().and_then(|s| s.on_lost.as_deref());
+        let exit = on_lost != Some("notify");
+        hold.watch_holder(Box::new(move || {
+            let current = held()
+                .as_ref()
+                .and_then(|m| m.get(&id))
+                .is_some_and(|e| Arc::ptr_eq(&e.holders, &holders));
+            if !current {
+                return;
+            }
+            let lost = Lost {
+                lock: name.display(),
+                fencing_token: token,
+                reason: format!("processlock run (PID {pid}) that held it is gone"),
+            };
+            let line = report::lost(&name, pid, &lost.reason);
+            if exit {
+                losses::exit_now(&line, LOST_EXIT_STATUS);
+            }
+            let failure = Failure::from(PgError::Lost(lost.clone()));
+            for holder in lock_vec(&holders).iter() {
+                losses::notify(*holder, &id, Some(&lost.fencing_token), &failure, &line);
+            }
+        }));
+    }
+
+    /// Whether the server says, now, that this lock is held with exactly `hold`'s record and
+    /// fencing token: a hold is adopted on the server's word, never on a variable's.
+    fn holds_now(&self, hold: &ServerHold) -> bool {
+        matches!(
+            processlock_pg::inspect(&self.opts, &self.name),
+            Ok(Some(h)) if h.record == hold.holder
+                && h.fencing_token.as_deref() == Some(hold.fencing_token.as_str())
+        )
     }
 
     /// What happens on loss, decided once at acquisition: `exit` is done here, natively,

@@ -49,11 +49,15 @@ Commands:
           processlock's hold, once, as with a lock file ($PROCESSLOCK_SERVER_LOCK tells it how);
           when it lets go, processlock keeps the lock until the command ends. If the lock is
           lost (no heartbeat confirmed in time, the session ended, the server stopped),
-          processlock prints [PROCESS_LOCK_LOST], sends the command SIGTERM (the only way a
-          process that adopted the lock learns of the loss), then SIGKILL after --grace (default:
-          a quarter of the lease, about when the server may give the lock to another holder),
-          and exits with status 75. On Linux the command also gets SIGKILL if processlock is
-          killed (processes the command started itself are not reached).
+          processlock prints [PROCESS_LOCK_LOST], sends every process of the command (on
+          Linux: the whole tree, the app behind npm or a shell included; elsewhere the main
+          process only) SIGTERM, the only way a process that adopted the lock learns of the
+          loss, then SIGKILL after --grace (default: a quarter of the lease, about when the
+          server may give the lock to another holder), and exits with status 75 once none is
+          left. When the command's main process ends and leaves processes behind, they are
+          stopped the same way and the lock is released only after. If processlock is killed,
+          on Linux the main process gets SIGKILL and a process that adopted the lock ends with
+          status 75 (other processes the command started are not reached).
 
 Options:
   --dir DIR      Lock directory. Default: $PROCESSLOCK_DIR, else runtime/locks under the

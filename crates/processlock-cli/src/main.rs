@@ -25,6 +25,8 @@ mod run_server;
 mod server;
 #[cfg(unix)]
 mod signals;
+#[cfg(unix)]
+mod tree;
 
 use std::path::Path;
 

@@ -43,7 +43,7 @@ pub use error::{already_running, Conflict, DirProblem, Error, ErrorCode, Result}
 pub use handoff::PendingLock;
 pub use inherit::{claim_server_lock, ServerHold, INHERITED_ENV, SERVER_LOCK_ENV};
 #[cfg(unix)]
-pub use inherit::{ClaimToken, HandoverSocket};
+pub use inherit::{ClaimNews, ClaimToken, HandoverSocket};
 pub use list::{list_locks, LockState, LockStatus};
 pub use liveness::{identify, judge_pid, Identified, PidState};
 pub use name::{check_process_name, LockName};

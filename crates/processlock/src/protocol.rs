@@ -94,6 +94,9 @@ pub struct HeldLock {
     id: FileId,
     target: LockTarget,
     record: Record,
+    /// Claimed from `processlock run` (`inherit.rs`): the lock is its command's, held through
+    /// the descriptors the command inherited, and stays held after this process lets go.
+    kept_by_run: bool,
 }
 
 impl HeldLock {
@@ -131,7 +134,14 @@ impl HeldLock {
             id,
             target: target.clone(),
             record,
+            kept_by_run: true,
         })
+    }
+
+    /// Whether this hold was claimed from `processlock run`, whose command keeps the lock after
+    /// this process lets go of it (a restarted app claims it again).
+    pub fn kept_by_run(&self) -> bool {
+        self.kept_by_run
     }
 
     /// Whether the lock path still names our file (false after a forced removal).
@@ -151,6 +161,11 @@ impl HeldLock {
     /// This is also how a process removes by force a lock it holds itself: it must remove its own
     /// file while it still holds it (letting go first would let a waiter link its file in between).
     pub fn release(self) -> Result<bool> {
+        if self.kept_by_run {
+            // Only our duplicate of the command's descriptor closes: removing the file would
+            // let another instance take the lock while the command still runs.
+            return Ok(false);
+        }
         let removed = while_guarded(&self.target.dir, || {
             if !self.still_linked() {
                 return Ok(false);
@@ -302,6 +317,7 @@ pub(crate) fn adopt_linked(
             id,
             target: target.clone(),
             record,
+            kept_by_run: false,
         },
         events,
     })

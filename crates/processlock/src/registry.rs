@@ -51,7 +51,8 @@ pub struct Taken {
 pub enum Release {
     /// This holder did not hold the lock.
     NotHeld,
-    /// This holder let go, but others in this process still hold it: the file stays.
+    /// This holder let go, but others still hold it: in this process, or the command of the
+    /// `processlock run` it was claimed from. The lock and its file stay.
     KeptByOthers,
     /// The last holder let go: the lock was released. `Ok(true)`: its file was removed (it was
     /// still ours).
@@ -165,6 +166,10 @@ impl Registry {
         }
         let lock = map.remove(path).expect("just found").lock;
         drop(guard);
+        if lock.kept_by_run() {
+            // The lock stays with `processlock run`'s command: nothing was released.
+            return Release::KeptByOthers;
+        }
         let record = Box::new(lock.record().clone());
         Release::Released(record, lock.release())
     }
@@ -183,13 +188,7 @@ impl Registry {
                 .collect();
             ended.extend(paths.iter().filter_map(|p| map.remove(p)).map(|e| e.lock));
         }
-        ended
-            .into_iter()
-            .map(|l| {
-                let record = l.record().clone();
-                (record, l.release())
-            })
-            .collect()
+        released(ended)
     }
 
     /// Takes the lock at `path` out of the registry whoever holds it, for a forced removal:
@@ -204,13 +203,7 @@ impl Registry {
             Some(m) => m.drain().map(|(_, e)| e.lock).collect(),
             None => return Vec::new(),
         };
-        locks
-            .into_iter()
-            .map(|l| {
-                let record = l.record().clone();
-                (record, l.release())
-            })
-            .collect()
+        released(locks)
     }
 
     /// For exit hooks: never blocks. If another thread is inside the registry at exit, the
@@ -230,4 +223,18 @@ impl Registry {
         }
         n
     }
+}
+
+/// Releases `locks`; the record and outcome of each one that was released. A hold claimed from
+/// `processlock run` is let go without a word: the lock stays with the command.
+fn released(locks: Vec<HeldLock>) -> Vec<(Record, Result<bool>)> {
+    locks
+        .into_iter()
+        .filter_map(|l| {
+            let kept = l.kept_by_run();
+            let record = l.record().clone();
+            let result = l.release();
+            (!kept).then_some((record, result))
+        })
+        .collect()
 }
