@@ -29,7 +29,9 @@ const { Worker } = require('./pool')
 const report = require('./report')
 
 const KINDS = ['url-tree-loss', 'url-tree-kill']
-const PROCESSLOCK = path.join(ROOT, 'target', 'release', 'processlock')
+const { buildDir, EXE } = require('../bin/processlock.js')
+
+const PROCESSLOCK = path.join(buildDir('release'), EXE)
 const DEATH_WATCH = path.join(ROOT, 'target', 'release', 'examples', 'death_watch')
 const APP = path.join(__dirname, 'tree-app.js')
 const CLIENT = path.join(__dirname, 'pg-client.js')
