@@ -86,7 +86,8 @@ export interface AcquireOptions extends LockOptions {
   /**
    * Block the calling thread up to this many milliseconds for the holder to go (release, exit,
    * or death by any signal), then throw `LockConflictError` with `waitedMs`. Default 0.
-   * With `replace`: how long the holder may take to exit after SIGTERM. Default 10000.
+   * `Infinity` (or any value too large to count to, such as `Number.MAX_VALUE`): no limit.
+   * With `replace`: how long the holder may take to exit after SIGTERM (finite). Default 10000.
    */
   waitMs?: number
   /**
@@ -102,7 +103,7 @@ export interface AsyncAcquireOptions extends LockOptions {
   /**
    * Give up after this many milliseconds: the promise rejects with `LockConflictError`, whose
    * `waitedMs` says how long it waited. `0`: one attempt, like `acquireLock`. Default (or
-   * `Infinity`): no limit.
+   * `Infinity`, or any value too large to count to, such as `Number.MAX_VALUE`): no limit.
    */
   timeoutMs?: number
   /**

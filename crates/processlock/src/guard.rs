@@ -78,6 +78,20 @@ fn dir_guard(dir: &Path) -> Arc<DirGuard> {
     guard
 }
 
+/// Makes sure the guard file of `dir` exists, and keeps it open: called when a lock is taken in
+/// `dir`, so that the guard is made while the file system still has room for it. Without this a
+/// release on a file system that filled up since (no free inode, no free block) could not make
+/// it, and would leave its lock file behind. Best effort: an acquire does not need the guard,
+/// and the removal that does says why it could not have it. Nothing is done when the guard is
+/// already open in this process.
+pub(crate) fn prepare(dir: &Path) {
+    let guard = dir_guard(dir);
+    let mut open = guard.open.lock().unwrap_or_else(|p| p.into_inner());
+    if open.is_none() {
+        *open = open_guard(&dir.join(GUARD_FILE)).ok();
+    }
+}
+
 /// Runs `remove` while holding the removal guard of `dir`, and only then lets the guard go.
 ///
 /// Fails with `LOCK_IO` without running `remove` when the guard cannot be had within
