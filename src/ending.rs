@@ -198,6 +198,7 @@ enum Stream {
 }
 
 /// How long a line may wait for a full pipe (a log reader that stopped reading).
+#[cfg(unix)]
 const WRITE_PATIENCE: Duration = Duration::from_millis(500);
 
 fn write_lines(stream: Stream, lines: &[String]) {

@@ -35,8 +35,8 @@ use crate::inherit::claim_inherited;
 use crate::liveness::{host_name, judge_legacy, judge_pid, runs_as_recorded, start_token};
 use crate::name::{check_process_name, LockName};
 use crate::os::{self, Entry, FileId};
-use crate::record::{parse_record, Parsed, Record, MAX_RECORD_BYTES, PROTOCOL};
 use crate::perms::check_dir_once;
+use crate::record::{parse_record, Parsed, Record, MAX_RECORD_BYTES, PROTOCOL};
 use crate::temp::{sweep_orphan_temps, Temp};
 
 /// How long a racer keeps retrying a file whose lock is held while its record names a dead

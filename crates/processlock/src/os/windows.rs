@@ -432,7 +432,14 @@ pub fn is_out_of_space(e: &io::Error) -> bool {
     const ERROR_HANDLE_DISK_FULL: u32 = 39;
     const ERROR_DISK_FULL: u32 = 112;
     const ERROR_DISK_QUOTA_EXCEEDED: u32 = 1295;
-    is_code(e, &[ERROR_HANDLE_DISK_FULL, ERROR_DISK_FULL, ERROR_DISK_QUOTA_EXCEEDED])
+    is_code(
+        e,
+        &[
+            ERROR_HANDLE_DISK_FULL,
+            ERROR_DISK_FULL,
+            ERROR_DISK_QUOTA_EXCEEDED,
+        ],
+    )
 }
 
 /// A handle to a process that can ask its times and exit status, and wait on it when allowed.
