@@ -51,7 +51,11 @@ export interface LockOptions {
   processName?: string
   /**
    * Where the `[PROCESS_LOCK_*]` lines go: the console by default; `false` or `'silent'` for
-   * nowhere (also `PROCESSLOCK_LOG=silent`); or a function.
+   * nowhere (also `PROCESSLOCK_LOG=silent`); or a function. A lock still held when the process
+   * (or the worker thread that took it) ends is released after every `'exit'` listener, when no
+   * JavaScript runs any more: its line is then written to stdout (`[PROCESS_LOCK_RELEASED]`) or
+   * stderr (`[PROCESS_LOCK_RELEASE_FAILED]`) directly; a function is not called, and only a
+   * failure is written, to stderr.
    */
   log?: boolean | 'silent' | LogSink
   /**
