@@ -187,7 +187,7 @@ function lost(event) {
   }
   forget(event.lockFile)
   // Drops the native hold without a release line; a lock file of someone else stays.
-  onLock(binding.release, entry.processType, { ...entry.options, log: 'silent' })
+  onLock(binding.release, entry.processType, { ...entry.options, log: binding.LogTo.Silent })
   tell(entry, errorFromFailure(event.error, event.lockFile))
 }
 

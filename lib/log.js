@@ -2,6 +2,8 @@
 // Where the [PROCESS_LOCK_*] log lines go: the console by default, nowhere with `log: false` or
 // PROCESSLOCK_LOG=silent, or to the caller's function.
 
+const { LogTo } = require('./binding.js')
+
 function levelOf(line) {
   if (
     line.startsWith('[PROCESS_LOCK_CONFLICT]') ||
@@ -30,15 +32,15 @@ function sinkFor(option) {
 }
 
 /**
- * Where a `log` option sends the lines, as the native layer is told: `'silent'` (nowhere, so
- * that they need not be built at all), `'function'` or `'console'`. The lines of a release at
- * the end of the process or of a worker thread are written natively, after the last JavaScript
- * ran: to stdout and stderr for the console, and for a function, which can no longer be called,
- * only a failed release, to stderr.
+ * Where a `log` option sends the lines, as the native layer is told: nowhere (so that they need
+ * not be built at all), to a function, or to the console. The lines of a release at the end of
+ * the process or of a worker thread are written natively, after the last JavaScript ran: to
+ * stdout and stderr for the console, and for a function, which can no longer be called, only a
+ * failed release, to stderr.
  */
 function logTo(option) {
   const sink = sinkFor(option)
-  return sink === silent ? 'silent' : sink === consoleSink ? 'console' : 'function'
+  return sink === silent ? LogTo.Silent : sink === consoleSink ? LogTo.Console : LogTo.Function
 }
 
 function emit(sink, lines) {

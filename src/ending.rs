@@ -32,9 +32,9 @@ use std::sync::{Mutex, MutexGuard, Once};
 use std::time::Duration;
 
 use napi_derive::napi;
-use processlock::{report, Ended, Holder};
+use processlock::{report, Ended, Holder, LockName};
 
-use crate::{path_string, pg, ReleaseOutcome, REGISTRY};
+use crate::{path_string, pg, Failure, ReleaseOutcome, REGISTRY};
 
 /// How long the end of the process waits for another thread that is inside the registry (a wait
 /// thread that meets a stopped remover's guard): past that, the kernel drops the locks when the
@@ -47,24 +47,33 @@ const FILES_PATIENCE: Duration = Duration::from_secs(1);
 /// 1.6 s that PM2 gives a process between SIGINT and SIGKILL, for the app's own shutdown.
 pub(crate) const SERVER_PATIENCE: Duration = Duration::from_secs(1);
 
-/// Where the log lines of a hold go, as the `log` option of the call that took it says.
-#[napi(string_enum = "lowercase")]
+/// Where the log lines of a hold go, as the `log` option of the call that took it says. A
+/// number, not a string: it is passed on every call.
+#[napi]
 #[derive(Clone, Copy, Default, PartialEq, Eq, Debug)]
 pub enum LogTo {
     /// stdout, and stderr for failures (the JS layer: `console.log`, `console.error`).
     #[default]
-    Console,
+    Console = 0,
     /// A function of the app's.
-    Function,
+    Function = 1,
     /// Nowhere.
-    Silent,
+    Silent = 2,
 }
 
-/// The `log` option of each hold, by where the lock is (`lock_file` of the outcomes) and holder.
+/// The `log` option of each hold, by where the lock is (`lock_file` of the outcomes: a hash of
+/// it, so that no acquire allocates for this) and holder.
 struct Sink {
-    place: String,
+    place: u64,
     holder: u32,
     to: LogTo,
+}
+
+fn place_key(place: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    place.hash(&mut h);
+    h.finish()
 }
 
 static SINKS: Mutex<Vec<Sink>> = Mutex::new(Vec::new());
@@ -77,28 +86,27 @@ fn sinks() -> MutexGuard<'static, Vec<Sink>> {
 /// A hold was taken: its lines go to `to`. As in the JS layer, a hold keeps the sink it was
 /// taken with; taking it again while held changes nothing.
 pub(crate) fn remember(place: &str, holder: u32, to: LogTo) {
+    let place = place_key(place);
     let mut list = sinks();
     match list
         .iter_mut()
         .find(|s| s.holder == holder && s.place == place)
     {
         Some(s) => s.to = to,
-        None => list.push(Sink {
-            place: place.to_string(),
-            holder,
-            to,
-        }),
+        None => list.push(Sink { place, holder, to }),
     }
 }
 
 /// A hold was let go of by a call of the app's, which reported it.
 pub(crate) fn forget(place: &str, holder: u32) {
+    let place = place_key(place);
     sinks().retain(|s| !(s.holder == holder && s.place == place));
 }
 
 /// Where the lines of a lock that has just ended go: to the console if any of its holders
 /// asked for it, else to a function if one did. Its holds are over.
 fn ended_sink(place: &str) -> LogTo {
+    let place = place_key(place);
     let mut to = LogTo::Silent;
     sinks().retain(|s| {
         if s.place != place {
@@ -153,8 +161,8 @@ pub(crate) fn holder_ended(holder: u32) {
     drop(result);
 }
 
-/// The outcome of letting go of a lock file, as a release call would report it.
-pub(crate) fn file_outcome(ended: Ended) -> ReleaseOutcome {
+/// The outcome of letting go of a lock file at the end, as a release call would report it.
+fn file_outcome(ended: Ended) -> ReleaseOutcome {
     let lock_file = Some(path_string(&ended.target.path));
     match ended.result {
         Ok(removed) => ReleaseOutcome {
@@ -163,20 +171,22 @@ pub(crate) fn file_outcome(ended: Ended) -> ReleaseOutcome {
             lines: vec![report::released(&ended.target.name, ended.record.pid)],
             error: None,
         },
-        Err(e) => {
-            let reason = format!(
-                "{e}; the lock is free, and its file stays until the next start takes it over as stale"
-            );
-            let line = report::release_failed(&ended.target.name, ended.record.pid, &reason);
-            ReleaseOutcome {
-                lock_file,
-                error: Some(crate::Failure {
-                    lines: vec![line],
-                    ..e.into()
-                }),
-                ..Default::default()
-            }
-        }
+        Err(e) => ReleaseOutcome {
+            lock_file,
+            error: Some(release_failure(&ended.target.name, ended.record.pid, e)),
+            ..Default::default()
+        },
+    }
+}
+
+/// A lock file that could not be removed: its lock is let go of all the same.
+pub(crate) fn release_failure(name: &LockName, pid: u32, e: processlock::Error) -> Failure {
+    let reason = format!(
+        "{e}; the lock is free, and its file stays until the next start takes it over as stale"
+    );
+    Failure {
+        lines: vec![report::release_failed(name, pid, &reason)],
+        ..e.into()
     }
 }
 

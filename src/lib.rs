@@ -790,8 +790,11 @@ pub struct ReleaseOutcome {
 
 lock_fn! {
     fn release(lock, options) -> ReleaseOutcome {
-        ending::forget(&lock.place(), options.holder);
-        lock.release(&options)
+        let out = lock.release(&options);
+        if let Some(place) = &out.lock_file {
+            ending::forget(place, options.holder);
+        }
+        out
     }
 }
 
@@ -967,21 +970,21 @@ impl Lock for FileLock {
                 lock_file,
                 ..Default::default()
             },
-            Release::Released(record, result) => {
-                let out = ending::file_outcome(processlock::Ended {
-                    target: target.clone(),
-                    record: *record,
-                    result,
-                });
-                if options.quiet {
-                    ReleaseOutcome {
-                        lines: Vec::new(),
-                        ..out
-                    }
+            Release::Released(record, Ok(removed)) => ReleaseOutcome {
+                removed,
+                lock_file,
+                lines: if options.quiet {
+                    Vec::new()
                 } else {
-                    out
-                }
-            }
+                    vec![report::released(&target.name, record.pid)]
+                },
+                error: None,
+            },
+            Release::Released(record, Err(e)) => ReleaseOutcome {
+                lock_file,
+                error: Some(ending::release_failure(&target.name, record.pid, e)),
+                ..Default::default()
+            },
         }
     }
 

@@ -213,9 +213,9 @@ pub fn acquire(target: &LockTarget, process_name: Option<&str>) -> Result<Acquir
     check_process_name(process_name)?;
     let record = own_record(target, process_name);
     let json = record.to_json();
-    let create = || Temp::create(&target.dir, &target.name.file_name(), json.as_bytes());
-    // The removal guard is made at the first use of a directory, while there is room for it
-    // (`guard::prepare`); only once the directory passed its check, as for any file made there.
+    let create = || Temp::create_in_checked(&target.dir, &target.name.file_name(), json.as_bytes());
+    // Nothing is made in a directory before it passed its check, the removal guard included,
+    // which is made (`guard::prepare`) while there is still room for it.
     check_dir_once(&target.dir)?;
     prepare_guard(&target.dir);
     // The directory is checked (and made) only when the temp file cannot be created in it: one
