@@ -702,3 +702,46 @@ pub fn force_remove(path: &Path) -> Result<bool> {
         || if look()? { unlink(path) } else { Ok(false) },
     )
 }
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::*;
+    use crate::test_support::target;
+
+    fn no_space(path: &Path) -> Error {
+        Error::io("open", path, io::Error::from_raw_os_error(libc::ENOSPC))
+    }
+
+    /// A dead holder's file whose record is longer than ours becomes ours where it is: the same
+    /// inode, the same length (padded), a whole record; a second taker finds it held; with
+    /// nothing at the path, the full disk is the answer.
+    #[test]
+    fn a_full_disk_takes_a_dead_holders_file_over_where_it_is() {
+        let t = target("in-place");
+        std::fs::create_dir_all(&t.dir).unwrap();
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        let old = record_for(&t, dead, Some(&"x".repeat(200))).to_json();
+        std::fs::write(&t.path, &old).unwrap();
+        let before = os::entry(&t.path).unwrap();
+
+        let mine = own_record(&t, None);
+        let taken = take_over_in_place(&t, mine.clone(), no_space(&t.path)).unwrap();
+        assert_eq!(taken.events, vec![Event::StaleRemoved { pid: dead }]);
+        assert_eq!(os::entry(&t.path).unwrap(), before);
+        let bytes = std::fs::read(&t.path).unwrap();
+        assert_eq!(bytes.len(), old.len());
+        assert!(bytes.ends_with(b" \n"));
+        assert_eq!(parse_record(&bytes), Parsed::Ours(mine));
+        assert!(taken.lock.still_linked());
+
+        let again = take_over_in_place(&t, own_record(&t, None), no_space(&t.path));
+        assert_eq!(again.unwrap_err().code(), "LOCK_CONFLICT");
+
+        assert!(taken.lock.release().unwrap());
+        let none = take_over_in_place(&t, own_record(&t, None), no_space(&t.path));
+        assert!(matches!(none, Err(Error::Io { ref source, .. }) if os::is_out_of_space(source)));
+        crate::guard::remove_test_dir(&t.dir).unwrap();
+    }
+}
