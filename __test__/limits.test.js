@@ -4,7 +4,9 @@
 // a limit means no limit, as `Infinity` does. The process must never abort (a Rust panic that
 // reaches Node is SIGABRT and a core dump): it gets the lock, or a coded error. Each call runs in
 // a process of its own, so that an abort is seen as one.
-const { start, tempDir } = require('./helpers/proc')
+const fs = require('node:fs')
+const path = require('node:path')
+const { ROOT, start, tempDir } = require('./helpers/proc')
 const { usePg } = require('./helpers/pg')
 const binding = require('../lib/binding.js')
 const { LockIoError } = require('..')
@@ -101,4 +103,9 @@ test('anything the native side throws (a caught panic, an argument it cannot tak
   expect(thrown.code).toBe('LOCK_IO')
   expect(thrown.message).toMatch(/^LOCK_IO: lockPath failed inside the native addon/)
   expect(thrown.cause).toBeDefined()
+})
+
+test('panics unwind in every profile, so that the boundary can catch them (panic = "abort" would end the process)', () => {
+  const manifest = fs.readFileSync(path.join(ROOT, 'Cargo.toml'), 'utf8')
+  expect(manifest).not.toMatch(/^\s*panic\s*=/m)
 })
