@@ -45,7 +45,7 @@ const FILES_PATIENCE: Duration = Duration::from_secs(1);
 /// answers in about a millisecond and one across a continent in a few hundred; past this, the
 /// session ends with the process, which frees the lock too. It also leaves room, within the
 /// 1.6 s that PM2 gives a process between SIGINT and SIGKILL, for the app's own shutdown.
-pub(crate) const SERVER_PATIENCE: Duration = Duration::from_secs(1);
+const SERVER_PATIENCE: Duration = Duration::from_secs(1);
 
 /// Where the log lines of a hold go, as the `log` option of the call that took it says. A
 /// number, not a string: it is passed on every call.
@@ -157,6 +157,8 @@ pub(crate) fn holder_ended(holder: u32) {
         for ended in REGISTRY.release_holder(Holder::from(holder)) {
             say_ended(file_outcome(ended));
         }
+        // Its holds of locks that others in the process keep are over too.
+        sinks().retain(|s| s.holder != holder);
     }));
     drop(result);
 }
