@@ -44,15 +44,18 @@ describe.each(FOREVER)('a wait limit of %s ms means no limit', (limit) => {
     async (call) => {
       const dir = tempDir('limits-held')
       const h = await holder(dir)
-      const r = await limited(call, limit, {
-        dir,
-        whileWaiting: async () => {
-          h.child.stdin.write('release\n')
-          await h.waitFor('RELEASED')
-        },
-      })
-      h.kill()
-      expect(r).toMatchObject({ ok: true })
+      try {
+        const r = await limited(call, limit, {
+          dir,
+          whileWaiting: async () => {
+            h.child.stdin.write('release\n')
+            await h.waitFor('RELEASED')
+          },
+        })
+        expect(r).toMatchObject({ ok: true })
+      } finally {
+        h.kill('SIGKILL')
+      }
     },
     60000,
   )
@@ -71,7 +74,7 @@ describe.each(FOREVER)('a wait limit of %s ms means no limit', (limit) => {
       expect(r.message).toMatch(/^LOCK_INVALID_OPTION: /)
       expect(h.ended).toBe(false)
     } finally {
-      h.kill()
+      h.kill('SIGKILL')
     }
   }, 60000)
 
