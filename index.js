@@ -5,7 +5,7 @@
 const path = require('node:path')
 const binding = require('./lib/binding.js')
 const errors = require('./lib/errors.js')
-const { sinkFor, logTo, emit } = require('./lib/log.js')
+const { sinkFor, sinkKind, emit } = require('./lib/log.js')
 const lifecycle = require('./lib/lifecycle.js')
 const { entryScript } = require('./lib/entry.js')
 
@@ -88,6 +88,9 @@ function checkOptions(processType, options) {
   return options
 }
 
+/** The native layer's `LogTo` for each kind of log sink (lib/log.js `sinkKind`). */
+const LOG_TO = { console: binding.LogTo.Console, function: binding.LogTo.Function, silent: binding.LogTo.Silent }
+
 /**
  * An option, else the environment variable as JavaScript sees it: under jest `process.env` is a
  * copy per test file, which the native side (reading the real environment) would not see.
@@ -106,7 +109,7 @@ function nativeOptions(options) {
     dir: orEnv(options.dir, 'PROCESSLOCK_DIR'),
     tradeSide: options.tradeSide === null ? '' : orEnv(options.tradeSide, 'TRADE_SIDE') || '',
     processName: options.processName,
-    log: logTo(options.log),
+    log: LOG_TO[sinkKind(options.log)],
     holder: holder(),
     server: url ? serverOptions(url, options) : undefined,
   }
@@ -187,7 +190,7 @@ function lost(event) {
   }
   forget(event.lockFile)
   // Drops the native hold without a release line; a lock file of someone else stays.
-  onLock(binding.release, entry.processType, { ...entry.options, log: binding.LogTo.Silent })
+  onLock(binding.release, entry.processType, { ...entry.options, log: LOG_TO.silent })
   tell(entry, errorFromFailure(event.error, event.lockFile))
 }
 

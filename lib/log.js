@@ -2,8 +2,6 @@
 // Where the [PROCESS_LOCK_*] log lines go: the console by default, nowhere with `log: false` or
 // PROCESSLOCK_LOG=silent, or to the caller's function.
 
-const { LogTo } = require('./binding.js')
-
 function levelOf(line) {
   if (
     line.startsWith('[PROCESS_LOCK_CONFLICT]') ||
@@ -32,19 +30,19 @@ function sinkFor(option) {
 }
 
 /**
- * Where a `log` option sends the lines, as the native layer is told: nowhere (so that they need
- * not be built at all), to a function, or to the console. The lines of a release at the end of
- * the process or of a worker thread are written natively, after the last JavaScript ran: to
- * stdout and stderr for the console, and for a function, which can no longer be called, only a
- * failed release, to stderr.
+ * Where a `log` option sends the lines, as the native layer is told (its `LogTo`): `'silent'`
+ * (nowhere, so that they need not be built at all), `'function'` or `'console'`. The lines of a
+ * release at the end of the process or of a worker thread are written natively, after the last
+ * JavaScript ran: to stdout and stderr for the console, and for a function, which can no longer
+ * be called, only a failed release, to stderr.
  */
-function logTo(option) {
+function sinkKind(option) {
   const sink = sinkFor(option)
-  return sink === silent ? LogTo.Silent : sink === consoleSink ? LogTo.Console : LogTo.Function
+  return sink === silent ? 'silent' : sink === consoleSink ? 'console' : 'function'
 }
 
 function emit(sink, lines) {
   for (const line of lines) sink(line, levelOf(line))
 }
 
-module.exports = { sinkFor, logTo, emit, levelOf }
+module.exports = { sinkFor, sinkKind, emit, levelOf }
