@@ -55,7 +55,11 @@ export interface LockOptions {
   processName?: string
   /**
    * Where the `[PROCESS_LOCK_*]` lines go: the console by default; `false` or `'silent'` for
-   * nowhere (also `PROCESSLOCK_LOG=silent`); or a function.
+   * nowhere (also `PROCESSLOCK_LOG=silent`); or a function. A lock still held when the process
+   * (or the worker thread that took it) ends is released after every `'exit'` listener, when no
+   * JavaScript runs any more: its line is then written to stdout (`[PROCESS_LOCK_RELEASED]`) or
+   * stderr (`[PROCESS_LOCK_RELEASE_FAILED]`) directly; a function is not called, and only a
+   * failure is written, to stderr.
    */
   log?: boolean | 'silent' | LogSink
   /**
@@ -90,7 +94,8 @@ export interface AcquireOptions extends LockOptions {
   /**
    * Block the calling thread up to this many milliseconds for the holder to go (release, exit,
    * or death by any signal), then throw `LockConflictError` with `waitedMs`. Default 0.
-   * With `replace`: how long the holder may take to exit after SIGTERM. Default 10000.
+   * `Infinity` (or any value too large to count to, such as `Number.MAX_VALUE`): no limit.
+   * With `replace`: how long the holder may take to exit after SIGTERM (finite). Default 10000.
    */
   waitMs?: number
   /**
@@ -106,7 +111,7 @@ export interface AsyncAcquireOptions extends LockOptions {
   /**
    * Give up after this many milliseconds: the promise rejects with `LockConflictError`, whose
    * `waitedMs` says how long it waited. `0`: one attempt, like `acquireLock`. Default (or
-   * `Infinity`): no limit.
+   * `Infinity`, or any value too large to count to, such as `Number.MAX_VALUE`): no limit.
    */
   timeoutMs?: number
   /**

@@ -258,7 +258,7 @@ function startupSection(a, ctx) {
           { id: 'require', label: '`node -e "require(pkg)"`', req: `require(${pkg})` },
           {
             id: 'ours',
-            label: '`node -e "require(pkg).acquireLock(...)"` (held until exit, released by the exit hook)',
+            label: '`node -e "require(pkg).acquireLock(...)"` (held until exit, released at exit)',
             req: `require(${pkg})`,
             acq: (d) => `m.acquireLock('backend',{dir:${q(d)},tradeSide:'SHORT',log:false})`,
           },

@@ -7,7 +7,7 @@
 //                         [--impls ours,proper-lockfile,lockfile]
 //                         [--kinds fresh,stale,recycled,legacy,kill,
 //                                  force-release,force-stale,run-tree,run-race,
-//                                  pg-race]
+//                                  exit-hook,pg-race]
 //                         [--peer-rounds N (= rounds)] [--peer-kill-rounds N (200)]
 //                         [--hold-us U (2000)] [--dir D] [--keep]
 //                         [--write]   (also put the tables into BENCHMARKS.md: races on
@@ -45,6 +45,12 @@
 //             (bench/torture-run.js)
 //   run-race  (ours only) N `processlock run` wrappers started at once, the
 //             command of each winner taking the lock itself
+//   exit-hook (ours only) each round a fresh holder takes the lock, then adds
+//             an 'exit' hook of its own that writes for a random 0..hold-us
+//             microseconds, and ends (process.exit, natural end, uncaught
+//             exception, unhandled rejection, a worker thread's end) while N
+//             waiters wait for the lock (bench/torture-exit.js); the holder
+//             owns it until its hook's last write
 //   pg-race   (ours only) N racers with the same PostgreSQL URL and each a lock
 //             directory of its own, on a private server the run starts
 //             (bench/torture-pg.js); the owners' fencing tokens must strictly
@@ -85,9 +91,10 @@ const report = require('./report')
 const runKinds = require('./torture-run')
 const pgKinds = require('./torture-pg')
 const treeKinds = require('./torture-tree')
+const exitKinds = require('./torture-exit')
 
 // Kinds that run without the long-lived racers of a Combo.
-const SEPARATE = [...runKinds.KINDS, ...pgKinds.KINDS, ...treeKinds.KINDS]
+const SEPARATE = [...runKinds.KINDS, ...exitKinds.KINDS, ...pgKinds.KINDS, ...treeKinds.KINDS]
 
 const LOCK_NAME = 'backend.short.lock'
 const GUARD_NAME = '.processlock.guard'
@@ -178,6 +185,7 @@ function parseArgs(argv) {
       'force-release',
       'force-stale',
       ...runKinds.KINDS,
+      ...exitKinds.KINDS,
       ...pgKinds.KINDS,
       ...treeKinds.KINDS,
     ],
@@ -703,6 +711,20 @@ async function main() {
   for (const n of a.sizes) {
     for (const kind of wrapped) {
       const st = await runKinds.runKind(kind, n, {
+        rounds: a.rounds,
+        duration: a.duration,
+        holdUs: a.holdUs,
+        base: root,
+        keep: a.keep,
+      })
+      results.push(st)
+      console.log(report.tortureLine(st))
+    }
+  }
+  const ending = a.impls.includes('ours') ? a.kinds.filter((k) => exitKinds.KINDS.includes(k)) : []
+  for (const n of a.sizes) {
+    for (const kind of ending) {
+      const st = await exitKinds.runKind(kind, n, {
         rounds: a.rounds,
         duration: a.duration,
         holdUs: a.holdUs,

@@ -49,4 +49,35 @@ function load() {
   }
 }
 
-module.exports = load()
+/**
+ * The native functions, each made to throw only coded errors. They never throw on purpose
+ * (failures come back as values): what one throws is a Rust panic, caught at the boundary
+ * (`#[napi(catch_unwind)]`) instead of aborting the process, or an argument it could not take.
+ * Either is a bug of this package; the call did not complete, as when the operating system
+ * fails one: `LockIoError` (`LOCK_IO`), with the native error as its `cause`.
+ */
+function guarded(native) {
+  const { LockIoError } = require('./errors.js')
+  const out = {}
+  for (const [name, fn] of Object.entries(native)) {
+    if (typeof fn !== 'function') {
+      out[name] = fn
+      continue
+    }
+    out[name] = (...args) => {
+      try {
+        return fn(...args)
+      } catch (e) {
+        const why = (e && e.message) || String(e)
+        throw new LockIoError(
+          `LOCK_IO: ${name} failed inside the native addon, a bug of this package (please report it): ${why}`,
+          'LOCK_IO',
+          { cause: e },
+        )
+      }
+    }
+  }
+  return out
+}
+
+module.exports = guarded(load())

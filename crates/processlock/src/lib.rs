@@ -55,7 +55,7 @@ pub use protocol::{
     LockTarget,
 };
 pub use record::{parse_record, Parsed, Record};
-pub use registry::{Holder, Registry, Release, Taken};
+pub use registry::{Ended, Holder, Registry, Release, Taken};
 pub use replace::Refusal;
 pub use replace::DEFAULT_GRACE;
 #[cfg(unix)]

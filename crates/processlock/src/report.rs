@@ -85,6 +85,14 @@ pub fn released_to_run(name: &LockName, pid: u32) -> String {
     format!("{open}, keptBy: 'processlock run until its command ends' }}")
 }
 
+/// `[PROCESS_LOCK_RELEASE_FAILED] { processType: 'backend', tradeSide: 'SHORT', pid: 51172, reason: '...' }`:
+/// a release did not finish: the reason says what failed and where that leaves the lock (a lock
+/// file left behind for the next start to take over as stale; a server lock freed when the
+/// session ends).
+pub fn release_failed(name: &LockName, pid: u32, reason: &str) -> String {
+    lost(name, pid, reason).replacen("LOST", "RELEASE_FAILED", 1)
+}
+
 /// The exit status of a process that ends because it lost its lock (the addon's
 /// `onLost: 'exit'`, `processlock run` on a server): 75, the `EX_TEMPFAIL` of sysexits.h ("try
 /// again later"), which neither a crash (1), a start-up conflict (1) nor a signal (128 + n)
@@ -372,5 +380,14 @@ mod tests {
         let reason = "bad\nline".to_string();
         let line = event(&Event::InvalidRemoved { reason }, Path::new("p\u{1b}"));
         assert!(!line.contains(|c: char| c.is_control()), "{line:?}");
+    }
+
+    #[test]
+    fn a_failed_release_names_the_lock_and_says_why() {
+        let n = LockName::new("backend", Some("SHORT")).unwrap();
+        assert_eq!(
+            release_failed(&n, 7, "no space left; 'x'"),
+            "[PROCESS_LOCK_RELEASE_FAILED] { processType: 'backend', tradeSide: 'SHORT', pid: 7, reason: 'no space left; \\'x\\'' }"
+        );
     }
 }
