@@ -98,7 +98,8 @@ pub(super) fn refuse_reparse_point(file: File) -> io::Result<File> {
 
 /// A new file that did not exist before. `CREATE_NEW` fails on any existing name, a link
 /// included, so nothing is ever created through a link.
-pub fn create_new(path: &Path) -> io::Result<File> {
+/// `mode` is a Unix permission: Windows files take their directory's ACL.
+pub fn create_new(path: &Path, _mode: u32) -> io::Result<File> {
     options(0)
         .read(true)
         .write(true)
@@ -121,7 +122,7 @@ pub fn open_existing(path: &Path) -> io::Result<File> {
 
 /// Opens the removal guard of a lock directory (`guard.rs`), creating it if needed, never
 /// through a reparse point; read-only where we may not write it.
-pub fn open_guard(path: &Path) -> io::Result<File> {
+pub fn open_guard(path: &Path, _facts: crate::perms::DirFacts) -> io::Result<File> {
     let file = match options(0).read(true).write(true).create(true).open(path) {
         Err(e) if is_code(&e, &[ERROR_ACCESS_DENIED, ERROR_WRITE_PROTECT]) => {
             options(0).read(true).open(path)?
