@@ -600,13 +600,14 @@ pub(crate) fn locked_by_others(file: &File, holder: &Record, path: &Path) -> Str
     let whose = file_owner_text(file);
     let who = holders_text(file);
     let shown = crate::report::printable(&path.to_string_lossy()).into_owned();
-    let named = match holder.pid {
-        0 => "it names no holder (not a lock record)".to_string(),
-        pid => format!("its recorded holder (PID {pid}) is not running"),
-    };
-    format!(
-        "{named}, yet {who} holds a lock on the file ({whose}): a process the holder started, or another user who can open the file; stop that process (fuser -v {shown} finds it), and the next start takes the file over"
-    )
+    match holder.pid {
+        0 => format!(
+            "the lock file names no holder (it is not a lock record), yet {who} holds a lock on it ({whose}): whoever can open the file can do that; stop that process (fuser -v {shown} finds it), and the next start takes the file over"
+        ),
+        pid => format!(
+            "the lock is held, but not by PID {pid}, which is not running: {who} holds a lock on the lock file ({whose}), a process PID {pid} started or another user who can open the file; stop that process (fuser -v {shown} finds it), and the next start takes the file over"
+        ),
+    }
 }
 
 /// `PID 4321 (uid 1001)`, or `another process` where the system does not tell.
