@@ -429,4 +429,42 @@ mod tests {
         drop(lock);
         std::fs::remove_dir_all(&t.dir).unwrap();
     }
+
+    /// A locked lock file that names a root process but belongs to another user proves nothing:
+    /// that user wrote it (needs root, to give the file away).
+    #[test]
+    fn a_file_of_another_user_naming_our_process_is_refused() {
+        if os::effective_uid() != 0 {
+            eprintln!("skipped: needs root to give a file to another user");
+            return;
+        }
+        let t = crate::test_support::target("replace-foreign");
+        std::fs::create_dir_all(&t.dir).unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let record = record_for(&t, child.id(), None);
+        std::fs::write(&t.path, record.to_json()).unwrap();
+        std::os::unix::fs::chown(&t.path, Some(65534), Some(65534)).unwrap();
+        let lock = std::fs::File::open(&t.path).unwrap();
+        assert!(os::try_lock(&lock, true).unwrap());
+        let refused = signal_holder(&t.path, &record, libc::SIGTERM).unwrap_err();
+        assert_eq!(
+            refused,
+            Refusal::ForeignFile {
+                owner: 65534,
+                runs_as: Some((0, 0)),
+                me: 0
+            }
+        );
+        assert!(refused
+            .to_string()
+            .starts_with("its lock file belongs to uid 65534, but that process runs as uid 0 and this one as uid 0"));
+        assert_eq!(child.try_wait().unwrap(), None);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        drop(lock);
+        std::fs::remove_dir_all(&t.dir).unwrap();
+    }
 }
