@@ -67,7 +67,7 @@ impl DirFacts {
     /// The mode of a lock file, temp file or removal guard made in the directory: nothing for
     /// others, and for the group only where the group shares the directory. Anyone who can open
     /// one of these files can hold a lock on it and block every takeover, or every removal.
-    #[cfg(unix)]
+    /// (Windows files take their directory's ACL instead.)
     pub(crate) fn file_mode(self) -> u32 {
         if self.shared_with_group {
             0o640

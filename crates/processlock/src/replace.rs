@@ -301,6 +301,7 @@ fn prove_file(path: &Path, holder: &Record) -> Result<(), Refusal> {
 /// A process held by a pidfd where the system has them (Linux 5.3 and later), so that a signal
 /// reaches the process that was checked and not a later one with its PID.
 #[cfg(unix)]
+#[cfg_attr(not(any(target_os = "linux", target_os = "android")), allow(dead_code))]
 struct Pinned(Option<std::os::fd::OwnedFd>);
 
 #[cfg(unix)]
