@@ -93,7 +93,7 @@ function conflictOf(dir, extra) {
 }
 
 describe('permissions', () => {
-  test('under umask 000 the lock directory (and its parents) is created 0750 and the lock file 0640', async () => {
+  test('under umask 000 the lock directory (and its parents) is created 0750 and the lock file 0600', async () => {
     const base = tempDir('perm-umask')
     const dir = path.join(base, 'runtime', 'locks')
     const script = `process.umask(0)
@@ -105,7 +105,7 @@ setInterval(() => {}, 1 << 30)`
     await holder.waitFor('HELD')
     expect(mode(path.join(base, 'runtime'))).toBe(0o750)
     expect(mode(dir)).toBe(0o750)
-    expect(mode(lockFile(dir))).toBe(0o640)
+    expect(mode(lockFile(dir))).toBe(0o600)
     holder.kill('SIGTERM')
     await holder.done()
     expect(lockDirEntries(dir)).toEqual([])
@@ -143,12 +143,22 @@ setInterval(() => {}, 1 << 30)`
     expect(mode(dir)).toBe(0o777)
   })
 
-  test('a sticky shared directory like /tmp is accepted', async () => {
+  test('a sticky shared directory like /tmp is refused, a directory of our own inside it is not', async () => {
     const dir = await dirWithLeftovers('perm-sticky')
     fs.chmodSync(dir, 0o1777)
-    expect(pl.acquireLock('backend', SHORT(dir)).pid).toBe(process.pid)
-    expect(pl.releaseLock('backend', SHORT(dir))).toBe(true)
-    expect(lockDirEntries(dir)).toEqual([])
+    const before = snapshot(dir)
+    expect(() => pl.acquireLock('backend', SHORT(dir))).toThrow(
+      expect.objectContaining({
+        code: 'LOCK_UNSAFE_DIR',
+        message: expect.stringContaining(`mkdir -m 0750 '${dir}/<service>'`),
+      }),
+    )
+    expect(snapshot(dir)).toEqual(before)
+    const own = path.join(dir, 'backend')
+    fs.mkdirSync(own, { mode: 0o750 })
+    expect(pl.acquireLock('backend', SHORT(own)).pid).toBe(process.pid)
+    expect(pl.releaseLock('backend', SHORT(own))).toBe(true)
+    expect(lockDirEntries(own)).toEqual([])
   })
 
   needs(isRoot, 'root, to give a directory to another user')(

@@ -165,6 +165,7 @@ fn status_of(target: &LockTarget, found: Inspection) -> LockStatus {
     let (state, record, problem) = match found {
         Inspection::Held(r) => (LockState::Held, Some(r), None),
         Inspection::HeldUnlocked(r, why) => (LockState::Held, Some(r), Some(why)),
+        Inspection::HeldByOther(r, why) => (LockState::Held, (r.pid != 0).then_some(r), Some(why)),
         Inspection::Stale(r) => (LockState::Stale, Some(r), None),
         Inspection::Invalid(why) => (LockState::Invalid, None, Some(why)),
         Inspection::Absent => unreachable!("an absent lock has no status"),

@@ -142,39 +142,17 @@ pub fn resolve_dir_or(
 /// first acquire) cannot be symlinks: they are appended to the real path of the deepest one that
 /// exists, `..` among them taken lexically. The second value tells whether the whole directory
 /// existed (then the answer can be kept: it will not change when the directory is made).
+///
+/// A link is resolved only where nobody but root and this process's user could have made it or
+/// could change it (`perms.rs`): from a link (or a directory) another user controls on, the path
+/// stays as given, so that the lock directory's check finds that component and refuses it,
+/// rather than accepting whatever directory the link names at this instant.
 pub fn real_dir(dir: &Path) -> (PathBuf, bool) {
-    if cfg!(windows) {
-        // `canonicalize` answers `\\?\` paths there, which people do not recognise.
-        return (dir.to_path_buf(), true);
-    }
-    if let Ok(real) = std::fs::canonicalize(dir) {
-        return (real, true);
-    }
-    let mut missing = Vec::new();
-    let mut existing = dir;
-    let real = loop {
-        match existing.parent() {
-            Some(parent) => {
-                missing.push(existing.file_name());
-                existing = parent;
-                if let Ok(real) = std::fs::canonicalize(existing) {
-                    break real;
-                }
-            }
-            None => return (dir.to_path_buf(), false),
-        }
-    };
-    let mut out = real;
-    for part in missing.into_iter().rev() {
-        match part {
-            Some(name) => out.push(name),
-            // `..` (file_name() is None for it): a missing component is no symlink.
-            None => {
-                out.pop();
-            }
-        }
-    }
-    (out, false)
+    #[cfg(unix)]
+    return crate::perms::trusted_real_path(dir);
+    // `canonicalize` answers `\\?\` paths on Windows, which people do not recognise.
+    #[cfg(not(unix))]
+    return (dir.to_path_buf(), true);
 }
 
 #[cfg(unix)]

@@ -113,13 +113,22 @@ pub enum Error {
 }
 
 /// Why a lock directory is refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DirProblem {
-    /// Every user may create and delete entries in it (`mode`), and it is not sticky.
+    /// Every user may create entries in it (`mode`): without the sticky bit they may delete
+    /// ours too; with it they may still plant files at the paths a lock relies on.
     WritableByOthers { mode: u32 },
     /// It belongs to a user (`owner`) other than the one running this process (`me`) and
     /// other than root.
     OwnedByOther { owner: u32, me: u32 },
+    /// A directory above it (`at`) lets its group or every user rename what is in it, and is
+    /// not sticky: the lock directory could be moved away or replaced by a link.
+    ParentWritable { at: PathBuf, mode: u32 },
+    /// A directory above it (`at`) belongs to another user, who could do the same.
+    ParentOwnedByOther { at: PathBuf, owner: u32, me: u32 },
+    /// A symbolic link on the way (`at`) belongs to another user in a sticky directory (such
+    /// as `/tmp`), who could point it at another directory.
+    LinkOwnedByOther { at: PathBuf, owner: u32, me: u32 },
 }
 
 impl Error {
@@ -253,7 +262,7 @@ impl fmt::Display for Error {
             }
             Error::Aborted => write!(f, "{code}: waiting for the lock was aborted"),
             Error::InvalidOption { option, problem } => write!(f, "{code}: {option} {problem}"),
-            Error::UnsafeDir { path, why } => unsafe_dir_message(f, code, path, *why),
+            Error::UnsafeDir { path, why } => unsafe_dir_message(f, code, path, why),
             Error::Lost { lock, reason } => {
                 write!(f, "{code}: the lock of {lock} was lost: {}", printable(reason))
             }
@@ -267,16 +276,25 @@ fn unsafe_dir_message(
     f: &mut fmt::Formatter<'_>,
     code: ErrorCode,
     path: &Path,
-    why: DirProblem,
+    why: &DirProblem,
 ) -> fmt::Result {
-    let dir = printable(&path.to_string_lossy()).into_owned();
+    let shown = |p: &Path| printable(&p.to_string_lossy()).into_owned();
+    let dir = shown(path);
     match why {
+        DirProblem::WritableByOthers { mode } if mode & 0o1000 != 0 => write!(
+            f,
+            "{code}: lock directory {dir} is shared by every user ({:04o}, like /tmp): anyone \
+             may create files in it, and so plant a file at this lock's path or at its removal \
+             guard that blocks the service, or that a replace would trust; keep the locks in a \
+             directory of your own inside it: mkdir -m 0750 '{dir}/<service>' and set \
+             PROCESSLOCK_DIR to it",
+            mode & 0o7777
+        ),
         DirProblem::WritableByOthers { mode } => write!(
             f,
             "{code}: lock directory {dir} has unsafe permissions ({:04o}): every user may delete \
              files in it, so anyone could remove a running service's lock file and start a second \
-             instance; fix it with: chmod o-w '{dir}' (or chmod +t '{dir}' for a shared directory \
-             like /tmp)",
+             instance; fix it with: chmod o-w '{dir}'",
             mode & 0o7777
         ),
         DirProblem::OwnedByOther { owner, me } => write!(
@@ -286,6 +304,41 @@ fn unsafe_dir_message(
              with: chown {me} '{dir}', or run this process as uid {owner}, or use a directory \
              of your own (PROCESSLOCK_DIR)"
         ),
+        DirProblem::ParentWritable { at, mode } => {
+            let at = shown(at);
+            write!(
+                f,
+                "{code}: lock directory {dir} is below {at}, which its group or every user may \
+                 change ({:04o}, not sticky): they could move the lock directory away or put a \
+                 link to another directory in its place, and a second instance would start \
+                 beside the running one; fix it with: chmod go-w '{at}', or keep the locks in a \
+                 directory whose every parent only root or this user may change \
+                 (PROCESSLOCK_DIR)",
+                mode & 0o7777
+            )
+        }
+        DirProblem::ParentOwnedByOther { at, owner, me } => {
+            let at = shown(at);
+            write!(
+                f,
+                "{code}: lock directory {dir} is below {at}, which is owned by uid {owner}, not \
+                 by this process's user (uid {me}) or root: that user could move the lock \
+                 directory away or put a link to another directory in its place, and a second \
+                 instance would start beside the running one; fix it with: chown {me} '{at}', \
+                 or keep the locks in a directory whose every parent belongs to root or uid {me} \
+                 (PROCESSLOCK_DIR)"
+            )
+        }
+        DirProblem::LinkOwnedByOther { at, owner, me } => {
+            let at = shown(at);
+            write!(
+                f,
+                "{code}: the path to lock directory {dir} goes through the symbolic link {at}, \
+                 which belongs to uid {owner} (not to this process's user, uid {me}, or root) in \
+                 a directory every user may write: that user could point it at another \
+                 directory; name the lock directory by a path without it (PROCESSLOCK_DIR)"
+            )
+        }
     }
 }
 

@@ -31,6 +31,9 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::os::{self, Entry, FileId};
+use crate::perms::DirFacts;
+use crate::protocol::{file_owner_text, holders_text};
+use crate::temp::checked_dir;
 
 pub(crate) const GUARD_FILE: &str = ".processlock.guard";
 
@@ -88,11 +91,11 @@ fn dir_guard(dir: &Path) -> Arc<DirGuard> {
 /// it, and would leave its lock file behind. Best effort: an acquire does not need the guard,
 /// and the removal that does says why it could not have it. Nothing is done when the guard is
 /// already open in this process.
-pub(crate) fn prepare(dir: &Path) {
+pub(crate) fn prepare(dir: &Path, facts: DirFacts) {
     let guard = dir_guard(dir);
     let mut open = guard.open.lock().unwrap_or_else(|p| p.into_inner());
     if open.is_none() {
-        *open = open_guard(&dir.join(GUARD_FILE)).ok();
+        *open = open_guard(&dir.join(GUARD_FILE), facts).ok();
     }
 }
 
@@ -110,7 +113,8 @@ pub(crate) fn while_guarded<T>(dir: &Path, remove: impl FnOnce() -> Result<T>) -
     let mut pause = Duration::from_micros(20);
     loop {
         if open.is_none() {
-            *open = Some(open_guard(&path)?);
+            // Opened (and perhaps made) only in a directory that passed its check.
+            *open = Some(open_guard(&path, checked_dir(dir)?)?);
         }
         let (file, id) = open.as_ref().expect("just opened");
         if os::try_lock(file, true).map_err(|e| Error::io("flock", &path, e))? {
@@ -125,14 +129,17 @@ pub(crate) fn while_guarded<T>(dir: &Path, remove: impl FnOnce() -> Result<T>) -
             continue;
         }
         if Instant::now() >= deadline {
+            let (file, _) = open.as_ref().expect("just opened");
             return Err(Error::io(
                 "flock",
                 &path,
                 io::Error::new(
                     io::ErrorKind::TimedOut,
                     format!(
-                        "another process has held this lock directory's removal guard for more than {} s (a stopped process, or one that locks the guard file on purpose)",
-                        GUARD_PATIENCE.as_secs()
+                        "{} has held this lock directory's removal guard for more than {} s: a stopped process, or one that locks the guard file on purpose (it is {}, and whoever can open it can hold it); stop that process, and removals go on",
+                        holders_text(file),
+                        GUARD_PATIENCE.as_secs(),
+                        file_owner_text(file)
                     ),
                 ),
             ));
@@ -142,8 +149,8 @@ pub(crate) fn while_guarded<T>(dir: &Path, remove: impl FnOnce() -> Result<T>) -
     }
 }
 
-fn open_guard(path: &Path) -> Result<(File, FileId)> {
-    let file = os::open_guard(path).map_err(|e| Error::io("open", path, e))?;
+fn open_guard(path: &Path, facts: DirFacts) -> Result<(File, FileId)> {
+    let file = os::open_guard(path, facts).map_err(|e| Error::io("open", path, e))?;
     if !os::is_regular(&file).map_err(|e| Error::io("fstat", path, e))? {
         return Err(Error::NotAFile {
             path: path.to_path_buf(),

@@ -63,6 +63,9 @@ pub fn list_locks(dir: &Path) -> Result<Vec<LockStatus>> {
             Ok(Inspection::Absent) => continue,
             Ok(Inspection::Held(r)) => (LockState::Held, Some(r), None),
             Ok(Inspection::HeldUnlocked(r, why)) => (LockState::Held, Some(r), Some(why)),
+            Ok(Inspection::HeldByOther(r, why)) => {
+                (LockState::Held, (r.pid != 0).then_some(r), Some(why))
+            }
             Ok(Inspection::Stale(r)) => (LockState::Stale, Some(r), None),
             Ok(Inspection::Invalid(why)) => (LockState::Invalid, None, Some(why)),
             Err(e @ Error::NotAFile { .. }) => (LockState::Invalid, None, Some(e.to_string())),

@@ -35,9 +35,9 @@ use crate::inherit::claim_inherited;
 use crate::liveness::{host_name, judge_legacy, judge_pid, runs_as_recorded, start_token};
 use crate::name::{check_process_name, LockName};
 use crate::os::{self, Entry, FileId};
-use crate::perms::check_dir_once;
+use crate::perms::{check_dir_once, DirFacts};
 use crate::record::{parse_record, Parsed, Record, MAX_RECORD_BYTES, PROTOCOL};
-use crate::temp::{sweep_orphan_temps, Temp};
+use crate::temp::{checked_dir, sweep_orphan_temps, Temp};
 
 /// How long a racer keeps retrying a file whose lock is held while its record names a dead
 /// process: someone is probing or removing it, which takes microseconds.
@@ -228,20 +228,36 @@ pub fn acquire(target: &LockTarget, process_name: Option<&str>) -> Result<Acquir
     check_process_name(process_name)?;
     let record = own_record(target, process_name);
     let json = record.to_json();
-    let create = || Temp::create_in_checked(&target.dir, &target.name.file_name(), json.as_bytes());
+    let create = |facts| {
+        Temp::create_in_checked(
+            &target.dir,
+            &target.name.file_name(),
+            json.as_bytes(),
+            facts,
+        )
+    };
     // Nothing is made in a directory before it passed its check, the removal guard included,
-    // which is made (`guard::prepare`) while there is still room for it.
-    check_dir_once(&target.dir)?;
-    prepare_guard(&target.dir);
-    // The directory is checked (and made) only when the temp file cannot be created in it: one
-    // system call less on every acquire.
-    let temp = match create() {
-        Err(Error::Io { source, .. }) if is_missing_dir(&source) => {
-            ensure_dir(&target.dir)?;
-            prepare_guard(&target.dir);
-            create()
+    // which is made (`guard::prepare`) while there is still room for it. A directory that is not
+    // there yet is made, then checked before anything is made in it.
+    let made_and_checked = || -> Result<DirFacts> {
+        ensure_dir(&target.dir)?;
+        let facts = checked_dir(&target.dir)?;
+        prepare_guard(&target.dir, facts);
+        Ok(facts)
+    };
+    let temp = match check_dir_once(&target.dir)? {
+        Some(facts) => {
+            prepare_guard(&target.dir, facts);
+            // The directory is made only when the temp file cannot be created in it (removed
+            // since it was checked): one system call less on every acquire.
+            match create(facts) {
+                Err(Error::Io { source, .. }) if is_missing_dir(&source) => {
+                    create(made_and_checked()?)
+                }
+                other => other,
+            }
         }
-        other => other,
+        None => create(made_and_checked()?),
     };
     let temp = match temp {
         Err(e) if is_out_of_space(&e) => return take_over_in_place(target, record, e),
@@ -510,10 +526,13 @@ pub(crate) fn judge(path: &Path) -> Result<Verdict> {
     let started = std::time::Instant::now();
     loop {
         match examine(path)? {
-            Found::Busy(_) if started.elapsed() < BUSY_PATIENCE => {
+            Found::Busy(..) if started.elapsed() < BUSY_PATIENCE => {
                 std::thread::sleep(Duration::from_micros(200));
             }
-            Found::Busy(holder) => return Ok(Verdict::Held(holder, None)),
+            Found::Busy(holder, file) => {
+                let problem = locked_by_others(&file, &holder, path);
+                return Ok(Verdict::Held(holder, Some(problem)));
+            }
             Found::Verdict(v) => return Ok(v),
         }
     }
@@ -521,7 +540,7 @@ pub(crate) fn judge(path: &Path) -> Result<Verdict> {
 
 enum Found {
     /// Locked, but the record names a dead process: someone is probing or removing it.
-    Busy(Record),
+    Busy(Record, File),
     Verdict(Verdict),
 }
 
@@ -537,8 +556,8 @@ fn examine(path: &Path) -> Result<Found> {
             Parsed::Ours(r) | Parsed::Legacy(r) if judge_pid(&r).is_alive() => {
                 Found::Verdict(Verdict::Held(r, None))
             }
-            Parsed::Ours(r) | Parsed::Legacy(r) => Found::Busy(r),
-            Parsed::Invalid(_) => Found::Busy(unknown_holder()),
+            Parsed::Ours(r) | Parsed::Legacy(r) => Found::Busy(r, file),
+            Parsed::Invalid(_) => Found::Busy(unknown_holder(), file),
         });
     }
     if !names_same_file(path, &file)? {
@@ -570,6 +589,71 @@ pub(crate) fn unlocked_problem(holder: &Record) -> String {
         "the OS lock on the lock file is not held, but its recorded holder (PID {}) is running: it closed its lock descriptor, or the lock directory is reached through mounts that do not share locks; it was not taken over",
         holder.pid
     )
+}
+
+/// Why a file whose recorded holder is not running (or that names nobody) is held all the same:
+/// some process holds a lock on it. Where the system tells (Linux), which processes, and as whom;
+/// always whose the file is, since whoever can open it can hold its lock: a process the holder
+/// started, or another user. A start is blocked until that process lets go, so say how to find
+/// it.
+pub(crate) fn locked_by_others(file: &File, holder: &Record, path: &Path) -> String {
+    let whose = file_owner_text(file);
+    let who = holders_text(file);
+    let shown = crate::report::printable(&path.to_string_lossy()).into_owned();
+    match holder.pid {
+        0 => format!(
+            "the lock file names no holder (it is not a lock record), yet {who} holds a lock on it ({whose}): whoever can open the file can do that; stop that process (fuser -v {shown} finds it), and the next start takes the file over"
+        ),
+        pid => format!(
+            "the lock is held, but not by PID {pid}, which is not running: {who} holds a lock on the lock file ({whose}), a process PID {pid} started or another user who can open the file; stop that process (fuser -v {shown} finds it), and the next start takes the file over"
+        ),
+    }
+}
+
+/// `PID 4321 (uid 1001)`, or `another process` where the system does not tell.
+pub(crate) fn holders_text(file: &File) -> String {
+    let pids = os::file_id(file).map(os::lock_holders).unwrap_or_default();
+    let mine = os::current_pid();
+    let named: Vec<String> = pids
+        .into_iter()
+        .filter(|pid| *pid != mine)
+        .map(|pid| match process_uid(pid) {
+            Some(uid) => format!("PID {pid} (uid {uid})"),
+            None => format!("PID {pid}"),
+        })
+        .collect();
+    if named.is_empty() {
+        "another process".to_string()
+    } else {
+        named.join(", ")
+    }
+}
+
+#[cfg(unix)]
+fn process_uid(pid: u32) -> Option<u32> {
+    os::process_uids(pid).map(|(_, effective)| effective)
+}
+
+#[cfg(not(unix))]
+fn process_uid(_pid: u32) -> Option<u32> {
+    None
+}
+
+/// `owned by uid 0, group 0, mode 0640`: who else can open the file.
+#[cfg(unix)]
+pub(crate) fn file_owner_text(file: &File) -> String {
+    match os::owner(file) {
+        Ok(o) => format!(
+            "owned by uid {}, group {}, mode {:04o}",
+            o.uid, o.gid, o.mode
+        ),
+        Err(_) => "whose owner could not be read".to_string(),
+    }
+}
+
+#[cfg(not(unix))]
+pub(crate) fn file_owner_text(_file: &File) -> String {
+    "on a file system that tells no owner here".to_string()
 }
 
 /// When the file was last written (its modification time), in ms since the Unix epoch.
@@ -647,6 +731,11 @@ pub enum Inspection {
     Stale(Record),
     /// Nobody holds it and it names nobody (empty, garbage).
     Invalid(String),
+    /// Its recorded holder is not running (or it names none), but another process holds a lock
+    /// on it (a shared one: a process the holder started, another user who can open the file),
+    /// and every start fails until that process lets go. The text says who, where it can be
+    /// known, and what to do.
+    HeldByOther(Record, String),
 }
 
 /// Looks at a lock file without taking it. The probe holds a shared lock for a few
@@ -685,14 +774,43 @@ pub fn inspect(path: &Path) -> Result<Inspection> {
                 let problem = unlocked_problem(&r);
                 Inspection::HeldUnlocked(r, problem)
             }
-            (true, Parsed::Ours(r)) => Inspection::Stale(r),
             (true, Parsed::Legacy(r)) if judge_legacy(&r, written_ms(&file)).is_alive() => {
                 Inspection::Held(r)
             }
-            (true, Parsed::Legacy(r)) => Inspection::Stale(r),
-            (true, Parsed::Invalid(reason)) => Inspection::Invalid(reason),
+            // Nobody holds it exclusively; an acquirer would now take its exclusive lock, which
+            // a shared lock held by someone else refuses too (a process the holder started that
+            // took one, another user): then it is as held as a start finds it.
+            (true, parsed) => match locked_by_another(&file, path)? {
+                true if started.elapsed() < BUSY_PATIENCE => {
+                    // Perhaps another probe's lock, held for two system calls: look again.
+                    std::thread::sleep(Duration::from_micros(200));
+                    continue;
+                }
+                true => {
+                    let holder = match parsed {
+                        Parsed::Ours(r) | Parsed::Legacy(r) => r,
+                        Parsed::Invalid(_) => unknown_holder(),
+                    };
+                    let problem = locked_by_others(&file, &holder, path);
+                    Inspection::HeldByOther(holder, problem)
+                }
+                false => match parsed {
+                    Parsed::Ours(r) | Parsed::Legacy(r) => Inspection::Stale(r),
+                    Parsed::Invalid(reason) => Inspection::Invalid(reason),
+                },
+            },
         });
     }
+}
+
+/// Whether someone holds a lock on `file` that an exclusive lock conflicts with (the probe's own
+/// shared lock is gone by then). The exclusive lock, if granted, is let go at once.
+fn locked_by_another(file: &File, path: &Path) -> Result<bool> {
+    if try_lock(file, true, path)? {
+        let _ = os::unlock(file);
+        return Ok(false);
+    }
+    Ok(true)
 }
 
 /// Removes whatever regular file or symlink is at the lock path, held or not. A holder that is

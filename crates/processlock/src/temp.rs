@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::error::{Error, Result};
 use crate::os;
-use crate::perms::check_dir_once;
+use crate::perms::{check_dir_once, DirFacts};
 
 /// A temp file older than this with nobody locking it was abandoned: its creator locks it within
 /// microseconds of creating it.
@@ -40,23 +40,24 @@ pub struct Temp {
 
 impl Temp {
     /// Refuses (`Error::UnsafeDir`) a directory where others could remove our files, before
-    /// anything is created in it.
+    /// anything is created in it. The directory must exist.
     pub fn create(dir: &Path, lock_file_name: &str, content: &[u8]) -> Result<Temp> {
-        check_dir_once(dir)?;
-        Self::create_in_checked(dir, lock_file_name, content)
+        let facts = checked_dir(dir)?;
+        Self::create_in_checked(dir, lock_file_name, content, facts)
     }
 
-    /// `create` in a directory that has passed `check_dir_once`.
+    /// `create` in a directory that has passed `check_dir_once` with `facts`.
     pub(crate) fn create_in_checked(
         dir: &Path,
         lock_file_name: &str,
         content: &[u8],
+        facts: DirFacts,
     ) -> Result<Temp> {
         let pid = os::current_pid();
         loop {
             let n = COUNTER.fetch_add(1, Ordering::Relaxed);
             let path = dir.join(temp_name(lock_file_name, pid, n));
-            let mut file = match os::create_new(&path) {
+            let mut file = match os::create_new(&path, facts.file_mode()) {
                 Ok(f) => f,
                 // Left by an earlier process that had our PID: take the next number.
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
@@ -86,6 +87,21 @@ impl Temp {
         let _ = os::remove(&self.path);
         self.file
     }
+}
+
+/// The facts of an existing directory that passed its check (`check_dir_once`); a directory that
+/// cannot be looked at is not used.
+pub(crate) fn checked_dir(dir: &Path) -> Result<DirFacts> {
+    check_dir_once(dir)?.ok_or_else(|| {
+        Error::io(
+            "stat",
+            dir,
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                "the lock directory is missing, or cannot be looked at from / down",
+            ),
+        )
+    })
 }
 
 /// Removes temp files in `dir` that their creator abandoned (it died, or nobody has locked the

@@ -81,8 +81,27 @@ fn created_directories_and_files_are_closed_to_others_under_umask_000() {
     );
     assert_eq!(mode(&dir.root.join("runtime")), 0o750);
     assert_eq!(mode(&t.dir), 0o750);
-    assert_eq!(mode(&t.path), 0o640);
+    // The group may not write the directory: it has no business opening its files either.
+    assert_eq!(mode(&t.path), 0o600);
     assert!(p.release_and_end());
+    dir.finish();
+}
+
+/// A directory its group shares (`chmod 2770`): its files are the group's to read and lock, the
+/// removal guard included.
+#[test]
+fn in_a_directory_the_group_shares_files_are_readable_by_the_group() {
+    let dir = TestDir::new("group");
+    let t = LockTarget::new(
+        dir.root.join("shared"),
+        LockName::new("backend", Some("short")).unwrap(),
+    );
+    fs::create_dir(&t.dir).unwrap();
+    set_mode(&t.dir, 0o2770);
+    let a = acquire(&t, None).unwrap();
+    assert_eq!(mode(&t.path), 0o640);
+    assert_eq!(mode(&t.dir.join(".processlock.guard")), 0o640);
+    assert!(a.lock.release().unwrap());
     dir.finish();
 }
 
@@ -118,16 +137,36 @@ fn a_world_writable_directory_without_sticky_bit_is_refused_and_left_as_it_was()
     dir.finish();
 }
 
+/// A sticky shared directory (`/tmp`, `/run/lock`) lets every user create files, so anyone could
+/// plant one at a lock's path or at its removal guard: refused, and nothing is touched. A
+/// directory of our own inside it is fine: others may not rename or delete it there.
 #[test]
-fn a_sticky_shared_directory_like_tmp_is_accepted() {
+fn a_sticky_shared_directory_like_tmp_is_refused_but_a_directory_of_our_own_in_it_is_not() {
     let dir = TestDir::new("sticky");
     let t = dir_with_leftovers(&dir.root, "shared");
     set_mode(&t.dir, 0o1777);
-    let a = acquire(&t, None).unwrap();
-    // Nothing for others, whatever the umask of the test.
-    assert_eq!(mode(&t.path) & 0o037, 0);
+    let before = snapshot(&t.dir);
+    let e = acquire(&t, None).unwrap_err();
+    assert!(matches!(
+        e,
+        Error::UnsafeDir { why: DirProblem::WritableByOthers { mode }, .. } if mode & 0o7777 == 0o1777
+    ));
+    let message = e.to_string();
+    assert!(message.contains("shared by every user (1777"), "{message}");
+    assert!(message.contains("mkdir -m 0750"), "{message}");
+    assert_eq!(snapshot(&t.dir), before);
+
+    let own = LockTarget::new(t.dir.join("backend"), t.name.clone());
+    let a = acquire(&own, None).unwrap();
+    assert_eq!(mode(&own.dir), 0o750);
+    assert_eq!(mode(&own.path), 0o600);
     assert!(a.lock.release().unwrap());
-    assert_eq!(mode(&t.dir), 0o1777);
+    // The refused directory's leftovers stay where they were.
+    for name in support::lock_dir_names(&t.dir) {
+        if name.ends_with(".tmp") {
+            fs::remove_file(t.dir.join(name)).unwrap();
+        }
+    }
     dir.finish();
 }
 
@@ -178,7 +217,7 @@ fn a_directory_owned_by_another_user_is_refused_even_for_root() {
         "{got:?}"
     );
     let m = fs::metadata(&t.path).unwrap();
-    assert_eq!((m.uid(), m.mode() & 0o7777), (NOBODY, 0o640));
+    assert_eq!((m.uid(), m.mode() & 0o7777), (NOBODY, 0o600));
     assert!(p.release_and_end());
     dir.finish();
 }

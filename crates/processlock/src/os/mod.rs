@@ -32,7 +32,13 @@ pub use wait_windows::{open_for_wait, wait_unlocked};
 #[cfg(target_os = "linux")]
 mod proc_linux;
 #[cfg(target_os = "linux")]
-pub use proc_linux::{process_start, token_is_local};
+pub use proc_linux::{lock_holders, process_start, process_uids, token_is_local};
+
+/// Which processes hold an OS lock on a file: known on Linux only (`/proc/locks`).
+#[cfg(not(target_os = "linux"))]
+pub fn lock_holders(_id: FileId) -> Vec<u32> {
+    Vec::new()
+}
 
 /// Whether a start token says by itself that it was made on this machine, where its PID names
 /// a process (running or ended) of this machine. Only Linux tokens carry a boot id; elsewhere a
@@ -45,12 +51,12 @@ pub fn token_is_local(_token: &str) -> bool {
 #[cfg(target_os = "macos")]
 mod proc_macos;
 #[cfg(target_os = "macos")]
-pub use proc_macos::process_start;
+pub use proc_macos::{process_start, process_uids};
 
 #[cfg(all(unix, not(any(target_os = "linux", target_os = "macos"))))]
 mod proc_other;
 #[cfg(all(unix, not(any(target_os = "linux", target_os = "macos"))))]
-pub use proc_other::process_start;
+pub use proc_other::{process_start, process_uids};
 
 /// Reads a whole (small) file from offset 0 with positioned reads, so no cursor another holder
 /// of the descriptor relies on moves. Stops after `limit + 1` bytes: the caller sees that the

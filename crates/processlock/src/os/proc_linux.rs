@@ -89,6 +89,42 @@ fn pid_namespace() -> Option<&'static str> {
     .as_deref()
 }
 
+/// The real and effective user a process runs as (`/proc/<pid>/status`, line `Uid:`).
+pub fn process_uids(pid: u32) -> Option<(u32, u32)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find_map(|l| l.strip_prefix("Uid:"))?;
+    let mut ids = line.split_whitespace().map(|n| n.parse::<u32>().ok());
+    Some((ids.next()??, ids.next()??))
+}
+
+/// The processes that hold an OS lock (`flock`, `fcntl`) on the file `id`, as `/proc/locks`
+/// lists them: `1: FLOCK  ADVISORY  READ  4321 08:01:1234567 0 EOF`. The PID is the process
+/// that took the lock (a child that inherited the descriptor holds it too); `-1` (an open file
+/// description lock) names nobody and is left out.
+pub fn lock_holders(id: super::FileId) -> Vec<u32> {
+    let Ok(locks) = std::fs::read_to_string("/proc/locks") else {
+        return Vec::new();
+    };
+    let want = format!(
+        "{:02x}:{:02x}:{}",
+        libc::major(id.dev as libc::dev_t),
+        libc::minor(id.dev as libc::dev_t),
+        id.ino
+    );
+    let mut pids: Vec<u32> = locks
+        .lines()
+        // Blocked waiters are listed after `->`: they hold nothing.
+        .filter(|l| !l.contains("->"))
+        .filter_map(|l| {
+            let fields: Vec<&str> = l.split_whitespace().collect();
+            (fields.get(5) == Some(&want.as_str())).then(|| fields.get(4)?.parse().ok())?
+        })
+        .collect();
+    pids.sort_unstable();
+    pids.dedup();
+    pids
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -30,3 +30,22 @@ pub fn process_start(pid: u32) -> Option<ProcessStart> {
         zombie: info.pbi_status == SZOMB,
     })
 }
+
+/// The real and effective user a process runs as.
+pub fn process_uids(pid: u32) -> Option<(u32, u32)> {
+    let pid = libc::c_int::try_from(pid).ok()?;
+    // SAFETY: as in `process_start`.
+    let mut info: libc::proc_bsdinfo = unsafe { std::mem::zeroed() };
+    let size = std::mem::size_of::<libc::proc_bsdinfo>() as libc::c_int;
+    // SAFETY: as in `process_start`.
+    let n = unsafe {
+        libc::proc_pidinfo(
+            pid,
+            libc::PROC_PIDTBSDINFO,
+            0,
+            (&mut info as *mut libc::proc_bsdinfo).cast(),
+            size,
+        )
+    };
+    (n == size).then_some((info.pbi_ruid, info.pbi_uid))
+}

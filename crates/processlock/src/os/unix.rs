@@ -5,15 +5,17 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
 
 use super::{Entry, FileId, Pid};
+use crate::perms::DirFacts;
 
-/// A new file that did not exist before (never through a symlink), with no access for others
-/// whatever the umask: anyone who can open a lock file can lock it and block every takeover.
-pub fn create_new(path: &Path) -> io::Result<File> {
+/// A new file that did not exist before (never through a symlink), of `mode` at most (the umask
+/// can only take bits away): anyone who can open a lock file can lock it and block every
+/// takeover, so `mode` gives nothing to others (`DirFacts::file_mode`).
+pub fn create_new(path: &Path, mode: u32) -> io::Result<File> {
     std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .create_new(true)
-        .mode(0o640)
+        .mode(mode)
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(path)
 }
@@ -43,38 +45,46 @@ pub fn open_existing(path: &Path) -> io::Result<File> {
 }
 
 /// Opens the removal guard of a lock directory (`guard.rs`), creating it if needed, never through
-/// a symlink. Every remover in the directory must be able to open it, nobody else need: it is
-/// created readable by the directory's group (the group of a group-writable directory is the one
-/// whose members may remove files there) and not by others, whatever the umask, unless the
-/// directory is writable by others (a shared sticky directory such as `/run/lock`): there every
-/// user's removers need it, and anyone could already block a lock by holding a file at its path.
-/// Opened read-only where we may not write it: a lock works on any open descriptor.
-pub fn open_guard(path: &Path) -> io::Result<File> {
-    use std::os::unix::fs::PermissionsExt;
-    let dir = path.parent().and_then(|d| std::fs::metadata(d).ok());
-    let dir_mode = dir.as_ref().map_or(0, |m| m.mode());
-    let mode = if dir_mode & 0o002 != 0 { 0o644 } else { 0o640 };
-    let created = std::fs::OpenOptions::new()
+/// a symlink. Every remover in the directory must be able to open it, nobody else may: it has the
+/// mode of the directory's lock files (`DirFacts::file_mode`: readable by the group only where
+/// the group shares the directory, and then of the directory's group), whatever the umask, and
+/// belongs to the directory's owner even when root made it. One made by an older version with
+/// more access is brought down to that mode. Opened read-only where we may not write it: a lock
+/// works on any open descriptor.
+pub fn open_guard(path: &Path, facts: DirFacts) -> io::Result<File> {
+    let mode = facts.file_mode();
+    let file = match std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .create_new(true)
         .mode(mode)
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
-        .open(path);
-    match created {
-        Ok(file) => {
-            // Best effort: a remover that cannot open the guard fails with a clear error.
-            let _ = file.set_permissions(std::fs::Permissions::from_mode(mode));
-            if let Some(dir) = dir.filter(|d| d.mode() & 0o020 != 0) {
-                if file.metadata().is_ok_and(|m| m.gid() != dir.gid()) {
-                    let _ = std::os::unix::fs::fchown(&file, None, Some(dir.gid()));
-                }
-            }
-            Ok(file)
-        }
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => open_existing(path),
-        Err(e) => Err(e),
+        .open(path)
+    {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => open_existing(path)?,
+        Err(e) => return Err(e),
+    };
+    // Best effort: a remover that cannot open the guard fails with a clear error.
+    let _ = fit_guard(&file, facts);
+    Ok(file)
+}
+
+/// Gives the guard the owner, group and mode `open_guard` describes, where we may.
+fn fit_guard(file: &File, facts: DirFacts) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let m = file.metadata()?;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    let owner = (me == 0 && m.uid() != facts.owner).then_some(facts.owner);
+    let group = (facts.shared_with_group && m.gid() != facts.group).then_some(facts.group);
+    if owner.is_some() || group.is_some() {
+        std::os::unix::fs::fchown(file, owner, group)?;
     }
+    if m.mode() & 0o777 != facts.file_mode() && (me == 0 || m.uid() == me) {
+        file.set_permissions(std::fs::Permissions::from_mode(facts.file_mode()))?;
+    }
+    Ok(())
 }
 
 /// Opens for reading only, for probes that must not need write permission.
@@ -131,6 +141,29 @@ pub fn file_id(file: &File) -> io::Result<FileId> {
         dev: m.dev(),
         ino: m.ino(),
     })
+}
+
+/// Who owns a file, and its permission bits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Owner {
+    pub uid: u32,
+    pub gid: u32,
+    pub mode: u32,
+}
+
+pub fn owner(file: &File) -> io::Result<Owner> {
+    let m = file.metadata()?;
+    Ok(Owner {
+        uid: m.uid(),
+        gid: m.gid(),
+        mode: m.mode() & 0o7777,
+    })
+}
+
+/// The effective user this process runs as.
+pub fn effective_uid() -> u32 {
+    // SAFETY: geteuid has no preconditions, touches no memory of ours and cannot fail.
+    unsafe { libc::geteuid() }
 }
 
 pub fn is_regular(file: &File) -> io::Result<bool> {

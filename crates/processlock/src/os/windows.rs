@@ -98,7 +98,8 @@ pub(super) fn refuse_reparse_point(file: File) -> io::Result<File> {
 
 /// A new file that did not exist before. `CREATE_NEW` fails on any existing name, a link
 /// included, so nothing is ever created through a link.
-pub fn create_new(path: &Path) -> io::Result<File> {
+/// `mode` is a Unix permission: Windows files take their directory's ACL.
+pub fn create_new(path: &Path, _mode: u32) -> io::Result<File> {
     options(0)
         .read(true)
         .write(true)
@@ -121,7 +122,7 @@ pub fn open_existing(path: &Path) -> io::Result<File> {
 
 /// Opens the removal guard of a lock directory (`guard.rs`), creating it if needed, never
 /// through a reparse point; read-only where we may not write it.
-pub fn open_guard(path: &Path) -> io::Result<File> {
+pub fn open_guard(path: &Path, _facts: crate::perms::DirFacts) -> io::Result<File> {
     let file = match options(0).read(true).write(true).create(true).open(path) {
         Err(e) if is_code(&e, &[ERROR_ACCESS_DENIED, ERROR_WRITE_PROTECT]) => {
             options(0).read(true).open(path)?
@@ -577,7 +578,7 @@ mod tests {
     fn the_lock_excludes_other_handles_but_not_readers() {
         let dir = scratch("lock");
         let path = dir.join("a.lock");
-        let mut owner = create_new(&path).unwrap();
+        let mut owner = create_new(&path, 0o600).unwrap();
         assert!(try_lock(&owner, true).unwrap());
         owner.write_all(b"{\"pid\":1}").unwrap();
 
@@ -605,7 +606,7 @@ mod tests {
     fn remove_frees_the_name_at_once_while_the_file_is_open() {
         let dir = scratch("remove");
         let path = dir.join("a.lock");
-        let mut first = create_new(&path).unwrap();
+        let mut first = create_new(&path, 0o600).unwrap();
         first.write_all(b"old").unwrap();
         let reader = open_existing(&path).unwrap();
         assert!(try_lock(&first, true).unwrap());
@@ -613,7 +614,7 @@ mod tests {
         remove(&path).unwrap();
         assert_eq!(entry(&path).unwrap(), Entry::Missing);
         // A new file of the same name, while both old handles are still open.
-        let second = create_new(&path).unwrap();
+        let second = create_new(&path, 0o600).unwrap();
         assert!(try_lock(&second, true).unwrap(), "a new file, a new lock");
         assert_eq!(read_all(&reader, 64).unwrap(), b"old");
         assert_eq!(
@@ -631,13 +632,13 @@ mod tests {
     fn without_posix_deletion_the_name_is_freed_by_renaming_aside() {
         let dir = scratch("aside");
         let path = dir.join("a.lock");
-        let mut first = create_new(&path).unwrap();
+        let mut first = create_new(&path, 0o600).unwrap();
         first.write_all(b"old").unwrap();
         let reader = open_existing(&path).unwrap();
 
         remove_with(&path, false).unwrap();
         assert_eq!(entry(&path).unwrap(), Entry::Missing);
-        let second = create_new(&path).unwrap();
+        let second = create_new(&path, 0o600).unwrap();
         assert_eq!(read_all(&reader, 64).unwrap(), b"old");
         let names = |dir: &Path| {
             let mut v: Vec<String> = std::fs::read_dir(dir)
@@ -666,13 +667,13 @@ mod tests {
         let dir = scratch("entry");
         let temp = dir.join(".a.lock.1.1.tmp");
         let path = dir.join("a.lock");
-        let file = create_new(&temp).unwrap();
+        let file = create_new(&temp, 0o600).unwrap();
         assert!(is_regular(&file).unwrap());
         // Asked while the file still has its first name (Wine cannot tell the volume of a file
         // whose every name it opened it by is gone).
         let id = file_id(&file).unwrap();
         assert_eq!(
-            create_new(&temp).unwrap_err().kind(),
+            create_new(&temp, 0o600).unwrap_err().kind(),
             io::ErrorKind::AlreadyExists
         );
         hard_link(&temp, &path).unwrap();
@@ -684,7 +685,7 @@ mod tests {
         assert_eq!(remove(&temp).unwrap_err().kind(), io::ErrorKind::NotFound);
         assert_eq!(entry(&path).unwrap(), Entry::File(id));
         let other = dir.join(".a.lock.1.2.tmp");
-        let other_file = create_new(&other).unwrap();
+        let other_file = create_new(&other, 0o600).unwrap();
         assert_eq!(
             hard_link(&other, &path).unwrap_err().kind(),
             io::ErrorKind::AlreadyExists
@@ -711,7 +712,7 @@ mod tests {
             assert!(open_existing(&link).is_err());
             assert!(open_for_probe(&link).is_err());
             assert_eq!(
-                create_new(&link).unwrap_err().kind(),
+                create_new(&link, 0o600).unwrap_err().kind(),
                 io::ErrorKind::AlreadyExists
             );
             remove(&link).unwrap();

@@ -913,7 +913,7 @@ fn role_probe() -> i32 {
     let mut counts = [0u64; 4];
     let probed = repeat_after_barrier(|| {
         let i = match inspect(&target.path)? {
-            Inspection::Held(_) | Inspection::HeldUnlocked(..) => 0,
+            Inspection::Held(_) | Inspection::HeldUnlocked(..) | Inspection::HeldByOther(..) => 0,
             Inspection::Stale(_) => 1,
             Inspection::Absent => 2,
             Inspection::Invalid(_) => 3,
