@@ -234,7 +234,7 @@ pgTest('a holder session that wrote no record is named by its server process, wi
     expect(r.code).toBe(1)
     expect(r.stdout).not.toContain('RAN')
     expect(r.stderr).toContain(
-      `Existing process: unknown (server process ${session} holds the lock but wrote no record yet)`,
+      `Existing process: unknown (server process ${session} holds the lock; no record of it can be read here)`,
     )
     expect(r.stderr).toContain(hint)
     expect(r.stderr).not.toContain('fuser')

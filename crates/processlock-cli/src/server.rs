@@ -160,7 +160,7 @@ pub fn check_one(url: &str, name: LockName, json: bool) -> i32 {
             None => println!("{lock}: not held"),
             Some(h) if h.record.pid == 0 => {
                 println!(
-                    "{lock}: held by server process {} (no record yet)",
+                    "{lock}: held by server process {} (no record of it can be read here)",
                     h.backend_pid
                 )
             }

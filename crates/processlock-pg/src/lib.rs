@@ -84,7 +84,9 @@ mod tls;
 pub use admin::{clear_stale, list, terminate_holder, Listed};
 pub use error::{Conflict, Error, Lost, Result};
 pub use key::lock_key;
-pub use lock::{acquire, acquire_wait, inspect, PgHeld};
+pub use lock::{
+    acquire, acquire_wait, acquire_wait_noting, inspect, OnWaitNotice, PgHeld, WaitNotice,
+};
 pub use loss::OnLost;
 pub use options::{
     PgOptions, DEFAULT_CONNECT_TIMEOUT, DEFAULT_LEASE, DEFAULT_NAMESPACE, DEFAULT_TABLE,
@@ -96,5 +98,5 @@ pub use table::Holder;
 /// issues exactly these without any of the lock's checks. Not part of the API.
 #[doc(hidden)]
 pub mod statements {
-    pub use crate::table::{claim_sql, create_sql, release_sql, try_lock_sql};
+    pub use crate::table::{claim_sql, clear_sql, create_sql, try_lock_sql, unlock_sql};
 }

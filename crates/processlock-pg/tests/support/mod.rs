@@ -271,6 +271,14 @@ impl PgServer {
         )
     }
 
+    /// The TCP URL of another role of this server, which logs in with `password`.
+    pub fn url_as(&self, role: &str, password: &str) -> String {
+        format!(
+            "postgres://{role}:{password}@127.0.0.1:{}/postgres",
+            self.port
+        )
+    }
+
     /// The Unix socket, where login needs no password: for tests that connect a thousand
     /// times, since a password login costs a deliberately slow key derivation every time.
     pub fn socket_url(&self) -> String {
