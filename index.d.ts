@@ -173,10 +173,13 @@ export class LockIoError extends ProcessLockError {
   readonly code: 'LOCK_IO'
   /** Negative, as in Node's own system errors (`-13` for EACCES on Linux). */
   readonly errno?: number
-  /** `'EACCES'`, `'ENOTDIR'`, ... */
+  /** `'EACCES'`, `'ENOTDIR'`, ... (on a server: `'ECONNREFUSED'`, `'ECONNRESET'`, ...) */
   readonly osCode?: string
+  /** On a server: what failed (`'connect'`, `'lock'`, `'record'`, `'release'`, ...). */
   readonly syscall?: string
   readonly path?: string
+  /** On a server: the SQLSTATE it answered with (`'28P01'`: wrong password, ...). */
+  readonly sqlstate?: string
 }
 /** A waiting acquisition was aborted through its `AbortSignal`. */
 export class LockAbortedError extends ProcessLockError {

@@ -22,7 +22,7 @@ function lockKey(type) {
 async function holdersOf(type) {
   const key = BigInt.asUintN(64, lockKey(type))
   return pg.sql(
-    `SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1 AND classid::text::int8 = ${key >> 32n} AND objid::text::int8 = ${key & 0xffffffffn}`,
+    `SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND mode = 'ExclusiveLock' AND objsubid = 1 AND classid::text::int8 = ${key >> 32n} AND objid::text::int8 = ${key & 0xffffffffn}`,
   )
 }
 
