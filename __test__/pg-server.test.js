@@ -6,7 +6,7 @@
 const pl = require('..')
 const { start, tempDir } = require('./helpers/proc')
 const { LOST_EXIT_STATUS, held, usePg } = require('./helpers/pg')
-const { cli } = require('./helpers/cli-proc')
+const { cli, startCli } = require('./helpers/cli-proc')
 
 const pg = usePg()
 const pgTest = (name, fn, timeout = 60000) => pg.test(name, fn, timeout)
@@ -111,6 +111,42 @@ pgTest('another role sees the lock held, with what it can know, where it cannot 
     holder.kill('SIGKILL')
   }
 })
+
+pgTest(
+  'processlock run --url --wait rides out a server restart, says so as it happens, then runs the command',
+  async () => {
+    const holder = lease('hold')
+    let stopped = false
+    let run = null
+    try {
+      await held(holder)
+      run = startCli(
+        ['run', 'backend', '--url', pg.url, '--wait', '120000', '--', process.execPath, '-e', 'console.log("RAN")'],
+        { dir: tempDir('pg-server-run') },
+      )
+      await run.waitFor(`[PROCESS_LOCK_WAIT] backend (SHORT) is held by PID ${holder.pid}`, 30000)
+      await pg.stop()
+      stopped = true
+      expect((await holder.done(30000)).code).toBe(LOST_EXIT_STATUS)
+      // Said while the server is still away.
+      await run.waitFor(
+        /\[PROCESS_LOCK_WAIT\] backend \(SHORT\): the server went away \(.+\); still waiting, connecting again\n/,
+        30000,
+      )
+      await pg.start()
+      stopped = false
+      const r = await run.done(60000)
+      expect(r.code).toBe(0)
+      expect(r.stdout).toContain('RAN')
+      expect(r.stderr).toMatch(/\[PROCESS_LOCK_WAIT\] backend \(SHORT\): the server is back after \d+ ms; still waiting\n/)
+      expect(r.stderr).not.toContain('[FATAL]')
+    } finally {
+      if (stopped) await pg.start()
+      holder.kill('SIGKILL')
+      if (run) run.kill('SIGKILL')
+    }
+  },
+)
 
 pgTest('LOCK_IO from the server: osCode and errno for an OS error, sqlstate for the server’s own', async () => {
   const refused = new URL(pg.url)
