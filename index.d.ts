@@ -245,7 +245,7 @@ export function getLockInfo(processType: ProcessType, options?: LockOptions): Lo
  * Removes the lock file whatever holds it (use with caution: the holder keeps running). A
  * holder that releases later will not remove a newer holder's file. True when a file was removed.
  * On a server (`url`): ends the holder's session (`pg_terminate_backend`, which needs the right
- * role), freeing the lock at once; the holder finds the lock lost at its next heartbeat.
+ * role), freeing the lock at once; the holder hears at once that its lock is lost (its connection closes).
  */
 export function forceRemoveLock(processType: ProcessType, options?: LockOptions): boolean
 

@@ -231,8 +231,12 @@ describe('a connection cut off from the server (iptables on loopback)', () => {
     // is its own only after the next waiter let go.
     const late = await got(cutOff)
     expect(BigInt(late.info.fencingToken)).toBeGreaterThan(BigInt(info.fencingToken))
-    expect(cutOff.stdout).toMatch(/^\[PROCESS_LOCK_WAIT\] backend \(SHORT\): the server went away \(.+\); still waiting, connecting again$/m)
-    expect(cutOff.stdout).toMatch(/^\[PROCESS_LOCK_WAIT\] backend \(SHORT\): the server is back after \d+ ms; still waiting$/m)
+    expect(cutOff.stdout).toMatch(
+      /^\[PROCESS_LOCK_WAIT\] backend \(SHORT\): the server went away \(.+\); still waiting, connecting again$/m,
+    )
+    expect(cutOff.stdout).toMatch(
+      /^\[PROCESS_LOCK_WAIT\] backend \(SHORT\): the server is back after \d+ ms; still waiting$/m,
+    )
     expect((await cutOff.done(30000)).code).toBe(0)
   })
 })
@@ -419,7 +423,9 @@ pgTest(
         expect.stringMatching(
           /^\[PROCESS_LOCK_WAIT\] backend \(SHORT\): the server went away \(.+\); still waiting, connecting again$/,
         ),
-        expect.stringMatching(/^\[PROCESS_LOCK_WAIT\] backend \(SHORT\): the server is back after \d+ ms; still waiting$/),
+        expect.stringMatching(
+          /^\[PROCESS_LOCK_WAIT\] backend \(SHORT\): the server is back after \d+ ms; still waiting$/,
+        ),
         expect.stringMatching(/^\[PROCESS_LOCK_ACQUIRED\]/),
         expect.stringMatching(/^\[PROCESS_LOCK_RELEASED\]/),
       ])

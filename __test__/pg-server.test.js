@@ -93,7 +93,9 @@ pgTest('another role sees the lock held, with what it can know, where it cannot 
       expect(pl.getLockInfo('backend', SHORT({ url }))).toEqual(unknown)
       const check = await cli(['check', 'backend', '--side', 'SHORT', '--url', url])
       expect(check.code).toBe(0)
-      expect(check.stdout).toMatch(/^backend \(SHORT\): held by server process \d+ \(no record of it can be read here\)$/m)
+      expect(check.stdout).toMatch(
+        /^backend \(SHORT\): held by server process \d+ \(no record of it can be read here\)$/m,
+      )
     }
     // Allowed to read it, the role reads the record.
     await pg.sql('GRANT SELECT ON processlock_holders TO bob')
@@ -138,7 +140,9 @@ pgTest(
       const r = await run.done(60000)
       expect(r.code).toBe(0)
       expect(r.stdout).toContain('RAN')
-      expect(r.stderr).toMatch(/\[PROCESS_LOCK_WAIT\] backend \(SHORT\): the server is back after \d+ ms; still waiting\n/)
+      expect(r.stderr).toMatch(
+        /\[PROCESS_LOCK_WAIT\] backend \(SHORT\): the server is back after \d+ ms; still waiting\n/,
+      )
       expect(r.stderr).not.toContain('[FATAL]')
     } finally {
       if (stopped) await pg.start()

@@ -104,7 +104,9 @@ async function runKind(kind, n, { rounds, duration, holdUs, base, keep, pg }) {
   st.seconds = (Date.now() - started) / 1000
   st.tokensOutOfOrder = tokensOutOfOrder(owners)
   // Nothing may be left: no lock held on the server, no record standing, no file on disk.
-  const [held] = await pg.sql("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND mode = 'ExclusiveLock'")
+  const [held] = await pg.sql(
+    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND mode = 'ExclusiveLock'",
+  )
   const [standing] = await pg.sql('SELECT count(*) FROM processlock_holders WHERE record IS NOT NULL')
   st.leftoverLocks = Number(held) + Number(standing)
   for (const d of dirs) {

@@ -157,11 +157,7 @@ impl Lock for PgLock {
                 let (name, said) = (self.name.clone(), Arc::clone(&said));
                 let notices = Arc::new(move |n: &WaitNotice| lock_vec(&said).push(n.line(&name)));
                 let r = processlock_pg::acquire_wait_noting(
-                    &self.opts,
-                    &self.name,
-                    w.deadline,
-                    &cancel,
-                    notices,
+                    &self.opts, &self.name, w.deadline, &cancel, notices,
                 );
                 WAITS.end(w.key);
                 r
@@ -289,8 +285,8 @@ impl Lock for PgLock {
     }
 
     /// Our own hold is released; anyone else's session is ended by the server
-    /// (`pg_terminate_backend`), which frees the lock at once. The holder learns at its next
-    /// heartbeat. A hold adopted from `processlock run` is `run`'s session: it is ended, and
+    /// (`pg_terminate_backend`), which frees the lock at once. The holder hears of it at once
+    /// (its connection closes). A hold adopted from `processlock run` is `run`'s session: it is ended, and
     /// `run` stops its command.
     fn force_remove(&self, _options: &LockOptions) -> RemoveOutcome {
         let ours = held().as_mut().and_then(|m| m.remove(&self.id));

@@ -199,7 +199,7 @@ pub fn clear(url: &str, force: bool) -> i32 {
             };
             match processlock_pg::terminate_holder(&opts, name) {
                 Ok(Some(h)) => println!(
-                    "ended session   {shown} (server process {}; PID {} on {} loses the lock at its next heartbeat)",
+                    "ended session   {shown} (server process {}; PID {} on {} is told at once that its lock is lost)",
                     h.backend_pid,
                     h.record.pid,
                     printable(h.record.hostname.as_deref().unwrap_or("?"))
