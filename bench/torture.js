@@ -7,7 +7,7 @@
 //                         [--impls ours,proper-lockfile,lockfile]
 //                         [--kinds fresh,stale,recycled,legacy,kill,
 //                                  force-release,force-stale,run-tree,run-race,
-//                                  pg-race]
+//                                  pg-race,pg-terminate,pg-restart,pg-frozen]
 //                         [--peer-rounds N (= rounds)] [--peer-kill-rounds N (200)]
 //                         [--hold-us U (2000)] [--dir D] [--keep]
 //                         [--write]   (also put the tables into BENCHMARKS.md: races on
@@ -50,6 +50,11 @@
 //             (bench/torture-pg.js); the owners' fencing tokens must strictly
 //             increase in the order they acquired. Skipped, with a line saying
 //             so, where PostgreSQL is not installed
+//   pg-terminate, pg-restart, pg-frozen  (ours only) the same server, and what
+//             it does to its clients: the holder's session ended, the server
+//             restarted while one racer holds and the others wait, one waiter
+//             frozen (SIGSTOP) while the lock changes hands; the holders table
+//             emptied before every 10th round (bench/torture-pg.js)
 // Racers are long-lived processes (bench/worker.js) told per round, through
 // stdin, the lock directory and a start instant t0 (CLOCK_MONOTONIC); they
 // sleep until t0, try once, and if they win hold (asleep) for a random

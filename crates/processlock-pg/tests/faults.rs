@@ -433,7 +433,7 @@ fn a_frozen_waiter_does_not_hold_up_the_next_one() {
     let mut w2 = Proc::spawn("hold", &params(&server, lease_ms, Some("forever")));
     server.wait_until(WAITERS_SQL, "2");
 
-    send_signal(w1.pid, libc::SIGSTOP);
+    freeze(w1.pid);
     a.say("release");
     a.expect("released");
     let got = w2.expect("acquired");
