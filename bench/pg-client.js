@@ -143,10 +143,20 @@ async function round(lock, { r, t0, holdUs }) {
 /** The hold of `own`, until `let` or its loss: { r, lastHeld, done }. */
 let owning = null
 
+/** Releases; says E r code when that fails (a session the server ended, say). */
+function releaseSaying(lock, r) {
+  try {
+    return lock.release()
+  } catch (e) {
+    out(`E ${r} ${(e && e.code) || 'throw'} ${String(e && e.message).split('\n')[0]}`)
+    return true
+  }
+}
+
 /** Lets go of a hold found lost: L r t1 t2, D r. */
 function lostHold(lock, r, lastHeld) {
   out(`L ${r} ${lastHeld} ${now()}`)
-  lock.release()
+  releaseSaying(lock, r)
   out(`D ${r}`)
 }
 
@@ -188,7 +198,7 @@ function letGo(lock, { r }) {
   owning = null
   if (!lock.isHeld()) return lostHold(lock, r, hold.lastHeld)
   out(`R ${r} ${now()}`)
-  if (!lock.release()) out(`X ${r}`)
+  if (!releaseSaying(lock, r)) out(`X ${r}`)
   out(`D ${r}`)
 }
 
@@ -211,7 +221,7 @@ async function queue(lock, { r, holdUs, pollUs }) {
       sleepNs(left < BigInt(pollUs * 1000) ? left : BigInt(pollUs * 1000))
     }
     out(`R ${r} ${lastHeld}`)
-    if (!lock.release()) out(`X ${r}`)
+    if (!releaseSaying(lock, r)) out(`X ${r}`)
   } catch (e) {
     out(`E ${r} ${(e && e.code) || 'throw'} ${String(e && e.message).split('\n')[0]}`)
   }

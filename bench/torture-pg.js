@@ -224,7 +224,9 @@ async function runFaultKind(kind, n, { rounds, duration, holdUs, base, keep, pg 
     ),
   )
   const owners = []
-  const faults = { hit: 0, lost: 0, heldUp: 0, truncated: 0, restarts: 0, lostNoticeUs: [] }
+  // told: for each hold found lost, when its holder first found it lost, less when the next
+  // owner's acquire returned (us; negative: it knew first).
+  const faults = { hit: 0, lost: 0, heldUp: 0, truncated: 0, restarts: 0, told: [] }
   const started = Date.now()
   const until = duration > 0 ? started + duration * 1000 : Infinity
   let frozen = null
@@ -293,6 +295,7 @@ async function runFaultKind(kind, n, { rounds, duration, holdUs, base, keep, pg 
       }
       const lines = await Promise.all(ofRound.map((x) => x.done))
       const intervals = []
+      const losses = []
       for (const [i, ls] of lines.entries()) {
         let open = null
         for (const line of ls) {
@@ -306,13 +309,20 @@ async function runFaultKind(kind, n, { rounds, duration, holdUs, base, keep, pg 
           } else if (tag === 'L' && open != null) {
             intervals.push([open, BigInt(t)])
             faults.lost++
-            faults.lostNoticeUs.push(Number(BigInt(x) - BigInt(t)) / 1000)
+            losses.push({ a: open, found: BigInt(x) })
             open = null
           } else if (tag === 'X') st.releaseNotOurs++
           else if (tag === 'E') bump(line.split(' ')[2])
         }
         if (open != null) bump('no-release')
         if (lastOf(ls) !== `D ${r}`) throw new Error(`racer ${i} ended: ${racers[i].stderr.trim()}`)
+      }
+      for (const loss of losses) {
+        const [next] = intervals
+          .map(([a]) => a)
+          .filter((a) => a > loss.a)
+          .sort((x, y) => (x < y ? -1 : x > y ? 1 : 0))
+        if (next != null) faults.told.push(Number(loss.found - next) / 1000)
       }
       report.countRound(st, intervals)
       st.rounds++
@@ -336,11 +346,12 @@ async function runFaultKind(kind, n, { rounds, duration, holdUs, base, keep, pg 
     'pg-frozen': `rounds a frozen waiter held up the others ${faults.heldUp}`,
   }[kind]
   if (faults.heldUp) st.errors['held up by a frozen waiter'] = faults.heldUp
-  const notice = faults.lostNoticeUs.sort((x, y) => x - y)
+  const told = faults.told.sort((x, y) => x - y)
+  const us = (v) => `${v >= 0 ? '+' : ''}${v.toFixed(0)} us`
   st.notes.push(
     `${what}; holds found lost ${faults.lost}` +
-      (notice.length
-        ? ` (last check held .. first check lost: median ${notice[notice.length >> 1].toFixed(0)} us, max ${notice[notice.length - 1].toFixed(0)} us)`
+      (told.length
+        ? ` (found lost, against the next owner's acquire: median ${us(told[told.length >> 1])}, max ${us(told[told.length - 1])})`
         : '') +
       `; holders table emptied ${faults.truncated} times`,
   )
