@@ -43,6 +43,18 @@ async function role(name, ownSchema) {
 
 const SHORT = (extra = {}) => ({ tradeSide: 'SHORT', log: false, ...extra })
 
+async function until(cond, what, timeoutMs = 30000) {
+  const t0 = Date.now()
+  while (!(await cond())) {
+    if (Date.now() - t0 > timeoutMs) throw new Error(`timed out waiting until ${what}`)
+    await new Promise((r) => setTimeout(r, 20))
+  }
+}
+
+async function waitingSessions() {
+  return (await pg.sql("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"))[0]
+}
+
 pgTest(
   "a holder whose session the server ends hears it from the connection, not a heartbeat later (onLost 'signal')",
   async () => {
@@ -127,6 +139,9 @@ pgTest(
         { dir: tempDir('pg-server-run') },
       )
       await run.waitFor(`[PROCESS_LOCK_WAIT] backend (SHORT) is held by PID ${holder.pid}`, 30000)
+      // Once it waits in the server: a wait that cannot reach the server at its start fails at
+      // once, as an acquire does.
+      await until(async () => (await waitingSessions()) === '1', 'processlock run waits in the server')
       await pg.stop()
       stopped = true
       expect((await holder.done(30000)).code).toBe(LOST_EXIT_STATUS)
