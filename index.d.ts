@@ -3,6 +3,12 @@ export type ProcessType = 'backend' | 'worker' | (string & {})
 
 /** The record in a lock file: the holder of a lock. */
 export interface LockInfo {
+  /**
+   * The holder's PID. 0 on a server when a session holds the lock but its record cannot be read
+   * from here (not written yet, or kept in another role's schema or another `table`): the lock is
+   * held all the same, by a holder this call cannot name (`processlock check --url` shows its
+   * server process).
+   */
   pid: number
   /** When the lock was taken: ISO 8601 UTC with milliseconds. Empty for a bare-PID file. */
   started: string
