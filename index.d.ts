@@ -48,7 +48,11 @@ export interface LockOptions {
    * symlink or `..`, it is the same lock.
    */
   dir?: string
-  /** Default: `$TRADE_SIDE`. `null` or `''`: no side, whatever the environment says. */
+  /**
+   * Default: `$TRADE_SIDE` (empty: no side). `null`: no side, whatever the environment says.
+   * Upper-cased and trimmed (`' short'` is `SHORT`); an empty or blank string is refused
+   * (`LockInvalidNameError`): it would be another lock than the side meant.
+   */
   tradeSide?: string | null
   /**
    * Default: `trader-short-backend` style, `trader-backend` without a side. At most 256
@@ -57,7 +61,11 @@ export interface LockOptions {
   processName?: string
   /**
    * Where the `[PROCESS_LOCK_*]` lines go: the console by default; `false` or `'silent'` for
-   * nowhere (also `PROCESSLOCK_LOG=silent`); or a function.
+   * nowhere (also `PROCESSLOCK_LOG=silent`); or a function. A lock still held when the process
+   * (or the worker thread that took it) ends is released after every `'exit'` listener, when no
+   * JavaScript runs any more: its line is then written to stdout (`[PROCESS_LOCK_RELEASED]`) or
+   * stderr (`[PROCESS_LOCK_RELEASE_FAILED]`) directly; a function is not called, and only a
+   * failure is written, to stderr.
    */
   log?: boolean | 'silent' | LogSink
   /**
@@ -92,7 +100,8 @@ export interface AcquireOptions extends LockOptions {
   /**
    * Block the calling thread up to this many milliseconds for the holder to go (release, exit,
    * or death by any signal), then throw `LockConflictError` with `waitedMs`. Default 0.
-   * With `replace`: how long the holder may take to exit after SIGTERM. Default 10000.
+   * `Infinity` (or any value too large to count to, such as `Number.MAX_VALUE`): no limit.
+   * With `replace`: how long the holder may take to exit after SIGTERM (finite). Default 10000.
    */
   waitMs?: number
   /**
@@ -108,7 +117,7 @@ export interface AsyncAcquireOptions extends LockOptions {
   /**
    * Give up after this many milliseconds: the promise rejects with `LockConflictError`, whose
    * `waitedMs` says how long it waited. `0`: one attempt, like `acquireLock`. Default (or
-   * `Infinity`): no limit.
+   * `Infinity`, or any value too large to count to, such as `Number.MAX_VALUE`): no limit.
    */
   timeoutMs?: number
   /**

@@ -5,7 +5,7 @@
 const path = require('node:path')
 const binding = require('./lib/binding.js')
 const errors = require('./lib/errors.js')
-const { sinkFor, isSilent, emit } = require('./lib/log.js')
+const { sinkFor, sinkKind, emit } = require('./lib/log.js')
 const lifecycle = require('./lib/lifecycle.js')
 const { entryScript } = require('./lib/entry.js')
 
@@ -36,12 +36,22 @@ function holder() {
   return holderId
 }
 
-/** The options that must be strings, and the numbers that must be finite and >= 0 (per API). */
+/** The options that must be strings, and the numbers that must be finite and >= 0. */
 const STRING_OPTIONS = ['dir', 'processName', 'url', 'namespace', 'table']
 const NUMBER_OPTIONS = ['leaseMs', 'connectTimeoutMs']
-const ACQUIRE_NUMBER_OPTIONS = [...NUMBER_OPTIONS, 'waitMs']
 
-function checkOptions(processType, options, numbers = NUMBER_OPTIONS) {
+/**
+ * A wait limit (`waitMs`, `timeoutMs`): a number >= 0, where `Infinity` and anything too long
+ * for the native side to count to (`Number.MAX_VALUE` is a common "forever") mean no limit.
+ */
+function checkWait(options, key) {
+  const v = options[key]
+  if (v !== undefined && !(typeof v === 'number' && v >= 0)) {
+    throw invalidOption(`${key} must be a number >= 0 (Infinity: no limit)`)
+  }
+}
+
+function checkOptions(processType, options) {
   if (typeof processType !== 'string') {
     throw new errors.LockInvalidNameError(
       `LOCK_INVALID_NAME: processType must be a string, got ${processType === null ? 'null' : typeof processType}`,
@@ -69,7 +79,7 @@ function checkOptions(processType, options, numbers = NUMBER_OPTIONS) {
   if (onLost !== undefined && onLost !== 'exit' && onLost !== 'signal' && typeof onLost !== 'function') {
     throw invalidOption("onLost must be 'exit', 'signal' or a function (error) => void")
   }
-  for (const key of numbers) {
+  for (const key of NUMBER_OPTIONS) {
     const v = options[key]
     if (v !== undefined && !(typeof v === 'number' && v >= 0 && Number.isFinite(v))) {
       throw invalidOption(`${key} must be a finite number >= 0`)
@@ -77,6 +87,9 @@ function checkOptions(processType, options, numbers = NUMBER_OPTIONS) {
   }
   return options
 }
+
+/** The native layer's `LogTo` for each kind of log sink (lib/log.js `sinkKind`). */
+const LOG_TO = { console: binding.LogTo.Console, function: binding.LogTo.Function, silent: binding.LogTo.Silent }
 
 /**
  * An option, else the environment variable as JavaScript sees it: under jest `process.env` is a
@@ -87,16 +100,18 @@ function orEnv(value, variable) {
 }
 
 /**
- * What the native layer takes: `tradeSide: null` means "no side", never `$TRADE_SIDE`. A URL
+ * What the native layer takes: `tradeSide` is the side, or null for none (given as null, or an
+ * empty `$TRADE_SIDE`); a given string goes as it is (an empty one is refused there). A URL
  * (option, else `$PROCESSLOCK_URL`) puts the lock on that server; an empty one means files.
  */
 function nativeOptions(options) {
   const url = orEnv(options.url, 'PROCESSLOCK_URL')
+  const envSide = process.env.TRADE_SIDE
   return {
     dir: orEnv(options.dir, 'PROCESSLOCK_DIR'),
-    tradeSide: options.tradeSide === null ? '' : orEnv(options.tradeSide, 'TRADE_SIDE') || '',
+    tradeSide: options.tradeSide !== undefined ? options.tradeSide : envSide?.trim() ? envSide : null,
     processName: options.processName,
-    quiet: isSilent(options.log),
+    log: LOG_TO[sinkKind(options.log)],
     holder: holder(),
     server: url ? serverOptions(url, options) : undefined,
   }
@@ -124,7 +139,7 @@ function onLock(fn, processType, native, a, b) {
     native.dir,
     native.tradeSide,
     native.processName,
-    native.quiet,
+    native.log,
     native.holder,
     native.server,
     a,
@@ -177,7 +192,7 @@ function lost(event) {
   }
   forget(event.lockFile)
   // Drops the native hold without a release line; a lock file of someone else stays.
-  onLock(binding.release, entry.processType, { ...entry.options, quiet: true })
+  onLock(binding.release, entry.processType, { ...entry.options, log: LOG_TO.silent })
   tell(entry, errorFromFailure(event.error, event.lockFile))
 }
 
@@ -204,7 +219,7 @@ function fail(out, sink) {
 function release(processType, native, sink) {
   const out = onLock(binding.release, processType, native)
   const entry = held.get(out.lockFile)
-  if (!out.error) emit(entry ? entry.sink : sink, out.lines)
+  emit(entry ? entry.sink : sink, out.error ? out.error.lines : out.lines)
   forget(out.lockFile)
   return out
 }
@@ -223,7 +238,7 @@ function adopt(out, processType, options, native, sink) {
   if (!held.has(out.lockFile)) {
     // Released later by where it is, not by how it was named: a relative `dir`, the working
     // directory or `$TRADE_SIDE` may have changed by then.
-    const where = { ...native, tradeSide: out.info.tradeSide || '' }
+    const where = { ...native, tradeSide: out.info.tradeSide || null }
     if (out.info.backend === 'file') where.dir = path.dirname(out.lockFile)
     held.set(out.lockFile, {
       processType,
@@ -243,7 +258,8 @@ function adopt(out, processType, options, native, sink) {
  * that holds it, as long as the lock file at its path is still the one it holds.
  */
 function acquireLock(processType, options) {
-  const opts = checkOptions(processType, options, ACQUIRE_NUMBER_OPTIONS)
+  const opts = checkOptions(processType, options)
+  checkWait(opts, 'waitMs')
   const sink = sinkFor(opts.log)
   if (opts.onLost !== undefined && opts.onLost !== 'exit') listenLosses()
   const native = nativeOptions(opts)
@@ -263,10 +279,7 @@ let nextWaitId = 1
 
 function checkAsyncOptions(processType, options) {
   const opts = checkOptions(processType, options)
-  const t = opts.timeoutMs
-  if (t !== undefined && !(typeof t === 'number' && t >= 0)) {
-    throw invalidOption('timeoutMs must be a number >= 0 (Infinity: no limit)')
-  }
+  checkWait(opts, 'timeoutMs')
   const signal = opts.signal
   if (
     signal !== undefined &&

@@ -9,6 +9,7 @@ const pl = require('..')
 const { start, watch, tempDir, deadPid, ROOT, lockDirEntries } = require('./helpers/proc')
 const { stageForOtherUsers } = require('./helpers/stage')
 const { SHORT, lockFile, recordOf, holder, stop } = require('./helpers/lock')
+const { needs, onlyOn } = require('./helpers/skip')
 
 function capture() {
   const lines = []
@@ -38,10 +39,7 @@ function ownToken(pid) {
 }
 
 /** For tests that compute a start token from /proc: elsewhere they are skipped, saying why. */
-const linuxOnly =
-  process.platform === 'linux'
-    ? test
-    : (name, fn) => test.skip(`${name} [skipped: the start token is read from /proc, Linux only]`, fn)
+const linuxOnly = onlyOn(['linux'], 'the start token is read from /proc')
 
 describe('API behaviour', () => {
   test('acquire is idempotent in the holding process; release reports what it did', () => {
@@ -352,7 +350,7 @@ describe('files of the older PID-only implementation, and PID reuse', () => {
     pl.releaseLock('backend', SHORT(dir))
   })
 
-  linuxOnly('a recycled PID never makes a dead holder look alive', async () => {
+  linuxOnly('recycled PIDs: never a live holder of our format; a PID-only file proves only its PID', async () => {
     const dir = tempDir('api-recycled')
     const b = bystander()
     try {
@@ -382,6 +380,9 @@ describe('files of the older PID-only implementation, and PID reuse', () => {
       expectTakeoverFrom(dir, b.pid)
 
       // The legacy PID-only format, naming a live process that started after the lock was taken.
+      // Linux tells a start only as time since boot, and a date computed from it moves with every
+      // step of the clock: the PID is all there is, and a live PID is a conflict. What to do is
+      // said: look at that process first; remove the file if it is not the service.
       const legacy = {
         pid: b.pid,
         started: '2025-10-18T22:38:49.123Z',
@@ -389,9 +390,14 @@ describe('files of the older PID-only implementation, and PID reuse', () => {
         processName: 'trader-short-backend',
       }
       fs.writeFileSync(lockFile(dir), JSON.stringify(legacy, null, 2))
-      expect(pl.getLockInfo('backend', SHORT(dir))).toBe(null)
-      expect(pl.acquireLock('backend', SHORT(dir)).pid).toBe(process.pid)
-      pl.releaseLock('backend', SHORT(dir))
+      expect(pl.getLockInfo('backend', SHORT(dir))).toMatchObject({ pid: b.pid })
+      const c = capture()
+      expect(() => pl.acquireLock('backend', SHORT(dir, { log: c.log }))).toThrow(pl.LockConflictError)
+      expect(c.lines).toContain(
+        `error [PROCESS_LOCK_CONFLICT] Its lock file holds only a PID (the older format): see what PID ${b.pid} runs first (ps -p ${b.pid} -o args=). If it is backend (SHORT), to force restart, run: kill ${b.pid}; if not, the PID was reused: remove the file (rm '${lockFile(dir)}')`,
+      )
+      expect(c.lines.join('\n')).not.toContain('[PROCESS_LOCK_CONFLICT] To force restart, run: kill')
+      expect(fs.readFileSync(lockFile(dir), 'utf8')).toBe(JSON.stringify(legacy, null, 2))
     } finally {
       b.kill('SIGKILL')
     }
@@ -399,7 +405,7 @@ describe('files of the older PID-only implementation, and PID reuse', () => {
 })
 
 const asNobody = process.getuid && process.getuid() === 0
-const describeAsNobody = asNobody ? describe : describe.skip
+const describeAsNobody = needs(asNobody, 'root, to run a child as another user').describe
 
 describeAsNobody('another user', () => {
   const NOBODY = 65534
@@ -458,10 +464,7 @@ describeAsNobody('another user', () => {
 })
 
 /** For tests that count a process's threads in /proc: elsewhere they are skipped, saying why. */
-const countsThreads =
-  process.platform === 'linux'
-    ? test
-    : (name, fn) => test.skip(`${name} [skipped: threads are counted in /proc, Linux only]`, fn)
+const countsThreads = onlyOn(['linux'], 'threads are counted in /proc')
 
 countsThreads('loading the package and holding a lock file start no thread', () => {
   // In a process of its own: jest's threads come and go. The PostgreSQL client and the threads

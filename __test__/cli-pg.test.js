@@ -172,9 +172,7 @@ pgTest(
     const s = await stubborn.done(30000)
     expect(s.code).toBe(LOST_EXIT_STATUS)
     expect(s.stdout).toContain('GOT SIGTERM')
-    expect(s.stderr).toContain(
-      `processlock: the command (PID ${child}) was still running 200 ms after SIGTERM; sent SIGKILL`,
-    )
+    expect(s.stderr).toContain(`processlock: still running 200 ms after SIGTERM, sent SIGKILL: PID ${child}`)
     expect(alive(child)).toBe(false)
 
     // The server stops while the lock is held: every session ends, and so does the command.

@@ -21,6 +21,7 @@ const {
 } = require('./helpers/cli-proc')
 
 const VERSION = require('../package.json').version
+const { needs, onlyOn } = require('./helpers/skip')
 const JSON_KEYS = [
   'file',
   'processType',
@@ -357,7 +358,7 @@ describe('processlock run', () => {
     }
   })
 
-  const linuxOnly = process.platform === 'linux' ? test : test.skip
+  const linuxOnly = onlyOn(['linux'], 'the fork is found through /proc')
   linuxOnly('SIGKILL of processlock while it takes the lock: the command never starts, nothing lingers', async () => {
     const dir = tempDir('cli-kill-early')
     const shell = await startCli(
@@ -596,7 +597,7 @@ describe('the npm launcher (bin/processlock.js)', () => {
   })
 })
 
-const onTerminal = hasScript() ? describe : describe.skip
+const onTerminal = needs(hasScript(), 'the script command (util-linux), for a terminal').describe
 
 onTerminal('Ctrl+C on a terminal', () => {
   // The terminal sends SIGINT to its whole foreground process group: the command has it already,

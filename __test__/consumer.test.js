@@ -1,8 +1,8 @@
 'use strict'
 // Proof from a consumer: @trader/processlock as npm delivers it, used the way the trader uses it.
 //
-//   1. `npm pack` the main package and this host's platform package; check what they carry and
-//      that the main package names every platform package at its exact version, as
+//   1. `npm run pack` writes the main package and this host's platform package; check what they
+//      carry and that the main package names every platform package at its exact version, as
 //      `napi prepublish` makes it before publishing.
 //   2. A fresh project (__test__/consumer/) installs both tarballs offline, with no Rust
 //      toolchain reachable; tsc --strict type-checks the trader's server/index.ts and
@@ -19,14 +19,17 @@
 //      [FATAL] line reaches PM2's log files; `pm2 reload` hands each lock to the new instance
 //      (its duration is printed).
 //
-// Needs `npm run build` first (the .node and the release `processlock` binary are packed).
+// Needs `npm run build` first (the .node and the release `processlock` binary are packed; the
+// suite runs `npm run pack` with --no-build).
 // Real processes, real files, real PM2; nothing is mocked.
+const { spawnSync } = require('node:child_process')
 const fs = require('node:fs')
 const path = require('node:path')
 const { cleanEnv, watch, run, runOk, waitUntil, running } = require('./helpers/consumer-proc')
 const { ROOT, ABI, EXE, MAIN, packAll, createProject, build, tempWork, unpack } = require('./helpers/consumer-project')
 const { PM2_VERSION, ensurePm2, Pm2 } = require('./helpers/consumer-pm2')
 const { lockDirEntries } = require('./helpers/proc')
+const { onlyOn } = require('./helpers/skip')
 
 const NPX_CLI = path.join(path.dirname(process.execPath), '..', 'lib', 'node_modules', 'npm', 'bin', 'npx-cli.js')
 const NPM_CLI = path.join(path.dirname(process.execPath), '..', 'lib', 'node_modules', 'npm', 'bin', 'npm-cli.js')
@@ -36,7 +39,7 @@ jest.setTimeout(120000)
 // POSIX hosts (Linux here and in CI, macOS in the GitHub workflow). On Windows the suite's
 // tools do not apply as written (npm.cmd shims, signals that cannot be sent to another process,
 // a POSIX shell for the toolchain stand-ins), so it is skipped there.
-const describePosix = process.platform === 'win32' ? describe.skip : describe
+const describePosix = onlyOn(['linux', 'darwin'], 'npm.cmd shims and signals differ on Windows').describe
 
 let work
 let tarballs
@@ -150,7 +153,16 @@ describePosix('@trader/processlock from a consumer', () => {
     }, 120000)
   }
 
-  describe('npm pack', () => {
+  describe('npm run pack', () => {
+    test('writes both tarballs and says how to install them; pack/ is not tracked by git', () => {
+      const names = [`trader-processlock-${MAIN.version}.tgz`, `trader-processlock-${ABI}-${MAIN.version}.tgz`]
+      expect(tarballs.tarballs).toEqual([...names].sort())
+      expect(tarballs.output).toContain('Install both in an app (offline is fine):')
+      expect(tarballs.output).toContain(`npm install ${tarballs.main.file} ${tarballs.platform.file}`)
+      const ignored = spawnSync('git', ['check-ignore', '-q', path.join('pack', names[0])], { cwd: ROOT })
+      expect(ignored.status).toBe(0)
+    })
+
     test('the main package carries the JS layer, the generated loader, its types and the CLI launcher; no binary', () => {
       const libFiles = fs.readdirSync(path.join(ROOT, 'lib')).map((f) => `lib/${f}`)
       // npm adds these whatever `files` says.
@@ -210,10 +222,10 @@ describePosix('@trader/processlock from a consumer', () => {
       // The loader checks the platform package's version against this one (a stale binding.js
       // after a version bump would fail here).
       expect(binding).toContain(`bindingPackageVersion !== '${MAIN.version}'`)
-      // The committed package.json leaves optionalDependencies to `napi prepublish` (the publish
-      // job); if it declares them, they must be exactly these.
-      expect(tarballs.main.manifest.optionalDependencies ?? deps).toEqual(deps)
-      expect(tarballs.published.manifest.optionalDependencies).toEqual(deps)
+      // The committed package.json leaves them to `napi prepublish` (the publish job) and to
+      // `npm run pack`.
+      expect(MAIN.optionalDependencies).toBeUndefined()
+      expect(tarballs.main.manifest.optionalDependencies).toEqual(deps)
     })
   })
 
@@ -273,6 +285,12 @@ describePosix('@trader/processlock from a consumer', () => {
         `Error: @trader/processlock: the native addon for this platform is missing: install @trader/processlock-${ABI}`,
         `  npm install @trader/processlock-${ABI}@${MAIN.version}`,
       ])
+      // Where the platform package is not published, the way to the tarballs, with their names;
+      // nothing about building inside node_modules.
+      const tarballsLine = `  npm install <clone>/pack/${path.basename(tarballs.main.file)} <clone>/pack/${path.basename(tarballs.platform.file)}`
+      expect(message).toContain(tarballsLine)
+      expect(load.stderr).toContain('with "npm run pack"')
+      expect(load.stderr).not.toMatch(/checkout|npm run build/)
       expect(load.stderr).not.toMatch(/wasi|npm has a bug/i)
       // The reason underneath stays available as the cause.
       expect(load.stderr).toContain(`Cannot find module '@trader/processlock-${ABI}'`)
@@ -282,7 +300,12 @@ describePosix('@trader/processlock from a consumer', () => {
         { cwd: bare },
       )
       expect(cli.code).toBe(1)
-      expect(cli.stderr).toContain(`@trader/processlock-${ABI} is installed`)
+      expect(cli.stderr.split('\n').slice(0, 2)).toEqual([
+        `processlock: the processlock command for this platform is missing: install @trader/processlock-${ABI}`,
+        `  npm install @trader/processlock-${ABI}@${MAIN.version}`,
+      ])
+      expect(cli.stderr).toContain(tarballsLine)
+      expect(cli.stderr).not.toMatch(/checkout|npm run build/)
     })
   })
 

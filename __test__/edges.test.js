@@ -10,6 +10,7 @@ const pl = require('..')
 const { ROOT, FIXTURES, tempDir, watch, start, lockDirEntries } = require('./helpers/proc')
 
 const { SHORT, lockFile, recordOf, holder, stop } = require('./helpers/lock')
+const { onlyOn } = require('./helpers/skip')
 
 /** Another process tries the lock once: its JSON outcome. */
 async function tryFromAnotherProcess(dir) {
@@ -298,7 +299,7 @@ describe('a holder whose lock file was removed, replaced or moved knows it', () 
     expect(() => pl.isLockHeld('backend', { dir: 5 })).toThrow(expect.objectContaining({ code: 'LOCK_INVALID_OPTION' }))
   })
 
-  const linuxTest = process.platform === 'linux' ? test : test.skip
+  const linuxTest = onlyOn(['linux'], 'threads are named in /proc')
 
   // The fixture reads its threads' names in /proc to know that the native watcher has sent
   // the loss notice before it takes the lock again, in the same JavaScript turn.

@@ -156,3 +156,55 @@ test('a process outside the command with a copy of its variable cannot claim the
   expect((await run.done()).code).toBe(0)
   expect(lockDirEntries(dir)).toEqual([])
 })
+
+test('under a restart loop (node --watch), each restarted app claims the lock again; it never leaves the command, and only processlock says released', async () => {
+  const dir = tempDir('handover-watch')
+  const project = tempDir('handover-watch-app')
+  const app = path.join(project, 'app.js')
+  // The app takes the lock, says what it got, and runs until node --watch restarts it.
+  fs.writeFileSync(
+    app,
+    `const pl = require(${JSON.stringify(path.join(__dirname, '..'))})
+let out
+try {
+  const info = pl.acquireLock('backend')
+  out = { ok: true, infoPid: info.pid }
+} catch (e) {
+  out = { ok: false, code: e.code }
+}
+console.log(JSON.stringify({ pid: process.pid, ppid: process.ppid, ...out }))
+setInterval(() => {}, 1000)
+`,
+  )
+  const run = startCli(['run', 'backend', '--', process.execPath, '--watch', app], { dir, cwd: project })
+  const lockFile = path.join(dir, 'backend.short.lock')
+  const apps = []
+  for (let round = 1; round <= 3; round++) {
+    if (round > 1) {
+      // Restart: node --watch stops the app and starts it again.
+      const t = new Date()
+      fs.utimesSync(app, t, t)
+    }
+    // Its lines come between the watcher's own.
+    await run.waitFor(new RegExp(`(^\\{.*\\n(.*\\n)*){${round}}`, 'm'))
+    const now = reports(run)[round - 1]
+    apps.push(now)
+    // The watcher, processlock's child, holds the lock; the record names it throughout.
+    const record = JSON.parse(fs.readFileSync(lockFile, 'utf8'))
+    expect({ round, now, recordPid: record.pid }).toEqual({
+      round,
+      now: { pid: now.pid, ppid: now.ppid, ok: true, infoPid: now.ppid },
+      recordPid: now.ppid,
+    })
+  }
+  expect(new Set(apps.map((a) => a.pid)).size).toBe(3)
+  // Nothing was said released while the command ran.
+  expect(run.stderr).not.toContain('[PROCESS_LOCK_RELEASED]')
+  run.kill('SIGTERM')
+  const r = await run.done()
+  const released = r.stderr.split('\n').filter((l) => l.startsWith('[PROCESS_LOCK_RELEASED]'))
+  expect(released).toEqual([
+    `[PROCESS_LOCK_RELEASED] { processType: 'backend', tradeSide: 'SHORT', pid: ${apps[0].ppid} }`,
+  ])
+  expect(lockDirEntries(dir)).toEqual([])
+})

@@ -10,6 +10,7 @@ const path = require('node:path')
 const pl = require('..')
 const { ROOT, tempDir, lockDirEntries, watch, deadPid } = require('./helpers/proc')
 const { cli, startHolder, startRun } = require('./helpers/cli-proc')
+const { needs } = require('./helpers/skip')
 
 const NOBODY = 65534
 const isRoot = process.getuid && process.getuid() === 0
@@ -150,7 +151,7 @@ setInterval(() => {}, 1 << 30)`
     expect(lockDirEntries(dir)).toEqual([])
   })
 
-  ;(isRoot ? test : test.skip)(
+  needs(isRoot, 'root, to give a directory to another user')(
     'a lock directory owned by another user is refused, for root too; its owner uses it',
     async () => {
       const dir = await dirWithLeftovers('perm-owner')
@@ -230,7 +231,7 @@ describe('records crafted to rewrite the terminal or forge log lines', () => {
       expect(lines).toEqual([
         '[PROCESS_LOCK_CONFLICT] Another backend (SHORT) is already running!',
         `[PROCESS_LOCK_CONFLICT] Existing process: { pid: ${live.pid}, started: '\\x1B[2J\\n[FATAL] forged' }`,
-        `[PROCESS_LOCK_CONFLICT] To force restart, run: kill ${live.pid}`,
+        `[PROCESS_LOCK_CONFLICT] Its lock file holds only a PID (the older format): see what PID ${live.pid} runs first (ps -p ${live.pid} -o args=). If it is backend (SHORT), to force restart, run: kill ${live.pid}; if not, the PID was reused: remove the file (rm '${lockFile(dir)}')`,
       ])
       expect(error.message).not.toMatch(RAW_CONTROL)
       // The record itself is returned as it is: it is data, not output.
@@ -305,7 +306,7 @@ describe('records crafted to rewrite the terminal or forge log lines', () => {
   })
 })
 
-;(hasFlock() ? describe : describe.skip)('a holder on another host', () => {
+needs(hasFlock(), 'the flock command (util-linux)').describe('a holder on another host', () => {
   const HOST = 'trader-9.elsewhere'
 
   test('the conflict names its host and advises no kill; check shows the host', async () => {
@@ -362,19 +363,9 @@ describe('records crafted to rewrite the terminal or forge log lines', () => {
 
   test('a holder on this host keeps the original lines, kill advice included', async () => {
     const dir = tempDir('local-holder')
-    const live = await sleeper()
+    const live = await startHolder(dir)
     try {
-      const started = new Date().toISOString()
-      fs.writeFileSync(
-        lockFile(dir),
-        JSON.stringify({
-          pid: live.pid,
-          started,
-          tradeSide: 'SHORT',
-          processName: 'trader-short-backend',
-          hostname: os.hostname(),
-        }),
-      )
+      const { started } = JSON.parse(fs.readFileSync(lockFile(dir), 'utf8'))
       const { error, lines } = conflictOf(dir)
       expect(lines).toEqual([
         '[PROCESS_LOCK_CONFLICT] Another backend (SHORT) is already running!',

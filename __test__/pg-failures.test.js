@@ -1,15 +1,17 @@
 'use strict'
 // Locks on a PostgreSQL server when things go wrong, through the API services call: a holder
 // frozen (SIGSTOP), cut off from the server (iptables on loopback), killed, or on another host
-// (a UTS namespace of its own), and a server that stops under its holders. Processes share only
+// (a UTS namespace and a boot id of its own), and a server that stops under its holders. Processes share only
 // the server's URL (each has a lock directory of its own). Events are ordered by what the
 // processes report (fencing tokens, the state of the old holder at the handover), never by time.
 const { execFileSync } = require('node:child_process')
+const fs = require('node:fs')
 const net = require('node:net')
 const path = require('node:path')
 const pl = require('..')
 const { FIXTURES, start, tempDir, watch } = require('./helpers/proc')
 const { LOST_EXIT_STATUS, held, usePg } = require('./helpers/pg')
+const { needs, onlyOn } = require('./helpers/skip')
 
 /** Short enough to keep the tests short, long enough for heartbeats on a loaded machine. */
 const LEASE_MS = 3000
@@ -123,12 +125,12 @@ describe('a frozen holder (SIGSTOP) with a short lease', () => {
 
 /** Whether iptables can be used here: it is installed and this process is root. */
 function canCut() {
-  if (process.getuid() !== 0) return 'cutting a connection needs root'
+  if (process.getuid() !== 0) return false
   try {
     execFileSync('iptables', ['--version'], { stdio: 'ignore' })
-    return null
+    return true
   } catch {
-    return 'cutting a connection needs iptables'
+    return false
   }
 }
 
@@ -138,16 +140,13 @@ const cutRules = (port) =>
 
 const iptables = (action, rule) => execFileSync('iptables', ['-w', action, ...rule], { stdio: 'ignore' })
 
-/** A test that cuts connections: skipped, with the reason printed, where it cannot. */
-const cutTest = (name, fn) =>
-  pgTest(name, async () => {
-    const why = canCut()
-    if (why) {
-      console.log(`SKIPPED: ${why}`)
-      return
-    }
-    await fn()
-  })
+/** A test that cuts connections: registered as skipped, saying why, where it cannot. */
+const cutTest =
+  process.platform !== 'linux'
+    ? onlyOn(['linux'], 'connections are cut with iptables')
+    : canCut()
+      ? pgTest
+      : needs(false, 'iptables and root, to cut a connection')
 
 /** The client port of the session that holds the lock for the process `pid`. */
 async function clientPort(pid) {
@@ -241,11 +240,14 @@ describe('a connection cut off from the server (iptables on loopback)', () => {
   })
 })
 
-pgTest('a holder on another host (its own UTS namespace) is named by host, and no kill is advised', async () => {
-  if (process.getuid() !== 0) {
-    console.log('SKIPPED: a UTS namespace of its own needs root')
-    return
-  }
+const utsTest =
+  process.platform !== 'linux'
+    ? onlyOn(['linux'], 'a host of its own is a UTS namespace')
+    : process.getuid() === 0
+      ? pgTest
+      : needs(false, 'root, for UTS and mount namespaces of its own')
+
+utsTest('a holder on another host (its own UTS namespace) is named by host, and no kill is advised', async () => {
   const env = {
     ...process.env,
     PROCESSLOCK_DIR: tempDir('pg-host'),
@@ -254,13 +256,21 @@ pgTest('a holder on another host (its own UTS namespace) is named by host, and n
     PROCESSLOCK_LOG: '',
     LEASE_MS: String(LEASE_MS),
   }
+  // Another machine: another host name and another boot id (a host name alone is a renamed host,
+  // or a UTS namespace, of this machine, whose start tokens say so).
+  const bootId = path.join(tempDir('pg-boot'), 'boot_id')
+  fs.writeFileSync(bootId, '00000000-0000-4000-8000-000000000000\n')
   const other = watch(
     'unshare',
     [
       '--uts',
+      '--mount',
+      '--propagation',
+      'private',
       'sh',
       '-c',
-      'hostname other-host && exec "$0" "$@"',
+      'hostname other-host && mount --bind "$0" /proc/sys/kernel/random/boot_id && exec "$@"',
+      bootId,
       process.execPath,
       path.join(FIXTURES, 'pg-lease.js'),
       'hold',

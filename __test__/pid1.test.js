@@ -10,12 +10,17 @@ const path = require('node:path')
 const { spawnSync } = require('node:child_process')
 const { FIXTURES, tempDir, lockDirEntries, watch, running } = require('./helpers/proc')
 const pl = require('..')
+const { needs, onlyOn } = require('./helpers/skip')
 
 const canUnshare =
   process.platform === 'linux' &&
   process.getuid() === 0 &&
   spawnSync('unshare', ['--pid', '--fork', '--kill-child', 'true']).status === 0
-const describeNamespaces = canUnshare ? describe : describe.skip
+const describeNamespaces = (
+  process.platform !== 'linux'
+    ? onlyOn(['linux'], 'PID namespaces are Linux only')
+    : needs(canUnshare, 'root and unshare --pid')
+).describe
 
 /** The host PID of the only child of `pid`. */
 function childOf(pid) {

@@ -3,7 +3,9 @@
 // commit, a branch), in one run: rounds alternate between the two, each round a fresh process
 // and a fresh lock directory (ext4 slows create/unlink loops as a directory's history grows),
 // so load on the machine falls on both sides alike. Reports each side's median of per-round
-// medians and the ratio.
+// medians and the ratio. Each round also starts a process that requires the package and takes
+// one lock, held until it exits (then released at exit): the time of `require` plus the first
+// acquire inside it, and the wall time of the whole process.
 //
 //   node bench/compare.js --baseline DIR [--rounds N (20)] [--cycles N (5000)] [--dir D]
 //
@@ -68,6 +70,30 @@ const ROUND = `
   console.log(t[cycles >> 1])
 `
 
+// A service's start: require, the first acquire, held until the process ends. Prints the ns
+// that require and the first acquire took inside the process.
+const START = `
+  const t0 = process.hrtime.bigint()
+  const pl = require(process.argv[1])
+  pl.acquireLock('backend', { dir: process.argv[2], tradeSide: 'SHORT', log: false })
+  console.log(Number(process.hrtime.bigint() - t0))
+`
+
+/** One start: [require + first acquire inside the process, wall time of the process], in ms. */
+function start(pkg, a) {
+  const dir = fs.mkdtempSync(path.join(a.dir, 'pl-compare-start-'))
+  try {
+    const t0 = process.hrtime.bigint()
+    const inside = Number(execFileSync(process.execPath, ['-e', START, pkg, dir], { encoding: 'utf8' })) / 1e6
+    const wall = Number(process.hrtime.bigint() - t0) / 1e6
+    if (fs.readdirSync(dir).some((n) => n !== '.processlock.guard'))
+      throw new Error('the lock was not released at exit')
+    return [inside, wall]
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true })
+  }
+}
+
 function round(pkg, a) {
   const dir = fs.mkdtempSync(path.join(a.dir, 'pl-compare-'))
   try {
@@ -82,10 +108,15 @@ const median = (xs) => xs.slice().sort((p, q) => p - q)[xs.length >> 1]
 function main() {
   const a = parseArgs(process.argv.slice(2))
   const sides = { baseline: [], current: [] }
+  const starts = { baseline: [], current: [] }
   for (let r = 0; r < a.rounds; r++) {
     // Alternate which side goes first, so neither always runs on a warmer machine.
     const order = r % 2 ? ['current', 'baseline'] : ['baseline', 'current']
-    for (const side of order) sides[side].push(round(side === 'current' ? ROOT : a.baseline, a))
+    for (const side of order) {
+      const pkg = side === 'current' ? ROOT : a.baseline
+      sides[side].push(round(pkg, a))
+      starts[side].push(start(pkg, a))
+    }
   }
   const b = median(sides.baseline)
   const c = median(sides.current)
@@ -103,6 +134,17 @@ function main() {
     `  current  ${ROOT}: ${c.toFixed(1)} us (rounds ${Math.min(...sides.current).toFixed(1)}..${Math.max(...sides.current).toFixed(1)})`,
   )
   console.log(`  current / baseline: ${(c / b).toFixed(3)}`)
+  const ms = (side, i) => median(starts[side].map((x) => x[i]))
+  console.log(`require + first acquire (held until exit), median of ${a.rounds} processes per side`)
+  for (const [i, what] of [
+    [0, 'inside the process'],
+    [1, 'wall time of the process (with its release at exit)'],
+  ]) {
+    const [sb, sc] = [ms('baseline', i), ms('current', i)]
+    console.log(
+      `  ${what}: baseline ${sb.toFixed(2)} ms, current ${sc.toFixed(2)} ms, current / baseline ${(sc / sb).toFixed(3)}`,
+    )
+  }
 }
 
 main()

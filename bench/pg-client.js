@@ -12,8 +12,10 @@
 // monotonic clock, comparable between processes):
 //   cycles {n, warmup, maxMs}   J {n, median_ns, p95_ns}
 //   hold                        A t token | E code message
-//   take {waitMs}               W (waiting), then J {ok, tA, code}; a taken lock is released
-//                               right after the reply, then X ok
+//   take {waitMs, watch}        W (waiting), then J {ok, tA, code}; a taken lock is released
+//                               right after the reply, then X ok. With watch {pid, ticks}, J
+//                               also says whether that process still ran right after the
+//                               acquire (watchedAlive)
 //   release                     R t (release called), then X ok
 //   round {r, t0, holdUs}       at t0 one attempt: A r t token, then after 0..holdUs us R r t
 //                               (and X r when release said the lock was not ours any more), or
@@ -49,6 +51,17 @@ const sleepNs = (ns) => ns > 0 && Atomics.wait(sleeper, 0, 0, Number(ns) / 1e6)
 
 function out(line) {
   fs.writeSync(1, `${line}\n`)
+}
+
+/** Whether process `pid`, started at `ticks` clock ticks after boot, runs (not a zombie). */
+function running(pid, ticks) {
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8')
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+    return fields[19] === String(ticks) && fields[0] !== 'Z' && fields[0] !== 'X'
+  } catch {
+    return false
+  }
 }
 
 function fdCount() {
@@ -247,6 +260,7 @@ async function main() {
         try {
           await lock.take(cmd.waitMs)
           reply = { ok: true, tA: String(now()) }
+          if (cmd.watch) reply.watchedAlive = running(cmd.watch.pid, cmd.watch.ticks)
         } catch (e) {
           reply = { ok: false, code: (e && e.code) || String(e) }
         }

@@ -227,7 +227,8 @@ function packageSizes() {
     return `${R.kb(bytes.length)} KB (gzip -9: ${R.kb(zlib.gzipSync(bytes, { level: 9 }).length)} KB)`
   }
   const addon = fs.readdirSync(ROOT).find((n) => /^processlock\..*\.node$/.test(n))
-  const cli = path.join(ROOT, 'target', 'release', process.platform === 'win32' ? 'processlock.exe' : 'processlock')
+  const { buildDir, EXE } = require('../bin/processlock.js')
+  const cli = path.join(buildDir('release'), EXE)
   const { files } = require('../package.json')
   const js = files
     .flatMap((f) =>
@@ -257,7 +258,7 @@ function startupSection(a, ctx) {
           { id: 'require', label: '`node -e "require(pkg)"`', req: `require(${pkg})` },
           {
             id: 'ours',
-            label: '`node -e "require(pkg).acquireLock(...)"` (held until exit, released by the exit hook)',
+            label: '`node -e "require(pkg).acquireLock(...)"` (held until exit, released at exit)',
             req: `require(${pkg})`,
             acq: (d) => `m.acquireLock('backend',{dir:${q(d)},tradeSide:'SHORT',log:false})`,
           },

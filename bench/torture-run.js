@@ -21,14 +21,18 @@ const { ROOT } = require('./impls')
 
 const KINDS = ['run-tree', 'run-race']
 const LOCK_NAME = 'backend.short.lock'
-const PROCESSLOCK = path.join(ROOT, 'target', 'release', 'processlock')
-const CLAIM = path.join(ROOT, 'target', 'release', 'examples', 'claim')
+// The command of `npm run build`, and the claim example built below beside it with the same
+// target, so that it reuses what that build compiled (bin/processlock.js knows where).
+const { buildDir, hostTriple } = require('../bin/processlock.js')
+const PROCESSLOCK = path.join(buildDir('release'), 'processlock')
+const CLAIM = path.join(buildDir('release'), 'examples', 'claim')
 
 /** Builds the claim example (a no-op when it is up to date); why not, if it cannot run. */
 function prepare() {
   if (!fs.existsSync(PROCESSLOCK)) return `${PROCESSLOCK} is missing: run npm run build`
   try {
-    execFileSync('cargo', ['build', '--release', '--quiet', '-p', 'processlock', '--example', 'claim'], {
+    const target = ['--target', hostTriple()]
+    execFileSync('cargo', ['build', '--release', '--quiet', ...target, '-p', 'processlock', '--example', 'claim'], {
       cwd: ROOT,
       stdio: ['ignore', 'ignore', 'inherit'],
     })

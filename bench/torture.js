@@ -7,7 +7,8 @@
 //                         [--impls ours,proper-lockfile,lockfile]
 //                         [--kinds fresh,stale,recycled,legacy,kill,
 //                                  force-release,force-stale,run-tree,run-race,
-//                                  pg-race,pg-terminate,pg-restart,pg-frozen]
+//                                  exit-hook,pg-race,pg-terminate,pg-restart,
+//                                  pg-frozen]
 //                         [--peer-rounds N (= rounds)] [--peer-kill-rounds N (200)]
 //                         [--hold-us U (2000)] [--dir D] [--keep]
 //                         [--write]   (also put the tables into BENCHMARKS.md: races on
@@ -45,6 +46,12 @@
 //             (bench/torture-run.js)
 //   run-race  (ours only) N `processlock run` wrappers started at once, the
 //             command of each winner taking the lock itself
+//   exit-hook (ours only) each round a fresh holder takes the lock, then adds
+//             an 'exit' hook of its own that writes for a random 0..hold-us
+//             microseconds, and ends (process.exit, natural end, uncaught
+//             exception, unhandled rejection, a worker thread's end) while N
+//             waiters wait for the lock (bench/torture-exit.js); the holder
+//             owns it until its hook's last write
 //   pg-race   (ours only) N racers with the same PostgreSQL URL and each a lock
 //             directory of its own, on a private server the run starts
 //             (bench/torture-pg.js); the owners' fencing tokens must strictly
@@ -55,6 +62,11 @@
 //             restarted while one racer holds and the others wait, one waiter
 //             frozen (SIGSTOP) while the lock changes hands; the holders table
 //             emptied before every 10th round (bench/torture-pg.js)
+//   url-tree-loss, url-tree-kill  (ours only, Linux; one size) `processlock run
+//             --url` whose app sits behind a shell or a Node launcher: the
+//             app's ownership (acquire .. its death, told by a pidfd) against
+//             the next holder's, when the lock is lost (the server ends the
+//             session) or the launcher is SIGKILLed (bench/torture-tree.js)
 // Racers are long-lived processes (bench/worker.js) told per round, through
 // stdin, the lock directory and a start instant t0 (CLOCK_MONOTONIC); they
 // sleep until t0, try once, and if they win hold (asleep) for a random
@@ -84,9 +96,11 @@ const { oursUnavailable } = require('./impls')
 const report = require('./report')
 const runKinds = require('./torture-run')
 const pgKinds = require('./torture-pg')
+const treeKinds = require('./torture-tree')
+const exitKinds = require('./torture-exit')
 
 // Kinds that run without the long-lived racers of a Combo.
-const SEPARATE = [...runKinds.KINDS, ...pgKinds.KINDS]
+const SEPARATE = [...runKinds.KINDS, ...exitKinds.KINDS, ...pgKinds.KINDS, ...treeKinds.KINDS]
 
 const LOCK_NAME = 'backend.short.lock'
 const GUARD_NAME = '.processlock.guard'
@@ -177,7 +191,9 @@ function parseArgs(argv) {
       'force-release',
       'force-stale',
       ...runKinds.KINDS,
+      ...exitKinds.KINDS,
       ...pgKinds.KINDS,
+      ...treeKinds.KINDS,
     ],
     peerRounds: null,
     peerKillRounds: null,
@@ -644,7 +660,7 @@ function failures(st) {
     st.stuck +
     st.releaseNotOurs +
     (st.tokensOutOfOrder || 0) +
-    st.leftoverLocks * (pgKinds.KINDS.includes(st.kind) ? 1 : 0) +
+    st.leftoverLocks * (pgKinds.KINDS.includes(st.kind) || treeKinds.KINDS.includes(st.kind) ? 1 : 0) +
     Object.values(o.errors || {}).reduce((x, y) => x + y, 0) +
     Object.values(o.bad || {}).reduce((x, y) => x + y, 0) +
     Object.values(st.badRecords).reduce((x, y) => x + y, 0) +
@@ -711,11 +727,39 @@ async function main() {
       console.log(report.tortureLine(st))
     }
   }
+  const ending = a.impls.includes('ours') ? a.kinds.filter((k) => exitKinds.KINDS.includes(k)) : []
+  for (const n of a.sizes) {
+    for (const kind of ending) {
+      const st = await exitKinds.runKind(kind, n, {
+        rounds: a.rounds,
+        duration: a.duration,
+        holdUs: a.holdUs,
+        base: root,
+        keep: a.keep,
+      })
+      results.push(st)
+      console.log(report.tortureLine(st))
+    }
+  }
   const onServer = a.impls.includes('ours') ? a.kinds.filter((k) => pgKinds.KINDS.includes(k)) : []
-  const pg = onServer.length ? await pgKinds.startServer() : null
-  if (pg && pg.why) console.log(`torture: ${onServer.join(', ')}: skipped (${pg.why})`)
+  const trees = a.impls.includes('ours') ? a.kinds.filter((k) => treeKinds.KINDS.includes(k)) : []
+  const whyNoTrees = trees.length ? treeKinds.prepare() : null
+  if (whyNoTrees) console.log(`torture: ${trees.join(', ')}: skipped (${whyNoTrees})`)
+  const pg = onServer.length || (trees.length && !whyNoTrees) ? await pgKinds.startServer() : null
+  if (pg && pg.why) console.log(`torture: ${[...onServer, ...trees].join(', ')}: skipped (${pg.why})`)
   else if (pg) {
     try {
+      for (const kind of whyNoTrees ? [] : trees) {
+        const st = await treeKinds.runKind(kind, 1, {
+          rounds: a.rounds,
+          duration: a.duration,
+          base: root,
+          keep: a.keep,
+          pg,
+        })
+        results.push(st)
+        console.log(report.tortureLine(st))
+      }
       for (const n of a.sizes) {
         for (const kind of onServer) {
           const st = await pgKinds.runKind(kind, n, {
@@ -746,7 +790,7 @@ async function main() {
     staleMs: PEER_STALE_MS,
     holdUs: a.holdUs,
   }
-  const onPg = (st) => pgKinds.KINDS.includes(st.kind)
+  const onPg = (st) => pgKinds.KINDS.includes(st.kind) || treeKinds.KINDS.includes(st.kind)
   const blocks = [
     ['torture', results.filter((st) => !onPg(st)), meta],
     ['torture-pg', results.filter(onPg), { ...meta, server: true }],

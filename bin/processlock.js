@@ -5,8 +5,9 @@
 //
 // Where the binary is looked for, first match wins:
 //   1. $PROCESSLOCK_BINARY, if set;
-//   2. in a checkout, target/release/processlock or target/debug/processlock (the newer one);
-//   3. npm/<abi>/processlock in this package (after `napi artifacts`);
+//   2. in a checkout, the build of `npm run build` or `npm run build:debug`, whichever is newer:
+//      target/<host triple>/release/processlock or .../debug/processlock (see buildDir);
+//   3. npm/<abi>/processlock in this package (after `npm run pack` or `napi artifacts`);
 //   4. the platform package @trader/processlock-<abi>, next to its .node file.
 
 const { spawn } = require('node:child_process')
@@ -58,6 +59,37 @@ function abi() {
   }
 }
 
+/** Rust's name of an architecture Node names `arch`. */
+const RUST_ARCH = { x64: 'x86_64', arm64: 'aarch64', ia32: 'i686', arm: 'armv7' }
+
+/**
+ * The Rust target triple of this machine, e.g. x86_64-unknown-linux-gnu: the one `napi build`
+ * builds for (it always passes --target), and so the directory under target/ of a checkout's build.
+ */
+function hostTriple() {
+  const arch = RUST_ARCH[process.arch] || process.arch
+  switch (process.platform) {
+    case 'linux':
+      if (process.arch === 'arm') return `${arch}-unknown-linux-${linuxIsMusl() ? 'musleabihf' : 'gnueabihf'}`
+      return `${arch}-unknown-linux-${linuxIsMusl() ? 'musl' : 'gnu'}`
+    case 'darwin':
+      return `${arch}-apple-darwin`
+    case 'win32':
+      return `${arch}-pc-windows-msvc`
+    default:
+      return `${arch}-unknown-${process.platform}`
+  }
+}
+
+/**
+ * Where a checkout's build puts the `processlock` command and the examples, for `profile`
+ * (release: `npm run build`; debug: `npm run build:debug`). One directory for the addon and the
+ * command, so that cargo compiles every crate they share once (scripts/build.js).
+ */
+function buildDir(profile = 'release') {
+  return path.join(ROOT, 'target', hostTriple(), profile)
+}
+
 function isFile(p) {
   try {
     return fs.statSync(p).isFile()
@@ -71,7 +103,7 @@ function candidates() {
   const found = []
   if (process.env.PROCESSLOCK_BINARY) found.push(process.env.PROCESSLOCK_BINARY)
   const builds = ['release', 'debug']
-    .map((profile) => path.join(ROOT, 'target', profile, EXE))
+    .map((profile) => path.join(buildDir(profile), EXE))
     .filter(isFile)
     .sort((a, b) => fs.statSync(b).mtimeMs - fs.statSync(a).mtimeMs)
   found.push(...builds)
@@ -84,15 +116,37 @@ function candidates() {
   return { name, paths: found }
 }
 
+/** The file name `npm pack` gives a package's tarball. */
+function tarball(name, version) {
+  return `${name.replace(/^@/, '').replace('/', '-')}-${version}.tgz`
+}
+
+/**
+ * What to do when this platform's package cannot be installed from the registry: in a checkout,
+ * build it; installed (node_modules), get both packages as tarballs from a clone.
+ */
+function notPublishedAdvice() {
+  const { name, version } = require('../package.json')
+  const platformPackage = `${name}-${abi()}`
+  if (isFile(path.join(ROOT, 'Cargo.toml'))) return `In this checkout of ${name} (${ROOT}), run "npm run build".`
+  return (
+    `If npm answers 404 (${platformPackage} is not published), build both packages from a clone of ` +
+    `${name} with "npm run pack" and install the two tarballs it writes into pack/:\n` +
+    `  npm install <clone>/pack/${tarball(name, version)} <clone>/pack/${tarball(platformPackage, version)}`
+  )
+}
+
 function findBinary() {
   const { name, paths } = candidates()
   const hit = paths.find(isFile)
   if (hit) return hit
+  const { name: pkg, version } = require('../package.json')
   const looked = paths.length ? paths.join(', ') : '(nothing)'
   process.stderr.write(
-    `processlock: no processlock binary for ${name} (looked at: ${looked}). ` +
-      `In a checkout run "npm run build"; from npm, reinstall so that the optional dependency ` +
-      `@trader/processlock-${name} is installed (it is skipped with --no-optional or --omit=optional).\n`,
+    `processlock: the processlock command for this platform is missing: install ${pkg}-${name}\n` +
+      `  npm install ${pkg}-${name}@${version}\n` +
+      `It is an optional dependency of ${pkg}, left out by --omit=optional (or --no-optional).\n` +
+      `${notPublishedAdvice()}\n(looked at: ${looked})\n`,
   )
   process.exit(1)
 }
@@ -150,4 +204,4 @@ if (require.main === module) {
   main()
 }
 
-module.exports = { abi, candidates, linuxIsMusl }
+module.exports = { abi, buildDir, candidates, hostTriple, linuxIsMusl, notPublishedAdvice, EXE }

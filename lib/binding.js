@@ -3,13 +3,9 @@
 // cannot be loaded, the error says first which package this platform needs and how to install
 // it, with the real reason as its `cause`.
 
-const path = require('node:path')
-
-const PACKAGE = path.resolve(__dirname, '..')
-
 function loadFailure(loaderError) {
   const manifest = require('../package.json')
-  const { abi } = require('../bin/processlock.js')
+  const { abi, notPublishedAdvice } = require('../bin/processlock.js')
   const platform = abi()
   const name = `${manifest.name}-${platform}`
   let cause = loaderError
@@ -38,7 +34,7 @@ function loadFailure(loaderError) {
       `It is an optional dependency of ${manifest.name}, left out by --omit=optional (or ` +
       `--no-optional), by a package-lock.json written before this platform was added, or when ` +
       `node_modules is copied from another system: install on the machine or in the image that ` +
-      `runs the app. In a checkout of ${manifest.name} (${PACKAGE}), run "npm run build".`
+      `runs the app.\n${notPublishedAdvice()}`
   }
   const error = new Error(message)
   error.cause = cause
@@ -53,4 +49,35 @@ function load() {
   }
 }
 
-module.exports = load()
+/**
+ * The native functions, each made to throw only coded errors. They never throw on purpose
+ * (failures come back as values): what one throws is a Rust panic, caught at the boundary
+ * (`#[napi(catch_unwind)]`) instead of aborting the process, or an argument it could not take.
+ * Either is a bug of this package; the call did not complete, as when the operating system
+ * fails one: `LockIoError` (`LOCK_IO`), with the native error as its `cause`.
+ */
+function guarded(native) {
+  const { LockIoError } = require('./errors.js')
+  const out = {}
+  for (const [name, fn] of Object.entries(native)) {
+    if (typeof fn !== 'function') {
+      out[name] = fn
+      continue
+    }
+    out[name] = (...args) => {
+      try {
+        return fn(...args)
+      } catch (e) {
+        const why = (e && e.message) || String(e)
+        throw new LockIoError(
+          `LOCK_IO: ${name} failed inside the native addon, a bug of this package (please report it): ${why}`,
+          'LOCK_IO',
+          { cause: e },
+        )
+      }
+    }
+  }
+  return out
+}
+
+module.exports = guarded(load())

@@ -1,13 +1,19 @@
 'use strict'
 // Releases held locks when the process ends, without changing how the app ends.
 //
-// - 'exit' covers process.exit(), the natural end, an uncaught exception and an unhandled
-//   rejection. Nothing is added for 'uncaughtException': a listener there would stop Node from
+// - process.exit(), the natural end, an uncaught exception and an unhandled rejection: nothing
+//   here. Node calls 'exit' listeners in the order they were added, and apps take the lock
+//   before they add their own shutdown hooks: a release in an 'exit' listener of ours would let
+//   a waiter in while those hooks still run. The native layer releases once the last of them has
+//   run (src/ending.rs: a libc `atexit` hook; a worker thread's end, and the main thread's natural
+//   end, through the clean-up of that thread's Node environment), and writes the log lines then.
+//   Nothing is added for 'uncaughtException' either: a listener there would stop Node from
 //   crashing.
 // - SIGINT, SIGTERM and SIGHUP kill Node without 'exit' when nobody listens. If the app has no
-//   listener of its own we release and re-raise the signal, so the exit status stays 130/143/129.
+//   listener of its own we release and re-raise the signal, so the exit status stays 130/143/129:
+//   no 'exit' listener runs on that path, so there is nothing the release could come before.
 //   If it has one (PM2 graceful shutdown, Temporal's Runtime), its shutdown runs undisturbed
-//   and 'exit' releases later.
+//   and the lock is released when the process finally ends.
 // - Our signal listeners are prepended, so we look at the listener list before any app listener
 //   had the chance to remove itself during the same signal (Temporal's Runtime does that).
 // - Nothing is installed at require time, and everything is removed once no lock is held (at the
@@ -25,10 +31,6 @@ let holdsAny = () => false
 let installed = false
 let pendingUninstall = null
 const handlers = new Map()
-
-function onExit() {
-  releaseAll()
-}
 
 /**
  * Listeners of the `signal-exit` package (loaded by lockfile, proper-lockfile, write-file-atomic,
@@ -48,27 +50,30 @@ function signalExitListeners() {
 function onSignal(signal) {
   const appListeners = process.listeners(signal).filter((l) => l !== handlers.get(signal))
   if (appListeners.length > signalExitListeners()) return
+  // PID 1 of a PID namespace (a container's app without an init) is spared by the kernel from
+  // signals it has no handler for: a re-raised signal would leave it running. It ends with the
+  // status a shell gives that signal instead, through process.exit: its 'exit' listeners run,
+  // and the native layer releases after them.
+  if (process.pid === 1) {
+    uninstall()
+    process.exit(128 + require('node:os').constants.signals[signal])
+  }
   releaseAll()
   uninstall()
-  // PID 1 of a PID namespace (a container's app without an init) is spared by the kernel from
-  // signals it has no handler for: the re-raised signal would leave it running without its lock.
-  // It ends with the status a shell gives that signal instead.
-  if (process.pid === 1) process.exit(128 + require('node:os').constants.signals[signal])
   process.kill(process.pid, signal)
 }
 
 /**
- * Called after a lock is taken. `release` must release every held lock synchronously; `holds`
- * tells whether any lock is still held.
+ * Called after a lock is taken. `release` must release every held lock synchronously (for a
+ * signal that ends the process without 'exit'); `holds` tells whether any lock is still held.
  */
 function install(release, holds) {
   releaseAll = release
   holdsAny = holds
   if (installed) return
   installed = true
-  process.on('exit', onExit)
-  // Signal listeners are a main-thread feature; a worker's locks go with its 'exit' (and, for
-  // `worker.terminate()`, with the clean-up of its Node environment: see `openHolder`).
+  // Signal listeners are a main-thread feature; a worker's locks go with the clean-up of its
+  // Node environment, after its 'exit' listeners (and at `worker.terminate()`).
   if (!require('node:worker_threads').isMainThread) return
   for (const signal of SIGNALS) {
     const handler = () => onSignal(signal)
@@ -81,7 +86,6 @@ function install(release, holds) {
 function uninstall() {
   if (!installed) return
   installed = false
-  process.removeListener('exit', onExit)
   for (const [signal, handler] of handlers) process.removeListener(signal, handler)
   handlers.clear()
 }

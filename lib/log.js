@@ -3,7 +3,12 @@
 // PROCESSLOCK_LOG=silent, or to the caller's function.
 
 function levelOf(line) {
-  if (line.startsWith('[PROCESS_LOCK_CONFLICT]') || line.startsWith('[PROCESS_LOCK_LOST]')) return 'error'
+  if (
+    line.startsWith('[PROCESS_LOCK_CONFLICT]') ||
+    line.startsWith('[PROCESS_LOCK_LOST]') ||
+    line.startsWith('[PROCESS_LOCK_RELEASE_FAILED]')
+  )
+    return 'error'
   if (line.startsWith('[PROCESS_LOCK_STALE]')) return 'warn'
   return 'info'
 }
@@ -24,13 +29,20 @@ function sinkFor(option) {
   return consoleSink
 }
 
-/** Whether a `log` option sends the lines nowhere, so that they need not be built at all. */
-function isSilent(option) {
-  return sinkFor(option) === silent
+/**
+ * Where a `log` option sends the lines, as the native layer is told (its `LogTo`): `'silent'`
+ * (nowhere, so that they need not be built at all), `'function'` or `'console'`. The lines of a
+ * release at the end of the process or of a worker thread are written natively, after the last
+ * JavaScript ran: to stdout and stderr for the console, and for a function, which can no longer
+ * be called, only a failed release, to stderr.
+ */
+function sinkKind(option) {
+  const sink = sinkFor(option)
+  return sink === silent ? 'silent' : sink === consoleSink ? 'console' : 'function'
 }
 
 function emit(sink, lines) {
   for (const line of lines) sink(line, levelOf(line))
 }
 
-module.exports = { sinkFor, isSilent, emit, levelOf }
+module.exports = { sinkFor, sinkKind, emit, levelOf }

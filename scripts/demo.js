@@ -1,11 +1,18 @@
 'use strict'
-// `npm run demo`: plays the README's scenarios live, with real processes, in a temporary lock
-// directory: normal start, duplicate start, a SIGKILLed holder's stale lock, trade sides side by
-// side, what `processlock check` shows, and the release at shutdown.
+// `npm run demo`: plays the README's scenarios live under real PM2, in a temporary directory:
+// normal start, duplicate start, a SIGKILLed holder's stale lock, trade sides side by side, what
+// `processlock check` shows, and the release at shutdown.
+//
+// Every `$ ...` line it prints is the command it runs, with the environment of the `export` line
+// it starts with, and what follows is that command's own output: a reader can paste them into a
+// shell in the repository and see the same. PM2 runs with a home of its own (PM2_HOME in the
+// demo's directory): its daemon is not the user's, and the user's PM2, if any, is never touched.
+// (PM2_DISABLE_VERSION_CHECK keeps PM2 from asking the network for its latest version.)
 //
 // However the demo ends (its end, an error, SIGINT, SIGTERM, SIGHUP, or a reader that goes away,
-// as in `npm run demo | head -8`), it stops the services it started and removes its directory.
-// Colours only on a terminal, and never with NO_COLOR set.
+// as in `npm run demo | head -8`), it stops everything it started, the PM2 daemon and its
+// services included, and removes its directory. Colours only on a terminal, and never with
+// NO_COLOR set.
 //
 // `npm run demo -- --keep` pauses before the shutdown, with the services running, so that they
 // can be looked at from another terminal; Ctrl+C (or SIGTERM) then stops them.
@@ -18,9 +25,29 @@ const ROOT = path.resolve(__dirname, '..')
 const SIGNALS = process.platform === 'win32' ? ['SIGINT', 'SIGTERM'] : ['SIGINT', 'SIGTERM', 'SIGHUP']
 const colour = Boolean(process.stdout.isTTY) && !process.env.NO_COLOR
 const keep = process.argv.includes('--keep')
-const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'processlock-demo-'))
-/** Every service started, until it has ended. */
-const running = new Set()
+const bin = (name) => (process.platform === 'win32' ? `${name}.cmd` : name)
+const work = fs.mkdtempSync(path.join(os.tmpdir(), 'processlock-demo-'))
+const locks = path.join(work, 'locks')
+const pm2Home = path.join(work, 'pm2')
+fs.mkdirSync(locks)
+fs.mkdirSync(pm2Home)
+// PM2 asks a server of its own for its latest version when its home has no `touch` file.
+fs.writeFileSync(path.join(pm2Home, 'touch'), String(Date.now()))
+
+/** What the `export` line sets, for every command after it. */
+const exported = { PROCESSLOCK_DIR: locks, PM2_HOME: pm2Home, TRADE_SIDE: 'SHORT' }
+const baseEnv = {
+  ...process.env,
+  ...exported,
+  PM2_DISABLE_VERSION_CHECK: 'true',
+  ...(colour ? {} : { NO_COLOR: '1', FORCE_COLOR: '0' }),
+}
+// A shell's environment, not that of the `npm run demo` around us (npm_config_loglevel=silent
+// from `npm run --silent` would hide npm's own lines from the commands shown).
+for (const k of Object.keys(baseEnv)) if (/^npm_/i.test(k)) delete baseEnv[k]
+
+/** The command running now, if any: stopped first when the demo ends early. */
+let current = null
 /** Set once the reader of our output has gone: nothing more is written. */
 let outputClosed = false
 /** Set once the demo ends early: the promise of its end. */
@@ -38,8 +65,8 @@ function title(text) {
   write(`\n${style(1, `== ${text}`)}\n`)
 }
 
-function shell(text) {
-  write(`${style(2, `$ ${text}`)}\n`)
+function note(text) {
+  write(`${style(2, `  (${text})`)}\n`)
 }
 
 function indented(text) {
@@ -49,67 +76,135 @@ function indented(text) {
 /** Thrown into the scenario once the demo is ending early: nothing new is started. */
 class Ending extends Error {}
 
-/** Starts an example service; its output is shown indented, as it arrives. */
-function service(script, side = 'SHORT') {
-  if (ending) throw new Ending('the demo is ending')
-  const child = spawn(process.execPath, [path.join(ROOT, 'examples', script)], {
-    cwd: ROOT,
-    env: { ...process.env, PROCESSLOCK_DIR: dir, TRADE_SIDE: side, PROCESSLOCK_LOG: '' },
-    stdio: ['ignore', 'pipe', 'pipe'],
+/**
+ * Shows `$ [VAR=value ...] cmd args...` and runs exactly that, its output shown indented as it
+ * arrives; resolves with its exit status once it has ended.
+ */
+function sh(cmd, args = [], extraEnv = {}) {
+  if (ending) return Promise.reject(new Ending('the demo is ending'))
+  const prefix = Object.entries(extraEnv).map(([k, v]) => `${k}=${v} `)
+  write(`${style(2, `$ ${prefix.join('')}${[cmd, ...args].join(' ')}`)}\n`)
+  return new Promise((resolve, reject) => {
+    const child = spawn(bin(cmd), args, {
+      cwd: ROOT,
+      env: { ...baseEnv, ...extraEnv },
+      stdio: ['ignore', 'pipe', 'pipe'],
+      shell: process.platform === 'win32',
+    })
+    current = child
+    child.stdout.on('data', indented)
+    child.stderr.on('data', indented)
+    child.on('error', (e) => {
+      current = null
+      reject(new Error(`${cmd}: ${e.message}`))
+    })
+    child.on('close', (code, signal) => {
+      current = null
+      if (ending) reject(new Ending('the demo is ending'))
+      else resolve({ code, signal })
+    })
   })
-  let output = ''
-  const show = (d) => {
-    output += d
-    indented(d)
-  }
-  child.stdout.on('data', show)
-  child.stderr.on('data', show)
-  const proc = { child, pid: child.pid, output: () => output }
-  running.add(proc)
-  proc.ended = new Promise((resolve) =>
-    child.on('exit', (code, signal) => {
-      running.delete(proc)
-      resolve({ code, signal })
-    }),
-  )
-  return proc
 }
 
-async function until(proc, text) {
+/** Runs a command that must succeed. */
+async function ok(cmd, args, extraEnv) {
+  const r = await sh(cmd, args, extraEnv)
+  if (r.code !== 0) throw new Error(`${cmd} ${args.join(' ')} exited with ${r.code ?? r.signal}`)
+  return r
+}
+
+/** The holder of a lock in the demo's directory, as the package reports it (null: none). */
+function holder(type, side) {
+  const { getLockInfo } = require('..')
+  return getLockInfo(type, { dir: locks, tradeSide: side })
+}
+
+/** Waits (bounded) until `probe` returns a truthy value. */
+async function until(probe, what) {
   const t0 = Date.now()
-  while (!proc.output().includes(text)) {
-    if (Date.now() - t0 > 10000) throw new Error(`no "${text}" from PID ${proc.pid}`)
-    await new Promise((r) => setTimeout(r, 10))
+  for (;;) {
+    if (ending) throw new Ending('the demo is ending')
+    const v = probe()
+    if (v) return v
+    if (Date.now() - t0 > 60000) throw new Error(`timed out waiting for ${what}`)
+    await new Promise((r) => setTimeout(r, 50))
   }
 }
 
-function cli(...args) {
-  if (ending) throw new Ending('the demo is ending')
-  shell(`processlock ${args.join(' ')}`)
-  const r = spawnSync(process.execPath, [path.join(ROOT, 'bin', 'processlock.js'), ...args], {
-    env: { ...process.env, PROCESSLOCK_DIR: dir },
-    encoding: 'utf8',
-  })
-  indented(r.stdout + r.stderr)
+/** The PIDs of the processes started for the demo that still run: PM2's daemon and its apps. */
+function started() {
+  const pids = new Set()
+  if (process.platform === 'linux') {
+    // Everything PM2 starts inherits PM2_HOME, the daemon included.
+    const needle = Buffer.from(`PM2_HOME=${pm2Home}\0`)
+    for (const entry of fs.readdirSync('/proc')) {
+      if (!/^\d+$/.test(entry) || Number(entry) === process.pid) continue
+      try {
+        if (fs.readFileSync(`/proc/${entry}/environ`).includes(needle)) pids.add(Number(entry))
+      } catch {}
+    }
+  } else {
+    for (const file of [path.join(pm2Home, 'pm2.pid'), ...pidFiles()]) {
+      try {
+        pids.add(Number(fs.readFileSync(file, 'utf8').trim()))
+      } catch {}
+    }
+  }
+  return [...pids].filter((pid) => pid > 0 && alive(pid))
 }
 
-function removeDir() {
-  fs.rmSync(dir, { recursive: true, force: true })
+function pidFiles() {
+  try {
+    return fs.readdirSync(path.join(pm2Home, 'pids')).map((f) => path.join(pm2Home, 'pids', f))
+  } catch {
+    return []
+  }
 }
 
-/** Stops every service still running (SIGTERM: they release their locks) and waits for their end. */
-async function stopServices() {
-  const left = [...running]
-  for (const p of left) p.child.kill('SIGTERM')
-  await Promise.all(left.map((p) => p.ended))
+function alive(pid) {
+  try {
+    process.kill(pid, 0)
+    return true
+  } catch (e) {
+    return e.code === 'EPERM'
+  }
 }
 
-/** Ends the demo early: stop the services, remove the directory, then end as `how` asks. */
+function removeWork() {
+  fs.rmSync(work, { recursive: true, force: true })
+}
+
+/**
+ * Stops everything the demo started and waits for it: the command running now, then PM2 (`pm2
+ * kill` stops its apps, SIGINT then SIGKILL, and its daemon), then SIGKILL for whatever of it
+ * still runs.
+ */
+async function stopAll() {
+  if (current) current.kill('SIGTERM')
+  if (started().length > 0) {
+    spawnSync(bin('npx'), ['pm2', 'kill'], {
+      cwd: ROOT,
+      env: baseEnv,
+      stdio: 'ignore',
+      timeout: 60000,
+      shell: process.platform === 'win32',
+    })
+  }
+  for (const pid of started()) {
+    try {
+      process.kill(pid, 'SIGKILL')
+    } catch {}
+  }
+  const t0 = Date.now()
+  while (started().length > 0 && Date.now() - t0 < 10000) await new Promise((r) => setTimeout(r, 50))
+}
+
+/** Ends the demo early: stop everything, remove the directory, then end as `how` asks. */
 function endEarly(how) {
   if (ending) return ending
   for (const signal of SIGNALS) process.removeAllListeners(signal)
-  ending = stopServices().then(() => {
-    removeDir()
+  ending = stopAll().then(() => {
+    removeWork()
     if (how.signal) process.kill(process.pid, how.signal)
     else process.exit(how.code)
   })
@@ -122,69 +217,72 @@ process.stdout.on('error', (e) => {
   outputClosed = true
   endEarly({ code: e.code === 'EPIPE' ? 0 : 1 })
 })
-// A last resort for an end that leaves no time to wait (process.exit, a crash): signal them at least.
+// A last resort for an end that leaves no time to wait (process.exit, a crash): kill at least.
 process.on('exit', () => {
-  for (const p of running) p.child.kill('SIGTERM')
-  removeDir()
+  if (current) current.kill('SIGKILL')
+  for (const pid of started()) {
+    try {
+      process.kill(pid, 'SIGKILL')
+    } catch {}
+  }
+  removeWork()
 })
 
 async function main() {
-  write(`Lock directory for this demo: ${dir}\n`)
+  write(`This demo runs in ${work}: its own lock directory and its own PM2 (yours is not touched).\n`)
+  write(
+    `${style(
+      2,
+      `$ export ${Object.entries(exported)
+        .map(([k, v]) => `${k}=${v}`)
+        .join(' ')}`,
+    )}\n`,
+  )
 
-  title('Normal start: the backend and the worker each take their lock')
-  shell('pm2 start ecosystem.short.config.cjs')
-  const backend = service('server.js')
-  const worker = service('worker.js')
-  await until(backend, 'Backend runs with PID')
-  await until(worker, 'PROCESS_LOCK_ACQUIRED')
+  title('Normal start: PM2 starts the backend and the worker; each takes its lock first')
+  await ok('npx', ['pm2', 'start', 'examples/ecosystem.config.cjs'])
+  await until(() => holder('backend', 'SHORT') && holder('worker', 'SHORT'), 'both locks')
+  await ok('npx', ['pm2', 'logs', '--nostream', '--raw', '--lines', '2'])
 
   title('Duplicate start: a second backend stops and names the first one')
-  shell('npm run dev:server')
-  const duplicate = service('server.js')
-  const dup = await duplicate.ended
-  write(`  (exit status ${dup.code}; the first backend, PID ${backend.pid}, keeps running)\n`)
+  const first = holder('backend', 'SHORT').pid
+  const dup = await sh('npm', ['run', 'dev:server'])
+  note(`exit status ${dup.code}; the first backend, PID ${first}, keeps running`)
 
-  title('Stale lock: the backend is killed with SIGKILL, nothing of it runs any more')
-  shell(`kill -9 ${backend.pid}`)
-  backend.child.kill('SIGKILL')
-  await backend.ended
-  write(
-    `  the lock file is still there: ${fs
-      .readdirSync(dir)
-      .filter((f) => f.startsWith('backend'))
-      .join(', ')}\n`,
-  )
-  shell('npm run dev:server')
-  const next = service('server.js')
-  await until(next, 'Backend runs with PID')
+  title('Stale lock: the backend is killed with SIGKILL; PM2 starts it again and the new one takes the lock over')
+  await ok('kill', ['-9', String(first)])
+  const next = await until(() => {
+    const h = holder('backend', 'SHORT')
+    return h && h.pid !== first && h
+  }, 'the new backend')
+  await ok('npx', ['pm2', 'logs', 'trader-short-backend', '--nostream', '--raw', '--lines', '2'])
+  note(`the new backend is PID ${next.pid}`)
 
-  title('Trade sides: a LONG backend runs beside the SHORT one')
-  shell('TRADE_SIDE=LONG npm run dev:server')
-  const long = service('server.js', 'LONG')
-  await until(long, 'Backend runs with PID')
+  title('Trade sides: the LONG side runs beside the SHORT one')
+  await ok('npx', ['pm2', 'start', 'examples/ecosystem.config.cjs'], { TRADE_SIDE: 'LONG' })
+  await until(() => holder('backend', 'LONG') && holder('worker', 'LONG'), 'the LONG locks')
 
   title('What operators see')
-  cli('check')
+  await ok('npx', ['processlock', 'check'])
 
   if (keep) {
     title('The services keep running')
-    write(`  look at them from another terminal: PROCESSLOCK_DIR=${dir} npx processlock check\n`)
+    write('  look at them from another terminal, in this directory, after the export line above:\n')
+    write('    npx processlock check; npx pm2 ls; npx pm2 logs\n')
     write('  press Ctrl+C to stop them and end the demo\n')
     await new Promise(() => setInterval(() => {}, 1 << 30))
   }
 
-  title('Shutdown: SIGINT (pm2 stop) releases every lock')
-  shell('pm2 stop all')
-  for (const p of [next, worker, long]) p.child.kill('SIGINT')
-  await Promise.all([next.ended, worker.ended, long.ended])
-  const left = fs.readdirSync(dir).filter((f) => f.endsWith('.lock'))
-  write(`  lock files left: ${left.length === 0 ? 'none' : left.join(', ')}\n`)
-  cli('check')
-  removeDir()
+  title('Shutdown: pm2 stop sends SIGINT; every lock is released')
+  await ok('npx', ['pm2', 'stop', 'all'])
+  await ok('npx', ['pm2', 'logs', '--out', '--nostream', '--raw', '--lines', '1'])
+  await ok('npx', ['processlock', 'check'])
+  await ok('npx', ['pm2', 'kill'])
+  removeWork()
 }
 
 main().catch((e) => {
   if (e instanceof Ending) return
-  if (!outputClosed) console.error(e)
+  if (!outputClosed) console.error(`demo: ${e.message}`)
   endEarly({ code: 1 })
 })

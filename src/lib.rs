@@ -9,16 +9,18 @@ use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::mpsc;
-use std::sync::{Mutex, MutexGuard, Once, OnceLock};
+use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use napi::bindgen_prelude::Object;
 use napi::{Env, JsDeferred};
 use napi_derive::napi;
 
+mod ending;
 mod losses;
 mod pg;
 
+pub use ending::LogTo;
 pub use losses::{listen_losses, LostEvent};
 
 use pg::PgLock;
@@ -31,7 +33,7 @@ use processlock::{
 pub(crate) static REGISTRY: Registry = Registry::new();
 
 /// What every call on a lock is given besides the process type. The binding takes these as
-/// positional arguments (`dir, trade_side, process_name, quiet, holder, server`, in this order):
+/// positional arguments (`dir, trade_side, process_name, log, holder, server`, in this order):
 /// an options object would be read property by property on every call, which cost more than the
 /// system calls of an acquire and release.
 #[derive(Default)]
@@ -39,6 +41,8 @@ pub(crate) struct LockOptions {
     pub dir: Option<String>,
     pub trade_side: Option<String>,
     pub process_name: Option<String>,
+    /// Where the log lines go (`ending.rs` writes those of a release at the end).
+    pub log: LogTo,
     /// Nobody reads the log lines: do not build them.
     pub quiet: bool,
     /// The JS module instance that takes or lets go of the lock (`open_holder`); 0 if absent.
@@ -52,15 +56,17 @@ impl LockOptions {
         dir: Option<String>,
         trade_side: Option<String>,
         process_name: Option<String>,
-        quiet: Option<bool>,
+        log: Option<LogTo>,
         holder: Option<u32>,
         server: Option<ServerOptions>,
     ) -> Self {
+        let log = log.unwrap_or_default();
         Self {
             dir,
             trade_side,
             process_name,
-            quiet: quiet.unwrap_or(false),
+            log,
+            quiet: log == LogTo::Silent,
             holder: holder.unwrap_or(0),
             server,
         }
@@ -84,14 +90,16 @@ pub struct ServerOptions {
 }
 
 /// A holder id for a JS module instance (each worker thread loads its own). When its thread's
-/// Node environment goes away (a worker ends, even by `terminate()`), its holds go with it, and
-/// only its own: the lock file stays while another thread of the process still holds it.
-#[napi]
+/// Node environment goes away (a worker ends, even by `terminate()`; the main thread's natural
+/// end), after that thread's `'exit'` listeners, its holds go with it, and only its own: the lock
+/// stays while another thread of the process still holds it (`ending.rs`).
+#[napi(catch_unwind)]
 pub fn open_holder(env: Env) -> napi::Result<u32> {
     static NEXT: AtomicU32 = AtomicU32::new(1);
+    ending::install_at_exit();
     let id = NEXT.fetch_add(1, Ordering::Relaxed);
     env.add_env_cleanup_hook(id, |id| {
-        REGISTRY.release_holder(Holder::from(id));
+        ending::holder_ended(id);
         losses::forget_holder(id);
     })?;
     Ok(id)
@@ -101,7 +109,7 @@ static APP_ENTRY: OnceLock<PathBuf> = OnceLock::new();
 
 /// The application's entry script, from which the default lock directory is found. The first
 /// one given in the process counts; the directory itself is fixed the first time it is needed.
-#[napi]
+#[napi(catch_unwind)]
 pub fn set_app_entry(entry: String) {
     if !entry.is_empty() {
         let _ = APP_ENTRY.set(PathBuf::from(entry));
@@ -250,7 +258,8 @@ fn path_string(p: &Path) -> String {
 }
 
 fn target(process_type: &str, options: &LockOptions) -> processlock::Result<LockTarget> {
-    let name = LockName::from_env(process_type, options.trade_side.as_deref())?;
+    // The JavaScript layer has read `$TRADE_SIDE` already: `None` here is "no side".
+    let name = LockName::new(process_type, options.trade_side.as_deref())?;
     let dir = lock_dir(options.dir.as_deref())?;
     Ok(LockTarget::new(dir, name))
 }
@@ -324,8 +333,7 @@ fn select(process_type: &str, options: &LockOptions) -> Result<Box<dyn Lock>, Bo
         .and_then(|s| pg::options(s, options.process_name.clone()))
     {
         Some(opts) => {
-            let name =
-                LockName::from_env(process_type, options.trade_side.as_deref()).map_err(fail)?;
+            let name = LockName::new(process_type, options.trade_side.as_deref()).map_err(fail)?;
             Ok(Box::new(PgLock::new(opts, name)?))
         }
         None => Ok(Box::new(FileLock(
@@ -341,17 +349,17 @@ fn select(process_type: &str, options: &LockOptions) -> Result<Box<dyn Lock>, Bo
 /// binding.d.ts in its raw-string form.
 macro_rules! lock_fn {
     (fn $name:ident($lock:ident, $options:ident) -> $out:ident $body:block) => {
-        #[napi]
+        #[napi(catch_unwind)]
         pub fn $name(
             process_type: String,
             dir: Option<String>,
             trade_side: Option<String>,
             process_name: Option<String>,
-            quiet: Option<bool>,
+            log: Option<LogTo>,
             holder: Option<u32>,
             server: Option<ServerOptions>,
         ) -> $out {
-            let $options = LockOptions::new(dir, trade_side, process_name, quiet, holder, server);
+            let $options = LockOptions::new(dir, trade_side, process_name, log, holder, server);
             match select(&process_type, &$options) {
                 Ok($lock) => $body,
                 Err(f) => $out {
@@ -374,8 +382,19 @@ pub(crate) struct Waiting {
 
 lock_fn! {
     fn acquire(lock, options) -> AcquireOutcome {
-        lock.acquire(&options, None)
+        kept(lock.acquire(&options, None), &options)
     }
+}
+
+/// An acquisition's outcome, once the log sink of a new hold is noted for the end of its holder
+/// (`ending.rs`).
+fn kept(out: AcquireOutcome, options: &LockOptions) -> AcquireOutcome {
+    if out.held && out.error.is_none() && !out.already_held {
+        if let Some(place) = &out.lock_file {
+            ending::remember(place, options.holder, options.log);
+        }
+    }
+    out
 }
 
 /// The outcome of an acquisition through the registry. A new hold also wakes this process's
@@ -421,19 +440,19 @@ fn taken_outcome(
 
 /// Like `acquire`, but waits up to `wait_ms` for the holder to let go (its release, exit or
 /// death): blocks the calling thread. At the deadline: `LOCK_CONFLICT` with `waitedMs`.
-#[napi]
+#[napi(catch_unwind)]
 #[allow(clippy::too_many_arguments)] // positional on purpose: see `LockOptions`
 pub fn acquire_wait(
     process_type: String,
     dir: Option<String>,
     trade_side: Option<String>,
     process_name: Option<String>,
-    quiet: Option<bool>,
+    log: Option<LogTo>,
     holder: Option<u32>,
     server: Option<ServerOptions>,
     wait_ms: f64,
 ) -> AcquireOutcome {
-    let options = LockOptions::new(dir, trade_side, process_name, quiet, holder, server);
+    let options = LockOptions::new(dir, trade_side, process_name, log, holder, server);
     let key = WAITS.internal_key();
     acquire_waiting(&process_type, &options, duration_ms(Some(wait_ms)), key)
 }
@@ -446,7 +465,7 @@ type Settle = Box<dyn FnOnce(Env) -> napi::Result<AcquireOutcome> + Send>;
 /// process that never waits this way has no such thread. `timeout_ms`: `None` (or infinite)
 /// waits until the lock is ours or `cancel_wait(wait_id)` is called, which ends it with
 /// `LOCK_ABORTED`. `wait_id` is chosen by the caller and unique among its pending waits.
-#[napi(ts_return_type = "Promise<AcquireOutcome>")]
+#[napi(ts_return_type = "Promise<AcquireOutcome>", catch_unwind)]
 #[allow(clippy::too_many_arguments)] // positional on purpose: see `LockOptions`
 pub fn acquire_async<'env>(
     env: &'env Env,
@@ -454,13 +473,13 @@ pub fn acquire_async<'env>(
     dir: Option<String>,
     trade_side: Option<String>,
     process_name: Option<String>,
-    quiet: Option<bool>,
+    log: Option<LogTo>,
     holder: Option<u32>,
     server: Option<ServerOptions>,
     timeout_ms: Option<f64>,
     wait_id: u32,
 ) -> napi::Result<Object<'env>> {
-    let options = LockOptions::new(dir, trade_side, process_name, quiet, holder, server);
+    let options = LockOptions::new(dir, trade_side, process_name, log, holder, server);
     let wait = duration_ms(timeout_ms);
     let key = u64::from(wait_id);
     let (deferred, promise) = env.create_deferred::<AcquireOutcome, Settle>()?;
@@ -503,15 +522,21 @@ fn wait_failed(problem: &str) -> AcquireOutcome {
 
 /// Cancels the pending `acquire_async` with this `wait_id` (also one that has not started yet).
 /// True when a wait was found running.
-#[napi]
+#[napi(catch_unwind)]
 pub fn cancel_wait(wait_id: u32) -> bool {
     WAITS.cancel(u64::from(wait_id))
 }
 
-/// `None`: no limit (absent, NaN or infinite). Negative counts as 0.
+/// `None`: no limit (absent, NaN, infinite, or too long for a `Duration`: `Number.MAX_VALUE`
+/// is a common way to say "forever"). Negative counts as 0.
 fn duration_ms(ms: Option<f64>) -> Option<Duration> {
-    let ms = ms.filter(|m| m.is_finite())?;
-    Some(Duration::from_secs_f64(ms.max(0.0) / 1000.0))
+    Duration::try_from_secs_f64(ms?.max(0.0) / 1000.0).ok()
+}
+
+/// When a wait of `wait` from now ends; `None` (no end) for no limit, and for a wait so long
+/// that its end cannot be told on this system's clock.
+fn deadline_in(wait: Option<Duration>) -> Option<Instant> {
+    Instant::now().checked_add(wait?)
 }
 
 fn acquire_waiting(
@@ -520,9 +545,12 @@ fn acquire_waiting(
     wait: Option<Duration>,
     key: u64,
 ) -> AcquireOutcome {
-    let deadline = wait.map(|w| Instant::now() + w);
+    let deadline = deadline_in(wait);
     match select(process_type, options) {
-        Ok(lock) => lock.acquire(options, Some(Waiting { deadline, key })),
+        Ok(lock) => kept(
+            lock.acquire(options, Some(Waiting { deadline, key })),
+            options,
+        ),
         Err(f) => {
             WAITS.end(key);
             AcquireOutcome {
@@ -537,21 +565,22 @@ fn acquire_waiting(
 /// `grace_ms` (default 10 s) for the handover, then SIGKILL (the core's `replace_holder`, the same steps as
 /// `processlock run --replace`). Blocks the calling thread for up to `grace_ms` plus a few
 /// seconds after a SIGKILL.
-#[napi]
+#[napi(catch_unwind)]
 #[allow(clippy::too_many_arguments)] // positional on purpose: see `LockOptions`
 pub fn acquire_replacing(
     process_type: String,
     dir: Option<String>,
     trade_side: Option<String>,
     process_name: Option<String>,
-    quiet: Option<bool>,
+    log: Option<LogTo>,
     holder: Option<u32>,
     server: Option<ServerOptions>,
     grace_ms: Option<f64>,
 ) -> AcquireOutcome {
-    let options = LockOptions::new(dir, trade_side, process_name, quiet, holder, server);
-    let target = match target(&process_type, &options) {
-        Ok(t) => t,
+    let options = LockOptions::new(dir, trade_side, process_name, log, holder, server);
+    let found = target(&process_type, &options).and_then(|t| Ok((t, grace(grace_ms)?)));
+    let (target, grace) = match found {
+        Ok(found) => found,
         Err(e) => {
             return AcquireOutcome {
                 error: Some(e.into()),
@@ -559,8 +588,6 @@ pub fn acquire_replacing(
             }
         }
     };
-    install_exit_backstop();
-    let grace = duration_ms(grace_ms).unwrap_or(processlock::DEFAULT_GRACE);
     let mut steps = Vec::new();
     let result = match REGISTRY.acquire(&target, options.process_name.as_deref(), options.holder())
     {
@@ -578,6 +605,24 @@ pub fn acquire_replacing(
     steps.append(lines);
     *lines = steps;
     out
+}
+
+/// How long a replaced holder is given before SIGKILL: `grace_ms`, else the default. A grace
+/// with no end is refused: `replace` exists to end in a bounded time, and a SIGKILL that never
+/// comes would be a plain wait.
+fn grace(grace_ms: Option<f64>) -> processlock::Result<Duration> {
+    let Some(ms) = grace_ms else {
+        return Ok(processlock::DEFAULT_GRACE);
+    };
+    match duration_ms(Some(ms)) {
+        Some(grace) if deadline_in(Some(grace)).is_some() => Ok(grace),
+        _ => Err(Error::InvalidOption {
+            option: "waitMs",
+            problem: format!(
+                "is, with replace, how long the holder is given before SIGKILL: {ms} ms has no end; give a finite number of milliseconds"
+            ),
+        }),
+    }
 }
 
 #[cfg(unix)]
@@ -599,7 +644,7 @@ fn replace_in_process(
             let cancel = WAITS.begin(key, &self.target.path);
             let name = self.options.process_name.as_deref();
             let holder = self.options.holder();
-            let result = wait_for(self.target, Some(Instant::now() + wait), &cancel, || {
+            let result = wait_for(self.target, deadline_in(Some(wait)), &cancel, || {
                 REGISTRY.acquire(self.target, name, holder)
             });
             WAITS.end(key);
@@ -748,26 +793,12 @@ pub struct ReleaseOutcome {
 
 lock_fn! {
     fn release(lock, options) -> ReleaseOutcome {
-        lock.release(&options)
+        let out = lock.release(&options);
+        if let Some(place) = &out.lock_file {
+            ending::forget(place, options.holder);
+        }
+        out
     }
-}
-
-/// Releases every lock this process holds; the log lines of what was released.
-#[napi]
-pub fn release_all() -> Vec<String> {
-    REGISTRY
-        .release_all()
-        .into_iter()
-        .filter_map(|(record, result)| {
-            result.ok()?;
-            let name = LockName::new(
-                record.process_type.as_deref().unwrap_or("lock"),
-                record.trade_side.as_deref(),
-            )
-            .ok()?;
-            Some(report::released(&name, record.pid))
-        })
-        .collect()
 }
 
 #[napi(object)]
@@ -836,7 +867,7 @@ pub struct ListOutcome {
 }
 
 /// The locks of a directory, or with `options.url`, of a server.
-#[napi]
+#[napi(catch_unwind)]
 pub fn list(dir: Option<String>, server: Option<ServerOptions>) -> ListOutcome {
     if let Some(opts) = server.as_ref().and_then(|s| pg::options(s, None)) {
         return pg::list(&opts);
@@ -913,7 +944,6 @@ impl Lock for FileLock {
 
     fn acquire(&self, options: &LockOptions, wait: Option<Waiting>) -> AcquireOutcome {
         let target = &self.0;
-        install_exit_backstop();
         let name = options.process_name.as_deref();
         let holder = options.holder();
         let result = match wait {
@@ -953,9 +983,9 @@ impl Lock for FileLock {
                 },
                 error: None,
             },
-            Release::Released(_, Err(e)) => ReleaseOutcome {
+            Release::Released(record, Err(e)) => ReleaseOutcome {
                 lock_file,
-                error: Some(e.into()),
+                error: Some(ending::release_failure(&target.name, record.pid, e)),
                 ..Default::default()
             },
         }
@@ -1025,19 +1055,4 @@ impl Lock for FileLock {
             }
         }
     }
-}
-
-/// A libc `atexit` hook: it runs on `process.exit()`, uncaught exceptions and unhandled
-/// rejections even if the app removed our JS 'exit' listener. It never runs on signals or
-/// SIGKILL; there the kernel drops the lock and the next acquirer removes the file.
-fn install_exit_backstop() {
-    static ONCE: Once = Once::new();
-    extern "C" fn at_exit() {
-        REGISTRY.try_release_all();
-    }
-    // SAFETY: `at_exit` is a plain `extern "C"` function without arguments that lives as long
-    // as the process; registering it has no other precondition.
-    ONCE.call_once(|| unsafe {
-        libc::atexit(at_exit);
-    });
 }

@@ -43,7 +43,7 @@ fn listeners() -> MutexGuard<'static, Option<HashMap<u32, Listener>>> {
 }
 
 /// Where the losses of `holder`'s locks go from now on.
-#[napi]
+#[napi(catch_unwind)]
 pub fn listen_losses(holder: u32, callback: Listener) {
     listeners()
         .get_or_insert_with(HashMap::new)
@@ -82,13 +82,18 @@ pub(crate) fn notify(
 
 /// Writes `line` to stderr, lets go of this process's lock files, and ends the process with
 /// `status` at once, without running JavaScript or static destructors: JS may be stuck in a
-/// loop, and Node's own exit path must not run on this thread.
+/// loop, and Node's own exit path must not run on this thread. No `'exit'` listener runs, so
+/// there is nothing the release could come before.
 pub(crate) fn exit_now(line: &str, status: i32) -> ! {
     // Rust's stderr is unbuffered: the line is out before the process ends.
     let _ = std::io::Write::write_all(&mut std::io::stderr(), format!("{line}\n").as_bytes());
-    REGISTRY.try_release_all();
+    REGISTRY.release_all_within(EXIT_PATIENCE);
     end_process(status)
 }
+
+/// How long `exit_now` waits for another thread that is inside the registry: past that, the
+/// kernel drops the locks when the process is gone.
+const EXIT_PATIENCE: Duration = Duration::from_secs(1);
 
 #[cfg(unix)]
 fn end_process(status: i32) -> ! {

@@ -38,7 +38,8 @@ pub(crate) fn options(server: &ServerOptions, process_name: Option<String>) -> O
 }
 
 fn ms_duration(ms: f64) -> Duration {
-    Duration::from_secs_f64(ms.clamp(0.0, 1e12) / 1000.0)
+    // NaN (refused by the JS layer) must not panic either.
+    Duration::try_from_secs_f64(ms.clamp(0.0, 1e12) / 1000.0).unwrap_or_default()
 }
 
 /// One lock on a server. `id` stands where a lock file's path stands for the file backend:
@@ -250,11 +251,11 @@ impl Lock for PgLock {
                 },
                 error: None,
             },
-            Err(e) => ReleaseOutcome {
-                lock_file: Some(self.id.clone()),
-                error: Some(self.failure(e)),
-                ..Default::default()
-            },
+            Err(e) => {
+                let reason =
+                    format!("{e}; the session has ended, which frees the lock on the server");
+                ended_failure(self.id.clone(), Some(&self.name), pid, e.into(), &reason)
+            }
         }
     }
 
@@ -414,8 +415,52 @@ impl PgLock {
     /// The hold of the `processlock run` this process runs under, if it handed this very lock
     /// down and this process is the one of its command that claims it; `None` otherwise.
     fn adopt(&self, holder: u32, options: &LockOptions) -> Option<AcquireOutcome> {
-        let hold = Hold::Adopted(claim_server_lock(&self.id)?);
-        Some(self.taken(hold, Arc::new(Mutex::new(vec![holder])), options))
+        let hold = claim_server_lock(&self.id, |hold| self.holds_now(hold))?;
+        let holders = Arc::new(Mutex::new(vec![holder]));
+        self.watch_run(&hold, Arc::clone(&holders), options);
+        Some(self.taken(Hold::Adopted(hold), holders, options))
+    }
+
+    /// An adopted hold is lost the moment its `processlock run` is gone (killed with SIGKILL:
+    /// its session went with it): then the same happens as for a lost lock of our own, if this
+    /// adoption (`holders`) still stands.
+    fn watch_run(&self, hold: &ServerHold, holders: Arc<Mutex<Vec<u32>>>, options: &LockOptions) {
+        let (name, id) = (self.name.clone(), self.id.clone());
+        let (pid, token) = (hold.holder.pid, hold.fencing_token.clone());
+        let on_lost = options.server.as_ref().and_then(|s| s.on_lost.as_deref());
+        let exit = on_lost != Some("notify");
+        hold.watch_holder(Box::new(move || {
+            let current = held()
+                .as_ref()
+                .and_then(|m| m.get(&id))
+                .is_some_and(|e| Arc::ptr_eq(&e.holders, &holders));
+            if !current {
+                return;
+            }
+            let lost = Lost {
+                lock: name.display(),
+                fencing_token: token,
+                reason: format!("processlock run (PID {pid}) that held it is gone"),
+            };
+            let line = report::lost(&name, pid, &lost.reason);
+            if exit {
+                losses::exit_now(&line, LOST_EXIT_STATUS);
+            }
+            let failure = Failure::from(PgError::Lost(lost.clone()));
+            for holder in lock_vec(&holders).iter() {
+                losses::notify(*holder, &id, Some(&lost.fencing_token), &failure, &line);
+            }
+        }));
+    }
+
+    /// Whether the server says, now, that this lock is held with exactly `hold`'s record and
+    /// fencing token: a hold is adopted on the server's word, never on a variable's.
+    fn holds_now(&self, hold: &ServerHold) -> bool {
+        matches!(
+            processlock_pg::inspect(&self.opts, &self.name),
+            Ok(Some(h)) if h.record == hold.holder
+                && h.fencing_token.as_deref() == Some(hold.fencing_token.as_str())
+        )
     }
 
     /// What happens on loss, decided once at acquisition: `exit` is done here, natively,
@@ -518,5 +563,139 @@ impl From<PgError> for Failure {
             lines: Vec::new(),
             sqlstate: e.sqlstate().map(str::to_string),
         }
+    }
+}
+
+/// Lets go of the holds that end with `holder` (all of them for `None`: the process ends), for
+/// `ending.rs`, which reports the outcomes. Each release waits for the server for at most
+/// `patience`, all at once: one that has not answered by then is reported as not confirmed, and
+/// the session ends with the process, which frees the lock on the server all the same.
+pub(crate) fn release_ended(holder: Option<u32>, patience: Duration) -> Vec<ReleaseOutcome> {
+    let ended: Vec<(String, Entry)> = {
+        let mut map = held();
+        let Some(map) = map.as_mut() else {
+            return Vec::new();
+        };
+        let ids: Vec<String> = map
+            .iter()
+            .filter(|(_, entry)| {
+                let mut holders = lock_vec(&entry.holders);
+                holders.retain(|h| Some(*h) != holder);
+                holder.is_none() || holders.is_empty()
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        ids.into_iter()
+            .filter_map(|id| map.remove(&id).map(|entry| (id, entry)))
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + patience;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut outcomes = Vec::new();
+    let mut waiting = Vec::new();
+    for (id, entry) in ended {
+        let name = entry_name(entry.held.info());
+        let pid = entry.held.pid();
+        let pg = match entry.held {
+            Hold::Session(pg) => pg,
+            Hold::Adopted(hold) => {
+                let lines = match &name {
+                    Some(name) if hold.holder_is_running() => {
+                        vec![report::released_to_run(name, hold.holder.pid)]
+                    }
+                    _ => Vec::new(),
+                };
+                outcomes.push(ReleaseOutcome {
+                    lock_file: Some(id),
+                    lines,
+                    ..Default::default()
+                });
+                continue;
+            }
+        };
+        let tx = tx.clone();
+        let place = id.clone();
+        let release = move || {
+            let _ = tx.send((place, pg.release()));
+        };
+        // Without a thread, the hold is dropped here, which releases it within the connect
+        // timeout, and it is reported as not confirmed.
+        let _ = std::thread::Builder::new()
+            .name("processlock-end".into())
+            .spawn(release);
+        waiting.push((id, name, pid));
+    }
+    drop(tx);
+    while !waiting.is_empty() {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let Ok((id, result)) = rx.recv_timeout(left) else {
+            break;
+        };
+        let Some(i) = waiting.iter().position(|(w, _, _)| *w == id) else {
+            continue;
+        };
+        let (id, name, pid) = waiting.swap_remove(i);
+        outcomes.push(match result {
+            Ok(removed) => ReleaseOutcome {
+                removed,
+                lock_file: Some(id),
+                // A lost lock was not released: its loss was reported instead.
+                lines: match &name {
+                    Some(name) if removed => vec![report::released(name, pid)],
+                    _ => Vec::new(),
+                },
+                error: None,
+            },
+            Err(e) => {
+                let reason =
+                    format!("{e}; the session has ended, which frees the lock on the server");
+                ended_failure(id, name.as_ref(), pid, Failure::from(e), &reason)
+            }
+        });
+    }
+    for (id, name, pid) in waiting {
+        let ms = patience.as_millis();
+        let failure = Failure {
+            code: crate::ErrorCode::Io,
+            message: format!("LOCK_IO: release of {id}: no answer within {ms} ms"),
+            errno: None,
+            os_code: None,
+            syscall: Some("release".to_string()),
+            path: None,
+            holder: None,
+            waited_ms: None,
+            lines: Vec::new(),
+            sqlstate: None,
+        };
+        let reason = format!(
+            "the server did not confirm the release within {ms} ms; the session ends with the process, which frees the lock on the server"
+        );
+        outcomes.push(ended_failure(id, name.as_ref(), pid, failure, &reason));
+    }
+    outcomes
+}
+
+/// The name of a held lock, from its record (taken by this process: always a valid one).
+fn entry_name(info: LockRecord) -> Option<LockName> {
+    LockName::new(info.process_type.as_deref()?, info.trade_side.as_deref()).ok()
+}
+
+fn ended_failure(
+    id: String,
+    name: Option<&LockName>,
+    pid: u32,
+    failure: Failure,
+    reason: &str,
+) -> ReleaseOutcome {
+    ReleaseOutcome {
+        lock_file: Some(id),
+        error: Some(Failure {
+            lines: name
+                .map(|n| report::release_failed(n, pid, reason))
+                .into_iter()
+                .collect(),
+            ..failure
+        }),
+        ..Default::default()
     }
 }

@@ -4,9 +4,10 @@
 const { execFileSync } = require('node:child_process')
 const fs = require('node:fs')
 const path = require('node:path')
+const { buildDir, EXE } = require('../../bin/processlock.js')
 const { ROOT, watch: watchProcess, running: alive } = require('./proc')
 
-const BINARY = path.join(ROOT, 'target', 'release', process.platform === 'win32' ? 'processlock.exe' : 'processlock')
+const BINARY = path.join(buildDir('release'), EXE)
 const LAUNCHER = path.join(ROOT, 'bin', 'processlock.js')
 const CHILD = path.join(__dirname, 'cli-child.js')
 const HOLDER = path.join(__dirname, 'cli-holder.js')

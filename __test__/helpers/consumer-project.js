@@ -1,8 +1,8 @@
 'use strict'
 // A consumer of @trader/processlock as npm would deliver it: the main package and this host's
-// platform package packed with `npm pack`, the main one given the `optionalDependencies` that
-// `napi prepublish` writes before publishing, both installed offline from the tarballs into a
-// fresh project (the fixture in __test__/consumer/), with no Rust toolchain reachable.
+// platform package as `npm run pack` writes them (the main one with the `optionalDependencies`
+// that `napi prepublish` writes before publishing), both installed offline from the tarballs into
+// a fresh project (the fixture in __test__/consumer/), with no Rust toolchain reachable.
 const fs = require('node:fs')
 const os = require('node:os')
 const path = require('node:path')
@@ -21,19 +21,6 @@ function npm(args, opts = {}) {
   const file = fs.existsSync(NPM_CLI) ? process.execPath : 'npm'
   const argv = fs.existsSync(NPM_CLI) ? [NPM_CLI, ...args] : args
   return runOk(file, argv, { timeoutMs: 240000, ...opts, env: opts.env || cleanEnv() })
-}
-
-/** `npm pack --json` in `dir` into `dest`: { file, files: [{ path, mode }], manifest }. */
-async function pack(dir, dest) {
-  const r = await npm(['pack', '--json', '--pack-destination', dest], { cwd: dir })
-  // npm prints the JSON report on stdout; lifecycle scripts, if any, may print before it.
-  const report = JSON.parse(r.stdout.slice(r.stdout.indexOf('[')))[0]
-  return {
-    file: path.join(dest, report.filename),
-    files: report.files.map((f) => ({ path: f.path, mode: f.mode })).sort((a, b) => a.path.localeCompare(b.path)),
-    name: report.name,
-    version: report.version,
-  }
 }
 
 /** Unpacks a tarball's package/ directory into `dir`. */
@@ -63,66 +50,63 @@ async function napiOptionalDependencies() {
   return JSON.parse(r.stdout)
 }
 
-/** Fails early, with the command to run, when the build outputs the suite packs are missing. */
-function builtArtifacts() {
-  const artifacts = {
-    node: path.join(ROOT, `processlock.${ABI}.node`),
-    cli: path.join(ROOT, 'target', 'release', EXE),
-    binding: path.join(ROOT, 'binding.js'),
-    bindingTypes: path.join(ROOT, 'binding.d.ts'),
-  }
-  for (const [what, file] of Object.entries(artifacts)) {
-    if (!fs.existsSync(file)) throw new Error(`${file} (${what}) is missing: run "npm run build" before the tests`)
-  }
-  return artifacts
+/** Every file of an unpacked package under `dir`: [{ path, mode }], sorted by path. */
+function filesOf(dir) {
+  return fs
+    .readdirSync(dir, { recursive: true })
+    .filter((f) => fs.statSync(path.join(dir, f)).isFile())
+    .map((f) => ({ path: f.split(path.sep).join('/'), mode: fs.statSync(path.join(dir, f)).mode & 0o777 }))
+    .sort((a, b) => a.path.localeCompare(b.path))
+}
+
+/** A tarball `npm run pack` wrote, unpacked into `work`/`label`: { file, files, manifest, name, version }. */
+async function inspectTarball(file, work, label) {
+  const dir = await unpack(file, path.join(work, label))
+  const manifest = JSON.parse(fs.readFileSync(path.join(dir, 'package.json'), 'utf8'))
+  return { file, dir, files: filesOf(dir), manifest, name: manifest.name, version: manifest.version }
 }
 
 /**
- * Packs both packages into `work`/tarballs. The platform package is packed from a copy of
- * npm/<abi>/package.json with the built binaries beside it, so nothing is left in the repo.
- * The "published" main tarball is the packed one with napi prepublish's optionalDependencies
- * (left as they are when the packed manifest already declares some).
+ * Both packages as `npm run pack` writes them (the suite's build is done: --no-build), into
+ * `work`/tarballs: the main package and this host's platform package. `published` is the main
+ * one (it is packed as it is published). `napi` is what napi pre-publish would write, computed
+ * here on its own to check the command against. The listings show that packing left the
+ * checkout as it was.
  */
 async function packAll(work) {
-  const artifacts = builtArtifacts()
   const listing = () => ({
     root: fs.readdirSync(ROOT).sort(),
     platform: fs.readdirSync(path.join(ROOT, 'npm', ABI)).sort(),
   })
   const repoBefore = listing()
   const dest = path.join(work, 'tarballs')
-  fs.mkdirSync(dest, { recursive: true })
-
-  const platformDir = path.join(work, `platform-${ABI}`)
-  fs.mkdirSync(platformDir)
-  for (const f of ['package.json', 'README.md']) {
-    const source = path.join(ROOT, 'npm', ABI, f)
-    if (fs.existsSync(source)) fs.copyFileSync(source, path.join(platformDir, f))
-  }
-  fs.copyFileSync(artifacts.node, path.join(platformDir, `processlock.${ABI}.node`))
-  fs.copyFileSync(artifacts.cli, path.join(platformDir, EXE))
-  fs.chmodSync(path.join(platformDir, EXE), 0o755)
-
-  const [main, platform, napi] = await Promise.all([
-    pack(ROOT, dest),
-    pack(platformDir, dest),
+  // What `npm run pack -- --no-build --out DEST` runs, with the Node of the build tools (the napi
+  // CLI needs Node >= 20.17; NAPI_CLI_NODE names it where the tests run on an older one).
+  if (MAIN.scripts.pack !== 'node scripts/pack.js') throw new Error(`unexpected pack script: ${MAIN.scripts.pack}`)
+  const node = process.env.NAPI_CLI_NODE || process.execPath
+  const [packed, napi] = await Promise.all([
+    runOk(node, [path.join(ROOT, 'scripts', 'pack.js'), '--no-build', '--out', dest], { cwd: ROOT, timeoutMs: 240000 }),
     napiOptionalDependencies(),
   ])
-  main.manifest = JSON.parse(
-    fs.readFileSync(path.join(await unpack(main.file, path.join(work, 'main-as-packed')), 'package.json'), 'utf8'),
-  )
-  const publishedDir = path.join(work, 'main-as-published')
-  await unpack(main.file, publishedDir)
-  const manifest = JSON.parse(fs.readFileSync(path.join(publishedDir, 'package.json'), 'utf8'))
-  if (!manifest.optionalDependencies) {
-    manifest.optionalDependencies = napi.deps
-    fs.writeFileSync(path.join(publishedDir, 'package.json'), JSON.stringify(manifest, null, 2) + '\n')
+  const tgz = fs.readdirSync(dest).filter((f) => f.endsWith('.tgz'))
+  const file = (name) => {
+    const wanted = `${name.replace(/^@/, '').replace('/', '-')}-${MAIN.version}.tgz`
+    if (!tgz.includes(wanted))
+      throw new Error(`npm run pack wrote no ${wanted} (found: ${tgz.join(', ')})\n${packed.stdout}`)
+    return path.join(dest, wanted)
   }
-  const publishedDest = path.join(dest, 'published')
-  fs.mkdirSync(publishedDest)
-  const published = await pack(publishedDir, publishedDest)
-  published.manifest = manifest
-  return { main, platform, published, napi, repoBefore, repoAfter: listing() }
+  const main = await inspectTarball(file(MAIN.name), work, 'main-as-packed')
+  const platform = await inspectTarball(file(`${MAIN.name}-${ABI}`), work, `platform-${ABI}`)
+  return {
+    main,
+    platform,
+    published: main,
+    napi,
+    tarballs: tgz.sort(),
+    output: packed.stdout,
+    repoBefore,
+    repoAfter: listing(),
+  }
 }
 
 /** A directory with stand-ins for the Rust toolchain that record any call and fail. */

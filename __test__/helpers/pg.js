@@ -6,7 +6,9 @@
 const { execFileSync } = require('node:child_process')
 const fs = require('node:fs')
 const path = require('node:path')
+const { buildDir } = require('../../bin/processlock.js')
 const { ROOT, watch } = require('./proc.js')
+const { needs } = require('./skip.js')
 
 /**
  * The exit status of a process that lost its lock with `onLost: 'exit'`, and of `processlock run`
@@ -14,13 +16,31 @@ const { ROOT, watch } = require('./proc.js')
  */
 const LOST_EXIT_STATUS = 75
 
-const EXE = path.join(ROOT, 'target', 'release', 'examples', 'pg_server')
+const EXE = path.join(buildDir('release'), 'examples', 'pg_server')
 
 function build() {
-  execFileSync('cargo', ['build', '--release', '-q', '-p', 'processlock-pg', '--example', 'pg_server'], {
+  execFileSync(process.execPath, [path.join(ROOT, 'scripts', 'build.js'), '--test-tools'], {
     cwd: ROOT,
     stdio: 'inherit',
   })
+}
+
+/**
+ * Whether PostgreSQL's server programs are installed, found as the server program finds them
+ * (processlock-pg's tests/support: `pg_config --bindir`, else /usr/lib/postgresql/<version>/bin).
+ */
+function postgresInstalled() {
+  try {
+    const dir = execFileSync('pg_config', ['--bindir'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] })
+    if (fs.existsSync(path.join(dir.trim(), 'initdb'))) return true
+  } catch {}
+  try {
+    return fs
+      .readdirSync('/usr/lib/postgresql')
+      .some((v) => fs.existsSync(path.join('/usr/lib/postgresql', v, 'bin', 'initdb')))
+  } catch {
+    return false
+  }
 }
 
 /**
@@ -83,22 +103,27 @@ async function startPg({ tls = false } = {}) {
 /**
  * The private server of one test file: started before its tests, stopped after them. Returns an
  * object that holds the server's fields once it runs (`url`, `sql`, ...), with `available`, and
- * `test`: a jest `test` that does nothing where PostgreSQL is not installed (startPg said why).
+ * `test`: a jest `test`, registered as skipped (needs PostgreSQL) where PostgreSQL is not
+ * installed.
  */
 function usePg(options) {
-  const pg = { available: false }
+  const installed = postgresInstalled()
+  const pg = { available: false, installed }
   beforeAll(async () => {
+    if (!installed) return
     const server = await startPg(options)
     if (server) Object.assign(pg, server, { available: true })
   }, 180000)
   afterAll(async () => {
     if (pg.available) await pg.close()
   })
+  const gated = needs(installed, 'PostgreSQL (initdb)')
   pg.test = (name, fn, timeout) =>
-    test(
+    gated(
       name,
       async () => {
-        if (pg.available) await fn()
+        if (!pg.available) throw new Error('PostgreSQL is installed but the private server did not start')
+        await fn()
       },
       timeout,
     )

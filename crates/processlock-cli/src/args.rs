@@ -7,7 +7,7 @@ pub const USAGE: &str = "\
 processlock: one running instance per service
 
 Usage:
-  processlock check [--json] [--dir DIR | --url URL]
+  processlock check [--json | --format prometheus] [--dir DIR | --url URL]
   processlock check <type> [--side SIDE] [--json] [--dir DIR | --url URL]
   processlock clear [--force] [--dir DIR | --url URL]
   processlock run <type> [--side SIDE] [--wait MS | --replace [--grace MS]] [--name NAME] [--quiet]
@@ -18,7 +18,11 @@ Usage:
 Commands:
   check   List the lock files in the lock directory: type, side, PID, start time, uptime,
           state (held, stale, invalid), process name, host (when not this one), file.
-          --json prints an array for scripts. Exit status 0 whatever the states.
+          --json prints an array for scripts. --format prometheus prints Prometheus' text
+          format for node_exporter's textfile collector: per lock, processlock_lock_held (1 or
+          0) and, when held, processlock_holder_pid, processlock_holder_uptime_seconds and, on
+          a server, processlock_fencing_token, labelled type, side, host and backend (file or
+          postgres). Exit status 0 whatever the states.
           With <type>: whether that one lock is held, for health checks and deploy scripts:
           exit status 0 held, 1 not held (no file, stale, or not a lock record), 3 cannot
           tell (an I/O error). --json prints one object with keys held and state.
@@ -45,11 +49,15 @@ Commands:
           processlock's hold, once, as with a lock file ($PROCESSLOCK_SERVER_LOCK tells it how);
           when it lets go, processlock keeps the lock until the command ends. If the lock is
           lost (no heartbeat confirmed in time, the session ended, the server stopped),
-          processlock prints [PROCESS_LOCK_LOST], sends the command SIGTERM (the only way a
-          process that adopted the lock learns of the loss), then SIGKILL after --grace (default:
-          a quarter of the lease, about when the server may give the lock to another holder),
-          and exits with status 75. On Linux the command also gets SIGKILL if processlock is
-          killed (processes the command started itself are not reached).
+          processlock prints [PROCESS_LOCK_LOST], sends every process of the command (on
+          Linux: the whole tree, the app behind npm or a shell included; elsewhere the main
+          process only) SIGTERM, the only way a process that adopted the lock learns of the
+          loss, then SIGKILL after --grace (default: a quarter of the lease, about when the
+          server may give the lock to another holder), and exits with status 75 once none is
+          left. When the command's main process ends and leaves processes behind, they are
+          stopped the same way and the lock is released only after. If processlock is killed,
+          on Linux the main process gets SIGKILL and a process that adopted the lock ends with
+          status 75 (other processes the command started are not reached).
 
 Options:
   --dir DIR      Lock directory. Default: $PROCESSLOCK_DIR, else runtime/locks under the
@@ -60,7 +68,8 @@ Options:
                  --force ends the session of every holder (pg_terminate_backend, which needs
                  the right role): the holders are told at once that their locks are lost. run
                  holds the lock on the server (see run above; not with --replace).
-  --side SIDE    Trade side of the lock (run, check <type>). Default: $TRADE_SIDE; '' for none.
+  --side SIDE    Trade side of the lock (run, check <type>). Default: $TRADE_SIDE. An empty
+                 side is refused; for none, leave TRADE_SIDE empty: TRADE_SIDE= processlock ...
   --wait MS      Wait up to MS milliseconds for a holder to let go (run). Default: 0, fail at once.
   --replace      Stop the holder and take its place (run): SIGTERM, then SIGKILL after --grace.
   --grace MS     How long a replaced holder may take to exit after SIGTERM. Default: 10000.
@@ -71,7 +80,8 @@ Options:
   --name NAME    Process name written in the lock record (run): at most 256 characters, no
                  control characters. Default: trader-<side>-<type>.
   -q, --quiet    Do not print the acquired/released lines (run). Conflicts are always printed.
-  --json         Machine-readable output (check).
+  --json         Machine-readable output (check): the same as --format json.
+  --format FMT   Output of check: text (the default), json, or prometheus (the listing only).
   --force        Also remove locks held by running processes (clear).
   -h, --help     Show this help.
   -V, --version  Show the version.
@@ -87,6 +97,15 @@ On Windows, check and clear work; run is not available yet (it says so and exits
 lock in the app itself.
 ";
 
+/// What `check` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Text,
+    Json,
+    /// Prometheus' text exposition format (the listing only).
+    Prometheus,
+}
+
 #[derive(Debug, PartialEq, Eq)]
 pub enum Command {
     Help,
@@ -94,7 +113,7 @@ pub enum Command {
     Check {
         /// `--url`: a PostgreSQL server instead of the lock directory.
         url: Option<String>,
-        json: bool,
+        format: Format,
         /// `check <type>`: one lock, with its side (`None`: `$TRADE_SIDE`).
         lock: Option<(String, Option<String>)>,
     },
@@ -222,13 +241,26 @@ fn parse_command(cur: &mut Cursor, dir: &mut Option<PathBuf>) -> Result<Command,
 }
 
 fn parse_check(cur: &mut Cursor, dir: &mut Option<PathBuf>) -> Result<Command, Usage> {
-    let mut json = false;
+    let mut format = None;
     let mut url = None;
     let mut process_type = None;
     let mut side = None;
     while let Some(arg) = cur.take() {
         match option(&arg)? {
-            ("--json", None) => json = true,
+            ("--json", None) => set_format(&mut format, Format::Json)?,
+            ("--format", inline) => {
+                let f = match utf8_value(cur, "--format", inline)?.as_str() {
+                    "text" => Format::Text,
+                    "json" => Format::Json,
+                    "prometheus" => Format::Prometheus,
+                    other => {
+                        return usage(format!(
+                            "--format takes text, json or prometheus, not {other:?}"
+                        ))
+                    }
+                };
+                set_format(&mut format, f)?
+            }
             ("--url", inline) => url = Some(utf8_value(cur, "--url", inline)?),
             ("--dir", inline) => *dir = Some(dir_value(cur, inline)?),
             ("--side", inline) => side = Some(utf8_value(cur, "--side", inline)?),
@@ -246,7 +278,22 @@ fn parse_check(cur: &mut Cursor, dir: &mut Option<PathBuf>) -> Result<Command, U
         }
         (None, None) => None,
     };
-    Ok(Command::Check { json, url, lock })
+    let format = format.unwrap_or(Format::Text);
+    if format == Format::Prometheus && lock.is_some() {
+        return usage("--format prometheus lists every lock: drop the lock type (check <type> answers by its exit status)");
+    }
+    Ok(Command::Check { format, url, lock })
+}
+
+/// `--json` and `--format` name one output: a second, different one is a mistake.
+fn set_format(format: &mut Option<Format>, f: Format) -> Result<(), Usage> {
+    match *format {
+        Some(old) if old != f => usage("--json and --format ask for different outputs: give one"),
+        _ => {
+            *format = Some(f);
+            Ok(())
+        }
+    }
 }
 
 fn parse_clear(cur: &mut Cursor, dir: &mut Option<PathBuf>) -> Result<Command, Usage> {
@@ -417,7 +464,7 @@ mod tests {
             Invocation {
                 dir: None,
                 command: Command::Check {
-                    json: false,
+                    format: Format::Text,
                     url: None,
                     lock: None
                 }
@@ -428,7 +475,7 @@ mod tests {
             Invocation {
                 dir: Some("/x".into()),
                 command: Command::Check {
-                    json: true,
+                    format: Format::Json,
                     url: None,
                     lock: None
                 }
@@ -437,7 +484,7 @@ mod tests {
         assert_eq!(
             run_cmd(&["check", "backend", "--side=LONG", "--json"]),
             Command::Check {
-                json: true,
+                format: Format::Json,
                 url: None,
                 lock: Some(("backend".into(), Some("LONG".into())))
             }
@@ -445,7 +492,7 @@ mod tests {
         assert_eq!(
             run_cmd(&["check", "--json", "worker"]),
             Command::Check {
-                json: true,
+                format: Format::Json,
                 url: None,
                 lock: Some(("worker".into(), None))
             }
@@ -463,7 +510,7 @@ mod tests {
         assert_eq!(
             run_cmd(&["check", "--url", "postgres://u@h/db", "--json"]),
             Command::Check {
-                json: true,
+                format: Format::Json,
                 url: Some("postgres://u@h/db".into()),
                 lock: None
             }
@@ -473,6 +520,30 @@ mod tests {
             Command::Clear {
                 force: true,
                 url: Some("postgres://u@h/db".into())
+            }
+        );
+        assert_eq!(
+            run_cmd(&["check", "--format", "prometheus", "--dir", "/z"]),
+            Command::Check {
+                format: Format::Prometheus,
+                url: None,
+                lock: None
+            }
+        );
+        assert_eq!(
+            run_cmd(&["check", "--url=postgres://u@h/db", "--format=prometheus"]),
+            Command::Check {
+                format: Format::Prometheus,
+                url: Some("postgres://u@h/db".into()),
+                lock: None
+            }
+        );
+        assert_eq!(
+            run_cmd(&["check", "--json", "--format", "json"]),
+            Command::Check {
+                format: Format::Json,
+                url: None,
+                lock: None
             }
         );
         assert_eq!(run_cmd(&["--help"]), Command::Help);
@@ -601,6 +672,10 @@ mod tests {
             &["clear", "extra"],
             &["check", "--dir"],
             &["check", "--dir="],
+            &["check", "--format"],
+            &["check", "--format", "yaml"],
+            &["check", "--json", "--format", "prometheus"],
+            &["check", "backend", "--format", "prometheus"],
             &["run"],
             &["run", "backend"],
             &["run", "backend", "--"],
@@ -634,6 +709,8 @@ mod tests {
             "--wait=",
             "--name",
             "--json",
+            "--format",
+            "prometheus",
             "--force",
             "-q",
             "--quiet",

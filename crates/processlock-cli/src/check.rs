@@ -10,12 +10,14 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use processlock::report::printable;
 use processlock::{
-    check_dir, inspect, judge_pid, list_locks, parse_iso8601_ms, Error, Inspection, LockName,
-    LockState, LockStatus, LockTarget, Result,
+    check_dir, identify, inspect, list_locks, parse_iso8601_ms, Error, Identified, Inspection,
+    LockName, LockState, LockStatus, LockTarget, Result,
 };
 use serde_json::Value;
 
+use crate::args::Format;
 use crate::display::{json_text, opt_str, ordered_object, table, uptime};
+use crate::prometheus;
 
 /// Exit statuses of `check <type>`.
 pub const HELD: i32 = 0;
@@ -65,13 +67,15 @@ pub fn row(status: LockStatus, now_ms: i64) -> Row {
     };
     let mut problem = status.problem.clone();
     if status.state == LockState::Held && problem.is_none() {
-        problem = match record {
-            Some(r) if r.pid == 0 => Some(format!(
+        problem = match record.map(|r| (r.pid, identify(r))) {
+            Some((_, Identified::Nobody)) => Some(format!(
                 "held by a process that wrote no record; find it with: fuser -v {file}"
             )),
-            Some(r) if !judge_pid(r).is_alive() => Some(format!(
-                "PID {} is not running, but a process it started still holds the lock; find it with: fuser -v {file}",
-                r.pid
+            Some((pid, Identified::Gone)) => Some(format!(
+                "PID {pid} is not running, but a process it started still holds the lock; find it with: fuser -v {file}"
+            )),
+            Some((pid, Identified::PidOnly)) => Some(format!(
+                "its record holds only a PID (the older format): PID {pid} runs, but nothing proves it is the process that wrote the file; see what it is: ps -p {pid} -o args="
             )),
             _ => None,
         };
@@ -103,18 +107,20 @@ pub fn now_ms() -> i64 {
 
 /// Lists every lock in `dir`. Exit status 0 whatever their states: listing is not a verdict
 /// (`check <type>` is).
-pub fn run(dir: &Path, json: bool) -> Result<i32> {
+pub fn run(dir: &Path, format: Format) -> Result<i32> {
     warn_if_unsafe(dir);
     let now = now_ms();
     let rows: Vec<Row> = list_locks(dir)?.into_iter().map(|s| row(s, now)).collect();
-    let text = if json {
-        to_json(&rows)
-    } else {
-        to_text(
+    let text = match format {
+        Format::Json => to_json(&rows),
+        Format::Prometheus => {
+            prometheus::render(&rows.iter().map(prometheus::from_row).collect::<Vec<_>>())
+        }
+        Format::Text => to_text(
             dir,
             &rows,
             std::io::stdout().is_terminal() && color_allowed(),
-        )
+        ),
     };
     print(&text);
     Ok(0)
@@ -180,7 +186,7 @@ fn warn_if_unsafe(dir: &Path) {
     }
 }
 
-fn print(text: &str) {
+pub(crate) fn print(text: &str) {
     let mut out = std::io::stdout().lock();
     // A closed pipe (`processlock check | head -1`) is not an error worth a message.
     let _ = out.write_all(text.as_bytes());

@@ -15,6 +15,7 @@ mod clear;
 mod display;
 #[cfg(unix)]
 mod errno;
+mod prometheus;
 #[cfg(unix)]
 mod replace;
 #[cfg(unix)]
@@ -24,10 +25,12 @@ mod run_server;
 mod server;
 #[cfg(unix)]
 mod signals;
+#[cfg(unix)]
+mod tree;
 
 use std::path::Path;
 
-use args::{Command, Usage};
+use args::{Command, Format, Usage};
 use processlock::report::printable;
 use processlock::{check_process_name, resolve_dir, LockName};
 
@@ -57,19 +60,21 @@ fn execute(dir: Option<&Path>, command: Command) -> i32 {
             0
         }
         Command::Check {
-            json,
+            format,
             url,
             lock: None,
         } => match server_url(url).map(checked_url) {
-            Some(Ok(url)) => server::check(&url, json),
+            Some(Ok(url)) if format == Format::Prometheus => prometheus::check_server(&url),
+            Some(Ok(url)) => server::check(&url, format == Format::Json),
             Some(Err(code)) => code,
-            None => with_dir(dir, |d| check::run(d, json)),
+            None => with_dir(dir, |d| check::run(d, format)),
         },
         Command::Check {
-            json,
+            format,
             url,
             lock: Some((process_type, side)),
         } => {
+            let json = format == Format::Json;
             let name = match LockName::from_env(&process_type, side.as_deref()) {
                 Ok(n) => n,
                 Err(e) => return usage_error(&e.to_string()),
@@ -166,10 +171,19 @@ fn execute(dir: Option<&Path>, command: Command) -> i32 {
 
 /// `--url`, else `$PROCESSLOCK_URL`; empty means none.
 fn server_url(option: Option<String>) -> Option<String> {
+    if option
+        .as_deref()
+        .is_some_and(processlock_pg::url_has_password)
+    {
+        eprintln!("{PASSWORD_IN_ARGV}");
+    }
     option
         .or_else(|| std::env::var("PROCESSLOCK_URL").ok())
         .filter(|u| !u.is_empty())
 }
+
+/// Every user of the host can read a command line (`ps`, `/proc/PID/cmdline`).
+const PASSWORD_IN_ARGV: &str = "processlock: WARNING: the password in --url can be read by every user of this host (ps, /proc/PID/cmdline); give the URL without it (in --url or $PROCESSLOCK_URL) and keep the password in ~/.pgpass or the file $PGPASSFILE names (mode 0600), or in $PGPASSWORD set for this service only";
 
 /// A URL that cannot work is a usage error, for every command: nothing was sent anywhere.
 fn checked_url(url: String) -> Result<String, i32> {

@@ -32,12 +32,12 @@ use std::process::{Child, Command, ExitStatus};
 use std::time::{Duration, Instant};
 
 use processlock::{
-    judge_pid, record_for, remove_if_stale, report, wait_for, Acquired, Cancel, ClaimToken, Error,
-    HandoverSocket, LockName, LockTarget, PendingLock, Record, Removal, DIR_ENV,
+    judge_pid, record_for, remove_if_stale, report, wait_for, Acquired, Cancel, ClaimNews,
+    ClaimToken, Error, HandoverSocket, LockName, LockTarget, PendingLock, Record, Removal, DIR_ENV,
 };
 
 use crate::errno;
-use crate::signals::{self, Note};
+use crate::signals::{self, Event, Note};
 
 const GO: u8 = 1;
 const STOP: u8 = 0;
@@ -406,6 +406,18 @@ struct Handover {
     token: ClaimToken,
 }
 
+impl Handover {
+    /// One of the socket's descriptors is readable: serves claimants below `command` the lock's
+    /// descriptor `lock_fd` and the token, and hands out a new token once its owner is gone.
+    fn readable(&mut self, fd: c_int, command: u32, lock_fd: c_int) -> io::Result<()> {
+        let fds = [lock_fd, self.token.fd()];
+        if self.socket.readable(fd, command, &fds)? == ClaimNews::OwnerGone {
+            self.token = ClaimToken::new()?;
+        }
+        Ok(())
+    }
+}
+
 /// Waits for the command, passing signals on and answering claimants, then releases the lock
 /// and ends like it.
 fn supervise(
@@ -430,20 +442,23 @@ fn supervise(
             Ok(None) => {}
             Err(e) => break Err(e),
         }
-        let claimant = handover.as_ref().map(|h| h.socket.fd());
-        match signals::next_or_readable(claimant) {
-            Ok(None) => {
-                if let Some(h) = &handover {
-                    let fds = [acquired.lock.file().as_raw_fd(), h.token.fd()];
-                    if let Err(e) = h.socket.serve_waiting(pid, &fds) {
+        let watched = handover
+            .as_ref()
+            .map(|h| h.socket.fds())
+            .unwrap_or_default();
+        match signals::next_event(&watched, None) {
+            Ok(Event::Readable(fd)) => {
+                if let Some(h) = &mut handover {
+                    if let Err(e) = h.readable(fd, pid, acquired.lock.file().as_raw_fd()) {
                         // Claimants that did not inherit the descriptors now get a conflict.
                         eprintln!("processlock: no longer handing the lock to the command's processes: {e}");
                         handover = None;
                     }
                 }
             }
-            Ok(Some(note)) if note.signal == libc::SIGCHLD => {}
-            Ok(Some(note)) => {
+            Ok(Event::TimedOut) => {}
+            Ok(Event::Signal(note)) if note.signal == libc::SIGCHLD => {}
+            Ok(Event::Signal(note)) => {
                 if relay.should_forward(&note) {
                     // The child is not reaped before try_wait says so, so its PID is still ours.
                     // SAFETY: kill(2) on our own child.
@@ -477,7 +492,10 @@ fn release(acquired: Acquired, target: &LockTarget, quiet: bool) {
             "processlock: the command ended, but a process it started still holds the lock; the file stays (find it with: fuser -v {})",
             target.path.display()
         ),
-        // Removed, or already taken over or removed by someone else.
+        // Held by another holder now (it was removed by force, then taken): our hold went, but
+        // a line saying the lock was released would be false.
+        Ok(Removal::Held(_)) => {}
+        // Removed, or already removed by someone else.
         Ok(_) => {
             if !quiet {
                 eprintln!("{}", report::released(&target.name, ours.pid));

@@ -6,41 +6,57 @@
 //! lock lives exactly as long as this process. The record names this process's PID: `kill
 //! <pid>` from a conflict line reaches this process, which passes SIGTERM on to the command.
 //!
-//! The command must not run without the lock:
+//! The command must not run without the lock, and the unit is its whole process tree (the app
+//! behind `npm start` or `sh -c` included; see `tree.rs`):
 //! * when the lock is lost (heartbeats unanswered until the loss deadline, the session ended,
-//!   the server stopped), the loss line is printed, the command gets SIGTERM at once and SIGKILL
-//!   after the grace period, and this process exits with `LOST_EXIT_STATUS` (75);
-//! * on Linux the command is started with a parent-death signal (SIGKILL): if this process is
-//!   killed with SIGKILL, which also ends its session and so frees the lock, the command goes
-//!   with it. Processes the command started itself are not reached; elsewhere, nothing is.
+//!   the server stopped), the loss line is printed, every process of the command gets SIGTERM
+//!   at once and SIGKILL after the grace period, and this process exits with `LOST_EXIT_STATUS`
+//!   (75) once none is left;
+//! * when the command's main process ends (by itself, or killed by someone else, such as the
+//!   OOM killer) and left processes behind, they are stopped the same way, as systemd stops a
+//!   service whose main process ended; the lock is released only once none is left, and this
+//!   process ends like the main process did;
+//! * on Linux the main process is started with a parent-death signal (SIGKILL): if this process
+//!   is killed with SIGKILL, which also ends its session and so frees the lock, the main process
+//!   goes with it. Processes it started itself are not reached (they are re-parented to the
+//!   next subreaper or init); a process that adopted the lock notices that its `run` is gone.
+//!   Elsewhere, nothing is reached, and only the main process is stopped and waited for.
 //!
 //! The command learns the fencing token of its lock from `$PROCESSLOCK_FENCING_TOKEN`.
 //!
 //! A process of the command that takes the same lock itself (the app's own `acquireLock`) finds
-//! it already owns it, once, as under `run` with a lock file: the command gets a one-shot claim
-//! token and `$PROCESSLOCK_SERVER_LOCK` naming the hold (the core's `inherit/server.rs`), and
-//! this process answers, on a socket, the command's processes whose launcher closed the
-//! token's descriptor. The one that claims it adopts this process's hold; it holds no session,
-//! so a loss reaches it as the SIGTERM sent to the command.
+//! it already owns it, once, as under `run` with a lock file: the command gets
+//! `$PROCESSLOCK_SERVER_LOCK` naming the hold and a socket, on which this process hands a
+//! one-shot claim token to the command's processes (the core's `inherit/server.rs`, which also
+//! says how the claimant proves the hold real: the variable is believed in nothing). The one
+//! that claims it adopts this process's hold; it holds no session, so a loss reaches it as the
+//! SIGTERM sent to the command's processes.
 
 use std::ffi::OsString;
 use std::io::{self, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::raw::c_int;
 use std::os::unix::process::CommandExt;
-use std::process::{Child, Command};
+use std::process::{Command, ExitStatus};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use processlock::report::{self, printable, LOST_EXIT_STATUS};
-use processlock::{Cancel, ClaimToken, HandoverSocket, LockName, ServerHold, SERVER_LOCK_ENV};
+use processlock::{
+    Cancel, ClaimNews, ClaimToken, HandoverSocket, LockName, ServerHold, SERVER_LOCK_ENV,
+};
 use processlock_pg::{Error, PgHeld, PgOptions};
 
 use crate::run::{cannot_run, exit_like, Relay};
 use crate::signals::{self, Event};
+use crate::tree::{self, Tree};
 
 /// Set for the command: the fencing token of the lock it runs under (a decimal number).
 pub const FENCING_TOKEN_ENV: &str = "PROCESSLOCK_FENCING_TOKEN";
+
+/// While the command's processes are being stopped, how often the tree is walked again for
+/// processes started meanwhile.
+const STOP_POLL: Duration = Duration::from_millis(100);
 
 /// How often a wait for the lock looks for a signal that ends it.
 const SIGNAL_POLL: Duration = Duration::from_millis(20);
@@ -92,17 +108,18 @@ pub fn run(o: Options) -> i32 {
         .env(FENCING_TOKEN_ENV, held.fencing_token())
         .env(SERVER_LOCK_ENV, &handover.env_value);
     let parent = std::process::id() as libc::pid_t;
-    let token = handover.token.fd();
     // SAFETY: the closure runs in the forked child and makes only async-signal-safe calls.
     unsafe {
-        cmd.pre_exec(move || child_side(parent, token));
+        cmd.pre_exec(move || child_side(parent));
     }
+    // Before the command starts: every process it will start is ours to stop and wait for.
+    tree::become_reaper();
     match cmd.spawn() {
         Ok(child) => {
             if !o.quiet {
                 eprintln!("{}", report::acquired(&o.name, held.record().pid));
             }
-            supervise(child, held, &loss, Some(handover), &o)
+            supervise(Tree::new(child.id()), held, &loss, Some(handover), &o)
         }
         Err(e) => {
             let _ = held.release();
@@ -175,15 +192,10 @@ fn wait_for(o: &Options, deadline: Instant) -> processlock_pg::Result<PgHeld> {
     })
 }
 
-/// In the child, between fork and exec. Async-signal-safe calls only. `token`: the claim
-/// token's descriptor, kept across exec.
-fn child_side(parent: libc::pid_t, token: c_int) -> io::Result<()> {
+/// In the child, between fork and exec. Async-signal-safe calls only.
+fn child_side(parent: libc::pid_t) -> io::Result<()> {
     // SAFETY: we are in the forked child; these are plain system calls on our own process.
     unsafe {
-        let flags = libc::fcntl(token, libc::F_GETFD);
-        if flags == -1 || libc::fcntl(token, libc::F_SETFD, flags & !libc::FD_CLOEXEC) == -1 {
-            return Err(io::Error::last_os_error());
-        }
         // Our handlers would swallow a signal meant for the command.
         signals::reset_in_child();
         #[cfg(any(target_os = "linux", target_os = "android"))]
@@ -204,14 +216,31 @@ fn child_side(parent: libc::pid_t, token: c_int) -> io::Result<()> {
 
 /// What lets one process of the command adopt this process's hold.
 struct Handover {
+    /// Never inherited: a claimant gets it from this process over the socket, whose peer it
+    /// checks, so that a pipe of its own proves nothing.
     token: ClaimToken,
-    /// Without it (no socket could be made), only processes that inherited the token's
-    /// descriptor can claim: a launcher that closes it makes its app conflict, never co-own.
+    /// Without it (no socket could be made), nobody can claim: the command's processes that
+    /// take the lock get a conflict, never a second hold.
     socket: Option<HandoverSocket>,
     env_value: String,
 }
 
 impl Handover {
+    /// One of the socket's descriptors is readable: serves claimants the token, and hands out a
+    /// new one once its owner is gone (an app restarted by its watcher adopts the hold again).
+    /// Served: every process below this one, which is the command's tree (a process whose
+    /// parent died was re-parented here, no longer below the main process).
+    fn readable(&mut self, fd: c_int) -> io::Result<()> {
+        let Some(socket) = self.socket.as_mut() else {
+            return Ok(());
+        };
+        let fds = [self.token.fd()];
+        if socket.readable(fd, std::process::id(), &fds)? == ClaimNews::OwnerGone {
+            self.token = ClaimToken::new()?;
+        }
+        Ok(())
+    }
+
     fn offer(held: &PgHeld, o: &Options) -> io::Result<Self> {
         let lock =
             o.pg.lock_id(&o.name)
@@ -254,47 +283,86 @@ impl LossNotice {
     }
 }
 
-/// Waits for the command, passing signals on and stopping it if the lock is lost, then releases
-/// the lock and ends like the command (or with `LOST_EXIT_STATUS`).
+/// Why the command's processes are being stopped.
+#[derive(Debug, Clone, Copy)]
+enum Stopping {
+    /// The lock was lost.
+    Lost,
+    /// The main process ended by itself (or was killed by someone else) and left others behind.
+    MainEnded,
+}
+
+/// Waits for the command's main process, passing signals on to it, then for the rest of its
+/// tree (see `tree.rs`); stops the whole tree if the lock is lost. Releases the lock only once
+/// no process of the command is left, then ends like the main process (or with
+/// `LOST_EXIT_STATUS`).
 fn supervise(
-    mut child: Child,
+    mut tree: Tree,
     held: PgHeld,
     loss: &LossNotice,
     mut handover: Option<Handover>,
     o: &Options,
 ) -> i32 {
-    let pid = child.id() as libc::pid_t;
-    let signal_child = |signal: c_int| {
-        // The child is not reaped before try_wait says so, so its PID is still ours.
-        // SAFETY: kill(2) on our own child.
-        unsafe { libc::kill(pid, signal) };
-    };
+    let pid = tree.main_pid();
     let mut relay = Relay::default();
-    // Once the lock is lost: when SIGKILL is due (`None` once sent).
-    let mut stopping: Option<Option<Instant>> = None;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break Ok(status),
-            Ok(None) => {}
-            Err(e) => break Err(e),
+    let mut main_status: Option<io::Result<ExitStatus>> = None;
+    let mut stopping: Option<Stopping> = None;
+    let mut lost = false;
+    // Once stopping: when SIGKILL is due (`None` once sent).
+    let mut kill_at: Option<Instant> = None;
+    loop {
+        match tree.reap() {
+            Ok(reaped) => {
+                if let Some(status) = reaped.main {
+                    main_status = Some(Ok(status));
+                }
+                if reaped.none_left {
+                    break;
+                }
+            }
+            Err(e) => {
+                // Cannot wait any more: nothing tells when the command ends.
+                main_status.get_or_insert(Err(e));
+                break;
+            }
+        }
+        if main_status.is_some() && stopping.is_none() {
+            // The main process is gone and others are left: the command is over, and what it
+            // left behind must not run on without the lock, nor keep it from the next holder.
+            handover = None;
+            eprintln!(
+                "processlock: the command's main process (PID {pid}) ended; stopping the processes it left: SIGTERM now, SIGKILL in {} ms",
+                o.grace.as_millis()
+            );
+            stopping = Some(Stopping::MainEnded);
+            tree.terminate();
+            kill_at = Some(Instant::now() + o.grace);
         }
         let claimants = handover
             .as_ref()
             .and_then(|h| h.socket.as_ref())
-            .map(|s| s.fd());
+            .map(HandoverSocket::fds)
+            .unwrap_or_default();
         let (watched, timeout) = match stopping {
-            None => ([Some(loss.fd()), claimants], None),
-            Some(kill_at) => (
-                [None, None],
-                kill_at.map(|t| t.saturating_duration_since(Instant::now())),
+            None => (
+                std::iter::once(loss.fd())
+                    .chain(claimants.clone())
+                    .collect(),
+                None,
+            ),
+            // Watching the lock still, to say it was lost, while the rest is stopped; walking
+            // the tree again now and then for processes started meanwhile.
+            Some(_) => (
+                (!lost).then(|| loss.fd()).into_iter().collect::<Vec<_>>(),
+                Some(kill_at.map_or(STOP_POLL, |t| {
+                    t.saturating_duration_since(Instant::now()).min(STOP_POLL)
+                })),
             ),
         };
-        let watched: Vec<c_int> = watched.into_iter().flatten().collect();
         match signals::next_event(&watched, timeout) {
-            Ok(Event::Readable(fd)) if Some(fd) == claimants => {
-                if let Some(h) = &handover {
-                    let socket = h.socket.as_ref().expect("watched, so present");
-                    if let Err(e) = socket.serve_waiting(pid as u32, &[h.token.fd()]) {
+            Ok(Event::Readable(fd)) if claimants.contains(&fd) => {
+                if let Some(h) = &mut handover {
+                    if let Err(e) = h.readable(fd) {
                         eprintln!("processlock: no longer handing the lock to the command's processes: {e}");
                         handover = None;
                     }
@@ -303,46 +371,68 @@ fn supervise(
             Ok(Event::Readable(_)) => {
                 // A lost lock is nobody's to adopt any more.
                 handover = None;
+                lost = true;
                 let reason = held.lost().map(|l| l.reason).unwrap_or_default();
                 eprintln!("{}", report::lost(&o.name, held.record().pid, &reason));
-                eprintln!(
-                    "processlock: stopping the command (PID {pid}): SIGTERM now, SIGKILL in {} ms if it has not exited",
-                    o.grace.as_millis()
-                );
-                signal_child(libc::SIGTERM);
-                stopping = Some(Some(Instant::now() + o.grace));
-            }
-            Ok(Event::TimedOut) => {
-                eprintln!(
-                    "processlock: the command (PID {pid}) was still running {} ms after SIGTERM; sent SIGKILL",
-                    o.grace.as_millis()
-                );
-                signal_child(libc::SIGKILL);
-                stopping = Some(None);
-            }
-            Ok(Event::Signal(note)) if note.signal == libc::SIGCHLD => {}
-            Ok(Event::Signal(note)) => {
-                if relay.should_forward(&note) {
-                    signal_child(note.signal);
+                if stopping.is_none() {
+                    eprintln!(
+                        "processlock: stopping the command (PID {pid}) and every process it started: SIGTERM now, SIGKILL in {} ms if any is left",
+                        o.grace.as_millis()
+                    );
+                    tree.terminate();
+                    stopping = Some(Stopping::Lost);
+                    kill_at = Some(Instant::now() + o.grace);
                 }
             }
-            Err(_) => break child.wait(),
+            Ok(Event::TimedOut) => match kill_at {
+                Some(t) if Instant::now() >= t => {
+                    let left = tree.kill();
+                    if !left.is_empty() {
+                        let pids: Vec<String> = left.iter().map(|p| p.to_string()).collect();
+                        eprintln!(
+                            "processlock: still running {} ms after SIGTERM, sent SIGKILL: PID {}",
+                            o.grace.as_millis(),
+                            pids.join(", ")
+                        );
+                    }
+                    kill_at = None;
+                }
+                Some(_) => {
+                    tree.terminate();
+                }
+                // Until none is left.
+                None => {
+                    tree.kill();
+                }
+            },
+            Ok(Event::Signal(note)) if note.signal == libc::SIGCHLD => {}
+            Ok(Event::Signal(note)) => {
+                if stopping.is_none() && relay.should_forward(&note) {
+                    tree.signal_main(note.signal);
+                }
+            }
+            Err(e) => {
+                eprintln!("processlock: {e}");
+                main_status.get_or_insert(Err(e));
+                break;
+            }
         }
-    };
+    }
     // No claimant can adopt the hold any more.
     drop(handover);
-    if stopping.is_some() {
+    if lost || matches!(stopping, Some(Stopping::Lost)) {
         // Stopped for the loss: its own status would hide why it ended.
         drop(held);
         return LOST_EXIT_STATUS;
     }
     release(held, o);
-    match status {
-        Ok(status) => exit_like(status),
-        Err(e) => {
+    match main_status {
+        Some(Ok(status)) => exit_like(status),
+        Some(Err(e)) => {
             eprintln!("processlock: waiting for the command failed: {e}");
             1
         }
+        None => 1,
     }
 }
 

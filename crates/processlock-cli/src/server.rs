@@ -15,7 +15,7 @@ fn fail(e: &processlock_pg::Error) -> i32 {
     1
 }
 
-fn state(l: &Listed) -> &'static str {
+pub(crate) fn state(l: &Listed) -> &'static str {
     match (&l.holder, &l.stale) {
         (Some(_), _) => "held",
         (None, Some(_)) => "stale",
@@ -52,7 +52,7 @@ pub fn check(url: &str, json: bool) -> i32 {
     0
 }
 
-fn record_of(l: &Listed) -> Option<&processlock::Record> {
+pub(crate) fn record_of(l: &Listed) -> Option<&processlock::Record> {
     match &l.holder {
         Some(h) if h.record.pid != 0 => Some(&h.record),
         Some(_) => None,

@@ -133,14 +133,6 @@ pub fn first_received() -> Option<c_int> {
     }
 }
 
-/// Blocks until a signal arrives (`Some`) or `other` becomes readable (`None`).
-pub fn next_or_readable(other: Option<c_int>) -> io::Result<Option<Note>> {
-    match next_event(other.as_slice(), None)? {
-        Event::Signal(note) => Ok(Some(note)),
-        Event::Readable(_) | Event::TimedOut => Ok(None),
-    }
-}
-
 /// What ended a wait of `next_event`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Event {
@@ -150,11 +142,8 @@ pub enum Event {
     TimedOut,
 }
 
-/// The most descriptors `next_event` watches besides the signals.
-const MAX_OTHERS: usize = 2;
-
-/// Blocks until a signal arrives, one of `others` (at most `MAX_OTHERS`) becomes readable, or
-/// `timeout` passes (`None`: no limit). A signal that arrives meanwhile wins over the rest.
+/// Blocks until a signal arrives, one of `others` becomes readable, or `timeout` passes
+/// (`None`: no limit). A signal that arrives meanwhile wins over the rest.
 pub fn next_event(others: &[c_int], timeout: Option<Duration>) -> io::Result<Event> {
     let deadline = timeout.map(|t| Instant::now() + t);
     let watch = |fd: c_int| libc::pollfd {
@@ -162,13 +151,10 @@ pub fn next_event(others: &[c_int], timeout: Option<Duration>) -> io::Result<Eve
         events: libc::POLLIN,
         revents: 0,
     };
-    let mut fds = [watch(PIPE_READ.load(Ordering::SeqCst)); 1 + MAX_OTHERS];
-    for (slot, fd) in fds[1..]
-        .iter_mut()
-        .zip(others.iter().chain([-1; MAX_OTHERS].iter()))
-    {
-        *slot = watch(*fd);
-    }
+    let mut fds: Vec<libc::pollfd> = std::iter::once(PIPE_READ.load(Ordering::SeqCst))
+        .chain(others.iter().copied())
+        .map(watch)
+        .collect();
     loop {
         let wait_ms = match deadline {
             None => -1,

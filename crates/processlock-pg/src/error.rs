@@ -77,7 +77,8 @@ pub enum Error {
     },
     Conflict(Box<Conflict>),
     /// The server could not be reached, refused us, or failed a statement. `op` is what we were
-    /// doing (`connect`, `lock`, `record`, `inspect`, `release`), like the syscall of a file error.
+    /// doing (`connect`, `authenticate`, `lock`, `record`, `inspect`, `release`), like the
+    /// syscall of a file error.
     Io {
         op: &'static str,
         server: String,
@@ -141,9 +142,13 @@ impl Error {
 
     /// Whether the server went away rather than refused us: the connection could not be made
     /// or broke, or the server ended the session or is starting or stopping. A wait rides these
-    /// out; a wrong password, a missing database or a refused statement it does not.
+    /// out; a wrong password, a missing database, a refused statement, or the authentication
+    /// policy refusing what the server asked (`authenticate`) it does not.
     pub(crate) fn server_went_away(&self) -> bool {
         match self {
+            Error::Io {
+                op: "authenticate", ..
+            } => false,
             Error::Io { sqlstate: None, .. } => true,
             Error::Io {
                 sqlstate: Some(code),
@@ -174,6 +179,14 @@ impl Error {
             sqlstate: e.code().map(|c| c.code().to_string()),
             os_error: os_error_of(e),
         }
+    }
+
+    /// The same error, with the OS error number of `e` when it has one.
+    pub(crate) fn with_os_error(mut self, e: &std::io::Error) -> Self {
+        if let Error::Io { os_error, .. } = &mut self {
+            *os_error = e.raw_os_error().or(*os_error);
+        }
+        self
     }
 
     pub(crate) fn io_msg(op: &'static str, server: &str, message: impl Into<String>) -> Self {

@@ -79,14 +79,32 @@
 //! pool that happens to have one server connection; the heartbeat then notices when the lock is
 //! not in its session). A read-only standby is refused the same way.
 //!
-//! # TLS
+//! # Connecting
+//! The connection is read as libpq reads it (`conninfo.rs`): a `postgres://` URL or a
+//! `key=value` string, completed parameter by parameter from a service file (`service=`,
+//! `PGSERVICE`) and then the environment (`PGHOST`, `PGPORT`, `PGUSER`, `PGDATABASE`,
+//! `PGPASSWORD`, `PGSSLMODE`, `PGSSLROOTCERT`, `PGREQUIREAUTH`, `PGCHANNELBINDING`,
+//! `PGCONNECT_TIMEOUT`, `PGAPPNAME`, ...); a password none of these gives comes from the password
+//! file (`~/.pgpass`, `PGPASSFILE`; ignored, with a warning, when group or others may read it),
+//! per host. So the URL a command line carries needs no password. Several hosts are tried in
+//! order (`target_session_attrs=read-write` or `primary` skips the others).
+//!
+//! # TLS and authentication
 //! With the `tls` feature, `sslmode` (`disable`, `prefer`, `require`, `verify-ca`,
-//! `verify-full`) and `sslrootcert` (a PEM file, or `system`) in the URL work as in libpq,
-//! through rustls with ring: no OpenSSL. `prefer` and `require` encrypt without checking the
-//! certificate, as libpq does; use `verify-full` across untrusted networks. Without the feature,
-//! only `disable` and `prefer` (never encrypting) are accepted, and anything else is
-//! `LOCK_INVALID_OPTION`. The feature is off by default because ring compiles C, which keeps a
-//! Linux host from checking the Windows and macOS targets (`cargo check --target`).
+//! `verify-full`) and `sslrootcert` (a PEM file, or `system`) work as in libpq, through rustls
+//! with ring: no OpenSSL. `prefer` and `require` encrypt without checking the certificate, as
+//! libpq does; use `verify-full` across untrusted networks. Without the feature, only `disable`
+//! and `prefer` (never encrypting) are accepted, and anything else is `LOCK_INVALID_OPTION`. The
+//! feature is off by default because ring compiles C, which keeps a Linux host from checking the
+//! Windows and macOS targets (`cargo check --target`).
+//!
+//! Whoever answers at the server's address chooses how the client logs in. This crate opens the
+//! sockets itself (`connect.rs`) so that every authentication request is checked against
+//! `require_auth` (`auth.rs`) before the client answers it: by default, everything but a
+//! cleartext password to a server whose certificate was not checked (`verify-full`); with
+//! `require_auth=scram-sha-256`, SCRAM only, which a server that does not know the password
+//! cannot complete. `channel_binding=require` binds SCRAM to the TLS session (the certificate's
+//! `tls-server-end-point`), which stops a machine in the middle too.
 //!
 //! # Threads
 //! Each acquire runs on a new native thread with a single-threaded Tokio runtime; for a held
@@ -94,17 +112,22 @@
 //! lock is asked for.
 
 mod admin;
+mod auth;
 mod clock;
+mod connect;
+mod conninfo;
 mod error;
 mod key;
 mod lock;
 mod loss;
 mod options;
+mod pgpass;
 mod session;
 mod table;
 mod tls;
 
 pub use admin::{clear_stale, list, terminate_holder, Listed};
+pub use conninfo::url_has_password;
 pub use error::{Conflict, Error, Lost, Result};
 pub use key::lock_key;
 pub use lock::{

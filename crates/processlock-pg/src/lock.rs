@@ -20,7 +20,6 @@ use crate::loss::{LossWatch, OnLost};
 use crate::options::{PgOptions, Settings};
 use crate::session::Session;
 use crate::table::{self, Holder};
-use crate::tls;
 
 /// The longest single server-side wait. A waiting statement holds a snapshot, which holds back
 /// vacuum on the whole server; restarting it now and then lets the horizon move.
@@ -584,7 +583,7 @@ impl Job {
                     // before the session is closed.
                     let limit = self.s.connect_timeout;
                     let token = session.client.cancel_token();
-                    let _ = timeout(limit, token.cancel_query(tls::another(&self.s.tls))).await;
+                    let _ = timeout(limit, crate::connect::cancel(&self.s, &token)).await;
                     let _ = timeout(limit, &mut query).await;
                     return Err(Error::Aborted);
                 }

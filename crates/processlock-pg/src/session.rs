@@ -14,7 +14,6 @@ use tokio_postgres::{Client, SimpleQueryMessage};
 
 use crate::error::{describe, Error, Result};
 use crate::options::Settings;
-use crate::tls;
 
 pub(crate) struct Session {
     pub client: Client,
@@ -54,11 +53,7 @@ impl Session {
     }
 
     async fn connect(s: &Settings) -> Result<Session> {
-        let (client, connection) = s
-            .config
-            .connect(tls::another(&s.tls))
-            .await
-            .map_err(|e| Error::io("connect", &s.server, &e))?;
+        let (client, connection) = crate::connect::connect(s).await?;
         let (ended_tx, ended) = watch::channel(None);
         let connection = tokio::spawn(async move {
             let why = match connection.await {

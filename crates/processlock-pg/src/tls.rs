@@ -9,11 +9,15 @@
 //! | `verify-full` | yes | signed by a trusted CA, and names the host |
 //!
 //! Trusted CAs: the PEM file `sslrootcert` names, or the system's (`sslrootcert=system`, or no
-//! `sslrootcert`). The client itself (tokio-postgres) knows only disable/prefer/require and
-//! refuses unknown parameters, so both are taken out of the URL here.
+//! `sslrootcert`). `sslrootcert=system` without `sslmode` means `verify-full`, as in libpq. The
+//! client itself (tokio-postgres) knows only disable/prefer/require, so the mode is kept here
+//! and the client is told the nearest one it knows.
 
 use std::path::PathBuf;
 
+use tokio_postgres::config::SslMode;
+
+use crate::conninfo::Params;
 use crate::error::{Error, Result};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,6 +29,18 @@ pub(crate) enum Mode {
     VerifyFull,
 }
 
+impl Mode {
+    /// What the client is told: it encrypts for `require` and above; the certificate checks
+    /// are the connector's.
+    pub fn for_client(self) -> SslMode {
+        match self {
+            Mode::Disable => SslMode::Disable,
+            Mode::Prefer => SslMode::Prefer,
+            _ => SslMode::Require,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct TlsParams {
     pub mode: Mode,
@@ -32,74 +48,34 @@ pub(crate) struct TlsParams {
     pub root_cert: Option<PathBuf>,
 }
 
-/// Takes `sslmode` and `sslrootcert` out of a `postgres://` URL's query. Returns the URL for
-/// the client, with `sslmode` as it understands it. Other forms are returned unchanged.
-pub(crate) fn split_url(url: &str) -> Result<(String, TlsParams)> {
-    let mut params = TlsParams {
-        mode: Mode::Prefer,
-        root_cert: None,
-    };
-    let is_url = url.starts_with("postgres://") || url.starts_with("postgresql://");
-    let Some((base, query)) = url.split_once('?').filter(|_| is_url) else {
-        return Ok((url.to_string(), params));
-    };
-    let mut kept = Vec::new();
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        match key {
-            "sslmode" => {
-                params.mode = match percent_decode(value)?.as_str() {
-                    "disable" => Mode::Disable,
-                    "allow" | "prefer" => Mode::Prefer,
-                    "require" => Mode::Require,
-                    "verify-ca" => Mode::VerifyCa,
-                    "verify-full" => Mode::VerifyFull,
-                    other => {
-                        return Err(Error::invalid(
-                            "url",
-                            format!(
-                        "sslmode={other}: use disable, prefer, require, verify-ca or verify-full"
+impl TlsParams {
+    /// `sslmode` and `sslrootcert`, from wherever the parameters came.
+    pub fn from(params: &Params) -> Result<TlsParams> {
+        let system = params.get("sslrootcert") == Some("system");
+        let mode = match params.get("sslmode") {
+            None if system => Mode::VerifyFull,
+            None => Mode::Prefer,
+            Some("disable") => Mode::Disable,
+            Some("allow" | "prefer") => Mode::Prefer,
+            Some("require") => Mode::Require,
+            Some("verify-ca") => Mode::VerifyCa,
+            Some("verify-full") => Mode::VerifyFull,
+            Some(_) => {
+                return Err(Error::invalid(
+                    "url",
+                    format!(
+                        "{}: use disable, prefer, require, verify-ca or verify-full",
+                        params.shown("sslmode")
                     ),
-                        ))
-                    }
-                }
+                ))
             }
-            "sslrootcert" => {
-                let path = percent_decode(value)?;
-                params.root_cert = (path != "system").then(|| PathBuf::from(path));
-            }
-            _ => kept.push(pair),
-        }
+        };
+        let root_cert = params
+            .get("sslrootcert")
+            .filter(|_| !system)
+            .map(PathBuf::from);
+        Ok(TlsParams { mode, root_cert })
     }
-    let client_mode = match params.mode {
-        Mode::Disable => "disable",
-        Mode::Prefer => "prefer",
-        Mode::Require | Mode::VerifyCa | Mode::VerifyFull => "require",
-    };
-    kept.push(match client_mode {
-        "disable" => "sslmode=disable",
-        "prefer" => "sslmode=prefer",
-        _ => "sslmode=require",
-    });
-    Ok((format!("{base}?{}", kept.join("&")), params))
-}
-
-fn percent_decode(s: &str) -> Result<String> {
-    let bad = || Error::invalid("url", format!("bad percent-encoding in {s:?}"));
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = s.get(i + 1..i + 3).ok_or_else(bad)?;
-            out.push(u8::from_str_radix(hex, 16).map_err(|_| bad())?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).map_err(|_| bad())
 }
 
 /// A connector for one more connection (`NoTls` is `Copy`, the rustls connector is not).
@@ -311,23 +287,31 @@ mod verify {
 mod tests {
     use super::*;
 
+    fn tls(url: &str) -> Result<TlsParams> {
+        TlsParams::from(&Params::gather(url, &|_| None)?)
+    }
+
     #[test]
-    fn tls_parameters_are_taken_out_of_the_url() {
-        let (url, p) = split_url(
+    fn tls_parameters_are_read_from_the_connection_string() {
+        let p = tls(
             "postgres://u@h/db?application_name=x&sslmode=verify-full&sslrootcert=%2Fetc%2Fca.pem",
         )
         .unwrap();
-        assert_eq!(url, "postgres://u@h/db?application_name=x&sslmode=require");
         assert_eq!(p.mode, Mode::VerifyFull);
         assert_eq!(p.root_cert, Some(PathBuf::from("/etc/ca.pem")));
-        let (url, p) = split_url("postgres://u@h/db?sslrootcert=system&sslmode=disable").unwrap();
+        let p = tls("postgres://u@h/db?sslrootcert=system&sslmode=disable").unwrap();
+        assert_eq!((p.mode, p.root_cert), (Mode::Disable, None));
+        // As in libpq: the system's CAs without a mode mean verify-full.
         assert_eq!(
-            (url.as_str(), p.mode, p.root_cert),
-            ("postgres://u@h/db?sslmode=disable", Mode::Disable, None)
+            tls("postgres://u@h/db?sslrootcert=system").unwrap().mode,
+            Mode::VerifyFull
         );
-        let (url, p) = split_url("host=h user=u").unwrap();
-        assert_eq!((url.as_str(), p.mode), ("host=h user=u", Mode::Prefer));
-        assert!(split_url("postgres://u@h/db?sslmode=sometimes").is_err());
-        assert!(split_url("postgres://u@h/db?sslrootcert=%zz").is_err());
+        assert_eq!(tls("host=h user=u").unwrap().mode, Mode::Prefer);
+        assert_eq!(
+            tls("host=h user=u sslmode=verify-ca").unwrap().mode,
+            Mode::VerifyCa
+        );
+        assert!(tls("postgres://u@h/db?sslmode=sometimes").is_err());
+        assert!(tls("postgres://u@h/db?sslrootcert=%zz").is_err());
     }
 }

@@ -8,19 +8,17 @@ use crate::error::{Error, Result};
 pub const DIR_ENV: &str = "PROCESSLOCK_DIR";
 
 /// `runtime/locks` under the nearest ancestor of `cwd` that holds a `package.json`, else under
-/// `cwd` itself. A service started from a sub-directory of its project still finds the project's
-/// locks.
+/// `cwd` itself (see `project_locks` for a release of a release-directory deploy). A service
+/// started from a sub-directory of its project still finds the project's locks.
 pub(crate) fn default_dir(cwd: &Path) -> PathBuf {
-    package_root(cwd)
-        .unwrap_or(cwd)
-        .join("runtime")
-        .join("locks")
+    project_locks(package_root(cwd).unwrap_or(cwd))
 }
 
 /// The default directory of an application whose entry script is `entry`: `runtime/locks` under
-/// the nearest ancestor of the script holding a `package.json`, so that the same service finds
-/// the same lock however and from wherever it is started (PM2, systemd, cron). Without an entry
-/// script, or without a `package.json` above it, the rule of `default_dir` applies to `cwd`.
+/// the nearest ancestor of the script holding a `package.json` (see `project_locks`), so that
+/// the same service finds the same lock however and from wherever it is started (PM2, systemd,
+/// cron). Without an entry script, or without a `package.json` above it, the rule of
+/// `default_dir` applies to `cwd`.
 pub fn app_default_dir(entry: Option<&Path>, cwd: &Path) -> PathBuf {
     let entry = entry.map(|e| {
         let absolute = cwd.join(e);
@@ -37,9 +35,60 @@ pub fn app_default_dir(entry: Option<&Path>, cwd: &Path) -> PathBuf {
         .and_then(Path::parent)
         .and_then(package_root)
     {
-        Some(root) => root.join("runtime").join("locks"),
+        Some(root) => project_locks(root),
         None => default_dir(cwd),
     }
+}
+
+/// The lock directory of the project whose root is `root`: its `runtime/locks`, unless the
+/// project is a release of a release-directory deploy (Capistrano, Deployer, Ansistrano:
+/// `<base>/releases/<name>`, with `<base>/current` a symbolic link into `<base>/releases`).
+/// Then every release is the same service, and the old release's process and the new one's
+/// must meet at one lock: `<base>/shared/runtime/locks`, where those tools keep what outlives a
+/// release (what a `runtime` linked into `shared/` gives too). A project below the release's
+/// root keeps its place: `<base>/shared/<path in the release>/runtime/locks`. The deploy's base
+/// itself (an operator's working directory) names the same directory.
+fn project_locks(root: &Path) -> PathBuf {
+    let locks = |dir: PathBuf| dir.join("runtime").join("locks");
+    // The release a path through `current` leads to is known by the real path only (on
+    // Windows canonical paths are verbatim, `\\?\C:\...`: taken as given there).
+    let real = match cfg!(unix) {
+        true => std::fs::canonicalize(root).ok(),
+        false => None,
+    };
+    match deploy_of(real.as_deref().unwrap_or(root)) {
+        Some((base, inside)) => locks(base.join("shared").join(inside)),
+        None => locks(root.to_path_buf()),
+    }
+}
+
+/// `(<base>, <path of root in its release>)` when `root` is a deploy's base or lies in one of
+/// its releases (see `project_locks`).
+fn deploy_of(root: &Path) -> Option<(&Path, &Path)> {
+    if is_deploy_base(root) {
+        return Some((root, Path::new("")));
+    }
+    root.ancestors().find_map(|release| {
+        let releases = release.parent()?;
+        let base = releases.parent()?;
+        if releases.file_name()? != "releases" || !is_deploy_base(base) {
+            return None;
+        }
+        Some((base, root.strip_prefix(release).ok()?))
+    })
+}
+
+/// Whether `base/current` is a symbolic link into `base/releases`: the mark every
+/// release-directory deploy tool leaves. The link may point at any release (a new one starts
+/// before the link is switched to it, an old one runs on after) or at none that exists yet.
+fn is_deploy_base(base: &Path) -> bool {
+    let Ok(target) = std::fs::read_link(base.join("current")) else {
+        return false;
+    };
+    let releases = base.join("releases");
+    let real = |p: PathBuf| std::fs::canonicalize(&p).unwrap_or(p);
+    let target = real(base.join(target));
+    target != real(releases.clone()) && target.starts_with(real(releases))
 }
 
 /// The nearest ancestor of `start` (itself included) with a `package.json` that describes a
@@ -205,6 +254,73 @@ mod tests {
             elsewhere.join("runtime/locks")
         );
         assert_eq!(default_dir(&dist), locks);
+        std::fs::remove_dir_all(&base).unwrap();
+    }
+
+    /// A release-directory deploy (Capistrano, Deployer, Ansistrano): every release, the
+    /// deploy's base and a project below a release's root find the shared directory.
+    #[cfg(unix)]
+    #[test]
+    fn releases_of_one_deploy_share_one_lock_directory() {
+        use std::os::unix::fs::symlink;
+        let base = std::env::temp_dir().join(format!("pl-deploy-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        for release in ["v1", "v2"] {
+            let dist = base.join("releases").join(release).join("dist");
+            std::fs::create_dir_all(&dist).unwrap();
+            std::fs::write(dist.join("server.js"), "").unwrap();
+            std::fs::write(dist.join("../package.json"), r#"{"name":"app"}"#).unwrap();
+        }
+        let base = std::fs::canonicalize(&base).unwrap();
+        let entry = |release: &str| base.join("releases").join(release).join("dist/server.js");
+        let in_release = |release: &str| base.join("releases").join(release).join("runtime/locks");
+        let shared = base.join("shared/runtime/locks");
+        let elsewhere = std::env::temp_dir();
+
+        // No `current` link yet: not a deploy, each project keeps its own directory.
+        assert_eq!(
+            app_default_dir(Some(&entry("v1")), &elsewhere),
+            in_release("v1")
+        );
+        // `current` as Deployer writes it (relative), then as Capistrano does (absolute).
+        for target in [PathBuf::from("releases/v1"), base.join("releases/v2")] {
+            let _ = std::fs::remove_file(base.join("current"));
+            symlink(&target, base.join("current")).unwrap();
+            for release in ["v1", "v2"] {
+                assert_eq!(app_default_dir(Some(&entry(release)), &elsewhere), shared);
+                assert_eq!(
+                    default_dir(&base.join("releases").join(release).join("dist")),
+                    shared
+                );
+            }
+            assert_eq!(
+                default_dir(&base.join("current/dist")),
+                shared,
+                "through the link"
+            );
+            assert_eq!(default_dir(&base), shared, "the deploy's base");
+        }
+        // A project below the release's root (a monorepo) keeps its place in `shared`.
+        let api = base.join("releases/v2/services/api");
+        std::fs::create_dir_all(&api).unwrap();
+        std::fs::write(api.join("package.json"), r#"{"name":"api"}"#).unwrap();
+        assert_eq!(
+            default_dir(&api),
+            base.join("shared/services/api/runtime/locks")
+        );
+        // A link to something other than a release, or `current` as a directory: not a deploy.
+        std::fs::remove_file(base.join("current")).unwrap();
+        symlink(&elsewhere, base.join("current")).unwrap();
+        assert_eq!(
+            app_default_dir(Some(&entry("v1")), &elsewhere),
+            in_release("v1")
+        );
+        std::fs::remove_file(base.join("current")).unwrap();
+        std::fs::create_dir(base.join("current")).unwrap();
+        assert_eq!(
+            app_default_dir(Some(&entry("v1")), &elsewhere),
+            in_release("v1")
+        );
         std::fs::remove_dir_all(&base).unwrap();
     }
 

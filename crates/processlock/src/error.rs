@@ -216,6 +216,14 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let code = self.code();
         match self {
+            Error::InvalidName { field, value, .. }
+                if *field == "tradeSide" && value.trim().is_empty() =>
+            {
+                write!(
+                    f,
+                    "{code}: invalid {field} {value:?}: an empty side is not \"no side\"; leave the side out to use $TRADE_SIDE, or ask for a lock without a side (tradeSide: null; for the command, an empty TRADE_SIDE: TRADE_SIDE= processlock ...)"
+                )
+            }
             Error::InvalidName { field, value, max } => write!(
                 f,
                 "{code}: invalid {field} {value:?}: use 1 to {max} letters, digits, '-' or '_'"

@@ -69,6 +69,10 @@ pub(crate) fn remove_test_dir(dir: &Path) -> io::Result<()> {
 /// description, whose lock excludes the first one's like another process's would.
 fn dir_guard(dir: &Path) -> Arc<DirGuard> {
     let mut cache = GUARDS.lock().unwrap_or_else(|p| p.into_inner());
+    // The directory used last, as in a loop of acquire and release: nothing to move.
+    if let Some((_, guard)) = cache.first().filter(|(d, _)| d == dir) {
+        return Arc::clone(guard);
+    }
     let guard = match cache.iter().position(|(d, _)| d == dir) {
         Some(i) => cache.remove(i).1,
         None => Arc::default(),
@@ -76,6 +80,20 @@ fn dir_guard(dir: &Path) -> Arc<DirGuard> {
     cache.insert(0, (dir.to_path_buf(), Arc::clone(&guard)));
     cache.truncate(CACHED_DIRS);
     guard
+}
+
+/// Makes sure the guard file of `dir` exists, and keeps it open: called when a lock is taken in
+/// `dir`, so that the guard is made while the file system still has room for it. Without this a
+/// release on a file system that filled up since (no free inode, no free block) could not make
+/// it, and would leave its lock file behind. Best effort: an acquire does not need the guard,
+/// and the removal that does says why it could not have it. Nothing is done when the guard is
+/// already open in this process.
+pub(crate) fn prepare(dir: &Path) {
+    let guard = dir_guard(dir);
+    let mut open = guard.open.lock().unwrap_or_else(|p| p.into_inner());
+    if open.is_none() {
+        *open = open_guard(&dir.join(GUARD_FILE)).ok();
+    }
 }
 
 /// Runs `remove` while holding the removal guard of `dir`, and only then lets the guard go.

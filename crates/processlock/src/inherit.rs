@@ -15,7 +15,10 @@
 //! A claimant finds the lock's descriptor and the token's read end among the descriptors it
 //! inherited (shells pass them on), or, where a launcher closed them (Node's `child_process`
 //! passes the standard three only, so npm, npx and `node --watch` do), asks `run` for
-//! duplicates over a Unix socket (`socket.rs`). Either way the claim is checked before the token
+//! duplicates over a Unix socket (`socket.rs`). A claimant served over the socket that wins
+//! keeps its connection open for as long as it lives; when it ends, `run` hands out a new token,
+//! so that an app restarted by its watcher (`node --watch`) claims the lock again. The lock
+//! itself never left the command meanwhile. Either way the claim is checked before the token
 //! is touched: the descriptor must be the file linked at the lock path now, and taking its
 //! exclusive lock without blocking must succeed. A descriptor that shares the holder's open file
 //! description already holds that lock, so the request succeeds; any other descriptor of the
@@ -24,6 +27,10 @@
 //! byte is never consumed by a process that then does not own the lock (it could not be put
 //! back: there is no write end). A process whose descriptors are gone and whose `run` is gone
 //! gets no claim: a conflict, never a second owner.
+//!
+//! A claimed hold is the command's: letting go of it (or ending) closes the claimant's duplicate
+//! only, never removes the lock file, and says nothing of a release; the lock is released when
+//! the command ends.
 //!
 //! The winner then hides the hand-over from what it starts: the variable leaves its environment
 //! and inherited descriptors become close-on-exec, so its own children neither hold the lock nor
@@ -47,7 +54,7 @@ pub use server::claim_server_lock;
 pub use server_types::{ServerHold, SERVER_LOCK_ENV};
 
 #[cfg(unix)]
-pub use socket::HandoverSocket;
+pub use socket::{ClaimNews, HandoverSocket};
 #[cfg(unix)]
 use unix::set_flag;
 #[cfg(unix)]
@@ -63,7 +70,10 @@ pub(crate) fn claim_inherited(_target: &LockTarget) -> Option<HeldLock> {
 
 /// Nothing is handed down where `processlock run` does not run.
 #[cfg(not(unix))]
-pub fn claim_server_lock(_lock: &str) -> Option<ServerHold> {
+pub fn claim_server_lock(
+    _lock: &str,
+    _on_server: impl FnOnce(&ServerHold) -> bool,
+) -> Option<ServerHold> {
     None
 }
 
@@ -95,6 +105,21 @@ mod server_types {
             return super::server::under(self);
             #[cfg(not(unix))]
             return false;
+        }
+
+        /// Calls `hook`, on a thread of its own, the moment the `processlock run` that holds the
+        /// lock is gone (killed with SIGKILL: its session, and so the lock, went with it), so that
+        /// the process that adopted the hold stops as if it had lost a lock of its own. Linux
+        /// only (a pidfd); `false` where it cannot be watched: then only `holder_is_running`
+        /// tells, when asked.
+        pub fn watch_holder(&self, hook: Box<dyn FnOnce() + Send>) -> bool {
+            #[cfg(any(target_os = "linux", target_os = "android"))]
+            return super::server::watch_holder(self, hook);
+            #[cfg(not(any(target_os = "linux", target_os = "android")))]
+            {
+                let _ = hook;
+                false
+            }
         }
     }
 }
@@ -182,11 +207,6 @@ mod unix {
             self.read.as_raw_fd()
         }
 
-        /// Tells the token pipe apart from any other pipe that may have taken its number.
-        pub(in crate::inherit) fn ino(&self) -> u64 {
-            self.ino
-        }
-
         /// The value of `INHERITED_ENV` for a command that inherits this token and the lock's
         /// descriptor `lock_fd`, and may ask `socket` for them.
         pub fn env_value(&self, lock_fd: RawFd, socket: Option<&HandoverSocket>) -> OsString {
@@ -230,7 +250,7 @@ mod unix {
         // Dropping the held lock on the way out closes only our duplicate: the lock stays with
         // the descriptors the command inherited.
         let lock = HeldLock::adopt_inherited(file, target)?;
-        if !take_token(handover.token_fd, handover.token_ino) {
+        if !take_token(handover.token_fd, Some(handover.token_ino)) {
             return None;
         }
         // What this process starts must neither hold the lock nor claim it.
@@ -241,19 +261,25 @@ mod unix {
     }
 
     /// The claim through duplicates `run` sends over its socket (they arrive close-on-exec).
+    /// The token is whichever `run` hands out now: a new one once the previous owner is gone.
     fn claim_through_socket(handover: &Handover, target: &LockTarget) -> Option<HeldLock> {
         if handover.socket.is_empty() {
             return None;
         }
-        let [lock, token]: [OwnedFd; 2] = socket::ask(&handover.socket, 2)?.try_into().ok()?;
+        let (fds, claiming) = socket::ask(&handover.socket, 2)?;
+        let [lock, token]: [OwnedFd; 2] = fds.try_into().ok()?;
         let lock = HeldLock::adopt_inherited(std::fs::File::from(lock), target)?;
-        take_token(token.as_raw_fd(), handover.token_ino).then_some(lock)
+        if !take_token(token.as_raw_fd(), None) {
+            return None;
+        }
+        claiming.won();
+        Some(lock)
     }
 
-    /// Reads the token's byte if the descriptor is still the token pipe. True for the one reader
-    /// that gets it.
-    pub(super) fn take_token(fd: RawFd, ino: u64) -> bool {
-        if !is_fifo(fd) || inode(fd).ok() != Some(ino) {
+    /// Reads the token's byte if the descriptor is a pipe, and the token pipe (`ino`) where its
+    /// number came from the environment. True for the one reader that gets it.
+    pub(super) fn take_token(fd: RawFd, ino: Option<u64>) -> bool {
+        if !is_fifo(fd) || ino.is_some_and(|ino| inode(fd).ok() != Some(ino)) {
             return false;
         }
         let mut byte = [0u8; 1];
@@ -341,11 +367,11 @@ mod unix {
             let token = ClaimToken::new().unwrap();
             let other = ClaimToken::new().unwrap();
             // Another pipe under the expected number is not the token: nothing is read from it.
-            assert!(!take_token(other.fd(), token.ino));
-            assert!(take_token(token.fd(), token.ino));
-            assert!(!take_token(token.fd(), token.ino));
-            assert!(take_token(other.fd(), other.ino));
-            assert!(!take_token(-1, token.ino));
+            assert!(!take_token(other.fd(), Some(token.ino)));
+            assert!(take_token(token.fd(), Some(token.ino)));
+            assert!(!take_token(token.fd(), Some(token.ino)));
+            assert!(take_token(other.fd(), None));
+            assert!(!take_token(-1, None));
         }
     }
 }

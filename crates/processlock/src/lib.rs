@@ -43,9 +43,9 @@ pub use error::{already_running, Conflict, DirProblem, Error, ErrorCode, Result}
 pub use handoff::PendingLock;
 pub use inherit::{claim_server_lock, ServerHold, INHERITED_ENV, SERVER_LOCK_ENV};
 #[cfg(unix)]
-pub use inherit::{ClaimToken, HandoverSocket};
+pub use inherit::{ClaimNews, ClaimToken, HandoverSocket};
 pub use list::{list_locks, LockState, LockStatus};
-pub use liveness::{judge_pid, PidState};
+pub use liveness::{identify, judge_pid, Identified, PidState};
 pub use name::{check_process_name, LockName};
 #[cfg(unix)]
 pub use os::cloexec_pipe;
@@ -55,7 +55,7 @@ pub use protocol::{
     LockTarget,
 };
 pub use record::{parse_record, Parsed, Record};
-pub use registry::{Holder, Registry, Release, Taken};
+pub use registry::{Ended, Holder, Registry, Release, Taken};
 pub use replace::Refusal;
 pub use replace::DEFAULT_GRACE;
 #[cfg(unix)]

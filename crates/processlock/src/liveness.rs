@@ -58,30 +58,23 @@ pub fn judge_pid(record: &Record) -> PidState {
 /// A file naming our own PID was not written by us (we write records of our own format): the PID
 /// was reused, as in containers where every service is PID 1.
 pub(crate) fn judge_legacy(record: &Record, written_ms: Option<i64>) -> PidState {
-    let remote = record
-        .hostname
-        .as_deref()
-        .is_some_and(|theirs| host_name().is_some_and(|ours| theirs != ours));
-    if !remote && record.pid == os::current_pid() {
+    if foreign_host(record).is_none() && record.pid == os::current_pid() {
         return PidState::Recycled;
     }
     judge_pid_taken(record, parse_iso8601_ms(&record.started).or(written_ms))
 }
 
-/// Whether a record of our format names a process of this host, other than us, that runs and is
-/// the very process that wrote it (same start token). Such a holder is alive even when nobody
+/// Whether a record of our format names a process of this machine, other than us, that runs and
+/// is the very process that wrote it (same start token). Such a holder is alive even when nobody
 /// holds the file's OS lock: it closed its descriptor, or the directory is reached through
-/// mounts that do not share locks. Only exact evidence counts: another host, a missing token or a
-/// process we cannot look at is not enough to keep a file no OS lock protects.
+/// mounts that do not share locks. Only exact evidence counts: a missing token or a process we
+/// cannot look at is not enough to keep a file no OS lock protects. The token is that evidence
+/// whatever host name the record carries (see `foreign_host`).
 pub(crate) fn runs_as_recorded(record: &Record) -> bool {
     if record.pid == os::current_pid() {
         return false;
     }
-    let same_host = matches!(
-        (record.hostname.as_deref(), host_name()),
-        (Some(theirs), Some(ours)) if theirs == ours
-    );
-    let Some(token) = record.start_token.as_deref().filter(|_| same_host) else {
+    let Some(token) = record.start_token.as_deref() else {
         return false;
     };
     let runs =
@@ -111,12 +104,30 @@ const ENDING_PATIENCE: std::time::Duration = std::time::Duration::from_millis(20
 #[cfg(not(all(unix, not(target_os = "linux"))))]
 const ENDING_PATIENCE: std::time::Duration = std::time::Duration::ZERO;
 
+/// The host a record names when its PID means nothing here: another machine, or another
+/// container (another PID namespace) on this one. `None` when the PID is this machine's.
+///
+/// The host name alone does not decide: a host renamed after the record was written, or a
+/// process that runs with another host name (its own UTS namespace), still writes PIDs of this
+/// machine. The start token tells better. On Linux it holds the boot id (and the PID namespace
+/// outside the machine's own): a token of this boot names a process here, running or ended.
+/// macOS and Windows tokens are the start instant of the process, with no boot id: one is known
+/// as ours while the process with its PID runs with exactly that token.
+pub(crate) fn foreign_host(record: &Record) -> Option<&str> {
+    let theirs = record.hostname.as_deref()?;
+    if host_name()? == theirs {
+        return None;
+    }
+    let ours = record.start_token.as_deref().is_some_and(|token| {
+        os::token_is_local(token) || start_token(record.pid).as_deref() == Some(token)
+    });
+    (!ours).then_some(theirs)
+}
+
 /// `taken_ms`: when the lock was taken, for records without a start token.
 fn judge_pid_taken(record: &Record, taken_ms: Option<i64>) -> PidState {
-    if let (Some(theirs), Some(ours)) = (record.hostname.as_deref(), host_name()) {
-        if theirs != ours {
-            return PidState::Remote;
-        }
+    if foreign_host(record).is_some() {
+        return PidState::Remote;
     }
     if os::pid_state(record.pid) == os::Pid::Gone {
         return PidState::Dead;
@@ -137,13 +148,60 @@ fn judge_pid_taken(record: &Record, taken_ms: Option<i64>) -> PidState {
         };
     }
     // A record without a token (the legacy format): a process that started after the lock was
-    // taken cannot be the process that took it.
+    // taken cannot be the process that took it. Only where the OS stored the process's start as
+    // a date (macOS, Windows): a date computed from a time since boot (Linux) moves with every
+    // step of the wall clock, and a step forward would make the very holder look younger than
+    // its record. There a live PID is a live holder: nothing but the PID can be checked, and a
+    // conflict is the answer when in doubt, never a takeover.
     if let (Some(taken), Some(began)) = (taken_ms, now.wall_ms) {
         if began > taken + START_SLACK_MS {
             return PidState::Recycled;
         }
     }
     PidState::Alive
+}
+
+/// Who the holder named in a conflict is, as far as this machine can tell: what the operator
+/// is told to do about it depends on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Identified<'a> {
+    /// The holder wrote no record (PID 0).
+    Nobody,
+    /// This very process (same PID, same start token): it holds the lock already, through
+    /// another path to the lock directory or another copy of the module.
+    ThisProcess,
+    /// Another machine, or another container on this one: its PID means nothing here.
+    Elsewhere(&'a str),
+    /// The recorded process runs here: its start token matches (or, where the OS gives no
+    /// token, its PID runs and the OS lock is held).
+    Running,
+    /// A PID-only record (the older format) whose PID runs here: whether that process wrote
+    /// it, nothing can tell.
+    PidOnly,
+    /// The recorded process no longer runs here (its PID is gone or names a later process): the
+    /// lock is held by something else, such as a process it started.
+    Gone,
+}
+
+/// Identifies the holder `record` names (see `Identified`).
+pub fn identify(record: &Record) -> Identified<'_> {
+    if record.pid == 0 {
+        return Identified::Nobody;
+    }
+    if let Some(host) = foreign_host(record) {
+        return Identified::Elsewhere(host);
+    }
+    if record.is_ours()
+        && record.pid == os::current_pid()
+        && record.start_token == start_token(record.pid)
+    {
+        return Identified::ThisProcess;
+    }
+    match judge_pid(record) {
+        PidState::Alive if !record.is_ours() && record.start_token.is_none() => Identified::PidOnly,
+        PidState::Alive | PidState::Remote => Identified::Running,
+        PidState::Dead | PidState::Recycled => Identified::Gone,
+    }
 }
 
 pub(crate) fn host_name() -> Option<&'static str> {
@@ -173,13 +231,12 @@ mod tests {
         tokened.start_token = Some("linux:other-boot:1".into());
         assert_eq!(judge_pid(&tokened), PidState::Recycled);
 
+        // A PID-only record written long before this process started. Linux tells a start only
+        // as time since boot, and a date computed from it moves with every step of the clock:
+        // nothing tells this PID from its writer, and a live PID is a live holder.
         let mut old = record(me);
         old.started = "2001-01-01T00:00:00.000Z".into();
-        assert_eq!(
-            judge_pid(&old),
-            PidState::Recycled,
-            "process started after the record"
-        );
+        assert_eq!(judge_pid(&old), PidState::Alive);
 
         let mut child = std::process::Command::new("true").spawn().unwrap();
         let pid = child.id();
@@ -189,6 +246,12 @@ mod tests {
         let mut remote = record(me);
         remote.hostname = Some("surely-not-this-host.invalid".into());
         assert_eq!(judge_pid(&remote), PidState::Remote);
+        remote.start_token = Some("linux:another-boot:1".into());
+        assert_eq!(judge_pid(&remote), PidState::Remote);
+        // Another host name with a start token of this machine: a renamed host, judged here.
+        remote.start_token = start_token(me);
+        assert_eq!(foreign_host(&remote), None);
+        assert_eq!(judge_pid(&remote), PidState::Alive);
     }
 
     #[test]

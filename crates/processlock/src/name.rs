@@ -19,14 +19,18 @@ pub struct LockName {
 }
 
 impl LockName {
-    /// `trade_side`: `None` or an empty string means "no side".
+    /// `trade_side`: `None` means "no side". A side is written in upper case and without the
+    /// white space around it (`" short\n"` is `SHORT`): both only ever make two spellings of one
+    /// side one lock, never one side two locks. A given side that is empty or blank is refused:
+    /// it would silently be another lock than the side the caller meant (`--side "$SIDE"` with
+    /// `SIDE` unset, a config value left empty), so "no side" is said with `None`.
     pub fn new(process_type: &str, trade_side: Option<&str>) -> Result<Self> {
         check("processType", process_type, MAX_TYPE_LEN)?;
-        let trade_side = match trade_side.map(str::trim) {
-            None | Some("") => None,
+        let trade_side = match trade_side {
+            None => None,
             Some(side) => {
-                check("tradeSide", side, MAX_SIDE_LEN)?;
-                Some(side.to_ascii_uppercase())
+                check("tradeSide", side.trim(), MAX_SIDE_LEN)?;
+                Some(side.trim().to_ascii_uppercase())
             }
         };
         Ok(Self {
@@ -35,11 +39,19 @@ impl LockName {
         })
     }
 
-    /// Like `new`, with the side taken from `$TRADE_SIDE` when `trade_side` is `None`.
+    /// Like `new`, with the side taken from `$TRADE_SIDE` when `trade_side` is `None`. An empty
+    /// or blank `$TRADE_SIDE` means no side, as an unset one does (`TRADE_SIDE= cmd`, or
+    /// `TRADE_SIDE=` in an env file, is how a shell or a service file says "none").
     pub fn from_env(process_type: &str, trade_side: Option<&str>) -> Result<Self> {
         match trade_side {
             Some(side) => Self::new(process_type, Some(side)),
-            None => Self::new(process_type, std::env::var(SIDE_ENV).ok().as_deref()),
+            None => {
+                let env = std::env::var(SIDE_ENV).ok();
+                Self::new(
+                    process_type,
+                    env.as_deref().filter(|s| !s.trim().is_empty()),
+                )
+            }
         }
     }
 
@@ -146,7 +158,11 @@ mod tests {
         assert_eq!(n.trade_side(), Some("SHORT"));
         assert_eq!(n.display(), "backend (SHORT)");
         assert_eq!(n.default_process_name(), "trader-short-backend");
-        let n = LockName::new("worker", Some("")).unwrap();
+        assert_eq!(
+            LockName::new("backend", Some(" short\n")).unwrap(),
+            LockName::new("backend", Some("SHORT")).unwrap()
+        );
+        let n = LockName::new("worker", None).unwrap();
         assert_eq!(n.file_name(), "worker.lock");
         assert_eq!(n.display(), "worker");
         assert_eq!(n.default_process_name(), "trader-worker");
@@ -174,8 +190,9 @@ mod tests {
             let e = LockName::new(bad, None).unwrap_err();
             assert_eq!(e.code(), "LOCK_INVALID_NAME", "{bad:?}");
         }
-        for bad in ["../x", "lo.ng", "a b", &"x".repeat(33)] {
-            assert!(LockName::new("backend", Some(bad)).is_err(), "{bad:?}");
+        for bad in ["../x", "lo.ng", "a b", &"x".repeat(33), "", "  ", "\t\n"] {
+            let e = LockName::new("backend", Some(bad)).unwrap_err();
+            assert_eq!(e.code(), "LOCK_INVALID_NAME", "{bad:?}");
         }
         assert!(LockName::new(&"x".repeat(64), Some(&"y".repeat(32))).is_ok());
     }

@@ -30,11 +30,12 @@ use std::time::{Duration, SystemTime};
 use crate::clock::now_iso8601;
 use crate::dir::ensure_dir;
 use crate::error::{Conflict, Error, Result};
-use crate::guard::while_guarded;
+use crate::guard::{prepare as prepare_guard, while_guarded};
 use crate::inherit::claim_inherited;
 use crate::liveness::{host_name, judge_legacy, judge_pid, runs_as_recorded, start_token};
 use crate::name::{check_process_name, LockName};
 use crate::os::{self, Entry, FileId};
+use crate::perms::check_dir_once;
 use crate::record::{parse_record, Parsed, Record, MAX_RECORD_BYTES, PROTOCOL};
 use crate::temp::{sweep_orphan_temps, Temp};
 
@@ -94,6 +95,9 @@ pub struct HeldLock {
     id: FileId,
     target: LockTarget,
     record: Record,
+    /// Claimed from `processlock run` (`inherit.rs`): the lock is its command's, held through
+    /// the descriptors the command inherited, and stays held after this process lets go.
+    kept_by_run: bool,
 }
 
 impl HeldLock {
@@ -131,7 +135,14 @@ impl HeldLock {
             id,
             target: target.clone(),
             record,
+            kept_by_run: true,
         })
+    }
+
+    /// Whether this hold was claimed from `processlock run`, whose command keeps the lock after
+    /// this process lets go of it (a restarted app claims it again).
+    pub fn kept_by_run(&self) -> bool {
+        self.kept_by_run
     }
 
     /// Whether the lock path still names our file (false after a forced removal).
@@ -151,6 +162,11 @@ impl HeldLock {
     /// This is also how a process removes by force a lock it holds itself: it must remove its own
     /// file while it still holds it (letting go first would let a waiter link its file in between).
     pub fn release(self) -> Result<bool> {
+        if self.kept_by_run {
+            // Only our duplicate of the command's descriptor closes: removing the file would
+            // let another instance take the lock while the command still runs.
+            return Ok(false);
+        }
         let removed = while_guarded(&self.target.dir, || {
             if !self.still_linked() {
                 return Ok(false);
@@ -212,14 +228,23 @@ pub fn acquire(target: &LockTarget, process_name: Option<&str>) -> Result<Acquir
     check_process_name(process_name)?;
     let record = own_record(target, process_name);
     let json = record.to_json();
-    let create = || Temp::create(&target.dir, &target.name.file_name(), json.as_bytes());
+    let create = || Temp::create_in_checked(&target.dir, &target.name.file_name(), json.as_bytes());
+    // Nothing is made in a directory before it passed its check, the removal guard included,
+    // which is made (`guard::prepare`) while there is still room for it.
+    check_dir_once(&target.dir)?;
+    prepare_guard(&target.dir);
     // The directory is checked (and made) only when the temp file cannot be created in it: one
     // system call less on every acquire.
     let temp = match create() {
         Err(Error::Io { source, .. }) if is_missing_dir(&source) => {
             ensure_dir(&target.dir)?;
-            create()?
+            prepare_guard(&target.dir);
+            create()
         }
+        other => other,
+    };
+    let temp = match temp {
+        Err(e) if is_out_of_space(&e) => return take_over_in_place(target, record, e),
         other => other?,
     };
     match publish(target, temp, record) {
@@ -267,6 +292,51 @@ fn sweep_orphans(target: &LockTarget, events: &mut Vec<Event>) {
     }
 }
 
+/// A file system that is full: no temp file could be made, or its record written.
+fn is_out_of_space(e: &Error) -> bool {
+    matches!(e, Error::Io { source, .. } if os::is_out_of_space(source))
+}
+
+/// Takes the lock on a full file system, where no temp file can be made: a dead holder's file
+/// at the lock path already has its inode and its block, and becomes ours where it is. Under
+/// its exclusive lock (granted: nobody holds it, and its holder is dead), with the path still
+/// naming it, our record overwrites its record in one write, padded with spaces to the old
+/// length, so that a reader sees either record whole (*complete records*); the file is never
+/// unlinked (*one remover at a time*), and its lock is ours from the moment it was granted
+/// (*one owner*). `full`, the error that made the temp file fail, is returned when there is
+/// nothing to take over or the file cannot be written (a read-only descriptor: another user's
+/// file); a live holder is a conflict, as ever.
+fn take_over_in_place(target: &LockTarget, record: Record, full: Error) -> Result<Acquired> {
+    let json = record.to_json();
+    for _ in 0..MAX_ROUNDS {
+        let stale = match judge(&target.path)? {
+            Verdict::Gone => return Err(full),
+            Verdict::Held(holder, problem) => return Err(target.conflict(holder, problem)),
+            Verdict::Stale(stale) => stale,
+        };
+        let event = stale.event();
+        match stale.overwrite(&target.path, json.as_bytes()) {
+            Ok(Some(file)) => {
+                let id = os::file_id(&file).map_err(|e| Error::io("fstat", &target.path, e))?;
+                return Ok(Acquired {
+                    lock: HeldLock {
+                        file,
+                        id,
+                        target: target.clone(),
+                        record,
+                        kept_by_run: false,
+                    },
+                    events: vec![event],
+                });
+            }
+            // Removed by force meanwhile: look again.
+            Ok(None) => {}
+            Err(_) => return Err(full),
+        }
+    }
+    Err(Error::kept_changing("write", &target.path))
+}
+
 fn is_missing_dir(e: &io::Error) -> bool {
     matches!(
         e.kind(),
@@ -302,6 +372,7 @@ pub(crate) fn adopt_linked(
             id,
             target: target.clone(),
             record,
+            kept_by_run: false,
         },
         events,
     })
@@ -396,6 +467,39 @@ impl Stale {
         });
         drop(self.file);
         removed
+    }
+}
+
+impl Stale {
+    /// Writes `record` over the stale record, in one positioned write of at least the old
+    /// length (spaces after the record, which readers trim), so that no reader sees an empty,
+    /// shortened or half-old file; then checks that the path still names the file. `Ok(None)`:
+    /// it was removed meanwhile (by force), and the lock was let go.
+    fn overwrite(self, path: &Path, record: &[u8]) -> io::Result<Option<File>> {
+        let old = self.file.metadata()?.len();
+        let old = usize::try_from(old).unwrap_or(usize::MAX);
+        if old > MAX_RECORD_BYTES {
+            return Err(io::Error::other("the stale file is larger than a record"));
+        }
+        let mut bytes = record.to_vec();
+        if bytes.len() < old {
+            // The padding replaces the record's newline: the file still ends with one.
+            bytes.pop();
+            bytes.resize(old - 1, b' ');
+            bytes.push(b'\n');
+        }
+        let written = os::write_at(&self.file, &bytes, 0)?;
+        if written != bytes.len() {
+            // Not one write: whatever is there is not a whole record. Nobody else may remove
+            // it, since we hold its lock: remove it and let the caller report the full disk.
+            let _ = self.remove(path);
+            return Err(io::Error::other("short write"));
+        }
+        match names_same_file(path, &self.file) {
+            Ok(true) => Ok(Some(self.file)),
+            Ok(false) => Ok(None),
+            Err(e) => Err(io::Error::other(e.to_string())),
+        }
     }
 }
 
@@ -570,6 +674,12 @@ pub fn inspect(path: &Path) -> Result<Inspection> {
                 }
                 Inspection::Held(r)
             }
+            (false, Parsed::Invalid(_)) if started.elapsed() < BUSY_PATIENCE => {
+                // Locked and unreadable: a record being written over a dead holder's on a full
+                // file system (`take_over_in_place`) can be caught half-way. Look again.
+                std::thread::sleep(Duration::from_micros(200));
+                continue;
+            }
             (false, Parsed::Invalid(_)) => Inspection::Held(unknown_holder()),
             (true, Parsed::Ours(r)) if runs_as_recorded(&r) => {
                 let problem = unlocked_problem(&r);
@@ -608,4 +718,47 @@ pub fn force_remove(path: &Path) -> Result<bool> {
         dir_of(path),
         || if look()? { unlink(path) } else { Ok(false) },
     )
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::*;
+    use crate::test_support::target;
+
+    fn no_space(path: &Path) -> Error {
+        Error::io("open", path, io::Error::from_raw_os_error(libc::ENOSPC))
+    }
+
+    /// A dead holder's file whose record is longer than ours becomes ours where it is: the same
+    /// inode, the same length (padded), a whole record; a second taker finds it held; with
+    /// nothing at the path, the full disk is the answer.
+    #[test]
+    fn a_full_disk_takes_a_dead_holders_file_over_where_it_is() {
+        let t = target("in-place");
+        std::fs::create_dir_all(&t.dir).unwrap();
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        let old = record_for(&t, dead, Some(&"x".repeat(200))).to_json();
+        std::fs::write(&t.path, &old).unwrap();
+        let before = os::entry(&t.path).unwrap();
+
+        let mine = own_record(&t, None);
+        let taken = take_over_in_place(&t, mine.clone(), no_space(&t.path)).unwrap();
+        assert_eq!(taken.events, vec![Event::StaleRemoved { pid: dead }]);
+        assert_eq!(os::entry(&t.path).unwrap(), before);
+        let bytes = std::fs::read(&t.path).unwrap();
+        assert_eq!(bytes.len(), old.len());
+        assert!(bytes.ends_with(b" \n"));
+        assert_eq!(parse_record(&bytes), Parsed::Ours(mine));
+        assert!(taken.lock.still_linked());
+
+        let again = take_over_in_place(&t, own_record(&t, None), no_space(&t.path));
+        assert_eq!(again.unwrap_err().code(), "LOCK_CONFLICT");
+
+        assert!(taken.lock.release().unwrap());
+        let none = take_over_in_place(&t, own_record(&t, None), no_space(&t.path));
+        assert!(matches!(none, Err(Error::Io { ref source, .. }) if os::is_out_of_space(source)));
+        crate::guard::remove_test_dir(&t.dir).unwrap();
+    }
 }

@@ -2,8 +2,6 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::liveness::host_name;
-
 /// The protocol marker. A file that carries it was written by a holder that keeps an OS lock on
 /// it for as long as it lives, so the OS lock alone tells whether it is held.
 pub const PROTOCOL: &str = "processlock/1";
@@ -57,11 +55,12 @@ impl Record {
         s
     }
 
-    /// The host named in the record when it is not this one: the holder runs elsewhere (another
-    /// machine, or a container with its own host name), and its PID means nothing here.
+    /// The host named in the record when the holder runs elsewhere (another machine, or a
+    /// container with its own host name and PIDs): its PID means nothing here. A record whose
+    /// start token is this machine's is not elsewhere, whatever host name it carries (see
+    /// `liveness::foreign_host`).
     pub fn other_host(&self) -> Option<&str> {
-        let theirs = self.hostname.as_deref()?;
-        (host_name()? != theirs).then_some(theirs)
+        crate::liveness::foreign_host(self)
     }
 
     /// Written by a holder that keeps an OS lock on the file (any `processlock/N`).

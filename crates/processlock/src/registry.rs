@@ -12,7 +12,8 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard, TryLockError};
+use std::time::{Duration, Instant};
 
 use crate::error::Result;
 use crate::protocol::{acquire, Event, HeldLock, LockTarget};
@@ -46,12 +47,34 @@ pub struct Taken {
     pub file_taken: bool,
 }
 
+/// A lock let go of with its last holder (`Registry::release_holder`, `release_all`): where it
+/// was, who held it, and whether its file was removed (`Ok(true)`) or the path no longer named it.
+#[derive(Debug)]
+pub struct Ended {
+    pub target: LockTarget,
+    pub record: Record,
+    pub result: Result<bool>,
+}
+
+impl Ended {
+    fn of(lock: HeldLock) -> Self {
+        let target = lock.target().clone();
+        let record = lock.record().clone();
+        Self {
+            target,
+            record,
+            result: lock.release(),
+        }
+    }
+}
+
 /// The result of `Registry::release`.
 #[derive(Debug)]
 pub enum Release {
     /// This holder did not hold the lock.
     NotHeld,
-    /// This holder let go, but others in this process still hold it: the file stays.
+    /// This holder let go, but others still hold it: in this process, or the command of the
+    /// `processlock run` it was claimed from. The lock and its file stay.
     KeptByOthers,
     /// The last holder let go: the lock was released. `Ok(true)`: its file was removed (it was
     /// still ours).
@@ -165,13 +188,17 @@ impl Registry {
         }
         let lock = map.remove(path).expect("just found").lock;
         drop(guard);
+        if lock.kept_by_run() {
+            // The lock stays with `processlock run`'s command: nothing was released.
+            return Release::KeptByOthers;
+        }
         let record = Box::new(lock.record().clone());
         Release::Released(record, lock.release())
     }
 
     /// Lets go of every hold of `holder` (it ended); the locks it was the last holder of are
     /// released.
-    pub fn release_holder(&self, holder: Holder) -> Vec<(Record, Result<bool>)> {
+    pub fn release_holder(&self, holder: Holder) -> Vec<Ended> {
         let mut ended = Vec::new();
         if let Some(map) = self.map().as_mut() {
             let paths: Vec<PathBuf> = map
@@ -183,13 +210,7 @@ impl Registry {
                 .collect();
             ended.extend(paths.iter().filter_map(|p| map.remove(p)).map(|e| e.lock));
         }
-        ended
-            .into_iter()
-            .map(|l| {
-                let record = l.record().clone();
-                (record, l.release())
-            })
-            .collect()
+        released(ended)
     }
 
     /// Takes the lock at `path` out of the registry whoever holds it, for a forced removal:
@@ -199,35 +220,48 @@ impl Registry {
         Some(self.map().as_mut()?.remove(path)?.lock)
     }
 
-    pub fn release_all(&self) -> Vec<(Record, Result<bool>)> {
+    pub fn release_all(&self) -> Vec<Ended> {
         let locks: Vec<HeldLock> = match self.map().as_mut() {
             Some(m) => m.drain().map(|(_, e)| e.lock).collect(),
             None => return Vec::new(),
         };
-        locks
-            .into_iter()
-            .map(|l| {
-                let record = l.record().clone();
-                (record, l.release())
-            })
-            .collect()
+        released(locks)
     }
 
-    /// For exit hooks: never blocks. If another thread is inside the registry at exit, the
-    /// kernel still drops our locks when the process dies and the files are taken over as stale.
-    pub fn try_release_all(&self) -> usize {
-        let Ok(mut guard) = self.held.try_lock() else {
-            return 0;
+    /// `release_all` for the end of the process, which must never hang: when another thread
+    /// keeps the registry busy for longer than `patience` (a wait thread stuck on a stopped
+    /// remover's guard), nothing is released, and the kernel drops the locks when the process
+    /// is gone; the next acquirer takes the files over as stale.
+    pub fn release_all_within(&self, patience: Duration) -> Vec<Ended> {
+        let deadline = Instant::now() + patience;
+        let mut guard = loop {
+            match self.held.try_lock() {
+                Ok(guard) => break guard,
+                Err(TryLockError::Poisoned(p)) => break p.into_inner(),
+                Err(TryLockError::WouldBlock) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(TryLockError::WouldBlock) => return Vec::new(),
+            }
         };
         let locks: Vec<HeldLock> = match guard.as_mut() {
             Some(m) => m.drain().map(|(_, e)| e.lock).collect(),
-            None => return 0,
+            None => return Vec::new(),
         };
         drop(guard);
-        let n = locks.len();
-        for l in locks {
-            let _ = l.release();
-        }
-        n
+        released(locks)
     }
+}
+
+/// Releases `locks`; how each one that was released ended. A hold claimed from `processlock run`
+/// is let go without a word: the lock stays with the command.
+fn released(locks: Vec<HeldLock>) -> Vec<Ended> {
+    locks
+        .into_iter()
+        .filter_map(|l| {
+            let kept = l.kept_by_run();
+            let ended = Ended::of(l);
+            (!kept).then_some(ended)
+        })
+        .collect()
 }

@@ -12,9 +12,10 @@ use std::time::{Duration, Instant};
 
 #[cfg(unix)]
 use crate::error::{Conflict, Error};
-use crate::liveness::{host_name, start_token};
+use crate::liveness::{foreign_host, start_token};
 #[cfg(unix)]
 use crate::name::LockName;
+use crate::os::current_pid;
 use crate::record::Record;
 #[cfg(unix)]
 use crate::report::printable;
@@ -121,15 +122,17 @@ fn same_process(a: &Record, b: &Record) -> bool {
 /// Why a holder may not be signalled.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refusal {
-    /// The record names another host (or container): its PID means nothing here.
+    /// The record names another host (or container), and its start token is not this
+    /// machine's: its PID means nothing here.
     OtherHost(String),
-    /// The record names no host, or this host's name is unknown: nothing proves it is ours.
-    UnknownHost,
     /// No start token in the record (an older writer): the PID alone proves nothing.
     NoStartToken,
     /// The PID is not running, or runs another process than the record's (a reused PID): the
     /// lock is held by something the record does not name (e.g. a process it started).
     NotTheRecordedProcess,
+    /// The holder is this very process: it holds the lock through another path to the lock
+    /// directory or another copy of the module.
+    ThisProcess,
 }
 
 impl fmt::Display for Refusal {
@@ -140,32 +143,35 @@ impl fmt::Display for Refusal {
                 "the holder runs on host '{}', not on this host; stop it there",
                 crate::report::printable(h)
             ),
-            Refusal::UnknownHost => {
-                f.write_str("the holder's record does not say which host it runs on")
-            }
             Refusal::NoStartToken => {
                 f.write_str("the holder's record has no start token to verify its PID with")
             }
             Refusal::NotTheRecordedProcess => f.write_str(
                 "the recorded process is not running (a process it started may hold the lock)",
             ),
+            Refusal::ThisProcess => f.write_str(
+                "the holder is this very process (through another path to the lock directory or another copy of this module)",
+            ),
         }
     }
 }
 
-/// Whether the process `holder` names may be signalled: same host, same process.
+/// Whether the process `holder` names may be signalled: the very process that wrote the record
+/// runs on this machine (its start token matches), and it is not this one. The host name the
+/// record carries does not decide (a renamed host, a process with its own host name): the token
+/// does.
 // Only `signal_holder` asks, and there is none on Windows.
 #[cfg_attr(not(unix), allow(dead_code))]
 pub(crate) fn check_replaceable(holder: &Record) -> Result<(), Refusal> {
-    let ours = host_name().ok_or(Refusal::UnknownHost)?;
-    match holder.hostname.as_deref() {
-        Some(h) if h == ours => {}
-        Some(h) => return Err(Refusal::OtherHost(h.to_string())),
-        None => return Err(Refusal::UnknownHost),
+    if let Some(h) = foreign_host(holder) {
+        return Err(Refusal::OtherHost(h.to_string()));
     }
     let recorded = holder.start_token.as_deref().ok_or(Refusal::NoStartToken)?;
     if holder.pid == 0 || start_token(holder.pid).as_deref() != Some(recorded) {
         return Err(Refusal::NotTheRecordedProcess);
+    }
+    if holder.pid == current_pid() {
+        return Err(Refusal::ThisProcess);
     }
     Ok(())
 }
@@ -204,9 +210,20 @@ mod tests {
 
         let mut elsewhere = record.clone();
         elsewhere.hostname = Some("elsewhere.invalid".into());
+        elsewhere.start_token = Some("linux:another-boot:1".into());
         assert_eq!(
             signal_holder(&elsewhere, libc::SIGTERM),
             Err(Refusal::OtherHost("elsewhere.invalid".into()))
+        );
+        // Another host name, but this machine's start token of the running process: the host
+        // was renamed after the record was written. It is the recorded process.
+        let mut renamed = record.clone();
+        renamed.hostname = Some("before-the-rename.invalid".into());
+        assert_eq!(check_replaceable(&renamed), Ok(()));
+        // This very process is never signalled.
+        assert_eq!(
+            check_replaceable(&record_of(std::process::id())),
+            Err(Refusal::ThisProcess)
         );
         let mut reused = record.clone();
         reused.start_token = Some("linux:another-boot:1".into());

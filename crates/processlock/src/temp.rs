@@ -43,6 +43,15 @@ impl Temp {
     /// anything is created in it.
     pub fn create(dir: &Path, lock_file_name: &str, content: &[u8]) -> Result<Temp> {
         check_dir_once(dir)?;
+        Self::create_in_checked(dir, lock_file_name, content)
+    }
+
+    /// `create` in a directory that has passed `check_dir_once`.
+    pub(crate) fn create_in_checked(
+        dir: &Path,
+        lock_file_name: &str,
+        content: &[u8],
+    ) -> Result<Temp> {
         let pid = os::current_pid();
         loop {
             let n = COUNTER.fetch_add(1, Ordering::Relaxed);

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use crate::name::LockName;
-#[cfg(any(target_os = "linux", windows))]
+#[cfg(windows)]
 use crate::os::ProcessStart;
 use crate::protocol::LockTarget;
 
@@ -27,7 +27,7 @@ pub(crate) fn target(label: &str) -> LockTarget {
 
 /// What the OS tells of this process's start: the same twice, not a zombie, and a wall-clock
 /// start in the last hour. Returns it.
-#[cfg(any(target_os = "linux", windows))]
+#[cfg(windows)]
 pub(crate) fn assert_own_start_is_sane(start: Option<ProcessStart>) -> ProcessStart {
     let a = start.expect("the OS tells when this process started");
     assert!(!a.zombie);

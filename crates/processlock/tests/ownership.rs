@@ -158,7 +158,7 @@ fn registry_keeps_a_lock_until_its_last_holder_lets_go() {
     assert!(reg.is_holder(&t.path, 2) && !reg.is_holder(&t.path, 1));
     let ended = reg.release_holder(2);
     assert_eq!(ended.len(), 1);
-    assert!(ended.into_iter().next().unwrap().1.unwrap());
+    assert!(ended.into_iter().next().unwrap().result.unwrap());
     assert!(!t.path.exists() && !reg.holds(&t.path));
     dir.finish();
 }

@@ -34,6 +34,25 @@ pub struct HandoverSocket {
     /// What a claimant connects to: `@name` (abstract) or a path.
     address: std::ffi::OsString,
     dir: Option<PathBuf>,
+    /// Connections of the claimants served and not yet gone: a claimant that wins the token
+    /// says so with one byte and keeps its connection for as long as it lives.
+    served: Vec<Served>,
+}
+
+#[derive(Debug)]
+struct Served {
+    conn: OwnedFd,
+    claimed: bool,
+}
+
+/// What became of a claimant's connection that was readable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClaimNews {
+    /// Nothing that changes who may claim.
+    Nothing,
+    /// The claimant that owned the claim is gone: a new token may be handed out (an app
+    /// restarted by its watcher claims the lock again).
+    OwnerGone,
 }
 
 impl HandoverSocket {
@@ -55,6 +74,7 @@ impl HandoverSocket {
                         listener,
                         address: address.into(),
                         dir: None,
+                        served: Vec::new(),
                     })
                 }
                 Err(e) if e.kind() == io::ErrorKind::AddrInUse && tries < 8 => tries += 1,
@@ -73,6 +93,7 @@ impl HandoverSocket {
                 listener,
                 address: path.into_os_string(),
                 dir: Some(dir),
+                served: Vec::new(),
             }),
             Err(e) => {
                 let _ = std::fs::remove_dir(&dir);
@@ -91,13 +112,56 @@ impl HandoverSocket {
         self.listener.as_raw_fd()
     }
 
-    /// Answers every connection waiting now. A peer that is `command` or descends from it gets
-    /// `fds`; any other peer gets nothing. Never blocks. `Err`: the listener itself fails (out
-    /// of descriptors...): stop polling it, or the caller would spin on it.
-    pub fn serve_waiting(&self, command: u32, fds: &[RawFd]) -> io::Result<()> {
+    /// Every descriptor to `poll` for: the listener and the connections of served claimants.
+    pub fn fds(&self) -> Vec<RawFd> {
+        std::iter::once(self.fd())
+            .chain(self.served.iter().map(|s| s.conn.as_raw_fd()))
+            .collect()
+    }
+
+    /// Handles `fd` (one of `fds`) having become readable. The listener: answers every
+    /// connection waiting now, a peer that descends from `root` getting `fds`, any other peer
+    /// nothing; never blocks. A served connection: its claimant's word or its end. `Err`: the
+    /// listener itself fails (out of descriptors...): stop polling it, or the caller would spin.
+    pub fn readable(&mut self, fd: RawFd, root: u32, fds: &[RawFd]) -> io::Result<ClaimNews> {
+        if fd == self.fd() {
+            self.serve_waiting(root, fds)?;
+            return Ok(ClaimNews::Nothing);
+        }
+        let Some(i) = self.served.iter().position(|s| s.conn.as_raw_fd() == fd) else {
+            return Ok(ClaimNews::Nothing);
+        };
+        let mut byte = [0u8; 1];
+        // SAFETY: reading one byte into our buffer from a connection we own; it is readable, so
+        // this does not block.
+        let n = unsafe { libc::read(fd, byte.as_mut_ptr().cast(), 1) };
+        if n == 1 {
+            self.served[i].claimed = true;
+            return Ok(ClaimNews::Nothing);
+        }
+        if n == -1 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+            return Ok(ClaimNews::Nothing);
+        }
+        // The end of the connection: its claimant lost the race, or is gone.
+        let gone = self.served.swap_remove(i);
+        Ok(if gone.claimed {
+            ClaimNews::OwnerGone
+        } else {
+            ClaimNews::Nothing
+        })
+    }
+
+    /// Answers every connection waiting now. A peer that is `root` or descends from it gets
+    /// `fds`; any other peer gets nothing. Never blocks.
+    pub fn serve_waiting(&mut self, root: u32, fds: &[RawFd]) -> io::Result<()> {
         while let Some(conn) = accept(self.fd())? {
-            if peer_pid(&conn).is_some_and(|pid| descends_from(pid, command)) {
-                let _ = send_fds(&conn, fds);
+            if peer_pid(&conn).is_some_and(|pid| descends_from(pid, root))
+                && send_fds(&conn, fds).is_ok()
+            {
+                self.served.push(Served {
+                    conn,
+                    claimed: false,
+                });
             }
         }
         Ok(())
@@ -116,7 +180,45 @@ impl Drop for HandoverSocket {
 /// Asks the `run` listening at `address` for the `count` descriptors it serves (for a lock file:
 /// the lock's descriptor and the token, in that order; for a lock on a server: the token), all
 /// close-on-exec here. `None` unless exactly that many arrive.
-pub(super) fn ask(address: &OsStr, count: usize) -> Option<Vec<OwnedFd>> {
+pub(super) fn ask(address: &OsStr, count: usize) -> Option<(Vec<OwnedFd>, Claiming)> {
+    let sock = connect(address)?;
+    let fds = recv_fds(&sock, count)?;
+    Some((fds, Claiming(sock)))
+}
+
+/// The connection to `run` of a claimant that was served: dropped if the claim fails; `won`
+/// otherwise.
+#[derive(Debug)]
+pub(super) struct Claiming(OwnedFd);
+
+impl Claiming {
+    /// Tells `run` this process owns the claim, and keeps the connection open until this
+    /// process ends: then `run` may hand the claim to the next one (a restarted app).
+    pub fn won(self) {
+        // SAFETY: writing one byte from our buffer to our connection.
+        unsafe { libc::write(self.0.as_raw_fd(), [1u8].as_ptr().cast(), 1) };
+        static KEPT: std::sync::Mutex<Vec<OwnedFd>> = std::sync::Mutex::new(Vec::new());
+        KEPT.lock().unwrap_or_else(|p| p.into_inner()).push(self.0);
+    }
+}
+
+/// As `ask`, from the process `peer` only: the kernel names the process that listens at
+/// `address` (its credentials when it listened), whatever the address or its name claim.
+pub(super) fn ask_peer(
+    address: &OsStr,
+    count: usize,
+    peer: u32,
+) -> Option<(Vec<OwnedFd>, Claiming)> {
+    let sock = connect(address)?;
+    if peer_pid(&sock) != Some(peer) {
+        return None;
+    }
+    let fds = recv_fds(&sock, count)?;
+    Some((fds, Claiming(sock)))
+}
+
+/// A socket connected to `address`, with the answer timeout set.
+fn connect(address: &OsStr) -> Option<OwnedFd> {
     let (addr, len) = sockaddr(address.as_bytes()).ok()?;
     let sock = socket().ok()?;
     let timeout = libc::timeval {
@@ -141,7 +243,7 @@ pub(super) fn ask(address: &OsStr, count: usize) -> Option<Vec<OwnedFd>> {
             return None;
         }
     }
-    recv_fds(&sock, count)
+    Some(sock)
 }
 
 #[cfg(not(any(target_os = "linux", target_os = "android")))]
@@ -470,7 +572,7 @@ mod tests {
 
     #[test]
     fn a_served_peer_gets_both_descriptors_and_the_socket_goes_with_its_owner() {
-        let server = HandoverSocket::bind().unwrap();
+        let mut server = HandoverSocket::bind().unwrap();
         let address = server.address().to_os_string();
         assert!(
             address.as_bytes().starts_with(b"@processlock-"),
@@ -489,7 +591,8 @@ mod tests {
             server.serve_waiting(std::process::id(), &fds).unwrap();
             std::thread::sleep(Duration::from_millis(1));
         }
-        let [lock, tok]: [OwnedFd; 2] = asking.join().unwrap().expect("served").try_into().unwrap();
+        let (served, _claiming) = asking.join().unwrap().expect("served");
+        let [lock, tok]: [OwnedFd; 2] = served.try_into().unwrap();
         let ino = |fd: RawFd| super::super::unix::inode(fd).unwrap();
         assert_eq!(ino(lock.as_raw_fd()), ino(file.as_raw_fd()));
         assert_eq!(ino(tok.as_raw_fd()), ino(token.fd()));

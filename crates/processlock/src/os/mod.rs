@@ -32,7 +32,15 @@ pub use wait_windows::{open_for_wait, wait_unlocked};
 #[cfg(target_os = "linux")]
 mod proc_linux;
 #[cfg(target_os = "linux")]
-pub use proc_linux::process_start;
+pub use proc_linux::{process_start, token_is_local};
+
+/// Whether a start token says by itself that it was made on this machine, where its PID names
+/// a process (running or ended) of this machine. Only Linux tokens carry a boot id; elsewhere a
+/// token is recognised by the running process it belongs to (see `liveness.rs`).
+#[cfg(not(target_os = "linux"))]
+pub fn token_is_local(_token: &str) -> bool {
+    false
+}
 
 #[cfg(target_os = "macos")]
 mod proc_macos;
@@ -100,7 +108,10 @@ impl Entry {
 pub struct ProcessStart {
     /// Equal for the same process, different for any later process with the same PID.
     pub token: String,
-    /// Wall-clock start time in ms since the Unix epoch, where the OS tells it.
+    /// Wall-clock start time in ms since the Unix epoch, where the OS stored it as a date when
+    /// the process started (macOS, Windows), so that a later step of the clock moves neither it
+    /// nor the dates written meanwhile. `None` where the OS keeps only the time since boot
+    /// (Linux): a date computed from it moves with every step of the clock.
     pub wall_ms: Option<i64>,
     /// The process has exited and only its exit status is left for whoever collects it.
     pub zombie: bool,

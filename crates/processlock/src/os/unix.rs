@@ -175,6 +175,17 @@ pub fn read_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
     file.read_at(buf, offset)
 }
 
+/// `pwrite(2)`: writes at `offset` without moving the descriptor's cursor.
+pub fn write_at(file: &File, buf: &[u8], offset: u64) -> io::Result<usize> {
+    use std::os::unix::fs::FileExt;
+    file.write_at(buf, offset)
+}
+
+/// The file system (or the user's quota on it) has no room: no free block or no free inode.
+pub fn is_out_of_space(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
+}
+
 /// `kill(pid, 0)`: EPERM proves the process exists (it belongs to another user).
 pub fn pid_state(pid: u32) -> Pid {
     let Ok(p) = libc::pid_t::try_from(pid) else {

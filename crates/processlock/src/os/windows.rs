@@ -422,6 +422,26 @@ pub fn read_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
     file.seek_read(buf, offset)
 }
 
+/// Writes at `offset` (the handle's position moves, but nothing here relies on it).
+pub fn write_at(file: &File, buf: &[u8], offset: u64) -> io::Result<usize> {
+    file.seek_write(buf, offset)
+}
+
+/// The volume (or the user's quota on it) has no room.
+pub fn is_out_of_space(e: &io::Error) -> bool {
+    const ERROR_HANDLE_DISK_FULL: u32 = 39;
+    const ERROR_DISK_FULL: u32 = 112;
+    const ERROR_DISK_QUOTA_EXCEEDED: u32 = 1295;
+    is_code(
+        e,
+        &[
+            ERROR_HANDLE_DISK_FULL,
+            ERROR_DISK_FULL,
+            ERROR_DISK_QUOTA_EXCEEDED,
+        ],
+    )
+}
+
 /// A handle to a process that can ask its times and exit status, and wait on it when allowed.
 fn open_process(pid: u32) -> io::Result<OwnedHandle> {
     let open = |access: u32| {

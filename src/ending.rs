@@ -1,0 +1,268 @@
+//! Letting go of what a holder still holds when it ends: a worker thread's JavaScript
+//! environment, or the whole process.
+//!
+//! Apps take the lock first thing and add their own `'exit'` hooks later, and Node calls `'exit'`
+//! listeners in the order they were added: a release in a listener of ours would run before the
+//! app's hooks, and a waiter would own the lock while the old process still writes. So no
+//! JavaScript listener releases anything. The release happens here, once no JavaScript of the
+//! ending thread can run any more:
+//!
+//! * `process.exit()`, an uncaught exception, an unhandled rejection (and the PID 1 signal path,
+//!   which calls `process.exit`): a libc `atexit` hook. It runs after every `'exit'` listener,
+//!   also ones the app added while `'exit'` was being emitted (which Node does not call).
+//! * The natural end of the main thread, and the end of a worker thread (natural, its
+//!   `process.exit()`, `worker.terminate()`): the clean-up hook of the holder's Node environment
+//!   (`open_holder`), which Node runs after that thread's `'exit'` listeners. On the main thread
+//!   the `atexit` hook comes after it and finds nothing left.
+//! * A signal that nobody in the app listens to: the JS layer releases before it re-raises the
+//!   signal, which ends the process without any `'exit'` listener.
+//!
+//! Lock files are removed as the last thing this hook does; locks on a server are released
+//! first, each within `SERVER_PATIENCE`: past that, the session ends with the process (its socket
+//! closes), which frees the lock on the server all the same.
+//!
+//! No JavaScript can run here, so the log lines of these releases are written by this module,
+//! right after each release, to where the hold's `log` option sends them: with the console (the
+//! default), `[PROCESS_LOCK_RELEASED]` to stdout and `[PROCESS_LOCK_RELEASE_FAILED]` to stderr,
+//! as `console.log` and `console.error` would; with a function, which can no longer be called,
+//! only a failure, to stderr; silent, nothing.
+
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::{Mutex, MutexGuard, Once};
+use std::time::Duration;
+
+use napi_derive::napi;
+use processlock::{report, Ended, Holder, LockName};
+
+use crate::{path_string, pg, Failure, ReleaseOutcome, REGISTRY};
+
+/// How long the end of the process waits for another thread that is inside the registry (a wait
+/// thread that meets a stopped remover's guard): past that, the kernel drops the locks when the
+/// process is gone, and the next acquirer takes the files over as stale.
+const FILES_PATIENCE: Duration = Duration::from_secs(1);
+
+/// How long the end of a holder waits for a server to confirm a release. A server on loopback
+/// answers in about a millisecond and one across a continent in a few hundred; past this, the
+/// session ends with the process, which frees the lock too. It also leaves room, within the
+/// 1.6 s that PM2 gives a process between SIGINT and SIGKILL, for the app's own shutdown.
+const SERVER_PATIENCE: Duration = Duration::from_secs(1);
+
+/// Where the log lines of a hold go, as the `log` option of the call that took it says. A
+/// number, not a string: it is passed on every call.
+#[napi]
+#[derive(Clone, Copy, Default, PartialEq, Eq, Debug)]
+pub enum LogTo {
+    /// stdout, and stderr for failures (the JS layer: `console.log`, `console.error`).
+    #[default]
+    Console = 0,
+    /// A function of the app's.
+    Function = 1,
+    /// Nowhere.
+    Silent = 2,
+}
+
+/// The `log` option of each hold, by where the lock is (`lock_file` of the outcomes: a hash of
+/// it, so that no acquire allocates for this) and holder.
+struct Sink {
+    place: u64,
+    holder: u32,
+    to: LogTo,
+}
+
+fn place_key(place: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    place.hash(&mut h);
+    h.finish()
+}
+
+static SINKS: Mutex<Vec<Sink>> = Mutex::new(Vec::new());
+
+fn sinks() -> MutexGuard<'static, Vec<Sink>> {
+    // Single pushes and removals: a poisoned list is still a correct list.
+    SINKS.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A hold was taken: its lines go to `to`. As in the JS layer, a hold keeps the sink it was
+/// taken with; taking it again while held changes nothing.
+pub(crate) fn remember(place: &str, holder: u32, to: LogTo) {
+    let place = place_key(place);
+    let mut list = sinks();
+    match list
+        .iter_mut()
+        .find(|s| s.holder == holder && s.place == place)
+    {
+        Some(s) => s.to = to,
+        None => list.push(Sink { place, holder, to }),
+    }
+}
+
+/// A hold was let go of by a call of the app's, which reported it.
+pub(crate) fn forget(place: &str, holder: u32) {
+    let place = place_key(place);
+    sinks().retain(|s| !(s.holder == holder && s.place == place));
+}
+
+/// Where the lines of a lock that has just ended go: to the console if any of its holders
+/// asked for it, else to a function if one did. Its holds are over.
+fn ended_sink(place: &str) -> LogTo {
+    let place = place_key(place);
+    let mut to = LogTo::Silent;
+    sinks().retain(|s| {
+        if s.place != place {
+            return true;
+        }
+        to = match (to, s.to) {
+            (LogTo::Console, _) | (_, LogTo::Console) => LogTo::Console,
+            (LogTo::Function, _) | (_, LogTo::Function) => LogTo::Function,
+            _ => LogTo::Silent,
+        };
+        false
+    });
+    to
+}
+
+/// Registers the `atexit` hook, once per process, at the first use of the addon.
+pub(crate) fn install_at_exit() {
+    static ONCE: Once = Once::new();
+    extern "C" fn at_exit() {
+        // A panic must not unwind out of a C callback (that aborts): whatever was not released
+        // is dropped by the kernel when the process is gone.
+        let _ = panic::catch_unwind(end_of_process);
+    }
+    // SAFETY: `at_exit` is a plain `extern "C"` function without arguments that lives as long
+    // as the process (Node never unloads an addon); registering it has no other precondition.
+    ONCE.call_once(|| unsafe {
+        libc::atexit(at_exit);
+    });
+}
+
+/// The process ends: everything still held is let go of.
+fn end_of_process() {
+    for out in pg::release_ended(None, SERVER_PATIENCE) {
+        say_ended(out);
+    }
+    for ended in REGISTRY.release_all_within(FILES_PATIENCE) {
+        say_ended(file_outcome(ended));
+    }
+}
+
+/// The JavaScript environment of `holder` (a worker thread, or the main thread at its natural
+/// end) is gone: what it alone held is let go of. Called by the environment's clean-up hook.
+pub(crate) fn holder_ended(holder: u32) {
+    let result = panic::catch_unwind(AssertUnwindSafe(|| {
+        for out in pg::release_ended(Some(holder), SERVER_PATIENCE) {
+            say_ended(out);
+        }
+        for ended in REGISTRY.release_holder(Holder::from(holder)) {
+            say_ended(file_outcome(ended));
+        }
+        // Its holds of locks that others in the process keep are over too.
+        sinks().retain(|s| s.holder != holder);
+    }));
+    drop(result);
+}
+
+/// The outcome of letting go of a lock file at the end, as a release call would report it.
+fn file_outcome(ended: Ended) -> ReleaseOutcome {
+    let lock_file = Some(path_string(&ended.target.path));
+    match ended.result {
+        Ok(removed) => ReleaseOutcome {
+            removed,
+            lock_file,
+            lines: vec![report::released(&ended.target.name, ended.record.pid)],
+            error: None,
+        },
+        Err(e) => ReleaseOutcome {
+            lock_file,
+            error: Some(release_failure(&ended.target.name, ended.record.pid, e)),
+            ..Default::default()
+        },
+    }
+}
+
+/// A lock file that could not be removed: its lock is let go of all the same.
+pub(crate) fn release_failure(name: &LockName, pid: u32, e: processlock::Error) -> Failure {
+    let reason = format!(
+        "{e}; the lock is free, and its file stays until the next start takes it over as stale"
+    );
+    Failure {
+        lines: vec![report::release_failed(name, pid, &reason)],
+        ..e.into()
+    }
+}
+
+/// Writes the lines of a release that no JavaScript can report any more.
+fn say_ended(out: ReleaseOutcome) {
+    let to = ended_sink(out.lock_file.as_deref().unwrap_or_default());
+    match (&out.error, to) {
+        (_, LogTo::Silent) => {}
+        (None, LogTo::Console) => write_lines(Stream::Out, &out.lines),
+        (None, LogTo::Function) => {}
+        (Some(failure), _) => write_lines(Stream::Err, &failure.lines),
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Stream {
+    Out,
+    Err,
+}
+
+/// How long a line may wait for a full pipe (a log reader that stopped reading).
+#[cfg(unix)]
+const WRITE_PATIENCE: Duration = Duration::from_millis(500);
+
+fn write_lines(stream: Stream, lines: &[String]) {
+    for line in lines {
+        write_line(stream, &format!("{line}\n"));
+    }
+}
+
+/// Writes to the descriptor itself: Node's streams cannot run any more, and Node may have made
+/// a pipe non-blocking, so a full pipe is waited for, within `WRITE_PATIENCE`.
+#[cfg(unix)]
+fn write_line(stream: Stream, text: &str) {
+    let fd = match stream {
+        Stream::Out => libc::STDOUT_FILENO,
+        Stream::Err => libc::STDERR_FILENO,
+    };
+    let deadline = std::time::Instant::now() + WRITE_PATIENCE;
+    let mut rest = text.as_bytes();
+    while !rest.is_empty() {
+        // SAFETY: `rest` is a valid buffer of `rest.len()` bytes for the duration of the call.
+        let n = unsafe { libc::write(fd, rest.as_ptr().cast(), rest.len()) };
+        if n >= 0 {
+            rest = &rest[n as usize..];
+            continue;
+        }
+        let e = std::io::Error::last_os_error();
+        match e.kind() {
+            std::io::ErrorKind::Interrupted => {}
+            std::io::ErrorKind::WouldBlock => {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                if left.is_zero() {
+                    return;
+                }
+                let mut pfd = libc::pollfd {
+                    fd,
+                    events: libc::POLLOUT,
+                    revents: 0,
+                };
+                let ms = libc::c_int::try_from(left.as_millis()).unwrap_or(libc::c_int::MAX);
+                // SAFETY: one valid `pollfd`, and its count.
+                unsafe { libc::poll(&mut pfd, 1, ms) };
+            }
+            _ => return,
+        }
+    }
+}
+
+#[cfg(not(unix))]
+fn write_line(stream: Stream, text: &str) {
+    use std::io::Write;
+    let _ = match stream {
+        Stream::Out => std::io::stdout().write_all(text.as_bytes()),
+        Stream::Err => std::io::stderr().write_all(text.as_bytes()),
+    };
+}
