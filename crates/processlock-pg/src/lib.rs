@@ -46,11 +46,16 @@
 //! Loss is final: the flag is set, the hooks run, then the session is closed.
 //!
 //! The holder also watches its connection: when the server ends the session
-//! (`pg_terminate_backend`, an idle-session killer, a crash, a restart, a failover) it closes
-//! the socket at once, and the holder declares the loss the moment it sees that, not at its
-//! next heartbeat. Another process may still take the freed lock before the old holder's hooks
-//! have run (the server frees it as the session ends, without waiting for the client): only
-//! the fencing token protects against that.
+//! (`pg_terminate_backend`, an idle-session killer, a crash, a restart, a failover) it sends its
+//! last word and closes the socket, and the holder declares the loss the moment its thread reads
+//! that, not at its next heartbeat. The server sends that word before it lets go of the lock,
+//! and the bytes are in the holder's socket before anyone else can be granted it (on one host at
+//! once; across a network, as soon as they arrive). So [`PgHeld::is_lost`] also looks at the
+//! socket itself, on the caller's thread, between the lock's own statements: anything the
+//! server sent unasked means the session is ending (see `probe.rs`). A holder that checks before
+//! each action therefore stops before a successor can act, even when the lock's thread waits
+//! for a CPU; only a holder paused between its check and its action still needs the fencing
+//! token (on Windows, where the socket is not peeked at, the check waits for the lock's thread).
 //!
 //! # Waiting
 //! A waiter takes nothing while it waits: it blocks in a statement that asks for a shared lock
@@ -122,6 +127,7 @@ mod lock;
 mod loss;
 mod options;
 mod pgpass;
+mod probe;
 mod session;
 mod table;
 mod tls;

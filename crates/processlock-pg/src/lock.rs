@@ -18,6 +18,7 @@ use crate::error::{Conflict, Error, Lost, Result};
 use crate::key::lock_key;
 use crate::loss::{LossWatch, OnLost};
 use crate::options::{PgOptions, Settings};
+use crate::probe::Probe;
 use crate::session::Session;
 use crate::table::{self, Holder};
 
@@ -119,6 +120,8 @@ pub struct PgHeld {
     fencing_token: String,
     backend_pid: i32,
     watch: Arc<LossWatch>,
+    /// The session's socket as this thread can see it (see `probe.rs`).
+    probe: Arc<Probe>,
     release: Option<oneshot::Sender<()>>,
     released: mpsc::Receiver<Result<bool>>,
     thread: Option<JoinHandle<()>>,
@@ -157,9 +160,11 @@ impl PgHeld {
     }
 
     /// Whether the lock is lost. Check it before every action the lock protects; it turns true
-    /// before the server can give the lock to anyone else.
+    /// before the server can give the lock to anyone else: when the lease runs out unconfirmed,
+    /// and when the server has said its last word to the session, which it does before it lets
+    /// go of the lock (looked at here, on the caller's thread, not only by the lock's own).
     pub fn is_lost(&self) -> bool {
-        self.watch.is_lost()
+        self.watch.is_lost() || self.probe.heard_unasked()
     }
 
     pub fn lost(&self) -> Option<Lost> {
@@ -242,6 +247,7 @@ impl Outage {
 struct Granted {
     fencing_token: i64,
     backend_pid: i32,
+    probe: Arc<Probe>,
 }
 
 fn start(opts: &PgOptions, name: &LockName, wait: Option<Wait>) -> Result<PgHeld> {
@@ -277,6 +283,7 @@ fn start(opts: &PgOptions, name: &LockName, wait: Option<Wait>) -> Result<PgHeld
             fencing_token: g.fencing_token.to_string(),
             backend_pid: g.backend_pid,
             watch,
+            probe: g.probe,
             release: Some(release_tx),
             released: released_rx,
             thread: Some(thread),
@@ -365,14 +372,31 @@ impl Job {
             let reply = Granted {
                 fencing_token: token,
                 backend_pid: session.backend_pid,
+                probe: Arc::clone(&session.probe),
             };
             self.watch.extend(confirmed_sent.plus(self.s.lost_after()));
+            // The claim is answered: from now on the server has nothing to say unasked.
+            session.probe.asking(false);
             if granted.send(Ok(reply)).is_err() {
                 // Nobody is waiting for this lock any more.
                 let _ = self.release_now(&session).await;
                 return;
             }
             match self.hold(&session, confirmed_sent, release).await {
+                Outcome::Release if session.probe.heard_unasked() => {
+                    // The caller saw the loss on the socket (`is_lost`) before this thread did:
+                    // there is nothing left to release, the loss is declared as any other.
+                    let why = timeout(self.s.connect_timeout, session.ended())
+                        .await
+                        .unwrap_or_else(|_| "it spoke to the session unasked".into());
+                    self.watch.declare(Lost {
+                        lock: self.lock.clone(),
+                        fencing_token: token.to_string(),
+                        reason: session_ended(&why),
+                    });
+                    drop(session);
+                    let _ = released.send(Ok(false));
+                }
                 Outcome::Release => {
                     let result = self.release_now(&session).await;
                     drop(session);
@@ -625,6 +649,13 @@ impl Job {
                 // The machine slept through it.
                 return Outcome::Lost(silent());
             }
+            if session.probe.heard_unasked() {
+                // Already told to the caller by `is_lost`: the loss is declared too.
+                return Outcome::Lost(
+                    "the server spoke to the session unasked, as it does when it ends it".into(),
+                );
+            }
+            session.probe.asking(true);
             let sent = Stamp::now();
             last_sent = sent.mono;
             let answer = tokio::select! {
@@ -640,6 +671,7 @@ impl Job {
             }
             match answer {
                 Ok(row) if row.first().map(String::as_str) == Some("1") => {
+                    session.probe.asking(false);
                     confirmed_sent = sent;
                     self.watch.extend(sent.plus(lost_after));
                 }
@@ -658,13 +690,14 @@ impl Job {
                 }
                 // The session lives (a statement cancelled by an administrator, say): try again
                 // at the next beat; the deadline still stands.
-                Err(_) => {}
+                Err(_) => session.probe.asking(false),
             }
         }
     }
 
     /// Lets go of the lock and clears the record, both sent at once, the release first.
     async fn release_sql(&self, session: &Session) -> Result<bool> {
+        session.probe.asking(true);
         let unlock = table::unlock_sql(self.key);
         let clear = table::clear_sql(&self.s.table, self.key);
         let (unlocked, _) = tokio::join!(

@@ -14,6 +14,7 @@ use tokio_postgres::{Client, SimpleQueryMessage};
 
 use crate::error::{describe, Error, Result};
 use crate::options::Settings;
+use crate::probe::Probe;
 
 pub(crate) struct Session {
     pub client: Client,
@@ -25,10 +26,13 @@ pub(crate) struct Session {
     /// Why the connection ended, once it has: the server's last word (`FATAL: terminating
     /// connection due to administrator command`), or what broke the socket.
     ended: watch::Receiver<Option<String>>,
+    /// Whether the server said something unasked, as the caller's thread can see it.
+    pub probe: Arc<Probe>,
 }
 
 impl Drop for Session {
     fn drop(&mut self) {
+        self.probe.close();
         // Dropping the client already asks the server to end the session; this also drops the
         // socket if the server does not answer.
         self.connection.abort();
@@ -53,7 +57,7 @@ impl Session {
     }
 
     async fn connect(s: &Settings) -> Result<Session> {
-        let (client, connection) = crate::connect::connect(s).await?;
+        let (client, connection, probe) = crate::connect::connect(s).await?;
         let (ended_tx, ended) = watch::channel(None);
         let connection = tokio::spawn(async move {
             let why = match connection.await {
@@ -68,6 +72,7 @@ impl Session {
             version: 0,
             connection,
             ended,
+            probe,
         })
     }
 

@@ -8,6 +8,7 @@
 
 mod support;
 
+use std::process::Command;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -90,8 +91,8 @@ fn child_role() {
 
 /// Takes the lock (at once, or waiting per `WAIT`: `forever` or milliseconds), reporting what
 /// the wait says (`notice away <reason>`, `notice back <ms>`), then `acquired <token> <mono ns>
-/// <server pid>`, and `lost <mono ns> <reason>` when it is lost. Obeys its stdin: `release`,
-/// EOF (exit).
+/// <server pid>`, and `lost <mono ns> <reason>` when it is lost. Obeys its stdin: `check`
+/// (`check <is_lost>`, from this thread), `release`, EOF (exit).
 fn hold(o: &PgOptions) {
     let notices = Arc::new(|n: &WaitNotice| match n {
         WaitNotice::ServerAway { reason } => report("notice", &["away".into(), reason.clone()]),
@@ -129,10 +130,14 @@ fn hold(o: &PgOptions) {
         report("lost", &[mono_ns().to_string(), lost.reason.clone()])
     }));
     for line in stdin_lines() {
-        if line.trim() == "release" {
-            let r = held.release();
-            report("released", &[mono_ns().to_string(), format!("{r:?}")]);
-            return;
+        match line.trim() {
+            "check" => report("check", &[held.is_lost().to_string()]),
+            "release" => {
+                let r = held.release();
+                report("released", &[mono_ns().to_string(), format!("{r:?}")]);
+                return;
+            }
+            _ => {}
         }
     }
 }
@@ -332,6 +337,109 @@ fn a_holder_hears_at_once_that_the_server_ended_its_session() {
     let got = b.expect("acquired");
     assert!(ns(&got[1]) > token_a);
     assert!(ns(&lost[1]) < ns(&got[2]));
+}
+
+/// The thread of `pid` that runs its held lock (`processlock-pg`).
+fn lock_thread(pid: u32) -> String {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
+    let found: Vec<String> = tasks
+        .flatten()
+        .filter(|t| {
+            std::fs::read_to_string(t.path().join("comm"))
+                .is_ok_and(|c| c.trim() == "processlock-pg")
+        })
+        .map(|t| t.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(found.len(), 1, "one lock thread in {pid}: {found:?}");
+    found[0].clone()
+}
+
+/// A tracer that lets go when the test ends, also when it fails.
+struct Tracer(std::process::Child);
+
+impl Tracer {
+    fn end(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Tracer {
+    fn drop(&mut self) {
+        self.end();
+    }
+}
+
+/// The state letter of thread `tid` of `pid` (`t`: stopped by a tracer).
+fn thread_state(pid: u32, tid: &str) -> char {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).unwrap();
+    let (_, rest) = stat.rsplit_once(") ").unwrap();
+    rest.chars().next().unwrap()
+}
+
+#[test]
+fn a_holder_knows_its_session_was_ended_even_while_its_lock_thread_cannot_run() {
+    if Command::new("strace").arg("-V").output().is_err() {
+        println!("SKIPPED: holding one thread still needs strace");
+        return;
+    }
+    let Some(server) = PgServer::start() else {
+        return;
+    };
+    let lease_ms = 3_600_000;
+    let mut a = Proc::spawn("hold", &params(&server, lease_ms, None));
+    let got = a.expect("acquired");
+    let (token_a, backend_a) = (ns(&got[1]), got[3].clone());
+    // strace holds the lock's thread, and only it, at its next wait for the network, for a
+    // minute: it cannot read what the server sends, let alone declare a loss.
+    let tid = lock_thread(a.pid);
+    let calls = "epoll_wait,epoll_pwait,epoll_pwait2";
+    let mut strace = Tracer(
+        Command::new("strace")
+            .args(["-qq", "-o", "/dev/null", "-p", &tid, "-e"])
+            .arg(format!("trace={calls}"))
+            .arg("-e")
+            .arg(format!("inject={calls}:delay_enter=60000000"))
+            .spawn()
+            .unwrap(),
+    );
+    let until = Instant::now() + TIMEOUT;
+    while thread_state(a.pid, &tid) != 't' {
+        assert!(
+            Instant::now() < until,
+            "strace did not hold the lock's thread"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    a.say("check");
+    assert_eq!(a.expect("check")[1], "false", "held, and nothing said yet");
+
+    let ended = server.sql(&format!("SELECT pg_terminate_backend({backend_a})"));
+    assert_eq!(ended[0][0], "t");
+    server.wait_until(
+        &format!("SELECT count(*) FROM pg_stat_activity WHERE pid = {backend_a}"),
+        "0",
+    );
+    // The server has let go of the lock; the holder's lock thread is still held.
+    assert_eq!(thread_state(a.pid, &tid), 't');
+    a.say("check");
+    assert_eq!(
+        a.expect("check")[1],
+        "true",
+        "the holder knows, from the socket itself"
+    );
+    let b = Proc::spawn("hold", &params(&server, lease_ms, None));
+    assert!(ns(&b.expect("acquired")[1]) > token_a);
+    a.say("check");
+    assert_eq!(a.expect("check")[1], "true");
+
+    // Its release (which waits for the lock's thread) finds nothing to let go, and no error:
+    // once let go, the lock's thread declares the loss as any other.
+    a.say("release");
+    strace.end();
+    let lost = a.expect("lost");
+    println!("then declared: {}", lost[2..].join(" "));
+    assert_eq!(a.expect("released")[2], "Ok(false)");
 }
 
 // ---------------------------------------------------------------------------------------------
