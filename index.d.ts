@@ -3,6 +3,12 @@ export type ProcessType = 'backend' | 'worker' | (string & {})
 
 /** The record in a lock file: the holder of a lock. */
 export interface LockInfo {
+  /**
+   * The holder's PID. 0 on a server when a session holds the lock but its record cannot be read
+   * from here (not written yet, or kept in another role's schema or another `table`): the lock is
+   * held all the same, by a holder this call cannot name (`processlock check --url` shows its
+   * server process).
+   */
   pid: number
   /** When the lock was taken: ISO 8601 UTC with milliseconds. Empty for a bare-PID file. */
   started: string
@@ -182,10 +188,13 @@ export class LockIoError extends ProcessLockError {
   readonly code: 'LOCK_IO'
   /** Negative, as in Node's own system errors (`-13` for EACCES on Linux). */
   readonly errno?: number
-  /** `'EACCES'`, `'ENOTDIR'`, ... */
+  /** `'EACCES'`, `'ENOTDIR'`, ... (on a server: `'ECONNREFUSED'`, `'ECONNRESET'`, ...) */
   readonly osCode?: string
+  /** On a server: what failed (`'connect'`, `'lock'`, `'record'`, `'release'`, ...). */
   readonly syscall?: string
   readonly path?: string
+  /** On a server: the SQLSTATE it answered with (`'28P01'`: wrong password, ...). */
+  readonly sqlstate?: string
 }
 /** A waiting acquisition was aborted through its `AbortSignal`. */
 export class LockAbortedError extends ProcessLockError {
@@ -251,7 +260,7 @@ export function getLockInfo(processType: ProcessType, options?: LockOptions): Lo
  * Removes the lock file whatever holds it (use with caution: the holder keeps running). A
  * holder that releases later will not remove a newer holder's file. True when a file was removed.
  * On a server (`url`): ends the holder's session (`pg_terminate_backend`, which needs the right
- * role), freeing the lock at once; the holder finds the lock lost at its next heartbeat.
+ * role), freeing the lock at once; the holder hears at once that its lock is lost (its connection closes).
  */
 export function forceRemoveLock(processType: ProcessType, options?: LockOptions): boolean
 

@@ -392,7 +392,7 @@ function getLockInfo(processType, options) {
  * Removes the lock file whatever holds it. The holder keeps running (stop it first); when it
  * releases, it will not remove a newer holder's file. On a server (`url`), the holder's session
  * is ended (`pg_terminate_backend`; the role needs the right to signal it), which frees the lock
- * at once; the holder finds its lock lost at its next heartbeat and acts as its `onLost` says.
+ * at once; the holder hears of it at once (its connection closes) and acts as its `onLost` says.
  */
 function forceRemoveLock(processType, options) {
   const opts = checkOptions(processType, options)

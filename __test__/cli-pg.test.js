@@ -22,7 +22,7 @@ function lockKey(type) {
 async function holdersOf(type) {
   const key = BigInt.asUintN(64, lockKey(type))
   return pg.sql(
-    `SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1 AND classid::text::int8 = ${key >> 32n} AND objid::text::int8 = ${key & 0xffffffffn}`,
+    `SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND mode = 'ExclusiveLock' AND objsubid = 1 AND classid::text::int8 = ${key >> 32n} AND objid::text::int8 = ${key & 0xffffffffn}`,
   )
 }
 
@@ -232,7 +232,7 @@ pgTest('a holder session that wrote no record is named by its server process, wi
     expect(r.code).toBe(1)
     expect(r.stdout).not.toContain('RAN')
     expect(r.stderr).toContain(
-      `Existing process: unknown (server process ${session} holds the lock but wrote no record yet)`,
+      `Existing process: unknown (server process ${session} holds the lock; no record of it can be read here)`,
     )
     expect(r.stderr).toContain(hint)
     expect(r.stderr).not.toContain('fuser')

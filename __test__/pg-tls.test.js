@@ -25,7 +25,7 @@ const verifyFull = (host, ca) => tlsUrl(host, `sslmode=verify-full&sslrootcert=$
 /** Whether the session that holds an advisory lock is encrypted, as the server sees it. */
 async function holderEncrypted() {
   const rows = await pg.sql(
-    "SELECT s.ssl FROM pg_locks l JOIN pg_stat_ssl s ON s.pid = l.pid WHERE l.locktype = 'advisory' AND l.granted",
+    "SELECT s.ssl FROM pg_locks l JOIN pg_stat_ssl s ON s.pid = l.pid WHERE l.locktype = 'advisory' AND l.granted AND l.mode = 'ExclusiveLock'",
   )
   expect(rows).toHaveLength(1)
   return rows[0]

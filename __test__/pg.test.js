@@ -18,7 +18,7 @@ function holder(mode, env = {}) {
 
 /** The server processes of the sessions that hold an advisory lock. */
 async function advisoryHolders() {
-  return pg.sql("SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted")
+  return pg.sql("SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND mode = 'ExclusiveLock'")
 }
 
 async function waitingSessions() {

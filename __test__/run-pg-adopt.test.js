@@ -19,7 +19,7 @@ const SUCCESSOR = path.join(__dirname, 'fixtures', 'pg-successor.js')
 /** The server processes of the sessions that hold an advisory lock in this file's database. */
 const advisoryHolders = () =>
   pg.sql(
-    `SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND database = (SELECT oid FROM pg_database WHERE datname = current_database())`,
+    `SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND mode = 'ExclusiveLock' AND database = (SELECT oid FROM pg_database WHERE datname = current_database())`,
   )
 
 async function until(cond, what, timeoutMs = 30000) {

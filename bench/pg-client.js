@@ -20,6 +20,16 @@
 //   round {r, t0, holdUs}       at t0 one attempt: A r t token, then after 0..holdUs us R r t
 //                               (and X r when release said the lock was not ours any more), or
 //                               L r t; E r code on anything unexpected; D r at the end
+//   own {r}                     (ours) takes the lock at once and holds it until `let`: A r t token
+//                               (or N r: not taken), then polls isLockHeld every millisecond
+//   let {r}                     lets an `own` hold go: R r t (the last check that found it held),
+//                               X r when release said it was not ours any more; D r
+//   queue {r, holdUs, pollUs}   (ours) acquireLockAsync without a timeout: A r t token, then
+//                               holds for 0..holdUs us checking isLockHeld every pollUs us, and
+//                               R r t (the last check that found it held) before release
+//   A hold of `own` or `queue` that a check finds lost says L r t1 t2 (t1: the last check that
+//   found it held, t2: the first that did not), lets go, and says D r. t of R and t1 of L are
+//   when the holder last knew the lock as its own: its ownership ends there.
 //   fds                         F n (open descriptors)
 //   exit
 
@@ -67,8 +77,13 @@ function ours() {
     processName: 'bench',
     log: false,
     ...(options.leaseMs ? { leaseMs: options.leaseMs } : {}),
+    ...(options.onLost ? { onLost: options.onLost } : {}),
   }
   return {
+    isHeld: () => pl.isLockHeld(TYPE, opts),
+    async wait() {
+      return (await pl.acquireLockAsync(TYPE, opts)).fencingToken
+    },
     async start() {},
     tryAcquire() {
       try {
@@ -138,6 +153,94 @@ async function round(lock, { r, t0, holdUs }) {
   out(`D ${r}`)
 }
 
+/** The hold of `own`, until `let` or its loss: { r, lastHeld, done }. */
+let owning = null
+
+/** Releases; says E r code when that fails (a session the server ended, say). */
+function releaseSaying(lock, r) {
+  try {
+    return lock.release()
+  } catch (e) {
+    out(`E ${r} ${(e && e.code) || 'throw'} ${String(e && e.message).split('\n')[0]}`)
+    return true
+  }
+}
+
+/** Lets go of a hold found lost: L r t1 t2, D r. */
+function lostHold(lock, r, lastHeld) {
+  out(`L ${r} ${lastHeld} ${now()}`)
+  releaseSaying(lock, r)
+  out(`D ${r}`)
+}
+
+function own(lock, { r }) {
+  let token
+  try {
+    token = lock.tryAcquire()
+  } catch (e) {
+    out(`E ${r} ${(e && e.code) || 'throw'} ${String(e && e.message).split('\n')[0]}`)
+    out(`D ${r}`)
+    return
+  }
+  if (token == null) {
+    out(`N ${r}`)
+    out(`D ${r}`)
+    return
+  }
+  const hold = { r, lastHeld: now(), done: false }
+  owning = hold
+  out(`A ${r} ${hold.lastHeld} ${token}`)
+  const check = () => {
+    if (hold.done) return
+    if (!lock.isHeld()) {
+      hold.done = true
+      owning = null
+      lostHold(lock, r, hold.lastHeld)
+      return
+    }
+    hold.lastHeld = now()
+    setTimeout(check, 1)
+  }
+  setTimeout(check, 1)
+}
+
+function letGo(lock, { r }) {
+  const hold = owning
+  if (!hold || hold.r !== r) return // found lost already, and said so
+  hold.done = true
+  owning = null
+  if (!lock.isHeld()) return lostHold(lock, r, hold.lastHeld)
+  out(`R ${r} ${now()}`)
+  if (!releaseSaying(lock, r)) out(`X ${r}`)
+  out(`D ${r}`)
+}
+
+async function queue(lock, { r, holdUs, pollUs }) {
+  try {
+    const token = await lock.wait()
+    const a = now()
+    out(`A ${r} ${a} ${token}`)
+    const end = a + BigInt(Math.floor(Math.random() * holdUs * 1000))
+    let lastHeld = a
+    for (;;) {
+      const t = now()
+      if (!lock.isHeld()) {
+        lostHold(lock, r, lastHeld)
+        return
+      }
+      lastHeld = t
+      if (t >= end) break
+      const left = end - t
+      sleepNs(left < BigInt(pollUs * 1000) ? left : BigInt(pollUs * 1000))
+    }
+    out(`R ${r} ${lastHeld}`)
+    if (!releaseSaying(lock, r)) out(`X ${r}`)
+  } catch (e) {
+    out(`E ${r} ${(e && e.code) || 'throw'} ${String(e && e.message).split('\n')[0]}`)
+  }
+  out(`D ${r}`)
+}
+
 async function main() {
   const lock = impl === 'ours' ? ours() : nodePostgres()
   await lock.start()
@@ -167,6 +270,9 @@ async function main() {
         out(`R ${now()}`)
         out(`X ${await lock.release()}`)
       } else if (cmd.op === 'round') await round(lock, cmd)
+      else if (cmd.op === 'own') own(lock, cmd)
+      else if (cmd.op === 'let') letGo(lock, cmd)
+      else if (cmd.op === 'queue') await queue(lock, cmd)
       else if (cmd.op === 'fds') out(`F ${fdCount()}`)
       else throw new Error(`unknown op ${cmd.op}`)
     } catch (e) {

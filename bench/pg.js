@@ -301,7 +301,7 @@ process.on('exit', () => {
 async function holderSession(ctx) {
   const rows = (
     await ctx.pgAdmin.query(
-      "SELECT a.pid, a.client_port FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory' AND l.granted",
+      "SELECT a.pid, a.client_port FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory' AND l.granted AND l.mode = 'ExclusiveLock'",
     )
   ).rows
   if (rows.length !== 1) throw new Error(`expected one session holding an advisory lock, found ${rows.length}`)
@@ -359,7 +359,7 @@ async function takeover(ctx, impl, event, leaseMs, boundMs, taker) {
 
 /** Ends every session holding an advisory lock, and waits until none does. */
 async function endHolders(ctx) {
-  const held = "FROM pg_locks WHERE locktype = 'advisory' AND granted"
+  const held = "FROM pg_locks WHERE locktype = 'advisory' AND granted AND mode = 'ExclusiveLock'"
   const end = Date.now() + 30000
   while (Date.now() < end) {
     const pids = await admin(ctx, `SELECT pid ${held}`)

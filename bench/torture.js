@@ -7,7 +7,8 @@
 //                         [--impls ours,proper-lockfile,lockfile]
 //                         [--kinds fresh,stale,recycled,legacy,kill,
 //                                  force-release,force-stale,run-tree,run-race,
-//                                  exit-hook,pg-race]
+//                                  exit-hook,pg-race,pg-terminate,pg-restart,
+//                                  pg-frozen]
 //                         [--peer-rounds N (= rounds)] [--peer-kill-rounds N (200)]
 //                         [--hold-us U (2000)] [--dir D] [--keep]
 //                         [--write]   (also put the tables into BENCHMARKS.md: races on
@@ -56,6 +57,11 @@
 //             (bench/torture-pg.js); the owners' fencing tokens must strictly
 //             increase in the order they acquired. Skipped, with a line saying
 //             so, where PostgreSQL is not installed
+//   pg-terminate, pg-restart, pg-frozen  (ours only) the same server, and what
+//             it does to its clients: the holder's session ended, the server
+//             restarted while one racer holds and the others wait, one waiter
+//             frozen (SIGSTOP) while the lock changes hands; the holders table
+//             emptied before every 10th round (bench/torture-pg.js)
 //   url-tree-loss, url-tree-kill  (ours only, Linux; one size) `processlock run
 //             --url` whose app sits behind a shell or a Node launcher: the
 //             app's ownership (acquire .. its death, told by a pidfd) against

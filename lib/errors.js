@@ -74,7 +74,7 @@ function errorFromFailure(failure, lockFile) {
     props.lockFile = lockFile
     props.waitedMs = failure.waitedMs ?? 0
   }
-  for (const key of ['errno', 'osCode', 'syscall', 'path']) {
+  for (const key of ['errno', 'osCode', 'syscall', 'path', 'sqlstate']) {
     if (failure[key] != null) props[key] = failure[key]
   }
   return new Class(failure.message, failure.code, props)

@@ -214,6 +214,8 @@ pub struct Failure {
     pub holder: Option<LockRecord>,
     pub waited_ms: Option<f64>,
     pub lines: Vec<String>,
+    /// The SQLSTATE a PostgreSQL server answered with (`28P01`: wrong password...).
+    pub sqlstate: Option<String>,
 }
 
 impl From<Error> for Failure {
@@ -235,6 +237,7 @@ impl From<Error> for Failure {
             holder,
             waited_ms,
             lines: Vec::new(),
+            sqlstate: None,
         }
     }
 }

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use processlock::{claim_server_lock, report, Cancel, LockName, ServerHold};
-use processlock_pg::{Error as PgError, Lost, PgHeld, PgOptions};
+use processlock_pg::{Error as PgError, Lost, PgHeld, PgOptions, WaitNotice};
 
 use crate::losses::{self, LOST_EXIT_STATUS};
 use crate::{
@@ -121,7 +121,7 @@ fn held() -> MutexGuard<'static, Option<HashMap<String, Entry>>> {
     HELD.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn lock_vec(v: &Mutex<Vec<u32>>) -> MutexGuard<'_, Vec<u32>> {
+fn lock_vec<T>(v: &Mutex<Vec<T>>) -> MutexGuard<'_, Vec<T>> {
     v.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -148,28 +148,46 @@ impl Lock for PgLock {
             }
             return out;
         }
+        // What the wait said while the server was away. The log sink is JavaScript's, which
+        // this thread cannot call: the lines come with the outcome, first.
+        let said = Arc::new(Mutex::new(Vec::new()));
         let result = match &wait {
             None => processlock_pg::acquire(&self.opts, &self.name),
             Some(w) => {
                 let cancel: Cancel = WAITS.begin(w.key, &PathBuf::from(&self.id));
-                let r = processlock_pg::acquire_wait(&self.opts, &self.name, w.deadline, &cancel);
+                let (name, said) = (self.name.clone(), Arc::clone(&said));
+                let notices = Arc::new(move |n: &WaitNotice| lock_vec(&said).push(n.line(&name)));
+                let r = processlock_pg::acquire_wait_noting(
+                    &self.opts, &self.name, w.deadline, &cancel, notices,
+                );
                 WAITS.end(w.key);
                 r
             }
         };
+        let said = if options.quiet {
+            Vec::new()
+        } else {
+            std::mem::take(&mut *lock_vec(&said))
+        };
         let pg = match result {
             Ok(pg) => pg,
             Err(e) => {
+                let failure = self.failure(e);
                 return AcquireOutcome {
                     lock_file: Some(self.id.clone()),
-                    error: Some(self.failure(e)),
+                    error: Some(Failure {
+                        lines: [said, failure.lines.clone()].concat(),
+                        ..failure
+                    }),
                     ..Default::default()
-                }
+                };
             }
         };
         let holders = Arc::new(Mutex::new(vec![holder]));
         self.watch_loss(&pg, Arc::clone(&holders), options);
-        self.taken(Hold::Session(pg), holders, options)
+        let mut out = self.taken(Hold::Session(pg), holders, options);
+        out.lines.splice(0..0, said);
+        out
     }
 
     fn release(&self, options: &LockOptions) -> ReleaseOutcome {
@@ -253,9 +271,9 @@ impl Lock for PgLock {
         }
         match processlock_pg::inspect(&self.opts, &self.name) {
             Ok(holder) => InfoOutcome {
-                info: holder.filter(|h| h.record.pid != 0).map(|h| LockRecord {
+                info: holder.map(|h| LockRecord {
                     fencing_token: h.fencing_token,
-                    ..LockRecord::postgres(h.record)
+                    ..LockRecord::postgres(self.known(h.record))
                 }),
                 lock_file: Some(self.id.clone()),
                 error: None,
@@ -268,8 +286,8 @@ impl Lock for PgLock {
     }
 
     /// Our own hold is released; anyone else's session is ended by the server
-    /// (`pg_terminate_backend`), which frees the lock at once. The holder learns at its next
-    /// heartbeat. A hold adopted from `processlock run` is `run`'s session: it is ended, and
+    /// (`pg_terminate_backend`), which frees the lock at once. The holder hears of it at once
+    /// (its connection closes). A hold adopted from `processlock run` is `run`'s session: it is ended, and
     /// `run` stops its command.
     fn force_remove(&self, _options: &LockOptions) -> RemoveOutcome {
         let ours = held().as_mut().and_then(|m| m.remove(&self.id));
@@ -318,6 +336,21 @@ impl Lock for PgLock {
 }
 
 impl PgLock {
+    /// A holder's record, or for a holder whose record cannot be read here (not written yet,
+    /// or kept where this role does not read: another role's schema, another `table`) what is
+    /// known all the same: PID 0 (unknown), and the lock's type and side. The server's lock
+    /// manager, which every role may read, says it is held.
+    fn known(&self, record: processlock::Record) -> processlock::Record {
+        if record.pid != 0 {
+            return record;
+        }
+        processlock::Record {
+            trade_side: self.name.trade_side().map(str::to_string),
+            process_type: Some(self.name.process_type().to_string()),
+            ..record
+        }
+    }
+
     /// A hold this process already has, shared with one more holder; `None` when there is none
     /// (a lost one is dropped here).
     fn join_existing(&self, holder: u32, options: &LockOptions) -> Option<AcquireOutcome> {
@@ -514,16 +547,21 @@ impl From<PgError> for Failure {
             ),
             _ => (None, None),
         };
+        // `errno` and `osCode` as for a lock file's system call, when one failed (a refused
+        // connection); the server's own error code goes in `sqlstate`. `syscall` says what we
+        // were doing (`connect`, `lock`, `record`...).
+        let os_error = e.os_error();
         Self {
             code: e.code().into(),
             message: e.to_string(),
-            errno: None,
-            os_code: e.sqlstate().map(str::to_string),
+            errno: os_error.map(|(n, _)| -n),
+            os_code: os_error.map(|(_, name)| name.to_string()),
             syscall: e.op().map(str::to_string),
             path: None,
             holder,
             waited_ms,
             lines: Vec::new(),
+            sqlstate: e.sqlstate().map(str::to_string),
         }
     }
 }
@@ -627,6 +665,7 @@ pub(crate) fn release_ended(holder: Option<u32>, patience: Duration) -> Vec<Rele
             holder: None,
             waited_ms: None,
             lines: Vec::new(),
+            sqlstate: None,
         };
         let reason = format!(
             "the server did not confirm the release within {ms} ms; the session ends with the process, which frees the lock on the server"

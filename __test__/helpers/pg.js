@@ -45,7 +45,9 @@ function postgresInstalled() {
 
 /**
  * Resolves with the server, or with null (after printing why) where PostgreSQL is not installed.
- * The server: { url, socketUrl, ca, stop(), start(), sql(statement) -> first column of the rows, close() }.
+ * The server: { url, socketUrl, ca, stop(), stopFast(), start(), sql(statement) -> first column of
+ * the rows, close() }. `stop` ends every session at once (`immediate`); `stopFast` shuts down
+ * cleanly, telling each session it is ended (`fast`).
  * With `{ tls: true }` the server offers TLS with a certificate for `localhost` signed by the
  * test CA whose PEM file is `ca`.
  */
@@ -83,6 +85,7 @@ async function startPg({ tls = false } = {}) {
     socketUrl: socket[1],
     ca,
     stop: () => command('stop'),
+    stopFast: () => command('stop fast'),
     start: () => command('start'),
     /** Runs one statement; the first column of its rows, as text. */
     async sql(statement) {

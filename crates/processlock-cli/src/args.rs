@@ -66,7 +66,7 @@ Options:
                  $PROCESSLOCK_URL. check lists lock, state, PID, host, start, fencing token and
                  client address; clear removes records no live session stands behind; clear
                  --force ends the session of every holder (pg_terminate_backend, which needs
-                 the right role): the holders lose their locks at their next heartbeat. run
+                 the right role): the holders are told at once that their locks are lost. run
                  holds the lock on the server (see run above; not with --replace).
   --side SIDE    Trade side of the lock (run, check <type>). Default: $TRADE_SIDE. An empty
                  side is refused; for none, leave TRADE_SIDE empty: TRADE_SIDE= processlock ...

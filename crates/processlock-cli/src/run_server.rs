@@ -178,7 +178,15 @@ fn wait_for(o: &Options, deadline: Instant) -> processlock_pg::Result<PgHeld> {
                 std::thread::sleep(SIGNAL_POLL);
             }
         });
-        let result = processlock_pg::acquire_wait(&o.pg, &o.name, Some(deadline), &cancel);
+        // A server that goes away and comes back during the wait is said, not fatal.
+        let (quiet, name) = (o.quiet, o.name.clone());
+        let notices = std::sync::Arc::new(move |n: &processlock_pg::WaitNotice| {
+            if !quiet {
+                eprintln!("{}", printable(&n.line(&name)));
+            }
+        });
+        let result =
+            processlock_pg::acquire_wait_noting(&o.pg, &o.name, Some(deadline), &cancel, notices);
         done.store(true, Ordering::SeqCst);
         result
     })

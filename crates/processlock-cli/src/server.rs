@@ -160,7 +160,7 @@ pub fn check_one(url: &str, name: LockName, json: bool) -> i32 {
             None => println!("{lock}: not held"),
             Some(h) if h.record.pid == 0 => {
                 println!(
-                    "{lock}: held by server process {} (no record yet)",
+                    "{lock}: held by server process {} (no record of it can be read here)",
                     h.backend_pid
                 )
             }
@@ -199,7 +199,7 @@ pub fn clear(url: &str, force: bool) -> i32 {
             };
             match processlock_pg::terminate_holder(&opts, name) {
                 Ok(Some(h)) => println!(
-                    "ended session   {shown} (server process {}; PID {} on {} loses the lock at its next heartbeat)",
+                    "ended session   {shown} (server process {}; PID {} on {} is told at once that its lock is lost)",
                     h.backend_pid,
                     h.record.pid,
                     printable(h.record.hostname.as_deref().unwrap_or("?"))

@@ -48,7 +48,7 @@ async fn set_up(client: &Client) {
         .expect("settings");
 }
 
-async fn cycle(client: &Client, try_lock: &str, claim: &str, release: &str) {
+async fn cycle(client: &Client, try_lock: &str, claim: &str, release: &(String, String)) {
     client.simple_query(try_lock).await.expect("lock");
     client
         .query_typed_one(
@@ -62,7 +62,12 @@ async fn cycle(client: &Client, try_lock: &str, claim: &str, release: &str) {
         )
         .await
         .expect("claim");
-    client.simple_query(release).await.expect("release");
+    let (unlock, clear) = tokio::join!(
+        client.simple_query(&release.0),
+        client.simple_query(&release.1)
+    );
+    unlock.expect("release");
+    clear.expect("clear");
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -78,10 +83,18 @@ async fn main() {
         "each" => true,
         other => panic!("mode {other}: once or each"),
     };
-    let try_lock = statements::try_lock_sql(KEY);
-    let claim = statements::claim_sql(TABLE);
-    let release = statements::release_sql(TABLE, KEY);
     let first = connect(url).await;
+    let server_version: u32 = first
+        .query_one("SELECT current_setting('server_version_num')::int4", &[])
+        .await
+        .expect("server version")
+        .get::<_, i32>(0) as u32;
+    let try_lock = statements::try_lock_sql(KEY);
+    let claim = statements::claim_sql(TABLE, server_version);
+    let release = (
+        statements::unlock_sql(KEY),
+        statements::clear_sql(TABLE, KEY),
+    );
     first
         .batch_execute(&statements::create_sql(TABLE))
         .await

@@ -3,8 +3,9 @@
 //! 127.0.0.1 on a free port, stopped and removed when this program ends.
 //!
 //! Prints `url <url>` (password login over TCP) and `socket <url>` (trust login over the Unix
-//! socket), then reads commands on stdin: `stop` (ends every session at once), `start` (the same
-//! server again), `sql <statement>` (prints `rows <first value of each row, comma-separated>`).
+//! socket), then reads commands on stdin: `stop` (ends every session at once), `stop fast` (a
+//! clean shutdown that tells each session it is ended), `start` (the same server again),
+//! `sql <statement>` (prints `rows <first value of each row, comma-separated>`).
 //! At end of input it stops the server and exits, so a test run that dies leaves nothing behind.
 //! With `--tls` the server offers TLS with a certificate for `localhost` from a test CA, and a
 //! line `ca <path of the CA's PEM file>` follows the two URLs.
@@ -46,6 +47,10 @@ fn main() {
     }
     for line in support::stdin_lines() {
         match line.split_once(' ').unwrap_or((line.as_str(), "")) {
+            ("stop", "fast") => {
+                server.stop_with("fast");
+                say("stopped");
+            }
             ("stop", _) => {
                 server.stop();
                 say("stopped");

@@ -108,7 +108,8 @@ pub fn clear_stale(opts: &PgOptions) -> Result<Vec<String>> {
 
 /// Ends the session that holds `name` (`pg_terminate_backend`: the role needs the right to
 /// signal it) and waits, up to the connect timeout, until the server has freed the lock.
-/// Returns who held it, `None` when nobody did. The holder learns at its next heartbeat.
+/// Returns who held it, `None` when nobody did. The holder hears of it at once: its connection
+/// closes.
 pub fn terminate_holder(opts: &PgOptions, name: &LockName) -> Result<Option<Holder>> {
     let s = Settings::new(opts)?;
     let key = lock_key(&s.namespace, name);

@@ -6,6 +6,7 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -18,6 +19,7 @@ use tokio_postgres::{CancelToken, Client, SimpleQueryMessage};
 use crate::auth::{self, Watched};
 use crate::error::{describe, Error, Result};
 use crate::options::Settings;
+use crate::probe::{Heard, Probe};
 use crate::tls;
 
 /// One host of the connection, as given.
@@ -80,7 +82,7 @@ pub(crate) enum Socket {
     Unix(tokio::net::UnixStream),
 }
 
-pub(crate) type Stream = Watched<Socket>;
+pub(crate) type Stream = Watched<Heard<Socket>>;
 
 #[cfg(feature = "tls")]
 type Tls = auth::WatchedTls<<tls::Connector as MakeTlsConnect<Stream>>::TlsConnect>;
@@ -94,7 +96,7 @@ pub(crate) type Connection =
 /// Connects and logs in: the hosts in order (shuffled with `load_balance_hosts=random`), each
 /// address of each, until one lets the client in. The first refusal by the authentication
 /// policy is what is reported if none does; else the last failure.
-pub(crate) async fn connect(s: &Settings) -> Result<(Client, Connection)> {
+pub(crate) async fn connect(s: &Settings) -> Result<(Client, Connection, Arc<Probe>)> {
     let mut refusal = None;
     let mut last = None;
     for target in s.targets_in_order() {
@@ -172,12 +174,16 @@ async fn attempt(
     s: &Settings,
     target: &Target,
     peer: &Peer,
-) -> std::result::Result<(Client, Connection), (Error, bool)> {
+) -> std::result::Result<(Client, Connection, Arc<Probe>), (Error, bool)> {
     let failed = |message: String| (Error::io_msg("connect", &s.server, message), false);
     let socket = open(peer, target.port, s.connect_timeout, Some(s))
         .await
-        .map_err(|e| failed(format!("error connecting to server: {e}")))?;
-    let stream = Watched::new(socket, s.auth.clone());
+        .map_err(|e| {
+            let (err, refused) = failed(format!("error connecting to server: {e}"));
+            (err.with_os_error(&e), refused)
+        })?;
+    let probe = probe_of(&socket);
+    let stream = Watched::new(Heard::new(socket, Arc::clone(&probe)), s.auth.clone());
     let tls = tls_for(s, target).map_err(|e| (e, false))?;
     let mut config = s.config.clone();
     if let Some(p) = &target.password {
@@ -187,7 +193,8 @@ async fn attempt(
         Ok(connected) => connected,
         Err(e) => {
             if let Some(why) = auth::refusal(&e) {
-                return Err((Error::io_msg("connect", &s.server, why), true));
+                // Not `connect`: a wait rides out a server that went away, not this.
+                return Err((Error::io_msg("authenticate", &s.server, why), true));
             }
             let mut err = Error::io("connect", &s.server, &e);
             if let (Error::Io { message, .. }, Some(file)) = (
@@ -205,7 +212,7 @@ async fn attempt(
         }
     };
     let check = match s.session_attrs {
-        SessionAttrs::Any => return Ok((client, connection)),
+        SessionAttrs::Any => return Ok((client, connection, probe)),
         SessionAttrs::ReadWrite => "SHOW transaction_read_only",
         SessionAttrs::Primary => "SELECT CASE WHEN pg_is_in_recovery() THEN 'on' ELSE 'off' END",
     };
@@ -231,7 +238,24 @@ async fn attempt(
             }
         )));
     }
-    Ok((client, connection))
+    Ok((client, connection, probe))
+}
+
+/// A probe of the session on `socket`, which peeks at a duplicate of it where it can.
+#[cfg(unix)]
+fn probe_of(socket: &Socket) -> Arc<Probe> {
+    use std::os::fd::AsFd;
+    let fd = match socket {
+        Socket::Tcp(s) => s.as_fd().try_clone_to_owned(),
+        Socket::Unix(s) => s.as_fd().try_clone_to_owned(),
+    };
+    // Without a duplicate (out of descriptors), what the lock's thread reads still counts.
+    Probe::new(fd.ok())
+}
+
+#[cfg(not(unix))]
+fn probe_of(_: &Socket) -> Arc<Probe> {
+    Probe::new()
 }
 
 #[cfg(feature = "tls")]

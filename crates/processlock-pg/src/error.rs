@@ -25,9 +25,10 @@ pub struct Conflict {
 }
 
 impl Conflict {
-    /// The conflict lines for the lock `name`: those of a lock file when the holder wrote its
-    /// record. A holder that wrote none (yet) is a server session, which `fuser` cannot find:
-    /// the lines say where to look instead.
+    /// The conflict lines for the lock `name`: those of a lock file when the holder's record
+    /// was read. A holder without one here (it wrote none yet, or wrote it where this role does
+    /// not read: another role's schema, another `table`) is a server session, which `fuser`
+    /// cannot find: the lines say where to look instead.
     pub fn lines(&self, name: &LockName) -> Vec<String> {
         if self.holder.pid != 0 {
             // The path only appears in the lines of a holder without a record.
@@ -51,7 +52,7 @@ impl Conflict {
                 name.display()
             ),
             format!(
-                "[PROCESS_LOCK_CONFLICT] Existing process: unknown ({who} holds the lock but wrote no record yet)"
+                "[PROCESS_LOCK_CONFLICT] Existing process: unknown ({who} holds the lock; no record of it can be read here)"
             ),
             format!("[PROCESS_LOCK_CONFLICT] {find}"),
         ]
@@ -76,13 +77,17 @@ pub enum Error {
     },
     Conflict(Box<Conflict>),
     /// The server could not be reached, refused us, or failed a statement. `op` is what we were
-    /// doing (`connect`, `lock`, `record`, `inspect`, `release`), like the syscall of a file error.
+    /// doing (`connect`, `authenticate`, `lock`, `record`, `inspect`, `release`), like the
+    /// syscall of a file error.
     Io {
         op: &'static str,
         server: String,
         message: String,
         /// The SQLSTATE the server sent, if it sent one.
         sqlstate: Option<String>,
+        /// The operating system's error number, when the cause was a failed system call
+        /// (a refused or reset connection, say).
+        os_error: Option<i32>,
     },
     /// The server (or what sits in front of it) cannot hold a session lock for us: a
     /// transaction-pooling pooler, a read-only standby.
@@ -124,6 +129,41 @@ impl Error {
         }
     }
 
+    /// The operating system's error number and its POSIX name (`ECONNREFUSED`...), when the
+    /// server could not be reached or the connection broke in a system call.
+    pub fn os_error(&self) -> Option<(i32, &'static str)> {
+        match self {
+            Error::Io {
+                os_error: Some(n), ..
+            } => Some((*n, os_error_name(*n))),
+            _ => None,
+        }
+    }
+
+    /// Whether the server went away rather than refused us: the connection could not be made
+    /// or broke, or the server ended the session or is starting or stopping. A wait rides these
+    /// out; a wrong password, a missing database, a refused statement, or the authentication
+    /// policy refusing what the server asked (`authenticate`) it does not.
+    pub(crate) fn server_went_away(&self) -> bool {
+        match self {
+            Error::Io {
+                op: "authenticate", ..
+            } => false,
+            Error::Io { sqlstate: None, .. } => true,
+            Error::Io {
+                sqlstate: Some(code),
+                ..
+            } => {
+                // 08: connection exception; 57P01..57P03: administrator, crash or start-up
+                // shutdown, cannot connect now; 53300: too many connections (a restarting
+                // server's clients all come back at once).
+                code.starts_with("08")
+                    || matches!(code.as_str(), "57P01" | "57P02" | "57P03" | "53300")
+            }
+            _ => false,
+        }
+    }
+
     pub(crate) fn invalid(option: &'static str, message: impl Into<String>) -> Self {
         Error::InvalidOption {
             option,
@@ -137,7 +177,16 @@ impl Error {
             server: server.to_string(),
             message: describe(e),
             sqlstate: e.code().map(|c| c.code().to_string()),
+            os_error: os_error_of(e),
         }
+    }
+
+    /// The same error, with the OS error number of `e` when it has one.
+    pub(crate) fn with_os_error(mut self, e: &std::io::Error) -> Self {
+        if let Error::Io { os_error, .. } = &mut self {
+            *os_error = e.raw_os_error().or(*os_error);
+        }
+        self
     }
 
     pub(crate) fn io_msg(op: &'static str, server: &str, message: impl Into<String>) -> Self {
@@ -146,6 +195,7 @@ impl Error {
             server: server.to_string(),
             message: message.into(),
             sqlstate: None,
+            os_error: None,
         }
     }
 }
@@ -165,6 +215,77 @@ pub(crate) fn describe(e: &tokio_postgres::Error) -> String {
             }
             s
         }
+    }
+}
+
+/// The OS error number somewhere in the causes of a client error, if any.
+fn os_error_of(e: &tokio_postgres::Error) -> Option<i32> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(inner) = source {
+        if let Some(n) = inner
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::raw_os_error)
+        {
+            return Some(n);
+        }
+        source = inner.source();
+    }
+    None
+}
+
+/// The POSIX name of an OS error met on a connection, as Node names it in `err.code`.
+fn os_error_name(n: i32) -> &'static str {
+    #[cfg(unix)]
+    {
+        match n {
+            libc::ECONNREFUSED => "ECONNREFUSED",
+            libc::ECONNRESET => "ECONNRESET",
+            libc::ECONNABORTED => "ECONNABORTED",
+            libc::ETIMEDOUT => "ETIMEDOUT",
+            libc::EHOSTUNREACH => "EHOSTUNREACH",
+            libc::EHOSTDOWN => "EHOSTDOWN",
+            libc::ENETUNREACH => "ENETUNREACH",
+            libc::ENETDOWN => "ENETDOWN",
+            libc::EADDRNOTAVAIL => "EADDRNOTAVAIL",
+            libc::EADDRINUSE => "EADDRINUSE",
+            libc::EPIPE => "EPIPE",
+            libc::ENOTCONN => "ENOTCONN",
+            libc::ENOENT => "ENOENT",
+            libc::EACCES => "EACCES",
+            libc::EPERM => "EPERM",
+            libc::EMFILE => "EMFILE",
+            libc::ENFILE => "ENFILE",
+            libc::ENOBUFS => "ENOBUFS",
+            libc::EINVAL => "EINVAL",
+            _ => "EUNKNOWN",
+        }
+    }
+    #[cfg(windows)]
+    {
+        // Winsock error numbers (WSAE...), named as their POSIX counterparts, as libuv does.
+        match n {
+            10061 => "ECONNREFUSED",
+            10054 => "ECONNRESET",
+            10053 => "ECONNABORTED",
+            10060 => "ETIMEDOUT",
+            10065 => "EHOSTUNREACH",
+            10064 => "EHOSTDOWN",
+            10051 => "ENETUNREACH",
+            10050 => "ENETDOWN",
+            10049 => "EADDRNOTAVAIL",
+            10048 => "EADDRINUSE",
+            10057 => "ENOTCONN",
+            10024 => "EMFILE",
+            10055 => "ENOBUFS",
+            10022 => "EINVAL",
+            10013 => "EACCES",
+            _ => "EUNKNOWN",
+        }
+    }
+    #[cfg(not(any(unix, windows)))]
+    {
+        let _ = n;
+        "EUNKNOWN"
     }
 }
 
@@ -240,7 +361,7 @@ mod tests {
         let lines = conflict(0, Some(4711)).lines(&name);
         assert_eq!(
             lines[1],
-            "[PROCESS_LOCK_CONFLICT] Existing process: unknown (server process 4711 holds the lock but wrote no record yet)"
+            "[PROCESS_LOCK_CONFLICT] Existing process: unknown (server process 4711 holds the lock; no record of it can be read here)"
         );
         assert!(lines[2].ends_with("FROM pg_stat_activity WHERE pid = 4711"));
         let unknown = conflict(0, None).lines(&name).join("\n");

@@ -10,14 +10,21 @@
 //! # The record and the fencing token
 //! Once the lock is granted, the holder writes its [`Record`] (the same fields as a lock file:
 //! pid, started, tradeSide, processName, hostname, startToken) into the holder table (default
-//! `processlock_holders`, created on first use), and in the same statement bumps the lock's
-//! counter: `INSERT ... ON CONFLICT DO UPDATE SET token = token + 1 RETURNING token`. That number
-//! is the fencing token: every new holder gets a larger one. A store that remembers the largest
+//! `processlock_holders`, created on first use), and in the same statement takes its fencing
+//! token: the id of that statement's own transaction (`pg_current_xact_id()`; `txid_current()`
+//! before PostgreSQL 13), or one more than the row's last token where that is larger (tokens
+//! handed out by a counter, on a cluster whose transaction ids started again). A transaction id
+//! is 64 bits wide, cluster-wide, and only grows: it survives restarts, `TRUNCATE` and `DROP`
+//! of the table, other roles and schemas, another `table` option, and a promoted standby goes
+//! on from the replayed value. The claim runs in a transaction that starts after the grant, so
+//! after every earlier holder let go, so after every earlier holder's claim: every new holder
+//! gets a larger token, whatever happened to the table. A store that remembers the largest
 //! token it has seen and refuses writes with a smaller one cannot be written by a holder that
 //! lost the lock without knowing it (frozen, cut off, or across a server failover). On release
-//! the record is cleared; the row stays, because the counter must never go back. The table never
-//! decides who holds a lock: `pg_locks` does, and a row is only believed while its session
-//! holds the lock.
+//! the record is cleared. The table never decides who holds a lock: `pg_locks` does (every role
+//! may read it), and a row is only believed while its session holds the lock; a holder whose
+//! row this role cannot read (another role's schema, another `table`) is still the holder,
+//! with PID 0.
 //!
 //! # The lease
 //! A dead holder's session ends at once. A frozen or cut-off one would keep its session (and
@@ -34,20 +41,41 @@
 //! *received* that heartbeat, so the holder always knows first, by a quarter lease. No wall
 //! clock is compared anywhere, and no clock of two machines. The deadline is also kept on a
 //! clock that counts time the machine spent suspended (`CLOCK_BOOTTIME` on Linux), which
-//! `Instant` does not: [`PgHeld::is_lost`] is true at once after such a sleep. Heartbeats and the deadline run on the lock's own native thread,
-//! so a busy caller thread delays neither. Loss is final: the flag is set, the hooks run, then
-//! the session is closed.
+//! `Instant` does not: [`PgHeld::is_lost`] is true at once after such a sleep. Heartbeats and
+//! the deadline run on the lock's own native thread, so a busy caller thread delays neither.
+//! Loss is final: the flag is set, the hooks run, then the session is closed.
 //!
-//! What a lease cannot cover: a server crash, restart or failover ends every session and frees
-//! every lock at once, and an administrator's `pg_terminate_backend` frees one; another process
-//! may take the lock before the old holder's next heartbeat tells it (within a quarter lease).
-//! Only the fencing token protects against that.
+//! The holder also watches its connection: when the server ends the session
+//! (`pg_terminate_backend`, an idle-session killer, a crash, a restart, a failover) it sends its
+//! last word and closes the socket, and the holder declares the loss the moment its thread reads
+//! that, not at its next heartbeat. The server sends that word before it lets go of the lock,
+//! and the bytes are in the holder's socket before anyone else can be granted it (on one host at
+//! once; across a network, as soon as they arrive). So [`PgHeld::is_lost`] also looks at the
+//! socket itself, on the caller's thread, between the lock's own statements: anything the
+//! server sent unasked means the session is ending (see `probe.rs`). A holder that checks before
+//! each action therefore stops before a successor can act, even when the lock's thread waits
+//! for a CPU; only a holder paused between its check and its action still needs the fencing
+//! token (on Windows, where the socket is not peeked at, the check waits for the lock's thread).
 //!
 //! # Waiting
-//! A waiter blocks in the server (`SET lock_timeout` + `pg_advisory_lock`) and is woken the
-//! moment the holder's session ends. Long waits are cut into 30 s statements, because a waiting
-//! statement holds back vacuum. A [`Cancel`](processlock::Cancel) is polled every 20 ms and ends
-//! the wait with the protocol's cancel request.
+//! A waiter takes nothing while it waits: it blocks in a statement that asks for a shared lock
+//! on the key in a transaction of its own (`pg_advisory_xact_lock_shared`), which queues behind
+//! the holder's exclusive lock, is granted the moment the holder's session lets go, and is let
+//! go by the server when the statement's transaction ends, whether or not the client reads the
+//! answer. Then the waiter, running, takes the lock with `pg_try_advisory_lock`; if another
+//! waiter was first, it waits again. So a waiter frozen in the meantime (SIGSTOP, a long GC)
+//! never becomes the holder and never holds up the next one, and the kill -9 of a holder is
+//! still taken over at once. A waiter of an older version (in `pg_advisory_lock`) is granted
+//! the lock by the server as before; the lock stays exclusive either way. Long waits are cut
+//! into 30 s statements (`lock_timeout`), because a waiting statement holds back vacuum. A
+//! [`Cancel`](processlock::Cancel) is polled every 20 ms and ends the wait with the protocol's
+//! cancel request.
+//!
+//! Once it has reached the server, a wait rides out the server going away (a restart, a
+//! failover, a broken connection): it connects again, after 100 ms, then twice as long each
+//! time up to a second, and waits on; its deadline and its cancel still end it. It says so
+//! through [`acquire_wait_noting`]: once when the server goes away, once when it is back
+//! ([`WaitNotice`]). An error of the first connection is returned at once.
 //!
 //! # What cannot work
 //! A pooler in transaction mode (PgBouncer `pool_mode=transaction`) hands each statement to any
@@ -99,6 +127,7 @@ mod lock;
 mod loss;
 mod options;
 mod pgpass;
+mod probe;
 mod session;
 mod table;
 mod tls;
@@ -107,7 +136,9 @@ pub use admin::{clear_stale, list, terminate_holder, Listed};
 pub use conninfo::url_has_password;
 pub use error::{Conflict, Error, Lost, Result};
 pub use key::lock_key;
-pub use lock::{acquire, acquire_wait, inspect, PgHeld};
+pub use lock::{
+    acquire, acquire_wait, acquire_wait_noting, inspect, OnWaitNotice, PgHeld, WaitNotice,
+};
 pub use loss::OnLost;
 pub use options::{
     PgOptions, DEFAULT_CONNECT_TIMEOUT, DEFAULT_LEASE, DEFAULT_NAMESPACE, DEFAULT_TABLE,
@@ -119,5 +150,5 @@ pub use table::Holder;
 /// issues exactly these without any of the lock's checks. Not part of the API.
 #[doc(hidden)]
 pub mod statements {
-    pub use crate::table::{claim_sql, create_sql, release_sql, try_lock_sql};
+    pub use crate::table::{claim_sql, clear_sql, create_sql, try_lock_sql, unlock_sql};
 }

@@ -15,9 +15,10 @@ use tokio_postgres::error::SqlState;
 
 use crate::clock::Stamp;
 use crate::error::{Conflict, Error, Lost, Result};
-use crate::key::{key_literal, lock_key};
+use crate::key::lock_key;
 use crate::loss::{LossWatch, OnLost};
 use crate::options::{PgOptions, Settings};
+use crate::probe::Probe;
 use crate::session::Session;
 use crate::table::{self, Holder};
 
@@ -39,15 +40,67 @@ pub fn acquire(opts: &PgOptions, name: &LockName) -> Result<PgHeld> {
 /// as long as it takes). The wait ends the moment the holder's session ends. At the deadline:
 /// `Error::Conflict` with `waited_ms`. When cancelled: `Error::Aborted`, within about 20 ms
 /// plus a round trip to the server.
+///
+/// Once the server has been reached, the wait rides out the server going away (a restart, a
+/// failover, a broken connection): it connects again, backing off up to a second between
+/// attempts, and goes on waiting. If the server is still away at the deadline, the last error
+/// is returned (`Error::Io`). An error of the first connection (a wrong URL or password, a
+/// server that is not there) is returned at once, as by `acquire`.
 pub fn acquire_wait(
     opts: &PgOptions,
     name: &LockName,
     deadline: Option<Instant>,
     cancel: &Cancel,
 ) -> Result<PgHeld> {
-    let started = Instant::now();
-    start(opts, name, Some((deadline, cancel.clone(), started)))
+    acquire_wait_noting(opts, name, deadline, cancel, Arc::new(|_: &WaitNotice| {}))
 }
+
+/// `acquire_wait`, telling `notices` (on the lock's own thread) when the server goes away
+/// during the wait and when it is back.
+pub fn acquire_wait_noting(
+    opts: &PgOptions,
+    name: &LockName,
+    deadline: Option<Instant>,
+    cancel: &Cancel,
+    notices: OnWaitNotice,
+) -> Result<PgHeld> {
+    let wait = Wait {
+        deadline,
+        cancel: cancel.clone(),
+        started: Instant::now(),
+        notices,
+    };
+    start(opts, name, Some(wait))
+}
+
+/// What a wait says while it goes on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WaitNotice {
+    /// The server went away (said once per outage); the wait goes on, connecting again.
+    ServerAway { reason: String },
+    /// The server answers again, after `away`; the wait goes on there.
+    ServerBack { away: Duration },
+}
+
+impl WaitNotice {
+    /// The `[PROCESS_LOCK_WAIT]` line that says it, for the lock `name`.
+    pub fn line(&self, name: &LockName) -> String {
+        match self {
+            WaitNotice::ServerAway { reason } => format!(
+                "[PROCESS_LOCK_WAIT] {}: the server went away ({reason}); still waiting, connecting again",
+                name.display()
+            ),
+            WaitNotice::ServerBack { away } => format!(
+                "[PROCESS_LOCK_WAIT] {}: the server is back after {} ms; still waiting",
+                name.display(),
+                away.as_millis()
+            ),
+        }
+    }
+}
+
+/// Called with each `WaitNotice`, on the lock's own thread; it should be quick.
+pub type OnWaitNotice = Arc<dyn Fn(&WaitNotice) + Send + Sync>;
 
 /// Who holds the lock, as the server's lock manager says; `None` when nobody does.
 pub fn inspect(opts: &PgOptions, name: &LockName) -> Result<Option<Holder>> {
@@ -67,6 +120,8 @@ pub struct PgHeld {
     fencing_token: String,
     backend_pid: i32,
     watch: Arc<LossWatch>,
+    /// The session's socket as this thread can see it (see `probe.rs`).
+    probe: Arc<Probe>,
     release: Option<oneshot::Sender<()>>,
     released: mpsc::Receiver<Result<bool>>,
     thread: Option<JoinHandle<()>>,
@@ -105,9 +160,11 @@ impl PgHeld {
     }
 
     /// Whether the lock is lost. Check it before every action the lock protects; it turns true
-    /// before the server can give the lock to anyone else.
+    /// before the server can give the lock to anyone else: when the lease runs out unconfirmed,
+    /// and when the server has said its last word to the session, which it does before it lets
+    /// go of the lock (looked at here, on the caller's thread, not only by the lock's own).
     pub fn is_lost(&self) -> bool {
-        self.watch.is_lost()
+        self.watch.is_lost() || self.probe.heard_unasked()
     }
 
     pub fn lost(&self) -> Option<Lost> {
@@ -160,12 +217,37 @@ impl Drop for PgHeld {
     }
 }
 
-/// The deadline, the cancel token, and when the caller started waiting.
-type Wait = (Option<Instant>, Cancel, Instant);
+/// How an acquisition waits.
+struct Wait {
+    deadline: Option<Instant>,
+    cancel: Cancel,
+    /// When the caller started waiting.
+    started: Instant,
+    notices: OnWaitNotice,
+}
+
+/// The first pause before connecting again to a server that went away, and the longest.
+const RECONNECT_FIRST: Duration = Duration::from_millis(100);
+const RECONNECT_MAX: Duration = Duration::from_secs(1);
+
+/// A server that went away during a wait: since when, and the pause before the next attempt.
+struct Outage {
+    since: Instant,
+    pause: Duration,
+}
+
+impl Outage {
+    fn next_pause(&mut self) -> Duration {
+        let pause = self.pause;
+        self.pause = (self.pause * 2).min(RECONNECT_MAX);
+        pause
+    }
+}
 
 struct Granted {
     fencing_token: i64,
     backend_pid: i32,
+    probe: Arc<Probe>,
 }
 
 fn start(opts: &PgOptions, name: &LockName, wait: Option<Wait>) -> Result<PgHeld> {
@@ -201,6 +283,7 @@ fn start(opts: &PgOptions, name: &LockName, wait: Option<Wait>) -> Result<PgHeld
             fencing_token: g.fencing_token.to_string(),
             backend_pid: g.backend_pid,
             watch,
+            probe: g.probe,
             release: Some(release_tx),
             released: released_rx,
             thread: Some(thread),
@@ -289,14 +372,31 @@ impl Job {
             let reply = Granted {
                 fencing_token: token,
                 backend_pid: session.backend_pid,
+                probe: Arc::clone(&session.probe),
             };
             self.watch.extend(confirmed_sent.plus(self.s.lost_after()));
+            // The claim is answered: from now on the server has nothing to say unasked.
+            session.probe.asking(false);
             if granted.send(Ok(reply)).is_err() {
                 // Nobody is waiting for this lock any more.
                 let _ = self.release_now(&session).await;
                 return;
             }
             match self.hold(&session, confirmed_sent, release).await {
+                Outcome::Release if session.probe.heard_unasked() => {
+                    // The caller saw the loss on the socket (`is_lost`) before this thread did:
+                    // there is nothing left to release, the loss is declared as any other.
+                    let why = timeout(self.s.connect_timeout, session.ended())
+                        .await
+                        .unwrap_or_else(|_| "it spoke to the session unasked".into());
+                    self.watch.declare(Lost {
+                        lock: self.lock.clone(),
+                        fencing_token: token.to_string(),
+                        reason: session_ended(&why),
+                    });
+                    drop(session);
+                    let _ = released.send(Ok(false));
+                }
                 Outcome::Release => {
                     let result = self.release_now(&session).await;
                     drop(session);
@@ -319,25 +419,88 @@ impl Job {
     /// Connects, takes the lock and writes the record. Returns the session, the fencing token
     /// and when the last statement the server confirmed was sent.
     async fn take(&self, wait: Option<Wait>) -> Result<(Session, i64, Stamp)> {
-        let session = match &wait {
-            None => Session::open(&self.s).await?,
-            Some((_, cancel, _)) => tokio::select! {
-                s = Session::open(&self.s) => s?,
-                _ = cancelled(cancel) => return Err(Error::Aborted),
-            },
+        let Some(wait) = wait else {
+            let session = Session::open(&self.s).await?;
+            self.try_once(&session, 0).await?;
+            let (token, sent) = self.claim(&session).await?;
+            return Ok((session, token, sent));
         };
-        match wait {
-            None => self.try_once(&session, 0).await?,
-            Some((deadline, cancel, started)) => {
-                self.wait_for(&session, deadline, &cancel, started).await?
+        let mut outage: Option<Outage> = None;
+        let mut reached = false;
+        loop {
+            let error = match self.wait_in_session(&wait, &mut reached, &mut outage).await {
+                Ok(taken) => return Ok(taken),
+                Err(e) if reached && e.server_went_away() => e,
+                Err(e) => return Err(e),
+            };
+            let o = outage.get_or_insert_with(|| {
+                (wait.notices)(&WaitNotice::ServerAway {
+                    reason: away_reason(&error),
+                });
+                Outage {
+                    since: Instant::now(),
+                    pause: RECONNECT_FIRST,
+                }
+            });
+            let mut pause = o.next_pause();
+            if let Some(d) = wait.deadline {
+                let now = Instant::now();
+                if d <= now {
+                    return Err(error);
+                }
+                pause = pause.min(d - now);
+            }
+            tokio::select! {
+                _ = sleep(pause) => {}
+                _ = cancelled(&wait.cancel) => return Err(Error::Aborted),
             }
         }
-        // The server keeps the lock at least a lease after it answered the claim; the claim
-        // must be answered in time for the holder to have any of it left.
+    }
+
+    /// One session of a wait: connects, waits for the lock and claims it. `reached`: the server
+    /// has answered this wait before; `outage`: it is away, since when.
+    async fn wait_in_session(
+        &self,
+        wait: &Wait,
+        reached: &mut bool,
+        outage: &mut Option<Outage>,
+    ) -> Result<(Session, i64, Stamp)> {
+        let deadline = async {
+            match (wait.deadline, outage.is_some()) {
+                // While the server is away, the deadline also bounds each attempt to connect.
+                (Some(d), true) => sleep_until(d.into()).await,
+                _ => std::future::pending().await,
+            }
+        };
+        let session = tokio::select! {
+            s = Session::open(&self.s) => s?,
+            _ = cancelled(&wait.cancel) => return Err(Error::Aborted),
+            _ = deadline => return Err(Error::io_msg(
+                "connect",
+                &self.s.server,
+                format!("the server was still away when the wait ran out after {} ms", waited_ms(wait.started)),
+            )),
+        };
+        *reached = true;
+        if let Some(o) = outage.take() {
+            (wait.notices)(&WaitNotice::ServerBack {
+                away: o.since.elapsed(),
+            });
+        }
+        self.wait_for(&session, wait).await?;
+        let (token, sent) = self.claim(&session).await?;
+        Ok((session, token, sent))
+    }
+
+    /// Bumps the fencing token and writes the record of a session that has just been granted
+    /// the lock. Returns the token and when the claim was sent: the server keeps the lock at
+    /// least a lease after it answered the claim, which must be answered in time for the
+    /// holder to have any of it left.
+    async fn claim(&self, session: &Session) -> Result<(i64, Stamp)> {
         let sent = Stamp::now();
-        let claim = table::claim(&session, &self.s, self.key, &self.name, &self.record);
+        let claim = table::claim(session, &self.s, self.key, &self.name, &self.record);
         match timeout(self.s.lost_after(), claim).await {
-            Ok(Ok(token)) => Ok((session, token, sent)),
+            Ok(Ok(token)) => Ok((token, sent)),
             Ok(Err(e)) => Err(e),
             Err(_) => Err(Error::io_msg(
                 "record",
@@ -350,12 +513,17 @@ impl Job {
         }
     }
 
+    async fn try_lock(&self, session: &Session) -> Result<bool> {
+        let row = session
+            .simple_row(&self.s, "lock", &table::try_lock_sql(self.key))
+            .await?;
+        Ok(row.first().map(String::as_str) == Some("t"))
+    }
+
     async fn try_once(&self, session: &Session, waited_ms: u64) -> Result<()> {
-        let try_sql = table::try_lock_sql(self.key);
         let mut last = None;
         for _ in 0..CONFLICT_ATTEMPTS {
-            let row = session.simple_row(&self.s, "lock", &try_sql).await?;
-            if row.first().map(String::as_str) == Some("t") {
+            if self.try_lock(session).await? {
                 return Ok(());
             }
             match table::holder(session, &self.s, self.key).await? {
@@ -364,7 +532,8 @@ impl Job {
                     last = Some(h);
                     sleep(Duration::from_millis(10)).await;
                 }
-                None => {}
+                // Let go in between, or only waiters passing through (`wait_free_sql`).
+                None => sleep(Duration::from_millis(1)).await,
             }
         }
         let holder = last.unwrap_or(Holder {
@@ -387,30 +556,26 @@ impl Job {
         }))
     }
 
-    async fn wait_for(
-        &self,
-        session: &Session,
-        deadline: Option<Instant>,
-        cancel: &Cancel,
-        started: Instant,
-    ) -> Result<()> {
+    /// Takes the lock in `session`, waiting until it is free. The waiting statement takes
+    /// nothing (`wait_free_sql`); only this running process, answered, takes the lock, so a
+    /// waiter frozen in the meantime never holds up the others.
+    async fn wait_for(&self, session: &Session, wait: &Wait) -> Result<()> {
         loop {
-            if cancel.is_cancelled() {
+            if wait.cancel.is_cancelled() {
                 return Err(Error::Aborted);
             }
+            if self.try_lock(session).await? {
+                return Ok(());
+            }
             let now = Instant::now();
-            let slice = match deadline {
-                Some(d) if d <= now => return self.try_once(session, waited_ms(started)).await,
+            let slice = match wait.deadline {
+                Some(d) if d <= now => {
+                    return self.try_once(session, waited_ms(wait.started)).await
+                }
                 Some(d) => (d - now).min(WAIT_SLICE),
                 None => WAIT_SLICE,
             };
-            // lock_timeout 0 means no limit: never send it. Reset after a grant so that the
-            // session's later statements never time out on a row lock.
-            let sql = format!(
-                "SET lock_timeout = {}; SELECT pg_advisory_lock({}); SET lock_timeout = 0",
-                slice.as_millis().max(1),
-                key_literal(self.key)
-            );
+            let sql = table::wait_free_sql(self.key, slice.as_millis());
             let query = session.client.simple_query(&sql);
             tokio::pin!(query);
             // The server ends the statement at lock_timeout; this only guards against an
@@ -418,11 +583,12 @@ impl Job {
             let guard = slice + self.s.lease + self.s.connect_timeout;
             let woke = tokio::select! {
                 r = &mut query => Woke::Answer(r),
-                _ = cancelled(cancel) => Woke::Cancelled,
+                _ = cancelled(&wait.cancel) => Woke::Cancelled,
                 _ = sleep(guard) => Woke::Silent,
             };
             match woke {
-                Woke::Answer(Ok(_)) => return Ok(()),
+                // Free now, or the slice ran out: try again.
+                Woke::Answer(Ok(_)) => {}
                 Woke::Answer(Err(e)) if e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) => {}
                 Woke::Answer(Err(e)) => return Err(Error::io("lock", &self.s.server, &e)),
                 Woke::Silent => {
@@ -436,13 +602,13 @@ impl Job {
                     ))
                 }
                 Woke::Cancelled => {
+                    // Nothing is held whatever the answer: the waiting statement takes nothing
+                    // that outlives it. The protocol's cancel request ends it in the server
+                    // before the session is closed.
                     let limit = self.s.connect_timeout;
                     let token = session.client.cancel_token();
                     let _ = timeout(limit, crate::connect::cancel(&self.s, &token)).await;
-                    // The lock may have been granted just before the cancel arrived.
-                    if let Ok(Ok(_)) = timeout(limit, &mut query).await {
-                        let _ = timeout(limit, self.release_sql(session)).await;
-                    }
+                    let _ = timeout(limit, &mut query).await;
                     return Err(Error::Aborted);
                 }
             }
@@ -475,6 +641,7 @@ impl Job {
             tokio::select! {
                 biased;
                 _ = sleep_until(deadline.mono.into()) => return Outcome::Lost(silent()),
+                why = session.ended() => return Outcome::Lost(session_ended(&why)),
                 _ = &mut release => return Outcome::Release,
                 _ = sleep_until((last_sent + every).into()) => {}
             }
@@ -482,11 +649,19 @@ impl Job {
                 // The machine slept through it.
                 return Outcome::Lost(silent());
             }
+            if session.probe.heard_unasked() {
+                // Already told to the caller by `is_lost`: the loss is declared too.
+                return Outcome::Lost(
+                    "the server spoke to the session unasked, as it does when it ends it".into(),
+                );
+            }
+            session.probe.asking(true);
             let sent = Stamp::now();
             last_sent = sent.mono;
             let answer = tokio::select! {
                 biased;
                 _ = sleep_until(deadline.mono.into()) => return Outcome::Lost(silent()),
+                why = session.ended() => return Outcome::Lost(session_ended(&why)),
                 _ = &mut release => return Outcome::Release,
                 r = session.simple_row(&self.s, "heartbeat", &beat_sql) => r,
             };
@@ -496,6 +671,7 @@ impl Job {
             }
             match answer {
                 Ok(row) if row.first().map(String::as_str) == Some("1") => {
+                    session.probe.asking(false);
                     confirmed_sent = sent;
                     self.watch.extend(sent.plus(lost_after));
                 }
@@ -510,24 +686,25 @@ impl Job {
                         Error::Io { message, .. } => message,
                         other => other.to_string(),
                     };
-                    return Outcome::Lost(format!("the server session ended ({why})"));
+                    return Outcome::Lost(session_ended(&why));
                 }
                 // The session lives (a statement cancelled by an administrator, say): try again
                 // at the next beat; the deadline still stands.
-                Err(_) => {}
+                Err(_) => session.probe.asking(false),
             }
         }
     }
 
+    /// Lets go of the lock and clears the record, both sent at once, the release first.
     async fn release_sql(&self, session: &Session) -> Result<bool> {
-        let row = session
-            .simple_row(
-                &self.s,
-                "release",
-                &table::release_sql(&self.s.table, self.key),
-            )
-            .await?;
-        Ok(row.first().map(String::as_str) == Some("t"))
+        session.probe.asking(true);
+        let unlock = table::unlock_sql(self.key);
+        let clear = table::clear_sql(&self.s.table, self.key);
+        let (unlocked, _) = tokio::join!(
+            session.simple_row(&self.s, "release", &unlock),
+            session.client.simple_query(&clear)
+        );
+        Ok(unlocked?.first().map(String::as_str) == Some("t"))
     }
 
     async fn release_now(&self, session: &Session) -> Result<bool> {
@@ -543,6 +720,18 @@ impl Job {
                 ),
             )),
         }
+    }
+}
+
+fn session_ended(why: &str) -> String {
+    format!("the server session ended ({why})")
+}
+
+/// What a `[PROCESS_LOCK_WAIT]` line says of why the server went away.
+fn away_reason(e: &Error) -> String {
+    match e {
+        Error::Io { message, .. } => message.clone(),
+        other => other.to_string(),
     }
 }
 

@@ -278,13 +278,21 @@ pub(crate) struct Keepalive {
     pub count: u32,
 }
 
+/// The largest TCP keepalive idle time and interval Linux accepts, in seconds
+/// (`MAX_TCP_KEEPIDLE`, `MAX_TCP_KEEPINTVL`); the server's `setsockopt` fails above it too.
+const MAX_KEEPALIVE_S: u64 = 32_767;
+
 impl Keepalive {
     pub fn for_lease(lease: Duration) -> Self {
-        let ms = lease.as_millis() as u64;
+        let lease_s = (lease.as_millis() as u64).div_ceil(1000);
         let count = 3;
+        let idle_s = lease_s.div_ceil(2).clamp(1, MAX_KEEPALIVE_S);
         Self {
-            idle_s: ms.div_ceil(2000).max(1),
-            interval_s: ms.div_ceil(2000 * u64::from(count)).max(1),
+            idle_s,
+            interval_s: lease_s
+                .saturating_sub(idle_s)
+                .div_ceil(u64::from(count))
+                .clamp(1, MAX_KEEPALIVE_S),
             count,
         }
     }
@@ -573,6 +581,7 @@ mod tests {
             let k = Keepalive::for_lease(Duration::from_millis(ms));
             let total_ms = (k.idle_s + k.interval_s * u64::from(k.count)) * 1000;
             assert!(total_ms >= ms, "{ms}: {k:?}");
+            assert!(k.idle_s <= MAX_KEEPALIVE_S && k.interval_s <= MAX_KEEPALIVE_S);
             assert!(total_ms <= ms + 4000 || total_ms <= ms * 2, "{ms}: {k:?}");
         }
     }

@@ -8,21 +8,31 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::watch;
 use tokio_postgres::tls::{ChannelBinding, TlsConnect, TlsStream};
 use tokio_postgres::{Client, SimpleQueryMessage};
 
-use crate::error::{Error, Result};
+use crate::error::{describe, Error, Result};
 use crate::options::Settings;
+use crate::probe::Probe;
 
 pub(crate) struct Session {
     pub client: Client,
     pub backend_pid: i32,
-    /// Ends when the connection does.
+    /// `server_version_num`; 0 for a session opened only to look.
+    pub version: u32,
+    /// Drives the connection; ends when the connection does.
     connection: tokio::task::JoinHandle<()>,
+    /// Why the connection ended, once it has: the server's last word (`FATAL: terminating
+    /// connection due to administrator command`), or what broke the socket.
+    ended: watch::Receiver<Option<String>>,
+    /// Whether the server said something unasked, as the caller's thread can see it.
+    pub probe: Arc<Probe>,
 }
 
 impl Drop for Session {
     fn drop(&mut self) {
+        self.probe.close();
         // Dropping the client already asks the server to end the session; this also drops the
         // socket if the server does not answer.
         self.connection.abort();
@@ -47,15 +57,36 @@ impl Session {
     }
 
     async fn connect(s: &Settings) -> Result<Session> {
-        let (client, connection) = crate::connect::connect(s).await?;
+        let (client, connection, probe) = crate::connect::connect(s).await?;
+        let (ended_tx, ended) = watch::channel(None);
         let connection = tokio::spawn(async move {
-            let _ = connection.await;
+            let why = match connection.await {
+                Ok(()) => "the connection was closed".to_string(),
+                Err(e) => describe(&e),
+            };
+            let _ = ended_tx.send(Some(why));
         });
         Ok(Session {
             client,
             backend_pid: 0,
+            version: 0,
             connection,
+            ended,
+            probe,
         })
+    }
+
+    /// Resolves when the connection has ended, with why: the moment the server closes the
+    /// socket (it ended the session, restarted, crashed) or the socket breaks. A session that is
+    /// only waiting for its next heartbeat hears of it here at once.
+    pub async fn ended(&self) -> String {
+        let mut ended = self.ended.clone();
+        let why = match ended.wait_for(Option::is_some).await {
+            Ok(why) => why.clone().unwrap_or_default(),
+            // The connection's task is gone without a word: it was aborted, so it has ended.
+            Err(_) => "the connection was closed".to_string(),
+        };
+        why
     }
 
     async fn open_unbounded(s: &Settings) -> Result<Session> {
@@ -106,6 +137,7 @@ impl Session {
             }
         }
         session.backend_pid = pid;
+        session.version = version;
         Ok(session)
     }
 

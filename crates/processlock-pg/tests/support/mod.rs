@@ -62,6 +62,31 @@ pub fn send_signal(pid: u32, sig: libc::c_int) {
     assert_eq!(rc, 0, "kill {pid}: {}", io::Error::last_os_error());
 }
 
+/// Stops `pid` (SIGSTOP) and returns once every thread of it is stopped. A stop signal is taken
+/// by one thread, which then stops the others: until it runs, another thread (the lock's own)
+/// may go on for a while, on a busy machine for milliseconds.
+pub fn freeze(pid: u32) {
+    send_signal(pid, libc::SIGSTOP);
+    let until = Instant::now() + TIMEOUT;
+    while !every_thread_stopped(pid) {
+        assert!(Instant::now() < until, "{pid} did not stop");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+fn every_thread_stopped(pid: u32) -> bool {
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().all(|task| {
+        fs::read_to_string(task.path().join("stat")).is_ok_and(|stat| {
+            // The state follows the command name, which is in parentheses.
+            stat.rsplit_once(") ")
+                .is_some_and(|(_, rest)| rest.starts_with('T') || rest.starts_with('t'))
+        })
+    })
+}
+
 // ---------------------------------------------------------------------------------------------
 // The server.
 
@@ -271,6 +296,14 @@ impl PgServer {
         )
     }
 
+    /// The TCP URL of another role of this server, which logs in with `password`.
+    pub fn url_as(&self, role: &str, password: &str) -> String {
+        format!(
+            "postgres://{role}:{password}@127.0.0.1:{}/postgres",
+            self.port
+        )
+    }
+
     /// The Unix socket, where login needs no password: for tests that connect a thousand
     /// times, since a password login costs a deliberately slow key derivation every time.
     pub fn socket_url(&self) -> String {
@@ -283,11 +316,17 @@ impl PgServer {
 
     /// Stops the server at once, ending every session (`immediate`: no goodbye to clients).
     pub fn stop(&mut self) {
+        self.stop_with("immediate");
+    }
+
+    /// Stops the server in `mode` (`pg_ctl stop -m`): `immediate`, or `fast` (each session is
+    /// told it is ended, then the server shuts down cleanly).
+    pub fn stop_with(&mut self, mode: &str) {
         if self.running {
             let _ = self
                 .command("pg_ctl")
                 .args(["-D", self.data().to_str().unwrap()])
-                .args(["-m", "immediate", "-w", "stop"])
+                .args(["-m", mode, "-w", "stop"])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .status();
