@@ -2,6 +2,8 @@
 //! the same questions as for a lock directory, answered by the server's lock manager through
 //! `processlock-pg`.
 
+use std::io::Write;
+
 use processlock::report::printable;
 use processlock::LockName;
 use processlock_pg::{Listed, PgOptions};
@@ -23,33 +25,75 @@ pub(crate) fn state(l: &Listed) -> &'static str {
     }
 }
 
-/// Every lock of the namespace that is held or has a record left behind. Exit status 0.
+/// The most locks the table of `check --url` shows; `--json` lists every one.
+const MAX_TABLE_ROWS: usize = 1000;
+
+/// Every lock of the namespace that is held or has a record left behind, read a page at a
+/// time: `--json` is written as it is read, the table shows the first `MAX_TABLE_ROWS`. Exit
+/// status 0.
 pub fn check(url: &str, json: bool) -> i32 {
     let opts = PgOptions::new(url);
-    let locks = match processlock_pg::list(&opts) {
-        Ok(l) => l,
-        Err(e) => return fail(&e),
-    };
-    let shown: Vec<&Listed> = locks.iter().filter(|l| state(l) != "free").collect();
     let now = now_ms();
+    let mut rows: Vec<Vec<String>> = Vec::new();
+    let mut more = 0usize;
+    let mut first = true;
+    let mut out = std::io::stdout();
+    let listed = processlock_pg::list_pages(&opts, |page| {
+        for l in page.iter().filter(|l| state(l) != "free") {
+            if json {
+                let sep = if first { "[" } else { ", " };
+                first = false;
+                let _ = write!(out, "{sep}{}", json_text(&item_json(l, now)));
+            } else if rows.len() < MAX_TABLE_ROWS {
+                rows.push(row(l, now));
+            } else {
+                more += 1;
+            }
+        }
+        true
+    });
+    if let Err(e) = listed {
+        if json && !first {
+            let _ = writeln!(out, "]");
+        }
+        return fail(&e);
+    }
     let text = if json {
-        let items: Vec<String> = shown.iter().map(|l| item_json(l, now)).collect();
-        json_text(&format!("[{}]\n", items.join(", ")))
-    } else if shown.is_empty() {
+        if first {
+            "[]\n".to_string()
+        } else {
+            "]\n".to_string()
+        }
+    } else if rows.is_empty() {
         let server = opts.check().unwrap_or_default();
         format!("No locks held on {}\n", printable(&server))
     } else {
-        let rows: Vec<Vec<String>> = shown.iter().map(|l| row(l, now)).collect();
-        table(
+        let mut text = table(
             &[
                 "LOCK", "STATE", "PID", "HOST", "STARTED", "UPTIME", "TOKEN", "CLIENT",
             ],
             &rows,
             |_, _, s| s.to_string(),
-        )
+        );
+        if more > 0 {
+            text.push_str(&format!(
+                "... and {more} more (the first {MAX_TABLE_ROWS} by name are shown; --json lists every one)\n"
+            ));
+        }
+        text
     };
-    print!("{text}");
+    let _ = write!(out, "{text}");
     0
+}
+
+/// The locks held now (at most one per server session, so never many).
+fn held_locks(opts: &PgOptions) -> processlock_pg::Result<Vec<Listed>> {
+    let mut held = Vec::new();
+    processlock_pg::list_pages(opts, |page| {
+        held.extend(page.into_iter().filter(|l| l.holder.is_some()));
+        true
+    })?;
+    Ok(held)
 }
 
 pub(crate) fn record_of(l: &Listed) -> Option<&processlock::Record> {
@@ -187,11 +231,11 @@ pub fn clear(url: &str, force: bool) -> i32 {
     let opts = PgOptions::new(url);
     let mut status = 0;
     if force {
-        let locks = match processlock_pg::list(&opts) {
+        let locks = match held_locks(&opts) {
             Ok(l) => l,
             Err(e) => return fail(&e),
         };
-        for l in locks.iter().filter(|l| l.holder.is_some()) {
+        for l in &locks {
             let shown = printable(&l.lock_name).into_owned();
             let Some(name) = &l.name else {
                 println!("kept            {shown} (not a lock name this tool writes)");
@@ -221,8 +265,8 @@ pub fn clear(url: &str, force: bool) -> i32 {
         Err(e) => status = status.max(fail(&e)),
     }
     if !force {
-        if let Ok(locks) = processlock_pg::list(&opts) {
-            for l in locks.iter().filter(|l| l.holder.is_some()) {
+        if let Ok(locks) = held_locks(&opts) {
+            for l in &locks {
                 let pid = record_of(l).map_or_else(|| "?".to_string(), |r| r.pid.to_string());
                 println!(
                     "kept            {} (held by PID {pid}; --force ends its session)",

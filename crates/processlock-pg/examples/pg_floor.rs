@@ -17,6 +17,7 @@ use tokio_postgres::{Client, NoTls};
 /// A key of its own, so that the floor never meets a lock of the package.
 const KEY: i64 = 0x0f10_0f10_0f10_0f10;
 const TABLE: &str = "processlock_floor_holders";
+const SECRET: &str = "processlock_floor_holders_secret";
 const RECORD: &str = r#"{"pid":1,"started":"2026-01-01T00:00:00.000Z","tradeSide":"SHORT","processName":"floor","processType":"backend","hostname":"floor","startToken":"0","protocol":"processlock/1"}"#;
 
 async fn connect(url: &str) -> Client {
@@ -90,7 +91,7 @@ async fn main() {
         .expect("server version")
         .get::<_, i32>(0) as u32;
     let try_lock = statements::try_lock_sql(KEY);
-    let claim = statements::claim_sql(TABLE, server_version);
+    let claim = statements::claim_sql(TABLE, SECRET, server_version);
     let release = (
         statements::unlock_sql(KEY),
         statements::clear_sql(TABLE, KEY),
@@ -99,6 +100,10 @@ async fn main() {
         .batch_execute(&statements::create_sql(TABLE))
         .await
         .expect("create table");
+    first
+        .batch_execute(&statements::create_secret_sql(SECRET))
+        .await
+        .expect("create the secret table");
     let mut took = Vec::with_capacity(cycles);
     for i in 0..warmup + cycles {
         let started = Instant::now();

@@ -18,13 +18,55 @@ pub struct Conflict {
     pub fencing_token: Option<String>,
     /// The server process of the holder's session.
     pub backend_pid: Option<i32>,
-    /// The holder's address as the server sees it (none over a Unix socket).
+    /// The holder's address as the server sees it (none over a Unix socket, or when this role
+    /// may not see it).
     pub client_addr: Option<String>,
+    /// The role of the holder's session.
+    pub holder_role: Option<String>,
+    /// The holder's record is there but larger than a record may be: it was not read.
+    pub record_too_large: bool,
     /// How long the caller waited before giving up (0 when it did not wait).
     pub waited_ms: u64,
 }
 
 impl Conflict {
+    /// The conflict over `lock` with the holder the server named.
+    pub(crate) fn with(lock: String, h: crate::table::Holder, waited_ms: u64) -> Self {
+        Conflict {
+            lock,
+            holder: h.record,
+            fencing_token: h.fencing_token,
+            backend_pid: (h.backend_pid != 0).then_some(h.backend_pid),
+            client_addr: h.client_addr,
+            holder_role: h.role,
+            record_too_large: h.record_too_large,
+            waited_ms,
+        }
+    }
+
+    /// Who holds the lock when it wrote no record that can be read: the server process, its
+    /// role and address, and why nothing more is known.
+    fn unknown_holder(&self) -> String {
+        let mut who = match self.backend_pid {
+            Some(pid) => format!("server process {pid}"),
+            None => "a server session".to_string(),
+        };
+        if let Some(role) = &self.holder_role {
+            who.push_str(&format!(" of role {role:?}"));
+        }
+        if let Some(addr) = &self.client_addr {
+            who.push_str(&format!(" from {addr}"));
+        }
+        if self.record_too_large {
+            format!(
+                "{who}, whose record is larger than {} bytes and was not read",
+                processlock::MAX_RECORD_BYTES
+            )
+        } else {
+            format!("{who}, which is not a processlock holder: it wrote no record")
+        }
+    }
+
     /// The conflict lines for the lock `name`: those of a lock file when the holder's record
     /// was read. A holder without one here (it wrote none yet, or wrote it where this role does
     /// not read: another role's schema, another `table`) is a server session, which `fuser`
@@ -54,6 +96,7 @@ impl Conflict {
             format!(
                 "[PROCESS_LOCK_CONFLICT] Existing process: unknown ({who} holds the lock; no record of it can be read here)"
             ),
+            format!("[PROCESS_LOCK_CONFLICT] Held by {}", self.unknown_holder()),
             format!("[PROCESS_LOCK_CONFLICT] {find}"),
         ]
     }
@@ -189,6 +232,14 @@ impl Error {
         self
     }
 
+    /// The same error, with the SQLSTATE the server sent in `e`.
+    pub(crate) fn with_sqlstate(mut self, e: &tokio_postgres::Error) -> Self {
+        if let Error::Io { sqlstate, .. } = &mut self {
+            *sqlstate = e.code().map(|c| c.code().to_string());
+        }
+        self
+    }
+
     pub(crate) fn io_msg(op: &'static str, server: &str, message: impl Into<String>) -> Self {
         Error::Io {
             op,
@@ -298,8 +349,9 @@ impl fmt::Display for Error {
                 if c.holder.pid == 0 {
                     write!(
                         f,
-                        "{code}: {} is already running (holder unknown: it wrote no record)",
-                        c.lock
+                        "{code}: {} is already running (holder unknown: {})",
+                        c.lock,
+                        c.unknown_holder()
                     )?;
                 } else {
                     write!(f, "{code}: {}", already_running(&c.lock, &c.holder))?;
@@ -342,6 +394,8 @@ mod tests {
             fencing_token: None,
             backend_pid,
             client_addr: None,
+            holder_role: None,
+            record_too_large: false,
             waited_ms: 0,
         }
     }
@@ -363,7 +417,7 @@ mod tests {
             lines[1],
             "[PROCESS_LOCK_CONFLICT] Existing process: unknown (server process 4711 holds the lock; no record of it can be read here)"
         );
-        assert!(lines[2].ends_with("FROM pg_stat_activity WHERE pid = 4711"));
+        assert!(lines[3].ends_with("FROM pg_stat_activity WHERE pid = 4711"));
         let unknown = conflict(0, None).lines(&name).join("\n");
         assert!(unknown.contains("processlock check --url <URL>"));
         assert!(!unknown.contains("fuser") && !unknown.contains("pg_stat_activity"));

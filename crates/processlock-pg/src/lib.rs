@@ -132,13 +132,11 @@ mod session;
 mod table;
 mod tls;
 
-pub use admin::{clear_stale, list, terminate_holder, Listed};
+pub use admin::{clear_stale, inspect, list, list_pages, terminate_holder, Listed, PAGE_ROWS};
 pub use conninfo::url_has_password;
 pub use error::{Conflict, Error, Lost, Result};
-pub use key::lock_key;
-pub use lock::{
-    acquire, acquire_wait, acquire_wait_noting, inspect, OnWaitNotice, PgHeld, WaitNotice,
-};
+pub use key::{lock_key, Salt};
+pub use lock::{acquire, acquire_wait, acquire_wait_noting, OnWaitNotice, PgHeld, WaitNotice};
 pub use loss::OnLost;
 pub use options::{
     PgOptions, DEFAULT_CONNECT_TIMEOUT, DEFAULT_LEASE, DEFAULT_NAMESPACE, DEFAULT_TABLE,
@@ -150,5 +148,7 @@ pub use table::Holder;
 /// issues exactly these without any of the lock's checks. Not part of the API.
 #[doc(hidden)]
 pub mod statements {
-    pub use crate::table::{claim_sql, clear_sql, create_sql, try_lock_sql, unlock_sql};
+    pub use crate::table::{
+        claim_sql, clear_sql, create_secret_sql, create_sql, try_lock_sql, unlock_sql,
+    };
 }

@@ -15,12 +15,11 @@ use tokio_postgres::error::SqlState;
 
 use crate::clock::Stamp;
 use crate::error::{Conflict, Error, Lost, Result};
-use crate::key::lock_key;
 use crate::loss::{LossWatch, OnLost};
 use crate::options::{PgOptions, Settings};
 use crate::probe::Probe;
 use crate::session::Session;
-use crate::table::{self, Holder};
+use crate::table::{self, Access, Holder, Ready};
 
 /// The longest single server-side wait. A waiting statement holds a snapshot, which holds back
 /// vacuum on the whole server; restarting it now and then lets the horizon move.
@@ -101,16 +100,6 @@ impl WaitNotice {
 
 /// Called with each `WaitNotice`, on the lock's own thread; it should be quick.
 pub type OnWaitNotice = Arc<dyn Fn(&WaitNotice) + Send + Sync>;
-
-/// Who holds the lock, as the server's lock manager says; `None` when nobody does.
-pub fn inspect(opts: &PgOptions, name: &LockName) -> Result<Option<Holder>> {
-    let s = Settings::new(opts)?;
-    let key = lock_key(&s.namespace, name);
-    on_own_runtime(&s, move |s| async move {
-        let session = Session::open_plain(&s).await?;
-        table::holder(&session, &s, key).await
-    })
-}
 
 /// A lock held through a server session of its own.
 pub struct PgHeld {
@@ -245,6 +234,7 @@ impl Outage {
 }
 
 struct Granted {
+    key: i64,
     fencing_token: i64,
     backend_pid: i32,
     probe: Arc<Probe>,
@@ -252,7 +242,6 @@ struct Granted {
 
 fn start(opts: &PgOptions, name: &LockName, wait: Option<Wait>) -> Result<PgHeld> {
     let s = Settings::new(opts)?;
-    let key = lock_key(&s.namespace, name);
     let record = processlock::own_record(
         &LockTarget::new("", name.clone()),
         s.process_name.as_deref(),
@@ -265,7 +254,7 @@ fn start(opts: &PgOptions, name: &LockName, wait: Option<Wait>) -> Result<PgHeld
     let server = s.server.clone();
     let job = Job {
         s,
-        key,
+        ready: std::sync::OnceLock::new(),
         lock: name.display(),
         name: name.clone(),
         record: record.clone(),
@@ -278,7 +267,7 @@ fn start(opts: &PgOptions, name: &LockName, wait: Option<Wait>) -> Result<PgHeld
     match granted_rx.recv() {
         Ok(Ok(g)) => Ok(PgHeld {
             lock: name.display(),
-            key,
+            key: g.key,
             record,
             fencing_token: g.fencing_token.to_string(),
             backend_pid: g.backend_pid,
@@ -323,7 +312,7 @@ where
         .unwrap_or_else(|_| Err(Error::io_msg("inspect", &server, "the thread panicked")))
 }
 
-fn runtime(server: &str) -> Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime(server: &str) -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -339,7 +328,8 @@ enum Outcome {
 /// Everything the lock's thread needs.
 struct Job {
     s: Settings,
-    key: i64,
+    /// The tables and the lock's key, known once the first session has read the salt.
+    ready: std::sync::OnceLock<(Ready, i64)>,
     lock: String,
     name: LockName,
     record: Record,
@@ -370,6 +360,7 @@ impl Job {
                 }
             };
             let reply = Granted {
+                key: self.key(),
                 fencing_token: token,
                 backend_pid: session.backend_pid,
                 probe: Arc::clone(&session.probe),
@@ -421,6 +412,7 @@ impl Job {
     async fn take(&self, wait: Option<Wait>) -> Result<(Session, i64, Stamp)> {
         let Some(wait) = wait else {
             let session = Session::open(&self.s).await?;
+            self.prepare(&session).await?;
             self.try_once(&session, 0).await?;
             let (token, sent) = self.claim(&session).await?;
             return Ok((session, token, sent));
@@ -487,6 +479,7 @@ impl Job {
                 away: o.since.elapsed(),
             });
         }
+        self.prepare(&session).await?;
         self.wait_for(&session, wait).await?;
         let (token, sent) = self.claim(&session).await?;
         Ok((session, token, sent))
@@ -498,7 +491,14 @@ impl Job {
     /// holder to have any of it left.
     async fn claim(&self, session: &Session) -> Result<(i64, Stamp)> {
         let sent = Stamp::now();
-        let claim = table::claim(session, &self.s, self.key, &self.name, &self.record);
+        let claim = table::claim(
+            session,
+            &self.s,
+            self.ready()?,
+            self.key(),
+            &self.name,
+            &self.record,
+        );
         match timeout(self.s.lost_after(), claim).await {
             Ok(Ok(token)) => Ok((token, sent)),
             Ok(Err(e)) => Err(e),
@@ -515,7 +515,7 @@ impl Job {
 
     async fn try_lock(&self, session: &Session) -> Result<bool> {
         let row = session
-            .simple_row(&self.s, "lock", &table::try_lock_sql(self.key))
+            .simple_row(&self.s, "lock", &table::try_lock_sql(self.key()))
             .await?;
         Ok(row.first().map(String::as_str) == Some("t"))
     }
@@ -526,8 +526,12 @@ impl Job {
             if self.try_lock(session).await? {
                 return Ok(());
             }
-            match table::holder(session, &self.s, self.key).await? {
-                Some(h) if h.record.pid != 0 => return Err(self.conflict(h, waited_ms)),
+            match table::holder(session, &self.s, self.ready()?, self.key()).await? {
+                // A record, or one that is there but too large to read: looking again
+                // changes nothing.
+                Some(h) if h.record.pid != 0 || h.record_too_large => {
+                    return Err(self.conflict(h, waited_ms))
+                }
                 Some(h) => {
                     last = Some(h);
                     sleep(Duration::from_millis(10)).await;
@@ -536,24 +540,44 @@ impl Job {
                 None => sleep(Duration::from_millis(1)).await,
             }
         }
-        let holder = last.unwrap_or(Holder {
-            record: Record::pid_only(0),
-            fencing_token: None,
-            backend_pid: 0,
-            client_addr: None,
-        });
+        let holder = last.unwrap_or(Holder::unknown(0));
         Err(self.conflict(holder, waited_ms))
     }
 
     fn conflict(&self, h: Holder, waited_ms: u64) -> Error {
-        Error::Conflict(Box::new(Conflict {
-            lock: self.lock.clone(),
-            holder: h.record,
-            fencing_token: h.fencing_token,
-            backend_pid: (h.backend_pid != 0).then_some(h.backend_pid),
-            client_addr: h.client_addr,
-            waited_ms,
-        }))
+        Error::Conflict(Box::new(Conflict::with(self.lock.clone(), h, waited_ms)))
+    }
+
+    /// Finds and checks the tables in `session` and reads the salt: the lock's key. Every
+    /// session of one acquisition must find the same key.
+    async fn prepare(&self, session: &Session) -> Result<()> {
+        let ready = table::prepare(session, &self.s, Access::Hold)
+            .await?
+            .ok_or_else(|| {
+                Error::io_msg("lock", &self.s.server, "the holder tables are missing")
+            })?;
+        let key = ready.key(&self.s, &self.name);
+        let (_, kept) = self.ready.get_or_init(|| (ready, key));
+        if *kept != key {
+            return Err(Error::io_msg(
+                "lock",
+                &self.s.server,
+                "the database's salt changed during the wait (was the secret table dropped?); locks taken before and after it do not exclude each other",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The lock's key; only asked for once `prepare` has succeeded.
+    fn key(&self) -> i64 {
+        self.ready.get().map_or(0, |(_, key)| *key)
+    }
+
+    fn ready(&self) -> Result<&Ready> {
+        self.ready
+            .get()
+            .map(|(ready, _)| ready)
+            .ok_or_else(|| Error::io_msg("lock", &self.s.server, "the tables were not looked at"))
     }
 
     /// Takes the lock in `session`, waiting until it is free. The waiting statement takes
@@ -575,7 +599,7 @@ impl Job {
                 Some(d) => (d - now).min(WAIT_SLICE),
                 None => WAIT_SLICE,
             };
-            let sql = table::wait_free_sql(self.key, slice.as_millis());
+            let sql = table::wait_free_sql(self.key(), slice.as_millis());
             let query = session.client.simple_query(&sql);
             tokio::pin!(query);
             // The server ends the statement at lock_timeout; this only guards against an
@@ -624,7 +648,7 @@ impl Job {
         mut confirmed_sent: Stamp,
         mut release: oneshot::Receiver<()>,
     ) -> Outcome {
-        let beat_sql = table::still_held_sql(self.key);
+        let beat_sql = table::still_held_sql(self.key());
         let every = self.s.heartbeat_every();
         let lost_after = self.s.lost_after();
         let mut last_sent = confirmed_sent.mono;
@@ -698,8 +722,11 @@ impl Job {
     /// Lets go of the lock and clears the record, both sent at once, the release first.
     async fn release_sql(&self, session: &Session) -> Result<bool> {
         session.probe.asking(true);
-        let unlock = table::unlock_sql(self.key);
-        let clear = table::clear_sql(&self.s.table, self.key);
+        let unlock = table::unlock_sql(self.key());
+        let clear = match self.ready() {
+            Ok(ready) => table::clear_sql(&ready.tables.holders, self.key()),
+            Err(_) => String::new(),
+        };
         let (unlocked, _) = tokio::join!(
             session.simple_row(&self.s, "release", &unlock),
             session.client.simple_query(&clear)

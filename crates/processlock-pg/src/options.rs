@@ -129,8 +129,8 @@ pub(crate) struct Settings {
     pub server: String,
     pub lease: Duration,
     pub connect_timeout: Duration,
-    /// Already quoted for SQL.
-    pub table: String,
+    /// The holder table as given; where it is, is decided on the server (`table.rs`).
+    pub table: TableName,
     pub namespace: String,
     pub process_name: Option<String>,
 }
@@ -181,7 +181,7 @@ impl Settings {
                 format!("use at most {MAX_NAMESPACE_LEN} bytes and no NUL"),
             ));
         }
-        let table = quote_table(&opts.table)?;
+        let table = TableName::parse(&opts.table)?;
         if opts.url.trim().is_empty() {
             return Err(Error::invalid("url", "empty"));
         }
@@ -541,24 +541,53 @@ fn describe_server(targets: &[Target], user: &str, dbname: &str) -> String {
 
 /// `name` or `schema.name`, each an unquoted SQL identifier, returned quoted. Quoting keeps
 /// the case as written; the restriction keeps the name out of any need for escaping.
-fn quote_table(table: &str) -> Result<String> {
-    let parts: Vec<&str> = table.split('.').collect();
-    let valid = |p: &str| {
-        (1..=63).contains(&p.len())
-            && p.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
-            && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-    };
-    if parts.len() > 2 || !parts.iter().all(|p| valid(p)) {
-        return Err(Error::invalid(
-            "table",
-            format!("{table:?}: use name or schema.name, each 1 to 63 letters, digits or '_', not starting with a digit"),
-        ));
+/// The holder table option, checked: `name` or `schema.name`, each a plain identifier, used as
+/// written (case and all). The secret table is named after it (`<name>_secret`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct TableName {
+    pub schema: Option<String>,
+    pub name: String,
+}
+
+/// What the secret table's name adds to the holder table's.
+pub(crate) const SECRET_SUFFIX: &str = "_secret";
+/// PostgreSQL cuts longer identifiers short, silently.
+const MAX_IDENTIFIER: usize = 63;
+
+impl TableName {
+    fn parse(table: &str) -> Result<Self> {
+        let parts: Vec<&str> = table.split('.').collect();
+        let valid = |p: &str, max: usize| {
+            (1..=max).contains(&p.len())
+                && p.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+                && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        };
+        let name_max = MAX_IDENTIFIER - SECRET_SUFFIX.len();
+        let (schema, name) = match parts.as_slice() {
+            [name] => (None, *name),
+            [schema, name] => (Some(*schema), *name),
+            _ => (None, ""),
+        };
+        if !valid(name, name_max) || !schema.is_none_or(|s| valid(s, MAX_IDENTIFIER)) {
+            return Err(Error::invalid(
+                "table",
+                format!("{table:?}: use name or schema.name, letters, digits or '_', not starting with a digit; the schema at most {MAX_IDENTIFIER}, the name at most {name_max}"),
+            ));
+        }
+        Ok(Self {
+            schema: schema.map(str::to_string),
+            name: name.to_string(),
+        })
     }
-    Ok(parts
-        .iter()
-        .map(|p| format!("\"{p}\""))
-        .collect::<Vec<_>>()
-        .join("."))
+
+    pub fn secret_name(&self) -> String {
+        format!("{}{SECRET_SUFFIX}", self.name)
+    }
+}
+
+/// `ident` quoted for SQL (it holds no quote: `TableName::parse` and the server's own names).
+pub(crate) fn quote_ident(ident: &str) -> String {
+    format!("\"{}\"", ident.replace('"', "\"\""))
 }
 
 #[cfg(test)]
@@ -645,7 +674,14 @@ mod tests {
     fn tables_are_quoted_as_written() {
         let mut o = opts("postgres://u@h/db");
         o.table = "locks.Holders_2".into();
-        assert_eq!(settings(&o).unwrap().table, "\"locks\".\"Holders_2\"");
+        let t = settings(&o).unwrap().table;
+        assert_eq!(
+            (t.schema.as_deref(), t.name.as_str()),
+            (Some("locks"), "Holders_2")
+        );
+        assert_eq!(quote_ident("Holders_2"), "\"Holders_2\"");
+        o.table = "a".repeat(57);
+        assert!(settings(&o).is_err(), "no room for the secret table's name");
     }
 
     fn env_of(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {

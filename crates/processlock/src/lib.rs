@@ -54,7 +54,7 @@ pub use protocol::{
     force_remove, inspect, own_record, record_for, Acquired, Event, HeldLock, Inspection,
     LockTarget,
 };
-pub use record::{parse_record, Parsed, Record};
+pub use record::{parse_record, Parsed, Record, MAX_RECORD_BYTES};
 pub use registry::{Ended, Holder, Registry, Release, Taken};
 pub use replace::Refusal;
 pub use replace::DEFAULT_GRACE;
