@@ -192,7 +192,9 @@ fn tokens_go_on_from_a_counter_already_larger_than_the_transaction_ids() {
     token_of(&o);
     // As after a dump and restore into a new cluster: the counter is far ahead of the ids.
     let counter: i128 = 1_000_000_000_000;
-    server.sql(&format!("UPDATE processlock_holders SET token = {counter}"));
+    server.sql(&format!(
+        "UPDATE processlock_holders_secret SET token = {counter} WHERE lock_name <> ''"
+    ));
     assert_eq!(token_of(&o), counter + 1);
     assert_eq!(token_of(&o), counter + 2);
 }
@@ -279,27 +281,35 @@ fn the_fenced_write_refuses_a_stale_holder_and_fails_closed_on_an_emptied_table(
 }
 
 #[test]
-fn another_role_sees_the_lock_held_even_where_it_cannot_read_the_record() {
+fn another_role_looks_at_a_lock_only_once_granted_to_read_both_tables() {
     let Some(server) = PgServer::start() else {
         return;
     };
     let held = acquire(&opts(&server, 10_000), &name()).unwrap();
-    let is_seen_held_by = |url: String| {
-        let seen = inspect(&opts_for(url, 10_000), &name())
-            .unwrap()
-            .expect("held");
-        assert_eq!(seen.backend_pid, held.backend_pid());
-        seen
-    };
-    // Its own schema, where its holder table would be: the record is not there.
-    let seen = is_seen_held_by(create_role(&server, "alice", true));
-    assert_eq!((seen.record.pid, seen.fencing_token), (0, None));
-    // No schema of its own and no right to read the holder table in `public`.
-    let seen = is_seen_held_by(create_role(&server, "bob", false));
-    assert_eq!((seen.record.pid, seen.fencing_token), (0, None));
-    // Granted the right to read it, it reads the record.
-    server.sql("GRANT SELECT ON processlock_holders TO bob");
-    let seen = is_seen_held_by(server.url_as("bob", "bob-secret"));
+    // A schema of its own, or none: either way the holder table is found in `public`, and the
+    // secret that keys the lock cannot be read. The role is told what it lacks.
+    for url in [
+        create_role(&server, "alice", true),
+        create_role(&server, "bob", false),
+    ] {
+        let err = inspect(&opts_for(url, 10_000), &name()).expect_err("no right to read");
+        assert_eq!(err.code().as_str(), "LOCK_IO");
+        assert!(
+            err.to_string()
+                .contains("may not read public.processlock_holders_secret"),
+            "{err}"
+        );
+        assert_eq!(err.sqlstate(), Some("42501"));
+    }
+    // Granted the right to read both, it finds the holder and reads the record.
+    server.sql("GRANT SELECT ON processlock_holders, processlock_holders_secret TO bob");
+    let seen = inspect(
+        &opts_for(server.url_as("bob", "bob-secret"), 10_000),
+        &name(),
+    )
+    .unwrap()
+    .expect("held");
+    assert_eq!(seen.backend_pid, held.backend_pid());
     assert_eq!(seen.record.pid, std::process::id());
     assert_eq!(seen.fencing_token.as_deref(), Some(held.fencing_token()));
     assert!(held.release().unwrap());
