@@ -5,22 +5,28 @@ const pl = require('..')
 const { tempDir, watch } = require('./helpers/proc')
 const { LOST_EXIT_STATUS, usePg } = require('./helpers/pg')
 const { cli, startRun, waitGone, alive } = require('./helpers/cli-proc')
+const { saltedKey, saltOf } = require('./helpers/pg-key')
 
 const pg = usePg()
 const pgTest = (name, fn, timeout = 60000) => pg.test(name, fn, timeout)
 
-/** The advisory key of a lock (side SHORT) in the default namespace, as every holder computes it. */
-function lockKey(type) {
-  let h = 0xcbf29ce484222325n
-  for (const b of Buffer.from(`processlock\0processlock\0${type}.short.lock`)) {
-    h = ((h ^ BigInt(b)) * 0x100000001b3n) & 0xffffffffffffffffn
+/**
+ * The advisory key of a lock (side SHORT) in the default namespace, as every holder computes it: keyed
+ * with the database's salt, which the first lock ever taken there creates.
+ */
+async function lockKey(type) {
+  let salt = await saltOf(pg)
+  if (salt === null) {
+    pl.acquireLock('salt', { url: pg.url, log: false })
+    pl.releaseLock('salt', { url: pg.url })
+    salt = await saltOf(pg)
   }
-  return BigInt.asIntN(64, h)
+  return saltedKey(salt, `${type}.short.lock`)
 }
 
 /** The server processes of the sessions that hold the lock `type` (at most one). */
 async function holdersOf(type) {
-  const key = BigInt.asUintN(64, lockKey(type))
+  const key = BigInt.asUintN(64, await lockKey(type))
   return pg.sql(
     `SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND mode = 'ExclusiveLock' AND objsubid = 1 AND classid::text::int8 = ${key >> 32n} AND objid::text::int8 = ${key & 0xffffffffn}`,
   )
@@ -50,8 +56,8 @@ function tryRun(type, env = {}, args = ['--url', pg.url]) {
 }
 
 test('the test computes lock keys as the library does', () => {
-  // Pinned in the library's own tests: backend (SHORT) in the default namespace.
-  expect(lockKey('backend')).toBe(-2293726915344702772n)
+  // Pinned in the library's own tests: backend (SHORT) in the default namespace, salt (1, 2).
+  expect(saltedKey('00000000000000010000000000000002', 'backend.short.lock')).toBe(206270567605668656n)
 })
 
 pgTest(
@@ -219,7 +225,7 @@ pgTest('a holder session that wrote no record is named by its server process, wi
   // A session that takes the lock without this library (so without a record), and keeps it.
   const other = watch(
     'psql',
-    [pg.url, '-c', `SELECT pg_advisory_lock(${lockKey('bare')})`, '-c', 'SELECT pg_sleep(600)'],
+    [pg.url, '-c', `SELECT pg_advisory_lock(${await lockKey('bare')})`, '-c', 'SELECT pg_sleep(600)'],
     {
       env: process.env,
     },

@@ -88,29 +88,27 @@ pgTest("a holder whose session the server ends exits with status 75 at once (onL
   }
 })
 
-pgTest('another role sees the lock held, with what it can know, where it cannot read the record', async () => {
+pgTest('another role looks at a lock only once granted to read the holder table and its secret', async () => {
   const holder = lease('hold')
   try {
     const first = await held(holder)
-    const unknown = {
-      pid: 0,
-      started: '',
-      tradeSide: 'SHORT',
-      processName: '',
-      processType: 'backend',
-      backend: 'postgres',
-    }
-    // A schema of its own, where its holder table would be; then no right to read the table.
+    // A schema of its own, or none: the lock's key is made with a secret this role may not read,
+    // and it is told what it lacks, with the server's SQLSTATE.
     for (const url of [await role('alice', true), await role('bob', false)]) {
-      expect(pl.getLockInfo('backend', SHORT({ url }))).toEqual(unknown)
+      let err = null
+      try {
+        pl.getLockInfo('backend', SHORT({ url }))
+      } catch (e) {
+        err = e
+      }
+      expect(err).toMatchObject({ code: 'LOCK_IO', sqlstate: '42501' })
+      expect(err.message).toContain('may not read public.processlock_holders_secret')
       const check = await cli(['check', 'backend', '--side', 'SHORT', '--url', url])
-      expect(check.code).toBe(0)
-      expect(check.stdout).toMatch(
-        /^backend \(SHORT\): held by server process \d+ \(no record of it can be read here\)$/m,
-      )
+      expect(check.code).toBe(3)
+      expect(check.stderr).toContain('may not read public.processlock_holders_secret')
     }
-    // Allowed to read it, the role reads the record.
-    await pg.sql('GRANT SELECT ON processlock_holders TO bob')
+    // Allowed to read both, the role reads the record.
+    await pg.sql('GRANT SELECT ON processlock_holders, processlock_holders_secret TO bob')
     const bob = new URL(pg.url)
     bob.username = 'bob'
     bob.password = 'bob-secret'
