@@ -3,29 +3,43 @@
 //! # The lock
 //! A lock is a session-level advisory lock (`pg_try_advisory_lock` / `pg_advisory_lock`) held by
 //! a server session dedicated to it, one per held lock. The server frees it the moment that
-//! session ends, whatever ended it. Its key is a stable 64-bit hash of a namespace and the lock's
-//! name (see [`lock_key`]), so every process that names the same lock on the same database
-//! computes the same key, on any platform and any version of this crate.
+//! session ends, whatever ended it. Its key is SipHash-2-4, keyed with the database's secret
+//! salt, of a namespace and the lock's name (see [`lock_key`]), so every process that names the
+//! same lock on the same database computes the same key, and a role that cannot read the salt
+//! cannot compute it in advance.
+//!
+//! # The tables, and other roles
+//! Two tables, created on first use (`table.rs`): the holder table (default
+//! `processlock_holders`), with each holder's [`Record`] (the same fields as a lock file: pid,
+//! started, tradeSide, processName, hostname, startToken), for people; and beside it the secret
+//! table (`processlock_holders_secret`), which only the service's role reads: the salt, and each
+//! lock's last fencing token. Each session finds them as the server would, once, then names them
+//! with their schema and sets `search_path = pg_catalog, pg_temp`: no function or operator comes
+//! from a schema another role may write. A role runs the triggers of a table it writes and the
+//! row-security policies of one it reads, so a role that takes locks uses only tables it owns,
+//! and a role that looks reads only plain tables of the expected column types, with
+//! `row_security = off`; anything else is `LOCK_UNSUPPORTED`, naming the owner.
 //!
 //! # The record and the fencing token
-//! Once the lock is granted, the holder writes its [`Record`] (the same fields as a lock file:
-//! pid, started, tradeSide, processName, hostname, startToken) into the holder table (default
-//! `processlock_holders`, created on first use), and in the same statement takes its fencing
-//! token: the id of that statement's own transaction (`pg_current_xact_id()`; `txid_current()`
-//! before PostgreSQL 13), or one more than the row's last token where that is larger (tokens
-//! handed out by a counter, on a cluster whose transaction ids started again). A transaction id
-//! is 64 bits wide, cluster-wide, and only grows: it survives restarts, `TRUNCATE` and `DROP`
-//! of the table, other roles and schemas, another `table` option, and a promoted standby goes
-//! on from the replayed value. The claim runs in a transaction that starts after the grant, so
-//! after every earlier holder let go, so after every earlier holder's claim: every new holder
-//! gets a larger token, whatever happened to the table. A store that remembers the largest
-//! token it has seen and refuses writes with a smaller one cannot be written by a holder that
-//! lost the lock without knowing it (frozen, cut off, or across a server failover). On release
-//! the record is cleared. The table never decides who holds a lock: `pg_locks` does (every role
-//! may read it), and a row is only believed while its session holds the lock; a holder whose
-//! row this role cannot read (another role's schema, another `table`) is still the holder,
-//! with PID 0.
-//!
+//! Once the lock is granted, the holder writes its record into the holder table, and in the same
+//! statement takes its fencing token from the secret table: the id of that statement's own
+//! transaction (`pg_current_xact_id()`; `txid_current()` before PostgreSQL 13), or one more than
+//! the lock's last token where that is larger (on a cluster whose transaction ids started again,
+//! as after a dump and restore). A transaction id is 64 bits wide, cluster-wide, and only grows:
+//! it survives restarts, `TRUNCATE` and `DROP` of the tables, other roles and schemas, another
+//! `table` option, and a promoted standby goes on from the replayed value. The claim runs in a
+//! transaction that starts after the grant, so after every earlier holder let go, so after every
+//! earlier holder's claim: every new holder gets a larger token, whatever happened to the
+//! tables, and whatever a role allowed to write the holder table wrote there. A store that
+//! remembers the largest token it has seen and refuses writes with a smaller one cannot be
+//! written by a holder that lost the lock without knowing it (frozen, cut off, or across a
+//! server failover). On release the record is cleared. The table never decides who holds a
+//! lock: `pg_locks` does (every role may read it), and a row is only believed while its session
+//! holds the lock; a holder without a row there is still the holder, with PID 0 and the role of
+//! its session (a session that is not a processlock holder). A record larger than
+//! [`processlock::MAX_RECORD_BYTES`] is never read whole, and listings read only locks held now
+//! or with a record left behind, a page at a time.
+
 //! # The lease
 //! A dead holder's session ends at once. A frozen or cut-off one would keep its session (and
 //! lock) for the kernel's TCP keepalive time, over two hours by default on Linux. So each
