@@ -4,6 +4,8 @@
 //! test creates its roles (`CREATE ROLE ... LOGIN`) on a private server, which is dropped with
 //! them.
 
+#![cfg(target_os = "linux")]
+
 mod support;
 
 use std::process::{Child, Command, Stdio};
