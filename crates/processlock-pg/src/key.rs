@@ -73,6 +73,15 @@ pub fn lock_key(salt: Salt, namespace: &str, name: &LockName) -> i64 {
     siphash24(salt, input.as_bytes()) as i64
 }
 
+/// The key an older version computed, unsalted: FNV-1a (64 bit) of the same input. Only looked
+/// for, so that an instance of this version does not start beside one of the older version.
+pub(crate) fn unsalted_key(namespace: &str, name: &LockName) -> i64 {
+    let input = format!("processlock\0{namespace}\0{}", name.file_name());
+    input.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    }) as i64
+}
+
 /// `key` as an SQL literal of type bigint. A bare `-9223372036854775808` would be read as a
 /// numeric, for which there is no advisory lock function.
 pub(crate) fn key_literal(key: i64) -> String {
@@ -113,6 +122,12 @@ mod tests {
             lock_key(Salt(1, 3), "processlock", &n("backend", Some("SHORT")))
         );
         assert_eq!(pinned, 206_270_567_605_668_656);
+    }
+
+    #[test]
+    fn the_older_unsalted_key_is_still_known() {
+        let n = LockName::new("backend", Some("SHORT")).unwrap();
+        assert_eq!(unsalted_key("processlock", &n), -2_293_726_915_344_702_772);
     }
 
     #[test]

@@ -557,6 +557,10 @@ impl Job {
                 Error::io_msg("lock", &self.s.server, "the holder tables are missing")
             })?;
         let key = ready.key(&self.s, &self.name);
+        // During an upgrade: an instance of the older version holds this lock by its old key.
+        if let Some(older) = table::older_holder(session, &self.s, &ready, &self.name).await? {
+            return Err(self.conflict(older, 0));
+        }
         let (_, kept) = self.ready.get_or_init(|| (ready, key));
         if *kept != key {
             return Err(Error::io_msg(

@@ -565,6 +565,22 @@ pub(crate) async fn holder(
     }))
 }
 
+/// A holder of `name` of the older version, which computed the key without the salt: a session
+/// that holds the unsalted key and wrote its record for it in the holder table. A session that
+/// holds that key and wrote nothing is not a holder of any version, and is ignored.
+pub(crate) async fn older_holder(
+    session: &Session,
+    s: &Settings,
+    ready: &Ready,
+    name: &LockName,
+) -> Result<Option<Holder>> {
+    let key = crate::key::unsalted_key(&s.namespace, name);
+    match holder(session, s, ready, key).await? {
+        Some(h) if h.record.pid != 0 || h.record_too_large => Ok(Some(h)),
+        _ => Ok(None),
+    }
+}
+
 /// A stored record, or the unknown holder (PID 0) when it is not one.
 pub(crate) fn to_record(json: &str) -> Record {
     match parse_record(json.as_bytes()) {

@@ -435,3 +435,52 @@ fn a_million_rows_and_a_padded_record_are_read_in_bounded_memory() {
     assert!(seen.record_too_large && seen.record.pid == 0);
     drop(held);
 }
+
+// ---------------------------------------------------------------------------------------------
+// An upgrade: an instance of the older version, which computed keys without the salt.
+
+#[test]
+fn an_instance_of_the_older_version_holding_the_lock_keeps_this_one_from_starting() {
+    let Some(server) = PgServer::start() else {
+        return;
+    };
+    let url = server.url();
+    acquire(&opts(url.clone()), &name("setup"))
+        .unwrap()
+        .release()
+        .unwrap();
+    let key = unsalted_key("backend.short.lock");
+    let record = r#"{"pid":4242,"started":"2026-01-01T00:00:00.000Z","tradeSide":"SHORT","processName":"trader-short-backend","hostname":"old-host"}"#;
+    // As the older version holds it: the unsalted key, and its record under that key.
+    let older = format!(
+        "SELECT pg_advisory_lock({key}); INSERT INTO processlock_holders
+           VALUES ({key}, 'processlock', 'backend.short.lock', 1, pg_backend_pid(), '{record}', now())"
+    );
+    let Some(_older) = Psql::start(&server, &url, &older) else {
+        println!("psql is not installed: skipped");
+        return;
+    };
+    server.wait_until(HOLDERS_SQL, "1");
+    server.wait_until(
+        "SELECT count(*) FROM processlock_holders WHERE record IS NOT NULL",
+        "1",
+    );
+    let err = acquire(&opts(url.clone()), &name("backend")).expect_err("the older holder");
+    println!("{err}");
+    let Error::Conflict(c) = &err else {
+        panic!("{err:?}");
+    };
+    assert_eq!(c.holder.pid, 4242);
+    assert_eq!(c.holder.hostname.as_deref(), Some("old-host"));
+    // A session that holds the old key without a record is no holder of any version.
+    drop(_older);
+    server.sql(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'psql'",
+    );
+    server.wait_until(HOLDERS_SQL, "0");
+    let Some(_bare) = Psql::start(&server, &url, &format!("SELECT pg_advisory_lock({key})")) else {
+        return;
+    };
+    server.wait_until(HOLDERS_SQL, "1");
+    acquire(&opts(url), &name("backend")).unwrap();
+}
