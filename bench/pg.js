@@ -244,7 +244,12 @@ async function cycleSection(a, ctx) {
 // autovacuum started by them (the floor on one connection updates its row 3,000 times a run).
 async function settle(ctx) {
   if (!ctx.pgAdmin) return
-  for (const table of ['processlock_holders', 'processlock_floor_holders']) {
+  for (const table of [
+    'processlock_holders',
+    'processlock_holders_secret',
+    'processlock_floor_holders',
+    'processlock_floor_holders_secret',
+  ]) {
     await ctx.pgAdmin.query(`VACUUM ${table}`).catch(() => {}) // not created yet
   }
 }
