@@ -203,8 +203,18 @@ pub fn check_one(url: &str, name: LockName, json: bool) -> i32 {
         match &holder {
             None => println!("{lock}: not held"),
             Some(h) if h.record.pid == 0 => {
+                let role = h
+                    .role
+                    .as_deref()
+                    .map(|r| format!(" of role {}", printable(&format!("{r:?}"))))
+                    .unwrap_or_default();
+                let why = if h.record_too_large {
+                    "its record is too large to be read"
+                } else {
+                    "no record of it can be read here"
+                };
                 println!(
-                    "{lock}: held by server process {} (no record of it can be read here)",
+                    "{lock}: held by server process {}{role} ({why})",
                     h.backend_pid
                 )
             }
