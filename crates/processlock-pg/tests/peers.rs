@@ -267,7 +267,7 @@ fn a_peer_that_takes_the_key_is_named_and_cannot_compute_it_in_advance() {
         unsalted_key("backend.short.lock")
     );
     let Some(_guessed) = Psql::start(&server, &mallory, &guess) else {
-        println!("psql is not installed: skipped");
+        println!("SKIPPED: psql is not installed");
         return;
     };
     server.wait_until(HOLDERS_SQL, "1");
@@ -457,7 +457,7 @@ fn an_instance_of_the_older_version_holding_the_lock_keeps_this_one_from_startin
            VALUES ({key}, 'processlock', 'backend.short.lock', 1, pg_backend_pid(), '{record}', now())"
     );
     let Some(_older) = Psql::start(&server, &url, &older) else {
-        println!("psql is not installed: skipped");
+        println!("SKIPPED: psql is not installed");
         return;
     };
     server.wait_until(HOLDERS_SQL, "1");
