@@ -5,9 +5,9 @@ export type ProcessType = 'backend' | 'worker' | (string & {})
 export interface LockInfo {
   /**
    * The holder's PID. 0 on a server when a session holds the lock but its record cannot be read
-   * from here (not written yet, or kept in another role's schema or another `table`): the lock is
-   * held all the same, by a holder this call cannot name (`processlock check --url` shows its
-   * server process).
+   * (not written yet, larger than 64 KiB, or the session is not a processlock holder): the lock is
+   * held all the same, by a holder this call cannot name (the conflict's message names its server
+   * process and role; `processlock check --url` shows them too).
    */
   pid: number
   /** When the lock was taken: ISO 8601 UTC with milliseconds. Empty for a bare-PID file. */
@@ -85,7 +85,10 @@ export interface LockOptions {
   connectTimeoutMs?: number
   /** On a server: keeps unrelated applications sharing a database apart. Default `'processlock'`. */
   namespace?: string
-  /** On a server: the holder table (`name` or `schema.name`). Default `'processlock_holders'`. */
+  /**
+   * On a server: the holder table (`name` or `schema.name`; the name at most 56 characters), with
+   * its secret table `<name>_secret` beside it. Default `'processlock_holders'`.
+   */
   table?: string
   /**
    * On a server, when the lock is lost: `'exit'` (default) prints `[PROCESS_LOCK_LOST]` to stderr
