@@ -118,24 +118,23 @@ pub(crate) async fn prepare(
         Access::Look => "inspect",
     };
     let fail = |e: &tokio_postgres::Error| Error::io(op, &s.server, e);
+    // The session's own path first, then, in the same round trip (the client sends both at
+    // once, the server answers in order), a path through which nothing resolves to a schema
+    // another role may write.
+    let (path, fixed) = tokio::join!(
+        session.client.query_typed_one(
+            "SELECT pg_catalog.current_schemas(false)::pg_catalog.text[]",
+            &[],
+        ),
+        session
+            .client
+            .batch_execute("SET search_path = pg_catalog, pg_temp; SET row_security = off")
+    );
+    fixed.map_err(|e| fail(&e))?;
     let path: Vec<String> = match &s.table.schema {
         Some(schema) => vec![schema.clone()],
-        None => session
-            .client
-            .query_typed_one(
-                "SELECT pg_catalog.current_schemas(false)::pg_catalog.text[]",
-                &[],
-            )
-            .await
-            .map_err(|e| fail(&e))?
-            .get(0),
+        None => path.map_err(|e| fail(&e))?.get(0),
     };
-    // From here on nothing resolves through a schema another role may write.
-    session
-        .client
-        .batch_execute("SET search_path = pg_catalog, pg_temp; SET row_security = off")
-        .await
-        .map_err(|e| fail(&e))?;
     let secret_name = s.table.secret_name();
     for attempt in 0..3 {
         let found = relations(session, &path, &s.table.name, &secret_name)
