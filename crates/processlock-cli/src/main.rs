@@ -64,6 +64,10 @@ fn execute(dir: Option<&Path>, command: Command) -> i32 {
             println!("processlock {}", env!("CARGO_PKG_VERSION"));
             0
         }
+        Command::Completions(shell) => {
+            args::print_completions(shell);
+            0
+        }
         Command::Check {
             format,
             url,
