@@ -10,6 +10,7 @@ const { cli } = require('./helpers/cli-proc')
 const { needs } = require('./helpers/skip')
 
 const SHELLS = ['bash', 'elvish', 'fish', 'powershell', 'zsh']
+const COMPLETE = path.join(__dirname, 'fixtures', 'complete.sh')
 
 function hasBash() {
   try {
@@ -25,15 +26,7 @@ function hasBash() {
  * script in `file` loaded as a user's shell loads it.
  */
 function offered(file, words) {
-  const program = [
-    'source "$1"; shift',
-    'COMP_WORDS=("$@"); COMP_CWORD=$(($# - 1)); COMP_LINE="$*"; COMP_POINT=${#COMP_LINE}',
-    '_processlock "$1" "${COMP_WORDS[COMP_CWORD]}" "${COMP_WORDS[COMP_CWORD-1]}" 2>/dev/null',
-    'printf "%s\\n" "${COMPREPLY[@]}"',
-  ].join('\n')
-  const out = execFileSync('bash', ['--norc', '--noprofile', '-c', program, 'bash', file, ...words], {
-    encoding: 'utf8',
-  })
+  const out = execFileSync('bash', ['--norc', '--noprofile', COMPLETE, file, ...words], { encoding: 'utf8' })
   return out.split('\n').filter(Boolean)
 }
 
@@ -66,7 +59,9 @@ describe('processlock completions', () => {
       const r = await cli(args, { dir: tempDir('completions-bad') })
       expect(r.code).toBe(2)
       expect(r.stdout).toBe('')
-      expect(r.stderr).toMatch(/^processlock: [^\n]*bash, elvish, fish, powershell or zsh[^\n]* \(see processlock --help\)\n$/)
+      expect(r.stderr).toMatch(
+        /^processlock: [^\n]*bash, elvish, fish, powershell or zsh[^\n]* \(see processlock --help\)\n$/,
+      )
     }
   })
 })
