@@ -2,15 +2,16 @@
 // `processlock completions <shell>`: the completion script for a shell, made from the same
 // declaration of the commands and options that reads the command line, so it cannot offer an
 // option the command does not take. The bash script is run as bash runs it on a Tab.
-const { execFileSync } = require('node:child_process')
+const { execFileSync, spawnSync } = require('node:child_process')
 const fs = require('node:fs')
 const path = require('node:path')
 const { tempDir } = require('./helpers/proc')
-const { cli } = require('./helpers/cli-proc')
+const { BINARY, cli } = require('./helpers/cli-proc')
 const { needs } = require('./helpers/skip')
 
 const SHELLS = ['bash', 'elvish', 'fish', 'powershell', 'zsh']
 const COMPLETE = path.join(__dirname, 'fixtures', 'complete.sh')
+const CLOSED_STDOUT = path.join(__dirname, 'fixtures', 'closed-stdout.sh')
 
 function hasBash() {
   try {
@@ -64,4 +65,12 @@ describe('processlock completions', () => {
       )
     }
   })
+})
+
+needs(hasBash(), 'bash')('completions, --help and --version into a pipe nobody reads: exit 0, nothing said', () => {
+  // `processlock completions bash | head -1`, once head has gone: the rest is not wanted.
+  for (const args of [['completions', 'bash'], ['--help'], ['--version']]) {
+    const r = spawnSync('bash', ['--norc', '--noprofile', CLOSED_STDOUT, BINARY, ...args], { encoding: 'utf8' })
+    expect({ args, status: r.status, stderr: r.stderr }).toEqual({ args, status: 0, stderr: '' })
+  }
 })

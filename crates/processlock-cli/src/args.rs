@@ -291,8 +291,10 @@ struct RunArgs {
 
 /// Writes the completion script for `shell` to stdout.
 pub fn print_completions(shell: Shell) {
-    let mut out = std::io::stdout().lock();
-    clap_complete::generate(shell, &mut Cli::command(), "processlock", &mut out);
+    // Made in memory first: clap_complete panics when it cannot write, as into a closed pipe.
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "processlock", &mut script);
+    crate::display::print(&String::from_utf8_lossy(&script));
 }
 
 /// Parses the arguments after the program name.

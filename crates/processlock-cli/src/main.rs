@@ -57,11 +57,11 @@ fn usage_error(msg: &str) -> i32 {
 fn execute(dir: Option<&Path>, command: Command) -> i32 {
     match command {
         Command::Help => {
-            print!("{}", args::USAGE);
+            display::print(args::USAGE);
             0
         }
         Command::Version => {
-            println!("processlock {}", env!("CARGO_PKG_VERSION"));
+            display::print(&format!("processlock {}\n", env!("CARGO_PKG_VERSION")));
             0
         }
         Command::Completions(shell) => {
