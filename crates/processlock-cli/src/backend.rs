@@ -19,7 +19,9 @@ use processlock::report::printable;
 use processlock::{resolve_dir, Cancel, LockName};
 use processlock_pg as pg;
 
-pub use pg::{Error as ServerError, Holder, Listed, PgHeld, Result as ServerResult, WaitNotice};
+#[cfg(unix)]
+pub use pg::WaitNotice;
+pub use pg::{Error as ServerError, Holder, Listed, PgHeld, Result as ServerResult};
 
 /// An opened backend.
 pub enum Backend {
@@ -126,7 +128,11 @@ impl Server {
     pub fn clear_stale(&self) -> ServerResult<Vec<String>> {
         pg::clear_stale(&self.opts)
     }
+}
 
+/// What `run` takes a lock with (`run` is not available on Windows yet).
+#[cfg_attr(not(unix), allow(dead_code))]
+impl Server {
     pub fn acquire(&self, name: &LockName) -> ServerResult<PgHeld> {
         pg::acquire(&self.opts, name)
     }
