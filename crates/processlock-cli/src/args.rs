@@ -515,7 +515,12 @@ fn reword(e: &clap::Error, args: &[OsString]) -> Usage {
             let opt = opt.split_whitespace().next().unwrap_or(opt);
             Usage(format!("option {} needs a value", opt.escape_debug()))
         }
-        (ErrorKind::UnknownArgument | ErrorKind::InvalidSubcommand, Some(a), None) => {
+        // A flag given a value (`--json=x`) is not an option the command knows.
+        (
+            ErrorKind::UnknownArgument | ErrorKind::InvalidSubcommand | ErrorKind::TooManyValues,
+            Some(a),
+            None,
+        ) => {
             if first_word(args).is_some_and(|(_, w)| w == "--") {
                 Usage("unknown option --".to_string())
             } else if a.starts_with('-') {
@@ -532,7 +537,9 @@ fn reword(e: &clap::Error, args: &[OsString]) -> Usage {
                 Usage(format!("unknown command {a:?}: use check, clear or run"))
             }
         }
-        (ErrorKind::UnknownArgument, Some(a), Some(command)) if a.starts_with('-') => {
+        (ErrorKind::UnknownArgument | ErrorKind::TooManyValues, Some(a), Some(command))
+            if a.starts_with('-') =>
+        {
             let opt = a.split_once('=').map_or(a, |(opt, _)| opt);
             Usage(format!(
                 "unknown option {} for {command}",
@@ -873,6 +880,8 @@ mod tests {
             (&["check", "backend", "--format", "prometheus"], "--format prometheus lists every lock: drop the lock type (check <type> answers by its exit status)"),
             (&["clear", "extra"], "unexpected argument \"extra\" for clear"),
             (&["clear", "--bogus=3"], "unknown option --bogus for clear"),
+            (&["clear", "--force=yes"], "unknown option --force for clear"),
+            (&["check", "--json=x"], "unknown option --json for check"),
             (&["run"], "run needs a lock type, e.g. processlock run backend -- <command>"),
             (&["run", "--", "node", "app.js"], "run needs a lock type, e.g. processlock run backend -- <command>"),
             (&["run", "backend", "--"], "run needs a command to run, e.g. processlock run backend -- node server.js"),
