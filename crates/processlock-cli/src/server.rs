@@ -1,18 +1,18 @@
 //! `check` and `clear` for locks held on a PostgreSQL server (`--url`, `$PROCESSLOCK_URL`):
 //! the same questions as for a lock directory, answered by the server's lock manager through
-//! `processlock-pg`.
+//! `processlock-pg` (see `backend.rs`).
 
 use std::io::Write;
 
 use processlock::report::printable;
 use processlock::LockName;
-use processlock_pg::{Listed, PgOptions};
 use serde_json::Value;
 
-use crate::check::{now_ms, HELD, NOT_HELD, UNKNOWN};
-use crate::display::{json_text, opt_str, ordered_object, table, uptime};
+use crate::backend::{Listed, Server, ServerError};
+use crate::check::{HELD, NOT_HELD, UNKNOWN};
+use crate::display::{json_text, now_ms, opt_str, ordered_object, table, uptime};
 
-fn fail(e: &processlock_pg::Error) -> i32 {
+fn fail(e: &ServerError) -> i32 {
     eprintln!("processlock: {}", printable(&e.to_string()));
     1
 }
@@ -31,14 +31,13 @@ const MAX_TABLE_ROWS: usize = 1000;
 /// Every lock of the namespace that is held or has a record left behind, read a page at a
 /// time: `--json` is written as it is read, the table shows the first `MAX_TABLE_ROWS`. Exit
 /// status 0.
-pub fn check(url: &str, json: bool) -> i32 {
-    let opts = PgOptions::new(url);
+pub fn check(server: &Server, json: bool) -> i32 {
     let now = now_ms();
     let mut rows: Vec<Vec<String>> = Vec::new();
     let mut more = 0usize;
     let mut first = true;
     let mut out = std::io::stdout();
-    let listed = processlock_pg::list_pages(&opts, |page| {
+    let listed = server.list_pages(|page| {
         for l in page.iter().filter(|l| state(l) != "free") {
             if json {
                 let sep = if first { "[" } else { ", " };
@@ -59,14 +58,9 @@ pub fn check(url: &str, json: bool) -> i32 {
         return fail(&e);
     }
     let text = if json {
-        if first {
-            "[]\n".to_string()
-        } else {
-            "]\n".to_string()
-        }
+        if first { "[]\n" } else { "]\n" }.to_string()
     } else if rows.is_empty() {
-        let server = opts.check().unwrap_or_default();
-        format!("No locks held on {}\n", printable(&server))
+        format!("No locks held on {}\n", printable(server.shown()))
     } else {
         let mut text = table(
             &[
@@ -87,9 +81,9 @@ pub fn check(url: &str, json: bool) -> i32 {
 }
 
 /// The locks held now (at most one per server session, so never many).
-fn held_locks(opts: &PgOptions) -> processlock_pg::Result<Vec<Listed>> {
+fn held_locks(server: &Server) -> Result<Vec<Listed>, ServerError> {
     let mut held = Vec::new();
-    processlock_pg::list_pages(opts, |page| {
+    server.list_pages(|page| {
         held.extend(page.into_iter().filter(|l| l.holder.is_some()));
         true
     })?;
@@ -171,9 +165,8 @@ fn item_json(l: &Listed, now: i64) -> String {
 }
 
 /// Whether `name` is held on the server: `HELD`, `NOT_HELD` or `UNKNOWN`.
-pub fn check_one(url: &str, name: LockName, json: bool) -> i32 {
-    let opts = PgOptions::new(url);
-    let holder = match processlock_pg::inspect(&opts, &name) {
+pub fn check_one(server: &Server, name: LockName, json: bool) -> i32 {
+    let holder = match server.inspect(&name) {
         Ok(h) => h,
         Err(e) => {
             fail(&e);
@@ -237,11 +230,10 @@ pub fn check_one(url: &str, name: LockName, json: bool) -> i32 {
 /// Clears the records no live session stands behind; with `force`, first ends the session of
 /// every holder (`pg_terminate_backend`), which frees its lock at once. Exit status 0, or 1 when
 /// something could not be done.
-pub fn clear(url: &str, force: bool) -> i32 {
-    let opts = PgOptions::new(url);
+pub fn clear(server: &Server, force: bool) -> i32 {
     let mut status = 0;
     if force {
-        let locks = match held_locks(&opts) {
+        let locks = match held_locks(server) {
             Ok(l) => l,
             Err(e) => return fail(&e),
         };
@@ -251,7 +243,7 @@ pub fn clear(url: &str, force: bool) -> i32 {
                 println!("kept            {shown} (not a lock name this tool writes)");
                 continue;
             };
-            match processlock_pg::terminate_holder(&opts, name) {
+            match server.terminate_holder(name) {
                 Ok(Some(h)) => println!(
                     "ended session   {shown} (server process {}; PID {} on {} is told at once that its lock is lost)",
                     h.backend_pid,
@@ -263,7 +255,7 @@ pub fn clear(url: &str, force: bool) -> i32 {
             }
         }
     }
-    match processlock_pg::clear_stale(&opts) {
+    match server.clear_stale() {
         Ok(cleared) => {
             for name in &cleared {
                 println!("removed stale   {} (its session is gone)", printable(name));
@@ -275,7 +267,7 @@ pub fn clear(url: &str, force: bool) -> i32 {
         Err(e) => status = status.max(fail(&e)),
     }
     if !force {
-        if let Ok(locks) = held_locks(&opts) {
+        if let Ok(locks) = held_locks(server) {
             for l in &locks {
                 let pid = record_of(l).map_or_else(|| "?".to_string(), |r| r.pid.to_string());
                 println!(
