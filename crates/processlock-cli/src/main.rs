@@ -119,9 +119,6 @@ fn execute(dir: Option<&Path>, command: Command) -> i32 {
             }
             let millis = |ms: Option<u64>| ms.map(std::time::Duration::from_millis);
             if let Some(url) = server_url(url) {
-                if replace {
-                    return usage_error("--replace stops a holder on this host only, and a lock on a server may be held from any host: stop the holder where it runs (processlock check --url shows where)");
-                }
                 let mut pg = processlock_pg::PgOptions::new(url);
                 if let Some(lease) = millis(lease_ms) {
                     pg.lease = lease;
@@ -137,6 +134,9 @@ fn execute(dir: Option<&Path>, command: Command) -> i32 {
                     name: lock_name,
                     wait: millis(wait_ms),
                     grace,
+                    // The holder, on any host, is asked through the server and given --grace.
+                    replace: replace
+                        .then(|| millis(grace_ms).unwrap_or(processlock::DEFAULT_GRACE)),
                     quiet,
                     command,
                 });
@@ -238,6 +238,7 @@ struct ServerRun {
     name: LockName,
     wait: Option<std::time::Duration>,
     grace: std::time::Duration,
+    replace: Option<std::time::Duration>,
     quiet: bool,
     command: Vec<std::ffi::OsString>,
 }
@@ -249,6 +250,7 @@ fn run_on_server(o: ServerRun) -> i32 {
         name: o.name,
         wait: o.wait,
         grace: o.grace,
+        replace: o.replace,
         quiet: o.quiet,
         command: o.command,
     })
