@@ -134,7 +134,7 @@ hostTest('acquireLock with replace asks a holder on another host to stop; it dra
       expect.stringMatching(
         new RegExp(`^\\[PROCESS_LOCK_REPLACE\\] PID ${holder.pid} on host 'other-host' let go of backend \\(SHORT\\) after \\d+ ms$`),
       ),
-      `[PROCESS_LOCK_ACQUIRED] backend (SHORT) (PID: ${r.pid})`,
+      `[PROCESS_LOCK_ACQUIRED] { processType: 'backend', tradeSide: 'SHORT', pid: ${r.pid} }`,
       expect.stringMatching(/^\[PROCESS_LOCK_RELEASED\]/),
     ])
   } finally {
