@@ -180,9 +180,9 @@ pgTest('a request from another role is not seen: the holder is not stopped, and 
     // The other role waits for the lock under a request naming this holder, heartbeat after
     // heartbeat of the holder, until its wait runs out.
     const hostile = await replacer(journal, { waitMs: 3000, url: url.toString() })
-    expect(hostile.failed).toEqual(['LOCK_CONFLICT', '0'])
     expect(holder.stdout).not.toContain('DRAINING')
     expect(holder.stderr).toBe('')
+    expect(hostile.failed).toEqual(['LOCK_CONFLICT', '0'])
     expect(pl.getLockInfo('backend', SHORT())).toMatchObject({ pid: holder.pid, fencingToken: old.fencingToken })
     // The same request from the holder's own role is answered.
     const r = await replacer(journal, { waitMs: 20000 })
