@@ -106,93 +106,104 @@ pgTest('replace with a URL takes the lock on the server, never a lock file of th
   }
 })
 
-hostTest('acquireLock with replace asks a holder on another host to stop; it drains, lets go, then the lock is taken', async () => {
-  const journal = newJournal()
-  const { holder, info: old } = await holderOnOtherHost('drain', journal)
-  try {
-    const r = await replacer(journal, { waitMs: 20000 })
-    expect(r.failed).toBeNull()
-    expect(r.info).toMatchObject({ pid: r.pid, backend: 'postgres', hostname: os.hostname() })
-    expect(BigInt(r.info.fencingToken)).toBeGreaterThan(BigInt(old.fencingToken))
-    // Every write of the old holder comes before the new holder had the lock.
-    expect(journalOf(journal)).toEqual([
-      `old ${old.fencingToken} write 1`,
-      `old ${old.fencingToken} write 2`,
-      `old ${old.fencingToken} write 3`,
-      `new ${r.info.fencingToken} acquired`,
-    ])
-    const ended = await holder.done(30000)
-    expect(ended.code).toBe(0)
-    expect(holder.stdout).toContain('DRAINING')
-    expect(holder.stderr.trim().split('\n')).toEqual([askedLine(r.pid, holder.pid)])
-    expect(r.logs).toEqual([
-      expect.stringMatching(
-        new RegExp(
-          `^\\[PROCESS_LOCK_REPLACE\\] Asked backend \\(SHORT\\) \\(PID ${holder.pid} on host 'other-host', started '.+'\\) through the server to stop: .*waiting up to 20000 ms`,
+hostTest(
+  'acquireLock with replace asks a holder on another host to stop; it drains, lets go, then the lock is taken',
+  async () => {
+    const journal = newJournal()
+    const { holder, info: old } = await holderOnOtherHost('drain', journal)
+    try {
+      const r = await replacer(journal, { waitMs: 20000 })
+      expect(r.failed).toBeNull()
+      expect(r.info).toMatchObject({ pid: r.pid, backend: 'postgres', hostname: os.hostname() })
+      expect(BigInt(r.info.fencingToken)).toBeGreaterThan(BigInt(old.fencingToken))
+      // Every write of the old holder comes before the new holder had the lock.
+      expect(journalOf(journal)).toEqual([
+        `old ${old.fencingToken} write 1`,
+        `old ${old.fencingToken} write 2`,
+        `old ${old.fencingToken} write 3`,
+        `new ${r.info.fencingToken} acquired`,
+      ])
+      const ended = await holder.done(30000)
+      expect(ended.code).toBe(0)
+      expect(holder.stdout).toContain('DRAINING')
+      expect(holder.stderr.trim().split('\n')).toEqual([askedLine(r.pid, holder.pid)])
+      expect(r.logs).toEqual([
+        expect.stringMatching(
+          new RegExp(
+            `^\\[PROCESS_LOCK_REPLACE\\] Asked backend \\(SHORT\\) \\(PID ${holder.pid} on host 'other-host', started '.+'\\) through the server to stop: .*waiting up to 20000 ms`,
+          ),
         ),
-      ),
-      expect.stringMatching(
-        new RegExp(`^\\[PROCESS_LOCK_REPLACE\\] PID ${holder.pid} on host 'other-host' let go of backend \\(SHORT\\) after \\d+ ms$`),
-      ),
-      `[PROCESS_LOCK_ACQUIRED] { processType: 'backend', tradeSide: 'SHORT', pid: ${r.pid} }`,
-      expect.stringMatching(/^\[PROCESS_LOCK_RELEASED\]/),
-    ])
-  } finally {
-    holder.kill('SIGKILL')
-  }
-})
+        expect.stringMatching(
+          new RegExp(
+            `^\\[PROCESS_LOCK_REPLACE\\] PID ${holder.pid} on host 'other-host' let go of backend \\(SHORT\\) after \\d+ ms$`,
+          ),
+        ),
+        `[PROCESS_LOCK_ACQUIRED] { processType: 'backend', tradeSide: 'SHORT', pid: ${r.pid} }`,
+        expect.stringMatching(/^\[PROCESS_LOCK_RELEASED\]/),
+      ])
+    } finally {
+      holder.kill('SIGKILL')
+    }
+  },
+)
 
-hostTest('a holder that ignores SIGTERM keeps its lock: the replacer gets a conflict after waitMs, and nothing is killed', async () => {
-  const journal = newJournal()
-  const { holder, info: old } = await holderOnOtherHost('ignore', journal)
-  try {
-    const r = await replacer(journal, { waitMs: 4000 })
-    expect(r.info).toBeNull()
-    expect(r.failed).toEqual(['LOCK_CONFLICT', String(holder.pid)])
-    await holder.waitFor('IGNORED')
-    expect(r.logs).toContainEqual(
-      `[PROCESS_LOCK_REPLACE] PID ${holder.pid} on host 'other-host' still holds backend (SHORT) after 4000 ms; it was not killed: only its own host can kill it`,
-    )
-    expect(journalOf(journal)).toEqual([])
-    // Still the holder, with the same token, and still running.
-    expect(pl.getLockInfo('backend', SHORT())).toMatchObject({ pid: holder.pid, fencingToken: old.fencingToken })
-    holder.child.stdin.write('release\n')
-    expect((await holder.done(30000)).code).toBe(0)
-    expect(holder.stdout).toContain('HELD_NOW true')
-  } finally {
-    holder.kill('SIGKILL')
-  }
-})
+hostTest(
+  'a holder that ignores SIGTERM keeps its lock: the replacer gets a conflict after waitMs, and nothing is killed',
+  async () => {
+    const journal = newJournal()
+    const { holder, info: old } = await holderOnOtherHost('ignore', journal)
+    try {
+      const r = await replacer(journal, { waitMs: 4000 })
+      expect(r.info).toBeNull()
+      expect(r.failed).toEqual(['LOCK_CONFLICT', String(holder.pid)])
+      await holder.waitFor('IGNORED')
+      expect(r.logs).toContainEqual(
+        `[PROCESS_LOCK_REPLACE] PID ${holder.pid} on host 'other-host' still holds backend (SHORT) after 4000 ms; it was not killed: only its own host can kill it`,
+      )
+      expect(journalOf(journal)).toEqual([])
+      // Still the holder, with the same token, and still running.
+      expect(pl.getLockInfo('backend', SHORT())).toMatchObject({ pid: holder.pid, fencingToken: old.fencingToken })
+      holder.child.stdin.write('release\n')
+      expect((await holder.done(30000)).code).toBe(0)
+      expect(holder.stdout).toContain('HELD_NOW true')
+    } finally {
+      holder.kill('SIGKILL')
+    }
+  },
+)
 
-pgTest('a request from another role is not seen: the holder is not stopped, and a request of its own role then is', async () => {
-  await pg.sql(`CREATE ROLE intruder LOGIN PASSWORD 'intruder-secret'`)
-  const url = new URL(pg.url)
-  url.username = 'intruder'
-  url.password = 'intruder-secret'
-  const journal = newJournal()
-  const holder = start('pg-replace.js', {
-    dir: tempDir('pg-replace-held'),
-    env: { PROCESSLOCK_URL: pg.url, LEASE_MS: String(LEASE_MS), JOURNAL: journal },
-    args: ['drain'],
-  })
-  try {
-    const old = JSON.parse((await holder.waitFor(/HELD (.*)\n/, 30000))[1])
-    // The other role waits for the lock under a request naming this holder, heartbeat after
-    // heartbeat of the holder, until its wait runs out.
-    const hostile = await replacer(journal, { waitMs: 3000, url: url.toString() })
-    expect(holder.stdout).not.toContain('DRAINING')
-    expect(holder.stderr).toBe('')
-    expect(hostile.failed).toEqual(['LOCK_CONFLICT', '0'])
-    expect(pl.getLockInfo('backend', SHORT())).toMatchObject({ pid: holder.pid, fencingToken: old.fencingToken })
-    // The same request from the holder's own role is answered.
-    const r = await replacer(journal, { waitMs: 20000 })
-    expect(r.info).toMatchObject({ pid: r.pid, backend: 'postgres' })
-    expect(holder.stdout).toContain('DRAINING')
-    expect((await holder.done(30000)).code).toBe(0)
-  } finally {
-    holder.kill('SIGKILL')
-  }
-})
+pgTest(
+  'a request from another role is not seen: the holder is not stopped, and a request of its own role then is',
+  async () => {
+    await pg.sql(`CREATE ROLE intruder LOGIN PASSWORD 'intruder-secret'`)
+    const url = new URL(pg.url)
+    url.username = 'intruder'
+    url.password = 'intruder-secret'
+    const journal = newJournal()
+    const holder = start('pg-replace.js', {
+      dir: tempDir('pg-replace-held'),
+      env: { PROCESSLOCK_URL: pg.url, LEASE_MS: String(LEASE_MS), JOURNAL: journal },
+      args: ['drain'],
+    })
+    try {
+      const old = JSON.parse((await holder.waitFor(/HELD (.*)\n/, 30000))[1])
+      // The other role waits for the lock under a request naming this holder, heartbeat after
+      // heartbeat of the holder, until its wait runs out.
+      const hostile = await replacer(journal, { waitMs: 3000, url: url.toString() })
+      expect(holder.stdout).not.toContain('DRAINING')
+      expect(holder.stderr).toBe('')
+      expect(hostile.failed).toEqual(['LOCK_CONFLICT', '0'])
+      expect(pl.getLockInfo('backend', SHORT())).toMatchObject({ pid: holder.pid, fencingToken: old.fencingToken })
+      // The same request from the holder's own role is answered.
+      const r = await replacer(journal, { waitMs: 20000 })
+      expect(r.info).toMatchObject({ pid: r.pid, backend: 'postgres' })
+      expect(holder.stdout).toContain('DRAINING')
+      expect((await holder.done(30000)).code).toBe(0)
+    } finally {
+      holder.kill('SIGKILL')
+    }
+  },
+)
 
 /** `processlock run backend --url ... <args>` here, its command writing to `journal`. */
 function runHere(args, command, journal) {
@@ -214,7 +225,11 @@ hostTest('processlock run --url --replace asks a holder on another host to stop,
   const journal = newJournal()
   const { holder, info: old } = await holderOnOtherHost('drain', journal)
   try {
-    const run = runHere(['--replace', '--grace', '20000', '--lease', String(LEASE_MS)], [process.execPath, FIXTURE, 'command'], journal)
+    const run = runHere(
+      ['--replace', '--grace', '20000', '--lease', String(LEASE_MS)],
+      [process.execPath, FIXTURE, 'command'],
+      journal,
+    )
     const done = await run.done(60000)
     expect(done.code).toBe(0)
     expect(run.stdout).toContain('RAN')
@@ -228,10 +243,16 @@ hostTest('processlock run --url --replace asks a holder on another host to stop,
       `new ${token} acquired`,
     ])
     expect(run.stderr).toMatch(
-      new RegExp(`^\\[PROCESS_LOCK_REPLACE\\] Asked backend \\(SHORT\\) \\(PID ${holder.pid} on host 'other-host'`, 'm'),
+      new RegExp(
+        `^\\[PROCESS_LOCK_REPLACE\\] Asked backend \\(SHORT\\) \\(PID ${holder.pid} on host 'other-host'`,
+        'm',
+      ),
     )
     expect(run.stderr).toMatch(
-      new RegExp(`^\\[PROCESS_LOCK_REPLACE\\] PID ${holder.pid} on host 'other-host' let go of backend \\(SHORT\\)`, 'm'),
+      new RegExp(
+        `^\\[PROCESS_LOCK_REPLACE\\] PID ${holder.pid} on host 'other-host' let go of backend \\(SHORT\\)`,
+        'm',
+      ),
     )
     expect((await holder.done(30000)).code).toBe(0)
     expect(holder.stderr.trim().split('\n')).toEqual([askedLine(run.pid, holder.pid)])
@@ -240,35 +261,63 @@ hostTest('processlock run --url --replace asks a holder on another host to stop,
   }
 })
 
-hostTest('a holder under processlock run --url behind sh -c is replaced: its whole tree stops before the lock is taken', async () => {
-  const journal = newJournal()
-  const script = `"$0" "$1" child & "$0" "$1" child; wait`
-  const old = onOtherHost(BINARY, ['run', 'backend', '--url', pg.url, '--lease', String(LEASE_MS), '--', 'sh', '-c', script, process.execPath, FIXTURE], {
-    PROCESSLOCK_DIR: tempDir('pg-other'),
-    JOURNAL: journal,
-  })
-  try {
-    const children = []
-    for (let i = 0; i < 2; i++) {
-      await old.waitFor(new RegExp(`(CHILD \\d+[\\s\\S]*){${i + 1}}`), 30000)
+hostTest(
+  'a holder under processlock run --url behind sh -c is replaced: its whole tree stops before the lock is taken',
+  async () => {
+    const journal = newJournal()
+    const script = `"$0" "$1" child & "$0" "$1" child; wait`
+    const old = onOtherHost(
+      BINARY,
+      [
+        'run',
+        'backend',
+        '--url',
+        pg.url,
+        '--lease',
+        String(LEASE_MS),
+        '--',
+        'sh',
+        '-c',
+        script,
+        process.execPath,
+        FIXTURE,
+      ],
+      {
+        PROCESSLOCK_DIR: tempDir('pg-other'),
+        JOURNAL: journal,
+      },
+    )
+    try {
+      const children = []
+      for (let i = 0; i < 2; i++) {
+        await old.waitFor(new RegExp(`(CHILD \\d+[\\s\\S]*){${i + 1}}`), 30000)
+      }
+      for (const m of old.stdout.matchAll(/CHILD (\d+)/g)) children.push(Number(m[1]))
+      expect(children).toHaveLength(2)
+      const oldToken = (
+        await pg.sql(
+          `SELECT token FROM processlock_holders WHERE (record->>'pid')::int = ${old.pid} AND backend_pid IS NOT NULL`,
+        )
+      )[0]
+      expect(oldToken).toMatch(/^\d+$/)
+      const run = runHere(
+        ['--replace', '--grace', '20000', '--lease', String(LEASE_MS)],
+        [process.execPath, FIXTURE, 'command'],
+        journal,
+      )
+      expect((await run.done(60000)).code).toBe(0)
+      const lines = journalOf(journal)
+      const token = lines[lines.length - 1].match(/^new (\d+) acquired$/)[1]
+      expect(BigInt(token)).toBeGreaterThan(BigInt(oldToken))
+      // Both processes of the old command stopped, and wrote so, before the new holder had the lock.
+      expect(lines.slice(0, 2).sort()).toEqual(children.map((pid) => `old-child ${pid} stopping`).sort())
+      expect(lines).toHaveLength(3)
+      const ended = await old.done(30000)
+      expect(ended.code === 0 || ended.signal === 'SIGTERM' || ended.code === 143).toBe(true)
+      for (const pid of children) await waitGone(pid)
+      expect(old.stderr).toContain(askedLine(run.pid, old.pid))
+    } finally {
+      old.kill('SIGKILL')
     }
-    for (const m of old.stdout.matchAll(/CHILD (\d+)/g)) children.push(Number(m[1]))
-    expect(children).toHaveLength(2)
-    const oldToken = (await pg.sql(`SELECT token FROM processlock_holders WHERE (record->>'pid')::int = ${old.pid} AND backend_pid IS NOT NULL`))[0]
-    expect(oldToken).toMatch(/^\d+$/)
-    const run = runHere(['--replace', '--grace', '20000', '--lease', String(LEASE_MS)], [process.execPath, FIXTURE, 'command'], journal)
-    expect((await run.done(60000)).code).toBe(0)
-    const lines = journalOf(journal)
-    const token = lines[lines.length - 1].match(/^new (\d+) acquired$/)[1]
-    expect(BigInt(token)).toBeGreaterThan(BigInt(oldToken))
-    // Both processes of the old command stopped, and wrote so, before the new holder had the lock.
-    expect(lines.slice(0, 2).sort()).toEqual(children.map((pid) => `old-child ${pid} stopping`).sort())
-    expect(lines).toHaveLength(3)
-    const ended = await old.done(30000)
-    expect(ended.code === 0 || ended.signal === 'SIGTERM' || ended.code === 143).toBe(true)
-    for (const pid of children) await waitGone(pid)
-    expect(old.stderr).toContain(askedLine(run.pid, old.pid))
-  } finally {
-    old.kill('SIGKILL')
-  }
-})
+  },
+)
