@@ -211,15 +211,15 @@ BEGIN
 END
 $fence$`,
   ]
-  for (const table of tables) {
-    const name = quote(triggerBase(table))
-    out.push(
-      `DO $fence$ BEGIN CREATE TRIGGER ${name} BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON ${quote(table)} ` +
-        `FOR EACH STATEMENT EXECUTE FUNCTION ${CHECK}(${literal(key)}); ` +
-        'EXCEPTION WHEN duplicate_object THEN NULL; END $fence$',
-    )
-  }
+  for (const table of tables) out.push(pgTriggerSql(key, table))
   return out
+}
+
+function pgTriggerSql(key, table) {
+  return (
+    `CREATE TRIGGER ${quote(triggerBase(table))} BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON ${quote(table)} ` +
+    `FOR EACH STATEMENT EXECUTE FUNCTION ${CHECK}(${literal(key)})`
+  )
 }
 
 const pgPatched = new WeakSet()
@@ -263,8 +263,18 @@ async function claimPg(db, key, tables, token, stillHeld) {
   try {
     await client.query('BEGIN')
     try {
-      // DDL takes locks of its own; the claim row lock below orders claims.
-      for (const statement of pgInstallSql(key, tables)) await client.query(statement)
+      // Claims of every lock in this database, one at a time: their DDL would otherwise
+      // collide (CREATE OR REPLACE of one function by two sessions fails).
+      await client.query(`SELECT pg_advisory_xact_lock(hashtext('${TABLE}'))`)
+      for (const statement of pgInstallSql(key, [])) await client.query(statement)
+      for (const table of tables) {
+        // Created only where missing: CREATE TRIGGER locks the table against writes.
+        const { rows } = await client.query('SELECT 1 FROM pg_trigger WHERE tgrelid = $1::regclass AND tgname = $2', [
+          quote(table),
+          triggerBase(table),
+        ])
+        if (rows.length === 0) await client.query(pgTriggerSql(key, table))
+      }
       await client.query(`INSERT INTO ${TABLE} (lock, generation) VALUES ($1, 0) ON CONFLICT (lock) DO NOTHING`, [key])
       const { rows } = await client.query(`SELECT generation::text AS g FROM ${TABLE} WHERE lock = $1 FOR UPDATE`, [
         key,
