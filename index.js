@@ -484,13 +484,9 @@ function acquireLockOrExit(processType, options) {
  * from then on that database refuses, with LockFencedError, the writes of any connection not
  * bound to the newest claim (lib/fence.js, loaded at the first call).
  */
-function fenceWrites(db, processType, options) {
-  return require('./lib/fence.js').fenceWrites(
-    { getLockInfo, isLockHeld },
-    db,
-    processType,
-    options === undefined ? options : checkOptions(processType, options) && options,
-  )
+async function fenceWrites(db, processType, options) {
+  if (options !== undefined) checkOptions(processType, options)
+  return require('./lib/fence.js').fenceWrites({ getLockInfo, isLockHeld }, db, processType, options)
 }
 
 module.exports = {

@@ -266,11 +266,37 @@ test('bad arguments are refused before anything is written', async () => {
         code: 'LOCK_INVALID_OPTION',
       })
     }
+    await expect(pl.fenceWrites(db, 42, { dir: home, tables: ['orders'] })).rejects.toMatchObject({
+      code: 'LOCK_INVALID_NAME',
+    })
     await expect(pl.fenceWrites(db, 'backend', { dir: home, tables: ['orders'] })).rejects.toMatchObject({
       code: 'LOCK_FENCED',
     })
     expect(db.prepare("SELECT count(*) AS n FROM sqlite_master WHERE name LIKE 'processlock%'").get().n).toBe(0)
   } finally {
     db.close()
+  }
+})
+
+test('a table guarded by one lock is not taken over by the claim of another', async () => {
+  const { dir: home, file } = database('fence-two-locks')
+  const lockDir = path.join(home, 'locks')
+  const opts = { dir: lockDir, tradeSide: null, log: false }
+  const db = new Database(file)
+  try {
+    pl.acquireLock('backend', opts)
+    pl.acquireLock('worker', opts)
+    await pl.fenceWrites(db, 'backend', { ...opts, tables: ['orders'] })
+    await expect(pl.fenceWrites(db, 'worker', { ...opts, tables: ['orders'] })).rejects.toMatchObject({
+      code: 'LOCK_INVALID_OPTION',
+      message: expect.stringContaining('trigger processlock_fence_orders_insert already guards its table another way'),
+    })
+    // The refused claim changed nothing: the first lock's claim still writes.
+    db.prepare("INSERT INTO orders (note) VALUES ('backend')").run()
+    expect(db.prepare('SELECT lock FROM processlock_fence').all()).toEqual([{ lock: 'backend' }])
+  } finally {
+    db.close()
+    pl.releaseLock('backend', opts)
+    pl.releaseLock('worker', opts)
   }
 })

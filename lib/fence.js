@@ -129,7 +129,7 @@ function claimSqlite(db, key, tables, token, stillHeld) {
   const install = sqliteInstallSql(key, tables)
   const generation = sqliteImmediate(db, () => {
     for (const statement of install) db.exec(statement)
-    checkTriggers(db, key, tables, install)
+    checkTriggers(db, key, install)
     const row = db.prepare(`SELECT CAST(generation AS TEXT) AS g FROM ${TABLE} WHERE lock = ?`).get(key)
     const current = row ? BigInt(row.g) : null
     let next
@@ -166,7 +166,7 @@ function claimSqlite(db, key, tables, token, stillHeld) {
 }
 
 /** A trigger of that name guarding for another lock (or an older definition) is not ours to replace. */
-function checkTriggers(db, key, tables, install) {
+function checkTriggers(db, key, install) {
   const expected = new Map()
   for (const statement of install.slice(1)) {
     const name = /^CREATE TRIGGER IF NOT EXISTS "([^"]+)"/.exec(statement)[1]
@@ -184,7 +184,6 @@ function checkTriggers(db, key, tables, install) {
       )
     }
   }
-  void tables
 }
 
 // ---- PostgreSQL ---------------------------------------------------------------------------
