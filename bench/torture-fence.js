@@ -102,18 +102,26 @@ async function openDb(cfg) {
     const handle = new Database(cfg.sqlite)
     handle.pragma('busy_timeout = 30000')
     const read = handle.prepare('SELECT value FROM counter WHERE id = 1')
-    const update = handle.prepare('UPDATE counter SET value = ? WHERE id = 1')
-    const log = handle.prepare('INSERT INTO increments (value) VALUES (?)')
-    const write = handle.transaction((v) => {
-      update.run(v)
-      log.run(v)
-    })
+    // Prepared at the first write, after the claim: once the fence is installed, SQLite cannot
+    // prepare a write to a guarded table on a connection without the check function.
+    let write = null
+    const prepareWrite = () => {
+      const update = handle.prepare('UPDATE counter SET value = ? WHERE id = 1')
+      const log = handle.prepare('INSERT INTO increments (value) VALUES (?)')
+      return handle.transaction((v) => {
+        update.run(v)
+        log.run(v)
+      })
+    }
     return {
       handle,
       ok: true,
       reopen() {},
       read: async () => read.get().value,
-      write: async (v) => write.immediate(v),
+      write: async (v) => {
+        if (!write) write = prepareWrite()
+        write.immediate(v)
+      },
       close: async () => handle.close(),
     }
   }
@@ -180,7 +188,12 @@ function spawnWorker(cfg) {
   proc.stderr.on('data', (d) => {
     stderr = (stderr + d).slice(-2000)
   })
-  w.exited = new Promise((resolve) => proc.on('exit', () => resolve(stderr)))
+  w.exited = new Promise((resolve) =>
+    proc.on('exit', (code, signal) => {
+      w.dead = `exit ${code ?? signal}: ${stderr.trim().split('\n').slice(0, 3).join(' / ')}`
+      resolve(stderr)
+    }),
+  )
   return w
 }
 
@@ -315,6 +328,11 @@ async function runKind(kind, { rounds, fence, base, pg }) {
         st.errors['no other holder wrote within 30 s'] = (st.errors['no other holder wrote within 30 s'] || 0) + 1
       }
       st.rounds++
+      const dead = workers.filter((w) => w.dead)
+      if (dead.length) {
+        for (const w of dead) st.errors[`worker ended (${w.dead})`] = 1
+        break
+      }
     }
   } finally {
     for (const w of workers) w.proc.stdin.end()
@@ -344,9 +362,11 @@ function line(st) {
   )
 }
 
-/** Failures of the fence: any lost or twice-written increment with it on. */
+/** Failures: any lost or twice-written increment with the fence on; a worker gone or stuck in any run. */
 function failures(results) {
-  return results.filter((st) => st.fence).reduce((x, st) => x + st.lost + st.twice, 0)
+  const broken = (st) =>
+    Object.keys(st.errors).filter((k) => k.startsWith('worker ended') || k.startsWith('no progress')).length
+  return results.reduce((x, st) => x + broken(st) + (st.fence ? st.lost + st.twice : 0), 0)
 }
 
 function markdown(results, meta) {

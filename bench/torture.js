@@ -838,7 +838,9 @@ async function main() {
   const other = ours.reduce((x, s) => x + failures(s), 0)
   const fenceFailures = fenceKinds.failures(fenceResults)
   if (fenceFailures) {
-    console.error(`torture: FAIL: ${fenceFailures} lost or twice-written increment(s) with fenced writes on`)
+    console.error(
+      `torture: FAIL: ${fenceFailures} lost or twice-written increment(s) with fenced writes on, or workers lost`,
+    )
     process.exit(1)
   }
   if (double) {
