@@ -181,6 +181,8 @@ pub enum ErrorCode {
     UnsafeDir,
     #[napi(value = "LOCK_LOST")]
     Lost,
+    #[napi(value = "LOCK_FENCED")]
+    Fenced,
 }
 
 impl From<processlock::ErrorCode> for ErrorCode {
@@ -196,6 +198,7 @@ impl From<processlock::ErrorCode> for ErrorCode {
             Core::Aborted => Self::Aborted,
             Core::UnsafeDir => Self::UnsafeDir,
             Core::Lost => Self::Lost,
+            Core::Fenced => Self::Fenced,
         }
     }
 }
