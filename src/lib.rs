@@ -181,6 +181,8 @@ pub enum ErrorCode {
     UnsafeDir,
     #[napi(value = "LOCK_LOST")]
     Lost,
+    #[napi(value = "LOCK_FENCED")]
+    Fenced,
 }
 
 impl From<processlock::ErrorCode> for ErrorCode {
@@ -196,6 +198,7 @@ impl From<processlock::ErrorCode> for ErrorCode {
             Core::Aborted => Self::Aborted,
             Core::UnsafeDir => Self::UnsafeDir,
             Core::Lost => Self::Lost,
+            Core::Fenced => Self::Fenced,
         }
     }
 }
@@ -564,7 +567,8 @@ fn acquire_waiting(
 /// Like `acquire`, but a live holder of this host is replaced: SIGTERM, a wait of up to
 /// `grace_ms` (default 10 s) for the handover, then SIGKILL (the core's `replace_holder`, the same steps as
 /// `processlock run --replace`). Blocks the calling thread for up to `grace_ms` plus a few
-/// seconds after a SIGKILL.
+/// seconds after a SIGKILL. With a server, a holder on any host is asked through the server to
+/// stop, and waited for up to `grace_ms`; never killed (`processlock_pg::acquire_replacing`).
 #[napi(catch_unwind)]
 #[allow(clippy::too_many_arguments)] // positional on purpose: see `LockOptions`
 pub fn acquire_replacing(
@@ -578,6 +582,28 @@ pub fn acquire_replacing(
     grace_ms: Option<f64>,
 ) -> AcquireOutcome {
     let options = LockOptions::new(dir, trade_side, process_name, log, holder, server);
+    // A lock on a server is replaced through the server, wherever its holder runs: never in a
+    // lock file of this host.
+    if let Some(pg) = options
+        .server
+        .as_ref()
+        .and_then(|s| pg::options(s, options.process_name.clone()))
+    {
+        let name = LockName::new(&process_type, options.trade_side.as_deref());
+        let taken = match (name, grace(grace_ms)) {
+            (Ok(name), Ok(wait)) => PgLock::new(pg, name)
+                .map(|lock| lock.acquire_replacing(&options, wait))
+                .unwrap_or_else(|f| AcquireOutcome {
+                    error: Some(*f),
+                    ..Default::default()
+                }),
+            (Err(e), _) | (_, Err(e)) => AcquireOutcome {
+                error: Some(e.into()),
+                ..Default::default()
+            },
+        };
+        return kept(taken, &options);
+    }
     let found = target(&process_type, &options).and_then(|t| Ok((t, grace(grace_ms)?)));
     let (target, grace) = match found {
         Ok(found) => found,

@@ -169,25 +169,7 @@ impl Lock for PgLock {
         } else {
             std::mem::take(&mut *lock_vec(&said))
         };
-        let pg = match result {
-            Ok(pg) => pg,
-            Err(e) => {
-                let failure = self.failure(e);
-                return AcquireOutcome {
-                    lock_file: Some(self.id.clone()),
-                    error: Some(Failure {
-                        lines: [said, failure.lines.clone()].concat(),
-                        ..failure
-                    }),
-                    ..Default::default()
-                };
-            }
-        };
-        let holders = Arc::new(Mutex::new(vec![holder]));
-        self.watch_loss(&pg, Arc::clone(&holders), options);
-        let mut out = self.taken(Hold::Session(pg), holders, options);
-        out.lines.splice(0..0, said);
-        out
+        self.kept(result, said, options)
     }
 
     fn release(&self, options: &LockOptions) -> ReleaseOutcome {
@@ -336,6 +318,75 @@ impl Lock for PgLock {
 }
 
 impl PgLock {
+    /// Takes the lock as `acquireLock` with `replace` does (see `processlock_pg::acquire_replacing`):
+    /// a holder on any host is asked through the server to stop, and the lock is taken once it
+    /// has let go, within `wait`; never a lock file.
+    pub(crate) fn acquire_replacing(
+        &self,
+        options: &LockOptions,
+        wait: Duration,
+    ) -> AcquireOutcome {
+        let holder = options.holder;
+        if let Some(out) = self
+            .join_existing(holder, options)
+            .or_else(|| self.adopt(holder, options))
+        {
+            return out;
+        }
+        let key = WAITS.internal_key();
+        let cancel: Cancel = WAITS.begin(key, &PathBuf::from(&self.id));
+        let said = Arc::new(Mutex::new(Vec::new()));
+        let (name, heard) = (self.name.clone(), Arc::clone(&said));
+        let notices = Arc::new(move |n: &WaitNotice| lock_vec(&heard).push(n.line(&name)));
+        let mut lines = Vec::new();
+        let quiet = options.quiet;
+        let result = processlock_pg::acquire_replacing(
+            &self.opts,
+            &self.name,
+            wait,
+            &cancel,
+            notices,
+            &mut |line, always| {
+                if always || !quiet {
+                    lines.push(line)
+                }
+            },
+        );
+        WAITS.end(key);
+        if !quiet {
+            lines.append(&mut lock_vec(&said));
+        }
+        self.kept(result, lines, options)
+    }
+
+    /// Keeps a lock just taken (or says why not), after the lines `said` while taking it.
+    fn kept(
+        &self,
+        result: Result<PgHeld, PgError>,
+        said: Vec<String>,
+        options: &LockOptions,
+    ) -> AcquireOutcome {
+        let pg = match result {
+            Ok(pg) => pg,
+            Err(e) => {
+                let failure = self.failure(e);
+                return AcquireOutcome {
+                    lock_file: Some(self.id.clone()),
+                    error: Some(Failure {
+                        lines: [said, failure.lines.clone()].concat(),
+                        ..failure
+                    }),
+                    ..Default::default()
+                };
+            }
+        };
+        let holders = Arc::new(Mutex::new(vec![options.holder]));
+        self.watch_loss(&pg, Arc::clone(&holders), options);
+        let mut out = self.taken(Hold::Session(pg), holders, options);
+        out.lines.splice(0..0, said);
+        out
+    }
+
     /// A holder's record, or for a holder whose record cannot be read here (not written yet,
     /// or kept where this role does not read: another role's schema, another `table`) what is
     /// known all the same: PID 0 (unknown), and the lock's type and side. The server's lock
@@ -471,6 +522,10 @@ impl PgLock {
         let pid = pg.record().pid;
         let on_lost = options.server.as_ref().and_then(|s| s.on_lost.as_deref());
         let exit = on_lost != Some("notify");
+        let asked = self.name.clone();
+        pg.on_replace_request(Box::new(move |request| {
+            processlock_pg::stop_this_process(&asked, request)
+        }));
         pg.on_lost(Box::new(move |lost: &Lost| {
             let line = report::lost(&name, pid, &lost.reason);
             if exit {
