@@ -33,7 +33,9 @@ contract({
     }
   },
   async loseHold(at) {
-    for (const session of await advisory(at.db, true)) await pg.sql(`SELECT pg_terminate_backend(${session})`)
+    const sessions = await advisory(at.db, true)
+    if (sessions.length === 0) throw new Error(`no session holds a lock in ${at.db}`)
+    for (const session of sessions) expect(await pg.sql(`SELECT pg_terminate_backend(${session})`)).toEqual(['t'])
   },
   // A waiting session is not tied to the client's PID here: one waiter at a time is enough.
   waiting: async (at) => (await advisory(at.db, false)).length,

@@ -66,12 +66,18 @@ function contract(backend) {
     skips[id] ? unfinished(skips[id])(name, fn, timeout) : backend.test(name, fn, timeout)
 
   describe(`the lock contract: ${backend.name}`, () => {
-    /** The processes a test started, stopped after it whatever happened. */
+    /**
+     * The processes a test started, stopped after it whatever happened: SIGTERM first, which
+     * `processlock run` passes on to its command (SIGKILL would leave the command holding a lock
+     * file), SIGKILL for what is still there after 10 s.
+     */
     let started = []
     afterEach(async () => {
       for (const p of started) {
-        p.kill('SIGKILL')
-        await p.done(30000)
+        p.kill('SIGTERM')
+        const late = setTimeout(() => p.kill('SIGKILL'), 10000)
+        await p.exited()
+        clearTimeout(late)
       }
       started = []
     })
@@ -239,7 +245,7 @@ function contract(backend) {
         const signal = pl.lockSignal('backend', opts(at))
         expect(signal.aborted).toBe(false)
         await backend.loseHold(at)
-        await new Promise((resolve) => signal.addEventListener('abort', resolve, { once: true }))
+        await until(() => signal.aborted, 'the lockSignal aborted')
         expect(signal.reason).toBeInstanceOf(pl.LockLostError)
         expect(signal.reason.code).toBe('LOCK_LOST')
         // The onLost function is called with the same error as the signal aborts, at the same time.
