@@ -35,4 +35,9 @@ contract({
     // The holder is on this host, proven by its lock file: the replacer signals it.
     replaceSignals: true,
   },
+  unfinished: {
+    // Bugs, not differences between backends: see the comment above these tests in suite.js.
+    'wait-abort-own': 'waits of two copies of the module in one process share a cancel when their wait ids are equal',
+    'wait-abort-at-once': 'an abort is lost when another copy of the module in this process used the same wait id',
+  },
 })

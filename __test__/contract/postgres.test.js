@@ -24,11 +24,13 @@ contract({
     await pg.sql(`CREATE DATABASE ${db}`)
     const url = new URL(pg.url)
     url.pathname = `/${db}`
+    // A lock directory is never used with a URL; one is given so that a lock taken in a
+    // directory by mistake lands in it, not in the checkout's default one.
+    const dir = tempDir('contract-pg')
     return {
       db,
-      options: { url: url.href },
-      // The lock directory is never used; it is given so that nothing looks for a default one.
-      env: { PROCESSLOCK_URL: url.href, PROCESSLOCK_DIR: tempDir('contract-pg') },
+      options: { url: url.href, dir },
+      env: { PROCESSLOCK_URL: url.href, PROCESSLOCK_DIR: dir },
       cli: ['--url', url.href],
     }
   },
@@ -50,6 +52,9 @@ contract({
     replaceSignals: false,
   },
   unfinished: {
+    // Bugs, not differences between backends: see the comment above these tests in suite.js.
+    'wait-abort-own': 'waits of two copies of the module in one process share a cancel when their wait ids are equal',
+    'wait-abort-at-once': 'an abort is lost when another copy of the module in this process used the same wait id',
     replace: 'replace across hosts not built yet',
     'run-replace': 'replace across hosts not built yet',
   },

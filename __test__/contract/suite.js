@@ -27,8 +27,9 @@
 //                 does not pass yet, registered as skipped with that reason (never counted as
 //                 passed); a known gap, to be removed once it is built
 const path = require('node:path')
+const { Worker } = require('node:worker_threads')
 const pl = require('../..')
-const { watch } = require('../helpers/proc')
+const { ROOT, watch } = require('../helpers/proc')
 const { LOST_EXIT_STATUS } = require('../helpers/pg')
 const { cli, startCli, startRun } = require('../helpers/cli-proc')
 const { unfinished } = require('../helpers/skip')
@@ -62,7 +63,7 @@ function contract(backend) {
   const caps = backend.capabilities
   const skips = backend.unfinished || {}
   /** Registers a test of the contract, or skips it where the backend says it is not built yet. */
-  const contractTest = (id, name, fn, timeout = 90000) =>
+  const contractTest = (id, name, fn, timeout = 180000) =>
     skips[id] ? unfinished(skips[id])(name, fn, timeout) : backend.test(name, fn, timeout)
 
   describe(`the lock contract: ${backend.name}`, () => {
@@ -288,7 +289,7 @@ function contract(backend) {
 
     contractTest(
       'waits',
-      'waits: a wait is woken by the release (acquireLockAsync) or the death (waitMs) of the holder; an abort ends a wait and leaves none behind',
+      'waits: a wait is woken by the release (acquireLockAsync) or the death (waitMs) of the holder',
       async () => {
         const at = await backend.place()
         for (const [api, end] of [
@@ -306,7 +307,14 @@ function contract(backend) {
           expect((await w.done(30000)).code).toBe(0)
           await a.done(30000)
         }
+      },
+    )
 
+    contractTest(
+      'wait-abort',
+      'waits: an abort ends a wait with LOCK_ABORTED, leaves no wait behind, and the holder never notices',
+      async () => {
+        const at = await backend.place()
         const { p: b } = await holding(at)
         const aborted = service(at, 'wait')
         await aborted.waitFor('WAITING')
@@ -317,12 +325,87 @@ function contract(backend) {
         expect(await backend.waiting(at, aborted.pid)).toBe(0)
         // The holder never noticed.
         expect(pl.getLockInfo('backend', opts(at))).toMatchObject({ pid: b.pid })
-        // An abort in this process, while waiting.
+      },
+    )
+
+    // The next two tests are skipped on every backend for now, for a bug in the binding: the
+    // native table of pending waits is process-wide, but each copy of the module (a worker
+    // thread, a second copy of the package, each test file under jest) numbers its waits from 1.
+    // Two copies waiting at once under one id share one cancel token, so an abort ends both. A
+    // cancel that reaches the table before its wait's thread has registered, for an id that a
+    // finished wait of another copy used, is taken for a late cancel of that finished wait and
+    // dropped, and the wait (no limit) never ends.
+    /**
+     * A worker thread of this process (its own copy of the module) waiting for `type` with
+     * acquireLockAsync. `abort()` aborts its wait; `outcome` resolves with 'got' (the lock, which
+     * it then releases) or the error's code.
+     */
+    const waitInWorker = (at, type) => {
+      const worker = new Worker(
+        `const { parentPort, workerData } = require('node:worker_threads')
+        const pl = require(workerData.root)
+        const controller = new AbortController()
+        parentPort.on('message', () => controller.abort(new Error('asked to stop')))
+        const options = { ...workerData.options, signal: controller.signal }
+        pl.acquireLockAsync(workerData.type, options).then(
+          () => parentPort.postMessage(String(pl.releaseLock(workerData.type, workerData.options) && 'got')),
+          (e) => parentPort.postMessage(e.code),
+        )`,
+        { eval: true, workerData: { root: ROOT, type, options: opts(at) } },
+      )
+      const outcome = new Promise((resolve, reject) => {
+        worker.once('message', resolve)
+        worker.once('error', reject)
+      })
+      return { abort: () => worker.postMessage('abort'), outcome, end: () => worker.terminate() }
+    }
+
+    contractTest(
+      'wait-abort-own',
+      'waits: an abort ends only its own wait, not the wait of another thread of the process',
+      async () => {
+        const at = await backend.place()
+        const { p: backendHolder } = await holding(at)
+        await holding(at, 'hold', { LOCK_TYPE: 'worker' })
+        const waitsBackend = waitInWorker(at, 'backend')
+        const waitsWorker = waitInWorker(at, 'worker')
+        try {
+          await until(async () => (await backend.waiting(at, process.pid)) === 2, 'both threads wait in the backend')
+          waitsWorker.abort()
+          expect(await waitsWorker.outcome).toBe('LOCK_ABORTED')
+          // The other wait goes on, and gets the lock when its holder lets go.
+          backendHolder.child.stdin.write('release\n')
+          expect(await waitsBackend.outcome).toBe('got')
+        } finally {
+          await waitsBackend.end()
+          await waitsWorker.end()
+        }
+      },
+    )
+
+    contractTest(
+      'wait-abort-at-once',
+      'waits: an abort given as soon as the wait is asked for ends it with LOCK_ABORTED',
+      async () => {
+        const at = await backend.place()
+        const { p: b } = await holding(at)
         const controller = new AbortController()
         const pending = pl.acquireLockAsync('backend', opts(at, { signal: controller.signal }))
         controller.abort(new Error('no longer needed'))
-        await expect(pending).rejects.toMatchObject({ name: 'LockAbortedError', code: 'LOCK_ABORTED' })
+        let timer
+        const outcome = await Promise.race([
+          pending.then(
+            (info) => ({ resolved: info }),
+            (e) => ({ name: e.name, code: e.code }),
+          ),
+          new Promise((resolve) => {
+            timer = setTimeout(() => resolve('still waiting 30 s after the abort'), 30000)
+          }),
+        ])
+        clearTimeout(timer)
+        expect(outcome).toEqual({ name: 'LockAbortedError', code: 'LOCK_ABORTED' })
         expect(pl.isLockHeld('backend', opts(at))).toBe(false)
+        expect(pl.getLockInfo('backend', opts(at))).toMatchObject({ pid: b.pid })
       },
     )
 
