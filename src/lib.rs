@@ -523,6 +523,20 @@ fn wait_failed(problem: &str) -> AcquireOutcome {
     }
 }
 
+/// A `wait_id` for `acquire_async` that no other wait of this process has: every copy of the
+/// module loaded from this addon (each worker thread's, each jest test file's) shares this
+/// counter, as it shares `WAITS`, so one copy's cancel never reaches another copy's wait. Never 0.
+#[napi(catch_unwind)]
+pub fn new_wait_id() -> u32 {
+    static NEXT: AtomicU32 = AtomicU32::new(1);
+    loop {
+        let id = NEXT.fetch_add(1, Ordering::Relaxed);
+        if id != 0 {
+            return id;
+        }
+    }
+}
+
 /// Cancels the pending `acquire_async` with this `wait_id` (also one that has not started yet).
 /// True when a wait was found running.
 #[napi(catch_unwind)]
