@@ -10,6 +10,7 @@
 //! This crate knows nothing of Node: the addon and the `processlock` command are thin shells
 //! over it.
 
+mod cancel;
 mod clear;
 mod clock;
 mod dir;
@@ -30,12 +31,15 @@ mod replace;
 pub mod report;
 mod temp;
 #[cfg(test)]
+#[path = "tests/support.rs"]
 mod test_support;
+mod text;
 mod wait;
 
 // The public surface is what the Node binding, the `processlock` command and the PostgreSQL
 // backend use, plus the types that appear in those signatures. Everything else is crate-private.
 
+pub use cancel::Cancel;
 pub use clear::{remove_if_stale, Removal};
 pub use clock::parse_iso8601_ms;
 pub use dir::{app_default_dir, real_dir, resolve_dir, resolve_dir_or, DIR_ENV};
@@ -61,7 +65,7 @@ pub use replace::DEFAULT_GRACE;
 #[cfg(unix)]
 pub use replace::{replace_holder, signal_holder, Replacing};
 pub use temp::sweep_orphan_temps;
-pub use wait::{wait_for, Cancel};
+pub use wait::wait_for;
 
 /// What the tests (of this crate and of the crates built on it) and the benchmark examples reach
 /// into: the protocol's entry points below the registry, and facts they check records against.
