@@ -10,14 +10,17 @@
 //! This crate knows nothing of Node: the addon and the `processlock` command are thin shells
 //! over it.
 
+mod backend;
 mod cancel;
 mod clear;
 mod clock;
 mod dir;
 mod error;
+mod files;
 mod fuzz;
 mod guard;
 mod handoff;
+mod holds;
 mod inherit;
 mod list;
 mod liveness;
@@ -26,7 +29,6 @@ mod os;
 mod perms;
 mod protocol;
 mod record;
-mod registry;
 mod replace;
 pub mod report;
 mod temp;
@@ -39,12 +41,15 @@ mod wait;
 // The public surface is what the Node binding, the `processlock` command and the PostgreSQL
 // backend use, plus the types that appear in those signatures. Everything else is crate-private.
 
+pub use backend::{Backend, Holding, Listed, Listing, LossHook, LossNotice, Released, Wait};
 pub use cancel::Cancel;
 pub use clear::{remove_if_stale, Removal};
 pub use clock::parse_iso8601_ms;
 pub use dir::{app_default_dir, real_dir, resolve_dir, resolve_dir_or, DIR_ENV};
 pub use error::{already_running, Conflict, DirProblem, Error, ErrorCode, Result};
+pub use files::FileBackend;
 pub use handoff::PendingLock;
+pub use holds::{Hold, HoldId, Holder, Holds, Taken};
 pub use inherit::{claim_server_lock, ServerHold, INHERITED_ENV, SERVER_LOCK_ENV};
 #[cfg(unix)]
 pub use inherit::{ClaimNews, ClaimToken, HandoverSocket};
@@ -59,7 +64,6 @@ pub use protocol::{
     LockTarget,
 };
 pub use record::{parse_record, Parsed, Record};
-pub use registry::{Ended, Holder, Registry, Release, Taken};
 pub use replace::Refusal;
 pub use replace::DEFAULT_GRACE;
 #[cfg(unix)]
