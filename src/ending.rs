@@ -37,7 +37,7 @@ use processlock::{FileBackend, LockTarget, Released};
 use crate::lock::released;
 use crate::{path_string, pg, ReleaseOutcome};
 
-/// How long the end of the process waits for another thread that is inside the registry (a wait
+/// How long the end of the process waits for another thread that is inside the table of lock files (a wait
 /// thread that meets a stopped remover's guard): past that, the kernel drops the locks when the
 /// process is gone, and the next acquirer takes the files over as stale.
 const FILES_PATIENCE: Duration = Duration::from_secs(1);

@@ -245,7 +245,7 @@ fn file_lock(process_type: &str, options: &LockOptions) -> processlock::Result<O
     })
 }
 
-/// The lock directory, as its real path: the registry knows a lock by it, so the same directory
+/// The lock directory, as its real path: the table of holds knows a lock by it, so the same directory
 /// reached through a symlink or `..` is the same lock. The default directory is resolved once per
 /// process, so a later `process.chdir` does not move it.
 fn lock_dir(explicit: Option<&str>) -> processlock::Result<PathBuf> {
@@ -521,7 +521,10 @@ pub fn acquire_replacing(
     };
     let mut steps = Vec::new();
     let name = options.process_name.as_deref();
-    let result = match lock.backend.acquire(&lock.name, name, options.holder, None) {
+    let result = match lock
+        .backend
+        .acquire(&lock.name, &lock.place, name, options.holder, None)
+    {
         Err(Error::Conflict(conflict)) => {
             replace_in_process(&lock, conflict, grace, &options, &mut steps)
         }
@@ -580,7 +583,9 @@ fn replace_in_process(
             };
             let name = self.options.process_name.as_deref();
             let (lock, holder) = (self.lock, self.options.holder);
-            let result = lock.backend.acquire(&lock.name, name, holder, Some(&wait));
+            let result = lock
+                .backend
+                .acquire(&lock.name, &lock.place, name, holder, Some(&wait));
             WAITS.end(key);
             result
         }

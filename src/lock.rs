@@ -204,7 +204,9 @@ where
         let name = options.process_name.as_deref();
         let said = Arc::new(Mutex::new(Vec::new()));
         let result = match wait {
-            None => self.backend.acquire(&self.name, name, options.holder, None),
+            None => self
+                .backend
+                .acquire(&self.name, &self.place, name, options.holder, None),
             Some(w) => {
                 let cancel = WAITS.begin(w.key, &self.place);
                 let wait = Wait {
@@ -212,9 +214,13 @@ where
                     cancel: &cancel,
                     said: Arc::clone(&said),
                 };
-                let result = self
-                    .backend
-                    .acquire(&self.name, name, options.holder, Some(&wait));
+                let result = self.backend.acquire(
+                    &self.name,
+                    &self.place,
+                    name,
+                    options.holder,
+                    Some(&wait),
+                );
                 WAITS.end(w.key);
                 result
             }
@@ -229,7 +235,7 @@ where
 
     fn release(&self, options: &LockOptions) -> ReleaseOutcome {
         self.released(
-            self.backend.release(&self.name, options.holder),
+            self.backend.release(&self.name, &self.place, options.holder),
             options.quiet,
         )
     }

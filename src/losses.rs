@@ -84,7 +84,7 @@ pub(crate) fn exit_now(line: &str, status: i32) -> ! {
     end_process(status)
 }
 
-/// How long `exit_now` waits for another thread that is inside the registry: past that, the
+/// How long `exit_now` waits for another thread that is inside the table of lock files: past that, the
 /// kernel drops the locks when the process is gone.
 const EXIT_PATIENCE: Duration = Duration::from_secs(1);
 

@@ -138,29 +138,26 @@ pub trait Backend: Sync {
     /// The log lines that name the holder of a conflict, for a failed acquisition of `name`.
     fn conflict_lines(&self, error: &Self::Error, name: &LockName) -> Vec<String>;
 
-    /// Takes the lock for `holder`, or joins this process's hold of it (see `Holds`).
+    /// Takes the lock `name` (at `place`, as `place` says) for `holder`, or joins this
+    /// process's hold of it (see `Holds`).
     fn acquire(
         &self,
         name: &LockName,
+        place: &str,
         process_name: Option<&str>,
         holder: Holder,
         wait: Option<&Wait>,
     ) -> Result<Taken, Self::Error> {
-        let place = self.place(name)?;
-        if let Some(joined) = self.holds().join(&place, holder) {
+        if let Some(joined) = self.holds().join(place, holder) {
             return Ok(joined);
         }
         let (hold, lines) = self.take(name, process_name, wait)?;
-        Ok(self.holds().insert(&place, holder, hold, lines))
+        Ok(self.holds().insert(place, holder, hold, lines))
     }
 
-    /// Lets go of `holder`'s hold; the lock goes with its last holder.
-    fn release(&self, name: &LockName, holder: Holder) -> Released<Self::Error> {
-        let place = match self.place(name) {
-            Ok(place) => place,
-            Err(_) => return Released::NotHeld,
-        };
-        match self.holds().release(&place, holder) {
+    /// Lets go of `holder`'s hold of `name` at `place`; the lock goes with its last holder.
+    fn release(&self, name: &LockName, place: &str, holder: Holder) -> Released<Self::Error> {
+        match self.holds().release(place, holder) {
             Release::NotHeld => Released::NotHeld,
             Release::KeptByOthers => Released::KeptByOthers {
                 run_pid: None,

@@ -138,14 +138,14 @@ impl Backend for FileBackend {
     fn acquire(
         &self,
         name: &LockName,
+        place: &str,
         process_name: Option<&str>,
         holder: Holder,
         wait: Option<&Wait>,
     ) -> Result<Taken> {
         let target = self.target(name);
-        let place = place_of(&target.path);
         let attempt = || {
-            HOLDS.acquire_with(&place, holder, || {
+            HOLDS.acquire_with(place, holder, || {
                 acquire(&target, process_name).map(|a| taken_lines(a, &target.path))
             })
         };

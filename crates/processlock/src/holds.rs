@@ -314,3 +314,88 @@ impl<H: Hold> Holds<H> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+
+    /// A hold that is lost when the test says so.
+    struct Fake {
+        record: Record,
+        lost: Arc<AtomicBool>,
+    }
+
+    fn fake(pid: u32) -> (Fake, Arc<AtomicBool>) {
+        let lost = Arc::new(AtomicBool::new(false));
+        let hold = Fake {
+            record: Record::pid_only(pid),
+            lost: Arc::clone(&lost),
+        };
+        (hold, lost)
+    }
+
+    impl Hold for Fake {
+        fn record(&self) -> &Record {
+            &self.record
+        }
+
+        fn is_lost(&self) -> bool {
+            self.lost.load(Ordering::SeqCst)
+        }
+    }
+
+    #[test]
+    fn a_holder_joins_the_hold_of_its_process_and_the_last_one_lets_go() {
+        let holds = Holds::new();
+        let (hold, _) = fake(7);
+        let first = holds.insert("a", 1, hold, vec!["line".into()]);
+        assert!(first.newly_taken && !first.already_held && first.lines == ["line"]);
+        let joined = holds.join("a", 2).unwrap();
+        assert_eq!(joined.id, first.id);
+        assert!(!joined.newly_taken && !joined.already_held);
+        assert!(holds.join("a", 2).unwrap().already_held);
+        assert!(matches!(holds.release("a", 3), Release::NotHeld));
+        assert!(matches!(holds.release("a", 1), Release::KeptByOthers));
+        assert!(matches!(holds.release("a", 2), Release::Last(_)));
+        assert!(!holds.holds("a"));
+    }
+
+    #[test]
+    fn a_lost_hold_ends_for_all_its_holders_and_a_new_one_has_an_identity_of_its_own() {
+        let holds = Holds::new();
+        let (hold, lost) = fake(7);
+        let old = holds.insert("a", 1, hold, Vec::new()).id;
+        holds.join("a", 2).unwrap();
+        lost.store(true, Ordering::SeqCst);
+        assert!(!holds.holds("a") && holds.current("a").is_none());
+        // The loss notice of the old hold still finds its holders, until the hold is replaced.
+        assert_eq!(holds.holders_of("a", old), Some(vec![1, 2]));
+        assert!(holds.join("a", 1).is_none());
+        let (hold, _) = fake(8);
+        let new = holds.insert("a", 1, hold, Vec::new()).id;
+        assert_ne!(new, old);
+        assert_eq!(holds.holders_of("a", old), None);
+        assert_eq!(holds.holders_of("a", new), Some(vec![1]));
+        assert!(!holds.is_holder("a", 2));
+    }
+
+    #[test]
+    fn a_holder_that_ends_lets_go_of_what_it_alone_held() {
+        let holds = Holds::new();
+        for place in ["a", "b"] {
+            let (hold, _) = fake(7);
+            holds.insert(place, 1, hold, Vec::new());
+        }
+        holds.join("b", 2).unwrap();
+        let ended: Vec<String> = holds
+            .release_holder(1)
+            .into_iter()
+            .map(|(p, _)| p)
+            .collect();
+        assert_eq!(ended, ["a"]);
+        assert!(holds.is_holder("b", 2) && !holds.is_holder("b", 1));
+        assert_eq!(holds.drain().len(), 1);
+    }
+}

@@ -8,7 +8,11 @@
 //! `docs/PROTOCOL.md`; `protocol.rs` implements it.
 //!
 //! This crate knows nothing of Node: the addon and the `processlock` command are thin shells
-//! over it.
+//! over it. It also holds the seam every backend implements (`backend.rs`, `holds.rs`; lock files
+//! are `files.rs`), and its modules form layers: the OS layer (`os/`) and the plain facts below it
+//! (`cancel.rs`, `clock.rs`, `record.rs`, `text.rs`) at the bottom, the protocol above them, the
+//! seam on top; nothing imports a module above it. `docs/ARCHITECTURE.md` says where each kind of
+//! change goes.
 
 mod backend;
 mod cancel;
@@ -72,7 +76,7 @@ pub use temp::sweep_orphan_temps;
 pub use wait::wait_for;
 
 /// What the tests (of this crate and of the crates built on it) and the benchmark examples reach
-/// into: the protocol's entry points below the registry, and facts they check records against.
+/// into: the protocol's entry points below the backend seam, and facts they check records against.
 /// Not part of the API.
 #[doc(hidden)]
 pub mod testing {

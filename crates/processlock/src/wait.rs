@@ -54,7 +54,7 @@ pub fn acquire_wait(
 }
 
 /// The waiting loop around any way of taking the lock at `target` (`acquire`, a pending lock's
-/// commit, a registry's idempotent acquire): `attempt` is called until it returns anything but
+/// commit, a table of holds' idempotent acquire): `attempt` is called until it returns anything but
 /// `Error::Conflict`, waiting for the holder to let go after each conflict.
 pub fn wait_for<T>(
     target: &LockTarget,

@@ -125,9 +125,9 @@ fn registry_makes_acquire_idempotent_within_a_process() {
     let dir = TestDir::new("registry");
     let t = dir.target("backend", None);
     let (files, name, place) = backend_of(&t);
-    let a = files.acquire(&name, None, 1, None).unwrap();
+    let a = files.acquire(&name, &place, None, 1, None).unwrap();
     assert!(!a.already_held);
-    let b = files.acquire(&name, None, 1, None).unwrap();
+    let b = files.acquire(&name, &place, None, 1, None).unwrap();
     assert!(b.already_held);
     assert_eq!(a.record, b.record);
     assert_eq!(a.id, b.id);
@@ -142,12 +142,12 @@ fn registry_makes_acquire_idempotent_within_a_process() {
     );
     other.wait_success();
 
-    let Released::Released { pid, removed } = files.release(&name, 1) else {
+    let Released::Released { pid, removed } = files.release(&name, &place, 1) else {
         panic!("the only holder let go")
     };
     assert_eq!(pid, a.record.pid);
     assert!(removed);
-    assert!(matches!(files.release(&name, 1), Released::NotHeld));
+    assert!(matches!(files.release(&name, &place, 1), Released::NotHeld));
     assert!(!t.path.exists());
     dir.finish();
 }
@@ -157,20 +157,20 @@ fn registry_keeps_a_lock_until_its_last_holder_lets_go() {
     let dir = TestDir::new("registry-holders");
     let t = dir.target("backend", None);
     let (files, name, place) = backend_of(&t);
-    let a = files.acquire(&name, None, 1, None).unwrap();
+    let a = files.acquire(&name, &place, None, 1, None).unwrap();
     assert!(a.newly_taken);
-    let b = files.acquire(&name, None, 2, None).unwrap();
+    let b = files.acquire(&name, &place, None, 2, None).unwrap();
     assert!(!b.already_held && !b.newly_taken);
     assert_eq!(a.id, b.id);
-    assert!(matches!(files.release(&name, 3), Released::NotHeld));
+    assert!(matches!(files.release(&name, &place, 3), Released::NotHeld));
     assert!(matches!(
-        files.release(&name, 1),
+        files.release(&name, &place, 1),
         Released::KeptByOthers { .. }
     ));
     assert!(t.path.exists() && files.holds().holds(&place));
     assert!(files.holds().is_holder(&place, 2) && !files.holds().is_holder(&place, 1));
     assert!(matches!(
-        files.release(&name, 2),
+        files.release(&name, &place, 2),
         Released::Released { removed: true, .. }
     ));
     assert!(!t.path.exists() && !files.holds().holds(&place));
@@ -186,20 +186,20 @@ fn registry_does_not_count_a_lost_file_as_held() {
     let dir = TestDir::new("registry-lost");
     let t = dir.target("backend", None);
     let (files, name, place) = backend_of(&t);
-    let first = files.acquire(&name, None, 1, None).unwrap();
-    files.acquire(&name, None, 2, None).unwrap();
+    let first = files.acquire(&name, &place, None, 1, None).unwrap();
+    files.acquire(&name, &place, None, 2, None).unwrap();
     std::fs::remove_file(&t.path).unwrap();
     assert!(!files.holds().holds(&place));
     assert!(files.holds().current(&place).is_none());
     // The acquire takes it anew, as a hold of its own, instead of answering "already held";
     // the lost hold is gone for every holder of it.
-    let again = files.acquire(&name, None, 1, None).unwrap();
+    let again = files.acquire(&name, &place, None, 1, None).unwrap();
     assert!(again.newly_taken && !again.already_held);
     assert_ne!(again.id, first.id);
     assert!(files.holds().holds(&place));
     assert!(!files.holds().is_holder(&place, 2));
     assert!(matches!(
-        files.release(&name, 1),
+        files.release(&name, &place, 1),
         Released::Released { removed: true, .. }
     ));
     dir.finish();
