@@ -235,7 +235,8 @@ where
 
     fn release(&self, options: &LockOptions) -> ReleaseOutcome {
         self.released(
-            self.backend.release(&self.name, &self.place, options.holder),
+            self.backend
+                .release(&self.name, &self.place, options.holder),
             options.quiet,
         )
     }

@@ -51,16 +51,12 @@ mod socket;
 #[cfg(unix)]
 pub(crate) use file::claim_inherited;
 #[cfg(unix)]
-pub use file::{ClaimToken, INHERITED_ENV};
-pub use hold::{ServerHold, SERVER_LOCK_ENV};
+pub use file::ClaimToken;
+pub use hold::{ServerHold, INHERITED_ENV, SERVER_LOCK_ENV};
 #[cfg(unix)]
 pub use server::claim_server_lock;
 #[cfg(unix)]
 pub use socket::{ClaimNews, HandoverSocket};
-
-/// The variable `processlock run` sets for its command (see `file.rs`).
-#[cfg(not(unix))]
-pub const INHERITED_ENV: &str = "PROCESSLOCK_INHERITED";
 
 /// Nothing is handed down where `processlock run` does not run.
 #[cfg(not(unix))]

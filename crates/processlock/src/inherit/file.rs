@@ -2,16 +2,13 @@
 //! the one-shot token, and the checks made before the token is read.
 
 use super::fd::{inode, is_fifo, set_flag};
+use super::hold::INHERITED_ENV;
 use super::socket::{self, HandoverSocket};
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
-
-/// The variable `processlock run` sets for its command:
-/// `<lock fd>:<token fd>:<token inode>:<socket>` (the socket's address may be empty).
-pub const INHERITED_ENV: &str = "PROCESSLOCK_INHERITED";
 
 /// What `INHERITED_ENV` says: `<lock fd>:<token fd>:<token inode>:<socket>`. The inode
 /// tells the token pipe apart from any other pipe that may have taken its number.

@@ -1,7 +1,12 @@
-//! What `processlock run` hands its command when it holds the lock on a server.
+//! What `processlock run` hands its command: the variables it sets, and the hold it keeps when
+//! it holds the lock on a server.
 
 use crate::record::Record;
 use serde::{Deserialize, Serialize};
+
+/// The variable `processlock run` sets for its command when it holds a lock file:
+/// `<lock fd>:<token fd>:<token inode>:<socket>` (the socket's address may be empty).
+pub const INHERITED_ENV: &str = "PROCESSLOCK_INHERITED";
 
 /// The variable `processlock run` sets for its command when it holds the lock on a server:
 /// a JSON object with the lock held (`ServerHold`) and the claim token (its descriptor, its
