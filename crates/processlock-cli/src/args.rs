@@ -1,7 +1,18 @@
-//! Hand-written argument parsing: three commands and a handful of options.
+//! The command line, read by clap's derive API: the commands and their options are declared
+//! once (`Cli`), which also gives the shell completions. What users script against is kept as it
+//! was: the help text (`USAGE`, written by hand), one-line usage errors in the command's own words
+//! (clap's errors are reworded in `reword`), and exit status 2 for them (in `main.rs`).
 
-use std::ffi::{OsStr, OsString};
+use std::error::Error as _;
+use std::ffi::OsString;
 use std::path::PathBuf;
+
+use clap::builder::{OsStringValueParser, TypedValueParser};
+use clap::error::{ContextKind, ContextValue, ErrorKind};
+use clap::{
+    ArgAction, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum, ValueHint,
+};
+pub use clap_complete::Shell;
 
 pub const USAGE: &str = "\
 processlock: one running instance per service
@@ -14,6 +25,7 @@ Usage:
                   [--dir DIR] -- <command> [args...]
   processlock run <type> --url URL [--side SIDE] [--wait MS] [--lease MS] [--grace MS]
                   [--name NAME] [--quiet] -- <command> [args...]
+  processlock completions <shell>
 
 Commands:
   check   List the lock files in the lock directory: type, side, PID, start time, uptime,
@@ -58,6 +70,8 @@ Commands:
           stopped the same way and the lock is released only after. If processlock is killed,
           on Linux the main process gets SIGKILL and a process that adopted the lock ends with
           status 75 (other processes the command started are not reached).
+  completions  Print the completion script for the shell (bash, elvish, fish, powershell or
+          zsh), e.g. processlock completions bash > /etc/bash_completion.d/processlock
 
 Options:
   --dir DIR      Lock directory. Default: $PROCESSLOCK_DIR, else runtime/locks under the
@@ -98,7 +112,7 @@ lock in the app itself.
 ";
 
 /// What `check` prints.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Format {
     Text,
     Json,
@@ -140,6 +154,8 @@ pub enum Command {
         quiet: bool,
         command: Vec<OsString>,
     },
+    /// `completions <shell>`: the completion script for that shell.
+    Completions(Shell),
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -152,297 +168,437 @@ pub struct Invocation {
 #[derive(Debug, PartialEq, Eq)]
 pub struct Usage(pub String);
 
+impl std::fmt::Display for Usage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Usage {}
+
 fn usage<T>(msg: impl Into<String>) -> Result<T, Usage> {
     Err(Usage(msg.into()))
 }
 
-/// Options are UTF-8; values (a directory, a command's arguments) may be any bytes.
-fn text(arg: &OsStr) -> Option<&str> {
-    arg.to_str()
+/// The commands, as clap reads them. Options take the next argument as their value whatever it
+/// looks like (`--side --json` is the side `--json`), and a repeated option's last value wins.
+#[derive(Parser, Debug)]
+#[command(
+    name = "processlock",
+    version,
+    args_override_self = true,
+    disable_help_flag = true
+)]
+struct Cli {
+    /// Show the help
+    #[arg(short, long, global = true, action = ArgAction::Help)]
+    help: Option<bool>,
+    /// Lock directory (default: $PROCESSLOCK_DIR, else runtime/locks under the nearest package.json)
+    #[arg(long, global = true, value_name = "DIR", value_hint = ValueHint::DirPath, allow_hyphen_values = true, value_parser = dir())]
+    dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Sub>,
 }
 
-/// The arguments, read from left to right.
-struct Cursor {
-    args: Vec<OsString>,
-    next: usize,
+#[derive(Subcommand, Debug)]
+enum Sub {
+    /// List the locks, or tell by the exit status whether one is held
+    #[command(args_override_self = true)]
+    Check(CheckArgs),
+    /// Remove lock records no running process holds
+    #[command(args_override_self = true)]
+    Clear(ClearArgs),
+    /// Hold a lock for as long as a command runs
+    #[command(args_override_self = true)]
+    Run(RunArgs),
+    /// Show the help
+    #[command(hide = true)]
+    Help {
+        /// Whatever follows `help` is not looked at
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+        _rest: Vec<OsString>,
+    },
+    /// Print the completion script for a shell
+    Completions {
+        /// bash, elvish, fish, powershell or zsh
+        #[arg(value_name = "SHELL")]
+        shell: Option<Shell>,
+    },
 }
 
-impl Cursor {
-    fn new(args: impl IntoIterator<Item = OsString>) -> Cursor {
-        Cursor {
-            args: args.into_iter().collect(),
-            next: 0,
-        }
-    }
+#[derive(Args, Debug)]
+struct CheckArgs {
+    /// The lock to ask about (e.g. backend); without it, every lock is listed
+    #[arg(value_name = "TYPE", value_parser = lock_type())]
+    process_type: Option<String>,
+    /// Trade side of the lock (default: $TRADE_SIDE)
+    #[arg(long, value_name = "SIDE", allow_hyphen_values = true, value_parser = text("--side"))]
+    side: Option<String>,
+    /// Machine-readable output: the same as --format json
+    #[arg(long)]
+    json: bool,
+    /// Output: text, json or prometheus (the listing only)
+    #[arg(long, value_name = "FMT", action = ArgAction::Append, allow_hyphen_values = true)]
+    format: Vec<Format>,
+    /// Locks held on this PostgreSQL server (default: $PROCESSLOCK_URL)
+    #[arg(long, value_name = "URL", allow_hyphen_values = true, value_parser = text("--url"))]
+    url: Option<String>,
+}
 
-    fn peek(&self) -> Option<&OsString> {
-        self.args.get(self.next)
-    }
+#[derive(Args, Debug)]
+struct ClearArgs {
+    /// Also remove locks held by running processes (on a server: end their sessions)
+    #[arg(short, long)]
+    force: bool,
+    /// Locks held on this PostgreSQL server (default: $PROCESSLOCK_URL)
+    #[arg(long, value_name = "URL", allow_hyphen_values = true, value_parser = text("--url"))]
+    url: Option<String>,
+}
 
-    fn take(&mut self) -> Option<OsString> {
-        let a = self.args.get(self.next).cloned();
-        if a.is_some() {
-            self.next += 1;
-        }
-        a
-    }
+#[derive(Args, Debug)]
+struct RunArgs {
+    /// The lock to hold (e.g. backend)
+    #[arg(value_name = "TYPE", value_parser = lock_type())]
+    process_type: Option<String>,
+    /// The command and its arguments: after --, or from the first word after the lock type
+    #[arg(value_name = "COMMAND", trailing_var_arg = true, value_hint = ValueHint::CommandWithArguments, value_parser = OsStringValueParser::new())]
+    command: Vec<OsString>,
+    /// Trade side of the lock (default: $TRADE_SIDE)
+    #[arg(long, value_name = "SIDE", allow_hyphen_values = true, value_parser = text("--side"))]
+    side: Option<String>,
+    /// Process name written in the lock record (default: trader-<side>-<type>)
+    #[arg(long, value_name = "NAME", allow_hyphen_values = true, value_parser = text("--name"))]
+    name: Option<String>,
+    /// Wait up to MS milliseconds for a holder to let go
+    #[arg(long, value_name = "MS", allow_hyphen_values = true, value_parser = millis("--wait"))]
+    wait: Option<u64>,
+    /// Stop the holder and take its place: SIGTERM, then SIGKILL after --grace
+    #[arg(long)]
+    replace: bool,
+    /// How long a replaced holder (or, on a server, the command once the lock is lost) may take to exit after SIGTERM
+    #[arg(long, value_name = "MS", allow_hyphen_values = true, value_parser = millis("--grace"))]
+    grace: Option<u64>,
+    /// Hold the lock on this PostgreSQL server (default: $PROCESSLOCK_URL)
+    #[arg(long, value_name = "URL", allow_hyphen_values = true, value_parser = text("--url"))]
+    url: Option<String>,
+    /// With --url: how long the server keeps the lock of a holder it no longer hears from
+    #[arg(long, value_name = "MS", allow_hyphen_values = true, value_parser = millis("--lease"))]
+    lease: Option<u64>,
+    /// Do not print the acquired/released lines
+    #[arg(short, long)]
+    quiet: bool,
+}
 
-    fn rest(&mut self) -> Vec<OsString> {
-        let rest = self.args[self.next..].to_vec();
-        self.next = self.args.len();
-        rest
-    }
-
-    /// The value of `--opt VALUE` or `--opt=VALUE` (`inline` holds the part after `=`).
-    fn value(&mut self, opt: &str, inline: Option<&str>) -> Result<OsString, Usage> {
-        match inline {
-            Some(v) => Ok(v.into()),
-            None => self
-                .take()
-                .ok_or_else(|| Usage(format!("option {opt} needs a value"))),
-        }
-    }
+/// Writes the completion script for `shell` to stdout.
+pub fn print_completions(shell: Shell) {
+    // Made in memory first: clap_complete panics when it cannot write, as into a closed pipe.
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "processlock", &mut script);
+    crate::display::print(&String::from_utf8_lossy(&script));
 }
 
 /// Parses the arguments after the program name.
 pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Invocation, Usage> {
-    let mut cur = Cursor::new(args);
-    // `--dir` may come before the command or among its options.
-    let mut dir: Option<PathBuf> = None;
-    let command = parse_command(&mut cur, &mut dir)?;
-    Ok(Invocation { dir, command })
+    let args: Vec<OsString> = args.into_iter().collect();
+    let argv = std::iter::once(OsString::from("processlock")).chain(args.iter().cloned());
+    let matches = match Cli::command().try_get_matches_from(argv) {
+        Ok(m) => m,
+        Err(e) => {
+            return match e.kind() {
+                ErrorKind::DisplayHelp | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+                    Ok(Invocation {
+                        dir: None,
+                        command: Command::Help,
+                    })
+                }
+                ErrorKind::DisplayVersion => Ok(Invocation {
+                    dir: None,
+                    command: Command::Version,
+                }),
+                _ => Err(reword(&e, &args)),
+            };
+        }
+    };
+    let cli = Cli::from_arg_matches(&matches).map_err(|e| reword(&e, &args))?;
+    let command = match cli.command {
+        None => return usage("missing command: check, clear or run"),
+        Some(Sub::Check(c)) => check_command(c)?,
+        Some(Sub::Clear(c)) => Command::Clear {
+            force: c.force,
+            url: c.url,
+        },
+        Some(Sub::Run(r)) => {
+            // Read as the lock type `node`, `run -- node app.js` would run `app.js` under the
+            // wrong lock.
+            if separator_before_type(&args) {
+                return usage("run needs a lock type, e.g. processlock run backend -- <command>");
+            }
+            run_command(r)?
+        }
+        Some(Sub::Help { .. }) => Command::Help,
+        Some(Sub::Completions { shell }) => match shell {
+            Some(shell) => Command::Completions(shell),
+            None => {
+                return usage("completions needs a shell: bash, elvish, fish, powershell or zsh")
+            }
+        },
+    };
+    Ok(Invocation {
+        dir: cli.dir,
+        command,
+    })
 }
 
-/// The options before the command (`--dir`, `--help`, `--version`), then the command.
-fn parse_command(cur: &mut Cursor, dir: &mut Option<PathBuf>) -> Result<Command, Usage> {
-    loop {
-        let Some(arg) = cur.take() else {
-            return usage("missing command: check, clear or run");
-        };
-        let Some(s) = text(&arg) else {
-            return usage(format!("unknown command {:?}", arg));
-        };
-        let (opt, inline) = split_inline(s);
-        match opt {
-            "-h" | "--help" | "help" => return Ok(Command::Help),
-            "-V" | "--version" => return Ok(Command::Version),
-            "--dir" => *dir = Some(dir_value(cur, inline)?),
-            _ if s.starts_with('-') => return usage(format!("unknown option {s}")),
-            "check" => return parse_check(cur, dir),
-            "clear" => return parse_clear(cur, dir),
-            "run" => return parse_run(cur, dir),
-            other => {
-                return usage(format!(
-                    "unknown command {other:?}: use check, clear or run"
-                ))
+/// Whether `--` ends `run`'s options before a lock type was given (`run -- node app.js`).
+/// Options that take a value are known from clap's own declaration of them.
+fn separator_before_type(args: &[OsString]) -> bool {
+    let Some((at, "run")) = command_in(args) else {
+        return false;
+    };
+    let cli = Cli::command();
+    let takes_value = |long: &str| {
+        let run = cli.find_subcommand("run").into_iter();
+        run.chain([&cli])
+            .flat_map(|c| c.get_arguments())
+            .any(|a| a.get_long() == Some(long) && a.get_action().takes_values())
+    };
+    let mut rest = args[at + 1..].iter().map(|a| a.to_str());
+    while let Some(arg) = rest.next() {
+        match arg {
+            Some("--") => return true,
+            Some(opt) if opt.starts_with("--") => {
+                if !opt.contains('=') && takes_value(&opt[2..]) {
+                    rest.next();
+                }
             }
+            Some(flag) if flag.starts_with('-') && flag != "-" => {}
+            _ => return false,
         }
     }
+    false
 }
 
-fn parse_check(cur: &mut Cursor, dir: &mut Option<PathBuf>) -> Result<Command, Usage> {
-    let mut format = None;
-    let mut url = None;
-    let mut process_type = None;
-    let mut side = None;
-    while let Some(arg) = cur.take() {
-        match option(&arg)? {
-            ("--json", None) => set_format(&mut format, Format::Json)?,
-            ("--format", inline) => {
-                let f = match utf8_value(cur, "--format", inline)?.as_str() {
-                    "text" => Format::Text,
-                    "json" => Format::Json,
-                    "prometheus" => Format::Prometheus,
-                    other => {
-                        return usage(format!(
-                            "--format takes text, json or prometheus, not {other:?}"
-                        ))
-                    }
-                };
-                set_format(&mut format, f)?
-            }
-            ("--url", inline) => url = Some(utf8_value(cur, "--url", inline)?),
-            ("--dir", inline) => *dir = Some(dir_value(cur, inline)?),
-            ("--side", inline) => side = Some(utf8_value(cur, "--side", inline)?),
-            ("-h" | "--help", None) => return Ok(Command::Help),
-            (word, None) if !word.starts_with('-') && process_type.is_none() => {
-                process_type = Some(word.to_string())
-            }
-            _ => return unexpected(&arg, "check"),
-        }
+fn check_command(c: CheckArgs) -> Result<Command, Usage> {
+    // `--json` and `--format` name one output: a second, different one is a mistake.
+    let mut formats = c.format;
+    if c.json {
+        formats.push(Format::Json);
     }
-    let lock = match (process_type, side) {
+    if formats.windows(2).any(|f| f[0] != f[1]) {
+        return usage("--json and --format ask for different outputs: give one");
+    }
+    let lock = match (c.process_type, c.side) {
         (Some(t), side) => Some((t, side)),
         (None, Some(_)) => {
             return usage("--side needs a lock type, e.g. processlock check backend --side SHORT")
         }
         (None, None) => None,
     };
-    let format = format.unwrap_or(Format::Text);
+    let format = formats.first().copied().unwrap_or(Format::Text);
     if format == Format::Prometheus && lock.is_some() {
         return usage("--format prometheus lists every lock: drop the lock type (check <type> answers by its exit status)");
     }
-    Ok(Command::Check { format, url, lock })
-}
-
-/// `--json` and `--format` name one output: a second, different one is a mistake.
-fn set_format(format: &mut Option<Format>, f: Format) -> Result<(), Usage> {
-    match *format {
-        Some(old) if old != f => usage("--json and --format ask for different outputs: give one"),
-        _ => {
-            *format = Some(f);
-            Ok(())
-        }
-    }
-}
-
-fn parse_clear(cur: &mut Cursor, dir: &mut Option<PathBuf>) -> Result<Command, Usage> {
-    let mut force = false;
-    let mut url = None;
-    while let Some(arg) = cur.take() {
-        match option(&arg)? {
-            ("--force" | "-f", None) => force = true,
-            ("--url", inline) => url = Some(utf8_value(cur, "--url", inline)?),
-            ("--dir", inline) => *dir = Some(dir_value(cur, inline)?),
-            ("-h" | "--help", None) => return Ok(Command::Help),
-            _ => return unexpected(&arg, "clear"),
-        }
-    }
-    Ok(Command::Clear { force, url })
-}
-
-/// `run`'s options as they are read, before they are checked against each other.
-#[derive(Default)]
-struct RunArgs {
-    process_type: Option<String>,
-    side: Option<String>,
-    name: Option<String>,
-    url: Option<String>,
-    wait_ms: Option<u64>,
-    replace: bool,
-    grace_ms: Option<u64>,
-    lease_ms: Option<u64>,
-    quiet: bool,
-}
-
-/// `run`: its options and lock type, then the command, which starts after `--` or at the first
-/// word that is not an option once the lock type is known.
-fn parse_run(cur: &mut Cursor, dir: &mut Option<PathBuf>) -> Result<Command, Usage> {
-    let mut opts = RunArgs::default();
-    let command = loop {
-        let Some(arg) = cur.peek().cloned() else {
-            break Vec::new();
-        };
-        let s = text(&arg).unwrap_or("");
-        if s == "--" {
-            cur.take();
-            break cur.rest();
-        }
-        if !s.starts_with('-') || s == "-" {
-            if opts.process_type.is_some() {
-                break cur.rest();
-            }
-            cur.take();
-            match text(&arg) {
-                Some(t) => opts.process_type = Some(t.to_string()),
-                None => return usage(format!("invalid lock type {arg:?}")),
-            }
-            continue;
-        }
-        cur.take();
-        match option(&arg)? {
-            ("--side", inline) => opts.side = Some(utf8_value(cur, "--side", inline)?),
-            ("--name", inline) => opts.name = Some(utf8_value(cur, "--name", inline)?),
-            // 0 is the default: fail at once.
-            ("--wait", inline) => {
-                opts.wait_ms = Some(millis(cur, "--wait", inline)?).filter(|&ms| ms > 0)
-            }
-            ("--replace", None) => opts.replace = true,
-            ("--grace", inline) => opts.grace_ms = Some(millis(cur, "--grace", inline)?),
-            ("--url", inline) => opts.url = Some(utf8_value(cur, "--url", inline)?),
-            ("--lease", inline) => opts.lease_ms = Some(millis(cur, "--lease", inline)?),
-            ("--dir", inline) => *dir = Some(dir_value(cur, inline)?),
-            ("-q" | "--quiet", None) => opts.quiet = true,
-            ("-h" | "--help", None) => return Ok(Command::Help),
-            _ => return unexpected(&arg, "run"),
-        }
-    };
-    run_command(opts, command)
+    Ok(Command::Check {
+        format,
+        url: c.url,
+        lock,
+    })
 }
 
 /// Checks `run`'s options against each other and the command.
-fn run_command(opts: RunArgs, command: Vec<OsString>) -> Result<Command, Usage> {
-    let Some(process_type) = opts.process_type else {
+fn run_command(r: RunArgs) -> Result<Command, Usage> {
+    let Some(process_type) = r.process_type else {
         return usage("run needs a lock type, e.g. processlock run backend -- <command>");
     };
-    if command.is_empty() {
+    if r.command.is_empty() {
         return usage(format!(
             "run needs a command to run, e.g. processlock run {process_type} -- node server.js"
         ));
     }
+    // 0 is the default: fail at once.
+    let wait_ms = r.wait.filter(|&ms| ms > 0);
     // Whether --grace and --lease make sense depends on where the lock is, which
     // $PROCESSLOCK_URL may decide: checked once that is known.
-    if opts.replace && opts.wait_ms.is_some() {
+    if r.replace && wait_ms.is_some() {
         return usage("--replace waits for the holder by itself (see --grace); drop --wait");
     }
     Ok(Command::Run {
         process_type,
-        side: opts.side,
-        name: opts.name,
-        url: opts.url,
-        wait_ms: opts.wait_ms,
-        replace: opts.replace,
-        grace_ms: opts.grace_ms,
-        lease_ms: opts.lease_ms,
-        quiet: opts.quiet,
-        command,
+        side: r.side,
+        name: r.name,
+        url: r.url,
+        wait_ms,
+        replace: r.replace,
+        grace_ms: r.grace,
+        lease_ms: r.lease,
+        quiet: r.quiet,
+        command: r.command,
     })
 }
 
-fn unexpected<T>(arg: &OsStr, command: &str) -> Result<T, Usage> {
-    match text(arg) {
-        Some(s) if s.starts_with('-') => usage(format!(
-            "unknown option {} for {command}",
-            split_inline(s).0
-        )),
-        _ => usage(format!("unexpected argument {arg:?} for {command}")),
-    }
+/// A value parser: options are UTF-8; values (a directory, a command's arguments) may be any
+/// bytes. `check` maps the value or says in one line why it is refused.
+fn parser<T: Clone + Send + Sync + 'static>(
+    check: impl Fn(OsString) -> Result<T, Usage> + Clone + Send + Sync + 'static,
+) -> impl TypedValueParser<Value = T> {
+    OsStringValueParser::new().try_map(check)
 }
 
-/// `--opt=value` -> (`--opt`, Some(`value`)); anything else -> (arg, None).
-fn split_inline(s: &str) -> (&str, Option<&str>) {
-    match s.split_once('=') {
-        Some((opt, v)) if opt.starts_with("--") => (opt, Some(v)),
-        _ => (s, None),
-    }
-}
-
-fn option(arg: &OsStr) -> Result<(&str, Option<&str>), Usage> {
-    match text(arg) {
-        Some(s) => Ok(split_inline(s)),
-        None => usage(format!("unexpected argument {arg:?}")),
-    }
-}
-
-fn dir_value(cur: &mut Cursor, inline: Option<&str>) -> Result<PathBuf, Usage> {
-    let v = cur.value("--dir", inline)?;
-    if v.is_empty() {
-        return usage("option --dir needs a non-empty directory");
-    }
-    Ok(PathBuf::from(v))
-}
-
-fn utf8_value(cur: &mut Cursor, opt: &str, inline: Option<&str>) -> Result<String, Usage> {
-    let v = cur.value(opt, inline)?;
+fn utf8(v: OsString, opt: &str) -> Result<String, Usage> {
     v.into_string()
         .map_err(|v| Usage(format!("invalid value {v:?} for {opt}")))
 }
 
+fn text(opt: &'static str) -> impl TypedValueParser<Value = String> {
+    parser(move |v: OsString| utf8(v, opt))
+}
+
 /// A number of milliseconds.
-fn millis(cur: &mut Cursor, opt: &str, inline: Option<&str>) -> Result<u64, Usage> {
-    let v = utf8_value(cur, opt, inline)?;
-    v.parse::<u64>()
-        .map_err(|_| Usage(format!("{opt} takes a number of milliseconds, not {v:?}")))
+fn millis(opt: &'static str) -> impl TypedValueParser<Value = u64> {
+    parser(move |v: OsString| {
+        let v = utf8(v, opt)?;
+        v.parse::<u64>()
+            .map_err(|_| Usage(format!("{opt} takes a number of milliseconds, not {v:?}")))
+    })
+}
+
+fn dir() -> impl TypedValueParser<Value = PathBuf> {
+    parser(|v: OsString| {
+        if v.is_empty() {
+            return usage("option --dir needs a non-empty directory");
+        }
+        Ok(PathBuf::from(v))
+    })
+}
+
+fn lock_type() -> impl TypedValueParser<Value = String> {
+    parser(|v: OsString| {
+        v.into_string()
+            .map_err(|v| Usage(format!("invalid lock type {v:?}")))
+    })
+}
+
+/// The commands a usage error may be about.
+const COMMANDS: [&str; 4] = ["check", "clear", "run", "completions"];
+
+/// One line in the command's own words for what clap refused. `args`: the arguments after the
+/// program name.
+fn reword(e: &clap::Error, args: &[OsString]) -> Usage {
+    // A value parser's own message says it all.
+    if let Some(u) = e.source().and_then(|s| s.downcast_ref::<Usage>()) {
+        return Usage(u.0.clone());
+    }
+    let arg = match e
+        .get(ContextKind::InvalidArg)
+        .or(e.get(ContextKind::InvalidSubcommand))
+    {
+        Some(ContextValue::String(s)) => Some(s.as_str()),
+        _ => None,
+    };
+    let command = command_in(args).map(|(_, c)| c);
+    match (e.kind(), arg, command) {
+        // A value that is not one of the possible values.
+        (ErrorKind::InvalidValue, Some(arg), _) if !invalid_value(e).is_empty() => {
+            let subject = match arg.split_whitespace().next() {
+                Some(opt) if opt.starts_with('-') => opt,
+                _ => command.unwrap_or("processlock"),
+            };
+            Usage(format!(
+                "{} takes {}, not {:?}",
+                subject.escape_debug(),
+                possible_values(e),
+                invalid_value(e)
+            ))
+        }
+        // No value: clap names the option with its value's placeholder, `--side <SIDE>`.
+        (ErrorKind::InvalidValue, Some(opt), _) => {
+            let opt = opt.split_whitespace().next().unwrap_or(opt);
+            Usage(format!("option {} needs a value", opt.escape_debug()))
+        }
+        // A flag given a value (`--json=x`) is not an option the command knows.
+        (
+            ErrorKind::UnknownArgument | ErrorKind::InvalidSubcommand | ErrorKind::TooManyValues,
+            Some(a),
+            None,
+        ) => {
+            if first_word(args).is_some_and(|(_, w)| w == "--") {
+                Usage("unknown option --".to_string())
+            } else if a.starts_with('-') {
+                // As typed: clap leaves out an `=value`.
+                let typed = args
+                    .iter()
+                    .filter_map(|t| t.to_str())
+                    .find(|t| t.strip_prefix(a).is_some_and(|v| v.starts_with('=')));
+                Usage(format!(
+                    "unknown option {}",
+                    typed.unwrap_or(a).escape_debug()
+                ))
+            } else {
+                Usage(format!("unknown command {a:?}: use check, clear or run"))
+            }
+        }
+        (ErrorKind::UnknownArgument | ErrorKind::TooManyValues, Some(a), Some(command))
+            if a.starts_with('-') =>
+        {
+            let opt = a.split_once('=').map_or(a, |(opt, _)| opt);
+            Usage(format!(
+                "unknown option {} for {command}",
+                opt.escape_debug()
+            ))
+        }
+        (ErrorKind::UnknownArgument, Some(a), Some(command)) => {
+            Usage(format!("unexpected argument {a:?} for {command}"))
+        }
+        // Anything else: clap's own first line.
+        _ => {
+            let text = e.to_string();
+            let line = text.lines().next().unwrap_or("invalid arguments");
+            Usage(line.trim_start_matches("error: ").to_string())
+        }
+    }
+}
+
+fn invalid_value(e: &clap::Error) -> &str {
+    match e.get(ContextKind::InvalidValue) {
+        Some(ContextValue::String(v)) => v,
+        _ => "",
+    }
+}
+
+/// `a, b or c`.
+fn possible_values(e: &clap::Error) -> String {
+    let values = match e.get(ContextKind::ValidValue) {
+        Some(ContextValue::Strings(v)) => v.as_slice(),
+        _ => &[],
+    };
+    match values {
+        [] => String::new(),
+        [one] => one.clone(),
+        [rest @ .., last] => format!("{} or {last}", rest.join(", ")),
+    }
+}
+
+/// The first word of the arguments after the options before the command (`--dir DIR`, `-h`):
+/// the command, or `--`; and where it is.
+fn first_word(args: &[OsString]) -> Option<(usize, &str)> {
+    let mut args = args.iter().enumerate();
+    while let Some((at, arg)) = args.next() {
+        match arg.to_str()? {
+            "--dir" => {
+                args.next();
+            }
+            "--" => return Some((at, "--")),
+            a if a.starts_with('-') => {}
+            a => return Some((at, a)),
+        }
+    }
+    None
+}
+
+/// The command the arguments name, and where.
+fn command_in(args: &[OsString]) -> Option<(usize, &'static str)> {
+    let (at, word) = first_word(args)?;
+    COMMANDS.iter().find(|c| **c == word).map(|c| (at, *c))
 }
 
 #[cfg(test)]
@@ -548,7 +704,14 @@ mod tests {
         );
         assert_eq!(run_cmd(&["--help"]), Command::Help);
         assert_eq!(run_cmd(&["run", "--help"]), Command::Help);
+        assert_eq!(run_cmd(&["help"]), Command::Help);
+        assert_eq!(run_cmd(&["check", "-h"]), Command::Help);
         assert_eq!(run_cmd(&["-V"]), Command::Version);
+        // After the command has started, its words are its own.
+        match run_cmd(&["run", "backend", "node", "--help", "-V"]) {
+            Command::Run { command, .. } => assert_eq!(command, ["node", "--help", "-V"]),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
@@ -691,6 +854,59 @@ mod tests {
             let Usage(msg) = p(args).unwrap_err();
             assert!(!msg.is_empty() && !msg.contains('\n'), "{args:?}: {msg}");
         }
+    }
+
+    #[test]
+    fn usage_errors_keep_their_words() {
+        // Scripts and people grep for these: the words of the hand-written parser that came
+        // before clap, kept.
+        for (args, expected) in [
+            (&[][..], "missing command: check, clear or run"),
+            (&["frobnicate"], "unknown command \"frobnicate\": use check, clear or run"),
+            (&["--bogus"], "unknown option --bogus"),
+            (&["--bogus=1"], "unknown option --bogus=1"),
+            (&["--", "check"], "unknown option --"),
+            (&["--dir"], "option --dir needs a value"),
+            (&["--dir", "/x"], "missing command: check, clear or run"),
+            (&["check", "--force"], "unknown option --force for check"),
+            (&["check", "-V"], "unknown option -V for check"),
+            (&["check", "backend", "worker"], "unexpected argument \"worker\" for check"),
+            (&["check", "--side", "SHORT"], "--side needs a lock type, e.g. processlock check backend --side SHORT"),
+            (&["check", "backend", "--side"], "option --side needs a value"),
+            (&["check", "--dir="], "option --dir needs a non-empty directory"),
+            (&["check", "--format", "yaml"], "--format takes text, json or prometheus, not \"yaml\""),
+            (&["check", "--json", "--format", "prometheus"], "--json and --format ask for different outputs: give one"),
+            (&["check", "--format", "text", "--format", "json"], "--json and --format ask for different outputs: give one"),
+            (&["check", "backend", "--format", "prometheus"], "--format prometheus lists every lock: drop the lock type (check <type> answers by its exit status)"),
+            (&["clear", "extra"], "unexpected argument \"extra\" for clear"),
+            (&["clear", "--bogus=3"], "unknown option --bogus for clear"),
+            (&["clear", "--force=yes"], "unknown option --force for clear"),
+            (&["check", "--json=x"], "unknown option --json for check"),
+            (&["run"], "run needs a lock type, e.g. processlock run backend -- <command>"),
+            (&["run", "--", "node", "app.js"], "run needs a lock type, e.g. processlock run backend -- <command>"),
+            (&["run", "backend", "--"], "run needs a command to run, e.g. processlock run backend -- node server.js"),
+            (&["run", "backend", "--bogus", "--", "x"], "unknown option --bogus for run"),
+            (&["run", "backend", "--wait", "soon", "--", "x"], "--wait takes a number of milliseconds, not \"soon\""),
+            (&["run", "backend", "--wait", "-1", "--", "x"], "--wait takes a number of milliseconds, not \"-1\""),
+            (&["run", "backend", "--url"], "option --url needs a value"),
+            (&["run", "backend", "--replace", "--wait", "5", "--", "x"], "--replace waits for the holder by itself (see --grace); drop --wait"),
+            (&["completions"], "completions needs a shell: bash, elvish, fish, powershell or zsh"),
+            (&["completions", "tcsh"], "completions takes bash, elvish, fish, powershell or zsh, not \"tcsh\""),
+        ] {
+            assert_eq!(p(args), Err(Usage(expected.to_string())), "{args:?}");
+        }
+    }
+
+    #[test]
+    fn completions_name_their_shell() {
+        assert_eq!(
+            run_cmd(&["completions", "bash"]),
+            Command::Completions(Shell::Bash)
+        );
+        assert_eq!(
+            run_cmd(&["completions", "zsh"]),
+            Command::Completions(Shell::Zsh)
+        );
     }
 
     #[test]

@@ -4,9 +4,8 @@
 //! Whatever a lock file says reaches the terminal only through `printable`: a record or a file
 //! name with escape sequences or newlines cannot rewrite the operator's screen.
 
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::path::Path;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use processlock::report::printable;
 use processlock::{
@@ -15,9 +14,7 @@ use processlock::{
 };
 use serde_json::Value;
 
-use crate::args::Format;
-use crate::display::{json_text, opt_str, ordered_object, table, uptime};
-use crate::prometheus;
+use crate::display::{json_text, now_ms, opt_str, ordered_object, print, table, uptime};
 
 /// Exit statuses of `check <type>`.
 pub const HELD: i32 = 0;
@@ -98,29 +95,25 @@ pub fn row(status: LockStatus, now_ms: i64) -> Row {
     }
 }
 
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
-/// Lists every lock in `dir`. Exit status 0 whatever their states: listing is not a verdict
-/// (`check <type>` is).
-pub fn run(dir: &Path, format: Format) -> Result<i32> {
+/// Every lock in `dir`, as the listings show them.
+pub fn list(dir: &Path) -> Result<Vec<Row>> {
     warn_if_unsafe(dir);
     let now = now_ms();
-    let rows: Vec<Row> = list_locks(dir)?.into_iter().map(|s| row(s, now)).collect();
-    let text = match format {
-        Format::Json => to_json(&rows),
-        Format::Prometheus => {
-            prometheus::render(&rows.iter().map(prometheus::from_row).collect::<Vec<_>>())
-        }
-        Format::Text => to_text(
+    Ok(list_locks(dir)?.into_iter().map(|s| row(s, now)).collect())
+}
+
+/// Lists every lock in `dir`, as a table or (`json`) an array. Exit status 0 whatever their
+/// states: listing is not a verdict (`check <type>` is).
+pub fn run(dir: &Path, json: bool) -> Result<i32> {
+    let rows = list(dir)?;
+    let text = if json {
+        to_json(&rows)
+    } else {
+        to_text(
             dir,
             &rows,
             std::io::stdout().is_terminal() && color_allowed(),
-        ),
+        )
     };
     print(&text);
     Ok(0)
@@ -185,13 +178,6 @@ fn warn_if_unsafe(dir: &Path) {
     if let Err(e) = check_dir(dir) {
         eprintln!("processlock: warning: {}", printable(&e.to_string()));
     }
-}
-
-pub(crate) fn print(text: &str) {
-    let mut out = std::io::stdout().lock();
-    // A closed pipe (`processlock check | head -1`) is not an error worth a message.
-    let _ = out.write_all(text.as_bytes());
-    let _ = out.flush();
 }
 
 /// `backend (SHORT): held by PID 51172 (trader-short-backend) since ..., up 4m 12s`, and the

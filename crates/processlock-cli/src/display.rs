@@ -1,6 +1,25 @@
-//! Small formatting helpers: durations, aligned tables, ordered JSON objects.
+//! Small output helpers: durations, aligned tables, ordered JSON objects, the clock, stdout.
+
+use std::io::Write;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
+
+/// Milliseconds since the epoch, as lock records' start times are compared with.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Writes `text` to stdout at once.
+pub fn print(text: &str) {
+    let mut out = std::io::stdout().lock();
+    // A closed pipe (`processlock check | head -1`) is not an error worth a message.
+    let _ = out.write_all(text.as_bytes());
+    let _ = out.flush();
+}
 
 /// `3d 4h`, `2h 05m`, `4m 12s`, `12s`: the two largest units, like `ps` and `pm2 list`.
 pub fn uptime(ms: u64) -> String {

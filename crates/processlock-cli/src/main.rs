@@ -4,12 +4,14 @@
 //! * `clear`: removes lock files nobody holds (held ones too with `--force`);
 //! * `run`: holds a lock for as long as a command runs.
 //!
-//! With `--url` or `$PROCESSLOCK_URL`, all three work on locks held on a PostgreSQL server.
+//! With `--url` or `$PROCESSLOCK_URL`, all three work on locks held on a PostgreSQL server:
+//! `backend.rs` chooses and opens where the locks are, for every command.
 //!
 //! Defaults (lock directory, trade side) and log lines come from the core, so the command and the
 //! Node addon agree on them.
 
 mod args;
+mod backend;
 mod check;
 mod clear;
 mod display;
@@ -27,12 +29,15 @@ mod server;
 mod signals;
 #[cfg(unix)]
 mod tree;
+#[cfg(unix)]
+mod wait;
 
 use std::path::Path;
 
 use args::{Command, Format, Usage};
+use backend::{Backend, Place, ServerSettings, Unopened};
 use processlock::report::printable;
-use processlock::{check_process_name, resolve_dir, LockName};
+use processlock::{check_process_name, LockName};
 
 const USAGE_EXIT: i32 = 2;
 
@@ -52,22 +57,31 @@ fn usage_error(msg: &str) -> i32 {
 fn execute(dir: Option<&Path>, command: Command) -> i32 {
     match command {
         Command::Help => {
-            print!("{}", args::USAGE);
+            display::print(args::USAGE);
             0
         }
         Command::Version => {
-            println!("processlock {}", env!("CARGO_PKG_VERSION"));
+            display::print(&format!("processlock {}\n", env!("CARGO_PKG_VERSION")));
+            0
+        }
+        Command::Completions(shell) => {
+            args::print_completions(shell);
             0
         }
         Command::Check {
             format,
             url,
             lock: None,
-        } => match server_url(url).map(checked_url) {
-            Some(Ok(url)) if format == Format::Prometheus => prometheus::check_server(&url),
-            Some(Ok(url)) => server::check(&url, format == Format::Json),
-            Some(Err(code)) => code,
-            None => with_dir(dir, |d| check::run(d, format)),
+        } => match open(dir, url, ServerSettings::default()) {
+            Ok(Backend::Server(server)) if format == Format::Prometheus => {
+                prometheus::check_server(&server)
+            }
+            Ok(Backend::Server(server)) => server::check(&server, format == Format::Json),
+            Ok(Backend::Files(dir)) if format == Format::Prometheus => {
+                listed(prometheus::check_files(&dir))
+            }
+            Ok(Backend::Files(dir)) => listed(check::run(&dir, format == Format::Json)),
+            Err(code) => code,
         },
         Command::Check {
             format,
@@ -79,24 +93,20 @@ fn execute(dir: Option<&Path>, command: Command) -> i32 {
                 Ok(n) => n,
                 Err(e) => return usage_error(&e.to_string()),
             };
-            if let Some(url) = server_url(url) {
-                return match checked_url(url) {
-                    Ok(url) => server::check_one(&url, name, json),
-                    Err(code) => code,
-                };
-            }
-            match resolve_dir(dir) {
-                Ok(d) => check::run_one(&d, name, json),
-                Err(e) => {
+            match Place::from_options(dir, url).open(ServerSettings::default()) {
+                Ok(Backend::Server(server)) => server::check_one(&server, name, json),
+                Ok(Backend::Files(dir)) => check::run_one(&dir, name, json),
+                Err(Unopened::BadServer(msg)) => usage_error(&msg),
+                Err(Unopened::Dir(e)) => {
                     eprintln!("processlock: {}", printable(&e.to_string()));
                     check::UNKNOWN
                 }
             }
         }
-        Command::Clear { force, url } => match server_url(url).map(checked_url) {
-            Some(Ok(url)) => server::clear(&url, force),
-            Some(Err(code)) => code,
-            None => with_dir(dir, |d| clear::run(d, force)),
+        Command::Clear { force, url } => match open(dir, url, ServerSettings::default()) {
+            Ok(Backend::Server(server)) => server::clear(&server, force),
+            Ok(Backend::Files(dir)) => listed(clear::run(&dir, force)),
+            Err(code) => code,
         },
         Command::Run {
             process_type,
@@ -118,89 +128,76 @@ fn execute(dir: Option<&Path>, command: Command) -> i32 {
                 return usage_error(&e.to_string());
             }
             let millis = |ms: Option<u64>| ms.map(std::time::Duration::from_millis);
-            if let Some(url) = server_url(url) {
+            let place = Place::from_options(dir, url);
+            if let Place::Server(_) = place {
                 if replace {
                     return usage_error("--replace stops a holder on this host only, and a lock on a server may be held from any host: stop the holder where it runs (processlock check --url shows where)");
                 }
-                let mut pg = processlock_pg::PgOptions::new(url);
-                if let Some(lease) = millis(lease_ms) {
-                    pg.lease = lease;
+            } else {
+                if lease_ms.is_some() {
+                    return usage_error(
+                        "--lease goes with a lock on a server (--url or $PROCESSLOCK_URL)",
+                    );
                 }
-                pg.process_name = name;
-                // A URL or lease that cannot work is a usage error: nothing was sent anywhere.
-                if let Err(e) = pg.check() {
-                    return usage_error(&printable(&e.to_string()));
+                if grace_ms.is_some() && !replace {
+                    return usage_error("--grace goes with --replace, or with a lock on a server");
                 }
-                let grace = millis(grace_ms).unwrap_or_else(|| pg.loss_margin());
-                return run_on_server(ServerRun {
-                    pg,
-                    name: lock_name,
+            }
+            let settings = ServerSettings {
+                lease: millis(lease_ms),
+                process_name: name.clone(),
+            };
+            match place.open(settings) {
+                Ok(Backend::Server(server)) => {
+                    let grace = millis(grace_ms).unwrap_or_else(|| server.loss_margin());
+                    run_on_server(ServerRun {
+                        pg: server,
+                        name: lock_name,
+                        wait: millis(wait_ms),
+                        grace,
+                        quiet,
+                        command,
+                    })
+                }
+                Ok(Backend::Files(dir)) => run_command(RunOptions {
+                    target: processlock::LockTarget::new(dir, lock_name),
+                    process_name: name,
                     wait: millis(wait_ms),
-                    grace,
+                    replace_grace: replace
+                        .then(|| millis(grace_ms).unwrap_or(processlock::DEFAULT_GRACE)),
                     quiet,
                     command,
-                });
-            }
-            if lease_ms.is_some() {
-                return usage_error(
-                    "--lease goes with a lock on a server (--url or $PROCESSLOCK_URL)",
-                );
-            }
-            if grace_ms.is_some() && !replace {
-                return usage_error("--grace goes with --replace, or with a lock on a server");
-            }
-            let dir = match resolve_dir(dir) {
-                Ok(d) => d,
-                Err(e) => {
+                }),
+                // A URL or lease that cannot work is a usage error: nothing was sent anywhere.
+                Err(Unopened::BadServer(msg)) => usage_error(&msg),
+                Err(Unopened::Dir(e)) => {
                     eprintln!("[FATAL] {e}");
-                    return 1;
+                    1
                 }
-            };
-            run_command(RunOptions {
-                target: processlock::LockTarget::new(dir, lock_name),
-                process_name: name,
-                wait: millis(wait_ms),
-                replace_grace: replace
-                    .then(|| millis(grace_ms).unwrap_or(processlock::DEFAULT_GRACE)),
-                quiet,
-                command,
-            })
+            }
         }
     }
 }
 
-/// `--url`, else `$PROCESSLOCK_URL`; empty means none.
-fn server_url(option: Option<String>) -> Option<String> {
-    if option
-        .as_deref()
-        .is_some_and(processlock_pg::url_has_password)
-    {
-        eprintln!("{PASSWORD_IN_ARGV}");
-    }
-    option
-        .or_else(|| std::env::var("PROCESSLOCK_URL").ok())
-        .filter(|u| !u.is_empty())
+/// The backend of `check` (the listing) and `clear`; on failure, the exit status: 2 for a URL
+/// that cannot work, 1 for a lock directory that cannot be resolved.
+fn open(dir: Option<&Path>, url: Option<String>, settings: ServerSettings) -> Result<Backend, i32> {
+    Place::from_options(dir, url)
+        .open(settings)
+        .map_err(|e| match e {
+            Unopened::BadServer(msg) => usage_error(&msg),
+            Unopened::Dir(e) => failed(&e),
+        })
 }
 
-/// Every user of the host can read a command line (`ps`, `/proc/PID/cmdline`).
-const PASSWORD_IN_ARGV: &str = "processlock: WARNING: the password in --url can be read by every user of this host (ps, /proc/PID/cmdline); give the URL without it (in --url or $PROCESSLOCK_URL) and keep the password in ~/.pgpass or the file $PGPASSFILE names (mode 0600), or in $PGPASSWORD set for this service only";
-
-/// A URL that cannot work is a usage error, for every command: nothing was sent anywhere.
-fn checked_url(url: String) -> Result<String, i32> {
-    match processlock_pg::PgOptions::new(url.as_str()).check() {
-        Ok(_) => Ok(url),
-        Err(e) => Err(usage_error(&printable(&e.to_string()))),
-    }
+/// The exit status of a listing of lock files, or of their clearing.
+fn listed(result: processlock::Result<i32>) -> i32 {
+    result.unwrap_or_else(|e| failed(&e))
 }
 
-fn with_dir(dir: Option<&Path>, f: impl FnOnce(&Path) -> processlock::Result<i32>) -> i32 {
-    match resolve_dir(dir).and_then(|d| f(&d)) {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("processlock: {}", printable(&e.to_string()));
-            1
-        }
-    }
+fn failed(e: &processlock::Error) -> i32 {
+    eprintln!("processlock: {}", printable(&e.to_string()));
+    1
 }
 
 /// What `run` needs, whatever the platform.
@@ -234,7 +231,7 @@ fn run_command(_options: RunOptions) -> i32 {
 /// What `run` on a server needs, whatever the platform.
 #[cfg_attr(not(unix), allow(dead_code))]
 struct ServerRun {
-    pg: processlock_pg::PgOptions,
+    pg: backend::Server,
     name: LockName,
     wait: Option<std::time::Duration>,
     grace: std::time::Duration,

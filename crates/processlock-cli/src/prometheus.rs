@@ -10,12 +10,14 @@
 //! removed) has no series: alert with `absent(processlock_lock_held{...} == 1)`.
 
 use std::fmt::Write as _;
+use std::path::Path;
 
 use processlock::report::printable;
 use processlock::LockState;
-use processlock_pg::{Listed, PgOptions};
 
-use crate::check::{now_ms, Row};
+use crate::backend::{Listed, Server};
+use crate::check::Row;
+use crate::display::{now_ms, print};
 
 /// Where the locks are: the `backend` label.
 #[derive(Clone, Copy)]
@@ -96,11 +98,18 @@ pub fn from_listed(l: &Listed, now_ms: i64) -> Lock {
     }
 }
 
+/// `check --format prometheus` on a lock directory: every lock file in it. Exit status 0.
+pub fn check_files(dir: &Path) -> processlock::Result<i32> {
+    let rows = crate::check::list(dir)?;
+    print(&render(&rows.iter().map(from_row).collect::<Vec<_>>()));
+    Ok(0)
+}
+
 /// `check --url URL --format prometheus`: every lock on the server that is held or has a record
 /// left behind. Exit status 0; 1 (and nothing on stdout) when the server cannot be asked, so that
 /// `processlock check ... > tmp && mv tmp file.prom` keeps the last good file.
-pub fn check_server(url: &str) -> i32 {
-    let locks = match processlock_pg::list(&PgOptions::new(url)) {
+pub fn check_server(server: &Server) -> i32 {
+    let locks = match server.list() {
         Ok(l) => l,
         Err(e) => {
             eprintln!("processlock: {}", printable(&e.to_string()));
@@ -113,7 +122,7 @@ pub fn check_server(url: &str) -> i32 {
         .filter(|l| crate::server::state(l) != "free")
         .map(|l| from_listed(l, now))
         .collect();
-    crate::check::print(&render(&shown));
+    print(&render(&shown));
     0
 }
 

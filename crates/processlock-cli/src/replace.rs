@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use processlock::{replace_holder, Acquired, Conflict, LockTarget, Replacing};
 
-use crate::run::wait_sliced;
 use crate::signals;
+use crate::wait::wait_sliced;
 
 /// Replaces the holder named in `conflict`, then takes the lock through `attempt`.
 pub fn replace(

@@ -32,12 +32,13 @@ use std::process::{Child, Command, ExitStatus};
 use std::time::{Duration, Instant};
 
 use processlock::{
-    judge_pid, record_for, remove_if_stale, report, wait_for, Acquired, Cancel, ClaimNews,
-    ClaimToken, Error, HandoverSocket, LockName, LockTarget, PendingLock, Record, Removal, DIR_ENV,
+    judge_pid, record_for, remove_if_stale, report, Acquired, ClaimNews, ClaimToken, Error,
+    HandoverSocket, LockName, LockTarget, PendingLock, Record, Removal, DIR_ENV,
 };
 
 use crate::errno;
 use crate::signals::{self, Event, Note};
+use crate::wait::wait_sliced;
 
 const GO: u8 = 1;
 const STOP: u8 = 0;
@@ -48,9 +49,6 @@ const RELAY_WINDOW: Duration = Duration::from_secs(1);
 
 /// Set for the command: the inherited descriptors that hold the lock and let one process claim it.
 pub use processlock::INHERITED_ENV;
-
-/// A waiting `run` looks for signals (to give up) this often.
-const WAIT_SLICE: Duration = Duration::from_millis(100);
 
 pub struct Options {
     pub target: LockTarget,
@@ -346,37 +344,6 @@ fn take(mut pending: PendingLock, pid: u32, taking: &Taking) -> processlock::Res
             other => other,
         },
         (None, None) => attempt(),
-    }
-}
-
-/// `attempt` until it succeeds or fails otherwise than by a conflict, for up to `wait` or until
-/// a signal arrives. `announce` is called with the holder at the first conflict.
-pub(crate) fn wait_sliced(
-    target: &LockTarget,
-    wait: Duration,
-    mut attempt: impl FnMut() -> processlock::Result<Acquired>,
-    announce: impl FnOnce(&Record),
-) -> processlock::Result<Acquired> {
-    let started = Instant::now();
-    let deadline = started + wait;
-    let cancel = Cancel::new();
-    let mut announce = Some(announce);
-    loop {
-        // Short slices, so that a signal (which cannot cancel from its handler) ends the wait
-        // within one of them.
-        let slice_end = deadline.min(Instant::now() + WAIT_SLICE);
-        match wait_for(target, Some(slice_end), &cancel, &mut attempt) {
-            Err(Error::Conflict(mut c)) => {
-                if Instant::now() >= deadline || signals::first_received().is_some() {
-                    c.waited_ms = started.elapsed().as_millis() as u64;
-                    return Err(Error::Conflict(c));
-                }
-                if let Some(announce) = announce.take() {
-                    announce(&c.holder);
-                }
-            }
-            other => return other,
-        }
     }
 }
 

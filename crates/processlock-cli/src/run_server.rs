@@ -45,8 +45,8 @@ use processlock::report::{self, printable, LOST_EXIT_STATUS};
 use processlock::{
     Cancel, ClaimNews, ClaimToken, HandoverSocket, LockName, ServerHold, SERVER_LOCK_ENV,
 };
-use processlock_pg::{Error, PgHeld, PgOptions};
 
+use crate::backend::{PgHeld, Server, ServerError as Error, ServerResult, WaitNotice};
 use crate::run::{cannot_run, exit_like, Relay};
 use crate::signals::{self, Event};
 use crate::tree::{self, Tree};
@@ -62,7 +62,7 @@ const STOP_POLL: Duration = Duration::from_millis(100);
 const SIGNAL_POLL: Duration = Duration::from_millis(20);
 
 pub struct Options {
-    pub pg: PgOptions,
+    pub pg: Server,
     pub name: LockName,
     /// How long to wait for a holder to let go; `None`: fail at once.
     pub wait: Option<Duration>,
@@ -132,7 +132,7 @@ pub fn run(o: Options) -> i32 {
 /// exit status is returned.
 fn take(o: &Options) -> Result<PgHeld, i32> {
     let started = Instant::now();
-    let result = match (processlock_pg::acquire(&o.pg, &o.name), o.wait) {
+    let result = match (o.pg.acquire(&o.name), o.wait) {
         (Err(Error::Conflict(c)), Some(wait)) => {
             if !o.quiet {
                 let holder = match (c.holder.pid, c.backend_pid) {
@@ -165,7 +165,7 @@ fn take(o: &Options) -> Result<PgHeld, i32> {
 
 /// Waits in the server until `deadline`; a signal (which cannot cancel from its handler) ends
 /// the wait within `SIGNAL_POLL`.
-fn wait_for(o: &Options, deadline: Instant) -> processlock_pg::Result<PgHeld> {
+fn wait_for(o: &Options, deadline: Instant) -> ServerResult<PgHeld> {
     let cancel = Cancel::new();
     let done = AtomicBool::new(false);
     std::thread::scope(|scope| {
@@ -180,13 +180,13 @@ fn wait_for(o: &Options, deadline: Instant) -> processlock_pg::Result<PgHeld> {
         });
         // A server that goes away and comes back during the wait is said, not fatal.
         let (quiet, name) = (o.quiet, o.name.clone());
-        let notices = std::sync::Arc::new(move |n: &processlock_pg::WaitNotice| {
+        let notices = std::sync::Arc::new(move |n: &WaitNotice| {
             if !quiet {
                 eprintln!("{}", printable(&n.line(&name)));
             }
         });
         let result =
-            processlock_pg::acquire_wait_noting(&o.pg, &o.name, Some(deadline), &cancel, notices);
+            o.pg.acquire_wait_noting(&o.name, Some(deadline), &cancel, notices);
         done.store(true, Ordering::SeqCst);
         result
     })

@@ -1,16 +1,16 @@
 //! `check` and `clear` for locks held on a PostgreSQL server (`--url`, `$PROCESSLOCK_URL`):
 //! the same questions as for a lock directory, answered by the server's lock manager through
-//! `processlock-pg`.
+//! `processlock-pg` (see `backend.rs`).
 
 use processlock::report::printable;
 use processlock::LockName;
-use processlock_pg::{Listed, PgOptions};
 use serde_json::Value;
 
-use crate::check::{now_ms, HELD, NOT_HELD, UNKNOWN};
-use crate::display::{json_text, opt_str, ordered_object, table, uptime};
+use crate::backend::{Listed, Server, ServerError};
+use crate::check::{HELD, NOT_HELD, UNKNOWN};
+use crate::display::{json_text, now_ms, opt_str, ordered_object, table, uptime};
 
-fn fail(e: &processlock_pg::Error) -> i32 {
+fn fail(e: &ServerError) -> i32 {
     eprintln!("processlock: {}", printable(&e.to_string()));
     1
 }
@@ -24,9 +24,8 @@ pub(crate) fn state(l: &Listed) -> &'static str {
 }
 
 /// Every lock of the namespace that is held or has a record left behind. Exit status 0.
-pub fn check(url: &str, json: bool) -> i32 {
-    let opts = PgOptions::new(url);
-    let locks = match processlock_pg::list(&opts) {
+pub fn check(server: &Server, json: bool) -> i32 {
+    let locks = match server.list() {
         Ok(l) => l,
         Err(e) => return fail(&e),
     };
@@ -36,8 +35,7 @@ pub fn check(url: &str, json: bool) -> i32 {
         let items: Vec<String> = shown.iter().map(|l| item_json(l, now)).collect();
         json_text(&format!("[{}]\n", items.join(", ")))
     } else if shown.is_empty() {
-        let server = opts.check().unwrap_or_default();
-        format!("No locks held on {}\n", printable(&server))
+        format!("No locks held on {}\n", printable(server.shown()))
     } else {
         let rows: Vec<Vec<String>> = shown.iter().map(|l| row(l, now)).collect();
         table(
@@ -127,9 +125,8 @@ fn item_json(l: &Listed, now: i64) -> String {
 }
 
 /// Whether `name` is held on the server: `HELD`, `NOT_HELD` or `UNKNOWN`.
-pub fn check_one(url: &str, name: LockName, json: bool) -> i32 {
-    let opts = PgOptions::new(url);
-    let holder = match processlock_pg::inspect(&opts, &name) {
+pub fn check_one(server: &Server, name: LockName, json: bool) -> i32 {
+    let holder = match server.inspect(&name) {
         Ok(h) => h,
         Err(e) => {
             fail(&e);
@@ -183,11 +180,10 @@ pub fn check_one(url: &str, name: LockName, json: bool) -> i32 {
 /// Clears the records no live session stands behind; with `force`, first ends the session of
 /// every holder (`pg_terminate_backend`), which frees its lock at once. Exit status 0, or 1 when
 /// something could not be done.
-pub fn clear(url: &str, force: bool) -> i32 {
-    let opts = PgOptions::new(url);
+pub fn clear(server: &Server, force: bool) -> i32 {
     let mut status = 0;
     if force {
-        let locks = match processlock_pg::list(&opts) {
+        let locks = match server.list() {
             Ok(l) => l,
             Err(e) => return fail(&e),
         };
@@ -197,7 +193,7 @@ pub fn clear(url: &str, force: bool) -> i32 {
                 println!("kept            {shown} (not a lock name this tool writes)");
                 continue;
             };
-            match processlock_pg::terminate_holder(&opts, name) {
+            match server.terminate_holder(name) {
                 Ok(Some(h)) => println!(
                     "ended session   {shown} (server process {}; PID {} on {} is told at once that its lock is lost)",
                     h.backend_pid,
@@ -209,7 +205,7 @@ pub fn clear(url: &str, force: bool) -> i32 {
             }
         }
     }
-    match processlock_pg::clear_stale(&opts) {
+    match server.clear_stale() {
         Ok(cleared) => {
             for name in &cleared {
                 println!("removed stale   {} (its session is gone)", printable(name));
@@ -221,7 +217,7 @@ pub fn clear(url: &str, force: bool) -> i32 {
         Err(e) => status = status.max(fail(&e)),
     }
     if !force {
-        if let Ok(locks) = processlock_pg::list(&opts) {
+        if let Ok(locks) = server.list() {
             for l in locks.iter().filter(|l| l.holder.is_some()) {
                 let pid = record_of(l).map_or_else(|| "?".to_string(), |r| r.pid.to_string());
                 println!(

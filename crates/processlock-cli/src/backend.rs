@@ -1,0 +1,162 @@
+//! Where the locks are: the one place the command chooses a backend and opens it, and the one
+//! file that names the PostgreSQL crate.
+//!
+//! `--url` (else `$PROCESSLOCK_URL`) names a PostgreSQL server; otherwise the locks are files in
+//! a lock directory (`--dir`, else `$PROCESSLOCK_DIR`, else the core's default). `check`, `clear`
+//! and `run` (with `--wait` or `--replace`) take their `Backend` from here and from nowhere else,
+//! so a command never decides between the two by itself, and a new backend is added here.
+//!
+//! A lock directory needs nothing but its path: the commands call the core's file functions on
+//! it. A server is a `Server`, whose methods are the operations a backend offers (list, inspect,
+//! force-remove, clear, acquire, wait): each forwards to `processlock-pg` with the options it
+//! was opened with. They are shaped as one backend interface would have them, so that once the
+//! core defines that interface, `Backend` can become a handle to it and this file the adapter.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use processlock::report::printable;
+use processlock::{resolve_dir, Cancel, LockName};
+use processlock_pg as pg;
+
+#[cfg(unix)]
+pub use pg::WaitNotice;
+pub use pg::{Error as ServerError, Holder, Listed, PgHeld, Result as ServerResult};
+
+/// An opened backend.
+pub enum Backend {
+    /// Lock files in this (resolved) directory.
+    Files(PathBuf),
+    Server(Server),
+}
+
+/// Where the options put the locks, before anything is checked: a server wins over a directory.
+pub enum Place {
+    /// `--dir`, if given; `None`: `$PROCESSLOCK_DIR` or the default, resolved when opened.
+    Dir(Option<PathBuf>),
+    /// The server's URL.
+    Server(String),
+}
+
+/// Why a backend could not be opened.
+pub enum Unopened {
+    /// A URL or lease that cannot work: a usage error, and nothing was sent anywhere.
+    BadServer(String),
+    /// The lock directory could not be resolved.
+    Dir(processlock::Error),
+}
+
+/// What `run` sets on the lock it takes on a server.
+#[derive(Default)]
+pub struct ServerSettings {
+    /// `--lease`; `None`: the default.
+    pub lease: Option<Duration>,
+    /// `--name`: the process name in the lock record.
+    pub process_name: Option<String>,
+}
+
+impl Place {
+    /// `--url`, else `$PROCESSLOCK_URL` (empty means none), else the lock directory.
+    pub fn from_options(dir: Option<&Path>, url: Option<String>) -> Place {
+        if url.as_deref().is_some_and(pg::url_has_password) {
+            eprintln!("{PASSWORD_IN_ARGV}");
+        }
+        match url
+            .or_else(|| std::env::var("PROCESSLOCK_URL").ok())
+            .filter(|u| !u.is_empty())
+        {
+            Some(url) => Place::Server(url),
+            None => Place::Dir(dir.map(Path::to_path_buf)),
+        }
+    }
+
+    pub fn open(self, settings: ServerSettings) -> Result<Backend, Unopened> {
+        match self {
+            Place::Dir(dir) => resolve_dir(dir.as_deref())
+                .map(Backend::Files)
+                .map_err(Unopened::Dir),
+            Place::Server(url) => Server::open(url, settings)
+                .map(Backend::Server)
+                .map_err(Unopened::BadServer),
+        }
+    }
+}
+
+/// Every user of the host can read a command line (`ps`, `/proc/PID/cmdline`).
+const PASSWORD_IN_ARGV: &str = "processlock: WARNING: the password in --url can be read by every user of this host (ps, /proc/PID/cmdline); give the URL without it (in --url or $PROCESSLOCK_URL) and keep the password in ~/.pgpass or the file $PGPASSFILE names (mode 0600), or in $PGPASSWORD set for this service only";
+
+/// A PostgreSQL server whose options were checked (nothing was sent to it yet).
+pub struct Server {
+    opts: pg::PgOptions,
+    /// How messages name the server: `user@host:port/dbname`, never the password.
+    shown: String,
+}
+
+impl Server {
+    fn open(url: String, settings: ServerSettings) -> Result<Server, String> {
+        let mut opts = pg::PgOptions::new(url);
+        if let Some(lease) = settings.lease {
+            opts.lease = lease;
+        }
+        opts.process_name = settings.process_name;
+        match opts.check() {
+            Ok(shown) => Ok(Server { opts, shown }),
+            Err(e) => Err(printable(&e.to_string()).into_owned()),
+        }
+    }
+
+    pub fn shown(&self) -> &str {
+        &self.shown
+    }
+
+    /// Every lock of the namespace, held or not.
+    pub fn list(&self) -> ServerResult<Vec<Listed>> {
+        pg::list(&self.opts)
+    }
+
+    /// Who holds `name`; `None` when nobody does.
+    pub fn inspect(&self, name: &LockName) -> ServerResult<Option<Holder>> {
+        pg::inspect(&self.opts, name)
+    }
+
+    /// Ends the session of the holder of `name`, which frees the lock at once.
+    pub fn terminate_holder(&self, name: &LockName) -> ServerResult<Option<Holder>> {
+        pg::terminate_holder(&self.opts, name)
+    }
+
+    /// Removes the records no live session stands behind; their lock names.
+    pub fn clear_stale(&self) -> ServerResult<Vec<String>> {
+        pg::clear_stale(&self.opts)
+    }
+}
+
+/// What `run` takes a lock with (`run` is not available on Windows yet).
+#[cfg_attr(not(unix), allow(dead_code))]
+impl Server {
+    pub fn acquire(&self, name: &LockName) -> ServerResult<PgHeld> {
+        pg::acquire(&self.opts, name)
+    }
+
+    /// Waits for `name` until `deadline` or `cancel`, telling `notices` when the server goes
+    /// away during the wait and when it is back.
+    pub fn acquire_wait_noting(
+        &self,
+        name: &LockName,
+        deadline: Option<Instant>,
+        cancel: &Cancel,
+        notices: pg::OnWaitNotice,
+    ) -> ServerResult<PgHeld> {
+        pg::acquire_wait_noting(&self.opts, name, deadline, cancel, notices)
+    }
+
+    /// What names the lock `name` on this server (see `PgOptions::lock_id`).
+    pub fn lock_id(&self, name: &LockName) -> ServerResult<String> {
+        self.opts.lock_id(name)
+    }
+
+    /// How long before the server may give a lost lock to another holder this process learns
+    /// of the loss: the default grace for stopping the command.
+    pub fn loss_margin(&self) -> Duration {
+        self.opts.loss_margin()
+    }
+}
