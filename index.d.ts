@@ -153,6 +153,7 @@ export type ProcessLockErrorCode =
   | 'LOCK_ABORTED'
   | 'LOCK_UNSAFE_DIR'
   | 'LOCK_LOST'
+  | 'LOCK_FENCED'
 
 export class ProcessLockError extends Error {
   readonly code: ProcessLockErrorCode
@@ -221,6 +222,25 @@ export class LockLostError extends ProcessLockError {
   readonly code: 'LOCK_LOST'
   /** The lock: its file's path, or its server and name. */
   readonly lockFile?: string
+}
+
+/**
+ * A write to a table guarded by `fenceWrites` came from a connection not bound to the newest
+ * claim of its lock (another holder claimed it since, or this connection never claimed), or a
+ * claim came with a fencing token older than one already claimed. Stop what the lock protects.
+ */
+export class LockFencedError extends ProcessLockError {
+  readonly code: 'LOCK_FENCED'
+  /** The lock's key in the guarded database: `'backend'`, or `'backend:SHORT'` with a side. */
+  readonly lock?: string
+  /** The generation this connection (or this claim) had. */
+  readonly generation?: string
+  /** The newest generation claimed, which it is not. */
+  readonly current?: string
+  /** On PostgreSQL: the SQLSTATE of the refusal (`'P0001'`). */
+  readonly sqlstate?: string
+  /** On PostgreSQL: the driver's error, as node-postgres reported it. */
+  readonly cause?: unknown
 }
 
 /**
@@ -296,3 +316,42 @@ export function lockFilePath(processType: ProcessType, options?: LockOptions): s
  * process.exit(1)`, the lines also reach PM2's log files in cluster mode.
  */
 export function acquireLockOrExit(processType: ProcessType, options?: AcquireOptions): Promise<LockInfo>
+
+/** A connection `fenceWrites` takes: what the application already has, duck-typed. */
+export type FenceableDatabase =
+  /** better-sqlite3 `Database`, node:sqlite `DatabaseSync`. */
+  | { prepare(sql: string): unknown; exec(sql: string): unknown; function(name: string, ...rest: unknown[]): unknown }
+  /** node-postgres `Client` or `Pool`. */
+  | { query(...args: unknown[]): unknown }
+
+export interface FenceOptions extends LockOptions {
+  /**
+   * The tables the lock protects in this database (`name`, or `schema.name` on PostgreSQL):
+   * each gets a trigger that refuses writes from connections not bound to the newest claim.
+   */
+  tables: string[]
+}
+
+export interface Fence {
+  /** The lock's key in the guarded database: `'backend'`, or `'backend:SHORT'` with a side. */
+  readonly lock: string
+  /**
+   * This claim's generation, a decimal string: a server lock's fencing token, or for a lock
+   * file a number the guarded database minted, one above the previous claim's.
+   */
+  readonly generation: string
+  readonly tables: string[]
+  /** Unbinds the connection (a Pool: clients handed out from now on): its writes are refused. */
+  unbind(): void | Promise<void>
+}
+
+/**
+ * Claims the lock `processType`, which this process must hold (name it with the options it was
+ * taken with), in the database of `db`, and guards `options.tables` there. The claim raises the
+ * lock's generation in that database (a server lock: to its fencing token, never down) and binds
+ * `db` to it. From then on the database itself refuses, with `LockFencedError`, every write to
+ * those tables from a connection not bound to the newest claim: the late writes of a holder that
+ * lost the lock. SQLite: the error is thrown by the statement; PostgreSQL: `db.query` rejects
+ * with it. Call it right after the lock was taken, before the first write.
+ */
+export function fenceWrites(db: FenceableDatabase, processType: ProcessType, options: FenceOptions): Promise<Fence>

@@ -478,6 +478,17 @@ function acquireLockOrExit(processType, options) {
   return require('./lib/exit.js').orExit(acquireLock)(processType, options)
 }
 
+/**
+ * Claims the lock `processType`, held by this process, in the database of `db` (a better-sqlite3
+ * or node:sqlite database, a node-postgres Client or Pool) and guards `options.tables` there:
+ * from then on that database refuses, with LockFencedError, the writes of any connection not
+ * bound to the newest claim (lib/fence.js, loaded at the first call).
+ */
+async function fenceWrites(db, processType, options) {
+  if (options !== undefined) checkOptions(processType, options)
+  return require('./lib/fence.js').fenceWrites({ getLockInfo, isLockHeld }, db, processType, options)
+}
+
 module.exports = {
   acquireLock,
   acquireLockAsync,
@@ -498,5 +509,7 @@ module.exports = {
   LockAbortedError: errors.LockAbortedError,
   LockUnsafeDirError: errors.LockUnsafeDirError,
   LockLostError: errors.LockLostError,
+  LockFencedError: errors.LockFencedError,
   acquireLockOrExit,
+  fenceWrites,
 }

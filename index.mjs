@@ -22,6 +22,8 @@ export const {
   LockAbortedError,
   LockUnsafeDirError,
   LockLostError,
+  LockFencedError,
   acquireLockOrExit,
+  fenceWrites,
 } = api
 export default api

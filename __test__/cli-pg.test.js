@@ -269,9 +269,11 @@ pgTest('a bad URL or lease is a usage error, an unreachable server an I/O error;
   const short = await tryRun('backend', {}, ['--url', pg.url, '--lease', '10'])
   expect(short.code).toBe(2)
   expect(short.stderr).toContain('LOCK_INVALID_OPTION')
-  // --replace signals a holder on this host only; a server lock may be held from anywhere.
+  // --replace with nobody to replace takes the lock on the server and runs the command.
   const replace = await tryRun('backend', {}, ['--url', pg.url, '--replace'])
-  expect(replace.code).toBe(2)
+  expect(replace.code).toBe(0)
+  expect(replace.stdout).toContain('RAN')
+  expect(replace.stderr).not.toContain('[PROCESS_LOCK_REPLACE]')
   // A port nothing listens on.
   const gone = await tryRun('backend', {}, ['--url', 'postgres://trader:secret@127.0.0.1:1/db'])
   expect(gone.code).toBe(1)

@@ -2,7 +2,7 @@
 'use strict'
 // npm run bench [-- --quick] [--write | --no-write] [--out FILE] [--dir D]
 //               [--sections cycle,startup,contention,memory,handover,
-//                           pg-cycle,pg-takeover,pg-handover]
+//                           pg-cycle,pg-takeover,pg-handover,fence]
 //
 // One run, one machine, ours and the peers side by side:
 //   cycle       uncontended acquire+release: ours, proper-lockfile (sync and
@@ -16,6 +16,9 @@
 //   pg-*        locks on a PostgreSQL server the run starts (bench/pg.js): the
 //               cycle, takeover after SIGKILL / SIGSTOP / a network cut, and
 //               handover to a waiter; skipped where PostgreSQL is not installed
+//   fence       a write to a table guarded by fenceWrites beside one to an
+//               unguarded twin: SQLite in WAL mode, PostgreSQL on loopback
+//               (bench/fence.js; its own block, "bench-fence")
 // Writes BENCHMARKS.md (the "bench" block, and "bench-pg" for the pg-* sections;
 // a block none of whose sections ran, and the "torture" block written by
 // bench/torture.js --write, are kept). --quick is a short CI smoke run: smaller
@@ -30,8 +33,9 @@ const { Worker } = require('./pool')
 const { ROOT, LABELS, oursUnavailable } = require('./impls')
 const R = require('./report')
 const PG = require('./pg')
+const FENCE = require('./fence')
 
-const SECTIONS = ['cycle', 'startup', 'contention', 'memory', 'handover', ...PG.SECTIONS]
+const SECTIONS = ['cycle', 'startup', 'contention', 'memory', 'handover', ...PG.SECTIONS, ...FENCE.SECTIONS]
 
 function parseArgs(argv) {
   const a = { quick: false, write: null, out: null, dir: null, sections: SECTIONS, peersOnly: false }
@@ -650,7 +654,7 @@ async function main() {
   console.log(`bench${a.quick ? ' (quick)' : ''}: ${m.summary}; dir ${root}`)
   ctx.floorExe = a.sections.includes('cycle') ? buildFloor(root) : null
 
-  const parts = { bench: [], 'bench-pg': [] }
+  const parts = { bench: [], 'bench-pg': [], 'bench-fence': [] }
   const fns = {
     cycle: cycleSection,
     startup: startupSection,
@@ -658,6 +662,7 @@ async function main() {
     memory: memorySection,
     handover: handoverSection,
     ...PG.sections,
+    ...FENCE.sections,
   }
   try {
     for (const s of SECTIONS) {
@@ -665,7 +670,7 @@ async function main() {
       const t = Date.now()
       const res = await fns[s](a, ctx)
       console.log(`\n${res.md}\n\n(${((Date.now() - t) / 1000).toFixed(1)} s)`)
-      parts[PG.SECTIONS.includes(s) ? 'bench-pg' : 'bench'].push(res.md)
+      parts[PG.SECTIONS.includes(s) ? 'bench-pg' : FENCE.SECTIONS.includes(s) ? 'bench-fence' : 'bench'].push(res.md)
     }
   } finally {
     await PG.closeServer(ctx)
@@ -675,7 +680,11 @@ async function main() {
   const cmd = `npm run bench${process.argv.length > 2 ? ' -- ' + process.argv.slice(2).join(' ') : ''}`
   // Lock files and server locks are two blocks of BENCHMARKS.md: a run of one kind's sections
   // leaves the other's block as it was.
-  const titles = { bench: 'Benchmarks', 'bench-pg': 'Benchmarks: locks on a PostgreSQL server' }
+  const titles = {
+    bench: 'Benchmarks',
+    'bench-pg': 'Benchmarks: locks on a PostgreSQL server',
+    'bench-fence': 'Benchmarks: fenced writes',
+  }
   const blocks = Object.entries(parts)
     .filter(([, p]) => p.length)
     .map(([name, p]) => [

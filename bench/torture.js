@@ -8,7 +8,8 @@
 //                         [--kinds fresh,stale,recycled,legacy,kill,
 //                                  force-release,force-stale,run-tree,run-race,
 //                                  exit-hook,pg-race,pg-terminate,pg-restart,
-//                                  pg-frozen]
+//                                  pg-frozen, fence-sqlite-force, fence-pg-stop,
+//                                  fence-pg-terminate, fence-pg-restart]
 //                         [--peer-rounds N (= rounds)] [--peer-kill-rounds N (200)]
 //                         [--hold-us U (2000)] [--dir D] [--keep]
 //                         [--write]   (also put the tables into BENCHMARKS.md: races on
@@ -67,6 +68,12 @@
 //             app's ownership (acquire .. its death, told by a pidfd) against
 //             the next holder's, when the lock is lost (the server ends the
 //             session) or the launcher is SIGKILLed (bench/torture-tree.js)
+//   fence-sqlite-force, fence-pg-stop, fence-pg-terminate, fence-pg-restart
+//             (ours only; fixed 4 processes; at most 1000 rounds, 40 for pg-stop, 20
+//             for pg-restart) lost updates of a counter incremented under the lock
+//             while a fault strikes a holder between its read and its write, with
+//             fenced writes off and on (bench/torture-fence.js); written to a block
+//             of its own, torture-fence
 // Racers are long-lived processes (bench/worker.js) told per round, through
 // stdin, the lock directory and a start instant t0 (CLOCK_MONOTONIC); they
 // sleep until t0, try once, and if they win hold (asleep) for a random
@@ -98,9 +105,10 @@ const runKinds = require('./torture-run')
 const pgKinds = require('./torture-pg')
 const treeKinds = require('./torture-tree')
 const exitKinds = require('./torture-exit')
+const fenceKinds = require('./torture-fence')
 
 // Kinds that run without the long-lived racers of a Combo.
-const SEPARATE = [...runKinds.KINDS, ...exitKinds.KINDS, ...pgKinds.KINDS, ...treeKinds.KINDS]
+const SEPARATE = [...runKinds.KINDS, ...exitKinds.KINDS, ...pgKinds.KINDS, ...treeKinds.KINDS, ...fenceKinds.KINDS]
 
 const LOCK_NAME = 'backend.short.lock'
 const GUARD_NAME = '.processlock.guard'
@@ -194,6 +202,7 @@ function parseArgs(argv) {
       ...exitKinds.KINDS,
       ...pgKinds.KINDS,
       ...treeKinds.KINDS,
+      ...fenceKinds.KINDS,
     ],
     peerRounds: null,
     peerKillRounds: null,
@@ -745,8 +754,19 @@ async function main() {
   const trees = a.impls.includes('ours') ? a.kinds.filter((k) => treeKinds.KINDS.includes(k)) : []
   const whyNoTrees = trees.length ? treeKinds.prepare() : null
   if (whyNoTrees) console.log(`torture: ${trees.join(', ')}: skipped (${whyNoTrees})`)
-  const pg = onServer.length || (trees.length && !whyNoTrees) ? await pgKinds.startServer() : null
-  if (pg && pg.why) console.log(`torture: ${[...onServer, ...trees].join(', ')}: skipped (${pg.why})`)
+  const fencing = a.impls.includes('ours') ? a.kinds.filter((k) => fenceKinds.KINDS.includes(k)) : []
+  const fencingOnPg = fencing.filter((k) => k !== 'fence-sqlite-force')
+  const fenceResults = []
+  const runFence = async (kind, pg) => {
+    for (const fence of [false, true]) {
+      const st = await fenceKinds.runKind(kind, { rounds: a.rounds, fence, base: root, pg })
+      fenceResults.push(st)
+      console.log(fenceKinds.line(st))
+    }
+  }
+  if (fencing.includes('fence-sqlite-force')) await runFence('fence-sqlite-force', null)
+  const pg = onServer.length || fencingOnPg.length || (trees.length && !whyNoTrees) ? await pgKinds.startServer() : null
+  if (pg && pg.why) console.log(`torture: ${[...onServer, ...trees, ...fencingOnPg].join(', ')}: skipped (${pg.why})`)
   else if (pg) {
     try {
       for (const kind of whyNoTrees ? [] : trees) {
@@ -774,6 +794,7 @@ async function main() {
           console.log(report.tortureLine(st))
         }
       }
+      for (const kind of fencingOnPg) await runFence(kind, pg)
     } finally {
       await pg.close()
     }
@@ -795,6 +816,14 @@ async function main() {
     ['torture', results.filter((st) => !onPg(st)), meta],
     ['torture-pg', results.filter(onPg), { ...meta, server: true }],
   ].filter(([, rs]) => rs.length)
+  if (fenceResults.length) {
+    const md = fenceKinds.markdown(fenceResults, meta)
+    console.log('\n' + md)
+    if (a.write) {
+      report.replaceSection(path.join(__dirname, '..', 'BENCHMARKS.md'), 'torture-fence', md)
+      console.log('torture: results written to BENCHMARKS.md (torture-fence)')
+    }
+  }
   for (const [name, rs, m] of blocks) {
     const md = report.tortureMarkdown(rs, m)
     console.log('\n' + md)
@@ -807,6 +836,13 @@ async function main() {
   const ours = results.filter((s) => s.impl === 'ours')
   const double = ours.reduce((x, s) => x + s.doubleOwnerRounds, 0)
   const other = ours.reduce((x, s) => x + failures(s), 0)
+  const fenceFailures = fenceKinds.failures(fenceResults)
+  if (fenceFailures) {
+    console.error(
+      `torture: FAIL: ${fenceFailures} lost or twice-written increment(s) with fenced writes on, or workers lost`,
+    )
+    process.exit(1)
+  }
   if (double) {
     console.error(`torture: FAIL: ${double} double-owner round(s) for @trader/processlock`)
     process.exit(1)

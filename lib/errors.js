@@ -33,6 +33,12 @@ class LockUnsafeDirError extends ProcessLockError {}
  * the lease, or its lock file was removed or replaced. Stop what the lock protects.
  */
 class LockLostError extends ProcessLockError {}
+/**
+ * A write to a table guarded by `fenceWrites` came from a connection that is not bound to the
+ * newest claim of its lock (another holder claimed it since, or it never claimed), or a claim
+ * came with a fencing token older than one already claimed. Stop what the lock protects.
+ */
+class LockFencedError extends ProcessLockError {}
 
 /** The class of each code the native layer reports (its `ErrorCode`); a test holds them equal. */
 const CLASSES = {
@@ -45,6 +51,7 @@ const CLASSES = {
   LOCK_ABORTED: LockAbortedError,
   LOCK_UNSAFE_DIR: LockUnsafeDirError,
   LOCK_LOST: LockLostError,
+  LOCK_FENCED: LockFencedError,
 }
 
 function normalizeRecord(r) {
@@ -101,6 +108,7 @@ module.exports = {
   LockAbortedError,
   LockUnsafeDirError,
   LockLostError,
+  LockFencedError,
   CLASSES,
   errorFromFailure,
   throwIfFailed,

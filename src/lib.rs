@@ -167,6 +167,8 @@ pub enum ErrorCode {
     UnsafeDir,
     #[napi(value = "LOCK_LOST")]
     Lost,
+    #[napi(value = "LOCK_FENCED")]
+    Fenced,
 }
 
 impl From<processlock::ErrorCode> for ErrorCode {
@@ -182,6 +184,7 @@ impl From<processlock::ErrorCode> for ErrorCode {
             Core::Aborted => Self::Aborted,
             Core::UnsafeDir => Self::UnsafeDir,
             Core::Lost => Self::Lost,
+            Core::Fenced => Self::Fenced,
         }
     }
 }
@@ -495,7 +498,8 @@ fn acquire_waiting(
 /// Like `acquire`, but a live holder of this host is replaced: SIGTERM, a wait of up to
 /// `grace_ms` (default 10 s) for the handover, then SIGKILL (the core's `replace_holder`, the same steps as
 /// `processlock run --replace`). Blocks the calling thread for up to `grace_ms` plus a few
-/// seconds after a SIGKILL.
+/// seconds after a SIGKILL. With a server, a holder on any host is asked through the server to
+/// stop, and waited for up to `grace_ms`; never killed (`processlock_pg::acquire_replacing`).
 #[napi(catch_unwind)]
 #[allow(clippy::too_many_arguments)] // positional on purpose: see `LockOptions`
 pub fn acquire_replacing(
@@ -509,6 +513,22 @@ pub fn acquire_replacing(
     grace_ms: Option<f64>,
 ) -> AcquireOutcome {
     let options = LockOptions::new(dir, trade_side, process_name, log, holder, server);
+    // A lock on a server is replaced through the server, wherever its holder runs: never in a
+    // lock file of this host.
+    if options.server.as_ref().is_some_and(|s| !s.url.is_empty()) {
+        let taken = match (select(&process_type, &options), grace(grace_ms)) {
+            (Ok(lock), Ok(wait)) => lock.acquire_replacing(&options, wait),
+            (Err(f), _) => AcquireOutcome {
+                error: Some(*f),
+                ..Default::default()
+            },
+            (_, Err(e)) => AcquireOutcome {
+                error: Some(e.into()),
+                ..Default::default()
+            },
+        };
+        return kept(taken, &options);
+    }
     let found = file_lock(&process_type, &options).and_then(|l| Ok((l, grace(grace_ms)?)));
     let (lock, grace) = match found {
         Ok(found) => found,

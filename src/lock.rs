@@ -12,6 +12,48 @@ use crate::{
     RemoveOutcome, Waiting, WAITS,
 };
 
+/// A backend that can ask a holder to stop and take its place (`acquireLock` with `replace`).
+pub(crate) trait Replacing: Backend {
+    fn acquire_replacing(
+        &self,
+        name: &LockName,
+        place: &str,
+        holder: u32,
+        wait: &Wait,
+        grace: std::time::Duration,
+        lines: &mut dyn FnMut(String, bool),
+    ) -> Result<Taken, Self::Error>;
+}
+
+/// The file backend replaces through `acquire_replacing` in `lib.rs` (signals, this host only).
+impl Replacing for processlock::FileBackend {
+    fn acquire_replacing(
+        &self,
+        name: &LockName,
+        place: &str,
+        holder: u32,
+        _wait: &Wait,
+        _grace: std::time::Duration,
+        _lines: &mut dyn FnMut(String, bool),
+    ) -> Result<Taken, Self::Error> {
+        self.acquire(name, place, None, holder, None)
+    }
+}
+
+impl Replacing for processlock_pg::PgBackend {
+    fn acquire_replacing(
+        &self,
+        name: &LockName,
+        place: &str,
+        holder: u32,
+        wait: &Wait,
+        grace: std::time::Duration,
+        lines: &mut dyn FnMut(String, bool),
+    ) -> Result<Taken, Self::Error> {
+        self.acquire_replacing(name, place, holder, wait, grace, lines)
+    }
+}
+
 /// The lock `name` on `backend`, at `place`.
 pub(crate) struct On<B> {
     pub backend: B,
@@ -31,6 +73,16 @@ pub(crate) trait Lock {
     fn is_held(&self, options: &LockOptions) -> HeldOutcome;
     /// Reports the loss of the caller's hold to its `listen_losses` callback from now on.
     fn watch_lost(&self, options: &LockOptions);
+    /// Takes the lock, asking its holder to stop first, within `wait`, where the backend can ask
+    /// (a server: a holder on any host); the file backend's replace is `acquire_replacing`'s own.
+    fn acquire_replacing(
+        &self,
+        options: &LockOptions,
+        wait: std::time::Duration,
+    ) -> AcquireOutcome {
+        let _ = wait;
+        self.acquire(options, None)
+    }
 }
 
 impl<B: Backend> On<B>
@@ -192,10 +244,43 @@ where
     }
 }
 
-impl<B: Backend> Lock for On<B>
+impl<B: Backend + Replacing> Lock for On<B>
 where
     B::Error: Into<Failure> + std::fmt::Display,
 {
+    fn acquire_replacing(
+        &self,
+        options: &LockOptions,
+        wait: std::time::Duration,
+    ) -> AcquireOutcome {
+        let key = WAITS.internal_key();
+        let cancel = WAITS.begin(key, &self.place);
+        let said = Arc::new(Mutex::new(Vec::new()));
+        let mut lines = Vec::new();
+        let quiet = options.quiet;
+        let result = self.backend.acquire_replacing(
+            &self.name,
+            &self.place,
+            options.holder,
+            &Wait {
+                deadline: None,
+                cancel: &cancel,
+                said: Arc::clone(&said),
+            },
+            wait,
+            &mut |line, always| {
+                if always || !quiet {
+                    lines.push(line)
+                }
+            },
+        );
+        WAITS.end(key);
+        if !quiet {
+            lines.append(&mut said.lock().unwrap_or_else(|p| p.into_inner()));
+        }
+        self.outcome(result, lines, options)
+    }
+
     fn place(&self) -> String {
         self.place.clone()
     }

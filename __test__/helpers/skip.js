@@ -9,7 +9,8 @@
 //   needs(hasIptables() && isRoot, 'iptables and root')('test name', fn)
 //
 // Two kinds of reason, marked in the name so scripts/test.js tells them apart:
-//   [skipped on <platform>: why]   the test is about other platforms (CI on this one passes);
+//   [skipped on <platform>: why]   the test is about other platforms, or other Node versions
+//                                  (CI on this one passes);
 //   [skipped: needs what]          this machine lacks something (CI must provide it: .ci/run
 //                                  fails on such a skip).
 
@@ -38,9 +39,14 @@ function onlyOn(platforms, why) {
   return gate(platforms.includes(process.platform), PLATFORM_MARK(why))
 }
 
+/** Runs on the Node versions where `present` is true (a feature of newer Node); on others skipped, saying why. */
+function onlyOnNode(present, why) {
+  return gate(Boolean(present), `[skipped on node${process.versions.node.split('.')[0]}: ${why}]`)
+}
+
 /** Runs where `present` is true; elsewhere skipped as needing `what` (a tool, root, ...). */
 function needs(present, what) {
   return gate(Boolean(present), NEEDS_MARK(what))
 }
 
-module.exports = { onlyOn, needs }
+module.exports = { onlyOn, onlyOnNode, needs }

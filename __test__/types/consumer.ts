@@ -21,6 +21,9 @@ import {
   LockIoError,
   LockLostError,
   lockSignal,
+  LockFencedError,
+  fenceWrites,
+  type Fence,
   type AsyncAcquireOptions,
   type LockInfo,
   type LockStatus,
@@ -143,3 +146,24 @@ async function runOnServer(url: string): Promise<void> {
   console.log(backend, token, onServer.length)
 }
 void runOnServer('postgres://trader@db.internal/trader')
+
+// Fenced writes: the guarded database refuses the late writes of a holder that lost the lock.
+interface SqliteLike {
+  prepare(sql: string): { run(...params: unknown[]): unknown }
+  exec(sql: string): unknown
+  function(name: string, options: object, fn: (...args: any[]) => unknown): unknown
+}
+async function fencedWorker(db: SqliteLike): Promise<void> {
+  await acquireLockOrExit('worker')
+  const fence: Fence = await fenceWrites(db, 'worker', { tables: ['orders'] })
+  const generation: string = fence.generation
+  try {
+    db.prepare('INSERT INTO orders (id) VALUES (?)').run(generation)
+  } catch (e) {
+    if (e instanceof LockFencedError) {
+      const code: 'LOCK_FENCED' = e.code
+      console.error(code, e.lock, e.current)
+    }
+  }
+}
+void fencedWorker

@@ -23,7 +23,7 @@ Usage:
   processlock clear [--force] [--dir DIR | --url URL]
   processlock run <type> [--side SIDE] [--wait MS | --replace [--grace MS]] [--name NAME] [--quiet]
                   [--dir DIR] -- <command> [args...]
-  processlock run <type> --url URL [--side SIDE] [--wait MS] [--lease MS] [--grace MS]
+  processlock run <type> --url URL [--side SIDE] [--wait MS | --replace] [--lease MS] [--grace MS]
                   [--name NAME] [--quiet] -- <command> [args...]
   processlock completions <shell>
 
@@ -69,7 +69,10 @@ Commands:
           left. When the command's main process ends and leaves processes behind, they are
           stopped the same way and the lock is released only after. If processlock is killed,
           on Linux the main process gets SIGKILL and a process that adopted the lock ends with
-          status 75 (other processes the command started are not reached).
+          status 75 (other processes the command started are not reached). With --url,
+          --replace asks the holder, on any host, through the server to stop (it sends itself
+          SIGTERM) and starts the command once it let go; a holder still holding after
+          --grace (default 10000) is a conflict, never killed.
   completions  Print the completion script for the shell (bash, elvish, fish, powershell or
           zsh), e.g. processlock completions bash > /etc/bash_completion.d/processlock
 
@@ -81,14 +84,15 @@ Options:
                  client address; clear removes records no live session stands behind; clear
                  --force ends the session of every holder (pg_terminate_backend, which needs
                  the right role): the holders are told at once that their locks are lost. run
-                 holds the lock on the server (see run above; not with --replace).
+                 holds the lock on the server (see run above).
   --side SIDE    Trade side of the lock (run, check <type>). Default: $TRADE_SIDE. An empty
                  side is refused; for none, leave TRADE_SIDE empty: TRADE_SIDE= processlock ...
   --wait MS      Wait up to MS milliseconds for a holder to let go (run). Default: 0, fail at once.
   --replace      Stop the holder and take its place (run): SIGTERM, then SIGKILL after --grace.
   --grace MS     How long a replaced holder may take to exit after SIGTERM. Default: 10000.
                  With --url: how long the command may take to exit after SIGTERM once the lock
-                 is lost. Default: a quarter of the lease.
+                 is lost (default: a quarter of the lease), and with --replace how long the
+                 holder has to let go.
   --lease MS     With --url: how long the server keeps the lock of a holder it no longer
                  hears from (frozen, cut off). Default: 10000; at least 1000.
   --name NAME    Process name written in the lock record (run): at most 256 characters, no

@@ -20,7 +20,7 @@ use processlock::{resolve_dir, Cancel, LockName};
 use processlock_pg as pg;
 
 #[cfg(unix)]
-pub use pg::WaitNotice;
+pub use pg::{stop_this_process, OnWaitNotice, WaitNotice};
 pub use pg::{Error as ServerError, Holder, Listed, PgHeld, Result as ServerResult};
 
 /// An opened backend.
@@ -147,6 +147,20 @@ impl Server {
         notices: pg::OnWaitNotice,
     ) -> ServerResult<PgHeld> {
         pg::acquire_wait_noting(&self.opts, name, deadline, cancel, notices)
+    }
+
+    /// Takes `name`, asking its holder (on any host) through the server to stop first and
+    /// waiting up to `wait` for it to let go; `lines` gets the replace lines (with whether they
+    /// must be printed even when quiet).
+    pub fn acquire_replacing(
+        &self,
+        name: &LockName,
+        wait: Duration,
+        cancel: &Cancel,
+        notices: pg::OnWaitNotice,
+        lines: pg::ReplaceLines<'_>,
+    ) -> ServerResult<PgHeld> {
+        pg::acquire_replacing(&self.opts, name, wait, cancel, notices, lines)
     }
 
     /// What names the lock `name` on this server (see `PgOptions::lock_id`).

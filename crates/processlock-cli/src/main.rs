@@ -129,11 +129,7 @@ fn execute(dir: Option<&Path>, command: Command) -> i32 {
             }
             let millis = |ms: Option<u64>| ms.map(std::time::Duration::from_millis);
             let place = Place::from_options(dir, url);
-            if let Place::Server(_) = place {
-                if replace {
-                    return usage_error("--replace stops a holder on this host only, and a lock on a server may be held from any host: stop the holder where it runs (processlock check --url shows where)");
-                }
-            } else {
+            if !matches!(place, Place::Server(_)) {
                 if lease_ms.is_some() {
                     return usage_error(
                         "--lease goes with a lock on a server (--url or $PROCESSLOCK_URL)",
@@ -155,6 +151,9 @@ fn execute(dir: Option<&Path>, command: Command) -> i32 {
                         name: lock_name,
                         wait: millis(wait_ms),
                         grace,
+                        // The holder, on any host, is asked through the server and given --grace.
+                        replace: replace
+                            .then(|| millis(grace_ms).unwrap_or(processlock::DEFAULT_GRACE)),
                         quiet,
                         command,
                     })
@@ -235,6 +234,7 @@ struct ServerRun {
     name: LockName,
     wait: Option<std::time::Duration>,
     grace: std::time::Duration,
+    replace: Option<std::time::Duration>,
     quiet: bool,
     command: Vec<std::ffi::OsString>,
 }
@@ -246,6 +246,7 @@ fn run_on_server(o: ServerRun) -> i32 {
         name: o.name,
         wait: o.wait,
         grace: o.grace,
+        replace: o.replace,
         quiet: o.quiet,
         command: o.command,
     })

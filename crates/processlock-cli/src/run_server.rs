@@ -46,7 +46,9 @@ use processlock::{
     Cancel, ClaimNews, ClaimToken, HandoverSocket, LockName, ServerHold, SERVER_LOCK_ENV,
 };
 
-use crate::backend::{PgHeld, Server, ServerError as Error, ServerResult, WaitNotice};
+use crate::backend::{
+    self, OnWaitNotice, PgHeld, Server, ServerError as Error, ServerResult, WaitNotice,
+};
 use crate::run::{cannot_run, exit_like, Relay};
 use crate::signals::{self, Event};
 use crate::tree::{self, Tree};
@@ -68,6 +70,8 @@ pub struct Options {
     pub wait: Option<Duration>,
     /// How long the command may take to exit after SIGTERM once the lock is lost.
     pub grace: Duration,
+    /// `--replace`: ask the holder, on any host, to let go, and wait this long for it.
+    pub replace: Option<Duration>,
     pub quiet: bool,
     pub command: Vec<OsString>,
 }
@@ -87,6 +91,12 @@ pub fn run(o: Options) -> i32 {
         let _ = held.release();
         signals::die_by(signal);
     }
+    // Asked through the server to make way for a replacer: this process gets SIGTERM, which it
+    // passes on to the command as any other (see `supervise`).
+    let asked = o.name.clone();
+    held.on_replace_request(Box::new(move |request| {
+        backend::stop_this_process(&asked, request)
+    }));
     let loss = match LossNotice::watch(&held) {
         Ok(loss) => loss,
         Err(e) => {
@@ -132,7 +142,24 @@ pub fn run(o: Options) -> i32 {
 /// exit status is returned.
 fn take(o: &Options) -> Result<PgHeld, i32> {
     let started = Instant::now();
-    let result = match (o.pg.acquire(&o.name), o.wait) {
+    let first = match o.replace {
+        Some(wait) => with_signal_cancel(|cancel| {
+            let quiet = o.quiet;
+            o.pg.acquire_replacing(
+                &o.name,
+                wait,
+                cancel,
+                wait_notices(o),
+                &mut |line, always| {
+                    if always || !quiet {
+                        eprintln!("{}", printable(&line));
+                    }
+                },
+            )
+        }),
+        None => o.pg.acquire(&o.name),
+    };
+    let result = match (first, o.wait) {
         (Err(Error::Conflict(c)), Some(wait)) => {
             if !o.quiet {
                 let holder = match (c.holder.pid, c.backend_pid) {
@@ -166,6 +193,13 @@ fn take(o: &Options) -> Result<PgHeld, i32> {
 /// Waits in the server until `deadline`; a signal (which cannot cancel from its handler) ends
 /// the wait within `SIGNAL_POLL`.
 fn wait_for(o: &Options, deadline: Instant) -> ServerResult<PgHeld> {
+    with_signal_cancel(|cancel| {
+        o.pg.acquire_wait_noting(&o.name, Some(deadline), cancel, wait_notices(o))
+    })
+}
+
+/// Runs `wait` with a `Cancel` that a signal to this process sets.
+fn with_signal_cancel<T>(wait: impl FnOnce(&Cancel) -> T) -> T {
     let cancel = Cancel::new();
     let done = AtomicBool::new(false);
     std::thread::scope(|scope| {
@@ -178,17 +212,19 @@ fn wait_for(o: &Options, deadline: Instant) -> ServerResult<PgHeld> {
                 std::thread::sleep(SIGNAL_POLL);
             }
         });
-        // A server that goes away and comes back during the wait is said, not fatal.
-        let (quiet, name) = (o.quiet, o.name.clone());
-        let notices = std::sync::Arc::new(move |n: &WaitNotice| {
-            if !quiet {
-                eprintln!("{}", printable(&n.line(&name)));
-            }
-        });
-        let result =
-            o.pg.acquire_wait_noting(&o.name, Some(deadline), &cancel, notices);
+        let result = wait(&cancel);
         done.store(true, Ordering::SeqCst);
         result
+    })
+}
+
+/// A server that goes away and comes back during a wait is said, not fatal.
+fn wait_notices(o: &Options) -> OnWaitNotice {
+    let (quiet, name) = (o.quiet, o.name.clone());
+    std::sync::Arc::new(move |n: &WaitNotice| {
+        if !quiet {
+            eprintln!("{}", printable(&n.line(&name)));
+        }
     })
 }
 

@@ -78,6 +78,46 @@ impl PgBackend {
         }
     }
 
+    /// `acquire`, but a holder on any host is asked through the server to stop, and the lock is
+    /// taken once it has let go, within `grace` (`replace::acquire_replacing`); never a lock
+    /// file, never a kill.
+    pub fn acquire_replacing(
+        &self,
+        name: &LockName,
+        place: &str,
+        holder: processlock::Holder,
+        wait: &Wait,
+        grace: std::time::Duration,
+        lines: &mut dyn FnMut(String, bool),
+    ) -> Result<processlock::Taken> {
+        if let Some(joined) = HOLDS.join(place, holder) {
+            return Ok(joined);
+        }
+        if let Some(hold) = claim_server_lock(place, |hold| self.holds_now(name, hold)) {
+            return Ok(HOLDS.insert(place, holder, PgHold::Adopted(hold), Vec::new()));
+        }
+        let (said, lock) = (Arc::clone(&wait.said), name.clone());
+        let notices = Arc::new(move |n: &WaitNotice| locked(&said).push(n.line(&lock)));
+        let held = crate::replace::acquire_replacing(
+            &self.opts,
+            name,
+            grace,
+            wait.cancel,
+            notices,
+            lines,
+        )?;
+        Ok(HOLDS.insert(place, holder, self.session(name, held), Vec::new()))
+    }
+
+    /// A session hold of `name`, which stops this process when another asks to replace it.
+    fn session(&self, name: &LockName, held: PgHeld) -> PgHold {
+        let asked = name.clone();
+        held.on_replace_request(Box::new(move |request| {
+            crate::replace::stop_this_process(&asked, request)
+        }));
+        PgHold::Session(held)
+    }
+
     /// Whether the server says, now, that this lock is held with exactly `hold`'s record and
     /// fencing token: a hold is adopted on the server's word, never on a variable's.
     fn holds_now(&self, name: &LockName, hold: &ServerHold) -> bool {
@@ -162,7 +202,7 @@ impl Backend for PgBackend {
                 acquire_wait_noting(&opts, name, w.deadline, w.cancel, notices)?
             }
         };
-        Ok((PgHold::Session(held), Vec::new()))
+        Ok((self.session(name, held), Vec::new()))
     }
 
     fn let_go(&self, _name: &LockName, hold: PgHold) -> Released<Error> {

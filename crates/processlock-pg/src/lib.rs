@@ -129,6 +129,7 @@ mod loss;
 mod options;
 mod pgpass;
 mod probe;
+mod replace;
 mod session;
 mod table;
 mod tls;
@@ -146,6 +147,9 @@ pub use options::{
     PgOptions, DEFAULT_CONNECT_TIMEOUT, DEFAULT_LEASE, DEFAULT_NAMESPACE, DEFAULT_TABLE,
 };
 pub use processlock::Record;
+pub use replace::{
+    acquire_replacing, stop_this_process, OnReplaceRequest, ReplaceLines, ReplaceRequest,
+};
 pub use table::Holder;
 
 /// The statements the lock sends, for the benchmark's floor (`examples/pg_floor.rs`), which

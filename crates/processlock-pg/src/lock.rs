@@ -19,6 +19,7 @@ use crate::key::lock_key;
 use crate::loss::{LossWatch, OnLost};
 use crate::options::{PgOptions, Settings};
 use crate::probe::Probe;
+use crate::replace::{self, OnReplaceRequest, ReplaceRequest, Requests};
 use crate::session::Session;
 use crate::table::{self, Holder};
 
@@ -69,6 +70,27 @@ pub fn acquire_wait_noting(
         cancel: cancel.clone(),
         started: Instant::now(),
         notices,
+        request: None,
+    };
+    start(opts, name, Some(wait))
+}
+
+/// `acquire_wait_noting`, waiting in a session named `request`: a request to the holder to let
+/// go (see `replace.rs`).
+pub(crate) fn acquire_requesting(
+    opts: &PgOptions,
+    name: &LockName,
+    deadline: Option<Instant>,
+    cancel: &Cancel,
+    notices: OnWaitNotice,
+    request: String,
+) -> Result<PgHeld> {
+    let wait = Wait {
+        deadline,
+        cancel: cancel.clone(),
+        started: Instant::now(),
+        notices,
+        request: Some(request),
     };
     start(opts, name, Some(wait))
 }
@@ -120,6 +142,8 @@ pub struct PgHeld {
     fencing_token: String,
     backend_pid: i32,
     watch: Arc<LossWatch>,
+    /// Told when a replacer asks this holder to let go.
+    requests: Arc<Requests>,
     /// The session's socket as this thread can see it (see `probe.rs`).
     probe: Arc<Probe>,
     release: Option<oneshot::Sender<()>>,
@@ -177,6 +201,14 @@ impl PgHeld {
         self.watch.on_lost(hook)
     }
 
+    /// Runs `hook`, on the lock's own thread, each time a replacer asks this holder to let go
+    /// (once per asking session; see `replace.rs`). Without a hook, requests are not answered:
+    /// the replacer's wait ends in a conflict. `stop_this_process` is what the addon and the
+    /// command do.
+    pub fn on_replace_request(&self, hook: OnReplaceRequest) {
+        self.requests.add(hook)
+    }
+
     /// Until when the lock is certainly this process's: the loss deadline, moved on by every
     /// confirmed heartbeat. Past it, or once `is_lost`, assume nothing.
     pub fn guaranteed_until(&self) -> Instant {
@@ -224,6 +256,8 @@ struct Wait {
     /// When the caller started waiting.
     started: Instant,
     notices: OnWaitNotice,
+    /// The session waits under this `application_name`: a request to the holder to let go.
+    request: Option<String>,
 }
 
 /// The first pause before connecting again to a server that went away, and the longest.
@@ -262,6 +296,7 @@ fn start(opts: &PgOptions, name: &LockName, wait: Option<Wait>) -> Result<PgHeld
     let (released_tx, released_rx) = mpsc::sync_channel(1);
     // Replaced by the real deadline before the caller sees the lock.
     let watch = Arc::new(LossWatch::new(Stamp::now()));
+    let requests = replace::new_requests();
     let server = s.server.clone();
     let job = Job {
         s,
@@ -270,6 +305,7 @@ fn start(opts: &PgOptions, name: &LockName, wait: Option<Wait>) -> Result<PgHeld
         name: name.clone(),
         record: record.clone(),
         watch: Arc::clone(&watch),
+        requests: Arc::clone(&requests),
     };
     let thread = std::thread::Builder::new()
         .name("processlock-pg".into())
@@ -283,6 +319,7 @@ fn start(opts: &PgOptions, name: &LockName, wait: Option<Wait>) -> Result<PgHeld
             fencing_token: g.fencing_token.to_string(),
             backend_pid: g.backend_pid,
             watch,
+            requests,
             probe: g.probe,
             release: Some(release_tx),
             released: released_rx,
@@ -344,6 +381,7 @@ struct Job {
     name: LockName,
     record: Record,
     watch: Arc<LossWatch>,
+    requests: Arc<Requests>,
 }
 
 impl Job {
@@ -382,7 +420,11 @@ impl Job {
                 let _ = self.release_now(&session).await;
                 return;
             }
-            match self.hold(&session, confirmed_sent, release).await {
+            let requests = replace::request_sql(self.key, &token.to_string(), session.backend_pid);
+            match self
+                .hold(&session, confirmed_sent, release, &requests)
+                .await
+            {
                 Outcome::Release if session.probe.heard_unasked() => {
                     // The caller saw the loss on the socket (`is_lost`) before this thread did:
                     // there is nothing left to release, the loss is declared as any other.
@@ -487,8 +529,18 @@ impl Job {
                 away: o.since.elapsed(),
             });
         }
+        if let Some(request) = &wait.request {
+            // `request_name` keeps it free of quotes.
+            let sql = format!("SET application_name = '{request}'; SELECT 1");
+            session.simple_row(&self.s, "lock", &sql).await?;
+        }
         self.wait_for(&session, wait).await?;
         let (token, sent) = self.claim(&session).await?;
+        if wait.request.is_some() {
+            // Held now, the session asks nothing of anyone: its name goes back to the one it
+            // connected with. A failure leaves only the name (a waiter's request needs a wait).
+            let _ = session.client.simple_query("RESET application_name").await;
+        }
         Ok((session, token, sent))
     }
 
@@ -623,8 +675,11 @@ impl Job {
         session: &Session,
         mut confirmed_sent: Stamp,
         mut release: oneshot::Receiver<()>,
+        request_sql: &str,
     ) -> Outcome {
         let beat_sql = table::still_held_sql(self.key);
+        // The sessions whose request this holder has answered: each is answered once.
+        let mut answered: Vec<i32> = Vec::new();
         let every = self.s.heartbeat_every();
         let lost_after = self.s.lost_after();
         let mut last_sent = confirmed_sent.mono;
@@ -663,8 +718,16 @@ impl Job {
                 _ = sleep_until(deadline.mono.into()) => return Outcome::Lost(silent()),
                 why = session.ended() => return Outcome::Lost(session_ended(&why)),
                 _ = &mut release => return Outcome::Release,
-                r = session.simple_row(&self.s, "heartbeat", &beat_sql) => r,
+                r = async {
+                    // One round trip: the server answers both in order, each on its own, so a
+                    // look for requests that fails never fails the heartbeat.
+                    tokio::join!(
+                        session.simple_row(&self.s, "heartbeat", &beat_sql),
+                        session.simple_row(&self.s, "heartbeat", request_sql)
+                    )
+                } => r,
             };
+            let (answer, request) = answer;
             if deadline.passed() {
                 // Answered, but too late to count: the process was frozen in between.
                 return Outcome::Lost(silent());
@@ -674,6 +737,10 @@ impl Job {
                     session.probe.asking(false);
                     confirmed_sent = sent;
                     self.watch.extend(sent.plus(lost_after));
+                    if let Some(r) = asked(request, &answered) {
+                        answered.push(r.backend_pid);
+                        self.requests.tell(&r);
+                    }
                 }
                 Ok(_) => {
                     return Outcome::Lost(
@@ -721,6 +788,12 @@ impl Job {
             )),
         }
     }
+}
+
+/// A request found with a heartbeat that this holder has not answered yet.
+fn asked(found: Result<Vec<String>>, answered: &[i32]) -> Option<ReplaceRequest> {
+    let column = found.ok()?.into_iter().next()?;
+    replace::parse_request(&column).filter(|r| !answered.contains(&r.backend_pid))
 }
 
 fn session_ended(why: &str) -> String {

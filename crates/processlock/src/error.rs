@@ -35,6 +35,9 @@ pub enum ErrorCode {
     Aborted,
     UnsafeDir,
     Lost,
+    /// A write refused by a fenced database (raised by the database and the JS fence, never
+    /// by the native code; listed so that every code lives in this one list).
+    Fenced,
 }
 
 impl ErrorCode {
@@ -49,6 +52,7 @@ impl ErrorCode {
             ErrorCode::Aborted => "LOCK_ABORTED",
             ErrorCode::UnsafeDir => "LOCK_UNSAFE_DIR",
             ErrorCode::Lost => "LOCK_LOST",
+            ErrorCode::Fenced => "LOCK_FENCED",
         }
     }
 }

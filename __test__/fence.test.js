@@ -1,0 +1,302 @@
+'use strict'
+// Fenced writes on SQLite: a holder that lost its lock file (removed by force, cleared, its
+// directory deleted) keeps running, and the database refuses its late writes once a newer holder
+// claimed the lock there. Real processes, a real database file in WAL mode, better-sqlite3
+// (and node:sqlite where this Node has it).
+const fs = require('node:fs')
+const path = require('node:path')
+const Database = require('better-sqlite3')
+const pl = require('..')
+const { start, tempDir } = require('./helpers/proc')
+const { cli } = require('./helpers/cli-proc')
+const { onlyOnNode } = require('./helpers/skip')
+
+/** Whether this Node has node:sqlite with user functions (22.13 and 23.5 on). */
+function nodeSqlite() {
+  try {
+    const { DatabaseSync } = require('node:sqlite')
+    return typeof DatabaseSync.prototype.function === 'function'
+  } catch {
+    return false
+  }
+}
+
+/** A database file with the table the service writes, in WAL mode. */
+function database(label) {
+  const dir = tempDir(label)
+  const file = path.join(dir, 'app.db')
+  const db = new Database(file)
+  db.pragma('journal_mode = WAL')
+  db.exec('CREATE TABLE orders (id INTEGER PRIMARY KEY, note TEXT NOT NULL)')
+  db.close()
+  return { dir, file }
+}
+
+/** A service process (fixtures/fence-holder.js) that answers numbered commands. */
+function service(lockDir, db, { driver = 'sqlite', env = {} } = {}) {
+  const p = start('fence-holder.js', { dir: lockDir, env: { FENCE_DB: `${driver}:${db}`, ...env } })
+  let n = 0
+  return {
+    p,
+    ready: () => p.waitFor('READY'),
+    async ask(cmd) {
+      n++
+      p.child.stdin.write(`${cmd} ${n}\n`)
+      const m = await p.waitFor(new RegExp(`^(\\w+) ${n}(?: (.*))?$`, 'm'))
+      return { reply: m[1], rest: m[2] ?? '' }
+    },
+    async stop() {
+      p.child.stdin.end()
+      p.kill('SIGKILL')
+      await p.done()
+    },
+  }
+}
+
+const rows = (file) => {
+  const db = new Database(file, { readonly: true })
+  try {
+    return db
+      .prepare('SELECT note FROM orders ORDER BY id')
+      .all()
+      .map((r) => r.note)
+  } finally {
+    db.close()
+  }
+}
+
+const started = []
+afterEach(async () => {
+  for (const s of started.splice(0)) await s.stop()
+})
+function track(s) {
+  started.push(s)
+  return s
+}
+
+/** How a running holder loses its lock file to an operator, while it keeps running. */
+const LOSSES = {
+  'forceRemoveLock by another process': async (dir) => {
+    pl.forceRemoveLock('backend', { dir, tradeSide: 'SHORT', log: false })
+  },
+  'processlock clear --force': async (dir) => {
+    const r = await cli(['clear', '--force'], { dir })
+    expect(r.code).toBe(0)
+  },
+  'the lock directory deleted': async (dir) => {
+    fs.rmSync(dir, { recursive: true, force: true })
+  },
+}
+
+describe.each([
+  ['better-sqlite3', 'sqlite', true],
+  ['node:sqlite', 'node-sqlite', nodeSqlite()],
+])('SQLite through %s', (_, driver, present) => {
+  const t = onlyOnNode(present, 'node:sqlite with user functions is in Node 22.13 and later')
+
+  t.each(Object.keys(LOSSES))(
+    'a holder whose lock file was lost (%s) has its late writes refused once the new holder claimed',
+    async (how) => {
+      const { dir: home, file } = database('fence-lost')
+      const lockDir = path.join(home, 'locks')
+      const old = track(service(lockDir, file, { driver }))
+      await old.ready()
+      expect(await old.ask('claim')).toEqual({ reply: 'CLAIMED', rest: '1' })
+      // The app's own statements, unchanged, go through while it is the newest holder.
+      expect((await old.ask('write')).reply).toBe('WROTE')
+      expect((await old.ask('update')).reply).toBe('WROTE')
+
+      await LOSSES[how](lockDir)
+      const next = track(service(lockDir, file, { driver }))
+      await next.ready()
+      // The generation lives in the guarded database: nothing done to the lock directory
+      // takes it back.
+      expect(await next.ask('claim')).toEqual({ reply: 'CLAIMED', rest: '2' })
+
+      for (const op of ['write', 'update', 'delete']) {
+        const late = await old.ask(op)
+        expect([op, late.reply]).toEqual([op, 'REFUSED'])
+        expect(late.rest).toMatch(
+          /^LockFencedError LOCK_FENCED LOCK_FENCED: backend \(SHORT\): this connection claimed generation 1, but generation 2 was claimed since/,
+        )
+      }
+      expect((await next.ask('write')).reply).toBe('WROTE')
+      // Its claim again is refused too: it no longer holds the lock.
+      const again = await old.ask('claim')
+      expect(again.rest).toMatch(/^LockFencedError LOCK_FENCED LOCK_FENCED: backend is not held by this process/)
+      const notes = rows(file)
+      expect(notes).toHaveLength(2)
+      expect(notes).toEqual(['updated 3', `order 2 of ${next.p.pid}`])
+    },
+    60000,
+  )
+})
+
+test('a connection that never claimed is refused: one without the check function cannot even prepare a write', async () => {
+  const { dir: home, file } = database('fence-unclaimed')
+  const lockDir = path.join(home, 'locks')
+  const holder = track(service(lockDir, file))
+  await holder.ready()
+  await holder.ask('claim')
+
+  // A process that loaded no fence at all.
+  const bare = new Database(file)
+  try {
+    expect(() => bare.prepare("INSERT INTO orders (note) VALUES ('bare')").run()).toThrow(
+      'no such function: processlock_fence_check',
+    )
+    // Reads are not guarded.
+    expect(bare.prepare('SELECT count(*) AS n FROM orders').get().n).toBe(0)
+  } finally {
+    bare.close()
+  }
+
+  // The same package in a process that holds no lock: it cannot claim, and cannot write.
+  const stranger = track(service(lockDir, file, { env: { FENCE_NO_LOCK: '1' } }))
+  await stranger.ready()
+  expect((await stranger.ask('claim')).rest).toMatch(/^LockFencedError LOCK_FENCED /)
+  expect((await stranger.ask('write')).rest).toMatch(
+    /^SqliteError undefined no such function|^SqliteError SQLITE_ERROR no such function/,
+  )
+  expect((await holder.ask('write')).reply).toBe('WROTE')
+  expect(rows(file)).toHaveLength(1)
+}, 60000)
+
+test('a second connection of the holder is refused until it claims, and its claim fences the first (a minted generation is one per claim)', async () => {
+  const { dir: home, file } = database('fence-second')
+  const lockDir = path.join(home, 'locks')
+  pl.acquireLock('backend', { dir: lockDir, tradeSide: 'SHORT', log: false })
+  const a = new Database(file)
+  const b = new Database(file)
+  try {
+    const fa = await pl.fenceWrites(a, 'backend', { dir: lockDir, tradeSide: 'SHORT', tables: ['orders'] })
+    expect(fa).toMatchObject({ lock: 'backend:SHORT', generation: '1', tables: ['orders'] })
+    // b has the check function only once it claims; before that, SQLite cannot prepare its write.
+    expect(() => b.prepare("INSERT INTO orders (note) VALUES ('b')").run()).toThrow('no such function')
+    const fb = await pl.fenceWrites(b, 'backend', { dir: lockDir, tradeSide: 'SHORT', tables: ['orders'] })
+    expect(fb.generation).toBe('2')
+    // A minted generation fences every earlier claim, the holder's own included: claim once
+    // per process, or once per connection before its first write.
+    let error
+    try {
+      a.prepare("INSERT INTO orders (note) VALUES ('a')").run()
+    } catch (e) {
+      error = e
+    }
+    expect(error).toBeInstanceOf(pl.LockFencedError)
+    expect(error).toMatchObject({ code: 'LOCK_FENCED', lock: 'backend:SHORT', generation: '1', current: '2' })
+    b.prepare("INSERT INTO orders (note) VALUES ('b')").run()
+    fb.unbind()
+    expect(() => b.prepare("INSERT INTO orders (note) VALUES ('b2')").run()).toThrow(
+      /^LOCK_FENCED: backend \(SHORT\): this connection has not claimed the lock/,
+    )
+  } finally {
+    a.close()
+    b.close()
+    pl.releaseLock('backend', { dir: lockDir, tradeSide: 'SHORT', log: false })
+  }
+})
+
+test('a server lock claims with its fencing token; a claim with an older token than the stored one is refused', async () => {
+  // The token rule, without a server: what fenceWrites does with a lock whose info carries a token.
+  const { fenceWrites } = require('../lib/fence.js')
+  const { file } = database('fence-token')
+  const db = new Database(file)
+  const api = (token) => ({
+    getLockInfo: () => ({ pid: process.pid, tradeSide: null, fencingToken: token }),
+    isLockHeld: () => true,
+  })
+  try {
+    expect((await fenceWrites(api('9007199254740993'), db, 'worker', { tables: ['orders'] })).generation).toBe(
+      '9007199254740993',
+    )
+    let error
+    try {
+      await fenceWrites(api('9007199254740992'), db, 'worker', { tables: ['orders'] })
+    } catch (e) {
+      error = e
+    }
+    expect(error).toBeInstanceOf(pl.LockFencedError)
+    expect(error.message).toBe(
+      'LOCK_FENCED: worker: fencing token 9007199254740992 is older than generation 9007199254740993 already claimed: another holder has had the lock since',
+    )
+    // The refused claim changed nothing: the newer claim's connection still writes.
+    db.prepare("INSERT INTO orders (note) VALUES ('ok')").run()
+    expect(db.prepare('SELECT generation FROM processlock_fence').safeIntegers().get().generation).toBe(
+      9007199254740993n,
+    )
+  } finally {
+    db.close()
+  }
+})
+
+test('claims of many processes at once get distinct generations, in the order they held the lock', async () => {
+  // Each takes the lock (waiting for it), claims, writes its generation, and lets go.
+  const { dir: home, file } = database('fence-order')
+  const lockDir = path.join(home, 'locks')
+  const script = `
+    const pl = require(${JSON.stringify(path.resolve(__dirname, '..'))})
+    const Database = require('better-sqlite3')
+    const db = new Database(process.argv[1]); db.pragma('busy_timeout = 10000')
+    ;(async () => {
+      for (let i = 0; i < 5; i++) {
+        await pl.acquireLockAsync('backend', { dir: process.argv[2], tradeSide: 'SHORT', log: false, timeoutMs: 60000 })
+        const f = await pl.fenceWrites(db, 'backend', { dir: process.argv[2], tradeSide: 'SHORT', tables: ['orders'] })
+        db.prepare('INSERT INTO orders (note) VALUES (?)').run(f.generation)
+        pl.releaseLock('backend', { dir: process.argv[2], tradeSide: 'SHORT', log: false })
+      }
+      console.log('DONE')
+    })()`
+  const { watch } = require('./helpers/proc')
+  const procs = Array.from({ length: 6 }, () => watch(process.execPath, ['-e', script, file, lockDir]))
+  for (const p of procs) await p.waitFor('DONE', 60000)
+  for (const p of procs) await p.done()
+  expect(rows(file).map(Number)).toEqual(Array.from({ length: 30 }, (_, i) => i + 1))
+}, 90000)
+
+test('bad arguments are refused before anything is written', async () => {
+  const { dir: home, file } = database('fence-args')
+  const db = new Database(file)
+  try {
+    await expect(pl.fenceWrites({}, 'backend', { tables: ['orders'] })).rejects.toMatchObject({
+      code: 'LOCK_INVALID_OPTION',
+    })
+    for (const tables of [undefined, [], ['x; DROP TABLE orders'], ['main.orders']]) {
+      await expect(pl.fenceWrites(db, 'backend', { dir: home, tables })).rejects.toMatchObject({
+        code: 'LOCK_INVALID_OPTION',
+      })
+    }
+    await expect(pl.fenceWrites(db, 42, { dir: home, tables: ['orders'] })).rejects.toMatchObject({
+      code: 'LOCK_INVALID_NAME',
+    })
+    await expect(pl.fenceWrites(db, 'backend', { dir: home, tables: ['orders'] })).rejects.toMatchObject({
+      code: 'LOCK_FENCED',
+    })
+    expect(db.prepare("SELECT count(*) AS n FROM sqlite_master WHERE name LIKE 'processlock%'").get().n).toBe(0)
+  } finally {
+    db.close()
+  }
+})
+
+test('a table guarded by one lock is not taken over by the claim of another', async () => {
+  const { dir: home, file } = database('fence-two-locks')
+  const lockDir = path.join(home, 'locks')
+  const opts = { dir: lockDir, tradeSide: null, log: false }
+  const db = new Database(file)
+  try {
+    pl.acquireLock('backend', opts)
+    pl.acquireLock('worker', opts)
+    await pl.fenceWrites(db, 'backend', { ...opts, tables: ['orders'] })
+    await expect(pl.fenceWrites(db, 'worker', { ...opts, tables: ['orders'] })).rejects.toMatchObject({
+      code: 'LOCK_INVALID_OPTION',
+      message: expect.stringContaining('trigger processlock_fence_orders_insert already guards its table another way'),
+    })
+    // The refused claim changed nothing: the first lock's claim still writes.
+    db.prepare("INSERT INTO orders (note) VALUES ('backend')").run()
+    expect(db.prepare('SELECT lock FROM processlock_fence').all()).toEqual([{ lock: 'backend' }])
+  } finally {
+    db.close()
+    pl.releaseLock('backend', opts)
+    pl.releaseLock('worker', opts)
+  }
+})
