@@ -118,6 +118,7 @@
 
 mod admin;
 mod auth;
+mod backend;
 mod clock;
 mod connect;
 mod conninfo;
@@ -134,6 +135,7 @@ mod table;
 mod tls;
 
 pub use admin::{clear_stale, list, terminate_holder, Listed};
+pub use backend::{release_hold, PgBackend, PgHold};
 pub use conninfo::url_has_password;
 pub use error::{Conflict, Error, Lost, Result};
 pub use key::lock_key;
