@@ -275,8 +275,6 @@ function acquireLock(processType, options) {
   return adopt(out, processType, opts, native, sink)
 }
 
-let nextWaitId = 1
-
 function checkAsyncOptions(processType, options) {
   const opts = checkOptions(processType, options)
   checkWait(opts, 'timeoutMs')
@@ -338,8 +336,7 @@ async function acquireLockAsync(processType, options) {
   throwIfFailed(where)
   const flight = enterFlight(where.lockFile)
   try {
-    const waitId = nextWaitId
-    nextWaitId = nextWaitId >= 0xffffffff ? 1 : nextWaitId + 1
+    const waitId = binding.newWaitId()
     const onAbort = () => binding.cancelWait(waitId)
     if (signal) signal.addEventListener('abort', onAbort, { once: true })
     let out

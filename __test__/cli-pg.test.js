@@ -1,6 +1,8 @@
 'use strict'
 // `processlock run` with the lock on a PostgreSQL server: a private server started for this file,
 // real `processlock` processes, real commands and real signals. Needs `npm run build` first.
+// What `run` does on every backend (conflict, --wait, the hand-over, release) is the lock
+// contract's (contract/postgres.test.js); here, what only a server lock does.
 const pl = require('..')
 const { tempDir, watch } = require('./helpers/proc')
 const { LOST_EXIT_STATUS, usePg } = require('./helpers/pg')
@@ -60,46 +62,6 @@ test('the test computes lock keys as the library does', () => {
   expect(saltedKey('00000000000000010000000000000002', 'backend.short.lock')).toBe(206270567605668656n)
 })
 
-pgTest(
-  'run holds the lock while the command runs, passes SIGTERM on, exits with its status, and releases',
-  async () => {
-    const run = runOnServer('backend', [], ['signal-exit', '7'])
-    await childPid(run)
-    await run.waitFor(`[PROCESS_LOCK_ACQUIRED] { processType: 'backend', tradeSide: 'SHORT', pid: ${run.pid} }`)
-    expect(await holdersOf('backend')).toHaveLength(1)
-
-    // Another instance, with the option or the environment variable: a conflict naming this run.
-    for (const other of [await tryRun('backend'), await tryRun('backend', { PROCESSLOCK_URL: pg.url }, [])]) {
-      expect(other.code).toBe(1)
-      expect(other.stdout).not.toContain('RAN')
-      expect(other.stderr).toContain('[PROCESS_LOCK_CONFLICT] Another backend (SHORT) is already running!')
-      expect(other.stderr).toContain(`Existing process: { pid: ${run.pid},`)
-      expect(other.stderr).toContain(`To force restart, run: kill ${run.pid}`)
-    }
-    // An app taking the same lock through the addon conflicts too.
-    let err
-    try {
-      pl.acquireLock('backend', { url: pg.url, tradeSide: 'SHORT', log: false })
-    } catch (e) {
-      err = e
-    }
-    expect(err).toBeInstanceOf(pl.LockConflictError)
-    expect(err.holder.pid).toBe(run.pid)
-    const listed = JSON.parse((await cli(['check', 'backend', '--url', pg.url, '--json'])).stdout)
-    expect(listed).toMatchObject({ held: true, pid: run.pid })
-
-    run.kill('SIGTERM')
-    const r = await run.done(30000)
-    expect(r.stdout).toContain('GOT SIGTERM')
-    expect(r.code).toBe(7)
-    expect(r.stderr).toContain(
-      `[PROCESS_LOCK_RELEASED] { processType: 'backend', tradeSide: 'SHORT', pid: ${run.pid} }`,
-    )
-    // Released before processlock exits.
-    expect(await holdersOf('backend')).toEqual([])
-  },
-)
-
 pgTest('the command gets its fencing token, larger for each new holder', async () => {
   const printToken = ['-e', 'console.log("TOKEN " + process.env.PROCESSLOCK_FENCING_TOKEN)']
   const tokens = []
@@ -114,29 +76,6 @@ pgTest('the command gets its fencing token, larger for each new holder', async (
     tokens.push(BigInt(token))
   }
   expect(tokens[1]).toBeGreaterThan(tokens[0])
-})
-
-pgTest('run waits for the holder with --wait, and a signal ends the wait without starting the command', async () => {
-  const first = runOnServer('waited', [], ['signal-exit', '0'])
-  await childPid(first)
-  const waiter = runOnServer('waited', ['--wait', '60000'], ['exit', '3'])
-  await waiter.waitFor(`[PROCESS_LOCK_WAIT] waited (SHORT) is held by PID ${first.pid}`)
-  first.kill('SIGTERM')
-  expect((await first.done(30000)).code).toBe(0)
-  const w = await waiter.done(30000)
-  expect(w.code).toBe(3)
-  expect(w.stdout).toContain('CHILD READY')
-
-  const holder = runOnServer('waited', [], ['signal-exit', '0'])
-  await childPid(holder)
-  const gaveUp = runOnServer('waited', ['--wait', '60000'], ['exit', '3'])
-  await gaveUp.waitFor('[PROCESS_LOCK_WAIT]')
-  gaveUp.kill('SIGTERM')
-  const g = await gaveUp.done(30000)
-  expect(g.signal).toBe('SIGTERM')
-  expect(g.stdout).not.toContain('CHILD READY')
-  holder.kill('SIGTERM')
-  expect((await holder.done(30000)).code).toBe(0)
 })
 
 pgTest('processlock killed with SIGKILL: its session ends, the lock is free, and the command goes too', async () => {

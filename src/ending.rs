@@ -32,11 +32,12 @@ use std::sync::{Mutex, MutexGuard, Once};
 use std::time::Duration;
 
 use napi_derive::napi;
-use processlock::{report, Ended, Holder, LockName};
+use processlock::{FileBackend, LockTarget, Released};
 
-use crate::{path_string, pg, Failure, ReleaseOutcome, REGISTRY};
+use crate::lock::released;
+use crate::{path_string, pg, ReleaseOutcome};
 
-/// How long the end of the process waits for another thread that is inside the registry (a wait
+/// How long the end of the process waits for another thread that is inside the table of lock files (a wait
 /// thread that meets a stopped remover's guard): past that, the kernel drops the locks when the
 /// process is gone, and the next acquirer takes the files over as stale.
 const FILES_PATIENCE: Duration = Duration::from_secs(1);
@@ -142,8 +143,8 @@ fn end_of_process() {
     for out in pg::release_ended(None, SERVER_PATIENCE) {
         say_ended(out);
     }
-    for ended in REGISTRY.release_all_within(FILES_PATIENCE) {
-        say_ended(file_outcome(ended));
+    for (target, how) in FileBackend::let_go_all(None, FILES_PATIENCE) {
+        say_ended(file_outcome(&target, how));
     }
 }
 
@@ -154,8 +155,8 @@ pub(crate) fn holder_ended(holder: u32) {
         for out in pg::release_ended(Some(holder), SERVER_PATIENCE) {
             say_ended(out);
         }
-        for ended in REGISTRY.release_holder(Holder::from(holder)) {
-            say_ended(file_outcome(ended));
+        for (target, how) in FileBackend::let_go_all(Some(holder), FILES_PATIENCE) {
+            say_ended(file_outcome(&target, how));
         }
         // Its holds of locks that others in the process keep are over too.
         sinks().retain(|s| s.holder != holder);
@@ -164,32 +165,8 @@ pub(crate) fn holder_ended(holder: u32) {
 }
 
 /// The outcome of letting go of a lock file at the end, as a release call would report it.
-fn file_outcome(ended: Ended) -> ReleaseOutcome {
-    let lock_file = Some(path_string(&ended.target.path));
-    match ended.result {
-        Ok(removed) => ReleaseOutcome {
-            removed,
-            lock_file,
-            lines: vec![report::released(&ended.target.name, ended.record.pid)],
-            error: None,
-        },
-        Err(e) => ReleaseOutcome {
-            lock_file,
-            error: Some(release_failure(&ended.target.name, ended.record.pid, e)),
-            ..Default::default()
-        },
-    }
-}
-
-/// A lock file that could not be removed: its lock is let go of all the same.
-pub(crate) fn release_failure(name: &LockName, pid: u32, e: processlock::Error) -> Failure {
-    let reason = format!(
-        "{e}; the lock is free, and its file stays until the next start takes it over as stale"
-    );
-    Failure {
-        lines: vec![report::release_failed(name, pid, &reason)],
-        ..e.into()
-    }
+fn file_outcome(target: &LockTarget, how: Released<processlock::Error>) -> ReleaseOutcome {
+    released::<FileBackend>(&target.name, path_string(&target.path), how, false)
 }
 
 /// Writes the lines of a release that no JavaScript can report any more.

@@ -17,20 +17,19 @@ use napi::{Env, JsDeferred};
 use napi_derive::napi;
 
 mod ending;
+mod lock;
 mod losses;
 mod pg;
 
 pub use ending::LogTo;
 pub use losses::{listen_losses, LostEvent};
 
-use pg::PgLock;
+use lock::{Lock, On};
 use processlock::{
-    app_default_dir, force_remove, inspect, real_dir, report, resolve_dir_or, wait_for, Cancel,
-    Error, Holder, Inspection, LockName, LockTarget, Record, Registry, Release, Taken,
+    app_default_dir, real_dir, resolve_dir_or, Backend, Cancel, Error, FileBackend, Listing,
+    LockName, Record, Taken,
 };
-
-/// What this process holds, for every JavaScript module instance (one per worker thread) in it.
-pub(crate) static REGISTRY: Registry = Registry::new();
+use processlock_pg::PgBackend;
 
 /// What every call on a lock is given besides the process type. The binding takes these as
 /// positional arguments (`dir, trade_side, process_name, log, holder, server`, in this order):
@@ -70,10 +69,6 @@ impl LockOptions {
             holder: holder.unwrap_or(0),
             server,
         }
-    }
-
-    fn holder(&self) -> Holder {
-        Holder::from(self.holder)
     }
 }
 
@@ -131,15 +126,6 @@ pub struct LockRecord {
     pub fencing_token: Option<String>,
     /// `file` or `postgres`.
     pub backend: String,
-}
-
-impl LockRecord {
-    fn postgres(r: Record) -> Self {
-        Self {
-            backend: "postgres".to_string(),
-            ..Self::from(r)
-        }
-    }
 }
 
 impl From<Record> for LockRecord {
@@ -245,29 +231,24 @@ impl From<Error> for Failure {
     }
 }
 
-impl Failure {
-    /// A failed acquisition of `name`: a conflict also brings the log lines that name the holder.
-    fn acquiring(e: Error, name: &LockName) -> Self {
-        let lines = match &e {
-            Error::Conflict(c) => report::conflict(name, &c.holder, &c.path),
-            _ => Vec::new(),
-        };
-        Self { lines, ..e.into() }
-    }
-}
-
 fn path_string(p: &Path) -> String {
     p.to_string_lossy().into_owned()
 }
 
-fn target(process_type: &str, options: &LockOptions) -> processlock::Result<LockTarget> {
+/// The lock files of the directory `options` names, and the lock `process_type` there.
+fn file_lock(process_type: &str, options: &LockOptions) -> processlock::Result<On<FileBackend>> {
     // The JavaScript layer has read `$TRADE_SIDE` already: `None` here is "no side".
     let name = LockName::new(process_type, options.trade_side.as_deref())?;
-    let dir = lock_dir(options.dir.as_deref())?;
-    Ok(LockTarget::new(dir, name))
+    let backend = FileBackend::new(lock_dir(options.dir.as_deref())?);
+    let place = backend.place(&name)?;
+    Ok(On {
+        backend,
+        name,
+        place,
+    })
 }
 
-/// The lock directory, as its real path: the registry knows a lock by it, so the same directory
+/// The lock directory, as its real path: the table of holds knows a lock by it, so the same directory
 /// reached through a symlink or `..` is the same lock. The default directory is resolved once per
 /// process, so a later `process.chdir` does not move it.
 fn lock_dir(explicit: Option<&str>) -> processlock::Result<PathBuf> {
@@ -311,37 +292,30 @@ pub struct AcquireOutcome {
     pub error: Option<Failure>,
 }
 
-/// One lock, wherever it is kept: a lock file (`FileLock`) or a server (`pg::PgLock`). Every
-/// call picks one with `select`, the only place that looks at which.
-pub(crate) trait Lock {
-    /// Where the lock is: the lock file's path, or the server and the lock's name.
-    fn place(&self) -> String;
-    /// Takes the lock, once (`wait: None`) or waiting until the deadline.
-    fn acquire(&self, options: &LockOptions, wait: Option<Waiting>) -> AcquireOutcome;
-    fn release(&self, options: &LockOptions) -> ReleaseOutcome;
-    fn info(&self, options: &LockOptions) -> InfoOutcome;
-    fn force_remove(&self, options: &LockOptions) -> RemoveOutcome;
-    fn is_held(&self, options: &LockOptions) -> HeldOutcome;
-    /// Reports the loss of the caller's hold to its `listen_losses` callback from now on.
-    fn watch_lost(&self, options: &LockOptions);
-}
-
 /// The lock that `process_type` and `options` name: on the server of `options.server` when
-/// there is one, else in a file.
+/// there is one, else in a file. The one place that chooses a backend.
 fn select(process_type: &str, options: &LockOptions) -> Result<Box<dyn Lock>, Box<Failure>> {
-    let fail = |e: Error| Box::new(Failure::from(e));
     match options
         .server
         .as_ref()
         .and_then(|s| pg::options(s, options.process_name.clone()))
     {
         Some(opts) => {
+            let fail = |e: Error| Box::new(Failure::from(e));
             let name = LockName::new(process_type, options.trade_side.as_deref()).map_err(fail)?;
-            Ok(Box::new(PgLock::new(opts, name)?))
+            let backend = PgBackend::new(opts);
+            let place = backend
+                .place(&name)
+                .map_err(|e| Box::new(Failure::from(e)))?;
+            Ok(Box::new(On {
+                backend,
+                name,
+                place,
+            }))
         }
-        None => Ok(Box::new(FileLock(
-            target(process_type, options).map_err(fail)?,
-        ))),
+        None => Ok(Box::new(
+            file_lock(process_type, options).map_err(|e| Box::new(Failure::from(e)))?,
+        )),
     }
 }
 
@@ -374,8 +348,6 @@ macro_rules! lock_fn {
     };
 }
 
-struct FileLock(LockTarget);
-
 /// How long an acquisition waits: until `deadline` (`None`: no limit), cancelled through the
 /// wait registered under `key`.
 pub(crate) struct Waiting {
@@ -398,47 +370,6 @@ fn kept(out: AcquireOutcome, options: &LockOptions) -> AcquireOutcome {
         }
     }
     out
-}
-
-/// The outcome of an acquisition through the registry. A new hold also wakes this process's
-/// waits for the same lock: they find it held by us and return at once.
-fn taken_outcome(
-    result: processlock::Result<Taken>,
-    target: &LockTarget,
-    options: &LockOptions,
-) -> AcquireOutcome {
-    let quiet = options.quiet;
-    match result {
-        Ok(taken) => {
-            let mut lines = Vec::new();
-            if !quiet {
-                lines.extend(
-                    taken
-                        .events
-                        .iter()
-                        .map(|ev| report::event(ev, &target.path)),
-                );
-            }
-            if !taken.already_held && !quiet {
-                lines.push(report::acquired(&target.name, taken.record.pid));
-            }
-            if taken.file_taken {
-                WAITS.nudge(&target.path);
-            }
-            AcquireOutcome {
-                info: Some(taken.record.into()),
-                lock_file: Some(path_string(&target.path)),
-                already_held: taken.already_held,
-                held: true,
-                lines,
-                error: None,
-            }
-        }
-        Err(e) => AcquireOutcome {
-            held: REGISTRY.is_holder(&target.path, options.holder()),
-            ..acquire_failure(e, target)
-        },
-    }
 }
 
 /// Like `acquire`, but waits up to `wait_ms` for the holder to let go (its release, exit or
@@ -523,6 +454,20 @@ fn wait_failed(problem: &str) -> AcquireOutcome {
     }
 }
 
+/// A `wait_id` for `acquire_async` that no other wait of this process has: every copy of the
+/// module loaded from this addon (each worker thread's, each jest test file's) shares this
+/// counter, as it shares `WAITS`, so one copy's cancel never reaches another copy's wait. Never 0.
+#[napi(catch_unwind)]
+pub fn new_wait_id() -> u32 {
+    static NEXT: AtomicU32 = AtomicU32::new(1);
+    loop {
+        let id = NEXT.fetch_add(1, Ordering::Relaxed);
+        if id != 0 {
+            return id;
+        }
+    }
+}
+
 /// Cancels the pending `acquire_async` with this `wait_id` (also one that has not started yet).
 /// True when a wait was found running.
 #[napi(catch_unwind)]
@@ -584,28 +529,22 @@ pub fn acquire_replacing(
     let options = LockOptions::new(dir, trade_side, process_name, log, holder, server);
     // A lock on a server is replaced through the server, wherever its holder runs: never in a
     // lock file of this host.
-    if let Some(pg) = options
-        .server
-        .as_ref()
-        .and_then(|s| pg::options(s, options.process_name.clone()))
-    {
-        let name = LockName::new(&process_type, options.trade_side.as_deref());
-        let taken = match (name, grace(grace_ms)) {
-            (Ok(name), Ok(wait)) => PgLock::new(pg, name)
-                .map(|lock| lock.acquire_replacing(&options, wait))
-                .unwrap_or_else(|f| AcquireOutcome {
-                    error: Some(*f),
-                    ..Default::default()
-                }),
-            (Err(e), _) | (_, Err(e)) => AcquireOutcome {
+    if options.server.as_ref().is_some_and(|s| !s.url.is_empty()) {
+        let taken = match (select(&process_type, &options), grace(grace_ms)) {
+            (Ok(lock), Ok(wait)) => lock.acquire_replacing(&options, wait),
+            (Err(f), _) => AcquireOutcome {
+                error: Some(*f),
+                ..Default::default()
+            },
+            (_, Err(e)) => AcquireOutcome {
                 error: Some(e.into()),
                 ..Default::default()
             },
         };
         return kept(taken, &options);
     }
-    let found = target(&process_type, &options).and_then(|t| Ok((t, grace(grace_ms)?)));
-    let (target, grace) = match found {
+    let found = file_lock(&process_type, &options).and_then(|l| Ok((l, grace(grace_ms)?)));
+    let (lock, grace) = match found {
         Ok(found) => found,
         Err(e) => {
             return AcquireOutcome {
@@ -615,14 +554,17 @@ pub fn acquire_replacing(
         }
     };
     let mut steps = Vec::new();
-    let result = match REGISTRY.acquire(&target, options.process_name.as_deref(), options.holder())
+    let name = options.process_name.as_deref();
+    let result = match lock
+        .backend
+        .acquire(&lock.name, &lock.place, name, options.holder, None)
     {
         Err(Error::Conflict(conflict)) => {
-            replace_in_process(&target, conflict, grace, &options, &mut steps)
+            replace_in_process(&lock, conflict, grace, &options, &mut steps)
         }
         other => other,
     };
-    let mut out = taken_outcome(result, &target, &options);
+    let mut out = lock.outcome(result, Vec::new(), &options);
     // The replacement's lines come before the acquired (or conflict) lines.
     let lines = match out.error.as_mut() {
         Some(failure) => &mut failure.lines,
@@ -653,26 +595,31 @@ fn grace(grace_ms: Option<f64>) -> processlock::Result<Duration> {
 
 #[cfg(unix)]
 fn replace_in_process(
-    target: &LockTarget,
+    lock: &On<FileBackend>,
     conflict: Box<processlock::Conflict>,
     grace: Duration,
     options: &LockOptions,
     lines: &mut Vec<String>,
 ) -> processlock::Result<Taken> {
     struct InProcess<'a> {
-        target: &'a LockTarget,
+        lock: &'a On<FileBackend>,
         options: &'a LockOptions,
         lines: &'a mut Vec<String>,
     }
     impl processlock::Replacing<Taken> for InProcess<'_> {
         fn wait(&mut self, wait: Duration) -> processlock::Result<Taken> {
             let key = WAITS.internal_key();
-            let cancel = WAITS.begin(key, &self.target.path);
+            let cancel = WAITS.begin(key, &self.lock.place);
+            let wait = processlock::Wait {
+                deadline: deadline_in(Some(wait)),
+                cancel: &cancel,
+                said: Default::default(),
+            };
             let name = self.options.process_name.as_deref();
-            let holder = self.options.holder();
-            let result = wait_for(self.target, deadline_in(Some(wait)), &cancel, || {
-                REGISTRY.acquire(self.target, name, holder)
-            });
+            let (lock, holder) = (self.lock, self.options.holder);
+            let result = lock
+                .backend
+                .acquire(&lock.name, &lock.place, name, holder, Some(&wait));
             WAITS.end(key);
             result
         }
@@ -684,16 +631,16 @@ fn replace_in_process(
         }
     }
     let mut how = InProcess {
-        target,
+        lock,
         options,
         lines,
     };
-    processlock::replace_holder(&target.name, conflict, grace, &mut how)
+    processlock::replace_holder(&lock.name, conflict, grace, &mut how)
 }
 
 #[cfg(not(unix))]
 fn replace_in_process(
-    _target: &LockTarget,
+    _lock: &On<FileBackend>,
     _conflict: Box<processlock::Conflict>,
     _grace: Duration,
     _options: &LockOptions,
@@ -724,7 +671,7 @@ struct WaitState {
 
 struct Pending {
     /// `None` until the wait starts (it was cancelled before).
-    path: Option<PathBuf>,
+    place: Option<String>,
     cancel: Cancel,
 }
 
@@ -748,15 +695,15 @@ impl Waits {
     }
 
     /// Registers a wait for `path`; its token may already be cancelled.
-    pub(crate) fn begin(&self, key: u64, path: &Path) -> Cancel {
+    pub(crate) fn begin(&self, key: u64, place: &str) -> Cancel {
         let mut state = self.state();
         let state = state.get_or_insert_with(WaitState::default);
         state.finished.retain(|k| *k != key);
         let entry = state.active.entry(key).or_insert_with(|| Pending {
-            path: None,
+            place: None,
             cancel: Cancel::new(),
         });
-        entry.path = Some(path.to_path_buf());
+        entry.place = Some(place.to_string());
         entry.cancel.clone()
     }
 
@@ -776,34 +723,32 @@ impl Waits {
         let state = state.get_or_insert_with(WaitState::default);
         if let Some(p) = state.active.get(&key) {
             p.cancel.cancel();
-            return p.path.is_some();
+            return p.place.is_some();
         }
         if !state.finished.contains(&key) {
             // Not started yet: it will find its token cancelled.
             let cancel = Cancel::new();
             cancel.cancel();
-            state.active.insert(key, Pending { path: None, cancel });
+            state.active.insert(
+                key,
+                Pending {
+                    place: None,
+                    cancel,
+                },
+            );
         }
         false
     }
 
     /// Makes every wait for `path` look again (this process has just taken that lock).
-    fn nudge(&self, path: &Path) {
+    pub(crate) fn nudge(&self, place: &str) {
         let state = self.state();
         let Some(state) = state.as_ref() else { return };
         for p in state.active.values() {
-            if p.path.as_deref() == Some(path) {
+            if p.place.as_deref() == Some(place) {
                 p.cancel.nudge();
             }
         }
-    }
-}
-
-fn acquire_failure(e: Error, target: &LockTarget) -> AcquireOutcome {
-    AcquireOutcome {
-        lock_file: Some(path_string(&target.path)),
-        error: Some(Failure::acquiring(e, &target.name)),
-        ..Default::default()
     }
 }
 
@@ -837,7 +782,7 @@ pub struct InfoOutcome {
 
 lock_fn! {
     fn lock_info(lock, options) -> InfoOutcome {
-        lock.info(&options)
+        lock.info()
     }
 }
 
@@ -851,7 +796,7 @@ pub struct RemoveOutcome {
 
 lock_fn! {
     fn force_remove_lock(lock, options) -> RemoveOutcome {
-        lock.force_remove(&options)
+        lock.force_remove()
     }
 }
 
@@ -895,34 +840,53 @@ pub struct ListOutcome {
 /// The locks of a directory, or with `options.url`, of a server.
 #[napi(catch_unwind)]
 pub fn list(dir: Option<String>, server: Option<ServerOptions>) -> ListOutcome {
-    if let Some(opts) = server.as_ref().and_then(|s| pg::options(s, None)) {
-        return pg::list(&opts);
+    match server.as_ref().and_then(|s| pg::options(s, None)) {
+        Some(opts) => listing(&PgBackend::new(opts)),
+        None => match lock_dir(dir.as_deref()) {
+            Ok(d) => listing(&FileBackend::new(d)),
+            Err(e) => failed_listing(e.into()),
+        },
     }
-    let result = lock_dir(dir.as_deref()).and_then(|d| Ok((processlock::list_locks(&d)?, d)));
-    match result {
-        Ok((locks, d)) => ListOutcome {
-            dir: Some(path_string(&d)),
-            locks: locks
-                .into_iter()
-                .map(|l| ListedLock {
-                    is_own: l.state == processlock::LockState::Held && REGISTRY.holds(&l.path),
-                    file: path_string(&l.path),
-                    process_type: l.name.as_ref().map(|n| n.process_type().to_string()),
-                    trade_side: l
-                        .name
-                        .as_ref()
-                        .and_then(|n| n.trade_side().map(str::to_string)),
-                    state: l.state.into(),
-                    record: l.record.map(Into::into),
-                    problem: l.problem,
-                })
-                .collect(),
-            error: None,
-        },
-        Err(e) => ListOutcome {
-            error: Some(e.into()),
-            ..Default::default()
-        },
+}
+
+fn failed_listing(failure: Failure) -> ListOutcome {
+    ListOutcome {
+        error: Some(failure),
+        ..Default::default()
+    }
+}
+
+fn listing<B: Backend>(backend: &B) -> ListOutcome
+where
+    B::Error: Into<Failure>,
+{
+    let Listing { scope, locks } = match backend.list() {
+        Ok(listing) => listing,
+        Err(e) => return failed_listing(e.into()),
+    };
+    let holds = backend.holds();
+    ListOutcome {
+        dir: Some(scope),
+        locks: locks
+            .into_iter()
+            .map(|l| ListedLock {
+                is_own: l.state == processlock::LockState::Held && holds.holds(&l.place),
+                process_type: l.name.as_ref().map(|n| n.process_type().to_string()),
+                trade_side: l
+                    .name
+                    .as_ref()
+                    .and_then(|n| n.trade_side().map(str::to_string)),
+                state: l.state.into(),
+                record: l.holding.map(|h| LockRecord {
+                    fencing_token: h.fencing_token,
+                    backend: B::KIND.to_string(),
+                    ..LockRecord::from(h.record)
+                }),
+                problem: l.problem,
+                file: l.place,
+            })
+            .collect(),
+        error: None,
     }
 }
 
@@ -960,125 +924,5 @@ lock_fn! {
     fn watch_lost(lock, options) -> HeldOutcome {
         lock.watch_lost(&options);
         lock.is_held(&options)
-    }
-}
-
-impl Lock for FileLock {
-    fn place(&self) -> String {
-        path_string(&self.0.path)
-    }
-
-    fn acquire(&self, options: &LockOptions, wait: Option<Waiting>) -> AcquireOutcome {
-        let target = &self.0;
-        let name = options.process_name.as_deref();
-        let holder = options.holder();
-        let result = match wait {
-            None => REGISTRY.acquire(target, name, holder),
-            Some(w) => {
-                let cancel = WAITS.begin(w.key, &target.path);
-                let result = wait_for(target, w.deadline, &cancel, || {
-                    REGISTRY.acquire(target, name, holder)
-                });
-                WAITS.end(w.key);
-                result
-            }
-        };
-        taken_outcome(result, target, options)
-    }
-
-    fn release(&self, options: &LockOptions) -> ReleaseOutcome {
-        let target = &self.0;
-        let lock_file = Some(path_string(&target.path));
-        match REGISTRY.release(&target.path, options.holder()) {
-            Release::NotHeld => ReleaseOutcome {
-                lock_file,
-                ..Default::default()
-            },
-            // Other holders in this process still hold it: the lock and its file stay.
-            Release::KeptByOthers => ReleaseOutcome {
-                lock_file,
-                ..Default::default()
-            },
-            Release::Released(record, Ok(removed)) => ReleaseOutcome {
-                removed,
-                lock_file,
-                lines: if options.quiet {
-                    Vec::new()
-                } else {
-                    vec![report::released(&target.name, record.pid)]
-                },
-                error: None,
-            },
-            Release::Released(record, Err(e)) => ReleaseOutcome {
-                lock_file,
-                error: Some(ending::release_failure(&target.name, record.pid, e)),
-                ..Default::default()
-            },
-        }
-    }
-
-    fn info(&self, _options: &LockOptions) -> InfoOutcome {
-        let t = &self.0;
-        let record = match REGISTRY.get(&t.path) {
-            Some(record) => Ok(Some(record)),
-            None => inspect(&t.path).map(|found| match found {
-                Inspection::Held(r) | Inspection::HeldUnlocked(r, _) if r.pid != 0 => Some(r),
-                _ => None,
-            }),
-        };
-        match record {
-            Ok(record) => InfoOutcome {
-                info: record.map(Into::into),
-                lock_file: Some(path_string(&t.path)),
-                error: None,
-            },
-            Err(e) => InfoOutcome {
-                error: Some(e.into()),
-                ..Default::default()
-            },
-        }
-    }
-
-    fn force_remove(&self, _options: &LockOptions) -> RemoveOutcome {
-        let t = &self.0;
-        let result = (|| {
-            // Our own lock is removed by its holder, which keeps its OS lock until the file is
-            // gone: removing it by name after letting go could delete the file of a waiter that
-            // took the lock in between. Every holder in this process loses it.
-            if let Some(lock) = REGISTRY.take(&t.path) {
-                if lock.release()? {
-                    return Ok(true);
-                }
-            }
-            force_remove(&t.path)
-        })();
-        match result {
-            Ok(removed) => RemoveOutcome {
-                removed,
-                lock_file: Some(path_string(&t.path)),
-                error: None,
-            },
-            Err(e) => RemoveOutcome {
-                error: Some(e.into()),
-                ..Default::default()
-            },
-        }
-    }
-
-    fn is_held(&self, _options: &LockOptions) -> HeldOutcome {
-        HeldOutcome {
-            held: REGISTRY.holds(&self.0.path),
-            lock_file: Some(path_string(&self.0.path)),
-            error: None,
-        }
-    }
-
-    fn watch_lost(&self, options: &LockOptions) {
-        let t = &self.0;
-        if let Some(record) = REGISTRY.get(&t.path) {
-            if REGISTRY.is_holder(&t.path, options.holder()) {
-                losses::watch_file(t.path.clone(), options.holder, t.name.clone(), record.pid);
-            }
-        }
     }
 }

@@ -7,12 +7,15 @@
 //   const { onlyOn, needs } = require('./helpers/skip')
 //   onlyOn(['linux'], 'the start token is read from /proc')('test name', fn)   // or .describe(...)
 //   needs(hasIptables() && isRoot, 'iptables and root')('test name', fn)
+//   unfinished('replace across hosts not built yet')('test name', fn)
 //
 // Two kinds of reason, marked in the name so scripts/test.js tells them apart:
 //   [skipped on <platform>: why]   the test is about other platforms, or other Node versions
 //                                  (CI on this one passes);
 //   [skipped: needs what]          this machine lacks something (CI must provide it: .ci/run
-//                                  fails on such a skip).
+//                                  fails on such a skip);
+//   [skipped: why]                 the product does not do this yet (a known gap, named so that
+//                                  it is unskipped once built; .ci/run fails on it too).
 
 const PLATFORM_MARK = (why) => `[skipped on ${process.platform}: ${why}]`
 const NEEDS_MARK = (what) => `[skipped: needs ${what}]`
@@ -49,4 +52,9 @@ function needs(present, what) {
   return gate(Boolean(present), NEEDS_MARK(what))
 }
 
-module.exports = { onlyOn, onlyOnNode, needs }
+/** Skipped everywhere, because what it tests is not built yet: `why` says what is missing. */
+function unfinished(why) {
+  return gate(false, `[skipped: ${why}]`)
+}
+
+module.exports = { onlyOn, onlyOnNode, needs, unfinished }

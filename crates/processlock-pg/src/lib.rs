@@ -132,6 +132,7 @@
 
 mod admin;
 mod auth;
+mod backend;
 mod clock;
 mod connect;
 mod conninfo;
@@ -148,6 +149,7 @@ mod table;
 mod tls;
 
 pub use admin::{clear_stale, inspect, list, list_pages, terminate_holder, Listed, PAGE_ROWS};
+pub use backend::{release_hold, PgBackend, PgHold};
 pub use conninfo::url_has_password;
 pub use error::{Conflict, Error, Lost, Result};
 pub use key::{lock_key, Salt};

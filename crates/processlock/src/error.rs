@@ -5,7 +5,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use crate::record::Record;
-use crate::report::printable;
+use crate::text::printable;
 
 pub type Result<T> = std::result::Result<T, Error>;
 

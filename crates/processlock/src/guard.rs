@@ -30,9 +30,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
+use crate::os::DirFacts;
 use crate::os::{self, Entry, FileId};
-use crate::perms::DirFacts;
-use crate::protocol::{file_owner_text, holders_text};
 use crate::temp::checked_dir;
 
 pub(crate) const GUARD_FILE: &str = ".processlock.guard";
@@ -159,6 +158,52 @@ fn open_guard(path: &Path, facts: DirFacts) -> Result<(File, FileId)> {
     }
     let id = os::file_id(&file).map_err(|e| Error::io("fstat", path, e))?;
     Ok((file, id))
+}
+
+/// `PID 4321 (uid 1001)`, or `another process` where the system does not tell.
+pub(crate) fn holders_text(file: &File) -> String {
+    let pids = os::file_id(file).map(os::lock_holders).unwrap_or_default();
+    let mine = os::current_pid();
+    let named: Vec<String> = pids
+        .into_iter()
+        .filter(|pid| *pid != mine)
+        .map(|pid| match process_uid(pid) {
+            Some(uid) => format!("PID {pid} (uid {uid})"),
+            None => format!("PID {pid}"),
+        })
+        .collect();
+    if named.is_empty() {
+        "another process".to_string()
+    } else {
+        named.join(", ")
+    }
+}
+
+#[cfg(unix)]
+fn process_uid(pid: u32) -> Option<u32> {
+    os::process_uids(pid).map(|(_, effective)| effective)
+}
+
+#[cfg(not(unix))]
+fn process_uid(_pid: u32) -> Option<u32> {
+    None
+}
+
+/// `owned by uid 0, group 0, mode 0640`: who else can open the file.
+#[cfg(unix)]
+pub(crate) fn file_owner_text(file: &File) -> String {
+    match os::owner(file) {
+        Ok(o) => format!(
+            "owned by uid {}, group {}, mode {:04o}",
+            o.uid, o.gid, o.mode
+        ),
+        Err(_) => "whose owner could not be read".to_string(),
+    }
+}
+
+#[cfg(not(unix))]
+pub(crate) fn file_owner_text(_file: &File) -> String {
+    "on a file system that tells no owner here".to_string()
 }
 
 #[cfg(all(test, unix))]

@@ -8,15 +8,23 @@
 //! `docs/PROTOCOL.md`; `protocol.rs` implements it.
 //!
 //! This crate knows nothing of Node: the addon and the `processlock` command are thin shells
-//! over it.
+//! over it. It also holds the seam every backend implements (`backend.rs`, `holds.rs`; lock files
+//! are `files.rs`), and its modules form layers: the OS layer (`os/`) and the plain facts below it
+//! (`cancel.rs`, `clock.rs`, `record.rs`, `text.rs`) at the bottom, the protocol above them, the
+//! seam on top; nothing imports a module above it. `docs/ARCHITECTURE.md` says where each kind of
+//! change goes.
 
+mod backend;
+mod cancel;
 mod clear;
 mod clock;
 mod dir;
 mod error;
+mod files;
 mod fuzz;
 mod guard;
 mod handoff;
+mod holds;
 mod inherit;
 mod list;
 mod liveness;
@@ -25,22 +33,27 @@ mod os;
 mod perms;
 mod protocol;
 mod record;
-mod registry;
 mod replace;
 pub mod report;
 mod temp;
 #[cfg(test)]
+#[path = "tests/support.rs"]
 mod test_support;
+mod text;
 mod wait;
 
 // The public surface is what the Node binding, the `processlock` command and the PostgreSQL
 // backend use, plus the types that appear in those signatures. Everything else is crate-private.
 
+pub use backend::{Backend, Holding, Listed, Listing, LossHook, LossNotice, Released, Wait};
+pub use cancel::Cancel;
 pub use clear::{remove_if_stale, Removal};
 pub use clock::parse_iso8601_ms;
 pub use dir::{app_default_dir, real_dir, resolve_dir, resolve_dir_or, DIR_ENV};
 pub use error::{already_running, Conflict, DirProblem, Error, ErrorCode, Result};
+pub use files::FileBackend;
 pub use handoff::PendingLock;
+pub use holds::{Hold, HoldId, Holder, Holds, Taken};
 pub use inherit::{claim_server_lock, ServerHold, INHERITED_ENV, SERVER_LOCK_ENV};
 #[cfg(unix)]
 pub use inherit::{ClaimNews, ClaimToken, HandoverSocket};
@@ -55,16 +68,15 @@ pub use protocol::{
     LockTarget,
 };
 pub use record::{parse_record, Parsed, Record, MAX_RECORD_BYTES};
-pub use registry::{Ended, Holder, Registry, Release, Taken};
 pub use replace::Refusal;
 pub use replace::DEFAULT_GRACE;
 #[cfg(unix)]
 pub use replace::{replace_holder, signal_holder, Replacing};
 pub use temp::sweep_orphan_temps;
-pub use wait::{wait_for, Cancel};
+pub use wait::wait_for;
 
 /// What the tests (of this crate and of the crates built on it) and the benchmark examples reach
-/// into: the protocol's entry points below the registry, and facts they check records against.
+/// into: the protocol's entry points below the backend seam, and facts they check records against.
 /// Not part of the API.
 #[doc(hidden)]
 pub mod testing {

@@ -124,6 +124,16 @@ pub(crate) fn foreign_host(record: &Record) -> Option<&str> {
     (!ours).then_some(theirs)
 }
 
+impl Record {
+    /// The host named in the record when the holder runs elsewhere (another machine, or a
+    /// container with its own host name and PIDs): its PID means nothing here. A record whose
+    /// start token is this machine's is not elsewhere, whatever host name it carries (see
+    /// `foreign_host`).
+    pub fn other_host(&self) -> Option<&str> {
+        foreign_host(self)
+    }
+}
+
 /// `taken_ms`: when the lock was taken, for records without a start token.
 fn judge_pid_taken(record: &Record, taken_ms: Option<i64>) -> PidState {
     if foreign_host(record).is_some() {

@@ -35,6 +35,7 @@ use std::path::PathBuf;
 use crate::error::Result;
 #[cfg(unix)]
 use crate::error::{DirProblem, Error};
+use crate::os::DirFacts;
 
 /// The mode of the directories we create (parents included), before the umask.
 #[cfg(unix)]
@@ -49,33 +50,6 @@ const STICKY: u32 = 0o1000;
 /// As many symbolic links as Linux follows in one path before it answers `ELOOP`.
 #[cfg(unix)]
 const MAX_LINKS: u32 = 40;
-
-/// What the lock files of a directory that passed its check are made with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct DirFacts {
-    /// The directory lets its group create and delete files: the group shares it, and needs to
-    /// open the files in it (records, the removal guard).
-    pub shared_with_group: bool,
-    /// Its owner, who must be able to open the removal guard whoever made it.
-    #[cfg(unix)]
-    pub owner: u32,
-    #[cfg(unix)]
-    pub group: u32,
-}
-
-impl DirFacts {
-    /// The mode of a lock file, temp file or removal guard made in the directory: nothing for
-    /// others, and for the group only where the group shares the directory. Anyone who can open
-    /// one of these files can hold a lock on it and block every takeover, or every removal.
-    /// (Windows files take their directory's ACL instead.)
-    pub(crate) fn file_mode(self) -> u32 {
-        if self.shared_with_group {
-            0o640
-        } else {
-            0o600
-        }
-    }
-}
 
 /// Refuses a lock directory that someone other than root and this process's user could change,
 /// or whose path they could (`Error::UnsafeDir`). A directory that is missing (or cannot be

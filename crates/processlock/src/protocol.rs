@@ -30,12 +30,13 @@ use std::time::{Duration, SystemTime};
 use crate::clock::now_iso8601;
 use crate::dir::ensure_dir;
 use crate::error::{Conflict, Error, Result};
-use crate::guard::{prepare as prepare_guard, while_guarded};
+use crate::guard::{file_owner_text, holders_text, prepare as prepare_guard, while_guarded};
 use crate::inherit::claim_inherited;
 use crate::liveness::{host_name, judge_legacy, judge_pid, runs_as_recorded, start_token};
 use crate::name::{check_process_name, LockName};
+use crate::os::DirFacts;
 use crate::os::{self, Entry, FileId};
-use crate::perms::{check_dir_once, DirFacts};
+use crate::perms::check_dir_once;
 use crate::record::{parse_record, Parsed, Record, MAX_RECORD_BYTES, PROTOCOL};
 use crate::temp::{checked_dir, sweep_orphan_temps, Temp};
 
@@ -117,7 +118,6 @@ impl HeldLock {
 
     /// A descriptor inherited from the process that took the lock (see `inherit.rs`): the lock
     /// is ours if the descriptor is the file at the lock path and already holds its lock.
-    #[cfg(unix)]
     pub(crate) fn adopt_inherited(file: File, target: &LockTarget) -> Option<HeldLock> {
         if !os::is_regular(&file).ok()? || !names_same_file(&target.path, &file).ok()? {
             return None;
@@ -268,13 +268,15 @@ pub fn acquire(target: &LockTarget, process_name: Option<&str>) -> Result<Acquir
             sweep_once(target, &mut acquired.events);
             Ok(acquired)
         }
-        Err(Error::Conflict(conflict)) => match claim_inherited(target) {
-            Some(lock) => Ok(Acquired {
-                lock,
-                events: Vec::new(),
-            }),
-            None => Err(Error::Conflict(conflict)),
-        },
+        Err(Error::Conflict(conflict)) => {
+            match claim_inherited(|file| HeldLock::adopt_inherited(file, target)) {
+                Some(lock) => Ok(Acquired {
+                    lock,
+                    events: Vec::new(),
+                }),
+                None => Err(Error::Conflict(conflict)),
+            }
+        }
         other => other,
     }
 }
@@ -599,7 +601,7 @@ pub(crate) fn unlocked_problem(holder: &Record) -> String {
 pub(crate) fn locked_by_others(file: &File, holder: &Record, path: &Path) -> String {
     let whose = file_owner_text(file);
     let who = holders_text(file);
-    let shown = crate::report::printable(&path.to_string_lossy()).into_owned();
+    let shown = crate::text::printable(&path.to_string_lossy()).into_owned();
     match holder.pid {
         0 => format!(
             "the lock file names no holder (it is not a lock record), yet {who} holds a lock on it ({whose}): whoever can open the file can do that; stop that process (fuser -v {shown} finds it), and the next start takes the file over"
@@ -608,52 +610,6 @@ pub(crate) fn locked_by_others(file: &File, holder: &Record, path: &Path) -> Str
             "the lock is held, but not by PID {pid}, which is not running: {who} holds a lock on the lock file ({whose}), a process PID {pid} started or another user who can open the file; stop that process (fuser -v {shown} finds it), and the next start takes the file over"
         ),
     }
-}
-
-/// `PID 4321 (uid 1001)`, or `another process` where the system does not tell.
-pub(crate) fn holders_text(file: &File) -> String {
-    let pids = os::file_id(file).map(os::lock_holders).unwrap_or_default();
-    let mine = os::current_pid();
-    let named: Vec<String> = pids
-        .into_iter()
-        .filter(|pid| *pid != mine)
-        .map(|pid| match process_uid(pid) {
-            Some(uid) => format!("PID {pid} (uid {uid})"),
-            None => format!("PID {pid}"),
-        })
-        .collect();
-    if named.is_empty() {
-        "another process".to_string()
-    } else {
-        named.join(", ")
-    }
-}
-
-#[cfg(unix)]
-fn process_uid(pid: u32) -> Option<u32> {
-    os::process_uids(pid).map(|(_, effective)| effective)
-}
-
-#[cfg(not(unix))]
-fn process_uid(_pid: u32) -> Option<u32> {
-    None
-}
-
-/// `owned by uid 0, group 0, mode 0640`: who else can open the file.
-#[cfg(unix)]
-pub(crate) fn file_owner_text(file: &File) -> String {
-    match os::owner(file) {
-        Ok(o) => format!(
-            "owned by uid {}, group {}, mode {:04o}",
-            o.uid, o.gid, o.mode
-        ),
-        Err(_) => "whose owner could not be read".to_string(),
-    }
-}
-
-#[cfg(not(unix))]
-pub(crate) fn file_owner_text(_file: &File) -> String {
-    "on a file system that tells no owner here".to_string()
 }
 
 /// When the file was last written (its modification time), in ms since the Unix epoch.

@@ -55,14 +55,6 @@ impl Record {
         s
     }
 
-    /// The host named in the record when the holder runs elsewhere (another machine, or a
-    /// container with its own host name and PIDs): its PID means nothing here. A record whose
-    /// start token is this machine's is not elsewhere, whatever host name it carries (see
-    /// `liveness::foreign_host`).
-    pub fn other_host(&self) -> Option<&str> {
-        crate::liveness::foreign_host(self)
-    }
-
     /// Written by a holder that keeps an OS lock on the file (any `processlock/N`).
     pub fn is_ours(&self) -> bool {
         self.protocol

@@ -9,7 +9,8 @@ use std::time::{Duration, SystemTime};
 
 use crate::error::{Error, Result};
 use crate::os;
-use crate::perms::{check_dir_once, DirFacts};
+use crate::os::DirFacts;
+use crate::perms::check_dir_once;
 
 /// A temp file older than this with nobody locking it was abandoned: its creator locks it within
 /// microseconds of creating it.

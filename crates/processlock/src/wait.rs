@@ -25,12 +25,11 @@
 //! nothing, which bounds the cost of anything that could hide a release from it (the file was
 //! removed by force while its holder kept running, a PID-only holder without an OS lock).
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use crate::cancel::{Cancel, Woke};
 use crate::error::{Conflict, Error, Result};
-use crate::os::{self, Woke};
+use crate::os;
 use crate::protocol::{acquire, names_same_file, open_lock_file, Acquired, LockTarget};
 
 /// The longest a waiter blocks without trying the lock again.
@@ -40,135 +39,6 @@ const RECHECK: Duration = Duration::from_secs(1);
 const BACKOFF_MIN: Duration = Duration::from_millis(1);
 /// ... doubling up to this.
 const BACKOFF_MAX: Duration = Duration::from_millis(50);
-
-type Hook = Box<dyn Fn() + Send>;
-
-/// Cancels a waiting acquisition, from any thread. Cheap to clone: clones share one state.
-///
-/// `cancel` makes the wait end with `Error::Aborted` as soon as it can (at once when it is
-/// blocked; after the attempt in progress otherwise). `nudge` only makes it look again now,
-/// for a caller that may have taken the lock by another path in the same process.
-#[derive(Clone, Default)]
-pub struct Cancel {
-    shared: Arc<Shared>,
-}
-
-#[derive(Default)]
-struct Shared {
-    cancelled: AtomicBool,
-    nudges: AtomicU64,
-    /// Wake-up hooks of the waits in progress. They run under this mutex, and a wait removes
-    /// its hook under it too, so no hook ever runs after its wait has ended.
-    hooks: Mutex<Hooks>,
-    /// For waits that sleep instead of blocking in the OS.
-    wake: Condvar,
-}
-
-#[derive(Default)]
-#[cfg_attr(not(any(target_os = "linux", windows)), allow(dead_code))]
-struct Hooks {
-    next_id: u64,
-    list: Vec<(u64, Hook)>,
-}
-
-impl std::fmt::Debug for Cancel {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Cancel")
-            .field("cancelled", &self.is_cancelled())
-            .finish()
-    }
-}
-
-impl Cancel {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Ends the waits that use this token with `Error::Aborted`. Never blocks for long: it
-    /// only wakes the waiting threads up.
-    pub fn cancel(&self) {
-        self.shared.cancelled.store(true, Ordering::SeqCst);
-        self.wake_all();
-    }
-
-    pub fn is_cancelled(&self) -> bool {
-        self.shared.cancelled.load(Ordering::SeqCst)
-    }
-
-    /// Makes the waits that use this token try the lock again now.
-    pub fn nudge(&self) {
-        self.shared.nudges.fetch_add(1, Ordering::SeqCst);
-        self.wake_all();
-    }
-
-    pub(crate) fn nudges(&self) -> u64 {
-        self.shared.nudges.load(Ordering::SeqCst)
-    }
-
-    /// Whether the wait that started when `nudges()` was `seen` must stop blocking.
-    pub(crate) fn interrupted(&self, seen: u64) -> bool {
-        self.is_cancelled() || self.nudges() != seen
-    }
-
-    fn hooks(&self) -> MutexGuard<'_, Hooks> {
-        // Hooks are pushed and removed whole: a poisoned list is still a correct list.
-        self.shared.hooks.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn wake_all(&self) {
-        let hooks = self.hooks();
-        for (_, hook) in &hooks.list {
-            hook();
-        }
-        self.shared.wake.notify_all();
-    }
-
-    /// Registers `hook` to be run by `cancel` and `nudge` until the guard is dropped. Register
-    /// before checking `interrupted`, so that an interruption after the check runs the hook.
-    #[cfg_attr(not(any(target_os = "linux", windows)), allow(dead_code))]
-    pub(crate) fn on_wake(&self, hook: Hook) -> HookGuard<'_> {
-        let mut hooks = self.hooks();
-        let id = hooks.next_id;
-        hooks.next_id += 1;
-        hooks.list.push((id, hook));
-        HookGuard { cancel: self, id }
-    }
-
-    /// Why a blocking wait that saw `seen` nudges and may last `until` must end now, if it must.
-    pub(crate) fn stop_reason(&self, until: Instant, seen: u64) -> Option<Woke> {
-        if self.is_cancelled() {
-            Some(Woke::Cancelled)
-        } else if self.nudges() != seen {
-            Some(Woke::Nudged)
-        } else if Instant::now() >= until {
-            Some(Woke::Expired)
-        } else {
-            None
-        }
-    }
-
-    /// Sleeps for `dur` or until the wait that saw `seen` nudges is interrupted.
-    pub(crate) fn sleep(&self, dur: Duration, seen: u64) {
-        let guard = self.hooks();
-        let _ = self
-            .shared
-            .wake
-            .wait_timeout_while(guard, dur, |_| !self.interrupted(seen));
-    }
-}
-
-/// Removes a wake-up hook when dropped; after the drop the hook is never run again.
-#[cfg_attr(not(any(target_os = "linux", windows)), allow(dead_code))]
-pub(crate) struct HookGuard<'a> {
-    cancel: &'a Cancel,
-    id: u64,
-}
-
-impl Drop for HookGuard<'_> {
-    fn drop(&mut self) {
-        self.cancel.hooks().list.retain(|(id, _)| *id != self.id);
-    }
-}
 
 /// Takes the lock, waiting for its holder to let go until `deadline` (`None`: for as long as
 /// it takes). At the deadline: `Error::Conflict` naming the holder, with `waited_ms`. When
@@ -184,7 +54,7 @@ pub fn acquire_wait(
 }
 
 /// The waiting loop around any way of taking the lock at `target` (`acquire`, a pending lock's
-/// commit, a registry's idempotent acquire): `attempt` is called until it returns anything but
+/// commit, a table of holds' idempotent acquire): `attempt` is called until it returns anything but
 /// `Error::Conflict`, waiting for the holder to let go after each conflict.
 pub fn wait_for<T>(
     target: &LockTarget,
@@ -260,6 +130,8 @@ fn wait_turn(target: &LockTarget, until: Instant, cancel: &Cancel, seen: u64) ->
 mod tests {
     use super::*;
     use crate::test_support::target;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
 
     #[test]
     fn a_free_lock_is_taken_at_once() {

@@ -8,7 +8,8 @@ use std::fs;
 
 use processlock::testing::{acquire, start_token, PROTOCOL};
 use processlock::{
-    force_remove, inspect, parse_record, Error, Inspection, LockTarget, Parsed, Registry, Release,
+    force_remove, inspect, parse_record, Backend, Error, FileBackend, Inspection, LockName,
+    LockTarget, Parsed, Released,
 };
 use support::{Outcome, Proc, TestDir};
 
@@ -112,17 +113,25 @@ fn two_acquires_in_one_process_conflict_because_flock_is_per_open_file() {
     dir.finish();
 }
 
+/// The backend of `t`'s directory, the name of `t`'s lock and its place in the table.
+fn backend_of(t: &LockTarget) -> (FileBackend, LockName, String) {
+    let backend = FileBackend::new(&t.dir);
+    let place = backend.place(&t.name).unwrap();
+    (backend, t.name.clone(), place)
+}
+
 #[test]
 fn registry_makes_acquire_idempotent_within_a_process() {
     let dir = TestDir::new("registry");
     let t = dir.target("backend", None);
-    let reg = Registry::new();
-    let a = reg.acquire(&t, None, 1).unwrap();
+    let (files, name, place) = backend_of(&t);
+    let a = files.acquire(&name, &place, None, 1, None).unwrap();
     assert!(!a.already_held);
-    let b = reg.acquire(&t, None, 1).unwrap();
+    let b = files.acquire(&name, &place, None, 1, None).unwrap();
     assert!(b.already_held);
     assert_eq!(a.record, b.record);
-    assert!(reg.holds(&t.path));
+    assert_eq!(a.id, b.id);
+    assert!(files.holds().holds(&place));
 
     let mut other = Proc::acquirer(&t, "release");
     assert_eq!(
@@ -133,12 +142,12 @@ fn registry_makes_acquire_idempotent_within_a_process() {
     );
     other.wait_success();
 
-    let Release::Released(rec, removed) = reg.release(&t.path, 1) else {
+    let Released::Released { pid, removed } = files.release(&name, &place, 1) else {
         panic!("the only holder let go")
     };
-    assert_eq!(*rec, a.record);
-    assert!(removed.unwrap());
-    assert!(matches!(reg.release(&t.path, 1), Release::NotHeld));
+    assert_eq!(pid, a.record.pid);
+    assert!(removed);
+    assert!(matches!(files.release(&name, &place, 1), Released::NotHeld));
     assert!(!t.path.exists());
     dir.finish();
 }
@@ -147,19 +156,24 @@ fn registry_makes_acquire_idempotent_within_a_process() {
 fn registry_keeps_a_lock_until_its_last_holder_lets_go() {
     let dir = TestDir::new("registry-holders");
     let t = dir.target("backend", None);
-    let reg = Registry::new();
-    let a = reg.acquire(&t, None, 1).unwrap();
-    assert!(a.file_taken);
-    let b = reg.acquire(&t, None, 2).unwrap();
-    assert!(!b.already_held && !b.file_taken);
-    assert!(matches!(reg.release(&t.path, 3), Release::NotHeld));
-    assert!(matches!(reg.release(&t.path, 1), Release::KeptByOthers));
-    assert!(t.path.exists() && reg.holds(&t.path));
-    assert!(reg.is_holder(&t.path, 2) && !reg.is_holder(&t.path, 1));
-    let ended = reg.release_holder(2);
-    assert_eq!(ended.len(), 1);
-    assert!(ended.into_iter().next().unwrap().result.unwrap());
-    assert!(!t.path.exists() && !reg.holds(&t.path));
+    let (files, name, place) = backend_of(&t);
+    let a = files.acquire(&name, &place, None, 1, None).unwrap();
+    assert!(a.newly_taken);
+    let b = files.acquire(&name, &place, None, 2, None).unwrap();
+    assert!(!b.already_held && !b.newly_taken);
+    assert_eq!(a.id, b.id);
+    assert!(matches!(files.release(&name, &place, 3), Released::NotHeld));
+    assert!(matches!(
+        files.release(&name, &place, 1),
+        Released::KeptByOthers { .. }
+    ));
+    assert!(t.path.exists() && files.holds().holds(&place));
+    assert!(files.holds().is_holder(&place, 2) && !files.holds().is_holder(&place, 1));
+    assert!(matches!(
+        files.release(&name, &place, 2),
+        Released::Released { removed: true, .. }
+    ));
+    assert!(!t.path.exists() && !files.holds().holds(&place));
     dir.finish();
 }
 
@@ -171,18 +185,22 @@ fn registry_keeps_a_lock_until_its_last_holder_lets_go() {
 fn registry_does_not_count_a_lost_file_as_held() {
     let dir = TestDir::new("registry-lost");
     let t = dir.target("backend", None);
-    let reg = Registry::new();
-    reg.acquire(&t, None, 1).unwrap();
+    let (files, name, place) = backend_of(&t);
+    let first = files.acquire(&name, &place, None, 1, None).unwrap();
+    files.acquire(&name, &place, None, 2, None).unwrap();
     std::fs::remove_file(&t.path).unwrap();
-    assert!(!reg.holds(&t.path));
-    assert!(reg.get(&t.path).is_none());
-    // The idempotent acquire takes it anew instead of answering "already held".
-    let again = reg.acquire(&t, None, 1).unwrap();
-    assert!(again.file_taken && !again.already_held);
-    assert!(reg.holds(&t.path));
+    assert!(!files.holds().holds(&place));
+    assert!(files.holds().current(&place).is_none());
+    // The acquire takes it anew, as a hold of its own, instead of answering "already held";
+    // the lost hold is gone for every holder of it.
+    let again = files.acquire(&name, &place, None, 1, None).unwrap();
+    assert!(again.newly_taken && !again.already_held);
+    assert_ne!(again.id, first.id);
+    assert!(files.holds().holds(&place));
+    assert!(!files.holds().is_holder(&place, 2));
     assert!(matches!(
-        reg.release(&t.path, 1),
-        Release::Released(_, Ok(true))
+        files.release(&name, &place, 1),
+        Released::Released { removed: true, .. }
     ));
     dir.finish();
 }

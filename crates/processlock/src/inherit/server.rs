@@ -33,9 +33,9 @@ use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
+use super::file::{take_token, ClaimToken};
+use super::hold::{ServerHold, SERVER_LOCK_ENV};
 use super::socket::{self, HandoverSocket};
-use super::unix::{take_token, ClaimToken};
-use super::{ServerHold, SERVER_LOCK_ENV};
 use crate::liveness::{host_name, start_token};
 
 /// The value of `SERVER_LOCK_ENV`.
@@ -51,6 +51,29 @@ struct Handover {
 
 /// The hold this process claimed, if any.
 static CLAIMED: Mutex<Option<ServerHold>> = Mutex::new(None);
+
+impl ServerHold {
+    /// Whether this process still runs under the `processlock run` that holds the lock:
+    /// false once `run` has ended, and its session, and so the lock, with it.
+    pub fn holder_is_running(&self) -> bool {
+        under(self)
+    }
+
+    /// Calls `hook`, on a thread of its own, the moment the `processlock run` that holds the
+    /// lock is gone (killed with SIGKILL: its session, and so the lock, went with it), so that
+    /// the process that adopted the hold stops as if it had lost a lock of its own. Linux
+    /// only (a pidfd); `false` where it cannot be watched: then only `holder_is_running`
+    /// tells, when asked.
+    pub fn watch_holder(&self, hook: Box<dyn FnOnce() + Send>) -> bool {
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        return watch_holder(self, hook);
+        #[cfg(not(any(target_os = "linux", target_os = "android")))]
+        {
+            let _ = hook;
+            false
+        }
+    }
+}
 
 impl ClaimToken {
     /// The value of `SERVER_LOCK_ENV` for a command that runs under `hold` and may ask `socket`
@@ -96,7 +119,7 @@ pub fn claim_server_lock(
 }
 
 /// Whether this process runs under the holder the hold names.
-pub(super) fn under(hold: &ServerHold) -> bool {
+fn under(hold: &ServerHold) -> bool {
     socket::descends_from(std::process::id(), hold.holder.pid)
 }
 
@@ -113,7 +136,7 @@ fn holder_is_ours(hold: &ServerHold) -> bool {
 /// See `ServerHold::watch_holder`. The pidfd is opened, then the holder checked again (it is
 /// still the process the record names): from then on its end, and only its end, wakes the poll.
 #[cfg(any(target_os = "linux", target_os = "android"))]
-pub(super) fn watch_holder(hold: &ServerHold, hook: Box<dyn FnOnce() + Send>) -> bool {
+fn watch_holder(hold: &ServerHold, hook: Box<dyn FnOnce() + Send>) -> bool {
     use std::os::fd::{FromRawFd, OwnedFd};
     let pid = hold.holder.pid as libc::pid_t;
     // SAFETY: pidfd_open takes a PID and flags and returns a new descriptor or -1.

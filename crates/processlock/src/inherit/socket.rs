@@ -270,7 +270,7 @@ fn socket() -> io::Result<OwnedFd> {
     }
     // SAFETY: a descriptor we just created and own.
     let sock = unsafe { OwnedFd::from_raw_fd(fd) };
-    super::set_flag(fd, libc::F_GETFD, libc::F_SETFD, libc::FD_CLOEXEC)?;
+    super::fd::set_flag(fd, libc::F_GETFD, libc::F_SETFD, libc::FD_CLOEXEC)?;
     Ok(sock)
 }
 
@@ -289,7 +289,7 @@ fn listen_at(address: &[u8]) -> io::Result<OwnedFd> {
             return Err(io::Error::last_os_error());
         }
     }
-    super::set_flag(
+    super::fd::set_flag(
         sock.as_raw_fd(),
         libc::F_GETFL,
         libc::F_SETFL,
@@ -332,7 +332,7 @@ fn accept(listener: RawFd) -> io::Result<Option<OwnedFd>> {
         if fd >= 0 {
             // SAFETY: a descriptor we just accepted and own.
             let conn = unsafe { OwnedFd::from_raw_fd(fd) };
-            let _ = super::set_flag(fd, libc::F_GETFD, libc::F_SETFD, libc::FD_CLOEXEC);
+            let _ = super::fd::set_flag(fd, libc::F_GETFD, libc::F_SETFD, libc::FD_CLOEXEC);
             return Ok(Some(conn));
         }
         let e = io::Error::last_os_error();
@@ -444,7 +444,7 @@ fn recv_fds(sock: &OwnedFd, count: usize) -> Option<Vec<OwnedFd>> {
         return None;
     }
     for fd in &fds {
-        super::set_flag(
+        super::fd::set_flag(
             fd.as_raw_fd(),
             libc::F_GETFD,
             libc::F_SETFD,
@@ -578,9 +578,9 @@ mod tests {
             address.as_bytes().starts_with(b"@processlock-"),
             "{address:?}"
         );
-        let token = super::super::ClaimToken::new().unwrap();
+        let (token, _writer) = crate::os::cloexec_pipe().unwrap();
         let file = std::fs::File::open("/proc/self/exe").unwrap();
-        let fds = [file.as_raw_fd(), token.fd()];
+        let fds = [file.as_raw_fd(), token.as_raw_fd()];
         let asking = {
             let address = address.clone();
             std::thread::spawn(move || ask(&address, 2))
@@ -593,9 +593,9 @@ mod tests {
         }
         let (served, _claiming) = asking.join().unwrap().expect("served");
         let [lock, tok]: [OwnedFd; 2] = served.try_into().unwrap();
-        let ino = |fd: RawFd| super::super::unix::inode(fd).unwrap();
+        let ino = |fd: RawFd| crate::inherit::fd::inode(fd).unwrap();
         assert_eq!(ino(lock.as_raw_fd()), ino(file.as_raw_fd()));
-        assert_eq!(ino(tok.as_raw_fd()), ino(token.fd()));
+        assert_eq!(ino(tok.as_raw_fd()), ino(token.as_raw_fd()));
         // A peer that does not descend from the command gets nothing.
         let mut stranger = std::process::Command::new("sleep")
             .arg("5")

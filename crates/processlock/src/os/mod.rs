@@ -7,7 +7,7 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::time::{Duration, Instant};
 
-use crate::wait::Cancel;
+use crate::cancel::{Cancel, Woke};
 
 #[cfg(unix)]
 mod unix;
@@ -132,18 +132,31 @@ pub enum Pid {
     Gone,
 }
 
-/// How a wait for a lock file to be unlocked ended (`wait_unlocked`).
+/// What the lock files of a directory that passed its check are made with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Woke {
-    /// Nobody holds the file's lock any more (a shared lock was granted, and dropped at once).
-    /// `blocked`: we had to wait for it; false when it was free at the first look.
-    Free { blocked: bool },
-    /// The time given ran out.
-    Expired,
-    /// The wait was cancelled.
-    Cancelled,
-    /// The wait was asked to stop and let the caller look again.
-    Nudged,
+pub struct DirFacts {
+    /// The directory lets its group create and delete files: the group shares it, and needs to
+    /// open the files in it (records, the removal guard).
+    pub shared_with_group: bool,
+    /// Its owner, who must be able to open the removal guard whoever made it.
+    #[cfg(unix)]
+    pub owner: u32,
+    #[cfg(unix)]
+    pub group: u32,
+}
+
+impl DirFacts {
+    /// The mode of a lock file, temp file or removal guard made in the directory: nothing for
+    /// others, and for the group only where the group shares the directory. Anyone who can open
+    /// one of these files can hold a lock on it and block every takeover, or every removal.
+    /// (Windows files take their directory's ACL instead.)
+    pub fn file_mode(self) -> u32 {
+        if self.shared_with_group {
+            0o640
+        } else {
+            0o600
+        }
+    }
 }
 
 /// How often a wait that cannot block on the lock looks again.

@@ -4,8 +4,7 @@ use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
 
-use super::{Entry, FileId, Pid};
-use crate::perms::DirFacts;
+use super::{DirFacts, Entry, FileId, Pid};
 
 /// A new file that did not exist before (never through a symlink), of `mode` at most (the umask
 /// can only take bits away): anyone who can open a lock file can lock it and block every

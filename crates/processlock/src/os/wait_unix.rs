@@ -11,8 +11,9 @@ use std::io;
 use std::path::Path;
 use std::time::Instant;
 
-use super::{poll_until_free, try_lock, unlock, Woke};
-use crate::wait::Cancel;
+use super::{poll_until_free, try_lock, unlock};
+use crate::cancel::Cancel;
+use crate::cancel::Woke;
 
 /// Opens the file at the lock path for waiting on its lock. A shared lock needs no write access.
 pub fn open_for_wait(path: &Path) -> io::Result<File> {
@@ -69,9 +70,9 @@ mod linux {
     use std::sync::{Mutex, MutexGuard, OnceLock};
     use std::time::{Duration, Instant};
 
-    use super::Woke;
+    use crate::cancel::Cancel;
+    use crate::cancel::Woke;
     use crate::os::unlock;
-    use crate::wait::Cancel;
 
     /// `none`: never install a signal handler; waits poll.
     const SIGNAL_ENV: &str = "PROCESSLOCK_WAIT_SIGNAL";

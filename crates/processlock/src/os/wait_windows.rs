@@ -29,9 +29,10 @@ use windows_sys::Win32::System::LibraryLoader::{GetModuleHandleW, GetProcAddress
 use windows_sys::Win32::System::Threading::{CreateEventW, SetEvent, WaitForMultipleObjects};
 use windows_sys::Win32::System::IO::{CancelIoEx, GetOverlappedResult, OVERLAPPED};
 
+use super::poll_until_free;
 use super::windows::{options, overlapped_at, refuse_reparse_point, LOCK_LEN, LOCK_OFFSET};
-use super::{poll_until_free, Woke};
-use crate::wait::Cancel;
+use crate::cancel::Cancel;
+use crate::cancel::Woke;
 
 /// Opens the file at the lock path for waiting on its lock: read-only (a shared lock needs no
 /// more), overlapped, never through a reparse point.

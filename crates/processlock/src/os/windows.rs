@@ -122,7 +122,7 @@ pub fn open_existing(path: &Path) -> io::Result<File> {
 
 /// Opens the removal guard of a lock directory (`guard.rs`), creating it if needed, never
 /// through a reparse point; read-only where we may not write it.
-pub fn open_guard(path: &Path, _facts: crate::perms::DirFacts) -> io::Result<File> {
+pub fn open_guard(path: &Path, _facts: super::DirFacts) -> io::Result<File> {
     let file = match options(0).read(true).write(true).create(true).open(path) {
         Err(e) if is_code(&e, &[ERROR_ACCESS_DENIED, ERROR_WRITE_PROTECT]) => {
             options(0).read(true).open(path)?
