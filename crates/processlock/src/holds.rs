@@ -14,7 +14,7 @@
 //! A hold is never dropped while the table is locked: dropping one may wait for a thread (a
 //! server lock's), whose loss hook may be waiting for the table.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, TryLockError};
 use std::time::{Duration, Instant};
@@ -101,7 +101,20 @@ type Map<H> = HashMap<String, Entry<H>>;
 /// The holds of one backend, by place (a lock file's path, a server lock's id).
 pub struct Holds<H> {
     map: Mutex<Option<Map<H>>>,
+    /// Holds taken out of the table because they were lost and the lock was asked for again,
+    /// with their holders: the loss notice of such a hold may come only as it is let go of
+    /// (after the new hold took its place), and must still reach them.
+    retired: Mutex<VecDeque<Retired>>,
 }
+
+struct Retired {
+    place: String,
+    id: HoldId,
+    holders: Vec<Holder>,
+}
+
+/// How many lost holds' holders are remembered for their notices.
+const RETIRED_KEPT: usize = 64;
 
 impl<H: Hold> Default for Holds<H> {
     fn default() -> Self {
@@ -113,6 +126,7 @@ impl<H: Hold> Holds<H> {
     pub const fn new() -> Self {
         Self {
             map: Mutex::new(None),
+            retired: Mutex::new(VecDeque::new()),
         }
     }
 
@@ -121,14 +135,28 @@ impl<H: Hold> Holds<H> {
         self.map.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Keeps the holders of a lost hold taken out of the table, for its loss notice.
+    fn retire(&self, place: &str, entry: Entry<H>) -> H {
+        let mut retired = self.retired.lock().unwrap_or_else(|p| p.into_inner());
+        if retired.len() == RETIRED_KEPT {
+            retired.pop_front();
+        }
+        retired.push_back(Retired {
+            place: place.to_string(),
+            id: entry.id,
+            holders: entry.holders,
+        });
+        entry.hold
+    }
+
     /// Joins this process's hold of `place` for `holder`. `Err`: there is none to join, with
     /// the lost hold that was there, for the caller to drop once it no longer holds the table.
-    fn join_in(map: &mut Map<H>, place: &str, holder: Holder) -> Result<Taken, Option<H>> {
+    fn join_in(&self, map: &mut Map<H>, place: &str, holder: Holder) -> Result<Taken, Option<H>> {
         let Some(entry) = map.get_mut(place) else {
             return Err(None);
         };
         if entry.hold.is_lost() {
-            return Err(map.remove(place).map(|e| e.hold));
+            return Err(map.remove(place).map(|e| self.retire(place, e)));
         }
         let already_held = entry.holders.contains(&holder);
         if !already_held {
@@ -157,7 +185,7 @@ impl<H: Hold> Holds<H> {
     /// The hold of `place` joined by `holder`, if this process has one that is not lost.
     pub fn join(&self, place: &str, holder: Holder) -> Option<Taken> {
         let mut map = self.map();
-        let joined = Self::join_in(map.get_or_insert_with(HashMap::new), place, holder);
+        let joined = self.join_in(map.get_or_insert_with(HashMap::new), place, holder);
         drop(map);
         joined.ok()
     }
@@ -165,11 +193,12 @@ impl<H: Hold> Holds<H> {
     /// Keeps a hold just taken, for `holder`. A hold this process had of the same place is
     /// replaced (it was lost: nobody can take a lock this process holds).
     pub fn insert(&self, place: &str, holder: Holder, hold: H, lines: Vec<String>) -> Taken {
-        let mut map = self.map();
-        let map = map.get_or_insert_with(HashMap::new);
-        let old = map.remove(place);
+        let mut guard = self.map();
+        let map = guard.get_or_insert_with(HashMap::new);
+        let old = map.remove(place).map(|e| self.retire(place, e));
         let taken = Self::insert_in(map, place, holder, hold, lines);
-        drop(old.map(|e| e.hold));
+        drop(guard);
+        drop(old);
         taken
     }
 
@@ -184,7 +213,7 @@ impl<H: Hold> Holds<H> {
     ) -> Result<Taken, E> {
         let mut guard = self.map();
         let map = guard.get_or_insert_with(HashMap::new);
-        let lost = match Self::join_in(map, place, holder) {
+        let lost = match self.join_in(map, place, holder) {
             Ok(taken) => return Ok(taken),
             Err(lost) => lost,
         };
@@ -217,12 +246,21 @@ impl<H: Hold> Holds<H> {
             .is_some_and(|e| e.holders.contains(&holder))
     }
 
-    /// The holders of hold `id` of `place`, if that hold is still this process's: a loss notice
-    /// goes to them, and to nobody when the hold has since been let go of or replaced.
+    /// The holders of hold `id` of `place`, if that hold is still this process's, or was taken
+    /// out of the table lost: a loss notice goes to them (once), and to nobody when the hold has
+    /// since been let go of.
     pub fn holders_of(&self, place: &str, id: HoldId) -> Option<Vec<Holder>> {
         let map = self.map();
-        let entry = map.as_ref()?.get(place)?;
-        (entry.id == id).then(|| entry.holders.clone())
+        if let Some(entry) = map.as_ref().and_then(|m| m.get(place)) {
+            if entry.id == id {
+                return Some(entry.holders.clone());
+            }
+        }
+        let mut retired = self.retired.lock().unwrap_or_else(|p| p.into_inner());
+        let at = retired
+            .iter()
+            .position(|r| r.id == id && r.place == place)?;
+        retired.remove(at).map(|r| r.holders)
     }
 
     /// `f` on hold `id` of `place`, if that hold is still this process's. The table is locked
@@ -370,12 +408,15 @@ mod tests {
         holds.join("a", 2).unwrap();
         lost.store(true, Ordering::SeqCst);
         assert!(!holds.holds("a") && holds.current("a").is_none());
-        // The loss notice of the old hold still finds its holders, until the hold is replaced.
+        // The loss notice of the old hold finds its holders while it is in the table...
         assert_eq!(holds.holders_of("a", old), Some(vec![1, 2]));
         assert!(holds.join("a", 1).is_none());
         let (hold, _) = fake(8);
         let new = holds.insert("a", 1, hold, Vec::new()).id;
         assert_ne!(new, old);
+        // ...and once more after a new hold took its place (its notice may come only as it is
+        // let go of, after that), then no more.
+        assert_eq!(holds.holders_of("a", old), Some(vec![1, 2]));
         assert_eq!(holds.holders_of("a", old), None);
         assert_eq!(holds.holders_of("a", new), Some(vec![1]));
         assert!(!holds.is_holder("a", 2));
