@@ -13,7 +13,7 @@
 const fs = require('node:fs')
 const path = require('node:path')
 const { spawnSync } = require('node:child_process')
-const { FIXTURES, ROOT, start, tempDir, watch, running } = require('./helpers/proc')
+const { FIXTURES, start, tempDir, watch, running } = require('./helpers/proc')
 
 const { BINARY } = require('./helpers/cli-proc')
 const { needs } = require('./helpers/skip')
