@@ -14,8 +14,8 @@ use processlock::{
 };
 
 use crate::admin;
-use crate::error::{Error, Lost, Result};
 use crate::admin::inspect;
+use crate::error::{Error, Lost, Result};
 use crate::lock::{acquire, acquire_wait_noting, PgHeld, WaitNotice};
 use crate::options::PgOptions;
 
