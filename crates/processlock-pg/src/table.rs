@@ -278,8 +278,17 @@ fn not_ours(s: &Settings, r: &Relation, why: &str) -> Error {
     }
 }
 
+/// Another session created the same table at the same moment: `CREATE TABLE IF NOT EXISTS` is
+/// not atomic, and the loser fails on the catalog's unique index of tables (23505), of their row
+/// types ("type ... already exists", 42710), or on the table itself (42P07).
 fn created_meanwhile(e: &tokio_postgres::Error) -> bool {
-    e.code() == Some(&SqlState::UNIQUE_VIOLATION) || e.code() == Some(&SqlState::DUPLICATE_TABLE)
+    [
+        SqlState::UNIQUE_VIOLATION,
+        SqlState::DUPLICATE_TABLE,
+        SqlState::DUPLICATE_OBJECT,
+    ]
+    .iter()
+    .any(|code| e.code() == Some(code))
 }
 
 /// The holder table's columns.
