@@ -278,17 +278,23 @@ fn not_ours(s: &Settings, r: &Relation, why: &str) -> Error {
     }
 }
 
-/// Another session created the same table at the same moment: `CREATE TABLE IF NOT EXISTS` is
+/// Another session created the same tables at the same moment: `CREATE TABLE IF NOT EXISTS` is
 /// not atomic, and the loser fails on the catalog's unique index of tables (23505), of their row
-/// types ("type ... already exists", 42710), or on the table itself (42P07).
+/// types ("type ... already exists", 42710), or on the table itself (42P07); two sessions that
+/// both found the tables made meanwhile and revoke on them at once fail with "tuple concurrently
+/// updated" (XX000). Each time the tables are there: look again.
 fn created_meanwhile(e: &tokio_postgres::Error) -> bool {
-    [
+    let raced = [
         SqlState::UNIQUE_VIOLATION,
         SqlState::DUPLICATE_TABLE,
         SqlState::DUPLICATE_OBJECT,
     ]
     .iter()
-    .any(|code| e.code() == Some(code))
+    .any(|code| e.code() == Some(code));
+    raced
+        || e.as_db_error().is_some_and(|db| {
+            db.code() == &SqlState::INTERNAL_ERROR && db.message() == "tuple concurrently updated"
+        })
 }
 
 /// The holder table's columns.
