@@ -1,24 +1,27 @@
 'use strict'
 // Fenced writes on SQLite: a holder that lost its lock file (removed by force, cleared, its
 // directory deleted) keeps running, and the database refuses its late writes once a newer holder
-// claimed the lock there. Real processes, a real database file in WAL mode, better-sqlite3
-// (and node:sqlite where this Node has it).
+// claimed the lock there. Real processes, a real database file in WAL mode, better-sqlite3 and
+// node:sqlite (run by Node 22 when this Node has no node:sqlite: helpers/node-sqlite.js).
 const fs = require('node:fs')
 const path = require('node:path')
 const Database = require('better-sqlite3')
 const pl = require('..')
 const { start, tempDir } = require('./helpers/proc')
 const { cli } = require('./helpers/cli-proc')
-const { onlyOnNode } = require('./helpers/skip')
+const { nodeSqlite } = require('./helpers/node-sqlite')
+const { needs } = require('./helpers/skip')
 
-/** Whether this Node has node:sqlite with user functions (22.13 and 23.5 on). */
-function nodeSqlite() {
-  try {
-    const { DatabaseSync } = require('node:sqlite')
-    return typeof DatabaseSync.prototype.function === 'function'
-  } catch {
-    return false
-  }
+/** The SQLite drivers: the Node that runs their processes, and how their tests run here. */
+const DRIVERS = [
+  ['better-sqlite3', { driver: 'sqlite', node: process.execPath, t: needs(true) }],
+  ['node:sqlite', { driver: 'node-sqlite', node: nodeSqlite.execPath, t: nodeSqlite.test }],
+]
+
+/** How a process of each driver opens the database file named by its first argument. */
+const OPEN = {
+  sqlite: "new (require('better-sqlite3'))(process.argv[1])",
+  'node-sqlite': "new (require('node:sqlite').DatabaseSync)(process.argv[1])",
 }
 
 /** A database file with the table the service writes, in WAL mode. */
@@ -33,8 +36,8 @@ function database(label) {
 }
 
 /** A service process (fixtures/fence-holder.js) that answers numbered commands. */
-function service(lockDir, db, { driver = 'sqlite', env = {} } = {}) {
-  const p = start('fence-holder.js', { dir: lockDir, env: { FENCE_DB: `${driver}:${db}`, ...env } })
+function service(lockDir, db, { driver = 'sqlite', node = process.execPath, env = {} } = {}) {
+  const p = start('fence-holder.js', { dir: lockDir, node, env: { FENCE_DB: `${driver}:${db}`, ...env } })
   let n = 0
   return {
     p,
@@ -88,18 +91,13 @@ const LOSSES = {
   },
 }
 
-describe.each([
-  ['better-sqlite3', 'sqlite', true],
-  ['node:sqlite', 'node-sqlite', nodeSqlite()],
-])('SQLite through %s', (_, driver, present) => {
-  const t = onlyOnNode(present, 'node:sqlite with user functions is in Node 22.13 and later')
-
+describe.each(DRIVERS)('SQLite through %s', (_, { driver, node, t }) => {
   t.each(Object.keys(LOSSES))(
     'a holder whose lock file was lost (%s) has its late writes refused once the new holder claimed',
     async (how) => {
       const { dir: home, file } = database('fence-lost')
       const lockDir = path.join(home, 'locks')
-      const old = track(service(lockDir, file, { driver }))
+      const old = track(service(lockDir, file, { driver, node }))
       await old.ready()
       expect(await old.ask('claim')).toEqual({ reply: 'CLAIMED', rest: '1' })
       // The app's own statements, unchanged, go through while it is the newest holder.
@@ -107,7 +105,7 @@ describe.each([
       expect((await old.ask('update')).reply).toBe('WROTE')
 
       await LOSSES[how](lockDir)
-      const next = track(service(lockDir, file, { driver }))
+      const next = track(service(lockDir, file, { driver, node }))
       await next.ready()
       // The generation lives in the guarded database: nothing done to the lock directory
       // takes it back.
@@ -130,37 +128,70 @@ describe.each([
     },
     60000,
   )
-})
 
-test('a connection that never claimed is refused: one without the check function cannot even prepare a write', async () => {
-  const { dir: home, file } = database('fence-unclaimed')
-  const lockDir = path.join(home, 'locks')
-  const holder = track(service(lockDir, file))
-  await holder.ready()
-  await holder.ask('claim')
+  t(
+    'a connection that never claimed is refused: one without the check function cannot even prepare a write',
+    async () => {
+      const { dir: home, file } = database('fence-unclaimed')
+      const lockDir = path.join(home, 'locks')
+      const holder = track(service(lockDir, file, { driver, node }))
+      await holder.ready()
+      await holder.ask('claim')
 
-  // A process that loaded no fence at all.
-  const bare = new Database(file)
-  try {
-    expect(() => bare.prepare("INSERT INTO orders (note) VALUES ('bare')").run()).toThrow(
-      'no such function: processlock_fence_check',
-    )
-    // Reads are not guarded.
-    expect(bare.prepare('SELECT count(*) AS n FROM orders').get().n).toBe(0)
-  } finally {
-    bare.close()
-  }
+      // A process that loaded no fence at all.
+      const bare = new Database(file)
+      try {
+        expect(() => bare.prepare("INSERT INTO orders (note) VALUES ('bare')").run()).toThrow(
+          'no such function: processlock_fence_check',
+        )
+        // Reads are not guarded.
+        expect(bare.prepare('SELECT count(*) AS n FROM orders').get().n).toBe(0)
+      } finally {
+        bare.close()
+      }
 
-  // The same package in a process that holds no lock: it cannot claim, and cannot write.
-  const stranger = track(service(lockDir, file, { env: { FENCE_NO_LOCK: '1' } }))
-  await stranger.ready()
-  expect((await stranger.ask('claim')).rest).toMatch(/^LockFencedError LOCK_FENCED /)
-  expect((await stranger.ask('write')).rest).toMatch(
-    /^SqliteError undefined no such function|^SqliteError SQLITE_ERROR no such function/,
+      // The same package in a process that holds no lock: it cannot claim, and cannot write.
+      const stranger = track(service(lockDir, file, { driver, node, env: { FENCE_NO_LOCK: '1' } }))
+      await stranger.ready()
+      expect((await stranger.ask('claim')).rest).toMatch(/^LockFencedError LOCK_FENCED /)
+      // Each driver's own error (better-sqlite3: SqliteError; node:sqlite: Error ERR_SQLITE_ERROR).
+      expect((await stranger.ask('write')).rest).toMatch(
+        /^(SqliteError (undefined|SQLITE_ERROR)|Error ERR_SQLITE_ERROR) no such function: processlock_fence_check/,
+      )
+      expect((await holder.ask('write')).reply).toBe('WROTE')
+      expect(rows(file)).toHaveLength(1)
+    },
+    60000,
   )
-  expect((await holder.ask('write')).reply).toBe('WROTE')
-  expect(rows(file)).toHaveLength(1)
-}, 60000)
+
+  t(
+    'claims of many processes at once get distinct generations, in the order they held the lock',
+    async () => {
+      // Each takes the lock (waiting for it), claims, writes its generation, and lets go.
+      const { dir: home, file } = database('fence-order')
+      const lockDir = path.join(home, 'locks')
+      const script = `
+      const pl = require(${JSON.stringify(path.resolve(__dirname, '..'))})
+      const db = ${OPEN[driver]}
+      db.exec('PRAGMA busy_timeout = 10000')
+      ;(async () => {
+        for (let i = 0; i < 5; i++) {
+          await pl.acquireLockAsync('backend', { dir: process.argv[2], tradeSide: 'SHORT', log: false, timeoutMs: 60000 })
+          const f = await pl.fenceWrites(db, 'backend', { dir: process.argv[2], tradeSide: 'SHORT', tables: ['orders'] })
+          db.prepare('INSERT INTO orders (note) VALUES (?)').run(f.generation)
+          pl.releaseLock('backend', { dir: process.argv[2], tradeSide: 'SHORT', log: false })
+        }
+        console.log('DONE')
+      })()`
+      const { watch } = require('./helpers/proc')
+      const procs = Array.from({ length: 6 }, () => watch(node, ['-e', script, file, lockDir]))
+      for (const p of procs) await p.waitFor('DONE', 60000)
+      for (const p of procs) await p.done()
+      expect(rows(file).map(Number)).toEqual(Array.from({ length: 30 }, (_, i) => i + 1))
+    },
+    90000,
+  )
+})
 
 test('a second connection of the holder is refused until it claims, and its claim fences the first (a minted generation is one per claim)', async () => {
   const { dir: home, file } = database('fence-second')
@@ -229,30 +260,6 @@ test('a server lock claims with its fencing token; a claim with an older token t
     db.close()
   }
 })
-
-test('claims of many processes at once get distinct generations, in the order they held the lock', async () => {
-  // Each takes the lock (waiting for it), claims, writes its generation, and lets go.
-  const { dir: home, file } = database('fence-order')
-  const lockDir = path.join(home, 'locks')
-  const script = `
-    const pl = require(${JSON.stringify(path.resolve(__dirname, '..'))})
-    const Database = require('better-sqlite3')
-    const db = new Database(process.argv[1]); db.pragma('busy_timeout = 10000')
-    ;(async () => {
-      for (let i = 0; i < 5; i++) {
-        await pl.acquireLockAsync('backend', { dir: process.argv[2], tradeSide: 'SHORT', log: false, timeoutMs: 60000 })
-        const f = await pl.fenceWrites(db, 'backend', { dir: process.argv[2], tradeSide: 'SHORT', tables: ['orders'] })
-        db.prepare('INSERT INTO orders (note) VALUES (?)').run(f.generation)
-        pl.releaseLock('backend', { dir: process.argv[2], tradeSide: 'SHORT', log: false })
-      }
-      console.log('DONE')
-    })()`
-  const { watch } = require('./helpers/proc')
-  const procs = Array.from({ length: 6 }, () => watch(process.execPath, ['-e', script, file, lockDir]))
-  for (const p of procs) await p.waitFor('DONE', 60000)
-  for (const p of procs) await p.done()
-  expect(rows(file).map(Number)).toEqual(Array.from({ length: 30 }, (_, i) => i + 1))
-}, 90000)
 
 test('bad arguments are refused before anything is written', async () => {
   const { dir: home, file } = database('fence-args')

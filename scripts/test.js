@@ -8,7 +8,10 @@
 //      tests with step 1's profile and target would reuse every dependency, but the release
 //      profile links each of the ~20 test and example binaries with fat LTO and one codegen unit:
 //      measured here, 283 s of CPU on top of step 1, against 125 s for the whole test profile.
-//   3. jest: the package against real processes, files and signals
+//   3. jest: the package against real processes, files and signals; when this Node has no
+//      node:sqlite, the node:sqlite tests run their processes with a Node 22 fetched first from
+//      the npm registry (scripts/node-for-tests.js); if it cannot be fetched they are skipped as
+//      needing it
 //   4. tsc --strict on a consumer file
 // Prints what was skipped and why, then one closing line: `total: N passed, N failed, N skipped`.
 //
@@ -23,6 +26,7 @@ const fs = require('node:fs')
 const os = require('node:os')
 const path = require('node:path')
 const { build } = require('./build.js')
+const nodeForTests = require('./node-for-tests.js')
 
 const ROOT = path.resolve(__dirname, '..')
 const npx = process.platform === 'win32' ? 'npx.cmd' : 'npx'
@@ -154,6 +158,16 @@ async function main() {
     capture: true,
   })
   countCargo(cargo.text)
+
+  if (!nodeForTests.hasNodeSqlite() && nodeForTests.packageName()) {
+    console.log('\n=== a Node with node:sqlite for the tests: node scripts/node-for-tests.js')
+    try {
+      console.log(nodeForTests.fetchNode())
+    } catch (e) {
+      // Not a failure of its own: the tests that need it are skipped, and say so.
+      console.error(`not fetched: ${e.message}`)
+    }
+  }
 
   const report = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'pl-jest-')), 'report.json')
   await step('jest', npx, ['jest', '--json', `--outputFile=${report}`])

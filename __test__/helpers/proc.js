@@ -127,9 +127,12 @@ function watch(file, args, { env, cwd, stdin = 'ignore', uid, gid, waitMs = 1500
   }
 }
 
-/** Starts `node <fixture> ...args` with PROCESSLOCK_DIR=dir and the given extra env. */
-function start(fixture, { dir, env = {}, args = [], uid, gid, cwd } = {}) {
-  return watch(process.execPath, [path.join(FIXTURES, fixture), ...args], {
+/**
+ * Starts `node <fixture> ...args` with PROCESSLOCK_DIR=dir and the given extra env; `node` is
+ * another Node binary to run it with (helpers/node-sqlite.js).
+ */
+function start(fixture, { dir, env = {}, args = [], uid, gid, cwd, node = process.execPath } = {}) {
+  return watch(node, [path.join(FIXTURES, fixture), ...args], {
     cwd: cwd || ROOT,
     env: { ...process.env, PROCESSLOCK_DIR: dir, TRADE_SIDE: 'SHORT', PROCESSLOCK_LOG: '', ...env },
     stdin: 'pipe',

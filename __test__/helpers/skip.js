@@ -52,9 +52,14 @@ function needs(present, what) {
   return gate(Boolean(present), NEEDS_MARK(what))
 }
 
+/** Skipped here, because what it needs does not exist for this platform: `why` says what. */
+function otherPlatform(why) {
+  return gate(false, PLATFORM_MARK(why))
+}
+
 /** Skipped everywhere, because what it tests is not built yet: `why` says what is missing. */
 function unfinished(why) {
   return gate(false, `[skipped: ${why}]`)
 }
 
-module.exports = { onlyOn, onlyOnNode, needs, unfinished }
+module.exports = { onlyOn, onlyOnNode, needs, otherPlatform, unfinished }
