@@ -7,7 +7,7 @@ const fs = require('node:fs')
 const path = require('node:path')
 const Database = require('better-sqlite3')
 const pl = require('..')
-const { start, tempDir } = require('./helpers/proc')
+const { FIXTURES, start, tempDir, watch } = require('./helpers/proc')
 const { cli } = require('./helpers/cli-proc')
 const { nodeSqlite } = require('./helpers/node-sqlite')
 const { needs } = require('./helpers/skip')
@@ -183,7 +183,6 @@ describe.each(DRIVERS)('SQLite through %s', (_, { driver, node, t }) => {
         }
         console.log('DONE')
       })()`
-      const { watch } = require('./helpers/proc')
       const procs = Array.from({ length: 6 }, () => watch(node, ['-e', script, file, lockDir]))
       for (const p of procs) await p.waitFor('DONE', 60000)
       for (const p of procs) await p.done()
@@ -191,74 +190,61 @@ describe.each(DRIVERS)('SQLite through %s', (_, { driver, node, t }) => {
     },
     90000,
   )
-})
 
-test('a second connection of the holder is refused until it claims, and its claim fences the first (a minted generation is one per claim)', async () => {
-  const { dir: home, file } = database('fence-second')
-  const lockDir = path.join(home, 'locks')
-  pl.acquireLock('backend', { dir: lockDir, tradeSide: 'SHORT', log: false })
-  const a = new Database(file)
-  const b = new Database(file)
-  try {
-    const fa = await pl.fenceWrites(a, 'backend', { dir: lockDir, tradeSide: 'SHORT', tables: ['orders'] })
-    expect(fa).toMatchObject({ lock: 'backend:SHORT', generation: '1', tables: ['orders'] })
-    // b has the check function only once it claims; before that, SQLite cannot prepare its write.
-    expect(() => b.prepare("INSERT INTO orders (note) VALUES ('b')").run()).toThrow('no such function')
-    const fb = await pl.fenceWrites(b, 'backend', { dir: lockDir, tradeSide: 'SHORT', tables: ['orders'] })
-    expect(fb.generation).toBe('2')
-    // A minted generation fences every earlier claim, the holder's own included: claim once
-    // per process, or once per connection before its first write.
-    let error
-    try {
-      a.prepare("INSERT INTO orders (note) VALUES ('a')").run()
-    } catch (e) {
-      error = e
-    }
-    expect(error).toBeInstanceOf(pl.LockFencedError)
-    expect(error).toMatchObject({ code: 'LOCK_FENCED', lock: 'backend:SHORT', generation: '1', current: '2' })
-    b.prepare("INSERT INTO orders (note) VALUES ('b')").run()
-    fb.unbind()
-    expect(() => b.prepare("INSERT INTO orders (note) VALUES ('b2')").run()).toThrow(
-      /^LOCK_FENCED: backend \(SHORT\): this connection has not claimed the lock/,
-    )
-  } finally {
-    a.close()
-    b.close()
-    pl.releaseLock('backend', { dir: lockDir, tradeSide: 'SHORT', log: false })
+  /** Runs fixtures/fence-claims.js's `scenario` with this driver; resolves with what it printed. */
+  async function claims(scenario, file, lockDir) {
+    const p = watch(node, [path.join(FIXTURES, 'fence-claims.js'), driver, scenario, file, lockDir])
+    const [, json] = await p.waitFor(/^RESULT (.*)$/m, 30000)
+    await p.done()
+    return JSON.parse(json)
   }
-})
 
-test('a server lock claims with its fencing token; a claim with an older token than the stored one is refused', async () => {
-  // The token rule, without a server: what fenceWrites does with a lock whose info carries a token.
-  const { fenceWrites } = require('../lib/fence.js')
-  const { file } = database('fence-token')
-  const db = new Database(file)
-  const api = (token) => ({
-    getLockInfo: () => ({ pid: process.pid, tradeSide: null, fencingToken: token }),
-    isLockHeld: () => true,
-  })
-  try {
-    expect((await fenceWrites(api('9007199254740993'), db, 'worker', { tables: ['orders'] })).generation).toBe(
-      '9007199254740993',
-    )
-    let error
-    try {
-      await fenceWrites(api('9007199254740992'), db, 'worker', { tables: ['orders'] })
-    } catch (e) {
-      error = e
-    }
-    expect(error).toBeInstanceOf(pl.LockFencedError)
-    expect(error.message).toBe(
-      'LOCK_FENCED: worker: fencing token 9007199254740992 is older than generation 9007199254740993 already claimed: another holder has had the lock since',
-    )
-    // The refused claim changed nothing: the newer claim's connection still writes.
-    db.prepare("INSERT INTO orders (note) VALUES ('ok')").run()
-    expect(db.prepare('SELECT generation FROM processlock_fence').safeIntegers().get().generation).toBe(
-      9007199254740993n,
-    )
-  } finally {
-    db.close()
-  }
+  t(
+    'a second connection of the holder is refused until it claims, and its claim fences the first (a minted generation is one per claim)',
+    async () => {
+      const { dir: home, file } = database('fence-second')
+      const r = await claims('second', file, path.join(home, 'locks'))
+      expect(r.claimA).toEqual({ ok: { lock: 'backend:SHORT', generation: '1', tables: ['orders'] } })
+      // b has the check function only once it claims; before that, SQLite cannot prepare its write.
+      expect(r.writeBBeforeItsClaim.error.message).toMatch(/no such function: processlock_fence_check/)
+      expect(r.claimB).toBe('2')
+      // A minted generation fences every earlier claim, the holder's own included: claim once
+      // per process, or once per connection before its first write.
+      expect(r.writeA.error).toMatchObject({
+        fenced: true,
+        code: 'LOCK_FENCED',
+        lock: 'backend:SHORT',
+        generation: '1',
+        current: '2',
+      })
+      expect(r.writeB).toEqual({ ok: 'inserted' })
+      expect(r.writeBUnbound.error).toMatchObject({ fenced: true, code: 'LOCK_FENCED' })
+      expect(r.writeBUnbound.error.message).toMatch(
+        /^LOCK_FENCED: backend \(SHORT\): this connection has not claimed the lock/,
+      )
+      expect(rows(file)).toEqual(['b'])
+    },
+    60000,
+  )
+
+  t(
+    'a server lock claims with its fencing token, beyond 2^53 too; a claim with an older token than the stored one is refused',
+    async () => {
+      const { dir: home, file } = database('fence-token')
+      const r = await claims('token', file, path.join(home, 'locks'))
+      expect(r.claim).toEqual({ ok: '9007199254740993' })
+      expect(r.older.error).toMatchObject({
+        fenced: true,
+        code: 'LOCK_FENCED',
+        message:
+          'LOCK_FENCED: worker: fencing token 9007199254740992 is older than generation 9007199254740993 already claimed: another holder has had the lock since',
+      })
+      // The refused claim changed nothing: the newer claim's connection still writes.
+      expect(r.write).toEqual({ ok: 'inserted' })
+      expect(r.stored).toBe('9007199254740993')
+    },
+    60000,
+  )
 })
 
 test('bad arguments are refused before anything is written', async () => {
