@@ -6,17 +6,20 @@
 //! and `run` (with `--wait` or `--replace`) take their `Backend` from here and from nowhere else,
 //! so a command never decides between the two by itself, and a new backend is added here.
 //!
-//! A lock directory needs nothing but its path: the commands call the core's file functions on
-//! it. A server is a `Server`, whose methods are the operations a backend offers (list, inspect,
-//! force-remove, clear, acquire, wait): each forwards to `processlock-pg` with the options it
-//! was opened with. They are shaped as one backend interface would have them, so that once the
-//! core defines that interface, `Backend` can become a handle to it and this file the adapter.
+//! An opened backend is the core's: a `processlock::FileBackend`, or a `Server` around a
+//! `processlock_pg::PgBackend`. The commands ask both through the `processlock::Backend` trait
+//! wherever it answers what they show (list, status, force-remove, the lock's place), as the
+//! Node addon does. What only the command does stays here, named by what it needs: a server's
+//! own columns (its session, the client's address, the role of a holder without a record,
+//! listings read a page at a time), ending a holder's session while naming it, and `run`, which
+//! holds a server lock in a session of its own for its command, never adopting one handed down
+//! (the trait's `take` adopts, for an app under `run`).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use processlock::report::printable;
-use processlock::{resolve_dir, Cancel, LockName};
+use processlock::{resolve_dir, Backend as _, Cancel, FileBackend, LockName};
 use processlock_pg as pg;
 
 #[cfg(unix)]
@@ -25,8 +28,8 @@ pub use pg::{Error as ServerError, Holder, Listed, PgHeld, Result as ServerResul
 
 /// An opened backend.
 pub enum Backend {
-    /// Lock files in this (resolved) directory.
-    Files(PathBuf),
+    /// Lock files in a resolved directory.
+    Files(FileBackend),
     Server(Server),
 }
 
@@ -73,7 +76,7 @@ impl Place {
     pub fn open(self, settings: ServerSettings) -> Result<Backend, Unopened> {
         match self {
             Place::Dir(dir) => resolve_dir(dir.as_deref())
-                .map(Backend::Files)
+                .map(|dir| Backend::Files(FileBackend::new(dir)))
                 .map_err(Unopened::Dir),
             Place::Server(url) => Server::open(url, settings)
                 .map(Backend::Server)
@@ -87,7 +90,7 @@ const PASSWORD_IN_ARGV: &str = "processlock: WARNING: the password in --url can 
 
 /// A PostgreSQL server whose options were checked (nothing was sent to it yet).
 pub struct Server {
-    opts: pg::PgOptions,
+    pg: pg::PgBackend,
     /// How messages name the server: `user@host:port/dbname`, never the password.
     shown: String,
 }
@@ -100,7 +103,10 @@ impl Server {
         }
         opts.process_name = settings.process_name;
         match opts.check() {
-            Ok(shown) => Ok(Server { opts, shown }),
+            Ok(shown) => Ok(Server {
+                pg: pg::PgBackend::new(opts),
+                shown,
+            }),
             Err(e) => Err(printable(&e.to_string()).into_owned()),
         }
     }
@@ -109,30 +115,34 @@ impl Server {
         &self.shown
     }
 
+    fn opts(&self) -> &pg::PgOptions {
+        self.pg.options()
+    }
+
     /// Every lock of the namespace that is held or has a record left behind.
     pub fn list(&self) -> ServerResult<Vec<Listed>> {
-        pg::list(&self.opts)
+        pg::list(self.opts())
     }
 
     /// `list`, a page at a time
     /// (see `processlock_pg::list_pages`).
     pub fn list_pages(&self, page: impl FnMut(Vec<Listed>) -> bool + Send) -> ServerResult<()> {
-        pg::list_pages(&self.opts, page)
+        pg::list_pages(self.opts(), page)
     }
 
     /// Who holds `name`; `None` when nobody does.
     pub fn inspect(&self, name: &LockName) -> ServerResult<Option<Holder>> {
-        pg::inspect(&self.opts, name)
+        pg::inspect(self.opts(), name)
     }
 
     /// Ends the session of the holder of `name`, which frees the lock at once.
     pub fn terminate_holder(&self, name: &LockName) -> ServerResult<Option<Holder>> {
-        pg::terminate_holder(&self.opts, name)
+        pg::terminate_holder(self.opts(), name)
     }
 
     /// Removes the records no live session stands behind; their lock names.
     pub fn clear_stale(&self) -> ServerResult<Vec<String>> {
-        pg::clear_stale(&self.opts)
+        pg::clear_stale(self.opts())
     }
 }
 
@@ -140,7 +150,7 @@ impl Server {
 #[cfg_attr(not(unix), allow(dead_code))]
 impl Server {
     pub fn acquire(&self, name: &LockName) -> ServerResult<PgHeld> {
-        pg::acquire(&self.opts, name)
+        pg::acquire(self.opts(), name)
     }
 
     /// Waits for `name` until `deadline` or `cancel`, telling `notices` when the server goes
@@ -152,7 +162,7 @@ impl Server {
         cancel: &Cancel,
         notices: pg::OnWaitNotice,
     ) -> ServerResult<PgHeld> {
-        pg::acquire_wait_noting(&self.opts, name, deadline, cancel, notices)
+        pg::acquire_wait_noting(self.opts(), name, deadline, cancel, notices)
     }
 
     /// Takes `name`, asking its holder (on any host) through the server to stop first and
@@ -166,17 +176,17 @@ impl Server {
         notices: pg::OnWaitNotice,
         lines: pg::ReplaceLines<'_>,
     ) -> ServerResult<PgHeld> {
-        pg::acquire_replacing(&self.opts, name, wait, cancel, notices, lines)
+        pg::acquire_replacing(self.opts(), name, wait, cancel, notices, lines)
     }
 
-    /// What names the lock `name` on this server (see `PgOptions::lock_id`).
+    /// What names the lock `name` on this server: its place.
     pub fn lock_id(&self, name: &LockName) -> ServerResult<String> {
-        self.opts.lock_id(name)
+        self.pg.place(name)
     }
 
     /// How long before the server may give a lost lock to another holder this process learns
     /// of the loss: the default grace for stopping the command.
     pub fn loss_margin(&self) -> Duration {
-        self.opts.loss_margin()
+        self.opts().loss_margin()
     }
 }

@@ -6,18 +6,19 @@ use std::path::Path;
 
 use processlock::report::printable;
 use processlock::{
-    check_dir, force_remove, list_locks, remove_if_stale, sweep_orphan_temps, Error, Removal,
-    Result,
+    check_dir, force_remove, remove_if_stale, sweep_orphan_temps, Backend, Error, FileBackend,
+    LockName, Removal, Result,
 };
 
 /// Returns the exit status: 0, or 1 if some file could not be handled.
-pub fn run(dir: &Path, force: bool) -> Result<i32> {
+pub fn run(files: &FileBackend, force: bool) -> Result<i32> {
+    let dir = files.dir();
     check_dir(dir)?;
-    let locks = list_locks(dir)?;
+    let locks = files.list()?.locks;
     // Each line as soon as its file is handled: a long clear shows its progress.
     let outcomes: Vec<Outcome> = locks
         .iter()
-        .map(|lock| clear_one(&lock.path, force))
+        .map(|lock| clear_one(files, Path::new(&lock.place), lock.name.as_ref(), force))
         .chain(std::iter::once_with(|| sweep_temps(dir)))
         .inspect(Outcome::print)
         .collect();
@@ -61,7 +62,7 @@ enum Outcome {
     Failed(Error),
 }
 
-fn clear_one(path: &Path, force: bool) -> Outcome {
+fn clear_one(files: &FileBackend, path: &Path, lock: Option<&LockName>, force: bool) -> Outcome {
     let name = path
         .file_name()
         .map(|n| printable(&n.to_string_lossy()).into_owned())
@@ -70,7 +71,7 @@ fn clear_one(path: &Path, force: bool) -> Outcome {
         Ok(Removal::Absent) => Outcome::Nothing,
         Ok(Removal::RemovedStale(r)) => Outcome::RemovedStale { name, pid: r.pid },
         Ok(Removal::Unknown(why)) => Outcome::Unknown { name, why },
-        Ok(Removal::Held(r)) if force => match force_remove(path) {
+        Ok(Removal::Held(r)) if force => match remove_held(files, path, lock) {
             Ok(_) => Outcome::RemovedHeld { name, pid: r.pid },
             Err(e) => Outcome::Failed(e),
         },
@@ -82,6 +83,15 @@ fn clear_one(path: &Path, force: bool) -> Outcome {
         },
         Err(error @ Error::NotAFile { .. }) => Outcome::Left { name, error },
         Err(e) => Outcome::Failed(e),
+    }
+}
+
+/// A held lock goes as the backend removes it by force; a file whose name is no lock name is
+/// no lock the backend can name, and goes by its path.
+fn remove_held(files: &FileBackend, path: &Path, lock: Option<&LockName>) -> Result<bool> {
+    match lock {
+        Some(name) => files.force_remove(name),
+        None => force_remove(path),
     }
 }
 
@@ -241,10 +251,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let t = target(dir.path(), "backend");
         let _held = acquire(&t, Some("api")).unwrap();
-        let kept = clear_one(&t.path, false);
+        let files = FileBackend::new(dir.path());
+        let kept = clear_one(&files, &t.path, Some(&t.name), false);
         assert_eq!(kept.kept_here(), Some(std::process::id()), "{kept:?}");
         assert!(t.path.exists());
-        let forced = clear_one(&t.path, true);
+        let forced = clear_one(&files, &t.path, Some(&t.name), true);
         assert_eq!(forced.forced(), Some(std::process::id()), "{forced:?}");
         assert_eq!(forced.removed(), 1);
         assert!(!t.path.exists());
@@ -258,7 +269,7 @@ mod tests {
         let dead = child.id();
         child.wait().unwrap();
         std::fs::write(&t.path, record_for(&t, dead, None).to_json()).unwrap();
-        match clear_one(&t.path, false) {
+        match clear_one(&FileBackend::new(dir.path()), &t.path, Some(&t.name), false) {
             Outcome::RemovedStale { pid, .. } => assert_eq!(pid, dead),
             other => panic!("{other:?}"),
         }
@@ -270,12 +281,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("other-program.lock");
         std::fs::write(&path, "not a lock record").unwrap();
-        let outcome = clear_one(&path, true);
+        let files = FileBackend::new(dir.path());
+        let outcome = clear_one(&files, &path, None, true);
         assert!(outcome.unknown(), "{outcome:?}");
         assert_eq!(outcome.removed(), 0);
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "not a lock record");
         assert!(matches!(
-            clear_one(&dir.path().join("gone.lock"), true),
+            clear_one(&files, &dir.path().join("gone.lock"), None, true),
             Outcome::Nothing
         ));
     }

@@ -77,10 +77,10 @@ fn execute(dir: Option<&Path>, command: Command) -> i32 {
                 prometheus::check_server(&server)
             }
             Ok(Backend::Server(server)) => server::check(&server, format == Format::Json),
-            Ok(Backend::Files(dir)) if format == Format::Prometheus => {
-                listed(prometheus::check_files(&dir))
+            Ok(Backend::Files(files)) if format == Format::Prometheus => {
+                listed(prometheus::check_files(&files))
             }
-            Ok(Backend::Files(dir)) => listed(check::run(&dir, format == Format::Json)),
+            Ok(Backend::Files(files)) => listed(check::run(&files, format == Format::Json)),
             Err(code) => code,
         },
         Command::Check {
@@ -95,7 +95,7 @@ fn execute(dir: Option<&Path>, command: Command) -> i32 {
             };
             match Place::from_options(dir, url).open(ServerSettings::default()) {
                 Ok(Backend::Server(server)) => server::check_one(&server, name, json),
-                Ok(Backend::Files(dir)) => check::run_one(&dir, name, json),
+                Ok(Backend::Files(files)) => check::run_one(&files, name, json),
                 Err(Unopened::BadServer(msg)) => usage_error(&msg),
                 Err(Unopened::Dir(e)) => {
                     eprintln!("processlock: {}", printable(&e.to_string()));
@@ -105,7 +105,7 @@ fn execute(dir: Option<&Path>, command: Command) -> i32 {
         }
         Command::Clear { force, url } => match open(dir, url, ServerSettings::default()) {
             Ok(Backend::Server(server)) => server::clear(&server, force),
-            Ok(Backend::Files(dir)) => listed(clear::run(&dir, force)),
+            Ok(Backend::Files(files)) => listed(clear::run(&files, force)),
             Err(code) => code,
         },
         Command::Run {
@@ -158,8 +158,8 @@ fn execute(dir: Option<&Path>, command: Command) -> i32 {
                         command,
                     })
                 }
-                Ok(Backend::Files(dir)) => run_command(RunOptions {
-                    target: processlock::LockTarget::new(dir, lock_name),
+                Ok(Backend::Files(files)) => run_command(RunOptions {
+                    target: files.target(&lock_name),
                     process_name: name,
                     wait: millis(wait_ms),
                     replace_grace: replace
