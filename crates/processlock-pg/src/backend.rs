@@ -114,7 +114,7 @@ impl PgBackend {
     fn session(&self, name: &LockName, held: PgHeld) -> PgHold {
         let asked = name.clone();
         held.on_replace_request(Box::new(move |request| {
-            crate::replace::stop_this_process(&asked, request)
+            crate::request::stop_this_process(&asked, request)
         }));
         PgHold::Session(held)
     }
