@@ -1,4 +1,7 @@
 'use strict'
+const { execFileSync, spawnSync } = require('node:child_process')
+const fs = require('node:fs')
+const path = require('node:path')
 // `processlock run` with the lock on a PostgreSQL server: a private server started for this file,
 // real `processlock` processes, real commands and real signals. Needs `npm run build` first.
 // What `run` does on every backend (conflict, --wait, the hand-over, release) is the lock
@@ -6,7 +9,7 @@
 const pl = require('..')
 const { tempDir, watch } = require('./helpers/proc')
 const { LOST_EXIT_STATUS, usePg } = require('./helpers/pg')
-const { cli, startRun, waitGone, alive } = require('./helpers/cli-proc')
+const { BINARY, cli, startRun, waitGone, alive } = require('./helpers/cli-proc')
 const { saltedKey, saltOf } = require('./helpers/pg-key')
 
 const pg = usePg()
@@ -235,4 +238,35 @@ pgTest('a bad URL or lease is a usage error, an unreachable server an I/O error;
   // Without a server, --lease means nothing, and --grace only goes with --replace.
   expect((await tryRun('backend', {}, ['--lease', '3000'])).code).toBe(2)
   expect((await tryRun('backend', {}, ['--grace', '3000'])).code).toBe(2)
+})
+
+/**
+ * A writing end whose reader is already gone (a FIFO whose only reader closed): every write to it
+ * fails with EPIPE, whatever the timing.
+ */
+function closedPipe(dir) {
+  const fifo = path.join(dir, 'out')
+  if (!fs.existsSync(fifo)) execFileSync('mkfifo', [fifo])
+  const reader = fs.openSync(fifo, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK)
+  const writer = fs.openSync(fifo, 'w')
+  fs.closeSync(reader)
+  return writer
+}
+
+pgTest('check and clear on a server whose reader left end quietly, with the status they would have had', async () => {
+  const dir = tempDir('cli-pg-pipe')
+  const env = { ...process.env, PROCESSLOCK_URL: pg.url, TRADE_SIDE: 'SHORT', NO_COLOR: '1' }
+  for (const [args, status] of [
+    [['check', 'piped'], 1],
+    [['check', 'piped', '--json'], 1],
+    [['check'], 0],
+    [['check', '--json'], 0],
+    [['clear'], 0],
+    [['clear', '--force'], 0],
+  ]) {
+    const out = closedPipe(dir)
+    const r = spawnSync(BINARY, args, { stdio: ['ignore', out, 'pipe'], env, timeout: 30000 })
+    fs.closeSync(out)
+    expect({ args, status: r.status, stderr: r.stderr.toString() }).toEqual({ args, status, stderr: '' })
+  }
 })

@@ -22,6 +22,8 @@ use processlock::report::printable;
 use processlock::{resolve_dir, Backend as _, Cancel, FileBackend, LockName};
 use processlock_pg as pg;
 
+use crate::display::errln;
+
 #[cfg(unix)]
 pub use pg::{stop_this_process, OnWaitNotice, WaitNotice};
 pub use pg::{Error as ServerError, Holder, Listed, PgHeld, Result as ServerResult};
@@ -62,7 +64,7 @@ impl Place {
     /// `--url`, else `$PROCESSLOCK_URL` (empty means none), else the lock directory.
     pub fn from_options(dir: Option<&Path>, url: Option<String>) -> Place {
         if url.as_deref().is_some_and(pg::url_has_password) {
-            eprintln!("{PASSWORD_IN_ARGV}");
+            errln!("{PASSWORD_IN_ARGV}");
         }
         match url
             .or_else(|| std::env::var("PROCESSLOCK_URL").ok())

@@ -14,7 +14,7 @@ use processlock::{
 };
 use serde_json::Value;
 
-use crate::display::{json_text, now_ms, opt_str, ordered_object, print, table, uptime};
+use crate::display::{errln, json_text, now_ms, opt_str, ordered_object, print, table, uptime};
 
 /// Exit statuses of `check <type>`.
 pub const HELD: i32 = 0;
@@ -126,7 +126,7 @@ pub fn run_one(files: &FileBackend, name: LockName, json: bool) -> i32 {
     let status = match files.status(&name) {
         Ok(status) => status,
         Err(e) => {
-            eprintln!("processlock: {}", printable(&e.to_string()));
+            errln!("processlock: {}", printable(&e.to_string()));
             return UNKNOWN;
         }
     };
@@ -150,7 +150,7 @@ pub fn run_one(files: &FileBackend, name: LockName, json: bool) -> i32 {
 /// harmless, but the operator should know.
 fn warn_if_unsafe(dir: &Path) {
     if let Err(e) = check_dir(dir) {
-        eprintln!("processlock: warning: {}", printable(&e.to_string()));
+        errln!("processlock: warning: {}", printable(&e.to_string()));
     }
 }
 

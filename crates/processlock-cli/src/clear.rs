@@ -5,6 +5,8 @@
 use std::path::Path;
 
 use processlock::report::printable;
+
+use crate::display::{errln, outln};
 use processlock::{
     check_dir, force_remove, remove_if_stale, sweep_orphan_temps, Backend, Error, FileBackend,
     LockName, Removal, Result,
@@ -108,10 +110,10 @@ impl Outcome {
         match self {
             Outcome::Nothing => {}
             Outcome::RemovedStale { name, pid } => {
-                println!("removed stale   {name} (PID {pid} is not running)")
+                outln!("removed stale   {name} (PID {pid} is not running)")
             }
             Outcome::RemovedHeld { name, pid } => {
-                println!("removed HELD    {name} (PID {pid} keeps running)")
+                outln!("removed HELD    {name} (PID {pid} keeps running)")
             }
             Outcome::Kept {
                 name,
@@ -125,23 +127,23 @@ impl Outcome {
                     format!(", {}", printable(process_name))
                 };
                 match host {
-                    None => println!("kept            {name} (held by running PID {pid}{who})"),
-                    Some(host) => println!(
+                    None => outln!("kept            {name} (held by running PID {pid}{who})"),
+                    Some(host) => outln!(
                         "kept            {name} (held by PID {pid} on host {}{who})",
                         printable(host)
                     ),
                 }
             }
             Outcome::Unknown { name, why } => {
-                println!("kept unknown    {name} ({})", printable(why))
+                outln!("kept unknown    {name} ({})", printable(why))
             }
             Outcome::Left { name, error } => {
-                println!("left            {name}: {}", printable(&error.to_string()))
+                outln!("left            {name}: {}", printable(&error.to_string()))
             }
             Outcome::TempsRemoved(n) => {
-                println!("removed {n} temp file(s) left by acquirers that died")
+                outln!("removed {n} temp file(s) left by acquirers that died")
             }
-            Outcome::Failed(e) => eprintln!("processlock: {}", printable(&e.to_string())),
+            Outcome::Failed(e) => errln!("processlock: {}", printable(&e.to_string())),
         }
     }
 
@@ -187,9 +189,9 @@ fn summarize(dir: &Path, found_locks: bool, outcomes: &[Outcome]) {
     let removed: usize = outcomes.iter().map(Outcome::removed).sum();
     if !found_locks && removed == 0 {
         if dir.is_dir() {
-            println!("No locks in {shown}");
+            outln!("No locks in {shown}");
         } else {
-            println!("No locks: {shown} does not exist (yet)");
+            outln!("No locks: {shown} does not exist (yet)");
         }
         return;
     }
@@ -198,30 +200,30 @@ fn summarize(dir: &Path, found_locks: bool, outcomes: &[Outcome]) {
     let unknown = outcomes.iter().filter(|o| o.unknown()).count();
     let forced: Vec<u32> = outcomes.iter().filter_map(Outcome::forced).collect();
     if removed == 0 && kept.is_empty() && kept_elsewhere == 0 && unknown == 0 {
-        println!("Nothing to clear in {shown}");
+        outln!("Nothing to clear in {shown}");
     } else if removed == 0 {
-        println!("Nothing removed in {shown}");
+        outln!("Nothing removed in {shown}");
     }
     if !kept.is_empty() {
         let pids = pid_list(&kept);
-        println!();
-        println!("Held locks belong to running processes and were kept. To stop them: pm2 stop all (or kill {pids}), then processlock clear.");
-        println!(
+        outln!();
+        outln!("Held locks belong to running processes and were kept. To stop them: pm2 stop all (or kill {pids}), then processlock clear.");
+        outln!(
             "processlock clear --force removes their files anyway (the processes keep running)."
         );
     }
     if kept_elsewhere > 0 {
-        println!();
-        println!("{kept_elsewhere} lock(s) are held by processes on other hosts and were kept: stop those processes there.");
+        outln!();
+        outln!("{kept_elsewhere} lock(s) are held by processes on other hosts and were kept: stop those processes there.");
     }
     if unknown > 0 {
-        println!();
-        println!("{unknown} file(s) are not lock records of processlock and were kept, with --force too: another program may use them. Remove them by hand if nothing does.");
+        outln!();
+        outln!("{unknown} file(s) are not lock records of processlock and were kept, with --force too: another program may use them. Remove them by hand if nothing does.");
     }
     if !forced.is_empty() {
-        eprintln!();
-        eprintln!("WARNING: this only deleted the lock files; it did NOT stop the running processes ({}).", pid_list(&forced));
-        eprintln!("WARNING: a second instance can now start next to them. To stop them: pm2 stop all, then processlock clear.");
+        errln!();
+        errln!("WARNING: this only deleted the lock files; it did NOT stop the running processes ({}).", pid_list(&forced));
+        errln!("WARNING: a second instance can now start next to them. To stop them: pm2 stop all, then processlock clear.");
     }
 }
 

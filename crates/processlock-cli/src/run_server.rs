@@ -49,6 +49,7 @@ use processlock::{
 use crate::backend::{
     self, OnWaitNotice, PgHeld, Server, ServerError as Error, ServerResult, WaitNotice,
 };
+use crate::display::errln;
 use crate::run::{cannot_run, exit_like, Relay};
 use crate::signals::{self, Event};
 use crate::tree::{self, Tree};
@@ -79,7 +80,7 @@ pub struct Options {
 /// Returns the exit status; dies by the command's signal instead when it was killed by one.
 pub fn run(o: Options) -> i32 {
     if let Err(e) = signals::install() {
-        eprintln!("processlock: {e}");
+        errln!("processlock: {e}");
         return 1;
     }
     let held = match take(&o) {
@@ -101,7 +102,7 @@ pub fn run(o: Options) -> i32 {
         Ok(loss) => loss,
         Err(e) => {
             let _ = held.release();
-            eprintln!("processlock: {e}");
+            errln!("processlock: {e}");
             return 1;
         }
     };
@@ -109,7 +110,7 @@ pub fn run(o: Options) -> i32 {
         Ok(handover) => handover,
         Err(e) => {
             let _ = held.release();
-            eprintln!("processlock: {e}");
+            errln!("processlock: {e}");
             return 1;
         }
     };
@@ -127,7 +128,7 @@ pub fn run(o: Options) -> i32 {
     match cmd.spawn() {
         Ok(child) => {
             if !o.quiet {
-                eprintln!("{}", report::acquired(&o.name, held.record().pid));
+                errln!("{}", report::acquired(&o.name, held.record().pid));
             }
             supervise(Tree::new(child.id()), held, &loss, Some(handover), &o)
         }
@@ -152,7 +153,7 @@ fn take(o: &Options) -> Result<PgHeld, i32> {
                 wait_notices(o),
                 &mut |line, always| {
                     if always || !quiet {
-                        eprintln!("{}", printable(&line));
+                        errln!("{}", printable(&line));
                     }
                 },
             )
@@ -166,7 +167,7 @@ fn take(o: &Options) -> Result<PgHeld, i32> {
                     (0, Some(server_pid)) => format!("server process {server_pid}"),
                     (pid, _) => format!("PID {pid}"),
                 };
-                eprintln!(
+                errln!(
                     "[PROCESS_LOCK_WAIT] {} is held by {holder}; waiting up to {} ms for it to end...",
                     o.name.display(),
                     wait.as_millis()
@@ -182,10 +183,10 @@ fn take(o: &Options) -> Result<PgHeld, i32> {
         }
         if let Error::Conflict(c) = &e {
             for line in c.lines(&o.name) {
-                eprintln!("{line}");
+                errln!("{line}");
             }
         }
-        eprintln!("[FATAL] {}", printable(&e.to_string()));
+        errln!("[FATAL] {}", printable(&e.to_string()));
         1
     })
 }
@@ -223,7 +224,7 @@ fn wait_notices(o: &Options) -> OnWaitNotice {
     let (quiet, name) = (o.quiet, o.name.clone());
     std::sync::Arc::new(move |n: &WaitNotice| {
         if !quiet {
-            eprintln!("{}", printable(&n.line(&name)));
+            errln!("{}", printable(&n.line(&name)));
         }
     })
 }
@@ -366,7 +367,7 @@ fn supervise(
             // The main process is gone and others are left: the command is over, and what it
             // left behind must not run on without the lock, nor keep it from the next holder.
             handover = None;
-            eprintln!(
+            errln!(
                 "processlock: the command's main process (PID {pid}) ended; stopping the processes it left: SIGTERM now, SIGKILL in {} ms",
                 o.grace.as_millis()
             );
@@ -399,7 +400,7 @@ fn supervise(
             Ok(Event::Readable(fd)) if claimants.contains(&fd) => {
                 if let Some(h) = &mut handover {
                     if let Err(e) = h.readable(fd) {
-                        eprintln!("processlock: no longer handing the lock to the command's processes: {e}");
+                        errln!("processlock: no longer handing the lock to the command's processes: {e}");
                         handover = None;
                     }
                 }
@@ -409,9 +410,9 @@ fn supervise(
                 handover = None;
                 lost = true;
                 let reason = held.lost().map(|l| l.reason).unwrap_or_default();
-                eprintln!("{}", report::lost(&o.name, held.record().pid, &reason));
+                errln!("{}", report::lost(&o.name, held.record().pid, &reason));
                 if stopping.is_none() {
-                    eprintln!(
+                    errln!(
                         "processlock: stopping the command (PID {pid}) and every process it started: SIGTERM now, SIGKILL in {} ms if any is left",
                         o.grace.as_millis()
                     );
@@ -425,7 +426,7 @@ fn supervise(
                     let left = tree.kill();
                     if !left.is_empty() {
                         let pids: Vec<String> = left.iter().map(|p| p.to_string()).collect();
-                        eprintln!(
+                        errln!(
                             "processlock: still running {} ms after SIGTERM, sent SIGKILL: PID {}",
                             o.grace.as_millis(),
                             pids.join(", ")
@@ -448,7 +449,7 @@ fn supervise(
                 }
             }
             Err(e) => {
-                eprintln!("processlock: {e}");
+                errln!("processlock: {e}");
                 main_status.get_or_insert(Err(e));
                 break;
             }
@@ -465,7 +466,7 @@ fn supervise(
     match main_status {
         Some(Ok(status)) => exit_like(status),
         Some(Err(e)) => {
-            eprintln!("processlock: waiting for the command failed: {e}");
+            errln!("processlock: waiting for the command failed: {e}");
             1
         }
         None => 1,
@@ -479,7 +480,7 @@ fn release(held: PgHeld, o: &Options) {
     match held.release() {
         Ok(true) => {
             if !o.quiet {
-                eprintln!("{}", report::released(&o.name, pid));
+                errln!("{}", report::released(&o.name, pid));
             }
         }
         // Lost as the command ended: it did not run without the lock, but say so.
@@ -488,8 +489,8 @@ fn release(held: PgHeld, o: &Options) {
                 || "lost before it could be released".to_string(),
                 |l| l.reason,
             );
-            eprintln!("{}", report::lost(&o.name, pid, &reason));
+            errln!("{}", report::lost(&o.name, pid, &reason));
         }
-        Err(e) => eprintln!("processlock: {}", printable(&e.to_string())),
+        Err(e) => errln!("processlock: {}", printable(&e.to_string())),
     }
 }
