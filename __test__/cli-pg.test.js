@@ -253,7 +253,7 @@ function closedPipe(dir) {
   return writer
 }
 
-pgTest('check and clear on a server whose reader left end quietly, with the status they would have had', async () => {
+pgTest('a reader that left: check, clear and run on a server end quietly with their own status', async () => {
   const dir = tempDir('cli-pg-pipe')
   const env = { ...process.env, PROCESSLOCK_URL: pg.url, TRADE_SIDE: 'SHORT', NO_COLOR: '1' }
   for (const [args, status] of [
@@ -269,4 +269,14 @@ pgTest('check and clear on a server whose reader left end quietly, with the stat
     fs.closeSync(out)
     expect({ args, status: r.status, stderr: r.stderr.toString() }).toEqual({ args, status, stderr: '' })
   }
+  // `run` says what it does on stderr: a reader of it that left does not end `run` before its
+  // command, and the command's status is still the one `run` ends with.
+  const err = closedPipe(dir)
+  const run = spawnSync(BINARY, ['run', 'piped', '--', process.execPath, '-e', 'console.log("RAN"); process.exit(7)'], {
+    stdio: ['ignore', 'pipe', err],
+    env,
+    timeout: 30000,
+  })
+  fs.closeSync(err)
+  expect({ status: run.status, stdout: run.stdout.toString() }).toEqual({ status: 7, stdout: 'RAN\n' })
 })

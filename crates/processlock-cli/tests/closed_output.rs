@@ -80,7 +80,12 @@ fn a_reader_that_left_changes_nothing_but_the_words() {
         (&["--help"][..], 0),
     ] {
         let out = processlock(dir.path(), args, closed_pipe().into(), Stdio::piped());
-        assert_eq!(out.status.code(), Some(status), "{args:?}: {}", stderr_of(&out));
+        assert_eq!(
+            out.status.code(),
+            Some(status),
+            "{args:?}: {}",
+            stderr_of(&out)
+        );
         assert_eq!(stderr_of(&out), "", "{args:?}");
     }
     // `clear` clears, whoever reads what it says.
@@ -136,4 +141,27 @@ fn output_that_cannot_be_written_is_said_and_fails_a_listing() {
         Stdio::piped(),
     );
     assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
+}
+
+#[test]
+fn run_whose_stderr_reader_left_still_runs_the_command_to_its_end() {
+    let dir = lock_dir();
+    let out = processlock(
+        dir.path(),
+        &[
+            "run",
+            "worker",
+            "--side",
+            "SHORT",
+            "--",
+            "sh",
+            "-c",
+            "echo RAN; exit 7",
+        ],
+        Stdio::piped(),
+        closed_pipe().into(),
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "RAN\n");
+    assert_eq!(out.status.code(), Some(7));
+    assert!(!target(dir.path(), "worker").path.exists());
 }
