@@ -280,3 +280,12 @@ pgTest('a reader that left: check, clear and run on a server end quietly with th
   fs.closeSync(err)
   expect({ status: run.status, stdout: run.stdout.toString() }).toEqual({ status: 7, stdout: 'RAN\n' })
 })
+
+pgTest('a run under a run of the same lock does not take the hold handed down: it conflicts', async () => {
+  const inner = [BINARY, 'run', 'nested', '--url', pg.url, '--', process.execPath, '-e', 'console.log("RAN")']
+  const r = await cli(['run', 'nested', '--url', pg.url, '--', ...inner], { dir: tempDir('cli-pg-nested') })
+  expect(r.stdout).not.toContain('RAN')
+  expect(r.stderr).toMatch(/^\[FATAL\] LOCK_CONFLICT/m)
+  expect(r.code).toBe(1)
+  expect(await holdersOf('nested')).toEqual([])
+})

@@ -9,23 +9,26 @@
 //! An opened backend is the core's: a `processlock::FileBackend`, or a `Server` around a
 //! `processlock_pg::PgBackend`. The commands ask both through the `processlock::Backend` trait
 //! wherever it answers what they show (list, status, force-remove, the lock's place), as the
-//! Node addon does. What only the command does stays here, named by what it needs: a server's
-//! own columns (its session, the client's address, the role of a holder without a record,
-//! listings read a page at a time), ending a holder's session while naming it, and `run`, which
-//! holds a server lock in a session of its own for its command, never adopting one handed down
-//! (the trait's `take` adopts, for an app under `run`).
+//! Node addon does. `run` on a server takes its lock as the backend takes one for an app, by the
+//! same code (`PgBackend::take_session`, `take_replacing`) without the step before it: `run` holds
+//! the lock for its command in a session of its own, and never adopts a hold handed down by a
+//! `run` above it. What only the command does stays here, named by what it needs: a server's own
+//! columns (its session, the client's address, the role of a holder without a record, listings
+//! read a page at a time) and ending a holder's session while naming it. A lock file taken by
+//! `run` is made in its command's name before the command starts (`run.rs`), which no backend
+//! call can do.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use processlock::report::printable;
-use processlock::{resolve_dir, Backend as _, Cancel, FileBackend, LockName};
+use processlock::{resolve_dir, Backend as _, FileBackend, LockName, Wait};
 use processlock_pg as pg;
 
 use crate::display::errln;
 
 #[cfg(unix)]
-pub use pg::{stop_this_process, OnWaitNotice, WaitNotice};
+pub use pg::stop_this_process;
 pub use pg::{Error as ServerError, Holder, Listed, PgHeld, Result as ServerResult};
 
 /// An opened backend.
@@ -151,34 +154,24 @@ impl Server {
 /// What `run` takes a lock with (`run` is not available on Windows yet).
 #[cfg_attr(not(unix), allow(dead_code))]
 impl Server {
-    pub fn acquire(&self, name: &LockName) -> ServerResult<PgHeld> {
-        pg::acquire(self.opts(), name)
+    /// A session of this process's own that holds `name`, taken at once or with `wait`, as the
+    /// backend takes it for an app; never a hold handed down by a `run` above this one.
+    pub fn take(&self, name: &LockName, wait: Option<&Wait>) -> ServerResult<PgHeld> {
+        self.pg
+            .take_session(name, self.opts().process_name.as_deref(), wait)
     }
 
-    /// Waits for `name` until `deadline` or `cancel`, telling `notices` when the server goes
-    /// away during the wait and when it is back.
-    pub fn acquire_wait_noting(
+    /// `take`, asking the holder (on any host) through the server to stop first and waiting up
+    /// to `grace` for it to let go; `lines` gets the replace lines (with whether they must be
+    /// printed even when quiet).
+    pub fn take_replacing(
         &self,
         name: &LockName,
-        deadline: Option<Instant>,
-        cancel: &Cancel,
-        notices: pg::OnWaitNotice,
-    ) -> ServerResult<PgHeld> {
-        pg::acquire_wait_noting(self.opts(), name, deadline, cancel, notices)
-    }
-
-    /// Takes `name`, asking its holder (on any host) through the server to stop first and
-    /// waiting up to `wait` for it to let go; `lines` gets the replace lines (with whether they
-    /// must be printed even when quiet).
-    pub fn acquire_replacing(
-        &self,
-        name: &LockName,
-        wait: Duration,
-        cancel: &Cancel,
-        notices: pg::OnWaitNotice,
+        wait: &Wait,
+        grace: Duration,
         lines: pg::ReplaceLines<'_>,
     ) -> ServerResult<PgHeld> {
-        pg::acquire_replacing(self.opts(), name, wait, cancel, notices, lines)
+        self.pg.take_replacing(name, wait, grace, lines)
     }
 
     /// What names the lock `name` on this server: its place.

@@ -39,16 +39,15 @@ use std::os::raw::c_int;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, ExitStatus};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use processlock::report::{self, printable, LOST_EXIT_STATUS};
 use processlock::{
-    Cancel, ClaimNews, ClaimToken, HandoverSocket, LockName, ServerHold, SERVER_LOCK_ENV,
+    Cancel, ClaimNews, ClaimToken, HandoverSocket, LockName, ServerHold, Wait, SERVER_LOCK_ENV,
 };
 
-use crate::backend::{
-    self, OnWaitNotice, PgHeld, Server, ServerError as Error, ServerResult, WaitNotice,
-};
+use crate::backend::{self, PgHeld, Server, ServerError as Error};
 use crate::display::errln;
 use crate::run::{cannot_run, exit_like, Relay};
 use crate::signals::{self, Event};
@@ -144,21 +143,17 @@ pub fn run(o: Options) -> i32 {
 fn take(o: &Options) -> Result<PgHeld, i32> {
     let started = Instant::now();
     let first = match o.replace {
-        Some(wait) => with_signal_cancel(|cancel| {
+        Some(grace) => waiting(o, None, |wait| {
             let quiet = o.quiet;
-            o.pg.acquire_replacing(
-                &o.name,
-                wait,
-                cancel,
-                wait_notices(o),
-                &mut |line, always| {
-                    if always || !quiet {
-                        errln!("{}", printable(&line));
-                    }
-                },
-            )
+            o.pg.take_replacing(&o.name, wait, grace, &mut |line, always| {
+                // What the wait said comes before what followed it.
+                say(o, wait);
+                if always || !quiet {
+                    errln!("{}", printable(&line));
+                }
+            })
         }),
-        None => o.pg.acquire(&o.name),
+        None => o.pg.take(&o.name, None),
     };
     let result = match (first, o.wait) {
         (Err(Error::Conflict(c)), Some(wait)) => {
@@ -173,7 +168,9 @@ fn take(o: &Options) -> Result<PgHeld, i32> {
                     wait.as_millis()
                 );
             }
-            wait_for(o, started + wait)
+            waiting(o, Some(started + wait), |wait| {
+                o.pg.take(&o.name, Some(wait))
+            })
         }
         (first, _) => first,
     };
@@ -191,42 +188,43 @@ fn take(o: &Options) -> Result<PgHeld, i32> {
     })
 }
 
-/// Waits in the server until `deadline`; a signal (which cannot cancel from its handler) ends
-/// the wait within `SIGNAL_POLL`.
-fn wait_for(o: &Options, deadline: Instant) -> ServerResult<PgHeld> {
-    with_signal_cancel(|cancel| {
-        o.pg.acquire_wait_noting(&o.name, Some(deadline), cancel, wait_notices(o))
-    })
-}
-
-/// Runs `wait` with a `Cancel` that a signal to this process sets.
-fn with_signal_cancel<T>(wait: impl FnOnce(&Cancel) -> T) -> T {
+/// Runs `take` with a wait until `deadline` whose `Cancel` a signal to this process sets (a
+/// handler cannot cancel: a signal ends the wait within `SIGNAL_POLL`), and whose lines (the
+/// server gone away, and back) are said as they come.
+fn waiting<T>(o: &Options, deadline: Option<Instant>, take: impl FnOnce(&Wait) -> T) -> T {
     let cancel = Cancel::new();
+    let wait = Wait {
+        deadline,
+        cancel: &cancel,
+        said: Arc::default(),
+    };
     let done = AtomicBool::new(false);
     std::thread::scope(|scope| {
-        scope.spawn(|| {
-            while !done.load(Ordering::SeqCst) {
-                if signals::first_received().is_some() {
-                    cancel.cancel();
-                    return;
-                }
-                std::thread::sleep(SIGNAL_POLL);
+        scope.spawn(|| loop {
+            let finished = done.load(Ordering::SeqCst);
+            say(o, &wait);
+            if finished {
+                return;
             }
+            if !cancel.is_cancelled() && signals::first_received().is_some() {
+                cancel.cancel();
+            }
+            std::thread::sleep(SIGNAL_POLL);
         });
-        let result = wait(&cancel);
+        let result = take(&wait);
         done.store(true, Ordering::SeqCst);
         result
     })
 }
 
-/// A server that goes away and comes back during a wait is said, not fatal.
-fn wait_notices(o: &Options) -> OnWaitNotice {
-    let (quiet, name) = (o.quiet, o.name.clone());
-    std::sync::Arc::new(move |n: &WaitNotice| {
-        if !quiet {
-            errln!("{}", printable(&n.line(&name)));
+/// Says what the wait has said since it was last asked, unless quiet.
+fn say(o: &Options, wait: &Wait) {
+    let lines = std::mem::take(&mut *wait.said.lock().unwrap_or_else(|p| p.into_inner()));
+    if !o.quiet {
+        for line in lines {
+            errln!("{}", printable(&line));
         }
-    })
+    }
 }
 
 /// In the child, between fork and exec. Async-signal-safe calls only.
