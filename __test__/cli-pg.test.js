@@ -1,4 +1,7 @@
 'use strict'
+const { execFileSync, spawnSync } = require('node:child_process')
+const fs = require('node:fs')
+const path = require('node:path')
 // `processlock run` with the lock on a PostgreSQL server: a private server started for this file,
 // real `processlock` processes, real commands and real signals. Needs `npm run build` first.
 // What `run` does on every backend (conflict, --wait, the hand-over, release) is the lock
@@ -6,7 +9,7 @@
 const pl = require('..')
 const { tempDir, watch } = require('./helpers/proc')
 const { LOST_EXIT_STATUS, usePg } = require('./helpers/pg')
-const { cli, startRun, waitGone, alive } = require('./helpers/cli-proc')
+const { BINARY, cli, startRun, waitGone, alive } = require('./helpers/cli-proc')
 const { saltedKey, saltOf } = require('./helpers/pg-key')
 
 const pg = usePg()
@@ -235,4 +238,54 @@ pgTest('a bad URL or lease is a usage error, an unreachable server an I/O error;
   // Without a server, --lease means nothing, and --grace only goes with --replace.
   expect((await tryRun('backend', {}, ['--lease', '3000'])).code).toBe(2)
   expect((await tryRun('backend', {}, ['--grace', '3000'])).code).toBe(2)
+})
+
+/**
+ * A writing end whose reader is already gone (a FIFO whose only reader closed): every write to it
+ * fails with EPIPE, whatever the timing.
+ */
+function closedPipe(dir) {
+  const fifo = path.join(dir, 'out')
+  if (!fs.existsSync(fifo)) execFileSync('mkfifo', [fifo])
+  const reader = fs.openSync(fifo, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK)
+  const writer = fs.openSync(fifo, 'w')
+  fs.closeSync(reader)
+  return writer
+}
+
+pgTest('a reader that left: check, clear and run on a server end quietly with their own status', async () => {
+  const dir = tempDir('cli-pg-pipe')
+  const env = { ...process.env, PROCESSLOCK_URL: pg.url, TRADE_SIDE: 'SHORT', NO_COLOR: '1' }
+  for (const [args, status] of [
+    [['check', 'piped'], 1],
+    [['check', 'piped', '--json'], 1],
+    [['check'], 0],
+    [['check', '--json'], 0],
+    [['clear'], 0],
+    [['clear', '--force'], 0],
+  ]) {
+    const out = closedPipe(dir)
+    const r = spawnSync(BINARY, args, { stdio: ['ignore', out, 'pipe'], env, timeout: 30000 })
+    fs.closeSync(out)
+    expect({ args, status: r.status, stderr: r.stderr.toString() }).toEqual({ args, status, stderr: '' })
+  }
+  // `run` says what it does on stderr: a reader of it that left does not end `run` before its
+  // command, and the command's status is still the one `run` ends with.
+  const err = closedPipe(dir)
+  const run = spawnSync(BINARY, ['run', 'piped', '--', process.execPath, '-e', 'console.log("RAN"); process.exit(7)'], {
+    stdio: ['ignore', 'pipe', err],
+    env,
+    timeout: 30000,
+  })
+  fs.closeSync(err)
+  expect({ status: run.status, stdout: run.stdout.toString() }).toEqual({ status: 7, stdout: 'RAN\n' })
+})
+
+pgTest('a run under a run of the same lock does not take the hold handed down: it conflicts', async () => {
+  const inner = [BINARY, 'run', 'nested', '--url', pg.url, '--', process.execPath, '-e', 'console.log("RAN")']
+  const r = await cli(['run', 'nested', '--url', pg.url, '--', ...inner], { dir: tempDir('cli-pg-nested') })
+  expect(r.stdout).not.toContain('RAN')
+  expect(r.stderr).toMatch(/^\[FATAL\] LOCK_CONFLICT/m)
+  expect(r.code).toBe(1)
+  expect(await holdersOf('nested')).toEqual([])
 })

@@ -9,12 +9,12 @@ use std::path::Path;
 
 use processlock::report::printable;
 use processlock::{
-    check_dir, identify, inspect, list_locks, parse_iso8601_ms, Error, Identified, Inspection,
-    LockName, LockState, LockStatus, LockTarget, Result,
+    check_dir, identify, parse_iso8601_ms, Backend, FileBackend, Identified, Listed, LockName,
+    LockState, LockTarget, Result,
 };
 use serde_json::Value;
 
-use crate::display::{json_text, now_ms, opt_str, ordered_object, print, table, uptime};
+use crate::display::{errln, json_text, now_ms, opt_str, ordered_object, print, table, uptime};
 
 /// Exit statuses of `check <type>`.
 pub const HELD: i32 = 0;
@@ -39,14 +39,13 @@ pub struct Row {
     pub problem: Option<String>,
 }
 
-pub fn row(status: LockStatus, now_ms: i64) -> Row {
-    let file = status.path.to_string_lossy().into_owned();
-    let file_name = status
-        .path
+pub fn row(status: Listed, now_ms: i64) -> Row {
+    let file = status.place;
+    let file_name = Path::new(&file)
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| file.clone());
-    let record = status.record.as_ref();
+    let record = status.holding.as_ref().map(|h| &h.record);
     let process_type = status
         .name
         .as_ref()
@@ -95,22 +94,23 @@ pub fn row(status: LockStatus, now_ms: i64) -> Row {
     }
 }
 
-/// Every lock in `dir`, as the listings show them.
-pub fn list(dir: &Path) -> Result<Vec<Row>> {
-    warn_if_unsafe(dir);
+/// Every lock in the directory, as the listings show them.
+pub fn list(files: &FileBackend) -> Result<Vec<Row>> {
+    warn_if_unsafe(files.dir());
     let now = now_ms();
-    Ok(list_locks(dir)?.into_iter().map(|s| row(s, now)).collect())
+    let listing = files.list()?;
+    Ok(listing.locks.into_iter().map(|l| row(l, now)).collect())
 }
 
-/// Lists every lock in `dir`, as a table or (`json`) an array. Exit status 0 whatever their
-/// states: listing is not a verdict (`check <type>` is).
-pub fn run(dir: &Path, json: bool) -> Result<i32> {
-    let rows = list(dir)?;
+/// Lists every lock in the directory, as a table or (`json`) an array. Exit status 0 whatever
+/// their states: listing is not a verdict (`check <type>` is).
+pub fn run(files: &FileBackend, json: bool) -> Result<i32> {
+    let rows = list(files)?;
     let text = if json {
         to_json(&rows)
     } else {
         to_text(
-            dir,
+            files.dir(),
             &rows,
             std::io::stdout().is_terminal() && color_allowed(),
         )
@@ -119,26 +119,18 @@ pub fn run(dir: &Path, json: bool) -> Result<i32> {
     Ok(0)
 }
 
-/// Whether the lock `name` in `dir` is held: exit status `HELD`, `NOT_HELD` (no file, a stale
-/// one, or a file that is not a lock record) or `UNKNOWN`.
-pub fn run_one(dir: &Path, name: LockName, json: bool) -> i32 {
-    warn_if_unsafe(dir);
-    let target = LockTarget::new(dir, name);
-    let status = match inspect(&target.path) {
-        Ok(Inspection::Absent) => None,
-        Ok(found) => Some(status_of(&target, found)),
-        Err(e @ Error::NotAFile { .. }) => Some(LockStatus {
-            path: target.path.clone(),
-            name: Some(target.name.clone()),
-            state: LockState::Invalid,
-            record: None,
-            problem: Some(e.to_string()),
-        }),
+/// Whether the lock `name` is held: exit status `HELD`, `NOT_HELD` (no file, a stale one, or a
+/// file that is not a lock record) or `UNKNOWN`.
+pub fn run_one(files: &FileBackend, name: LockName, json: bool) -> i32 {
+    warn_if_unsafe(files.dir());
+    let status = match files.status(&name) {
+        Ok(status) => status,
         Err(e) => {
-            eprintln!("processlock: {}", printable(&e.to_string()));
+            errln!("processlock: {}", printable(&e.to_string()));
             return UNKNOWN;
         }
     };
+    let target = files.target(&name);
     let held = status.as_ref().is_some_and(|s| s.state == LockState::Held);
     let row = status.map(|s| row(s, now_ms()));
     let text = if json {
@@ -154,29 +146,11 @@ pub fn run_one(dir: &Path, name: LockName, json: bool) -> i32 {
     }
 }
 
-fn status_of(target: &LockTarget, found: Inspection) -> LockStatus {
-    let (state, record, problem) = match found {
-        Inspection::Held(r) => (LockState::Held, Some(r), None),
-        Inspection::HeldUnlocked(r, why) => (LockState::Held, Some(r), Some(why)),
-        Inspection::HeldByOther(r, why) => (LockState::Held, (r.pid != 0).then_some(r), Some(why)),
-        Inspection::Stale(r) => (LockState::Stale, Some(r), None),
-        Inspection::Invalid(why) => (LockState::Invalid, None, Some(why)),
-        Inspection::Absent => unreachable!("an absent lock has no status"),
-    };
-    LockStatus {
-        path: target.path.clone(),
-        name: Some(target.name.clone()),
-        state,
-        record,
-        problem,
-    }
-}
-
 /// A lock directory others could tamper with is refused by `run` and `clear`; looking at it is
 /// harmless, but the operator should know.
 fn warn_if_unsafe(dir: &Path) {
     if let Err(e) = check_dir(dir) {
-        eprintln!("processlock: warning: {}", printable(&e.to_string()));
+        errln!("processlock: warning: {}", printable(&e.to_string()));
     }
 }
 

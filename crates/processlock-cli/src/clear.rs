@@ -5,19 +5,22 @@
 use std::path::Path;
 
 use processlock::report::printable;
+
+use crate::display::{errln, outln};
 use processlock::{
-    check_dir, force_remove, list_locks, remove_if_stale, sweep_orphan_temps, Error, Removal,
-    Result,
+    check_dir, force_remove, remove_if_stale, sweep_orphan_temps, Backend, Error, FileBackend,
+    LockName, Removal, Result,
 };
 
 /// Returns the exit status: 0, or 1 if some file could not be handled.
-pub fn run(dir: &Path, force: bool) -> Result<i32> {
+pub fn run(files: &FileBackend, force: bool) -> Result<i32> {
+    let dir = files.dir();
     check_dir(dir)?;
-    let locks = list_locks(dir)?;
+    let locks = files.list()?.locks;
     // Each line as soon as its file is handled: a long clear shows its progress.
     let outcomes: Vec<Outcome> = locks
         .iter()
-        .map(|lock| clear_one(&lock.path, force))
+        .map(|lock| clear_one(files, Path::new(&lock.place), lock.name.as_ref(), force))
         .chain(std::iter::once_with(|| sweep_temps(dir)))
         .inspect(Outcome::print)
         .collect();
@@ -61,7 +64,7 @@ enum Outcome {
     Failed(Error),
 }
 
-fn clear_one(path: &Path, force: bool) -> Outcome {
+fn clear_one(files: &FileBackend, path: &Path, lock: Option<&LockName>, force: bool) -> Outcome {
     let name = path
         .file_name()
         .map(|n| printable(&n.to_string_lossy()).into_owned())
@@ -70,7 +73,7 @@ fn clear_one(path: &Path, force: bool) -> Outcome {
         Ok(Removal::Absent) => Outcome::Nothing,
         Ok(Removal::RemovedStale(r)) => Outcome::RemovedStale { name, pid: r.pid },
         Ok(Removal::Unknown(why)) => Outcome::Unknown { name, why },
-        Ok(Removal::Held(r)) if force => match force_remove(path) {
+        Ok(Removal::Held(r)) if force => match remove_held(files, path, lock) {
             Ok(_) => Outcome::RemovedHeld { name, pid: r.pid },
             Err(e) => Outcome::Failed(e),
         },
@@ -82,6 +85,15 @@ fn clear_one(path: &Path, force: bool) -> Outcome {
         },
         Err(error @ Error::NotAFile { .. }) => Outcome::Left { name, error },
         Err(e) => Outcome::Failed(e),
+    }
+}
+
+/// A held lock goes as the backend removes it by force; a file whose name is no lock name is
+/// no lock the backend can name, and goes by its path.
+fn remove_held(files: &FileBackend, path: &Path, lock: Option<&LockName>) -> Result<bool> {
+    match lock {
+        Some(name) => files.force_remove(name),
+        None => force_remove(path),
     }
 }
 
@@ -98,10 +110,10 @@ impl Outcome {
         match self {
             Outcome::Nothing => {}
             Outcome::RemovedStale { name, pid } => {
-                println!("removed stale   {name} (PID {pid} is not running)")
+                outln!("removed stale   {name} (PID {pid} is not running)")
             }
             Outcome::RemovedHeld { name, pid } => {
-                println!("removed HELD    {name} (PID {pid} keeps running)")
+                outln!("removed HELD    {name} (PID {pid} keeps running)")
             }
             Outcome::Kept {
                 name,
@@ -115,23 +127,23 @@ impl Outcome {
                     format!(", {}", printable(process_name))
                 };
                 match host {
-                    None => println!("kept            {name} (held by running PID {pid}{who})"),
-                    Some(host) => println!(
+                    None => outln!("kept            {name} (held by running PID {pid}{who})"),
+                    Some(host) => outln!(
                         "kept            {name} (held by PID {pid} on host {}{who})",
                         printable(host)
                     ),
                 }
             }
             Outcome::Unknown { name, why } => {
-                println!("kept unknown    {name} ({})", printable(why))
+                outln!("kept unknown    {name} ({})", printable(why))
             }
             Outcome::Left { name, error } => {
-                println!("left            {name}: {}", printable(&error.to_string()))
+                outln!("left            {name}: {}", printable(&error.to_string()))
             }
             Outcome::TempsRemoved(n) => {
-                println!("removed {n} temp file(s) left by acquirers that died")
+                outln!("removed {n} temp file(s) left by acquirers that died")
             }
-            Outcome::Failed(e) => eprintln!("processlock: {}", printable(&e.to_string())),
+            Outcome::Failed(e) => errln!("processlock: {}", printable(&e.to_string())),
         }
     }
 
@@ -177,9 +189,9 @@ fn summarize(dir: &Path, found_locks: bool, outcomes: &[Outcome]) {
     let removed: usize = outcomes.iter().map(Outcome::removed).sum();
     if !found_locks && removed == 0 {
         if dir.is_dir() {
-            println!("No locks in {shown}");
+            outln!("No locks in {shown}");
         } else {
-            println!("No locks: {shown} does not exist (yet)");
+            outln!("No locks: {shown} does not exist (yet)");
         }
         return;
     }
@@ -188,30 +200,30 @@ fn summarize(dir: &Path, found_locks: bool, outcomes: &[Outcome]) {
     let unknown = outcomes.iter().filter(|o| o.unknown()).count();
     let forced: Vec<u32> = outcomes.iter().filter_map(Outcome::forced).collect();
     if removed == 0 && kept.is_empty() && kept_elsewhere == 0 && unknown == 0 {
-        println!("Nothing to clear in {shown}");
+        outln!("Nothing to clear in {shown}");
     } else if removed == 0 {
-        println!("Nothing removed in {shown}");
+        outln!("Nothing removed in {shown}");
     }
     if !kept.is_empty() {
         let pids = pid_list(&kept);
-        println!();
-        println!("Held locks belong to running processes and were kept. To stop them: pm2 stop all (or kill {pids}), then processlock clear.");
-        println!(
+        outln!();
+        outln!("Held locks belong to running processes and were kept. To stop them: pm2 stop all (or kill {pids}), then processlock clear.");
+        outln!(
             "processlock clear --force removes their files anyway (the processes keep running)."
         );
     }
     if kept_elsewhere > 0 {
-        println!();
-        println!("{kept_elsewhere} lock(s) are held by processes on other hosts and were kept: stop those processes there.");
+        outln!();
+        outln!("{kept_elsewhere} lock(s) are held by processes on other hosts and were kept: stop those processes there.");
     }
     if unknown > 0 {
-        println!();
-        println!("{unknown} file(s) are not lock records of processlock and were kept, with --force too: another program may use them. Remove them by hand if nothing does.");
+        outln!();
+        outln!("{unknown} file(s) are not lock records of processlock and were kept, with --force too: another program may use them. Remove them by hand if nothing does.");
     }
     if !forced.is_empty() {
-        eprintln!();
-        eprintln!("WARNING: this only deleted the lock files; it did NOT stop the running processes ({}).", pid_list(&forced));
-        eprintln!("WARNING: a second instance can now start next to them. To stop them: pm2 stop all, then processlock clear.");
+        errln!();
+        errln!("WARNING: this only deleted the lock files; it did NOT stop the running processes ({}).", pid_list(&forced));
+        errln!("WARNING: a second instance can now start next to them. To stop them: pm2 stop all, then processlock clear.");
     }
 }
 
@@ -241,10 +253,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let t = target(dir.path(), "backend");
         let _held = acquire(&t, Some("api")).unwrap();
-        let kept = clear_one(&t.path, false);
+        let files = FileBackend::new(dir.path());
+        let kept = clear_one(&files, &t.path, Some(&t.name), false);
         assert_eq!(kept.kept_here(), Some(std::process::id()), "{kept:?}");
         assert!(t.path.exists());
-        let forced = clear_one(&t.path, true);
+        let forced = clear_one(&files, &t.path, Some(&t.name), true);
         assert_eq!(forced.forced(), Some(std::process::id()), "{forced:?}");
         assert_eq!(forced.removed(), 1);
         assert!(!t.path.exists());
@@ -258,7 +271,7 @@ mod tests {
         let dead = child.id();
         child.wait().unwrap();
         std::fs::write(&t.path, record_for(&t, dead, None).to_json()).unwrap();
-        match clear_one(&t.path, false) {
+        match clear_one(&FileBackend::new(dir.path()), &t.path, Some(&t.name), false) {
             Outcome::RemovedStale { pid, .. } => assert_eq!(pid, dead),
             other => panic!("{other:?}"),
         }
@@ -270,12 +283,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("other-program.lock");
         std::fs::write(&path, "not a lock record").unwrap();
-        let outcome = clear_one(&path, true);
+        let files = FileBackend::new(dir.path());
+        let outcome = clear_one(&files, &path, None, true);
         assert!(outcome.unknown(), "{outcome:?}");
         assert_eq!(outcome.removed(), 0);
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "not a lock record");
         assert!(matches!(
-            clear_one(&dir.path().join("gone.lock"), true),
+            clear_one(&files, &dir.path().join("gone.lock"), None, true),
             Outcome::Nothing
         ));
     }

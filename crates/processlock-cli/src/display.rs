@@ -1,6 +1,8 @@
-//! Small output helpers: durations, aligned tables, ordered JSON objects, the clock, stdout.
+//! Small output helpers: durations, aligned tables, ordered JSON objects, the clock, and stdout
+//! and stderr written without a panic when their reader is gone.
 
-use std::io::Write;
+use std::io::{ErrorKind, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
@@ -13,13 +15,72 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// Writes `text` to stdout at once.
+/// The reader of stdout is gone (`processlock check | head -0`): what is left to say is dropped.
+static READER_GONE: AtomicBool = AtomicBool::new(false);
+/// A write to stdout failed otherwise (a full disk): said once, and the status says it too.
+static WRITE_FAILED: AtomicBool = AtomicBool::new(false);
+
+/// Writes `text` to stdout at once. A closed pipe is not an error: the reader has what it
+/// wanted, so the command goes on with its work, quietly, and ends with the status it would have
+/// had (a `clear` whose reader left still clears). Any other failure is said on stderr, once.
 pub fn print(text: &str) {
+    if READER_GONE.load(Ordering::Relaxed) {
+        return;
+    }
     let mut out = std::io::stdout().lock();
-    // A closed pipe (`processlock check | head -1`) is not an error worth a message.
-    let _ = out.write_all(text.as_bytes());
-    let _ = out.flush();
+    let written = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+    match written {
+        Ok(()) => {}
+        Err(e) if e.kind() == ErrorKind::BrokenPipe => READER_GONE.store(true, Ordering::Relaxed),
+        Err(e) => {
+            if !WRITE_FAILED.swap(true, Ordering::Relaxed) {
+                eprint(&format!("processlock: cannot write the output: {e}\n"));
+            }
+        }
+    }
 }
+
+/// Writes `text` to stderr. Where stderr cannot be written to (its reader is gone too), there
+/// is nobody left to tell.
+pub fn eprint(text: &str) {
+    let mut err = std::io::stderr().lock();
+    let _ = err.write_all(text.as_bytes());
+    let _ = err.flush();
+}
+
+/// The status to exit with: `status`, or 1 instead of 0 when the output could not be written
+/// (not for a closed pipe), so that `processlock check > file.tmp && mv file.tmp file` keeps the
+/// last whole file. A verdict (`check <type>`: held or not) is never changed: a deploy script
+/// asks that, not the text.
+pub fn exit_status(status: i32, verdict: bool) -> i32 {
+    if status == 0 && !verdict && WRITE_FAILED.load(Ordering::Relaxed) {
+        1
+    } else {
+        status
+    }
+}
+
+/// `println!` through `print`: never a panic on a closed pipe.
+macro_rules! outln {
+    () => {
+        $crate::display::print("\n")
+    };
+    ($($arg:tt)*) => {
+        $crate::display::print(&format!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+/// `eprintln!` through `eprint`: never a panic on a closed pipe.
+macro_rules! errln {
+    () => {
+        $crate::display::eprint("\n")
+    };
+    ($($arg:tt)*) => {
+        $crate::display::eprint(&format!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+pub(crate) use {errln, outln};
 
 /// `3d 4h`, `2h 05m`, `4m 12s`, `12s`: the two largest units, like `ps` and `pm2 list`.
 pub fn uptime(ms: u64) -> String {

@@ -36,6 +36,7 @@ use std::path::Path;
 
 use args::{Command, Format, Usage};
 use backend::{Backend, Place, ServerSettings, Unopened};
+use display::errln;
 use processlock::report::printable;
 use processlock::{check_process_name, LockName};
 
@@ -43,14 +44,17 @@ const USAGE_EXIT: i32 = 2;
 
 fn main() {
     let code = match args::parse(std::env::args_os().skip(1)) {
-        Ok(inv) => execute(inv.dir.as_deref(), inv.command),
+        Ok(inv) => {
+            let verdict = matches!(inv.command, Command::Check { lock: Some(_), .. });
+            display::exit_status(execute(inv.dir.as_deref(), inv.command), verdict)
+        }
         Err(Usage(msg)) => usage_error(&msg),
     };
     std::process::exit(code);
 }
 
 fn usage_error(msg: &str) -> i32 {
-    eprintln!("processlock: {msg} (see processlock --help)");
+    errln!("processlock: {msg} (see processlock --help)");
     USAGE_EXIT
 }
 
@@ -77,10 +81,10 @@ fn execute(dir: Option<&Path>, command: Command) -> i32 {
                 prometheus::check_server(&server)
             }
             Ok(Backend::Server(server)) => server::check(&server, format == Format::Json),
-            Ok(Backend::Files(dir)) if format == Format::Prometheus => {
-                listed(prometheus::check_files(&dir))
+            Ok(Backend::Files(files)) if format == Format::Prometheus => {
+                listed(prometheus::check_files(&files))
             }
-            Ok(Backend::Files(dir)) => listed(check::run(&dir, format == Format::Json)),
+            Ok(Backend::Files(files)) => listed(check::run(&files, format == Format::Json)),
             Err(code) => code,
         },
         Command::Check {
@@ -95,17 +99,17 @@ fn execute(dir: Option<&Path>, command: Command) -> i32 {
             };
             match Place::from_options(dir, url).open(ServerSettings::default()) {
                 Ok(Backend::Server(server)) => server::check_one(&server, name, json),
-                Ok(Backend::Files(dir)) => check::run_one(&dir, name, json),
+                Ok(Backend::Files(files)) => check::run_one(&files, name, json),
                 Err(Unopened::BadServer(msg)) => usage_error(&msg),
                 Err(Unopened::Dir(e)) => {
-                    eprintln!("processlock: {}", printable(&e.to_string()));
+                    errln!("processlock: {}", printable(&e.to_string()));
                     check::UNKNOWN
                 }
             }
         }
         Command::Clear { force, url } => match open(dir, url, ServerSettings::default()) {
             Ok(Backend::Server(server)) => server::clear(&server, force),
-            Ok(Backend::Files(dir)) => listed(clear::run(&dir, force)),
+            Ok(Backend::Files(files)) => listed(clear::run(&files, force)),
             Err(code) => code,
         },
         Command::Run {
@@ -158,8 +162,8 @@ fn execute(dir: Option<&Path>, command: Command) -> i32 {
                         command,
                     })
                 }
-                Ok(Backend::Files(dir)) => run_command(RunOptions {
-                    target: processlock::LockTarget::new(dir, lock_name),
+                Ok(Backend::Files(files)) => run_command(RunOptions {
+                    target: files.target(&lock_name),
                     process_name: name,
                     wait: millis(wait_ms),
                     replace_grace: replace
@@ -170,7 +174,7 @@ fn execute(dir: Option<&Path>, command: Command) -> i32 {
                 // A URL or lease that cannot work is a usage error: nothing was sent anywhere.
                 Err(Unopened::BadServer(msg)) => usage_error(&msg),
                 Err(Unopened::Dir(e)) => {
-                    eprintln!("[FATAL] {e}");
+                    errln!("[FATAL] {e}");
                     1
                 }
             }
@@ -195,7 +199,7 @@ fn listed(result: processlock::Result<i32>) -> i32 {
 }
 
 fn failed(e: &processlock::Error) -> i32 {
-    eprintln!("processlock: {}", printable(&e.to_string()));
+    errln!("processlock: {}", printable(&e.to_string()));
     1
 }
 
@@ -259,6 +263,6 @@ fn run_on_server(_options: ServerRun) -> i32 {
 
 #[cfg(not(unix))]
 fn run_unsupported() -> i32 {
-    eprintln!("processlock: run is not supported on this platform yet");
+    errln!("processlock: run is not supported on this platform yet");
     1
 }

@@ -10,7 +10,6 @@
 //! removed) has no series: alert with `absent(processlock_lock_held{...} == 1)`.
 
 use std::fmt::Write as _;
-use std::path::Path;
 
 use processlock::report::printable;
 use processlock::LockState;
@@ -99,8 +98,8 @@ pub fn from_listed(l: &Listed, now_ms: i64) -> Lock {
 }
 
 /// `check --format prometheus` on a lock directory: every lock file in it. Exit status 0.
-pub fn check_files(dir: &Path) -> processlock::Result<i32> {
-    let rows = crate::check::list(dir)?;
+pub fn check_files(files: &processlock::FileBackend) -> processlock::Result<i32> {
+    let rows = crate::check::list(files)?;
     print(&render(&rows.iter().map(from_row).collect::<Vec<_>>()));
     Ok(0)
 }

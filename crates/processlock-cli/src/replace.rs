@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use processlock::{replace_holder, Acquired, Conflict, LockTarget, Replacing};
 
+use crate::display::errln;
 use crate::signals;
 use crate::wait::wait_sliced;
 
@@ -38,7 +39,7 @@ impl Replacing<Acquired> for Command<'_> {
 
     fn line(&mut self, line: String, always: bool) {
         if always || !self.quiet {
-            eprintln!("{line}");
+            errln!("{line}");
         }
     }
 

@@ -36,6 +36,7 @@ use processlock::{
     HandoverSocket, LockName, LockTarget, PendingLock, Record, Removal, DIR_ENV,
 };
 
+use crate::display::errln;
 use crate::errno;
 use crate::signals::{self, Event, Note};
 use crate::wait::wait_sliced;
@@ -86,7 +87,7 @@ pub fn run(opts: Options) -> i32 {
     match start(opts) {
         Ok(status) => status,
         Err(e) => {
-            eprintln!("processlock: {e}");
+            errln!("processlock: {e}");
             1
         }
     }
@@ -111,7 +112,7 @@ fn start(opts: Options) -> io::Result<i32> {
     let pending = match PendingLock::create(&target) {
         Ok(p) => p,
         Err(e) => {
-            eprintln!("[FATAL] {e}");
+            errln!("[FATAL] {e}");
             return Ok(1);
         }
     };
@@ -137,7 +138,7 @@ fn start(opts: Options) -> io::Result<i32> {
             // Killed before it could report: nothing was locked, nothing ran.
             Ok(mut child) => Ok(exit_like(child.wait()?)),
             Err(e) => {
-                eprintln!("processlock: cannot start {program}: {e}");
+                errln!("processlock: cannot start {program}: {e}");
                 Ok(1)
             }
         },
@@ -202,7 +203,7 @@ fn exec_failed(acquired: Acquired, program: &str, e: &io::Error) -> i32 {
 
 /// Says why `program` could not be executed; the shell's exit status for it.
 pub(crate) fn cannot_run(program: &str, e: &io::Error) -> i32 {
-    eprintln!("processlock: cannot run {program}: {e}");
+    errln!("processlock: cannot run {program}: {e}");
     if e.kind() == io::ErrorKind::NotFound {
         127
     } else {
@@ -235,10 +236,10 @@ fn refused(spawned: io::Result<Child>, e: &Error, target: &LockTarget) -> i32 {
     }
     if let Error::Conflict(c) = e {
         for line in conflict_lines(&target.name, &c.holder, &c.path) {
-            eprintln!("{line}");
+            errln!("{line}");
         }
     }
-    eprintln!("[FATAL] {e}");
+    errln!("[FATAL] {e}");
     1
 }
 
@@ -327,7 +328,7 @@ fn take(mut pending: PendingLock, pid: u32, taking: &Taking) -> processlock::Res
         (Some(wait), _) => {
             let announce = |holder: &Record| {
                 if !taking.quiet {
-                    eprintln!(
+                    errln!(
                         "[PROCESS_LOCK_WAIT] {} is held by PID {}; waiting up to {} ms for it to end...",
                         target.name.display(),
                         holder.pid,
@@ -397,9 +398,9 @@ fn supervise(
     let pid = child.id();
     if !quiet {
         for event in &acquired.events {
-            eprintln!("{}", report::event(event, &target.path));
+            errln!("{}", report::event(event, &target.path));
         }
-        eprintln!("{}", report::acquired(&target.name, pid));
+        errln!("{}", report::acquired(&target.name, pid));
     }
     let mut relay = Relay::default();
     let mut handover = handover;
@@ -418,7 +419,7 @@ fn supervise(
                 if let Some(h) = &mut handover {
                     if let Err(e) = h.readable(fd, pid, acquired.lock.file().as_raw_fd()) {
                         // Claimants that did not inherit the descriptors now get a conflict.
-                        eprintln!("processlock: no longer handing the lock to the command's processes: {e}");
+                        errln!("processlock: no longer handing the lock to the command's processes: {e}");
                         handover = None;
                     }
                 }
@@ -441,7 +442,7 @@ fn supervise(
     match status {
         Ok(status) => exit_like(status),
         Err(e) => {
-            eprintln!("processlock: waiting for the command failed: {e}");
+            errln!("processlock: waiting for the command failed: {e}");
             1
         }
     }
@@ -455,7 +456,7 @@ fn release(acquired: Acquired, target: &LockTarget, quiet: bool) {
     let ours = acquired.lock.record().clone();
     drop(acquired.lock);
     match remove_if_stale(&target.path) {
-        Ok(Removal::Held(r)) if r == ours => eprintln!(
+        Ok(Removal::Held(r)) if r == ours => errln!(
             "processlock: the command ended, but a process it started still holds the lock; the file stays (find it with: fuser -v {})",
             target.path.display()
         ),
@@ -465,10 +466,10 @@ fn release(acquired: Acquired, target: &LockTarget, quiet: bool) {
         // Removed, or already removed by someone else.
         Ok(_) => {
             if !quiet {
-                eprintln!("{}", report::released(&target.name, ours.pid));
+                errln!("{}", report::released(&target.name, ours.pid));
             }
         }
-        Err(e) => eprintln!("processlock: {e}"),
+        Err(e) => errln!("processlock: {e}"),
     }
 }
 

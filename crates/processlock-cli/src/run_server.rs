@@ -39,16 +39,16 @@ use std::os::raw::c_int;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, ExitStatus};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use processlock::report::{self, printable, LOST_EXIT_STATUS};
 use processlock::{
-    Cancel, ClaimNews, ClaimToken, HandoverSocket, LockName, ServerHold, SERVER_LOCK_ENV,
+    Cancel, ClaimNews, ClaimToken, HandoverSocket, LockName, ServerHold, Wait, SERVER_LOCK_ENV,
 };
 
-use crate::backend::{
-    self, OnWaitNotice, PgHeld, Server, ServerError as Error, ServerResult, WaitNotice,
-};
+use crate::backend::{self, PgHeld, Server, ServerError as Error};
+use crate::display::errln;
 use crate::run::{cannot_run, exit_like, Relay};
 use crate::signals::{self, Event};
 use crate::tree::{self, Tree};
@@ -79,7 +79,7 @@ pub struct Options {
 /// Returns the exit status; dies by the command's signal instead when it was killed by one.
 pub fn run(o: Options) -> i32 {
     if let Err(e) = signals::install() {
-        eprintln!("processlock: {e}");
+        errln!("processlock: {e}");
         return 1;
     }
     let held = match take(&o) {
@@ -101,7 +101,7 @@ pub fn run(o: Options) -> i32 {
         Ok(loss) => loss,
         Err(e) => {
             let _ = held.release();
-            eprintln!("processlock: {e}");
+            errln!("processlock: {e}");
             return 1;
         }
     };
@@ -109,7 +109,7 @@ pub fn run(o: Options) -> i32 {
         Ok(handover) => handover,
         Err(e) => {
             let _ = held.release();
-            eprintln!("processlock: {e}");
+            errln!("processlock: {e}");
             return 1;
         }
     };
@@ -127,7 +127,7 @@ pub fn run(o: Options) -> i32 {
     match cmd.spawn() {
         Ok(child) => {
             if !o.quiet {
-                eprintln!("{}", report::acquired(&o.name, held.record().pid));
+                errln!("{}", report::acquired(&o.name, held.record().pid));
             }
             supervise(Tree::new(child.id()), held, &loss, Some(handover), &o)
         }
@@ -143,21 +143,17 @@ pub fn run(o: Options) -> i32 {
 fn take(o: &Options) -> Result<PgHeld, i32> {
     let started = Instant::now();
     let first = match o.replace {
-        Some(wait) => with_signal_cancel(|cancel| {
+        Some(grace) => waiting(o, None, |wait| {
             let quiet = o.quiet;
-            o.pg.acquire_replacing(
-                &o.name,
-                wait,
-                cancel,
-                wait_notices(o),
-                &mut |line, always| {
-                    if always || !quiet {
-                        eprintln!("{}", printable(&line));
-                    }
-                },
-            )
+            o.pg.take_replacing(&o.name, wait, grace, &mut |line, always| {
+                // What the wait said comes before what followed it.
+                say(o, wait);
+                if always || !quiet {
+                    errln!("{}", printable(&line));
+                }
+            })
         }),
-        None => o.pg.acquire(&o.name),
+        None => o.pg.take(&o.name, None),
     };
     let result = match (first, o.wait) {
         (Err(Error::Conflict(c)), Some(wait)) => {
@@ -166,13 +162,15 @@ fn take(o: &Options) -> Result<PgHeld, i32> {
                     (0, Some(server_pid)) => format!("server process {server_pid}"),
                     (pid, _) => format!("PID {pid}"),
                 };
-                eprintln!(
+                errln!(
                     "[PROCESS_LOCK_WAIT] {} is held by {holder}; waiting up to {} ms for it to end...",
                     o.name.display(),
                     wait.as_millis()
                 );
             }
-            wait_for(o, started + wait)
+            waiting(o, Some(started + wait), |wait| {
+                o.pg.take(&o.name, Some(wait))
+            })
         }
         (first, _) => first,
     };
@@ -182,50 +180,51 @@ fn take(o: &Options) -> Result<PgHeld, i32> {
         }
         if let Error::Conflict(c) = &e {
             for line in c.lines(&o.name) {
-                eprintln!("{line}");
+                errln!("{line}");
             }
         }
-        eprintln!("[FATAL] {}", printable(&e.to_string()));
+        errln!("[FATAL] {}", printable(&e.to_string()));
         1
     })
 }
 
-/// Waits in the server until `deadline`; a signal (which cannot cancel from its handler) ends
-/// the wait within `SIGNAL_POLL`.
-fn wait_for(o: &Options, deadline: Instant) -> ServerResult<PgHeld> {
-    with_signal_cancel(|cancel| {
-        o.pg.acquire_wait_noting(&o.name, Some(deadline), cancel, wait_notices(o))
-    })
-}
-
-/// Runs `wait` with a `Cancel` that a signal to this process sets.
-fn with_signal_cancel<T>(wait: impl FnOnce(&Cancel) -> T) -> T {
+/// Runs `take` with a wait until `deadline` whose `Cancel` a signal to this process sets (a
+/// handler cannot cancel: a signal ends the wait within `SIGNAL_POLL`), and whose lines (the
+/// server gone away, and back) are said as they come.
+fn waiting<T>(o: &Options, deadline: Option<Instant>, take: impl FnOnce(&Wait) -> T) -> T {
     let cancel = Cancel::new();
+    let wait = Wait {
+        deadline,
+        cancel: &cancel,
+        said: Arc::default(),
+    };
     let done = AtomicBool::new(false);
     std::thread::scope(|scope| {
-        scope.spawn(|| {
-            while !done.load(Ordering::SeqCst) {
-                if signals::first_received().is_some() {
-                    cancel.cancel();
-                    return;
-                }
-                std::thread::sleep(SIGNAL_POLL);
+        scope.spawn(|| loop {
+            let finished = done.load(Ordering::SeqCst);
+            say(o, &wait);
+            if finished {
+                return;
             }
+            if !cancel.is_cancelled() && signals::first_received().is_some() {
+                cancel.cancel();
+            }
+            std::thread::sleep(SIGNAL_POLL);
         });
-        let result = wait(&cancel);
+        let result = take(&wait);
         done.store(true, Ordering::SeqCst);
         result
     })
 }
 
-/// A server that goes away and comes back during a wait is said, not fatal.
-fn wait_notices(o: &Options) -> OnWaitNotice {
-    let (quiet, name) = (o.quiet, o.name.clone());
-    std::sync::Arc::new(move |n: &WaitNotice| {
-        if !quiet {
-            eprintln!("{}", printable(&n.line(&name)));
+/// Says what the wait has said since it was last asked, unless quiet.
+fn say(o: &Options, wait: &Wait) {
+    let lines = std::mem::take(&mut *wait.said.lock().unwrap_or_else(|p| p.into_inner()));
+    if !o.quiet {
+        for line in lines {
+            errln!("{}", printable(&line));
         }
-    })
+    }
 }
 
 /// In the child, between fork and exec. Async-signal-safe calls only.
@@ -366,7 +365,7 @@ fn supervise(
             // The main process is gone and others are left: the command is over, and what it
             // left behind must not run on without the lock, nor keep it from the next holder.
             handover = None;
-            eprintln!(
+            errln!(
                 "processlock: the command's main process (PID {pid}) ended; stopping the processes it left: SIGTERM now, SIGKILL in {} ms",
                 o.grace.as_millis()
             );
@@ -399,7 +398,7 @@ fn supervise(
             Ok(Event::Readable(fd)) if claimants.contains(&fd) => {
                 if let Some(h) = &mut handover {
                     if let Err(e) = h.readable(fd) {
-                        eprintln!("processlock: no longer handing the lock to the command's processes: {e}");
+                        errln!("processlock: no longer handing the lock to the command's processes: {e}");
                         handover = None;
                     }
                 }
@@ -409,9 +408,9 @@ fn supervise(
                 handover = None;
                 lost = true;
                 let reason = held.lost().map(|l| l.reason).unwrap_or_default();
-                eprintln!("{}", report::lost(&o.name, held.record().pid, &reason));
+                errln!("{}", report::lost(&o.name, held.record().pid, &reason));
                 if stopping.is_none() {
-                    eprintln!(
+                    errln!(
                         "processlock: stopping the command (PID {pid}) and every process it started: SIGTERM now, SIGKILL in {} ms if any is left",
                         o.grace.as_millis()
                     );
@@ -425,7 +424,7 @@ fn supervise(
                     let left = tree.kill();
                     if !left.is_empty() {
                         let pids: Vec<String> = left.iter().map(|p| p.to_string()).collect();
-                        eprintln!(
+                        errln!(
                             "processlock: still running {} ms after SIGTERM, sent SIGKILL: PID {}",
                             o.grace.as_millis(),
                             pids.join(", ")
@@ -448,7 +447,7 @@ fn supervise(
                 }
             }
             Err(e) => {
-                eprintln!("processlock: {e}");
+                errln!("processlock: {e}");
                 main_status.get_or_insert(Err(e));
                 break;
             }
@@ -465,7 +464,7 @@ fn supervise(
     match main_status {
         Some(Ok(status)) => exit_like(status),
         Some(Err(e)) => {
-            eprintln!("processlock: waiting for the command failed: {e}");
+            errln!("processlock: waiting for the command failed: {e}");
             1
         }
         None => 1,
@@ -479,7 +478,7 @@ fn release(held: PgHeld, o: &Options) {
     match held.release() {
         Ok(true) => {
             if !o.quiet {
-                eprintln!("{}", report::released(&o.name, pid));
+                errln!("{}", report::released(&o.name, pid));
             }
         }
         // Lost as the command ended: it did not run without the lock, but say so.
@@ -488,8 +487,8 @@ fn release(held: PgHeld, o: &Options) {
                 || "lost before it could be released".to_string(),
                 |l| l.reason,
             );
-            eprintln!("{}", report::lost(&o.name, pid, &reason));
+            errln!("{}", report::lost(&o.name, pid, &reason));
         }
-        Err(e) => eprintln!("processlock: {}", printable(&e.to_string())),
+        Err(e) => errln!("processlock: {}", printable(&e.to_string())),
     }
 }

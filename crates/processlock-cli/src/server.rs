@@ -2,18 +2,18 @@
 //! the same questions as for a lock directory, answered by the server's lock manager through
 //! `processlock-pg` (see `backend.rs`).
 
-use std::io::Write;
-
 use processlock::report::printable;
 use processlock::LockName;
 use serde_json::Value;
 
 use crate::backend::{Listed, Server, ServerError};
 use crate::check::{HELD, NOT_HELD, UNKNOWN};
-use crate::display::{json_text, now_ms, opt_str, ordered_object, table, uptime};
+use crate::display::{
+    errln, json_text, now_ms, opt_str, ordered_object, outln, print, table, uptime,
+};
 
 fn fail(e: &ServerError) -> i32 {
-    eprintln!("processlock: {}", printable(&e.to_string()));
+    errln!("processlock: {}", printable(&e.to_string()));
     1
 }
 
@@ -36,13 +36,12 @@ pub fn check(server: &Server, json: bool) -> i32 {
     let mut rows: Vec<Vec<String>> = Vec::new();
     let mut more = 0usize;
     let mut first = true;
-    let mut out = std::io::stdout();
     let listed = server.list_pages(|page| {
         for l in page.iter().filter(|l| state(l) != "free") {
             if json {
                 let sep = if first { "[" } else { ", " };
                 first = false;
-                let _ = write!(out, "{sep}{}", json_text(&item_json(l, now)));
+                print(&format!("{sep}{}", json_text(&item_json(l, now))));
             } else if rows.len() < MAX_TABLE_ROWS {
                 rows.push(row(l, now));
             } else {
@@ -53,7 +52,7 @@ pub fn check(server: &Server, json: bool) -> i32 {
     });
     if let Err(e) = listed {
         if json && !first {
-            let _ = writeln!(out, "]");
+            print("]\n");
         }
         return fail(&e);
     }
@@ -76,7 +75,7 @@ pub fn check(server: &Server, json: bool) -> i32 {
         }
         text
     };
-    let _ = write!(out, "{text}");
+    print(&text);
     0
 }
 
@@ -176,7 +175,7 @@ pub fn check_one(server: &Server, name: LockName, json: bool) -> i32 {
     let lock = name.display();
     if json {
         let r = holder.as_ref().map(|h| &h.record).filter(|r| r.pid != 0);
-        println!(
+        outln!(
             "{}",
             json_text(&ordered_object(&[
                 ("held", Value::from(holder.is_some())),
@@ -194,7 +193,7 @@ pub fn check_one(server: &Server, name: LockName, json: bool) -> i32 {
         );
     } else {
         match &holder {
-            None => println!("{lock}: not held"),
+            None => outln!("{lock}: not held"),
             Some(h) if h.record.pid == 0 => {
                 let role = h
                     .role
@@ -206,12 +205,12 @@ pub fn check_one(server: &Server, name: LockName, json: bool) -> i32 {
                 } else {
                     "no record of it can be read here"
                 };
-                println!(
+                outln!(
                     "{lock}: held by server process {}{role} ({why})",
                     h.backend_pid
                 )
             }
-            Some(h) => println!(
+            Some(h) => outln!(
                 "{lock}: held by PID {} on {} since {}, fencing token {}",
                 h.record.pid,
                 printable(h.record.hostname.as_deref().unwrap_or("?")),
@@ -240,11 +239,11 @@ pub fn clear(server: &Server, force: bool) -> i32 {
         for l in &locks {
             let shown = printable(&l.lock_name).into_owned();
             let Some(name) = &l.name else {
-                println!("kept            {shown} (not a lock name this tool writes)");
+                outln!("kept            {shown} (not a lock name this tool writes)");
                 continue;
             };
             match server.terminate_holder(name) {
-                Ok(Some(h)) => println!(
+                Ok(Some(h)) => outln!(
                     "ended session   {shown} (server process {}; PID {} on {} is told at once that its lock is lost)",
                     h.backend_pid,
                     h.record.pid,
@@ -258,10 +257,10 @@ pub fn clear(server: &Server, force: bool) -> i32 {
     match server.clear_stale() {
         Ok(cleared) => {
             for name in &cleared {
-                println!("removed stale   {} (its session is gone)", printable(name));
+                outln!("removed stale   {} (its session is gone)", printable(name));
             }
             if cleared.is_empty() && status == 0 {
-                println!("Nothing to clear");
+                outln!("Nothing to clear");
             }
         }
         Err(e) => status = status.max(fail(&e)),
@@ -270,7 +269,7 @@ pub fn clear(server: &Server, force: bool) -> i32 {
         if let Ok(locks) = held_locks(server) {
             for l in &locks {
                 let pid = record_of(l).map_or_else(|| "?".to_string(), |r| r.pid.to_string());
-                println!(
+                outln!(
                     "kept            {} (held by PID {pid}; --force ends its session)",
                     printable(&l.lock_name)
                 );

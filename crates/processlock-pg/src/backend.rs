@@ -16,7 +16,7 @@ use processlock::{
 use crate::admin;
 use crate::admin::inspect;
 use crate::error::{Error, Lost, Result};
-use crate::lock::{acquire, acquire_wait_noting, PgHeld, WaitNotice};
+use crate::lock::{acquire, acquire_wait_noting, OnWaitNotice, PgHeld, WaitNotice};
 use crate::options::PgOptions;
 
 /// What this process holds on servers, by lock id.
@@ -97,24 +97,53 @@ impl PgBackend {
         if let Some(hold) = claim_server_lock(place, |hold| self.holds_now(name, hold)) {
             return Ok(HOLDS.insert(place, holder, PgHold::Adopted(hold), Vec::new()));
         }
-        let (said, lock) = (Arc::clone(&wait.said), name.clone());
-        let notices = Arc::new(move |n: &WaitNotice| locked(&said).push(n.line(&lock)));
-        let held = crate::replace::acquire_replacing(
+        let held = self.take_replacing(name, wait, grace, lines)?;
+        Ok(HOLDS.insert(place, holder, self.session(name, held), Vec::new()))
+    }
+
+    /// A session of this process's own that holds `name`, taken at once or with `wait`; never
+    /// a hold handed down by a `processlock run` above this process. What `take` does when
+    /// there is no such hold to adopt, and what `processlock run` holds for its command.
+    pub fn take_session(
+        &self,
+        name: &LockName,
+        process_name: Option<&str>,
+        wait: Option<&Wait>,
+    ) -> Result<PgHeld> {
+        let mut opts = self.opts.clone();
+        opts.process_name = process_name.map(str::to_string);
+        match wait {
+            None => acquire(&opts, name),
+            Some(w) => acquire_wait_noting(&opts, name, w.deadline, w.cancel, noting(name, w)),
+        }
+    }
+
+    /// `take_session`, but a holder on any host is asked through the server to stop, and the
+    /// lock is taken once it has let go, within `grace` (`replace::acquire_replacing`). What
+    /// `acquire_replacing` does when there is no hold to join or adopt, and what
+    /// `processlock run --replace` holds for its command.
+    pub fn take_replacing(
+        &self,
+        name: &LockName,
+        wait: &Wait,
+        grace: std::time::Duration,
+        lines: &mut dyn FnMut(String, bool),
+    ) -> Result<PgHeld> {
+        crate::replace::acquire_replacing(
             &self.opts,
             name,
             grace,
             wait.cancel,
-            notices,
+            noting(name, wait),
             lines,
-        )?;
-        Ok(HOLDS.insert(place, holder, self.session(name, held), Vec::new()))
+        )
     }
 
     /// A session hold of `name`, which stops this process when another asks to replace it.
     fn session(&self, name: &LockName, held: PgHeld) -> PgHold {
         let asked = name.clone();
         held.on_replace_request(Box::new(move |request| {
-            crate::replace::stop_this_process(&asked, request)
+            crate::request::stop_this_process(&asked, request)
         }));
         PgHold::Session(held)
     }
@@ -164,6 +193,12 @@ pub fn release_hold(hold: PgHold) -> Released<Error> {
     }
 }
 
+/// What a wait has to say (a server gone away, and back), kept in the wait's lines.
+fn noting(name: &LockName, wait: &Wait) -> OnWaitNotice {
+    let (said, lock) = (Arc::clone(&wait.said), name.clone());
+    Arc::new(move |n: &WaitNotice| locked(&said).push(n.line(&lock)))
+}
+
 fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -193,16 +228,7 @@ impl Backend for PgBackend {
         if let Some(hold) = claim_server_lock(&id, |hold| self.holds_now(name, hold)) {
             return Ok((PgHold::Adopted(hold), Vec::new()));
         }
-        let mut opts = self.opts.clone();
-        opts.process_name = process_name.map(str::to_string);
-        let held = match wait {
-            None => acquire(&opts, name)?,
-            Some(w) => {
-                let (said, lock) = (Arc::clone(&w.said), name.clone());
-                let notices = Arc::new(move |n: &WaitNotice| locked(&said).push(n.line(&lock)));
-                acquire_wait_noting(&opts, name, w.deadline, w.cancel, notices)?
-            }
-        };
+        let held = self.take_session(name, process_name, wait)?;
         Ok((self.session(name, held), Vec::new()))
     }
 

@@ -30,20 +30,6 @@ pub struct Conflict {
 }
 
 impl Conflict {
-    /// The conflict over `lock` with the holder the server named.
-    pub(crate) fn with(lock: String, h: crate::table::Holder, waited_ms: u64) -> Self {
-        Conflict {
-            lock,
-            holder: h.record,
-            fencing_token: h.fencing_token,
-            backend_pid: (h.backend_pid != 0).then_some(h.backend_pid),
-            client_addr: h.client_addr,
-            holder_role: h.role,
-            record_too_large: h.record_too_large,
-            waited_ms,
-        }
-    }
-
     /// Who holds the lock when it wrote no record that can be read: the server process, its
     /// role and address, and why nothing more is known.
     fn unknown_holder(&self) -> String {

@@ -144,8 +144,10 @@ mod options;
 mod pgpass;
 mod probe;
 mod replace;
+mod request;
 mod session;
 mod table;
+mod target;
 mod tls;
 
 pub use admin::{clear_stale, inspect, list, list_pages, terminate_holder, Listed, PAGE_ROWS};
@@ -159,9 +161,8 @@ pub use options::{
     PgOptions, DEFAULT_CONNECT_TIMEOUT, DEFAULT_LEASE, DEFAULT_NAMESPACE, DEFAULT_TABLE,
 };
 pub use processlock::Record;
-pub use replace::{
-    acquire_replacing, stop_this_process, OnReplaceRequest, ReplaceLines, ReplaceRequest,
-};
+pub use replace::{acquire_replacing, ReplaceLines};
+pub use request::{stop_this_process, OnReplaceRequest, ReplaceRequest};
 pub use table::Holder;
 
 /// The statements the lock sends, for the benchmark's floor (`examples/pg_floor.rs`), which

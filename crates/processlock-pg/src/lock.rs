@@ -14,11 +14,11 @@ use tokio::time::{sleep, sleep_until, timeout};
 use tokio_postgres::error::SqlState;
 
 use crate::clock::Stamp;
-use crate::error::{Conflict, Error, Lost, Result};
+use crate::error::{Error, Lost, Result};
 use crate::loss::{LossWatch, OnLost};
 use crate::options::{PgOptions, Settings};
 use crate::probe::Probe;
-use crate::replace::{self, OnReplaceRequest, ReplaceRequest, Requests};
+use crate::request::{self, OnReplaceRequest, ReplaceRequest, Requests};
 use crate::session::Session;
 use crate::table::{self, Access, Holder, Ready};
 
@@ -75,7 +75,7 @@ pub fn acquire_wait_noting(
 }
 
 /// `acquire_wait_noting`, waiting in a session named `request`: a request to the holder to let
-/// go (see `replace.rs`).
+/// go (see `request.rs`).
 pub(crate) fn acquire_requesting(
     opts: &PgOptions,
     name: &LockName,
@@ -191,7 +191,7 @@ impl PgHeld {
     }
 
     /// Runs `hook`, on the lock's own thread, each time a replacer asks this holder to let go
-    /// (once per asking session; see `replace.rs`). Without a hook, requests are not answered:
+    /// (once per asking session; see `request.rs`). Without a hook, requests are not answered:
     /// the replacer's wait ends in a conflict. `stop_this_process` is what the addon and the
     /// command do.
     pub fn on_replace_request(&self, hook: OnReplaceRequest) {
@@ -285,7 +285,7 @@ fn start(opts: &PgOptions, name: &LockName, wait: Option<Wait>) -> Result<PgHeld
     let (released_tx, released_rx) = mpsc::sync_channel(1);
     // Replaced by the real deadline before the caller sees the lock.
     let watch = Arc::new(LossWatch::new(Stamp::now()));
-    let requests = replace::new_requests();
+    let requests = request::new_requests();
     let server = s.server.clone();
     let job = Job {
         s,
@@ -412,7 +412,7 @@ impl Job {
                 return;
             }
             let requests =
-                replace::request_sql(self.key(), &token.to_string(), session.backend_pid);
+                request::request_sql(self.key(), &token.to_string(), session.backend_pid);
             match self
                 .hold(&session, confirmed_sent, release, &requests)
                 .await
@@ -598,7 +598,7 @@ impl Job {
     }
 
     fn conflict(&self, h: Holder, waited_ms: u64) -> Error {
-        Error::Conflict(Box::new(Conflict::with(self.lock.clone(), h, waited_ms)))
+        Error::Conflict(Box::new(h.conflict(self.lock.clone(), waited_ms)))
     }
 
     /// Finds and checks the tables in `session` and reads the salt: the lock's key. Every
@@ -825,7 +825,7 @@ impl Job {
 /// A request found with a heartbeat that this holder has not answered yet.
 fn asked(found: Result<Vec<String>>, answered: &[i32]) -> Option<ReplaceRequest> {
     let column = found.ok()?.into_iter().next()?;
-    replace::parse_request(&column).filter(|r| !answered.contains(&r.backend_pid))
+    request::parse_request(&column).filter(|r| !answered.contains(&r.backend_pid))
 }
 
 fn session_ended(why: &str) -> String {

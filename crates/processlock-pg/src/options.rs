@@ -9,10 +9,10 @@ use tokio_postgres::config::{ChannelBinding, SslNegotiation};
 use tokio_postgres::Config;
 
 use crate::auth::Policy;
-use crate::connect::{Host, Password, SessionAttrs, Target};
 use crate::conninfo::{self, Env, Params};
 use crate::error::{Error, Result};
 use crate::pgpass;
+use crate::target::{Host, Password, SessionAttrs, Target};
 use crate::tls::{connector, Connector, Mode, TlsParams};
 use processlock::LockName;
 

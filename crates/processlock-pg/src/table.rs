@@ -24,7 +24,7 @@ use processlock::{parse_record, LockName, Parsed, Record, MAX_RECORD_BYTES};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
 
-use crate::error::{Error, Result};
+use crate::error::{Conflict, Error, Result};
 use crate::key::{key_literal, lock_key, Salt};
 use crate::options::{quote_ident, Settings};
 use crate::session::Session;
@@ -46,6 +46,20 @@ pub struct Holder {
 }
 
 impl Holder {
+    /// The conflict over `lock` with this holder, after waiting `waited_ms`.
+    pub(crate) fn conflict(self, lock: String, waited_ms: u64) -> Conflict {
+        Conflict {
+            lock,
+            holder: self.record,
+            fencing_token: self.fencing_token,
+            backend_pid: (self.backend_pid != 0).then_some(self.backend_pid),
+            client_addr: self.client_addr,
+            holder_role: self.role,
+            record_too_large: self.record_too_large,
+            waited_ms,
+        }
+    }
+
     /// A session that holds the lock and of which nothing else is known.
     pub(crate) fn unknown(backend_pid: i32) -> Self {
         Holder {

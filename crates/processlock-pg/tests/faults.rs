@@ -218,25 +218,13 @@ INSERT INTO positions VALUES (1, 0)";
 fn fenced_write(server: &PgServer, token: &str, qty: i32) -> u64 {
     let url = server.url();
     let token: i64 = token.parse().unwrap();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-                .await
-                .unwrap();
-            tokio::spawn(conn);
-            let lock_name = name().file_name();
-            client
-                .execute(FENCED_WRITE, &[&token, &qty, &1i32, &lock_name])
-                .await
-                .unwrap_or(0)
-        })
+    with_client(url, move |client| async move {
+        let lock_name = name().file_name();
+        client
+            .execute(FENCED_WRITE, &[&token, &qty, &1i32, &lock_name])
+            .await
+            .unwrap_or(0)
     })
-    .join()
-    .unwrap()
 }
 
 #[test]

@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use processlock::LockName;
 use processlock_pg::{acquire, inspect, list, terminate_holder, Error, PgOptions};
-use support::{param, report, PgServer, Proc, ROLE_ENV};
+use support::{param, report, with_client, PgServer, Proc, ROLE_ENV};
 
 fn name(t: &str) -> LockName {
     LockName::new(t, Some("SHORT")).unwrap()
@@ -38,24 +38,12 @@ fn sql_as(server: &PgServer, role: &str, sql: &str) -> Vec<Vec<String>> {
 /// Runs `sql` as `role` and returns the server's refusal, if any.
 fn refused_as(server: &PgServer, role: &str, sql: &str) -> Option<String> {
     let (url, sql) = (server.url(), format!("SET ROLE {role}; {sql}"));
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-                .await
-                .unwrap();
-            tokio::spawn(conn);
-            client.batch_execute(&sql).await.err().map(|e| {
-                e.as_db_error()
-                    .map_or(e.to_string(), |d| d.message().to_string())
-            })
+    with_client(url, |client| async move {
+        client.batch_execute(&sql).await.err().map(|e| {
+            e.as_db_error()
+                .map_or(e.to_string(), |d| d.message().to_string())
         })
     })
-    .join()
-    .unwrap()
 }
 
 /// Where every role may create tables in `public`: the default before PostgreSQL 15, kept by

@@ -118,6 +118,21 @@ pub trait Backend: Sync {
     /// Who holds the lock now (this process included); `None`: nobody.
     fn inspect(&self, name: &LockName) -> Result<Option<Holding>, Self::Error>;
 
+    /// The lock `name` as `list` shows it (its state, holder and problem); `None`: there is
+    /// none. A backend that keeps nothing but holds says held or nothing.
+    fn status(&self, name: &LockName) -> Result<Option<Listed>, Self::Error> {
+        let Some(holding) = self.inspect(name)? else {
+            return Ok(None);
+        };
+        Ok(Some(Listed {
+            place: self.place(name)?,
+            name: Some(name.clone()),
+            state: LockState::Held,
+            holding: Some(holding),
+            problem: None,
+        }))
+    }
+
     /// Removes the lock whoever holds it: our own hold is let go of, anyone else's ended.
     /// `true`: something was removed.
     fn force_remove(&self, name: &LockName) -> Result<bool, Self::Error>;

@@ -11,7 +11,7 @@ use std::time::Duration;
 use crate::backend::{Backend, Holding, Listed, Listing, LossHook, LossNotice, Released, Wait};
 use crate::error::{Error, Result};
 use crate::holds::{Hold, HoldId, Holder, Holds, Taken};
-use crate::list::list_locks;
+use crate::list::{list_locks, lock_status, LockStatus};
 use crate::name::LockName;
 use crate::protocol::{acquire, force_remove, inspect, Acquired, HeldLock, Inspection, LockTarget};
 use crate::record::Record;
@@ -78,6 +78,19 @@ impl FileBackend {
 
 fn place_of(path: &Path) -> String {
     path.to_string_lossy().into_owned()
+}
+
+fn listed(l: LockStatus) -> Listed {
+    Listed {
+        place: place_of(&l.path),
+        name: l.name,
+        state: l.state,
+        holding: l.record.map(|record| Holding {
+            record,
+            fencing_token: None,
+        }),
+        problem: l.problem,
+    }
 }
 
 fn let_go(lock: HeldLock) -> Released<Error> {
@@ -190,23 +203,17 @@ impl Backend for FileBackend {
     }
 
     fn list(&self) -> Result<Listing> {
-        let locks = list_locks(&self.dir)?
-            .into_iter()
-            .map(|l| Listed {
-                place: place_of(&l.path),
-                name: l.name,
-                state: l.state,
-                holding: l.record.map(|record| Holding {
-                    record,
-                    fencing_token: None,
-                }),
-                problem: l.problem,
-            })
-            .collect();
+        let locks = list_locks(&self.dir)?.into_iter().map(listed).collect();
         Ok(Listing {
             scope: place_of(&self.dir),
             locks,
         })
+    }
+
+    /// What the lock file says, also when nobody holds it: stale, or not a lock record.
+    fn status(&self, name: &LockName) -> Result<Option<Listed>> {
+        let path = self.target(name).path;
+        Ok(lock_status(path, Some(name.clone()))?.map(listed))
     }
 
     /// Whether this process holds the file at the lock path now (one `lstat`), whichever of its

@@ -59,25 +59,32 @@ pub fn list_locks(dir: &Path) -> Result<Vec<LockStatus>> {
             .file_name()
             .and_then(|n| n.to_str())
             .and_then(LockName::from_file_name);
-        let (state, record, problem) = match inspect(&path) {
-            Ok(Inspection::Absent) => continue,
-            Ok(Inspection::Held(r)) => (LockState::Held, Some(r), None),
-            Ok(Inspection::HeldUnlocked(r, why)) => (LockState::Held, Some(r), Some(why)),
-            Ok(Inspection::HeldByOther(r, why)) => {
-                (LockState::Held, (r.pid != 0).then_some(r), Some(why))
-            }
-            Ok(Inspection::Stale(r)) => (LockState::Stale, Some(r), None),
-            Ok(Inspection::Invalid(why)) => (LockState::Invalid, None, Some(why)),
-            Err(e @ Error::NotAFile { .. }) => (LockState::Invalid, None, Some(e.to_string())),
-            Err(e) => return Err(e),
-        };
-        out.push(LockStatus {
-            path,
-            name,
-            state,
-            record,
-            problem,
-        });
+        if let Some(status) = lock_status(path, name)? {
+            out.push(status);
+        }
     }
     Ok(out)
+}
+
+/// The lock file at `path` as a listing shows it; `None` when there is none.
+pub fn lock_status(path: PathBuf, name: Option<LockName>) -> Result<Option<LockStatus>> {
+    let (state, record, problem) = match inspect(&path) {
+        Ok(Inspection::Absent) => return Ok(None),
+        Ok(Inspection::Held(r)) => (LockState::Held, Some(r), None),
+        Ok(Inspection::HeldUnlocked(r, why)) => (LockState::Held, Some(r), Some(why)),
+        Ok(Inspection::HeldByOther(r, why)) => {
+            (LockState::Held, (r.pid != 0).then_some(r), Some(why))
+        }
+        Ok(Inspection::Stale(r)) => (LockState::Stale, Some(r), None),
+        Ok(Inspection::Invalid(why)) => (LockState::Invalid, None, Some(why)),
+        Err(e @ Error::NotAFile { .. }) => (LockState::Invalid, None, Some(e.to_string())),
+        Err(e) => return Err(e),
+    };
+    Ok(Some(LockStatus {
+        path,
+        name,
+        state,
+        record,
+        problem,
+    }))
 }

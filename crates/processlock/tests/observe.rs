@@ -1,4 +1,4 @@
-//! Looking at locks from outside (`inspect`, `list_locks`) and cleaning up after acquirers that
+//! Looking at locks from outside (`inspect`, `list_locks`, the backend's `status`) and cleaning up after acquirers that
 //! died half-way (temp files, `sweep_orphan_temps`).
 
 mod support;
@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use processlock::testing::acquire;
 use processlock::{
-    inspect, list_locks, own_record, sweep_orphan_temps, Error, Inspection, LockState,
+    inspect, list_locks, own_record, sweep_orphan_temps, Backend, Error, FileBackend, Inspection,
+    LockState,
 };
 use support::{Outcome, Proc, TestDir};
 
@@ -305,6 +306,22 @@ fn inspect_and_list_locks_report_held_stale_and_invalid() {
         listed[2].name.as_ref().map(|n| n.display()),
         Some("backend (SHORT)".into())
     );
+
+    // The backend says of one lock what the listing says of it, and nothing of an absent one.
+    let files = FileBackend::new(&locks);
+    for s in listed.iter().filter(|s| s.name.is_some()) {
+        let one = files.status(s.name.as_ref().unwrap()).unwrap().unwrap();
+        assert_eq!(one.place, s.path.to_string_lossy(), "{s:?}");
+        assert_eq!(one.state, s.state, "{s:?}");
+        assert_eq!(
+            one.holding.map(|h| h.record.pid),
+            s.record.as_ref().map(|r| r.pid),
+            "{s:?}"
+        );
+        assert_eq!(one.problem, s.problem, "{s:?}");
+    }
+    let absent = processlock::LockName::new("nothing", None).unwrap();
+    assert!(files.status(&absent).unwrap().is_none());
 
     // Looking changed nothing: the holder still holds, the stale and invalid files are still
     // there for the next acquirer to remove.

@@ -345,35 +345,20 @@ impl PgServer {
 
     /// Runs `sql` (one statement or several) and returns the rows of the last as text.
     pub fn sql(&self, sql: &str) -> Vec<Vec<String>> {
-        let url = self.url();
         let sql = sql.to_string();
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-                    .await
-                    .unwrap();
-                tokio::spawn(conn);
-                let mut rows = Vec::new();
-                for m in client.simple_query(&sql).await.unwrap() {
-                    match m {
-                        tokio_postgres::SimpleQueryMessage::Row(r) => rows.push(
-                            (0..r.len())
-                                .map(|i| r.get(i).unwrap_or("").to_string())
-                                .collect(),
-                        ),
-                        tokio_postgres::SimpleQueryMessage::CommandComplete(_) => {}
-                        _ => {}
-                    }
+        with_client(self.url(), |client| async move {
+            let mut rows = Vec::new();
+            for m in client.simple_query(&sql).await.unwrap() {
+                if let tokio_postgres::SimpleQueryMessage::Row(r) = m {
+                    rows.push(
+                        (0..r.len())
+                            .map(|i| r.get(i).unwrap_or("").to_string())
+                            .collect(),
+                    );
                 }
-                rows
-            })
+            }
+            rows
         })
-        .join()
-        .unwrap()
     }
 
     /// Polls `sql` (bounded by `TIMEOUT`) until its first value is `want`.
@@ -388,6 +373,31 @@ impl PgServer {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+}
+
+/// Runs `f` with a client of its own connected to `url` (without TLS), on a thread and runtime
+/// of their own, so that a test's blocking code can ask the server anything; what `f` gives.
+pub fn with_client<T, F, Fut>(url: String, f: F) -> T
+where
+    T: Send + 'static,
+    F: FnOnce(tokio_postgres::Client) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = T>,
+{
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            f(client).await
+        })
+    })
+    .join()
+    .unwrap()
 }
 
 impl Drop for PgServer {
@@ -548,15 +558,7 @@ impl OpenTx {
         let (finish, finish_rx) = mpsc::channel::<String>();
         let (done_tx, done) = mpsc::channel();
         std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-                    .await
-                    .unwrap();
-                tokio::spawn(conn);
+            with_client(url, |client| async move {
                 client.batch_execute(&sql).await.unwrap();
                 started_tx.send(()).unwrap();
                 let end = tokio::task::spawn_blocking(move || finish_rx.recv_timeout(TIMEOUT))
