@@ -19,25 +19,39 @@ fn caught() -> u64 {
     u64::from_str_radix(line["SigCgt:".len()..].trim(), 16).unwrap()
 }
 
-/// Waits (bounded) until the caught mask is `pred`; returns it.
-fn caught_until(pred: impl Fn(u64) -> bool) -> u64 {
-    let until = Instant::now() + Duration::from_secs(10);
-    loop {
-        let now = caught();
-        if pred(now) || Instant::now() > until {
-            return now;
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
-}
-
+/// A thread waiting for the lock, and its kernel thread id.
 fn waiter(
     t: &LockTarget,
     deadline: Option<Instant>,
     cancel: &Cancel,
-) -> JoinHandle<processlock::Result<Acquired>> {
+) -> (JoinHandle<processlock::Result<Acquired>>, libc::pid_t) {
     let (t, cancel) = (t.clone(), cancel.clone());
-    std::thread::spawn(move || acquire_wait(&t, None, deadline, &cancel))
+    let (give, take) = std::sync::mpsc::channel();
+    let thread = std::thread::spawn(move || {
+        // SAFETY: gettid has no preconditions.
+        give.send(unsafe { libc::gettid() }).unwrap();
+        acquire_wait(&t, None, deadline, &cancel)
+    });
+    (thread, take.recv().unwrap())
+}
+
+/// Waits (bounded) until thread `tid` of this process is blocked in `flock`: its wait is in
+/// progress, so the signal handler is installed on its behalf.
+fn blocked_in_flock(tid: libc::pid_t) {
+    let until = Instant::now() + Duration::from_secs(10);
+    let path = format!("/proc/self/task/{tid}/syscall");
+    loop {
+        let now = std::fs::read_to_string(&path).unwrap_or_default();
+        let number = now.split_whitespace().next().unwrap_or("");
+        if number == libc::SYS_flock.to_string() {
+            return;
+        }
+        assert!(
+            Instant::now() < until,
+            "thread {tid} never blocked in flock: {now}"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
 }
 
 #[test]
@@ -50,9 +64,11 @@ fn the_wait_signal_handler_is_there_only_while_waits_are_in_progress() {
 
     // Two waits in progress: our signal is caught.
     let (first, second) = (Cancel::new(), Cancel::new());
-    let a = waiter(&t, None, &first);
-    let b = waiter(&t, None, &second);
-    let during = caught_until(|m| m & !before != 0);
+    let (a, a_tid) = waiter(&t, None, &first);
+    let (b, b_tid) = waiter(&t, None, &second);
+    blocked_in_flock(a_tid);
+    blocked_in_flock(b_tid);
+    let during = caught();
     let ours = during & !before;
     assert_eq!(
         ours.count_ones(),
@@ -83,13 +99,13 @@ fn the_wait_signal_handler_is_there_only_while_waits_are_in_progress() {
     );
 
     // Again, ending by the deadline, and by a handover; every wait still ends when it should.
-    let c = waiter(
+    let (c, _) = waiter(
         &t,
         Some(Instant::now() + Duration::from_millis(200)),
         &Cancel::new(),
     );
-    let d = waiter(&t, None, &Cancel::new());
-    caught_until(|m| m & !before != 0);
+    let (d, d_tid) = waiter(&t, None, &Cancel::new());
+    blocked_in_flock(d_tid);
     assert!(matches!(c.join().unwrap(), Err(Error::Conflict(_))));
     assert!(held.lock.release().unwrap());
     let got = d.join().unwrap().unwrap();
