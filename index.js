@@ -12,15 +12,29 @@ const { entryScript } = require('./lib/entry.js')
 const { errorFromFailure, throwIfFailed, invalidOption, normalizeRecord } = errors
 
 /**
- * The locks this module instance holds: lock file -> how to release it and log it.
+ * The holds of this module instance, by the native hold id (`hold` of the acquire outcomes):
+ * how to release each and where its lines go.
  *
- * The native registry is the one owner of lock state, for the whole process: one lock file per
- * lock, held for every module instance (each worker thread loads its own) that took it, and
- * released when the last of them lets go. This map is this instance's view of its own holds,
- * kept in step with every answer of the registry; it only adds what the registry cannot know
- * (the log sink, the options to release with) and tells the lifecycle whether to stay installed.
+ * The native registry is the one owner of lock state, for the whole process: one hold per lock,
+ * shared by every module instance (each worker thread loads its own) that took it, and let go
+ * of when the last of them lets go. This map is this instance's view of its own holds, kept in
+ * step with every answer of the registry; it only adds what the registry cannot know (the log
+ * sink, the options to release with, who to tell of a loss). A hold lost and replaced by a newer
+ * one of the same lock stays here, no longer `current`, while its loss notice may still come to
+ * someone who asked (a `lockSignal`, an `onLost` function): the notice names the hold it is about.
  */
 const held = new Map()
+
+/** This instance's current hold of the lock at `lockFile`, if any. */
+function holdAt(lockFile) {
+  for (const entry of held.values()) if (entry.current && entry.lockFile === lockFile) return entry
+  return undefined
+}
+
+function holdsAny() {
+  for (const entry of held.values()) if (entry.current) return true
+  return false
+}
 
 /**
  * This module instance's holder id in the native registry, made at first use. The application's
@@ -159,40 +173,19 @@ function listenLosses() {
   listening = true
 }
 
-/**
- * Server holds lost and taken again (say, after `isLockHeld` said false) before their loss
- * reached this instance, by lock and fencing token: the loss is theirs, not the new hold's.
- * A lock file's hold has no such identity, so a late notice of one is told apart by asking the
- * registry whether this instance holds the file at the path now (see `lost`).
- */
-const retired = new Map()
-
-/** A lock of this instance was lost: say so, drop the hold, then tell whoever asked. */
+/** A hold of this instance was lost: say so, drop it, then tell whoever asked. */
 function lost(event) {
-  const key = `${event.lockFile}#${event.fencingToken}`
-  const earlier = event.fencingToken ? retired.get(key) : undefined
-  if (earlier) {
-    // Its native hold was dropped when the lock was taken again.
-    retired.delete(key)
-    emit(earlier.sink, event.lines)
-    tell(earlier, errorFromFailure(event.error, event.lockFile))
-    return
-  }
-  const entry = held.get(event.lockFile)
-  if (!entry || (event.fencingToken && entry.token !== event.fencingToken)) return
+  const entry = held.get(event.hold)
+  if (!entry) return
   emit(entry.sink, event.lines)
-  if (!event.fencingToken && onLock(binding.isHeld, entry.processType, entry.options).held) {
-    // A lock file lost and taken again before its notice arrived: the path names a file this
-    // instance holds now, so the notice is the old hold's. The signals handed out so far learn
-    // of the loss (one asked for between the retake and the notice too: a false alarm, never a
-    // missed loss); the new hold stays, and signals asked for from now on are its own.
-    tell(entry, errorFromFailure(event.error, event.lockFile))
-    entry.controller = null
-    return
+  if (entry.current) {
+    forget(entry)
+    // Drops the native hold without a release line; a lock file of someone else stays.
+    onLock(binding.release, entry.processType, { ...entry.options, log: LOG_TO.silent })
+  } else {
+    // Replaced by a newer hold of the same lock, which stays: the notice is this one's.
+    held.delete(event.hold)
   }
-  forget(event.lockFile)
-  // Drops the native hold without a release line; a lock file of someone else stays.
-  onLock(binding.release, entry.processType, { ...entry.options, log: LOG_TO.silent })
   tell(entry, errorFromFailure(event.error, event.lockFile))
 }
 
@@ -203,8 +196,17 @@ function tell(entry, error) {
 }
 
 /** Drops this instance's view of a hold that the registry says it no longer has. */
-function forget(lockFile) {
-  if (held.delete(lockFile) && held.size === 0) lifecycle.uninstallSoon()
+function forget(entry) {
+  if (entry && held.delete(entry.hold) && !holdsAny()) lifecycle.uninstallSoon()
+}
+
+/**
+ * A newer hold of the same lock took `entry`'s place: it stays only for a loss notice that will
+ * come (a server hold is watched from the start, a lock file once a signal was asked for).
+ */
+function replaced(entry) {
+  entry.current = false
+  if (!entry.options.server && !entry.controller) held.delete(entry.hold)
 }
 
 function fail(out, sink) {
@@ -218,38 +220,39 @@ function fail(out, sink) {
  */
 function release(processType, native, sink) {
   const out = onLock(binding.release, processType, native)
-  const entry = held.get(out.lockFile)
+  const entry = holdAt(out.lockFile)
   emit(entry ? entry.sink : sink, out.error ? out.error.lines : out.lines)
-  forget(out.lockFile)
+  forget(entry)
   return out
 }
 
 function releaseEverything() {
-  for (const entry of [...held.values()]) release(entry.processType, entry.options, entry.sink)
+  for (const entry of [...held.values()]) {
+    if (entry.current) release(entry.processType, entry.options, entry.sink)
+  }
 }
 
 function adopt(out, processType, options, native, sink) {
   emit(sink, out.lines)
-  const before = held.get(out.lockFile)
-  if (before && before.token && before.token !== out.info.fencingToken) {
-    retired.set(`${out.lockFile}#${before.token}`, before)
-    held.delete(out.lockFile)
-  }
-  if (!held.has(out.lockFile)) {
+  if (!held.has(out.hold)) {
+    const before = holdAt(out.lockFile)
+    if (before) replaced(before)
     // Released later by where it is, not by how it was named: a relative `dir`, the working
     // directory or `$TRADE_SIDE` may have changed by then.
     const where = { ...native, tradeSide: out.info.tradeSide || null }
     if (out.info.backend === 'file') where.dir = path.dirname(out.lockFile)
-    held.set(out.lockFile, {
+    held.set(out.hold, {
+      hold: out.hold,
+      lockFile: out.lockFile,
+      current: true,
       processType,
       options: where,
       sink,
       onLost: options.onLost,
       controller: null,
-      token: out.info.fencingToken,
     })
   }
-  lifecycle.install(releaseEverything, () => held.size > 0)
+  lifecycle.install(releaseEverything, holdsAny)
   return normalizeRecord(out.info)
 }
 
@@ -269,7 +272,7 @@ function acquireLock(processType, options) {
       ? onLock(binding.acquireWait, processType, native, opts.waitMs)
       : onLock(binding.acquire, processType, native)
   if (out.error) {
-    if (!out.held) forget(out.lockFile)
+    if (!out.held) forget(holdAt(out.lockFile))
     fail(out, sink)
   }
   return adopt(out, processType, opts, native, sink)
@@ -317,7 +320,7 @@ function leaveFlight(lockFile) {
   if (--flight.count > 0) return
   inFlight.delete(lockFile)
   const back = flight.giveBack
-  if (back && !held.has(lockFile)) onLock(binding.release, back.processType, back.native)
+  if (back && !holdAt(lockFile)) onLock(binding.release, back.processType, back.native)
 }
 
 /**
@@ -347,7 +350,7 @@ async function acquireLockAsync(processType, options) {
       if (signal) signal.removeEventListener('abort', onAbort)
     }
     if (out.error) {
-      if (!out.held) forget(out.lockFile)
+      if (!out.held) forget(holdAt(out.lockFile))
       if (out.error.code === 'LOCK_ABORTED' && signal) throw abortedError(signal)
       fail(out, sink)
     }
@@ -395,7 +398,7 @@ function forceRemoveLock(processType, options) {
   const opts = checkOptions(processType, options)
   const out = onLock(binding.forceRemoveLock, processType, nativeOptions(opts))
   throwIfFailed(out)
-  forget(out.lockFile)
+  forget(holdAt(out.lockFile))
   return out.removed
 }
 
@@ -445,7 +448,7 @@ function lockSignal(processType, options) {
   const native = nativeOptions(opts)
   const out = onLock(binding.watchLost, processType, native)
   throwIfFailed(out)
-  const entry = held.get(out.lockFile)
+  const entry = holdAt(out.lockFile)
   if (!out.held || !entry) {
     const controller = new AbortController()
     controller.abort(

@@ -282,6 +282,9 @@ fn real_dir_cached(dir: PathBuf) -> PathBuf {
 pub struct AcquireOutcome {
     pub info: Option<LockRecord>,
     pub lock_file: Option<String>,
+    /// Which hold of the lock the calling holder has (`HoldId`): the loss notices of this hold
+    /// name it, and a hold taken after this one was lost has another.
+    pub hold: Option<f64>,
     /// The calling holder already held the lock.
     pub already_held: bool,
     /// The calling holder holds the lock after this call (also after a failure: a hold whose

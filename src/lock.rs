@@ -132,6 +132,7 @@ where
                 AcquireOutcome {
                     info: Some(self.record(taken.record, taken.fencing_token)),
                     lock_file,
+                    hold: Some(hold_number(taken.id)),
                     already_held: taken.already_held,
                     held: true,
                     lines,
@@ -175,13 +176,7 @@ where
                     .holders_of(&notice.place, notice.id)
                     .unwrap_or_default()
                 {
-                    losses::notify(
-                        holder,
-                        &notice.place,
-                        notice.fencing_token.as_deref(),
-                        &failure,
-                        &line,
-                    );
+                    losses::notify(holder, &notice.place, notice.id, &failure, &line);
                 }
             }),
         );
@@ -192,6 +187,11 @@ where
     pub fn released(&self, how: Released<B::Error>, quiet: bool) -> ReleaseOutcome {
         released::<B>(&self.name, self.place.clone(), how, quiet)
     }
+}
+
+/// A hold's identity as JavaScript sees it: a number (ids count up from 1, far below 2^53).
+pub(crate) fn hold_number(id: HoldId) -> f64 {
+    id.get() as f64
 }
 
 /// The outcome of letting go of `name` at `place` on `backend`.

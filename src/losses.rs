@@ -13,7 +13,7 @@ use std::time::Duration;
 use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
 use napi::Status;
 use napi_derive::napi;
-use processlock::FileBackend;
+use processlock::{FileBackend, HoldId};
 
 use crate::Failure;
 
@@ -23,9 +23,9 @@ pub(crate) use processlock::report::LOST_EXIT_STATUS;
 pub struct LostEvent {
     /// The lock, as `lockFile` names it in the results of acquire.
     pub lock_file: String,
-    /// The lost hold's fencing token (server locks): a hold of the same lock taken since then has
-    /// another, and must not be taken for the lost one.
-    pub fencing_token: Option<String>,
+    /// The lost hold (`hold` of the acquire outcome): a hold of the same lock taken since then
+    /// has another, and is not the one lost.
+    pub hold: f64,
     pub error: Failure,
     pub lines: Vec<String>,
 }
@@ -53,20 +53,14 @@ pub(crate) fn forget_holder(holder: u32) {
     }
 }
 
-pub(crate) fn notify(
-    holder: u32,
-    lock_file: &str,
-    fencing_token: Option<&str>,
-    failure: &Failure,
-    line: &str,
-) {
+pub(crate) fn notify(holder: u32, lock_file: &str, hold: HoldId, failure: &Failure, line: &str) {
     let map = listeners();
     let Some(listener) = map.as_ref().and_then(|m| m.get(&holder)) else {
         return;
     };
     let event = LostEvent {
         lock_file: lock_file.to_string(),
-        fencing_token: fencing_token.map(str::to_string),
+        hold: crate::lock::hold_number(hold),
         error: failure.clone(),
         lines: vec![line.to_string()],
     };

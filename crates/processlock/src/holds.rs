@@ -263,6 +263,22 @@ impl<H: Hold> Holds<H> {
         retired.remove(at).map(|r| r.holders)
     }
 
+    /// Whether hold `id` of `place` is still this process's, or was taken out of the table lost
+    /// and its holders were not told yet: what `holders_of` would find, without using it up.
+    pub fn knows(&self, place: &str, id: HoldId) -> bool {
+        let map = self.map();
+        if map
+            .as_ref()
+            .and_then(|m| m.get(place))
+            .is_some_and(|e| e.id == id)
+        {
+            return true;
+        }
+        drop(map);
+        let retired = self.retired.lock().unwrap_or_else(|p| p.into_inner());
+        retired.iter().any(|r| r.id == id && r.place == place)
+    }
+
     /// `f` on hold `id` of `place`, if that hold is still this process's. The table is locked
     /// meanwhile: `f` must not call back into it.
     pub fn with<R>(&self, place: &str, id: HoldId, f: impl FnOnce(&H) -> R) -> Option<R> {
@@ -415,9 +431,11 @@ mod tests {
         let new = holds.insert("a", 1, hold, Vec::new()).id;
         assert_ne!(new, old);
         // ...and once more after a new hold took its place (its notice may come only as it is
-        // let go of, after that), then no more.
+        // let go of, after that), then no more; looking whether it is known uses nothing up.
+        assert!(holds.knows("a", old) && holds.knows("a", old));
         assert_eq!(holds.holders_of("a", old), Some(vec![1, 2]));
         assert_eq!(holds.holders_of("a", old), None);
+        assert!(!holds.knows("a", old) && holds.knows("a", new));
         assert_eq!(holds.holders_of("a", new), Some(vec![1]));
         assert!(!holds.is_holder("a", 2));
     }
