@@ -114,51 +114,61 @@ function orEnv(value, variable) {
 }
 
 /**
- * What the native layer takes: `tradeSide` is the side, or null for none (given as null, or an
- * empty `$TRADE_SIDE`); a given string goes as it is (an empty one is refused there). A URL
- * (option, else `$PROCESSLOCK_URL`) puts the lock on that server; an empty one means files.
+ * The native handles of the locks this module instance has named, by what selects the lock and
+ * how its calls are made (lockOf). Opening one reads its options and resolves its directory;
+ * every later call with the same options reuses it.
  */
-function nativeOptions(options) {
-  const url = orEnv(options.url, 'PROCESSLOCK_URL')
-  const envSide = process.env.TRADE_SIDE
-  return {
-    dir: orEnv(options.dir, 'PROCESSLOCK_DIR'),
-    tradeSide: options.tradeSide !== undefined ? options.tradeSide : envSide?.trim() ? envSide : null,
-    processName: options.processName,
-    log: LOG_TO[sinkKind(options.log)],
-    holder: holder(),
-    server: url ? serverOptions(url, options) : undefined,
-  }
-}
+const handles = new Map()
+const HANDLES_KEPT = 256
 
-function serverOptions(url, options) {
-  return {
-    url,
-    leaseMs: options.leaseMs,
-    connectTimeoutMs: options.connectTimeoutMs,
-    namespace: options.namespace,
-    table: options.table,
-    onLost: options.onLost === undefined || options.onLost === 'exit' ? 'exit' : 'notify',
-  }
+/** An option as a part of a handle's key: absent is told apart from every string. */
+function given(value) {
+  return value === undefined || value === null ? '\u0001' : String(value)
 }
 
 /**
- * Calls the native function `fn` on the lock `processType` with `native` (from nativeOptions)
- * and up to two arguments of its own. The native side takes them positionally: reading an
- * options object there, property by property, cost more per call than the lock's system calls.
+ * The native handle of the lock that `processType` and `options` (checked) name, or throws why
+ * there is none. `tradeSide` is the side, or null for none (given as null, or an empty
+ * `$TRADE_SIDE`); a given string goes as it is (an empty one is refused natively). A URL (option,
+ * else `$PROCESSLOCK_URL`) puts the lock on that server; an empty one means files. A relative
+ * `dir` is relative to the working directory of the call.
  */
-function onLock(fn, processType, native, a, b) {
-  return fn(
-    processType,
-    native.dir,
-    native.tradeSide,
-    native.processName,
-    native.log,
-    native.holder,
-    native.server,
-    a,
-    b,
-  )
+function lockOf(processType, options) {
+  const url = orEnv(options.url, 'PROCESSLOCK_URL')
+  const dir = orEnv(options.dir, 'PROCESSLOCK_DIR')
+  const envSide = process.env.TRADE_SIDE
+  const tradeSide = options.tradeSide !== undefined ? options.tradeSide : envSide?.trim() ? envSide : null
+  const log = LOG_TO[sinkKind(options.log)]
+  const onLost = options.onLost === undefined || options.onLost === 'exit' ? 'exit' : 'notify'
+  const place = url
+    ? `${url}\0${given(options.leaseMs)}\0${given(options.connectTimeoutMs)}\0${given(options.namespace)}\0${given(options.table)}\0${onLost}`
+    : `${given(dir)}\0${dir && !path.isAbsolute(dir) ? process.cwd() : ''}`
+  const key = `${processType}\0${given(tradeSide)}\0${given(options.processName)}\0${log}\0${place}`
+  const known = handles.get(key)
+  if (known) return known
+  const server = url
+    ? {
+        url,
+        leaseMs: options.leaseMs,
+        connectTimeoutMs: options.connectTimeoutMs,
+        namespace: options.namespace,
+        table: options.table,
+        onLost,
+      }
+    : undefined
+  const spec = {
+    dir,
+    tradeSide: tradeSide ?? undefined,
+    processName: options.processName,
+    log,
+    holder: holder(),
+    server,
+  }
+  const opened = binding.openLock(processType, spec)
+  if (!(opened instanceof binding.NativeLock)) throw errorFromFailure(opened)
+  if (handles.size >= HANDLES_KEPT) handles.clear()
+  handles.set(key, opened)
+  return opened
 }
 
 /**
@@ -180,8 +190,8 @@ function lost(event) {
   emit(entry.sink, event.lines)
   if (entry.current) {
     forget(entry)
-    // Drops the native hold without a release line; a lock file of someone else stays.
-    onLock(binding.release, entry.processType, { ...entry.options, log: LOG_TO.silent })
+    // Drops the native hold; its release lines are not said. A lock file of someone else stays.
+    entry.lock.release()
   } else {
     // Replaced by a newer hold of the same lock, which stays: the notice is this one's.
     held.delete(event.hold)
@@ -192,7 +202,7 @@ function lost(event) {
 function tell(entry, error) {
   if (entry.controller) entry.controller.abort(error)
   // `onLost` is for server locks; a lock file's loss reaches its `lockSignal` only.
-  if (entry.options.server && typeof entry.onLost === 'function') entry.onLost(error)
+  if (entry.server && typeof entry.onLost === 'function') entry.onLost(error)
 }
 
 /** Drops this instance's view of a hold that the registry says it no longer has. */
@@ -206,7 +216,7 @@ function forget(entry) {
  */
 function replaced(entry) {
   entry.current = false
-  if (!entry.options.server && !entry.controller) held.delete(entry.hold)
+  if (!entry.server && !entry.controller) held.delete(entry.hold)
 }
 
 function fail(out, sink) {
@@ -218,8 +228,8 @@ function fail(out, sink) {
  * Releases through the native layer (which forgets its hold whatever happens) and forgets the
  * lock here too. Lines go to the sink the lock was taken with, else to `sink`.
  */
-function release(processType, native, sink) {
-  const out = onLock(binding.release, processType, native)
+function release(lock, sink) {
+  const out = lock.release()
   const entry = holdAt(out.lockFile)
   emit(entry ? entry.sink : sink, out.error ? out.error.lines : out.lines)
   forget(entry)
@@ -228,25 +238,23 @@ function release(processType, native, sink) {
 
 function releaseEverything() {
   for (const entry of [...held.values()]) {
-    if (entry.current) release(entry.processType, entry.options, entry.sink)
+    if (entry.current) release(entry.lock, entry.sink)
   }
 }
 
-function adopt(out, processType, options, native, sink) {
+function adopt(out, lock, options, sink) {
   emit(sink, out.lines)
   if (!held.has(out.hold)) {
     const before = holdAt(out.lockFile)
     if (before) replaced(before)
-    // Released later by where it is, not by how it was named: a relative `dir`, the working
-    // directory or `$TRADE_SIDE` may have changed by then.
-    const where = { ...native, tradeSide: out.info.tradeSide || null }
-    if (out.info.backend === 'file') where.dir = path.dirname(out.lockFile)
     held.set(out.hold, {
       hold: out.hold,
       lockFile: out.lockFile,
       current: true,
-      processType,
-      options: where,
+      // Released later by where it is, not by how it was named: a relative `dir`, the working
+      // directory or `$TRADE_SIDE` may have changed by then, but the handle's place has not.
+      lock,
+      server: out.info.backend !== 'file',
       sink,
       onLost: options.onLost,
       controller: null,
@@ -265,17 +273,17 @@ function acquireLock(processType, options) {
   checkWait(opts, 'waitMs')
   const sink = sinkFor(opts.log)
   if (opts.onLost !== undefined && opts.onLost !== 'exit') listenLosses()
-  const native = nativeOptions(opts)
+  const lock = lockOf(processType, opts)
   const out = opts.replace
-    ? onLock(binding.acquireReplacing, processType, native, opts.waitMs)
+    ? lock.acquireReplacing(opts.waitMs)
     : opts.waitMs > 0
-      ? onLock(binding.acquireWait, processType, native, opts.waitMs)
-      : onLock(binding.acquire, processType, native)
+      ? lock.acquireWait(opts.waitMs)
+      : lock.acquire()
   if (out.error) {
     if (!out.held) forget(holdAt(out.lockFile))
     fail(out, sink)
   }
-  return adopt(out, processType, opts, native, sink)
+  return adopt(out, lock, opts, sink)
 }
 
 function checkAsyncOptions(processType, options) {
@@ -320,7 +328,7 @@ function leaveFlight(lockFile) {
   if (--flight.count > 0) return
   inFlight.delete(lockFile)
   const back = flight.giveBack
-  if (back && !holdAt(lockFile)) onLock(binding.release, back.processType, back.native)
+  if (back && !holdAt(lockFile)) back.release()
 }
 
 /**
@@ -334,18 +342,17 @@ async function acquireLockAsync(processType, options) {
   const { signal } = opts
   if (signal && signal.aborted) throw abortedError(signal)
   if (opts.onLost !== undefined && opts.onLost !== 'exit') listenLosses()
-  const native = nativeOptions(opts)
-  const where = onLock(binding.lockPath, processType, native)
-  throwIfFailed(where)
-  const flight = enterFlight(where.lockFile)
+  const lock = lockOf(processType, opts)
+  const lockFile = lock.lockFile
+  const flight = enterFlight(lockFile)
   try {
-    const waitId = binding.newWaitId()
-    const onAbort = () => binding.cancelWait(waitId)
+    const wait = new binding.NativeWait()
+    const onAbort = () => wait.cancel()
     if (signal) signal.addEventListener('abort', onAbort, { once: true })
     let out
     try {
       const timeout = opts.timeoutMs === Infinity ? undefined : opts.timeoutMs
-      out = await onLock(binding.acquireAsync, processType, native, timeout, waitId)
+      out = await lock.acquireAsync(timeout, wait)
     } finally {
       if (signal) signal.removeEventListener('abort', onAbort)
     }
@@ -357,12 +364,12 @@ async function acquireLockAsync(processType, options) {
     if (signal && signal.aborted) {
       // Aborted after the native wait had taken the lock. A hold this module instance had
       // before stays, as with any other acquire of a held lock; a new one is given back.
-      if (!out.alreadyHeld) flight.giveBack = { processType, native }
+      if (!out.alreadyHeld) flight.giveBack = lock
       throw abortedError(signal)
     }
-    return adopt(out, processType, opts, native, sink)
+    return adopt(out, lock, opts, sink)
   } finally {
-    leaveFlight(where.lockFile)
+    leaveFlight(lockFile)
   }
 }
 
@@ -372,7 +379,7 @@ async function acquireLockAsync(processType, options) {
  */
 function releaseLock(processType, options) {
   const opts = checkOptions(processType, options)
-  const out = release(processType, nativeOptions(opts), sinkFor(opts.log))
+  const out = release(lockOf(processType, opts), sinkFor(opts.log))
   throwIfFailed(out)
   return out.removed
 }
@@ -383,7 +390,7 @@ function releaseLock(processType, options) {
  */
 function getLockInfo(processType, options) {
   const opts = checkOptions(processType, options)
-  const out = onLock(binding.lockInfo, processType, nativeOptions(opts))
+  const out = lockOf(processType, opts).info()
   throwIfFailed(out)
   return normalizeRecord(out.info)
 }
@@ -396,7 +403,7 @@ function getLockInfo(processType, options) {
  */
 function forceRemoveLock(processType, options) {
   const opts = checkOptions(processType, options)
-  const out = onLock(binding.forceRemoveLock, processType, nativeOptions(opts))
+  const out = lockOf(processType, opts).forceRemove()
   throwIfFailed(out)
   forget(holdAt(out.lockFile))
   return out.removed
@@ -408,9 +415,7 @@ function forceRemoveLock(processType, options) {
  */
 function isLockHeld(processType, options) {
   const opts = checkOptions(processType, options)
-  const out = onLock(binding.isHeld, processType, nativeOptions(opts))
-  throwIfFailed(out)
-  return out.held
+  return lockOf(processType, opts).isHeld()
 }
 
 /** Every lock file in the directory (or with a URL, every lock on the server), with its state. */
@@ -445,15 +450,14 @@ function listLocks(options) {
 function lockSignal(processType, options) {
   const opts = checkOptions(processType, options)
   listenLosses()
-  const native = nativeOptions(opts)
-  const out = onLock(binding.watchLost, processType, native)
-  throwIfFailed(out)
-  const entry = holdAt(out.lockFile)
-  if (!out.held || !entry) {
+  const lock = lockOf(processType, opts)
+  const heldNow = lock.watchLost()
+  const entry = heldNow ? holdAt(lock.lockFile) : undefined
+  if (!entry) {
     const controller = new AbortController()
     controller.abort(
       new errors.LockLostError(`LOCK_LOST: ${processType} is not held by this process`, 'LOCK_LOST', {
-        lockFile: out.lockFile,
+        lockFile: lock.lockFile,
       }),
     )
     return controller.signal
@@ -465,9 +469,7 @@ function lockSignal(processType, options) {
 /** The lock file path that `processType` and `options` name; nothing is touched. */
 function lockFilePath(processType, options) {
   const opts = checkOptions(processType, options)
-  const out = onLock(binding.lockPath, processType, nativeOptions(opts))
-  throwIfFailed(out)
-  return out.lockFile
+  return lockOf(processType, opts).lockFile
 }
 
 /**

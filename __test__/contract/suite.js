@@ -269,7 +269,7 @@ function contract(backend) {
 
     contractTest(
       'loss-retake',
-      'loss notice of a hold taken again at once: it reaches the lost hold\'s signal, never the new hold',
+      "loss notice of a hold taken again at once: it reaches the lost hold's signal, never the new hold",
       async () => {
         const at = await backend.place()
         const o = opts(at, { onLost: 'signal' })
@@ -280,7 +280,7 @@ function contract(backend) {
         // Taken again in the same turn as the loss was seen: before its notice can arrive.
         const again = pl.acquireLock('backend', o)
         expect(again.pid).toBe(process.pid)
-        await until(() => before.aborted, 'the lost hold\'s signal aborted')
+        await until(() => before.aborted, "the lost hold's signal aborted")
         expect(before.reason.code).toBe('LOCK_LOST')
         // The new hold stays, and a signal asked for now is its own.
         expect(pl.isLockHeld('backend', o)).toBe(true)
