@@ -16,7 +16,7 @@ use processlock_pg::PgBackend;
 
 use crate::lock::{Lock, On};
 use crate::{
-    deadline_in, duration_ms, ending, grace, lock_dir, pg, AcquireOutcome, Failure, InfoOutcome,
+    deadline_in, duration_ms, grace, holders, lock_dir, pg, AcquireOutcome, Failure, InfoOutcome,
     LockOptions, LogTo, ReleaseOutcome, RemoveOutcome, ServerOptions,
 };
 
@@ -211,7 +211,7 @@ impl NativeLock {
     pub fn release(&self) -> ReleaseOutcome {
         let opened = &*self.opened;
         let out = opened.lock.release(&opened.options);
-        ending::forget(&opened.place, opened.options.holder);
+        holders::forget(&opened.place, opened.options.holder);
         out
     }
 
@@ -257,10 +257,10 @@ impl Opened {
     }
 
     /// An acquisition's outcome, once the log sink of a new hold is noted for the end of its
-    /// holder (`ending.rs`).
+    /// holder (`holders.rs`, for `ending.rs`).
     fn kept(&self, out: AcquireOutcome) -> AcquireOutcome {
         if out.held && out.error.is_none() && !out.already_held {
-            ending::remember(&self.place, self.options.holder, self.options.log);
+            holders::remember(&self.place, self.options.holder, self.options.log);
         }
         out
     }

@@ -4,7 +4,7 @@
 //! `NativeLock`, whose methods are the calls on that lock); `lock.rs` turns any backend's answers
 //! into the outcome objects and log lines below; `pg.rs` reads the PostgreSQL options and errors;
 //! `losses.rs` tells JavaScript of a lost hold, and `ending.rs` lets go of what a holder still
-//! holds when it ends.
+//! holds when it ends; `holders.rs` is what both keep for each JavaScript module instance.
 //!
 //! Expected failures (a conflict, a bad name, an I/O error) come back as plain result objects,
 //! not as thrown errors: errors created here would belong to another realm under jest, so the
@@ -20,6 +20,7 @@ use napi_derive::napi;
 
 mod ending;
 mod handle;
+mod holders;
 mod lock;
 mod losses;
 mod pg;
@@ -69,7 +70,6 @@ pub fn open_holder(env: Env) -> napi::Result<u32> {
     let id = NEXT.fetch_add(1, Ordering::Relaxed);
     env.add_env_cleanup_hook(id, |id| {
         ending::holder_ended(id);
-        losses::forget_holder(id);
     })?;
     Ok(id)
 }
