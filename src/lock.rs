@@ -46,25 +46,34 @@ impl Replacing for FileBackend {
         grace: Duration,
         lines: &mut dyn FnMut(String, bool),
     ) -> Result<Taken, Error> {
-        match self.acquire(name, place, process_name, holder, None) {
-            Err(Error::Conflict(conflict)) => {
-                let mut how = InProcess {
-                    backend: self,
-                    name,
-                    place,
-                    process_name,
-                    holder,
-                    cancel: wait.cancel,
-                    lines,
-                };
-                replace_in_process(&mut how, conflict, grace)
-            }
-            other => other,
+        let result = self.acquire(name, place, process_name, holder, None);
+        #[cfg(unix)]
+        if let Err(Error::Conflict(conflict)) = result {
+            let mut how = InProcess {
+                backend: self,
+                name,
+                place,
+                process_name,
+                holder,
+                cancel: wait.cancel,
+                lines,
+            };
+            return processlock::replace_holder(name, conflict, grace, &mut how);
         }
+        #[cfg(not(unix))]
+        if let Err(Error::Conflict(_)) = result {
+            let _ = (wait, grace, lines);
+            return Err(Error::InvalidOption {
+                option: "replace",
+                problem: "is not supported on Windows yet: stop the holder, then start".into(),
+            });
+        }
+        result
     }
 }
 
 /// How a replacement waits for the lock file and says what it does, in this process.
+#[cfg(unix)]
 struct InProcess<'a> {
     backend: &'a FileBackend,
     name: &'a LockName,
@@ -75,6 +84,7 @@ struct InProcess<'a> {
     lines: &'a mut dyn FnMut(String, bool),
 }
 
+#[cfg(unix)]
 impl processlock::Replacing<Taken> for InProcess<'_> {
     fn wait(&mut self, wait: Duration) -> processlock::Result<Taken> {
         let wait = Wait {
@@ -90,27 +100,6 @@ impl processlock::Replacing<Taken> for InProcess<'_> {
     fn line(&mut self, line: String, always: bool) {
         (self.lines)(line, always)
     }
-}
-
-#[cfg(unix)]
-fn replace_in_process(
-    how: &mut InProcess,
-    conflict: Box<processlock::Conflict>,
-    grace: Duration,
-) -> processlock::Result<Taken> {
-    processlock::replace_holder(how.name, conflict, grace, how)
-}
-
-#[cfg(not(unix))]
-fn replace_in_process(
-    _how: &mut InProcess,
-    _conflict: Box<processlock::Conflict>,
-    _grace: Duration,
-) -> processlock::Result<Taken> {
-    Err(Error::InvalidOption {
-        option: "replace",
-        problem: "is not supported on Windows yet: stop the holder, then start".into(),
-    })
 }
 
 /// A holder on any host is asked through the server to stop, and waited for up to `grace`;
