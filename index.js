@@ -12,15 +12,29 @@ const { entryScript } = require('./lib/entry.js')
 const { errorFromFailure, throwIfFailed, invalidOption, normalizeRecord } = errors
 
 /**
- * The locks this module instance holds: lock file -> how to release it and log it.
+ * The holds of this module instance, by the native hold id (`hold` of the acquire outcomes):
+ * how to release each and where its lines go.
  *
- * The native registry is the one owner of lock state, for the whole process: one lock file per
- * lock, held for every module instance (each worker thread loads its own) that took it, and
- * released when the last of them lets go. This map is this instance's view of its own holds,
- * kept in step with every answer of the registry; it only adds what the registry cannot know
- * (the log sink, the options to release with) and tells the lifecycle whether to stay installed.
+ * The native registry is the one owner of lock state, for the whole process: one hold per lock,
+ * shared by every module instance (each worker thread loads its own) that took it, and let go
+ * of when the last of them lets go. This map is this instance's view of its own holds, kept in
+ * step with every answer of the registry; it only adds what the registry cannot know (the log
+ * sink, the options to release with, who to tell of a loss). A hold lost and replaced by a newer
+ * one of the same lock stays here, no longer `current`, while its loss notice may still come to
+ * someone who asked (a `lockSignal`, an `onLost` function): the notice names the hold it is about.
  */
 const held = new Map()
+
+/** This instance's current hold of the lock at `lockFile`, if any. */
+function holdAt(lockFile) {
+  for (const entry of held.values()) if (entry.current && entry.lockFile === lockFile) return entry
+  return undefined
+}
+
+function holdsAny() {
+  for (const entry of held.values()) if (entry.current) return true
+  return false
+}
 
 /**
  * This module instance's holder id in the native registry, made at first use. The application's
@@ -100,51 +114,61 @@ function orEnv(value, variable) {
 }
 
 /**
- * What the native layer takes: `tradeSide` is the side, or null for none (given as null, or an
- * empty `$TRADE_SIDE`); a given string goes as it is (an empty one is refused there). A URL
- * (option, else `$PROCESSLOCK_URL`) puts the lock on that server; an empty one means files.
+ * The native handles of the locks this module instance has named, by what selects the lock and
+ * how its calls are made (lockOf). Opening one reads its options and resolves its directory;
+ * every later call with the same options reuses it.
  */
-function nativeOptions(options) {
-  const url = orEnv(options.url, 'PROCESSLOCK_URL')
-  const envSide = process.env.TRADE_SIDE
-  return {
-    dir: orEnv(options.dir, 'PROCESSLOCK_DIR'),
-    tradeSide: options.tradeSide !== undefined ? options.tradeSide : envSide?.trim() ? envSide : null,
-    processName: options.processName,
-    log: LOG_TO[sinkKind(options.log)],
-    holder: holder(),
-    server: url ? serverOptions(url, options) : undefined,
-  }
-}
+const handles = new Map()
+const HANDLES_KEPT = 256
 
-function serverOptions(url, options) {
-  return {
-    url,
-    leaseMs: options.leaseMs,
-    connectTimeoutMs: options.connectTimeoutMs,
-    namespace: options.namespace,
-    table: options.table,
-    onLost: options.onLost === undefined || options.onLost === 'exit' ? 'exit' : 'notify',
-  }
+/** An option as a part of a handle's key: absent is told apart from every string. */
+function given(value) {
+  return value === undefined || value === null ? '\u0001' : String(value)
 }
 
 /**
- * Calls the native function `fn` on the lock `processType` with `native` (from nativeOptions)
- * and up to two arguments of its own. The native side takes them positionally: reading an
- * options object there, property by property, cost more per call than the lock's system calls.
+ * The native handle of the lock that `processType` and `options` (checked) name, or throws why
+ * there is none. `tradeSide` is the side, or null for none (given as null, or an empty
+ * `$TRADE_SIDE`); a given string goes as it is (an empty one is refused natively). A URL (option,
+ * else `$PROCESSLOCK_URL`) puts the lock on that server; an empty one means files. A relative
+ * `dir` is relative to the working directory of the call.
  */
-function onLock(fn, processType, native, a, b) {
-  return fn(
-    processType,
-    native.dir,
-    native.tradeSide,
-    native.processName,
-    native.log,
-    native.holder,
-    native.server,
-    a,
-    b,
-  )
+function lockOf(processType, options) {
+  const url = orEnv(options.url, 'PROCESSLOCK_URL')
+  const dir = orEnv(options.dir, 'PROCESSLOCK_DIR')
+  const envSide = process.env.TRADE_SIDE
+  const tradeSide = options.tradeSide !== undefined ? options.tradeSide : envSide?.trim() ? envSide : null
+  const log = LOG_TO[sinkKind(options.log)]
+  const onLost = options.onLost === undefined || options.onLost === 'exit' ? 'exit' : 'notify'
+  const place = url
+    ? `${url}\0${given(options.leaseMs)}\0${given(options.connectTimeoutMs)}\0${given(options.namespace)}\0${given(options.table)}\0${onLost}`
+    : `${given(dir)}\0${dir && !path.isAbsolute(dir) ? process.cwd() : ''}`
+  const key = `${processType}\0${given(tradeSide)}\0${given(options.processName)}\0${log}\0${place}`
+  const known = handles.get(key)
+  if (known) return known
+  const server = url
+    ? {
+        url,
+        leaseMs: options.leaseMs,
+        connectTimeoutMs: options.connectTimeoutMs,
+        namespace: options.namespace,
+        table: options.table,
+        onLost,
+      }
+    : undefined
+  const spec = {
+    dir,
+    tradeSide: tradeSide ?? undefined,
+    processName: options.processName,
+    log,
+    holder: holder(),
+    server,
+  }
+  const opened = binding.openLock(processType, spec)
+  if (!(opened instanceof binding.NativeLock)) throw errorFromFailure(opened)
+  if (handles.size >= HANDLES_KEPT) handles.clear()
+  handles.set(key, opened)
+  return opened
 }
 
 /**
@@ -159,52 +183,40 @@ function listenLosses() {
   listening = true
 }
 
-/**
- * Server holds lost and taken again (say, after `isLockHeld` said false) before their loss
- * reached this instance, by lock and fencing token: the loss is theirs, not the new hold's.
- * A lock file's hold has no such identity, so a late notice of one is told apart by asking the
- * registry whether this instance holds the file at the path now (see `lost`).
- */
-const retired = new Map()
-
-/** A lock of this instance was lost: say so, drop the hold, then tell whoever asked. */
+/** A hold of this instance was lost: say so, drop it, then tell whoever asked. */
 function lost(event) {
-  const key = `${event.lockFile}#${event.fencingToken}`
-  const earlier = event.fencingToken ? retired.get(key) : undefined
-  if (earlier) {
-    // Its native hold was dropped when the lock was taken again.
-    retired.delete(key)
-    emit(earlier.sink, event.lines)
-    tell(earlier, errorFromFailure(event.error, event.lockFile))
-    return
-  }
-  const entry = held.get(event.lockFile)
-  if (!entry || (event.fencingToken && entry.token !== event.fencingToken)) return
+  const entry = held.get(event.hold)
+  if (!entry) return
   emit(entry.sink, event.lines)
-  if (!event.fencingToken && onLock(binding.isHeld, entry.processType, entry.options).held) {
-    // A lock file lost and taken again before its notice arrived: the path names a file this
-    // instance holds now, so the notice is the old hold's. The signals handed out so far learn
-    // of the loss (one asked for between the retake and the notice too: a false alarm, never a
-    // missed loss); the new hold stays, and signals asked for from now on are its own.
-    tell(entry, errorFromFailure(event.error, event.lockFile))
-    entry.controller = null
-    return
+  if (entry.current) {
+    forget(entry)
+    // Drops the native hold; its release lines are not said. A lock file of someone else stays.
+    entry.lock.release()
+  } else {
+    // Replaced by a newer hold of the same lock, which stays: the notice is this one's.
+    held.delete(event.hold)
   }
-  forget(event.lockFile)
-  // Drops the native hold without a release line; a lock file of someone else stays.
-  onLock(binding.release, entry.processType, { ...entry.options, log: LOG_TO.silent })
   tell(entry, errorFromFailure(event.error, event.lockFile))
 }
 
 function tell(entry, error) {
   if (entry.controller) entry.controller.abort(error)
   // `onLost` is for server locks; a lock file's loss reaches its `lockSignal` only.
-  if (entry.options.server && typeof entry.onLost === 'function') entry.onLost(error)
+  if (entry.server && typeof entry.onLost === 'function') entry.onLost(error)
 }
 
 /** Drops this instance's view of a hold that the registry says it no longer has. */
-function forget(lockFile) {
-  if (held.delete(lockFile) && held.size === 0) lifecycle.uninstallSoon()
+function forget(entry) {
+  if (entry && held.delete(entry.hold) && !holdsAny()) lifecycle.uninstallSoon()
+}
+
+/**
+ * A newer hold of the same lock took `entry`'s place: it stays only for a loss notice that will
+ * come (a server hold is watched from the start, a lock file once a signal was asked for).
+ */
+function replaced(entry) {
+  entry.current = false
+  if (!entry.server && !entry.controller) held.delete(entry.hold)
 }
 
 function fail(out, sink) {
@@ -216,40 +228,39 @@ function fail(out, sink) {
  * Releases through the native layer (which forgets its hold whatever happens) and forgets the
  * lock here too. Lines go to the sink the lock was taken with, else to `sink`.
  */
-function release(processType, native, sink) {
-  const out = onLock(binding.release, processType, native)
-  const entry = held.get(out.lockFile)
+function release(lock, sink) {
+  const out = lock.release()
+  const entry = holdAt(out.lockFile)
   emit(entry ? entry.sink : sink, out.error ? out.error.lines : out.lines)
-  forget(out.lockFile)
+  forget(entry)
   return out
 }
 
 function releaseEverything() {
-  for (const entry of [...held.values()]) release(entry.processType, entry.options, entry.sink)
+  for (const entry of [...held.values()]) {
+    if (entry.current) release(entry.lock, entry.sink)
+  }
 }
 
-function adopt(out, processType, options, native, sink) {
+function adopt(out, lock, options, sink) {
   emit(sink, out.lines)
-  const before = held.get(out.lockFile)
-  if (before && before.token && before.token !== out.info.fencingToken) {
-    retired.set(`${out.lockFile}#${before.token}`, before)
-    held.delete(out.lockFile)
-  }
-  if (!held.has(out.lockFile)) {
-    // Released later by where it is, not by how it was named: a relative `dir`, the working
-    // directory or `$TRADE_SIDE` may have changed by then.
-    const where = { ...native, tradeSide: out.info.tradeSide || null }
-    if (out.info.backend === 'file') where.dir = path.dirname(out.lockFile)
-    held.set(out.lockFile, {
-      processType,
-      options: where,
+  if (!held.has(out.hold)) {
+    const before = holdAt(out.lockFile)
+    if (before) replaced(before)
+    held.set(out.hold, {
+      hold: out.hold,
+      lockFile: out.lockFile,
+      current: true,
+      // Released later by where it is, not by how it was named: a relative `dir`, the working
+      // directory or `$TRADE_SIDE` may have changed by then, but the handle's place has not.
+      lock,
+      server: out.info.backend !== 'file',
       sink,
       onLost: options.onLost,
       controller: null,
-      token: out.info.fencingToken,
     })
   }
-  lifecycle.install(releaseEverything, () => held.size > 0)
+  lifecycle.install(releaseEverything, holdsAny)
   return normalizeRecord(out.info)
 }
 
@@ -262,17 +273,17 @@ function acquireLock(processType, options) {
   checkWait(opts, 'waitMs')
   const sink = sinkFor(opts.log)
   if (opts.onLost !== undefined && opts.onLost !== 'exit') listenLosses()
-  const native = nativeOptions(opts)
+  const lock = lockOf(processType, opts)
   const out = opts.replace
-    ? onLock(binding.acquireReplacing, processType, native, opts.waitMs)
+    ? lock.acquireReplacing(opts.waitMs)
     : opts.waitMs > 0
-      ? onLock(binding.acquireWait, processType, native, opts.waitMs)
-      : onLock(binding.acquire, processType, native)
+      ? lock.acquireWait(opts.waitMs)
+      : lock.acquire()
   if (out.error) {
-    if (!out.held) forget(out.lockFile)
+    if (!out.held) forget(holdAt(out.lockFile))
     fail(out, sink)
   }
-  return adopt(out, processType, opts, native, sink)
+  return adopt(out, lock, opts, sink)
 }
 
 function checkAsyncOptions(processType, options) {
@@ -317,7 +328,7 @@ function leaveFlight(lockFile) {
   if (--flight.count > 0) return
   inFlight.delete(lockFile)
   const back = flight.giveBack
-  if (back && !held.has(lockFile)) onLock(binding.release, back.processType, back.native)
+  if (back && !holdAt(lockFile)) back.release()
 }
 
 /**
@@ -331,35 +342,34 @@ async function acquireLockAsync(processType, options) {
   const { signal } = opts
   if (signal && signal.aborted) throw abortedError(signal)
   if (opts.onLost !== undefined && opts.onLost !== 'exit') listenLosses()
-  const native = nativeOptions(opts)
-  const where = onLock(binding.lockPath, processType, native)
-  throwIfFailed(where)
-  const flight = enterFlight(where.lockFile)
+  const lock = lockOf(processType, opts)
+  const lockFile = lock.lockFile
+  const flight = enterFlight(lockFile)
   try {
-    const waitId = binding.newWaitId()
-    const onAbort = () => binding.cancelWait(waitId)
+    const wait = new binding.NativeWait()
+    const onAbort = () => wait.cancel()
     if (signal) signal.addEventListener('abort', onAbort, { once: true })
     let out
     try {
       const timeout = opts.timeoutMs === Infinity ? undefined : opts.timeoutMs
-      out = await onLock(binding.acquireAsync, processType, native, timeout, waitId)
+      out = await lock.acquireAsync(timeout, wait)
     } finally {
       if (signal) signal.removeEventListener('abort', onAbort)
     }
     if (out.error) {
-      if (!out.held) forget(out.lockFile)
+      if (!out.held) forget(holdAt(out.lockFile))
       if (out.error.code === 'LOCK_ABORTED' && signal) throw abortedError(signal)
       fail(out, sink)
     }
     if (signal && signal.aborted) {
       // Aborted after the native wait had taken the lock. A hold this module instance had
       // before stays, as with any other acquire of a held lock; a new one is given back.
-      if (!out.alreadyHeld) flight.giveBack = { processType, native }
+      if (!out.alreadyHeld) flight.giveBack = lock
       throw abortedError(signal)
     }
-    return adopt(out, processType, opts, native, sink)
+    return adopt(out, lock, opts, sink)
   } finally {
-    leaveFlight(where.lockFile)
+    leaveFlight(lockFile)
   }
 }
 
@@ -369,7 +379,7 @@ async function acquireLockAsync(processType, options) {
  */
 function releaseLock(processType, options) {
   const opts = checkOptions(processType, options)
-  const out = release(processType, nativeOptions(opts), sinkFor(opts.log))
+  const out = release(lockOf(processType, opts), sinkFor(opts.log))
   throwIfFailed(out)
   return out.removed
 }
@@ -380,7 +390,7 @@ function releaseLock(processType, options) {
  */
 function getLockInfo(processType, options) {
   const opts = checkOptions(processType, options)
-  const out = onLock(binding.lockInfo, processType, nativeOptions(opts))
+  const out = lockOf(processType, opts).info()
   throwIfFailed(out)
   return normalizeRecord(out.info)
 }
@@ -393,9 +403,9 @@ function getLockInfo(processType, options) {
  */
 function forceRemoveLock(processType, options) {
   const opts = checkOptions(processType, options)
-  const out = onLock(binding.forceRemoveLock, processType, nativeOptions(opts))
+  const out = lockOf(processType, opts).forceRemove()
   throwIfFailed(out)
-  forget(out.lockFile)
+  forget(holdAt(out.lockFile))
   return out.removed
 }
 
@@ -405,9 +415,7 @@ function forceRemoveLock(processType, options) {
  */
 function isLockHeld(processType, options) {
   const opts = checkOptions(processType, options)
-  const out = onLock(binding.isHeld, processType, nativeOptions(opts))
-  throwIfFailed(out)
-  return out.held
+  return lockOf(processType, opts).isHeld()
 }
 
 /** Every lock file in the directory (or with a URL, every lock on the server), with its state. */
@@ -442,15 +450,14 @@ function listLocks(options) {
 function lockSignal(processType, options) {
   const opts = checkOptions(processType, options)
   listenLosses()
-  const native = nativeOptions(opts)
-  const out = onLock(binding.watchLost, processType, native)
-  throwIfFailed(out)
-  const entry = held.get(out.lockFile)
-  if (!out.held || !entry) {
+  const lock = lockOf(processType, opts)
+  const heldNow = lock.watchLost()
+  const entry = heldNow ? holdAt(lock.lockFile) : undefined
+  if (!entry) {
     const controller = new AbortController()
     controller.abort(
       new errors.LockLostError(`LOCK_LOST: ${processType} is not held by this process`, 'LOCK_LOST', {
-        lockFile: out.lockFile,
+        lockFile: lock.lockFile,
       }),
     )
     return controller.signal
@@ -462,9 +469,7 @@ function lockSignal(processType, options) {
 /** The lock file path that `processType` and `options` name; nothing is touched. */
 function lockFilePath(processType, options) {
   const opts = checkOptions(processType, options)
-  const out = onLock(binding.lockPath, processType, nativeOptions(opts))
-  throwIfFailed(out)
-  return out.lockFile
+  return lockOf(processType, opts).lockFile
 }
 
 /**

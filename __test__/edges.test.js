@@ -259,6 +259,24 @@ describe('where the lock file lives', () => {
     expect(lockDirEntries(path.join(base, 'locks'))).toEqual([])
   })
 
+  test('a relative dir names the directory under the working directory of each call, also for a lock named before', () => {
+    const [a, b] = [tempDir('edges-cwd-a'), tempDir('edges-cwd-b')].map((d) => fs.realpathSync(d))
+    const before = process.cwd()
+    try {
+      process.chdir(a)
+      expect(pl.lockFilePath('backend', SHORT('locks'))).toBe(lockFile(path.join(a, 'locks')))
+      expect(pl.acquireLock('backend', SHORT('locks')).pid).toBe(process.pid)
+      process.chdir(b)
+      expect(pl.lockFilePath('backend', SHORT('locks'))).toBe(lockFile(path.join(b, 'locks')))
+      expect(pl.isLockHeld('backend', SHORT('locks'))).toBe(false)
+      process.chdir(a)
+      expect(pl.isLockHeld('backend', SHORT('locks'))).toBe(true)
+      expect(pl.releaseLock('backend', SHORT('locks'))).toBe(true)
+    } finally {
+      process.chdir(before)
+    }
+  })
+
   test('a lock directory reached through a symlink or .. is the same lock, not a conflict with itself', () => {
     const base = tempDir('edges-symlink')
     const real = path.join(base, 'real')

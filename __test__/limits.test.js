@@ -95,17 +95,27 @@ describe.each(FOREVER)('a wait limit of %s ms means no limit', (limit) => {
 })
 
 test('anything the native side throws (a caught panic, an argument it cannot take) is LockIoError', () => {
-  let thrown
-  try {
-    binding.lockPath(42)
-  } catch (e) {
-    thrown = e
+  const thrown = (fn) => {
+    try {
+      fn()
+    } catch (e) {
+      return e
+    }
+    throw new Error('expected an error')
   }
-  expect(thrown).toBeInstanceOf(LockIoError)
-  expect(thrown).toBeInstanceOf(Error)
-  expect(thrown.code).toBe('LOCK_IO')
-  expect(thrown.message).toMatch(/^LOCK_IO: lockPath failed inside the native addon/)
-  expect(thrown.cause).toBeDefined()
+  const lock = binding.openLock('backend', { dir: tempDir('limits-guard'), holder: 0 })
+  expect(lock).toBeInstanceOf(binding.NativeLock)
+  // A function of the addon, and a method of one of its classes.
+  for (const [e, name] of [
+    [thrown(() => binding.openLock(42)), 'openLock'],
+    [thrown(() => lock.acquireWait('soon')), 'acquireWait'],
+  ]) {
+    expect(e).toBeInstanceOf(LockIoError)
+    expect(e).toBeInstanceOf(Error)
+    expect(e.code).toBe('LOCK_IO')
+    expect(e.message).toMatch(new RegExp(`^LOCK_IO: ${name} failed inside the native addon`))
+    expect(e.cause).toBeDefined()
+  }
 })
 
 test('panics unwind in every profile, so that the boundary can catch them (panic = "abort" would end the process)', () => {

@@ -50,23 +50,19 @@ function load() {
 }
 
 /**
- * The native functions, each made to throw only coded errors. They never throw on purpose
- * (failures come back as values): what one throws is a Rust panic, caught at the boundary
- * (`#[napi(catch_unwind)]`) instead of aborting the process, or an argument it could not take.
- * Either is a bug of this package; the call did not complete, as when the operating system
- * fails one: `LockIoError` (`LOCK_IO`), with the native error as its `cause`.
+ * The native functions and the methods of the native classes, each made to throw only coded
+ * errors. They never throw on purpose (failures come back as values): what one throws is a Rust
+ * panic, caught at the boundary (`#[napi(catch_unwind)]`) instead of aborting the process, or an
+ * argument it could not take. Either is a bug of this package; the call did not complete, as
+ * when the operating system fails one: `LockIoError` (`LOCK_IO`), with the native error as its
+ * `cause`.
  */
 function guarded(native) {
   const { LockIoError } = require('./errors.js')
-  const out = {}
-  for (const [name, fn] of Object.entries(native)) {
-    if (typeof fn !== 'function') {
-      out[name] = fn
-      continue
-    }
-    out[name] = (...args) => {
+  const guard = (name, fn) =>
+    function (...args) {
       try {
-        return fn(...args)
+        return fn.apply(this, args)
       } catch (e) {
         const why = (e && e.message) || String(e)
         throw new LockIoError(
@@ -75,6 +71,21 @@ function guarded(native) {
           { cause: e },
         )
       }
+    }
+  const out = {}
+  for (const [name, fn] of Object.entries(native)) {
+    if (typeof fn !== 'function') {
+      out[name] = fn
+    } else if (/^[A-Z]/.test(name)) {
+      // A class: its methods are guarded in place, so that `new` and `instanceof` still work.
+      for (const [method, d] of Object.entries(Object.getOwnPropertyDescriptors(fn.prototype))) {
+        if (method !== 'constructor' && typeof d.value === 'function') {
+          Object.defineProperty(fn.prototype, method, { ...d, value: guard(method, d.value) })
+        }
+      }
+      out[name] = fn
+    } else {
+      out[name] = guard(name, fn)
     }
   }
   return out

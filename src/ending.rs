@@ -28,12 +28,13 @@
 //! only a failure, to stderr; silent, nothing.
 
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::{Mutex, MutexGuard, Once};
+use std::sync::Once;
 use std::time::Duration;
 
 use napi_derive::napi;
 use processlock::{FileBackend, LockTarget, Released};
 
+use crate::holders::{self, ended_sink};
 use crate::lock::released;
 use crate::{path_string, pg, ReleaseOutcome};
 
@@ -48,8 +49,8 @@ const FILES_PATIENCE: Duration = Duration::from_secs(1);
 /// 1.6 s that PM2 gives a process between SIGINT and SIGKILL, for the app's own shutdown.
 const SERVER_PATIENCE: Duration = Duration::from_secs(1);
 
-/// Where the log lines of a hold go, as the `log` option of the call that took it says. A
-/// number, not a string: it is passed on every call.
+/// Where the log lines of a hold go, as the `log` option of the call that took it says
+/// (`holders.rs` keeps it for each hold).
 #[napi]
 #[derive(Clone, Copy, Default, PartialEq, Eq, Debug)]
 pub enum LogTo {
@@ -60,67 +61,6 @@ pub enum LogTo {
     Function = 1,
     /// Nowhere.
     Silent = 2,
-}
-
-/// The `log` option of each hold, by where the lock is (`lock_file` of the outcomes: a hash of
-/// it, so that no acquire allocates for this) and holder.
-struct Sink {
-    place: u64,
-    holder: u32,
-    to: LogTo,
-}
-
-fn place_key(place: &str) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    place.hash(&mut h);
-    h.finish()
-}
-
-static SINKS: Mutex<Vec<Sink>> = Mutex::new(Vec::new());
-
-fn sinks() -> MutexGuard<'static, Vec<Sink>> {
-    // Single pushes and removals: a poisoned list is still a correct list.
-    SINKS.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// A hold was taken: its lines go to `to`. As in the JS layer, a hold keeps the sink it was
-/// taken with; taking it again while held changes nothing.
-pub(crate) fn remember(place: &str, holder: u32, to: LogTo) {
-    let place = place_key(place);
-    let mut list = sinks();
-    match list
-        .iter_mut()
-        .find(|s| s.holder == holder && s.place == place)
-    {
-        Some(s) => s.to = to,
-        None => list.push(Sink { place, holder, to }),
-    }
-}
-
-/// A hold was let go of by a call of the app's, which reported it.
-pub(crate) fn forget(place: &str, holder: u32) {
-    let place = place_key(place);
-    sinks().retain(|s| !(s.holder == holder && s.place == place));
-}
-
-/// Where the lines of a lock that has just ended go: to the console if any of its holders
-/// asked for it, else to a function if one did. Its holds are over.
-fn ended_sink(place: &str) -> LogTo {
-    let place = place_key(place);
-    let mut to = LogTo::Silent;
-    sinks().retain(|s| {
-        if s.place != place {
-            return true;
-        }
-        to = match (to, s.to) {
-            (LogTo::Console, _) | (_, LogTo::Console) => LogTo::Console,
-            (LogTo::Function, _) | (_, LogTo::Function) => LogTo::Function,
-            _ => LogTo::Silent,
-        };
-        false
-    });
-    to
 }
 
 /// Registers the `atexit` hook, once per process, at the first use of the addon.
@@ -159,7 +99,7 @@ pub(crate) fn holder_ended(holder: u32) {
             say_ended(file_outcome(&target, how));
         }
         // Its holds of locks that others in the process keep are over too.
-        sinks().retain(|s| s.holder != holder);
+        holders::gone(holder);
     }));
     drop(result);
 }

@@ -3,51 +3,116 @@
 //! the same for every backend; what differs is the backend's.
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use processlock::{report, Backend, HoldId, LockName, LossNotice, Record, Released, Taken, Wait};
+use processlock::{
+    report, Backend, Cancel, Error, FileBackend, HoldId, Holder, LockName, LossNotice, Record,
+    Released, Taken, Wait,
+};
 
 use crate::losses::{self, LOST_EXIT_STATUS};
 use crate::{
-    AcquireOutcome, Failure, HeldOutcome, InfoOutcome, LockOptions, LockRecord, ReleaseOutcome,
-    RemoveOutcome, Waiting, WAITS,
+    AcquireOutcome, Failure, InfoOutcome, LockOptions, LockRecord, ReleaseOutcome, RemoveOutcome,
+    Waiting,
 };
 
-/// A backend that can ask a holder to stop and take its place (`acquireLock` with `replace`).
+/// A backend that can take a lock in the place of its live holder (`acquireLock` with
+/// `replace`). `lines`: what the replacement says, `true` for a line said even when quiet.
 pub(crate) trait Replacing: Backend {
+    #[allow(clippy::too_many_arguments)]
     fn acquire_replacing(
         &self,
         name: &LockName,
         place: &str,
-        holder: u32,
+        process_name: Option<&str>,
+        holder: Holder,
         wait: &Wait,
-        grace: std::time::Duration,
+        grace: Duration,
         lines: &mut dyn FnMut(String, bool),
     ) -> Result<Taken, Self::Error>;
 }
 
-/// The file backend replaces through `acquire_replacing` in `lib.rs` (signals, this host only).
-impl Replacing for processlock::FileBackend {
+/// A holder of a lock file on this host, proven by its lock, is signalled: SIGTERM, up to
+/// `grace` for the handover, then SIGKILL (the core's `replace_holder`, the same steps as
+/// `processlock run --replace`).
+impl Replacing for FileBackend {
     fn acquire_replacing(
         &self,
         name: &LockName,
         place: &str,
-        holder: u32,
-        _wait: &Wait,
-        _grace: std::time::Duration,
-        _lines: &mut dyn FnMut(String, bool),
-    ) -> Result<Taken, Self::Error> {
-        self.acquire(name, place, None, holder, None)
+        process_name: Option<&str>,
+        holder: Holder,
+        wait: &Wait,
+        grace: Duration,
+        lines: &mut dyn FnMut(String, bool),
+    ) -> Result<Taken, Error> {
+        let result = self.acquire(name, place, process_name, holder, None);
+        #[cfg(unix)]
+        if let Err(Error::Conflict(conflict)) = result {
+            let mut how = InProcess {
+                backend: self,
+                name,
+                place,
+                process_name,
+                holder,
+                cancel: wait.cancel,
+                lines,
+            };
+            return processlock::replace_holder(name, conflict, grace, &mut how);
+        }
+        #[cfg(not(unix))]
+        if let Err(Error::Conflict(_)) = result {
+            let _ = (wait, grace, lines);
+            return Err(Error::InvalidOption {
+                option: "replace",
+                problem: "is not supported on Windows yet: stop the holder, then start".into(),
+            });
+        }
+        result
     }
 }
 
+/// How a replacement waits for the lock file and says what it does, in this process.
+#[cfg(unix)]
+struct InProcess<'a> {
+    backend: &'a FileBackend,
+    name: &'a LockName,
+    place: &'a str,
+    process_name: Option<&'a str>,
+    holder: Holder,
+    cancel: &'a Cancel,
+    lines: &'a mut dyn FnMut(String, bool),
+}
+
+#[cfg(unix)]
+impl processlock::Replacing<Taken> for InProcess<'_> {
+    fn wait(&mut self, wait: Duration) -> processlock::Result<Taken> {
+        let wait = Wait {
+            deadline: std::time::Instant::now().checked_add(wait),
+            cancel: self.cancel,
+            said: Default::default(),
+        };
+        let (name, place) = (self.name, self.place);
+        self.backend
+            .acquire(name, place, self.process_name, self.holder, Some(&wait))
+    }
+
+    fn line(&mut self, line: String, always: bool) {
+        (self.lines)(line, always)
+    }
+}
+
+/// A holder on any host is asked through the server to stop, and waited for up to `grace`;
+/// never killed.
 impl Replacing for processlock_pg::PgBackend {
     fn acquire_replacing(
         &self,
         name: &LockName,
         place: &str,
-        holder: u32,
+        _process_name: Option<&str>,
+        holder: Holder,
         wait: &Wait,
-        grace: std::time::Duration,
+        grace: Duration,
         lines: &mut dyn FnMut(String, bool),
     ) -> Result<Taken, Self::Error> {
         self.acquire_replacing(name, place, holder, wait, grace, lines)
@@ -67,22 +132,14 @@ pub(crate) trait Lock {
     fn place(&self) -> String;
     /// Takes the lock, once (`wait: None`) or waiting until the deadline.
     fn acquire(&self, options: &LockOptions, wait: Option<Waiting>) -> AcquireOutcome;
+    /// Takes the lock in the place of its live holder, who is given `grace` to let go.
+    fn acquire_replacing(&self, options: &LockOptions, grace: Duration) -> AcquireOutcome;
     fn release(&self, options: &LockOptions) -> ReleaseOutcome;
     fn info(&self) -> InfoOutcome;
     fn force_remove(&self) -> RemoveOutcome;
-    fn is_held(&self, options: &LockOptions) -> HeldOutcome;
+    fn is_held(&self, options: &LockOptions) -> bool;
     /// Reports the loss of the caller's hold to its `listen_losses` callback from now on.
     fn watch_lost(&self, options: &LockOptions);
-    /// Takes the lock, asking its holder to stop first, within `wait`, where the backend can ask
-    /// (a server: a holder on any host); the file backend's replace is `acquire_replacing`'s own.
-    fn acquire_replacing(
-        &self,
-        options: &LockOptions,
-        wait: std::time::Duration,
-    ) -> AcquireOutcome {
-        let _ = wait;
-        self.acquire(options, None)
-    }
 }
 
 impl<B: Backend> On<B>
@@ -104,9 +161,8 @@ where
         Failure { lines, ..e.into() }
     }
 
-    /// The outcome of an acquisition. `said`: what a wait said meanwhile, first. A new hold
-    /// wakes this process's waits for the same lock (they find it held by us and return at
-    /// once), and is watched for its loss where the backend finds losses by itself.
+    /// The outcome of an acquisition. `said`: what a wait said meanwhile, first. A new hold is
+    /// watched for its loss where the backend finds losses by itself.
     pub fn outcome(
         &self,
         result: Result<Taken, B::Error>,
@@ -123,15 +179,13 @@ where
                         lines.push(report::acquired(&self.name, taken.record.pid));
                     }
                 }
-                if taken.newly_taken {
-                    WAITS.nudge(&self.place);
-                    if self.backend.watched_from_the_start() {
-                        self.watch(taken.id, options);
-                    }
+                if taken.newly_taken && self.backend.watched_from_the_start() {
+                    self.watch(taken.id, options);
                 }
                 AcquireOutcome {
                     info: Some(self.record(taken.record, taken.fencing_token)),
                     lock_file,
+                    hold: Some(hold_number(taken.id)),
                     already_held: taken.already_held,
                     held: true,
                     lines,
@@ -156,10 +210,7 @@ where
     /// Tells the holders of hold `id` of its loss, natively: with `onLost: 'exit'` (a server
     /// lock's default) the process ends here, whatever JavaScript is doing.
     fn watch(&self, id: HoldId, options: &LockOptions) {
-        let exit = options
-            .server
-            .as_ref()
-            .is_some_and(|s| s.on_lost.as_deref() != Some("notify"));
+        let exit = options.exit_on_loss;
         let name = self.name.clone();
         let holds = self.backend.holds();
         self.backend.watch_loss(
@@ -175,13 +226,7 @@ where
                     .holders_of(&notice.place, notice.id)
                     .unwrap_or_default()
                 {
-                    losses::notify(
-                        holder,
-                        &notice.place,
-                        notice.fencing_token.as_deref(),
-                        &failure,
-                        &line,
-                    );
+                    losses::notify(holder, &notice.place, notice.id, &failure, &line);
                 }
             }),
         );
@@ -192,6 +237,11 @@ where
     pub fn released(&self, how: Released<B::Error>, quiet: bool) -> ReleaseOutcome {
         released::<B>(&self.name, self.place.clone(), how, quiet)
     }
+}
+
+/// A hold's identity as JavaScript sees it: a number (ids count up from 1, far below 2^53).
+pub(crate) fn hold_number(id: HoldId) -> f64 {
+    id.get() as f64
 }
 
 /// The outcome of letting go of `name` at `place` on `backend`.
@@ -248,33 +298,29 @@ impl<B: Backend + Replacing> Lock for On<B>
 where
     B::Error: Into<Failure> + std::fmt::Display,
 {
-    fn acquire_replacing(
-        &self,
-        options: &LockOptions,
-        wait: std::time::Duration,
-    ) -> AcquireOutcome {
-        let key = WAITS.internal_key();
-        let cancel = WAITS.begin(key, &self.place);
+    fn acquire_replacing(&self, options: &LockOptions, grace: Duration) -> AcquireOutcome {
+        let cancel = Cancel::new();
+        let _waiting = self.backend.holds().waiting(&self.place, &cancel);
         let said = Arc::new(Mutex::new(Vec::new()));
         let mut lines = Vec::new();
         let quiet = options.quiet;
         let result = self.backend.acquire_replacing(
             &self.name,
             &self.place,
+            options.process_name.as_deref(),
             options.holder,
             &Wait {
                 deadline: None,
                 cancel: &cancel,
                 said: Arc::clone(&said),
             },
-            wait,
+            grace,
             &mut |line, always| {
                 if always || !quiet {
                     lines.push(line)
                 }
             },
         );
-        WAITS.end(key);
         if !quiet {
             lines.append(&mut said.lock().unwrap_or_else(|p| p.into_inner()));
         }
@@ -293,21 +339,14 @@ where
                 .backend
                 .acquire(&self.name, &self.place, name, options.holder, None),
             Some(w) => {
-                let cancel = WAITS.begin(w.key, &self.place);
+                let _waiting = self.backend.holds().waiting(&self.place, &w.cancel);
                 let wait = Wait {
                     deadline: w.deadline,
-                    cancel: &cancel,
+                    cancel: &w.cancel,
                     said: Arc::clone(&said),
                 };
-                let result = self.backend.acquire(
-                    &self.name,
-                    &self.place,
-                    name,
-                    options.holder,
-                    Some(&wait),
-                );
-                WAITS.end(w.key);
-                result
+                self.backend
+                    .acquire(&self.name, &self.place, name, options.holder, Some(&wait))
             }
         };
         let said = if options.quiet {
@@ -354,12 +393,8 @@ where
         }
     }
 
-    fn is_held(&self, options: &LockOptions) -> HeldOutcome {
-        HeldOutcome {
-            held: self.backend.is_held_by(&self.place, options.holder),
-            lock_file: Some(self.place.clone()),
-            error: None,
-        }
+    fn is_held(&self, options: &LockOptions) -> bool {
+        self.backend.is_held_by(&self.place, options.holder)
     }
 
     fn watch_lost(&self, options: &LockOptions) {

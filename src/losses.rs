@@ -2,19 +2,17 @@
 //!
 //! Losses are found on native threads (a server lock's heartbeat thread, the core's lock file
 //! watcher) and reach each JS module instance through a threadsafe function it registers the
-//! first time it asks to hear of them; no JS timer is involved, so a busy event loop only delays
-//! the callback, never the finding. The threadsafe functions are weak: they never keep the
-//! process alive.
+//! first time it asks to hear of them (kept in `holders.rs`); no JS timer is involved, so a busy
+//! event loop only delays the callback, never the finding. The threadsafe functions are weak:
+//! they never keep the process alive.
 
-use std::collections::HashMap;
-use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
-use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
-use napi::Status;
+use napi::threadsafe_function::ThreadsafeFunctionCallMode;
 use napi_derive::napi;
-use processlock::FileBackend;
+use processlock::{FileBackend, HoldId};
 
+use crate::holders::{self, Listener};
 use crate::Failure;
 
 pub(crate) use processlock::report::LOST_EXIT_STATUS;
@@ -23,54 +21,29 @@ pub(crate) use processlock::report::LOST_EXIT_STATUS;
 pub struct LostEvent {
     /// The lock, as `lockFile` names it in the results of acquire.
     pub lock_file: String,
-    /// The lost hold's fencing token (server locks): a hold of the same lock taken since then has
-    /// another, and must not be taken for the lost one.
-    pub fencing_token: Option<String>,
+    /// The lost hold (`hold` of the acquire outcome): a hold of the same lock taken since then
+    /// has another, and is not the one lost.
+    pub hold: f64,
     pub error: Failure,
     pub lines: Vec<String>,
-}
-
-type Listener = ThreadsafeFunction<LostEvent, (), LostEvent, Status, false, true>;
-
-static LISTENERS: Mutex<Option<HashMap<u32, Listener>>> = Mutex::new(None);
-
-fn listeners() -> MutexGuard<'static, Option<HashMap<u32, Listener>>> {
-    LISTENERS.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Where the losses of `holder`'s locks go from now on.
 #[napi(catch_unwind)]
 pub fn listen_losses(holder: u32, callback: Listener) {
-    listeners()
-        .get_or_insert_with(HashMap::new)
-        .insert(holder, callback);
+    holders::listen(holder, callback);
 }
 
-/// The holder's module instance is gone (its worker ended).
-pub(crate) fn forget_holder(holder: u32) {
-    if let Some(map) = listeners().as_mut() {
-        map.remove(&holder);
-    }
-}
-
-pub(crate) fn notify(
-    holder: u32,
-    lock_file: &str,
-    fencing_token: Option<&str>,
-    failure: &Failure,
-    line: &str,
-) {
-    let map = listeners();
-    let Some(listener) = map.as_ref().and_then(|m| m.get(&holder)) else {
-        return;
-    };
-    let event = LostEvent {
-        lock_file: lock_file.to_string(),
-        fencing_token: fencing_token.map(str::to_string),
-        error: failure.clone(),
-        lines: vec![line.to_string()],
-    };
-    listener.call(event, ThreadsafeFunctionCallMode::NonBlocking);
+pub(crate) fn notify(holder: u32, lock_file: &str, hold: HoldId, failure: &Failure, line: &str) {
+    holders::with_listener(holder, |listener| {
+        let event = LostEvent {
+            lock_file: lock_file.to_string(),
+            hold: crate::lock::hold_number(hold),
+            error: failure.clone(),
+            lines: vec![line.to_string()],
+        };
+        listener.call(event, ThreadsafeFunctionCallMode::NonBlocking);
+    });
 }
 
 /// Writes `line` to stderr, lets go of this process's lock files, and ends the process with

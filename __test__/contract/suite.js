@@ -268,6 +268,30 @@ function contract(backend) {
     )
 
     contractTest(
+      'loss-retake',
+      "loss notice of a hold taken again at once: it reaches the lost hold's signal, never the new hold",
+      async () => {
+        const at = await backend.place()
+        const o = opts(at, { onLost: 'signal' })
+        pl.acquireLock('backend', o)
+        const before = pl.lockSignal('backend', o)
+        await backend.loseHold(at)
+        await until(() => !pl.isLockHeld('backend', o), 'the hold is lost')
+        // Taken again in the same turn as the loss was seen: before its notice can arrive.
+        const again = pl.acquireLock('backend', o)
+        expect(again.pid).toBe(process.pid)
+        await until(() => before.aborted, "the lost hold's signal aborted")
+        expect(before.reason.code).toBe('LOCK_LOST')
+        // The new hold stays, and a signal asked for now is its own.
+        expect(pl.isLockHeld('backend', o)).toBe(true)
+        expect(pl.lockSignal('backend', o).aborted).toBe(false)
+        expect(pl.getLockInfo('backend', o)).toMatchObject({ pid: process.pid })
+        expect(pl.releaseLock('backend', o)).toBe(true)
+        expect(pl.getLockInfo('backend', o)).toBeNull()
+      },
+    )
+
+    contractTest(
       'loss-default',
       'loss notice, default onLost: the holder ends with status 75 where the backend says so, else only its lockSignal hears',
       async () => {

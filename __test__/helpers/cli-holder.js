@@ -4,7 +4,8 @@
 const binding = require('../../binding.js')
 
 const [type = 'backend', tradeSide = 'SHORT'] = process.argv.slice(2)
-const outcome = binding.acquire(type, process.env.PROCESSLOCK_DIR, tradeSide)
+const lock = binding.openLock(type, { dir: process.env.PROCESSLOCK_DIR, tradeSide, holder: 0 })
+const outcome = lock instanceof binding.NativeLock ? lock.acquire() : { error: lock }
 if (outcome.error) {
   process.stderr.write(`${outcome.error.message}\n`)
   process.exit(1)

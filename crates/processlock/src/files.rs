@@ -282,7 +282,7 @@ fn watch_files() {
             let mut lost = Vec::new();
             let mut kept = Vec::new();
             for w in items.drain(..) {
-                if HOLDS.holders_of(&w.place, w.id).is_none() {
+                if !HOLDS.knows(&w.place, w.id) {
                     continue;
                 }
                 if HOLDS.current(&w.place).is_some_and(|t| t.id == w.id) {

@@ -11,6 +11,10 @@
 //! has an identity of its own (`HoldId`), which its loss notice carries: a notice about a hold
 //! that has since been replaced by a new one names the old one, and is not taken for the new.
 //!
+//! A wait of this process for a lock is known here too (`waiting`): a hold taken by one holder
+//! makes the waits of the others for that lock look again, and join it, instead of waiting for a
+//! lock their own process holds.
+//!
 //! A hold is never dropped while the table is locked: dropping one may wait for a thread (a
 //! server lock's), whose loss hook may be waiting for the table.
 
@@ -18,6 +22,8 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, TryLockError};
 use std::time::{Duration, Instant};
+
+use crate::cancel::Cancel;
 
 use crate::record::Record;
 
@@ -105,6 +111,26 @@ pub struct Holds<H> {
     /// with their holders: the loss notice of such a hold may come only as it is let go of
     /// (after the new hold took its place), and must still reach them.
     retired: Mutex<VecDeque<Retired>>,
+    /// The waits in progress for a lock, by place, each with its own number.
+    waits: Mutex<Vec<(u64, String, Cancel)>>,
+    next_wait: AtomicU64,
+}
+
+/// A wait for a lock, known to the table until it is dropped (`Holds::waiting`).
+pub struct Waiting<'a> {
+    waits: &'a Mutex<Vec<(u64, String, Cancel)>>,
+    number: u64,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        lock_list(self.waits).retain(|(n, _, _)| *n != self.number);
+    }
+}
+
+fn lock_list<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Single pushes and removals: a poisoned list is still a correct list.
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 struct Retired {
@@ -127,6 +153,28 @@ impl<H: Hold> Holds<H> {
         Self {
             map: Mutex::new(None),
             retired: Mutex::new(VecDeque::new()),
+            waits: Mutex::new(Vec::new()),
+            next_wait: AtomicU64::new(1),
+        }
+    }
+
+    /// Makes a wait for `place` whose token is `cancel` look again whenever this process takes
+    /// that lock, until the returned guard is dropped.
+    pub fn waiting(&self, place: &str, cancel: &Cancel) -> Waiting<'_> {
+        let number = self.next_wait.fetch_add(1, Ordering::Relaxed);
+        lock_list(&self.waits).push((number, place.to_string(), cancel.clone()));
+        Waiting {
+            waits: &self.waits,
+            number,
+        }
+    }
+
+    /// A hold of `place` was just taken: this process's waits for it look again.
+    fn taken_at(&self, place: &str) {
+        for (_, at, cancel) in lock_list(&self.waits).iter() {
+            if at == place {
+                cancel.nudge();
+            }
         }
     }
 
@@ -199,6 +247,7 @@ impl<H: Hold> Holds<H> {
         let taken = Self::insert_in(map, place, holder, hold, lines);
         drop(guard);
         drop(old);
+        self.taken_at(place);
         taken
     }
 
@@ -220,6 +269,9 @@ impl<H: Hold> Holds<H> {
         let result = take().map(|(hold, lines)| Self::insert_in(map, place, holder, hold, lines));
         drop(guard);
         drop(lost);
+        if result.is_ok() {
+            self.taken_at(place);
+        }
         result
     }
 
@@ -261,6 +313,22 @@ impl<H: Hold> Holds<H> {
             .iter()
             .position(|r| r.id == id && r.place == place)?;
         retired.remove(at).map(|r| r.holders)
+    }
+
+    /// Whether hold `id` of `place` is still this process's, or was taken out of the table lost
+    /// and its holders were not told yet: what `holders_of` would find, without using it up.
+    pub fn knows(&self, place: &str, id: HoldId) -> bool {
+        let map = self.map();
+        if map
+            .as_ref()
+            .and_then(|m| m.get(place))
+            .is_some_and(|e| e.id == id)
+        {
+            return true;
+        }
+        drop(map);
+        let retired = self.retired.lock().unwrap_or_else(|p| p.into_inner());
+        retired.iter().any(|r| r.id == id && r.place == place)
     }
 
     /// `f` on hold `id` of `place`, if that hold is still this process's. The table is locked
@@ -415,9 +483,11 @@ mod tests {
         let new = holds.insert("a", 1, hold, Vec::new()).id;
         assert_ne!(new, old);
         // ...and once more after a new hold took its place (its notice may come only as it is
-        // let go of, after that), then no more.
+        // let go of, after that), then no more; looking whether it is known uses nothing up.
+        assert!(holds.knows("a", old) && holds.knows("a", old));
         assert_eq!(holds.holders_of("a", old), Some(vec![1, 2]));
         assert_eq!(holds.holders_of("a", old), None);
+        assert!(!holds.knows("a", old) && holds.knows("a", new));
         assert_eq!(holds.holders_of("a", new), Some(vec![1]));
         assert!(!holds.is_holder("a", 2));
     }
