@@ -12,7 +12,6 @@ use napi::{Env, JsDeferred};
 use napi_derive::napi;
 
 use processlock::{Backend, Cancel, Error, FileBackend, LockName};
-use processlock_pg::PgBackend;
 
 use crate::lock::{Lock, On};
 use crate::{
@@ -99,9 +98,9 @@ fn open(process_type: &str, spec: LockSpec) -> Result<Opened, Box<Failure>> {
     let lock: Box<dyn Lock + Send + Sync> = match spec
         .server
         .as_ref()
-        .and_then(|s| pg::options(s, spec.process_name.clone()))
+        .and_then(|s| pg::backend(s, spec.process_name.clone()))
     {
-        Some(opts) => Box::new(On::new(PgBackend::new(opts), name)?),
+        Some(server) => Box::new(On::new(server, name)?),
         None => Box::new(On::new(
             FileBackend::new(lock_dir(spec.dir.as_deref()).map_err(boxed)?),
             name,

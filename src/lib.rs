@@ -32,7 +32,6 @@ pub use losses::{listen_losses, LostEvent};
 use processlock::{
     app_default_dir, real_dir, resolve_dir_or, Backend, Cancel, Error, FileBackend, Listing, Record,
 };
-use processlock_pg::PgBackend;
 
 /// How the calls on one lock are made, resolved once when it is opened (`handle.rs`).
 pub(crate) struct LockOptions {
@@ -342,8 +341,8 @@ pub struct ListOutcome {
 /// The locks of a directory, or with `options.url`, of a server.
 #[napi(catch_unwind)]
 pub fn list(dir: Option<String>, server: Option<ServerOptions>) -> ListOutcome {
-    match server.as_ref().and_then(|s| pg::options(s, None)) {
-        Some(opts) => listing(&PgBackend::new(opts)),
+    match server.as_ref().and_then(|s| pg::backend(s, None)) {
+        Some(server) => listing(&server),
         None => match lock_dir(dir.as_deref()) {
             Ok(d) => listing(&FileBackend::new(d)),
             Err(e) => failed_listing(e.into()),

@@ -102,23 +102,6 @@ impl processlock::Replacing<Taken> for InProcess<'_> {
     }
 }
 
-/// A holder on any host is asked through the server to stop, and waited for up to `grace`;
-/// never killed.
-impl Replacing for processlock_pg::PgBackend {
-    fn acquire_replacing(
-        &self,
-        name: &LockName,
-        place: &str,
-        _process_name: Option<&str>,
-        holder: Holder,
-        wait: &Wait,
-        grace: Duration,
-        lines: &mut dyn FnMut(String, bool),
-    ) -> Result<Taken, Self::Error> {
-        self.acquire_replacing(name, place, holder, wait, grace, lines)
-    }
-}
-
 /// The lock `name` on `backend`, at `place`.
 pub(crate) struct On<B> {
     pub backend: B,

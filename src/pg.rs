@@ -1,17 +1,22 @@
-//! What the binding says of the PostgreSQL backend (`processlock-pg`): its options from
-//! JavaScript, its errors, and the end of its holds, which must not wait long for a server.
-//! Nothing here runs, and no thread or connection exists, until a call names a URL.
+//! What the binding says of the PostgreSQL backend (`processlock-pg`), and the one addon file
+//! that names its crate: the backend a URL opens, its errors, how it replaces a holder, and the
+//! end of its holds, which must not wait long for a server. Nothing here runs, and no thread or
+//! connection exists, until a call names a URL.
 
 use std::time::Duration;
 
-use processlock::{report, Hold, LockName, Record};
+use processlock::{report, Hold, Holder, LockName, Record, Taken, Wait};
 use processlock_pg::{release_hold, Error as PgError, PgBackend, PgOptions};
 
-use crate::lock::released;
+use crate::lock::{released, Replacing};
 use crate::{Failure, LockRecord, ReleaseOutcome, ServerOptions};
 
-/// The PostgreSQL options of a call on `server`, unless its URL is empty.
-pub(crate) fn options(server: &ServerOptions, process_name: Option<String>) -> Option<PgOptions> {
+/// The server backend a call on `server` names, unless its URL is empty.
+pub(crate) fn backend(server: &ServerOptions, process_name: Option<String>) -> Option<PgBackend> {
+    options(server, process_name).map(PgBackend::new)
+}
+
+fn options(server: &ServerOptions, process_name: Option<String>) -> Option<PgOptions> {
     if server.url.is_empty() {
         return None;
     }
@@ -146,4 +151,21 @@ fn name_of(record: &Record) -> Option<LockName> {
         record.trade_side.as_deref(),
     )
     .ok()
+}
+
+/// A holder on any host is asked through the server to stop, and waited for up to `grace`;
+/// never killed.
+impl Replacing for PgBackend {
+    fn acquire_replacing(
+        &self,
+        name: &LockName,
+        place: &str,
+        _process_name: Option<&str>,
+        holder: Holder,
+        wait: &Wait,
+        grace: Duration,
+        lines: &mut dyn FnMut(String, bool),
+    ) -> Result<Taken, Self::Error> {
+        self.acquire_replacing(name, place, holder, wait, grace, lines)
+    }
 }
