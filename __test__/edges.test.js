@@ -103,6 +103,40 @@ describe("worker threads share the process's locks", () => {
   )
 })
 
+describe('which thread takes the lock', () => {
+  // The main thread is told apart from a worker without loading worker_threads where Node has
+  // not loaded it (lib/entry.js); a worker started any way must still be known as one: its entry
+  // script is not the application's, and it installs no signal listeners.
+  const ENTRY = JSON.stringify(path.join(ROOT, 'lib', 'entry.js'))
+  const report = `const { isMainThread } = require(${ENTRY});
+    const { parentPort } = require('node:worker_threads');
+    parentPort.postMessage(isMainThread())`
+
+  test.each([
+    ['a CommonJS script', `new Worker(${JSON.stringify(report)}, { eval: true })`],
+    [
+      'an ES module',
+      `new Worker(new URL('data:text/javascript,' + encodeURIComponent("import { createRequire } from 'node:module'; const require = createRequire(${JSON.stringify(`${ROOT}/`)}); " + ${JSON.stringify(report)})))`,
+    ],
+  ])('a worker running %s is not the main thread', (_, make) => {
+    const code = `const { Worker } = require('node:worker_threads'); const w = ${make};
+      w.on('message', (m) => console.log(JSON.stringify({ main: m }))); w.on('error', (e) => console.log(String(e)))`
+    const r = spawnSync(process.execPath, ['-e', code], { encoding: 'utf8', timeout: 60000 })
+    expect(r.stdout.trim()).toBe('{"main":false}')
+  })
+
+  test('the main thread takes and releases a lock without loading worker_threads', () => {
+    const dir = tempDir('edges-main-thread')
+    const code = `const pl = require(${JSON.stringify(ROOT)});
+      const opts = { dir: ${JSON.stringify(dir)}, log: false };
+      pl.acquireLock('backend', opts); pl.releaseLock('backend', opts);
+      console.log(JSON.stringify({ main: require(${ENTRY}).isMainThread(),
+        loaded: process.moduleLoadList.includes('NativeModule worker_threads') }))`
+    const r = spawnSync(process.execPath, ['-e', code], { encoding: 'utf8', timeout: 60000 })
+    expect(JSON.parse(r.stdout)).toEqual({ main: true, loaded: false })
+  })
+})
+
 describe('an aborted wait beside another wait for the same lock', () => {
   const sleepMs = (ms) => Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms)
 

@@ -14,50 +14,11 @@ const { spawn } = require('node:child_process')
 const fs = require('node:fs')
 const os = require('node:os')
 const path = require('node:path')
+const { abi, linuxIsMusl } = require('../lib/abi.js')
 
 const ROOT = path.resolve(__dirname, '..')
 const EXE = process.platform === 'win32' ? 'processlock.exe' : 'processlock'
 const FORWARDED = ['SIGINT', 'SIGTERM', 'SIGHUP']
-
-/** Whether this Linux uses musl rather than glibc (Alpine and friends). */
-function linuxIsMusl() {
-  try {
-    // The dynamic loader's `ldd` script names its libc.
-    return fs.readFileSync('/usr/bin/ldd', 'utf8').includes('musl')
-  } catch {}
-  try {
-    const report = process.report && process.report.getReport()
-    if (report && report.header) {
-      if (report.header.glibcVersionRuntime) return false
-      const libs = Array.isArray(report.sharedObjects) ? report.sharedObjects : []
-      return libs.some((f) => /ld-musl-|libc\.musl-/.test(f))
-    }
-  } catch {}
-  try {
-    const out = require('node:child_process').execFileSync('ldd', ['--version'], {
-      encoding: 'utf8',
-      stdio: ['ignore', 'pipe', 'pipe'],
-    })
-    return out.includes('musl')
-  } catch (e) {
-    // musl's ldd prints its banner on stderr and exits 1.
-    return String((e && e.stderr) || '').includes('musl')
-  }
-}
-
-/** The napi-rs platform name of this machine, e.g. linux-x64-gnu, darwin-arm64, win32-x64-msvc. */
-function abi() {
-  const { platform, arch } = process
-  switch (platform) {
-    case 'linux':
-      if (arch === 'arm') return `linux-arm-${linuxIsMusl() ? 'musleabihf' : 'gnueabihf'}`
-      return `linux-${arch}-${linuxIsMusl() ? 'musl' : 'gnu'}`
-    case 'win32':
-      return `win32-${arch}-msvc`
-    default:
-      return `${platform}-${arch}`
-  }
-}
 
 /** Rust's name of an architecture Node names `arch`. */
 const RUST_ARCH = { x64: 'x86_64', arm64: 'aarch64', ia32: 'i686', arm: 'armv7' }

@@ -3,9 +3,13 @@
 // cannot be loaded, the error says first which package this platform needs and how to install
 // it, with the real reason as its `cause`.
 
+const fs = require('node:fs')
+const path = require('node:path')
+const { abi } = require('./abi.js')
+
 function loadFailure(loaderError) {
   const manifest = require('../package.json')
-  const { abi, notPublishedAdvice } = require('../bin/processlock.js')
+  const { notPublishedAdvice } = require('../bin/processlock.js')
   const platform = abi()
   const name = `${manifest.name}-${platform}`
   let cause = loaderError
@@ -41,7 +45,27 @@ function loadFailure(loaderError) {
   return error
 }
 
+/**
+ * The addon of this machine where a build (next to the package) or an install (its platform
+ * package) puts it, loaded directly: the loader `napi build` generates tries every platform in
+ * turn and is itself 850 lines to compile, about 1.4 ms of every start. Anything else (another
+ * place, an override by NAPI_RS_* variables, a failure) goes through that loader, which also
+ * says why it failed.
+ */
+function loadDirect() {
+  if (process.env.NAPI_RS_NATIVE_LIBRARY_PATH || process.env.NAPI_RS_FORCE_WASI) return null
+  const platform = abi()
+  const built = path.join(__dirname, '..', `processlock.${platform}.node`)
+  try {
+    return fs.existsSync(built) ? require(built) : require(`@trader/processlock-${platform}`)
+  } catch {
+    return null
+  }
+}
+
 function load() {
+  const native = loadDirect()
+  if (native) return native
   try {
     return require('../binding.js')
   } catch (e) {

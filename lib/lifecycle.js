@@ -21,8 +21,10 @@
 //   Node's signal watchers every time), so a process that holds no lock behaves exactly as if
 //   this package were not loaded.
 
-// `node:os` and `node:worker_threads` are loaded when first needed, not at require time: the
-// latter loads Node's streams, which a process that never takes a lock should not pay for.
+// `node:os` is loaded when first needed, and `node:worker_threads` only where a worker may be
+// running (lib/entry.js): it loads Node's streams, which a main thread need not pay for.
+
+const { isMainThread } = require('./entry.js')
 
 const SIGNALS = process.platform === 'win32' ? ['SIGINT', 'SIGTERM'] : ['SIGINT', 'SIGTERM', 'SIGHUP']
 
@@ -74,7 +76,7 @@ function install(release, holds) {
   installed = true
   // Signal listeners are a main-thread feature; a worker's locks go with the clean-up of its
   // Node environment, after its 'exit' listeners (and at `worker.terminate()`).
-  if (!require('node:worker_threads').isMainThread) return
+  if (!isMainThread()) return
   for (const signal of SIGNALS) {
     const handler = () => onSignal(signal)
     handlers.set(signal, handler)
