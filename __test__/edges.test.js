@@ -108,17 +108,26 @@ describe('which thread takes the lock', () => {
   // not loaded it (lib/entry.js); a worker started any way must still be known as one: its entry
   // script is not the application's, and it installs no signal listeners.
   const ENTRY = JSON.stringify(path.join(ROOT, 'lib', 'entry.js'))
-  const report = `const { isMainThread } = require(${ENTRY});
-    const { parentPort } = require('node:worker_threads');
-    parentPort.postMessage(isMainThread())`
+  const REPORT = `const { isMainThread } = require(${ENTRY})
+const { parentPort } = require('node:worker_threads')
+parentPort.postMessage(isMainThread())
+`
+  const SCRIPTS = {
+    'worker.cjs': REPORT,
+    'worker.mjs': `import { createRequire } from 'node:module'\nconst require = createRequire(import.meta.url)\n${REPORT}`,
+  }
 
   test.each([
-    ['a CommonJS script', `new Worker(${JSON.stringify(report)}, { eval: true })`],
-    [
-      'an ES module',
-      `new Worker(new URL('data:text/javascript,' + encodeURIComponent("import { createRequire } from 'node:module'; const require = createRequire(${JSON.stringify(`${ROOT}/`)}); " + ${JSON.stringify(report)})))`,
-    ],
-  ])('a worker running %s is not the main thread', (_, make) => {
+    ['a CommonJS file', 'worker.cjs'],
+    ['an ES module', 'worker.mjs'],
+    ['code given to eval', 'eval'],
+  ])('a worker running %s is not the main thread', (_, script) => {
+    const dir = tempDir('edges-worker-thread')
+    for (const [name, text] of Object.entries(SCRIPTS)) fs.writeFileSync(path.join(dir, name), text)
+    const make =
+      script === 'eval'
+        ? `new Worker(${JSON.stringify(REPORT)}, { eval: true })`
+        : `new Worker(${JSON.stringify(path.join(dir, script))})`
     const code = `const { Worker } = require('node:worker_threads'); const w = ${make};
       w.on('message', (m) => console.log(JSON.stringify({ main: m }))); w.on('error', (e) => console.log(String(e)))`
     const r = spawnSync(process.execPath, ['-e', code], { encoding: 'utf8', timeout: 60000 })
