@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use crate::backend::{Backend, Holding, Listed, Listing, LossHook, LossNotice, Released, Wait};
 use crate::error::{Error, Result};
+use crate::fencing::token_of;
 use crate::holds::{Hold, HoldId, Holder, Holds, Taken};
 use crate::list::list_locks;
 use crate::name::LockName;
@@ -27,6 +28,10 @@ const WATCH_EVERY: Duration = Duration::from_millis(200);
 impl Hold for HeldLock {
     fn record(&self) -> &Record {
         HeldLock::record(self)
+    }
+
+    fn fencing_token(&self) -> Option<&str> {
+        HeldLock::fencing_token(self)
     }
 
     fn is_lost(&self) -> bool {
@@ -164,13 +169,13 @@ impl Backend for FileBackend {
         if let Some(ours) = HOLDS.current(&place_of(&path)) {
             return Ok(Some(Holding {
                 record: ours.record,
-                fencing_token: None,
+                fencing_token: ours.fencing_token,
             }));
         }
         Ok(match inspect(&path)? {
             Inspection::Held(r) | Inspection::HeldUnlocked(r, _) if r.pid != 0 => Some(Holding {
+                fencing_token: token_of(&path, &r).map(|t| t.to_string()),
                 record: r,
-                fencing_token: None,
             }),
             _ => None,
         })
@@ -198,7 +203,7 @@ impl Backend for FileBackend {
                 state: l.state,
                 holding: l.record.map(|record| Holding {
                     record,
-                    fencing_token: None,
+                    fencing_token: l.fencing_token,
                 }),
                 problem: l.problem,
             })
