@@ -172,7 +172,17 @@ onlyOn(['linux', 'darwin'], 'processlock run is not available on Windows')(
     const dir = tempDir('token-run')
     const before = await oneToken(dir)
     const run = startCli(
-      ['run', 'backend', '--side', 'SHORT', '--dir', dir, '--', process.execPath, path.join(FIXTURES, 'token-holder.js')],
+      [
+        'run',
+        'backend',
+        '--side',
+        'SHORT',
+        '--dir',
+        dir,
+        '--',
+        process.execPath,
+        path.join(FIXTURES, 'token-holder.js'),
+      ],
       { dir, stdin: 'pipe' },
     )
     const m = await run.waitFor(/HELD (.*)\n/)
