@@ -636,8 +636,8 @@ class Combo {
     for (let i = 0; i < r; i++) {
       for (const name of fs.readdirSync(dirs[i])) {
         if (name === LOCK_NAME) st.leftoverLocks++
-        else if (name === GUARD_NAME)
-          continue // ours: the directory's removal guard, kept on purpose
+        else if (name === GUARD_NAME || /^\..*\.lock\.fencing$/.test(name))
+          continue // ours: the directory's removal guard and the lock's generation file, kept on purpose
         else {
           st.leftoverTemp++
           if (st.tempSamples.length < 3) st.tempSamples.push(name)

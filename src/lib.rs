@@ -139,7 +139,7 @@ impl From<Record> for LockRecord {
             hostname: r.hostname,
             start_token: r.start_token,
             protocol: r.protocol,
-            fencing_token: None,
+            fencing_token: r.fencing_token,
             backend: "file".to_string(),
         }
     }

@@ -27,7 +27,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::guard::GUARD_PATIENCE;
 use crate::os;
-use crate::protocol::{dir_of, names_same_file, LockTarget};
+use crate::os::{Entry, FileId};
+use crate::protocol::{dir_of, LockTarget};
 use crate::record::Record;
 use crate::temp::checked_dir;
 
@@ -97,15 +98,18 @@ fn decode(bytes: &[u8]) -> Option<(u64, String)> {
     (hold.len() == 16 && sum == check(token, hold)).then(|| (token, hold.to_string()))
 }
 
+/// One positioned read: the content is written in one `pwrite` of its whole length.
 fn read(file: &File) -> io::Result<Option<(u64, String)>> {
-    let bytes = os::read_all(file, LEN + 1)?;
-    Ok(decode(&bytes))
+    let mut buf = [0u8; LEN + 1];
+    let n = os::read_at(file, &mut buf, 0)?;
+    Ok(decode(&buf[..n]))
 }
 
-/// Mints the token of the hold `record.hold_id` of `target`, whose lock we hold on `lock_file`.
-/// `None`: no token can be promised (no hold id, the generation file cannot be written or its
-/// lock had, or the lock path no longer names our file): the lock is held all the same.
-pub(crate) fn mint(target: &LockTarget, lock_file: &File, record: &Record) -> Option<u64> {
+/// Mints the token of the hold `record.hold_id` of `target`, whose lock we hold on the file
+/// `lock_file`. `None`: no token can be promised (no hold id, the generation file cannot be
+/// written or its lock had, or the lock path no longer names our file): the lock is held all
+/// the same.
+pub(crate) fn mint(target: &LockTarget, lock_file: FileId, record: &Record) -> Option<u64> {
     let hold = record.hold_id.as_deref().filter(|h| h.len() == 16)?;
     // Read before the check that we own the lock: a later owner whose generation file is gone
     // reads the clock after that check, so only a clock stepped back can make its token smaller.
@@ -115,7 +119,7 @@ pub(crate) fn mint(target: &LockTarget, lock_file: &File, record: &Record) -> Op
     if !lock_within(&file, GUARD_PATIENCE) {
         return None;
     }
-    if !names_same_file(&target.path, lock_file).ok()? {
+    if os::entry(&target.path).ok()? != Entry::File(lock_file) {
         return None;
     }
     let stored = read(&file).ok()?.map_or(0, |(t, _)| t);

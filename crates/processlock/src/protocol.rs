@@ -67,7 +67,8 @@ impl LockTarget {
         Self { dir, name, path }
     }
 
-    fn conflict(&self, holder: Record, problem: Option<String>) -> Error {
+    fn conflict(&self, mut holder: Record, problem: Option<String>) -> Error {
+        holder.fencing_token = fencing::token_of(&self.path, &holder).map(|t| t.to_string());
         Error::Conflict(Box::new(Conflict {
             lock: self.name.display(),
             holder,
@@ -117,7 +118,7 @@ impl HeldLock {
     /// A lock this process has just come to own, through `file` (linked at the lock path, its
     /// exclusive lock held): its fencing token is minted now, after the link, never before.
     fn owned(file: File, id: FileId, target: &LockTarget, record: Record) -> HeldLock {
-        let fencing_token = fencing::mint(target, &file, &record).map(|t| t.to_string());
+        let fencing_token = fencing::mint(target, id, &record).map(|t| t.to_string());
         HeldLock {
             file,
             id,
@@ -246,6 +247,7 @@ pub fn record_for(target: &LockTarget, pid: u32, process_name: Option<&str>) -> 
         start_token: start_token(pid),
         protocol: Some(PROTOCOL.to_string()),
         hold_id: Some(new_hold_id()),
+        fencing_token: None,
     }
 }
 

@@ -36,6 +36,10 @@ pub struct Record {
     /// token went to (`fencing.rs`). Absent in files of older writers, which then show no token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hold_id: Option<String>,
+    /// The holder's fencing token, where the reader of the record found it (a conflict names the
+    /// holder with it). Never in the file, which carries `hold_id` instead.
+    #[serde(skip)]
+    pub fencing_token: Option<String>,
 }
 
 impl Record {
@@ -51,6 +55,7 @@ impl Record {
             start_token: None,
             protocol: None,
             hold_id: None,
+            fencing_token: None,
         }
     }
 
@@ -132,6 +137,7 @@ mod tests {
             start_token: Some("linux:b:1".into()),
             protocol: Some(PROTOCOL.into()),
             hold_id: Some("00ab00cd00ef0012".into()),
+            fencing_token: None,
         }
     }
 
