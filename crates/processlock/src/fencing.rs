@@ -209,6 +209,33 @@ mod tests {
         assert_eq!(decode(&[0; LEN]), None);
     }
 
+    /// A stored token ahead of the clock (a clock stepped back) is followed, not the clock; a
+    /// hold whose file was removed mints nothing, and its record no longer finds a token.
+    #[cfg(unix)]
+    #[test]
+    fn the_stored_token_leads_a_clock_behind_and_a_lost_hold_mints_nothing() {
+        use crate::protocol::{acquire, force_remove};
+        let t = crate::test_support::target("fencing-mint");
+        std::fs::create_dir_all(&t.dir).unwrap();
+        let ahead = now_micros() + 3_600_000_000;
+        std::fs::write(generation_path(&t.path), encode(ahead, "0000000000000001")).unwrap();
+        let a = acquire(&t, None).unwrap().lock;
+        assert_eq!(a.fencing_token(), Some((ahead + 1).to_string().as_str()));
+        assert_eq!(token_of(&t.path, a.record()), Some(ahead + 1));
+
+        let id = os::file_id(a.file()).unwrap();
+        assert!(force_remove(&t.path).unwrap());
+        assert_eq!(mint(&t, id, a.record()), None);
+        let b = acquire(&t, None).unwrap().lock;
+        assert_eq!(b.fencing_token(), Some((ahead + 2).to_string().as_str()));
+        assert_eq!(token_of(&t.path, a.record()), None);
+        assert_eq!(token_of(&t.path, b.record()), Some(ahead + 2));
+
+        assert!(!a.release().unwrap());
+        assert!(b.release().unwrap());
+        crate::guard::remove_test_dir(&t.dir).unwrap();
+    }
+
     #[test]
     fn hold_ids_differ() {
         let ids: std::collections::HashSet<String> = (0..1000).map(|_| new_hold_id()).collect();
