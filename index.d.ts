@@ -22,9 +22,11 @@ export interface LockInfo {
   /** `'processlock/1'`; absent in files written by older PID-only implementations. */
   protocol?: string
   /**
-   * On a server (`url`): a decimal number, larger for every new holder of the lock. Pass it with
-   * every write the lock protects and have the store refuse tokens older than the newest it has
-   * seen. Absent for lock files.
+   * A decimal number, larger for every new holder of the lock. Pass it with every write the lock
+   * protects and have the store refuse tokens older than the newest it has seen. For a lock file
+   * it is absent when its holder minted none (an older version, or a holder caught between taking
+   * the lock and minting it); it can go back only if the lock's generation file was lost and the
+   * wall clock was stepped back past it (see docs/PROTOCOL.md).
    */
   fencingToken?: string
   /**

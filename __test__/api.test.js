@@ -8,7 +8,7 @@ const path = require('node:path')
 const pl = require('..')
 const { start, watch, tempDir, deadPid, ROOT, lockDirEntries } = require('./helpers/proc')
 const { stageForOtherUsers } = require('./helpers/stage')
-const { SHORT, lockFile, recordOf, holder, stop } = require('./helpers/lock')
+const { SHORT, lockFile, recordOf, asInfo, holder, stop } = require('./helpers/lock')
 const { needs, onlyOn } = require('./helpers/skip')
 
 function capture() {
@@ -96,6 +96,7 @@ describe('API behaviour', () => {
     expect(err).toBeInstanceOf(pl.LockConflictError)
     expect(err.code).toBe('LOCK_CONFLICT')
     expect(err.message).toBe(`LOCK_CONFLICT: backend (SHORT) is already running (PID: ${p.pid})`)
+    expect(info.fencingToken).toMatch(/^[1-9][0-9]*$/)
     expect(err.holder).toEqual(info)
     expect(err.lockFile).toBe(lockFile(dir))
     await stop(p)
@@ -119,7 +120,7 @@ describe('API behaviour', () => {
     const mine = pl.acquireLock('backend', SHORT(dir))
     const r = await stop(old) // it releases at its exit
     expect(r.signal).toBe('SIGTERM')
-    expect(recordOf(lockFile(dir))).toEqual(mine)
+    expect(asInfo(recordOf(lockFile(dir)), mine.fencingToken)).toEqual(mine)
     expect(pl.getLockInfo('backend', SHORT(dir)).pid).toBe(process.pid)
     expect(pl.releaseLock('backend', SHORT(dir))).toBe(true)
   })

@@ -32,6 +32,7 @@ const JSON_KEYS = [
   'uptimeMs',
   'processName',
   'hostname',
+  'fencingToken',
   'problem',
 ]
 const SIGNALS = ['SIGINT', 'SIGTERM', 'SIGHUP']
@@ -120,15 +121,15 @@ describe('processlock check', () => {
     expect(text.code).toBe(0)
     const lines = text.stdout.split('\n')
     expect(lines[0]).toBe(`Locks in ${dir}:`)
-    expect(lines[2]).toMatch(/^TYPE\s+SIDE\s+PID\s+STARTED\s+UPTIME\s+STATE\s+PROCESS\s+FILE$/)
+    expect(lines[2]).toMatch(/^TYPE\s+SIDE\s+PID\s+STARTED\s+UPTIME\s+STATE\s+PROCESS\s+TOKEN\s+FILE$/)
     const row = (file) => lines.find((l) => l.endsWith(` ${file}`))
     expect(row('backend.short.lock')).toMatch(
       new RegExp(
-        `^backend\\s+SHORT\\s+${holder.pid}\\s+\\S+Z\\s+\\d.*\\s+held\\s+trader-short-backend\\s+backend\\.short\\.lock$`,
+        `^backend\\s+SHORT\\s+${holder.pid}\\s+\\S+Z\\s+\\d.*\\s+held\\s+trader-short-backend\\s+[1-9][0-9]*\\s+backend\\.short\\.lock$`,
       ),
     )
     expect(row('worker.short.lock')).toMatch(new RegExp(`^worker\\s+SHORT\\s+${stalePid}\\s+\\S+Z\\s+-\\s+stale\\s+`))
-    expect(row('broken.lock')).toMatch(/^broken\s+-\s+-\s+-\s+-\s+invalid\s+-\s+broken\.lock$/)
+    expect(row('broken.lock')).toMatch(/^broken\s+-\s+-\s+-\s+-\s+invalid\s+-\s+-\s+broken\.lock$/)
     expect(text.stdout).toContain('  broken.lock: ')
     expect(text.stdout).toContain(
       '2 lock file(s) belong to no running process: the next start removes them, or run: processlock clear',

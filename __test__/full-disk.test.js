@@ -102,7 +102,7 @@ describeMounted('a full file system', () => {
     expect(r.stdout).toContain(`[PROCESS_LOCK_RELEASED] ${LINE(p.pid)} }`)
     expect(r.stderr).toBe('')
     expect(fs.existsSync(lockFile())).toBe(false)
-    expect(taken).toEqual(['.processlock.guard', 'backend.short.lock'])
+    expect(taken).toEqual(['.backend.short.lock.fencing', '.processlock.guard', 'backend.short.lock'])
   })
 
   // A directory without a removal guard (used by an older version that made it only at the first
@@ -116,7 +116,7 @@ describeMounted('a full file system', () => {
       fill(mnt)
       const p = holder(log)
       await p.waitFor('READY')
-      expect(fs.readdirSync(locks)).toEqual(['backend.short.lock'])
+      expect(fs.readdirSync(locks).sort()).toEqual(['.backend.short.lock.fencing', 'backend.short.lock'])
       return p
     }
     const FAILED = (pid) =>
@@ -179,7 +179,11 @@ describeMounted('a full file system', () => {
     expect(text.endsWith('\n')).toBe(true)
     expect(record()).toMatchObject({ pid: next.pid, tradeSide: 'SHORT', protocol: expect.any(String) })
     // No temp file was left behind.
-    expect(fs.readdirSync(locks).sort()).toEqual(['.processlock.guard', 'backend.short.lock'])
+    expect(fs.readdirSync(locks).sort()).toEqual([
+      '.backend.short.lock.fencing',
+      '.processlock.guard',
+      'backend.short.lock',
+    ])
     next.child.stdin.write('exit\n')
     const r = await next.done()
     expect(r.stdout).toContain(`[PROCESS_LOCK_RELEASED] ${LINE(next.pid)} }`)

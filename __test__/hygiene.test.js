@@ -384,7 +384,9 @@ needs(hasFlock(), 'the flock command (util-linux)').describe('a holder on anothe
       ])
       expect(error.message).toBe(`LOCK_CONFLICT: backend (SHORT) is already running (PID: ${live.pid})`)
       const check = await cli(['check'], { dir })
-      expect(check.stdout.split('\n')[2]).toMatch(/^TYPE\s+SIDE\s+PID\s+STARTED\s+UPTIME\s+STATE\s+PROCESS\s+FILE$/)
+      expect(check.stdout.split('\n')[2]).toMatch(
+        /^TYPE\s+SIDE\s+PID\s+STARTED\s+UPTIME\s+STATE\s+PROCESS\s+TOKEN\s+FILE$/,
+      )
     } finally {
       live.kill('SIGKILL')
       await live.done()
@@ -404,6 +406,7 @@ describe('processlock check <type>: a verdict in the exit status', () => {
     'uptimeMs',
     'processName',
     'hostname',
+    'fencingToken',
     'problem',
   ]
 
@@ -435,7 +438,7 @@ describe('processlock check <type>: a verdict in the exit status', () => {
     expect(v.code).toBe(0)
     expect(v.text).toMatch(
       new RegExp(
-        `^backend \\(SHORT\\): held by PID ${holder.pid} \\(trader-short-backend\\) since \\S+Z, up \\d+s\\n  file: ${lockFile(dir).replace(/[.]/g, '\\.')}\\n$`,
+        `^backend \\(SHORT\\): held by PID ${holder.pid} \\(trader-short-backend\\) since \\S+Z, up \\d+s, fencing token [1-9][0-9]*\\n  file: ${lockFile(dir).replace(/[.]/g, '\\.')}\\n$`,
       ),
     )
     expect(v.json).toMatchObject({

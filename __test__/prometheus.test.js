@@ -77,7 +77,16 @@ describe('lock files (--dir)', () => {
     expect(uptime).toBeLessThan(600)
     // A file that is not a lock record is not held, by no host.
     expect(m.samples('processlock_lock_held').filter((s) => s.value === 0 && s.labels.host === '')).toHaveLength(1)
-    expect(m.samples('processlock_fencing_token')).toEqual([])
+    // The held lock files' holders' fencing tokens; none for the stale file or the junk.
+    const tokens = require('..')
+      .listLocks({ dir })
+      .filter((l) => l.state === 'held')
+      .map((l) => [l.processType, Number(l.record.fencingToken)])
+    expect(tokens).toHaveLength(2)
+    expect(m.samples('processlock_fencing_token').map((s) => [s.labels.type, s.value])).toEqual(
+      expect.arrayContaining(tokens),
+    )
+    expect(m.samples('processlock_fencing_token')).toHaveLength(2)
 
     backend.child.stdin.write('release\n')
     await backend.waitFor(/RELEASED/)

@@ -53,6 +53,8 @@ function loadOurs() {
     processName: spec.processName || 'bench',
     log: false,
   })
+  // The fencing token of the last lock taken (null: none), for the torture's order check.
+  let lastToken = null
   return {
     name: 'ours',
     label: LABELS.ours,
@@ -60,7 +62,7 @@ function loadOurs() {
     lockPath,
     tryAcquire(spec) {
       try {
-        pl.acquireLock(spec.type, opts(spec))
+        lastToken = pl.acquireLock(spec.type, opts(spec)).fencingToken ?? null
         return true
       } catch (e) {
         if (e && e.code === 'LOCK_CONFLICT') return false
@@ -69,6 +71,9 @@ function loadOurs() {
     },
     release(spec) {
       return pl.releaseLock(spec.type, { dir: spec.dir, tradeSide: spec.side, log: false }) !== false
+    },
+    token() {
+      return lastToken
     },
     // An operator's forced removal: true when a file was removed.
     forceRemove(spec) {

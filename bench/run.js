@@ -305,8 +305,9 @@ function startupSection(a, ctx) {
       })
       const t = Number(now() - t0)
       if (res.status !== 0) failures[v.id]++
-      // The removal guard stays in a lock directory on purpose: it is not a lock left behind.
-      if (fs.readdirSync(dirs[v.id]).some((n) => n !== '.processlock.guard')) {
+      // The removal guard and the locks' generation files stay in a lock directory on purpose:
+      // they are not locks left behind.
+      if (fs.readdirSync(dirs[v.id]).some((n) => n !== '.processlock.guard' && !/^\..*\.lock\.fencing$/.test(n))) {
         leftovers[v.id]++
         fs.rmSync(dirs[v.id], { recursive: true, force: true })
         fs.mkdirSync(dirs[v.id])

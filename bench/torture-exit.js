@@ -94,7 +94,7 @@ async function runKind(kind, n, { rounds, duration, holdUs, base, keep }) {
       report.countRound(st, intervals)
       for (const name of fs.readdirSync(dir)) {
         if (name === LOCK_NAME) st.leftoverLocks++
-        else if (name !== '.processlock.guard') {
+        else if (name !== '.processlock.guard' && !/^\..*\.lock\.fencing$/.test(name)) {
           st.leftoverTemp++
           if (st.tempSamples.length < 3) st.tempSamples.push(name)
         }

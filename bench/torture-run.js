@@ -138,8 +138,8 @@ async function runKind(kind, n, { rounds, duration, holdUs, base, keep }) {
     report.countRound(st, intervals)
     for (const name of fs.readdirSync(dir)) {
       if (name === LOCK_NAME) st.leftoverLocks++
-      // The removal guard stays in a lock directory on purpose.
-      else if (name !== '.processlock.guard') {
+      // The removal guard and the lock's generation file stay in a lock directory on purpose.
+      else if (name !== '.processlock.guard' && !/^\..*\.lock\.fencing$/.test(name)) {
         st.leftoverTemp++
         if (st.tempSamples.length < 3) st.tempSamples.push(name)
       }

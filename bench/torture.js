@@ -21,6 +21,8 @@
 // alone: S seconds per race kind), per implementation and number of racers.
 //
 // Race kinds (every round uses a lock directory of its own):
+// In the file kinds but the force kinds, every owner of ours must have a fencing token, larger
+// than the previous owner's of its round ("fencing tokens out of order").
 //   fresh     the lock does not exist; all racers try once at the same instant
 //   stale     the lock was left by a holder that was SIGKILLed
 //   recycled  (ours only) the lock record names the PID of a live, unrelated
@@ -112,6 +114,17 @@ const SEPARATE = [...runKinds.KINDS, ...exitKinds.KINDS, ...pgKinds.KINDS, ...tr
 
 const LOCK_NAME = 'backend.short.lock'
 const GUARD_NAME = '.processlock.guard'
+/** Owners (acquired at `a`, with `token`) whose fencing token is missing or not above the previous owner's. */
+function tokensOutOfOrder(owned) {
+  const sorted = [...owned].sort((x, y) => (x.a < y.a ? -1 : x.a > y.a ? 1 : 0))
+  let bad = 0
+  for (let i = 0; i < sorted.length; i++) {
+    if (sorted[i].token == null || (i > 0 && sorted[i - 1].token != null && !(sorted[i].token > sorted[i - 1].token)))
+      bad++
+  }
+  return bad
+}
+
 const isForceKind = (kind) => kind === 'force-release' || kind === 'force-stale'
 
 // The force kinds: one forced removal per round (force = { t0, t1, removed }
@@ -546,12 +559,13 @@ class Combo {
         let tS = null
         let held = null // the ownership in progress, then the last one
         for (const line of lines) {
-          const [tag, , t, d] = line.split(' ')
+          const [tag, , t, d, token] = line.split(' ')
           if (tag === 'S' && t) tS = BigInt(t)
           if (tag === 'A' || tag === 'L') {
             if (tag === 'A') {
               open = BigInt(t)
-              held = { s: tS ?? open, a: open, r: null, x: false, v: [] }
+              const tok = token && token !== '-' ? BigInt(token) : null
+              held = { s: tS ?? open, a: open, r: null, x: false, v: [], token: tok }
             }
             if (kind !== 'kill' && d) this.attempts.push(Number(d))
           } else if (tag === 'R') {
@@ -609,6 +623,10 @@ class Combo {
         overlapped = forceVerdict(owned, force, st)
       } else {
         overlapped = report.countOverlaps(intervals)
+        // One owner at a time: the fencing tokens must grow in the order they acquired. (Not in
+        // the force kinds, where an owner whose file was removed during its acquire mints none
+        // or is stamped after its successor: that order is the protocol's tests' to check.)
+        if (this.impl === 'ours') st.tokensOutOfOrder = (st.tokensOutOfOrder || 0) + tokensOutOfOrder(owned)
       }
       // In the kill kind the probe that follows judges a round without an owner (stuck).
       report.countRound(st, intervals, overlapped, kind !== 'kill')
@@ -636,8 +654,8 @@ class Combo {
     for (let i = 0; i < r; i++) {
       for (const name of fs.readdirSync(dirs[i])) {
         if (name === LOCK_NAME) st.leftoverLocks++
-        else if (name === GUARD_NAME)
-          continue // ours: the directory's removal guard, kept on purpose
+        else if (name === GUARD_NAME || /^\..*\.lock\.fencing$/.test(name))
+          continue // ours: the directory's removal guard and the lock's generation file, kept on purpose
         else {
           st.leftoverTemp++
           if (st.tempSamples.length < 3) st.tempSamples.push(name)

@@ -133,7 +133,8 @@ function attemptOnce(c) {
     out(`L ${c.r} ${tA} ${tA - tS}`)
     return
   }
-  out(`A ${c.r} ${tA} ${tA - tS}`)
+  // With the owner's fencing token where the implementation has one ('-': none minted).
+  out(`A ${c.r} ${tA} ${tA - tS}${impl.token ? ` ${impl.token() ?? '-'}` : ''}`)
   if (c.verify) verifyRecord(c.r, s)
   // Hold asleep, so rivals get the CPU and try while we own the lock.
   if (c.holdMaxUs) sleepNs(Math.random() * c.holdMaxUs * 1000)

@@ -361,7 +361,9 @@ async function fenceWrites(lockApi, db, processType, options) {
     fenced(`${processType} is not held by this process: only its holder may claim it`, { lock: processType })
   if (!info || info.pid !== process.pid || !lockApi.isLockHeld(processType, lockOptions)) throw notHeld()
   const key = lockKey(processType, info.tradeSide)
-  const token = info.fencingToken ?? null
+  // A lock file's token is not used: it can go back in one case (its generation file lost and
+  // the wall clock stepped back, docs/PROTOCOL.md), where the database's own generation cannot.
+  const token = info.backend === 'file' ? null : (info.fencingToken ?? null)
   const stillHeld = () => {
     if (!lockApi.isLockHeld(processType, lockOptions)) throw notHeld()
   }

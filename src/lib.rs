@@ -95,7 +95,7 @@ pub struct LockRecord {
     pub hostname: Option<String>,
     pub start_token: Option<String>,
     pub protocol: Option<String>,
-    /// Larger for every new holder of a lock on a server (decimal); none for lock files.
+    /// Larger for every new holder of the lock (decimal); none where the holder minted none.
     pub fencing_token: Option<String>,
     /// `file` or `postgres`.
     pub backend: String,
@@ -112,7 +112,7 @@ impl From<Record> for LockRecord {
             hostname: r.hostname,
             start_token: r.start_token,
             protocol: r.protocol,
-            fencing_token: None,
+            fencing_token: r.fencing_token,
             backend: "file".to_string(),
         }
     }

@@ -26,7 +26,7 @@ contract({
   },
   waiting: (_at, pid) => blockedIn(pid),
   capabilities: {
-    fencingToken: false,
+    fencingToken: true,
     // A lock file's loss reaches its lockSignal only (onLost is for server locks).
     onLostFunction: false,
     lossEndsProcess: false,

@@ -9,6 +9,16 @@ const SHORT = (dir, extra = {}) => ({ dir, tradeSide: 'SHORT', log: false, ...ex
 const lockFile = (dir, name = 'backend.short.lock') => path.join(dir, name)
 const recordOf = (file) => JSON.parse(fs.readFileSync(file, 'utf8'))
 
+/**
+ * What lock info says of a lock file's record: the record without the id of the hold (which
+ * only finds the token), with the holder's fencing token.
+ */
+function asInfo(record, fencingToken) {
+  const { holdId, ...info } = record
+  expect(holdId).toMatch(/^[0-9a-f]{16}$/)
+  return { ...info, fencingToken }
+}
+
 /** Another process holding `backend (SHORT)` in `dir` until it is signalled. */
 async function holder(dir) {
   const p = start('ending.js', { dir, args: ['wait'], env: { PROCESSLOCK_LOG: 'silent' } })
@@ -22,4 +32,4 @@ async function stop(p, signal = 'SIGTERM') {
   return p.done()
 }
 
-module.exports = { SHORT, lockFile, recordOf, holder, stop }
+module.exports = { SHORT, lockFile, recordOf, asInfo, holder, stop }

@@ -14,9 +14,12 @@ function tempDir(label) {
   return fs.mkdtempSync(path.join(os.tmpdir(), `pl-${label}-`))
 }
 
-/** What a lock directory holds, without the removal guard that every remover locks (kept on purpose). */
+/**
+ * What a lock directory holds, without the removal guard that every remover locks and the
+ * generation files that keep the locks' fencing tokens (both kept on purpose).
+ */
 function lockDirEntries(dir) {
-  return fs.readdirSync(dir).filter((n) => n !== '.processlock.guard')
+  return fs.readdirSync(dir).filter((n) => n !== '.processlock.guard' && !/^\..*\.lock\.fencing$/.test(n))
 }
 
 /**

@@ -37,6 +37,8 @@ pub struct Row {
     /// The record's host when it is not this one.
     pub other_host: Option<String>,
     pub problem: Option<String>,
+    /// The holder's fencing token (a held lock whose holder minted one).
+    pub fencing_token: Option<String>,
 }
 
 pub fn row(status: Listed, now_ms: i64) -> Row {
@@ -91,6 +93,10 @@ pub fn row(status: Listed, now_ms: i64) -> Row {
         hostname: record.and_then(|r| r.hostname.clone()),
         other_host: record.and_then(|r| r.other_host()).map(str::to_string),
         problem,
+        fencing_token: status
+            .holding
+            .as_ref()
+            .and_then(|h| h.fencing_token.clone()),
     }
 }
 
@@ -180,6 +186,9 @@ fn one_text(target: &LockTarget, row: Option<&Row>) -> String {
             if let Some(ms) = r.uptime_ms {
                 s.push_str(&format!(", up {}", uptime(ms)));
             }
+            if let Some(token) = &r.fencing_token {
+                s.push_str(&format!(", fencing token {token}"));
+            }
             s
         }
         LockState::Stale => match r.pid {
@@ -209,6 +218,7 @@ fn one_json(target: &LockTarget, row: Option<&Row>, held: bool) -> String {
             ("uptimeMs", Value::Null),
             ("processName", Value::Null),
             ("hostname", Value::Null),
+            ("fencingToken", Value::Null),
             ("problem", Value::Null),
         ],
     };
@@ -233,6 +243,7 @@ fn json_fields(r: &Row) -> Vec<(&'static str, Value)> {
         ("uptimeMs", r.uptime_ms.map_or(Value::Null, Value::from)),
         ("processName", opt_str(r.process_name.as_deref())),
         ("hostname", opt_str(r.hostname.as_deref())),
+        ("fencingToken", opt_str(r.fencing_token.as_deref())),
         ("problem", opt_str(r.problem.as_deref())),
     ]
 }
@@ -264,6 +275,8 @@ pub fn to_text(dir: &Path, rows: &[Row], color: bool) -> String {
     };
     // A HOST column only when some holder runs elsewhere: the usual table stays as it was.
     let hosts = rows.iter().any(|r| r.other_host.is_some());
+    // A TOKEN column only when some holder has one (holders of older versions mint none).
+    let tokens = rows.iter().any(|r| r.fencing_token.is_some());
     let cells: Vec<Vec<String>> = rows
         .iter()
         .map(|r| {
@@ -276,6 +289,9 @@ pub fn to_text(dir: &Path, rows: &[Row], color: bool) -> String {
                 r.state.as_str().to_string(),
                 text(&r.process_name),
             ];
+            if tokens {
+                cells.push(text(&r.fencing_token));
+            }
             if hosts {
                 // Blank for this host, so the ones elsewhere stand out.
                 cells.push(
@@ -304,6 +320,9 @@ pub fn to_text(dir: &Path, rows: &[Row], color: bool) -> String {
     let mut header = vec![
         "TYPE", "SIDE", "PID", "STARTED", "UPTIME", "STATE", "PROCESS",
     ];
+    if tokens {
+        header.push("TOKEN");
+    }
     if hosts {
         header.push("HOST");
     }

@@ -5,8 +5,8 @@
 //! (the holder's host as its record names it; empty when there is no record) and `backend`
 //! (`file` for a lock directory, `postgres` for a server). Every lock gets
 //! `processlock_lock_held` (1 held, 0 not: a stale or unreadable lock file, or a server record no
-//! live session stands behind); a held lock also gets its holder's PID and uptime, and a held
-//! server lock its fencing token. A lock that is not there at all (released lock files are
+//! live session stands behind); a held lock also gets its holder's PID and uptime, and its
+//! fencing token where the holder has one. A lock that is not there at all (released lock files are
 //! removed) has no series: alert with `absent(processlock_lock_held{...} == 1)`.
 
 use std::fmt::Write as _;
@@ -61,7 +61,7 @@ pub fn from_row(r: &Row) -> Lock {
         held,
         pid: r.pid.filter(|_| held),
         uptime_ms: r.uptime_ms.filter(|_| held),
-        fencing_token: None,
+        fencing_token: r.fencing_token.clone().filter(|_| held),
     }
 }
 
@@ -150,7 +150,7 @@ const FAMILIES: &[Family] = &[
     },
     Family {
         name: "processlock_fencing_token",
-        help: "The fencing token of the lock's holder (locks on a server): it only grows from one holder to the next.",
+        help: "The fencing token of the lock's holder: it only grows from one holder to the next.",
         value: |l| l.fencing_token.clone(),
     },
 ];
@@ -245,7 +245,7 @@ processlock_holder_pid{type=\"backend\",side=\"SHORT\",host=\"trader-1\",backend
 # HELP processlock_holder_uptime_seconds Seconds since the holder took the lock (the start time in its lock record).
 # TYPE processlock_holder_uptime_seconds gauge
 processlock_holder_uptime_seconds{type=\"backend\",side=\"SHORT\",host=\"trader-1\",backend=\"file\"} 61.005
-# HELP processlock_fencing_token The fencing token of the lock's holder (locks on a server): it only grows from one holder to the next.
+# HELP processlock_fencing_token The fencing token of the lock's holder: it only grows from one holder to the next.
 # TYPE processlock_fencing_token gauge
 ";
         assert_eq!(text, expected);

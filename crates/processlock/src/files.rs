@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use crate::backend::{Backend, Holding, Listed, Listing, LossHook, LossNotice, Released, Wait};
 use crate::error::{Error, Result};
+use crate::fencing::token_of;
 use crate::holds::{Hold, HoldId, Holder, Holds, Taken};
 use crate::list::{list_locks, lock_status, LockStatus};
 use crate::name::LockName;
@@ -27,6 +28,10 @@ const WATCH_EVERY: Duration = Duration::from_millis(200);
 impl Hold for HeldLock {
     fn record(&self) -> &Record {
         HeldLock::record(self)
+    }
+
+    fn fencing_token(&self) -> Option<&str> {
+        HeldLock::fencing_token(self)
     }
 
     fn is_lost(&self) -> bool {
@@ -87,7 +92,7 @@ fn listed(l: LockStatus) -> Listed {
         state: l.state,
         holding: l.record.map(|record| Holding {
             record,
-            fencing_token: None,
+            fencing_token: l.fencing_token,
         }),
         problem: l.problem,
     }
@@ -177,13 +182,13 @@ impl Backend for FileBackend {
         if let Some(ours) = HOLDS.current(&place_of(&path)) {
             return Ok(Some(Holding {
                 record: ours.record,
-                fencing_token: None,
+                fencing_token: ours.fencing_token,
             }));
         }
         Ok(match inspect(&path)? {
             Inspection::Held(r) | Inspection::HeldUnlocked(r, _) if r.pid != 0 => Some(Holding {
+                fencing_token: token_of(&path, &r).map(|t| t.to_string()),
                 record: r,
-                fencing_token: None,
             }),
             _ => None,
         })
@@ -238,6 +243,9 @@ impl Backend for FileBackend {
 struct Watched {
     place: String,
     id: HoldId,
+    /// The hold's fencing token, which its loss notice names: by the time the notice is read,
+    /// the lock may have been taken again, with another token.
+    token: Option<String>,
     hook: LossHook<Error>,
 }
 
@@ -250,6 +258,7 @@ fn watched() -> MutexGuard<'static, Option<Vec<Watched>>> {
 /// Watches hold `id` of `place` until it is let go of or lost. The watcher thread exists only
 /// while something is watched.
 fn watch(place: &str, id: HoldId, hook: LossHook<Error>) {
+    let token = HOLDS.token_of(place, id);
     let mut list = watched();
     let items = list.get_or_insert_with(Vec::new);
     if items.iter().any(|w| w.id == id) {
@@ -259,6 +268,7 @@ fn watch(place: &str, id: HoldId, hook: LossHook<Error>) {
     items.push(Watched {
         place: place.to_string(),
         id,
+        token,
         hook,
     });
     drop(list);
@@ -314,7 +324,7 @@ fn watch_files() {
                 place: w.place,
                 id: w.id,
                 pid,
-                fencing_token: None,
+                fencing_token: w.token,
                 reason: reason.clone(),
                 error: Error::Lost { lock, reason },
             });

@@ -125,19 +125,19 @@ mod tests {
             Parsed::Ours(record)
         );
         // The temp name is gone; only the lock file is left.
-        let names: Vec<_> = std::fs::read_dir(&t.dir).unwrap().flatten().collect();
-        assert_eq!(names.len(), 1);
+        assert_eq!(lock_dir_entries(&t.dir), [t.name.file_name().as_str()]);
         assert!(acquired.lock.release().unwrap());
         std::fs::remove_dir_all(&t.dir).unwrap();
     }
 
-    /// What a lock directory holds besides its removal guard (made by the first acquire there).
+    /// What a lock directory holds besides its removal guard (made by the first acquire there)
+    /// and the generation files of its locks (kept on purpose: `fencing.rs`).
     fn lock_dir_entries(dir: &std::path::Path) -> Vec<std::ffi::OsString> {
         std::fs::read_dir(dir)
             .unwrap()
             .flatten()
             .map(|e| e.file_name())
-            .filter(|n| n != crate::guard::GUARD_FILE)
+            .filter(|n| n != crate::guard::GUARD_FILE && !crate::fencing::is_generation_file(n))
             .collect()
     }
 

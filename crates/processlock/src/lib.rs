@@ -20,6 +20,7 @@ mod clear;
 mod clock;
 mod dir;
 mod error;
+mod fencing;
 mod files;
 mod fuzz;
 mod guard;

@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
+use crate::fencing::token_of;
 use crate::name::LockName;
 use crate::protocol::{inspect, Inspection};
 use crate::record::Record;
@@ -34,6 +35,31 @@ pub struct LockStatus {
     /// Why the file is invalid, what sits at the path when it is not a file, or why a file
     /// nobody holds the OS lock of is held all the same.
     pub problem: Option<String>,
+    /// The holder's fencing token, for a held lock whose holder has minted it.
+    pub fencing_token: Option<String>,
+}
+
+impl LockStatus {
+    pub fn new(
+        path: PathBuf,
+        name: Option<LockName>,
+        state: LockState,
+        record: Option<Record>,
+        problem: Option<String>,
+    ) -> Self {
+        let fencing_token = match (state, &record) {
+            (LockState::Held, Some(r)) => token_of(&path, r).map(|t| t.to_string()),
+            _ => None,
+        };
+        Self {
+            path,
+            name,
+            state,
+            record,
+            problem,
+            fencing_token,
+        }
+    }
 }
 
 /// All `*.lock` entries in `dir`, sorted by file name. A missing directory has no locks.
@@ -80,11 +106,5 @@ pub fn lock_status(path: PathBuf, name: Option<LockName>) -> Result<Option<LockS
         Err(e @ Error::NotAFile { .. }) => (LockState::Invalid, None, Some(e.to_string())),
         Err(e) => return Err(e),
     };
-    Ok(Some(LockStatus {
-        path,
-        name,
-        state,
-        record,
-        problem,
-    }))
+    Ok(Some(LockStatus::new(path, name, state, record, problem)))
 }

@@ -30,6 +30,7 @@ use std::time::{Duration, SystemTime};
 use crate::clock::now_iso8601;
 use crate::dir::ensure_dir;
 use crate::error::{Conflict, Error, Result};
+use crate::fencing::{self, new_hold_id};
 use crate::guard::{file_owner_text, holders_text, prepare as prepare_guard, while_guarded};
 use crate::inherit::claim_inherited;
 use crate::liveness::{host_name, judge_legacy, judge_pid, runs_as_recorded, start_token};
@@ -66,7 +67,8 @@ impl LockTarget {
         Self { dir, name, path }
     }
 
-    fn conflict(&self, holder: Record, problem: Option<String>) -> Error {
+    fn conflict(&self, mut holder: Record, problem: Option<String>) -> Error {
+        holder.fencing_token = fencing::token_of(&self.path, &holder).map(|t| t.to_string());
         Error::Conflict(Box::new(Conflict {
             lock: self.name.display(),
             holder,
@@ -99,11 +101,32 @@ pub struct HeldLock {
     /// Claimed from `processlock run` (`inherit.rs`): the lock is its command's, held through
     /// the descriptors the command inherited, and stays held after this process lets go.
     kept_by_run: bool,
+    /// Minted for this hold (`fencing.rs`); `None` when none could be promised.
+    fencing_token: Option<String>,
 }
 
 impl HeldLock {
     pub fn record(&self) -> &Record {
         &self.record
+    }
+
+    /// Larger than the token of every earlier owner of this lock (`fencing.rs`).
+    pub fn fencing_token(&self) -> Option<&str> {
+        self.fencing_token.as_deref()
+    }
+
+    /// A lock this process has just come to own, through `file` (linked at the lock path, its
+    /// exclusive lock held): its fencing token is minted now, after the link, never before.
+    fn owned(file: File, id: FileId, target: &LockTarget, record: Record) -> HeldLock {
+        let fencing_token = fencing::mint(target, id, &record).map(|t| t.to_string());
+        HeldLock {
+            file,
+            id,
+            target: target.clone(),
+            record,
+            kept_by_run: false,
+            fencing_token,
+        }
     }
 
     pub fn target(&self) -> &LockTarget {
@@ -130,12 +153,15 @@ impl HeldLock {
             _ => return None,
         };
         let id = os::file_id(&file).ok()?;
+        // Minted by the process that took the lock: the command's hold goes on.
+        let fencing_token = fencing::token_of(&target.path, &record).map(|t| t.to_string());
         Some(HeldLock {
             file,
             id,
             target: target.clone(),
             record,
             kept_by_run: true,
+            fencing_token,
         })
     }
 
@@ -220,6 +246,8 @@ pub fn record_for(target: &LockTarget, pid: u32, process_name: Option<&str>) -> 
         hostname: host_name().map(str::to_string),
         start_token: start_token(pid),
         protocol: Some(PROTOCOL.to_string()),
+        hold_id: Some(new_hold_id()),
+        fencing_token: None,
     }
 }
 
@@ -337,13 +365,7 @@ fn take_over_in_place(target: &LockTarget, record: Record, full: Error) -> Resul
             Ok(Some(file)) => {
                 let id = os::file_id(&file).map_err(|e| Error::io("fstat", &target.path, e))?;
                 return Ok(Acquired {
-                    lock: HeldLock {
-                        file,
-                        id,
-                        target: target.clone(),
-                        record,
-                        kept_by_run: false,
-                    },
+                    lock: HeldLock::owned(file, id, target, record),
                     events: vec![event],
                 });
             }
@@ -385,13 +407,7 @@ pub(crate) fn adopt_linked(
     let file = temp.discard();
     let id = id.map_err(|e| Error::io("fstat", &target.path, e))?;
     Ok(Acquired {
-        lock: HeldLock {
-            file,
-            id,
-            target: target.clone(),
-            record,
-            kept_by_run: false,
-        },
+        lock: HeldLock::owned(file, id, target, record),
         events,
     })
 }

@@ -32,6 +32,14 @@ pub struct Record {
     /// `processlock/1` for our files; absent in files of older writers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub protocol: Option<String>,
+    /// Unique to one taking of the lock: the lock's generation file names the hold its fencing
+    /// token went to (`fencing.rs`). Absent in files of older writers, which then show no token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold_id: Option<String>,
+    /// The holder's fencing token, where the reader of the record found it (a conflict names the
+    /// holder with it). Never in the file, which carries `hold_id` instead.
+    #[serde(skip)]
+    pub fencing_token: Option<String>,
 }
 
 impl Record {
@@ -46,6 +54,8 @@ impl Record {
             hostname: None,
             start_token: None,
             protocol: None,
+            hold_id: None,
+            fencing_token: None,
         }
     }
 
@@ -126,6 +136,8 @@ mod tests {
             hostname: Some("h".into()),
             start_token: Some("linux:b:1".into()),
             protocol: Some(PROTOCOL.into()),
+            hold_id: Some("00ab00cd00ef0012".into()),
+            fencing_token: None,
         }
     }
 

@@ -205,11 +205,12 @@ mod tests {
         let err = acquire_wait(&t, None, None, &cancel).unwrap_err();
         assert!(matches!(err, Error::Aborted));
         assert!(held.lock.release().unwrap());
-        // Only the removal guard is left.
+        // Only the removal guard is left (and the lock's generation file).
         let left: Vec<_> = std::fs::read_dir(&t.dir)
             .unwrap()
             .flatten()
             .map(|e| e.file_name())
+            .filter(|n| !crate::fencing::is_generation_file(n))
             .collect();
         assert_eq!(left, [crate::guard::GUARD_FILE]);
         crate::guard::remove_test_dir(&t.dir).unwrap();

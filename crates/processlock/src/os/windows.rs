@@ -783,6 +783,7 @@ mod tests {
             .unwrap()
             .flatten()
             .filter(|e| e.file_name() != crate::guard::GUARD_FILE)
+            .filter(|e| !crate::fencing::is_generation_file(&e.file_name()))
             .collect();
         assert!(leftovers.is_empty(), "{leftovers:?}");
         crate::guard::remove_test_dir(&dir).unwrap();

@@ -976,13 +976,15 @@ fn role_sweep() -> i32 {
 }
 
 /// The names in a lock directory, without the removal guard that every remover leaves there on
-/// purpose (see `guard.rs`).
+/// purpose (see `guard.rs`), nor the generation files that keep the locks' fencing tokens.
 #[allow(dead_code)]
 pub fn lock_dir_names(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n != ".processlock.guard")
+        .filter(|n| {
+            n != ".processlock.guard" && !(n.starts_with('.') && n.ends_with(".lock.fencing"))
+        })
         .collect();
     names.sort();
     names
