@@ -11,6 +11,9 @@
  *            link(temp, lockpath)
  *            fstat(fd)               (the inode we now own at the path)
  *            unlink(temp)            (the descriptor stays open: we own the lock)
+ *   mint:    open(generation file), fstat(it), flock(it, LOCK_EX|LOCK_NB),
+ *            lstat(lockpath)         (still ours at the path?)
+ *            pread(the stored token), pwrite(the new token, 55 bytes), close(it)
  *   release: flock(guard, LOCK_EX|LOCK_NB)   (the removal guard, opened once per directory)
  *            lstat(guard)            (still the guard at its path?)
  *            lstat(lockpath)         (is the path still our inode?)
@@ -62,6 +65,8 @@ int main(int argc, char **argv) {
         "\"hostname\":\"bench-host\",\"protocol\":\"processlock/1\","
         "\"startToken\":\"1234567:0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0\"}\n", pid);
 
+    char genpath[4096], token[64] = {0};
+    snprintf(genpath, sizeof genpath, "%s/.backend.short.lock.fencing", dir);
     char guardpath[4096];
     snprintf(guardpath, sizeof guardpath, "%s/.processlock.guard", dir);
     int guard = open(guardpath, O_CREAT | O_RDWR | O_CLOEXEC | O_NOFOLLOW, 0640);
@@ -78,6 +83,14 @@ int main(int argc, char **argv) {
         link(temp, lockpath);
         fstat(fd, &b);
         unlink(temp);
+        /* mint the fencing token */
+        int gen = open(genpath, O_CREAT | O_RDWR | O_NONBLOCK | O_NOFOLLOW | O_CLOEXEC, 0600);
+        fstat(gen, &g);
+        flock(gen, LOCK_EX | LOCK_NB);
+        lstat(lockpath, &a);
+        if (pread(gen, token, 56, 0) < 0) { /* no checks: the floor */ }
+        if (pwrite(gen, "00001796597473684450 d889458d0517a2b3 0123456789abcdef\n", 55, 0) < 0) { }
+        close(gen);
         /* release */
         flock(guard, LOCK_EX | LOCK_NB);
         lstat(guardpath, &g);
