@@ -218,10 +218,10 @@ async function cycleSection(a, ctx) {
 
 // Where the start-up time goes, profiled apart from this run (each require timed in one process).
 const STARTUP_PROFILE =
-  "where it goes (each require timed inside one process): the addon's dlopen and registration 0.6 ms, the" +
-  ' loader that `napi build` generates 0.9 ms besides, our JS files about 1 ms (module resolution and' +
-  " compilation); at the first acquire `node:worker_threads` 1.4 ms (it loads Node's streams: 0.4 ms in a" +
-  ' process that has written to a pipe before) and the acquire itself under 1 ms'
+  "where it goes (each require timed inside one process): the addon's dlopen and registration 0.8 ms, found" +
+  ' directly for this platform (lib/abi.js, 0.4 ms; the loader `napi build` generates is only the fallback),' +
+  ' our other JS files 0.2 to 1.1 ms each (module resolution and compilation, about 3 ms in all), and the' +
+  ' first acquire about 0.9 ms (on the main thread `node:worker_threads` is not loaded)'
 
 /** What a user downloads for this platform: the addon, the command and the JS files. */
 function packageSizes() {
@@ -357,7 +357,7 @@ function startupSection(a, ctx) {
     '',
     `Wall time of a whole \`node -e\` process (spawn to exit), ${runs} runs of each, interleaved, after one warm-up run;` +
       ' and, measured inside the same processes with `process.hrtime.bigint()`, the median time of the `require()`' +
-      ' (ours: the JS layer, the generated loader and the addon) and of the first acquire.',
+      ' (ours: the JS layer and the addon) and of the first acquire.',
     '',
     R.table(
       [
