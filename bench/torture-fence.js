@@ -7,6 +7,8 @@
 //
 //   fence-sqlite-force   SQLite (WAL) guarded by a lock file: the holder's lock file is removed
 //                        by force (forceRemoveLock) while it is between a read and its write.
+//   fence-node-sqlite-force  the same through node:sqlite, in a Node that has it (this one, or
+//                        the one scripts/node-for-tests.js fetches).
 //   fence-pg-stop        PostgreSQL guarded by a server lock (lease 1 s): the holder is stopped
 //                        (SIGSTOP) between a read and its write, past its lease, then continued.
 //   fence-pg-terminate   the same server lock: the holder's lock session is ended
@@ -28,10 +30,19 @@ const { spawn } = require('node:child_process')
 const fs = require('node:fs')
 const path = require('node:path')
 
-const KINDS = ['fence-sqlite-force', 'fence-pg-stop', 'fence-pg-terminate', 'fence-pg-restart']
+const KINDS = [
+  'fence-sqlite-force',
+  'fence-node-sqlite-force',
+  'fence-pg-stop',
+  'fence-pg-terminate',
+  'fence-pg-restart',
+]
+/** The kinds on a SQLite file guarded by a lock file: no server needed. */
+const LOCAL = ['fence-sqlite-force', 'fence-node-sqlite-force']
 /** Rounds each kind allows: what one fault costs in time (see `roundsFor`). */
 const MAX_ROUNDS = {
   'fence-sqlite-force': 1000,
+  'fence-node-sqlite-force': 1000,
   'fence-pg-terminate': 1000,
   'fence-pg-stop': 40,
   'fence-pg-restart': 20,
@@ -97,6 +108,7 @@ async function worker(cfg) {
 }
 
 async function openDb(cfg) {
+  if (cfg.sqlite && cfg.driver === 'node:sqlite') return openNodeSqlite(cfg.sqlite)
   if (cfg.sqlite) {
     const Database = require('better-sqlite3')
     const handle = new Database(cfg.sqlite)
@@ -157,10 +169,61 @@ async function openDb(cfg) {
   return db
 }
 
+/** The worker's database through node:sqlite: the same statements, its own transaction calls. */
+function openNodeSqlite(file) {
+  const { DatabaseSync } = require('node:sqlite')
+  const handle = new DatabaseSync(file)
+  handle.exec('PRAGMA busy_timeout = 30000')
+  const read = handle.prepare('SELECT value FROM counter WHERE id = 1')
+  // Prepared at the first write, after the claim (see openDb).
+  let statements = null
+  return {
+    handle,
+    ok: true,
+    reopen() {},
+    read: async () => Number(read.get().value),
+    write: async (v) => {
+      if (!statements) {
+        statements = [
+          handle.prepare('UPDATE counter SET value = ? WHERE id = 1'),
+          handle.prepare('INSERT INTO increments (value) VALUES (?)'),
+        ]
+      }
+      handle.exec('BEGIN IMMEDIATE')
+      try {
+        for (const st of statements) st.run(v)
+        handle.exec('COMMIT')
+      } catch (e) {
+        try {
+          handle.exec('ROLLBACK')
+        } catch {}
+        throw e
+      }
+    },
+    close: async () => handle.close(),
+  }
+}
+
+/**
+ * The Node a worker of `cfg` runs in: this one, or for node:sqlite, one that has it (this one,
+ * else the one scripts/node-for-tests.js fetched); `null` when there is none.
+ */
+function nodeFor(cfg) {
+  if (cfg.driver !== 'node:sqlite') return process.execPath
+  const { hasNodeSqlite, cachedNode } = require('../scripts/node-for-tests.js')
+  return hasNodeSqlite() ? process.execPath : cachedNode()
+}
+
+/** Why `kind` cannot run here, or null. */
+function whyNot(kind) {
+  if (kind !== 'fence-node-sqlite-force' || nodeFor({ driver: 'node:sqlite' })) return null
+  return 'no Node with node:sqlite: run `node scripts/node-for-tests.js` to fetch one'
+}
+
 // ---- the runner ---------------------------------------------------------------------------
 
 function spawnWorker(cfg) {
-  const proc = spawn(process.execPath, [__filename, 'worker', JSON.stringify(cfg)], {
+  const proc = spawn(nodeFor(cfg), [__filename, 'worker', JSON.stringify(cfg)], {
     stdio: ['pipe', 'pipe', 'pipe'],
   })
   const w = { proc, pid: proc.pid, reads: 0, writes: 0, acked: 0, lastRead: 0n, errors: {}, done: null }
@@ -274,7 +337,7 @@ async function pgResult(url) {
 async function strike(kind, workers, { pg, dir }) {
   const pl = require(path.resolve(__dirname, '..'))
   const victim = reader(workers)
-  if (kind === 'fence-sqlite-force') {
+  if (LOCAL.includes(kind)) {
     pl.forceRemoveLock(TYPE, { dir, log: false, tradeSide: null })
   } else if (kind === 'fence-pg-terminate') {
     pl.forceRemoveLock(TYPE, { url: pg.url, log: false, tradeSide: null })
@@ -300,10 +363,11 @@ async function runKind(kind, { rounds, fence, base, pg }) {
   fs.mkdirSync(kdir, { recursive: true })
   let cfg
   let result
-  if (kind === 'fence-sqlite-force') {
+  if (LOCAL.includes(kind)) {
     const file = path.join(kdir, 'counter.db')
     await prepareSqlite(file)
-    cfg = { sqlite: file, dir: path.join(kdir, 'locks'), fence }
+    const driver = kind === 'fence-node-sqlite-force' ? 'node:sqlite' : 'better-sqlite3'
+    cfg = { sqlite: file, driver, dir: path.join(kdir, 'locks'), fence }
     result = () => sqliteResult(file)
   } else {
     const db = await preparePg(pg, `fence_${kind.replace(/-/g, '_')}_${fence ? 'on' : 'off'}`)
@@ -406,7 +470,7 @@ function markdown(results, meta) {
   ].join('\n')
 }
 
-module.exports = { KINDS, MAX_ROUNDS, runKind, line, markdown, failures }
+module.exports = { KINDS, LOCAL, MAX_ROUNDS, runKind, line, markdown, failures, whyNot }
 
 if (require.main === module && process.argv[2] === 'worker') {
   worker(JSON.parse(process.argv[3])).catch((e) => {

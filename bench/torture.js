@@ -8,7 +8,7 @@
 //                         [--kinds fresh,stale,recycled,legacy,kill,
 //                                  force-release,force-stale,run-tree,run-race,
 //                                  exit-hook,pg-race,pg-terminate,pg-restart,
-//                                  pg-frozen, fence-sqlite-force, fence-pg-stop,
+//                                  pg-frozen, fence-sqlite-force, fence-node-sqlite-force, fence-pg-stop,
 //                                  fence-pg-terminate, fence-pg-restart]
 //                         [--peer-rounds N (= rounds)] [--peer-kill-rounds N (200)]
 //                         [--hold-us U (2000)] [--dir D] [--keep]
@@ -70,7 +70,7 @@
 //             app's ownership (acquire .. its death, told by a pidfd) against
 //             the next holder's, when the lock is lost (the server ends the
 //             session) or the launcher is SIGKILLed (bench/torture-tree.js)
-//   fence-sqlite-force, fence-pg-stop, fence-pg-terminate, fence-pg-restart
+//   fence-sqlite-force, fence-node-sqlite-force, fence-pg-stop, fence-pg-terminate, fence-pg-restart
 //             (ours only; fixed 4 processes; at most 1000 rounds, 40 for pg-stop, 20
 //             for pg-restart) lost updates of a counter incremented under the lock
 //             while a fault strikes a holder between its read and its write, with
@@ -773,7 +773,7 @@ async function main() {
   const whyNoTrees = trees.length ? treeKinds.prepare() : null
   if (whyNoTrees) console.log(`torture: ${trees.join(', ')}: skipped (${whyNoTrees})`)
   const fencing = a.impls.includes('ours') ? a.kinds.filter((k) => fenceKinds.KINDS.includes(k)) : []
-  const fencingOnPg = fencing.filter((k) => k !== 'fence-sqlite-force')
+  const fencingOnPg = fencing.filter((k) => !fenceKinds.LOCAL.includes(k))
   const fenceResults = []
   const runFence = async (kind, pg) => {
     for (const fence of [false, true]) {
@@ -782,7 +782,11 @@ async function main() {
       console.log(fenceKinds.line(st))
     }
   }
-  if (fencing.includes('fence-sqlite-force')) await runFence('fence-sqlite-force', null)
+  for (const kind of fencing.filter((k) => fenceKinds.LOCAL.includes(k))) {
+    const why = fenceKinds.whyNot(kind)
+    if (why) console.log(`torture: ${kind}: skipped (${why})`)
+    else await runFence(kind, null)
+  }
   const pg = onServer.length || fencingOnPg.length || (trees.length && !whyNoTrees) ? await pgKinds.startServer() : null
   if (pg && pg.why) console.log(`torture: ${[...onServer, ...trees, ...fencingOnPg].join(', ')}: skipped (${pg.why})`)
   else if (pg) {
