@@ -325,7 +325,6 @@ impl Backend for PgBackend {
                         place: at,
                         id,
                         pid,
-                        fencing_token: Some(lost.fencing_token.clone()),
                         reason: lost.reason.clone(),
                         error: Error::Lost(lost.clone()),
                     })
@@ -338,14 +337,13 @@ impl Backend for PgBackend {
                     let reason = format!("processlock run (PID {pid}) that held it is gone");
                     let lost = Lost {
                         lock,
-                        fencing_token: token.clone(),
+                        fencing_token: token,
                         reason: reason.clone(),
                     };
                     deliver(LossNotice {
                         place: at,
                         id,
                         pid,
-                        fencing_token: Some(token),
                         reason,
                         error: Error::Lost(lost),
                     })

@@ -77,7 +77,6 @@ pub struct LossNotice<E> {
     pub place: String,
     pub id: HoldId,
     pub pid: u32,
-    pub fencing_token: Option<String>,
     pub reason: String,
     pub error: E,
 }

@@ -243,9 +243,6 @@ impl Backend for FileBackend {
 struct Watched {
     place: String,
     id: HoldId,
-    /// The hold's fencing token, which its loss notice names: by the time the notice is read,
-    /// the lock may have been taken again, with another token.
-    token: Option<String>,
     hook: LossHook<Error>,
 }
 
@@ -258,7 +255,6 @@ fn watched() -> MutexGuard<'static, Option<Vec<Watched>>> {
 /// Watches hold `id` of `place` until it is let go of or lost. The watcher thread exists only
 /// while something is watched.
 fn watch(place: &str, id: HoldId, hook: LossHook<Error>) {
-    let token = HOLDS.token_of(place, id);
     let mut list = watched();
     let items = list.get_or_insert_with(Vec::new);
     if items.iter().any(|w| w.id == id) {
@@ -268,7 +264,6 @@ fn watch(place: &str, id: HoldId, hook: LossHook<Error>) {
     items.push(Watched {
         place: place.to_string(),
         id,
-        token,
         hook,
     });
     drop(list);
@@ -324,7 +319,6 @@ fn watch_files() {
                 place: w.place,
                 id: w.id,
                 pid,
-                fencing_token: w.token,
                 reason: reason.clone(),
                 error: Error::Lost { lock, reason },
             });

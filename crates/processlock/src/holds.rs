@@ -346,15 +346,6 @@ impl<H: Hold> Holds<H> {
         (entry.id == id).then(|| entry.hold.record().clone())
     }
 
-    /// The fencing token of hold `id` of `place`, while it is in the table.
-    pub fn token_of(&self, place: &str, id: HoldId) -> Option<String> {
-        let map = self.map();
-        let entry = map.as_ref()?.get(place)?;
-        (entry.id == id)
-            .then(|| entry.hold.fencing_token().map(str::to_string))
-            .flatten()
-    }
-
     /// Lets go of `holder`'s hold; the lock itself goes with its last holder.
     pub fn release(&self, place: &str, holder: Holder) -> Release<H> {
         let mut guard = self.map();
